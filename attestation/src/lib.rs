@@ -1,0 +1,5 @@
+//! Device identity and attestation for Outpost, modelled on IETF RATS (RFC 9334) and EAT (RFC 9711).
+//!
+//! Will hold: the device's Ed25519 identity, evidence as an Entity Attestation Token in COSE_Sign1, the hub's
+//! fail-closed verifier with signed reference values and single-use nonces, and an optional TPM backend.
+//! It knows nothing of QUIC or storage. Empty until the attestation issue fills it.

@@ -1,0 +1,19 @@
+//! Sans-IO core of Outpost: the types and decisions that the hub, the agent and the simulations share.
+//!
+//! Nothing here touches the filesystem, the network, the clock or a random source: callers pass bytes and the
+//! current time in, and get values, decisions or typed errors back. That keeps every rule testable and lets the
+//! simulations run many agents on a virtual clock.
+
+pub mod canonical;
+pub mod clock;
+pub mod digest;
+pub mod manifest;
+#[cfg(feature = "runtime")]
+pub mod model;
+pub mod package;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use digest::{Digest, DigestParseError, Sha256};
+pub use manifest::{Manifest, ManifestError};
+pub use package::{Package, PackageError, PackageLimits};

@@ -1,0 +1,665 @@
+//! The model manifest: what a package claims about its model, written by authors as TOML beside the model.
+//!
+//! Parsing is strict (unknown keys are errors) and every error names the file, the field and, where known, the
+//! line. Inside a package the manifest is deterministic CBOR (see [`crate::canonical`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical;
+use crate::digest::Digest;
+
+/// Largest TOML manifest accepted, in bytes (smoke-test tensors live inline, so this is generous).
+pub const MAX_MANIFEST_TOML_BYTES: usize = 16 * 1024 * 1024;
+/// Most inputs or outputs a contract may declare.
+pub const MAX_CONTRACT_TENSORS: usize = 256;
+/// Highest tensor rank a contract or smoke test may declare.
+pub const MAX_RANK: usize = 16;
+/// Most elements one smoke-test tensor may hold.
+pub const MAX_SMOKE_ELEMENTS: usize = 1 << 22;
+
+/// Everything a package says about its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Package name: lowercase letters, digits, `-`, `_` and `.`.
+    pub name: String,
+    /// Semantic version of this package.
+    pub version: semver::Version,
+    /// What the model does, as a dotted identifier (`audio.vad`, `ocr.text-direction`). Site policy matches on it.
+    pub capability: String,
+    /// How much review a release needs.
+    pub risk_tier: RiskTier,
+    /// The most sensitive class of data the model is meant to see.
+    pub data_classification: DataClassification,
+    /// SPDX licence expression of the model weights.
+    pub license: String,
+    /// One line for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// What it takes to run the model.
+    pub runtime: Runtime,
+    /// The tensors the model takes and gives.
+    pub contract: Contract,
+    /// Where the model came from.
+    pub lineage: Lineage,
+    /// How the model was evaluated and what was decided.
+    pub evaluation: EvaluationCard,
+    /// Who built it, from what, when.
+    pub provenance: Provenance,
+    /// A known input and its expected output, run before a model is accepted or activated.
+    pub smoke_test: SmokeTest,
+}
+
+/// Review level of a release; high risk needs two independent signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskTier {
+    /// Routine retrain or re-quantisation.
+    Low,
+    /// Behaviour changes within the same capability.
+    Medium,
+    /// New permissions, code, data class or policy semantics.
+    High,
+}
+
+/// Data classification, from least to most sensitive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataClassification {
+    /// Public data.
+    Public,
+    /// Internal data.
+    Internal,
+    /// Confidential data.
+    Confidential,
+    /// Restricted data (personal, regulated).
+    Restricted,
+}
+
+/// Runtime needs of the model on a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Oldest agent version that can run this package.
+    pub min_agent_version: semver::Version,
+    /// Memory the model may use while running, in bytes.
+    pub memory_budget_bytes: u64,
+}
+
+/// The input/output contract of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    /// Model inputs, in the model's order.
+    pub inputs: Vec<TensorSpec>,
+    /// Model outputs, in the model's order.
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// One named tensor of the contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// The tensor's name in the ONNX graph.
+    pub name: String,
+    /// Element type.
+    pub dtype: ElementType,
+    /// Dimensions: a number is fixed, a string is symbolic (`"batch"`).
+    pub shape: Vec<Dim>,
+}
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(u64),
+    /// A symbolic size, bound at run time.
+    Symbol(String),
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbol(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Tensor element types Outpost accepts in contracts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElementType {
+    /// 32-bit float.
+    F32,
+    /// 64-bit float.
+    F64,
+    /// 8-bit signed integer.
+    I8,
+    /// 8-bit unsigned integer.
+    U8,
+    /// 32-bit signed integer.
+    I32,
+    /// 64-bit signed integer.
+    I64,
+    /// Boolean.
+    Bool,
+}
+
+impl ElementType {
+    /// The ONNX `TensorProto.DataType` code of this type.
+    pub fn onnx_code(self) -> i32 {
+        match self {
+            ElementType::F32 => 1,
+            ElementType::U8 => 2,
+            ElementType::I8 => 3,
+            ElementType::I32 => 6,
+            ElementType::I64 => 7,
+            ElementType::Bool => 9,
+            ElementType::F64 => 11,
+        }
+    }
+
+    /// The type with ONNX code `code`, if Outpost supports it.
+    pub fn from_onnx_code(code: i32) -> Option<Self> {
+        [
+            Self::F32,
+            Self::U8,
+            Self::I8,
+            Self::I32,
+            Self::I64,
+            Self::Bool,
+            Self::F64,
+        ]
+        .into_iter()
+        .find(|t| t.onnx_code() == code)
+    }
+}
+
+impl fmt::Display for ElementType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ElementType::F32 => "f32",
+            ElementType::F64 => "f64",
+            ElementType::I8 => "i8",
+            ElementType::U8 => "u8",
+            ElementType::I32 => "i32",
+            ElementType::I64 => "i64",
+            ElementType::Bool => "bool",
+        };
+        f.write_str(s)
+    }
+}
+
+/// How this model was derived from others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    /// The operation that produced the model from its parents.
+    pub operator: LineageOperator,
+    /// Package digests of the parents; empty exactly when `operator` is `none`.
+    #[serde(default)]
+    pub parents: Vec<Digest>,
+}
+
+/// The operation that made a model from its parent packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LineageOperator {
+    /// A root: trained from scratch or imported.
+    None,
+    /// Further training of the parent.
+    FineTune,
+    /// Lower-precision weights.
+    Quantize,
+    /// Trained to imitate the parent(s).
+    Distill,
+    /// Weights or channels removed.
+    Prune,
+    /// Weights of several parents combined.
+    Merge,
+    /// Same model, different format or opset.
+    Convert,
+}
+
+impl fmt::Display for LineageOperator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            LineageOperator::None => "none",
+            LineageOperator::FineTune => "fine-tune",
+            LineageOperator::Quantize => "quantize",
+            LineageOperator::Distill => "distill",
+            LineageOperator::Prune => "prune",
+            LineageOperator::Merge => "merge",
+            LineageOperator::Convert => "convert",
+        };
+        f.write_str(s)
+    }
+}
+
+/// The evaluation card: what the model was measured on and what was decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationCard {
+    /// The evaluation suite.
+    pub suite: Suite,
+    /// Metric name → value on the suite.
+    pub metrics: BTreeMap<String, f64>,
+    /// What the metrics were compared against.
+    pub baseline: Baseline,
+    /// The decision recorded after evaluation.
+    pub decision: Decision,
+}
+
+/// An evaluation suite, pinned by digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    /// Suite name.
+    pub name: String,
+    /// SHA-256 of the suite's data and code.
+    pub digest: Digest,
+}
+
+/// The reference the metrics were compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    /// What the baseline is (a model name, "previous release", a published figure).
+    pub name: String,
+    /// Package digest of the baseline, when it is a package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<Digest>,
+    /// The baseline's metrics on the same suite.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The recorded outcome of an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// Accepted for release, or not.
+    pub outcome: DecisionOutcome,
+    /// Who decided.
+    pub by: String,
+    /// Why, in a sentence.
+    pub reason: String,
+}
+
+/// Evaluation outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionOutcome {
+    /// Fit for release.
+    Accepted,
+    /// Not fit for release (kept for lineage and audit).
+    Rejected,
+}
+
+/// Who built the package, from what, when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// Person or pipeline that built it.
+    pub built_by: String,
+    /// Source it was built from (repository URL, dataset, upstream package).
+    pub source: String,
+    /// Revision of the source (commit, tag, package version).
+    pub revision: String,
+    /// When it was built, RFC 3339 with offset (`2026-11-28T12:00:00Z`).
+    pub built_at: String,
+}
+
+/// The package's smoke test: inputs, expected outputs, tolerance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeTest {
+    /// Largest absolute difference allowed between an expected and an actual output element.
+    pub tolerance: f64,
+    /// One tensor per model input.
+    pub inputs: Vec<SmokeTensor>,
+    /// Expected values of some or all outputs.
+    pub expected: Vec<SmokeTensor>,
+}
+
+/// A concrete tensor in a smoke test: either explicit values or a constant fill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeTensor {
+    /// Tensor name (a contract input or output).
+    pub name: String,
+    /// Concrete shape.
+    pub shape: Vec<u64>,
+    /// Row-major values; exactly one of `values` and `fill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<f64>>,
+    /// A constant for every element; exactly one of `values` and `fill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill: Option<f64>,
+}
+
+impl SmokeTensor {
+    /// Number of elements the shape implies (saturating).
+    pub fn element_count(&self) -> u64 {
+        self.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d))
+    }
+
+    /// The values, expanding a fill.
+    pub fn materialize(&self) -> Vec<f64> {
+        match (&self.values, self.fill) {
+            (Some(v), _) => v.clone(),
+            (None, Some(f)) => vec![f; self.element_count() as usize],
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// A manifest that is not acceptable, with the file and field it concerns.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}{}: field `{field}`: {problem}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ManifestError {
+    /// The file the manifest came from (or `<package>` for a manifest inside a package).
+    pub file: String,
+    /// Dotted path of the field at fault (`contract.inputs[0].shape`); `(document)` for syntax errors.
+    pub field: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong, for a human.
+    pub problem: String,
+}
+
+impl Manifest {
+    /// Parses and validates a TOML manifest. `file` names the source in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Manifest, ManifestError> {
+        let err = |field: String, line: Option<usize>, problem: String| ManifestError {
+            file: file.to_owned(),
+            field,
+            line,
+            problem,
+        };
+        if text.len() > MAX_MANIFEST_TOML_BYTES {
+            return Err(err(
+                "(document)".into(),
+                None,
+                format!(
+                    "manifest is {} bytes, more than the limit of {MAX_MANIFEST_TOML_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        let line_of = |span: Option<std::ops::Range<usize>>| {
+            span.map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
+            })
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            err(
+                "(document)".into(),
+                line_of(e.span()),
+                e.message().to_owned(),
+            )
+        })?;
+        let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_owned();
+            let field = field_from_message(&path, &message);
+            err(field, line_of(inner.span()), message)
+        })?;
+        manifest
+            .validate()
+            .map_err(|(field, problem)| err(field, None, problem))?;
+        Ok(manifest)
+    }
+
+    /// Decodes a manifest from a package (deterministic CBOR) and validates it.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let m: Manifest = canonical::from_slice(bytes).map_err(|e| ManifestError {
+            file: "<package>".into(),
+            field: "(document)".into(),
+            line: None,
+            problem: e.to_string(),
+        })?;
+        m.validate().map_err(|(field, problem)| ManifestError {
+            file: "<package>".into(),
+            field,
+            line: None,
+            problem,
+        })?;
+        Ok(m)
+    }
+
+    /// The manifest as deterministic CBOR, the form that goes into packages.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        // Every field is a string, number, bool, sequence or string-keyed map: encoding cannot fail.
+        canonical::to_vec(self).unwrap_or_default()
+    }
+
+    /// Checks the rules that types alone cannot express. Returns the field at fault and the problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |f: &str, p: String| Err((f.to_owned(), p));
+        if !is_identifier(&self.name, false) {
+            return fail(
+                "name",
+                format!("`{}` must be 1–128 of a-z, 0-9, `-`, `_`, `.`", self.name),
+            );
+        }
+        if !is_identifier(&self.capability, true) {
+            return fail(
+                "capability",
+                format!(
+                    "`{}` must be a dotted lowercase identifier",
+                    self.capability
+                ),
+            );
+        }
+        if self.license.trim().is_empty() {
+            return fail("license", "must name an SPDX licence expression".into());
+        }
+        if self.runtime.memory_budget_bytes == 0 {
+            return fail(
+                "runtime.memory_budget_bytes",
+                "must be greater than zero".into(),
+            );
+        }
+        for (side, specs) in [
+            ("inputs", &self.contract.inputs),
+            ("outputs", &self.contract.outputs),
+        ] {
+            if specs.is_empty() || specs.len() > MAX_CONTRACT_TENSORS {
+                return fail(
+                    &format!("contract.{side}"),
+                    format!("must list 1–{MAX_CONTRACT_TENSORS} tensors"),
+                );
+            }
+            for (i, t) in specs.iter().enumerate() {
+                let at = format!("contract.{side}[{i}]");
+                if t.name.is_empty() {
+                    return fail(&format!("{at}.name"), "must not be empty".into());
+                }
+                if specs[..i].iter().any(|o| o.name == t.name) {
+                    return fail(
+                        &format!("{at}.name"),
+                        format!("`{}` is declared twice", t.name),
+                    );
+                }
+                if t.shape.len() > MAX_RANK {
+                    return fail(
+                        &format!("{at}.shape"),
+                        format!("rank {} exceeds {MAX_RANK}", t.shape.len()),
+                    );
+                }
+                if let Some(j) = t
+                    .shape
+                    .iter()
+                    .position(|d| matches!(d, Dim::Symbol(s) if s.is_empty()))
+                {
+                    return fail(
+                        &format!("{at}.shape[{j}]"),
+                        "a symbolic dimension needs a name".into(),
+                    );
+                }
+            }
+        }
+        match (self.lineage.operator, self.lineage.parents.is_empty()) {
+            (LineageOperator::None, false) => {
+                return fail(
+                    "lineage.parents",
+                    "a root (`operator = \"none\"`) has no parents".into(),
+                );
+            }
+            (op, true) if op != LineageOperator::None => {
+                return fail(
+                    "lineage.parents",
+                    format!("operator `{op}` needs at least one parent digest"),
+                );
+            }
+            _ => {}
+        }
+        for (k, v) in self
+            .evaluation
+            .metrics
+            .iter()
+            .chain(&self.evaluation.baseline.metrics)
+        {
+            if !v.is_finite() {
+                return fail(
+                    &format!("evaluation.metrics.{k}"),
+                    "must be a finite number".into(),
+                );
+            }
+        }
+        if !crate::clock::is_rfc3339(&self.provenance.built_at) {
+            return fail(
+                "provenance.built_at",
+                format!(
+                    "`{}` is not an RFC 3339 time with offset",
+                    self.provenance.built_at
+                ),
+            );
+        }
+        self.validate_smoke_test()
+    }
+
+    fn validate_smoke_test(&self) -> Result<(), (String, String)> {
+        let st = &self.smoke_test;
+        if !(st.tolerance.is_finite() && st.tolerance >= 0.0) {
+            return Err((
+                "smoke_test.tolerance".into(),
+                "must be a finite number ≥ 0".into(),
+            ));
+        }
+        let check = |side: &str,
+                     tensors: &[SmokeTensor],
+                     specs: &[TensorSpec]|
+         -> Result<(), (String, String)> {
+            for (i, t) in tensors.iter().enumerate() {
+                let at = format!("smoke_test.{side}[{i}]");
+                let Some(spec) = specs.iter().find(|s| s.name == t.name) else {
+                    return Err((
+                        format!("{at}.name"),
+                        format!("`{}` is not in the contract's {side}", t.name),
+                    ));
+                };
+                if tensors[..i].iter().any(|o| o.name == t.name) {
+                    return Err((format!("{at}.name"), format!("`{}` is given twice", t.name)));
+                }
+                if !shape_fits(&spec.shape, &t.shape) {
+                    let declared: Vec<String> = spec.shape.iter().map(Dim::to_string).collect();
+                    return Err((
+                        format!("{at}.shape"),
+                        format!(
+                            "{:?} does not fit the contract shape [{}]",
+                            t.shape,
+                            declared.join(", ")
+                        ),
+                    ));
+                }
+                let n = t.element_count();
+                if n > MAX_SMOKE_ELEMENTS as u64 {
+                    return Err((
+                        format!("{at}.shape"),
+                        format!("{n} elements exceed {MAX_SMOKE_ELEMENTS}"),
+                    ));
+                }
+                match (&t.values, t.fill) {
+                    (Some(v), None) if v.len() as u64 == n => {}
+                    (Some(v), None) => {
+                        return Err((
+                            format!("{at}.values"),
+                            format!("{} values for {n} elements", v.len()),
+                        ));
+                    }
+                    (None, Some(_)) => {}
+                    _ => return Err((at, "give exactly one of `values` and `fill`".into())),
+                }
+                if t.materialize().iter().any(|x| !x.is_finite()) {
+                    return Err((format!("{at}.values"), "must be finite numbers".into()));
+                }
+            }
+            Ok(())
+        };
+        check("inputs", &st.inputs, &self.contract.inputs)?;
+        check("expected", &st.expected, &self.contract.outputs)?;
+        if let Some(missing) = self
+            .contract
+            .inputs
+            .iter()
+            .find(|s| !st.inputs.iter().any(|t| t.name == s.name))
+        {
+            return Err((
+                "smoke_test.inputs".into(),
+                format!("no tensor for contract input `{}`", missing.name),
+            ));
+        }
+        if st.expected.is_empty() {
+            return Err((
+                "smoke_test.expected".into(),
+                "must check at least one output".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a concrete shape fits a declared one (same rank, fixed dimensions equal).
+pub fn shape_fits(declared: &[Dim], concrete: &[u64]) -> bool {
+    declared.len() == concrete.len()
+        && declared.iter().zip(concrete).all(|(d, &c)| match d {
+            Dim::Fixed(n) => *n == c,
+            Dim::Symbol(_) => true,
+        })
+}
+
+fn is_identifier(s: &str, dotted: bool) -> bool {
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars().all(ok_char)
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && (!dotted || s.split('.').all(|p| !p.is_empty()))
+}
+
+/// serde reports a missing field on its parent; name the field itself.
+fn field_from_message(path: &str, message: &str) -> String {
+    // (An unknown field is already the last element of the path.)
+    let named = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next());
+    match (path, named) {
+        (".", Some(f)) | ("", Some(f)) => f.to_owned(),
+        (p, Some(f)) => format!("{p}.{f}"),
+        (".", None) | ("", None) => "(document)".into(),
+        (p, None) => p.to_owned(),
+    }
+}
