@@ -7,6 +7,10 @@ Python nor the network. tract must reproduce onnxruntime's outputs within the to
 import hashlib
 import math
 import pathlib
+import subprocess
+import tempfile
+
+import onnx
 
 import numpy as np
 import onnxruntime as ort
@@ -158,4 +162,29 @@ inputs = [{{ name = "x", shape = [1, 3, 48, 192], fill = 0.5 }}]
 expected = [{{ name = "{name}", shape = [1, 2], values = {fmt(out[name].ravel())} }}]
 '''
 (HERE / "ppocr-direction.toml").write_text(ocr)
-print("wrote", HERE / "silero-vad.toml", HERE / "ppocr-direction.toml")
+
+# A real derived model: the same classifier with its crop size fixed to 48x192 (what PP-OCR always feeds it), which
+# lets runtimes plan memory ahead. Lineage: `convert` of the package above, whose digest the hub computes.
+derived = onnx.load(str(HERE / "ch_ppocr_mobile_v2.0_cls_infer.onnx"))
+dims = derived.graph.input[0].type.tensor_type.shape.dim
+dims[0].dim_param = "N"
+dims[2].dim_value = 48
+dims[3].dim_value = 192
+derived.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+onnx.checker.check_model(derived)
+onnx.save(derived, str(HERE / "ppocr_direction_fixed48x192.onnx"))
+with tempfile.TemporaryDirectory() as hub:
+    run_hub = ["cargo", "run", "-q", "-p", "outpost-hub", "--", "--data-dir", hub]
+    subprocess.run(run_hub + ["init"], check=True)
+    parent = subprocess.run(run_hub + ["package", "add", str(HERE / "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+                                       "--manifest", str(HERE / "ppocr-direction.toml")],
+                            check=True, capture_output=True, text=True).stdout.strip()
+child = ocr.replace('version = "2.0.0"', 'version = "2.0.1"')
+child = child.replace('shape = ["N", 3, "H", "W"]', 'shape = ["N", 3, 48, 192]')
+child = child.replace('operator = "none"', f'operator = "convert"\nparents = ["{parent}"]')
+child = child.replace("# PP-OCR mobile v2.0 text-direction classifier,",
+                      "# PP-OCR mobile v2.0 text-direction classifier with a fixed 48x192 crop (converted),")
+child = child.replace('built_by = "scripts/make-fixture-manifests.py"',
+                      'built_by = "scripts/make-fixture-manifests.py (onnx shape edit of the parent)"')
+(HERE / "ppocr-direction-fixed.toml").write_text(child)
+print("wrote the manifests in", HERE)

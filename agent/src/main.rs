@@ -3,8 +3,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    eprintln!(
-        "outpost-agent: not built yet — the agent arrives with the agent issue (see README.md)"
-    );
+    eprintln!("outpost-agent: not built yet — the agent arrives with the agent issue (see README.md)");
     ExitCode::from(2)
 }

@@ -51,12 +51,7 @@ pub struct Secondary<'k, F, P, D> {
 impl<'k, F: NorFlash, P: OutputPin, D: DelayNs> Secondary<'k, F, P, D> {
     /// Assembles a secondary.
     pub fn new(slots: Slots<F>, identity: Identity<'k>, status: P, delay: D) -> Self {
-        Self {
-            slots,
-            identity,
-            status,
-            delay,
-        }
+        Self { slots, identity, status, delay }
     }
 
     /// Verifies `envelope` against the identity and the stored counters and floors, then opens the inactive slot
@@ -69,11 +64,8 @@ impl<'k, F: NorFlash, P: OutputPin, D: DelayNs> Secondary<'k, F, P, D> {
         envelope: &[u8],
         now: Freshness<'_>,
     ) -> Result<Install<'_, F, P>, InstallError<F::Error>> {
-        let state = self
-            .slots
-            .state()
-            .map_err(InstallError::Slot)?
-            .ok_or(InstallError::Slot(SlotError::NotProvisioned))?;
+        let state =
+            self.slots.state().map_err(InstallError::Slot)?.ok_or(InstallError::Slot(SlotError::NotProvisioned))?;
         let policy = Policy {
             trusted_keys: self.identity.trusted_keys,
             hardware_id: self.identity.hardware_id,
@@ -83,15 +75,9 @@ impl<'k, F: NorFlash, P: OutputPin, D: DelayNs> Secondary<'k, F, P, D> {
             latest_known_counter: state.latest_known_counter,
         };
         let verified = verify_manifest(envelope, &policy, now).map_err(InstallError::Manifest)?;
-        let session = self
-            .slots
-            .begin_update(&verified)
-            .map_err(InstallError::Slot)?;
+        let session = self.slots.begin_update(&verified).map_err(InstallError::Slot)?;
         let _ = self.status.set_high();
-        Ok(Install {
-            session,
-            status: &mut self.status,
-        })
+        Ok(Install { session, status: &mut self.status })
     }
 
     /// Picks and records the slot to boot (see [`Slots::boot`]); pulses the status pin after a revert.

@@ -29,9 +29,5 @@ pub mod verify;
 
 pub use device::{Identity, Install, InstallError, Secondary};
 pub use manifest::{Envelope, Expiry, Manifest, TimeToken};
-pub use slots::{
-    BootDecision, BootState, Descriptor, FlashLayout, Slot, SlotConfig, SlotError, Slots,
-};
-pub use verify::{
-    Freshness, ImageCheck, ImageError, ManifestError, Policy, VerifiedManifest, verify_manifest,
-};
+pub use slots::{BootDecision, BootState, Descriptor, FlashLayout, Slot, SlotConfig, SlotError, Slots};
+pub use verify::{Freshness, ImageCheck, ImageError, ManifestError, Policy, VerifiedManifest, verify_manifest};

@@ -257,14 +257,7 @@ impl Manifest<'_> {
         if d.position() != body.len() {
             return Err(DecodeError::TrailingBytes);
         }
-        let manifest = Manifest {
-            hardware_id,
-            device_id,
-            image_len,
-            image_sha256,
-            release_counter,
-            expiry,
-        };
+        let manifest = Manifest { hardware_id, device_id, image_len, image_sha256, release_counter, expiry };
         ensure_canonical(body, |out| manifest.encode(out))?;
         Ok(manifest)
     }
@@ -280,10 +273,7 @@ impl TimeToken<'_> {
             return Err(EncodeError::BadIdLength);
         }
         let mut enc = Encoder::new(Cursor::new(out));
-        enc.array(TIME_TOKEN_ITEMS)?
-            .u8(FORMAT_VERSION)?
-            .bytes(self.device_id)?
-            .u64(self.unix_seconds)?;
+        enc.array(TIME_TOKEN_ITEMS)?.u8(FORMAT_VERSION)?.bytes(self.device_id)?.u64(self.unix_seconds)?;
         Ok(written(&enc))
     }
 
@@ -310,10 +300,7 @@ impl TimeToken<'_> {
         if d.position() != body.len() {
             return Err(DecodeError::TrailingBytes);
         }
-        let token = TimeToken {
-            device_id,
-            unix_seconds,
-        };
+        let token = TimeToken { device_id, unix_seconds };
         ensure_canonical(body, |out| token.encode(out))?;
         Ok(token)
     }
@@ -341,14 +328,8 @@ impl<'a> Envelope<'a> {
         if d.position() != bytes.len() {
             return Err(DecodeError::TrailingBytes);
         }
-        let envelope = Envelope {
-            key_id,
-            body,
-            signature,
-        };
-        ensure_canonical(bytes, |out| {
-            encode_envelope(&envelope.key_id, envelope.body, &envelope.signature, out)
-        })?;
+        let envelope = Envelope { key_id, body, signature };
+        ensure_canonical(bytes, |out| encode_envelope(&envelope.key_id, envelope.body, &envelope.signature, out))?;
         Ok(envelope)
     }
 }
@@ -367,10 +348,7 @@ pub fn encode_envelope(
         return Err(EncodeError::BadBodyLength);
     }
     let mut enc = Encoder::new(Cursor::new(out));
-    enc.array(ENVELOPE_ITEMS)?
-        .bytes(key_id)?
-        .bytes(body)?
-        .bytes(signature)?;
+    enc.array(ENVELOPE_ITEMS)?.bytes(key_id)?.bytes(body)?.bytes(signature)?;
     Ok(written(&enc))
 }
 
@@ -386,25 +364,15 @@ pub fn manifest_signing_input<'o>(body: &[u8], out: &'o mut [u8]) -> Result<&'o 
 ///
 /// # Errors
 /// [`EncodeError`] when `body` is empty or too long, or `out` is shorter than the input.
-pub fn time_token_signing_input<'o>(
-    body: &[u8],
-    out: &'o mut [u8],
-) -> Result<&'o [u8], EncodeError> {
+pub fn time_token_signing_input<'o>(body: &[u8], out: &'o mut [u8]) -> Result<&'o [u8], EncodeError> {
     signing_input(TIME_TOKEN_DOMAIN, body, out)
 }
 
-fn signing_input<'o>(
-    domain: &[u8],
-    body: &[u8],
-    out: &'o mut [u8],
-) -> Result<&'o [u8], EncodeError> {
+fn signing_input<'o>(domain: &[u8], body: &[u8], out: &'o mut [u8]) -> Result<&'o [u8], EncodeError> {
     if body.is_empty() || body.len() > MAX_BODY_LEN {
         return Err(EncodeError::BadBodyLength);
     }
-    let total = domain
-        .len()
-        .checked_add(body.len())
-        .ok_or(EncodeError::BufferTooSmall)?;
+    let total = domain.len().checked_add(body.len()).ok_or(EncodeError::BufferTooSmall)?;
     let dst = out.get_mut(..total).ok_or(EncodeError::BufferTooSmall)?;
     let (head, tail) = dst.split_at_mut(domain.len());
     head.copy_from_slice(domain);

@@ -137,18 +137,10 @@ impl BootState {
 
     fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
-        let mut w = Writer {
-            buf: &mut out,
-            pos: 0,
-        };
+        let mut w = Writer { buf: &mut out, pos: 0 };
         w.put(&MAGIC);
         w.put(&self.seq.to_le_bytes());
-        w.put(&[
-            self.active.to_byte(),
-            self.pending.map_or(NO_PENDING, Slot::to_byte),
-            self.trial_boots_left,
-            0,
-        ]);
+        w.put(&[self.active.to_byte(), self.pending.map_or(NO_PENDING, Slot::to_byte), self.trial_boots_left, 0]);
         w.put(&self.min_release_counter.to_le_bytes());
         w.put(&self.latest_known_time.to_le_bytes());
         w.put(&self.latest_known_counter.to_le_bytes());
@@ -157,12 +149,8 @@ impl BootState {
             w.put(&d.release_counter.to_le_bytes());
             w.put(&d.image_sha256);
         }
-        let digest: [u8; SHA256_LEN] =
-            Sha256::digest(out.get(..BODY_LEN).unwrap_or_default()).into();
-        let mut w = Writer {
-            buf: &mut out,
-            pos: BODY_LEN,
-        };
+        let digest: [u8; SHA256_LEN] = Sha256::digest(out.get(..BODY_LEN).unwrap_or_default()).into();
+        let mut w = Writer { buf: &mut out, pos: BODY_LEN };
         w.put(&digest);
         out
     }
@@ -354,9 +342,7 @@ pub struct SlotConfig {
 
 impl Default for SlotConfig {
     fn default() -> Self {
-        Self {
-            trial_boots: DEFAULT_TRIAL_BOOTS,
-        }
+        Self { trial_boots: DEFAULT_TRIAL_BOOTS }
     }
 }
 
@@ -371,9 +357,7 @@ pub struct Slots<F> {
 type Res<T, F> = Result<T, SlotError<<F as embedded_storage::nor_flash::ErrorType>::Error>>;
 
 fn round_up(n: usize, to: usize) -> Option<usize> {
-    n.checked_add(to.checked_sub(1)?)?
-        .checked_div(to)?
-        .checked_mul(to)
+    n.checked_add(to.checked_sub(1)?)?.checked_div(to)?.checked_mul(to)
 }
 
 impl<F: NorFlash> Slots<F> {
@@ -383,11 +367,7 @@ impl<F: NorFlash> Slots<F> {
     /// [`SlotError::Layout`].
     pub fn new(flash: F, layout: FlashLayout, config: SlotConfig) -> Res<Self, F> {
         check_layout::<F>(&layout, flash.capacity()).map_err(SlotError::Layout)?;
-        Ok(Self {
-            flash,
-            layout,
-            config,
-        })
+        Ok(Self { flash, layout, config })
     }
 
     /// The layout in use.
@@ -449,34 +429,22 @@ impl<F: NorFlash> Slots<F> {
     /// # Errors
     /// [`SlotError::NotProvisioned`], [`SlotError::UpdateInProgress`], [`SlotError::Rollback`] (checked again here
     /// against the stored counter), [`SlotError::ImageTooLarge`], or a flash error.
-    pub fn begin_update(
-        &mut self,
-        manifest: &VerifiedManifest<'_>,
-    ) -> Res<UpdateSession<'_, F>, F> {
+    pub fn begin_update(&mut self, manifest: &VerifiedManifest<'_>) -> Res<UpdateSession<'_, F>, F> {
         let (state, sector) = self.newest()?.ok_or(SlotError::NotProvisioned)?;
         if state.pending.is_some() {
             return Err(SlotError::UpdateInProgress);
         }
         let m = manifest.manifest();
         if m.release_counter < state.min_release_counter {
-            return Err(SlotError::Rollback {
-                offered: m.release_counter,
-                stored: state.min_release_counter,
-            });
+            return Err(SlotError::Rollback { offered: m.release_counter, stored: state.min_release_counter });
         }
         if m.image_len > self.layout.slot_size {
-            return Err(SlotError::ImageTooLarge {
-                len: m.image_len,
-                slot_size: self.layout.slot_size,
-            });
+            return Err(SlotError::ImageTooLarge { len: m.image_len, slot_size: self.layout.slot_size });
         }
         let target = state.active.other();
         let start = self.layout.slot_offset(target);
-        let erase = u32::try_from(F::ERASE_SIZE)
-            .map_err(|_| SlotError::Layout(LayoutError::UnsupportedGeometry))?;
-        let span = usize::try_from(m.image_len)
-            .ok()
-            .and_then(|n| round_up(n, F::ERASE_SIZE));
+        let erase = u32::try_from(F::ERASE_SIZE).map_err(|_| SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+        let span = usize::try_from(m.image_len).ok().and_then(|n| round_up(n, F::ERASE_SIZE));
         let end = span
             .and_then(|s| u32::try_from(s).ok())
             .and_then(|s| start.checked_add(s))
@@ -484,17 +452,12 @@ impl<F: NorFlash> Slots<F> {
         // One erase call per sector: a power cut between them is then a state the tests exercise.
         let mut at = start;
         while at < end {
-            let next = at
-                .checked_add(erase)
-                .ok_or(SlotError::Layout(LayoutError::OutOfBounds))?;
+            let next = at.checked_add(erase).ok_or(SlotError::Layout(LayoutError::OutOfBounds))?;
             self.flash.erase(at, next).map_err(SlotError::Flash)?;
             at = next;
         }
-        let descriptor = Descriptor {
-            image_len: m.image_len,
-            release_counter: m.release_counter,
-            image_sha256: m.image_sha256,
-        };
+        let descriptor =
+            Descriptor { image_len: m.image_len, release_counter: m.release_counter, image_sha256: m.image_sha256 };
         Ok(UpdateSession {
             check: ImageCheck::new(manifest),
             slots: self,
@@ -524,20 +487,10 @@ impl<F: NorFlash> Slots<F> {
             if let Some(left) = state.trial_boots_left.checked_sub(1)
                 && self.slot_matches(pending, &descriptor)?
             {
-                self.commit(
-                    Some((state, sector)),
-                    BootState {
-                        trial_boots_left: left,
-                        ..state
-                    },
-                )?;
+                self.commit(Some((state, sector)), BootState { trial_boots_left: left, ..state })?;
                 return Ok(self.decision(pending, descriptor, true, false));
             }
-            let next = BootState {
-                pending: None,
-                trial_boots_left: 0,
-                ..state
-            };
+            let next = BootState { pending: None, trial_boots_left: 0, ..state };
             state = self.commit(Some((state, sector)), next)?;
             reverted = true;
         }
@@ -583,15 +536,11 @@ impl<F: NorFlash> Slots<F> {
         let mut check = ImageCheck::expecting(descriptor.image_len, descriptor.image_sha256);
         let mut buf = [0u8; IO_CHUNK];
         let mut offset = self.layout.slot_offset(slot);
-        let mut left =
-            usize::try_from(descriptor.image_len).map_err(|_| SlotError::NoBootableImage)?;
+        let mut left = usize::try_from(descriptor.image_len).map_err(|_| SlotError::NoBootableImage)?;
         while left > 0 {
             let take = left.min(IO_CHUNK);
-            let read_len = round_up(take, F::READ_SIZE)
-                .ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
-            let chunk = buf
-                .get_mut(..read_len)
-                .ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+            let read_len = round_up(take, F::READ_SIZE).ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+            let chunk = buf.get_mut(..read_len).ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
             self.flash.read(offset, chunk).map_err(SlotError::Flash)?;
             if check.update(chunk.get(..take).unwrap_or_default()).is_err() {
                 return Ok(false);
@@ -602,32 +551,17 @@ impl<F: NorFlash> Slots<F> {
         Ok(check.finish().is_ok())
     }
 
-    fn decision(
-        &self,
-        slot: Slot,
-        descriptor: Descriptor,
-        trial: bool,
-        reverted: bool,
-    ) -> BootDecision {
-        BootDecision {
-            slot,
-            offset: self.layout.slot_offset(slot),
-            descriptor,
-            trial,
-            reverted,
-        }
+    fn decision(&self, slot: Slot, descriptor: Descriptor, trial: bool, reverted: bool) -> BootDecision {
+        BootDecision { slot, offset: self.layout.slot_offset(slot), descriptor, trial, reverted }
     }
 
     /// Reads both state records and returns the newest valid one with the index of its sector.
     fn newest(&mut self) -> Res<Option<(BootState, usize)>, F> {
         let mut best: Option<(BootState, usize)> = None;
-        let read_len = round_up(RECORD_LEN, F::READ_SIZE)
-            .ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+        let read_len = round_up(RECORD_LEN, F::READ_SIZE).ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
         for (i, &offset) in self.layout.state_sectors.iter().enumerate() {
             let mut buf = [0u8; IO_CHUNK];
-            let rec = buf
-                .get_mut(..read_len)
-                .ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+            let rec = buf.get_mut(..read_len).ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
             self.flash.read(offset, rec).map_err(SlotError::Flash)?;
             if let Some(state) = BootState::decode(rec)
                 && best.as_ref().is_none_or(|(b, _)| state.seq > b.seq)
@@ -641,35 +575,22 @@ impl<F: NorFlash> Slots<F> {
     /// Writes `next` as the record after `prev`, into the sector that does not hold `prev`, then reads it back.
     fn commit(&mut self, prev: Option<(BootState, usize)>, next: BootState) -> Res<BootState, F> {
         let (seq, sector) = match prev {
-            Some((p, i)) => (
-                p.seq.checked_add(1).ok_or(SlotError::SequenceExhausted)?,
-                1usize.saturating_sub(i),
-            ),
+            Some((p, i)) => (p.seq.checked_add(1).ok_or(SlotError::SequenceExhausted)?, 1usize.saturating_sub(i)),
             None => (1, 0),
         };
         let next = BootState { seq, ..next };
-        let offset = self
-            .layout
-            .state_sectors
-            .get(sector)
-            .copied()
-            .ok_or(SlotError::StateWriteFailed)?;
-        let erase = u32::try_from(F::ERASE_SIZE)
-            .map_err(|_| SlotError::Layout(LayoutError::UnsupportedGeometry))?;
-        let end = offset
-            .checked_add(erase)
-            .ok_or(SlotError::Layout(LayoutError::OutOfBounds))?;
+        let offset = self.layout.state_sectors.get(sector).copied().ok_or(SlotError::StateWriteFailed)?;
+        let erase = u32::try_from(F::ERASE_SIZE).map_err(|_| SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+        let end = offset.checked_add(erase).ok_or(SlotError::Layout(LayoutError::OutOfBounds))?;
         self.flash.erase(offset, end).map_err(SlotError::Flash)?;
         let mut buf = [0xFFu8; IO_CHUNK];
         let record = next.encode();
         if let Some(dst) = buf.get_mut(..RECORD_LEN) {
             dst.copy_from_slice(&record);
         }
-        let write_len = round_up(RECORD_LEN, F::WRITE_SIZE)
-            .ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
-        let src = buf
-            .get(..write_len)
-            .ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+        let write_len =
+            round_up(RECORD_LEN, F::WRITE_SIZE).ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+        let src = buf.get(..write_len).ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
         self.flash.write(offset, src).map_err(SlotError::Flash)?;
         match self.newest()? {
             Some((s, i)) if i == sector && s == next => Ok(next),
@@ -779,19 +700,12 @@ impl<F: NorFlash> UpdateSession<'_, F> {
         if self.fill == 0 {
             return Ok(());
         }
-        let len = round_up(self.fill, F::WRITE_SIZE)
-            .ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+        let len = round_up(self.fill, F::WRITE_SIZE).ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
         if let Some(pad) = self.staged.get_mut(self.fill..len) {
             pad.fill(0xFF);
         }
-        let src = self
-            .staged
-            .get(..len)
-            .ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
-        self.slots
-            .flash
-            .write(self.next_offset, src)
-            .map_err(SlotError::Flash)?;
+        let src = self.staged.get(..len).ok_or(SlotError::Layout(LayoutError::UnsupportedGeometry))?;
+        self.slots.flash.write(self.next_offset, src).map_err(SlotError::Flash)?;
         self.next_offset = self.next_offset.saturating_add(len as u32);
         self.fill = 0;
         Ok(())
@@ -815,17 +729,12 @@ impl<F: NorFlash> UpdateSession<'_, F> {
             return Err(SlotError::ReadBackMismatch);
         }
         let (state, sector) = self.base;
-        let mut next = BootState {
-            pending: Some(self.target),
-            trial_boots_left: self.slots.config.trial_boots.get(),
-            ..state
-        };
+        let mut next =
+            BootState { pending: Some(self.target), trial_boots_left: self.slots.config.trial_boots.get(), ..state };
         next.set_descriptor(self.target, self.descriptor);
         match self.observed {
             Observed::UnixSeconds(t) => next.latest_known_time = next.latest_known_time.max(t),
-            Observed::GatewayCounter(c) => {
-                next.latest_known_counter = next.latest_known_counter.max(c)
-            }
+            Observed::GatewayCounter(c) => next.latest_known_counter = next.latest_known_counter.max(c),
         }
         self.slots.commit(Some((state, sector)), next).map(|_| ())
     }

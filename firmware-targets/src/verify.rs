@@ -12,9 +12,8 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{
-    DecodeError, Envelope, Expiry, MAX_ENVELOPE_LEN, MAX_SIGNING_INPUT_LEN, Manifest,
-    PUBLIC_KEY_LEN, SHA256_LEN, SigningInputFn, TimeToken, key_id, manifest_signing_input,
-    time_token_signing_input,
+    DecodeError, Envelope, Expiry, MAX_ENVELOPE_LEN, MAX_SIGNING_INPUT_LEN, Manifest, PUBLIC_KEY_LEN, SHA256_LEN,
+    SigningInputFn, TimeToken, key_id, manifest_signing_input, time_token_signing_input,
 };
 
 /// Everything the device trusts or remembers when judging a manifest.
@@ -159,11 +158,7 @@ fn check_envelope<'e>(
             return Ok(env.body);
         }
     }
-    Err(if known {
-        SignatureError::BadSignature
-    } else {
-        SignatureError::UnknownKey
-    })
+    Err(if known { SignatureError::BadSignature } else { SignatureError::UnknownKey })
 }
 
 /// Verifies a signed time token for `device_id` and returns its unix seconds.
@@ -175,8 +170,7 @@ pub fn verify_time_token(
     trusted_keys: &[[u8; PUBLIC_KEY_LEN]],
     device_id: &[u8],
 ) -> Result<u64, ManifestError> {
-    let body = check_envelope(envelope, trusted_keys, time_token_signing_input)
-        .map_err(ManifestError::TimeToken)?;
+    let body = check_envelope(envelope, trusted_keys, time_token_signing_input).map_err(ManifestError::TimeToken)?;
     let token = TimeToken::decode(body).map_err(|e| ManifestError::TimeToken(e.into()))?;
     if token.device_id != device_id {
         return Err(ManifestError::TimeTokenWrongDevice);
@@ -195,12 +189,10 @@ pub fn verify_manifest<'e>(
     now: Freshness<'_>,
 ) -> Result<VerifiedManifest<'e>, ManifestError> {
     if envelope.len() > MAX_ENVELOPE_LEN {
-        return Err(ManifestError::Signature(SignatureError::Decode(
-            DecodeError::TooLong,
-        )));
+        return Err(ManifestError::Signature(SignatureError::Decode(DecodeError::TooLong)));
     }
-    let body = check_envelope(envelope, policy.trusted_keys, manifest_signing_input)
-        .map_err(ManifestError::Signature)?;
+    let body =
+        check_envelope(envelope, policy.trusted_keys, manifest_signing_input).map_err(ManifestError::Signature)?;
     let manifest = Manifest::decode(body).map_err(|e| ManifestError::Signature(e.into()))?;
     if manifest.hardware_id != policy.hardware_id {
         return Err(ManifestError::WrongHardwareId);
@@ -209,29 +201,20 @@ pub fn verify_manifest<'e>(
         return Err(ManifestError::WrongDeviceId);
     }
     if manifest.release_counter < policy.min_release_counter {
-        return Err(ManifestError::Rollback {
-            offered: manifest.release_counter,
-            stored: policy.min_release_counter,
-        });
+        return Err(ManifestError::Rollback { offered: manifest.release_counter, stored: policy.min_release_counter });
     }
     let (observed, now, floor, expires_at) = match (manifest.expiry, now) {
         (Expiry::UnixSeconds(at), Freshness::TimeToken(token)) => {
             let t = verify_time_token(token, policy.trusted_keys, policy.device_id)?;
             (Observed::UnixSeconds(t), t, policy.latest_known_time, at)
         }
-        (Expiry::GatewayCounter(at), Freshness::GatewayCounter(c)) => (
-            Observed::GatewayCounter(c),
-            c,
-            policy.latest_known_counter,
-            at,
-        ),
+        (Expiry::GatewayCounter(at), Freshness::GatewayCounter(c)) => {
+            (Observed::GatewayCounter(c), c, policy.latest_known_counter, at)
+        }
         _ => return Err(ManifestError::FreshnessKindMismatch),
     };
     if now < floor {
-        return Err(ManifestError::ClockWentBackwards {
-            offered: now,
-            floor,
-        });
+        return Err(ManifestError::ClockWentBackwards { offered: now, floor });
     }
     if now >= expires_at {
         return Err(ManifestError::Expired { expires_at, now });
@@ -280,12 +263,7 @@ impl ImageCheck {
     /// Starts checking against an explicit length and digest (e.g. a slot descriptor read back from flash).
     #[must_use]
     pub(crate) fn expecting(expected_len: u32, expected_sha256: [u8; SHA256_LEN]) -> Self {
-        Self {
-            expected_len,
-            expected_sha256,
-            seen: 0,
-            hasher: Sha256::new(),
-        }
+        Self { expected_len, expected_sha256, seen: 0, hasher: Sha256::new() }
     }
 
     /// Feeds the next chunk. A chunk that would exceed the length is refused whole and not hashed.
@@ -293,15 +271,9 @@ impl ImageCheck {
     /// # Errors
     /// [`ImageError::TooLong`].
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
-        let too_long = ImageError::TooLong {
-            expected: self.expected_len,
-        };
+        let too_long = ImageError::TooLong { expected: self.expected_len };
         let len = u32::try_from(chunk.len()).map_err(|_| too_long)?;
-        let seen = self
-            .seen
-            .checked_add(len)
-            .filter(|s| *s <= self.expected_len)
-            .ok_or(too_long)?;
+        let seen = self.seen.checked_add(len).filter(|s| *s <= self.expected_len).ok_or(too_long)?;
         self.hasher.update(chunk);
         self.seen = seen;
         Ok(())
@@ -319,16 +291,9 @@ impl ImageCheck {
     /// [`ImageError::TooShort`] or [`ImageError::HashMismatch`].
     pub fn finish(self) -> Result<(), ImageError> {
         if self.seen != self.expected_len {
-            return Err(ImageError::TooShort {
-                expected: self.expected_len,
-                got: self.seen,
-            });
+            return Err(ImageError::TooShort { expected: self.expected_len, got: self.seen });
         }
         let digest: [u8; SHA256_LEN] = self.hasher.finalize().into();
-        if digest == self.expected_sha256 {
-            Ok(())
-        } else {
-            Err(ImageError::HashMismatch)
-        }
+        if digest == self.expected_sha256 { Ok(()) } else { Err(ImageError::HashMismatch) }
     }
 }

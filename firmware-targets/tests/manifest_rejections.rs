@@ -4,13 +4,10 @@
 mod support;
 
 use outpost_firmware::manifest::{
-    DecodeError, MAX_BODY_LEN, MAX_ENVELOPE_LEN, MAX_SIGNING_INPUT_LEN, encode_envelope, key_id,
-    manifest_signing_input,
+    DecodeError, MAX_BODY_LEN, MAX_ENVELOPE_LEN, MAX_SIGNING_INPUT_LEN, encode_envelope, key_id, manifest_signing_input,
 };
 use outpost_firmware::verify::SignatureError;
-use outpost_firmware::{
-    Expiry, Freshness, InstallError, Manifest, ManifestError, Policy, SlotError, verify_manifest,
-};
+use outpost_firmware::{Expiry, Freshness, InstallError, Manifest, ManifestError, Policy, SlotError, verify_manifest};
 use support::*;
 
 fn policy(keys: &[[u8; 32]]) -> Policy<'_> {
@@ -38,10 +35,7 @@ fn assert_device_refuses(envelope: &[u8], now: Freshness<'_>, expected: Manifest
             Ok(_) => panic!("expected {expected:?}, the install started"),
         }
     }
-    assert_eq!(
-        flash.mutations, 0,
-        "no erase or write may happen for a rejected manifest"
-    );
+    assert_eq!(flash.mutations, 0, "no erase or write may happen for a rejected manifest");
     assert!(flash.mem == before, "flash changed");
 }
 
@@ -55,25 +49,16 @@ fn well_formed_manifest_from_the_hub_verifies() {
     let env = sign_manifest(&hub_key(), &m);
     let verified = verify_manifest(&env, &policy(&keys), NOW).unwrap();
     assert_eq!(*verified.manifest(), m);
-    assert_eq!(
-        verified.observed(),
-        outpost_firmware::verify::Observed::GatewayCounter(NOW_COUNTER)
-    );
+    assert_eq!(verified.observed(), outpost_firmware::verify::Observed::GatewayCounter(NOW_COUNTER));
 }
 
 #[test]
 fn wrong_hardware_id_rejected() {
     let keys = trusted_keys();
     let img = new_image();
-    let m = Manifest {
-        hardware_id: b"nrf52840-other-board",
-        ..manifest_for(&img, NEW_RELEASE)
-    };
+    let m = Manifest { hardware_id: b"nrf52840-other-board", ..manifest_for(&img, NEW_RELEASE) };
     let env = sign_manifest(&hub_key(), &m);
-    assert_eq!(
-        verify_manifest(&env, &policy(&keys), NOW),
-        Err(ManifestError::WrongHardwareId)
-    );
+    assert_eq!(verify_manifest(&env, &policy(&keys), NOW), Err(ManifestError::WrongHardwareId));
     assert_device_refuses(&env, NOW, ManifestError::WrongHardwareId);
 }
 
@@ -81,15 +66,9 @@ fn wrong_hardware_id_rejected() {
 fn wrong_device_id_rejected() {
     let keys = trusted_keys();
     let img = new_image();
-    let m = Manifest {
-        device_id: OTHER_DEVICE_ID,
-        ..manifest_for(&img, NEW_RELEASE)
-    };
+    let m = Manifest { device_id: OTHER_DEVICE_ID, ..manifest_for(&img, NEW_RELEASE) };
     let env = sign_manifest(&hub_key(), &m);
-    assert_eq!(
-        verify_manifest(&env, &policy(&keys), NOW),
-        Err(ManifestError::WrongDeviceId)
-    );
+    assert_eq!(verify_manifest(&env, &policy(&keys), NOW), Err(ManifestError::WrongDeviceId));
     assert_device_refuses(&env, NOW, ManifestError::WrongDeviceId);
 }
 
@@ -100,55 +79,28 @@ fn lower_release_counter_rejected() {
 
     // Below the counter provisioned with the factory image.
     let older = sign_manifest(&hub_key(), &manifest_for(&img, OLD_RELEASE - 1));
-    let rollback = ManifestError::Rollback {
-        offered: OLD_RELEASE - 1,
-        stored: OLD_RELEASE,
-    };
+    let rollback = ManifestError::Rollback { offered: OLD_RELEASE - 1, stored: OLD_RELEASE };
     assert_eq!(verify_manifest(&older, &policy(&keys), NOW), Err(rollback));
     assert_device_refuses(&older, NOW, rollback);
 
     // Confirming release 9 raises the stored counter: release 7 (newer than the factory image) is now a rollback.
     let mut flash = provisioned();
     let mut dev = device(&mut flash, layout(), &keys);
-    install(
-        &mut dev,
-        &sign_manifest(&hub_key(), &manifest_for(&img, 9)),
-        &img,
-    )
-    .unwrap();
+    install(&mut dev, &sign_manifest(&hub_key(), &manifest_for(&img, 9)), &img).unwrap();
     assert!(dev.boot().unwrap().trial);
     dev.confirm().unwrap();
-    assert_eq!(
-        dev.slots_mut()
-            .state()
-            .unwrap()
-            .unwrap()
-            .min_release_counter,
-        9
-    );
+    assert_eq!(dev.slots_mut().state().unwrap().unwrap().min_release_counter, 9);
     let seven = sign_manifest(&hub_key(), &manifest_for(&img, 7));
     match dev.begin_install(&seven, NOW) {
-        Err(InstallError::Manifest(e)) => assert_eq!(
-            e,
-            ManifestError::Rollback {
-                offered: 7,
-                stored: 9
-            }
-        ),
+        Err(InstallError::Manifest(e)) => assert_eq!(e, ManifestError::Rollback { offered: 7, stored: 9 }),
         _ => panic!("release 7 accepted after release 9 was confirmed"),
     }
 
     // Defence in depth: a manifest verified under a laxer policy is still refused by the slots.
-    let lax = Policy {
-        min_release_counter: 0,
-        ..policy(&keys)
-    };
+    let lax = Policy { min_release_counter: 0, ..policy(&keys) };
     let verified = verify_manifest(&seven, &lax, NOW).unwrap();
     match dev.slots_mut().begin_update(&verified) {
-        Err(SlotError::Rollback {
-            offered: 7,
-            stored: 9,
-        }) => {}
+        Err(SlotError::Rollback { offered: 7, stored: 9 }) => {}
         Err(e) => panic!("unexpected {e:?}"),
         Ok(_) => panic!("slots accepted a rollback"),
     }
@@ -162,40 +114,18 @@ fn expired_manifest_rejected() {
     // Gateway counter: valid strictly before the expiry value.
     let env = sign_manifest(&hub_key(), &manifest_for(&img, NEW_RELEASE));
     let at_expiry = Freshness::GatewayCounter(EXPIRES_COUNTER);
-    let expired = ManifestError::Expired {
-        expires_at: EXPIRES_COUNTER,
-        now: EXPIRES_COUNTER,
-    };
-    assert_eq!(
-        verify_manifest(&env, &policy(&keys), at_expiry),
-        Err(expired)
-    );
+    let expired = ManifestError::Expired { expires_at: EXPIRES_COUNTER, now: EXPIRES_COUNTER };
+    assert_eq!(verify_manifest(&env, &policy(&keys), at_expiry), Err(expired));
     assert_device_refuses(&env, at_expiry, expired);
-    assert!(
-        verify_manifest(
-            &env,
-            &policy(&keys),
-            Freshness::GatewayCounter(EXPIRES_COUNTER - 1)
-        )
-        .is_ok()
-    );
+    assert!(verify_manifest(&env, &policy(&keys), Freshness::GatewayCounter(EXPIRES_COUNTER - 1)).is_ok());
 
     // Unix seconds: "now" comes from a hub-signed time token.
     const EXPIRES: u64 = 1_800_000_000;
-    let m = Manifest {
-        expiry: Expiry::UnixSeconds(EXPIRES),
-        ..manifest_for(&img, NEW_RELEASE)
-    };
+    let m = Manifest { expiry: Expiry::UnixSeconds(EXPIRES), ..manifest_for(&img, NEW_RELEASE) };
     let env = sign_manifest(&hub_key(), &m);
     let late = sign_time_token(&hub_key(), DEVICE_ID, EXPIRES + 60);
-    let expired = ManifestError::Expired {
-        expires_at: EXPIRES,
-        now: EXPIRES + 60,
-    };
-    assert_eq!(
-        verify_manifest(&env, &policy(&keys), Freshness::TimeToken(&late)),
-        Err(expired)
-    );
+    let expired = ManifestError::Expired { expires_at: EXPIRES, now: EXPIRES + 60 };
+    assert_eq!(verify_manifest(&env, &policy(&keys), Freshness::TimeToken(&late)), Err(expired));
     assert_device_refuses(&env, Freshness::TimeToken(&late), expired);
     let early = sign_time_token(&hub_key(), DEVICE_ID, EXPIRES - 60);
     assert!(verify_manifest(&env, &policy(&keys), Freshness::TimeToken(&early)).is_ok());
@@ -212,10 +142,7 @@ fn forged_or_misdirected_time_token_rejected() {
     let keys = trusted_keys();
     let img = new_image();
     const EXPIRES: u64 = 1_800_000_000;
-    let m = Manifest {
-        expiry: Expiry::UnixSeconds(EXPIRES),
-        ..manifest_for(&img, NEW_RELEASE)
-    };
+    let m = Manifest { expiry: Expiry::UnixSeconds(EXPIRES), ..manifest_for(&img, NEW_RELEASE) };
     let env = sign_manifest(&hub_key(), &m);
     let p = policy(&keys);
     let now = EXPIRES - 3_600;
@@ -226,10 +153,7 @@ fn forged_or_misdirected_time_token_rejected() {
         Err(ManifestError::TimeToken(SignatureError::UnknownKey))
     );
     let other = sign_time_token(&hub_key(), OTHER_DEVICE_ID, now);
-    assert_eq!(
-        verify_manifest(&env, &p, Freshness::TimeToken(&other)),
-        Err(ManifestError::TimeTokenWrongDevice)
-    );
+    assert_eq!(verify_manifest(&env, &p, Freshness::TimeToken(&other)), Err(ManifestError::TimeTokenWrongDevice));
     // The manifest envelope itself is signed under another domain tag, so it is no time token.
     assert_eq!(
         verify_manifest(&env, &p, Freshness::TimeToken(&env)),
@@ -237,29 +161,17 @@ fn forged_or_misdirected_time_token_rejected() {
     );
     // An old token replayed below the device's floor.
     let stale = sign_time_token(&hub_key(), DEVICE_ID, now - 1);
-    let floor = Policy {
-        latest_known_time: now,
-        ..p
-    };
+    let floor = Policy { latest_known_time: now, ..p };
     assert_eq!(
         verify_manifest(&env, &floor, Freshness::TimeToken(&stale)),
-        Err(ManifestError::ClockWentBackwards {
-            offered: now - 1,
-            floor: now
-        })
+        Err(ManifestError::ClockWentBackwards { offered: now - 1, floor: now })
     );
     // Same for a gateway counter that went backwards.
     let counter_env = sign_manifest(&hub_key(), &manifest_for(&img, NEW_RELEASE));
-    let floor = Policy {
-        latest_known_counter: NOW_COUNTER + 1,
-        ..p
-    };
+    let floor = Policy { latest_known_counter: NOW_COUNTER + 1, ..p };
     assert_eq!(
         verify_manifest(&counter_env, &floor, NOW),
-        Err(ManifestError::ClockWentBackwards {
-            offered: NOW_COUNTER,
-            floor: NOW_COUNTER + 1
-        })
+        Err(ManifestError::ClockWentBackwards { offered: NOW_COUNTER, floor: NOW_COUNTER + 1 })
     );
 }
 
@@ -282,9 +194,7 @@ fn bad_signature_rejected() {
     let mut input = [0u8; MAX_SIGNING_INPUT_LEN];
     let rogue_sig = {
         use ed25519_dalek::Signer;
-        rogue_key()
-            .sign(manifest_signing_input(&body[..n], &mut input).unwrap())
-            .to_bytes()
+        rogue_key().sign(manifest_signing_input(&body[..n], &mut input).unwrap()).to_bytes()
     };
     let mut out = [0u8; MAX_ENVELOPE_LEN];
     let len = encode_envelope(&hub_id, &body[..n], &rogue_sig, &mut out).unwrap();
@@ -295,10 +205,7 @@ fn bad_signature_rejected() {
     // A genuine hub signature moved onto a different body (release bumped after signing).
     let genuine = sign_manifest(&hub_key(), &m);
     let sig: [u8; 64] = genuine[genuine.len() - 64..].try_into().unwrap();
-    let bumped = Manifest {
-        release_counter: NEW_RELEASE + 1,
-        ..m
-    };
+    let bumped = Manifest { release_counter: NEW_RELEASE + 1, ..m };
     let n = bumped.encode(&mut body).unwrap();
     let len = encode_envelope(&hub_id, &body[..n], &sig, &mut out).unwrap();
     assert_eq!(verify_manifest(&out[..len], &policy(&keys), NOW), Err(bad));
@@ -313,34 +220,24 @@ fn every_truncation_and_byte_flip_of_a_signed_manifest_rejected() {
     let p = policy(&keys);
     assert!(verify_manifest(&env, &p, NOW).is_ok());
     for cut in 0..env.len() {
-        assert!(
-            verify_manifest(&env[..cut], &p, NOW).is_err(),
-            "truncated to {cut} bytes accepted"
-        );
+        assert!(verify_manifest(&env[..cut], &p, NOW).is_err(), "truncated to {cut} bytes accepted");
     }
     for i in 0..env.len() {
         for mask in [0x01u8, 0x80, 0xFF] {
             let mut m = env.clone();
             m[i] ^= mask;
-            assert!(
-                verify_manifest(&m, &p, NOW).is_err(),
-                "flip {mask:#x} at byte {i} accepted"
-            );
+            assert!(verify_manifest(&m, &p, NOW).is_err(), "flip {mask:#x} at byte {i} accepted");
         }
     }
     let mut longer = env.clone();
     longer.push(0);
     assert_eq!(
         verify_manifest(&longer, &p, NOW),
-        Err(ManifestError::Signature(SignatureError::Decode(
-            DecodeError::TrailingBytes
-        )))
+        Err(ManifestError::Signature(SignatureError::Decode(DecodeError::TrailingBytes)))
     );
     assert_eq!(
         verify_manifest(&[0x83; MAX_ENVELOPE_LEN + 1], &p, NOW),
-        Err(ManifestError::Signature(SignatureError::Decode(
-            DecodeError::TooLong
-        )))
+        Err(ManifestError::Signature(SignatureError::Decode(DecodeError::TooLong)))
     );
 }
 
@@ -381,37 +278,22 @@ fn signed_but_malformed_manifest_bodies_rejected() {
 
     // The hand-built canonical body matches the encoder, so the variants below differ only where intended.
     let canonical = signed_raw_body(|b| raw_manifest(b, &img, 1, &[NEW_RELEASE as u8], 1));
-    assert_eq!(
-        canonical,
-        sign_manifest(&hub_key(), &manifest_for(&img, NEW_RELEASE))
-    );
+    assert_eq!(canonical, sign_manifest(&hub_key(), &manifest_for(&img, NEW_RELEASE)));
     assert!(verify_manifest(&canonical, &p, NOW).is_ok());
 
     let decode = |e| Err(ManifestError::Signature(SignatureError::Decode(e)));
     let long_release = [0x1b, 0, 0, 0, 0, 0, 0, 0, NEW_RELEASE as u8];
     let non_canonical = signed_raw_body(|b| raw_manifest(b, &img, 1, &long_release, 1));
-    assert_eq!(
-        verify_manifest(&non_canonical, &p, NOW),
-        decode(DecodeError::NonCanonical)
-    );
+    assert_eq!(verify_manifest(&non_canonical, &p, NOW), decode(DecodeError::NonCanonical));
     let v2 = signed_raw_body(|b| raw_manifest(b, &img, 2, &[NEW_RELEASE as u8], 1));
-    assert_eq!(
-        verify_manifest(&v2, &p, NOW),
-        decode(DecodeError::UnsupportedVersion)
-    );
+    assert_eq!(verify_manifest(&v2, &p, NOW), decode(DecodeError::UnsupportedVersion));
     let kind = signed_raw_body(|b| raw_manifest(b, &img, 1, &[NEW_RELEASE as u8], 2));
-    assert_eq!(
-        verify_manifest(&kind, &p, NOW),
-        decode(DecodeError::UnknownExpiryKind)
-    );
+    assert_eq!(verify_manifest(&kind, &p, NOW), decode(DecodeError::UnknownExpiryKind));
     let trailing = signed_raw_body(|b| {
         raw_manifest(b, &img, 1, &[NEW_RELEASE as u8], 1);
         b.push(0);
     });
-    assert_eq!(
-        verify_manifest(&trailing, &p, NOW),
-        decode(DecodeError::TrailingBytes)
-    );
+    assert_eq!(verify_manifest(&trailing, &p, NOW), decode(DecodeError::TrailingBytes));
 }
 
 #[test]
@@ -420,20 +302,11 @@ fn encoder_refuses_out_of_limit_fields() {
     let img = new_image();
     let mut buf = [0u8; MAX_BODY_LEN];
     let long_id = [b'x'; MAX_ID_LEN + 1];
-    let m = Manifest {
-        device_id: &long_id,
-        ..manifest_for(&img, NEW_RELEASE)
-    };
+    let m = Manifest { device_id: &long_id, ..manifest_for(&img, NEW_RELEASE) };
     assert_eq!(m.encode(&mut buf), Err(EncodeError::BadIdLength));
-    let m = Manifest {
-        hardware_id: b"",
-        ..manifest_for(&img, NEW_RELEASE)
-    };
+    let m = Manifest { hardware_id: b"", ..manifest_for(&img, NEW_RELEASE) };
     assert_eq!(m.encode(&mut buf), Err(EncodeError::BadIdLength));
-    let m = Manifest {
-        image_len: 0,
-        ..manifest_for(&img, NEW_RELEASE)
-    };
+    let m = Manifest { image_len: 0, ..manifest_for(&img, NEW_RELEASE) };
     assert_eq!(m.encode(&mut buf), Err(EncodeError::EmptyImage));
     let m = manifest_for(&img, NEW_RELEASE);
     assert_eq!(m.encode(&mut buf[..10]), Err(EncodeError::BufferTooSmall));

@@ -35,16 +35,11 @@ fn boots_verified_image<const W: usize, const E: usize>(
     let (old, new) = (old_image(), new_image());
     let decision = {
         let mut dev = device(flash, layout, keys);
-        dev.boot()
-            .unwrap_or_else(|e| panic!("cut at mutation {cut}: no boot: {e:?}"))
+        dev.boot().unwrap_or_else(|e| panic!("cut at mutation {cut}: no boot: {e:?}"))
     };
     let len = decision.descriptor.image_len as usize;
     let bytes = slot_bytes(flash, &layout, decision.slot, len);
-    assert_eq!(
-        sha256(&bytes),
-        decision.descriptor.image_sha256,
-        "cut at {cut}: slot does not match descriptor"
-    );
+    assert_eq!(sha256(&bytes), decision.descriptor.image_sha256, "cut at {cut}: slot does not match descriptor");
     let is_new = match decision.slot {
         Slot::A => {
             assert_eq!(bytes, old, "cut at {cut}: slot A is not the old image");
@@ -56,10 +51,7 @@ fn boots_verified_image<const W: usize, const E: usize>(
         }
     };
     // Booting the old image must never look like a trial of the new one.
-    assert!(
-        !decision.trial || is_new,
-        "cut at {cut}: trial boot of the old image"
-    );
+    assert!(!decision.trial || is_new, "cut at {cut}: trial boot of the old image");
     (is_new, decision.trial)
 }
 
@@ -73,24 +65,15 @@ fn power_cut_sweep<const W: usize, const E: usize>() {
     full_update(&mut flash, layout, &keys, &envelope).unwrap();
     let total = flash.mutations;
     let image_writes = NEW_IMAGE_LEN.div_ceil(256);
-    assert!(
-        total >= image_writes + 3 * 2,
-        "the update should erase and write more than {total} times"
-    );
+    assert!(total >= image_writes + 3 * 2, "the update should erase and write more than {total} times");
 
     let (mut ended_old, mut ended_new) = (0, 0);
     for cut in 0..total {
         let mut flash = provisioned_flash::<W, E>(&layout, capacity);
         flash.cut_power_at(cut);
         let result = full_update(&mut flash, layout, &keys, &envelope);
-        assert!(
-            result.is_err(),
-            "cut at {cut} of {total} did not interrupt the update"
-        );
-        assert!(
-            !flash.powered,
-            "cut at {cut}: the update failed for another reason: {result:?}"
-        );
+        assert!(result.is_err(), "cut at {cut} of {total} did not interrupt the update");
+        assert!(!flash.powered, "cut at {cut}: the update failed for another reason: {result:?}");
         flash.reboot();
 
         let (first_new, trial) = boots_verified_image(&mut flash, layout, &keys, cut);
@@ -101,37 +84,20 @@ fn power_cut_sweep<const W: usize, const E: usize>() {
         }
         if trial {
             // The new image came up on trial and is healthy: it confirms, and keeps booting without a trial.
-            device(&mut flash, layout, &keys)
-                .confirm()
-                .unwrap_or_else(|e| panic!("cut at {cut}: {e:?}"));
-            assert_eq!(
-                boots_verified_image(&mut flash, layout, &keys, cut),
-                (true, false),
-                "cut at {cut}"
-            );
+            device(&mut flash, layout, &keys).confirm().unwrap_or_else(|e| panic!("cut at {cut}: {e:?}"));
+            assert_eq!(boots_verified_image(&mut flash, layout, &keys, cut), (true, false), "cut at {cut}");
         } else {
             // A second power cycle must land on the same image, without a trial.
-            assert_eq!(
-                boots_verified_image(&mut flash, layout, &keys, cut),
-                (first_new, false),
-                "cut at {cut}"
-            );
+            assert_eq!(boots_verified_image(&mut flash, layout, &keys, cut), (first_new, false), "cut at {cut}");
         }
         if !first_new {
             // Back on the old image, the device can always finish the job with a fresh update.
             full_update(&mut flash, layout, &keys, &envelope)
                 .unwrap_or_else(|e| panic!("cut at {cut}: retry failed: {e}"));
-            assert_eq!(
-                boots_verified_image(&mut flash, layout, &keys, cut),
-                (true, false),
-                "cut at {cut}"
-            );
+            assert_eq!(boots_verified_image(&mut flash, layout, &keys, cut), (true, false), "cut at {cut}");
         }
     }
-    assert!(
-        ended_old > 0 && ended_new > 0,
-        "sweep should see both outcomes ({ended_old} old, {ended_new} new)"
-    );
+    assert!(ended_old > 0 && ended_new > 0, "sweep should see both outcomes ({ended_old} old, {ended_new} new)");
     eprintln!(
         "W={W} E={E}: {total} flash mutations per update; first boot after the cut: {ended_old} old, {ended_new} new"
     );

@@ -1,1 +1,11 @@
-//! stub
+//! The Outpost hub: the central registry of model packages, and later their signing, release and fleet service.
+//!
+//! This crate is the library behind the `outpost-hub` binary. Logic that devices share lives in `outpost-shared`;
+//! here are the stores and the drivers around them.
+
+pub mod blobs;
+pub mod clock;
+pub mod config;
+pub mod registry;
+
+pub use registry::{Registry, RegistryError};

@@ -30,13 +30,11 @@ pub fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, CanonicalError> {
 
 /// Decodes deterministic CBOR, refusing any other encoding of the same value.
 pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CanonicalError> {
-    let v: Value =
-        ciborium::de::from_reader(bytes).map_err(|e| CanonicalError::Decode(e.to_string()))?;
+    let v: Value = ciborium::de::from_reader(bytes).map_err(|e| CanonicalError::Decode(e.to_string()))?;
     if encode_value(canonicalize(v.clone()))? != bytes {
         return Err(CanonicalError::NotCanonical);
     }
-    v.deserialized()
-        .map_err(|e| CanonicalError::Decode(e.to_string()))
+    v.deserialized().map_err(|e| CanonicalError::Decode(e.to_string()))
 }
 
 fn encode_value(v: Value) -> Result<Vec<u8>, CanonicalError> {
@@ -80,19 +78,10 @@ mod tests {
 
     #[test]
     fn map_keys_are_sorted_by_encoded_bytes_whatever_the_field_order() {
-        let s = S {
-            zeta: 1,
-            alpha: "a".into(),
-            mid: [("b".into(), 1.5), ("a".into(), 0.1)].into(),
-        };
+        let s = S { zeta: 1, alpha: "a".into(), mid: [("b".into(), 1.5), ("a".into(), 0.1)].into() };
         let bytes = to_vec(&s).unwrap();
         let v: Value = ciborium::de::from_reader(&bytes[..]).unwrap();
-        let keys: Vec<_> = v
-            .as_map()
-            .unwrap()
-            .iter()
-            .map(|(k, _)| k.as_text().unwrap().to_owned())
-            .collect();
+        let keys: Vec<_> = v.as_map().unwrap().iter().map(|(k, _)| k.as_text().unwrap().to_owned()).collect();
         // Shorter encodings sort first: "mid" (3) before "zeta" (4) before "alpha" (5).
         assert_eq!(keys, ["mid", "zeta", "alpha"]);
         assert_eq!(from_slice::<S>(&bytes).unwrap(), s);
@@ -102,10 +91,7 @@ mod tests {
     fn non_canonical_encoding_of_same_value_is_refused() {
         // {"a": 1} with the integer 1 in a needless two-byte form (0x18 0x01).
         let bytes = [0xa1, 0x61, b'a', 0x18, 0x01];
-        assert!(matches!(
-            from_slice::<BTreeMap<String, u32>>(&bytes),
-            Err(CanonicalError::NotCanonical)
-        ));
+        assert!(matches!(from_slice::<BTreeMap<String, u32>>(&bytes), Err(CanonicalError::NotCanonical)));
         let good = [0xa1, 0x61, b'a', 0x01];
         assert_eq!(from_slice::<BTreeMap<String, u32>>(&good).unwrap()["a"], 1);
     }

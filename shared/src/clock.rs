@@ -27,17 +27,13 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock showing `wall` seconds since the epoch and a monotonic reading of zero.
     pub fn new(wall: UnixSeconds) -> Self {
-        ManualClock {
-            wall: AtomicU64::new(wall),
-            mono_nanos: AtomicU64::new(0),
-        }
+        ManualClock { wall: AtomicU64::new(wall), mono_nanos: AtomicU64::new(0) }
     }
 
     /// Moves both readings forward by `d`.
     pub fn advance(&self, d: Duration) {
         self.wall.fetch_add(d.as_secs(), Ordering::SeqCst);
-        self.mono_nanos
-            .fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
+        self.mono_nanos.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
     }
 
     /// Sets the wall clock (which may go backwards); the monotonic reading is unaffected.
@@ -60,12 +56,7 @@ pub fn format_rfc3339(t: UnixSeconds) -> String {
     let days = (t / 86_400) as i64;
     let secs = t % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
@@ -85,28 +76,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Whether `s` is an RFC 3339 date-time with an explicit offset (`Z` or `±HH:MM`).
 pub fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
-    if b.len() < 20
-        || !(digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10))
-    {
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    if b.len() < 20 || !(digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10)) {
         return false;
     }
-    if !(matches!(b[10], b'T' | b't' | b' ')
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':')
+    if !(matches!(b[10], b'T' | b't' | b' ') && digits(11..13) && b[13] == b':' && digits(14..16) && b[16] == b':')
         || !digits(17..19)
     {
         return false;
     }
     let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(99);
-    if !(1..=12).contains(&num(5..7))
-        || !(1..=31).contains(&num(8..10))
-        || num(11..13) > 23
-        || num(14..16) > 59
-    {
+    if !(1..=12).contains(&num(5..7)) || !(1..=31).contains(&num(8..10)) || num(11..13) > 23 || num(14..16) > 59 {
         return false;
     }
     let mut i = 19;

@@ -45,9 +45,7 @@ impl fmt::Debug for Digest {
 
 /// A string that is not a SHA-256 digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{input}` is not a SHA-256 digest (expected 64 hex characters, optionally prefixed with `sha256:`)"
-)]
+#[error("`{input}` is not a SHA-256 digest (expected 64 hex characters, optionally prefixed with `sha256:`)")]
 pub struct DigestParseError {
     /// The offending input, truncated to 80 characters.
     pub input: String,
@@ -58,9 +56,7 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
-        let err = || DigestParseError {
-            input: s.chars().take(80).collect(),
-        };
+        let err = || DigestParseError { input: s.chars().take(80).collect() };
         if hex_part.len() != 64 {
             return Err(err());
         }
@@ -89,9 +85,7 @@ impl<'de> Deserialize<'de> for Digest {
                 v.parse().map_err(E::custom)
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Digest, E> {
-                let arr: [u8; 32] = v
-                    .try_into()
-                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                let arr: [u8; 32] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
                 Ok(Digest(arr))
             }
         }
@@ -126,10 +120,7 @@ mod tests {
 
     #[test]
     fn digest_of_empty_input_is_the_known_sha256() {
-        assert_eq!(
-            Digest::of(b"").to_hex(),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(Digest::of(b"").to_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 
     #[test]
@@ -138,11 +129,7 @@ mod tests {
         assert_eq!(format!("sha256:{d}").parse::<Digest>(), Ok(d));
         assert_eq!(d.to_hex().to_uppercase().parse::<Digest>(), Ok(d));
         assert!("abc".parse::<Digest>().is_err());
-        assert!(
-            format!("{}zz", &d.to_hex()[..62])
-                .parse::<Digest>()
-                .is_err()
-        );
+        assert!(format!("{}zz", &d.to_hex()[..62]).parse::<Digest>().is_err());
     }
 
     #[test]

@@ -79,6 +79,36 @@ pub enum DataClassification {
     Restricted,
 }
 
+/// `Display` as the lowercase word used in manifests.
+macro_rules! display_as_serde_name {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$variant => $name),+ })
+            }
+        }
+    };
+}
+
+display_as_serde_name!(RiskTier { Low => "low", Medium => "medium", High => "high" });
+display_as_serde_name!(DataClassification {
+    Public => "public",
+    Internal => "internal",
+    Confidential => "confidential",
+    Restricted => "restricted",
+});
+display_as_serde_name!(DecisionOutcome { Accepted => "accepted", Rejected => "rejected" });
+display_as_serde_name!(ElementType { F32 => "f32", F64 => "f64", I8 => "i8", U8 => "u8", I32 => "i32", I64 => "i64", Bool => "bool" });
+display_as_serde_name!(LineageOperator {
+    None => "none",
+    FineTune => "fine-tune",
+    Quantize => "quantize",
+    Distill => "distill",
+    Prune => "prune",
+    Merge => "merge",
+    Convert => "convert",
+});
+
 /// Runtime needs of the model on a device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,32 +196,9 @@ impl ElementType {
 
     /// The type with ONNX code `code`, if Outpost supports it.
     pub fn from_onnx_code(code: i32) -> Option<Self> {
-        [
-            Self::F32,
-            Self::U8,
-            Self::I8,
-            Self::I32,
-            Self::I64,
-            Self::Bool,
-            Self::F64,
-        ]
-        .into_iter()
-        .find(|t| t.onnx_code() == code)
-    }
-}
-
-impl fmt::Display for ElementType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
-            ElementType::F32 => "f32",
-            ElementType::F64 => "f64",
-            ElementType::I8 => "i8",
-            ElementType::U8 => "u8",
-            ElementType::I32 => "i32",
-            ElementType::I64 => "i64",
-            ElementType::Bool => "bool",
-        };
-        f.write_str(s)
+        [Self::F32, Self::U8, Self::I8, Self::I32, Self::I64, Self::Bool, Self::F64]
+            .into_iter()
+            .find(|t| t.onnx_code() == code)
     }
 }
 
@@ -224,21 +231,6 @@ pub enum LineageOperator {
     Merge,
     /// Same model, different format or opset.
     Convert,
-}
-
-impl fmt::Display for LineageOperator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
-            LineageOperator::None => "none",
-            LineageOperator::FineTune => "fine-tune",
-            LineageOperator::Quantize => "quantize",
-            LineageOperator::Distill => "distill",
-            LineageOperator::Prune => "prune",
-            LineageOperator::Merge => "merge",
-            LineageOperator::Convert => "convert",
-        };
-        f.write_str(s)
-    }
 }
 
 /// The evaluation card: what the model was measured on and what was decided.
@@ -386,28 +378,14 @@ impl Manifest {
             return Err(err(
                 "(document)".into(),
                 None,
-                format!(
-                    "manifest is {} bytes, more than the limit of {MAX_MANIFEST_TOML_BYTES}",
-                    text.len()
-                ),
+                format!("manifest is {} bytes, more than the limit of {MAX_MANIFEST_TOML_BYTES}", text.len()),
             ));
         }
         let line_of = |span: Option<std::ops::Range<usize>>| {
-            span.map(|s| {
-                text.as_bytes()[..s.start.min(text.len())]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-                    + 1
-            })
+            span.map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1)
         };
-        let de = toml::Deserializer::parse(text).map_err(|e| {
-            err(
-                "(document)".into(),
-                line_of(e.span()),
-                e.message().to_owned(),
-            )
-        })?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err("(document)".into(), line_of(e.span()), e.message().to_owned()))?;
         let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -415,9 +393,7 @@ impl Manifest {
             let field = field_from_message(&path, &message);
             err(field, line_of(inner.span()), message)
         })?;
-        manifest
-            .validate()
-            .map_err(|(field, problem)| err(field, None, problem))?;
+        manifest.validate().map_err(|(field, problem)| err(field, None, problem))?;
         Ok(manifest)
     }
 
@@ -448,38 +424,20 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let fail = |f: &str, p: String| Err((f.to_owned(), p));
         if !is_identifier(&self.name, false) {
-            return fail(
-                "name",
-                format!("`{}` must be 1–128 of a-z, 0-9, `-`, `_`, `.`", self.name),
-            );
+            return fail("name", format!("`{}` must be 1–128 of a-z, 0-9, `-`, `_`, `.`", self.name));
         }
         if !is_identifier(&self.capability, true) {
-            return fail(
-                "capability",
-                format!(
-                    "`{}` must be a dotted lowercase identifier",
-                    self.capability
-                ),
-            );
+            return fail("capability", format!("`{}` must be a dotted lowercase identifier", self.capability));
         }
         if self.license.trim().is_empty() {
             return fail("license", "must name an SPDX licence expression".into());
         }
         if self.runtime.memory_budget_bytes == 0 {
-            return fail(
-                "runtime.memory_budget_bytes",
-                "must be greater than zero".into(),
-            );
+            return fail("runtime.memory_budget_bytes", "must be greater than zero".into());
         }
-        for (side, specs) in [
-            ("inputs", &self.contract.inputs),
-            ("outputs", &self.contract.outputs),
-        ] {
+        for (side, specs) in [("inputs", &self.contract.inputs), ("outputs", &self.contract.outputs)] {
             if specs.is_empty() || specs.len() > MAX_CONTRACT_TENSORS {
-                return fail(
-                    &format!("contract.{side}"),
-                    format!("must list 1–{MAX_CONTRACT_TENSORS} tensors"),
-                );
+                return fail(&format!("contract.{side}"), format!("must list 1–{MAX_CONTRACT_TENSORS} tensors"));
             }
             for (i, t) in specs.iter().enumerate() {
                 let at = format!("contract.{side}[{i}]");
@@ -487,64 +445,34 @@ impl Manifest {
                     return fail(&format!("{at}.name"), "must not be empty".into());
                 }
                 if specs[..i].iter().any(|o| o.name == t.name) {
-                    return fail(
-                        &format!("{at}.name"),
-                        format!("`{}` is declared twice", t.name),
-                    );
+                    return fail(&format!("{at}.name"), format!("`{}` is declared twice", t.name));
                 }
                 if t.shape.len() > MAX_RANK {
-                    return fail(
-                        &format!("{at}.shape"),
-                        format!("rank {} exceeds {MAX_RANK}", t.shape.len()),
-                    );
+                    return fail(&format!("{at}.shape"), format!("rank {} exceeds {MAX_RANK}", t.shape.len()));
                 }
-                if let Some(j) = t
-                    .shape
-                    .iter()
-                    .position(|d| matches!(d, Dim::Symbol(s) if s.is_empty()))
-                {
-                    return fail(
-                        &format!("{at}.shape[{j}]"),
-                        "a symbolic dimension needs a name".into(),
-                    );
+                if let Some(j) = t.shape.iter().position(|d| matches!(d, Dim::Symbol(s) if s.is_empty())) {
+                    return fail(&format!("{at}.shape[{j}]"), "a symbolic dimension needs a name".into());
                 }
             }
         }
         match (self.lineage.operator, self.lineage.parents.is_empty()) {
             (LineageOperator::None, false) => {
-                return fail(
-                    "lineage.parents",
-                    "a root (`operator = \"none\"`) has no parents".into(),
-                );
+                return fail("lineage.parents", "a root (`operator = \"none\"`) has no parents".into());
             }
             (op, true) if op != LineageOperator::None => {
-                return fail(
-                    "lineage.parents",
-                    format!("operator `{op}` needs at least one parent digest"),
-                );
+                return fail("lineage.parents", format!("operator `{op}` needs at least one parent digest"));
             }
             _ => {}
         }
-        for (k, v) in self
-            .evaluation
-            .metrics
-            .iter()
-            .chain(&self.evaluation.baseline.metrics)
-        {
+        for (k, v) in self.evaluation.metrics.iter().chain(&self.evaluation.baseline.metrics) {
             if !v.is_finite() {
-                return fail(
-                    &format!("evaluation.metrics.{k}"),
-                    "must be a finite number".into(),
-                );
+                return fail(&format!("evaluation.metrics.{k}"), "must be a finite number".into());
             }
         }
         if !crate::clock::is_rfc3339(&self.provenance.built_at) {
             return fail(
                 "provenance.built_at",
-                format!(
-                    "`{}` is not an RFC 3339 time with offset",
-                    self.provenance.built_at
-                ),
+                format!("`{}` is not an RFC 3339 time with offset", self.provenance.built_at),
             );
         }
         self.validate_smoke_test()
@@ -553,22 +481,13 @@ impl Manifest {
     fn validate_smoke_test(&self) -> Result<(), (String, String)> {
         let st = &self.smoke_test;
         if !(st.tolerance.is_finite() && st.tolerance >= 0.0) {
-            return Err((
-                "smoke_test.tolerance".into(),
-                "must be a finite number ≥ 0".into(),
-            ));
+            return Err(("smoke_test.tolerance".into(), "must be a finite number ≥ 0".into()));
         }
-        let check = |side: &str,
-                     tensors: &[SmokeTensor],
-                     specs: &[TensorSpec]|
-         -> Result<(), (String, String)> {
+        let check = |side: &str, tensors: &[SmokeTensor], specs: &[TensorSpec]| -> Result<(), (String, String)> {
             for (i, t) in tensors.iter().enumerate() {
                 let at = format!("smoke_test.{side}[{i}]");
                 let Some(spec) = specs.iter().find(|s| s.name == t.name) else {
-                    return Err((
-                        format!("{at}.name"),
-                        format!("`{}` is not in the contract's {side}", t.name),
-                    ));
+                    return Err((format!("{at}.name"), format!("`{}` is not in the contract's {side}", t.name)));
                 };
                 if tensors[..i].iter().any(|o| o.name == t.name) {
                     return Err((format!("{at}.name"), format!("`{}` is given twice", t.name)));
@@ -577,27 +496,17 @@ impl Manifest {
                     let declared: Vec<String> = spec.shape.iter().map(Dim::to_string).collect();
                     return Err((
                         format!("{at}.shape"),
-                        format!(
-                            "{:?} does not fit the contract shape [{}]",
-                            t.shape,
-                            declared.join(", ")
-                        ),
+                        format!("{:?} does not fit the contract shape [{}]", t.shape, declared.join(", ")),
                     ));
                 }
                 let n = t.element_count();
                 if n > MAX_SMOKE_ELEMENTS as u64 {
-                    return Err((
-                        format!("{at}.shape"),
-                        format!("{n} elements exceed {MAX_SMOKE_ELEMENTS}"),
-                    ));
+                    return Err((format!("{at}.shape"), format!("{n} elements exceed {MAX_SMOKE_ELEMENTS}")));
                 }
                 match (&t.values, t.fill) {
                     (Some(v), None) if v.len() as u64 == n => {}
                     (Some(v), None) => {
-                        return Err((
-                            format!("{at}.values"),
-                            format!("{} values for {n} elements", v.len()),
-                        ));
+                        return Err((format!("{at}.values"), format!("{} values for {n} elements", v.len())));
                     }
                     (None, Some(_)) => {}
                     _ => return Err((at, "give exactly one of `values` and `fill`".into())),
@@ -610,22 +519,11 @@ impl Manifest {
         };
         check("inputs", &st.inputs, &self.contract.inputs)?;
         check("expected", &st.expected, &self.contract.outputs)?;
-        if let Some(missing) = self
-            .contract
-            .inputs
-            .iter()
-            .find(|s| !st.inputs.iter().any(|t| t.name == s.name))
-        {
-            return Err((
-                "smoke_test.inputs".into(),
-                format!("no tensor for contract input `{}`", missing.name),
-            ));
+        if let Some(missing) = self.contract.inputs.iter().find(|s| !st.inputs.iter().any(|t| t.name == s.name)) {
+            return Err(("smoke_test.inputs".into(), format!("no tensor for contract input `{}`", missing.name)));
         }
         if st.expected.is_empty() {
-            return Err((
-                "smoke_test.expected".into(),
-                "must check at least one output".into(),
-            ));
+            return Err(("smoke_test.expected".into(), "must check at least one output".into()));
         }
         Ok(())
     }
@@ -641,8 +539,7 @@ pub fn shape_fits(declared: &[Dim], concrete: &[u64]) -> bool {
 }
 
 fn is_identifier(s: &str, dotted: bool) -> bool {
-    let ok_char =
-        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
     !s.is_empty()
         && s.len() <= 128
         && s.chars().all(ok_char)
@@ -653,9 +550,7 @@ fn is_identifier(s: &str, dotted: bool) -> bool {
 /// serde reports a missing field on its parent; name the field itself.
 fn field_from_message(path: &str, message: &str) -> String {
     // (An unknown field is already the last element of the path.)
-    let named = message
-        .strip_prefix("missing field `")
-        .and_then(|r| r.split('`').next());
+    let named = message.strip_prefix("missing field `").and_then(|r| r.split('`').next());
     match (path, named) {
         (".", Some(f)) | ("", Some(f)) => f.to_owned(),
         (p, Some(f)) => format!("{p}.{f}"),

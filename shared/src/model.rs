@@ -103,41 +103,30 @@ impl LoadedModel {
         let st = &manifest.smoke_test;
         let mut inputs = TVec::new();
         for name in &self.input_names {
-            let t = st.inputs.iter().find(|t| &t.name == name).ok_or_else(|| {
-                ModelError::SmokeRun(format!("no smoke-test tensor for input `{name}`"))
-            })?;
+            let t = st
+                .inputs
+                .iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| ModelError::SmokeRun(format!("no smoke-test tensor for input `{name}`")))?;
             let spec = manifest
                 .contract
                 .inputs
                 .iter()
                 .find(|s| &s.name == name)
-                .ok_or_else(|| {
-                    ModelError::SmokeRun(format!("input `{name}` is not in the contract"))
-                })?;
+                .ok_or_else(|| ModelError::SmokeRun(format!("input `{name}` is not in the contract")))?;
             inputs.push(to_tensor(t, spec.dtype)?.into_tvalue());
         }
-        let outputs = self
-            .plan
-            .run(inputs)
-            .map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
+        let outputs = self.plan.run(inputs).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
         let mut report = Vec::new();
         for expected in &st.expected {
             let ix = self
                 .output_names
                 .iter()
                 .position(|n| n == &expected.name)
-                .ok_or_else(|| {
-                    ModelError::SmokeRun(format!("model has no output `{}`", expected.name))
-                })?;
-            let actual = outputs[ix]
-                .cast_to::<f64>()
-                .map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
+                .ok_or_else(|| ModelError::SmokeRun(format!("model has no output `{}`", expected.name)))?;
+            let actual = outputs[ix].cast_to::<f64>().map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
             let shape_ok = actual.shape().len() == expected.shape.len()
-                && actual
-                    .shape()
-                    .iter()
-                    .zip(&expected.shape)
-                    .all(|(&a, &e)| a as u64 == e);
+                && actual.shape().iter().zip(&expected.shape).all(|(&a, &e)| a as u64 == e);
             if !shape_ok {
                 return Err(ModelError::SmokeShape {
                     output: expected.name.clone(),
@@ -200,26 +189,16 @@ fn guard<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> 
 
 fn load_inner(model_bytes: &[u8], manifest: &Manifest) -> Result<LoadedModel, ModelError> {
     let onnx = tract_onnx::onnx();
-    let proto = onnx
-        .proto_model_for_read(&mut &model_bytes[..])
-        .map_err(|e| ModelError::Load(format!("{e:#}")))?;
-    let graph = proto
-        .graph
-        .as_ref()
-        .ok_or_else(|| ModelError::Load("the model has no graph".into()))?;
+    let proto = onnx.proto_model_for_read(&mut &model_bytes[..]).map_err(|e| ModelError::Load(format!("{e:#}")))?;
+    let graph = proto.graph.as_ref().ok_or_else(|| ModelError::Load("the model has no graph".into()))?;
     // Older exporters list initializers among the inputs; those are weights, not inputs.
-    let graph_inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !graph.initializer.iter().any(|w| w.name == i.name))
-        .collect();
+    let graph_inputs: Vec<&pb::ValueInfoProto> =
+        graph.input.iter().filter(|i| !graph.initializer.iter().any(|w| w.name == i.name)).collect();
     let graph_outputs: Vec<&pb::ValueInfoProto> = graph.output.iter().collect();
     match_contract("inputs", &manifest.contract.inputs, &graph_inputs)?;
     match_contract("outputs", &manifest.contract.outputs, &graph_outputs)?;
 
-    let mut model = onnx
-        .model_for_proto_model(&proto)
-        .map_err(|e| ModelError::Load(format!("{e:#}")))?;
+    let mut model = onnx.model_for_proto_model(&proto).map_err(|e| ModelError::Load(format!("{e:#}")))?;
     let input_names: Vec<String> = graph_inputs.iter().map(|i| i.name.clone()).collect();
     let output_names: Vec<String> = graph_outputs.iter().map(|o| o.name.clone()).collect();
     for (ix, name) in input_names.iter().enumerate() {
@@ -228,27 +207,15 @@ fn load_inner(model_bytes: &[u8], manifest: &Manifest) -> Result<LoadedModel, Mo
         if let (Some(spec), Some(smoke)) = (spec, smoke) {
             let shape: TVec<usize> = smoke.shape.iter().map(|&d| d as usize).collect();
             let fact = InferenceFact::dt_shape(datum_type(spec.dtype), shape);
-            model
-                .set_input_fact(ix, fact)
-                .map_err(|e| ModelError::Load(format!("{e:#}")))?;
+            model.set_input_fact(ix, fact).map_err(|e| ModelError::Load(format!("{e:#}")))?;
         }
     }
-    let plan = model
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| ModelError::Load(format!("{e:#}")))?;
-    Ok(LoadedModel {
-        plan,
-        input_names,
-        output_names,
-    })
+    let plan =
+        model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| ModelError::Load(format!("{e:#}")))?;
+    Ok(LoadedModel { plan, input_names, output_names })
 }
 
-fn match_contract(
-    side: &str,
-    specs: &[TensorSpec],
-    graph: &[&pb::ValueInfoProto],
-) -> Result<(), ModelError> {
+fn match_contract(side: &str, specs: &[TensorSpec], graph: &[&pb::ValueInfoProto]) -> Result<(), ModelError> {
     let names = |v: &mut dyn Iterator<Item = &str>| v.collect::<Vec<_>>().join(", ");
     if specs.len() != graph.len() {
         return Err(ModelError::Contract {
@@ -267,15 +234,10 @@ fn match_contract(
         if spec.name != g.name {
             return Err(ModelError::Contract {
                 field: format!("{at}.name"),
-                problem: format!(
-                    "declared `{}`, the model's {side} #{i} is `{}`",
-                    spec.name, g.name
-                ),
+                problem: format!("declared `{}`, the model's {side} #{i} is `{}`", spec.name, g.name),
             });
         }
-        let Some(pb::type_proto::Value::TensorType(tt)) =
-            g.r#type.as_ref().and_then(|t| t.value.as_ref())
-        else {
+        let Some(pb::type_proto::Value::TensorType(tt)) = g.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
             return Err(ModelError::Contract {
                 field: format!("{at}.dtype"),
                 problem: format!("the model does not declare a tensor type for `{}`", g.name),
@@ -304,30 +266,19 @@ fn match_contract(
             })
             .unwrap_or_default();
         let fmt_model = |d: &[Option<i64>]| {
-            d.iter()
-                .map(|x| x.map_or_else(|| "?".to_owned(), |v| v.to_string()))
-                .collect::<Vec<_>>()
-                .join(", ")
+            d.iter().map(|x| x.map_or_else(|| "?".to_owned(), |v| v.to_string())).collect::<Vec<_>>().join(", ")
         };
         let dims_match = model_dims.len() == spec.shape.len()
-            && spec
-                .shape
-                .iter()
-                .zip(&model_dims)
-                .all(|(s, m)| match (s, m) {
-                    (Dim::Fixed(n), Some(v)) => *v >= 0 && *n == *v as u64,
-                    (Dim::Symbol(_), None) => true,
-                    _ => false,
-                });
+            && spec.shape.iter().zip(&model_dims).all(|(s, m)| match (s, m) {
+                (Dim::Fixed(n), Some(v)) => *v >= 0 && *n == *v as u64,
+                (Dim::Symbol(_), None) => true,
+                _ => false,
+            });
         if !dims_match {
             let declared: Vec<String> = spec.shape.iter().map(Dim::to_string).collect();
             return Err(ModelError::Contract {
                 field: format!("{at}.shape"),
-                problem: format!(
-                    "declared [{}], the model has [{}]",
-                    declared.join(", "),
-                    fmt_model(&model_dims)
-                ),
+                problem: format!("declared [{}], the model has [{}]", declared.join(", "), fmt_model(&model_dims)),
             });
         }
     }
@@ -349,10 +300,6 @@ fn datum_type(t: ElementType) -> DatumType {
 fn to_tensor(t: &SmokeTensor, dtype: ElementType) -> Result<Tensor, ModelError> {
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
     let values = t.materialize();
-    let as_f64 = Tensor::from_shape::<f64>(&shape, &values)
-        .map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
-    as_f64
-        .cast_to_dt(datum_type(dtype))
-        .map(|c| c.into_owned())
-        .map_err(|e| ModelError::SmokeRun(format!("{e:#}")))
+    let as_f64 = Tensor::from_shape::<f64>(&shape, &values).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
+    as_f64.cast_to_dt(datum_type(dtype)).map(|c| c.into_owned()).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))
 }

@@ -25,10 +25,7 @@ pub struct PackageLimits {
 
 impl Default for PackageLimits {
     fn default() -> Self {
-        PackageLimits {
-            max_manifest_bytes: 16 * 1024 * 1024,
-            max_model_bytes: 2 * 1024 * 1024 * 1024,
-        }
+        PackageLimits { max_manifest_bytes: 16 * 1024 * 1024, max_model_bytes: 2 * 1024 * 1024 * 1024 }
     }
 }
 
@@ -99,8 +96,7 @@ impl Header {
             return Err(PackageError::ReservedBytes);
         }
         let manifest_len = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-        let model_len =
-            u64::from_be_bytes([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]]);
+        let model_len = u64::from_be_bytes([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]]);
         if manifest_len > limits.max_manifest_bytes {
             return Err(PackageError::TooLarge {
                 section: "manifest",
@@ -109,16 +105,9 @@ impl Header {
             });
         }
         if model_len > limits.max_model_bytes {
-            return Err(PackageError::TooLarge {
-                section: "model",
-                len: model_len,
-                limit: limits.max_model_bytes,
-            });
+            return Err(PackageError::TooLarge { section: "model", len: model_len, limit: limits.max_model_bytes });
         }
-        Ok(Header {
-            manifest_len,
-            model_len,
-        })
+        Ok(Header { manifest_len, model_len })
     }
 
     /// The header's bytes.
@@ -153,18 +142,11 @@ impl<'a> Package<'a> {
     pub fn decode(bytes: &'a [u8], limits: &PackageLimits) -> Result<Package<'a>, PackageError> {
         let header = Header::parse(bytes, limits)?;
         if header.total_len() != bytes.len() as u64 {
-            return Err(PackageError::LengthMismatch {
-                expected: header.total_len(),
-                actual: bytes.len() as u64,
-            });
+            return Err(PackageError::LengthMismatch { expected: header.total_len(), actual: bytes.len() as u64 });
         }
         let (manifest_cbor, model) = bytes[HEADER_LEN..].split_at(header.manifest_len as usize);
         let manifest = Manifest::from_cbor(manifest_cbor)?;
-        Ok(Package {
-            manifest,
-            manifest_cbor,
-            model,
-        })
+        Ok(Package { manifest, manifest_cbor, model })
     }
 }
 
@@ -176,10 +158,7 @@ pub fn encode(manifest: &Manifest, model: &[u8]) -> Vec<u8> {
 
 /// Builds package bytes from an already-encoded canonical manifest and a model.
 pub fn encode_parts(manifest_cbor: &[u8], model: &[u8]) -> Vec<u8> {
-    let header = Header {
-        manifest_len: manifest_cbor.len() as u32,
-        model_len: model.len() as u64,
-    };
+    let header = Header { manifest_len: manifest_cbor.len() as u32, model_len: model.len() as u64 };
     let mut out = Vec::with_capacity(header.total_len() as usize);
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(manifest_cbor);
@@ -189,10 +168,7 @@ pub fn encode_parts(manifest_cbor: &[u8], model: &[u8]) -> Vec<u8> {
 
 /// The digest `encode_parts(manifest_cbor, model)` would have, without building it.
 pub fn digest_of_parts(manifest_cbor: &[u8], model: &[u8]) -> Digest {
-    let header = Header {
-        manifest_len: manifest_cbor.len() as u32,
-        model_len: model.len() as u64,
-    };
+    let header = Header { manifest_len: manifest_cbor.len() as u32, model_len: model.len() as u64 };
     let mut h = Sha256::new();
     h.update(&header.encode());
     h.update(manifest_cbor);

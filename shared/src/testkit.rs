@@ -16,10 +16,7 @@ pub fn affine_model(scale: f32, bias: f32) -> Vec<u8> {
 
 /// Like [`affine_model`], plus an unused weight of `padding_floats` elements to make the file larger.
 pub fn affine_model_sized(scale: f32, bias: f32, padding_floats: usize) -> Vec<u8> {
-    let dim = |v: PbDim| Dimension {
-        denotation: String::new(),
-        value: Some(v),
-    };
+    let dim = |v: PbDim| Dimension { denotation: String::new(), value: Some(v) };
     let value_info = |name: &str| pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
@@ -53,18 +50,13 @@ pub fn affine_model_sized(scale: f32, bias: f32, padding_floats: usize) -> Vec<u
             name: "padding".into(),
             data_type: 1,
             dims: vec![padding_floats as i64],
-            raw_data: (0..padding_floats)
-                .flat_map(|i| (i as f32).to_le_bytes())
-                .collect(),
+            raw_data: (0..padding_floats).flat_map(|i| (i as f32).to_le_bytes()).collect(),
             ..Default::default()
         });
     }
     let graph = pb::GraphProto {
         name: "affine".into(),
-        node: vec![
-            node("Mul", &["x", "scale"], "scaled"),
-            node("Add", &["scaled", "bias"], "y"),
-        ],
+        node: vec![node("Mul", &["x", "scale"], "scaled"), node("Add", &["scaled", "bias"], "y")],
         initializer,
         input: vec![value_info("x")],
         output: vec![value_info("y")],
@@ -72,10 +64,7 @@ pub fn affine_model_sized(scale: f32, bias: f32, padding_floats: usize) -> Vec<u
     };
     let model = pb::ModelProto {
         ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
         producer_name: "outpost-testkit".into(),
         graph: Some(graph),
         ..Default::default()

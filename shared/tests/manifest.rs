@@ -18,10 +18,7 @@ fn valid_manifest_parses_with_symbolic_dims() {
     assert_eq!(m.name, "affine");
     assert_eq!(m.risk_tier, RiskTier::Low);
     assert_eq!(m.contract.inputs[0].dtype, ElementType::F32);
-    assert_eq!(
-        m.contract.inputs[0].shape,
-        vec![Dim::Symbol("N".into()), Dim::Fixed(4)]
-    );
+    assert_eq!(m.contract.inputs[0].shape, vec![Dim::Symbol("N".into()), Dim::Fixed(4)]);
 }
 
 #[test]
@@ -43,10 +40,7 @@ fn missing_nested_field_is_named_by_path() {
 
 #[test]
 fn wrong_type_is_named_with_line() {
-    let text = valid().replace(
-        "memory_budget_bytes = 1048576",
-        "memory_budget_bytes = \"lots\"",
-    );
+    let text = valid().replace("memory_budget_bytes = 1048576", "memory_budget_bytes = \"lots\"");
     let e = parse(&text).unwrap_err();
     assert_eq!(e.field, "runtime.memory_budget_bytes", "{e}");
     let line = text.lines().position(|l| l.contains("\"lots\"")).unwrap() + 1;
@@ -88,22 +82,10 @@ fn root_with_parents_and_derived_without_parents_are_refused() {
 fn smoke_test_for_unknown_input_or_wrong_shape_is_refused() {
     let text = valid().replace("inputs = [{ name = \"x\"", "inputs = [{ name = \"z\"");
     assert_eq!(parse(&text).unwrap_err().field, "smoke_test.inputs[0].name");
-    let text = valid().replace(
-        "inputs = [{ name = \"x\", shape = [2, 4]",
-        "inputs = [{ name = \"x\", shape = [2, 5]",
-    );
-    assert_eq!(
-        parse(&text).unwrap_err().field,
-        "smoke_test.inputs[0].shape"
-    );
-    let text = valid().replace(
-        "shape = [2, 4], fill = 1.0",
-        "shape = [2, 4], values = [1.0, 2.0]",
-    );
-    assert_eq!(
-        parse(&text).unwrap_err().field,
-        "smoke_test.inputs[0].values"
-    );
+    let text = valid().replace("inputs = [{ name = \"x\", shape = [2, 4]", "inputs = [{ name = \"x\", shape = [2, 5]");
+    assert_eq!(parse(&text).unwrap_err().field, "smoke_test.inputs[0].shape");
+    let text = valid().replace("shape = [2, 4], fill = 1.0", "shape = [2, 4], values = [1.0, 2.0]");
+    assert_eq!(parse(&text).unwrap_err().field, "smoke_test.inputs[0].values");
 }
 
 #[test]
@@ -116,18 +98,12 @@ fn bad_timestamp_is_refused() {
 fn same_inputs_build_the_same_package_digest() {
     let model = outpost_shared::testkit::affine_model(2.0, 1.0);
     // Reordering keys in the TOML must not change the canonical manifest.
-    let reordered = valid().replacen(
-        "name = \"affine\"\nversion = \"1.0.0\"",
-        "version = \"1.0.0\"\nname = \"affine\"",
-        1,
-    );
+    let reordered =
+        valid().replacen("name = \"affine\"\nversion = \"1.0.0\"", "version = \"1.0.0\"\nname = \"affine\"", 1);
     let a = package::encode(&parse(&valid()).unwrap(), &model);
     let b = package::encode(&parse(&reordered).unwrap(), &model);
     assert_eq!(Digest::of(&a), Digest::of(&b));
-    assert_eq!(
-        package::digest_of_parts(&parse(&valid()).unwrap().to_cbor(), &model),
-        Digest::of(&a)
-    );
+    assert_eq!(package::digest_of_parts(&parse(&valid()).unwrap().to_cbor(), &model), Digest::of(&a));
 }
 
 #[test]

@@ -8,16 +8,14 @@ use ed25519_dalek::{Signer, SigningKey};
 use embedded_hal::digital::{ErrorType as PinErrorType, OutputPin};
 use embedded_hal_mock::eh1::delay::NoopDelay;
 use embedded_storage::nor_flash::{
-    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash, check_erase, check_read,
-    check_write,
+    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash, check_erase, check_read, check_write,
 };
 use outpost_firmware::manifest::{
     MAX_BODY_LEN, MAX_ENVELOPE_LEN, MAX_SIGNING_INPUT_LEN, SigningInputFn, encode_envelope, key_id,
     manifest_signing_input, time_token_signing_input,
 };
 use outpost_firmware::{
-    Descriptor, Expiry, FlashLayout, Identity, Manifest, Secondary, Slot, SlotConfig, Slots,
-    TimeToken,
+    Descriptor, Expiry, FlashLayout, Identity, Manifest, Secondary, Slot, SlotConfig, Slots, TimeToken,
 };
 use sha2::{Digest, Sha256};
 
@@ -69,12 +67,7 @@ pub struct MemFlash<const W: usize, const E: usize> {
 
 impl<const W: usize, const E: usize> MemFlash<W, E> {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            mem: vec![0xFF; capacity],
-            mutations: 0,
-            fail_at: None,
-            powered: true,
-        }
+        Self { mem: vec![0xFF; capacity], mutations: 0, fail_at: None, powered: true }
     }
 
     /// Arms a power cut at mutation number `n`, counted from now.
@@ -171,11 +164,7 @@ pub type Flash = MemFlash<4, 1024>;
 /// Two state sectors, then slot A and slot B of `slot_sectors` sectors each.
 pub fn layout_for(erase: u32, slot_sectors: u32) -> (FlashLayout, usize) {
     let slot_size = erase * slot_sectors;
-    let layout = FlashLayout {
-        state_sectors: [0, erase],
-        slots: [2 * erase, 2 * erase + slot_size],
-        slot_size,
-    };
+    let layout = FlashLayout { state_sectors: [0, erase], slots: [2 * erase, 2 * erase + slot_size], slot_size };
     (layout, (2 * erase + 2 * slot_size) as usize)
 }
 
@@ -217,11 +206,7 @@ pub fn trusted_keys() -> [[u8; 32]; 1] {
 }
 
 pub fn identity(keys: &[[u8; 32]]) -> Identity<'_> {
-    Identity {
-        trusted_keys: keys,
-        hardware_id: HARDWARE_ID,
-        device_id: DEVICE_ID,
-    }
+    Identity { trusted_keys: keys, hardware_id: HARDWARE_ID, device_id: DEVICE_ID }
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -230,9 +215,7 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// Deterministic image bytes that differ per `seed`.
 pub fn image(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8)).collect()
 }
 
 pub fn old_image() -> Vec<u8> {
@@ -264,12 +247,7 @@ pub fn sign_manifest(key: &SigningKey, manifest: &Manifest<'_>) -> Vec<u8> {
 
 pub fn sign_time_token(key: &SigningKey, device_id: &[u8], unix_seconds: u64) -> Vec<u8> {
     let mut body = [0u8; MAX_BODY_LEN];
-    let n = TimeToken {
-        device_id,
-        unix_seconds,
-    }
-    .encode(&mut body)
-    .unwrap();
+    let n = TimeToken { device_id, unix_seconds }.encode(&mut body).unwrap();
     seal(key, &body[..n], time_token_signing_input)
 }
 
@@ -278,23 +256,14 @@ pub fn seal(key: &SigningKey, body: &[u8], input: SigningInputFn) -> Vec<u8> {
     let mut buf = [0u8; MAX_SIGNING_INPUT_LEN];
     let signature = key.sign(input(body, &mut buf).unwrap()).to_bytes();
     let mut out = [0u8; MAX_ENVELOPE_LEN];
-    let n = encode_envelope(
-        &key_id(&key.verifying_key().to_bytes()),
-        body,
-        &signature,
-        &mut out,
-    )
-    .unwrap();
+    let n = encode_envelope(&key_id(&key.verifying_key().to_bytes()), body, &signature, &mut out).unwrap();
     out[..n].to_vec()
 }
 
 // ------------------------------------------------------------------------------------------ provisioned device
 
 /// A flash with the old image factory-programmed into slot A and a first boot state written.
-pub fn provisioned_flash<const W: usize, const E: usize>(
-    layout: &FlashLayout,
-    capacity: usize,
-) -> MemFlash<W, E> {
+pub fn provisioned_flash<const W: usize, const E: usize>(layout: &FlashLayout, capacity: usize) -> MemFlash<W, E> {
     let mut flash = MemFlash::<W, E>::new(capacity);
     let old = old_image();
     flash.program(layout.slots[0], &old);
@@ -302,11 +271,7 @@ pub fn provisioned_flash<const W: usize, const E: usize>(
     slots
         .provision(
             Slot::A,
-            Descriptor {
-                image_len: old.len() as u32,
-                release_counter: OLD_RELEASE,
-                image_sha256: sha256(&old),
-            },
+            Descriptor { image_len: old.len() as u32, release_counter: OLD_RELEASE, image_sha256: sha256(&old) },
         )
         .unwrap();
     flash.mutations = 0;
@@ -339,21 +304,14 @@ pub fn slot_bytes<const W: usize, const E: usize>(
 }
 
 /// Streams `image` in [`CHUNK`]-byte pieces through an install started with `envelope`.
-pub fn install<F, P, D>(
-    dev: &mut Secondary<'_, F, P, D>,
-    envelope: &[u8],
-    image: &[u8],
-) -> Result<(), String>
+pub fn install<F, P, D>(dev: &mut Secondary<'_, F, P, D>, envelope: &[u8], image: &[u8]) -> Result<(), String>
 where
     F: NorFlash,
     P: OutputPin,
     D: embedded_hal::delay::DelayNs,
 {
     let mut inst = dev
-        .begin_install(
-            envelope,
-            outpost_firmware::Freshness::GatewayCounter(NOW_COUNTER),
-        )
+        .begin_install(envelope, outpost_firmware::Freshness::GatewayCounter(NOW_COUNTER))
         .map_err(|e| format!("begin: {e:?}"))?;
     for chunk in image.chunks(CHUNK) {
         inst.write(chunk).map_err(|e| format!("write: {e:?}"))?;

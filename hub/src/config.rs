@@ -1,0 +1,130 @@
+//! The hub's data directory and its `hub.toml`: where the hub keeps state and the limits it enforces.
+//!
+//! The file is parsed strictly (unknown keys are errors naming the key and the file); every key has a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Name of the configuration file inside the data directory.
+pub const CONFIG_FILE: &str = "hub.toml";
+
+/// The commented configuration `outpost-hub init` writes.
+pub const DEFAULT_CONFIG: &str = r#"# Outpost hub configuration.
+# Every key is optional: the value shown is the default. Unknown keys are refused.
+
+[limits]
+# Largest ONNX model `package add` accepts, in bytes (2 GiB).
+max_model_bytes = 2147483648
+# Largest manifest TOML `package add` accepts, in bytes (16 MiB; smoke-test tensors are inline).
+max_manifest_bytes = 16777216
+"#;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// Size limits on what the registry accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest model file, in bytes.
+    pub max_model_bytes: u64,
+    /// Largest manifest file, in bytes.
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { limits: Limits::default() }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_model_bytes: 2 * 1024 * 1024 * 1024, max_manifest_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("{}: key `{key}`: {problem}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key at fault.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl HubConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<HubConfig, ConfigError> {
+        let invalid = |key: String, problem: String| ConfigError::Invalid { path: path.into(), key, problem };
+        let de = toml::Deserializer::parse(text).map_err(|e| invalid("(document)".into(), e.message().to_owned()))?;
+        let cfg: HubConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(key, e.into_inner().message().to_owned())
+        })?;
+        if cfg.limits.max_model_bytes == 0 {
+            return Err(invalid("limits.max_model_bytes".into(), "must be greater than zero".into()));
+        }
+        if cfg.limits.max_manifest_bytes == 0 {
+            return Err(invalid("limits.max_manifest_bytes".into(), "must be greater than zero".into()));
+        }
+        Ok(cfg)
+    }
+}
+
+/// The data directory used when neither `--data-dir` nor `$OUTPOST_HUB_DIR` is given:
+/// `$XDG_DATA_HOME/outpost/hub`, else `$HOME/.local/share/outpost/hub`, else `./outpost-hub`.
+pub fn default_data_dir() -> PathBuf {
+    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(x) = nonempty("XDG_DATA_HOME") {
+        return x.join("outpost").join("hub");
+    }
+    match nonempty("HOME") {
+        Some(h) => h.join(".local/share/outpost/hub"),
+        None => PathBuf::from("outpost-hub"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_text_parses_to_the_defaults() {
+        assert_eq!(HubConfig::parse(DEFAULT_CONFIG, Path::new("hub.toml")).unwrap(), HubConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_name_the_key_and_file() {
+        let e = HubConfig::parse("[limits]\nmax_blob = 1\n", Path::new("/d/hub.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("/d/hub.toml: key `limits.max_blob`"), "{e}");
+        let e = HubConfig::parse("[limits]\nmax_model_bytes = \"big\"\n", Path::new("hub.toml")).unwrap_err();
+        assert!(e.to_string().contains("`limits.max_model_bytes`"), "{e}");
+    }
+}
