@@ -147,6 +147,12 @@ pub enum RegistryError {
         /// The data directory.
         dir: PathBuf,
     },
+    /// Another process has the hub's index open.
+    #[error("the hub at {} is in use by another outpost-hub process; try again when it finishes", dir.display())]
+    Busy {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// A file could not be read or written.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -313,7 +319,10 @@ impl Registry {
             return Err(RegistryError::NotInitialised { dir: dir.to_owned() });
         }
         let config = HubConfig::load(&config_path)?;
-        let db = Database::open(dir.join(INDEX_FILE)).map_err(db_err)?;
+        let db = Database::open(dir.join(INDEX_FILE)).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => RegistryError::Busy { dir: dir.to_owned() },
+            other => db_err(other),
+        })?;
         Ok(Registry { dir: dir.to_owned(), config, db, blobs: BlobStore::new(dir.join("blobs")), clock })
     }
 

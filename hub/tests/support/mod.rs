@@ -1,0 +1,89 @@
+//! Test support for the hub: temporary hubs, generated packages on disk, and the real CLI binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use outpost_hub::Registry;
+use outpost_shared::clock::ManualClock;
+use outpost_shared::testkit::{AffineManifest, affine_model};
+
+/// A hub in a temporary directory, removed on drop.
+pub struct TestHub {
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestHub {
+    pub fn new() -> TestHub {
+        let tmp = tempfile::tempdir().unwrap();
+        Registry::init(&tmp.path().join("hub")).unwrap();
+        TestHub { tmp }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.tmp.path().join("hub")
+    }
+
+    pub fn open(&self) -> Registry {
+        Registry::open(&self.dir(), Arc::new(ManualClock::new(1_795_881_600))).unwrap()
+    }
+
+    /// Writes a generated model and its manifest into the temp dir; returns (model, manifest) paths.
+    pub fn write_affine(&self, m: &AffineManifest) -> (PathBuf, PathBuf) {
+        self.write_files(&format!("{}-{}", m.name, m.version), &affine_model(m.scale, m.bias), &m.toml())
+    }
+
+    pub fn write_files(&self, stem: &str, model: &[u8], manifest: &str) -> (PathBuf, PathBuf) {
+        let model_path = self.tmp.path().join(format!("{stem}.onnx"));
+        let manifest_path = self.tmp.path().join(format!("{stem}.toml"));
+        std::fs::write(&model_path, model).unwrap();
+        std::fs::write(&manifest_path, manifest).unwrap();
+        (model_path, manifest_path)
+    }
+
+    /// Runs the real `outpost-hub` binary against this hub.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_outpost-hub")).arg("--data-dir").arg(self.dir()).args(args).output().unwrap()
+    }
+
+    /// Every file under the blob store (excluding the temp area).
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.dir().join("blobs/sha256"), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() { walk(&p, out) } else { out.push(p) }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Flips one byte of a (read-only) blob file in place.
+pub fn flip_byte(path: &Path, at: usize) {
+    let mut perms = std::fs::metadata(path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(path, perms).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models").join(name)
+}
