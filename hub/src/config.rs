@@ -21,7 +21,7 @@ max_manifest_bytes = 16777216
 "#;
 
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
     /// Size limits.
@@ -36,12 +36,6 @@ pub struct Limits {
     pub max_model_bytes: u64,
     /// Largest manifest file, in bytes.
     pub max_manifest_bytes: u64,
-}
-
-impl Default for HubConfig {
-    fn default() -> Self {
-        HubConfig { limits: Limits::default() }
-    }
 }
 
 impl Default for Limits {
