@@ -299,7 +299,7 @@ fn print_details(reg: &Registry, d: &outpost_shared::Digest) -> Result<()> {
         ev.baseline.name,
         if ev.baseline.metrics.is_empty() { String::new() } else { format!(": {}", metrics(&ev.baseline.metrics)) }
     );
-    println!("  decision  {:?} by {}: {}", ev.decision.outcome, ev.decision.by, ev.decision.reason);
+    println!("  decision  {} by {}: {}", ev.decision.outcome, ev.decision.by, ev.decision.reason);
     let p = &m.provenance;
     println!("provenance  built by {} on {}, from {} at {}", p.built_by, p.built_at, p.source, p.revision);
     println!(
