@@ -18,6 +18,15 @@ pub const DEFAULT_CONFIG: &str = r#"# Outpost hub configuration.
 max_model_bytes = 2147483648
 # Largest manifest TOML `package add` accepts, in bytes (16 MiB; smoke-test tensors are inline).
 max_manifest_bytes = 16777216
+
+[repository]
+# How long each TUF role's metadata stays valid, in seconds.
+root_secs = 31536000         # 365 days; root is re-signed only at key rotation (offline keys)
+targets_secs = 7776000       # 90 days; re-signed at each release with the offline targets key
+snapshot_secs = 604800       # 7 days; online key
+timestamp_secs = 86400       # 1 day; online key
+# The serving hub re-signs snapshot and timestamp when less than this remains (6 hours).
+resign_margin_secs = 21600
 "#;
 
 /// The validated configuration.
@@ -26,6 +35,8 @@ max_manifest_bytes = 16777216
 pub struct HubConfig {
     /// Size limits.
     pub limits: Limits,
+    /// TUF metadata expiry periods.
+    pub repository: crate::tuf::Expiries,
 }
 
 /// Size limits on what the registry accepts.

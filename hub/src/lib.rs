@@ -7,5 +7,7 @@ pub mod blobs;
 pub mod clock;
 pub mod config;
 pub mod registry;
+pub mod serve;
+pub mod tuf;
 
 pub use registry::{Registry, RegistryError};

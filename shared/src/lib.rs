@@ -7,12 +7,15 @@
 pub mod canonical;
 pub mod clock;
 pub mod digest;
+pub mod director;
 pub mod manifest;
 #[cfg(feature = "runtime")]
 pub mod model;
 pub mod package;
+pub mod rng;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod wire;
 
 pub use digest::{Digest, DigestParseError, Sha256};
 pub use manifest::{Manifest, ManifestError};

@@ -1,0 +1,903 @@
+//! The hub's TUF image repository: key files, metadata writing and signing, delegated risk-tier roles, releases,
+//! revocation of targets, root rotation, online re-signing and static export.
+//!
+//! Metadata is TUF 1.0 JSON with consistent snapshots, signed with Ed25519 over the canonical JSON that
+//! `sigstore-tuf` encodes; every file written here is read back through `sigstore-tuf` in the tests. Root and
+//! targets keys are files the operator keeps offline and passes per command; snapshot, timestamp and director
+//! keys live in `<data-dir>/keys` for the serving hub.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signer, SigningKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use outpost_shared::clock::{UnixSeconds, format_rfc3339};
+use outpost_shared::manifest::RiskTier;
+use outpost_shared::rng::Rng;
+use outpost_shared::{Digest, Manifest};
+
+use crate::blobs::{self, BlobError};
+use crate::registry::PackageRecord;
+
+/// Delegated role for low- and medium-risk packages (threshold 1).
+pub const STANDARD_ROLE: &str = "standard";
+/// Delegated role for high-risk packages (threshold 2 distinct keys).
+pub const HIGH_RISK_ROLE: &str = "high-risk";
+/// Target path of the director's public key, listed by the top-level targets role.
+pub const DIRECTOR_TARGET: &str = "director/director.json";
+
+/// Expiry periods for each role, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Expiries {
+    /// Root metadata.
+    pub root_secs: u64,
+    /// Top-level and delegated targets metadata.
+    pub targets_secs: u64,
+    /// Snapshot metadata.
+    pub snapshot_secs: u64,
+    /// Timestamp metadata.
+    pub timestamp_secs: u64,
+    /// The serving hub re-signs snapshot and timestamp when less than this remains.
+    pub resign_margin_secs: u64,
+}
+
+impl Default for Expiries {
+    fn default() -> Self {
+        Expiries {
+            root_secs: 365 * 86_400,
+            targets_secs: 90 * 86_400,
+            snapshot_secs: 7 * 86_400,
+            timestamp_secs: 86_400,
+            resign_margin_secs: 6 * 3600,
+        }
+    }
+}
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TufError {
+    /// A file could not be read or written.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A blob or atomic write failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// A key file is not usable.
+    #[error("key file {}: {problem}", path.display())]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The key given is not authorised for the role being signed.
+    #[error("key {keyid} ({}) is not authorised to sign `{role}`; authorised: {}", path.display(), authorised.join(", "))]
+    NotAuthorised {
+        /// Key file.
+        path: PathBuf,
+        /// Its key id.
+        keyid: String,
+        /// The role.
+        role: String,
+        /// Authorised key ids.
+        authorised: Vec<String>,
+    },
+    /// The repository has no keys yet.
+    #[error("no TUF repository in {}: run `outpost-hub keys generate --offline-dir DIR` first", dir.display())]
+    NoRepository {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// Keys were already generated.
+    #[error("a TUF repository already exists in {}; rotate keys with `outpost-hub keys rotate ROLE`", dir.display())]
+    AlreadyExists {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// Metadata on disk could not be parsed: the repository is damaged.
+    #[error("metadata {name} is damaged: {problem}")]
+    Damaged {
+        /// File name.
+        name: String,
+        /// What failed.
+        problem: String,
+    },
+    /// Bad arguments for the operation.
+    #[error("{0}")]
+    Invalid(String),
+    /// The package is not published.
+    #[error("package {0} is not published")]
+    NotPublished(Digest),
+    /// Nothing pending for this package.
+    #[error("no pending signature request for {0}")]
+    NothingPending(Digest),
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TufError {
+    let path = path.to_owned();
+    move |source| TufError::Io { op, path, source }
+}
+
+/// An Ed25519 key as stored in a key file (JSON, mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// What this key is for (`root`, `targets`, `snapshot`, `timestamp`, `director`).
+    pub role: String,
+    /// Always `ed25519`.
+    pub keytype: String,
+    /// TUF key id: SHA-256 of the canonical JSON public key object.
+    pub keyid: String,
+    /// Public key, hex.
+    pub public: String,
+    /// Private seed, hex (32 bytes).
+    pub private: String,
+}
+
+/// A loaded signing key with its TUF key id.
+#[derive(Clone)]
+pub struct Key {
+    /// TUF key id.
+    pub keyid: String,
+    /// The signing key.
+    pub signing: SigningKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key").field("keyid", &self.keyid).finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// A fresh key from 32 random bytes.
+    pub fn generate(rng: &mut dyn Rng) -> Key {
+        let mut seed = [0u8; 32];
+        rng.fill(&mut seed);
+        Key::from_seed(seed)
+    }
+
+    /// The key with this private seed.
+    pub fn from_seed(seed: [u8; 32]) -> Key {
+        let signing = SigningKey::from_bytes(&seed);
+        let keyid = key_id(&signing.verifying_key().to_bytes());
+        Key { keyid, signing }
+    }
+
+    /// The public half as a TUF key object.
+    pub fn tuf_public(&self) -> Value {
+        tuf_key(&self.signing.verifying_key().to_bytes())
+    }
+
+    /// Public key bytes.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    /// Loads a key file.
+    pub fn load(path: &Path) -> Result<Key, TufError> {
+        let bad = |problem: String| TufError::BadKey { path: path.into(), problem };
+        let text = fs::read_to_string(path).map_err(io("read", path))?;
+        let file: KeyFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if file.keytype != "ed25519" {
+            return Err(bad(format!("keytype `{}` is not supported (ed25519 only)", file.keytype)));
+        }
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(&file.private, &mut seed).map_err(|e| bad(format!("private key: {e}")))?;
+        let key = Key::from_seed(seed);
+        if hex::encode(key.public_bytes()) != file.public || key.keyid != file.keyid {
+            return Err(bad("public key or key id does not match the private key".into()));
+        }
+        Ok(key)
+    }
+
+    /// Writes the key file atomically with mode 0600.
+    pub fn save(&self, path: &Path, role: &str) -> Result<(), TufError> {
+        let file = KeyFile {
+            role: role.into(),
+            keytype: "ed25519".into(),
+            keyid: self.keyid.clone(),
+            public: hex::encode(self.public_bytes()),
+            private: hex::encode(self.signing.to_bytes()),
+        };
+        let text = serde_json::to_string_pretty(&file).map_err(|e| TufError::Invalid(e.to_string()))?;
+        write_private(path, text.as_bytes())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TufError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+    if path.exists() {
+        return Err(TufError::Invalid(format!("{} exists; refusing to overwrite a key", path.display())));
+    }
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("rename", path))?;
+    blobs::sync_dir(dir)?;
+    Ok(())
+}
+
+/// The TUF public key object for an Ed25519 key.
+pub fn tuf_key(public: &[u8; 32]) -> Value {
+    json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": hex::encode(public)}})
+}
+
+/// The TUF key id: SHA-256 over the canonical JSON of the public key object.
+pub fn key_id(public: &[u8; 32]) -> String {
+    let canonical = canonical_json(&tuf_key(public)).unwrap_or_default();
+    Digest::of(&canonical).to_hex()
+}
+
+/// Canonical JSON as TUF (securesystemslib) defines it, via sigstore-tuf's encoder.
+pub fn canonical_json(v: &Value) -> Result<Vec<u8>, TufError> {
+    sigstore_tuf::canonical_json::to_canonical_bytes(v).map_err(|e| TufError::Invalid(format!("canonical JSON: {e}")))
+}
+
+/// Wraps `signed` in a metadata envelope signed by each of `keys`.
+pub fn sign(signed: &Value, keys: &[&Key]) -> Result<Value, TufError> {
+    let bytes = canonical_json(signed)?;
+    let signatures: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"keyid": k.keyid, "sig": hex::encode(k.signing.sign(&bytes).to_bytes())}))
+        .collect();
+    Ok(json!({"signed": signed, "signatures": signatures}))
+}
+
+/// Adds `key`'s signature to an envelope (replacing an earlier one by the same key).
+pub fn add_signature(envelope: &mut Value, key: &Key) -> Result<(), TufError> {
+    let bytes = canonical_json(&envelope["signed"])?;
+    let sig = json!({"keyid": key.keyid, "sig": hex::encode(key.signing.sign(&bytes).to_bytes())});
+    let sigs = envelope["signatures"].as_array_mut().ok_or_else(|| TufError::Invalid("no signatures array".into()))?;
+    sigs.retain(|s| s["keyid"] != key.keyid.as_str());
+    sigs.push(sig);
+    Ok(())
+}
+
+fn expires(now: UnixSeconds, secs: u64) -> String {
+    format_rfc3339(now.saturating_add(secs))
+}
+
+/// Options for `keys generate`.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateOptions {
+    /// Number of root keys.
+    pub root_keys: usize,
+    /// Root signature threshold.
+    pub root_threshold: usize,
+    /// Number of targets keys (at least 2: high-risk releases need two distinct signers).
+    pub targets_keys: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { root_keys: 1, root_threshold: 1, targets_keys: 2 }
+    }
+}
+
+/// What a release publish or sign did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Listed and signed to threshold: installable now.
+    Published {
+        /// TUF target path.
+        path: String,
+        /// The role that lists it.
+        role: String,
+    },
+    /// Listed, but the role needs more signatures before devices will see it.
+    AwaitingSignatures {
+        /// TUF target path.
+        path: String,
+        /// Signatures so far.
+        have: usize,
+        /// Threshold.
+        need: usize,
+    },
+}
+
+/// The TUF repository in `<data-dir>/repository` with online keys in `<data-dir>/keys`.
+#[derive(Debug)]
+pub struct TufRepo {
+    dir: PathBuf,
+    expiries: Expiries,
+}
+
+impl TufRepo {
+    /// The repository of the hub in `data_dir`.
+    pub fn new(data_dir: &Path, expiries: Expiries) -> TufRepo {
+        TufRepo { dir: data_dir.to_owned(), expiries }
+    }
+
+    /// Directory of signed metadata.
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.join("repository/metadata")
+    }
+
+    /// Directory of target files (hash-prefixed, as consistent snapshots require).
+    pub fn targets_dir(&self) -> PathBuf {
+        self.dir.join("repository/targets")
+    }
+
+    fn pending_dir(&self) -> PathBuf {
+        self.dir.join("repository/pending")
+    }
+
+    fn online_key_path(&self, role: &str) -> PathBuf {
+        self.dir.join("keys").join(format!("{role}.key"))
+    }
+
+    /// Whether keys have been generated.
+    pub fn exists(&self) -> bool {
+        self.metadata_dir().join("1.root.json").exists()
+    }
+
+    fn require(&self) -> Result<(), TufError> {
+        if self.exists() { Ok(()) } else { Err(TufError::NoRepository { dir: self.dir.clone() }) }
+    }
+
+    /// Loads an online key (snapshot, timestamp, director).
+    pub fn online_key(&self, role: &str) -> Result<Key, TufError> {
+        Key::load(&self.online_key_path(role))
+    }
+
+    /// Generates the keys and the first version of every role. Offline keys go to `offline_dir`.
+    pub fn generate(
+        &self,
+        offline_dir: &Path,
+        opts: GenerateOptions,
+        rng: &mut dyn Rng,
+        now: UnixSeconds,
+    ) -> Result<Vec<PathBuf>, TufError> {
+        if self.exists() {
+            return Err(TufError::AlreadyExists { dir: self.dir.clone() });
+        }
+        if opts.root_threshold == 0 || opts.root_threshold > opts.root_keys {
+            return Err(TufError::Invalid(format!(
+                "root threshold {} must be between 1 and the number of root keys ({})",
+                opts.root_threshold, opts.root_keys
+            )));
+        }
+        if opts.targets_keys < 2 {
+            return Err(TufError::Invalid("at least 2 targets keys: high-risk releases need two signers".into()));
+        }
+        let roots: Vec<Key> = (0..opts.root_keys).map(|_| Key::generate(rng)).collect();
+        let targets: Vec<Key> = (0..opts.targets_keys).map(|_| Key::generate(rng)).collect();
+        let [snapshot, timestamp, director] = [(); 3].map(|_| Key::generate(rng));
+
+        let mut written = Vec::new();
+        for (i, k) in roots.iter().enumerate() {
+            let p = offline_dir.join(format!("root-{}.key", i + 1));
+            k.save(&p, "root")?;
+            written.push(p);
+        }
+        for (i, k) in targets.iter().enumerate() {
+            let p = offline_dir.join(format!("targets-{}.key", i + 1));
+            k.save(&p, "targets")?;
+            written.push(p);
+        }
+        for (role, k) in [("snapshot", &snapshot), ("timestamp", &timestamp), ("director", &director)] {
+            let p = self.online_key_path(role);
+            k.save(&p, role)?;
+            written.push(p);
+        }
+
+        let root = root_body(1, now, self.expiries.root_secs, opts.root_threshold, &roots, &targets, &snapshot, &timestamp);
+        let root_refs: Vec<&Key> = roots.iter().take(opts.root_threshold.max(roots.len())).collect();
+        fs::create_dir_all(self.metadata_dir()).map_err(io("create directory", &self.metadata_dir()))?;
+        self.write_meta("1.root.json", &sign(&root, &root_refs)?)?;
+        self.write_meta("root.json", &sign(&root, &root_refs)?)?;
+
+        // The director's key is a target of the top-level role, so rotating it goes through TUF.
+        let director_doc = serde_json::to_vec_pretty(&json!({
+            "role": "director",
+            "keytype": "ed25519",
+            "public": hex::encode(director.public_bytes()),
+        }))
+        .map_err(|e| TufError::Invalid(e.to_string()))?;
+        let director_target = self.store_target(DIRECTOR_TARGET, &director_doc)?;
+        let targets_keys: Vec<Value> = targets.iter().map(|k| Value::String(k.keyid.clone())).collect();
+        let mut keys_obj = serde_json::Map::new();
+        for k in &targets {
+            keys_obj.insert(k.keyid.clone(), k.tuf_public());
+        }
+        let top = json!({
+            "_type": "targets",
+            "spec_version": "1.0.31",
+            "version": 1,
+            "expires": expires(now, self.expiries.targets_secs),
+            "targets": { DIRECTOR_TARGET: director_target },
+            "delegations": {
+                "keys": keys_obj,
+                "roles": [
+                    {"name": STANDARD_ROLE, "keyids": targets_keys, "threshold": 1, "terminating": true,
+                     "paths": ["packages/low/*", "packages/medium/*"]},
+                    {"name": HIGH_RISK_ROLE, "keyids": targets_keys, "threshold": 2, "terminating": true,
+                     "paths": ["packages/high/*"]},
+                ],
+            },
+        });
+        let all_targets: Vec<&Key> = targets.iter().collect();
+        self.write_meta("1.targets.json", &sign(&top, &all_targets[..1])?)?;
+        for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
+            let body = empty_targets(now, self.expiries.targets_secs);
+            let signers = if role == HIGH_RISK_ROLE { &all_targets[..2] } else { &all_targets[..1] };
+            self.write_meta(&format!("1.{role}.json"), &sign(&body, signers)?)?;
+        }
+        self.write_snapshot_and_timestamp(now)?;
+        Ok(written)
+    }
+
+    /// Lists a registered package as a target of its risk tier's role, signed with `key`.
+    /// High-risk packages wait for a second, distinct key (`sign`).
+    pub fn publish(
+        &self,
+        record: &PackageRecord,
+        manifest: &Manifest,
+        channel: &str,
+        key: &Key,
+        key_path: &Path,
+        now: UnixSeconds,
+    ) -> Result<PublishOutcome, TufError> {
+        self.require()?;
+        if channel.is_empty() || !channel.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return Err(TufError::Invalid(format!("channel `{channel}` must be letters, digits, `-`, `_`, `.`")));
+        }
+        let role = role_for(manifest.risk_tier);
+        let path = target_path(manifest);
+        let package_path = crate::blobs::BlobStore::new(self.dir.join("blobs")).path_of(&record.digest);
+        self.link_target(&path, &package_path, &record.digest)?;
+
+        let (mut envelope, _) = self.role_envelope(role)?;
+        let mut signed = envelope["signed"].clone();
+        let mut entry = target_entry(record, manifest);
+        if let Some(existing) = signed["targets"].get(&path) {
+            let mut channels: Vec<String> =
+                serde_json::from_value(existing["custom"]["outpost"]["channels"].clone()).unwrap_or_default();
+            if !channels.iter().any(|c| c == channel) {
+                channels.push(channel.into());
+            }
+            channels.sort();
+            entry["custom"]["outpost"]["channels"] = json!(channels);
+        } else {
+            entry["custom"]["outpost"]["channels"] = json!([channel]);
+        }
+        signed["targets"][&path] = entry;
+        bump(&mut signed, now, self.expiries.targets_secs);
+        envelope = json!({"signed": signed, "signatures": []});
+        self.authorise(role, key, key_path)?;
+        add_signature(&mut envelope, key)?;
+        self.stage_or_commit(role, envelope, &path, now)
+    }
+
+    /// Adds a second signature to a pending high-risk release.
+    pub fn sign_pending(&self, digest: &Digest, key: &Key, key_path: &Path, now: UnixSeconds) -> Result<PublishOutcome, TufError> {
+        self.require()?;
+        let pending = self.pending_dir().join(format!("{HIGH_RISK_ROLE}.json"));
+        let mut envelope: Value = match fs::read(&pending) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| damaged(&pending, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(TufError::NothingPending(*digest)),
+            Err(e) => return Err(io("read", &pending)(e)),
+        };
+        let path = envelope["signed"]["targets"]
+            .as_object()
+            .and_then(|t| t.iter().find(|(_, v)| v["custom"]["outpost"]["digest"] == digest.to_hex()))
+            .map(|(p, _)| p.clone())
+            .ok_or(TufError::NothingPending(*digest))?;
+        self.authorise(HIGH_RISK_ROLE, key, key_path)?;
+        add_signature(&mut envelope, key)?;
+        self.stage_or_commit(HIGH_RISK_ROLE, envelope, &path, now)
+    }
+
+    /// Removes a package from its role's targets, signed with `key`. Devices stop seeing it at their next refresh.
+    pub fn unpublish(&self, digest: &Digest, key: &Key, key_path: &Path, now: UnixSeconds) -> Result<String, TufError> {
+        self.require()?;
+        for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
+            let (envelope, _) = self.role_envelope(role)?;
+            let mut signed = envelope["signed"].clone();
+            let found = signed["targets"]
+                .as_object()
+                .and_then(|t| t.iter().find(|(_, v)| v["custom"]["outpost"]["digest"] == digest.to_hex()))
+                .map(|(p, _)| p.clone());
+            if let Some(path) = found {
+                self.authorise(role, key, key_path)?;
+                signed["targets"].as_object_mut().map(|t| t.remove(&path));
+                bump(&mut signed, now, self.expiries.targets_secs);
+                let mut env = json!({"signed": signed, "signatures": []});
+                add_signature(&mut env, key)?;
+                self.stage_or_commit(role, env, &path, now)?;
+                return Ok(path);
+            }
+        }
+        Err(TufError::NotPublished(*digest))
+    }
+
+    fn stage_or_commit(&self, role: &str, envelope: Value, path: &str, now: UnixSeconds) -> Result<PublishOutcome, TufError> {
+        let need = self.threshold(role)?;
+        let have = envelope["signatures"].as_array().map_or(0, Vec::len);
+        let pending = self.pending_dir().join(format!("{role}.json"));
+        if have < need {
+            fs::create_dir_all(self.pending_dir()).map_err(io("create directory", &self.pending_dir()))?;
+            blobs::write_atomic(&pending, &to_json(&envelope)?)?;
+            return Ok(PublishOutcome::AwaitingSignatures { path: path.into(), have, need });
+        }
+        let version = envelope["signed"]["version"].as_u64().unwrap_or(0);
+        self.write_meta(&format!("{version}.{role}.json"), &envelope)?;
+        let _ = fs::remove_file(&pending);
+        self.write_snapshot_and_timestamp(now)?;
+        Ok(PublishOutcome::Published { path: path.into(), role: role.into() })
+    }
+
+    /// The envelope to build on for `role`: a pending one if present, else the latest published.
+    fn role_envelope(&self, role: &str) -> Result<(Value, u64), TufError> {
+        let pending = self.pending_dir().join(format!("{role}.json"));
+        if let Ok(b) = fs::read(&pending) {
+            let v: Value = serde_json::from_slice(&b).map_err(|e| damaged(&pending, e))?;
+            let version = v["signed"]["version"].as_u64().unwrap_or(0);
+            return Ok((v, version));
+        }
+        let version = self.latest_version(role)?;
+        Ok((self.read_meta(&format!("{version}.{role}.json"))?, version))
+    }
+
+    fn threshold(&self, role: &str) -> Result<usize, TufError> {
+        let top = self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?;
+        top["signed"]["delegations"]["roles"]
+            .as_array()
+            .and_then(|roles| roles.iter().find(|r| r["name"] == role))
+            .and_then(|r| r["threshold"].as_u64())
+            .map(|t| t as usize)
+            .ok_or_else(|| TufError::Damaged { name: "targets.json".into(), problem: format!("no delegation `{role}`") })
+    }
+
+    fn authorise(&self, role: &str, key: &Key, key_path: &Path) -> Result<(), TufError> {
+        let authorised: Vec<String> = if role == STANDARD_ROLE || role == HIGH_RISK_ROLE {
+            let top = self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?;
+            top["signed"]["delegations"]["roles"]
+                .as_array()
+                .and_then(|roles| roles.iter().find(|r| r["name"] == role))
+                .and_then(|r| serde_json::from_value(r["keyids"].clone()).ok())
+                .unwrap_or_default()
+        } else {
+            let root = self.read_meta("root.json")?;
+            serde_json::from_value(root["signed"]["roles"][role]["keyids"].clone()).unwrap_or_default()
+        };
+        if authorised.contains(&key.keyid) {
+            Ok(())
+        } else {
+            Err(TufError::NotAuthorised { path: key_path.into(), keyid: key.keyid.clone(), role: role.into(), authorised })
+        }
+    }
+
+    /// Re-signs snapshot and timestamp if either expires within the margin. Returns whether it did.
+    pub fn refresh_online(&self, now: UnixSeconds) -> Result<bool, TufError> {
+        self.require()?;
+        let ts = self.read_meta("timestamp.json")?;
+        let snap = self.read_meta(&format!("{}.snapshot.json", self.latest_version("snapshot")?))?;
+        let soon = format_rfc3339(now.saturating_add(self.expiries.resign_margin_secs));
+        let expiring = |v: &Value| v["signed"]["expires"].as_str().is_none_or(|e| e <= soon.as_str());
+        if expiring(&ts) || expiring(&snap) {
+            self.write_snapshot_and_timestamp(now)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Writes a new snapshot pinning every targets role's latest version, and a timestamp pinning it.
+    fn write_snapshot_and_timestamp(&self, now: UnixSeconds) -> Result<(), TufError> {
+        let snapshot_key = self.online_key("snapshot")?;
+        let timestamp_key = self.online_key("timestamp")?;
+        let mut meta = serde_json::Map::new();
+        for role in ["targets", STANDARD_ROLE, HIGH_RISK_ROLE] {
+            meta.insert(format!("{role}.json"), json!({"version": self.latest_version(role)?}));
+        }
+        let snap_version = self.latest_version("snapshot").unwrap_or(0) + 1;
+        let snapshot = json!({
+            "_type": "snapshot",
+            "spec_version": "1.0.31",
+            "version": snap_version,
+            "expires": expires(now, self.expiries.snapshot_secs),
+            "meta": meta,
+        });
+        let snap_bytes = to_json(&sign(&snapshot, &[&snapshot_key])?)?;
+        self.write_meta_bytes(&format!("{snap_version}.snapshot.json"), &snap_bytes)?;
+        let ts_version = self.read_meta("timestamp.json").ok().and_then(|t| t["signed"]["version"].as_u64()).unwrap_or(0) + 1;
+        let timestamp = json!({
+            "_type": "timestamp",
+            "spec_version": "1.0.31",
+            "version": ts_version,
+            "expires": expires(now, self.expiries.timestamp_secs),
+            "meta": {"snapshot.json": {
+                "version": snap_version,
+                "length": snap_bytes.len(),
+                "hashes": {"sha256": Digest::of(&snap_bytes).to_hex()},
+            }},
+        });
+        self.write_meta("timestamp.json", &sign(&timestamp, &[&timestamp_key])?)
+    }
+
+    /// Rotates `role`'s keys: generates new keys (offline roles into `offline_dir`, online ones into the data
+    /// directory), writes root N+1 signed by the old root threshold and the new one, and re-signs what the new
+    /// keys now sign. `old_roots` are the current root key files (to the old threshold).
+    pub fn rotate(
+        &self,
+        role: &str,
+        offline_dir: &Path,
+        old_roots: &[(Key, PathBuf)],
+        targets_signers: &[(Key, PathBuf)],
+        rng: &mut dyn Rng,
+        now: UnixSeconds,
+    ) -> Result<Vec<PathBuf>, TufError> {
+        self.require()?;
+        let old = self.read_meta("root.json")?;
+        let old_signed = &old["signed"];
+        let old_version = old_signed["version"].as_u64().unwrap_or(0);
+        for (k, p) in old_roots {
+            self.authorise("root", k, p)?;
+        }
+        let old_threshold = old_signed["roles"]["root"]["threshold"].as_u64().unwrap_or(1) as usize;
+        if old_roots.len() < old_threshold {
+            return Err(TufError::Invalid(format!(
+                "rotation needs {old_threshold} current root key(s) (--root-key), got {}",
+                old_roots.len()
+            )));
+        }
+        let mut new_signed = old_signed.clone();
+        new_signed["version"] = json!(old_version + 1);
+        new_signed["expires"] = json!(expires(now, self.expiries.root_secs));
+        let mut written = Vec::new();
+        let mut new_root_keys: Vec<Key> = old_roots.iter().map(|(k, _)| k.clone()).collect();
+        let generated = Key::generate(rng);
+        match role {
+            "root" => {
+                let p = offline_dir.join(format!("root-v{}.key", old_version + 1));
+                generated.save(&p, "root")?;
+                written.push(p);
+                new_root_keys = vec![generated.clone()];
+                new_signed["roles"]["root"] = json!({"keyids": [generated.keyid], "threshold": 1});
+            }
+            "timestamp" | "snapshot" => {
+                let p = self.online_key_path(role);
+                let retired = self.dir.join("keys").join(format!("{role}.key.retired-v{old_version}"));
+                fs::rename(&p, &retired).map_err(io("rename", &p))?;
+                generated.save(&p, role)?;
+                written.push(p);
+                new_signed["roles"][role] = json!({"keyids": [generated.keyid], "threshold": 1});
+            }
+            "targets" => {
+                let p = offline_dir.join(format!("targets-v{}.key", old_version + 1));
+                generated.save(&p, "targets")?;
+                written.push(p);
+                new_signed["roles"]["targets"] = json!({"keyids": [generated.keyid], "threshold": 1});
+            }
+            other => {
+                return Err(TufError::Invalid(format!(
+                    "rotating `{other}` is not supported: root, targets, snapshot or timestamp"
+                )));
+            }
+        }
+        new_signed["keys"][&generated.keyid] = generated.tuf_public();
+        // Drop keys no role uses any more.
+        let used: std::collections::BTreeSet<String> = new_signed["roles"]
+            .as_object()
+            .map(|roles| roles.values().flat_map(|r| r["keyids"].as_array().cloned().unwrap_or_default()).filter_map(|k| k.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        if let Some(keys) = new_signed["keys"].as_object_mut() {
+            keys.retain(|id, _| used.contains(id));
+        }
+        let mut signers: Vec<&Key> = old_roots.iter().map(|(k, _)| k).collect();
+        for k in &new_root_keys {
+            if !signers.iter().any(|s| s.keyid == k.keyid) {
+                signers.push(k);
+            }
+        }
+        let envelope = sign(&new_signed, &signers)?;
+        self.write_meta(&format!("{}.root.json", old_version + 1), &envelope)?;
+        self.write_meta("root.json", &envelope)?;
+        if role == "targets" {
+            // The top-level targets role must be re-signed by the new key.
+            let (top, _) = (self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?, ());
+            let mut body = top["signed"].clone();
+            bump(&mut body, now, self.expiries.targets_secs);
+            let _ = targets_signers;
+            self.write_meta(&format!("{}.targets.json", body["version"]), &sign(&body, &[&generated])?)?;
+        }
+        self.write_snapshot_and_timestamp(now)?;
+        Ok(written)
+    }
+
+    /// Copies metadata and targets into `out` as static files for any HTTP server or CDN:
+    /// `out/metadata/*.json` and `out/targets/**`.
+    pub fn export(&self, out: &Path) -> Result<usize, TufError> {
+        self.require()?;
+        let mut n = 0;
+        n += copy_tree(&self.metadata_dir(), &out.join("metadata"))?;
+        n += copy_tree(&self.targets_dir(), &out.join("targets"))?;
+        Ok(n)
+    }
+
+    /// The latest published version of `role` (from `N.role.json` names).
+    pub fn latest_version(&self, role: &str) -> Result<u64, TufError> {
+        let dir = self.metadata_dir();
+        let suffix = format!(".{role}.json");
+        let mut best = None;
+        for e in fs::read_dir(&dir).map_err(io("read directory", &dir))? {
+            let name = e.map_err(io("read directory", &dir))?.file_name().to_string_lossy().into_owned();
+            if let Some(v) = name.strip_suffix(&suffix).and_then(|v| v.parse::<u64>().ok()) {
+                best = best.max(Some(v));
+            }
+        }
+        best.ok_or_else(|| TufError::Damaged { name: format!("*.{role}.json"), problem: "no version on disk".into() })
+    }
+
+    /// Reads a metadata file as JSON.
+    pub fn read_meta(&self, name: &str) -> Result<Value, TufError> {
+        let p = self.metadata_dir().join(name);
+        let bytes = fs::read(&p).map_err(io("read", &p))?;
+        serde_json::from_slice(&bytes).map_err(|e| damaged(&p, e))
+    }
+
+    fn write_meta(&self, name: &str, v: &Value) -> Result<(), TufError> {
+        self.write_meta_bytes(name, &to_json(v)?)
+    }
+
+    fn write_meta_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), TufError> {
+        Ok(blobs::write_atomic(&self.metadata_dir().join(name), bytes)?)
+    }
+
+    /// Stores a small target's bytes under its hash-prefixed name and returns its targets entry.
+    fn store_target(&self, path: &str, bytes: &[u8]) -> Result<Value, TufError> {
+        let d = Digest::of(bytes);
+        let dest = self.consistent_path(path, &d);
+        fs::create_dir_all(dest.parent().unwrap_or(&self.targets_dir())).map_err(io("create directory", &dest))?;
+        blobs::write_atomic(&dest, bytes)?;
+        Ok(json!({"length": bytes.len(), "hashes": {"sha256": d.to_hex()}}))
+    }
+
+    fn link_target(&self, path: &str, source: &Path, digest: &Digest) -> Result<(), TufError> {
+        let dest = self.consistent_path(path, digest);
+        if dest.exists() {
+            return Ok(());
+        }
+        let parent = dest.parent().unwrap_or(&self.targets_dir()).to_owned();
+        fs::create_dir_all(&parent).map_err(io("create directory", &parent))?;
+        // The blob store is write-once, so a hard link is as good as a copy and costs nothing.
+        if fs::hard_link(source, &dest).is_err() {
+            fs::copy(source, &dest).map_err(io("copy", &dest))?;
+        }
+        blobs::sync_dir(&parent)?;
+        Ok(())
+    }
+
+    /// `targets/<dir>/<sha256>.<name>` for a target path.
+    pub fn consistent_path(&self, path: &str, d: &Digest) -> PathBuf {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        self.targets_dir().join(dir).join(format!("{}.{name}", d.to_hex()))
+    }
+}
+
+fn root_body(
+    version: u64,
+    now: UnixSeconds,
+    expiry: u64,
+    threshold: usize,
+    roots: &[Key],
+    targets: &[Key],
+    snapshot: &Key,
+    timestamp: &Key,
+) -> Value {
+    let mut keys = serde_json::Map::new();
+    for k in roots.iter().chain(targets).chain([snapshot, timestamp]) {
+        keys.insert(k.keyid.clone(), k.tuf_public());
+    }
+    let ids = |ks: &[Key]| ks.iter().map(|k| Value::String(k.keyid.clone())).collect::<Vec<_>>();
+    json!({
+        "_type": "root",
+        "spec_version": "1.0.31",
+        "version": version,
+        "expires": expires(now, expiry),
+        "consistent_snapshot": true,
+        "keys": keys,
+        "roles": {
+            "root": {"keyids": ids(roots), "threshold": threshold},
+            "targets": {"keyids": ids(&targets[..1]), "threshold": 1},
+            "snapshot": {"keyids": [snapshot.keyid], "threshold": 1},
+            "timestamp": {"keyids": [timestamp.keyid], "threshold": 1},
+        },
+    })
+}
+
+fn empty_targets(now: UnixSeconds, expiry: u64) -> Value {
+    json!({"_type": "targets", "spec_version": "1.0.31", "version": 1, "expires": expires(now, expiry), "targets": {}})
+}
+
+fn bump(signed: &mut Value, now: UnixSeconds, expiry: u64) {
+    let v = signed["version"].as_u64().unwrap_or(0);
+    signed["version"] = json!(v + 1);
+    signed["expires"] = json!(expires(now, expiry));
+}
+
+/// The delegated role that lists packages of `tier`.
+pub fn role_for(tier: RiskTier) -> &'static str {
+    match tier {
+        RiskTier::Low | RiskTier::Medium => STANDARD_ROLE,
+        RiskTier::High => HIGH_RISK_ROLE,
+    }
+}
+
+/// The TUF target path of a package: `packages/<tier>/<name>-<version>.opkg`.
+pub fn target_path(m: &Manifest) -> String {
+    format!("packages/{}/{}-{}.opkg", m.risk_tier, m.name, m.version)
+}
+
+/// The targets entry for a package, with the custom fields an agent needs to apply site policy before download.
+/// TUF's canonical JSON has no floats, so metric values travel as strings.
+pub fn target_entry(record: &PackageRecord, m: &Manifest) -> Value {
+    let metrics: BTreeMap<&String, String> = m.evaluation.metrics.iter().map(|(k, v)| (k, v.to_string())).collect();
+    json!({
+        "length": record.package_len,
+        "hashes": {"sha256": record.digest.to_hex()},
+        "custom": {"outpost": {
+            "digest": record.digest.to_hex(),
+            "name": m.name,
+            "version": m.version.to_string(),
+            "capability": m.capability,
+            "risk_tier": m.risk_tier.to_string(),
+            "data_classification": m.data_classification.to_string(),
+            "license": m.license,
+            "min_agent_version": m.runtime.min_agent_version.to_string(),
+            "memory_budget_bytes": m.runtime.memory_budget_bytes,
+            "model_length": record.model_len,
+            "lineage": {
+                "operator": m.lineage.operator.to_string(),
+                "parents": m.lineage.parents.iter().map(Digest::to_hex).collect::<Vec<_>>(),
+            },
+            "evaluation": {
+                "suite": m.evaluation.suite.name,
+                "suite_digest": m.evaluation.suite.digest.to_hex(),
+                "metrics": metrics,
+                "decision": m.evaluation.decision.outcome.to_string(),
+            },
+        }},
+    })
+}
+
+fn to_json(v: &Value) -> Result<Vec<u8>, TufError> {
+    serde_json::to_vec_pretty(v).map_err(|e| TufError::Invalid(e.to_string()))
+}
+
+fn damaged(p: &Path, e: impl std::fmt::Display) -> TufError {
+    TufError::Damaged { name: p.display().to_string(), problem: e.to_string() }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<usize, TufError> {
+    fs::create_dir_all(to).map_err(io("create directory", to))?;
+    let mut n = 0;
+    for e in fs::read_dir(from).map_err(io("read directory", from))? {
+        let e = e.map_err(io("read directory", from))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            n += copy_tree(&src, &dst)?;
+        } else {
+            fs::copy(&src, &dst).map_err(io("copy", &dst))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

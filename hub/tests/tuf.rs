@@ -1,0 +1,418 @@
+//! The hub's TUF output, read by a client not written here (sigstore-tuf's `Updater`), and the attacks TUF exists
+//! to stop: each is mounted against the hub's real metadata and must be rejected by the verifying side.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use outpost_hub::tuf::{GenerateOptions, Key, PublishOutcome, TufRepo};
+use outpost_shared::Digest;
+use outpost_shared::director::{self, AssignedTarget, Assignment, ListedTarget};
+use outpost_shared::rng::SeededRng;
+use outpost_shared::testkit::AffineManifest;
+use sigstore_tuf::transport::FetchFuture;
+use sigstore_tuf::{Repository, Updater};
+use support::TestHub;
+
+const NOW: u64 = 1_795_881_600;
+
+fn ts(secs: u64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(secs as i64).unwrap()
+}
+
+/// A static mirror of an exported repository, with an attacker's hand on what it serves.
+#[derive(Clone, Default)]
+struct Mirror {
+    dir: Arc<Mutex<PathBuf>>,
+    metadata: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    targets: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+}
+
+impl Mirror {
+    fn serve_metadata(&self, name: &str, bytes: Vec<u8>) {
+        self.metadata.lock().unwrap().insert(name.into(), bytes);
+    }
+    fn serve_target(&self, path: &str, bytes: Vec<u8>) {
+        self.targets.lock().unwrap().insert(path.into(), bytes);
+    }
+    fn file(&self, sub: &str, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.lock().unwrap().join(sub).join(name)).ok()
+    }
+    /// Serves another export from now on, with no attacker overrides.
+    fn repoint(&self, other: &Mirror) {
+        *self.dir.lock().unwrap() = other.dir.lock().unwrap().clone();
+        self.metadata.lock().unwrap().clear();
+        self.targets.lock().unwrap().clear();
+    }
+}
+
+impl Repository for Mirror {
+    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
+        let bytes = self.metadata.lock().unwrap().get(name).cloned().or_else(|| self.file("metadata", name));
+        Box::pin(async move {
+            // A bounded transport, as the agent's is: it never hands over more than asked for.
+            match bytes {
+                Some(b) if b.len() as u64 > max_length => {
+                    Err(sigstore_tuf::Error::transport(format!("{name}: more than {max_length} bytes")))
+                }
+                other => Ok(other),
+            }
+        })
+    }
+
+    fn fetch_target<'a>(&'a self, path: &'a str, _max_length: u64) -> FetchFuture<'a> {
+        // Deliberately unbounded: the verifier itself must catch endless data on targets.
+        let bytes = self.targets.lock().unwrap().get(path).cloned().or_else(|| self.file("targets", path));
+        Box::pin(async move { Ok(bytes) })
+    }
+}
+
+struct Fixture {
+    hub: TestHub,
+    repo: TufRepo,
+    offline: PathBuf,
+    rng: SeededRng,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let hub = TestHub::new();
+        let repo = TufRepo::new(&hub.dir(), Default::default());
+        let offline = hub.tmp.path().join("offline");
+        let mut rng = SeededRng::new(7);
+        repo.generate(&offline, GenerateOptions::default(), &mut rng, NOW).unwrap();
+        Fixture { hub, repo, offline, rng }
+    }
+
+    fn key(&self, name: &str) -> (Key, PathBuf) {
+        let p = self.offline.join(name);
+        (Key::load(&p).unwrap(), p)
+    }
+
+    /// Adds and publishes an affine package; returns its digest and target path.
+    fn publish(&self, m: &AffineManifest, channel: &str) -> (Digest, String, PublishOutcome) {
+        let reg = self.hub.open();
+        let (model, manifest) = self.hub.write_affine(m);
+        let added = reg.add(&model, &manifest).unwrap();
+        let record = reg.record(&added.digest).unwrap().unwrap();
+        let (_, parsed) = reg.manifest(&added.digest).unwrap();
+        let (key, path) = self.key("targets-1.key");
+        let out = self.repo.publish(&record, &parsed, channel, &key, &path, NOW).unwrap();
+        let target = outpost_hub::tuf::target_path(&parsed);
+        (added.digest, target, out)
+    }
+
+    fn mirror(&self) -> Mirror {
+        let dir = self.hub.tmp.path().join(format!("export-{}", rand_suffix()));
+        self.repo.export(&dir).unwrap();
+        Mirror { dir: Arc::new(Mutex::new(dir)), ..Default::default() }
+    }
+
+    fn root(&self) -> Vec<u8> {
+        std::fs::read(self.repo.metadata_dir().join("1.root.json")).unwrap()
+    }
+
+    fn updater(&self, mirror: &Mirror) -> Updater {
+        Updater::new(mirror.clone(), &self.root()).unwrap()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn err_text<T>(r: Result<T, sigstore_tuf::Error>) -> String {
+    match r {
+        Ok(_) => panic!("expected the verifier to reject"),
+        Err(e) => format!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn hub_output_is_read_by_sigstore_tuf_updater() {
+    let f = Fixture::new();
+    let (digest, path, out) = f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    assert!(matches!(out, PublishOutcome::Published { .. }), "{out:?}");
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    let info = u.get_target_info(&path, ts(NOW + 60)).await.unwrap().expect("listed");
+    assert_eq!(info.length, f.hub.open().record(&digest).unwrap().unwrap().package_len);
+    let custom = serde_json::to_value(&info).unwrap();
+    assert_eq!(custom["custom"]["outpost"]["capability"], "test.affine");
+    assert_eq!(custom["custom"]["outpost"]["risk_tier"], "low");
+    assert_eq!(custom["custom"]["outpost"]["channels"], serde_json::json!(["stable"]));
+    let bytes = u.get_target(&path, ts(NOW + 60)).await.unwrap();
+    assert_eq!(Digest::of(&bytes), digest);
+    // The director's key is itself a TUF target.
+    assert!(u.get_target_info(outpost_hub::tuf::DIRECTOR_TARGET, ts(NOW + 60)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn rollback_attack_stale_timestamp_is_rejected() {
+    let f = Fixture::new();
+    f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let stale = std::fs::read(f.repo.metadata_dir().join("timestamp.json")).unwrap();
+    f.publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    mirror.serve_metadata("timestamp.json", stale);
+    let e = err_text(u.refresh(ts(NOW + 120)).await);
+    assert!(e.to_lowercase().contains("version"), "{e}");
+}
+
+#[tokio::test]
+async fn freeze_attack_expired_timestamp_is_rejected() {
+    let f = Fixture::new();
+    f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    // The mirror keeps serving the same (validly signed) metadata; a day and a bit later it has expired.
+    let e = err_text(u.refresh(ts(NOW + 86_400 + 1)).await);
+    assert!(e.to_lowercase().contains("expired"), "{e}");
+}
+
+#[tokio::test]
+async fn expired_root_is_rejected() {
+    let f = Fixture::new();
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    let e = err_text(u.refresh(ts(NOW + 366 * 86_400)).await);
+    assert!(e.to_lowercase().contains("expired"), "{e}");
+}
+
+#[tokio::test]
+async fn mix_and_match_snapshot_from_another_version_is_rejected() {
+    let f = Fixture::new();
+    f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let old_snapshot_version = f.repo.latest_version("snapshot").unwrap();
+    f.publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    let new_snapshot_version = f.repo.latest_version("snapshot").unwrap();
+    let mirror = f.mirror();
+    let old = mirror.file("metadata", &format!("{old_snapshot_version}.snapshot.json")).unwrap();
+    mirror.serve_metadata(&format!("{new_snapshot_version}.snapshot.json"), old);
+    let e = err_text(f.updater(&mirror).refresh(ts(NOW + 60)).await);
+    assert!(!e.is_empty());
+}
+
+#[tokio::test]
+async fn mix_and_match_targets_from_another_version_is_rejected() {
+    let f = Fixture::new();
+    f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let old = f.repo.latest_version("standard").unwrap();
+    let (_, path, _) = f.publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    let new = f.repo.latest_version("standard").unwrap();
+    let mirror = f.mirror();
+    let old_bytes = mirror.file("metadata", &format!("{old}.standard.json")).unwrap();
+    mirror.serve_metadata(&format!("{new}.standard.json"), old_bytes);
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    let e = err_text(u.get_target_info(&path, ts(NOW + 60)).await);
+    assert!(!e.is_empty());
+}
+
+#[tokio::test]
+async fn endless_data_target_larger_than_declared_is_rejected() {
+    let f = Fixture::new();
+    let (digest, path, _) = f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mirror = f.mirror();
+    let (dir, name) = path.rsplit_once('/').unwrap();
+    let stored = format!("{dir}/{}.{name}", digest.to_hex());
+    let mut bytes = mirror.file("targets", &stored).unwrap();
+    bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
+    mirror.serve_target(&stored, bytes);
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    err_text(u.get_target(&path, ts(NOW + 60)).await);
+}
+
+#[tokio::test]
+async fn endless_data_metadata_larger_than_limit_is_refused() {
+    let f = Fixture::new();
+    let mirror = f.mirror();
+    let mut ts_bytes = mirror.file("metadata", "timestamp.json").unwrap();
+    ts_bytes.extend(std::iter::repeat_n(b' ', 64 * 1024));
+    mirror.serve_metadata("timestamp.json", ts_bytes);
+    err_text(f.updater(&mirror).refresh(ts(NOW + 60)).await);
+}
+
+#[tokio::test]
+async fn arbitrary_software_swapped_target_bytes_are_rejected() {
+    let f = Fixture::new();
+    let (digest, path, _) = f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mirror = f.mirror();
+    let (dir, name) = path.rsplit_once('/').unwrap();
+    let stored = format!("{dir}/{}.{name}", digest.to_hex());
+    let mut bytes = mirror.file("targets", &stored).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    mirror.serve_target(&stored, bytes);
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    err_text(u.get_target(&path, ts(NOW + 60)).await);
+}
+
+#[tokio::test]
+async fn high_risk_package_with_one_signature_is_not_installable() {
+    let f = Fixture::new();
+    let mut m = AffineManifest::new("risky", "1.0.0", 2.0, 1.0);
+    m.risk_tier = "high".into();
+    let (digest, path, out) = f.publish(&m, "stable");
+    assert!(matches!(out, PublishOutcome::AwaitingSignatures { have: 1, need: 2, .. }), "{out:?}");
+
+    // Not listed for devices while one signature short.
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    assert!(u.get_target_info(&path, ts(NOW + 60)).await.unwrap().is_none());
+
+    // Even an attacker holding the hub's online snapshot and timestamp keys, serving the one-signature role
+    // metadata as current, gets it refused: the threshold is checked on the role itself.
+    let pending = std::fs::read(f.hub.dir().join("repository/pending/high-risk.json")).unwrap();
+    let pending_version = serde_json::from_slice::<serde_json::Value>(&pending).unwrap()["signed"]["version"].as_u64().unwrap();
+    mirror.serve_metadata(&format!("{pending_version}.high-risk.json"), pending);
+    let snap_v = f.repo.latest_version("snapshot").unwrap();
+    let mut snap: serde_json::Value =
+        serde_json::from_slice(&mirror.file("metadata", &format!("{snap_v}.snapshot.json")).unwrap()).unwrap();
+    snap["signed"]["version"] = serde_json::json!(snap_v + 1);
+    snap["signed"]["meta"]["high-risk.json"]["version"] = serde_json::json!(pending_version);
+    let snap = serde_json::to_vec(&outpost_hub::tuf::sign(&snap["signed"], &[&f.repo.online_key("snapshot").unwrap()]).unwrap()).unwrap();
+    mirror.serve_metadata(&format!("{}.snapshot.json", snap_v + 1), snap.clone());
+    let mut tsj: serde_json::Value = serde_json::from_slice(&mirror.file("metadata", "timestamp.json").unwrap()).unwrap();
+    tsj["signed"]["version"] = serde_json::json!(tsj["signed"]["version"].as_u64().unwrap() + 1);
+    tsj["signed"]["meta"]["snapshot.json"] = serde_json::json!({
+        "version": snap_v + 1, "length": snap.len(), "hashes": {"sha256": Digest::of(&snap).to_hex()}});
+    let tsj = outpost_hub::tuf::sign(&tsj["signed"], &[&f.repo.online_key("timestamp").unwrap()]).unwrap();
+    mirror.serve_metadata("timestamp.json", serde_json::to_vec(&tsj).unwrap());
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    let e = err_text(u.get_target_info(&path, ts(NOW + 60)).await);
+    assert!(e.to_lowercase().contains("threshold"), "{e}");
+
+    // The same key signing twice does not make two signatures.
+    let (k1, p1) = f.key("targets-1.key");
+    let again = f.repo.sign_pending(&digest, &k1, &p1, NOW).unwrap();
+    assert!(matches!(again, PublishOutcome::AwaitingSignatures { have: 1, .. }), "{again:?}");
+
+    // A second, distinct key makes it installable.
+    let (k2, p2) = f.key("targets-2.key");
+    let done = f.repo.sign_pending(&digest, &k2, &p2, NOW).unwrap();
+    assert!(matches!(done, PublishOutcome::Published { .. }), "{done:?}");
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    assert_eq!(Digest::of(&u.get_target(&path, ts(NOW + 60)).await.unwrap()), digest);
+}
+
+#[tokio::test]
+async fn key_not_authorised_for_the_role_is_refused() {
+    let f = Fixture::new();
+    let reg = f.hub.open();
+    let m = AffineManifest::new("affine", "1.0.0", 2.0, 1.0);
+    let (model, manifest) = f.hub.write_affine(&m);
+    let d = reg.add(&model, &manifest).unwrap().digest;
+    let (root_key, root_path) = f.key("root-1.key");
+    let e = f
+        .repo
+        .publish(&reg.record(&d).unwrap().unwrap(), &reg.manifest(&d).unwrap().1, "stable", &root_key, &root_path, NOW)
+        .unwrap_err();
+    assert!(e.to_string().contains("not authorised"), "{e}");
+}
+
+#[tokio::test]
+async fn key_rotation_recovers_from_fast_forward_attack() {
+    let mut f = Fixture::new();
+    f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+
+    // An attacker with the stolen timestamp key fast-forwards the timestamp to a huge version.
+    let stolen = f.repo.online_key("timestamp").unwrap();
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&mirror.file("metadata", "timestamp.json").unwrap()).unwrap();
+    forged["signed"]["version"] = serde_json::json!(1_000_000);
+    let forged = outpost_hub::tuf::sign(&forged["signed"], &[&stolen]).unwrap();
+    mirror.serve_metadata("timestamp.json", serde_json::to_vec(&forged).unwrap());
+    u.refresh(ts(NOW + 120)).await.unwrap();
+
+    // The hub rotates the timestamp key (root v2, signed by the root key) and signs a normal timestamp.
+    let root = f.key("root-1.key");
+    f.repo.rotate("timestamp", &f.offline, &[root], &[], &mut f.rng, NOW).unwrap();
+    let recovered = f.mirror();
+    // The same client, still trusting timestamp v1000, now fetches from the recovered repository: it walks to
+    // root v2, drops the fast-forwarded timestamp, and accepts the lower version under the new key.
+    mirror.repoint(&recovered);
+    u.refresh(ts(NOW + 180)).await.unwrap();
+    assert_eq!(u.trusted().root().version, 2);
+    assert!(u.trusted().timestamp().unwrap().version < 1_000_000);
+}
+
+#[tokio::test]
+async fn root_rotation_is_walked_and_signed_by_old_and_new_keys() {
+    let mut f = Fixture::new();
+    let old_root = f.key("root-1.key");
+    let written = f.repo.rotate("root", &f.offline, &[old_root.clone()], &[], &mut f.rng, NOW).unwrap();
+    let new_root = Key::load(&written[0]).unwrap();
+    let two: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.repo.metadata_dir().join("2.root.json")).unwrap()).unwrap();
+    let signers: Vec<&str> = two["signatures"].as_array().unwrap().iter().map(|s| s["keyid"].as_str().unwrap()).collect();
+    assert!(signers.contains(&old_root.0.keyid.as_str()) && signers.contains(&new_root.keyid.as_str()));
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    assert_eq!(u.trusted().root().version, 2);
+}
+
+#[tokio::test]
+async fn stolen_online_key_assignment_to_unlisted_target_is_rejected() {
+    let f = Fixture::new();
+    let (digest, path, _) = f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    let device = [9u8; 32];
+    let director = f.repo.online_key("director").unwrap();
+    let seal = |a: &Assignment| {
+        director::seal(a, director::ASSIGNMENT_DOMAIN, &director.public_bytes(), |m| {
+            use ed25519_dalek::Signer;
+            director.signing.sign(m).to_bytes()
+        })
+        .unwrap()
+    };
+    let assignment = |path: &str, sha: Digest| Assignment {
+        device: hex::encode(device),
+        version: 1,
+        expires: NOW + 3600,
+        targets: vec![AssignedTarget {
+            path: path.into(),
+            length: f.hub.open().record(&digest).unwrap().unwrap().package_len,
+            sha256: sha,
+            release: "r1".into(),
+            channel: "stable".into(),
+            rollout: String::new(),
+        }],
+    };
+    let mut listed = HashMap::new();
+    for p in [path.as_str(), "packages/low/evil-6.6.6.opkg"] {
+        if let Some(t) = u.get_target_info(p, ts(NOW + 60)).await.unwrap() {
+            let sha: Digest = t.hashes["sha256"].parse().unwrap();
+            listed.insert(p.to_owned(), ListedTarget { length: t.length, sha256: sha });
+        }
+    }
+    let lookup = |p: &str| listed.get(p).cloned();
+    // The honest assignment passes; one naming a target TUF does not list, or other bytes, does not.
+    let ok: Assignment = director::open(&seal(&assignment(&path, digest)), director::ASSIGNMENT_DOMAIN, &director.public_bytes()).unwrap();
+    director::check_assignment(&ok, &device, 0, NOW + 60, lookup).unwrap();
+    for evil in [assignment("packages/low/evil-6.6.6.opkg", digest), assignment(&path, Digest::of(b"evil"))] {
+        let opened: Assignment =
+            director::open(&seal(&evil), director::ASSIGNMENT_DOMAIN, &director.public_bytes()).unwrap();
+        let e = director::check_assignment(&opened, &device, 0, NOW + 60, lookup).unwrap_err();
+        assert!(matches!(e, director::DirectorError::NotInTargets { .. }), "{e}");
+    }
+}

@@ -1,0 +1,225 @@
+//! Director documents (Uptane-style): the hub's per-device assignment and its revocation list, signed with the
+//! online director key, and the device-side checks that bind them to what TUF's targets metadata lists.
+//!
+//! Documents are deterministic CBOR inside an envelope `{ body, keyid, sig }`; the signature covers a domain tag
+//! and the body, so an assignment can never be read as a revocation list or anything else.
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical;
+use crate::clock::UnixSeconds;
+use crate::digest::Digest;
+
+/// Domain tag signed before an assignment body.
+pub const ASSIGNMENT_DOMAIN: &[u8] = b"outpost-director-assignment-v1\0";
+/// Domain tag signed before a revocation list body.
+pub const REVOCATIONS_DOMAIN: &[u8] = b"outpost-director-revocations-v1\0";
+
+/// What the director wants one device to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The device's Ed25519 public key, hex.
+    pub device: String,
+    /// Monotonic per device: a device refuses a version lower than one it has accepted.
+    pub version: u64,
+    /// Unix seconds after which the assignment is void.
+    pub expires: UnixSeconds,
+    /// The targets the device should run (usually one).
+    pub targets: Vec<AssignedTarget>,
+}
+
+/// One assigned target, which must match TUF's targets metadata exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedTarget {
+    /// TUF target path.
+    pub path: String,
+    /// Length in bytes.
+    pub length: u64,
+    /// SHA-256 of the target (the package digest).
+    pub sha256: Digest,
+    /// Release id.
+    pub release: String,
+    /// Channel the device follows.
+    pub channel: String,
+    /// Rollout id (empty when not part of a staged rollout).
+    pub rollout: String,
+}
+
+/// Packages that must never be activated again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationList {
+    /// Monotonic.
+    pub version: u64,
+    /// Unix seconds after which the list is stale.
+    pub expires: UnixSeconds,
+    /// Revoked packages.
+    pub revoked: Vec<Revoked>,
+}
+
+/// One revoked package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Package digest.
+    pub digest: Digest,
+    /// Why, for humans.
+    pub reason: String,
+    /// When (Unix seconds).
+    pub at: UnixSeconds,
+}
+
+/// A signed director document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Deterministic CBOR of the document.
+    #[serde(with = "bytes")]
+    pub body: Vec<u8>,
+    /// SHA-256 of the signer's public key, hex.
+    pub keyid: String,
+    /// Ed25519 signature over `domain || body`.
+    #[serde(with = "bytes")]
+    pub sig: Vec<u8>,
+}
+
+mod bytes {
+    use serde::{Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Why a director document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectorError {
+    /// Not a well-formed envelope or document.
+    #[error("malformed director document: {0}")]
+    Malformed(String),
+    /// Signed by a key other than the director key TUF authorises.
+    #[error("director document signed by key {found}, but TUF authorises {expected}")]
+    WrongKey {
+        /// Key id in the envelope.
+        found: String,
+        /// The authorised key id.
+        expected: String,
+    },
+    /// The signature does not verify.
+    #[error("director signature does not verify")]
+    BadSignature,
+    /// Past its expiry.
+    #[error("director document expired at {expires} (now {now})")]
+    Expired {
+        /// Expiry.
+        expires: UnixSeconds,
+        /// Now.
+        now: UnixSeconds,
+    },
+    /// Older than one already accepted (a replay or rollback).
+    #[error("director document version {offered} is older than accepted version {accepted}")]
+    Rollback {
+        /// Offered version.
+        offered: u64,
+        /// Accepted version.
+        accepted: u64,
+    },
+    /// The assignment is for another device.
+    #[error("assignment is for device {0}, not this one")]
+    WrongDevice(String),
+    /// The assignment names a target TUF does not list, or lists differently.
+    #[error("assigned target {path} does not match TUF targets metadata: {problem}")]
+    NotInTargets {
+        /// Target path.
+        path: String,
+        /// What differs.
+        problem: String,
+    },
+}
+
+/// Key id of an Ed25519 public key for director envelopes: SHA-256 of the key, hex.
+pub fn key_id(public: &[u8; 32]) -> String {
+    Digest::of(public).to_hex()
+}
+
+/// Signs a document body. `sign` produces an Ed25519 signature over the bytes given.
+pub fn seal<T: Serialize>(
+    doc: &T,
+    domain: &[u8],
+    public: &[u8; 32],
+    sign: impl FnOnce(&[u8]) -> [u8; 64],
+) -> Result<Vec<u8>, DirectorError> {
+    let body = canonical::to_vec(doc).map_err(|e| DirectorError::Malformed(e.to_string()))?;
+    let sig = sign(&[domain, &body].concat()).to_vec();
+    canonical::to_vec(&Envelope { body, keyid: key_id(public), sig }).map_err(|e| DirectorError::Malformed(e.to_string()))
+}
+
+/// Opens an envelope signed by `director` (the key TUF lists) and decodes its document.
+pub fn open<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    domain: &[u8],
+    director: &[u8; 32],
+) -> Result<T, DirectorError> {
+    let env: Envelope = canonical::from_slice(bytes).map_err(|e| DirectorError::Malformed(e.to_string()))?;
+    let expected = key_id(director);
+    if env.keyid != expected {
+        return Err(DirectorError::WrongKey { found: env.keyid, expected });
+    }
+    let key = ed25519_dalek::VerifyingKey::from_bytes(director).map_err(|_| DirectorError::BadSignature)?;
+    let sig: [u8; 64] = env.sig.as_slice().try_into().map_err(|_| DirectorError::BadSignature)?;
+    key.verify_strict(&[domain, &env.body].concat(), &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| DirectorError::BadSignature)?;
+    canonical::from_slice(&env.body).map_err(|e| DirectorError::Malformed(e.to_string()))
+}
+
+/// What TUF's verified targets metadata says about a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedTarget {
+    /// Length.
+    pub length: u64,
+    /// SHA-256.
+    pub sha256: Digest,
+}
+
+/// Checks an opened assignment for this device: fresh, not older than `accepted_version`, and every target listed
+/// by TUF with the same length and hash (`lookup` returns TUF's entry for a path, after full TUF verification).
+pub fn check_assignment(
+    a: &Assignment,
+    device: &[u8; 32],
+    accepted_version: u64,
+    now: UnixSeconds,
+    lookup: impl Fn(&str) -> Option<ListedTarget>,
+) -> Result<(), DirectorError> {
+    if a.device != hex::encode(device) {
+        return Err(DirectorError::WrongDevice(a.device.clone()));
+    }
+    if a.version < accepted_version {
+        return Err(DirectorError::Rollback { offered: a.version, accepted: accepted_version });
+    }
+    if now >= a.expires {
+        return Err(DirectorError::Expired { expires: a.expires, now });
+    }
+    for t in &a.targets {
+        let listed = lookup(&t.path)
+            .ok_or_else(|| DirectorError::NotInTargets { path: t.path.clone(), problem: "not listed".into() })?;
+        if listed.length != t.length || listed.sha256 != t.sha256 {
+            return Err(DirectorError::NotInTargets {
+                path: t.path.clone(),
+                problem: format!(
+                    "TUF lists {} bytes sha256 {}, the assignment says {} bytes sha256 {}",
+                    listed.length, listed.sha256, t.length, t.sha256
+                ),
+            });
+        }
+    }
+    Ok(())
+}
