@@ -22,3 +22,14 @@ impl Clock for SystemClock {
         ORIGIN.get_or_init(Instant::now).elapsed()
     }
 }
+
+/// Random bytes from the operating system (through aws-lc-rs), injected where keys are made.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemRng;
+
+impl outpost_shared::rng::Rng for SystemRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        // The system generator failing means the OS cannot provide entropy: nothing safe can continue.
+        aws_lc_rs::rand::fill(buf).expect("the operating system's random generator failed");
+    }
+}

@@ -6,6 +6,7 @@
 pub mod blobs;
 pub mod clock;
 pub mod config;
+pub mod director;
 pub mod registry;
 pub mod serve;
 pub mod tuf;

@@ -10,9 +10,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use outpost_hub::blobs::BlobStatus;
-use outpost_hub::clock::SystemClock;
+use outpost_hub::clock::{SystemClock, SystemRng};
 use outpost_hub::config::default_data_dir;
+use outpost_hub::director::Director;
 use outpost_hub::registry::{InitOutcome, Registry};
+use outpost_hub::tuf::{GenerateOptions, Key, PublishOutcome, TufRepo};
+use outpost_shared::clock::Clock;
 use outpost_shared::clock::format_rfc3339;
 
 /// Outpost hub: registers, signs and releases ONNX model packages for fleets of edge devices.
@@ -38,6 +41,18 @@ enum Command {
     /// Move and inspect named pointers to packages (stable, canary, ...).
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Make and rotate the TUF signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Publish, co-sign and revoke releases (TUF targets).
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+    /// Export or re-sign the TUF repository.
+    #[command(subcommand)]
+    Repo(RepoCmd),
+    /// Approve, list and revoke devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
     /// Rebuild the package an alias names from the stored model and manifest, and prove its digest.
     Reconstruct {
         /// The alias to rebuild.
@@ -70,6 +85,104 @@ enum PackageCmd {
     Verify {
         /// Only this package (digest, prefix, name@version or alias). Default: all.
         package: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Create root and targets keys in an offline directory (keep it off the hub), online snapshot, timestamp and
+    /// director keys in the data directory, and the first signed version of every TUF role.
+    Generate {
+        /// Where the offline root and targets keys are written. Keep them off the serving machine.
+        #[arg(long, value_name = "DIR")]
+        offline_dir: PathBuf,
+        /// Number of root keys.
+        #[arg(long, default_value_t = 1)]
+        root_keys: usize,
+        /// Root signatures required.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: usize,
+        /// Number of targets keys (at least 2: high-risk releases need two distinct signers).
+        #[arg(long, default_value_t = 2)]
+        targets_keys: usize,
+    },
+    /// Replace ROLE's key (root, targets, snapshot, timestamp): writes root N+1 signed by the current root keys
+    /// and the new ones; clients walk the chain.
+    Rotate {
+        /// root, targets, snapshot or timestamp.
+        role: String,
+        /// Where a new offline key is written.
+        #[arg(long, value_name = "DIR")]
+        offline_dir: PathBuf,
+        /// Current root key file(s), as many as the current root threshold.
+        #[arg(long = "root-key", value_name = "FILE", required = true)]
+        root_keys: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReleaseCmd {
+    /// List a registered package as a TUF target on CHANNEL, signed with an offline targets key. High-risk
+    /// packages become installable only after a second, distinct key signs (`release sign`).
+    Publish {
+        /// The package (digest, prefix, name@version or alias).
+        package: String,
+        /// Release channel devices follow.
+        #[arg(long, value_name = "NAME")]
+        channel: String,
+        /// Targets key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Add a second signature to a pending high-risk release.
+    Sign {
+        /// The package.
+        package: String,
+        /// A targets key file different from the first signer's.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Revoke a package: devices never activate it again (online revocation list, effective at once). With
+    /// --key, it is also taken out of TUF targets.
+    Revoke {
+        /// The package.
+        package: String,
+        /// Why, recorded and shown to operators.
+        #[arg(long)]
+        reason: String,
+        /// Targets key file, to also remove the package from TUF targets.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RepoCmd {
+    /// Write metadata and targets as static files (DIR/metadata, DIR/targets) for any HTTP server or CDN.
+    Export {
+        /// Output directory.
+        dir: PathBuf,
+    },
+    /// Re-sign snapshot and timestamp (and the revocation list) if they expire within the configured margin.
+    Refresh,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCmd {
+    /// Allow a device (its Ed25519 public key, hex) to connect and follow CHANNEL.
+    Approve {
+        /// The device's public key, 64 hex characters (`outpost-agent init` prints it).
+        key: String,
+        /// Release channel it follows.
+        #[arg(long, value_name = "NAME", default_value = "stable")]
+        channel: String,
+    },
+    /// List devices.
+    List,
+    /// Refuse a device from now on.
+    Revoke {
+        /// The device's public key.
+        key: String,
     },
 }
 
@@ -224,6 +337,42 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
                 println!("{alias:<16} {d}  {}", label(&reg, &d)?);
             }
         }
+        Command::Keys(cmd) => keys(cmd, dir)?,
+        Command::Release(cmd) => release(cmd, dir)?,
+        Command::Repo(RepoCmd::Export { dir: out }) => {
+            let n = repo(dir)?.export(&out)?;
+            eprintln!("exported {n} files to {} (metadata/ and targets/)", out.display());
+        }
+        Command::Repo(RepoCmd::Refresh) => {
+            let r = repo(dir)?;
+            let now = SystemClock.wall();
+            let resigned = r.refresh_online(now)?;
+            Director::new(&r).refresh_revocations(now)?;
+            eprintln!(
+                "{}",
+                if resigned { "re-signed snapshot and timestamp" } else { "snapshot and timestamp are fresh" }
+            );
+        }
+        Command::Device(DeviceCmd::Approve { key, channel }) => {
+            let d = open(dir)?.device_approve(&key, &channel)?;
+            eprintln!("approved device {} on channel {}", d.key, d.channel);
+        }
+        Command::Device(DeviceCmd::List) => {
+            for d in open(dir)?.devices()? {
+                println!(
+                    "{}  {:<8} {:<12} assignment v{}  since {}",
+                    d.key,
+                    format!("{:?}", d.status).to_lowercase(),
+                    d.channel,
+                    d.assignment_version,
+                    format_rfc3339(d.approved_at)
+                );
+            }
+        }
+        Command::Device(DeviceCmd::Revoke { key }) => {
+            let d = open(dir)?.device_revoke(&key)?;
+            eprintln!("revoked device {}: its connections are refused from now on", d.key);
+        }
         Command::Reconstruct { alias, out } => {
             let reg = open(dir)?;
             let (path, digest) = reg.reconstruct(&alias, &out)?;
@@ -236,6 +385,82 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn repo(dir: &Path) -> Result<TufRepo> {
+    let config =
+        outpost_hub::config::HubConfig::load(&dir.join(outpost_hub::config::CONFIG_FILE)).with_context(|| {
+            format!("no hub at {}: run `outpost-hub --data-dir {} init` first", dir.display(), dir.display())
+        })?;
+    Ok(TufRepo::new(dir, config.repository))
+}
+
+fn keys(cmd: KeysCmd, dir: &Path) -> Result<()> {
+    let r = repo(dir)?;
+    let now = SystemClock.wall();
+    match cmd {
+        KeysCmd::Generate { offline_dir, root_keys, root_threshold, targets_keys } => {
+            let opts = GenerateOptions { root_keys, root_threshold, targets_keys };
+            let written = r.generate(&offline_dir, opts, &mut SystemRng, now)?;
+            for p in written {
+                eprintln!("wrote {}", p.display());
+            }
+            eprintln!("signed root v1, targets v1 (delegating `standard` and `high-risk`), snapshot and timestamp");
+            eprintln!("move {} off this machine: `serve` never needs it", offline_dir.display());
+            println!("{}", r.metadata_dir().join("1.root.json").display());
+        }
+        KeysCmd::Rotate { role, offline_dir, root_keys } => {
+            let roots = root_keys.into_iter().map(|p| Ok((Key::load(&p)?, p))).collect::<Result<Vec<_>>>()?;
+            let written = r.rotate(&role, &offline_dir, &roots, &[], &mut SystemRng, now)?;
+            for p in written {
+                eprintln!("wrote {}", p.display());
+            }
+            eprintln!(
+                "rotated {role}: root v{} is signed by the old and the new keys",
+                r.read_meta("root.json")?["signed"]["version"]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn release(cmd: ReleaseCmd, dir: &Path) -> Result<()> {
+    let r = repo(dir)?;
+    let now = SystemClock.wall();
+    let report = |out: PublishOutcome| match out {
+        PublishOutcome::Published { path, role } => eprintln!("published {path} (role `{role}`): installable now"),
+        PublishOutcome::AwaitingSignatures { path, have, need } => eprintln!(
+            "{path} has {have} of {need} signatures: not installable until another targets key holder runs `outpost-hub release sign`"
+        ),
+    };
+    match cmd {
+        ReleaseCmd::Publish { package, channel, key } => {
+            let reg = open(dir)?;
+            let d = reg.resolve(&package)?;
+            let record = reg.record(&d)?.with_context(|| format!("package {d} vanished"))?;
+            let (_, manifest) = reg.manifest(&d)?;
+            drop(reg);
+            report(r.publish(&record, &manifest, &channel, &Key::load(&key)?, &key, now)?);
+        }
+        ReleaseCmd::Sign { package, key } => {
+            let d = open(dir)?.resolve(&package)?;
+            report(r.sign_pending(&d, &Key::load(&key)?, &key, now)?);
+        }
+        ReleaseCmd::Revoke { package, reason, key } => {
+            let d = open(dir)?.resolve(&package)?;
+            let list = Director::new(&r).revoke(d, &reason, now)?;
+            eprintln!(
+                "revoked {d}: revocation list v{} ({} package(s)); devices never activate it again",
+                list.version,
+                list.revoked.len()
+            );
+            if let Some(key) = key {
+                let path = r.unpublish(&d, &Key::load(&key)?, &key, now)?;
+                eprintln!("removed {path} from TUF targets");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn label(reg: &Registry, d: &outpost_shared::Digest) -> Result<String> {

@@ -35,6 +35,33 @@ const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
 const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("aliases");
 /// (alias, sequence number) → [`AliasEvent`] (canonical CBOR).
 const ALIAS_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("alias_history");
+/// Device public key (hex) → [`DeviceRecord`] (canonical CBOR).
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+
+/// A device the hub knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Ed25519 public key, hex: the device's identity.
+    pub key: String,
+    /// The release channel it follows.
+    pub channel: String,
+    /// Approved, or revoked (refused at connection).
+    pub status: DeviceStatus,
+    /// When it was approved (Unix seconds).
+    pub approved_at: UnixSeconds,
+    /// Version of the last assignment signed for it (assignments only ever go up).
+    pub assignment_version: u64,
+}
+
+/// Whether a device may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// May connect and fetch.
+    Approved,
+    /// Refused.
+    Revoked,
+}
 
 /// What the index keeps about a package (the manifest itself is stored beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,6 +259,12 @@ pub enum RegistryError {
         /// How many matched.
         count: usize,
     },
+    /// No device with this key.
+    #[error("no device with key {0}; approve it with `outpost-hub device approve KEY --channel NAME`")]
+    UnknownDevice(String),
+    /// Not an Ed25519 public key in hex.
+    #[error("`{0}` is not a device key (64 hex characters, the Ed25519 public key)")]
+    BadDeviceKey(String),
     /// The alias is not set.
     #[error("alias `{0}` is not set")]
     UnknownAlias(String),
@@ -306,6 +339,7 @@ impl Registry {
         tx.open_table(NAMES).map_err(db_err)?;
         tx.open_table(ALIASES).map_err(db_err)?;
         tx.open_table(ALIAS_HISTORY).map_err(db_err)?;
+        tx.open_table(DEVICES).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         // hub.toml last: its presence marks a complete hub.
         blobs::write_atomic(&config, DEFAULT_CONFIG.as_bytes())?;
@@ -323,6 +357,10 @@ impl Registry {
             redb::DatabaseError::DatabaseAlreadyOpen => RegistryError::Busy { dir: dir.to_owned() },
             other => db_err(other),
         })?;
+        // Tables added by later versions are created on first open, so older hubs keep working.
+        let tx = db.begin_write().map_err(db_err)?;
+        tx.open_table(DEVICES).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
         Ok(Registry { dir: dir.to_owned(), config, db, blobs: BlobStore::new(dir.join("blobs")), clock })
     }
 
@@ -640,6 +678,86 @@ impl Registry {
         let path = out_dir.join(format!("{}-{}.opkg", manifest.name, manifest.version));
         blobs::write_atomic(&path, &rebuilt)?;
         Ok((path, actual))
+    }
+}
+
+impl Registry {
+    /// Approves a device (by its Ed25519 public key, hex) to follow `channel`. Re-approving updates the channel
+    /// and lifts a revocation.
+    pub fn device_approve(&self, key: &str, channel: &str) -> Result<DeviceRecord, RegistryError> {
+        let key = parse_device_key(key)?;
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let record = {
+            let mut t = tx.open_table(DEVICES).map_err(db_err)?;
+            let existing: Option<DeviceRecord> =
+                t.get(key.as_str()).map_err(db_err)?.map(|v| decode(&key, v.value())).transpose()?;
+            let record = DeviceRecord {
+                key: key.clone(),
+                channel: channel.into(),
+                status: DeviceStatus::Approved,
+                approved_at: self.clock.wall(),
+                assignment_version: existing.map_or(0, |e| e.assignment_version),
+            };
+            t.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
+            record
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(record)
+    }
+
+    /// Revokes a device: the hub refuses its connections from now on.
+    pub fn device_revoke(&self, key: &str) -> Result<DeviceRecord, RegistryError> {
+        let key = parse_device_key(key)?;
+        self.device_update(&key, |r| r.status = DeviceStatus::Revoked)
+    }
+
+    /// Bumps and returns the device's assignment version.
+    pub fn device_next_assignment(&self, key: &str) -> Result<DeviceRecord, RegistryError> {
+        self.device_update(key, |r| r.assignment_version += 1)
+    }
+
+    fn device_update(&self, key: &str, f: impl FnOnce(&mut DeviceRecord)) -> Result<DeviceRecord, RegistryError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let record = {
+            let mut t = tx.open_table(DEVICES).map_err(db_err)?;
+            let mut record: DeviceRecord = match t.get(key).map_err(db_err)? {
+                Some(v) => decode(key, v.value())?,
+                None => return Err(RegistryError::UnknownDevice(key.into())),
+            };
+            f(&mut record);
+            t.insert(key, encode(&record)?.as_slice()).map_err(db_err)?;
+            record
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(record)
+    }
+
+    /// The device with this key, if known.
+    pub fn device(&self, key: &str) -> Result<Option<DeviceRecord>, RegistryError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(DEVICES).map_err(db_err)?;
+        t.get(key).map_err(db_err)?.map(|v| decode(key, v.value())).transpose()
+    }
+
+    /// Every known device.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, RegistryError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(DEVICES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn parse_device_key(key: &str) -> Result<String, RegistryError> {
+    let lower = key.trim().to_ascii_lowercase();
+    let mut raw = [0u8; 32];
+    match hex::decode_to_slice(&lower, &mut raw) {
+        Ok(()) => Ok(lower),
+        Err(_) => Err(RegistryError::BadDeviceKey(key.into())),
     }
 }
 

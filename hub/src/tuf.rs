@@ -253,10 +253,8 @@ pub fn canonical_json(v: &Value) -> Result<Vec<u8>, TufError> {
 /// Wraps `signed` in a metadata envelope signed by each of `keys`.
 pub fn sign(signed: &Value, keys: &[&Key]) -> Result<Value, TufError> {
     let bytes = canonical_json(signed)?;
-    let signatures: Vec<Value> = keys
-        .iter()
-        .map(|k| json!({"keyid": k.keyid, "sig": hex::encode(k.signing.sign(&bytes).to_bytes())}))
-        .collect();
+    let signatures: Vec<Value> =
+        keys.iter().map(|k| json!({"keyid": k.keyid, "sig": hex::encode(k.signing.sign(&bytes).to_bytes())})).collect();
     Ok(json!({"signed": signed, "signatures": signatures}))
 }
 
@@ -343,6 +341,11 @@ impl TufRepo {
         self.dir.join("keys").join(format!("{role}.key"))
     }
 
+    /// The configured expiry periods.
+    pub fn expiries(&self) -> Expiries {
+        self.expiries
+    }
+
     /// Whether keys have been generated.
     pub fn exists(&self) -> bool {
         self.metadata_dir().join("1.root.json").exists()
@@ -398,7 +401,8 @@ impl TufRepo {
             written.push(p);
         }
 
-        let root = root_body(1, now, self.expiries.root_secs, opts.root_threshold, &roots, &targets, &snapshot, &timestamp);
+        let root =
+            root_body(1, now, self.expiries.root_secs, opts.root_threshold, &roots, &targets, &snapshot, &timestamp);
         let root_refs: Vec<&Key> = roots.iter().take(opts.root_threshold.max(roots.len())).collect();
         fs::create_dir_all(self.metadata_dir()).map_err(io("create directory", &self.metadata_dir()))?;
         self.write_meta("1.root.json", &sign(&root, &root_refs)?)?;
@@ -478,8 +482,10 @@ impl TufRepo {
         } else {
             entry["custom"]["outpost"]["channels"] = json!([channel]);
         }
-        signed["targets"][&path] = entry;
         bump(&mut signed, now, self.expiries.targets_secs);
+        // Publish order: later publishes sort later even within one second.
+        entry["custom"]["outpost"]["published_at"] = json!(now * 1_000_000 + signed["version"].as_u64().unwrap_or(0));
+        signed["targets"][&path] = entry;
         envelope = json!({"signed": signed, "signatures": []});
         self.authorise(role, key, key_path)?;
         add_signature(&mut envelope, key)?;
@@ -487,7 +493,13 @@ impl TufRepo {
     }
 
     /// Adds a second signature to a pending high-risk release.
-    pub fn sign_pending(&self, digest: &Digest, key: &Key, key_path: &Path, now: UnixSeconds) -> Result<PublishOutcome, TufError> {
+    pub fn sign_pending(
+        &self,
+        digest: &Digest,
+        key: &Key,
+        key_path: &Path,
+        now: UnixSeconds,
+    ) -> Result<PublishOutcome, TufError> {
         self.require()?;
         let pending = self.pending_dir().join(format!("{HIGH_RISK_ROLE}.json"));
         let mut envelope: Value = match fs::read(&pending) {
@@ -528,7 +540,13 @@ impl TufRepo {
         Err(TufError::NotPublished(*digest))
     }
 
-    fn stage_or_commit(&self, role: &str, envelope: Value, path: &str, now: UnixSeconds) -> Result<PublishOutcome, TufError> {
+    fn stage_or_commit(
+        &self,
+        role: &str,
+        envelope: Value,
+        path: &str,
+        now: UnixSeconds,
+    ) -> Result<PublishOutcome, TufError> {
         let need = self.threshold(role)?;
         let have = envelope["signatures"].as_array().map_or(0, Vec::len);
         let pending = self.pending_dir().join(format!("{role}.json"));
@@ -563,7 +581,10 @@ impl TufRepo {
             .and_then(|roles| roles.iter().find(|r| r["name"] == role))
             .and_then(|r| r["threshold"].as_u64())
             .map(|t| t as usize)
-            .ok_or_else(|| TufError::Damaged { name: "targets.json".into(), problem: format!("no delegation `{role}`") })
+            .ok_or_else(|| TufError::Damaged {
+                name: "targets.json".into(),
+                problem: format!("no delegation `{role}`"),
+            })
     }
 
     fn authorise(&self, role: &str, key: &Key, key_path: &Path) -> Result<(), TufError> {
@@ -581,7 +602,12 @@ impl TufRepo {
         if authorised.contains(&key.keyid) {
             Ok(())
         } else {
-            Err(TufError::NotAuthorised { path: key_path.into(), keyid: key.keyid.clone(), role: role.into(), authorised })
+            Err(TufError::NotAuthorised {
+                path: key_path.into(),
+                keyid: key.keyid.clone(),
+                role: role.into(),
+                authorised,
+            })
         }
     }
 
@@ -617,7 +643,8 @@ impl TufRepo {
         });
         let snap_bytes = to_json(&sign(&snapshot, &[&snapshot_key])?)?;
         self.write_meta_bytes(&format!("{snap_version}.snapshot.json"), &snap_bytes)?;
-        let ts_version = self.read_meta("timestamp.json").ok().and_then(|t| t["signed"]["version"].as_u64()).unwrap_or(0) + 1;
+        let ts_version =
+            self.read_meta("timestamp.json").ok().and_then(|t| t["signed"]["version"].as_u64()).unwrap_or(0) + 1;
         let timestamp = json!({
             "_type": "timestamp",
             "spec_version": "1.0.31",
@@ -696,7 +723,13 @@ impl TufRepo {
         // Drop keys no role uses any more.
         let used: std::collections::BTreeSet<String> = new_signed["roles"]
             .as_object()
-            .map(|roles| roles.values().flat_map(|r| r["keyids"].as_array().cloned().unwrap_or_default()).filter_map(|k| k.as_str().map(String::from)).collect())
+            .map(|roles| {
+                roles
+                    .values()
+                    .flat_map(|r| r["keyids"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(keys) = new_signed["keys"].as_object_mut() {
             keys.retain(|id, _| used.contains(id));
