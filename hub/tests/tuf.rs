@@ -274,16 +274,21 @@ async fn high_risk_package_with_one_signature_is_not_installable() {
     // Even an attacker holding the hub's online snapshot and timestamp keys, serving the one-signature role
     // metadata as current, gets it refused: the threshold is checked on the role itself.
     let pending = std::fs::read(f.hub.dir().join("repository/pending/high-risk.json")).unwrap();
-    let pending_version = serde_json::from_slice::<serde_json::Value>(&pending).unwrap()["signed"]["version"].as_u64().unwrap();
+    let pending_version =
+        serde_json::from_slice::<serde_json::Value>(&pending).unwrap()["signed"]["version"].as_u64().unwrap();
     mirror.serve_metadata(&format!("{pending_version}.high-risk.json"), pending);
     let snap_v = f.repo.latest_version("snapshot").unwrap();
     let mut snap: serde_json::Value =
         serde_json::from_slice(&mirror.file("metadata", &format!("{snap_v}.snapshot.json")).unwrap()).unwrap();
     snap["signed"]["version"] = serde_json::json!(snap_v + 1);
     snap["signed"]["meta"]["high-risk.json"]["version"] = serde_json::json!(pending_version);
-    let snap = serde_json::to_vec(&outpost_hub::tuf::sign(&snap["signed"], &[&f.repo.online_key("snapshot").unwrap()]).unwrap()).unwrap();
+    let snap = serde_json::to_vec(
+        &outpost_hub::tuf::sign(&snap["signed"], &[&f.repo.online_key("snapshot").unwrap()]).unwrap(),
+    )
+    .unwrap();
     mirror.serve_metadata(&format!("{}.snapshot.json", snap_v + 1), snap.clone());
-    let mut tsj: serde_json::Value = serde_json::from_slice(&mirror.file("metadata", "timestamp.json").unwrap()).unwrap();
+    let mut tsj: serde_json::Value =
+        serde_json::from_slice(&mirror.file("metadata", "timestamp.json").unwrap()).unwrap();
     tsj["signed"]["version"] = serde_json::json!(tsj["signed"]["version"].as_u64().unwrap() + 1);
     tsj["signed"]["meta"]["snapshot.json"] = serde_json::json!({
         "version": snap_v + 1, "length": snap.len(), "hashes": {"sha256": Digest::of(&snap).to_hex()}});
@@ -361,7 +366,8 @@ async fn root_rotation_is_walked_and_signed_by_old_and_new_keys() {
     let new_root = Key::load(&written[0]).unwrap();
     let two: serde_json::Value =
         serde_json::from_slice(&std::fs::read(f.repo.metadata_dir().join("2.root.json")).unwrap()).unwrap();
-    let signers: Vec<&str> = two["signatures"].as_array().unwrap().iter().map(|s| s["keyid"].as_str().unwrap()).collect();
+    let signers: Vec<&str> =
+        two["signatures"].as_array().unwrap().iter().map(|s| s["keyid"].as_str().unwrap()).collect();
     assert!(signers.contains(&old_root.0.keyid.as_str()) && signers.contains(&new_root.keyid.as_str()));
     let mirror = f.mirror();
     let mut u = f.updater(&mirror);
@@ -407,7 +413,9 @@ async fn stolen_online_key_assignment_to_unlisted_target_is_rejected() {
     }
     let lookup = |p: &str| listed.get(p).cloned();
     // The honest assignment passes; one naming a target TUF does not list, or other bytes, does not.
-    let ok: Assignment = director::open(&seal(&assignment(&path, digest)), director::ASSIGNMENT_DOMAIN, &director.public_bytes()).unwrap();
+    let ok: Assignment =
+        director::open(&seal(&assignment(&path, digest)), director::ASSIGNMENT_DOMAIN, &director.public_bytes())
+            .unwrap();
     director::check_assignment(&ok, &device, 0, NOW + 60, lookup).unwrap();
     for evil in [assignment("packages/low/evil-6.6.6.opkg", digest), assignment(&path, Digest::of(b"evil"))] {
         let opened: Assignment =

@@ -160,7 +160,8 @@ pub fn seal<T: Serialize>(
 ) -> Result<Vec<u8>, DirectorError> {
     let body = canonical::to_vec(doc).map_err(|e| DirectorError::Malformed(e.to_string()))?;
     let sig = sign(&[domain, &body].concat()).to_vec();
-    canonical::to_vec(&Envelope { body, keyid: key_id(public), sig }).map_err(|e| DirectorError::Malformed(e.to_string()))
+    canonical::to_vec(&Envelope { body, keyid: key_id(public), sig })
+        .map_err(|e| DirectorError::Malformed(e.to_string()))
 }
 
 /// Opens an envelope signed by `director` (the key TUF lists) and decodes its document.
