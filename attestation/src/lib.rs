@@ -2,4 +2,7 @@
 //!
 //! Will hold: the device's Ed25519 identity, evidence as an Entity Attestation Token in COSE_Sign1, the hub's
 //! fail-closed verifier with signed reference values and single-use nonces, and an optional TPM backend.
-//! It knows nothing of QUIC or storage. Empty until the attestation issue fills it.
+//! It knows nothing of QUIC or storage. So far it holds `identity`: the Ed25519 identity, its key files and the
+//! pinned-key TLS configs built from it; the rest arrives with the attestation issue.
+
+pub mod identity;

@@ -159,9 +159,7 @@ impl<'a> Director<'a> {
         let current = self
             .published()?
             .into_iter()
-            .filter(|p| p.channels.contains(&record.channel))
-            .filter(|p| !revoked.revoked.iter().any(|r| r.digest == p.digest))
-            .next_back();
+            .rfind(|p| p.channels.contains(&record.channel) && !revoked.revoked.iter().any(|r| r.digest == p.digest));
         let record = reg.device_next_assignment(device)?;
         let assignment = Assignment {
             device: device.into(),

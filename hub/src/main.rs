@@ -9,11 +9,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use outpost_attestation::identity::Identity;
+use outpost_hub::backend::HubBackend;
 use outpost_hub::blobs::BlobStatus;
 use outpost_hub::clock::{SystemClock, SystemRng};
 use outpost_hub::config::default_data_dir;
 use outpost_hub::director::Director;
 use outpost_hub::registry::{InitOutcome, Registry};
+use outpost_hub::serve::{ServeConfig, Server};
 use outpost_hub::tuf::{GenerateOptions, Key, PublishOutcome, TufRepo};
 use outpost_shared::clock::Clock;
 use outpost_shared::clock::format_rfc3339;
@@ -53,6 +56,15 @@ enum Command {
     /// Approve, list and revoke devices.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Print the hub's QUIC identity (its Ed25519 public key, which agents pin), creating it on first use.
+    Identity,
+    /// Serve devices over QUIC (ALPN outpost/1, TLS 1.3, raw Ed25519 keys): TUF metadata, director bundles,
+    /// target bytes with ranges, and reports. Re-signs snapshot and timestamp before they expire.
+    Serve {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR")]
+        bind: std::net::SocketAddr,
+    },
     /// Rebuild the package an alias names from the stored model and manifest, and prove its digest.
     Reconstruct {
         /// The alias to rebuild.
@@ -338,6 +350,11 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
             }
         }
         Command::Keys(cmd) => keys(cmd, dir)?,
+        Command::Identity => {
+            let id = hub_identity(dir)?;
+            println!("{}", id.public_key().to_hex());
+        }
+        Command::Serve { bind } => serve(dir, bind)?,
         Command::Release(cmd) => release(cmd, dir)?,
         Command::Repo(RepoCmd::Export { dir: out }) => {
             let n = repo(dir)?.export(&out)?;
@@ -395,6 +412,75 @@ fn repo(dir: &Path) -> Result<TufRepo> {
     Ok(TufRepo::new(dir, config.repository))
 }
 
+/// The hub's QUIC identity in `<data-dir>/keys/hub.identity`, created on first use.
+fn hub_identity(dir: &Path) -> Result<Identity> {
+    repo(dir)?; // an initialised hub
+    let path = dir.join("keys").join("hub.identity");
+    if !path.exists() {
+        let mut seed = [0u8; 32];
+        outpost_shared::rng::Rng::fill(&mut SystemRng, &mut seed);
+        let id = Identity::from_seed(seed);
+        std::fs::create_dir_all(dir.join("keys"))?;
+        id.save(&path)?;
+        eprintln!("created the hub identity {}", path.display());
+    }
+    Ok(Identity::load(&path)?)
+}
+
+fn serve(dir: &Path, bind: std::net::SocketAddr) -> Result<()> {
+    let r = repo(dir)?;
+    if !r.exists() {
+        anyhow::bail!("no TUF repository yet: run `outpost-hub keys generate --offline-dir DIR` first");
+    }
+    let identity = hub_identity(dir)?;
+    let key = identity.public_key().to_hex();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let config = outpost_hub::config::HubConfig::load(&dir.join(outpost_hub::config::CONFIG_FILE))?;
+    let backend = Arc::new(HubBackend::new(dir, TufRepo::new(dir, config.repository), clock.clone()));
+    let mut serve_config = ServeConfig::new(identity);
+    serve_config.bind = bind;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let server = Server::bind(serve_config, backend)?;
+        eprintln!("serving on {} (udp), hub key {key}", server.local_addr()?);
+        let dir = dir.to_owned();
+        let expiries = config.repository;
+        // Keep online metadata fresh: snapshot, timestamp and the revocation list are re-signed before expiry.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let (dir, clock) = (dir.clone(), clock.clone());
+                let result = tokio::task::spawn_blocking(move || -> Result<bool> {
+                    let repo = TufRepo::new(&dir, expiries);
+                    let now = clock.wall();
+                    let resigned = repo.refresh_online(now)?;
+                    let director = Director::new(&repo);
+                    let list = director.revocations()?;
+                    if list.version > 0 && list.expires <= now + expiries.resign_margin_secs {
+                        director.refresh_revocations(now)?;
+                    }
+                    Ok(resigned)
+                })
+                .await;
+                match result {
+                    Ok(Ok(true)) => eprintln!("re-signed snapshot and timestamp"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => eprintln!("error: re-signing online metadata: {e:#}"),
+                    Err(e) => eprintln!("error: re-signing task: {e}"),
+                }
+            }
+        });
+        server
+            .run(async {
+                let _ = tokio::signal::ctrl_c().await;
+                eprintln!("shutting down");
+            })
+            .await;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
 fn keys(cmd: KeysCmd, dir: &Path) -> Result<()> {
     let r = repo(dir)?;
     let now = SystemClock.wall();
@@ -411,7 +497,7 @@ fn keys(cmd: KeysCmd, dir: &Path) -> Result<()> {
         }
         KeysCmd::Rotate { role, offline_dir, root_keys } => {
             let roots = root_keys.into_iter().map(|p| Ok((Key::load(&p)?, p))).collect::<Result<Vec<_>>>()?;
-            let written = r.rotate(&role, &offline_dir, &roots, &[], &mut SystemRng, now)?;
+            let written = r.rotate(&role, &offline_dir, &roots, &mut SystemRng, now)?;
             for p in written {
                 eprintln!("wrote {}", p.display());
             }

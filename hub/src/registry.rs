@@ -22,6 +22,8 @@ use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
 
 /// File name of the redb index inside the data directory.
 pub const INDEX_FILE: &str = "index.redb";
+/// How long `open` waits for another process (usually the serving hub) to release the index.
+pub const OPEN_PATIENCE: Duration = Duration::from_secs(5);
 /// Shortest digest prefix accepted where a package is named.
 pub const MIN_PREFIX_LEN: usize = 8;
 
@@ -353,14 +355,31 @@ impl Registry {
             return Err(RegistryError::NotInitialised { dir: dir.to_owned() });
         }
         let config = HubConfig::load(&config_path)?;
-        let db = Database::open(dir.join(INDEX_FILE)).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => RegistryError::Busy { dir: dir.to_owned() },
-            other => db_err(other),
-        })?;
+        // redb admits one opener at a time. The serving hub opens the index only for short moments, so an admin
+        // command that meets it waits a little instead of failing.
+        let mut wait = Duration::from_millis(5);
+        let mut waited = Duration::ZERO;
+        let db = loop {
+            match Database::open(dir.join(INDEX_FILE)) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if waited < OPEN_PATIENCE => {
+                    std::thread::sleep(wait);
+                    waited += wait;
+                    wait = (wait * 2).min(Duration::from_millis(100));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(RegistryError::Busy { dir: dir.to_owned() });
+                }
+                Err(other) => return Err(db_err(other)),
+            }
+        };
         // Tables added by later versions are created on first open, so older hubs keep working.
-        let tx = db.begin_write().map_err(db_err)?;
-        tx.open_table(DEVICES).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
+        let has_devices = db.begin_read().map_err(db_err)?.open_table(DEVICES).is_ok();
+        if !has_devices {
+            let tx = db.begin_write().map_err(db_err)?;
+            tx.open_table(DEVICES).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
         Ok(Registry { dir: dir.to_owned(), config, db, blobs: BlobStore::new(dir.join("blobs")), clock })
     }
 

@@ -1,1 +1,441 @@
-//! Placeholder: filled by the QUIC service work in progress.
+//! The hub's QUIC service: a thin tokio + quinn driver around the sans-IO protocol in `outpost_shared::wire`.
+//!
+//! One request per bidirectional stream. Devices are identified by their raw Ed25519 key (TLS 1.3, RFC 7250) and
+//! checked against the [`Backend`]'s allow-list right after the handshake. A bad request gets a typed `Error`
+//! response, then the stream's receive side is stopped (the peer's send side is reset); other streams and
+//! connections carry on. Every wait on the peer is bounded by a timeout, and streams per connection and
+//! connections per hub are capped.
+
+use std::future::Future;
+use std::io::SeekFrom;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_attestation::identity::{Identity, IdentityError, PublicKey};
+use outpost_shared::wire::{self, ErrorCode, Limits, Request, RequestReader, Response, WireError, codes};
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+/// A backend failure. Logged by the hub; the device only learns "internal error".
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the service serves, implemented by the hub over its TUF repository, director and stores.
+///
+/// Methods are called on tokio's blocking pool, so they may block on disk or database I/O.
+pub trait Backend: Send + Sync + 'static {
+    /// Whether the device with this Ed25519 key may connect (enrolled and not revoked).
+    fn device_allowed(&self, key: &[u8; 32]) -> bool;
+    /// A TUF metadata file by name (`timestamp.json`, `3.root.json`...); `None` if there is none.
+    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError>;
+    /// The director's signed assignment for a device; `None` if it has none.
+    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError>;
+    /// A target by repository path: the file holding its bytes and its length; `None` if unknown.
+    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError>;
+    /// Stores a device's report; return only once it is durable (the device drops it on `Ack`).
+    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError>;
+}
+
+/// The service's settings. Every bound has a conservative default; [`ServeConfig::new`] sets them.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// UDP address to listen on. Port 0 picks a free port (see [`Server::local_addr`]).
+    pub bind: SocketAddr,
+    /// The hub's identity, whose public key agents pin.
+    pub identity: Identity,
+    /// Frame size limits.
+    pub limits: Limits,
+    /// Most bidirectional streams (requests) a connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Most connections served at once; further ones are refused.
+    pub max_connections: usize,
+    /// A connection silent for this long is closed (QUIC idle timeout).
+    pub idle_timeout: Duration,
+    /// Longest the hub waits for a request to arrive whole, and for each write of a response to make progress.
+    pub stall_timeout: Duration,
+    /// How often a live connection's device is checked against the allow-list again, so a revoked device is
+    /// cut off without waiting for it to reconnect.
+    pub recheck_interval: Duration,
+}
+
+impl ServeConfig {
+    /// Default UDP port, on all IPv4 interfaces.
+    pub const DEFAULT_PORT: u16 = 7443;
+    /// Default concurrent requests per connection.
+    pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 8;
+    /// Default concurrent connections.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+    /// Default idle timeout.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default stall timeout.
+    pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default allow-list recheck interval.
+    pub const DEFAULT_RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+    /// Defaults for everything but the identity.
+    pub fn new(identity: Identity) -> Self {
+        ServeConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], Self::DEFAULT_PORT)),
+            identity,
+            limits: Limits::default(),
+            max_streams_per_connection: Self::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            stall_timeout: Self::DEFAULT_STALL_TIMEOUT,
+            recheck_interval: Self::DEFAULT_RECHECK_INTERVAL,
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built from the identity.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A setting is out of range.
+    #[error("serve config `{field}`: {reason}")]
+    Config {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A bound, not yet running, QUIC service.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local_addr", &self.endpoint.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
+/// What every connection and stream task needs.
+struct Shared {
+    backend: Arc<dyn Backend>,
+    limits: Limits,
+    stall_timeout: Duration,
+    recheck_interval: Duration,
+}
+
+impl Server {
+    /// Binds the UDP socket and prepares TLS and QUIC. Must be called inside a tokio runtime.
+    pub fn bind(config: ServeConfig, backend: Arc<dyn Backend>) -> Result<Server, ServeError> {
+        let bad = |field, reason: String| ServeError::Config { field, reason };
+        if config.max_streams_per_connection == 0 {
+            return Err(bad("max_streams_per_connection", "must be at least 1".into()));
+        }
+        if config.max_connections == 0 {
+            return Err(bad("max_connections", "must be at least 1".into()));
+        }
+        if config.recheck_interval.is_zero() {
+            return Err(bad("recheck_interval", "must be more than zero".into()));
+        }
+        let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+            .map_err(|_| bad("idle_timeout", format!("{:?} is too long", config.idle_timeout)))?;
+        let tls = config.identity.server_config()?;
+        let crypto = QuicServerConfig::try_from(tls)
+            .map_err(|e| bad("identity", format!("TLS config unusable for QUIC: {e}")))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .max_idle_timeout(Some(idle));
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server, config.bind)
+            .map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+        Ok(Server {
+            endpoint,
+            shared: Arc::new(Shared {
+                backend,
+                limits: config.limits,
+                stall_timeout: config.stall_timeout,
+                recheck_interval: config.recheck_interval,
+            }),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+        })
+    }
+
+    /// The address actually bound (with the port chosen when the config asked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection and waits for them to go.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                () = &mut shutdown => break,
+                incoming = self.endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            match self.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        serve_connection(incoming, shared).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => incoming.refuse(),
+            }
+        }
+        self.endpoint.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"hub shutting down");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Binds and serves until `shutdown` completes.
+pub async fn serve(
+    config: ServeConfig,
+    backend: Arc<dyn Backend>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    Server::bind(config, backend)?.run(shutdown).await;
+    Ok(())
+}
+
+/// The device key a connection authenticated with, if it is a raw Ed25519 key.
+pub fn peer_key(conn: &Connection) -> Option<PublicKey> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    PublicKey::from_peer_certificates(&certs)
+}
+
+fn close(conn: &Connection, code: u32, reason: &str) {
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    // A failed handshake (wrong ALPN, no client key, a peer that goes quiet) ends here; quinn's idle timeout
+    // bounds how long it can take.
+    let Ok(conn) = async { incoming.accept()?.await }.await else { return };
+    let Some(device) = peer_key(&conn) else {
+        close(&conn, codes::CLOSE_BAD_IDENTITY, "no Ed25519 device key");
+        return;
+    };
+    if !device_allowed(&shared, device).await {
+        close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "unknown device");
+        return;
+    }
+    let period = shared.recheck_interval;
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            streams = conn.accept_bi() => match streams {
+                // quinn's max_concurrent_bidi_streams bounds how many of these tasks a connection has at once.
+                Ok((send, recv)) => drop(tokio::spawn(serve_stream(send, recv, device, shared.clone()))),
+                Err(_) => return,
+            },
+            _ = recheck.tick() => {
+                if !device_allowed(&shared, device).await {
+                    close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "device no longer allowed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Asks the backend about a device on the blocking pool; a failed call counts as "no".
+async fn device_allowed(shared: &Shared, device: PublicKey) -> bool {
+    let backend = shared.backend.clone();
+    tokio::task::spawn_blocking(move || backend.device_allowed(&device.0)).await.unwrap_or(false)
+}
+
+/// Why reading a request stopped.
+enum ReadFailure {
+    /// The peer broke the protocol: say so.
+    Wire(WireError),
+    /// The stream or connection went away: there is nobody to tell.
+    Gone,
+}
+
+async fn read_request(recv: &mut RecvStream, limits: Limits) -> Result<Request, ReadFailure> {
+    let mut reader = RequestReader::new(limits);
+    loop {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => {
+                if let Some(request) = reader.push(&chunk.bytes).map_err(ReadFailure::Wire)? {
+                    return Ok(request);
+                }
+            }
+            Ok(None) => return Err(ReadFailure::Wire(reader.eof())),
+            Err(_) => return Err(ReadFailure::Gone),
+        }
+    }
+}
+
+async fn serve_stream(mut send: SendStream, mut recv: RecvStream, device: PublicKey, shared: Arc<Shared>) {
+    let request = match timeout(shared.stall_timeout, read_request(&mut recv, shared.limits)).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(ReadFailure::Gone)) => return,
+        Ok(Err(ReadFailure::Wire(e))) => {
+            let _ = recv.stop(VarInt::from_u32(codes::STREAM_PROTOCOL));
+            respond(&mut send, &e.to_response(), &shared).await;
+            return;
+        }
+        Err(_) => {
+            let _ = recv.stop(VarInt::from_u32(codes::STREAM_TIMEOUT));
+            let message = format!("request not received within {:?}", shared.stall_timeout);
+            respond(&mut send, &Response::error(ErrorCode::Timeout, message), &shared).await;
+            return;
+        }
+    };
+    // Nothing more is wanted from the peer on this stream.
+    let _ = recv.stop(VarInt::from_u32(codes::STREAM_DONE));
+    let backend = shared.backend.clone();
+    let response = match request {
+        Request::GetMetadata { name, max_len } => {
+            let found = blocking(move || backend.metadata(&name)).await;
+            match found {
+                Ok(Some(bytes)) if bytes.len() as u64 > max_len => Response::error(
+                    ErrorCode::TooLarge,
+                    format!("metadata is {} bytes, more than the {max_len} asked for", bytes.len()),
+                ),
+                Ok(Some(bytes)) => Response::Metadata { bytes },
+                Ok(None) => Response::NotFound,
+                Err(r) => r,
+            }
+        }
+        Request::GetAssignment => match blocking(move || backend.assignment(&device.0)).await {
+            Ok(Some(bytes)) => Response::Assignment { bytes },
+            Ok(None) => Response::NotFound,
+            Err(r) => r,
+        },
+        Request::PostReport { body } => match blocking(move || backend.report(&device.0, &body)).await {
+            Ok(()) => Response::Ack,
+            Err(r) => r,
+        },
+        Request::GetTarget { path, offset, len } => {
+            let found = blocking(move || backend.target(&path)).await;
+            match found {
+                Ok(Some((file, total))) => {
+                    send_target(&mut send, &shared, file, total, offset, len).await;
+                    return;
+                }
+                Ok(None) => Response::NotFound,
+                Err(r) => r,
+            }
+        }
+    };
+    respond(&mut send, &response, &shared).await;
+}
+
+/// Runs a backend call on the blocking pool; a failure (or a panic in it) becomes an `Internal` response.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            eprintln!("outpost-hub: backend error: {e}");
+            Err(internal())
+        }
+        Err(e) => {
+            eprintln!("outpost-hub: backend task failed: {e}");
+            Err(internal())
+        }
+    }
+}
+
+fn internal() -> Response {
+    Response::error(ErrorCode::Internal, "internal error")
+}
+
+/// Sends one response frame and ends the stream. A response over its frame limit becomes `TooLarge`.
+async fn respond(send: &mut SendStream, response: &Response, shared: &Shared) {
+    let frame = match wire::encode_frame(response, &shared.limits) {
+        Ok(frame) => frame,
+        Err(e) => match wire::encode_frame(&Response::error(ErrorCode::TooLarge, e.to_string()), &shared.limits) {
+            Ok(frame) => frame,
+            Err(_) => {
+                let _ = send.reset(VarInt::from_u32(codes::STREAM_INTERNAL));
+                return;
+            }
+        },
+    };
+    if write(send, &frame, shared).await {
+        let _ = send.finish();
+    }
+}
+
+/// Writes with the stall timeout; on a stall, resets the stream and says false.
+async fn write(send: &mut SendStream, bytes: &[u8], shared: &Shared) -> bool {
+    match timeout(shared.stall_timeout, send.write_all(bytes)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let _ = send.reset(VarInt::from_u32(codes::STREAM_TIMEOUT));
+            false
+        }
+    }
+}
+
+/// Streams `[offset, offset + len)` of a target file after its header; resets the stream if the file turns out
+/// shorter than the backend said.
+async fn send_target(send: &mut SendStream, shared: &Shared, file: PathBuf, total: u64, offset: u64, len: Option<u64>) {
+    if offset > total {
+        let message = format!("offset {offset} is past the end of the {total}-byte target");
+        return respond(send, &Response::error(ErrorCode::RangeNotSatisfiable, message), shared).await;
+    }
+    let len = len.unwrap_or(u64::MAX).min(total - offset);
+    let opened = async {
+        let mut f = tokio::fs::File::open(&file).await?;
+        f.seek(SeekFrom::Start(offset)).await?;
+        Ok::<_, std::io::Error>(f)
+    };
+    let mut f = match opened.await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("outpost-hub: cannot read target {}: {e}", file.display());
+            return respond(send, &internal(), shared).await;
+        }
+    };
+    let header = Response::TargetHeader { total_len: total, offset, len };
+    let Ok(frame) = wire::encode_frame(&header, &shared.limits) else {
+        return respond(send, &internal(), shared).await;
+    };
+    if !write(send, &frame, shared).await {
+        return;
+    }
+    let mut remaining = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while remaining > 0 {
+        let want = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let n = match f.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => {
+                eprintln!("outpost-hub: target {} is shorter than its recorded {total} bytes", file.display());
+                let _ = send.reset(VarInt::from_u32(codes::STREAM_INTERNAL));
+                return;
+            }
+            Ok(n) => n,
+        };
+        if !write(send, &buf[..n], shared).await {
+            return;
+        }
+        remaining -= n as u64;
+    }
+    let _ = send.finish();
+}

@@ -401,8 +401,14 @@ impl TufRepo {
             written.push(p);
         }
 
-        let root =
-            root_body(1, now, self.expiries.root_secs, opts.root_threshold, &roots, &targets, &snapshot, &timestamp);
+        let keys = RootKeys {
+            roots: &roots,
+            threshold: opts.root_threshold,
+            targets: &targets,
+            snapshot: &snapshot,
+            timestamp: &timestamp,
+        };
+        let root = root_body(1, now, self.expiries.root_secs, keys);
         let root_refs: Vec<&Key> = roots.iter().take(opts.root_threshold.max(roots.len())).collect();
         fs::create_dir_all(self.metadata_dir()).map_err(io("create directory", &self.metadata_dir()))?;
         self.write_meta("1.root.json", &sign(&root, &root_refs)?)?;
@@ -667,7 +673,6 @@ impl TufRepo {
         role: &str,
         offline_dir: &Path,
         old_roots: &[(Key, PathBuf)],
-        targets_signers: &[(Key, PathBuf)],
         rng: &mut dyn Rng,
         now: UnixSeconds,
     ) -> Result<Vec<PathBuf>, TufError> {
@@ -745,10 +750,9 @@ impl TufRepo {
         self.write_meta("root.json", &envelope)?;
         if role == "targets" {
             // The top-level targets role must be re-signed by the new key.
-            let (top, _) = (self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?, ());
+            let top = self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?;
             let mut body = top["signed"].clone();
             bump(&mut body, now, self.expiries.targets_secs);
-            let _ = targets_signers;
             self.write_meta(&format!("{}.targets.json", body["version"]), &sign(&body, &[&generated])?)?;
         }
         self.write_snapshot_and_timestamp(now)?;
@@ -825,16 +829,17 @@ impl TufRepo {
     }
 }
 
-fn root_body(
-    version: u64,
-    now: UnixSeconds,
-    expiry: u64,
+/// The keys of a first root.
+struct RootKeys<'a> {
+    roots: &'a [Key],
     threshold: usize,
-    roots: &[Key],
-    targets: &[Key],
-    snapshot: &Key,
-    timestamp: &Key,
-) -> Value {
+    targets: &'a [Key],
+    snapshot: &'a Key,
+    timestamp: &'a Key,
+}
+
+fn root_body(version: u64, now: UnixSeconds, expiry: u64, keys: RootKeys<'_>) -> Value {
+    let RootKeys { roots, threshold, targets, snapshot, timestamp } = keys;
     let mut keys = serde_json::Map::new();
     for k in roots.iter().chain(targets).chain([snapshot, timestamp]) {
         keys.insert(k.keyid.clone(), k.tuf_public());

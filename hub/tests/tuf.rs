@@ -348,7 +348,7 @@ async fn key_rotation_recovers_from_fast_forward_attack() {
 
     // The hub rotates the timestamp key (root v2, signed by the root key) and signs a normal timestamp.
     let root = f.key("root-1.key");
-    f.repo.rotate("timestamp", &f.offline, &[root], &[], &mut f.rng, NOW).unwrap();
+    f.repo.rotate("timestamp", &f.offline, &[root], &mut f.rng, NOW).unwrap();
     let recovered = f.mirror();
     // The same client, still trusting timestamp v1000, now fetches from the recovered repository: it walks to
     // root v2, drops the fast-forwarded timestamp, and accepts the lower version under the new key.
@@ -362,7 +362,7 @@ async fn key_rotation_recovers_from_fast_forward_attack() {
 async fn root_rotation_is_walked_and_signed_by_old_and_new_keys() {
     let mut f = Fixture::new();
     let old_root = f.key("root-1.key");
-    let written = f.repo.rotate("root", &f.offline, &[old_root.clone()], &[], &mut f.rng, NOW).unwrap();
+    let written = f.repo.rotate("root", &f.offline, std::slice::from_ref(&old_root), &mut f.rng, NOW).unwrap();
     let new_root = Key::load(&written[0]).unwrap();
     let two: serde_json::Value =
         serde_json::from_slice(&std::fs::read(f.repo.metadata_dir().join("2.root.json")).unwrap()).unwrap();

@@ -67,6 +67,38 @@ pub struct Revoked {
     pub at: UnixSeconds,
 }
 
+/// What a device receives for "get assignment": its signed assignment and the signed revocation list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// The assignment envelope (see [`open`] with [`ASSIGNMENT_DOMAIN`]).
+    #[serde(with = "bytes")]
+    pub assignment: Vec<u8>,
+    /// The revocation list envelope, once the hub has published one ([`REVOCATIONS_DOMAIN`]).
+    #[serde(default, with = "opt_bytes")]
+    pub revocations: Option<Vec<u8>>,
+}
+
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_bytes(b),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<serde_bytes_like::Bytes>::deserialize(d)?.map(|b| b.0))
+    }
+    mod serde_bytes_like {
+        pub struct Bytes(pub Vec<u8>);
+        impl<'de> serde::Deserialize<'de> for Bytes {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                super::super::bytes::deserialize(d).map(Bytes)
+            }
+        }
+    }
+}
+
 /// A signed director document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {

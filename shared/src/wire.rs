@@ -1,1 +1,1219 @@
-//! Placeholder: filled by the QUIC service work in progress.
+//! The agent–hub wire protocol, sans-IO: frames, messages, per-type size limits and the per-stream exchanges.
+//!
+//! One request per bidirectional QUIC stream. Every frame is `len u32 BE | type u8 | body (canonical CBOR map)`;
+//! the type and length are checked against [`Limits`] before a single body byte is buffered, so a peer can never
+//! make us hold more than one frame of bounded size. Target bytes follow a `TargetHeader` frame raw, exactly
+//! `len` of them, then the stream ends. Decoding never panics: every fault is a typed [`WireError`].
+//!
+//! Message bodies (all CBOR maps with text keys, canonical encoding, no unknown keys):
+//!
+//! | type | message | body |
+//! |---|---|---|
+//! | `0x01` | [`Request::GetMetadata`] | `{"name": text, "max_len": uint}` |
+//! | `0x02` | [`Request::GetAssignment`] | `{}` |
+//! | `0x03` | [`Request::GetTarget`] | `{"path": text, "offset": uint, "len"?: uint}` |
+//! | `0x04` | [`Request::PostReport`] | `{"body": bytes}` |
+//! | `0x81` | [`Response::Metadata`] | `{"bytes": bytes}` |
+//! | `0x82` | [`Response::NotFound`] | `{}` |
+//! | `0x83` | [`Response::Assignment`] | `{"bytes": bytes}` |
+//! | `0x84` | [`Response::TargetHeader`] | `{"total_len": uint, "offset": uint, "len": uint}` then `len` raw bytes |
+//! | `0x85` | [`Response::Ack`] | `{}` |
+//! | `0x86` | [`Response::Error`] | `{"code": uint, "message": text}` |
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use ciborium::Value;
+
+use crate::canonical;
+
+/// The ALPN protocol identifier both sides insist on.
+pub const ALPN: &[u8] = b"outpost/1";
+
+/// Bytes in a frame header: a big-endian `u32` body length, then a one-byte message type.
+pub const HEADER_LEN: usize = 5;
+
+/// QUIC application error codes used to close connections and reset or stop streams.
+pub mod codes {
+    /// Connection closed normally (hub shutting down, client done).
+    pub const CLOSE_NORMAL: u32 = 0;
+    /// Connection refused after the handshake: the device key is not on the hub's allow-list.
+    pub const CLOSE_UNKNOWN_DEVICE: u32 = 0x10;
+    /// Connection refused: the peer's identity could not be read as an Ed25519 key.
+    pub const CLOSE_BAD_IDENTITY: u32 = 0x11;
+    /// Connection refused: the hub is at its connection limit.
+    pub const CLOSE_BUSY: u32 = 0x12;
+    /// Stream stopped because the request is complete and nothing more is wanted on it.
+    pub const STREAM_DONE: u32 = 0;
+    /// Stream stopped or reset because the peer broke the protocol (bad frame, wrong message).
+    pub const STREAM_PROTOCOL: u32 = 0x20;
+    /// Stream stopped or reset because the peer stalled past the timeout.
+    pub const STREAM_TIMEOUT: u32 = 0x21;
+    /// Stream reset because the sender hit a local fault (I/O error reading a target, say).
+    pub const STREAM_INTERNAL: u32 = 0x22;
+}
+
+/// Per-message-type limits on body size, plus bounds on the strings inside requests.
+///
+/// A frame whose declared length exceeds its type's limit is refused from its header alone. Both sides use the
+/// same struct; start from [`Limits::default`] and tighten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `GetMetadata` body.
+    pub get_metadata: u32,
+    /// Largest `GetAssignment` body.
+    pub get_assignment: u32,
+    /// Largest `GetTarget` body.
+    pub get_target: u32,
+    /// Largest `PostReport` body (the report bytes plus a few bytes of CBOR).
+    pub post_report: u32,
+    /// Largest `Metadata` body. A client also caps it by the `max_len` it asked for.
+    pub metadata: u32,
+    /// Largest `NotFound` body.
+    pub not_found: u32,
+    /// Largest `Assignment` body.
+    pub assignment: u32,
+    /// Largest `TargetHeader` body.
+    pub target_header: u32,
+    /// Largest `Ack` body.
+    pub ack: u32,
+    /// Largest `Error` body.
+    pub error: u32,
+    /// Longest metadata file name, in bytes.
+    pub max_name_len: u32,
+    /// Longest target path, in bytes.
+    pub max_path_len: u32,
+}
+
+impl Limits {
+    /// Default `GetMetadata` body limit.
+    pub const GET_METADATA: u32 = 512;
+    /// Default `GetAssignment` body limit (the body is an empty map).
+    pub const GET_ASSIGNMENT: u32 = 16;
+    /// Default `GetTarget` body limit: room for a path of [`Limits::MAX_PATH_LEN`] bytes.
+    pub const GET_TARGET: u32 = 2048;
+    /// Default `PostReport` body limit: 64 KiB.
+    pub const POST_REPORT: u32 = 64 * 1024;
+    /// Default `Metadata` body limit: 6 MiB, above sigstore-tuf's default 5 MB targets bound.
+    pub const METADATA: u32 = 6 * 1024 * 1024;
+    /// Default `NotFound` body limit.
+    pub const NOT_FOUND: u32 = 16;
+    /// Default `Assignment` body limit: 64 KiB.
+    pub const ASSIGNMENT: u32 = 64 * 1024;
+    /// Default `TargetHeader` body limit.
+    pub const TARGET_HEADER: u32 = 128;
+    /// Default `Ack` body limit.
+    pub const ACK: u32 = 16;
+    /// Default `Error` body limit.
+    pub const ERROR: u32 = 1024;
+    /// Default longest metadata file name.
+    pub const MAX_NAME_LEN: u32 = 255;
+    /// Default longest target path.
+    pub const MAX_PATH_LEN: u32 = 1024;
+    /// Longest error message put on the wire; longer ones are cut at a character boundary.
+    pub const MAX_ERROR_MESSAGE: usize = 512;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            get_metadata: Self::GET_METADATA,
+            get_assignment: Self::GET_ASSIGNMENT,
+            get_target: Self::GET_TARGET,
+            post_report: Self::POST_REPORT,
+            metadata: Self::METADATA,
+            not_found: Self::NOT_FOUND,
+            assignment: Self::ASSIGNMENT,
+            target_header: Self::TARGET_HEADER,
+            ack: Self::ACK,
+            error: Self::ERROR,
+            max_name_len: Self::MAX_NAME_LEN,
+            max_path_len: Self::MAX_PATH_LEN,
+        }
+    }
+}
+
+/// Why a frame or an exchange was refused. Each variant maps to an [`ErrorCode`] sent back to the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The stream ended inside a frame, or before the frame the exchange needs.
+    #[error("stream ended early: {received} bytes of an incomplete frame or body")]
+    Truncated {
+        /// How many bytes of the incomplete frame (header included) or raw body had arrived.
+        received: u64,
+    },
+    /// A frame header declared a body longer than its type allows; nothing of the body was buffered.
+    #[error("frame type {kind:#04x} declares {len} bytes, limit is {limit}")]
+    Oversized {
+        /// The message type byte.
+        kind: u8,
+        /// The declared body length.
+        len: u64,
+        /// The limit for that type.
+        limit: u32,
+    },
+    /// The type byte names no message this side accepts.
+    #[error("unknown message type {kind:#04x}")]
+    UnknownType {
+        /// The message type byte.
+        kind: u8,
+    },
+    /// The body is not well-formed canonical CBOR, or its map lacks or adds keys.
+    #[error("malformed body for message type {kind:#04x}: {reason}")]
+    Malformed {
+        /// The message type byte.
+        kind: u8,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Well-formed CBOR of the wrong type: text where a map was due, a string where an integer was due...
+    #[error("message type {kind:#04x}: `{field}` must be {expected}")]
+    WrongCborType {
+        /// The message type byte.
+        kind: u8,
+        /// The field (or `body` for the whole body).
+        field: &'static str,
+        /// The CBOR type expected there.
+        expected: &'static str,
+    },
+    /// A field has the right type but a value outside what the protocol allows.
+    #[error("message type {kind:#04x}: invalid `{field}`: {reason}")]
+    InvalidField {
+        /// The message type byte.
+        kind: u8,
+        /// The field.
+        field: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// Bytes arrived after the message (or raw body) that completes the exchange.
+    #[error("{extra} unexpected bytes after the end of the message")]
+    TrailingBytes {
+        /// How many bytes were left over in the offending read.
+        extra: usize,
+    },
+    /// The response does not answer the request sent (a `Metadata` for a `GetTarget`, a range not asked for...).
+    #[error("response does not fit the request: {reason}")]
+    UnexpectedResponse {
+        /// What did not fit.
+        reason: String,
+    },
+}
+
+impl WireError {
+    /// The error code that tells the peer about this fault.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WireError::Truncated { .. } => ErrorCode::Truncated,
+            WireError::Oversized { .. } => ErrorCode::Oversized,
+            WireError::UnknownType { .. } => ErrorCode::UnknownType,
+            WireError::Malformed { .. } => ErrorCode::Malformed,
+            WireError::WrongCborType { .. } => ErrorCode::WrongCborType,
+            WireError::InvalidField { .. } => ErrorCode::InvalidRequest,
+            WireError::TrailingBytes { .. } => ErrorCode::TrailingBytes,
+            WireError::UnexpectedResponse { .. } => ErrorCode::Malformed,
+        }
+    }
+
+    /// The `Error` response that reports this fault to the peer.
+    pub fn to_response(&self) -> Response {
+        Response::error(self.code(), self.to_string())
+    }
+}
+
+/// The typed reason carried by [`Response::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request frame was cut short.
+    Truncated,
+    /// The request frame declared a body above its type's limit.
+    Oversized,
+    /// The request frame's type is unknown.
+    UnknownType,
+    /// The request body is not well-formed canonical CBOR of the right shape.
+    Malformed,
+    /// The request body has a field of the wrong CBOR type.
+    WrongCborType,
+    /// A request field has a value the protocol does not allow (a path with `..`, a name too long...).
+    InvalidRequest,
+    /// Bytes followed the request frame.
+    TrailingBytes,
+    /// The request did not arrive in time.
+    Timeout,
+    /// The requested target range starts beyond the end of the target.
+    RangeNotSatisfiable,
+    /// The answer is larger than the request's `max_len` or the response limit.
+    TooLarge,
+    /// The hub failed internally; the message gives no detail on purpose.
+    Internal,
+    /// A code this version does not know (sent by a newer peer).
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The code's number on the wire.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Truncated => 1,
+            ErrorCode::Oversized => 2,
+            ErrorCode::UnknownType => 3,
+            ErrorCode::Malformed => 4,
+            ErrorCode::WrongCborType => 5,
+            ErrorCode::InvalidRequest => 6,
+            ErrorCode::TrailingBytes => 7,
+            ErrorCode::Timeout => 8,
+            ErrorCode::RangeNotSatisfiable => 9,
+            ErrorCode::TooLarge => 10,
+            ErrorCode::Internal => 11,
+            ErrorCode::Other(n) => n,
+        }
+    }
+
+    /// The code for a number on the wire; unknown numbers become [`ErrorCode::Other`].
+    pub fn from_u16(n: u16) -> ErrorCode {
+        match n {
+            1 => ErrorCode::Truncated,
+            2 => ErrorCode::Oversized,
+            3 => ErrorCode::UnknownType,
+            4 => ErrorCode::Malformed,
+            5 => ErrorCode::WrongCborType,
+            6 => ErrorCode::InvalidRequest,
+            7 => ErrorCode::TrailingBytes,
+            8 => ErrorCode::Timeout,
+            9 => ErrorCode::RangeNotSatisfiable,
+            10 => ErrorCode::TooLarge,
+            11 => ErrorCode::Internal,
+            n => ErrorCode::Other(n),
+        }
+    }
+}
+
+/// What an agent asks the hub, one per stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A TUF metadata file by name (`timestamp.json`, `3.root.json`, `7.snapshot.json`...), at most `max_len`
+    /// bytes long.
+    GetMetadata {
+        /// The file name: ASCII letters, digits, `.`, `_`, `-`; no leading dot.
+        name: String,
+        /// The largest answer the agent will take.
+        max_len: u64,
+    },
+    /// The director's assignment for the connected device (the device is the connection's peer identity).
+    GetAssignment,
+    /// A byte range of a target file: from `offset`, `len` bytes or to the end.
+    GetTarget {
+        /// Repository-relative target path: `/`-separated, no empty, `.` or `..` segments.
+        path: String,
+        /// First byte wanted.
+        offset: u64,
+        /// How many bytes; `None` means to the end.
+        len: Option<u64>,
+    },
+    /// Telemetry or installed-state report from the device; the hub acknowledges once it is stored.
+    PostReport {
+        /// The report, opaque to the transport.
+        body: Vec<u8>,
+    },
+}
+
+/// What the hub answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The metadata file's bytes.
+    Metadata {
+        /// The file's bytes, exactly as signed.
+        bytes: Vec<u8>,
+    },
+    /// The metadata, assignment or target does not exist.
+    NotFound,
+    /// The device's director assignment.
+    Assignment {
+        /// The signed assignment's bytes.
+        bytes: Vec<u8>,
+    },
+    /// The target range that follows raw on the stream: exactly `len` bytes, starting at `offset`.
+    TargetHeader {
+        /// The whole target's length.
+        total_len: u64,
+        /// The first byte sent (as requested).
+        offset: u64,
+        /// How many raw bytes follow.
+        len: u64,
+    },
+    /// The report was stored.
+    Ack,
+    /// The request failed.
+    Error {
+        /// Why, as a typed code.
+        code: ErrorCode,
+        /// A human-readable explanation, at most [`Limits::MAX_ERROR_MESSAGE`] bytes.
+        message: String,
+    },
+}
+
+impl Response {
+    /// An `Error` response, its message cut to [`Limits::MAX_ERROR_MESSAGE`] bytes at a character boundary.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        let mut message = message.into();
+        if message.len() > Limits::MAX_ERROR_MESSAGE {
+            let mut cut = Limits::MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Response::Error { code, message }
+    }
+}
+
+/// A message that travels in frames. Implemented by [`Request`] and [`Response`].
+pub trait Message: Sized {
+    /// The type byte of this message.
+    fn kind(&self) -> u8;
+    /// The body limit for a type byte, or `None` if this direction has no such message.
+    fn body_limit(kind: u8, limits: &Limits) -> Option<u32>;
+    /// Decodes a complete body of the given type.
+    fn decode(kind: u8, body: &[u8], limits: &Limits) -> Result<Self, WireError>;
+    /// The body as a CBOR value (encoded canonically by [`encode_frame`]).
+    fn to_value(&self) -> Value;
+}
+
+/// The type byte of every message. Requests have the high bit clear, responses set.
+pub mod kinds {
+    /// [`Request::GetMetadata`](super::Request::GetMetadata).
+    pub const GET_METADATA: u8 = 0x01;
+    /// [`Request::GetAssignment`](super::Request::GetAssignment).
+    pub const GET_ASSIGNMENT: u8 = 0x02;
+    /// [`Request::GetTarget`](super::Request::GetTarget).
+    pub const GET_TARGET: u8 = 0x03;
+    /// [`Request::PostReport`](super::Request::PostReport).
+    pub const POST_REPORT: u8 = 0x04;
+    /// [`Response::Metadata`](super::Response::Metadata).
+    pub const METADATA: u8 = 0x81;
+    /// [`Response::NotFound`](super::Response::NotFound).
+    pub const NOT_FOUND: u8 = 0x82;
+    /// [`Response::Assignment`](super::Response::Assignment).
+    pub const ASSIGNMENT: u8 = 0x83;
+    /// [`Response::TargetHeader`](super::Response::TargetHeader).
+    pub const TARGET_HEADER: u8 = 0x84;
+    /// [`Response::Ack`](super::Response::Ack).
+    pub const ACK: u8 = 0x85;
+    /// [`Response::Error`](super::Response::Error).
+    pub const ERROR: u8 = 0x86;
+}
+use kinds as kind;
+
+impl Message for Request {
+    fn kind(&self) -> u8 {
+        match self {
+            Request::GetMetadata { .. } => kind::GET_METADATA,
+            Request::GetAssignment => kind::GET_ASSIGNMENT,
+            Request::GetTarget { .. } => kind::GET_TARGET,
+            Request::PostReport { .. } => kind::POST_REPORT,
+        }
+    }
+
+    fn body_limit(k: u8, limits: &Limits) -> Option<u32> {
+        match k {
+            kind::GET_METADATA => Some(limits.get_metadata),
+            kind::GET_ASSIGNMENT => Some(limits.get_assignment),
+            kind::GET_TARGET => Some(limits.get_target),
+            kind::POST_REPORT => Some(limits.post_report),
+            _ => None,
+        }
+    }
+
+    fn decode(k: u8, body: &[u8], limits: &Limits) -> Result<Self, WireError> {
+        let mut m = Fields::parse(k, body)?;
+        let req = match k {
+            kind::GET_METADATA => {
+                let name = m.text("name")?;
+                check_name(k, &name, limits)?;
+                Request::GetMetadata { name, max_len: m.uint("max_len")? }
+            }
+            kind::GET_ASSIGNMENT => Request::GetAssignment,
+            kind::GET_TARGET => {
+                let path = m.text("path")?;
+                check_path(k, &path, limits)?;
+                Request::GetTarget { path, offset: m.uint("offset")?, len: m.opt_uint("len")? }
+            }
+            kind::POST_REPORT => Request::PostReport { body: m.bytes("body")? },
+            _ => return Err(WireError::UnknownType { kind: k }),
+        };
+        m.finish()?;
+        Ok(req)
+    }
+
+    fn to_value(&self) -> Value {
+        match self {
+            Request::GetMetadata { name, max_len } => {
+                map(vec![("name", Value::Text(name.clone())), ("max_len", (*max_len).into())])
+            }
+            Request::GetAssignment => map(vec![]),
+            Request::GetTarget { path, offset, len } => {
+                let mut entries = vec![("path", Value::Text(path.clone())), ("offset", (*offset).into())];
+                if let Some(len) = len {
+                    entries.push(("len", (*len).into()));
+                }
+                map(entries)
+            }
+            Request::PostReport { body } => map(vec![("body", Value::Bytes(body.clone()))]),
+        }
+    }
+}
+
+impl Message for Response {
+    fn kind(&self) -> u8 {
+        match self {
+            Response::Metadata { .. } => kind::METADATA,
+            Response::NotFound => kind::NOT_FOUND,
+            Response::Assignment { .. } => kind::ASSIGNMENT,
+            Response::TargetHeader { .. } => kind::TARGET_HEADER,
+            Response::Ack => kind::ACK,
+            Response::Error { .. } => kind::ERROR,
+        }
+    }
+
+    fn body_limit(k: u8, limits: &Limits) -> Option<u32> {
+        match k {
+            kind::METADATA => Some(limits.metadata),
+            kind::NOT_FOUND => Some(limits.not_found),
+            kind::ASSIGNMENT => Some(limits.assignment),
+            kind::TARGET_HEADER => Some(limits.target_header),
+            kind::ACK => Some(limits.ack),
+            kind::ERROR => Some(limits.error),
+            _ => None,
+        }
+    }
+
+    fn decode(k: u8, body: &[u8], _limits: &Limits) -> Result<Self, WireError> {
+        let mut m = Fields::parse(k, body)?;
+        let resp = match k {
+            kind::METADATA => Response::Metadata { bytes: m.bytes("bytes")? },
+            kind::NOT_FOUND => Response::NotFound,
+            kind::ASSIGNMENT => Response::Assignment { bytes: m.bytes("bytes")? },
+            kind::TARGET_HEADER => {
+                let (total_len, offset, len) = (m.uint("total_len")?, m.uint("offset")?, m.uint("len")?);
+                if offset.checked_add(len).is_none_or(|end| end > total_len) {
+                    return Err(WireError::InvalidField {
+                        kind: k,
+                        field: "len",
+                        reason: format!("range {offset}+{len} runs past the target's {total_len} bytes"),
+                    });
+                }
+                Response::TargetHeader { total_len, offset, len }
+            }
+            kind::ACK => Response::Ack,
+            kind::ERROR => {
+                let code = m.uint("code")?;
+                let code = u16::try_from(code).map_err(|_| WireError::InvalidField {
+                    kind: k,
+                    field: "code",
+                    reason: format!("{code} does not fit 16 bits"),
+                })?;
+                Response::Error { code: ErrorCode::from_u16(code), message: m.text("message")? }
+            }
+            _ => return Err(WireError::UnknownType { kind: k }),
+        };
+        m.finish()?;
+        Ok(resp)
+    }
+
+    fn to_value(&self) -> Value {
+        match self {
+            Response::Metadata { bytes } => map(vec![("bytes", Value::Bytes(bytes.clone()))]),
+            Response::NotFound | Response::Ack => map(vec![]),
+            Response::Assignment { bytes } => map(vec![("bytes", Value::Bytes(bytes.clone()))]),
+            Response::TargetHeader { total_len, offset, len } => {
+                map(vec![("total_len", (*total_len).into()), ("offset", (*offset).into()), ("len", (*len).into())])
+            }
+            Response::Error { code, message } => {
+                map(vec![("code", u64::from(code.to_u16()).into()), ("message", Value::Text(message.clone()))])
+            }
+        }
+    }
+}
+
+fn map(entries: Vec<(&str, Value)>) -> Value {
+    Value::Map(entries.into_iter().map(|(k, v)| (Value::Text(k.to_owned()), v)).collect())
+}
+
+/// A frame header for `kind` with a body of `len` bytes. For hand-built frames in tests and tools.
+pub fn frame_header(kind: u8, len: u32) -> [u8; HEADER_LEN] {
+    let l = len.to_be_bytes();
+    [l[0], l[1], l[2], l[3], kind]
+}
+
+/// Encodes `msg` as one frame, refusing a body above its type's limit (so a sender never emits what the
+/// receiver must refuse).
+pub fn encode_frame<M: Message>(msg: &M, limits: &Limits) -> Result<Vec<u8>, WireError> {
+    let k = msg.kind();
+    let body =
+        canonical::to_vec(&msg.to_value()).map_err(|e| WireError::Malformed { kind: k, reason: e.to_string() })?;
+    let limit = M::body_limit(k, limits).unwrap_or(0);
+    let len = u32::try_from(body.len()).ok().filter(|l| *l <= limit);
+    let Some(len) = len else {
+        return Err(WireError::Oversized { kind: k, len: body.len() as u64, limit });
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&frame_header(k, len));
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The keys of a decoded body map, taken one by one so that missing, mistyped and unknown keys are all caught.
+struct Fields {
+    kind: u8,
+    entries: Vec<(String, Value)>,
+}
+
+impl Fields {
+    fn parse(kind: u8, body: &[u8]) -> Result<Fields, WireError> {
+        let value: Value =
+            canonical::from_slice(body).map_err(|e| WireError::Malformed { kind, reason: e.to_string() })?;
+        let Value::Map(raw) = value else {
+            return Err(WireError::WrongCborType { kind, field: "body", expected: "a map" });
+        };
+        let mut entries = Vec::with_capacity(raw.len());
+        for (k, v) in raw {
+            let Value::Text(k) = k else {
+                return Err(WireError::WrongCborType { kind, field: "body", expected: "a map with text keys" });
+            };
+            entries.push((k, v));
+        }
+        Ok(Fields { kind, entries })
+    }
+
+    fn take(&mut self, field: &'static str) -> Option<Value> {
+        let i = self.entries.iter().position(|(k, _)| k == field)?;
+        Some(self.entries.swap_remove(i).1)
+    }
+
+    fn required(&mut self, field: &'static str) -> Result<Value, WireError> {
+        self.take(field).ok_or_else(|| WireError::Malformed { kind: self.kind, reason: format!("missing `{field}`") })
+    }
+
+    fn wrong(&self, field: &'static str, expected: &'static str) -> WireError {
+        WireError::WrongCborType { kind: self.kind, field, expected }
+    }
+
+    fn text(&mut self, field: &'static str) -> Result<String, WireError> {
+        match self.required(field)? {
+            Value::Text(s) => Ok(s),
+            _ => Err(self.wrong(field, "a text string")),
+        }
+    }
+
+    fn bytes(&mut self, field: &'static str) -> Result<Vec<u8>, WireError> {
+        match self.required(field)? {
+            Value::Bytes(b) => Ok(b),
+            _ => Err(self.wrong(field, "a byte string")),
+        }
+    }
+
+    fn uint(&mut self, field: &'static str) -> Result<u64, WireError> {
+        let v = self.required(field)?;
+        self.as_uint(field, v)
+    }
+
+    fn opt_uint(&mut self, field: &'static str) -> Result<Option<u64>, WireError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(v) => self.as_uint(field, v).map(Some),
+        }
+    }
+
+    fn as_uint(&self, field: &'static str, v: Value) -> Result<u64, WireError> {
+        match v {
+            Value::Integer(i) => u64::try_from(i).map_err(|_| self.wrong(field, "an unsigned 64-bit integer")),
+            _ => Err(self.wrong(field, "an unsigned integer")),
+        }
+    }
+
+    fn finish(self) -> Result<(), WireError> {
+        match self.entries.first() {
+            None => Ok(()),
+            Some((k, _)) => {
+                Err(WireError::Malformed { kind: self.kind, reason: format!("unexpected or repeated key `{k}`") })
+            }
+        }
+    }
+}
+
+fn check_name(kind: u8, name: &str, limits: &Limits) -> Result<(), WireError> {
+    let bad = |reason: &str| Err(WireError::InvalidField { kind, field: "name", reason: reason.to_owned() });
+    if name.is_empty() || name.len() > limits.max_name_len as usize {
+        return bad("empty or too long");
+    }
+    if name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return bad("only ASCII letters, digits, `.`, `_` and `-` are allowed, and no leading `.`");
+    }
+    Ok(())
+}
+
+fn check_path(kind: u8, path: &str, limits: &Limits) -> Result<(), WireError> {
+    let bad = |reason: &str| Err(WireError::InvalidField { kind, field: "path", reason: reason.to_owned() });
+    if path.is_empty() || path.len() > limits.max_path_len as usize {
+        return bad("empty or too long");
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return bad("control characters and `\\` are not allowed");
+    }
+    if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return bad("must be relative, with no empty, `.` or `..` segments");
+    }
+    Ok(())
+}
+
+enum DecoderState {
+    /// Filling the header; `usize` bytes of it so far.
+    Header(usize),
+    /// Filling a body of `len` bytes of message type `kind`.
+    Body { kind: u8, len: usize },
+}
+
+/// Incremental frame decoder: push bytes as they arrive, pop messages as they complete.
+///
+/// [`push`](FrameDecoder::push) consumes at most up to the end of the current frame and says how many bytes it
+/// took, so the caller decides what the rest of its buffer is (the next frame, raw target bytes, or an error).
+/// The decoder never holds more than one frame, and never more body bytes than the type's limit. After an error
+/// it stays failed.
+pub struct FrameDecoder<M: Message> {
+    limits: Limits,
+    header: [u8; HEADER_LEN],
+    body: Vec<u8>,
+    state: DecoderState,
+    ready: Option<M>,
+    failed: Option<WireError>,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M: Message> fmt::Debug for FrameDecoder<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameDecoder").field("buffered", &self.buffered()).field("failed", &self.failed).finish()
+    }
+}
+
+/// Bodies are buffered as they arrive; this caps the up-front reservation so a header alone costs little.
+const INITIAL_BODY_RESERVE: usize = 16 * 1024;
+
+impl<M: Message> FrameDecoder<M> {
+    /// A decoder enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        FrameDecoder {
+            limits,
+            header: [0; HEADER_LEN],
+            body: Vec::new(),
+            state: DecoderState::Header(0),
+            ready: None,
+            failed: None,
+            _message: PhantomData,
+        }
+    }
+
+    /// Feeds bytes; returns how many were consumed. Stops at the end of a frame: pop it before pushing more
+    /// (until then, nothing more is consumed).
+    pub fn push(&mut self, input: &[u8]) -> Result<usize, WireError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.ready.is_some() {
+            return Ok(0);
+        }
+        let mut used = 0;
+        if let DecoderState::Header(have) = self.state {
+            let n = (HEADER_LEN - have).min(input.len());
+            self.header[have..have + n].copy_from_slice(&input[..n]);
+            used += n;
+            if have + n < HEADER_LEN {
+                self.state = DecoderState::Header(have + n);
+                return Ok(used);
+            }
+            let len = u32::from_be_bytes([self.header[0], self.header[1], self.header[2], self.header[3]]);
+            let k = self.header[4];
+            let Some(limit) = M::body_limit(k, &self.limits) else {
+                return Err(self.fail(WireError::UnknownType { kind: k }));
+            };
+            if len > limit {
+                return Err(self.fail(WireError::Oversized { kind: k, len: u64::from(len), limit }));
+            }
+            let len = len as usize;
+            self.body = Vec::with_capacity(len.min(INITIAL_BODY_RESERVE));
+            self.state = DecoderState::Body { kind: k, len };
+        }
+        if let DecoderState::Body { kind: k, len } = self.state {
+            let n = (len - self.body.len()).min(input.len() - used);
+            self.body.extend_from_slice(&input[used..used + n]);
+            used += n;
+            if self.body.len() == len {
+                let body = std::mem::take(&mut self.body);
+                self.state = DecoderState::Header(0);
+                match M::decode(k, &body, &self.limits) {
+                    Ok(m) => self.ready = Some(m),
+                    Err(e) => return Err(self.fail(e)),
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// The message completed by the last push, if any.
+    pub fn pop(&mut self) -> Option<M> {
+        self.ready.take()
+    }
+
+    /// How many bytes of an incomplete frame are held.
+    pub fn buffered(&self) -> usize {
+        match self.state {
+            DecoderState::Header(have) => have,
+            DecoderState::Body { .. } => HEADER_LEN + self.body.len(),
+        }
+    }
+
+    /// Call at end of stream: an incomplete frame is [`WireError::Truncated`].
+    pub fn finish(&self) -> Result<(), WireError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        match self.buffered() {
+            0 => Ok(()),
+            n => Err(WireError::Truncated { received: n as u64 }),
+        }
+    }
+
+    fn fail(&mut self, e: WireError) -> WireError {
+        self.body = Vec::new();
+        self.failed = Some(e.clone());
+        e
+    }
+}
+
+/// The hub's side of one stream: exactly one request frame, nothing after it.
+#[derive(Debug)]
+pub struct RequestReader {
+    frames: FrameDecoder<Request>,
+}
+
+impl RequestReader {
+    /// A reader enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        RequestReader { frames: FrameDecoder::new(limits) }
+    }
+
+    /// Feeds bytes; returns the request once its frame is complete. Bytes beyond the frame are
+    /// [`WireError::TrailingBytes`].
+    pub fn push(&mut self, input: &[u8]) -> Result<Option<Request>, WireError> {
+        let used = self.frames.push(input)?;
+        match self.frames.pop() {
+            Some(_) if used < input.len() => Err(WireError::TrailingBytes { extra: input.len() - used }),
+            req => Ok(req),
+        }
+    }
+
+    /// The error to report when the stream ends before a complete request.
+    pub fn eof(&self) -> WireError {
+        match self.frames.finish() {
+            Err(e) => e,
+            Ok(()) => WireError::Truncated { received: 0 },
+        }
+    }
+}
+
+/// What a [`ResponseReader`] made of the bytes pushed into it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResponseProgress<'a> {
+    /// The response frame, once complete (at most once per exchange).
+    pub response: Option<Response>,
+    /// Raw target bytes from this push, in order; never more than the header's `len` in total.
+    pub body: &'a [u8],
+}
+
+enum ReaderState {
+    Header,
+    Body { remaining: u64 },
+    Done,
+}
+
+/// The agent's side of one stream: the response frame, checked against the request, then for targets exactly
+/// `len` raw bytes, then the end of the stream.
+pub struct ResponseReader {
+    request: Request,
+    frames: FrameDecoder<Response>,
+    state: ReaderState,
+    body_received: u64,
+}
+
+impl fmt::Debug for ResponseReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseReader").field("request", &self.request).finish_non_exhaustive()
+    }
+}
+
+impl ResponseReader {
+    /// A reader for the answer to `request`. A metadata answer is also bounded by the request's `max_len`
+    /// (plus a few bytes of CBOR) before it is buffered.
+    pub fn new(request: &Request, limits: Limits) -> Self {
+        let mut limits = limits;
+        if let Request::GetMetadata { max_len, .. } = request {
+            // A byte string header is at most 9 bytes and the map around it 8 more.
+            let bound = max_len.saturating_add(32);
+            limits.metadata = limits.metadata.min(u32::try_from(bound).unwrap_or(u32::MAX));
+        }
+        ResponseReader {
+            request: request.clone(),
+            frames: FrameDecoder::new(limits),
+            state: ReaderState::Header,
+            body_received: 0,
+        }
+    }
+
+    /// Feeds bytes from the stream.
+    pub fn push<'a>(&mut self, input: &'a [u8]) -> Result<ResponseProgress<'a>, WireError> {
+        let mut progress = ResponseProgress::default();
+        let mut rest = input;
+        if let ReaderState::Header = self.state {
+            let used = self.frames.push(rest)?;
+            rest = &rest[used..];
+            if let Some(resp) = self.frames.pop() {
+                self.state = match self.check(&resp)? {
+                    Some(0) | None => ReaderState::Done,
+                    Some(len) => ReaderState::Body { remaining: len },
+                };
+                progress.response = Some(resp);
+            }
+        }
+        if let ReaderState::Body { remaining } = self.state {
+            let n = remaining.min(rest.len() as u64) as usize;
+            progress.body = &rest[..n];
+            rest = &rest[n..];
+            self.body_received += n as u64;
+            self.state = match remaining - n as u64 {
+                0 => ReaderState::Done,
+                remaining => ReaderState::Body { remaining },
+            };
+        }
+        if !rest.is_empty() {
+            return Err(WireError::TrailingBytes { extra: rest.len() });
+        }
+        Ok(progress)
+    }
+
+    /// Call at end of stream: an incomplete frame or raw body is [`WireError::Truncated`].
+    pub fn finish(&self) -> Result<(), WireError> {
+        match self.state {
+            ReaderState::Done => Ok(()),
+            ReaderState::Header => Err(match self.frames.finish() {
+                Err(e) => e,
+                Ok(()) => WireError::Truncated { received: 0 },
+            }),
+            ReaderState::Body { .. } => Err(WireError::Truncated { received: self.body_received }),
+        }
+    }
+
+    /// Checks that `resp` answers the request; for a target header, returns the raw body length to expect.
+    fn check(&self, resp: &Response) -> Result<Option<u64>, WireError> {
+        let unexpected = |reason: String| Err(WireError::UnexpectedResponse { reason });
+        match (&self.request, resp) {
+            (_, Response::Error { .. }) => Ok(None),
+            (Request::GetMetadata { .. } | Request::GetAssignment | Request::GetTarget { .. }, Response::NotFound) => {
+                Ok(None)
+            }
+            (Request::GetMetadata { max_len, .. }, Response::Metadata { bytes }) => {
+                if bytes.len() as u64 > *max_len {
+                    return unexpected(format!("{} bytes of metadata, asked for at most {max_len}", bytes.len()));
+                }
+                Ok(None)
+            }
+            (Request::GetAssignment, Response::Assignment { .. }) => Ok(None),
+            (Request::GetTarget { offset, len: want, .. }, Response::TargetHeader { offset: got, len, .. }) => {
+                if got != offset {
+                    return unexpected(format!("range starts at {got}, asked for {offset}"));
+                }
+                if want.is_some_and(|want| *len > want) {
+                    return unexpected(format!("{len} bytes offered, asked for at most {want:?}"));
+                }
+                Ok(Some(*len))
+            }
+            (Request::PostReport { .. }, Response::Ack) => Ok(None),
+            (req, resp) => unexpected(format!("type {:#04x} does not answer type {:#04x}", resp.kind(), req.kind())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = frame_header(kind, body.len() as u32).to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn cbor(v: &Value) -> Vec<u8> {
+        canonical::to_vec(v).unwrap()
+    }
+
+    fn decode_all<M: Message>(bytes: &[u8]) -> Result<Vec<M>, WireError> {
+        let mut d = FrameDecoder::<M>::new(Limits::default());
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let used = d.push(rest)?;
+            rest = &rest[used..];
+            out.extend(d.pop());
+        }
+        d.finish()?;
+        Ok(out)
+    }
+
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::GetMetadata { name: "3.root.json".into(), max_len: 512_000 },
+            Request::GetAssignment,
+            Request::GetTarget { path: "models/m/1.0.0.opkg".into(), offset: 17, len: Some(4096) },
+            Request::GetTarget { path: "a".into(), offset: 0, len: None },
+            Request::PostReport { body: b"telemetry".to_vec() },
+        ]
+    }
+
+    fn all_responses() -> Vec<Response> {
+        vec![
+            Response::Metadata { bytes: b"{\"signed\":{}}".to_vec() },
+            Response::NotFound,
+            Response::Assignment { bytes: vec![1, 2, 3] },
+            Response::TargetHeader { total_len: 100, offset: 10, len: 90 },
+            Response::Ack,
+            Response::error(ErrorCode::RangeNotSatisfiable, "offset 200 is past 100"),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_even_one_byte_at_a_time() {
+        let reqs = all_requests();
+        let bytes: Vec<u8> = reqs.iter().flat_map(|r| encode_frame(r, &Limits::default()).unwrap()).collect();
+        assert_eq!(decode_all::<Request>(&bytes).unwrap(), reqs);
+        let mut d = FrameDecoder::<Request>::new(Limits::default());
+        let mut got = Vec::new();
+        for b in &bytes {
+            assert_eq!(d.push(std::slice::from_ref(b)).unwrap(), 1);
+            got.extend(d.pop());
+        }
+        assert_eq!(got, reqs);
+
+        let resps = all_responses();
+        let bytes: Vec<u8> = resps.iter().flat_map(|r| encode_frame(r, &Limits::default()).unwrap()).collect();
+        assert_eq!(decode_all::<Response>(&bytes).unwrap(), resps);
+    }
+
+    #[test]
+    fn truncated_frame_is_a_typed_error_at_eof() {
+        let f = encode_frame(&all_requests()[0], &Limits::default()).unwrap();
+        for cut in [1, HEADER_LEN - 1, HEADER_LEN, f.len() - 1] {
+            assert_eq!(decode_all::<Request>(&f[..cut]), Err(WireError::Truncated { received: cut as u64 }));
+        }
+        let mut r = RequestReader::new(Limits::default());
+        assert_eq!(r.eof(), WireError::Truncated { received: 0 });
+        assert_eq!(r.push(&f[..3]), Ok(None));
+        assert_eq!(r.eof(), WireError::Truncated { received: 3 });
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_from_its_header_alone() {
+        let mut d = FrameDecoder::<Request>::new(Limits::default());
+        let header = frame_header(kinds::GET_METADATA, Limits::GET_METADATA + 1);
+        let err = d.push(&header).unwrap_err();
+        assert_eq!(err, WireError::Oversized { kind: 0x01, len: 513, limit: 512 });
+        assert_eq!(err.code(), ErrorCode::Oversized);
+        // A 4 GiB report is refused just the same, and the decoder stays failed.
+        let mut d = FrameDecoder::<Request>::new(Limits::default());
+        assert!(matches!(d.push(&frame_header(kinds::POST_REPORT, u32::MAX)), Err(WireError::Oversized { .. })));
+        assert!(d.push(&[0; 100]).is_err());
+    }
+
+    #[test]
+    fn unknown_type_is_refused_including_the_other_directions_types() {
+        for kind in [0x00, 0x05, 0x7f, 0xff, kinds::METADATA] {
+            let f = frame(kind, &cbor(&map(vec![])));
+            assert_eq!(decode_all::<Request>(&f), Err(WireError::UnknownType { kind }));
+        }
+        let f = frame(kinds::GET_TARGET, &cbor(&map(vec![])));
+        assert_eq!(decode_all::<Response>(&f), Err(WireError::UnknownType { kind: kinds::GET_TARGET }));
+    }
+
+    #[test]
+    fn wrong_cbor_type_is_a_typed_error() {
+        let text_body = frame(kinds::GET_METADATA, &cbor(&Value::Text("timestamp.json".into())));
+        assert_eq!(
+            decode_all::<Request>(&text_body),
+            Err(WireError::WrongCborType { kind: 0x01, field: "body", expected: "a map" })
+        );
+        let name_as_bytes = map(vec![("name", Value::Bytes(b"x".to_vec())), ("max_len", 5u64.into())]);
+        assert_eq!(
+            decode_all::<Request>(&frame(kinds::GET_METADATA, &cbor(&name_as_bytes))),
+            Err(WireError::WrongCborType { kind: 0x01, field: "name", expected: "a text string" })
+        );
+        let negative = map(vec![("path", Value::Text("a".into())), ("offset", (-1i64).into())]);
+        let err = decode_all::<Request>(&frame(kinds::GET_TARGET, &cbor(&negative))).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::WrongCborType);
+    }
+
+    #[test]
+    fn malformed_non_canonical_missing_and_unknown_keys_are_refused() {
+        // A lone break byte; a map whose only value is missing; a body with a byte after the map.
+        for body in [&[0xff][..], &[0xa1, 0x61, b'x'], &[0xa0, 0x00]] {
+            let err = decode_all::<Request>(&frame(kinds::GET_ASSIGNMENT, body)).unwrap_err();
+            assert!(matches!(err, WireError::Malformed { .. }), "{err:?}");
+        }
+        // {"path": "a", "offset": 5}: canonical, then with 5 in long form, then with the keys unsorted.
+        let path = [0x64, b'p', b'a', b't', b'h', 0x61, b'a'];
+        let offset = [0x66, b'o', b'f', b'f', b's', b'e', b't'];
+        let body = |first: &[u8], second: &[u8], five: &[u8]| [&[0xa2][..], first, second, five].concat();
+        assert!(decode_all::<Request>(&frame(kinds::GET_TARGET, &body(&path, &offset, &[0x05]))).is_ok());
+        for bad in [body(&path, &offset, &[0x18, 0x05]), [&[0xa2][..], &offset, &[0x05], &path].concat()] {
+            let err = decode_all::<Request>(&frame(kinds::GET_TARGET, &bad)).unwrap_err();
+            assert!(matches!(err, WireError::Malformed { .. }), "{err:?}");
+        }
+        let missing = map(vec![("name", Value::Text("timestamp.json".into()))]);
+        assert!(matches!(decode_all::<Request>(&frame(0x01, &cbor(&missing))), Err(WireError::Malformed { .. })));
+        let extra = map(vec![("extra", 1u64.into())]);
+        assert!(matches!(decode_all::<Request>(&frame(0x02, &cbor(&extra))), Err(WireError::Malformed { .. })));
+    }
+
+    #[test]
+    fn unsafe_names_and_paths_are_invalid() {
+        for name in ["", "../root.json", ".hidden", "a/b.json", "timestamp.json\0"] {
+            let r = Request::GetMetadata { name: name.into(), max_len: 1 };
+            let f = frame(kinds::GET_METADATA, &cbor(&r.to_value()));
+            let err = decode_all::<Request>(&f).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidRequest, "{name:?}");
+        }
+        for path in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a\\b", "a\nb"] {
+            let r = Request::GetTarget { path: path.into(), offset: 0, len: None };
+            let err = decode_all::<Request>(&frame(kinds::GET_TARGET, &cbor(&r.to_value()))).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidRequest, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn request_reader_refuses_bytes_after_the_request() {
+        let mut f = encode_frame(&Request::GetAssignment, &Limits::default()).unwrap();
+        f.push(0);
+        assert_eq!(RequestReader::new(Limits::default()).push(&f), Err(WireError::TrailingBytes { extra: 1 }));
+    }
+
+    #[test]
+    fn response_reader_streams_exactly_the_declared_range() {
+        let req = Request::GetTarget { path: "t".into(), offset: 4, len: None };
+        let mut bytes =
+            encode_frame(&Response::TargetHeader { total_len: 10, offset: 4, len: 6 }, &Limits::default()).unwrap();
+        bytes.extend_from_slice(b"456789");
+        let mut r = ResponseReader::new(&req, Limits::default());
+        let first = r.push(&bytes[..bytes.len() - 2]).unwrap();
+        assert!(matches!(first.response, Some(Response::TargetHeader { len: 6, .. })));
+        assert_eq!(first.body, b"4567");
+        assert_eq!(r.finish(), Err(WireError::Truncated { received: 4 }));
+        assert_eq!(r.push(&bytes[bytes.len() - 2..]).unwrap().body, b"89");
+        assert_eq!(r.finish(), Ok(()));
+        assert_eq!(r.push(b"x"), Err(WireError::TrailingBytes { extra: 1 }));
+    }
+
+    #[test]
+    fn response_reader_refuses_answers_that_do_not_fit_the_request() {
+        let limits = Limits::default();
+        let req = Request::GetTarget { path: "t".into(), offset: 4, len: Some(2) };
+        let wrong_offset = encode_frame(&Response::TargetHeader { total_len: 10, offset: 0, len: 2 }, &limits).unwrap();
+        let too_long = encode_frame(&Response::TargetHeader { total_len: 10, offset: 4, len: 6 }, &limits).unwrap();
+        let wrong_kind = encode_frame(&Response::Ack, &limits).unwrap();
+        for f in [wrong_offset, too_long, wrong_kind] {
+            let err = ResponseReader::new(&req, limits).push(&f).unwrap_err();
+            assert!(matches!(err, WireError::UnexpectedResponse { .. }), "{err:?}");
+        }
+        let past_end = frame(
+            kinds::TARGET_HEADER,
+            &cbor(&map(vec![("total_len", 5u64.into()), ("offset", 4u64.into()), ("len", 2u64.into())])),
+        );
+        assert_eq!(ResponseReader::new(&req, limits).push(&past_end).unwrap_err().code(), ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn metadata_answer_is_bounded_by_max_len_before_buffering() {
+        let req = Request::GetMetadata { name: "timestamp.json".into(), max_len: 100 };
+        let mut r = ResponseReader::new(&req, Limits::default());
+        let err = r.push(&frame_header(kinds::METADATA, 1_000_000)).unwrap_err();
+        assert_eq!(err, WireError::Oversized { kind: kinds::METADATA, len: 1_000_000, limit: 132 });
+        let f = encode_frame(&Response::Metadata { bytes: vec![7; 101] }, &Limits::default()).unwrap();
+        let err = ResponseReader::new(&req, Limits::default()).push(&f).unwrap_err();
+        assert!(matches!(err, WireError::UnexpectedResponse { .. }));
+    }
+
+    #[test]
+    fn encoder_refuses_what_the_receiver_would_refuse_and_cuts_long_messages() {
+        let big = Response::Assignment { bytes: vec![0; Limits::ASSIGNMENT as usize] };
+        assert!(matches!(encode_frame(&big, &Limits::default()), Err(WireError::Oversized { .. })));
+        let Response::Error { message, .. } = Response::error(ErrorCode::Internal, "é".repeat(1000)) else {
+            unreachable!()
+        };
+        assert!(message.len() <= Limits::MAX_ERROR_MESSAGE && message.len() >= Limits::MAX_ERROR_MESSAGE - 1);
+        let f = encode_frame(&Response::error(ErrorCode::Internal, "x".repeat(10_000)), &Limits::default());
+        assert!(f.is_ok());
+    }
+
+    #[test]
+    fn mutated_frames_never_panic_and_whatever_is_accepted_is_canonical() {
+        // A cheap, deterministic stand-in for the `wire_frame` fuzz target: flip, drop and insert bytes in valid
+        // frames, decode in uneven pieces, and check accepted frames re-encode to exactly their bytes.
+        fn check<M: Message + fmt::Debug>(data: &[u8], step: usize) {
+            let mut d = FrameDecoder::<M>::new(Limits::default());
+            let (mut start, mut at) = (0, 0);
+            while at < data.len() {
+                let Ok(used) = d.push(&data[at..(at + step).min(data.len())]) else { return };
+                at += used;
+                if let Some(m) = d.pop() {
+                    assert_eq!(encode_frame(&m, &Limits::default()).unwrap(), &data[start..at], "{m:?}");
+                    start = at;
+                }
+            }
+            let _ = d.finish();
+        }
+        let seeds: Vec<Vec<u8>> = all_requests()
+            .iter()
+            .map(|r| encode_frame(r, &Limits::default()).unwrap())
+            .chain(all_responses().iter().map(|r| encode_frame(r, &Limits::default()).unwrap()))
+            .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut f = seeds[next() as usize % seeds.len()].clone();
+            for _ in 0..1 + next() % 3 {
+                let i = next() as usize % f.len();
+                match next() % 3 {
+                    0 => f[i] ^= 1 << (next() % 8),
+                    1 => drop(f.remove(i)),
+                    _ => f.insert(i, next() as u8),
+                }
+                if f.is_empty() {
+                    break;
+                }
+            }
+            let step = 1 + next() as usize % 16;
+            check::<Request>(&f, step);
+            check::<Response>(&f, step);
+        }
+    }
+
+    #[test]
+    fn unknown_error_codes_survive_the_trip() {
+        let r = Response::Error { code: ErrorCode::Other(999), message: String::new() };
+        assert_eq!(decode_all::<Response>(&encode_frame(&r, &Limits::default()).unwrap()).unwrap(), vec![r]);
+        for n in 1..=11 {
+            assert_eq!(ErrorCode::from_u16(n).to_u16(), n);
+        }
+    }
+}

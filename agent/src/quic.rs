@@ -1,0 +1,359 @@
+//! The agent's QUIC client to the hub: a thin tokio + quinn driver around `outpost_shared::wire`.
+//!
+//! It pins the hub's Ed25519 key, opens one stream per request, bounds every answer before buffering it (by the
+//! frame limits, the caller's `max_len` and the target length the caller trusts) and times out a stalled hub. It
+//! also implements `sigstore_tuf::Repository`, so the TUF client fetches metadata and targets through it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_attestation::identity::{Identity, IdentityError, PublicKey};
+use outpost_shared::wire::{self, ErrorCode, Limits, Request, Response, ResponseReader, WireError, codes};
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{RecvStream, VarInt};
+use sigstore_tuf::transport::FetchFuture;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+/// Where the hub is and how long to wait for it. [`ClientConfig::new`] sets conservative defaults.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The hub's UDP address.
+    pub hub_addr: SocketAddr,
+    /// The hub's Ed25519 public key; a hub presenting another key is refused during the handshake.
+    pub hub_key: PublicKey,
+    /// Frame size limits.
+    pub limits: Limits,
+    /// Longest wait for the handshake.
+    pub connect_timeout: Duration,
+    /// A connection silent for this long is closed (QUIC idle timeout); keep-alives go at a third of it.
+    pub idle_timeout: Duration,
+    /// Longest wait for any single step of a request (opening a stream, sending, each read of the answer).
+    pub stall_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Default handshake timeout.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default idle timeout.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default stall timeout.
+    pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// Defaults for everything but where the hub is and who it is.
+    pub fn new(hub_addr: SocketAddr, hub_key: PublicKey) -> Self {
+        ClientConfig {
+            hub_addr,
+            hub_key,
+            limits: Limits::default(),
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            stall_timeout: Self::DEFAULT_STALL_TIMEOUT,
+        }
+    }
+}
+
+/// Why a request to the hub failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The local TLS configuration could not be built (an API misuse, not a hub fault).
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A setting is out of range, or the local socket could not be opened.
+    #[error("client setup: {0}")]
+    Setup(String),
+    /// The connection could not be set up or was lost: includes a hub key that is not the pinned one (a TLS
+    /// error during the handshake) and the hub refusing this device (closed with
+    /// [`codes::CLOSE_UNKNOWN_DEVICE`]).
+    #[error("connection to the hub: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// A stream was reset or stopped by the hub, or failed with the connection.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The hub broke the protocol.
+    #[error("hub sent a bad answer: {0}")]
+    Wire(#[from] WireError),
+    /// The hub answered with a typed error.
+    #[error("hub refused the request ({code:?}): {message}")]
+    Hub {
+        /// The error code.
+        code: ErrorCode,
+        /// The hub's explanation.
+        message: String,
+    },
+    /// The target is larger than the caller allows.
+    #[error("target is {total_len} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Length the hub declared.
+        total_len: u64,
+        /// The caller's bound.
+        max: u64,
+    },
+    /// The hub did not make progress within the stall timeout.
+    #[error("hub stalled: no progress within {0:?}")]
+    Timeout(Duration),
+    /// Writing downloaded bytes to the caller's writer failed.
+    #[error("writing the download: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The application close code and reason if the hub closed the connection (e.g.
+    /// [`codes::CLOSE_UNKNOWN_DEVICE`]).
+    pub fn close_reason(&self) -> Option<(u32, String)> {
+        match self {
+            ClientError::Connection(quinn::ConnectionError::ApplicationClosed(close)) => Some((
+                u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX),
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The byte range a target download delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetRange {
+    /// The whole target's length, as the hub declared it.
+    pub total_len: u64,
+    /// First byte delivered.
+    pub offset: u64,
+    /// Bytes delivered (all of them were written to the writer).
+    pub len: u64,
+}
+
+/// A connection to the hub. Requests may run concurrently (up to the hub's per-connection stream limit).
+#[derive(Debug)]
+pub struct HubClient {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    limits: Limits,
+    stall: Duration,
+}
+
+/// Bytes asked of quinn per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl HubClient {
+    /// Connects and authenticates both ways: this device with `identity`, the hub by its pinned key.
+    pub async fn connect(identity: &Identity, config: &ClientConfig) -> Result<HubClient, ClientError> {
+        let setup = |e: &dyn std::fmt::Display| ClientError::Setup(e.to_string());
+        let tls = identity.client_config(config.hub_key)?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| setup(&e))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| setup(&e))?))
+            .keep_alive_interval(Some(config.idle_timeout / 3))
+            .max_concurrent_bidi_streams(VarInt::from_u32(0))
+            .max_concurrent_uni_streams(VarInt::from_u32(0));
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(Arc::new(transport));
+        let local: SocketAddr = match config.hub_addr {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let endpoint = quinn::Endpoint::client(local).map_err(|e| setup(&e))?;
+        // The name is not checked (the key is pinned) but TLS wants one.
+        let connecting = endpoint.connect_with(client, config.hub_addr, "outpost-hub").map_err(|e| setup(&e))?;
+        let conn = match timeout(config.connect_timeout, connecting).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(ClientError::Timeout(config.connect_timeout)),
+        };
+        Ok(HubClient { endpoint, conn, limits: config.limits, stall: config.stall_timeout })
+    }
+
+    /// The underlying connection, for tests and diagnostics.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// A TUF metadata file (`timestamp.json`, `3.root.json`...), at most `max_len` bytes; `None` if the hub has
+    /// none by that name.
+    pub async fn metadata(&self, name: &str, max_len: u64) -> Result<Option<Vec<u8>>, ClientError> {
+        let request = Request::GetMetadata { name: name.to_owned(), max_len };
+        match self.simple(&request).await? {
+            Response::Metadata { bytes } => Ok(Some(bytes)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The director's assignment for this device; `None` if it has none.
+    pub async fn assignment(&self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.simple(&Request::GetAssignment).await? {
+            Response::Assignment { bytes } => Ok(Some(bytes)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Sends a report; returns once the hub has stored it.
+    pub async fn report(&self, body: &[u8]) -> Result<(), ClientError> {
+        self.simple(&Request::PostReport { body: body.to_vec() }).await.map(drop)
+    }
+
+    /// Downloads a target from `offset` to its end into `out` (resume: pass the length already on disk).
+    /// Refused before any body byte is read if the hub declares more than `max_total` bytes (the length the
+    /// caller trusts from TUF targets metadata). `None` if the hub has no such target.
+    pub async fn download_target<W: AsyncWrite + Unpin + Send>(
+        &self,
+        path: &str,
+        offset: u64,
+        max_total: u64,
+        out: &mut W,
+    ) -> Result<Option<TargetRange>, ClientError> {
+        self.download_range(path, offset, None, max_total, out).await
+    }
+
+    /// Downloads `len` bytes of a target from `offset` (or to the end if `len` is `None`) into `out`, bounded as
+    /// [`HubClient::download_target`] is.
+    pub async fn download_range<W: AsyncWrite + Unpin + Send>(
+        &self,
+        path: &str,
+        offset: u64,
+        len: Option<u64>,
+        max_total: u64,
+        out: &mut W,
+    ) -> Result<Option<TargetRange>, ClientError> {
+        let request = Request::GetTarget { path: path.to_owned(), offset, len };
+        let (response, first, mut recv, mut reader) = self.start(&request).await?;
+        let range = match response {
+            Response::TargetHeader { total_len, offset, len } => TargetRange { total_len, offset, len },
+            other => return finish_simple(other, recv, reader, self.stall).await.map(|_| None),
+        };
+        if range.total_len > max_total {
+            let _ = recv.stop(VarInt::from_u32(codes::STREAM_PROTOCOL));
+            return Err(ClientError::TooLarge { total_len: range.total_len, max: max_total });
+        }
+        out.write_all(&first).await?;
+        loop {
+            match read_chunk(&mut recv, self.stall).await? {
+                Some(chunk) => out.write_all(reader.push(&chunk.bytes)?.body).await?,
+                None => {
+                    reader.finish()?;
+                    break;
+                }
+            }
+        }
+        out.flush().await?;
+        Ok(Some(range))
+    }
+
+    /// Closes the connection politely and waits for the hub to hear it.
+    pub async fn close(self) {
+        self.conn.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"done");
+        let _ = timeout(self.stall, self.endpoint.wait_idle()).await;
+    }
+
+    /// Runs a request whose answer is one frame; typed hub errors become [`ClientError::Hub`].
+    async fn simple(&self, request: &Request) -> Result<Response, ClientError> {
+        let (response, _, recv, reader) = self.start(request).await?;
+        finish_simple(response, recv, reader, self.stall).await
+    }
+
+    /// Opens a stream, sends the request, and reads until the response frame is complete. Returns it with any
+    /// raw body bytes that came in the same read.
+    async fn start(&self, request: &Request) -> Result<(Response, Vec<u8>, RecvStream, ResponseReader), ClientError> {
+        let frame = wire::encode_frame(request, &self.limits)?;
+        let (mut send, mut recv) = match timeout(self.stall, self.conn.open_bi()).await {
+            Ok(streams) => streams?,
+            Err(_) => return Err(ClientError::Timeout(self.stall)),
+        };
+        match timeout(self.stall, send.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(stream_error(e)),
+            Err(_) => return Err(ClientError::Timeout(self.stall)),
+        }
+        let _ = send.finish();
+        let mut reader = ResponseReader::new(request, self.limits);
+        loop {
+            let Some(chunk) = read_chunk(&mut recv, self.stall).await? else {
+                reader.finish()?;
+                return Err(WireError::Truncated { received: 0 }.into());
+            };
+            let progress = reader.push(&chunk.bytes)?;
+            if let Some(response) = progress.response {
+                return Ok((response, progress.body.to_vec(), recv, reader));
+            }
+        }
+    }
+}
+
+async fn read_chunk(recv: &mut RecvStream, stall: Duration) -> Result<Option<quinn::Chunk>, ClientError> {
+    match timeout(stall, recv.read_chunk(READ_CHUNK, true)).await {
+        Ok(Ok(chunk)) => Ok(chunk),
+        Ok(Err(e)) => Err(stream_error(e)),
+        Err(_) => Err(ClientError::Timeout(stall)),
+    }
+}
+
+/// A stream failure, keeping the connection error when that is the cause.
+fn stream_error(e: impl Into<StreamFailure>) -> ClientError {
+    match e.into() {
+        StreamFailure::Connection(c) => ClientError::Connection(c),
+        StreamFailure::Other(s) => ClientError::Stream(s),
+    }
+}
+
+enum StreamFailure {
+    Connection(quinn::ConnectionError),
+    Other(String),
+}
+
+impl From<quinn::ReadError> for StreamFailure {
+    fn from(e: quinn::ReadError) -> Self {
+        match e {
+            quinn::ReadError::ConnectionLost(c) => StreamFailure::Connection(c),
+            e => StreamFailure::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<quinn::WriteError> for StreamFailure {
+    fn from(e: quinn::WriteError) -> Self {
+        match e {
+            quinn::WriteError::ConnectionLost(c) => StreamFailure::Connection(c),
+            e => StreamFailure::Other(e.to_string()),
+        }
+    }
+}
+
+/// Checks a one-frame answer ends the stream, and turns a hub `Error` into [`ClientError::Hub`].
+async fn finish_simple(
+    response: Response,
+    mut recv: RecvStream,
+    mut reader: ResponseReader,
+    stall: Duration,
+) -> Result<Response, ClientError> {
+    if let Response::Error { code, message } = response {
+        return Err(ClientError::Hub { code, message });
+    }
+    while let Some(chunk) = read_chunk(&mut recv, stall).await? {
+        reader.push(&chunk.bytes)?;
+    }
+    reader.finish()?;
+    Ok(response)
+}
+
+fn transport_error(what: String, e: ClientError) -> sigstore_tuf::Error {
+    sigstore_tuf::Error::transport_with_source(what, e)
+}
+
+/// The TUF client's view of the hub: `Ok(None)` when the hub says not found, an error for anything else.
+impl sigstore_tuf::Repository for HubClient {
+    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
+        Box::pin(async move {
+            self.metadata(name, max_length).await.map_err(|e| transport_error(format!("fetching {name}"), e))
+        })
+    }
+
+    fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
+        Box::pin(async move {
+            let mut bytes = Vec::new();
+            match self.download_target(path, 0, max_length, &mut bytes).await {
+                Ok(Some(_)) => Ok(Some(bytes)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(transport_error(format!("fetching target {path}"), e)),
+            }
+        })
+    }
+}

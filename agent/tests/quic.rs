@@ -1,0 +1,437 @@
+//! End-to-end tests of the agent–hub QUIC service over real loopback QUIC: the hub's `serve` driver with an
+//! in-memory backend, the agent's `HubClient`, and hand-built frames on raw streams for the refusal cases.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_agent::quic::{ClientConfig, ClientError, HubClient, TargetRange};
+use outpost_attestation::identity::{Identity, PublicKey};
+use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server};
+use outpost_shared::wire::{self, ErrorCode, FrameDecoder, Limits, Response, codes, frame_header, kinds};
+use sigstore_tuf::Repository;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const HUB_SEED: [u8; 32] = [0x11; 32];
+const DEVICE_SEED: [u8; 32] = [0x22; 32];
+const STRANGER_SEED: [u8; 32] = [0x33; 32];
+const TARGET_PATH: &str = "models/affine/1.0.0.opkg";
+const TARGET_LEN: usize = 200_000;
+
+/// Bytes of the test target: not periodic in 256, so a misplaced range shows.
+fn target_bytes() -> Vec<u8> {
+    (0..TARGET_LEN as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+}
+
+/// The hub's stores, in memory; targets live in files in a temporary directory.
+struct MemoryBackend {
+    allowed: Mutex<HashSet<[u8; 32]>>,
+    metadata: HashMap<String, Vec<u8>>,
+    assignments: HashMap<[u8; 32], Vec<u8>>,
+    targets: HashMap<String, (PathBuf, u64)>,
+    reports: Mutex<Vec<([u8; 32], Vec<u8>)>>,
+    _dir: tempfile::TempDir,
+}
+
+impl MemoryBackend {
+    fn new() -> MemoryBackend {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("target.bin");
+        std::fs::write(&file, target_bytes()).unwrap();
+        let short = dir.path().join("short.bin");
+        std::fs::write(&short, b"only ten b").unwrap();
+        let device = Identity::from_seed(DEVICE_SEED).public_key().0;
+        MemoryBackend {
+            allowed: Mutex::new([device].into()),
+            metadata: [
+                ("timestamp.json".to_owned(), b"{\"signed\":{\"_type\":\"timestamp\"}}".to_vec()),
+                ("1.root.json".to_owned(), vec![b'r'; 5000]),
+            ]
+            .into(),
+            assignments: [(device, b"assignment for device".to_vec())].into(),
+            targets: [
+                (TARGET_PATH.to_owned(), (file, TARGET_LEN as u64)),
+                // The backend claims more bytes than the file holds: the hub must not pretend otherwise.
+                ("broken/short.bin".to_owned(), (short, 100)),
+            ]
+            .into(),
+            reports: Mutex::new(Vec::new()),
+            _dir: dir,
+        }
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn device_allowed(&self, key: &[u8; 32]) -> bool {
+        self.allowed.lock().unwrap().contains(key)
+    }
+    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.metadata.get(name).cloned())
+    }
+    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.assignments.get(device).cloned())
+    }
+    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        Ok(self.targets.get(path).cloned())
+    }
+    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+        if body == b"fail" {
+            return Err("disk full".into());
+        }
+        self.reports.lock().unwrap().push((*device, body.to_vec()));
+        Ok(())
+    }
+}
+
+/// A running hub on 127.0.0.1 with an ephemeral port.
+struct TestHub {
+    addr: SocketAddr,
+    key: PublicKey,
+    backend: Arc<MemoryBackend>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestHub {
+    fn start(tweak: impl FnOnce(&mut ServeConfig)) -> TestHub {
+        let identity = Identity::from_seed(HUB_SEED);
+        let key = identity.public_key();
+        let mut config = ServeConfig::new(identity);
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut config);
+        let backend = Arc::new(MemoryBackend::new());
+        let server = Server::bind(config, backend.clone()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        TestHub { addr, key, backend, stop: Some(stop), task: Some(task) }
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(self.addr, self.key);
+        c.stall_timeout = Duration::from_secs(5);
+        c
+    }
+
+    async fn client(&self) -> HubClient {
+        HubClient::connect(&Identity::from_seed(DEVICE_SEED), &self.config()).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        timeout(Duration::from_secs(10), self.task.take().unwrap()).await.expect("hub stops").unwrap();
+    }
+}
+
+/// Sends `bytes` on a fresh stream (finishing it if `finish`), and reads the hub's one-frame answer.
+async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8], finish: bool) -> (Response, quinn::SendStream) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    if finish {
+        send.finish().unwrap();
+    }
+    let answer = timeout(Duration::from_secs(5), recv.read_to_end(64 * 1024)).await.expect("hub answers").unwrap();
+    let mut decoder = FrameDecoder::<Response>::new(Limits::default());
+    assert_eq!(decoder.push(&answer).unwrap(), answer.len(), "exactly one frame, then the end of the stream");
+    (decoder.pop().expect("a complete frame"), send)
+}
+
+fn error_code(response: &Response) -> ErrorCode {
+    match response {
+        Response::Error { code, .. } => *code,
+        other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
+/// Waits for the hub to stop our send side, and returns its code.
+async fn stop_code(send: &quinn::SendStream) -> u32 {
+    let code = timeout(Duration::from_secs(5), send.stopped()).await.expect("hub stops the stream").unwrap();
+    code.expect("stopped, not finished").into_inner() as u32
+}
+
+/// Proves the connection still serves ordinary requests.
+async fn still_serves(client: &HubClient) {
+    assert!(client.metadata("timestamp.json", 16_384).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn metadata_is_served_by_name_and_missing_is_not_found() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    let ts = client.metadata("timestamp.json", 16_384).await.unwrap();
+    assert_eq!(ts.as_deref(), Some(&hub.backend.metadata["timestamp.json"][..]));
+    assert_eq!(client.metadata("1.root.json", 512_000).await.unwrap().unwrap().len(), 5000);
+    assert_eq!(client.metadata("2.root.json", 512_000).await.unwrap(), None);
+    client.close().await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn metadata_larger_than_asked_for_is_refused_by_the_hub() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    let err = client.metadata("1.root.json", 4999).await.unwrap_err();
+    assert!(matches!(err, ClientError::Hub { code: ErrorCode::TooLarge, .. }), "{err}");
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn assignment_is_the_connected_devices() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    assert_eq!(client.assignment().await.unwrap().as_deref(), Some(&b"assignment for device"[..]));
+}
+
+#[tokio::test]
+async fn report_is_stored_against_the_device_and_acknowledged() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    client.report(b"installed affine 1.0.0").await.unwrap();
+    let device = Identity::from_seed(DEVICE_SEED).public_key().0;
+    assert_eq!(*hub.backend.reports.lock().unwrap(), vec![(device, b"installed affine 1.0.0".to_vec())]);
+    // A backend failure is an internal error to the device, with no detail, and the hub carries on.
+    let err = client.report(b"fail").await.unwrap_err();
+    assert!(matches!(&err, ClientError::Hub { code: ErrorCode::Internal, message } if message == "internal error"));
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn target_download_resumes_from_an_offset() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    let all = target_bytes();
+    let total = TARGET_LEN as u64;
+
+    // An interrupted download left the first 70 001 bytes on disk; resume fetches exactly the rest.
+    let mut file = all[..70_001].to_vec();
+    let range = client.download_target(TARGET_PATH, 70_001, total, &mut file).await.unwrap().unwrap();
+    assert_eq!(range, TargetRange { total_len: total, offset: 70_001, len: total - 70_001 });
+    assert!(file == all, "resumed download reassembles the target");
+
+    // A bounded range in the middle.
+    let mut middle = Vec::new();
+    let range = client.download_range(TARGET_PATH, 1000, Some(5000), total, &mut middle).await.unwrap().unwrap();
+    assert_eq!(range.len, 5000);
+    assert!(middle == all[1000..6000]);
+
+    // At the very end: an empty range; past it: a typed refusal.
+    let mut empty = Vec::new();
+    let range = client.download_target(TARGET_PATH, total, total, &mut empty).await.unwrap().unwrap();
+    assert_eq!((range.len, empty.len()), (0, 0));
+    let err = client.download_target(TARGET_PATH, total + 1, total, &mut Vec::new()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Hub { code: ErrorCode::RangeNotSatisfiable, .. }), "{err}");
+
+    // Bounded by the length the caller trusts, before any body byte is taken.
+    let mut none = Vec::new();
+    let err = client.download_target(TARGET_PATH, 0, total - 1, &mut none).await.unwrap_err();
+    assert!(matches!(err, ClientError::TooLarge { total_len, .. } if total_len == total), "{err}");
+    assert!(none.is_empty());
+
+    assert_eq!(client.download_target("models/none.opkg", 0, total, &mut Vec::new()).await.unwrap(), None);
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn target_file_shorter_than_recorded_resets_the_stream_instead_of_lying() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    let err = client.download_target("broken/short.bin", 0, 100, &mut Vec::new()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Stream(_) | ClientError::Wire(_)), "{err}");
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn unknown_device_is_refused() {
+    let hub = TestHub::start(|_| {});
+    let config = hub.config();
+    let err = async {
+        let client = HubClient::connect(&Identity::from_seed(STRANGER_SEED), &config).await?;
+        client.metadata("timestamp.json", 16_384).await
+    }
+    .await
+    .unwrap_err();
+    assert_eq!(err.close_reason(), Some((codes::CLOSE_UNKNOWN_DEVICE, "unknown device".to_owned())), "{err}");
+    // The enrolled device is unaffected.
+    still_serves(&hub.client().await).await;
+}
+
+#[tokio::test]
+async fn device_removed_from_the_allow_list_is_cut_off_while_connected() {
+    let hub = TestHub::start(|c| c.recheck_interval = Duration::from_millis(200));
+    let client = hub.client().await;
+    still_serves(&client).await;
+    hub.backend.allowed.lock().unwrap().clear();
+    let closed = timeout(Duration::from_secs(3), client.connection().closed()).await.expect("hub cuts it off");
+    let err = ClientError::Connection(closed);
+    assert_eq!(err.close_reason(), Some((codes::CLOSE_UNKNOWN_DEVICE, "device no longer allowed".to_owned())));
+    assert!(client.metadata("timestamp.json", 16_384).await.is_err());
+}
+
+#[tokio::test]
+async fn wrong_hub_key_is_refused_by_client() {
+    let hub = TestHub::start(|_| {});
+    let mut config = hub.config();
+    config.hub_key = Identity::from_seed(STRANGER_SEED).public_key();
+    let err = HubClient::connect(&Identity::from_seed(DEVICE_SEED), &config).await.unwrap_err();
+    let ClientError::Connection(quinn::ConnectionError::TransportError(e)) = &err else {
+        panic!("expected a TLS failure during the handshake, got {err:?}");
+    };
+    assert!(e.to_string().contains("pinned key is"), "{e}");
+    still_serves(&hub.client().await).await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused() {
+    let hub = TestHub::start(|c| c.max_connections = 1);
+    let first = hub.client().await;
+    let second = async {
+        let client = HubClient::connect(&Identity::from_seed(DEVICE_SEED), &hub.config()).await?;
+        client.metadata("timestamp.json", 16_384).await
+    }
+    .await;
+    assert!(matches!(second, Err(ClientError::Connection(_))), "{second:?}");
+    still_serves(&first).await;
+}
+
+#[tokio::test]
+async fn truncated_frame_gets_typed_error_and_hub_keeps_serving() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    let frame = wire::encode_frame(
+        &wire::Request::GetMetadata { name: "timestamp.json".into(), max_len: 16_384 },
+        &Limits::default(),
+    )
+    .unwrap();
+    // Mid-header and mid-body, each followed by the end of the stream.
+    for cut in [3, frame.len() - 4] {
+        let (response, _) = raw_exchange(client.connection(), &frame[..cut], true).await;
+        assert_eq!(error_code(&response), ErrorCode::Truncated, "{response:?}");
+    }
+    // A stream with nothing on it at all.
+    let (response, _) = raw_exchange(client.connection(), &[], true).await;
+    assert_eq!(error_code(&response), ErrorCode::Truncated);
+    // Bytes after a complete request.
+    let (response, _) = raw_exchange(client.connection(), &[&frame[..], &[0]].concat(), true).await;
+    assert_eq!(error_code(&response), ErrorCode::TrailingBytes);
+    still_serves(&client).await;
+    still_serves(&hub.client().await).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_before_buffering() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    // Announce a 4 GiB report and send only the header: the refusal comes without a byte of the body.
+    let (response, send) = raw_exchange(client.connection(), &frame_header(kinds::POST_REPORT, u32::MAX), false).await;
+    let Response::Error { code, message } = &response else { panic!("{response:?}") };
+    assert_eq!(*code, ErrorCode::Oversized);
+    assert!(message.contains(&Limits::POST_REPORT.to_string()), "{message}");
+    assert_eq!(stop_code(&send).await, codes::STREAM_PROTOCOL, "the request side is reset");
+    // Just over the limit of a small type.
+    let (response, _) =
+        raw_exchange(client.connection(), &frame_header(kinds::GET_METADATA, Limits::GET_METADATA + 1), false).await;
+    assert_eq!(error_code(&response), ErrorCode::Oversized);
+    assert!(hub.backend.reports.lock().unwrap().is_empty());
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn unknown_message_type_gets_typed_error() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    for kind in [0x00, 0x7f, kinds::METADATA] {
+        let (response, send) =
+            raw_exchange(client.connection(), &[&frame_header(kind, 1)[..], &[0xa0]].concat(), false).await;
+        assert_eq!(error_code(&response), ErrorCode::UnknownType, "type {kind:#04x}");
+        assert_eq!(stop_code(&send).await, codes::STREAM_PROTOCOL);
+    }
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn wrong_cbor_type_gets_typed_error() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    // A GetMetadata whose body is the text string "timestamp.json" instead of a map.
+    let body = [&[0x6e][..], b"timestamp.json"].concat();
+    let frame = [&frame_header(kinds::GET_METADATA, body.len() as u32)[..], &body].concat();
+    let (response, _) = raw_exchange(client.connection(), &frame, true).await;
+    assert_eq!(error_code(&response), ErrorCode::WrongCborType, "{response:?}");
+    // A GetTarget whose offset is a text string.
+    let body = [&[0xa2, 0x64][..], b"path", &[0x61, b'a', 0x66], b"offset", &[0x61, b'0']].concat();
+    let frame = [&frame_header(kinds::GET_TARGET, body.len() as u32)[..], &body].concat();
+    let (response, _) = raw_exchange(client.connection(), &frame, true).await;
+    assert_eq!(error_code(&response), ErrorCode::WrongCborType, "{response:?}");
+    // Not CBOR at all.
+    let frame = [&frame_header(kinds::GET_ASSIGNMENT, 1)[..], &[0xff]].concat();
+    let (response, _) = raw_exchange(client.connection(), &frame, true).await;
+    assert_eq!(error_code(&response), ErrorCode::Malformed, "{response:?}");
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn stalled_peer_times_out() {
+    let hub = TestHub::start(|c| c.stall_timeout = Duration::from_millis(300));
+    let client = hub.client().await;
+    let (mut send, mut recv) = client.connection().open_bi().await.unwrap();
+    send.write_all(&frame_header(kinds::GET_METADATA, 40)[..3]).await.unwrap();
+    let answer = timeout(Duration::from_secs(3), recv.read_to_end(1024)).await.expect("hub gives up").unwrap();
+    let mut decoder = FrameDecoder::<Response>::new(Limits::default());
+    decoder.push(&answer).unwrap();
+    assert_eq!(error_code(&decoder.pop().unwrap()), ErrorCode::Timeout);
+    assert_eq!(stop_code(&send).await, codes::STREAM_TIMEOUT);
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn per_connection_concurrency_is_bounded() {
+    let hub = TestHub::start(|c| c.max_streams_per_connection = 2);
+    let client = hub.client().await;
+    let conn = client.connection();
+    let frame = wire::encode_frame(&wire::Request::GetAssignment, &Limits::default()).unwrap();
+    // Two requests held open half-sent use up the connection's streams.
+    let (mut send1, mut recv1) = conn.open_bi().await.unwrap();
+    send1.write_all(&frame[..2]).await.unwrap();
+    let (mut send2, _recv2) = conn.open_bi().await.unwrap();
+    send2.write_all(&frame[..2]).await.unwrap();
+    let mut third = Box::pin(conn.open_bi());
+    assert!(timeout(Duration::from_millis(500), &mut third).await.is_err(), "a third stream must wait");
+    // Completing the first request frees its stream; the third then opens and is served.
+    send1.write_all(&frame[2..]).await.unwrap();
+    send1.finish().unwrap();
+    let answer = recv1.read_to_end(1024).await.unwrap();
+    let mut decoder = FrameDecoder::<Response>::new(Limits::default());
+    decoder.push(&answer).unwrap();
+    assert!(matches!(decoder.pop(), Some(Response::Assignment { .. })));
+    let (mut send3, mut recv3) = timeout(Duration::from_secs(5), third).await.expect("stream freed").unwrap();
+    send3.write_all(&frame).await.unwrap();
+    send3.finish().unwrap();
+    let answer = recv3.read_to_end(1024).await.unwrap();
+    let mut decoder = FrameDecoder::<Response>::new(Limits::default());
+    decoder.push(&answer).unwrap();
+    assert!(matches!(decoder.pop(), Some(Response::Assignment { .. })));
+}
+
+#[tokio::test]
+async fn sigstore_repository_fetches_through_the_hub_and_not_found_is_none() {
+    let hub = TestHub::start(|_| {});
+    let client = hub.client().await;
+    let repo: &dyn Repository = &client;
+    let ts = repo.fetch_metadata("timestamp.json", 16_384).await.unwrap();
+    assert_eq!(ts.as_deref(), Some(&hub.backend.metadata["timestamp.json"][..]));
+    assert!(repo.fetch_metadata("2.root.json", 512_000).await.unwrap().is_none());
+    let target = repo.fetch_target(TARGET_PATH, TARGET_LEN as u64).await.unwrap().unwrap();
+    assert!(target == target_bytes());
+    assert!(repo.fetch_target("models/none.opkg", 1000).await.unwrap().is_none());
+    // Over max_length is an error, not a truncated success.
+    let err = repo.fetch_target(TARGET_PATH, 1000).await.unwrap_err();
+    assert!(matches!(err, sigstore_tuf::Error::Transport { .. }), "{err}");
+    let err = repo.fetch_metadata("1.root.json", 100).await.unwrap_err();
+    assert!(matches!(err, sigstore_tuf::Error::Transport { .. }), "{err}");
+}

@@ -1,0 +1,147 @@
+//! What the QUIC service serves, read from the hub's data directory: TUF metadata and targets from the
+//! repository, director bundles per device, the device allow-list from the registry, and durable device reports.
+//!
+//! The registry index is opened per call and released at once, so admin commands can run beside `serve`.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use outpost_shared::canonical;
+use outpost_shared::clock::Clock;
+use outpost_shared::director::Bundle;
+
+use crate::director::Director;
+use crate::registry::{DeviceStatus, Registry};
+use crate::serve::{Backend, BackendError};
+use crate::tuf::TufRepo;
+
+/// The hub's serving backend.
+pub struct HubBackend {
+    dir: PathBuf,
+    repo: TufRepo,
+    clock: Arc<dyn Clock>,
+    /// Serialises index access within this process (redb admits one opener).
+    index: Mutex<()>,
+    /// Signed assignments per device, reused while their targets are unchanged and fresh.
+    assignments: Mutex<HashMap<String, CachedAssignment>>,
+}
+
+struct CachedAssignment {
+    targets: Vec<String>,
+    bytes: Vec<u8>,
+    expires: u64,
+}
+
+impl std::fmt::Debug for HubBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubBackend").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl HubBackend {
+    /// A backend over the hub in `dir`.
+    pub fn new(dir: &Path, repo: TufRepo, clock: Arc<dyn Clock>) -> Self {
+        HubBackend { dir: dir.to_owned(), repo, clock, index: Mutex::new(()), assignments: Mutex::new(HashMap::new()) }
+    }
+
+    fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        let _guard = self.index.lock().map_err(|_| "index lock poisoned")?;
+        let reg = Registry::open(&self.dir, self.clock.clone())?;
+        f(&reg)
+    }
+}
+
+/// A repository-relative path that stays inside its directory: no `..`, no root, no empty parts.
+fn safe_relative(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    if path.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    Some(p.to_owned())
+}
+
+impl Backend for HubBackend {
+    fn device_allowed(&self, key: &[u8; 32]) -> bool {
+        self.with_registry(|reg| Ok(reg.device(&hex::encode(key))?))
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.status == DeviceStatus::Approved)
+    }
+
+    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        if name.contains('/') {
+            return Ok(None);
+        }
+        let Some(rel) = safe_relative(name) else { return Ok(None) };
+        match fs::read(self.repo.metadata_dir().join(rel)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        let key = hex::encode(device);
+        let director = Director::new(&self.repo);
+        let now = self.clock.wall();
+        let revoked = director.revocations()?;
+        let current: Vec<String> = {
+            let published = director.published()?;
+            let device_channel =
+                self.with_registry(|reg| Ok(reg.device(&key)?))?.filter(|d| d.status == DeviceStatus::Approved);
+            let Some(record) = device_channel else { return Ok(None) };
+            published
+                .iter()
+                .filter(|p| p.channels.contains(&record.channel))
+                .filter(|p| !revoked.revoked.iter().any(|r| r.digest == p.digest))
+                .map(|p| p.path.clone())
+                .collect()
+        };
+        let margin = self.repo.expiries().resign_margin_secs;
+        let cached = {
+            let cache = self.assignments.lock().map_err(|_| "cache lock poisoned")?;
+            cache.get(&key).filter(|c| c.targets == current && c.expires > now + margin).map(|c| c.bytes.clone())
+        };
+        let assignment = match cached {
+            Some(bytes) => bytes,
+            None => {
+                let Some(bytes) = self.with_registry(|reg| Ok(director.assignment(reg, &key, now)?))? else {
+                    return Ok(None);
+                };
+                let expires = now + self.repo.expiries().timestamp_secs;
+                let mut cache = self.assignments.lock().map_err(|_| "cache lock poisoned")?;
+                cache.insert(key, CachedAssignment { targets: current, bytes: bytes.clone(), expires });
+                bytes
+            }
+        };
+        let bundle = Bundle { assignment, revocations: director.revocations_bytes() };
+        Ok(Some(canonical::to_vec(&bundle)?))
+    }
+
+    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        let Some(rel) = safe_relative(path) else { return Ok(None) };
+        let full = self.repo.targets_dir().join(rel);
+        match fs::metadata(&full) {
+            Ok(m) if m.is_file() => Ok(Some((full, m.len()))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+        // One append-only file per device: a 4-byte length, then the report. Durable before the Ack.
+        let dir = self.dir.join("reports");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.reports", hex::encode(device)));
+        let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = u32::try_from(body.len())?;
+        f.write_all(&len.to_be_bytes())?;
+        f.write_all(body)?;
+        f.sync_data()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! Hub service benchmarks against nginx, each measured in one run and printed as a ratio:
+//! update checks per second on warm QUIC connections vs nginx serving `timestamp.json` over TLS 1.3 keep-alive
+//! (wrk), and target download throughput over QUIC vs nginx HTTPS (curl) for the same file.
+//!
+//! Run through `scripts/bench-quic`, which installs nginx, wrk and curl from Debian packages if missing.
+//! Both servers get one worker (nginx `worker_processes 1`; the hub a one-thread tokio runtime); both load
+//! generators get one thread and 64 connections.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use outpost_agent::quic::{ClientConfig, HubClient};
+use outpost_attestation::identity::Identity;
+use outpost_hub::Registry;
+use outpost_hub::backend::HubBackend;
+use outpost_hub::clock::SystemClock;
+use outpost_hub::serve::{ServeConfig, Server};
+use outpost_hub::tuf::{GenerateOptions, Key, TufRepo};
+use outpost_shared::clock::Clock;
+use outpost_shared::rng::SeededRng;
+use outpost_shared::testkit::{AffineManifest, affine_model_sized};
+
+const CONNECTIONS: usize = 64;
+const DURATION: Duration = Duration::from_secs(10);
+/// 16 Mi floats: a 64 MiB model, so a ~64 MiB package.
+const PADDING_FLOATS: usize = 16 * 1024 * 1024;
+const DOWNLOAD_RUNS: usize = 3;
+
+#[allow(clippy::disallowed_methods)] // A benchmark measures real time.
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    hub_dir: PathBuf,
+    export: PathBuf,
+    target_path: String,
+    stored_target: String,
+    target_len: u64,
+}
+
+fn setup() -> Result<Setup> {
+    let tmp = tempfile::tempdir()?;
+    let hub_dir = tmp.path().join("hub");
+    Registry::init(&hub_dir)?;
+    let repo = TufRepo::new(&hub_dir, Default::default());
+    let offline = tmp.path().join("offline");
+    let now = SystemClock.wall();
+    repo.generate(&offline, GenerateOptions::default(), &mut SeededRng::new(1), now)?;
+    let m = AffineManifest::new("big", "1.0.0", 2.0, 1.0);
+    let model = tmp.path().join("big.onnx");
+    let manifest = tmp.path().join("big.toml");
+    std::fs::write(&model, affine_model_sized(m.scale, m.bias, PADDING_FLOATS))?;
+    std::fs::write(&manifest, m.toml())?;
+    let (record, parsed) = {
+        let reg = Registry::open(&hub_dir, Arc::new(SystemClock))?;
+        let d = reg.add(&model, &manifest)?.digest;
+        (reg.record(&d)?.context("record")?, reg.manifest(&d)?.1)
+    };
+    let key_path = offline.join("targets-1.key");
+    repo.publish(&record, &parsed, "stable", &Key::load(&key_path)?, &key_path, now)?;
+    let export = tmp.path().join("export");
+    repo.export(&export)?;
+    let target_path = outpost_hub::tuf::target_path(&parsed);
+    let (dir, name) = target_path.rsplit_once('/').context("target path")?;
+    let stored_target = format!("{dir}/{}.{name}", record.digest.to_hex());
+    Ok(Setup { hub_dir, export, target_path, stored_target, target_len: record.package_len, _tmp: tmp })
+}
+
+/// Starts the hub's QUIC service on its own one-thread runtime; returns its address and key.
+fn start_hub(s: &Setup) -> Result<(SocketAddr, outpost_attestation::identity::PublicKey, Identity)> {
+    let hub_id = Identity::from_seed([3; 32]);
+    let hub_key = hub_id.public_key();
+    let device = Identity::from_seed([4; 32]);
+    Registry::open(&s.hub_dir, Arc::new(SystemClock))?.device_approve(&device.public_key().to_hex(), "stable")?;
+    let backend =
+        Arc::new(HubBackend::new(&s.hub_dir, TufRepo::new(&s.hub_dir, Default::default()), Arc::new(SystemClock)));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let mut config = ServeConfig::new(hub_id);
+            config.bind = "127.0.0.1:0".parse().expect("addr");
+            config.max_connections = 4 * CONNECTIONS;
+            let server = Server::bind(config, backend).expect("bind");
+            tx.send(server.local_addr().expect("addr")).expect("send");
+            server.run(std::future::pending()).await;
+        });
+    });
+    Ok((rx.recv()?, hub_key, device))
+}
+
+fn quic_checks_per_sec(
+    addr: SocketAddr,
+    hub_key: outpost_attestation::identity::PublicKey,
+    device: &Identity,
+) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let config = ClientConfig::new(addr, hub_key);
+        let mut clients = Vec::new();
+        for _ in 0..CONNECTIONS {
+            clients.push(Arc::new(HubClient::connect(device, &config).await?));
+        }
+        // Warm up: one check per connection.
+        for c in &clients {
+            c.metadata("timestamp.json", 16_384).await?.context("timestamp.json")?;
+        }
+        let count = Arc::new(AtomicU64::new(0));
+        let start = now();
+        let mut tasks = Vec::new();
+        for c in &clients {
+            let (c, count) = (c.clone(), count.clone());
+            tasks.push(tokio::spawn(async move {
+                while now().duration_since(start) < DURATION {
+                    if c.metadata("timestamp.json", 16_384).await.is_ok_and(|m| m.is_some()) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        Ok(count.load(Ordering::Relaxed) as f64 / now().duration_since(start).as_secs_f64())
+    })
+}
+
+fn quic_download_gbps(
+    s: &Setup,
+    addr: SocketAddr,
+    hub_key: outpost_attestation::identity::PublicKey,
+    device: &Identity,
+) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = HubClient::connect(device, &ClientConfig::new(addr, hub_key)).await?;
+        let mut runs = Vec::new();
+        for _ in 0..=DOWNLOAD_RUNS {
+            let start = now();
+            let range = client
+                .download_target(&s.stored_target, 0, s.target_len, &mut tokio::io::sink())
+                .await?
+                .context("target")?;
+            anyhow::ensure!(range.len == s.target_len, "short download");
+            runs.push(s.target_len as f64 / now().duration_since(start).as_secs_f64() / 1e9);
+        }
+        runs.remove(0); // warm-up
+        Ok(median(runs))
+    })
+}
+
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx(root: &Path, work: &Path) -> Result<Nginx> {
+    std::fs::create_dir_all(work)?;
+    let (cert, key) = (work.join("cert.pem"), work.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !ok.success() {
+        bail!("openssl could not make a test certificate");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = format!(
+        "user root;\nworker_processes 1;\ndaemon off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 100000000;\n  keepalive_timeout 60s;\n\
+         client_body_temp_path {w}; proxy_temp_path {w}; fastcgi_temp_path {w}; uwsgi_temp_path {w}; scgi_temp_path {w};\n\
+         server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.3;\n    ssl_certificate {c};\n    ssl_certificate_key {k};\n    root {r};\n  }}\n}}\n",
+        w = work.display(),
+        c = cert.display(),
+        k = key.display(),
+        r = root.display()
+    );
+    let conf_path = work.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(work)
+        .arg("-c")
+        .arg(&conf_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("nginx not found: run scripts/bench-quic, which installs it")?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Nginx { child, port });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nginx did not start; see {}/error.log", work.display())
+}
+
+fn wrk_requests_per_sec(port: u16) -> Result<f64> {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{}s", DURATION.as_secs())])
+        .arg(format!("https://127.0.0.1:{port}/metadata/timestamp.json"))
+        .output()
+        .context("wrk not found: run scripts/bench-quic, which installs it")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:").map(|v| v.trim().parse::<f64>()))
+        .context(format!("no Requests/sec in wrk output: {text}"))?
+        .map_err(Into::into)
+}
+
+fn curl_download_gbps(port: u16, s: &Setup) -> Result<f64> {
+    let url = format!("https://127.0.0.1:{port}/targets/{}", s.stored_target);
+    let mut runs = Vec::new();
+    for _ in 0..=DOWNLOAD_RUNS {
+        let out = Command::new("curl")
+            .args(["-sk", "--tlsv1.3", "-o", "/dev/null", "-w", "%{time_total} %{size_download}"])
+            .arg(&url)
+            .output()
+            .context("curl not found")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text.split_whitespace();
+        let secs: f64 = parts.next().context("curl time")?.parse()?;
+        let size: f64 = parts.next().context("curl size")?.parse()?;
+        anyhow::ensure!(size as u64 == s.target_len, "curl fetched {size} bytes, expected {}", s.target_len);
+        runs.push(size / secs / 1e9);
+    }
+    runs.remove(0);
+    Ok(median(runs))
+}
+
+fn main() -> Result<()> {
+    eprintln!("setting up a hub with a {} MiB package...", PADDING_FLOATS * 4 / (1024 * 1024));
+    let s = setup()?;
+    let (addr, hub_key, device) = start_hub(&s)?;
+    let nginx = start_nginx(&s.export, &s.export.parent().context("tmp")?.join("nginx"))?;
+
+    eprintln!("update checks: {CONNECTIONS} warm connections, {} s each side...", DURATION.as_secs());
+    let quic_rps = quic_checks_per_sec(addr, hub_key, &device)?;
+    let nginx_rps = wrk_requests_per_sec(nginx.port)?;
+    eprintln!("downloads of {} ({} bytes), median of {DOWNLOAD_RUNS}...", s.target_path, s.target_len);
+    let quic_dl = quic_download_gbps(&s, addr, hub_key, &device)?;
+    let nginx_dl = curl_download_gbps(nginx.port, &s)?;
+
+    println!("hub service vs nginx (same machine, same run; one server worker and one client thread each)");
+    println!("  update checks/s, QUIC GetMetadata(timestamp.json) : {quic_rps:>10.0}");
+    println!("  update checks/s, nginx TLS 1.3 keep-alive (wrk)    : {nginx_rps:>10.0}  (baseline)");
+    println!("  ratio                                              : {:>10.2}  (goal >= 1.0)", quic_rps / nginx_rps);
+    println!("  download GB/s, QUIC GetTarget                      : {quic_dl:>10.2}");
+    println!("  download GB/s, nginx HTTPS (curl)                  : {nginx_dl:>10.2}  (baseline)");
+    println!("  ratio                                              : {:>10.2}  (goal >= 0.8)", quic_dl / nginx_dl);
+    Ok(())
+}
