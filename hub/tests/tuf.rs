@@ -424,3 +424,16 @@ async fn stolen_online_key_assignment_to_unlisted_target_is_rejected() {
         assert!(matches!(e, director::DirectorError::NotInTargets { .. }), "{e}");
     }
 }
+
+#[tokio::test]
+async fn timestamp_and_snapshot_are_resigned_before_they_expire() {
+    let f = Fixture::new();
+    let e = f.repo.expiries();
+    let before_margin = NOW + e.timestamp_secs - e.resign_margin_secs - 10;
+    assert!(!f.repo.refresh_online(before_margin).unwrap(), "nothing to do while fresh");
+    let in_margin = NOW + e.timestamp_secs - e.resign_margin_secs + 1;
+    assert!(f.repo.refresh_online(in_margin).unwrap());
+    // After the first timestamp's expiry, a client still refreshes: the re-signed one is valid.
+    let mirror = f.mirror();
+    f.updater(&mirror).refresh(ts(NOW + e.timestamp_secs + 60)).await.unwrap();
+}

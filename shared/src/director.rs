@@ -256,3 +256,67 @@ pub fn check_assignment(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    const NOW: UnixSeconds = 1_800_000_000;
+
+    fn assignment(version: u64) -> Assignment {
+        Assignment {
+            device: hex::encode([7u8; 32]),
+            version,
+            expires: NOW + 60,
+            targets: vec![AssignedTarget {
+                path: "packages/low/a-1.0.0.opkg".into(),
+                length: 10,
+                sha256: Digest::of(b"a"),
+                release: "r".into(),
+                channel: "stable".into(),
+                rollout: String::new(),
+            }],
+        }
+    }
+
+    fn listed(_: &str) -> Option<ListedTarget> {
+        Some(ListedTarget { length: 10, sha256: Digest::of(b"a") })
+    }
+
+    #[test]
+    fn replayed_older_assignment_is_rejected() {
+        let e = check_assignment(&assignment(4), &[7; 32], 5, NOW, listed).unwrap_err();
+        assert_eq!(e, DirectorError::Rollback { offered: 4, accepted: 5 });
+        check_assignment(&assignment(5), &[7; 32], 5, NOW, listed).unwrap();
+    }
+
+    #[test]
+    fn expired_assignment_is_rejected() {
+        let e = check_assignment(&assignment(1), &[7; 32], 0, NOW + 60, listed).unwrap_err();
+        assert!(matches!(e, DirectorError::Expired { .. }));
+    }
+
+    #[test]
+    fn assignment_for_another_device_is_rejected() {
+        let e = check_assignment(&assignment(1), &[8; 32], 0, NOW, listed).unwrap_err();
+        assert!(matches!(e, DirectorError::WrongDevice(_)));
+    }
+
+    #[test]
+    fn forged_or_cross_domain_envelopes_are_rejected() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let public = key.verifying_key().to_bytes();
+        let sealed = seal(&assignment(1), ASSIGNMENT_DOMAIN, &public, |m| key.sign(m).to_bytes()).unwrap();
+        assert_eq!(open::<Assignment>(&sealed, ASSIGNMENT_DOMAIN, &public).unwrap(), assignment(1));
+        // An assignment is not a revocation list, whatever its bytes.
+        assert_eq!(open::<Assignment>(&sealed, REVOCATIONS_DOMAIN, &public).unwrap_err(), DirectorError::BadSignature);
+        // Another key is refused by key id; a flipped byte by signature.
+        let other = SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes();
+        assert!(matches!(open::<Assignment>(&sealed, ASSIGNMENT_DOMAIN, &other), Err(DirectorError::WrongKey { .. })));
+        let mut env: Envelope = canonical::from_slice(&sealed).unwrap();
+        env.body[5] ^= 1;
+        let tampered = canonical::to_vec(&env).unwrap();
+        assert!(open::<Assignment>(&tampered, ASSIGNMENT_DOMAIN, &public).is_err());
+    }
+}

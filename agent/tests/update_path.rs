@@ -1,0 +1,150 @@
+//! The trust half of the update path end to end: a real hub data directory (registry, TUF repository, director,
+//! device registry) served over real QUIC, and the agent's client driving sigstore-tuf's `Updater` through it,
+//! then checking its director bundle against the verified targets.
+
+use std::sync::Arc;
+
+use outpost_agent::quic::{ClientConfig, HubClient};
+use outpost_attestation::identity::Identity;
+use outpost_hub::Registry;
+use outpost_hub::backend::HubBackend;
+use outpost_hub::director::{Director, director_key_from_target};
+use outpost_hub::serve::{ServeConfig, Server};
+use outpost_hub::tuf::{DIRECTOR_TARGET, GenerateOptions, Key, TufRepo};
+use outpost_shared::clock::ManualClock;
+use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
+use outpost_shared::rng::SeededRng;
+use outpost_shared::testkit::AffineManifest;
+use outpost_shared::{Digest, canonical};
+
+const NOW: u64 = 1_795_881_600;
+
+fn ts(secs: u64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(secs as i64).unwrap()
+}
+
+struct World {
+    tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    repo: TufRepo,
+    clock: Arc<ManualClock>,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("hub");
+        Registry::init(&dir).unwrap();
+        let repo = TufRepo::new(&dir, Default::default());
+        repo.generate(&tmp.path().join("offline"), GenerateOptions::default(), &mut SeededRng::new(5), NOW).unwrap();
+        World { tmp, dir, repo, clock: Arc::new(ManualClock::new(NOW)) }
+    }
+
+    fn registry(&self) -> Registry {
+        Registry::open(&self.dir, self.clock.clone()).unwrap()
+    }
+
+    fn add_and_publish(&self, m: &AffineManifest, channel: &str) -> (Digest, String) {
+        let model = self.tmp.path().join(format!("{}-{}.onnx", m.name, m.version));
+        let manifest = model.with_extension("toml");
+        std::fs::write(&model, outpost_shared::testkit::affine_model(m.scale, m.bias)).unwrap();
+        std::fs::write(&manifest, m.toml()).unwrap();
+        let reg = self.registry();
+        let d = reg.add(&model, &manifest).unwrap().digest;
+        let (record, parsed) = (reg.record(&d).unwrap().unwrap(), reg.manifest(&d).unwrap().1);
+        let key_path = self.tmp.path().join("offline/targets-1.key");
+        self.repo.publish(&record, &parsed, channel, &Key::load(&key_path).unwrap(), &key_path, NOW).unwrap();
+        (d, outpost_hub::tuf::target_path(&parsed))
+    }
+
+    async fn serve(&self) -> (std::net::SocketAddr, outpost_attestation::identity::PublicKey) {
+        let hub = Identity::from_seed([1; 32]);
+        let key = hub.public_key();
+        let backend =
+            Arc::new(HubBackend::new(&self.dir, TufRepo::new(&self.dir, Default::default()), self.clock.clone()));
+        let mut config = ServeConfig::new(hub);
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        let server = Server::bind(config, backend).unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(server.run(std::future::pending()));
+        (addr, key)
+    }
+
+    fn root(&self) -> Vec<u8> {
+        std::fs::read(self.repo.metadata_dir().join("1.root.json")).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_verifies_hub_metadata_targets_and_assignment_over_quic() {
+    let w = World::new();
+    let (digest, path) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let device = Identity::from_seed([2; 32]);
+    w.registry().device_approve(&device.public_key().to_hex(), "stable").unwrap();
+    let (addr, hub_key) = w.serve().await;
+    let config = ClientConfig::new(addr, hub_key);
+
+    // TUF over QUIC, verified by sigstore-tuf.
+    let mut updater =
+        sigstore_tuf::Updater::new(HubClient::connect(&device, &config).await.unwrap(), &w.root()).unwrap();
+    updater.refresh(ts(NOW + 60)).await.unwrap();
+    let info = updater.get_target_info(&path, ts(NOW + 60)).await.unwrap().expect("listed");
+    let bytes = updater.get_target(&path, ts(NOW + 60)).await.unwrap();
+    assert_eq!(Digest::of(&bytes), digest);
+    let director_key =
+        director_key_from_target(&updater.get_target(DIRECTOR_TARGET, ts(NOW + 60)).await.unwrap()).unwrap();
+
+    // The director bundle, opened with the key TUF vouches for and checked against TUF's targets.
+    let client = HubClient::connect(&device, &config).await.unwrap();
+    let bundle: Bundle = canonical::from_slice(&client.assignment().await.unwrap().expect("assignment")).unwrap();
+    let a: Assignment = director::open(&bundle.assignment, director::ASSIGNMENT_DOMAIN, &director_key).unwrap();
+    assert_eq!(a.targets.len(), 1);
+    assert_eq!(a.targets[0].sha256, digest);
+    let listed = ListedTarget { length: info.length, sha256: info.hashes["sha256"].parse().unwrap() };
+    director::check_assignment(&a, &device.public_key().0, 0, NOW + 60, |p| (p == path).then(|| listed.clone()))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_package_is_listed_and_no_longer_assigned() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    let device = Identity::from_seed([2; 32]);
+    w.registry().device_approve(&device.public_key().to_hex(), "stable").unwrap();
+    let (addr, hub_key) = w.serve().await;
+    let client = HubClient::connect(&device, &ClientConfig::new(addr, hub_key)).await.unwrap();
+    let director_key = w.repo.online_key("director").unwrap().public_bytes();
+    let fetch = || async {
+        let bundle: Bundle = canonical::from_slice(&client.assignment().await.unwrap().unwrap()).unwrap();
+        let a: Assignment = director::open(&bundle.assignment, director::ASSIGNMENT_DOMAIN, &director_key).unwrap();
+        let r: Option<RevocationList> =
+            bundle.revocations.map(|b| director::open(&b, director::REVOCATIONS_DOMAIN, &director_key).unwrap());
+        (a, r)
+    };
+    let (before, none) = fetch().await;
+    assert_eq!(before.targets[0].sha256, v2, "the newest release on the channel is assigned");
+    assert!(none.is_none());
+
+    Director::new(&w.repo).revoke(v2, "regression in the field", NOW).unwrap();
+    let (after, revocations) = fetch().await;
+    assert_eq!(after.targets[0].sha256, v1, "the revoked package is replaced by the last good one");
+    assert!(after.version > before.version, "a changed assignment gets a higher version");
+    assert!(revocations.unwrap().revoked.iter().any(|r| r.digest == v2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_device_is_refused_at_connection() {
+    let w = World::new();
+    let device = Identity::from_seed([2; 32]);
+    w.registry().device_approve(&device.public_key().to_hex(), "stable").unwrap();
+    w.registry().device_revoke(&device.public_key().to_hex()).unwrap();
+    let (addr, hub_key) = w.serve().await;
+    let client = HubClient::connect(&device, &ClientConfig::new(addr, hub_key)).await;
+    // The handshake may complete, but the hub closes before serving anything.
+    let refused = match client {
+        Err(_) => true,
+        Ok(c) => c.metadata("timestamp.json", 16_384).await.is_err(),
+    };
+    assert!(refused, "a revoked device must not be served");
+}
