@@ -27,7 +27,12 @@ pub struct HubBackend {
     index: Mutex<()>,
     /// Signed assignments per device, reused while their targets are unchanged and fresh.
     assignments: Mutex<HashMap<String, CachedAssignment>>,
+    /// Metadata files by name, with the (inode, mtime, length) they were read at. Every write of metadata is an
+    /// atomic rename, which changes the inode, so a stale entry is never served.
+    metadata_cache: Mutex<HashMap<String, (FileStamp, Arc<Vec<u8>>)>>,
 }
+
+type FileStamp = (u64, std::time::SystemTime, u64);
 
 struct CachedAssignment {
     targets: Vec<String>,
@@ -44,7 +49,14 @@ impl std::fmt::Debug for HubBackend {
 impl HubBackend {
     /// A backend over the hub in `dir`.
     pub fn new(dir: &Path, repo: TufRepo, clock: Arc<dyn Clock>) -> Self {
-        HubBackend { dir: dir.to_owned(), repo, clock, index: Mutex::new(()), assignments: Mutex::new(HashMap::new()) }
+        HubBackend {
+            dir: dir.to_owned(),
+            repo,
+            clock,
+            index: Mutex::new(()),
+            assignments: Mutex::new(HashMap::new()),
+            metadata_cache: Mutex::new(HashMap::new()),
+        }
     }
 
     fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> Result<T, BackendError>) -> Result<T, BackendError> {
@@ -76,11 +88,26 @@ impl Backend for HubBackend {
             return Ok(None);
         }
         let Some(rel) = safe_relative(name) else { return Ok(None) };
-        match fs::read(self.repo.metadata_dir().join(rel)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        let path = self.repo.metadata_dir().join(rel);
+        let stat = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let stamp = (std::os::unix::fs::MetadataExt::ino(&stat), stat.modified()?, stat.len());
+        if let Some((seen, bytes)) = self.metadata_cache.lock().map_err(|_| "cache lock poisoned")?.get(name)
+            && *seen == stamp
+        {
+            return Ok(Some(bytes.as_ref().clone()));
         }
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut cache = self.metadata_cache.lock().map_err(|_| "cache lock poisoned")?;
+        cache.insert(name.to_owned(), (stamp, Arc::new(bytes.clone())));
+        Ok(Some(bytes))
     }
 
     fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {

@@ -118,17 +118,21 @@ enum KeysCmd {
         #[arg(long, default_value_t = 2)]
         targets_keys: usize,
     },
-    /// Replace ROLE's key (root, targets, snapshot, timestamp): writes root N+1 signed by the current root keys
-    /// and the new ones; clients walk the chain.
+    /// Replace ROLE's key. root, targets, snapshot, timestamp: root N+1 signed by the current root keys (give
+    /// --root-key) and the new ones; clients walk the chain. director: a new top-level targets version listing
+    /// the new director key, signed with --targets-key.
     Rotate {
-        /// root, targets, snapshot or timestamp.
+        /// root, targets, snapshot, timestamp or director.
         role: String,
         /// Where a new offline key is written.
         #[arg(long, value_name = "DIR")]
-        offline_dir: PathBuf,
+        offline_dir: Option<PathBuf>,
         /// Current root key file(s), as many as the current root threshold.
-        #[arg(long = "root-key", value_name = "FILE", required = true)]
+        #[arg(long = "root-key", value_name = "FILE")]
         root_keys: Vec<PathBuf>,
+        /// Top-level targets key file (for rotating the director key).
+        #[arg(long, value_name = "FILE")]
+        targets_key: Option<PathBuf>,
     },
 }
 
@@ -495,7 +499,22 @@ fn keys(cmd: KeysCmd, dir: &Path) -> Result<()> {
             eprintln!("move {} off this machine: `serve` never needs it", offline_dir.display());
             println!("{}", r.metadata_dir().join("1.root.json").display());
         }
-        KeysCmd::Rotate { role, offline_dir, root_keys } => {
+        KeysCmd::Rotate { role, targets_key: Some(targets_key), .. } if role == "director" => {
+            let path = r.rotate_director(&Key::load(&targets_key)?, &targets_key, &mut SystemRng, now)?;
+            eprintln!(
+                "rotated director: new key {} is listed by targets v{}",
+                path.display(),
+                r.latest_version("targets")?
+            );
+        }
+        KeysCmd::Rotate { role, .. } if role == "director" => {
+            anyhow::bail!("rotating the director key needs --targets-key FILE (it is listed by the targets role)");
+        }
+        KeysCmd::Rotate { role, offline_dir, root_keys, .. } => {
+            let offline_dir = offline_dir.context("--offline-dir DIR is required to rotate this role")?;
+            if root_keys.is_empty() {
+                anyhow::bail!("rotating {role} needs the current root key(s): --root-key FILE");
+            }
             let roots = root_keys.into_iter().map(|p| Ok((Key::load(&p)?, p))).collect::<Result<Vec<_>>>()?;
             let written = r.rotate(&role, &offline_dir, &roots, &mut SystemRng, now)?;
             for p in written {

@@ -205,6 +205,9 @@ impl Server {
     }
 }
 
+/// Bytes read from a target file per step of a download.
+const TARGET_CHUNK: usize = 1024 * 1024;
+
 /// Binds and serves until `shutdown` completes.
 pub async fn serve(
     config: ServeConfig,
@@ -421,10 +424,11 @@ async fn send_target(send: &mut SendStream, shared: &Shared, file: PathBuf, tota
         return;
     }
     let mut remaining = len;
-    let mut buf = vec![0u8; 64 * 1024];
     while remaining > 0 {
-        let want = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        let n = match f.read(&mut buf[..want]).await {
+        // Large reads keep blocking-pool hops rare; each chunk moves into quinn without another copy.
+        let want = TARGET_CHUNK.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let mut buf = vec![0u8; want];
+        let n = match f.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 eprintln!("outpost-hub: target {} is shorter than its recorded {total} bytes", file.display());
                 let _ = send.reset(VarInt::from_u32(codes::STREAM_INTERNAL));
@@ -432,8 +436,14 @@ async fn send_target(send: &mut SendStream, shared: &Shared, file: PathBuf, tota
             }
             Ok(n) => n,
         };
-        if !write(send, &buf[..n], shared).await {
-            return;
+        buf.truncate(n);
+        match timeout(shared.stall_timeout, send.write_chunk(buf.into())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let _ = send.reset(VarInt::from_u32(codes::STREAM_TIMEOUT));
+                return;
+            }
         }
         remaining -= n as u64;
     }

@@ -415,13 +415,7 @@ impl TufRepo {
         self.write_meta("root.json", &sign(&root, &root_refs)?)?;
 
         // The director's key is a target of the top-level role, so rotating it goes through TUF.
-        let director_doc = serde_json::to_vec_pretty(&json!({
-            "role": "director",
-            "keytype": "ed25519",
-            "public": hex::encode(director.public_bytes()),
-        }))
-        .map_err(|e| TufError::Invalid(e.to_string()))?;
-        let director_target = self.store_target(DIRECTOR_TARGET, &director_doc)?;
+        let director_target = self.store_target(DIRECTOR_TARGET, &director_document(&director)?)?;
         let targets_keys: Vec<Value> = targets.iter().map(|k| Value::String(k.keyid.clone())).collect();
         let mut keys_obj = serde_json::Map::new();
         for k in &targets {
@@ -665,6 +659,35 @@ impl TufRepo {
         self.write_meta("timestamp.json", &sign(&timestamp, &[&timestamp_key])?)
     }
 
+    /// Replaces the director key: a new online key, listed as the `director/director.json` target by a new
+    /// top-level targets version signed with `targets_key` (an offline key authorised for the targets role).
+    /// Devices trust the new key once they have refreshed TUF; the old key's documents stop verifying.
+    pub fn rotate_director(
+        &self,
+        targets_key: &Key,
+        targets_key_path: &Path,
+        rng: &mut dyn Rng,
+        now: UnixSeconds,
+    ) -> Result<PathBuf, TufError> {
+        self.require()?;
+        self.authorise("targets", targets_key, targets_key_path)?;
+        let path = self.online_key_path("director");
+        let version = self.latest_version("targets")?;
+        let retired = self.dir.join("keys").join(format!("director.key.retired-t{version}"));
+        fs::rename(&path, &retired).map_err(io("rename", &path))?;
+        let director = Key::generate(rng);
+        director.save(&path, "director")?;
+        let doc = director_document(&director)?;
+        let entry = self.store_target(DIRECTOR_TARGET, &doc)?;
+        let top = self.read_meta(&format!("{version}.targets.json"))?;
+        let mut body = top["signed"].clone();
+        body["targets"][DIRECTOR_TARGET] = entry;
+        bump(&mut body, now, self.expiries.targets_secs);
+        self.write_meta(&format!("{}.targets.json", version + 1), &sign(&body, &[targets_key])?)?;
+        self.write_snapshot_and_timestamp(now)?;
+        Ok(path)
+    }
+
     /// Rotates `role`'s keys: generates new keys (offline roles into `offline_dir`, online ones into the data
     /// directory), writes root N+1 signed by the old root threshold and the new one, and re-signs what the new
     /// keys now sign. `old_roots` are the current root key files (to the old threshold).
@@ -869,6 +892,16 @@ fn bump(signed: &mut Value, now: UnixSeconds, expiry: u64) {
     let v = signed["version"].as_u64().unwrap_or(0);
     signed["version"] = json!(v + 1);
     signed["expires"] = json!(expires(now, expiry));
+}
+
+/// The `director/director.json` target: the director's public key.
+fn director_document(director: &Key) -> Result<Vec<u8>, TufError> {
+    serde_json::to_vec_pretty(&json!({
+        "role": "director",
+        "keytype": "ed25519",
+        "public": hex::encode(director.public_bytes()),
+    }))
+    .map_err(|e| TufError::Invalid(e.to_string()))
 }
 
 /// The delegated role that lists packages of `tier`.

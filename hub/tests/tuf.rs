@@ -437,3 +437,21 @@ async fn timestamp_and_snapshot_are_resigned_before_they_expire() {
     let mirror = f.mirror();
     f.updater(&mirror).refresh(ts(NOW + e.timestamp_secs + 60)).await.unwrap();
 }
+
+#[tokio::test]
+async fn director_key_rotation_goes_through_tuf() {
+    let mut f = Fixture::new();
+    let old = f.repo.online_key("director").unwrap().public_bytes();
+    let (tk, tp) = f.key("targets-1.key");
+    f.repo.rotate_director(&tk, &tp, &mut f.rng, NOW).unwrap();
+    let new = f.repo.online_key("director").unwrap().public_bytes();
+    assert_ne!(old, new);
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    let doc = u.get_target(outpost_hub::tuf::DIRECTOR_TARGET, ts(NOW + 60)).await.unwrap();
+    assert_eq!(outpost_hub::director::director_key_from_target(&doc), Some(new), "TUF now vouches for the new key");
+    // A targets-role key is required: a delegated-only key cannot list a new director.
+    let (k2, p2) = f.key("targets-2.key");
+    assert!(f.repo.rotate_director(&k2, &p2, &mut f.rng, NOW).is_err());
+}
