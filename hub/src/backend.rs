@@ -29,10 +29,13 @@ pub struct HubBackend {
     assignments: Mutex<HashMap<String, CachedAssignment>>,
     /// Metadata files by name, with the (inode, mtime, length) they were read at. Every write of metadata is an
     /// atomic rename, which changes the inode, so a stale entry is never served.
-    metadata_cache: Mutex<HashMap<String, (FileStamp, Arc<Vec<u8>>)>>,
+    metadata_cache: Mutex<HashMap<String, CachedFile>>,
 }
 
+/// (inode, mtime, length) of a file when it was read.
 type FileStamp = (u64, std::time::SystemTime, u64);
+/// A file's bytes and the stamp they were read at.
+type CachedFile = (FileStamp, Arc<Vec<u8>>);
 
 struct CachedAssignment {
     targets: Vec<String>,
