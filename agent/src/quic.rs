@@ -141,8 +141,14 @@ impl HubClient {
         let setup = |e: &dyn std::fmt::Display| ClientError::Setup(e.to_string());
         let tls = identity.client_config(config.hub_key)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| setup(&e))?;
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(outpost_shared::wire::MTU_DISCOVERY_UPPER_BOUND);
         let mut transport = quinn::TransportConfig::default();
         transport
+            .mtu_discovery_config(Some(mtu))
+            // Large windows so a download is never throttled waiting for window updates on fast paths.
+            .stream_receive_window(VarInt::from_u32(16 * 1024 * 1024))
+            .receive_window(VarInt::from_u32(32 * 1024 * 1024))
             .max_idle_timeout(Some(quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| setup(&e))?))
             .keep_alive_interval(Some(config.idle_timeout / 3))
             .max_concurrent_bidi_streams(VarInt::from_u32(0))

@@ -8,6 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use outpost_shared::canonical;
 use outpost_shared::clock::Clock;
@@ -34,8 +35,17 @@ pub struct HubBackend {
 
 /// (inode, mtime, length) of a file when it was read.
 type FileStamp = (u64, std::time::SystemTime, u64);
-/// A file's bytes and the stamp they were read at.
-type CachedFile = (FileStamp, Arc<Vec<u8>>);
+
+/// A metadata file's bytes, the stamp they were read at, and when (monotonic) the stamp was last confirmed.
+struct CachedFile {
+    stamp: FileStamp,
+    bytes: Arc<Vec<u8>>,
+    confirmed: Duration,
+}
+
+/// How long a confirmed metadata file is served from memory without looking at the disk again. Metadata is
+/// signed and carries its own expiry, so a copy this much older than a just-published one is harmless.
+pub const METADATA_FRESH: Duration = Duration::from_millis(250);
 
 struct CachedAssignment {
     targets: Vec<String>,
@@ -98,10 +108,12 @@ impl Backend for HubBackend {
             Err(e) => return Err(e.into()),
         };
         let stamp = (std::os::unix::fs::MetadataExt::ino(&stat), stat.modified()?, stat.len());
-        if let Some((seen, bytes)) = self.metadata_cache.lock().map_err(|_| "cache lock poisoned")?.get(name)
-            && *seen == stamp
+        let now = self.clock.monotonic();
+        if let Some(hit) = self.metadata_cache.lock().map_err(|_| "cache lock poisoned")?.get_mut(name)
+            && hit.stamp == stamp
         {
-            return Ok(Some(bytes.as_ref().clone()));
+            hit.confirmed = now;
+            return Ok(Some(hit.bytes.as_ref().clone()));
         }
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -109,8 +121,15 @@ impl Backend for HubBackend {
             Err(e) => return Err(e.into()),
         };
         let mut cache = self.metadata_cache.lock().map_err(|_| "cache lock poisoned")?;
-        cache.insert(name.to_owned(), (stamp, Arc::new(bytes.clone())));
+        cache.insert(name.to_owned(), CachedFile { stamp, bytes: Arc::new(bytes.clone()), confirmed: now });
         Ok(Some(bytes))
+    }
+
+    fn metadata_fast(&self, name: &str) -> Option<Vec<u8>> {
+        let now = self.clock.monotonic();
+        let cache = self.metadata_cache.lock().ok()?;
+        let hit = cache.get(name)?;
+        (now.saturating_sub(hit.confirmed) < METADATA_FRESH).then(|| hit.bytes.as_ref().clone())
     }
 
     fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {

@@ -32,6 +32,11 @@ pub trait Backend: Send + Sync + 'static {
     fn device_allowed(&self, key: &[u8; 32]) -> bool;
     /// A TUF metadata file by name (`timestamp.json`, `3.root.json`...); `None` if there is none.
     fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError>;
+    /// The same file from memory, without blocking, if the backend has a fresh copy; `None` sends the request
+    /// to [`Backend::metadata`] on the blocking pool. Update checks are this service's hottest path.
+    fn metadata_fast(&self, _name: &str) -> Option<Vec<u8>> {
+        None
+    }
     /// The director's signed assignment for a device; `None` if it has none.
     fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError>;
     /// A target by repository path: the file holding its bytes and its length; `None` if unknown.
@@ -154,8 +159,12 @@ impl Server {
         let tls = config.identity.server_config()?;
         let crypto = QuicServerConfig::try_from(tls)
             .map_err(|e| bad("identity", format!("TLS config unusable for QUIC: {e}")))?;
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(outpost_shared::wire::MTU_DISCOVERY_UPPER_BOUND);
         let mut transport = quinn::TransportConfig::default();
         transport
+            .mtu_discovery_config(Some(mtu))
+            .send_window(32 * 1024 * 1024)
             .max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .max_idle_timeout(Some(idle));
@@ -311,7 +320,10 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, device: Public
     let backend = shared.backend.clone();
     let response = match request {
         Request::GetMetadata { name, max_len } => {
-            let found = blocking(move || backend.metadata(&name)).await;
+            let found = match backend.metadata_fast(&name) {
+                Some(bytes) => Ok(Some(bytes)),
+                None => blocking(move || backend.metadata(&name)).await,
+            };
             match found {
                 Ok(Some(bytes)) if bytes.len() as u64 > max_len => Response::error(
                     ErrorCode::TooLarge,

@@ -20,6 +20,11 @@
 //! | `0x85` | [`Response::Ack`] | `{}` |
 //! | `0x86` | [`Response::Error`] | `{"code": uint, "message": text}` |
 
+/// Largest UDP payload QUIC path-MTU discovery probes for (jumbo frames). Discovery only raises the packet size
+/// where the path carries it, so a high bound is safe (quinn's own advice) and lets LANs and loopback use fewer,
+/// larger packets; the default, 1452, fits Ethernet only.
+pub const MTU_DISCOVERY_UPPER_BOUND: u16 = 8952;
+
 use std::fmt;
 use std::marker::PhantomData;
 
