@@ -15,6 +15,7 @@ pub mod package;
 pub mod rng;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod update;
 pub mod wire;
 
 pub use digest::{Digest, DigestParseError, Sha256};

@@ -1,0 +1,375 @@
+//! The agent's update decisions, sans-IO: what to do next given the persisted state, the time and what just
+//! happened (an assignment arrived, a download finished, a smoke test failed, an inference succeeded...).
+//!
+//! The agent driver performs each returned action and feeds back its outcome; it persists [`AgentState`]
+//! atomically after every call. Invariants: an active model is never written to (new packages go to the other
+//! slot); anything that fails before confirmation rolls back to the last good package, which is then never
+//! re-offered to this device's update loop unless an operator clears it; a revoked package is never activated.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixSeconds;
+use crate::digest::Digest;
+
+/// One of the two model slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Slot {
+    /// Slot A.
+    A,
+    /// Slot B.
+    B,
+}
+
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+/// A package the director assigned and TUF lists (the driver checked both before handing it over).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// TUF target path.
+    pub path: String,
+    /// Package digest.
+    pub digest: Digest,
+    /// Length in bytes, as TUF lists it.
+    pub length: u64,
+}
+
+/// A package installed in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    /// The package.
+    pub target: Target,
+    /// Where it is unpacked.
+    pub slot: Slot,
+}
+
+/// Where the update loop is. Persisted, so a restart resumes (or safely abandons) the step it was in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Nothing in flight.
+    Idle,
+    /// Fetching the package into the staging file (resumable).
+    Downloading {
+        /// The package.
+        target: Target,
+    },
+    /// Verifying, unpacking into the inactive slot, loading and smoke-testing.
+    Staging {
+        /// The package.
+        target: Target,
+        /// The slot being written (never the active one).
+        slot: Slot,
+    },
+    /// The new package serves; it must stay healthy to be confirmed.
+    Health {
+        /// The package on trial.
+        target: Target,
+        /// Its slot.
+        slot: Slot,
+        /// When the trial started.
+        since: UnixSeconds,
+        /// Successful inferences so far.
+        ok: u32,
+    },
+}
+
+/// Everything the update loop remembers across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// What serves now.
+    pub active: Option<Installed>,
+    /// The last package that passed its health window (what a rollback returns to).
+    pub last_good: Option<Installed>,
+    /// The good package before `last_good`, while its slot still holds it: the fallback if `last_good` itself
+    /// is revoked.
+    pub fallback: Option<Installed>,
+    /// The step in flight.
+    pub phase: Phase,
+    /// Packages this device rolled back from: never installed again by the loop.
+    pub rolled_back: BTreeSet<Digest>,
+    /// Packages the hub revoked: never activated.
+    pub revoked: BTreeSet<Digest>,
+    /// Highest director assignment version accepted.
+    pub assignment_version: u64,
+    /// Latest wall-clock time seen; a clock reading below it is treated as this.
+    pub last_known_time: UnixSeconds,
+    /// The reason for the last failure or rollback, for `status` and the hub.
+    pub last_error: Option<String>,
+}
+
+impl AgentState {
+    /// A device with nothing installed.
+    pub fn new(now: UnixSeconds) -> Self {
+        AgentState {
+            active: None,
+            last_good: None,
+            fallback: None,
+            phase: Phase::Idle,
+            rolled_back: BTreeSet::new(),
+            revoked: BTreeSet::new(),
+            assignment_version: 0,
+            last_known_time: now,
+            last_error: None,
+        }
+    }
+}
+
+/// Health-window settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Successful inferences that confirm a new package.
+    pub inferences: u32,
+    /// Seconds without error that confirm a new package (whichever comes first).
+    pub seconds: u64,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy { inferences: 20, seconds: 300 }
+    }
+}
+
+/// What happened, fed to [`UpdateLoop::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The agent (re)started with the persisted state.
+    Started,
+    /// A verified director assignment: the target to run (`None`: keep what runs) and the revoked packages.
+    Assigned {
+        /// The assignment's version.
+        version: u64,
+        /// The assigned package, already matched against TUF targets.
+        target: Option<Target>,
+        /// Revoked packages from the verified revocation list.
+        revoked: Vec<Digest>,
+    },
+    /// The package is downloaded and its length and hash match.
+    Downloaded,
+    /// Download or verification failed.
+    DownloadFailed(String),
+    /// Unpacked into the slot, loaded, smoke test passed.
+    Staged,
+    /// Unpacking, loading or the smoke test failed.
+    StageFailed(String),
+    /// One inference on the active model finished.
+    Inference {
+        /// Whether it succeeded.
+        ok: bool,
+    },
+    /// Time passed (the driver ticks periodically).
+    Tick,
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Fetch the package into the staging file, resuming from what is there.
+    Download(Target),
+    /// Verify, unpack into `slot`, load and smoke-test.
+    Stage {
+        /// The package.
+        target: Target,
+        /// The inactive slot.
+        slot: Slot,
+    },
+    /// Serve from `slot` now (atomic switch: the old model finishes its in-flight requests).
+    Activate(Installed),
+    /// Serve nothing: every installed package is unusable.
+    Deactivate,
+    /// Tell the hub what this device runs and why.
+    Report(String),
+}
+
+/// The update loop.
+#[derive(Debug, Clone)]
+pub struct UpdateLoop {
+    /// The persisted state (save it after every `handle`).
+    pub state: AgentState,
+    /// Health-window settings.
+    pub health: HealthPolicy,
+}
+
+impl UpdateLoop {
+    /// A loop over `state`.
+    pub fn new(state: AgentState, health: HealthPolicy) -> Self {
+        UpdateLoop { state, health }
+    }
+
+    /// Wall time, never below the last time seen (a clock that goes backwards is noticed and held).
+    fn time(&mut self, now: UnixSeconds) -> (UnixSeconds, Option<Action>) {
+        if now < self.state.last_known_time {
+            let held = self.state.last_known_time;
+            return (held, Some(Action::Report(format!("clock went backwards: {now} < last known {held}"))));
+        }
+        self.state.last_known_time = now;
+        (now, None)
+    }
+
+    /// Advances the loop.
+    pub fn handle(&mut self, now: UnixSeconds, event: Event) -> Vec<Action> {
+        let (now, clock_note) = self.time(now);
+        let mut actions: Vec<Action> = clock_note.into_iter().collect();
+        let phase = self.state.phase.clone();
+        match (phase, event) {
+            (Phase::Health { target, .. }, Event::Started) => {
+                // The trial never confirmed before the agent went down: a crash on a new model is evidence.
+                actions.extend(self.roll_back(&target, "agent restarted during the health window"));
+            }
+            (Phase::Downloading { target }, Event::Started) => actions.push(Action::Download(target)),
+            (Phase::Staging { target, slot }, Event::Started) => actions.push(Action::Stage { target, slot }),
+            (Phase::Idle, Event::Started) => {
+                if let Some(active) = self.state.active.clone() {
+                    actions.push(Action::Activate(active));
+                }
+            }
+            (_, Event::Assigned { version, target, revoked }) => {
+                if version < self.state.assignment_version {
+                    actions.push(Action::Report(format!(
+                        "refused assignment v{version}: older than accepted v{}",
+                        self.state.assignment_version
+                    )));
+                    return actions;
+                }
+                self.state.assignment_version = version;
+                self.state.revoked.extend(revoked);
+                actions.extend(self.enforce_revocation());
+                if let (Phase::Idle, Some(target)) = (&self.state.phase, target) {
+                    actions.extend(self.consider(target));
+                }
+            }
+            (Phase::Downloading { target }, Event::Downloaded) => {
+                let slot = self.state.active.as_ref().map_or(Slot::A, |a| a.slot.other());
+                // Staging overwrites that slot: whatever good package it held is gone as a fallback.
+                for keep in [&mut self.state.fallback, &mut self.state.last_good] {
+                    if keep.as_ref().is_some_and(|k| k.slot == slot) {
+                        *keep = None;
+                    }
+                }
+                self.state.phase = Phase::Staging { target: target.clone(), slot };
+                actions.push(Action::Stage { target, slot });
+            }
+            (Phase::Downloading { target }, Event::DownloadFailed(e)) => {
+                // Nothing changed on the device: forget the attempt; the next check retries the download.
+                self.state.phase = Phase::Idle;
+                self.state.last_error = Some(format!("download of {} failed: {e}", target.digest.short()));
+                actions.push(Action::Report(self.state.last_error.clone().unwrap_or_default()));
+            }
+            (Phase::Staging { target, slot }, Event::Staged) => {
+                if self.state.revoked.contains(&target.digest) {
+                    self.state.phase = Phase::Idle;
+                    actions.push(Action::Report(format!("{} was revoked while staging", target.digest.short())));
+                    return actions;
+                }
+                let installed = Installed { target: target.clone(), slot };
+                self.state.active = Some(installed.clone());
+                self.state.phase = Phase::Health { target, slot, since: now, ok: 0 };
+                actions.push(Action::Activate(installed));
+            }
+            (Phase::Staging { target, .. }, Event::StageFailed(e)) => {
+                // The active slot was never touched: keep serving it, and never try this package again.
+                self.state.phase = Phase::Idle;
+                self.state.rolled_back.insert(target.digest);
+                self.state.last_error = Some(format!("{} refused before activation: {e}", target.digest.short()));
+                actions.push(Action::Report(self.state.last_error.clone().unwrap_or_default()));
+            }
+            (Phase::Health { target, slot, since, ok }, Event::Inference { ok: true }) => {
+                self.state.phase = Phase::Health { target, slot, since, ok: ok + 1 };
+                actions.extend(self.maybe_confirm(now));
+            }
+            (Phase::Health { target, .. }, Event::Inference { ok: false }) => {
+                actions.extend(self.roll_back(&target, "inference failed during the health window"));
+            }
+            (Phase::Health { .. }, Event::Tick) => actions.extend(self.maybe_confirm(now)),
+            // Anything else (a stale event after a restart, a tick while idle) changes nothing.
+            _ => {}
+        }
+        actions
+    }
+
+    fn consider(&mut self, target: Target) -> Vec<Action> {
+        let d = target.digest;
+        if self.state.active.as_ref().is_some_and(|a| a.target.digest == d) {
+            return vec![];
+        }
+        if self.state.revoked.contains(&d) {
+            return vec![Action::Report(format!("not installing {}: revoked", d.short()))];
+        }
+        if self.state.rolled_back.contains(&d) {
+            return vec![Action::Report(format!("not reinstalling {}: this device rolled back from it", d.short()))];
+        }
+        self.state.phase = Phase::Downloading { target: target.clone() };
+        vec![Action::Download(target)]
+    }
+
+    fn maybe_confirm(&mut self, now: UnixSeconds) -> Vec<Action> {
+        let Phase::Health { target, slot, since, ok } = self.state.phase.clone() else { return vec![] };
+        if ok >= self.health.inferences || now.saturating_sub(since) >= self.health.seconds {
+            let previous = self.state.last_good.replace(Installed { target: target.clone(), slot });
+            if let Some(previous) = previous.filter(|p| p.slot != slot) {
+                self.state.fallback = Some(previous);
+            }
+            self.state.phase = Phase::Idle;
+            self.state.last_error = None;
+            return vec![Action::Report(format!("confirmed {} after {ok} inferences", target.digest.short()))];
+        }
+        vec![]
+    }
+
+    fn roll_back(&mut self, target: &Target, reason: &str) -> Vec<Action> {
+        self.state.rolled_back.insert(target.digest);
+        self.state.phase = Phase::Idle;
+        let message = format!("rolled back from {}: {reason}", target.digest.short());
+        self.state.last_error = Some(message.clone());
+        let usable = |i: &Installed| i.target.digest != target.digest && !self.state.revoked.contains(&i.target.digest);
+        let back_to = if self.state.last_good.as_ref().is_some_and(usable) {
+            self.state.last_good.clone()
+        } else if self.state.fallback.as_ref().is_some_and(usable) {
+            self.state.last_good = self.state.fallback.take();
+            self.state.last_good.clone()
+        } else {
+            None
+        };
+        let mut actions = match back_to {
+            Some(good) => {
+                self.state.active = Some(good.clone());
+                vec![Action::Activate(good)]
+            }
+            None => {
+                self.state.active = None;
+                vec![Action::Deactivate]
+            }
+        };
+        actions.push(Action::Report(message));
+        actions
+    }
+
+    fn enforce_revocation(&mut self) -> Vec<Action> {
+        let revoked =
+            |i: &Option<Installed>, r: &BTreeSet<Digest>| i.as_ref().is_some_and(|i| r.contains(&i.target.digest));
+        let mut actions = vec![];
+        if revoked(&self.state.fallback, &self.state.revoked) {
+            self.state.fallback = None;
+        }
+        if let Phase::Downloading { target } | Phase::Staging { target, .. } = &self.state.phase
+            && self.state.revoked.contains(&target.digest)
+        {
+            self.state.phase = Phase::Idle;
+        }
+        if revoked(&self.state.active, &self.state.revoked) {
+            let active = self.state.active.clone().map(|a| a.target);
+            if let Some(t) = active {
+                actions.extend(self.roll_back(&t, "revoked by the hub"));
+            }
+        }
+        actions
+    }
+}

@@ -1,0 +1,142 @@
+//! The update loop's decisions, driven through whole release stories on a virtual clock: adoption, a broken
+//! package never activated, a rollback that is not retried, revocation, restarts at every step.
+
+use outpost_shared::Digest;
+use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Phase, Slot, Target, UpdateLoop};
+
+const T0: u64 = 1_800_000_000;
+
+fn target(v: &str) -> Target {
+    Target { path: format!("packages/low/m-{v}.opkg"), digest: Digest::of(v.as_bytes()), length: 100 }
+}
+
+fn assigned(version: u64, t: Option<Target>) -> Event {
+    Event::Assigned { version, target: t, revoked: vec![] }
+}
+
+fn new_loop() -> UpdateLoop {
+    UpdateLoop::new(AgentState::new(T0), HealthPolicy { inferences: 3, seconds: 60 })
+}
+
+/// Installs and confirms `t`, returning the slot it went to.
+fn install(u: &mut UpdateLoop, version: u64, t: &Target) -> Slot {
+    assert_eq!(u.handle(T0, assigned(version, Some(t.clone()))), vec![Action::Download(t.clone())]);
+    let stage = u.handle(T0, Event::Downloaded);
+    let Action::Stage { slot, .. } = stage[0] else { panic!("{stage:?}") };
+    assert_eq!(u.handle(T0, Event::Staged), vec![Action::Activate(Installed { target: t.clone(), slot })]);
+    for _ in 0..3 {
+        u.handle(T0, Event::Inference { ok: true });
+    }
+    assert_eq!(u.state.phase, Phase::Idle);
+    assert_eq!(u.state.last_good.as_ref().map(|g| g.target.digest), Some(t.digest));
+    slot
+}
+
+#[test]
+fn v1_then_v2_are_adopted_into_alternate_slots() {
+    let mut u = new_loop();
+    let a = install(&mut u, 1, &target("1"));
+    let b = install(&mut u, 2, &target("2"));
+    assert_eq!(b, a.other(), "a new package never goes into the active slot");
+    assert_eq!(u.state.fallback.as_ref().map(|f| f.target.digest), Some(target("1").digest));
+}
+
+#[test]
+fn package_failing_its_smoke_test_is_never_activated_nor_retried() {
+    let mut u = new_loop();
+    install(&mut u, 1, &target("1"));
+    u.handle(T0, assigned(2, Some(target("3"))));
+    u.handle(T0, Event::Downloaded);
+    let actions = u.handle(T0, Event::StageFailed("smoke test outside tolerance".into()));
+    assert!(actions.iter().all(|a| !matches!(a, Action::Activate(_))), "{actions:?}");
+    assert_eq!(u.state.active.as_ref().map(|a| a.target.digest), Some(target("1").digest));
+    let again = u.handle(T0 + 10, assigned(3, Some(target("3"))));
+    assert!(matches!(&again[..], [Action::Report(r)] if r.contains("rolled back")), "{again:?}");
+}
+
+#[test]
+fn package_failing_its_health_window_is_rolled_back_and_not_reoffered() {
+    let mut u = new_loop();
+    let s1 = install(&mut u, 1, &target("1"));
+    u.handle(T0, assigned(2, Some(target("4"))));
+    u.handle(T0, Event::Downloaded);
+    u.handle(T0, Event::Staged);
+    u.handle(T0, Event::Inference { ok: true });
+    let actions = u.handle(T0 + 1, Event::Inference { ok: false });
+    assert_eq!(actions[0], Action::Activate(Installed { target: target("1"), slot: s1 }));
+    assert!(u.state.rolled_back.contains(&target("4").digest));
+    assert!(matches!(&u.handle(T0 + 5, assigned(3, Some(target("4"))))[..], [Action::Report(_)]));
+}
+
+#[test]
+fn health_window_also_confirms_by_time() {
+    let mut u = new_loop();
+    u.handle(T0, assigned(1, Some(target("1"))));
+    u.handle(T0, Event::Downloaded);
+    u.handle(T0, Event::Staged);
+    assert!(u.handle(T0 + 59, Event::Tick).is_empty());
+    u.handle(T0 + 60, Event::Tick);
+    assert_eq!(u.state.last_good.map(|g| g.target.digest), Some(target("1").digest));
+}
+
+#[test]
+fn revoked_active_package_is_replaced_by_the_last_good_one() {
+    let mut u = new_loop();
+    let s1 = install(&mut u, 1, &target("1"));
+    install(&mut u, 2, &target("2"));
+    let actions = u.handle(T0, Event::Assigned { version: 3, target: None, revoked: vec![target("2").digest] });
+    assert_eq!(actions[0], Action::Activate(Installed { target: target("1"), slot: s1 }));
+    // And a revoked package is never installed again.
+    let again = u.handle(T0, assigned(4, Some(target("2"))));
+    assert!(matches!(&again[..], [Action::Report(r)] if r.contains("revoked")), "{again:?}");
+}
+
+#[test]
+fn nothing_left_to_serve_deactivates_rather_than_serving_a_revoked_model() {
+    let mut u = new_loop();
+    install(&mut u, 1, &target("1"));
+    let actions = u.handle(T0, Event::Assigned { version: 2, target: None, revoked: vec![target("1").digest] });
+    assert_eq!(actions[0], Action::Deactivate);
+    assert!(u.state.active.is_none());
+}
+
+#[test]
+fn restart_at_every_step_resumes_or_falls_back_safely() {
+    // Downloading: resume the download.
+    let mut u = new_loop();
+    install(&mut u, 1, &target("1"));
+    u.handle(T0, assigned(2, Some(target("2"))));
+    let mut restarted = UpdateLoop::new(u.state.clone(), u.health);
+    assert_eq!(restarted.handle(T0, Event::Started), vec![Action::Download(target("2"))]);
+    // Staging: stage again into the same inactive slot.
+    restarted.handle(T0, Event::Downloaded);
+    let Phase::Staging { slot, .. } = restarted.state.phase.clone() else { panic!() };
+    let mut again = UpdateLoop::new(restarted.state.clone(), u.health);
+    assert_eq!(again.handle(T0, Event::Started), vec![Action::Stage { target: target("2"), slot }]);
+    // Health window: a restart before confirmation rolls back to the last good package.
+    again.handle(T0, Event::Staged);
+    let mut after_crash = UpdateLoop::new(again.state.clone(), u.health);
+    let actions = after_crash.handle(T0 + 1, Event::Started);
+    assert_eq!(actions[0], Action::Activate(u.state.last_good.clone().unwrap()));
+    // Idle: serve what is active.
+    let mut idle = UpdateLoop::new(after_crash.state.clone(), u.health);
+    assert_eq!(idle.handle(T0 + 2, Event::Started), vec![Action::Activate(after_crash.state.active.clone().unwrap())]);
+}
+
+#[test]
+fn replayed_older_assignment_is_refused() {
+    let mut u = new_loop();
+    install(&mut u, 5, &target("1"));
+    let actions = u.handle(T0, assigned(4, Some(target("2"))));
+    assert!(matches!(&actions[..], [Action::Report(r)] if r.contains("older")), "{actions:?}");
+    assert_eq!(u.state.phase, Phase::Idle);
+}
+
+#[test]
+fn clock_going_backwards_is_noticed_and_held() {
+    let mut u = new_loop();
+    u.handle(T0 + 100, Event::Tick);
+    let actions = u.handle(T0, Event::Tick);
+    assert!(matches!(&actions[..], [Action::Report(r)] if r.contains("backwards")), "{actions:?}");
+    assert_eq!(u.state.last_known_time, T0 + 100);
+}
