@@ -389,8 +389,10 @@ impl ClientCertVerifier for AnyEd25519Client {
     }
 }
 
-/// Writes `bytes` to a new file at `path` with `mode`, never replacing an existing file, durable on return.
-fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+/// Writes `bytes` to a new file at `path` with `mode`, never replacing an existing file, durable on return:
+/// temp file created with `mode`, fsync, hard link into place (fails rather than replace), fsync the directory.
+/// Used for every secret key file Outpost writes.
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),

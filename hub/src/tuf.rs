@@ -217,21 +217,10 @@ impl Key {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TufError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-    if path.exists() {
-        return Err(TufError::Invalid(format!("{} exists; refusing to overwrite a key", path.display())));
-    }
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut f =
-        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io("create", &tmp))?;
-    f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("fsync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("rename", path))?;
-    blobs::sync_dir(dir)?;
-    Ok(())
+    outpost_attestation::identity::write_new_file(path, bytes, 0o600)
+        .map_err(|e| TufError::BadKey { path: path.into(), problem: e.to_string() })
 }
 
 /// The TUF public key object for an Ed25519 key.
