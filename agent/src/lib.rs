@@ -1,7 +1,10 @@
 //! The Outpost edge agent: fetches, verifies and runs model packages on a device.
 //!
-//! Will hold: the TUF client over QUIC and HTTPS, the update state machine driver, A/B slots, read-only tract
-//! inference behind the Open Inference Protocol v2, site policy (declarative and WASM), the durable telemetry
-//! queue and site-node mode. So far it holds `quic`, the client to the hub; the rest arrives with the agent issue.
+//! `config` (agent.toml), `device` (the device directory and its atomic writes), `driver` (the update driver
+//! over `shared::update`'s decisions), `quic` (the client to the hub). Still to come with the agent issue: the
+//! inference API, the `status` details and the demo; later issues add site policy and telemetry.
 
+pub mod config;
+pub mod device;
+pub mod driver;
 pub mod quic;

@@ -1,8 +1,188 @@
-//! `outpost-agent`: the edge agent's command line. Not yet implemented; see the agent issue.
+//! `outpost-agent`: the edge agent's command line — set a device up, run the update loop, show its state.
+//!
+//! Human-readable progress goes to stderr; values a script wants (the device key) go to stdout.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use outpost_agent::config::{self, AgentConfig};
+use outpost_agent::device::{self, Layout};
+use outpost_agent::driver::{Agent, init_device};
+use outpost_shared::clock::{Clock, format_rfc3339};
+use outpost_shared::update::Phase;
+
+/// Outpost agent: keeps a device running a verified model from the hub, and serves it locally.
+#[derive(Parser, Debug)]
+#[command(name = "outpost-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Set up a device directory: a commented agent.toml, a new Ed25519 identity (mode 0600), the pinned TUF
+    /// root and hub key. Prints the device key to approve on the hub.
+    Init {
+        /// The hub's UDP address, e.g. 10.0.0.5:7443.
+        #[arg(long, value_name = "ADDR")]
+        hub: String,
+        /// The hub's public key (`outpost-hub identity`).
+        #[arg(long, value_name = "KEY")]
+        hub_key: String,
+        /// The hub's first root metadata (`repository/metadata/1.root.json`), obtained out of band.
+        #[arg(long, value_name = "root.json")]
+        root: PathBuf,
+        /// The device directory.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the update loop: check the hub every poll interval, install, health-check, roll back.
+    Run {
+        /// The agent's configuration.
+        #[arg(long, value_name = "FILE", default_value = "agent.toml")]
+        config: PathBuf,
+        /// Check once and exit (for scripts and tests).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show the active and previous packages, the last check, the last error and the pending work.
+    Status {
+        /// The agent's configuration.
+        #[arg(long, value_name = "FILE", default_value = "agent.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Real time, injected into the library at this edge.
+struct SystemClock;
+
+#[allow(clippy::disallowed_methods)] // The binary is where real time enters.
+impl Clock for SystemClock {
+    fn wall(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+    fn monotonic(&self) -> Duration {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+    }
+}
 
 fn main() -> ExitCode {
-    eprintln!("outpost-agent: not built yet — the agent arrives with the agent issue (see README.md)");
-    ExitCode::from(2)
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Init { hub, hub_key, root, dir } => {
+            let config_path = dir.join("agent.toml");
+            if config_path.exists() {
+                anyhow::bail!("{} exists; this device is already set up", config_path.display());
+            }
+            let text = config::render(&hub, &hub_key);
+            AgentConfig::parse(&text, &config_path)?; // refuse a bad address or key before writing anything
+            let root_json = std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
+            let mut seed = [0u8; 32];
+            getrandom_bytes(&mut seed)?;
+            let key = init_device(&dir, &root_json, seed)?;
+            device::write_atomic(&config_path, text.as_bytes())?;
+            eprintln!("device set up in {}; approve it on the hub with:", dir.display());
+            eprintln!("  outpost-hub device approve {key} --channel stable");
+            println!("{key}");
+        }
+        Command::Run { config, once } => {
+            let config = AgentConfig::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(run_agent(config, once))?;
+        }
+        Command::Status { config } => status(&AgentConfig::load(&config)?)?,
+    }
+    Ok(())
+}
+
+/// Random bytes from the kernel's generator (key seeds at setup, poll jitter).
+fn getrandom_bytes(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
+}
+
+async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
+    let poll = Duration::from_secs(config.updates.poll_secs);
+    let jitter = config.updates.jitter_secs;
+    let mut agent = Agent::open(config, Arc::new(SystemClock))?;
+    if let Some(a) = agent.active() {
+        eprintln!("serving {} {} from slot {:?}", a.manifest.name, a.manifest.version, a.installed.slot);
+    }
+    loop {
+        match agent.check().await {
+            Ok(()) => describe(&agent),
+            Err(e) => eprintln!("update check failed (still serving what was active): {e}"),
+        }
+        if once {
+            return Ok(());
+        }
+        let mut r = [0u8; 8];
+        getrandom_bytes(&mut r)?;
+        let wait = poll + Duration::from_secs(u64::from_le_bytes(r) % (jitter + 1));
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { eprintln!("stopping"); return Ok(()); }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => agent.tick()?,
+            }
+        }
+    }
+}
+
+fn describe(agent: &Agent) {
+    let s = agent.state();
+    match (&s.active, &s.phase) {
+        (_, Phase::Health { target, ok, .. }) => eprintln!("on trial: {} ({ok} good inferences)", target.path),
+        (Some(a), _) => eprintln!("running {}", a.target.path),
+        (None, _) => eprintln!("no model assigned yet"),
+    }
+}
+
+fn status(config: &AgentConfig) -> Result<()> {
+    let layout = Layout::new(&config.data_dir);
+    let Some(s) = device::load_state(&layout)? else {
+        println!("no update state yet: the agent has not run (`outpost-agent run`)");
+        return Ok(());
+    };
+    let show = |i: &Option<outpost_shared::update::Installed>| {
+        i.as_ref()
+            .map_or("-".to_owned(), |i| format!("{} ({}, slot {:?})", i.target.path, i.target.digest.short(), i.slot))
+    };
+    println!("active      {}", show(&s.active));
+    println!("last good   {}", show(&s.last_good));
+    println!("fallback    {}", show(&s.fallback));
+    println!("last check  {}", s.last_check.map_or("never".into(), format_rfc3339));
+    println!("last error  {}", s.last_error.as_deref().unwrap_or("-"));
+    let pending = match &s.phase {
+        Phase::Idle => "none".to_owned(),
+        Phase::Downloading { target } => format!("downloading {}", target.path),
+        Phase::Staging { target, slot } => format!("staging {} into slot {slot:?}", target.path),
+        Phase::Health { target, ok, since, .. } => {
+            format!("health window for {} since {} ({ok} good inferences)", target.path, format_rfc3339(*since))
+        }
+    };
+    println!("pending     {pending}");
+    println!("assignment  v{}", s.assignment_version);
+    if !s.rolled_back.is_empty() {
+        let list: Vec<String> = s.rolled_back.iter().map(|d| d.short()).collect();
+        println!("rolled back {} (not reinstalled)", list.join(", "));
+    }
+    Ok(())
 }

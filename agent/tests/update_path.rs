@@ -2,78 +2,16 @@
 //! device registry) served over real QUIC, and the agent's client driving sigstore-tuf's `Updater` through it,
 //! then checking its director bundle against the verified targets.
 
-use std::sync::Arc;
+mod support;
 
 use outpost_agent::quic::{ClientConfig, HubClient};
 use outpost_attestation::identity::Identity;
-use outpost_hub::Registry;
-use outpost_hub::backend::HubBackend;
 use outpost_hub::director::{Director, director_key_from_target};
-use outpost_hub::serve::{ServeConfig, Server};
-use outpost_hub::tuf::{DIRECTOR_TARGET, GenerateOptions, Key, TufRepo};
-use outpost_shared::clock::ManualClock;
+use outpost_hub::tuf::DIRECTOR_TARGET;
 use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
-use outpost_shared::rng::SeededRng;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::{Digest, canonical};
-
-const NOW: u64 = 1_795_881_600;
-
-fn ts(secs: u64) -> jiff::Timestamp {
-    jiff::Timestamp::from_second(secs as i64).unwrap()
-}
-
-struct World {
-    tmp: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    repo: TufRepo,
-    clock: Arc<ManualClock>,
-}
-
-impl World {
-    fn new() -> World {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("hub");
-        Registry::init(&dir).unwrap();
-        let repo = TufRepo::new(&dir, Default::default());
-        repo.generate(&tmp.path().join("offline"), GenerateOptions::default(), &mut SeededRng::new(5), NOW).unwrap();
-        World { tmp, dir, repo, clock: Arc::new(ManualClock::new(NOW)) }
-    }
-
-    fn registry(&self) -> Registry {
-        Registry::open(&self.dir, self.clock.clone()).unwrap()
-    }
-
-    fn add_and_publish(&self, m: &AffineManifest, channel: &str) -> (Digest, String) {
-        let model = self.tmp.path().join(format!("{}-{}.onnx", m.name, m.version));
-        let manifest = model.with_extension("toml");
-        std::fs::write(&model, outpost_shared::testkit::affine_model(m.scale, m.bias)).unwrap();
-        std::fs::write(&manifest, m.toml()).unwrap();
-        let reg = self.registry();
-        let d = reg.add(&model, &manifest).unwrap().digest;
-        let (record, parsed) = (reg.record(&d).unwrap().unwrap(), reg.manifest(&d).unwrap().1);
-        let key_path = self.tmp.path().join("offline/targets-1.key");
-        self.repo.publish(&record, &parsed, channel, &Key::load(&key_path).unwrap(), &key_path, NOW).unwrap();
-        (d, outpost_hub::tuf::target_path(&parsed))
-    }
-
-    async fn serve(&self) -> (std::net::SocketAddr, outpost_attestation::identity::PublicKey) {
-        let hub = Identity::from_seed([1; 32]);
-        let key = hub.public_key();
-        let backend =
-            Arc::new(HubBackend::new(&self.dir, TufRepo::new(&self.dir, Default::default()), self.clock.clone()));
-        let mut config = ServeConfig::new(hub);
-        config.bind = "127.0.0.1:0".parse().unwrap();
-        let server = Server::bind(config, backend).unwrap();
-        let addr = server.local_addr().unwrap();
-        tokio::spawn(server.run(std::future::pending()));
-        (addr, key)
-    }
-
-    fn root(&self) -> Vec<u8> {
-        std::fs::read(self.repo.metadata_dir().join("1.root.json")).unwrap()
-    }
-}
+use support::{NOW, World, ts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_verifies_hub_metadata_targets_and_assignment_over_quic() {

@@ -100,6 +100,9 @@ pub struct AgentState {
     pub revoked: BTreeSet<Digest>,
     /// Highest director assignment version accepted.
     pub assignment_version: u64,
+    /// When the last assignment was accepted (the last successful update check).
+    #[serde(default)]
+    pub last_check: Option<UnixSeconds>,
     /// Latest wall-clock time seen; a clock reading below it is treated as this.
     pub last_known_time: UnixSeconds,
     /// The reason for the last failure or rollback, for `status` and the hub.
@@ -117,6 +120,7 @@ impl AgentState {
             rolled_back: BTreeSet::new(),
             revoked: BTreeSet::new(),
             assignment_version: 0,
+            last_check: None,
             last_known_time: now,
             last_error: None,
         }
@@ -240,6 +244,7 @@ impl UpdateLoop {
                     return actions;
                 }
                 self.state.assignment_version = version;
+                self.state.last_check = Some(now);
                 self.state.revoked.extend(revoked);
                 actions.extend(self.enforce_revocation());
                 if let (Phase::Idle, Some(target)) = (&self.state.phase, target) {

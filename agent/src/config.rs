@@ -1,0 +1,215 @@
+//! The agent's `agent.toml`: where the hub is and who it is, where the device keeps its state, and the update
+//! and health-window settings. Parsed strictly (unknown keys are errors naming the key and the file).
+//!
+//! Paths in the file are relative to the file's directory, so a device directory can be moved whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use outpost_attestation::identity::PublicKey;
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A key is missing, unknown or has a bad value.
+    #[error("{}: key `{key}`: {problem}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    hub: RawHub,
+    #[serde(default)]
+    device: RawDevice,
+    #[serde(default)]
+    updates: Updates,
+    #[serde(default)]
+    inference: RawInference,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    address: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    data_dir: String,
+}
+
+impl Default for RawDevice {
+    fn default() -> Self {
+        RawDevice { data_dir: ".".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInference {
+    bind: String,
+}
+
+impl Default for RawInference {
+    fn default() -> Self {
+        RawInference { bind: "127.0.0.1:8080".into() }
+    }
+}
+
+/// Update-loop settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Updates {
+    /// Seconds between update checks.
+    pub poll_secs: u64,
+    /// Up to this many seconds are added at random to each wait, so a fleet does not check in lockstep.
+    pub jitter_secs: u64,
+    /// Successful inferences that confirm a new package.
+    pub health_inferences: u32,
+    /// Seconds without an error that confirm a new package (whichever comes first).
+    pub health_secs: u64,
+}
+
+impl Default for Updates {
+    fn default() -> Self {
+        Updates { poll_secs: 60, jitter_secs: 10, health_inferences: 20, health_secs: 300 }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The hub's UDP address.
+    pub hub_address: SocketAddr,
+    /// The hub's pinned public key.
+    pub hub_key: PublicKey,
+    /// Where identity, TUF metadata, state, staging and slots live.
+    pub data_dir: PathBuf,
+    /// Update settings.
+    pub updates: Updates,
+    /// Address of the local inference API.
+    pub inference_bind: SocketAddr,
+}
+
+/// The commented file `outpost-agent init` writes.
+pub fn render(hub_address: &str, hub_key: &str) -> String {
+    format!(
+        r#"# Outpost agent configuration. Paths are relative to this file's directory.
+
+[hub]
+# UDP address of the hub (or of this site's node).
+address = "{hub_address}"
+# The hub's Ed25519 public key (`outpost-hub identity`): a hub presenting any other key is refused.
+key = "{hub_key}"
+
+[device]
+# Identity key, trusted TUF metadata, update state, staging area and the two model slots live here.
+data_dir = "."
+
+[updates]
+# Seconds between update checks, plus up to jitter_secs at random.
+poll_secs = 60
+jitter_secs = 10
+# A new package is confirmed after this many successful inferences or this many seconds without an error,
+# whichever comes first; any failure before that rolls back to the last good package.
+health_inferences = 20
+health_secs = 300
+
+[inference]
+# The local Open Inference Protocol v2 API (KServe / Triton compatible). Keep it on localhost.
+bind = "127.0.0.1:8080"
+"#
+    )
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid { path: path.into(), key: key.into(), problem };
+        let de = toml::Deserializer::parse(text).map_err(|e| invalid("(document)", e.message().to_owned()))?;
+        let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, e.into_inner().message().to_owned())
+        })?;
+        let hub_address = raw
+            .hub
+            .address
+            .parse()
+            .map_err(|e| invalid("hub.address", format!("`{}` is not an address: {e}", raw.hub.address)))?;
+        let hub_key = raw
+            .hub
+            .key
+            .parse()
+            .map_err(|_| invalid("hub.key", "expected the hub's Ed25519 public key, 64 hex characters".into()))?;
+        let inference_bind = raw
+            .inference
+            .bind
+            .parse()
+            .map_err(|e| invalid("inference.bind", format!("`{}` is not an address: {e}", raw.inference.bind)))?;
+        if raw.updates.poll_secs == 0 {
+            return Err(invalid("updates.poll_secs", "must be at least 1".into()));
+        }
+        if raw.updates.health_inferences == 0 && raw.updates.health_secs == 0 {
+            return Err(invalid("updates.health_secs", "a health window of zero confirms nothing".into()));
+        }
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Ok(AgentConfig {
+            hub_address,
+            hub_key,
+            data_dir: base.join(&raw.device.data_dir),
+            updates: raw.updates,
+            inference_bind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0472f1b725f44c406c734e311f498aee3ac26f766d4e5b88162c719f4a78d453";
+
+    #[test]
+    fn rendered_config_parses_with_defaults() {
+        let c = AgentConfig::parse(&render("127.0.0.1:7443", KEY), Path::new("/dev0/agent.toml")).unwrap();
+        assert_eq!(c.hub_key.to_hex(), KEY);
+        assert_eq!(c.data_dir, Path::new("/dev0/."));
+        assert_eq!(c.updates, Updates::default());
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_name_the_key_and_file() {
+        let text = render("127.0.0.1:7443", KEY).replace("poll_secs = 60", "poll_secs = 60\nturbo = true");
+        let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("a.toml: key `updates.turbo`"), "{e}");
+        let e = AgentConfig::parse(&render("nowhere", KEY), Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("`hub.address`"), "{e}");
+        let e = AgentConfig::parse(&render("127.0.0.1:1", "abc"), Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("`hub.key`"), "{e}");
+    }
+}

@@ -1,0 +1,400 @@
+//! The agent's update driver: performs what `shared::update::UpdateLoop` decides — TUF refresh over QUIC,
+//! director bundle checks, resumable downloads, staging into the inactive slot, activation — and persists the
+//! loop's state atomically after every step, so a `kill -9` anywhere resumes or falls back safely.
+//!
+//! Only this module touches the network and the slots; every decision is the sans-IO loop's.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+use outpost_attestation::identity::Identity;
+use outpost_shared::clock::Clock;
+use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
+use outpost_shared::model::{self, LoadedModel};
+use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Slot, Target, UpdateLoop};
+use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
+use sigstore_tuf::transport::FetchFuture;
+use sigstore_tuf::{FileStore, Repository, Updater};
+
+use crate::config::AgentConfig;
+use crate::device::{self, Layout};
+use crate::quic::{ClientConfig, HubClient};
+
+/// Target path of the director key in TUF (the hub lists it with the top-level targets role).
+pub const DIRECTOR_TARGET: &str = "director/director.json";
+
+/// Why an update check failed. The device keeps serving what it serves.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The hub could not be reached or misbehaved on the wire.
+    #[error("hub: {0}")]
+    Hub(#[from] crate::quic::ClientError),
+    /// TUF verification failed (rollback, freeze, mix-and-match, bad signatures...).
+    #[error("TUF: {0}")]
+    Tuf(#[from] sigstore_tuf::Error),
+    /// The director bundle failed its checks.
+    #[error("director: {0}")]
+    Director(#[from] director::DirectorError),
+    /// Local storage failed.
+    #[error("device storage: {0}")]
+    Io(#[from] std::io::Error),
+    /// Something the hub sent is not usable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The model that serves now: read-only files in a slot, loaded once.
+pub struct Active {
+    /// What is installed.
+    pub installed: Installed,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The loaded, optimised model.
+    pub model: LoadedModel,
+}
+
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Active").field("installed", &self.installed).finish_non_exhaustive()
+    }
+}
+
+/// `HubClient` shared between the TUF updater and the driver's own requests.
+#[derive(Clone)]
+struct SharedClient(Arc<HubClient>);
+
+impl Repository for SharedClient {
+    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
+        self.0.fetch_metadata(name, max_length)
+    }
+    fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
+        self.0.fetch_target(path, max_length)
+    }
+}
+
+/// The agent.
+pub struct Agent {
+    config: AgentConfig,
+    layout: Layout,
+    identity: Identity,
+    clock: Arc<dyn Clock>,
+    updates: UpdateLoop,
+    active: Option<Arc<Active>>,
+    client: Option<Arc<HubClient>>,
+    /// Reports waiting for a connection (telemetry proper arrives with the fleet issue).
+    outbox: Vec<String>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("dir", &self.layout.root()).field("state", &self.updates.state).finish()
+    }
+}
+
+impl Agent {
+    /// Opens the device directory named by `config`, restoring persisted state and serving what was active.
+    pub fn open(config: AgentConfig, clock: Arc<dyn Clock>) -> Result<Agent, CheckError> {
+        let layout = Layout::new(&config.data_dir);
+        let identity = Identity::load(&layout.identity()).map_err(|e| CheckError::Invalid(e.to_string()))?;
+        let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
+        let health = HealthPolicy { inferences: config.updates.health_inferences, seconds: config.updates.health_secs };
+        let mut agent = Agent {
+            config,
+            layout,
+            identity,
+            clock,
+            updates: UpdateLoop::new(state, health),
+            active: None,
+            client: None,
+            outbox: Vec::new(),
+        };
+        let actions = agent.updates.handle(agent.clock.wall(), Event::Started);
+        agent.save()?;
+        agent.perform_local(actions)?;
+        Ok(agent)
+    }
+
+    /// The persisted update state.
+    pub fn state(&self) -> &AgentState {
+        &self.updates.state
+    }
+
+    /// The model serving now, if any.
+    pub fn active(&self) -> Option<Arc<Active>> {
+        self.active.clone()
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        device::save_state(&self.layout, &self.updates.state)
+    }
+
+    /// Feeds an event to the loop, persists, and returns the actions to perform.
+    fn feed(&mut self, event: Event) -> Result<Vec<Action>, CheckError> {
+        let actions = self.updates.handle(self.clock.wall(), event);
+        self.save()?;
+        Ok(actions)
+    }
+
+    /// Records one inference's outcome for the health window.
+    pub fn record_inference(&mut self, ok: bool) -> Result<(), CheckError> {
+        let actions = self.feed(Event::Inference { ok })?;
+        self.perform_local(actions)
+    }
+
+    /// Lets time-based decisions (the health window) happen.
+    pub fn tick(&mut self) -> Result<(), CheckError> {
+        let actions = self.feed(Event::Tick)?;
+        self.perform_local(actions)
+    }
+
+    /// Performs actions that need no network (activation, reports into the outbox); network actions are
+    /// left for the next check.
+    fn perform_local(&mut self, actions: Vec<Action>) -> Result<(), CheckError> {
+        for action in actions {
+            match action {
+                Action::Activate(installed) => self.activate(&installed)?,
+                Action::Deactivate => self.active = None,
+                Action::Report(message) => self.outbox.push(message),
+                Action::Download(_) | Action::Stage { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&mut self) -> Result<Arc<HubClient>, CheckError> {
+        if let Some(c) = &self.client
+            && c.connection().close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
+        let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// One update check: refresh TUF, fetch and verify the director bundle, and carry out whatever the loop
+    /// decides (download, stage, activate) until it waits for the health window or for the next check.
+    pub async fn check(&mut self) -> Result<(), CheckError> {
+        let client = self.connect().await?;
+        let now = self.clock.wall().max(self.updates.state.last_known_time);
+        let ts = jiff::Timestamp::from_second(i64::try_from(now).unwrap_or(i64::MAX))
+            .map_err(|e| CheckError::Invalid(e.to_string()))?;
+        let root = std::fs::read(self.layout.tuf().join("root.json"))?;
+        let mut tuf = Updater::new(SharedClient(client.clone()), &root)?.with_store(FileStore::new(self.layout.tuf()));
+        tuf.refresh(ts).await?;
+        let director_doc = tuf.get_target(DIRECTOR_TARGET, ts).await?;
+        let director_key = director_key(&director_doc)?;
+
+        let Some(bundle) = client.assignment().await? else {
+            return self.flush_reports(&client).await;
+        };
+        let bundle: Bundle = canonical::from_slice(&bundle).map_err(|e| CheckError::Invalid(e.to_string()))?;
+        let assignment: Assignment = director::open(&bundle.assignment, director::ASSIGNMENT_DOMAIN, &director_key)?;
+        let revoked = match &bundle.revocations {
+            Some(b) => director::open::<RevocationList>(b, director::REVOCATIONS_DOMAIN, &director_key)?
+                .revoked
+                .into_iter()
+                .map(|r| r.digest)
+                .collect(),
+            None => vec![],
+        };
+        let mut listed = Vec::new();
+        for t in &assignment.targets {
+            if let Some(info) = tuf.get_target_info(&t.path, ts).await? {
+                let sha256 = info.hashes.get("sha256").and_then(|h| h.parse::<Digest>().ok());
+                if let Some(sha256) = sha256 {
+                    listed.push((t.path.clone(), ListedTarget { length: info.length, sha256 }));
+                }
+            }
+        }
+        let lookup = |p: &str| listed.iter().find(|(path, _)| path == p).map(|(_, l)| l.clone());
+        director::check_assignment(
+            &assignment,
+            &self.identity.public_key().0,
+            self.updates.state.assignment_version,
+            now,
+            lookup,
+        )?;
+        let target =
+            assignment.targets.first().map(|t| Target { path: t.path.clone(), digest: t.sha256, length: t.length });
+
+        let mut queue: VecDeque<Action> =
+            self.feed(Event::Assigned { version: assignment.version, target, revoked })?.into();
+        while let Some(action) = queue.pop_front() {
+            let event = match action {
+                Action::Download(t) => Some(self.download(&client, &t).await),
+                Action::Stage { target, slot } => Some(self.stage(&target, slot)),
+                other => {
+                    self.perform_local(vec![other])?;
+                    None
+                }
+            };
+            if let Some(event) = event {
+                queue.extend(self.feed(event)?);
+            }
+        }
+        self.flush_reports(&client).await
+    }
+
+    async fn flush_reports(&mut self, client: &HubClient) -> Result<(), CheckError> {
+        for message in std::mem::take(&mut self.outbox) {
+            let report = serde_json::json!({
+                "active": self.updates.state.active.as_ref().map(|a| a.target.digest.to_hex()),
+                "last_good": self.updates.state.last_good.as_ref().map(|a| a.target.digest.to_hex()),
+                "message": message,
+            });
+            client.report(report.to_string().as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// Downloads into the staging file, resuming from what is there, bounded by the TUF length, then checks
+    /// length and hash.
+    async fn download(&mut self, client: &HubClient, t: &Target) -> Event {
+        match self.try_download(client, t).await {
+            Ok(()) => Event::Downloaded,
+            Err(e) => Event::DownloadFailed(e.to_string()),
+        }
+    }
+
+    async fn try_download(&mut self, client: &HubClient, t: &Target) -> Result<(), CheckError> {
+        let staging = self.layout.staging(&t.digest);
+        std::fs::create_dir_all(staging.parent().unwrap_or(self.layout.root()))?;
+        let mut have = std::fs::metadata(&staging).map(|m| m.len()).unwrap_or(0);
+        if have > t.length {
+            std::fs::remove_file(&staging)?;
+            have = 0;
+        }
+        if have < t.length {
+            let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&staging).await?;
+            let stored = consistent_path(&t.path, &t.digest);
+            client
+                .download_target(&stored, have, t.length, &mut file)
+                .await?
+                .ok_or_else(|| CheckError::Invalid(format!("the hub has no {}", t.path)))?;
+            file.sync_all().await?;
+        }
+        let bytes = std::fs::read(&staging)?;
+        if bytes.len() as u64 != t.length || Digest::of(&bytes) != t.digest {
+            std::fs::remove_file(&staging)?;
+            return Err(CheckError::Invalid(format!(
+                "downloaded {} bytes hashing to {}, TUF lists {} bytes {}",
+                bytes.len(),
+                Digest::of(&bytes).short(),
+                t.length,
+                t.digest.short()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Unpacks the verified package into `slot` (never the active one), loads it and runs its smoke test.
+    fn stage(&mut self, t: &Target, slot: Slot) -> Event {
+        match self.try_stage(t, slot) {
+            Ok(()) => Event::Staged,
+            Err(e) => Event::StageFailed(e),
+        }
+    }
+
+    fn try_stage(&mut self, t: &Target, slot: Slot) -> Result<(), String> {
+        if self.updates.state.active.as_ref().is_some_and(|a| a.slot == slot) {
+            return Err("refusing to write into the active slot".into());
+        }
+        let staging = self.layout.staging(&t.digest);
+        let bytes = std::fs::read(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+        if Digest::of(&bytes) != t.digest {
+            return Err("staged package does not match its digest".into());
+        }
+        let package = Package::decode(&bytes, &PackageLimits::default()).map_err(|e| e.to_string())?;
+        let dir = self.layout.slot(slot);
+        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+        if dir.exists() {
+            make_writable(&dir).map_err(io)?;
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        device::write_atomic(&dir.join("model.onnx"), package.model).map_err(io)?;
+        device::write_atomic(&dir.join("manifest.cbor"), package.manifest_cbor).map_err(io)?;
+        device::write_atomic(&dir.join("digest"), t.digest.to_hex().as_bytes()).map_err(io)?;
+        for f in ["model.onnx", "manifest.cbor", "digest"] {
+            set_read_only(&dir.join(f)).map_err(io)?;
+        }
+        model::check(package.model, &package.manifest).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&staging);
+        Ok(())
+    }
+
+    /// Loads a slot (read-only) and makes it the serving model.
+    fn activate(&mut self, installed: &Installed) -> Result<(), CheckError> {
+        if self.active.as_ref().is_some_and(|a| a.installed == *installed) {
+            return Ok(());
+        }
+        let (manifest, model) = load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?;
+        self.active = Some(Arc::new(Active { installed: installed.clone(), manifest, model }));
+        Ok(())
+    }
+}
+
+/// Reads a slot's files (opened read-only) and loads the model.
+fn load_slot(dir: &Path, digest: &Digest) -> Result<(Manifest, LoadedModel), CheckError> {
+    let recorded = std::fs::read_to_string(dir.join("digest"))?;
+    if recorded.trim() != digest.to_hex() {
+        return Err(CheckError::Invalid(format!(
+            "slot {} holds {}, not {}",
+            dir.display(),
+            recorded.trim(),
+            digest.short()
+        )));
+    }
+    let manifest = Manifest::from_cbor(&std::fs::read(dir.join("manifest.cbor"))?)
+        .map_err(|e| CheckError::Invalid(e.to_string()))?;
+    let model_bytes = std::fs::read(dir.join("model.onnx"))?;
+    let model = model::load(&model_bytes, &manifest).map_err(|e| CheckError::Invalid(e.to_string()))?;
+    Ok((manifest, model))
+}
+
+fn director_key(doc: &[u8]) -> Result<[u8; 32], CheckError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(doc).map_err(|e| CheckError::Invalid(format!("director key: {e}")))?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(v["public"].as_str().unwrap_or_default(), &mut key)
+        .map_err(|e| CheckError::Invalid(format!("director key: {e}")))?;
+    Ok(key)
+}
+
+/// Where a consistent-snapshot repository stores a target: `dir/<sha256>.<name>`.
+fn consistent_path(path: &str, d: &Digest) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/{}.{name}", d.to_hex()),
+        None => format!("{}.{path}", d.to_hex()),
+    }
+}
+
+fn set_read_only(path: &Path) -> std::io::Result<()> {
+    let mut perms = std::fs::metadata(path)?.permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(path, perms)
+}
+
+fn make_writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+/// Writes a fresh device directory: identity (mode 0600), the pinned TUF root, and returns the device's public
+/// key for `outpost-hub device approve`.
+pub fn init_device(dir: &Path, root_json: &[u8], seed: [u8; 32]) -> Result<String, CheckError> {
+    let layout = Layout::new(dir);
+    std::fs::create_dir_all(layout.tuf())?;
+    sigstore_tuf::Metadata::<sigstore_tuf::Root>::from_slice(root_json)?;
+    let identity = Identity::from_seed(seed);
+    identity.save(&layout.identity()).map_err(|e| CheckError::Invalid(e.to_string()))?;
+    device::write_atomic(&layout.tuf().join("root.json"), root_json)?;
+    Ok(identity.public_key().to_hex())
+}

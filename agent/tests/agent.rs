@@ -1,0 +1,192 @@
+//! The agent as a device runs it, against a real hub over real QUIC: adoption, a package that fails its smoke
+//! test on the device, a health-window failure that is rolled back and not retried, revocation, a tampered blob
+//! on the hub, and a restart in the middle of a download.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_agent::config::{self, AgentConfig};
+use outpost_agent::device::Layout;
+use outpost_agent::driver::{Agent, init_device};
+use outpost_hub::blobs::BlobStore;
+use outpost_hub::director::Director;
+use outpost_hub::registry::PackageRecord;
+use outpost_hub::tuf::Key;
+use outpost_shared::clock::Clock;
+use outpost_shared::testkit::{AffineManifest, affine_model};
+use outpost_shared::update::Phase;
+use outpost_shared::{Digest, package};
+use support::{NOW, World};
+
+const HEALTH: u32 = 3;
+
+async fn device(w: &World, name: &str, seed: u8) -> Agent {
+    let (addr, hub_key) = w.serve().await;
+    let dir = w.tmp.path().join(name);
+    let key = init_device(&dir, &w.root(), [seed; 32]).unwrap();
+    w.registry().device_approve(&key, "stable").unwrap();
+    let text = config::render(&addr.to_string(), &hub_key.to_hex())
+        .replace("health_inferences = 20", &format!("health_inferences = {HEALTH}"));
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    Agent::open(AgentConfig::parse(&text, &path).unwrap(), w.clock.clone()).unwrap()
+}
+
+/// Lets the hub's metadata cache and the clocks move on between publishes.
+fn later(w: &World) {
+    w.clock.advance(Duration::from_secs(2));
+}
+
+fn active(agent: &Agent) -> Option<Digest> {
+    agent.active().map(|a| a.installed.target.digest)
+}
+
+async fn adopt(agent: &mut Agent) {
+    agent.check().await.unwrap();
+    assert!(matches!(agent.state().phase, Phase::Health { .. }), "{:?}", agent.state().phase);
+    for _ in 0..HEALTH {
+        agent.record_inference(true).unwrap();
+    }
+    assert_eq!(agent.state().phase, Phase::Idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_then_v2_adopted_and_revoked_v2_replaced_by_last_good() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut agent = device(&w, "dev1", 1).await;
+    adopt(&mut agent).await;
+    assert_eq!(active(&agent), Some(v1));
+    let slot1 = agent.active().unwrap().installed.slot;
+
+    later(&w);
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    adopt(&mut agent).await;
+    assert_eq!(active(&agent), Some(v2));
+    assert_eq!(agent.active().unwrap().installed.slot, slot1.other(), "v2 went into the other slot");
+
+    later(&w);
+    Director::new(&w.repo).revoke(v2, "field regression", w.clock.wall()).unwrap();
+    agent.check().await.unwrap();
+    assert_eq!(active(&agent), Some(v1), "the revoked package is replaced by the last good one");
+    assert!(agent.state().revoked.contains(&v2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_failing_its_smoke_test_on_the_device_is_never_activated() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut agent = device(&w, "dev1", 1).await;
+    adopt(&mut agent).await;
+
+    // A package the hub's own checks would refuse, published around them (as a compromised build could):
+    // its manifest expects bias 1.0, its model adds 9.0.
+    later(&w);
+    let manifest = AffineManifest::new("affine", "1.2.0", 2.0, 1.0).manifest();
+    let bytes = package::encode(&manifest, &affine_model(2.0, 9.0));
+    let (digest, _) = BlobStore::new(w.dir.join("blobs")).put(&bytes).unwrap();
+    let record = PackageRecord {
+        digest,
+        name: manifest.name.clone(),
+        version: manifest.version.to_string(),
+        package_len: bytes.len() as u64,
+        model_digest: Digest::of(b"unused"),
+        model_len: 0,
+        added_at: NOW,
+    };
+    let key_path = w.tmp.path().join("offline/targets-1.key");
+    w.repo.publish(&record, &manifest, "stable", &Key::load(&key_path).unwrap(), &key_path, NOW).unwrap();
+
+    agent.check().await.unwrap();
+    assert_eq!(active(&agent), Some(v1), "the broken package never served");
+    assert!(agent.state().rolled_back.contains(&digest));
+    assert!(
+        agent.state().last_error.as_deref().unwrap_or_default().contains("smoke"),
+        "{:?}",
+        agent.state().last_error
+    );
+    // The hub still assigns it; the device does not try again.
+    later(&w);
+    agent.check().await.unwrap();
+    assert_eq!(agent.state().phase, Phase::Idle);
+    assert_eq!(active(&agent), Some(v1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_window_failure_rolls_back_and_is_not_reinstalled() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut agent = device(&w, "dev1", 1).await;
+    adopt(&mut agent).await;
+    later(&w);
+    let (v4, _) = w.add_and_publish(&AffineManifest::new("affine", "1.3.0", 4.0, 1.0), "stable");
+    agent.check().await.unwrap();
+    assert_eq!(active(&agent), Some(v4));
+    agent.record_inference(false).unwrap();
+    assert_eq!(active(&agent), Some(v1), "rolled back to the last good package");
+    later(&w);
+    agent.check().await.unwrap();
+    assert_eq!(active(&agent), Some(v1), "no reinstall loop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_blob_on_the_hub_is_rejected() {
+    let w = World::new();
+    let (digest, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    // The target file is a hard link to the write-once blob; an attacker on the hub's disk flips a byte.
+    let blob = BlobStore::new(w.dir.join("blobs")).path_of(&digest);
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let mut agent = device(&w, "dev1", 1).await;
+    agent.check().await.unwrap();
+    assert_eq!(active(&agent), None, "nothing unverified is ever activated");
+    assert!(
+        agent.state().last_error.as_deref().unwrap_or_default().contains("download"),
+        "{:?}",
+        agent.state().last_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restarted_mid_download_resumes() {
+    let w = World::new();
+    let (digest, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let full = std::fs::read(BlobStore::new(w.dir.join("blobs")).path_of(&digest)).unwrap();
+    let agent = device(&w, "dev1", 1).await;
+    // The agent had fetched half the package when it was killed.
+    let layout = Layout::new(&w.tmp.path().join("dev1"));
+    std::fs::create_dir_all(layout.staging(&digest).parent().unwrap()).unwrap();
+    std::fs::write(layout.staging(&digest), &full[..full.len() / 2]).unwrap();
+    drop(agent);
+    let text = std::fs::read_to_string(w.tmp.path().join("dev1/agent.toml")).unwrap();
+    let config = AgentConfig::parse(&text, &w.tmp.path().join("dev1/agent.toml")).unwrap();
+    let mut agent = Agent::open(config, w.clock.clone()).unwrap();
+    agent.check().await.unwrap();
+    assert_eq!(active(&agent), Some(digest));
+    assert!(!layout.staging(&digest).exists(), "the staging file is consumed once installed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_during_the_health_window_rolls_back_to_the_last_good_package() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut agent = device(&w, "dev1", 1).await;
+    adopt(&mut agent).await;
+    later(&w);
+    w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    agent.check().await.unwrap();
+    drop(agent); // killed before the new package confirmed
+    let path = w.tmp.path().join("dev1/agent.toml");
+    let config = AgentConfig::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    let agent = Agent::open(config, Arc::clone(&w.clock) as Arc<dyn Clock>).unwrap();
+    assert_eq!(active(&agent), Some(v1));
+}

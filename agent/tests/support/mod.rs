@@ -1,0 +1,74 @@
+//! Test support for the agent: a real hub data directory (registry, TUF repository, director, devices) served
+//! over real QUIC on loopback, on a manual clock.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use outpost_attestation::identity::Identity;
+use outpost_hub::Registry;
+use outpost_hub::backend::HubBackend;
+use outpost_hub::serve::{ServeConfig, Server};
+use outpost_hub::tuf::{GenerateOptions, Key, TufRepo};
+use outpost_shared::Digest;
+use outpost_shared::clock::ManualClock;
+use outpost_shared::rng::SeededRng;
+use outpost_shared::testkit::AffineManifest;
+
+pub const NOW: u64 = 1_795_881_600;
+
+pub fn ts(secs: u64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(secs as i64).unwrap()
+}
+
+pub struct World {
+    pub tmp: tempfile::TempDir,
+    pub dir: std::path::PathBuf,
+    pub repo: TufRepo,
+    pub clock: Arc<ManualClock>,
+}
+
+impl World {
+    pub fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("hub");
+        Registry::init(&dir).unwrap();
+        let repo = TufRepo::new(&dir, Default::default());
+        repo.generate(&tmp.path().join("offline"), GenerateOptions::default(), &mut SeededRng::new(5), NOW).unwrap();
+        World { tmp, dir, repo, clock: Arc::new(ManualClock::new(NOW)) }
+    }
+
+    pub fn registry(&self) -> Registry {
+        Registry::open(&self.dir, self.clock.clone()).unwrap()
+    }
+
+    pub fn add_and_publish(&self, m: &AffineManifest, channel: &str) -> (Digest, String) {
+        let model = self.tmp.path().join(format!("{}-{}.onnx", m.name, m.version));
+        let manifest = model.with_extension("toml");
+        std::fs::write(&model, outpost_shared::testkit::affine_model(m.scale, m.bias)).unwrap();
+        std::fs::write(&manifest, m.toml()).unwrap();
+        let reg = self.registry();
+        let d = reg.add(&model, &manifest).unwrap().digest;
+        let (record, parsed) = (reg.record(&d).unwrap().unwrap(), reg.manifest(&d).unwrap().1);
+        let key_path = self.tmp.path().join("offline/targets-1.key");
+        self.repo.publish(&record, &parsed, channel, &Key::load(&key_path).unwrap(), &key_path, NOW).unwrap();
+        (d, outpost_hub::tuf::target_path(&parsed))
+    }
+
+    pub async fn serve(&self) -> (std::net::SocketAddr, outpost_attestation::identity::PublicKey) {
+        let hub = Identity::from_seed([1; 32]);
+        let key = hub.public_key();
+        let backend =
+            Arc::new(HubBackend::new(&self.dir, TufRepo::new(&self.dir, Default::default()), self.clock.clone()));
+        let mut config = ServeConfig::new(hub);
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        let server = Server::bind(config, backend).unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(server.run(std::future::pending()));
+        (addr, key)
+    }
+
+    pub fn root(&self) -> Vec<u8> {
+        std::fs::read(self.repo.metadata_dir().join("1.root.json")).unwrap()
+    }
+}
