@@ -109,10 +109,17 @@ impl Agent {
             client: None,
             outbox: Vec::new(),
         };
-        let actions = agent.updates.handle(agent.clock.wall(), Event::Started);
+        let clean = std::mem::take(&mut agent.updates.state.clean_shutdown);
+        let actions = agent.updates.handle(agent.clock.wall(), Event::Started { clean });
         agent.save()?;
         agent.perform_local(actions)?;
         Ok(agent)
+    }
+
+    /// Records a graceful stop, so the next start continues a health window instead of rolling back.
+    pub fn shutdown(mut self) -> Result<(), CheckError> {
+        self.updates.state.clean_shutdown = true;
+        Ok(self.save()?)
     }
 
     /// The persisted update state.

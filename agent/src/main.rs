@@ -131,7 +131,7 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
             Err(e) => eprintln!("update check failed (still serving what was active): {e}"),
         }
         if once {
-            return Ok(());
+            return Ok(agent.shutdown()?);
         }
         let mut r = [0u8; 8];
         getrandom_bytes(&mut r)?;
@@ -139,7 +139,10 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
         let deadline = tokio::time::Instant::now() + wait;
         while tokio::time::Instant::now() < deadline {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => { eprintln!("stopping"); return Ok(()); }
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("stopping");
+                    return Ok(agent.shutdown()?);
+                }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => agent.tick()?,
             }
         }

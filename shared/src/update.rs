@@ -107,6 +107,9 @@ pub struct AgentState {
     pub last_known_time: UnixSeconds,
     /// The reason for the last failure or rollback, for `status` and the hub.
     pub last_error: Option<String>,
+    /// Set by a graceful shutdown, cleared at start: tells a crash from a stop.
+    #[serde(default)]
+    pub clean_shutdown: bool,
 }
 
 impl AgentState {
@@ -123,6 +126,7 @@ impl AgentState {
             last_check: None,
             last_known_time: now,
             last_error: None,
+            clean_shutdown: false,
         }
     }
 }
@@ -145,8 +149,12 @@ impl Default for HealthPolicy {
 /// What happened, fed to [`UpdateLoop::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The agent (re)started with the persisted state.
-    Started,
+    /// The agent (re)started with the persisted state. `clean` when it had stopped gracefully; a start after a
+    /// crash during a health window counts as a failure of the package on trial.
+    Started {
+        /// Whether the previous run shut down gracefully.
+        clean: bool,
+    },
     /// A verified director assignment: the target to run (`None`: keep what runs) and the revoked packages.
     Assigned {
         /// The assignment's version.
@@ -224,13 +232,17 @@ impl UpdateLoop {
         let mut actions: Vec<Action> = clock_note.into_iter().collect();
         let phase = self.state.phase.clone();
         match (phase, event) {
-            (Phase::Health { target, .. }, Event::Started) => {
+            (Phase::Health { target, .. }, Event::Started { clean: false }) => {
                 // The trial never confirmed before the agent went down: a crash on a new model is evidence.
-                actions.extend(self.roll_back(&target, "agent restarted during the health window"));
+                actions.extend(self.roll_back(&target, "agent crashed during the health window"));
             }
-            (Phase::Downloading { target }, Event::Started) => actions.push(Action::Download(target)),
-            (Phase::Staging { target, slot }, Event::Started) => actions.push(Action::Stage { target, slot }),
-            (Phase::Idle, Event::Started) => {
+            (Phase::Health { target, slot, .. }, Event::Started { clean: true }) => {
+                // A graceful stop says nothing against the package: the trial goes on.
+                actions.push(Action::Activate(Installed { target, slot }));
+            }
+            (Phase::Downloading { target }, Event::Started { .. }) => actions.push(Action::Download(target)),
+            (Phase::Staging { target, slot }, Event::Started { .. }) => actions.push(Action::Stage { target, slot }),
+            (Phase::Idle, Event::Started { .. }) => {
                 if let Some(active) = self.state.active.clone() {
                     actions.push(Action::Activate(active));
                 }

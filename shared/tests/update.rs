@@ -107,20 +107,23 @@ fn restart_at_every_step_resumes_or_falls_back_safely() {
     install(&mut u, 1, &target("1"));
     u.handle(T0, assigned(2, Some(target("2"))));
     let mut restarted = UpdateLoop::new(u.state.clone(), u.health);
-    assert_eq!(restarted.handle(T0, Event::Started), vec![Action::Download(target("2"))]);
+    assert_eq!(restarted.handle(T0, Event::Started { clean: false }), vec![Action::Download(target("2"))]);
     // Staging: stage again into the same inactive slot.
     restarted.handle(T0, Event::Downloaded);
     let Phase::Staging { slot, .. } = restarted.state.phase.clone() else { panic!() };
     let mut again = UpdateLoop::new(restarted.state.clone(), u.health);
-    assert_eq!(again.handle(T0, Event::Started), vec![Action::Stage { target: target("2"), slot }]);
+    assert_eq!(again.handle(T0, Event::Started { clean: false }), vec![Action::Stage { target: target("2"), slot }]);
     // Health window: a restart before confirmation rolls back to the last good package.
     again.handle(T0, Event::Staged);
     let mut after_crash = UpdateLoop::new(again.state.clone(), u.health);
-    let actions = after_crash.handle(T0 + 1, Event::Started);
+    let actions = after_crash.handle(T0 + 1, Event::Started { clean: false });
     assert_eq!(actions[0], Action::Activate(u.state.last_good.clone().unwrap()));
     // Idle: serve what is active.
     let mut idle = UpdateLoop::new(after_crash.state.clone(), u.health);
-    assert_eq!(idle.handle(T0 + 2, Event::Started), vec![Action::Activate(after_crash.state.active.clone().unwrap())]);
+    assert_eq!(
+        idle.handle(T0 + 2, Event::Started { clean: false }),
+        vec![Action::Activate(after_crash.state.active.clone().unwrap())]
+    );
 }
 
 #[test]
@@ -139,4 +142,17 @@ fn clock_going_backwards_is_noticed_and_held() {
     let actions = u.handle(T0, Event::Tick);
     assert!(matches!(&actions[..], [Action::Report(r)] if r.contains("backwards")), "{actions:?}");
     assert_eq!(u.state.last_known_time, T0 + 100);
+}
+
+#[test]
+fn graceful_stop_during_the_health_window_continues_the_trial() {
+    let mut u = new_loop();
+    install(&mut u, 1, &target("1"));
+    u.handle(T0, assigned(2, Some(target("2"))));
+    u.handle(T0, Event::Downloaded);
+    u.handle(T0, Event::Staged);
+    let mut restarted = UpdateLoop::new(u.state.clone(), u.health);
+    let actions = restarted.handle(T0 + 1, Event::Started { clean: true });
+    assert!(matches!(&actions[..], [Action::Activate(i)] if i.target == target("2")), "{actions:?}");
+    assert!(matches!(restarted.state.phase, Phase::Health { .. }));
 }
