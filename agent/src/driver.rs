@@ -247,12 +247,9 @@ impl Agent {
 
     async fn flush_reports(&mut self, client: &HubClient) -> Result<(), CheckError> {
         for message in std::mem::take(&mut self.outbox) {
-            let report = serde_json::json!({
-                "active": self.updates.state.active.as_ref().map(|a| a.target.digest.to_hex()),
-                "last_good": self.updates.state.last_good.as_ref().map(|a| a.target.digest.to_hex()),
-                "message": message,
-            });
-            client.report(report.to_string().as_bytes()).await?;
+            let report = canonical::to_vec(&self.updates.state.report(&message))
+                .map_err(|e| CheckError::Invalid(e.to_string()))?;
+            client.report(&report).await?;
         }
         Ok(())
     }

@@ -129,6 +129,11 @@ async fn health_window_failure_rolls_back_and_is_not_reinstalled() {
     later(&w);
     agent.check().await.unwrap();
     assert_eq!(active(&agent), Some(v1), "no reinstall loop");
+    // The device reported its real state; the hub records the rollback and stops offering v4 to it.
+    let key = outpost_attestation::identity::Identity::load(&w.tmp.path().join("dev1/identity.key")).unwrap();
+    let record = w.registry().device(&key.public_key().to_hex()).unwrap().unwrap();
+    assert!(record.rolled_back.contains(&v4), "{record:?}");
+    assert_eq!(record.active, Some(v1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,6 +146,7 @@ impl Backend for HubBackend {
                 .iter()
                 .filter(|p| p.channels.contains(&record.channel))
                 .filter(|p| !revoked.revoked.iter().any(|r| r.digest == p.digest))
+                .filter(|p| !record.rolled_back.contains(&p.digest))
                 .map(|p| p.path.clone())
                 .collect()
         };
@@ -191,6 +192,10 @@ impl Backend for HubBackend {
         f.write_all(&len.to_be_bytes())?;
         f.write_all(body)?;
         f.sync_data()?;
+        // A state report updates the device record: the director stops offering what it rolled back from.
+        if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
+            self.with_registry(|reg| Ok(reg.device_reported(&hex::encode(device), &report)?))?;
+        }
         Ok(())
     }
 }

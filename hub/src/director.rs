@@ -156,10 +156,11 @@ impl<'a> Director<'a> {
             return Ok(None);
         }
         let revoked = self.revocations()?;
-        let current = self
-            .published()?
-            .into_iter()
-            .rfind(|p| p.channels.contains(&record.channel) && !revoked.revoked.iter().any(|r| r.digest == p.digest));
+        let current = self.published()?.into_iter().rfind(|p| {
+            p.channels.contains(&record.channel)
+                && !revoked.revoked.iter().any(|r| r.digest == p.digest)
+                && !record.rolled_back.contains(&p.digest)
+        });
         let record = reg.device_next_assignment(device)?;
         let assignment = Assignment {
             device: device.into(),

@@ -200,6 +200,13 @@ enum DeviceCmd {
         /// The device's public key.
         key: String,
     },
+    /// Offer a package again to a device that rolled back from it.
+    Retry {
+        /// The device's public key.
+        key: String,
+        /// The package.
+        package: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,15 +387,28 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
         }
         Command::Device(DeviceCmd::List) => {
             for d in open(dir)?.devices()? {
+                let active = d.active.map_or("-".to_owned(), |a| a.short());
+                let rolled: Vec<String> = d.rolled_back.iter().map(|r| r.short()).collect();
                 println!(
-                    "{}  {:<8} {:<12} assignment v{}  since {}",
+                    "{}  {:<8} {:<10} active {:<12} assignment v{:<4} rolled back [{}]  last report {}",
                     d.key,
                     format!("{:?}", d.status).to_lowercase(),
                     d.channel,
+                    active,
                     d.assignment_version,
-                    format_rfc3339(d.approved_at)
+                    rolled.join(", "),
+                    d.last_report.map_or("never".to_owned(), format_rfc3339)
                 );
             }
+        }
+        Command::Device(DeviceCmd::Retry { key, package }) => {
+            let reg = open(dir)?;
+            let d = reg.resolve(&package)?;
+            reg.device_retry(&key, &d)?;
+            eprintln!(
+                "device {key} will be offered {} again (the device itself still refuses a package it rolled back from until its state is reset)",
+                d.short()
+            );
         }
         Command::Device(DeviceCmd::Revoke { key }) => {
             let d = open(dir)?.device_revoke(&key)?;

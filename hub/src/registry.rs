@@ -53,6 +53,15 @@ pub struct DeviceRecord {
     pub approved_at: UnixSeconds,
     /// Version of the last assignment signed for it (assignments only ever go up).
     pub assignment_version: u64,
+    /// The package the device last reported serving.
+    #[serde(default)]
+    pub active: Option<Digest>,
+    /// Packages the device rolled back from: the director does not offer them to it again.
+    #[serde(default)]
+    pub rolled_back: Vec<Digest>,
+    /// When the device last reported (Unix seconds).
+    #[serde(default)]
+    pub last_report: Option<UnixSeconds>,
 }
 
 /// Whether a device may connect.
@@ -715,7 +724,10 @@ impl Registry {
                 channel: channel.into(),
                 status: DeviceStatus::Approved,
                 approved_at: self.clock.wall(),
-                assignment_version: existing.map_or(0, |e| e.assignment_version),
+                assignment_version: existing.as_ref().map_or(0, |e| e.assignment_version),
+                active: existing.as_ref().and_then(|e| e.active),
+                rolled_back: existing.map(|e| e.rolled_back).unwrap_or_default(),
+                last_report: None,
             };
             t.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
             record
@@ -728,6 +740,30 @@ impl Registry {
     pub fn device_revoke(&self, key: &str) -> Result<DeviceRecord, RegistryError> {
         let key = parse_device_key(key)?;
         self.device_update(&key, |r| r.status = DeviceStatus::Revoked)
+    }
+
+    /// Records what a device reported about itself: what it serves and what it rolled back from.
+    pub fn device_reported(
+        &self,
+        key: &str,
+        report: &outpost_shared::update::StateReport,
+    ) -> Result<DeviceRecord, RegistryError> {
+        let now = self.clock.wall();
+        self.device_update(key, |r| {
+            r.active = report.active;
+            for d in &report.rolled_back {
+                if !r.rolled_back.contains(d) {
+                    r.rolled_back.push(*d);
+                }
+            }
+            r.last_report = Some(now);
+        })
+    }
+
+    /// Lets the director offer `digest` to this device again (an operator's decision after a rollback).
+    pub fn device_retry(&self, key: &str, digest: &Digest) -> Result<DeviceRecord, RegistryError> {
+        let key = parse_device_key(key)?;
+        self.device_update(&key, |r| r.rolled_back.retain(|d| d != digest))
     }
 
     /// Bumps and returns the device's assignment version.

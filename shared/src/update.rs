@@ -131,6 +131,41 @@ impl AgentState {
     }
 }
 
+/// What a device tells the hub about its update state (deterministic CBOR in a `PostReport`): its real
+/// installed state, the packages it rolled back from (the hub stops offering them), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateReport {
+    /// The package serving now.
+    pub active: Option<Digest>,
+    /// The last confirmed package.
+    pub last_good: Option<Digest>,
+    /// Packages this device rolled back from or refused before activation.
+    pub rolled_back: Vec<Digest>,
+    /// The step in flight, in words.
+    pub phase: String,
+    /// What happened, for humans.
+    pub message: String,
+}
+
+impl AgentState {
+    /// The report of this state, with `message`.
+    pub fn report(&self, message: &str) -> StateReport {
+        let phase = match &self.phase {
+            Phase::Idle => "idle".to_owned(),
+            Phase::Downloading { target } => format!("downloading {}", target.digest.short()),
+            Phase::Staging { target, .. } => format!("staging {}", target.digest.short()),
+            Phase::Health { target, ok, .. } => format!("health window for {} ({ok} ok)", target.digest.short()),
+        };
+        StateReport {
+            active: self.active.as_ref().map(|a| a.target.digest),
+            last_good: self.last_good.as_ref().map(|a| a.target.digest),
+            rolled_back: self.rolled_back.iter().copied().collect(),
+            phase,
+            message: message.to_owned(),
+        }
+    }
+}
+
 /// Health-window settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthPolicy {
