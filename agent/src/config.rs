@@ -9,28 +9,7 @@ use std::path::{Path, PathBuf};
 use outpost_attestation::identity::PublicKey;
 use serde::Deserialize;
 
-/// Why a configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A key is missing, unknown or has a bad value.
-    #[error("{}: key `{key}`: {problem}", path.display())]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Dotted key.
-        key: String,
-        /// What is wrong.
-        problem: String,
-    },
-}
+pub use outpost_shared::config::ConfigError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,12 +129,8 @@ impl AgentConfig {
 
     /// Parses configuration text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
-        let invalid = |key: &str, problem: String| ConfigError::Invalid { path: path.into(), key: key.into(), problem };
-        let de = toml::Deserializer::parse(text).map_err(|e| invalid("(document)", e.message().to_owned()))?;
-        let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            invalid(&key, e.into_inner().message().to_owned())
-        })?;
+        let invalid = |key: &str, problem: String| ConfigError::invalid(path, key, problem);
+        let raw: Raw = outpost_shared::config::parse(text, path)?;
         let hub_address = raw
             .hub
             .address

@@ -55,28 +55,7 @@ impl Default for Limits {
     }
 }
 
-/// A configuration file that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The file is not valid configuration.
-    #[error("{}: key `{key}`: {problem}", path.display())]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Dotted key at fault.
-        key: String,
-        /// What is wrong.
-        problem: String,
-    },
-}
+pub use outpost_shared::config::ConfigError;
 
 impl HubConfig {
     /// Reads and validates `path`.
@@ -87,17 +66,12 @@ impl HubConfig {
 
     /// Parses configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<HubConfig, ConfigError> {
-        let invalid = |key: String, problem: String| ConfigError::Invalid { path: path.into(), key, problem };
-        let de = toml::Deserializer::parse(text).map_err(|e| invalid("(document)".into(), e.message().to_owned()))?;
-        let cfg: HubConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            invalid(key, e.into_inner().message().to_owned())
-        })?;
+        let cfg: HubConfig = outpost_shared::config::parse(text, path)?;
         if cfg.limits.max_model_bytes == 0 {
-            return Err(invalid("limits.max_model_bytes".into(), "must be greater than zero".into()));
+            return Err(ConfigError::invalid(path, "limits.max_model_bytes", "must be greater than zero"));
         }
         if cfg.limits.max_manifest_bytes == 0 {
-            return Err(invalid("limits.max_manifest_bytes".into(), "must be greater than zero".into()));
+            return Err(ConfigError::invalid(path, "limits.max_manifest_bytes", "must be greater than zero"));
         }
         Ok(cfg)
     }

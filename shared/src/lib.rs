@@ -6,6 +6,7 @@
 
 pub mod canonical;
 pub mod clock;
+pub mod config;
 pub mod digest;
 pub mod director;
 pub mod manifest;

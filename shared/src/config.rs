@@ -1,0 +1,47 @@
+//! Strict TOML configuration parsing shared by the hub's `hub.toml` and the agent's `agent.toml`: unknown keys,
+//! bad values and syntax errors come back as one typed error that names the file and the dotted key.
+//!
+//! Reading the file is the caller's job (this crate does no I/O); `ConfigError::Read` is there for it to use.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A key is missing, unknown or has a bad value.
+    #[error("{}: key `{key}`: {problem}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key at fault, or `(document)` for a syntax error.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    /// An invalid value for `key` in the file at `path`.
+    pub fn invalid(path: &Path, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { path: path.into(), key: key.into(), problem: problem.into() }
+    }
+}
+
+/// Parses TOML `text` into `T` (which should deny unknown fields); `path` names the file in errors.
+pub fn parse<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::invalid(path, "(document)", e.message()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::invalid(path, &key, e.into_inner().message())
+    })
+}
