@@ -1,10 +1,11 @@
 //! The Outpost edge agent: fetches, verifies and runs model packages on a device.
 //!
 //! `config` (agent.toml), `device` (the device directory and its atomic writes), `driver` (the update driver
-//! over `shared::update`'s decisions), `quic` (the client to the hub). Still to come with the agent issue: the
-//! inference API, the `status` details and the demo; later issues add site policy and telemetry.
+//! over `shared::update`'s decisions), `inference` (the local Open Inference Protocol v2 API over the active
+//! model), `quic` (the client to the hub). Later issues add site policy and telemetry.
 
 pub mod config;
 pub mod device;
 pub mod driver;
+pub mod inference;
 pub mod quic;

@@ -1,15 +1,135 @@
-//! Loading an ONNX model with tract, matching it against the manifest's contract, and running its smoke test.
+//! Loading an ONNX model with tract, matching it against the manifest's contract, running its smoke test, and
+//! running it on caller-supplied tensors ([`LoadedModel::run`]).
 //!
-//! Pure computation on bytes (no I/O): the hub runs it at `package add`, the agent before activation. tract panics
-//! are caught and reported as load errors, so a hostile model cannot take the caller down.
+//! Pure computation on bytes (no I/O): the hub runs it at `package add`, the agent before activation and to serve.
+//! Every tract call is behind `guard`, so a panicking model becomes an error, not a crash; `run` checks names,
+//! element types, ranks, fixed dimensions and element counts against the contract before tract sees a tensor.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as PbDim;
 use tract_onnx::prelude::*;
 
 use crate::manifest::{Dim, ElementType, Manifest, SmokeTensor, TensorSpec};
+
+/// Most concrete plans a model keeps in [`Planning::PerShape`] (least recently used goes first). Each holds its
+/// own copy of the weights, so this bounds memory at about this many times the model.
+pub const MAX_SHAPE_PLANS: usize = 4;
+
+/// Which input shapes a load prepares for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShapeMode {
+    /// The smoke test's concrete shapes only. What [`check`] and [`load`] use.
+    #[default]
+    SmokeTest,
+    /// Every shape the contract allows. What a server wants; see [`Planning`] for how.
+    Contract,
+}
+
+/// How a loaded model turns input shapes into tract plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planning {
+    /// One plan, for the smoke test's shapes ([`ShapeMode::SmokeTest`]).
+    SmokeShapes,
+    /// One plan with the contract's symbolic dimensions left symbolic (one tract symbol per name, so `N` in two
+    /// inputs must agree), bound per run.
+    Symbolic,
+    /// tract could not plan the symbolic model (a `Reshape` whose target is computed from the input's shape
+    /// through an `int32` cast, as in the PP-OCR classifier, say): one concrete plan per distinct set of input
+    /// shapes, built on first use and kept up to [`MAX_SHAPE_PLANS`]. The smoke test's plan is built at load.
+    PerShape,
+}
+
+/// Element values of a [`NamedTensor`], row-major, one variant per [`ElementType`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    /// 32-bit floats.
+    F32(Vec<f32>),
+    /// 64-bit floats.
+    F64(Vec<f64>),
+    /// 8-bit signed integers.
+    I8(Vec<i8>),
+    /// 8-bit unsigned integers.
+    U8(Vec<u8>),
+    /// 32-bit signed integers.
+    I32(Vec<i32>),
+    /// 64-bit signed integers.
+    I64(Vec<i64>),
+    /// Booleans.
+    Bool(Vec<bool>),
+}
+
+impl TensorData {
+    /// The element type.
+    pub fn dtype(&self) -> ElementType {
+        match self {
+            TensorData::F32(_) => ElementType::F32,
+            TensorData::F64(_) => ElementType::F64,
+            TensorData::I8(_) => ElementType::I8,
+            TensorData::U8(_) => ElementType::U8,
+            TensorData::I32(_) => ElementType::I32,
+            TensorData::I64(_) => ElementType::I64,
+            TensorData::Bool(_) => ElementType::Bool,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::F64(v) => v.len(),
+            TensorData::I8(v) => v.len(),
+            TensorData::U8(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+            TensorData::Bool(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values widened to `f64` (booleans as 0 and 1; `i64` beyond 2^53 rounds), for comparisons.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self {
+            TensorData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::F64(v) => v.clone(),
+            TensorData::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+        }
+    }
+}
+
+/// An owned tensor with a name: what [`LoadedModel::run`] takes and returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    /// The contract's input or output name.
+    pub name: String,
+    /// Concrete dimensions; their product is the element count.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: TensorData,
+}
+
+impl NamedTensor {
+    /// A tensor; `run` checks that `shape` and `data` agree.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: TensorData) -> Self {
+        NamedTensor { name: name.into(), shape, data }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> ElementType {
+        self.data.dtype()
+    }
+}
 
 /// Why a model was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,6 +177,18 @@ pub enum ModelError {
         /// Shape expected.
         expected: Vec<u64>,
     },
+    /// The caller's tensors do not fit the contract: unknown, missing or repeated name, wrong element type, rank,
+    /// dimension or element count. The caller's fault; the model never saw them.
+    #[error("input `{input}`: {problem}")]
+    BadInput {
+        /// The input concerned.
+        input: String,
+        /// What is wrong, for a human.
+        problem: String,
+    },
+    /// tract failed (or panicked) running tensors that fit the contract: the model's fault, not the caller's.
+    #[error("inference failed: {0}")]
+    Run(String),
 }
 
 /// What a passing smoke test measured.
@@ -66,11 +198,26 @@ pub struct SmokeReport {
     pub outputs: Vec<(String, f64)>,
 }
 
-/// A model loaded, optimised for the smoke test's shapes, and ready to run.
+/// A model loaded, matched against its contract, optimised for the shapes of its [`ShapeMode`], and ready to
+/// run. `Send + Sync`: any number of threads may run it at once (each run has its own state).
 pub struct LoadedModel {
-    plan: std::sync::Arc<TypedRunnableModel>,
+    plans: Plans,
     input_names: Vec<String>,
     output_names: Vec<String>,
+    /// The contract's inputs, in the model's order, with the shapes `run` accepts (the smoke test's in
+    /// [`ShapeMode::SmokeTest`]).
+    inputs: Vec<TensorSpec>,
+    /// The contract's outputs, in the model's order.
+    outputs: Vec<TensorSpec>,
+}
+
+type Plan = Arc<TypedRunnableModel>;
+
+enum Plans {
+    /// [`Planning::SmokeShapes`] (`symbolic` false) or [`Planning::Symbolic`].
+    One { plan: Plan, symbolic: bool },
+    /// [`Planning::PerShape`]: the parsed model to plan from, and plans by input shapes, most recent first.
+    PerShape { proto: Box<pb::ModelProto>, cache: Mutex<VecDeque<(Vec<Vec<usize>>, Plan)>> },
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -78,6 +225,7 @@ impl std::fmt::Debug for LoadedModel {
         f.debug_struct("LoadedModel")
             .field("inputs", &self.input_names)
             .field("outputs", &self.output_names)
+            .field("planning", &self.planning())
             .finish_non_exhaustive()
     }
 }
@@ -90,18 +238,212 @@ pub fn check(model_bytes: &[u8], manifest: &Manifest) -> Result<SmokeReport, Mod
 
 /// Loads the model, checks the contract, and optimises it for the smoke test's input shapes.
 pub fn load(model_bytes: &[u8], manifest: &Manifest) -> Result<LoadedModel, ModelError> {
-    guard(|| load_inner(model_bytes, manifest))
+    load_with(model_bytes, manifest, ShapeMode::SmokeTest)
+}
+
+/// Loads the model for serving ([`ShapeMode::Contract`]): checks the contract and prepares for every shape it
+/// allows, with one symbolic plan when tract can build one and per-shape plans otherwise. Run the smoke test on
+/// the result before trusting it.
+pub fn load_for_serving(model_bytes: &[u8], manifest: &Manifest) -> Result<LoadedModel, ModelError> {
+    load_with(model_bytes, manifest, ShapeMode::Contract)
+}
+
+/// Loads the model, checks the contract, and optimises it for the shapes `mode` names.
+pub fn load_with(model_bytes: &[u8], manifest: &Manifest, mode: ShapeMode) -> Result<LoadedModel, ModelError> {
+    guard(ModelError::Load, || load_inner(model_bytes, manifest, mode))
 }
 
 impl LoadedModel {
     /// Runs the manifest's smoke test on this model.
     pub fn smoke_test(&self, manifest: &Manifest) -> Result<SmokeReport, ModelError> {
-        guard(|| self.smoke_inner(manifest))
+        guard(ModelError::Load, || self.smoke_inner(manifest))
+    }
+
+    /// Runs the model on `inputs` (one tensor per contract input, any order) and returns every output, in the
+    /// model's order, with the contract's element type.
+    ///
+    /// Refuses with [`ModelError::BadInput`] before running anything when a name is unknown, missing or repeated,
+    /// an element type differs from the contract's, the rank differs, a fixed dimension differs, a symbolic one
+    /// is 0, one symbolic name is bound to two sizes, the data length is not the shape's product, or (in
+    /// [`Planning::PerShape`]) tract cannot plan the shapes. A tract error or panic while running tensors that
+    /// fit is [`ModelError::Run`].
+    pub fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, ModelError> {
+        let ordered = self.check_inputs(inputs)?;
+        guard(ModelError::Run, || self.run_inner(ordered))
+    }
+
+    /// How this model plans input shapes.
+    pub fn planning(&self) -> Planning {
+        match &self.plans {
+            Plans::One { symbolic: false, .. } => Planning::SmokeShapes,
+            Plans::One { symbolic: true, .. } => Planning::Symbolic,
+            Plans::PerShape { .. } => Planning::PerShape,
+        }
+    }
+
+    /// Plans held now: 1, or in [`Planning::PerShape`] up to [`MAX_SHAPE_PLANS`].
+    pub fn cached_plans(&self) -> usize {
+        match &self.plans {
+            Plans::One { .. } => 1,
+            Plans::PerShape { cache, .. } => cache.lock().unwrap_or_else(PoisonError::into_inner).len(),
+        }
+    }
+
+    /// The inputs `run` accepts, in the model's order: the contract's, or the smoke test's concrete shapes in
+    /// [`ShapeMode::SmokeTest`].
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// The contract's outputs, in the model's order.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// Matches `inputs` to the model's inputs and checks each against its spec; returns them in model order.
+    fn check_inputs(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, ModelError> {
+        let bad = |input: &str, problem: String| ModelError::BadInput { input: input.to_owned(), problem };
+        let mut slots: Vec<Option<NamedTensor>> = self.inputs.iter().map(|_| None).collect();
+        for t in inputs {
+            let Some(ix) = self.inputs.iter().position(|s| s.name == t.name) else {
+                let known: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+                return Err(bad(&t.name, format!("not an input of this model (its inputs: {})", known.join(", "))));
+            };
+            if slots[ix].is_some() {
+                return Err(bad(&t.name, "given more than once".into()));
+            }
+            slots[ix] = Some(t);
+        }
+        let mut bound: Vec<(&str, usize)> = Vec::new();
+        let mut ordered = Vec::with_capacity(slots.len());
+        for (spec, slot) in self.inputs.iter().zip(slots) {
+            let Some(t) = slot else {
+                return Err(bad(&spec.name, "missing: every input of the model must be given".into()));
+            };
+            let declared = || spec.shape.iter().map(Dim::to_string).collect::<Vec<_>>().join(", ");
+            if t.dtype() != spec.dtype {
+                return Err(bad(&t.name, format!("element type is {}, the model takes {}", t.dtype(), spec.dtype)));
+            }
+            if t.shape.len() != spec.shape.len() {
+                return Err(bad(
+                    &t.name,
+                    format!(
+                        "shape {:?} has rank {}, the model takes rank {} [{}]",
+                        t.shape,
+                        t.shape.len(),
+                        spec.shape.len(),
+                        declared()
+                    ),
+                ));
+            }
+            for (axis, (d, &n)) in spec.shape.iter().zip(&t.shape).enumerate() {
+                match d {
+                    Dim::Fixed(want) if *want != n as u64 => {
+                        return Err(bad(
+                            &t.name,
+                            format!("shape {:?}: dimension {axis} is {n}, the model takes [{}]", t.shape, declared()),
+                        ));
+                    }
+                    Dim::Fixed(_) => {}
+                    // tract's handling of empty tensors varies by operator; refuse them here, as the caller's
+                    // problem, rather than risk a model failure that would count against a healthy model.
+                    Dim::Symbol(sym) if n == 0 => {
+                        return Err(bad(&t.name, format!("shape {:?}: dimension {axis} (`{sym}`) is 0", t.shape)));
+                    }
+                    Dim::Symbol(sym) => match bound.iter().find(|(s, _)| s == sym) {
+                        Some(&(_, earlier)) if earlier != n => {
+                            return Err(bad(
+                                &t.name,
+                                format!(
+                                    "shape {:?}: dimension {axis} (`{sym}`) is {n}, but another input bound `{sym}` \
+                                     to {earlier}",
+                                    t.shape
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                        None => bound.push((sym, n)),
+                    },
+                }
+            }
+            let count = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if count != Some(t.data.len()) {
+                let count = count.map_or_else(|| "more than usize::MAX".to_owned(), |c| c.to_string());
+                return Err(bad(
+                    &t.name,
+                    format!("shape {:?} holds {count} elements, {} were given", t.shape, t.data.len()),
+                ));
+            }
+            ordered.push(t);
+        }
+        Ok(ordered)
+    }
+
+    /// The plan for these input shapes (model order). In [`Planning::PerShape`] a shape tract cannot plan is the
+    /// caller's problem (`BadInput`): the smoke test's shapes were planned at load.
+    fn plan_for(&self, shapes: Vec<Vec<usize>>) -> Result<Plan, ModelError> {
+        let (proto, cache) = match &self.plans {
+            Plans::One { plan, .. } => return Ok(plan.clone()),
+            Plans::PerShape { proto, cache } => (proto, cache),
+        };
+        // Planning takes long, so the lock is held only to look up and to insert (two threads may plan the
+        // same new shapes at once; both plans work, one is kept).
+        let lookup = |shapes: &[Vec<usize>]| {
+            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let ix = cache.iter().position(|(s, _)| s == shapes)?;
+            let entry = cache.remove(ix)?;
+            let plan = entry.1.clone();
+            cache.push_front(entry);
+            Some(plan)
+        };
+        if let Some(plan) = lookup(&shapes) {
+            return Ok(plan);
+        }
+        let specs: Vec<TensorSpec> = self
+            .inputs
+            .iter()
+            .zip(&shapes)
+            .map(|(spec, shape)| TensorSpec {
+                name: spec.name.clone(),
+                dtype: spec.dtype,
+                shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(),
+            })
+            .collect();
+        let plan = build_plan(proto, &specs).map_err(|e| ModelError::BadInput {
+            input: self.input_names.join(", "),
+            problem: format!("the model cannot be planned for shapes {shapes:?}: {e:#}"),
+        })?;
+        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if !cache.iter().any(|(s, _)| *s == shapes) {
+            cache.push_front((shapes, plan.clone()));
+            cache.truncate(MAX_SHAPE_PLANS);
+        }
+        Ok(plan)
+    }
+
+    fn run_inner(&self, ordered: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, ModelError> {
+        let run = |e: TractError| ModelError::Run(format!("{e:#}"));
+        let plan = self.plan_for(ordered.iter().map(|t| t.shape.clone()).collect())?;
+        let inputs: TVec<TValue> = ordered
+            .into_iter()
+            .map(|t| to_tract(t).map(IntoTValue::into_tvalue))
+            .collect::<Result<_, _>>()
+            .map_err(run)?;
+        let outputs = plan.run(inputs).map_err(run)?;
+        self.outputs
+            .iter()
+            .zip(outputs)
+            .map(|(spec, value)| {
+                let typed = value.cast_to_dt(datum_type(spec.dtype)).map_err(run)?;
+                from_tract(&spec.name, &typed, spec.dtype).map_err(run)
+            })
+            .collect()
     }
 
     fn smoke_inner(&self, manifest: &Manifest) -> Result<SmokeReport, ModelError> {
         let st = &manifest.smoke_test;
         let mut inputs = TVec::new();
+        let mut shapes = Vec::new();
         for name in &self.input_names {
             let t = st
                 .inputs
@@ -115,8 +457,10 @@ impl LoadedModel {
                 .find(|s| &s.name == name)
                 .ok_or_else(|| ModelError::SmokeRun(format!("input `{name}` is not in the contract")))?;
             inputs.push(to_tensor(t, spec.dtype)?.into_tvalue());
+            shapes.push(t.shape.iter().map(|&d| d as usize).collect());
         }
-        let outputs = self.plan.run(inputs).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
+        let plan = self.plan_for(shapes).map_err(|e| ModelError::SmokeRun(e.to_string()))?;
+        let outputs = plan.run(inputs).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
         let mut report = Vec::new();
         for expected in &st.expected {
             let ix = self
@@ -176,18 +520,19 @@ impl LoadedModel {
     }
 }
 
-fn guard<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+/// Runs `f`, turning a panic into `wrap("tract panicked: ...")`.
+fn guard<T>(wrap: fn(String) -> ModelError, f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let msg = panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_else(|| "unknown panic".into());
-        Err(ModelError::Load(format!("tract panicked: {msg}")))
+        Err(wrap(format!("tract panicked: {msg}")))
     })
 }
 
-fn load_inner(model_bytes: &[u8], manifest: &Manifest) -> Result<LoadedModel, ModelError> {
+fn load_inner(model_bytes: &[u8], manifest: &Manifest, mode: ShapeMode) -> Result<LoadedModel, ModelError> {
     let onnx = tract_onnx::onnx();
     let proto = onnx.proto_model_for_read(&mut &model_bytes[..]).map_err(|e| ModelError::Load(format!("{e:#}")))?;
     let graph = proto.graph.as_ref().ok_or_else(|| ModelError::Load("the model has no graph".into()))?;
@@ -198,21 +543,77 @@ fn load_inner(model_bytes: &[u8], manifest: &Manifest) -> Result<LoadedModel, Mo
     match_contract("inputs", &manifest.contract.inputs, &graph_inputs)?;
     match_contract("outputs", &manifest.contract.outputs, &graph_outputs)?;
 
-    let mut model = onnx.model_for_proto_model(&proto).map_err(|e| ModelError::Load(format!("{e:#}")))?;
     let input_names: Vec<String> = graph_inputs.iter().map(|i| i.name.clone()).collect();
     let output_names: Vec<String> = graph_outputs.iter().map(|o| o.name.clone()).collect();
-    for (ix, name) in input_names.iter().enumerate() {
-        let spec = manifest.contract.inputs.iter().find(|s| &s.name == name);
-        let smoke = manifest.smoke_test.inputs.iter().find(|t| &t.name == name);
-        if let (Some(spec), Some(smoke)) = (spec, smoke) {
-            let shape: TVec<usize> = smoke.shape.iter().map(|&d| d as usize).collect();
-            let fact = InferenceFact::dt_shape(datum_type(spec.dtype), shape);
-            model.set_input_fact(ix, fact).map_err(|e| ModelError::Load(format!("{e:#}")))?;
+    // match_contract checked that the contract lists the graph's tensors in the graph's order.
+    let contract = manifest.contract.inputs.clone();
+    let mut smoke_shapes: Vec<Vec<usize>> = Vec::with_capacity(contract.len());
+    for spec in &contract {
+        let Some(smoke) = manifest.smoke_test.inputs.iter().find(|t| t.name == spec.name) else {
+            return Err(ModelError::Load(format!("the smoke test has no tensor for input `{}`", spec.name)));
+        };
+        smoke_shapes.push(smoke.shape.iter().map(|&d| d as usize).collect());
+    }
+    let smoke_shaped: Vec<TensorSpec> = contract
+        .iter()
+        .zip(&smoke_shapes)
+        .map(|(spec, shape)| TensorSpec {
+            name: spec.name.clone(),
+            dtype: spec.dtype,
+            shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(),
+        })
+        .collect();
+    let loaded = |plans, inputs| LoadedModel {
+        plans,
+        input_names: input_names.clone(),
+        output_names: output_names.clone(),
+        inputs,
+        outputs: manifest.contract.outputs.clone(),
+    };
+    let load = |e: TractError| ModelError::Load(format!("{e:#}"));
+    if mode == ShapeMode::Contract {
+        // A failure (or panic) here only means tract cannot plan the symbolic shapes; per-shape plans remain.
+        // A symbolic plan must also run the smoke test's shapes, or it is no use.
+        let symbolic = guard(ModelError::Load, || {
+            let plan = build_plan(&proto, &contract).map_err(load)?;
+            let probe = contract
+                .iter()
+                .zip(&smoke_shapes)
+                .map(|(spec, shape)| Tensor::zero_dt(datum_type(spec.dtype), shape).map(IntoTValue::into_tvalue))
+                .collect::<TractResult<TVec<TValue>>>()
+                .map_err(load)?;
+            plan.run(probe).map_err(load)?;
+            Ok(plan)
+        });
+        if let Ok(plan) = symbolic {
+            return Ok(loaded(Plans::One { plan, symbolic: true }, contract));
         }
     }
-    let plan =
-        model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| ModelError::Load(format!("{e:#}")))?;
-    Ok(LoadedModel { plan, input_names, output_names })
+    let plan = build_plan(&proto, &smoke_shaped).map_err(load)?;
+    Ok(match mode {
+        ShapeMode::SmokeTest => loaded(Plans::One { plan, symbolic: false }, smoke_shaped),
+        ShapeMode::Contract => {
+            let cache = Mutex::new(VecDeque::from([(smoke_shapes, plan)]));
+            loaded(Plans::PerShape { proto: Box::new(proto), cache }, contract)
+        }
+    })
+}
+
+/// Parses `proto` into tract, pins the inputs to `specs` (symbols stay symbols), and optimises.
+fn build_plan(proto: &pb::ModelProto, specs: &[TensorSpec]) -> TractResult<Plan> {
+    let mut model = tract_onnx::onnx().model_for_proto_model(proto)?;
+    for (ix, spec) in specs.iter().enumerate() {
+        let shape: TVec<TDim> = spec
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => (*n as usize).to_dim(),
+                Dim::Symbol(name) => TDim::Sym(model.symbols.sym(name)),
+            })
+            .collect();
+        model.set_input_fact(ix, InferenceFact::dt_shape(datum_type(spec.dtype), shape))?;
+    }
+    model.into_optimized()?.into_runnable()
 }
 
 fn match_contract(side: &str, specs: &[TensorSpec], graph: &[&pb::ValueInfoProto]) -> Result<(), ModelError> {
@@ -302,4 +703,33 @@ fn to_tensor(t: &SmokeTensor, dtype: ElementType) -> Result<Tensor, ModelError> 
     let values = t.materialize();
     let as_f64 = Tensor::from_shape::<f64>(&shape, &values).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
     as_f64.cast_to_dt(datum_type(dtype)).map(|c| c.into_owned()).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))
+}
+
+fn to_tract(t: NamedTensor) -> TractResult<Tensor> {
+    let shape = &t.shape;
+    match &t.data {
+        TensorData::F32(v) => Tensor::from_shape(shape, v),
+        TensorData::F64(v) => Tensor::from_shape(shape, v),
+        TensorData::I8(v) => Tensor::from_shape(shape, v),
+        TensorData::U8(v) => Tensor::from_shape(shape, v),
+        TensorData::I32(v) => Tensor::from_shape(shape, v),
+        TensorData::I64(v) => Tensor::from_shape(shape, v),
+        TensorData::Bool(v) => Tensor::from_shape(shape, v),
+    }
+}
+
+fn from_tract(name: &str, t: &Tensor, dtype: ElementType) -> TractResult<NamedTensor> {
+    fn values<T: Datum + Copy>(t: &Tensor) -> TractResult<Vec<T>> {
+        Ok(t.to_plain_array_view::<T>()?.iter().copied().collect())
+    }
+    let data = match dtype {
+        ElementType::F32 => TensorData::F32(values(t)?),
+        ElementType::F64 => TensorData::F64(values(t)?),
+        ElementType::I8 => TensorData::I8(values(t)?),
+        ElementType::U8 => TensorData::U8(values(t)?),
+        ElementType::I32 => TensorData::I32(values(t)?),
+        ElementType::I64 => TensorData::I64(values(t)?),
+        ElementType::Bool => TensorData::Bool(values(t)?),
+    };
+    Ok(NamedTensor { name: name.to_owned(), shape: t.shape().to_vec(), data })
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use outpost_shared::Manifest;
-use outpost_shared::model::{self, ModelError};
+use outpost_shared::model::{self, MAX_SHAPE_PLANS, ModelError, NamedTensor, Planning, TensorData};
 use outpost_shared::testkit::{AffineManifest, affine_model};
 
 fn fixture(name: &str) -> PathBuf {
@@ -78,4 +78,130 @@ fn garbage_model_bytes_are_a_load_error_not_a_panic() {
     for bytes in [&b""[..], b"not onnx at all", &[0xff; 64]] {
         assert!(matches!(model::check(bytes, &m), Err(ModelError::Load(_))));
     }
+}
+
+fn x(shape: Vec<usize>, fill: f32) -> NamedTensor {
+    let n = shape.iter().product();
+    NamedTensor::new("x", shape, TensorData::F32(vec![fill; n]))
+}
+
+fn bad_input(e: ModelError) -> (String, String) {
+    match e {
+        ModelError::BadInput { input, problem } => (input, problem),
+        other => panic!("expected a bad-input error, got {other}"),
+    }
+}
+
+#[test]
+fn serving_load_runs_any_batch_size_of_a_symbolic_dimension() {
+    let m = AffineManifest::new("a", "1.0.0", 2.0, 1.0).manifest();
+    let loaded = model::load_for_serving(&affine_model(2.0, 1.0), &m).unwrap();
+    assert_eq!(loaded.planning(), Planning::Symbolic);
+    loaded.smoke_test(&m).unwrap();
+    for n in [1, 3, 17] {
+        let out = loaded.run(vec![x(vec![n, 4], 0.5)]).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].name, "y");
+        assert_eq!(out[0].shape, vec![n, 4]);
+        assert_eq!(out[0].data, TensorData::F32(vec![2.0; n * 4]));
+    }
+}
+
+#[test]
+fn smoke_shaped_load_refuses_other_shapes_as_bad_input_not_a_panic() {
+    let m = AffineManifest::new("a", "1.0.0", 2.0, 1.0).manifest();
+    let loaded = model::load(&affine_model(2.0, 1.0), &m).unwrap();
+    assert_eq!(loaded.planning(), Planning::SmokeShapes);
+    assert!(loaded.run(vec![x(vec![2, 4], 1.0)]).is_ok());
+    let (input, problem) = bad_input(loaded.run(vec![x(vec![3, 4], 1.0)]).unwrap_err());
+    assert_eq!(input, "x");
+    assert!(problem.contains("dimension 0 is 3"), "{problem}");
+}
+
+#[test]
+fn run_refuses_inputs_that_do_not_fit_the_contract() {
+    let m = AffineManifest::new("a", "1.0.0", 2.0, 1.0).manifest();
+    let loaded = model::load_for_serving(&affine_model(2.0, 1.0), &m).unwrap();
+
+    let (input, problem) = bad_input(loaded.run(vec![x(vec![2, 4], 1.0), x(vec![2, 4], 1.0)]).unwrap_err());
+    assert_eq!((input.as_str(), problem.as_str()), ("x", "given more than once"));
+
+    let (input, problem) = bad_input(loaded.run(vec![]).unwrap_err());
+    assert_eq!(input, "x");
+    assert!(problem.starts_with("missing"), "{problem}");
+
+    let stranger = NamedTensor::new("z", vec![1, 4], TensorData::F32(vec![0.0; 4]));
+    let (input, problem) = bad_input(loaded.run(vec![x(vec![1, 4], 1.0), stranger]).unwrap_err());
+    assert_eq!(input, "z");
+    assert!(problem.contains("its inputs: x"), "{problem}");
+
+    let wrong_type = NamedTensor::new("x", vec![1, 4], TensorData::I64(vec![1; 4]));
+    let (_, problem) = bad_input(loaded.run(vec![wrong_type]).unwrap_err());
+    assert_eq!(problem, "element type is i64, the model takes f32");
+
+    let (_, problem) = bad_input(loaded.run(vec![x(vec![4], 1.0)]).unwrap_err());
+    assert!(problem.contains("rank 1, the model takes rank 2 [N, 4]"), "{problem}");
+
+    let (_, problem) = bad_input(loaded.run(vec![x(vec![1, 5], 1.0)]).unwrap_err());
+    assert!(problem.contains("dimension 1 is 5"), "{problem}");
+
+    let short = NamedTensor::new("x", vec![2, 4], TensorData::F32(vec![0.0; 7]));
+    let (_, problem) = bad_input(loaded.run(vec![short]).unwrap_err());
+    assert_eq!(problem, "shape [2, 4] holds 8 elements, 7 were given");
+
+    let overflow = NamedTensor::new("x", vec![usize::MAX, 4], TensorData::F32(vec![0.0; 4]));
+    let (_, problem) = bad_input(loaded.run(vec![overflow]).unwrap_err());
+    assert!(problem.contains("more than usize::MAX"), "{problem}");
+}
+
+#[test]
+fn real_silero_vad_serving_load_matches_the_goldens_and_takes_other_sequence_lengths() {
+    let (bytes, manifest) = real("silero_vad_16k_sequence.onnx", "silero-vad.toml");
+    let loaded = model::load_for_serving(&bytes, &manifest).unwrap();
+    loaded.smoke_test(&manifest).unwrap();
+    let state = |name: &str| NamedTensor::new(name, vec![1, 1, 128], TensorData::F32(vec![0.0; 128]));
+    for frames in [1, 5] {
+        let audio = NamedTensor::new("input", vec![frames, 576], TensorData::F32(vec![0.0; frames * 576]));
+        let out = loaded.run(vec![state("c"), audio, state("h")]).unwrap();
+        let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["speech_probs", "hn", "cn"]);
+        assert_eq!(out[0].shape, vec![frames]);
+        assert!(out[0].data.to_f64().iter().all(|p| (0.0..=1.0).contains(p)), "{:?}", out[0].data);
+    }
+}
+
+#[test]
+fn real_ppocr_serving_load_matches_the_goldens_for_any_batch_and_crop_size() {
+    let (bytes, manifest) = real("ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr-direction.toml");
+    let loaded = model::load_for_serving(&bytes, &manifest).unwrap();
+    // tract cannot plan this graph symbolically (its final Reshape goes through an int32 cast of the shape).
+    assert_eq!(loaded.planning(), Planning::PerShape);
+    let shape: Vec<String> = loaded.inputs()[0].shape.iter().map(|d| d.to_string()).collect();
+    assert_eq!(shape, ["N", "3", "H", "W"]);
+    loaded.smoke_test(&manifest).unwrap();
+    let golden = manifest.smoke_test.expected[0].materialize();
+    let out = loaded.run(vec![x(vec![3, 3, 48, 192], 0.5)]).unwrap();
+    assert_eq!(out[0].shape, vec![3, 2]);
+    for (i, (got, want)) in out[0].data.to_f64().iter().zip(golden.iter().cycle()).enumerate() {
+        assert!((got - want).abs() <= manifest.smoke_test.tolerance, "element {i}: {got} vs {want}");
+    }
+    // More distinct shapes than the plan cache holds, then the first ones again: all run.
+    for width in (0..MAX_SHAPE_PLANS + 2).chain(0..2).map(|i| 160 + 32 * i) {
+        let out = loaded.run(vec![x(vec![1, 3, 48, width], 0.5)]).unwrap();
+        assert_eq!(out[0].shape, vec![1, 2]);
+        let p: f64 = out[0].data.to_f64().iter().sum();
+        assert!((p - 1.0).abs() < 1e-4, "softmax output sums to {p}");
+        assert!(loaded.cached_plans() <= MAX_SHAPE_PLANS);
+    }
+    let (_, problem) = bad_input(loaded.run(vec![x(vec![0, 3, 48, 192], 0.5)]).unwrap_err());
+    assert!(problem.contains("dimension 0 (`N`) is 0"), "{problem}");
+}
+
+#[test]
+fn real_ppocr_with_a_fixed_crop_serves_any_batch_size() {
+    let (bytes, manifest) = real("ppocr_direction_fixed48x192.onnx", "ppocr-direction-fixed.toml");
+    let loaded = model::load_for_serving(&bytes, &manifest).unwrap();
+    loaded.smoke_test(&manifest).unwrap();
+    let out = loaded.run(vec![x(vec![2, 3, 48, 192], 0.5)]).unwrap();
+    assert_eq!(out[0].shape, vec![2, 2]);
 }

@@ -1,0 +1,850 @@
+//! Read-only inference: serves the active model on the Open Inference Protocol v2 REST API (KServe, Triton).
+//!
+//! Invariants: a request clones the active `Arc<Served>` once on arrival and runs on it to the end, so a swap
+//! never touches an in-flight request (the old model is freed when its last request finishes); model bytes are
+//! read through read-only opens and held in memory, nothing here ever writes a file; a request that does not fit
+//! the contract is a 400 with a message, and tract runs behind `catch_unwind` on the blocking pool.
+//!
+//! Endpoints (JSON bodies; health and ready answer 200 with an empty body, as the spec says; every error is
+//! `{"error": "..."}`):
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/v2/health/live` | 200 |
+//! | GET | `/v2/health/ready` | 200 when a model is active, 503 otherwise |
+//! | GET | `/v2` | server metadata |
+//! | GET | `/v2/models/{name}[/versions/{v}]` | model metadata (datatypes in OIP form, -1 for symbolic dims) |
+//! | GET | `/v2/models/{name}[/versions/{v}]/ready` | 200 when that model is the active one |
+//! | POST | `/v2/models/{name}[/versions/{v}]/infer` | inference |
+//!
+//! Status codes: 400 for a malformed request or tensors that do not fit the contract, 404 for another model or
+//! version than the active one, 413 for a body over [`ServeLimits::max_body_bytes`], 500 when the model fails on
+//! a request that fits its contract, 503 when no model is active or [`ServeLimits::max_queued_inferences`]
+//! requests are already waiting.
+
+use std::fmt;
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path as FsPath, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use outpost_shared::manifest::{Dim, ElementType, TensorSpec};
+use outpost_shared::model::{self, LoadedModel, ModelError, NamedTensor, TensorData};
+use outpost_shared::{Digest, Manifest, Package, PackageError, PackageLimits};
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Where the agent serves the API unless its config says otherwise: localhost only, the port KServe uses.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Largest request body accepted by default (413 above it).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Inferences that run at once by default (tract is CPU-bound: about one per core). With the body limit this
+/// bounds memory: each running request holds its body and its decoded tensors.
+pub const DEFAULT_MAX_CONCURRENT_INFERENCES: usize = 4;
+/// Requests that may wait for a free inference slot by default; more get a 503 at once.
+pub const DEFAULT_MAX_QUEUED_INFERENCES: usize = 256;
+/// `platform` in model metadata.
+pub const PLATFORM: &str = "onnx-tract";
+
+/// Bounds of the HTTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Inferences running at once.
+    pub max_concurrent_inferences: usize,
+    /// Inference requests waiting for a slot; beyond it, 503.
+    pub max_queued_inferences: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_concurrent_inferences: DEFAULT_MAX_CONCURRENT_INFERENCES,
+            max_queued_inferences: DEFAULT_MAX_QUEUED_INFERENCES,
+        }
+    }
+}
+
+/// Why a package could not be loaded for serving.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is larger than the package limits allow.
+    #[error("{}: {len} bytes, more than the limit of {limit}", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The file is not a valid package.
+    #[error("{}: {source}", path.display())]
+    Package {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: PackageError,
+    },
+    /// The package is not the one expected.
+    #[error("{}: package digest is {actual}, expected {expected}", path.display())]
+    DigestMismatch {
+        /// The file.
+        path: PathBuf,
+        /// What the caller expected.
+        expected: Digest,
+        /// What the file hashes to.
+        actual: Digest,
+    },
+    /// The model does not load, does not match its contract, or fails its smoke test.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Why an inference request was refused or failed. [`InferenceError::status`] maps it to HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// The request is not a valid OIP inference request (malformed JSON, missing field, unsupported datatype,
+    /// data that does not fit the datatype, unknown requested output).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Tensors that do not fit the contract ([`ModelError::BadInput`]) or a model failure ([`ModelError::Run`]).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The request names a model other than the active one.
+    #[error("no model named `{requested}` (serving `{serving}`)")]
+    UnknownModel {
+        /// The name in the request.
+        requested: String,
+        /// The active model's name.
+        serving: String,
+    },
+    /// The request names a version other than the active one.
+    #[error("model `{model}` has no version `{requested}` (serving {serving})")]
+    UnknownVersion {
+        /// The model.
+        model: String,
+        /// The version in the request.
+        requested: String,
+        /// The active version.
+        serving: String,
+    },
+    /// No model is active.
+    #[error("no model is active")]
+    NotReady,
+    /// Too many requests are already waiting.
+    #[error("busy: {0} inference requests are already waiting")]
+    Busy(usize),
+    /// The request body is over the limit.
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The server failed (a worker task died).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl InferenceError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InferenceError::BadRequest(_) | InferenceError::Model(ModelError::BadInput { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
+            InferenceError::Model(_) | InferenceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InferenceError::UnknownModel { .. } | InferenceError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            InferenceError::NotReady | InferenceError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InferenceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// Whether this is the model's failure (counts against it in the health window), not the caller's.
+    pub fn is_model_failure(&self) -> bool {
+        matches!(self, InferenceError::Model(e) if !matches!(e, ModelError::BadInput { .. }))
+    }
+}
+
+impl IntoResponse for InferenceError {
+    fn into_response(self) -> Response {
+        error_response(self.status(), &self.to_string())
+    }
+}
+
+/// Successful and failed inferences on one served model, counted since it was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InferenceStats {
+    /// Inferences that returned outputs.
+    pub ok: u64,
+    /// Inferences on tensors that fit the contract where the model failed (client errors are not counted).
+    pub failed: u64,
+}
+
+/// A model ready to serve: its package identity, manifest and loaded plan, plus its own counters.
+pub struct Served {
+    manifest: Manifest,
+    digest: Digest,
+    model: LoadedModel,
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl fmt::Debug for Served {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Served")
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version)
+            .field("digest", &self.digest)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Served {
+    /// Wraps an already loaded model. Load it with [`model::load_for_serving`] so every batch size the contract
+    /// allows works; a model loaded with [`model::load`] only takes the smoke test's shapes.
+    pub fn new(manifest: Manifest, digest: Digest, model: LoadedModel) -> Served {
+        Served { manifest, digest, model, ok: AtomicU64::new(0), failed: AtomicU64::new(0) }
+    }
+
+    /// Loads `model_bytes` for serving (contract shapes) and runs the smoke test on that very plan.
+    /// `digest` is the package digest the caller verified.
+    pub fn load(manifest: Manifest, model_bytes: &[u8], digest: Digest) -> Result<Served, LoadError> {
+        let model = model::load_for_serving(model_bytes, &manifest)?;
+        model.smoke_test(&manifest)?;
+        Ok(Served::new(manifest, digest, model))
+    }
+
+    /// Like [`Served::load`], with the digest of the package these parts make.
+    pub fn from_parts(manifest: Manifest, model_bytes: &[u8]) -> Result<Served, LoadError> {
+        let digest = outpost_shared::package::digest_of_parts(&manifest.to_cbor(), model_bytes);
+        Served::load(manifest, model_bytes, digest)
+    }
+
+    /// Reads a package file (opened read-only, never written), checks its digest against `expected` when
+    /// given, and loads it like [`Served::load`].
+    pub fn open_package(path: &FsPath, expected: Option<&Digest>, limits: &PackageLimits) -> Result<Served, LoadError> {
+        let io = |source| LoadError::Io { path: path.to_owned(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let limit =
+            outpost_shared::package::HEADER_LEN as u64 + u64::from(limits.max_manifest_bytes) + limits.max_model_bytes;
+        let len = file.metadata().map_err(io)?.len();
+        if len > limit {
+            return Err(LoadError::TooLarge { path: path.to_owned(), len, limit });
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        // The file may grow after the metadata call; never read past the limit.
+        file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+        let actual = Digest::of(&bytes);
+        if let Some(expected) = expected
+            && *expected != actual
+        {
+            return Err(LoadError::DigestMismatch { path: path.to_owned(), expected: *expected, actual });
+        }
+        let package =
+            Package::decode(&bytes, limits).map_err(|source| LoadError::Package { path: path.to_owned(), source })?;
+        Served::load(package.manifest, package.model, actual)
+    }
+
+    /// The package name (the OIP model name).
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// The package version (the OIP model version).
+    pub fn version(&self) -> String {
+        self.manifest.version.to_string()
+    }
+
+    /// The package digest.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The package manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The loaded model.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+
+    /// Inferences counted on this model so far (HTTP and [`infer_once`] alike).
+    pub fn stats(&self) -> InferenceStats {
+        InferenceStats { ok: self.ok.load(Ordering::Relaxed), failed: self.failed.load(Ordering::Relaxed) }
+    }
+}
+
+/// Called after each inference that reached a model: the model it ran on, and whether it succeeded. Requests
+/// refused before running (bad JSON, bad tensors, unknown model, no model) are not reported.
+pub type InferenceObserver = dyn Fn(&Served, bool) + Send + Sync;
+
+/// The active model, swapped atomically. Each request takes its own `Arc` of the model current on arrival.
+#[derive(Default)]
+pub struct ModelHandle {
+    current: RwLock<Option<Arc<Served>>>,
+    observer: Option<Box<InferenceObserver>>,
+}
+
+impl fmt::Debug for ModelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelHandle").field("current", &self.current()).finish_non_exhaustive()
+    }
+}
+
+impl ModelHandle {
+    /// A handle with no active model and no observer.
+    pub fn new() -> ModelHandle {
+        ModelHandle::default()
+    }
+
+    /// A handle whose HTTP inferences are reported to `observer` (the update loop's health window: feed
+    /// `Event::Inference { ok }` when the served digest is the one under watch). The observer runs on the
+    /// blocking pool right after the inference; keep it short (send on a channel).
+    pub fn with_observer(observer: impl Fn(&Served, bool) + Send + Sync + 'static) -> ModelHandle {
+        ModelHandle { current: RwLock::new(None), observer: Some(Box::new(observer)) }
+    }
+
+    /// Makes `served` the active model; returns the previous one. Requests already running keep theirs.
+    pub fn swap(&self, served: Arc<Served>) -> Option<Arc<Served>> {
+        self.write().replace(served)
+    }
+
+    /// Stops serving (readiness turns 503); returns the model that was active. Running requests finish.
+    pub fn clear(&self) -> Option<Arc<Served>> {
+        self.write().take()
+    }
+
+    /// The active model, if any.
+    pub fn current(&self) -> Option<Arc<Served>> {
+        // Nothing can panic while the lock is held (a clone or a replace), so poisoning carries no meaning.
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Served>>> {
+        self.current.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs one OIP v2 JSON inference request on `served`, through the same code as `POST .../infer`, and returns
+/// the response body. For `outpost-agent infer --input FILE`.
+pub fn infer_once(served: &Served, request_json: &[u8]) -> Result<serde_json::Value, InferenceError> {
+    let response = handle_infer(served, request_json)?;
+    // Through text, as over HTTP: `to_value` would widen f32 outputs to f64 digits the endpoint never prints.
+    let bytes = serde_json::to_vec(&response).map_err(|e| InferenceError::Internal(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| InferenceError::Internal(e.to_string()))
+}
+
+/// The OIP v2 routes over `handle`, bounded by `limits`.
+pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits) -> Router {
+    let running = limits.max_concurrent_inferences.max(1);
+    let app = Arc::new(App {
+        handle,
+        limits,
+        running: Arc::new(Semaphore::new(running)),
+        admitted: Arc::new(Semaphore::new(running.saturating_add(limits.max_queued_inferences))),
+    });
+    Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(app)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets running requests finish. The caller binds
+/// the listener (the agent uses its config's `inference.bind`, by default [`DEFAULT_LISTEN`]).
+pub async fn serve(
+    listener: TcpListener,
+    handle: Arc<ModelHandle>,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(handle, limits)).with_graceful_shutdown(shutdown).await
+}
+
+struct App {
+    handle: Arc<ModelHandle>,
+    limits: ServeLimits,
+    /// One permit per running inference.
+    running: Arc<Semaphore>,
+    /// One permit per running or waiting inference.
+    admitted: Arc<Semaphore>,
+}
+
+type AppState = State<Arc<App>>;
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// The active model if it is `name` (and `version`, when given).
+fn select(app: &App, name: &str, version: Option<&str>) -> Result<Arc<Served>, InferenceError> {
+    let served = app.handle.current().ok_or(InferenceError::NotReady)?;
+    if served.name() != name {
+        return Err(InferenceError::UnknownModel { requested: name.to_owned(), serving: served.name().to_owned() });
+    }
+    if let Some(v) = version
+        && v != served.version()
+    {
+        return Err(InferenceError::UnknownVersion {
+            model: name.to_owned(),
+            requested: v.to_owned(),
+            serving: served.version(),
+        });
+    }
+    Ok(served)
+}
+
+async fn server_ready(State(app): AppState) -> Response {
+    match app.handle.current() {
+        Some(_) => StatusCode::OK.into_response(),
+        None => InferenceError::NotReady.into_response(),
+    }
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(serde_json::json!({
+        "name": "outpost-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": [],
+    }))
+    .into_response()
+}
+
+async fn model_metadata(State(app): AppState, Path(name): Path<String>) -> Response {
+    metadata(&app, &name, None)
+}
+
+async fn model_metadata_version(State(app): AppState, Path((name, version)): Path<(String, String)>) -> Response {
+    metadata(&app, &name, Some(&version))
+}
+
+fn metadata(app: &App, name: &str, version: Option<&str>) -> Response {
+    let served = match select(app, name, version) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let tensors = |specs: &[TensorSpec]| -> Vec<serde_json::Value> {
+        specs
+            .iter()
+            .map(|s| {
+                let shape: Vec<i64> = s
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
+                        Dim::Symbol(_) => -1,
+                    })
+                    .collect();
+                serde_json::json!({ "name": s.name, "datatype": oip_name(s.dtype), "shape": shape })
+            })
+            .collect()
+    };
+    axum::Json(serde_json::json!({
+        "name": served.name(),
+        "versions": [served.version()],
+        "platform": PLATFORM,
+        "inputs": tensors(served.model().inputs()),
+        "outputs": tensors(served.model().outputs()),
+    }))
+    .into_response()
+}
+
+async fn model_ready(State(app): AppState, Path(name): Path<String>) -> Response {
+    match select(&app, &name, None) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn model_ready_version(State(app): AppState, Path((name, version)): Path<(String, String)>) -> Response {
+    match select(&app, &name, Some(&version)) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn infer(State(app): AppState, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    infer_response(&app, &name, None, &headers, body).await
+}
+
+async fn infer_version(
+    State(app): AppState,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_response(&app, &name, Some(&version), &headers, body).await
+}
+
+async fn infer_response(app: &App, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
+    match run_infer(app, name, version, headers, body).await {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run_infer(
+    app: &App,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, InferenceError> {
+    // The model is fixed here, on arrival: a swap from now on does not concern this request.
+    let served = select(app, name, version)?;
+    let limit = app.limits.max_body_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(InferenceError::TooLarge(limit));
+    }
+    let _admitted =
+        app.admitted.clone().try_acquire_owned().map_err(|_| InferenceError::Busy(app.limits.max_queued_inferences))?;
+    // Wait for a slot before buffering the body, so memory stays bounded by the running inferences.
+    let running = app.running.clone().acquire_owned().await.map_err(|e| InferenceError::Internal(e.to_string()))?;
+    let bytes = read_body(body, limit, declared).await?;
+    let handle = app.handle.clone();
+    tokio::task::spawn_blocking(move || {
+        let _running = running;
+        let result = handle_infer(&served, &bytes);
+        let reached_model = match &result {
+            Ok(_) => Some(true),
+            Err(e) if e.is_model_failure() => Some(false),
+            Err(_) => None,
+        };
+        if let (Some(ok), Some(observer)) = (reached_model, &handle.observer) {
+            observer(&served, ok);
+        }
+        serde_json::to_vec(&result?).map_err(|e| InferenceError::Internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| InferenceError::Internal(format!("inference task: {e}")))?
+}
+
+async fn read_body(mut body: Body, limit: usize, declared: Option<u64>) -> Result<Vec<u8>, InferenceError> {
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| InferenceError::BadRequest(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len().saturating_add(data.len()) > limit {
+                return Err(InferenceError::TooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+/// The shared request path: parse, convert, run, shape the response. Counts the outcome on `served`.
+fn handle_infer(served: &Served, body: &[u8]) -> Result<InferResponse, InferenceError> {
+    let request: InferRequest = serde_json::from_slice(body)
+        .map_err(|e| InferenceError::BadRequest(format!("not a valid inference request: {e}")))?;
+    let specs = served.model().inputs();
+    let mut tensors = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        tensors.push(input.into_tensor(specs)?);
+    }
+    let outputs = served.model().outputs();
+    let wanted: Option<Vec<String>> = match request.outputs {
+        None => None,
+        Some(list) => {
+            let mut names = Vec::with_capacity(list.len());
+            for o in list {
+                if !outputs.iter().any(|s| s.name == o.name) {
+                    let known: Vec<&str> = outputs.iter().map(|s| s.name.as_str()).collect();
+                    return Err(InferenceError::BadRequest(format!(
+                        "requested output `{}` is not an output of this model (its outputs: {})",
+                        o.name,
+                        known.join(", ")
+                    )));
+                }
+                names.push(o.name);
+            }
+            Some(names)
+        }
+    };
+    let result = served.model().run(tensors);
+    match &result {
+        Ok(_) => served.ok.fetch_add(1, Ordering::Relaxed),
+        Err(ModelError::BadInput { .. }) => 0,
+        Err(_) => served.failed.fetch_add(1, Ordering::Relaxed),
+    };
+    let produced = result?;
+    let outputs = produced
+        .into_iter()
+        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.name)))
+        .map(|t| ResponseTensor { datatype: oip_name(t.dtype()), name: t.name, shape: t.shape, data: Values(t.data) })
+        .collect();
+    Ok(InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id: request.id, outputs })
+}
+
+/// The OIP datatype name of an element type.
+pub fn oip_name(t: ElementType) -> &'static str {
+    match t {
+        ElementType::F32 => "FP32",
+        ElementType::F64 => "FP64",
+        ElementType::I8 => "INT8",
+        ElementType::U8 => "UINT8",
+        ElementType::I32 => "INT32",
+        ElementType::I64 => "INT64",
+        ElementType::Bool => "BOOL",
+    }
+}
+
+/// The element type of an OIP datatype name, if Outpost supports it.
+pub fn from_oip_name(name: &str) -> Option<ElementType> {
+    use ElementType::*;
+    [F32, F64, I8, U8, I32, I64, Bool].into_iter().find(|&t| oip_name(t) == name)
+}
+
+/// The OIP request body. Unknown fields (`parameters`) are ignored; binary tensor data is not supported.
+#[derive(Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<RequestInput>,
+    #[serde(default)]
+    outputs: Option<Vec<RequestOutput>>,
+}
+
+#[derive(Deserialize)]
+struct RequestInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    data: Flat,
+}
+
+#[derive(Deserialize)]
+struct RequestOutput {
+    name: String,
+}
+
+impl RequestInput {
+    fn into_tensor(self, specs: &[TensorSpec]) -> Result<NamedTensor, InferenceError> {
+        let name = self.name;
+        let bad = |problem: String| InferenceError::BadRequest(format!("input `{name}`: {problem}"));
+        let supported = "FP32, FP64, INT8, UINT8, INT32, INT64, BOOL";
+        let dtype = from_oip_name(&self.datatype)
+            .ok_or_else(|| bad(format!("datatype `{}` is not supported (supported: {supported})", self.datatype)))?;
+        // Unknown names are left to the model's own check, which lists the inputs it has.
+        if let Some(spec) = specs.iter().find(|s| s.name == name)
+            && spec.dtype != dtype
+        {
+            return Err(bad(format!("datatype {}, the model takes {}", self.datatype, oip_name(spec.dtype))));
+        }
+        let shape = self
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| bad(format!("shape {:?} has a negative dimension", self.shape))))
+            .collect::<Result<Vec<usize>, _>>()?;
+        let data = self.data.into_typed(dtype).map_err(bad)?;
+        Ok(NamedTensor::new(name.clone(), shape, data))
+    }
+}
+
+#[derive(Serialize)]
+struct InferResponse {
+    model_name: String,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    outputs: Vec<ResponseTensor>,
+}
+
+#[derive(Serialize)]
+struct ResponseTensor {
+    name: String,
+    datatype: &'static str,
+    shape: Vec<usize>,
+    data: Values,
+}
+
+/// Serialises tensor data as a flat JSON array (non-finite floats become `null`, as JSON has no NaN).
+struct Values(TensorData);
+
+impl Serialize for Values {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            TensorData::F32(v) => v.serialize(s),
+            TensorData::F64(v) => v.serialize(s),
+            TensorData::I8(v) => v.serialize(s),
+            TensorData::U8(v) => v.serialize(s),
+            TensorData::I32(v) => v.serialize(s),
+            TensorData::I64(v) => v.serialize(s),
+            TensorData::Bool(v) => v.serialize(s),
+        }
+    }
+}
+
+/// A request's `data`, flat or nested arrays flattened row-major as they are parsed (no `serde_json::Value`
+/// tree: eight bytes per element). Integers stay exact until a float shows up.
+#[derive(Default)]
+enum Flat {
+    #[default]
+    Empty,
+    Ints(Vec<i64>),
+    Floats(Vec<f64>),
+    Bools(Vec<bool>),
+}
+
+impl Flat {
+    fn push_int(&mut self, v: i64) -> Result<(), &'static str> {
+        match self {
+            Flat::Empty => *self = Flat::Ints(vec![v]),
+            Flat::Ints(xs) => xs.push(v),
+            Flat::Floats(xs) => xs.push(v as f64),
+            Flat::Bools(_) => return Err("data mixes booleans and numbers"),
+        }
+        Ok(())
+    }
+
+    fn push_float(&mut self, v: f64) -> Result<(), &'static str> {
+        match self {
+            Flat::Empty => *self = Flat::Floats(vec![v]),
+            Flat::Ints(xs) => {
+                let mut fs: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+                fs.push(v);
+                *self = Flat::Floats(fs);
+            }
+            Flat::Floats(xs) => xs.push(v),
+            Flat::Bools(_) => return Err("data mixes booleans and numbers"),
+        }
+        Ok(())
+    }
+
+    fn push_bool(&mut self, v: bool) -> Result<(), &'static str> {
+        match self {
+            Flat::Empty => *self = Flat::Bools(vec![v]),
+            Flat::Bools(xs) => xs.push(v),
+            _ => return Err("data mixes booleans and numbers"),
+        }
+        Ok(())
+    }
+
+    fn into_typed(self, dtype: ElementType) -> Result<TensorData, String> {
+        fn ints<T: TryFrom<i64>>(flat: Flat, dtype: ElementType) -> Result<Vec<T>, String> {
+            match flat {
+                Flat::Empty => Ok(Vec::new()),
+                Flat::Ints(xs) => xs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        T::try_from(x).map_err(|_| format!("element {i} ({x}) is out of range for {}", oip_name(dtype)))
+                    })
+                    .collect(),
+                Flat::Floats(xs) => {
+                    let (i, x) = xs.iter().enumerate().find(|(_, x)| x.fract() != 0.0 || !x.is_finite()).map_or(
+                        // Every float is integral but the JSON spelled one with a point or exponent.
+                        (0, xs.first().copied().unwrap_or_default()),
+                        |(i, x)| (i, *x),
+                    );
+                    Err(format!("{} data must be integers; element {i} is {x}", oip_name(dtype)))
+                }
+                Flat::Bools(_) => Err(format!("{} data must be integers, not booleans", oip_name(dtype))),
+            }
+        }
+        fn floats(flat: Flat, dtype: ElementType) -> Result<Vec<f64>, String> {
+            match flat {
+                Flat::Empty => Ok(Vec::new()),
+                Flat::Ints(xs) => Ok(xs.into_iter().map(|x| x as f64).collect()),
+                Flat::Floats(xs) => Ok(xs),
+                Flat::Bools(_) => Err(format!("{} data must be numbers, not booleans", oip_name(dtype))),
+            }
+        }
+        Ok(match dtype {
+            ElementType::F32 => TensorData::F32(floats(self, dtype)?.into_iter().map(|x| x as f32).collect()),
+            ElementType::F64 => TensorData::F64(floats(self, dtype)?),
+            ElementType::I8 => TensorData::I8(ints(self, dtype)?),
+            ElementType::U8 => TensorData::U8(ints(self, dtype)?),
+            ElementType::I32 => TensorData::I32(ints(self, dtype)?),
+            ElementType::I64 => TensorData::I64(ints(self, dtype)?),
+            ElementType::Bool => match self {
+                Flat::Empty => TensorData::Bool(Vec::new()),
+                Flat::Bools(xs) => TensorData::Bool(xs),
+                _ => return Err("BOOL data must be true or false".into()),
+            },
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Flat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Flat, D::Error> {
+        let mut flat = Flat::Empty;
+        d.deserialize_any(FlatVisitor(&mut flat))?;
+        Ok(flat)
+    }
+}
+
+/// Visits one JSON value of `data`, appending its scalars to the accumulator.
+struct FlatVisitor<'a>(&'a mut Flat);
+
+impl<'de> Visitor<'de> for FlatVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("numbers, booleans, or (nested) arrays of them")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.0.push_bool(v).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.push_int(v).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        match i64::try_from(v) {
+            Ok(v) => self.0.push_int(v),
+            Err(_) => self.0.push_float(v as f64),
+        }
+        .map_err(E::custom)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.push_float(v).map_err(E::custom)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(FlatSeed(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+struct FlatSeed<'a>(&'a mut Flat);
+
+impl<'de> DeserializeSeed<'de> for FlatSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(FlatVisitor(self.0))
+    }
+}

@@ -1,0 +1,533 @@
+//! The local inference API against the real fixture models, over a real TCP socket, with a minimal HTTP/1.1
+//! client written here: outputs match the packages' smoke-test goldens, bad requests are 400s, swaps drop nothing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use outpost_agent::inference::{self, InferenceError, LoadError, ModelHandle, ServeLimits, Served};
+use outpost_shared::manifest::SmokeTensor;
+use outpost_shared::{Digest, Manifest, PackageLimits};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+const PPOCR: &str = "ppocr-direction";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models").join(name)
+}
+
+fn manifest(toml: &str) -> Manifest {
+    Manifest::from_toml(&std::fs::read_to_string(fixture(toml)).unwrap(), toml).unwrap()
+}
+
+/// A fixture model and its manifest, loaded for serving (smoke test included).
+fn served(model: &str, toml: &str) -> Arc<Served> {
+    Arc::new(Served::from_parts(manifest(toml), &std::fs::read(fixture(model)).unwrap()).unwrap())
+}
+
+fn silero() -> Arc<Served> {
+    served("silero_vad_16k_sequence.onnx", "silero-vad.toml")
+}
+
+/// ppocr-direction 2.0.0: `x: f32[N, 3, H, W]`.
+fn ppocr() -> Arc<Served> {
+    served("ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr-direction.toml")
+}
+
+/// ppocr-direction 2.0.1: the same weights with the crop fixed to 48×192.
+fn ppocr_fixed() -> Arc<Served> {
+    served("ppocr_direction_fixed48x192.onnx", "ppocr-direction-fixed.toml")
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(handle: Arc<ModelHandle>) -> Server {
+        Server::start_with(handle, ServeLimits::default()).await
+    }
+
+    async fn start_with(handle: Arc<ModelHandle>, limits: ServeLimits) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(inference::serve(listener, handle, limits, async {
+            let _ = stopped.await;
+        }));
+        Server { addr, stop: Some(stop), task }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        http(self.addr, "GET", path, b"").await
+    }
+
+    async fn post(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        http(self.addr, "POST", path, body).await
+    }
+
+    async fn infer(&self, model: &str, body: &Value) -> (u16, Value) {
+        self.post(&format!("/v2/models/{model}/infer"), body.to_string().as_bytes()).await
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the body as JSON (`Null` when empty).
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
+    let head = std::str::from_utf8(&raw[..split]).unwrap().to_ascii_lowercase();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+    (status, json)
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let len = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16).unwrap();
+        if len == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + len]);
+        raw = &raw[eol + 2 + len + 2..];
+    }
+}
+
+/// The OIP request for a package's smoke-test inputs.
+fn smoke_request(served: &Served) -> Value {
+    let inputs: Vec<Value> = served
+        .manifest()
+        .smoke_test
+        .inputs
+        .iter()
+        .map(|t| {
+            let spec = served.manifest().contract.inputs.iter().find(|s| s.name == t.name).unwrap();
+            json!({
+                "name": t.name,
+                "shape": t.shape,
+                "datatype": inference::oip_name(spec.dtype),
+                "data": t.materialize(),
+            })
+        })
+        .collect();
+    json!({ "id": "smoke", "inputs": inputs })
+}
+
+fn output<'a>(response: &'a Value, name: &str) -> &'a Value {
+    response["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).unwrap_or_else(|| {
+        panic!("no output `{name}` in {response}");
+    })
+}
+
+/// Asserts every expected smoke-test output is in `response` with its shape and values within the tolerance.
+fn assert_matches_goldens(served: &Served, response: &Value) {
+    let st = &served.manifest().smoke_test;
+    for expected in &st.expected {
+        assert_matches(response, expected, st.tolerance, 1);
+    }
+}
+
+/// Like [`assert_matches_goldens`] for one output, with the expected rows repeated `batch` times.
+fn assert_matches(response: &Value, expected: &SmokeTensor, tolerance: f64, batch: u64) {
+    let out = output(response, &expected.name);
+    let mut shape = expected.shape.clone();
+    shape[0] *= batch;
+    assert_eq!(out["shape"], json!(shape), "{}", expected.name);
+    assert_eq!(out["datatype"], "FP32");
+    let got: Vec<f64> = out["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want: Vec<f64> = (0..batch).flat_map(|_| expected.materialize()).collect();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= tolerance, "{} element {i}: {g} vs golden {w}", expected.name);
+    }
+}
+
+fn error_text(body: &Value) -> &str {
+    body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"))
+}
+
+#[tokio::test]
+async fn silero_vad_outputs_match_the_smoke_test_goldens() {
+    let model = silero();
+    let mut request = smoke_request(&model);
+    // Send the audio as nested rows (OIP allows nested or flat data), the state tensors flat.
+    for input in request["inputs"].as_array_mut().unwrap() {
+        if input["name"] == "input" {
+            let flat: Vec<Value> = input["data"].as_array().unwrap().clone();
+            input["data"] = json!(flat.chunks(576).map(|c| c.to_vec()).collect::<Vec<_>>());
+        }
+    }
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+
+    let (status, body) = server.infer("silero-vad", &request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_name"], "silero-vad");
+    assert_eq!(body["model_version"], "6.2.3");
+    assert_eq!(body["id"], "smoke");
+    assert_eq!(body["outputs"].as_array().unwrap().len(), 3);
+    assert_matches_goldens(&model, &body);
+
+    // The versioned route and an output selection.
+    request["outputs"] = json!([{ "name": "speech_probs" }]);
+    let (status, body) =
+        server.post("/v2/models/silero-vad/versions/6.2.3/infer", request.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"].as_array().unwrap().len(), 1);
+    let st = &model.manifest().smoke_test;
+    assert_matches(&body, st.expected.iter().find(|t| t.name == "speech_probs").unwrap(), st.tolerance, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ppocr_classifier_outputs_match_the_smoke_test_goldens() {
+    for model in [ppocr(), ppocr_fixed()] {
+        let handle = Arc::new(ModelHandle::new());
+        handle.swap(model.clone());
+        let server = Server::start(handle).await;
+        let (status, body) = server.infer(PPOCR, &smoke_request(&model)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model_version"], model.version());
+        assert_matches_goldens(&model, &body);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn batch_of_two_works_with_symbolic_batch_dimension() {
+    let model = ppocr();
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+    let request = json!({ "inputs": [{
+        "name": "x", "shape": [2, 3, 48, 192], "datatype": "FP32", "data": vec![0.5; 2 * 3 * 48 * 192],
+    }]});
+    let (status, body) = server.infer(PPOCR, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let st = &model.manifest().smoke_test;
+    assert_matches(&body, &st.expected[0], st.tolerance, 2);
+
+    // The metadata says which dimensions are free.
+    let (status, meta) = server.get("/v2/models/ppocr-direction").await;
+    assert_eq!(status, 200);
+    assert_eq!(meta["platform"], "onnx-tract");
+    assert_eq!(meta["versions"], json!(["2.0.0"]));
+    assert_eq!(meta["inputs"], json!([{ "name": "x", "datatype": "FP32", "shape": [-1, 3, -1, -1] }]));
+    assert_eq!(
+        meta["outputs"],
+        json!([{ "name": "save_infer_model/scale_0.tmp_1", "datatype": "FP32", "shape": [-1, 2] }])
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_shape_is_a_400_not_a_crash() {
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(ppocr_fixed());
+    let server = Server::start(handle.clone()).await;
+    let x = |shape: Vec<usize>, n: usize| json!({ "inputs": [{ "name": "x", "shape": shape, "datatype": "FP32", "data": vec![0.5; n] }] });
+
+    let (status, body) = server.infer(PPOCR, &x(vec![1, 3, 48], 3 * 48)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("rank 3, the model takes rank 4 [N, 3, 48, 192]"), "{body}");
+
+    let (status, body) = server.infer(PPOCR, &x(vec![1, 3, 48, 100], 3 * 48 * 100)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("dimension 3 is 100"), "{body}");
+
+    let (status, body) = server.infer(PPOCR, &x(vec![1, 3, 48, 192], 10)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("holds 27648 elements, 10 were given"), "{body}");
+
+    let negative = json!({ "inputs": [{ "name": "x", "shape": [-1, 3, 48, 192], "datatype": "FP32", "data": [] }] });
+    let (status, body) = server.infer(PPOCR, &negative).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("negative dimension"), "{body}");
+
+    // The server is still up and the model still serves.
+    let (status, body) = server.infer(PPOCR, &smoke_request(&handle.current().unwrap())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(handle.current().unwrap().stats().failed, 0, "client errors do not count against the model");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_datatype_is_a_400() {
+    let model = silero();
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+    let mut request = smoke_request(&model);
+    assert_eq!(request["inputs"][0]["name"], "h");
+    request["inputs"][0]["datatype"] = json!("INT64");
+    request["inputs"][0]["data"] = json!([0, 0]);
+    request["inputs"][0]["shape"] = json!([1, 1, 2]);
+    let (status, body) = server.infer("silero-vad", &request).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("datatype INT64, the model takes FP32"), "{body}");
+
+    request["inputs"][0]["datatype"] = json!("FP16");
+    let (status, body) = server.infer("silero-vad", &request).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("datatype `FP16` is not supported"), "{body}");
+
+    request["inputs"][0]["datatype"] = json!("FP32");
+    request["inputs"][0]["data"] = json!([true, false]);
+    let (status, body) = server.infer("silero-vad", &request).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("FP32 data must be numbers"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_input_name_is_a_400() {
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(ppocr());
+    let server = Server::start(handle).await;
+    let request = json!({ "inputs": [{ "name": "image", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": vec![0.5; 27648] }] });
+    let (status, body) = server.infer(PPOCR, &request).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("input `image`: not an input of this model (its inputs: x)"), "{body}");
+
+    let missing = json!({ "inputs": [] });
+    let (status, body) = server.infer(PPOCR, &missing).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("input `x`: missing"), "{body}");
+
+    let mut unknown_output = smoke_request(&ppocr());
+    unknown_output["outputs"] = json!([{ "name": "logits" }]);
+    let (status, body) = server.infer(PPOCR, &unknown_output).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("requested output `logits`"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400() {
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(ppocr());
+    let server = Server::start(handle).await;
+    for body in [
+        &b"{\"inputs\": ["[..],
+        b"not json",
+        b"",
+        b"{\"inputs\": [{\"name\": \"x\"}]}",
+        b"{\"inputs\": [{\"name\": \"x\", \"shape\": [1], \"datatype\": \"FP32\", \"data\": [\"a\"]}]}",
+        b"{\"inputs\": [{\"name\": \"x\", \"shape\": [2], \"datatype\": \"FP32\", \"data\": [1, true]}]}",
+    ] {
+        let (status, reply) = server.post("/v2/models/ppocr-direction/infer", body).await;
+        assert_eq!(status, 400, "{}: {reply}", String::from_utf8_lossy(body));
+        assert!(error_text(&reply).starts_with("not a valid inference request"), "{reply}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_model_is_a_404() {
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(ppocr());
+    let server = Server::start(handle).await;
+    let request = smoke_request(&ppocr());
+    let (status, body) = server.infer("silero-vad", &request).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(error_text(&body).contains("no model named `silero-vad`"), "{body}");
+    let (status, _) =
+        server.post("/v2/models/ppocr-direction/versions/9.9.9/infer", request.to_string().as_bytes()).await;
+    assert_eq!(status, 404);
+    assert_eq!(server.get("/v2/models/silero-vad").await.0, 404);
+    assert_eq!(server.get("/v2/models/silero-vad/ready").await.0, 404);
+    assert_eq!(server.get("/v2/models/ppocr-direction/versions/9.9.9").await.0, 404);
+    assert_eq!(server.get("/v2/no/such/thing").await.0, 404);
+    assert_eq!(server.get("/v2/models/ppocr-direction/versions/2.0.0/ready").await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn not_ready_without_a_model() {
+    let handle = Arc::new(ModelHandle::new());
+    let server = Server::start(handle.clone()).await;
+    assert_eq!(server.get("/v2/health/live").await.0, 200);
+    let (status, body) = server.get("/v2/health/ready").await;
+    assert_eq!((status, error_text(&body)), (503, "no model is active"));
+    let (status, meta) = server.get("/v2").await;
+    assert_eq!(status, 200);
+    assert_eq!(meta["name"], "outpost-agent");
+    let model = ppocr();
+    assert_eq!(server.infer(PPOCR, &smoke_request(&model)).await.0, 503);
+    assert_eq!(server.get("/v2/models/ppocr-direction").await.0, 503);
+
+    handle.swap(model.clone());
+    assert_eq!(server.get("/v2/health/ready").await.0, 200);
+    assert_eq!(server.get("/v2/models/ppocr-direction/ready").await.0, 200);
+    assert_eq!(server.infer(PPOCR, &smoke_request(&model)).await.0, 200);
+
+    assert!(handle.clear().is_some());
+    assert_eq!(server.get("/v2/health/ready").await.0, 503);
+    assert_eq!(server.infer(PPOCR, &smoke_request(&model)).await.0, 503);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inference_storm_during_swap_has_zero_failed_requests() {
+    const CLIENTS: usize = 8;
+    const REQUESTS: usize = 40;
+    let (a, b) = (ppocr(), ppocr_fixed());
+    let reported = Arc::new(AtomicU64::new(0));
+    let observed = reported.clone();
+    let handle = Arc::new(ModelHandle::with_observer(move |_, ok| {
+        assert!(ok);
+        observed.fetch_add(1, Ordering::Relaxed);
+    }));
+    handle.swap(a.clone());
+    let server = Server::start(handle.clone()).await;
+    let request = Arc::new(smoke_request(&a).to_string());
+
+    let done = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (handle, done, a, b) = (handle.clone(), done.clone(), a.clone(), b.clone());
+        tokio::spawn(async move {
+            let (mut swaps, mut while_busy) = (0u32, 0u32);
+            while !done.load(Ordering::Relaxed) {
+                let next = if swaps % 2 == 0 { b.clone() } else { a.clone() };
+                let old = handle.swap(next).unwrap();
+                // Held by the test, this task and `old`; any more are requests still running on the old model.
+                if Arc::strong_count(&old) > 3 {
+                    while_busy += 1;
+                }
+                swaps += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+            (swaps, while_busy)
+        })
+    };
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (addr, request) = (server.addr, request.clone());
+        clients.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for _ in 0..REQUESTS {
+                let (status, body) = http(addr, "POST", "/v2/models/ppocr-direction/infer", request.as_bytes()).await;
+                assert_eq!(status, 200, "{body}");
+                versions.push((body["model_version"].as_str().unwrap().to_owned(), body));
+            }
+            versions
+        }));
+    }
+    let mut per_version = std::collections::BTreeMap::<String, u64>::new();
+    for client in clients {
+        for (version, body) in client.await.unwrap() {
+            let model = if version == a.version() { &a } else { &b };
+            assert!(version == a.version() || version == b.version(), "{version}");
+            assert_matches_goldens(model, &body);
+            *per_version.entry(version).or_default() += 1;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let (swaps, while_busy) = swapper.await.unwrap();
+    let total = (CLIENTS * REQUESTS) as u64;
+    assert_eq!(per_version.values().sum::<u64>(), total);
+    // Each response names the model that actually ran it: the models' own counters agree.
+    assert_eq!(a.stats().ok, per_version.get(&a.version()).copied().unwrap_or(0));
+    assert_eq!(b.stats().ok, per_version.get(&b.version()).copied().unwrap_or(0));
+    assert_eq!(a.stats().failed + b.stats().failed, 0);
+    assert_eq!(reported.load(Ordering::Relaxed), total);
+    assert!(swaps >= 10, "only {swaps} swaps happened during the storm");
+    assert!(while_busy > 0, "no swap happened while a request was running on the old model");
+    assert_eq!(per_version.len(), 2, "both models served during the storm: {per_version:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn model_files_are_opened_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ppocr.opkg");
+    let bytes = outpost_shared::package::encode(
+        &manifest("ppocr-direction.toml"),
+        &std::fs::read(fixture("ch_ppocr_mobile_v2.0_cls_infer.onnx")).unwrap(),
+    );
+    std::fs::write(&path, &bytes).unwrap();
+    let digest = Digest::of(&bytes);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+    let wrong = Digest::of(b"another package");
+    let e = Served::open_package(&path, Some(&wrong), &PackageLimits::default()).unwrap_err();
+    assert!(matches!(e, LoadError::DigestMismatch { .. }), "{e}");
+    let model = Arc::new(Served::open_package(&path, Some(&digest), &PackageLimits::default()).unwrap());
+    assert_eq!(model.digest(), &digest);
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+    for _ in 0..3 {
+        let (status, body) = server.infer(PPOCR, &smoke_request(&model)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_matches_goldens(&model, &body);
+    }
+    server.stop().await;
+
+    // Root ignores permission bits, so also show nothing was written: same bytes, same mtime, no new files.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), before);
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o444);
+    let listing: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(listing, ["ppocr.opkg"]);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test]
+async fn one_shot_inference_answers_like_the_http_endpoint() {
+    let model = silero();
+    let request = smoke_request(&model);
+    let once = inference::infer_once(&model, request.to_string().as_bytes()).unwrap();
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+    let (status, body) = server.infer("silero-vad", &request).await;
+    assert_eq!(status, 200);
+    assert_eq!(once, body);
+    assert_matches_goldens(&model, &once);
+    let e = inference::infer_once(&model, b"{").unwrap_err();
+    assert!(matches!(e, InferenceError::BadRequest(_)), "{e}");
+    assert_eq!(e.status(), 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_body_is_a_413() {
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(ppocr());
+    let limits = ServeLimits { max_body_bytes: 1024, ..ServeLimits::default() };
+    let server = Server::start_with(handle, limits).await;
+    let (status, body) = server.infer(PPOCR, &smoke_request(&ppocr())).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(error_text(&body).contains("larger than 1024 bytes"), "{body}");
+    server.stop().await;
+}
