@@ -11,7 +11,7 @@ use std::sync::Arc;
 use outpost_attestation::identity::Identity;
 use outpost_shared::clock::Clock;
 use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
-use outpost_shared::model::{self, LoadedModel};
+use outpost_shared::model;
 use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Slot, Target, UpdateLoop};
 use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
 use sigstore_tuf::transport::FetchFuture;
@@ -19,6 +19,7 @@ use sigstore_tuf::{FileStore, Repository, Updater};
 
 use crate::config::AgentConfig;
 use crate::device::{self, Layout};
+use crate::inference::{ModelHandle, Served};
 use crate::quic::{ClientConfig, HubClient};
 
 /// Target path of the director key in TUF (the hub lists it with the top-level targets role).
@@ -44,22 +45,6 @@ pub enum CheckError {
     Invalid(String),
 }
 
-/// The model that serves now: read-only files in a slot, loaded once.
-pub struct Active {
-    /// What is installed.
-    pub installed: Installed,
-    /// Its manifest.
-    pub manifest: Manifest,
-    /// The loaded, optimised model.
-    pub model: LoadedModel,
-}
-
-impl std::fmt::Debug for Active {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Active").field("installed", &self.installed).finish_non_exhaustive()
-    }
-}
-
 /// `HubClient` shared between the TUF updater and the driver's own requests.
 #[derive(Clone)]
 struct SharedClient(Arc<HubClient>);
@@ -80,7 +65,8 @@ pub struct Agent {
     identity: Identity,
     clock: Arc<dyn Clock>,
     updates: UpdateLoop,
-    active: Option<Arc<Active>>,
+    /// What the inference API serves; swapped atomically, so in-flight requests finish on the old model.
+    models: Arc<ModelHandle>,
     client: Option<Arc<HubClient>>,
     /// Reports waiting for a connection (telemetry proper arrives with the fleet issue).
     outbox: Vec<String>,
@@ -95,6 +81,15 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Opens the device directory named by `config`, restoring persisted state and serving what was active.
     pub fn open(config: AgentConfig, clock: Arc<dyn Clock>) -> Result<Agent, CheckError> {
+        Self::open_with(config, clock, Arc::new(ModelHandle::new()))
+    }
+
+    /// Like [`Agent::open`], activating models into `models` (the handle the inference API serves from).
+    pub fn open_with(
+        config: AgentConfig,
+        clock: Arc<dyn Clock>,
+        models: Arc<ModelHandle>,
+    ) -> Result<Agent, CheckError> {
         let layout = Layout::new(&config.data_dir);
         let identity = Identity::load(&layout.identity()).map_err(|e| CheckError::Invalid(e.to_string()))?;
         let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
@@ -105,7 +100,7 @@ impl Agent {
             identity,
             clock,
             updates: UpdateLoop::new(state, health),
-            active: None,
+            models,
             client: None,
             outbox: Vec::new(),
         };
@@ -128,8 +123,16 @@ impl Agent {
     }
 
     /// The model serving now, if any.
-    pub fn active(&self) -> Option<Arc<Active>> {
-        self.active.clone()
+    pub fn active(&self) -> Option<Arc<Served>> {
+        self.models.current()
+    }
+
+    /// The package on trial in a health window, if any.
+    pub fn on_trial(&self) -> Option<Digest> {
+        match &self.updates.state.phase {
+            outpost_shared::update::Phase::Health { target, .. } => Some(target.digest),
+            _ => None,
+        }
     }
 
     fn save(&self) -> std::io::Result<()> {
@@ -161,7 +164,7 @@ impl Agent {
         for action in actions {
             match action {
                 Action::Activate(installed) => self.activate(&installed)?,
-                Action::Deactivate => self.active = None,
+                Action::Deactivate => drop(self.models.clear()),
                 Action::Report(message) => self.outbox.push(message),
                 Action::Download(_) | Action::Stage { .. } => {}
             }
@@ -330,19 +333,20 @@ impl Agent {
         Ok(())
     }
 
-    /// Loads a slot (read-only) and makes it the serving model.
+    /// Loads a slot (read-only) for serving and swaps it in; requests in flight finish on the old model.
     fn activate(&mut self, installed: &Installed) -> Result<(), CheckError> {
-        if self.active.as_ref().is_some_and(|a| a.installed == *installed) {
+        if self.models.current().is_some_and(|a| *a.digest() == installed.target.digest) {
             return Ok(());
         }
-        let (manifest, model) = load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?;
-        self.active = Some(Arc::new(Active { installed: installed.clone(), manifest, model }));
+        let served = load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?;
+        self.models.swap(Arc::new(served));
         Ok(())
     }
 }
 
-/// Reads a slot's files (opened read-only) and loads the model.
-fn load_slot(dir: &Path, digest: &Digest) -> Result<(Manifest, LoadedModel), CheckError> {
+/// Reads a slot's files (opened read-only) and loads the model for serving (its smoke test runs on the plan
+/// that will serve).
+pub fn load_slot(dir: &Path, digest: &Digest) -> Result<Served, CheckError> {
     let recorded = std::fs::read_to_string(dir.join("digest"))?;
     if recorded.trim() != digest.to_hex() {
         return Err(CheckError::Invalid(format!(
@@ -355,8 +359,7 @@ fn load_slot(dir: &Path, digest: &Digest) -> Result<(Manifest, LoadedModel), Che
     let manifest = Manifest::from_cbor(&std::fs::read(dir.join("manifest.cbor"))?)
         .map_err(|e| CheckError::Invalid(e.to_string()))?;
     let model_bytes = std::fs::read(dir.join("model.onnx"))?;
-    let model = model::load(&model_bytes, &manifest).map_err(|e| CheckError::Invalid(e.to_string()))?;
-    Ok((manifest, model))
+    Served::load(manifest, &model_bytes, *digest).map_err(|e| CheckError::Invalid(e.to_string()))
 }
 
 fn director_key(doc: &[u8]) -> Result<[u8; 32], CheckError> {

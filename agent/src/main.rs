@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 
 use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::device::{self, Layout};
-use outpost_agent::driver::{Agent, init_device};
+use outpost_agent::driver::{Agent, init_device, load_slot};
+use outpost_agent::inference::{ModelHandle, ServeLimits, infer_once, serve};
 use outpost_shared::clock::{Clock, format_rfc3339};
 use outpost_shared::update::Phase;
 
@@ -50,6 +51,16 @@ enum Command {
         /// Check once and exit (for scripts and tests).
         #[arg(long)]
         once: bool,
+    },
+    /// One-shot inference on the active model for scripts: an Open Inference Protocol v2 request body in FILE
+    /// (`{"inputs":[{"name","shape","datatype","data"}]}`), the response JSON on stdout.
+    Infer {
+        /// The agent's configuration.
+        #[arg(long, value_name = "FILE", default_value = "agent.toml")]
+        config: PathBuf,
+        /// The request body (`-` for standard input).
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
     },
     /// Show the active and previous packages, the last check, the last error and the pending work.
     Status {
@@ -107,6 +118,22 @@ fn run(command: Command) -> Result<()> {
             runtime.block_on(run_agent(config, once))?;
         }
         Command::Status { config } => status(&AgentConfig::load(&config)?)?,
+        Command::Infer { config, input } => {
+            let config = AgentConfig::load(&config)?;
+            let layout = Layout::new(&config.data_dir);
+            let state = device::load_state(&layout)?.context("the agent has not run yet: no model installed")?;
+            let active = state.active.context("no active model")?;
+            let served = load_slot(&layout.slot(active.slot), &active.target.digest)?;
+            let body = if input.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                b
+            } else {
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?
+            };
+            let response = infer_once(&served, &body).map_err(|e| anyhow::anyhow!("{e} (HTTP {})", e.status()))?;
+            println!("{}", serde_json::to_string_pretty(&response)?);
+        }
     }
     Ok(())
 }
@@ -121,9 +148,20 @@ fn getrandom_bytes(buf: &mut [u8]) -> Result<()> {
 async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     let poll = Duration::from_secs(config.updates.poll_secs);
     let jitter = config.updates.jitter_secs;
-    let mut agent = Agent::open(config, Arc::new(SystemClock))?;
+    let bind = config.inference_bind;
+    // Every inference that reached the model feeds the health window of the package on trial.
+    let (outcomes, mut outcome_rx) = tokio::sync::mpsc::unbounded_channel();
+    let models = Arc::new(ModelHandle::with_observer(move |served, ok| {
+        let _ = outcomes.send((*served.digest(), ok));
+    }));
+    let mut agent = Agent::open_with(config, Arc::new(SystemClock), models.clone())?;
     if let Some(a) = agent.active() {
-        eprintln!("serving {} {} from slot {:?}", a.manifest.name, a.manifest.version, a.installed.slot);
+        eprintln!("serving {} {}", a.name(), a.version());
+    }
+    if !once {
+        let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
+        eprintln!("inference API (Open Inference Protocol v2) on http://{bind}/v2");
+        tokio::spawn(serve(listener, models, ServeLimits::default(), std::future::pending()));
     }
     loop {
         match agent.check().await {
@@ -139,6 +177,14 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
         let deadline = tokio::time::Instant::now() + wait;
         while tokio::time::Instant::now() < deadline {
             tokio::select! {
+                Some((digest, ok)) = outcome_rx.recv() => {
+                    if agent.on_trial() == Some(digest) {
+                        agent.record_inference(ok)?;
+                        if !ok {
+                            eprintln!("inference failed during the health window: rolled back");
+                        }
+                    }
+                }
                 _ = tokio::signal::ctrl_c() => {
                     eprintln!("stopping");
                     return Ok(agent.shutdown()?);

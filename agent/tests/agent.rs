@@ -40,7 +40,7 @@ fn later(w: &World) {
 }
 
 fn active(agent: &Agent) -> Option<Digest> {
-    agent.active().map(|a| a.installed.target.digest)
+    agent.active().map(|a| *a.digest())
 }
 
 async fn adopt(agent: &mut Agent) {
@@ -59,13 +59,13 @@ async fn v1_then_v2_adopted_and_revoked_v2_replaced_by_last_good() {
     let mut agent = device(&w, "dev1", 1).await;
     adopt(&mut agent).await;
     assert_eq!(active(&agent), Some(v1));
-    let slot1 = agent.active().unwrap().installed.slot;
+    let slot1 = agent.state().active.as_ref().unwrap().slot;
 
     later(&w);
     let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
     adopt(&mut agent).await;
     assert_eq!(active(&agent), Some(v2));
-    assert_eq!(agent.active().unwrap().installed.slot, slot1.other(), "v2 went into the other slot");
+    assert_eq!(agent.state().active.as_ref().unwrap().slot, slot1.other(), "v2 went into the other slot");
 
     later(&w);
     Director::new(&w.repo).revoke(v2, "field regression", w.clock.wall()).unwrap();
