@@ -163,6 +163,9 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
         eprintln!("inference API (Open Inference Protocol v2) on http://{bind}/v2");
         tokio::spawn(serve(listener, models, ServeLimits::default(), std::future::pending()));
     }
+    // One stream per signal for the whole run: a signal that arrives mid-check is kept until the loop looks.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         match agent.check().await {
             Ok(()) => describe(&agent),
@@ -185,7 +188,11 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
                         }
                     }
                 }
-                _ = tokio::signal::ctrl_c() => {
+                _ = interrupt.recv() => {
+                    eprintln!("stopping");
+                    return Ok(agent.shutdown()?);
+                }
+                _ = terminate.recv() => {
                     eprintln!("stopping");
                     return Ok(agent.shutdown()?);
                 }
@@ -205,20 +212,21 @@ fn describe(agent: &Agent) {
 }
 
 fn status(config: &AgentConfig) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let layout = Layout::new(&config.data_dir);
     let Some(s) = device::load_state(&layout)? else {
-        println!("no update state yet: the agent has not run (`outpost-agent run`)");
-        return Ok(());
+        return print_out("no update state yet: the agent has not run (`outpost-agent run`)\n");
     };
     let show = |i: &Option<outpost_shared::update::Installed>| {
         i.as_ref()
             .map_or("-".to_owned(), |i| format!("{} ({}, slot {:?})", i.target.path, i.target.digest.short(), i.slot))
     };
-    println!("active      {}", show(&s.active));
-    println!("last good   {}", show(&s.last_good));
-    println!("fallback    {}", show(&s.fallback));
-    println!("last check  {}", s.last_check.map_or("never".into(), format_rfc3339));
-    println!("last error  {}", s.last_error.as_deref().unwrap_or("-"));
+    writeln!(out, "active      {}", show(&s.active))?;
+    writeln!(out, "last good   {}", show(&s.last_good))?;
+    writeln!(out, "fallback    {}", show(&s.fallback))?;
+    writeln!(out, "last check  {}", s.last_check.map_or("never".into(), format_rfc3339))?;
+    writeln!(out, "last error  {}", s.last_error.as_deref().unwrap_or("-"))?;
     let pending = match &s.phase {
         Phase::Idle => "none".to_owned(),
         Phase::Downloading { target } => format!("downloading {}", target.path),
@@ -227,11 +235,20 @@ fn status(config: &AgentConfig) -> Result<()> {
             format!("health window for {} since {} ({ok} good inferences)", target.path, format_rfc3339(*since))
         }
     };
-    println!("pending     {pending}");
-    println!("assignment  v{}", s.assignment_version);
+    writeln!(out, "pending     {pending}")?;
+    writeln!(out, "assignment  v{}", s.assignment_version)?;
     if !s.rolled_back.is_empty() {
         let list: Vec<String> = s.rolled_back.iter().map(|d| d.short()).collect();
-        println!("rolled back {} (not reinstalled)", list.join(", "));
+        writeln!(out, "rolled back {} (not reinstalled)", list.join(", "))?;
     }
-    Ok(())
+    print_out(&out)
+}
+
+/// Writes to stdout; a reader that went away (`| head`, `| grep -q`) is not an error.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
