@@ -294,8 +294,23 @@ impl UpdateLoop {
                 self.state.last_check = Some(now);
                 self.state.revoked.extend(revoked);
                 actions.extend(self.enforce_revocation());
-                if let (Phase::Idle, Some(target)) = (&self.state.phase, target) {
-                    actions.extend(self.consider(target));
+                match (self.state.phase.clone(), target) {
+                    (Phase::Idle, Some(target)) => actions.extend(self.consider(target)),
+                    // Work interrupted by a restart resumes when the same package is still assigned...
+                    (Phase::Downloading { target: current }, Some(t)) if current.digest == t.digest => {
+                        actions.push(Action::Download(current));
+                    }
+                    (Phase::Staging { target: current, slot }, Some(t)) if current.digest == t.digest => {
+                        actions.push(Action::Stage { target: current, slot });
+                    }
+                    // ...and is dropped for a newer assignment, or for none.
+                    (Phase::Downloading { .. } | Phase::Staging { .. }, Some(t)) => {
+                        self.state.phase = Phase::Idle;
+                        actions.extend(self.consider(t));
+                    }
+                    (Phase::Downloading { .. } | Phase::Staging { .. }, None) => self.state.phase = Phase::Idle,
+                    // A package on trial finishes its health window first.
+                    _ => {}
                 }
             }
             (Phase::Downloading { target }, Event::Downloaded) => {

@@ -156,3 +156,25 @@ fn graceful_stop_during_the_health_window_continues_the_trial() {
     assert!(matches!(&actions[..], [Action::Activate(i)] if i.target == target("2")), "{actions:?}");
     assert!(matches!(restarted.state.phase, Phase::Health { .. }));
 }
+
+#[test]
+fn interrupted_download_resumes_at_the_next_assignment_of_the_same_package() {
+    let mut u = new_loop();
+    u.handle(T0, assigned(1, Some(target("1"))));
+    // Restarted: the driver may only act on the next check's assignment.
+    let mut restarted = UpdateLoop::new(u.state.clone(), u.health);
+    restarted.handle(T0, Event::Started { clean: false });
+    assert_eq!(restarted.handle(T0 + 1, assigned(2, Some(target("1")))), vec![Action::Download(target("1"))]);
+}
+
+#[test]
+fn newer_assignment_supersedes_an_unfinished_download_or_staging() {
+    let mut u = new_loop();
+    u.handle(T0, assigned(1, Some(target("1"))));
+    assert_eq!(u.handle(T0, assigned(2, Some(target("2")))), vec![Action::Download(target("2"))]);
+    u.handle(T0, Event::Downloaded);
+    assert!(matches!(u.state.phase, Phase::Staging { .. }));
+    assert_eq!(u.handle(T0, assigned(3, Some(target("3")))), vec![Action::Download(target("3"))]);
+    u.handle(T0, assigned(4, None));
+    assert_eq!(u.state.phase, Phase::Idle);
+}

@@ -30,12 +30,18 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        Self::at(NOW)
+    }
+
+    /// A hub whose clock (and metadata) start at `now`: real time for tests that run agent processes, which
+    /// read the system clock.
+    pub fn at(now: u64) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("hub");
         Registry::init(&dir).unwrap();
         let repo = TufRepo::new(&dir, Default::default());
-        repo.generate(&tmp.path().join("offline"), GenerateOptions::default(), &mut SeededRng::new(5), NOW).unwrap();
-        World { tmp, dir, repo, clock: Arc::new(ManualClock::new(NOW)) }
+        repo.generate(&tmp.path().join("offline"), GenerateOptions::default(), &mut SeededRng::new(5), now).unwrap();
+        World { tmp, dir, repo, clock: Arc::new(ManualClock::new(now)) }
     }
 
     pub fn registry(&self) -> Registry {
@@ -43,9 +49,14 @@ impl World {
     }
 
     pub fn add_and_publish(&self, m: &AffineManifest, channel: &str) -> (Digest, String) {
+        self.add_and_publish_sized(m, channel, 0)
+    }
+
+    /// Like `add_and_publish`, with `padding_floats` of extra weights to make the package larger.
+    pub fn add_and_publish_sized(&self, m: &AffineManifest, channel: &str, padding_floats: usize) -> (Digest, String) {
         let model = self.tmp.path().join(format!("{}-{}.onnx", m.name, m.version));
         let manifest = model.with_extension("toml");
-        std::fs::write(&model, outpost_shared::testkit::affine_model(m.scale, m.bias)).unwrap();
+        std::fs::write(&model, outpost_shared::testkit::affine_model_sized(m.scale, m.bias, padding_floats)).unwrap();
         std::fs::write(&manifest, m.toml()).unwrap();
         let reg = self.registry();
         let d = reg.add(&model, &manifest).unwrap().digest;
