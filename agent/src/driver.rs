@@ -276,7 +276,7 @@ impl Agent {
         }
         if have < t.length {
             let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&staging).await?;
-            let stored = consistent_path(&t.path, &t.digest);
+            let stored = director::stored_target_path(&t.path, &t.digest);
             client
                 .download_target(&stored, have, t.length, &mut file)
                 .await?
@@ -369,14 +369,6 @@ fn director_key(doc: &[u8]) -> Result<[u8; 32], CheckError> {
     hex::decode_to_slice(v["public"].as_str().unwrap_or_default(), &mut key)
         .map_err(|e| CheckError::Invalid(format!("director key: {e}")))?;
     Ok(key)
-}
-
-/// Where a consistent-snapshot repository stores a target: `dir/<sha256>.<name>`.
-fn consistent_path(path: &str, d: &Digest) -> String {
-    match path.rsplit_once('/') {
-        Some((dir, name)) => format!("{dir}/{}.{name}", d.to_hex()),
-        None => format!("{}.{path}", d.to_hex()),
-    }
 }
 
 fn set_read_only(path: &Path) -> std::io::Result<()> {

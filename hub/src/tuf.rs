@@ -836,8 +836,7 @@ impl TufRepo {
 
     /// `targets/<dir>/<sha256>.<name>` for a target path.
     pub fn consistent_path(&self, path: &str, d: &Digest) -> PathBuf {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        self.targets_dir().join(dir).join(format!("{}.{name}", d.to_hex()))
+        self.targets_dir().join(outpost_shared::director::stored_target_path(path, d))
     }
 }
 

@@ -221,8 +221,7 @@ async fn endless_data_target_larger_than_declared_is_rejected() {
     let f = Fixture::new();
     let (digest, path, _) = f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
     let mirror = f.mirror();
-    let (dir, name) = path.rsplit_once('/').unwrap();
-    let stored = format!("{dir}/{}.{name}", digest.to_hex());
+    let stored = director::stored_target_path(&path, &digest);
     let mut bytes = mirror.file("targets", &stored).unwrap();
     bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
     mirror.serve_target(&stored, bytes);
@@ -246,8 +245,7 @@ async fn arbitrary_software_swapped_target_bytes_are_rejected() {
     let f = Fixture::new();
     let (digest, path, _) = f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
     let mirror = f.mirror();
-    let (dir, name) = path.rsplit_once('/').unwrap();
-    let stored = format!("{dir}/{}.{name}", digest.to_hex());
+    let stored = director::stored_target_path(&path, &digest);
     let mut bytes = mirror.file("targets", &stored).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;

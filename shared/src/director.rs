@@ -178,6 +178,15 @@ pub enum DirectorError {
     },
 }
 
+/// Where a TUF repository with consistent snapshots stores target `path` whose SHA-256 is `sha256`:
+/// `dir/<sha256>.<name>` (the hub writes it there; agents and mirrors fetch it from there).
+pub fn stored_target_path(path: &str, sha256: &Digest) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/{}.{name}", sha256.to_hex()),
+        None => format!("{}.{path}", sha256.to_hex()),
+    }
+}
+
 /// Key id of an Ed25519 public key for director envelopes: SHA-256 of the key, hex.
 pub fn key_id(public: &[u8; 32]) -> String {
     Digest::of(public).to_hex()

@@ -73,8 +73,7 @@ fn setup() -> Result<Setup> {
     let export = tmp.path().join("export");
     repo.export(&export)?;
     let target_path = outpost_hub::tuf::target_path(&parsed);
-    let (dir, name) = target_path.rsplit_once('/').context("target path")?;
-    let stored_target = format!("{dir}/{}.{name}", record.digest.to_hex());
+    let stored_target = outpost_shared::director::stored_target_path(&target_path, &record.digest);
     Ok(Setup { hub_dir, export, target_path, stored_target, target_len: record.package_len, _tmp: tmp })
 }
 
