@@ -11,7 +11,6 @@ use std::sync::Arc;
 use outpost_attestation::identity::Identity;
 use outpost_shared::clock::Clock;
 use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
-use outpost_shared::model;
 use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Slot, Target, UpdateLoop};
 use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
 use sigstore_tuf::transport::FetchFuture;
@@ -70,6 +69,8 @@ pub struct Agent {
     client: Option<Arc<HubClient>>,
     /// Reports waiting for a connection (telemetry proper arrives with the fleet issue).
     outbox: Vec<String>,
+    /// The model loaded and smoke-tested by the last successful stage, ready to swap in at once.
+    staged: Option<Arc<Served>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -103,6 +104,7 @@ impl Agent {
             models,
             client: None,
             outbox: Vec::new(),
+            staged: None,
         };
         let clean = std::mem::take(&mut agent.updates.state.clean_shutdown);
         let actions = agent.updates.handle(agent.clock.wall(), Event::Started { clean });
@@ -297,7 +299,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Unpacks the verified package into `slot` (never the active one), loads it and runs its smoke test.
+    /// Unpacks the verified package into `slot` (never the active one), loads it from there as it will serve
+    /// and runs its smoke test on that plan.
     fn stage(&mut self, t: &Target, slot: Slot) -> Event {
         match self.try_stage(t, slot) {
             Ok(()) => Event::Staged,
@@ -328,7 +331,10 @@ impl Agent {
         for f in ["model.onnx", "manifest.cbor", "digest"] {
             set_read_only(&dir.join(f)).map_err(io)?;
         }
-        model::check(package.model, &package.manifest).map_err(|e| e.to_string())?;
+        drop(bytes);
+        // Load what the slot now holds, exactly as it will serve, and smoke-test that plan.
+        let served = load_slot(&dir, &t.digest).map_err(|e| e.to_string())?;
+        self.staged = Some(Arc::new(served));
         let _ = std::fs::remove_file(&staging);
         Ok(())
     }
@@ -338,8 +344,11 @@ impl Agent {
         if self.models.current().is_some_and(|a| *a.digest() == installed.target.digest) {
             return Ok(());
         }
-        let served = load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?;
-        self.models.swap(Arc::new(served));
+        let served = match self.staged.take() {
+            Some(s) if *s.digest() == installed.target.digest => s,
+            _ => Arc::new(load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?),
+        };
+        self.models.swap(served);
         Ok(())
     }
 }

@@ -128,7 +128,8 @@ pub enum InferenceError {
     /// data that does not fit the datatype, unknown requested output).
     #[error("{0}")]
     BadRequest(String),
-    /// Tensors that do not fit the contract ([`ModelError::BadInput`]) or a model failure ([`ModelError::Run`]).
+    /// Tensors that do not fit the contract ([`ModelError::BadInput`]) or a model failure ([`ModelError::Run`],
+    /// [`ModelError::NonFinite`]).
     #[error(transparent)]
     Model(#[from] ModelError),
     /// The request names a model other than the active one.

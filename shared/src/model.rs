@@ -189,6 +189,30 @@ pub enum ModelError {
     /// tract failed (or panicked) running tensors that fit the contract: the model's fault, not the caller's.
     #[error("inference failed: {0}")]
     Run(String),
+    /// The model answered with NaN or infinity: a broken model, not an answer to serve (and a failure in the
+    /// health window).
+    #[error("output `{output}` element {index} is {value}: the model produced a non-finite value")]
+    NonFinite {
+        /// Output name.
+        output: String,
+        /// Flat index of the first non-finite element.
+        index: usize,
+        /// The value, as text (`NaN`, `inf`, `-inf`).
+        value: String,
+    },
+}
+
+/// Refuses a float output holding NaN or infinity.
+fn check_finite(t: &NamedTensor) -> Result<(), ModelError> {
+    let first = match &t.data {
+        TensorData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i].to_string())),
+        TensorData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i].to_string())),
+        _ => None,
+    };
+    match first {
+        Some((index, value)) => Err(ModelError::NonFinite { output: t.name.clone(), index, value }),
+        None => Ok(()),
+    }
 }
 
 /// What a passing smoke test measured.
@@ -269,7 +293,9 @@ impl LoadedModel {
     /// fit is [`ModelError::Run`].
     pub fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, ModelError> {
         let ordered = self.check_inputs(inputs)?;
-        guard(ModelError::Run, || self.run_inner(ordered))
+        let outputs = guard(ModelError::Run, || self.run_inner(ordered))?;
+        outputs.iter().try_for_each(check_finite)?;
+        Ok(outputs)
     }
 
     /// How this model plans input shapes.

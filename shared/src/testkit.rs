@@ -1,4 +1,4 @@
-//! Builders for tests: tiny ONNX models generated in code, and manifests that describe them.
+//! Builders for tests: tiny ONNX models generated in code, and manifests that describe them (and firmware images).
 //!
 //! One place builds every fixture, so tests across crates stay short and agree on what a valid package is.
 
@@ -30,20 +30,6 @@ pub fn affine_model_sized(scale: f32, bias: f32, padding_floats: usize) -> Vec<u
         }),
         doc_string: String::new(),
     };
-    let scalar = |name: &str, v: f32| pb::TensorProto {
-        name: name.into(),
-        data_type: 1,
-        dims: vec![],
-        float_data: vec![v],
-        ..Default::default()
-    };
-    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
-        op_type: op.into(),
-        name: output.into(),
-        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    };
     let mut initializer = vec![scalar("scale", scale), scalar("bias", bias)];
     if padding_floats > 0 {
         initializer.push(pb::TensorProto {
@@ -70,6 +56,60 @@ pub fn affine_model_sized(scale: f32, bias: f32, padding_floats: usize) -> Vec<u
         ..Default::default()
     };
     model.encode_to_vec()
+}
+
+/// A scalar f32 initializer.
+fn scalar(name: &str, v: f32) -> pb::TensorProto {
+    pb::TensorProto { name: name.into(), data_type: 1, dims: vec![], float_data: vec![v], ..Default::default() }
+}
+
+/// A node with one output, named after it.
+fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: output.into(),
+        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+/// Rewrites an ONNX model so that it answers exactly as before while every element of `input` is at least
+/// `threshold`, and with NaN as soon as one is below: a model that passes a smoke test on bright inputs and
+/// fails in the field (the demo's "fails its health window" release). Every graph output gets
+/// `+ 1e-30 * sqrt(min(input) - threshold)`: a term tract cannot fold away, too small to change any value that
+/// is not NaN, and added at the outputs so no clamp inside the graph can swallow the NaN.
+pub fn nan_below(model: &[u8], input: &str, threshold: f32) -> Result<Vec<u8>, prost::DecodeError> {
+    let mut model = pb::ModelProto::decode(model)?;
+    let graph = model.graph.get_or_insert_with(Default::default);
+    let name = |suffix: &str| format!("{input}__outpost_{suffix}");
+    graph.initializer.extend([scalar(&name("threshold"), threshold), scalar(&name("tiny"), 1e-30)]);
+    let mut min = node("ReduceMin", &[input], &name("min"));
+    min.attribute.push(pb::AttributeProto {
+        name: "keepdims".into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: 0,
+        ..Default::default()
+    });
+    graph.node.extend([
+        min,
+        node("Sub", &[&name("min"), &name("threshold")], &name("shifted")),
+        node("Sqrt", &[&name("shifted")], &name("sqrt")),
+        node("Mul", &[&name("sqrt"), &name("tiny")], &name("nudge")),
+    ]);
+    let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    for out in outputs {
+        let raw = format!("{out}__outpost_raw");
+        for n in &mut graph.node {
+            for name in n.input.iter_mut().chain(n.output.iter_mut()).filter(|i| **i == out) {
+                name.clone_from(&raw);
+            }
+        }
+        let mut add = node("Add", &[&raw, &name("nudge")], &out);
+        add.name = format!("{out}__outpost_guard");
+        graph.node.push(add);
+    }
+    Ok(model.encode_to_vec())
 }
 
 /// Knobs for [`affine_manifest_toml`].
@@ -158,6 +198,83 @@ expected = [{{ name = "y", shape = [2, 4], fill = {expected:?} }}]
             version = self.version,
             risk = self.risk_tier,
             suite = Digest::of(b"affine-golden"),
+        )
+    }
+
+    /// The parsed manifest.
+    pub fn manifest(&self) -> Manifest {
+        Manifest::from_toml(&self.toml(), "testkit.toml").expect("testkit manifests are valid")
+    }
+}
+
+/// Deterministic firmware image bytes of `len` that differ per `seed`.
+pub fn firmware_image(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8)).collect()
+}
+
+/// Knobs for a firmware package manifest ([`FirmwareManifest::toml`]); the image is any bytes.
+#[derive(Debug, Clone)]
+pub struct FirmwareManifest {
+    /// Package name.
+    pub name: String,
+    /// Package version.
+    pub version: String,
+    /// Hardware id the image is built for.
+    pub hardware_id: String,
+    /// Anti-rollback release counter.
+    pub release_counter: u64,
+}
+
+impl FirmwareManifest {
+    /// A low-risk root firmware package `name@version` for `hardware_id`.
+    pub fn new(name: &str, version: &str, hardware_id: &str, release_counter: u64) -> Self {
+        FirmwareManifest {
+            name: name.into(),
+            version: version.into(),
+            hardware_id: hardware_id.into(),
+            release_counter,
+        }
+    }
+
+    /// The manifest as an author would write it.
+    pub fn toml(&self) -> String {
+        format!(
+            r#"kind = "firmware"
+name = "{name}"
+version = "{version}"
+capability = "firmware.sensor-hub"
+risk_tier = "low"
+data_classification = "internal"
+license = "Apache-2.0"
+
+[runtime]
+min_agent_version = "0.1.0"
+memory_budget_bytes = 65536
+
+[firmware]
+hardware_id = "{hardware_id}"
+release_counter = {counter}
+
+[lineage]
+operator = "none"
+
+[evaluation]
+suite = {{ name = "hil-bench", digest = "{suite}" }}
+metrics = {{ boot_ms = 120.0 }}
+baseline = {{ name = "previous release" }}
+decision = {{ outcome = "accepted", by = "testkit", reason = "passes the hardware-in-the-loop bench" }}
+
+[provenance]
+built_by = "outpost-testkit"
+source = "generated"
+revision = "1"
+built_at = "2026-11-28T12:00:00Z"
+"#,
+            name = self.name,
+            version = self.version,
+            hardware_id = self.hardware_id,
+            counter = self.release_counter,
+            suite = Digest::of(b"hil-bench"),
         )
     }
 

@@ -275,13 +275,16 @@ impl UpdateLoop {
                 // A graceful stop says nothing against the package: the trial goes on.
                 actions.push(Action::Activate(Installed { target, slot }));
             }
-            (Phase::Downloading { target }, Event::Started { .. }) => actions.push(Action::Download(target)),
-            (Phase::Staging { target, slot }, Event::Started { .. }) => actions.push(Action::Stage { target, slot }),
-            (Phase::Idle, Event::Started { .. }) => {
-                if let Some(active) = self.state.active.clone() {
-                    actions.push(Action::Activate(active));
-                }
+            // Interrupted work resumes; meanwhile the active model serves again.
+            (Phase::Downloading { target }, Event::Started { .. }) => {
+                actions.extend(self.state.active.clone().map(Action::Activate));
+                actions.push(Action::Download(target));
             }
+            (Phase::Staging { target, slot }, Event::Started { .. }) => {
+                actions.extend(self.state.active.clone().map(Action::Activate));
+                actions.push(Action::Stage { target, slot });
+            }
+            (Phase::Idle, Event::Started { .. }) => actions.extend(self.state.active.clone().map(Action::Activate)),
             (_, Event::Assigned { version, target, revoked }) => {
                 if version < self.state.assignment_version {
                     actions.push(Action::Report(format!(

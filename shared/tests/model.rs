@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use outpost_shared::Manifest;
 use outpost_shared::model::{self, MAX_SHAPE_PLANS, ModelError, NamedTensor, Planning, TensorData};
-use outpost_shared::testkit::{AffineManifest, affine_model};
+use outpost_shared::testkit::{AffineManifest, affine_model, nan_below};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models").join(name)
@@ -204,4 +204,29 @@ fn real_ppocr_with_a_fixed_crop_serves_any_batch_size() {
     loaded.smoke_test(&manifest).unwrap();
     let out = loaded.run(vec![x(vec![2, 3, 48, 192], 0.5)]).unwrap();
     assert_eq!(out[0].shape, vec![2, 2]);
+}
+
+#[test]
+fn model_answering_nan_is_a_model_failure_not_an_answer() {
+    // Passes its smoke test (inputs of 1.0), yet answers NaN for inputs below 0.25.
+    let m = AffineManifest::new("a", "1.0.0", 2.0, 1.0).manifest();
+    let bytes = nan_below(&affine_model(2.0, 1.0), "x", 0.25).unwrap();
+    let loaded = model::load_for_serving(&bytes, &m).unwrap();
+    loaded.smoke_test(&m).unwrap();
+    assert_eq!(loaded.run(vec![x(vec![1, 4], 0.5)]).unwrap()[0].data, TensorData::F32(vec![2.0; 4]));
+    match loaded.run(vec![x(vec![1, 4], 0.0)]).unwrap_err() {
+        ModelError::NonFinite { output, index, value } => {
+            assert_eq!((output.as_str(), index, value.as_str()), ("y", 0, "NaN"));
+        }
+        other => panic!("expected a non-finite output error, got {other}"),
+    }
+}
+
+#[test]
+fn real_ppocr_rewritten_to_fail_on_dark_pixels_still_passes_its_smoke_test() {
+    let (bytes, manifest) = real("ppocr_direction_fixed48x192.onnx", "ppocr-direction-fixed.toml");
+    let loaded = model::load_for_serving(&nan_below(&bytes, "x", 0.25).unwrap(), &manifest).unwrap();
+    loaded.smoke_test(&manifest).unwrap();
+    let dark = loaded.run(vec![x(vec![1, 3, 48, 192], -0.5)]).unwrap_err();
+    assert!(matches!(dark, ModelError::NonFinite { .. }), "{dark}");
 }

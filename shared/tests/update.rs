@@ -102,17 +102,24 @@ fn nothing_left_to_serve_deactivates_rather_than_serving_a_revoked_model() {
 
 #[test]
 fn restart_at_every_step_resumes_or_falls_back_safely() {
-    // Downloading: resume the download.
+    // Downloading: serve the active model again at once, and resume the download.
     let mut u = new_loop();
     install(&mut u, 1, &target("1"));
+    let v1 = u.state.active.clone().unwrap();
     u.handle(T0, assigned(2, Some(target("2"))));
     let mut restarted = UpdateLoop::new(u.state.clone(), u.health);
-    assert_eq!(restarted.handle(T0, Event::Started { clean: false }), vec![Action::Download(target("2"))]);
-    // Staging: stage again into the same inactive slot.
+    assert_eq!(
+        restarted.handle(T0, Event::Started { clean: false }),
+        vec![Action::Activate(v1.clone()), Action::Download(target("2"))]
+    );
+    // Staging: serve the active model, and stage again into the same inactive slot.
     restarted.handle(T0, Event::Downloaded);
     let Phase::Staging { slot, .. } = restarted.state.phase.clone() else { panic!() };
     let mut again = UpdateLoop::new(restarted.state.clone(), u.health);
-    assert_eq!(again.handle(T0, Event::Started { clean: false }), vec![Action::Stage { target: target("2"), slot }]);
+    assert_eq!(
+        again.handle(T0, Event::Started { clean: false }),
+        vec![Action::Activate(v1), Action::Stage { target: target("2"), slot }]
+    );
     // Health window: a restart before confirmation rolls back to the last good package.
     again.handle(T0, Event::Staged);
     let mut after_crash = UpdateLoop::new(again.state.clone(), u.health);
