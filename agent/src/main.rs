@@ -2,7 +2,7 @@
 //!
 //! Human-readable progress goes to stderr; values a script wants (the device key) go to stdout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +68,42 @@ enum Command {
         #[arg(long, value_name = "FILE", default_value = "agent.toml")]
         config: PathBuf,
     },
+    /// Site policy tools for admins.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Dry run: evaluate a site policy against a package file (.opkg) or a bare manifest, and print the
+    /// decision and every rule evaluated. Exit status: 0 accept, 2 defer, 3 reject, 1 error (a policy that does
+    /// not load, an unreadable package). Release facts that only TUF knows (channel, release time, signers)
+    /// can be given with --channel, --published and --signer; rules that need them and lack them reject.
+    Check {
+        /// The site policy (TOML).
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// A package file (.opkg), as `outpost-hub reconstruct` writes it.
+        #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
+        package: Option<PathBuf>,
+        /// A bare manifest (TOML) instead of a package; the model's size is then unknown.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Evaluate at this time (RFC 3339) instead of now: maintenance windows and soak times.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// A channel the release is on.
+        #[arg(long, value_name = "NAME")]
+        channel: Vec<String>,
+        /// When the release was published (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        published: Option<String>,
+        /// Key id of a targets key that signed the release.
+        #[arg(long, value_name = "KEYID")]
+        signer: Vec<String>,
+    },
 }
 
 /// Real time, injected into the library at this edge.
@@ -85,8 +121,15 @@ impl Clock for SystemClock {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match Cli::parse().command {
+        Command::Policy { command: PolicyCmd::Check { policy, package, manifest, at, channel, published, signer } } => {
+            let release = Release { channels: channel, published, signers: signer };
+            policy_check(&policy, package.as_deref(), manifest.as_deref(), at.as_deref(), release)
+        }
+        command => run(command).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -134,8 +177,83 @@ fn run(command: Command) -> Result<()> {
             let response = infer_once(&served, &body).map_err(|e| anyhow::anyhow!("{e} (HTTP {})", e.status()))?;
             println!("{}", serde_json::to_string_pretty(&response)?);
         }
+        Command::Policy { .. } => unreachable!("handled in main"),
     }
     Ok(())
+}
+
+/// Release facts given on the command line for a dry run.
+struct Release {
+    channels: Vec<String>,
+    published: Option<String>,
+    signers: Vec<String>,
+}
+
+fn rfc3339(s: &str) -> Result<u64> {
+    let t: jiff::Timestamp = s.parse().with_context(|| format!("`{s}` is not an RFC 3339 time"))?;
+    u64::try_from(t.as_second()).context("a time before 1970")
+}
+
+fn policy_check(
+    policy_path: &Path,
+    package: Option<&Path>,
+    manifest: Option<&Path>,
+    at: Option<&str>,
+    release: Release,
+) -> Result<ExitCode> {
+    use outpost_shared::policy::{Decision, PackageFacts, Policy};
+    let text = std::fs::read_to_string(policy_path).with_context(|| format!("reading {}", policy_path.display()))?;
+    let policy = Policy::from_toml(&text, policy_path)?;
+    let (mut facts, what) = match (package, manifest) {
+        (Some(p), _) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let pkg = outpost_shared::Package::decode(&bytes, &outpost_shared::PackageLimits::default())
+                .with_context(|| format!("{} is not a valid package", p.display()))?;
+            (PackageFacts::from_manifest(&pkg.manifest, Some(pkg.model.len() as u64)), p)
+        }
+        (None, Some(m)) => {
+            let text = std::fs::read_to_string(m).with_context(|| format!("reading {}", m.display()))?;
+            (
+                PackageFacts::from_manifest(
+                    &outpost_shared::Manifest::from_toml(&text, &m.display().to_string())?,
+                    None,
+                ),
+                m,
+            )
+        }
+        (None, None) => anyhow::bail!("give a package file or --manifest FILE"),
+    };
+    facts.channels = (!release.channels.is_empty()).then_some(release.channels);
+    facts.published_at = release.published.as_deref().map(rfc3339).transpose()?;
+    facts.signers = release.signers;
+    let now = match at {
+        Some(t) => rfc3339(t)?,
+        None => SystemClock.wall(),
+    };
+    let evaluation = policy.evaluate(&facts, now);
+
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let digest = outpost_shared::Digest::of(text.as_bytes());
+    let site = policy.site.as_deref().unwrap_or("(unnamed site)");
+    writeln!(out, "policy    {} ({site}, sha256 {})", policy_path.display(), digest.short())?;
+    writeln!(out, "package   {}@{} ({})", facts.name, facts.version, what.display())?;
+    writeln!(out, "at        {}", format_rfc3339(now))?;
+    writeln!(out, "decision  {}", evaluation.decision)?;
+    if evaluation.rules.is_empty() {
+        writeln!(out, "\n(the policy sets no rules: everything is accepted)")?;
+    } else {
+        writeln!(out, "\n{:<22} {:<32} DETAIL", "RULE", "OUTCOME")?;
+        for r in &evaluation.rules {
+            writeln!(out, "{:<22} {:<32} {}", r.rule, r.outcome.to_string(), r.detail)?;
+        }
+    }
+    print_out(&out)?;
+    Ok(match evaluation.decision {
+        Decision::Accept => ExitCode::SUCCESS,
+        Decision::Defer { .. } => ExitCode::from(2),
+        Decision::Reject { .. } => ExitCode::from(3),
+    })
 }
 
 /// Random bytes from the kernel's generator (key seeds at setup, poll jitter).

@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn unknown_key_and_bad_value_name_the_key_and_file() {
         let e = HubConfig::parse("[limits]\nmax_blob = 1\n", Path::new("/d/hub.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("/d/hub.toml: key `limits.max_blob`"), "{e}");
+        assert!(e.to_string().starts_with("/d/hub.toml:2: key `limits.max_blob`"), "{e}");
         let e = HubConfig::parse("[limits]\nmax_model_bytes = \"big\"\n", Path::new("hub.toml")).unwrap_err();
         assert!(e.to_string().contains("`limits.max_model_bytes`"), "{e}");
     }

@@ -19,10 +19,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A key is missing, unknown or has a bad value.
-    #[error("{}: key `{key}`: {problem}", path.display())]
+    #[error("{}{}: key `{key}`: {problem}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// The 1-based line at fault, where known.
+        line: Option<usize>,
         /// Dotted key at fault, or `(document)` for a syntax error.
         key: String,
         /// What is wrong.
@@ -33,15 +35,22 @@ pub enum ConfigError {
 impl ConfigError {
     /// An invalid value for `key` in the file at `path`.
     pub fn invalid(path: &Path, key: &str, problem: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { path: path.into(), key: key.into(), problem: problem.into() }
+        ConfigError::Invalid { path: path.into(), line: None, key: key.into(), problem: problem.into() }
     }
 }
 
 /// Parses TOML `text` into `T` (which should deny unknown fields); `path` names the file in errors.
 pub fn parse<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
-    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::invalid(path, "(document)", e.message()))?;
+    let line = |e: &toml::de::Error| e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Invalid {
+        path: path.into(),
+        line: line(&e),
+        key: "(document)".into(),
+        problem: e.message().to_owned(),
+    })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        ConfigError::invalid(path, &key, e.into_inner().message())
+        let e = e.into_inner();
+        ConfigError::Invalid { path: path.into(), line: line(&e), key, problem: e.message().to_owned() }
     })
 }

@@ -13,6 +13,7 @@ pub mod manifest;
 #[cfg(feature = "runtime")]
 pub mod model;
 pub mod package;
+pub mod policy;
 pub mod rng;
 #[cfg(feature = "testkit")]
 pub mod testkit;
