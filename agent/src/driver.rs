@@ -18,6 +18,7 @@ use sigstore_tuf::{FileStore, Repository, Updater};
 
 use crate::config::AgentConfig;
 use crate::device::{self, Layout};
+use crate::gateway::{self, FirmwareUpdate};
 use crate::inference::{ModelHandle, Served};
 use crate::quic::{ClientConfig, HubClient};
 
@@ -42,6 +43,9 @@ pub enum CheckError {
     /// Something the hub sent is not usable.
     #[error("{0}")]
     Invalid(String),
+    /// Firmware for a secondary does not match what the director signed for it.
+    #[error("firmware: {0}")]
+    Gateway(#[from] gateway::GatewayError),
 }
 
 /// `HubClient` shared between the TUF updater and the driver's own requests.
@@ -71,6 +75,8 @@ pub struct Agent {
     outbox: Vec<String>,
     /// The model loaded and smoke-tested by the last successful stage, ready to swap in at once.
     staged: Option<Arc<Served>>,
+    /// Firmware checked for this gateway's secondaries at the last check, per secondary device id.
+    firmware: Vec<(String, Result<FirmwareUpdate, CheckError>)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -105,6 +111,7 @@ impl Agent {
             client: None,
             outbox: Vec::new(),
             staged: None,
+            firmware: Vec::new(),
         };
         let clean = std::mem::take(&mut agent.updates.state.clean_shutdown);
         let actions = agent.updates.handle(agent.clock.wall(), Event::Started { clean });
@@ -213,7 +220,7 @@ impl Agent {
             None => vec![],
         };
         let mut listed = Vec::new();
-        for t in &assignment.targets {
+        for t in assignment.all_targets() {
             if let Some(info) = tuf.get_target_info(&t.path, ts).await? {
                 let sha256 = info.hashes.get("sha256").and_then(|h| h.parse::<Digest>().ok());
                 if let Some(sha256) = sha256 {
@@ -247,7 +254,37 @@ impl Agent {
                 queue.extend(self.feed(event)?);
             }
         }
+        self.firmware = self.check_firmware(&client, &assignment.secondaries, &director_key).await;
         self.flush_reports(&client).await
+    }
+
+    /// Downloads the firmware the verified assignment names for each secondary — the same resumable, bounded,
+    /// hash-checked download as a model — and checks it against the director's compact manifest. The verified
+    /// package stays in staging, so a later check does not fetch it again.
+    async fn check_firmware(
+        &mut self,
+        client: &HubClient,
+        secondaries: &[director::SecondaryAssignment],
+        director_key: &[u8; 32],
+    ) -> Vec<(String, Result<FirmwareUpdate, CheckError>)> {
+        let mut out = Vec::new();
+        for s in secondaries {
+            let t = Target { path: s.target.path.clone(), digest: s.target.sha256, length: s.target.length };
+            let prepared = match self.try_download(client, &t).await {
+                Ok(()) => std::fs::read(self.layout.staging(&t.digest))
+                    .map_err(CheckError::from)
+                    .and_then(|bytes| gateway::prepare(s, &bytes, director_key).map_err(CheckError::from)),
+                Err(e) => Err(e),
+            };
+            out.push((s.device_id.clone(), prepared));
+        }
+        out
+    }
+
+    /// Firmware verified at the last check for this gateway's secondaries (by device id), to hand over with
+    /// [`gateway::deliver`]; taking it leaves nothing until the next check.
+    pub fn take_firmware(&mut self) -> Vec<(String, Result<FirmwareUpdate, CheckError>)> {
+        std::mem::take(&mut self.firmware)
     }
 
     async fn flush_reports(&mut self, client: &HubClient) -> Result<(), CheckError> {
@@ -318,6 +355,7 @@ impl Agent {
             return Err("staged package does not match its digest".into());
         }
         let package = Package::decode(&bytes, &PackageLimits::default()).map_err(|e| e.to_string())?;
+        refuse_non_model(&package.manifest)?;
         let dir = self.layout.slot(slot);
         let io = |e: std::io::Error| format!("{}: {e}", dir.display());
         if dir.exists() {
@@ -369,6 +407,17 @@ pub fn load_slot(dir: &Path, digest: &Digest) -> Result<Served, CheckError> {
         .map_err(|e| CheckError::Invalid(e.to_string()))?;
     let model_bytes = std::fs::read(dir.join("model.onnx"))?;
     Served::load(manifest, &model_bytes, *digest).map_err(|e| CheckError::Invalid(e.to_string()))
+}
+
+/// The agent only ever loads model packages; a firmware package assigned as its own target is refused by name.
+fn refuse_non_model(m: &Manifest) -> Result<(), String> {
+    match m.kind {
+        outpost_shared::manifest::PackageKind::Model => Ok(()),
+        kind => Err(format!(
+            "{}@{} is a {kind} package: the agent runs only model packages (firmware goes to secondaries)",
+            m.name, m.version
+        )),
+    }
 }
 
 fn director_key(doc: &[u8]) -> Result<[u8; 32], CheckError> {

@@ -2,10 +2,12 @@
 //!
 //! `config` (agent.toml), `device` (the device directory and its atomic writes), `driver` (the update driver
 //! over `shared::update`'s decisions), `inference` (the local Open Inference Protocol v2 API over the active
-//! model), `quic` (the client to the hub). Later issues add site policy and telemetry.
+//! model), `quic` (the client to the hub), `gateway` (firmware for the secondaries behind this device). Later
+//! issues add site policy and telemetry.
 
 pub mod config;
 pub mod device;
 pub mod driver;
+pub mod gateway;
 pub mod inference;
 pub mod quic;

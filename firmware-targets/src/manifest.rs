@@ -352,6 +352,24 @@ pub fn encode_envelope(
     Ok(written(&enc))
 }
 
+/// Signs `body` and wraps it in an envelope naming `public_key` (what the hub does, with the signer held
+/// elsewhere: `sign` gets the domain-separated signing input built by `signing_input` and returns the Ed25519
+/// signature). Returns the envelope's length in `out`. Not on the verify path.
+///
+/// # Errors
+/// [`EncodeError`] when `body` is empty or too long, or `out` is too small.
+pub fn seal(
+    public_key: &[u8; PUBLIC_KEY_LEN],
+    body: &[u8],
+    signing_input: SigningInputFn,
+    sign: impl FnOnce(&[u8]) -> [u8; SIGNATURE_LEN],
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mut buf = [0u8; MAX_SIGNING_INPUT_LEN];
+    let signature = sign(signing_input(body, &mut buf)?);
+    encode_envelope(&key_id(public_key), body, &signature, out)
+}
+
 /// Writes the bytes a hub key signs for a manifest body (`MANIFEST_DOMAIN || body`) into `out`.
 ///
 /// # Errors

@@ -142,13 +142,17 @@ impl Backend for HubBackend {
             let device_channel =
                 self.with_registry(|reg| Ok(reg.device(&key)?))?.filter(|d| d.status == DeviceStatus::Approved);
             let Some(record) = device_channel else { return Ok(None) };
-            published
+            let paths = published
                 .iter()
                 .filter(|p| p.channels.contains(&record.channel))
                 .filter(|p| !revoked.revoked.iter().any(|r| r.digest == p.digest))
                 .filter(|p| !record.rolled_back.contains(&p.digest))
-                .map(|p| p.path.clone())
-                .collect()
+                // A republished target may carry new custom fields (a firmware image's length and hash, which
+                // the compact manifests state): its publish sequence changes, and so does the key.
+                .map(|p| format!("{} {} {}", p.path, p.digest, p.published_at));
+            // A gateway's secondaries change its assignment too.
+            let secondaries = record.secondaries.iter().map(|s| format!("secondary {} {}", s.device_id, s.hardware_id));
+            paths.chain(secondaries).collect()
         };
         let margin = self.repo.expiries().resign_margin_secs;
         let cached = {

@@ -3,6 +3,10 @@
 //!
 //! Revocation only narrows what may run, so it is published with the online key and a short expiry; taking a
 //! package out of TUF targets as well needs the offline targets key (`TufRepo::unpublish`).
+//!
+//! A device's own target is always a model package. For a gateway, the assignment also names, per secondary, the
+//! newest firmware package for its hardware id, with a compact manifest and a time token (`outpost_firmware`'s
+//! format) signed by the same director key: the key the secondary was provisioned to trust.
 
 use std::fs;
 use std::path::PathBuf;
@@ -15,10 +19,13 @@ use outpost_shared::canonical;
 use outpost_shared::clock::UnixSeconds;
 use outpost_shared::director::{
     self, ASSIGNMENT_DOMAIN, AssignedTarget, Assignment, REVOCATIONS_DOMAIN, RevocationList, Revoked,
+    SecondaryAssignment,
 };
 
+use outpost_firmware::manifest as fwm;
+
 use crate::blobs;
-use crate::registry::{DeviceStatus, Registry, RegistryError};
+use crate::registry::{DeviceRecord, DeviceStatus, Registry, RegistryError, SecondaryRecord};
 use crate::tuf::{HIGH_RISK_ROLE, STANDARD_ROLE, TufError, TufRepo};
 
 /// Why a director operation failed.
@@ -33,6 +40,14 @@ pub enum DirectorOpError {
     /// Encoding trouble.
     #[error("director document: {0}")]
     Encode(String),
+    /// A compact firmware manifest or time token could not be encoded (an id or image out of its limits).
+    #[error("compact manifest for secondary {device_id}: {source}")]
+    Compact {
+        /// The secondary.
+        device_id: String,
+        /// Why.
+        source: outpost_firmware::manifest::EncodeError,
+    },
 }
 
 /// A published target as the director sees it.
@@ -48,6 +63,33 @@ pub struct Published {
     pub channels: Vec<String>,
     /// Publish sequence (role version and order), larger is newer.
     pub published_at: u64,
+    /// What a firmware package states about its image; `None` for a model package.
+    pub firmware: Option<PublishedFirmware>,
+}
+
+/// The firmware fields of a published target (`custom.outpost.firmware`, signed by the targets role).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedFirmware {
+    /// Hardware id the image is built for.
+    pub hardware_id: String,
+    /// Anti-rollback release counter.
+    pub release_counter: u64,
+    /// Image length (the package's payload, not the package).
+    pub image_length: u32,
+    /// SHA-256 of the image.
+    pub image_sha256: Digest,
+}
+
+impl PublishedFirmware {
+    fn from_custom(o: &Value) -> Option<PublishedFirmware> {
+        let fw = o.get("firmware")?;
+        Some(PublishedFirmware {
+            hardware_id: fw["hardware_id"].as_str()?.to_owned(),
+            release_counter: fw["release_counter"].as_u64()?,
+            image_length: u32::try_from(fw["image_length"].as_u64()?).ok()?,
+            image_sha256: fw["image_sha256"].as_str()?.parse().ok()?,
+        })
+    }
 }
 
 /// Director operations over a hub's repository and registry.
@@ -135,6 +177,7 @@ impl<'a> Director<'a> {
                         length: t["length"].as_u64().unwrap_or(0),
                         channels: serde_json::from_value(o["channels"].clone()).unwrap_or_default(),
                         published_at: o["published_at"].as_u64().unwrap_or(0),
+                        firmware: PublishedFirmware::from_custom(o),
                     });
                 }
             }
@@ -143,7 +186,8 @@ impl<'a> Director<'a> {
         Ok(out)
     }
 
-    /// Signs a fresh assignment for `device`: the newest non-revoked package published to its channel.
+    /// Signs a fresh assignment for `device`: the newest non-revoked model package published to its channel, and
+    /// for each of its secondaries the newest non-revoked firmware package for that secondary's hardware id.
     /// Returns `None` for unknown or revoked devices and for channels with nothing published.
     pub fn assignment(
         &self,
@@ -156,30 +200,119 @@ impl<'a> Director<'a> {
             return Ok(None);
         }
         let revoked = self.revocations()?;
-        let current = self.published()?.into_iter().rfind(|p| {
-            p.channels.contains(&record.channel)
-                && !revoked.revoked.iter().any(|r| r.digest == p.digest)
-                && !record.rolled_back.contains(&p.digest)
-        });
+        let eligible: Vec<Published> = self
+            .published()?
+            .into_iter()
+            .filter(|p| {
+                p.channels.contains(&record.channel)
+                    && !revoked.revoked.iter().any(|r| r.digest == p.digest)
+                    && !record.rolled_back.contains(&p.digest)
+            })
+            .collect();
+        let current = eligible.iter().rfind(|p| p.firmware.is_none()).cloned();
         let record = reg.device_next_assignment(device)?;
+        let expires = now + self.repo.expiries().timestamp_secs;
+        let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
         let assignment = Assignment {
             device: device.into(),
             version: record.assignment_version,
-            expires: now + self.repo.expiries().timestamp_secs,
-            targets: current
-                .into_iter()
-                .map(|p| AssignedTarget {
-                    release: p.digest.short(),
-                    path: p.path,
-                    length: p.length,
-                    sha256: p.digest,
-                    channel: record.channel.clone(),
-                    rollout: String::new(),
-                })
-                .collect(),
+            expires,
+            targets: current.into_iter().map(|p| assigned(p, &record.channel)).collect(),
+            secondaries,
         };
         Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
     }
+
+    /// Per secondary of the gateway `record`, the newest eligible firmware for its hardware id, with a compact
+    /// manifest (valid until the assignment expires, on the time-token clock) and a time token for `now`.
+    fn secondary_assignments(
+        &self,
+        record: &DeviceRecord,
+        eligible: &[Published],
+        expires: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Result<Vec<SecondaryAssignment>, DirectorOpError> {
+        if record.secondaries.is_empty() {
+            return Ok(vec![]);
+        }
+        let key = self.repo.online_key("director")?;
+        let public = key.public_bytes();
+        let sign = |m: &[u8]| key.signing.sign(m).to_bytes();
+        let mut out = Vec::new();
+        for s in &record.secondaries {
+            let newest = eligible.iter().rfind(|p| p.firmware.as_ref().is_some_and(|f| f.hardware_id == s.hardware_id));
+            let (Some(p), Some(fw)) = (newest, newest.and_then(|p| p.firmware.as_ref())) else { continue };
+            let compact = |source| DirectorOpError::Compact { device_id: s.device_id.clone(), source };
+            let manifest = compact_manifest(s, fw, expires, &public, &sign).map_err(compact)?;
+            let time_token = time_token(&s.device_id, now, &public, &sign).map_err(compact)?;
+            out.push(SecondaryAssignment {
+                device_id: s.device_id.clone(),
+                hardware_id: s.hardware_id.clone(),
+                target: assigned(p.clone(), &record.channel),
+                manifest,
+                time_token,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn assigned(p: Published, channel: &str) -> AssignedTarget {
+    AssignedTarget {
+        release: p.digest.short(),
+        path: p.path,
+        length: p.length,
+        sha256: p.digest,
+        channel: channel.to_owned(),
+        rollout: String::new(),
+    }
+}
+
+type Sign<'a> = &'a dyn Fn(&[u8]) -> [u8; 64];
+
+/// The compact manifest a secondary verifies (`outpost_firmware::manifest`, version 1), signed with the director
+/// key: its ids, the image's length and hash, the release counter, and an expiry on the time-token clock.
+pub fn compact_manifest(
+    secondary: &SecondaryRecord,
+    fw: &PublishedFirmware,
+    expires: UnixSeconds,
+    public: &[u8; 32],
+    sign: Sign<'_>,
+) -> Result<Vec<u8>, fwm::EncodeError> {
+    let body = fwm::Manifest {
+        hardware_id: secondary.hardware_id.as_bytes(),
+        device_id: secondary.device_id.as_bytes(),
+        image_len: fw.image_length,
+        image_sha256: fw.image_sha256.0,
+        release_counter: fw.release_counter,
+        expiry: fwm::Expiry::UnixSeconds(expires),
+    };
+    let mut buf = [0u8; fwm::MAX_BODY_LEN];
+    let n = body.encode(&mut buf)?;
+    seal_compact(&buf[..n], fwm::manifest_signing_input, public, sign)
+}
+
+/// A time token telling secondary `device_id` that it is `now` (unix seconds), signed with the director key.
+pub fn time_token(
+    device_id: &str,
+    now: UnixSeconds,
+    public: &[u8; 32],
+    sign: Sign<'_>,
+) -> Result<Vec<u8>, fwm::EncodeError> {
+    let mut buf = [0u8; fwm::MAX_BODY_LEN];
+    let n = fwm::TimeToken { device_id: device_id.as_bytes(), unix_seconds: now }.encode(&mut buf)?;
+    seal_compact(&buf[..n], fwm::time_token_signing_input, public, sign)
+}
+
+fn seal_compact(
+    body: &[u8],
+    input: fwm::SigningInputFn,
+    public: &[u8; 32],
+    sign: Sign<'_>,
+) -> Result<Vec<u8>, fwm::EncodeError> {
+    let mut out = [0u8; fwm::MAX_ENVELOPE_LEN];
+    let n = fwm::seal(public, body, input, sign, &mut out)?;
+    Ok(out[..n].to_vec())
 }
 
 /// The director's public key as listed in TUF (`director/director.json`), from the document's JSON.

@@ -78,9 +78,10 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum PackageCmd {
     /// Check an ONNX model against its manifest (loads in tract, contract, smoke test), then store it as a
-    /// content-addressed package. Prints the package digest on stdout.
+    /// content-addressed package. A manifest with `kind = "firmware"` takes a firmware image instead (never loaded,
+    /// only length-checked). Prints the package digest on stdout.
     Add {
-        /// The ONNX model file.
+        /// The ONNX model file, or the firmware image.
         model: PathBuf,
         /// The manifest (TOML). Default: the model's path with a .toml extension.
         #[arg(long, value_name = "M.toml")]
@@ -200,12 +201,39 @@ enum DeviceCmd {
         /// The device's public key.
         key: String,
     },
+    /// Record the microcontrollers behind a gateway device: the director assigns them firmware through it.
+    #[command(subcommand)]
+    Secondary(SecondaryCmd),
     /// Offer a package again to a device that rolled back from it.
     Retry {
         /// The device's public key.
         key: String,
         /// The package.
         package: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SecondaryCmd {
+    /// Add (or update) a secondary behind GATEWAY_KEY; it gets the newest firmware package published to the
+    /// gateway's channel for its hardware id.
+    Add {
+        /// The gateway device's public key.
+        gateway_key: String,
+        /// The secondary's device id, as provisioned into its firmware.
+        #[arg(long, value_name = "ID")]
+        device_id: String,
+        /// The secondary's hardware id (matches `firmware.hardware_id` in firmware manifests).
+        #[arg(long, value_name = "ID")]
+        hardware_id: String,
+    },
+    /// Stop assigning firmware to a secondary.
+    Remove {
+        /// The gateway device's public key.
+        gateway_key: String,
+        /// The secondary's device id.
+        #[arg(long, value_name = "ID")]
+        device_id: String,
     },
 }
 
@@ -264,6 +292,9 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
                     out.name_version,
                     diffs.join(", ")
                 );
+            }
+            if out.smoke.is_none() && out.added {
+                eprintln!("checked {}: firmware image (not loaded; secondaries verify it)", out.name_version);
             }
             if out.added {
                 eprintln!("added {}", out.name_version);
@@ -399,7 +430,23 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
                     rolled.join(", "),
                     d.last_report.map_or("never".to_owned(), format_rfc3339)
                 );
+                for s in &d.secondaries {
+                    println!("  secondary {} (hardware {})", s.device_id, s.hardware_id);
+                }
             }
+        }
+        Command::Device(DeviceCmd::Secondary(SecondaryCmd::Add { gateway_key, device_id, hardware_id })) => {
+            let d = open(dir)?.device_secondary_add(&gateway_key, &device_id, &hardware_id)?;
+            eprintln!(
+                "gateway {} now has {} secondar{}; {device_id} gets firmware for {hardware_id}",
+                d.key,
+                d.secondaries.len(),
+                if d.secondaries.len() == 1 { "y" } else { "ies" }
+            );
+        }
+        Command::Device(DeviceCmd::Secondary(SecondaryCmd::Remove { gateway_key, device_id })) => {
+            let d = open(dir)?.device_secondary_remove(&gateway_key, &device_id)?;
+            eprintln!("gateway {} no longer assigns firmware to {device_id}", d.key);
         }
         Command::Device(DeviceCmd::Retry { key, package }) => {
             let reg = open(dir)?;
@@ -617,6 +664,9 @@ fn print_details(reg: &Registry, d: &outpost_shared::Digest) -> Result<()> {
         m.runtime.min_agent_version,
         human_bytes(m.runtime.memory_budget_bytes)
     );
+    if let Some(fw) = &m.firmware {
+        println!("firmware    hardware {}, release counter {}", fw.hardware_id, fw.release_counter);
+    }
     println!("contract");
     for (dir, specs) in [("in ", &m.contract.inputs), ("out", &m.contract.outputs)] {
         for s in specs {

@@ -13,7 +13,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use outpost_shared::clock::{Clock, UnixSeconds};
-use outpost_shared::manifest::LineageOperator;
+use outpost_shared::manifest::{LineageOperator, MAX_HARDWARE_ID_LEN, PackageKind, is_secondary_id};
 use outpost_shared::model::{self, ModelError, SmokeReport};
 use outpost_shared::{Digest, Manifest, ManifestError, canonical, package};
 
@@ -62,6 +62,18 @@ pub struct DeviceRecord {
     /// When the device last reported (Unix seconds).
     #[serde(default)]
     pub last_report: Option<UnixSeconds>,
+    /// Microcontrollers behind this device (a gateway) that get firmware through it.
+    #[serde(default)]
+    pub secondaries: Vec<SecondaryRecord>,
+}
+
+/// A secondary behind a gateway: what its compact manifests are addressed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondaryRecord {
+    /// Its device id (provisioned into its firmware).
+    pub device_id: String,
+    /// Its hardware id; the director assigns it firmware packages with this `firmware.hardware_id`.
+    pub hardware_id: String,
 }
 
 /// Whether a device may connect.
@@ -241,6 +253,22 @@ pub enum RegistryError {
         /// Why.
         source: ModelError,
     },
+    /// A firmware image a secondary could not take (its compact manifest carries a non-zero `u32` length).
+    #[error("{}: {problem}", image.display())]
+    FirmwareImage {
+        /// The image file.
+        image: PathBuf,
+        /// Why.
+        problem: String,
+    },
+    /// A secondary's device id or hardware id does not fit a compact manifest.
+    #[error("secondary {field} `{value}` must be 1–{MAX_HARDWARE_ID_LEN} bytes of a-z, A-Z, 0-9, `-`, `_`, `.`")]
+    BadSecondaryId {
+        /// `device id` or `hardware id`.
+        field: &'static str,
+        /// The value given.
+        value: String,
+    },
     /// Another package already has this name and version.
     #[error("{name}@{version} is already registered as {existing}; versions are immutable, bump the version")]
     VersionTaken {
@@ -402,7 +430,8 @@ impl Registry {
         &self.blobs
     }
 
-    /// Checks a model against its manifest (contract and smoke test), builds the package and registers it.
+    /// Checks a model against its manifest (contract and smoke test) — or, for a firmware package, that the image
+    /// fits a secondary (never loaded with tract) — builds the package and registers it.
     /// Adding a package that is already registered changes nothing.
     pub fn add(&self, model_path: &Path, manifest_path: &Path) -> Result<AddOutcome, RegistryError> {
         let limits = &self.config.limits;
@@ -423,9 +452,18 @@ impl Registry {
             // Same bytes, same digest: it passed every check when it was first added.
             return Ok(AddOutcome { digest, name_version, added: false, smoke: None });
         }
-        let smoke = model::check(&model_bytes, &manifest)
-            .map_err(|source| RegistryError::Model { model: model_path.to_owned(), source })?;
-        let smoke = Some(smoke);
+        let smoke = match manifest.kind {
+            PackageKind::Model => Some(
+                model::check(&model_bytes, &manifest)
+                    .map_err(|source| RegistryError::Model { model: model_path.to_owned(), source })?,
+            ),
+            // Never loaded as a model: the secondary checks length and hash, then trial-boots and confirms.
+            PackageKind::Firmware => {
+                check_firmware_image(&model_bytes)
+                    .map_err(|problem| RegistryError::FirmwareImage { image: model_path.to_owned(), problem })?;
+                None
+            }
+        };
         {
             let tx = self.db.begin_read().map_err(db_err)?;
             let names = tx.open_table(NAMES).map_err(db_err)?;
@@ -726,8 +764,9 @@ impl Registry {
                 approved_at: self.clock.wall(),
                 assignment_version: existing.as_ref().map_or(0, |e| e.assignment_version),
                 active: existing.as_ref().and_then(|e| e.active),
-                rolled_back: existing.map(|e| e.rolled_back).unwrap_or_default(),
+                rolled_back: existing.as_ref().map(|e| e.rolled_back.clone()).unwrap_or_default(),
                 last_report: None,
+                secondaries: existing.map(|e| e.secondaries).unwrap_or_default(),
             };
             t.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
             record
@@ -764,6 +803,31 @@ impl Registry {
     pub fn device_retry(&self, key: &str, digest: &Digest) -> Result<DeviceRecord, RegistryError> {
         let key = parse_device_key(key)?;
         self.device_update(&key, |r| r.rolled_back.retain(|d| d != digest))
+    }
+
+    /// Records (or updates the hardware id of) secondary `device_id` behind gateway `key`.
+    pub fn device_secondary_add(
+        &self,
+        key: &str,
+        device_id: &str,
+        hardware_id: &str,
+    ) -> Result<DeviceRecord, RegistryError> {
+        let key = parse_device_key(key)?;
+        for (field, value) in [("device id", device_id), ("hardware id", hardware_id)] {
+            if !is_secondary_id(value) {
+                return Err(RegistryError::BadSecondaryId { field, value: value.into() });
+            }
+        }
+        self.device_update(&key, |r| {
+            r.secondaries.retain(|s| s.device_id != device_id);
+            r.secondaries.push(SecondaryRecord { device_id: device_id.into(), hardware_id: hardware_id.into() });
+        })
+    }
+
+    /// Forgets secondary `device_id` behind gateway `key`.
+    pub fn device_secondary_remove(&self, key: &str, device_id: &str) -> Result<DeviceRecord, RegistryError> {
+        let key = parse_device_key(key)?;
+        self.device_update(&key, |r| r.secondaries.retain(|s| s.device_id != device_id))
     }
 
     /// Bumps and returns the device's assignment version.
@@ -804,6 +868,15 @@ impl Registry {
             out.push(decode(k.value(), v.value())?);
         }
         Ok(out)
+    }
+}
+
+/// A firmware image must be non-empty and its length fit the secondary's `u32`.
+fn check_firmware_image(image: &[u8]) -> Result<(), String> {
+    match u32::try_from(image.len()) {
+        Ok(0) => Err("a firmware image cannot be empty".into()),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("{} bytes is more than a secondary's 4 GiB limit", image.len())),
     }
 }
 

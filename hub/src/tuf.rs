@@ -906,8 +906,24 @@ pub fn target_path(m: &Manifest) -> String {
 }
 
 /// The targets entry for a package, with the custom fields an agent needs to apply site policy before download.
-/// TUF's canonical JSON has no floats, so metric values travel as strings.
+/// TUF's canonical JSON has no floats, so metric values travel as strings. A firmware package also carries
+/// `kind` and `firmware` (hardware id, release counter, image length and SHA-256: what the director's compact
+/// manifests state); model entries are unchanged.
 pub fn target_entry(record: &PackageRecord, m: &Manifest) -> Value {
+    let mut entry = model_target_entry(record, m);
+    if let Some(fw) = &m.firmware {
+        entry["custom"]["outpost"]["kind"] = json!(m.kind.to_string());
+        entry["custom"]["outpost"]["firmware"] = json!({
+            "hardware_id": fw.hardware_id,
+            "release_counter": fw.release_counter,
+            "image_length": record.model_len,
+            "image_sha256": record.model_digest.to_hex(),
+        });
+    }
+    entry
+}
+
+fn model_target_entry(record: &PackageRecord, m: &Manifest) -> Value {
     let metrics: BTreeMap<&String, String> = m.evaluation.metrics.iter().map(|(k, v)| (k, v.to_string())).collect();
     json!({
         "length": record.package_len,

@@ -26,6 +26,36 @@ pub struct Assignment {
     pub expires: UnixSeconds,
     /// The targets the device should run (usually one).
     pub targets: Vec<AssignedTarget>,
+    /// For a gateway: the firmware each of its secondaries should run. Absent (and not encoded) when empty, so
+    /// assignments without secondaries keep their bytes and older ones still decode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondaries: Vec<SecondaryAssignment>,
+}
+
+impl Assignment {
+    /// Every target the assignment names: the device's own, then its secondaries' firmware.
+    pub fn all_targets(&self) -> impl Iterator<Item = &AssignedTarget> {
+        self.targets.iter().chain(self.secondaries.iter().map(|s| &s.target))
+    }
+}
+
+/// Firmware the director assigns to one secondary (a microcontroller behind the gateway that receives the
+/// assignment). The compact manifest and time token are `outpost_firmware` envelopes signed with the same director
+/// key as the assignment, which the secondary was provisioned to trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondaryAssignment {
+    /// The secondary's device id (UTF-8, as in its compact manifest).
+    pub device_id: String,
+    /// The secondary's hardware id.
+    pub hardware_id: String,
+    /// The firmware package (a TUF target, checked like any other by [`check_assignment`]).
+    pub target: AssignedTarget,
+    /// The compact signed image manifest (`outpost_firmware::manifest` envelope) for this secondary and image.
+    #[serde(with = "bytes")]
+    pub manifest: Vec<u8>,
+    /// A signed time token for this secondary: the hub's time when it signed the assignment.
+    #[serde(with = "bytes")]
+    pub time_token: Vec<u8>,
 }
 
 /// One assigned target, which must match TUF's targets metadata exactly.
@@ -232,8 +262,9 @@ pub struct ListedTarget {
     pub sha256: Digest,
 }
 
-/// Checks an opened assignment for this device: fresh, not older than `accepted_version`, and every target listed
-/// by TUF with the same length and hash (`lookup` returns TUF's entry for a path, after full TUF verification).
+/// Checks an opened assignment for this device: fresh, not older than `accepted_version`, and every target (its
+/// own and its secondaries') listed by TUF with the same length and hash (`lookup` returns TUF's entry for a path,
+/// after full TUF verification).
 pub fn check_assignment(
     a: &Assignment,
     device: &[u8; 32],
@@ -250,7 +281,7 @@ pub fn check_assignment(
     if now >= a.expires {
         return Err(DirectorError::Expired { expires: a.expires, now });
     }
-    for t in &a.targets {
+    for t in a.all_targets() {
         let listed = lookup(&t.path)
             .ok_or_else(|| DirectorError::NotInTargets { path: t.path.clone(), problem: "not listed".into() })?;
         if listed.length != t.length || listed.sha256 != t.sha256 {
@@ -286,6 +317,7 @@ mod tests {
                 channel: "stable".into(),
                 rollout: String::new(),
             }],
+            secondaries: vec![],
         }
     }
 
@@ -310,6 +342,41 @@ mod tests {
     fn assignment_for_another_device_is_rejected() {
         let e = check_assignment(&assignment(1), &[8; 32], 0, NOW, listed).unwrap_err();
         assert!(matches!(e, DirectorError::WrongDevice(_)));
+    }
+
+    #[test]
+    fn secondary_firmware_not_listed_by_tuf_is_rejected() {
+        let mut a = assignment(1);
+        let mut target = a.targets[0].clone();
+        target.path = "packages/low/fw-1.0.0.opkg".into();
+        a.secondaries.push(SecondaryAssignment {
+            device_id: "mcu-1".into(),
+            hardware_id: "board".into(),
+            target,
+            manifest: vec![1],
+            time_token: vec![2],
+        });
+        let only_model = |p: &str| listed(p).filter(|_| p.starts_with("packages/low/a-"));
+        let e = check_assignment(&a, &[7; 32], 0, NOW, only_model).unwrap_err();
+        assert!(matches!(e, DirectorError::NotInTargets { ref path, .. } if path.contains("fw-")), "{e}");
+        check_assignment(&a, &[7; 32], 0, NOW, listed).unwrap();
+    }
+
+    #[test]
+    fn assignment_without_secondaries_encodes_as_before_and_old_bytes_decode() {
+        // The encoding of an assignment that predates secondaries: the same four keys, nothing else.
+        #[derive(Serialize)]
+        struct Before {
+            device: String,
+            version: u64,
+            expires: UnixSeconds,
+            targets: Vec<AssignedTarget>,
+        }
+        let a = assignment(3);
+        let before = Before { device: a.device.clone(), version: 3, expires: a.expires, targets: a.targets.clone() };
+        let old = canonical::to_vec(&before).unwrap();
+        assert_eq!(canonical::to_vec(&a).unwrap(), old);
+        assert_eq!(canonical::from_slice::<Assignment>(&old).unwrap(), a);
     }
 
     #[test]

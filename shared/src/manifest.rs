@@ -1,4 +1,5 @@
-//! The model manifest: what a package claims about its model, written by authors as TOML beside the model.
+//! The package manifest: what a package claims about its payload (an ONNX model, or a firmware image for the
+//! microcontrollers behind a gateway), written by authors as TOML beside it.
 //!
 //! Parsing is strict (unknown keys are errors) and every error names the file, the field and, where known, the
 //! line. Inside a package the manifest is deterministic CBOR (see [`crate::canonical`]).
@@ -19,11 +20,16 @@ pub const MAX_CONTRACT_TENSORS: usize = 256;
 pub const MAX_RANK: usize = 16;
 /// Most elements one smoke-test tensor may hold.
 pub const MAX_SMOKE_ELEMENTS: usize = 1 << 22;
+/// Longest firmware hardware id, in bytes (what a secondary's compact manifest can carry).
+pub const MAX_HARDWARE_ID_LEN: usize = 32;
 
 /// Everything a package says about its model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// What the package carries. Absent means `model`, so model manifests (and their digests) are unchanged.
+    #[serde(default, skip_serializing_if = "PackageKind::is_model")]
+    pub kind: PackageKind,
     /// Package name: lowercase letters, digits, `-`, `_` and `.`.
     pub name: String,
     /// Semantic version of this package.
@@ -41,7 +47,8 @@ pub struct Manifest {
     pub description: Option<String>,
     /// What it takes to run the model.
     pub runtime: Runtime,
-    /// The tensors the model takes and gives.
+    /// The tensors the model takes and gives. Required for a model; a firmware package has none.
+    #[serde(default, skip_serializing_if = "Contract::is_empty")]
     pub contract: Contract,
     /// Where the model came from.
     pub lineage: Lineage,
@@ -49,8 +56,43 @@ pub struct Manifest {
     pub evaluation: EvaluationCard,
     /// Who built it, from what, when.
     pub provenance: Provenance,
-    /// A known input and its expected output, run before a model is accepted or activated.
+    /// A known input and its expected output, run before a model is accepted or activated. Required for a model;
+    /// a firmware package has none (its secondary verifies the image hash and confirms after a trial boot).
+    #[serde(default, skip_serializing_if = "SmokeTest::is_empty")]
     pub smoke_test: SmokeTest,
+    /// The target hardware and anti-rollback counter of a firmware image; present exactly when `kind` is
+    /// `firmware`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+}
+
+/// What a package carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageKind {
+    /// An ONNX model the agent loads with tract (checked against the contract and smoke test on add).
+    #[default]
+    Model,
+    /// A firmware image the agent never loads: a gateway agent hands it to a secondary microcontroller.
+    Firmware,
+}
+
+impl PackageKind {
+    /// Whether this is the default kind (kept out of the encoded manifest so model digests never change).
+    pub fn is_model(&self) -> bool {
+        *self == PackageKind::Model
+    }
+}
+
+/// The firmware-specific part of a firmware package's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firmware {
+    /// Hardware model the image is built for: 1–[`MAX_HARDWARE_ID_LEN`] of a-z, A-Z, 0-9, `-`, `_`, `.`.
+    /// The director only assigns it to secondaries with this hardware id, and the secondary checks it again.
+    pub hardware_id: String,
+    /// Anti-rollback counter: a secondary refuses an image whose counter is below the one it has confirmed.
+    pub release_counter: u64,
 }
 
 /// Review level of a release; high risk needs two independent signatures.
@@ -90,6 +132,7 @@ macro_rules! display_as_serde_name {
     };
 }
 
+display_as_serde_name!(PackageKind { Model => "model", Firmware => "firmware" });
 display_as_serde_name!(RiskTier { Low => "low", Medium => "medium", High => "high" });
 display_as_serde_name!(DataClassification {
     Public => "public",
@@ -120,13 +163,20 @@ pub struct Runtime {
 }
 
 /// The input/output contract of the model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contract {
     /// Model inputs, in the model's order.
     pub inputs: Vec<TensorSpec>,
     /// Model outputs, in the model's order.
     pub outputs: Vec<TensorSpec>,
+}
+
+impl Contract {
+    /// No tensors at all (a firmware package, or a model manifest missing its `[contract]`).
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty() && self.outputs.is_empty()
+    }
 }
 
 /// One named tensor of the contract.
@@ -308,7 +358,7 @@ pub struct Provenance {
 }
 
 /// The package's smoke test: inputs, expected outputs, tolerance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmokeTest {
     /// Largest absolute difference allowed between an expected and an actual output element.
@@ -317,6 +367,13 @@ pub struct SmokeTest {
     pub inputs: Vec<SmokeTensor>,
     /// Expected values of some or all outputs.
     pub expected: Vec<SmokeTensor>,
+}
+
+impl SmokeTest {
+    /// No tensors and no tolerance (a firmware package, or a model manifest missing its `[smoke_test]`).
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty() && self.expected.is_empty() && self.tolerance == 0.0
+    }
 }
 
 /// A concrete tensor in a smoke test: either explicit values or a constant fill.
@@ -435,7 +492,12 @@ impl Manifest {
         if self.runtime.memory_budget_bytes == 0 {
             return fail("runtime.memory_budget_bytes", "must be greater than zero".into());
         }
-        for (side, specs) in [("inputs", &self.contract.inputs), ("outputs", &self.contract.outputs)] {
+        self.validate_kind()?;
+        let contract: &[(&str, &Vec<TensorSpec>)] = match self.kind {
+            PackageKind::Model => &[("inputs", &self.contract.inputs), ("outputs", &self.contract.outputs)],
+            PackageKind::Firmware => &[],
+        };
+        for &(side, specs) in contract {
             if specs.is_empty() || specs.len() > MAX_CONTRACT_TENSORS {
                 return fail(&format!("contract.{side}"), format!("must list 1–{MAX_CONTRACT_TENSORS} tensors"));
             }
@@ -475,7 +537,45 @@ impl Manifest {
                 format!("`{}` is not an RFC 3339 time with offset", self.provenance.built_at),
             );
         }
-        self.validate_smoke_test()
+        match self.kind {
+            PackageKind::Model => self.validate_smoke_test(),
+            PackageKind::Firmware => Ok(()),
+        }
+    }
+
+    /// Model packages need a contract and a smoke test and no `[firmware]`; firmware packages the reverse.
+    fn validate_kind(&self) -> Result<(), (String, String)> {
+        let fail = |f: &str, p: &str| Err((f.to_owned(), p.to_owned()));
+        match (self.kind, &self.firmware) {
+            (PackageKind::Model, Some(_)) => {
+                fail("firmware", "only a `kind = \"firmware\"` package has a [firmware] table")
+            }
+            (PackageKind::Model, None) if self.contract.is_empty() => {
+                fail("contract", "a model package needs a [contract] (inputs and outputs)")
+            }
+            (PackageKind::Model, None) if self.smoke_test.is_empty() => {
+                fail("smoke_test", "a model package needs a [smoke_test]")
+            }
+            (PackageKind::Model, None) => Ok(()),
+            (PackageKind::Firmware, None) => {
+                fail("firmware", "a firmware package needs a [firmware] table (hardware_id, release_counter)")
+            }
+            (PackageKind::Firmware, Some(_)) if !self.contract.is_empty() => {
+                fail("contract", "a firmware package has no tensor contract")
+            }
+            (PackageKind::Firmware, Some(_)) if !self.smoke_test.is_empty() => {
+                fail("smoke_test", "a firmware package has no smoke test")
+            }
+            (PackageKind::Firmware, Some(fw)) => {
+                if !is_secondary_id(&fw.hardware_id) {
+                    return fail(
+                        "firmware.hardware_id",
+                        &format!("must be 1–{MAX_HARDWARE_ID_LEN} of a-z, A-Z, 0-9, `-`, `_`, `.`"),
+                    );
+                }
+                Ok(())
+            }
+        }
     }
 
     fn validate_smoke_test(&self) -> Result<(), (String, String)> {
@@ -527,6 +627,13 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Whether `s` can be a secondary's hardware id or device id: 1–[`MAX_HARDWARE_ID_LEN`] of a-z, A-Z, 0-9, `-`,
+/// `_`, `.` (what a compact firmware manifest carries, printable so operators can type it).
+pub fn is_secondary_id(s: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !s.is_empty() && s.len() <= MAX_HARDWARE_ID_LEN && s.chars().all(ok)
 }
 
 /// Whether a concrete shape fits a declared one (same rank, fixed dimensions equal).

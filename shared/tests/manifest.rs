@@ -1,7 +1,7 @@
 //! Manifest parsing defends against bad author input: every refusal names the file and the field.
 
-use outpost_shared::manifest::{Dim, ElementType, RiskTier};
-use outpost_shared::testkit::AffineManifest;
+use outpost_shared::manifest::{Dim, ElementType, PackageKind, RiskTier};
+use outpost_shared::testkit::{AffineManifest, FirmwareManifest};
 use outpost_shared::{Digest, Manifest, package};
 
 fn parse(toml: &str) -> Result<Manifest, outpost_shared::ManifestError> {
@@ -110,4 +110,64 @@ fn same_inputs_build_the_same_package_digest() {
 fn manifest_cbor_round_trips() {
     let m = parse(&valid()).unwrap();
     assert_eq!(Manifest::from_cbor(&m.to_cbor()).unwrap(), m);
+}
+
+fn firmware() -> String {
+    FirmwareManifest::new("sensor-hub-fw", "1.4.0", "stm32h743-outpost-r2", 6).toml()
+}
+
+#[test]
+fn firmware_manifest_parses_without_contract_or_smoke_test() {
+    let m = parse(&firmware()).unwrap();
+    assert_eq!(m.kind, PackageKind::Firmware);
+    let fw = m.firmware.as_ref().unwrap();
+    assert_eq!((fw.hardware_id.as_str(), fw.release_counter), ("stm32h743-outpost-r2", 6));
+    assert!(m.contract.is_empty() && m.smoke_test.is_empty());
+    assert_eq!(Manifest::from_cbor(&m.to_cbor()).unwrap(), m, "round-trips through the package encoding");
+}
+
+#[test]
+fn model_manifest_encoding_has_no_kind_or_firmware_key() {
+    // Model digests recorded in lineages must not change because the firmware kind exists.
+    let cbor = parse(&valid()).unwrap().to_cbor();
+    for key in [&b"kind"[..], b"firmware"] {
+        assert!(!cbor.windows(key.len()).any(|w| w == key), "{}", String::from_utf8_lossy(key));
+    }
+}
+
+#[test]
+fn firmware_manifest_without_its_table_is_refused() {
+    let text = firmware().replace("[firmware]\nhardware_id = \"stm32h743-outpost-r2\"\nrelease_counter = 6\n", "");
+    assert_eq!(parse(&text).unwrap_err().field, "firmware");
+}
+
+#[test]
+fn firmware_table_on_a_model_manifest_is_refused() {
+    let text = format!("{}\n[firmware]\nhardware_id = \"x\"\nrelease_counter = 1\n", valid());
+    assert_eq!(parse(&text).unwrap_err().field, "firmware");
+}
+
+#[test]
+fn firmware_manifest_with_a_contract_is_refused() {
+    let tensor = "name = \"x\"\ndtype = \"f32\"\nshape = [1]\n";
+    let text = format!("{}\n[[contract.inputs]]\n{tensor}[[contract.outputs]]\n{tensor}", firmware());
+    assert_eq!(parse(&text).unwrap_err().field, "contract");
+}
+
+#[test]
+fn firmware_hardware_id_too_long_or_odd_is_refused() {
+    for bad in ["", "has space", &"h".repeat(33)] {
+        let text = firmware().replace("stm32h743-outpost-r2", bad);
+        assert_eq!(parse(&text).unwrap_err().field, "firmware.hardware_id", "{bad:?}");
+    }
+}
+
+#[test]
+fn model_manifest_without_contract_names_the_contract() {
+    let text = valid().replace(
+        "[[contract.inputs]]\nname = \"x\"\ndtype = \"f32\"\nshape = [\"N\", 4]\n\n[[contract.outputs]]\nname = \"y\"\ndtype = \"f32\"\nshape = [\"N\", 4]\n",
+        "",
+    );
+    assert_ne!(text, valid());
+    assert_eq!(parse(&text).unwrap_err().field, "contract");
 }

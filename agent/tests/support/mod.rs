@@ -11,9 +11,10 @@ use outpost_hub::backend::HubBackend;
 use outpost_hub::serve::{ServeConfig, Server};
 use outpost_hub::tuf::{GenerateOptions, Key, TufRepo};
 use outpost_shared::Digest;
+use outpost_shared::Manifest;
 use outpost_shared::clock::ManualClock;
 use outpost_shared::rng::SeededRng;
-use outpost_shared::testkit::AffineManifest;
+use outpost_shared::testkit::{AffineManifest, FirmwareManifest};
 
 pub const NOW: u64 = 1_795_881_600;
 
@@ -54,16 +55,33 @@ impl World {
 
     /// Like `add_and_publish`, with `padding_floats` of extra weights to make the package larger.
     pub fn add_and_publish_sized(&self, m: &AffineManifest, channel: &str, padding_floats: usize) -> (Digest, String) {
-        let model = self.tmp.path().join(format!("{}-{}.onnx", m.name, m.version));
-        let manifest = model.with_extension("toml");
-        std::fs::write(&model, outpost_shared::testkit::affine_model_sized(m.scale, m.bias, padding_floats)).unwrap();
-        std::fs::write(&manifest, m.toml()).unwrap();
+        let model = outpost_shared::testkit::affine_model_sized(m.scale, m.bias, padding_floats);
+        self.add_file_and_publish(&format!("{}-{}.onnx", m.name, m.version), &model, &m.toml(), channel)
+    }
+
+    /// Adds a firmware package (image + manifest) through the registry and publishes it to `channel`.
+    pub fn add_and_publish_firmware(&self, m: &FirmwareManifest, image: &[u8], channel: &str) -> (Digest, String) {
+        self.add_file_and_publish(&format!("{}-{}.bin", m.name, m.version), image, &m.toml(), channel)
+    }
+
+    /// Writes `payload` as `file` and its manifest beside it, adds them through the registry and publishes.
+    fn add_file_and_publish(&self, file: &str, payload: &[u8], toml: &str, channel: &str) -> (Digest, String) {
+        let path = self.tmp.path().join(file);
+        let manifest = path.with_extension("toml");
+        std::fs::write(&path, payload).unwrap();
+        std::fs::write(&manifest, toml).unwrap();
         let reg = self.registry();
-        let d = reg.add(&model, &manifest).unwrap().digest;
+        let d = reg.add(&path, &manifest).unwrap().digest;
         let (record, parsed) = (reg.record(&d).unwrap().unwrap(), reg.manifest(&d).unwrap().1);
-        let key_path = self.tmp.path().join("offline/targets-1.key");
-        self.repo.publish(&record, &parsed, channel, &Key::load(&key_path).unwrap(), &key_path, NOW).unwrap();
+        self.publish_as(&record, &parsed, channel);
         (d, outpost_hub::tuf::target_path(&parsed))
+    }
+
+    /// Publishes `record` under `manifest`'s name and custom fields with the first targets key, as given: tests
+    /// use it to publish what the hub's own checks would refuse.
+    pub fn publish_as(&self, record: &outpost_hub::registry::PackageRecord, manifest: &Manifest, channel: &str) {
+        let key_path = self.tmp.path().join("offline/targets-1.key");
+        self.repo.publish(record, manifest, channel, &Key::load(&key_path).unwrap(), &key_path, NOW).unwrap();
     }
 
     pub async fn serve(&self) -> (std::net::SocketAddr, outpost_attestation::identity::PublicKey) {

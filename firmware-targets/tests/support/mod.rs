@@ -11,8 +11,7 @@ use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash, check_erase, check_read, check_write,
 };
 use outpost_firmware::manifest::{
-    MAX_BODY_LEN, MAX_ENVELOPE_LEN, MAX_SIGNING_INPUT_LEN, SigningInputFn, encode_envelope, key_id,
-    manifest_signing_input, time_token_signing_input,
+    self, MAX_BODY_LEN, MAX_ENVELOPE_LEN, SigningInputFn, manifest_signing_input, time_token_signing_input,
 };
 use outpost_firmware::{
     Descriptor, Expiry, FlashLayout, Identity, Manifest, Secondary, Slot, SlotConfig, Slots, TimeToken,
@@ -253,10 +252,9 @@ pub fn sign_time_token(key: &SigningKey, device_id: &[u8], unix_seconds: u64) ->
 
 /// Signs `body` with `key` and wraps it in an envelope naming `key`.
 pub fn seal(key: &SigningKey, body: &[u8], input: SigningInputFn) -> Vec<u8> {
-    let mut buf = [0u8; MAX_SIGNING_INPUT_LEN];
-    let signature = key.sign(input(body, &mut buf).unwrap()).to_bytes();
     let mut out = [0u8; MAX_ENVELOPE_LEN];
-    let n = encode_envelope(&key_id(&key.verifying_key().to_bytes()), body, &signature, &mut out).unwrap();
+    let public = key.verifying_key().to_bytes();
+    let n = manifest::seal(&public, body, input, |m| key.sign(m).to_bytes(), &mut out).unwrap();
     out[..n].to_vec()
 }
 
