@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use outpost_attestation::identity::PublicKey;
 use serde::Deserialize;
 
+use crate::mirror::MirrorConfig;
+
 pub use outpost_shared::config::ConfigError;
 
 #[derive(Debug, Deserialize)]
@@ -28,6 +30,10 @@ struct Raw {
 struct RawHub {
     address: String,
     key: String,
+    #[serde(default)]
+    mirror: Option<String>,
+    #[serde(default)]
+    mirror_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +87,8 @@ pub struct AgentConfig {
     pub hub_address: SocketAddr,
     /// The hub's pinned public key.
     pub hub_key: PublicKey,
+    /// A static mirror of the hub's TUF repository to read metadata and packages from instead of the hub.
+    pub mirror: Option<MirrorConfig>,
     /// Where identity, TUF metadata, state, staging and slots live.
     pub data_dir: PathBuf,
     /// Update settings.
@@ -99,6 +107,14 @@ pub fn render(hub_address: &str, hub_key: &str) -> String {
 address = "{hub_address}"
 # The hub's Ed25519 public key (`outpost-hub identity`): a hub presenting any other key is refused.
 key = "{hub_key}"
+# Optional: read TUF metadata and packages from a static mirror of the hub's repository instead of from the hub
+# (`outpost-hub repo export DIR`, served by any web server or CDN; the URL is the directory holding metadata/ and
+# targets/). The mirror is not trusted: everything it serves is verified against the TUF root pinned at init, so
+# a tampered, stale or rolled-back mirror is refused. The hub above still assigns packages and receives reports.
+# https:// also hides which packages the device fetches; http:// works too.
+# mirror = "https://updates.example.com/outpost"
+# PEM file of the CA for an https mirror; when set, only it is trusted for the mirror (default: system roots).
+# mirror_ca = "mirror-ca.pem"
 
 [device]
 # Identity key, trusted TUF metadata, update state, staging area and the two model slots live here.
@@ -153,9 +169,19 @@ impl AgentConfig {
             return Err(invalid("updates.health_secs", "a health window of zero confirms nothing".into()));
         }
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mirror = match (raw.hub.mirror, raw.hub.mirror_ca) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(invalid("hub.mirror_ca", "set `hub.mirror` too, or remove it".into())),
+            (Some(url), ca) => {
+                let mut mirror = MirrorConfig::export(&url).map_err(|e| invalid("hub.mirror", e.to_string()))?;
+                mirror.ca = ca.map(|ca| base.join(ca));
+                Some(mirror)
+            }
+        };
         Ok(AgentConfig {
             hub_address,
             hub_key,
+            mirror,
             data_dir: base.join(&raw.device.data_dir),
             updates: raw.updates,
             inference_bind,
@@ -175,6 +201,27 @@ mod tests {
         assert_eq!(c.hub_key.to_hex(), KEY);
         assert_eq!(c.data_dir, Path::new("/dev0/."));
         assert_eq!(c.updates, Updates::default());
+        assert_eq!(c.mirror, None, "the mirror is commented out by default");
+    }
+
+    #[test]
+    fn mirror_lines_uncommented_select_the_export_layout_and_a_ca_beside_the_file() {
+        let text = render("127.0.0.1:7443", KEY).replace("# mirror", "mirror");
+        let c = AgentConfig::parse(&text, Path::new("/dev0/agent.toml")).unwrap();
+        let mirror = c.mirror.unwrap();
+        assert_eq!(mirror.metadata_url.as_str(), "https://updates.example.com/outpost/metadata/");
+        assert_eq!(mirror.targets_url.as_str(), "https://updates.example.com/outpost/targets/");
+        assert_eq!(mirror.ca.as_deref(), Some(Path::new("/dev0/mirror-ca.pem")));
+    }
+
+    #[test]
+    fn bad_mirror_settings_name_the_key() {
+        let text = render("127.0.0.1:7443", KEY).replace("# mirror = \"https://", "mirror = \"ftp://");
+        let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("`hub.mirror`") && e.contains("http"), "{e}");
+        let text = render("127.0.0.1:7443", KEY).replace("# mirror_ca", "mirror_ca");
+        let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("`hub.mirror_ca`"), "{e}");
     }
 
     #[test]

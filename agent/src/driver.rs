@@ -1,6 +1,7 @@
-//! The agent's update driver: performs what `shared::update::UpdateLoop` decides — TUF refresh over QUIC,
-//! director bundle checks, resumable downloads, staging into the inactive slot, activation — and persists the
-//! loop's state atomically after every step, so a `kill -9` anywhere resumes or falls back safely.
+//! The agent's update driver: performs what `shared::update::UpdateLoop` decides — TUF refresh (from the hub over
+//! QUIC, or from a static mirror), director bundle checks, resumable downloads, staging into the inactive slot,
+//! activation — and persists the loop's state atomically after every step, so a `kill -9` anywhere resumes or
+//! falls back safely.
 //!
 //! Only this module touches the network and the slots; every decision is the sans-IO loop's.
 
@@ -13,14 +14,13 @@ use outpost_shared::clock::Clock;
 use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
 use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Slot, Target, UpdateLoop};
 use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
-use sigstore_tuf::transport::FetchFuture;
-use sigstore_tuf::{FileStore, Repository, Updater};
 
 use crate::config::AgentConfig;
 use crate::device::{self, Layout};
 use crate::gateway::{self, FirmwareUpdate};
 use crate::inference::{ModelHandle, Served};
 use crate::quic::{ClientConfig, HubClient};
+use crate::tuf::Source;
 
 /// Target path of the director key in TUF (the hub lists it with the top-level targets role).
 pub const DIRECTOR_TARGET: &str = "director/director.json";
@@ -34,6 +34,12 @@ pub enum CheckError {
     /// TUF verification failed (rollback, freeze, mix-and-match, bad signatures...).
     #[error("TUF: {0}")]
     Tuf(#[from] sigstore_tuf::Error),
+    /// The device's trusted TUF root could not be read or is not root metadata.
+    #[error("TUF: {0}")]
+    TrustedRoot(#[from] crate::tuf::TufError),
+    /// The static mirror could not be reached or misbehaved (TUF failures through it are [`CheckError::Tuf`]).
+    #[error("mirror: {0}")]
+    Mirror(#[from] crate::mirror::MirrorError),
     /// The director bundle failed its checks.
     #[error("director: {0}")]
     Director(#[from] director::DirectorError),
@@ -46,19 +52,6 @@ pub enum CheckError {
     /// Firmware for a secondary does not match what the director signed for it.
     #[error("firmware: {0}")]
     Gateway(#[from] gateway::GatewayError),
-}
-
-/// `HubClient` shared between the TUF updater and the driver's own requests.
-#[derive(Clone)]
-struct SharedClient(Arc<HubClient>);
-
-impl Repository for SharedClient {
-    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
-        self.0.fetch_metadata(name, max_length)
-    }
-    fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
-        self.0.fetch_target(path, max_length)
-    }
 }
 
 /// The agent.
@@ -197,11 +190,16 @@ impl Agent {
     /// decides (download, stage, activate) until it waits for the health window or for the next check.
     pub async fn check(&mut self) -> Result<(), CheckError> {
         let client = self.connect().await?;
+        // Metadata and target bytes come from the mirror when one is configured; the assignment and reports
+        // always go to the hub.
+        let source = match &self.config.mirror {
+            Some(mirror) => Source::Mirror(Arc::new(crate::mirror::Mirror::new(mirror)?)),
+            None => Source::Hub(client.clone()),
+        };
         let now = self.clock.wall().max(self.updates.state.last_known_time);
         let ts = jiff::Timestamp::from_second(i64::try_from(now).unwrap_or(i64::MAX))
             .map_err(|e| CheckError::Invalid(e.to_string()))?;
-        let root = std::fs::read(self.layout.tuf().join("root.json"))?;
-        let mut tuf = Updater::new(SharedClient(client.clone()), &root)?.with_store(FileStore::new(self.layout.tuf()));
+        let mut tuf = crate::tuf::updater(source.clone(), &self.layout.tuf())?;
         tuf.refresh(ts).await?;
         let director_doc = tuf.get_target(DIRECTOR_TARGET, ts).await?;
         let director_key = director_key(&director_doc)?;
@@ -243,7 +241,7 @@ impl Agent {
             self.feed(Event::Assigned { version: assignment.version, target, revoked })?.into();
         while let Some(action) = queue.pop_front() {
             let event = match action {
-                Action::Download(t) => Some(self.download(&client, &t).await),
+                Action::Download(t) => Some(self.download(&source, &t).await),
                 Action::Stage { target, slot } => Some(self.stage(&target, slot)),
                 other => {
                     self.perform_local(vec![other])?;
@@ -254,7 +252,7 @@ impl Agent {
                 queue.extend(self.feed(event)?);
             }
         }
-        self.firmware = self.check_firmware(&client, &assignment.secondaries, &director_key).await;
+        self.firmware = self.check_firmware(&source, &assignment.secondaries, &director_key).await;
         self.flush_reports(&client).await
     }
 
@@ -263,14 +261,14 @@ impl Agent {
     /// package stays in staging, so a later check does not fetch it again.
     async fn check_firmware(
         &mut self,
-        client: &HubClient,
+        source: &Source,
         secondaries: &[director::SecondaryAssignment],
         director_key: &[u8; 32],
     ) -> Vec<(String, Result<FirmwareUpdate, CheckError>)> {
         let mut out = Vec::new();
         for s in secondaries {
             let t = Target { path: s.target.path.clone(), digest: s.target.sha256, length: s.target.length };
-            let prepared = match self.try_download(client, &t).await {
+            let prepared = match self.try_download(source, &t).await {
                 Ok(()) => std::fs::read(self.layout.staging(&t.digest))
                     .map_err(CheckError::from)
                     .and_then(|bytes| gateway::prepare(s, &bytes, director_key).map_err(CheckError::from)),
@@ -298,14 +296,14 @@ impl Agent {
 
     /// Downloads into the staging file, resuming from what is there, bounded by the TUF length, then checks
     /// length and hash.
-    async fn download(&mut self, client: &HubClient, t: &Target) -> Event {
-        match self.try_download(client, t).await {
+    async fn download(&mut self, source: &Source, t: &Target) -> Event {
+        match self.try_download(source, t).await {
             Ok(()) => Event::Downloaded,
             Err(e) => Event::DownloadFailed(e.to_string()),
         }
     }
 
-    async fn try_download(&mut self, client: &HubClient, t: &Target) -> Result<(), CheckError> {
+    async fn try_download(&mut self, source: &Source, t: &Target) -> Result<(), CheckError> {
         let staging = self.layout.staging(&t.digest);
         std::fs::create_dir_all(staging.parent().unwrap_or(self.layout.root()))?;
         let mut have = std::fs::metadata(&staging).map(|m| m.len()).unwrap_or(0);
@@ -316,10 +314,11 @@ impl Agent {
         if have < t.length {
             let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&staging).await?;
             let stored = director::stored_target_path(&t.path, &t.digest);
-            client
-                .download_target(&stored, have, t.length, &mut file)
-                .await?
-                .ok_or_else(|| CheckError::Invalid(format!("the hub has no {}", t.path)))?;
+            let found = match source {
+                Source::Hub(client) => client.download_target(&stored, have, t.length, &mut file).await?,
+                Source::Mirror(mirror) => mirror.download_target(&stored, have, t.length, &mut file).await?,
+            };
+            found.ok_or_else(|| CheckError::Invalid(format!("the repository has no {}", t.path)))?;
             file.sync_all().await?;
         }
         let bytes = std::fs::read(&staging)?;
@@ -448,10 +447,10 @@ fn make_writable(dir: &Path) -> std::io::Result<()> {
 /// key for `outpost-hub device approve`.
 pub fn init_device(dir: &Path, root_json: &[u8], seed: [u8; 32]) -> Result<String, CheckError> {
     let layout = Layout::new(dir);
-    std::fs::create_dir_all(layout.tuf())?;
     sigstore_tuf::Metadata::<sigstore_tuf::Root>::from_slice(root_json)?;
+    std::fs::create_dir_all(layout.root())?;
     let identity = Identity::from_seed(seed);
     identity.save(&layout.identity()).map_err(|e| CheckError::Invalid(e.to_string()))?;
-    device::write_atomic(&layout.tuf().join("root.json"), root_json)?;
+    crate::tuf::pin_root(&layout.tuf(), root_json)?;
     Ok(identity.public_key().to_hex())
 }

@@ -2,12 +2,15 @@
 //!
 //! `config` (agent.toml), `device` (the device directory and its atomic writes), `driver` (the update driver
 //! over `shared::update`'s decisions), `inference` (the local Open Inference Protocol v2 API over the active
-//! model), `quic` (the client to the hub), `gateway` (firmware for the secondaries behind this device). Later
-//! issues add site policy and telemetry.
+//! model), `quic` (the client to the hub), `mirror` (the client to a static HTTP(S) mirror of the hub's TUF
+//! repository), `tuf` (the TUF client both feed, shared with `outpost-tuf-conformance`), `gateway` (firmware for
+//! the secondaries behind this device). Later issues add site policy and telemetry.
 
 pub mod config;
 pub mod device;
 pub mod driver;
 pub mod gateway;
 pub mod inference;
+pub mod mirror;
 pub mod quic;
+pub mod tuf;

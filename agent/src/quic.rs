@@ -340,26 +340,17 @@ async fn finish_simple(
     Ok(response)
 }
 
-fn transport_error(what: String, e: ClientError) -> sigstore_tuf::Error {
-    sigstore_tuf::Error::transport_with_source(what, e)
-}
-
 /// The TUF client's view of the hub: `Ok(None)` when the hub says not found, an error for anything else.
 impl sigstore_tuf::Repository for HubClient {
     fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
-        Box::pin(async move {
-            self.metadata(name, max_length).await.map_err(|e| transport_error(format!("fetching {name}"), e))
-        })
+        Box::pin(async move { crate::tuf::metadata_answer(name, self.metadata(name, max_length).await) })
     }
 
     fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
         Box::pin(async move {
             let mut bytes = Vec::new();
-            match self.download_target(path, 0, max_length, &mut bytes).await {
-                Ok(Some(_)) => Ok(Some(bytes)),
-                Ok(None) => Ok(None),
-                Err(e) => Err(transport_error(format!("fetching target {path}"), e)),
-            }
+            let found = self.download_target(path, 0, max_length, &mut bytes).await;
+            crate::tuf::target_answer(path, found, bytes)
         })
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mirror;
+
 use std::sync::Arc;
 
 use outpost_attestation::identity::Identity;

@@ -1,0 +1,144 @@
+//! A static mirror for tests: serves a directory (an `outpost-hub repo export`) over real HTTP or HTTPS on
+//! loopback, answers `Range: bytes=N-`, logs every request, and can be pointed at another directory mid-test (a
+//! mirror that rolls back or tampers).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// One request the mirror saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The URL path (`/metadata/timestamp.json`).
+    pub path: String,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    root: Arc<Mutex<PathBuf>>,
+    log: Arc<Mutex<Vec<Logged>>>,
+}
+
+pub struct StaticMirror {
+    /// The base URL (what `hub.mirror` takes).
+    pub url: String,
+    /// For HTTPS: the PEM file of the CA that signed the server's certificate.
+    pub ca: Option<PathBuf>,
+    shared: Shared,
+}
+
+impl StaticMirror {
+    /// Plain HTTP.
+    pub async fn http(root: &Path) -> StaticMirror {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default() };
+        tokio::spawn(axum::serve(listener, router(shared.clone())).into_future());
+        StaticMirror { url: format!("http://{addr}"), ca: None, shared }
+    }
+
+    /// HTTPS with a certificate for 127.0.0.1 from a fresh test CA, whose PEM is written into `ca_dir`.
+    pub async fn https(root: &Path, ca_dir: &Path) -> StaticMirror {
+        let (ca_pem, chain, key) = test_pki();
+        let ca = ca_dir.join("mirror-ca.pem");
+        std::fs::write(&ca, ca_pem).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = TlsListener { tcp: listener, acceptor: TlsAcceptor::from(Arc::new(config)) };
+        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default() };
+        tokio::spawn(axum::serve(tls, router(shared.clone())).into_future());
+        StaticMirror { url: format!("https://{addr}"), ca: Some(ca), shared }
+    }
+
+    /// Serves `root` from now on.
+    pub fn serve_from(&self, root: &Path) {
+        *self.shared.root.lock().unwrap() = root.into();
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<Logged> {
+        self.shared.log.lock().unwrap().clone()
+    }
+}
+
+fn router(shared: Shared) -> axum::Router {
+    axum::Router::new().fallback(serve_file).with_state(shared)
+}
+
+async fn serve_file(State(shared): State<Shared>, uri: Uri, headers: HeaderMap) -> Response {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    shared.log.lock().unwrap().push(Logged { path: uri.path().to_owned(), range: range.clone() });
+    let relative = uri.path().trim_start_matches('/');
+    if relative.split('/').any(|s| s.is_empty() || s == "..") || relative.contains('%') {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let path = shared.root.lock().unwrap().join(relative);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let total = bytes.len();
+    match range.as_deref().and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok()) {
+        Some(start) if start < total => Response::builder()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{total}", total - 1))
+            .body(Body::from(bytes[start..].to_vec()))
+            .unwrap(),
+        Some(_) => StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
+        None => bytes.into_response(),
+    }
+}
+
+/// A CA certificate (PEM), and a server chain and key for 127.0.0.1 signed by it.
+fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "outpost test mirror CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    (ca.pem(), vec![leaf.der().clone(), ca.der().clone()], key)
+}
+
+/// TCP with a TLS handshake per connection; a failed handshake is dropped and the next connection accepted.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
