@@ -4,7 +4,8 @@
 //! over `shared::update`'s decisions), `inference` (the local Open Inference Protocol v2 API over the active
 //! model), `quic` (the client to the hub), `mirror` (the client to a static HTTP(S) mirror of the hub's TUF
 //! repository), `tuf` (the TUF client both feed, shared with `outpost-tuf-conformance`), `gateway` (firmware for
-//! the secondaries behind this device). Later issues add site policy and telemetry.
+//! the secondaries behind this device), `policy_wasm` (feature `wasm`: site-policy rules as sandboxed
+//! WebAssembly modules). Later issues add telemetry.
 
 pub mod config;
 pub mod device;
@@ -12,5 +13,7 @@ pub mod driver;
 pub mod gateway;
 pub mod inference;
 pub mod mirror;
+#[cfg(feature = "wasm")]
+pub mod policy_wasm;
 pub mod quic;
 pub mod tuf;

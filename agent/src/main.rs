@@ -103,6 +103,9 @@ enum PolicyCmd {
         /// Key id of a targets key that signed the release.
         #[arg(long, value_name = "KEYID")]
         signer: Vec<String>,
+        /// A WASM policy module (binary or text), run after the declarative rules (repeatable).
+        #[arg(long, value_name = "FILE")]
+        wasm: Vec<PathBuf>,
     },
 }
 
@@ -122,9 +125,11 @@ impl Clock for SystemClock {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Policy { command: PolicyCmd::Check { policy, package, manifest, at, channel, published, signer } } => {
+        Command::Policy {
+            command: PolicyCmd::Check { policy, package, manifest, at, channel, published, signer, wasm },
+        } => {
             let release = Release { channels: channel, published, signers: signer };
-            policy_check(&policy, package.as_deref(), manifest.as_deref(), at.as_deref(), release)
+            policy_check(&policy, &wasm, package.as_deref(), manifest.as_deref(), at.as_deref(), release)
         }
         command => run(command).map(|()| ExitCode::SUCCESS),
     };
@@ -182,6 +187,43 @@ fn run(command: Command) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "wasm")]
+fn load_wasm(paths: &[PathBuf]) -> Result<Vec<outpost_agent::policy_wasm::WasmRule>> {
+    use outpost_agent::policy_wasm::{WasmLimits, WasmRule};
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            let name = p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned());
+            Ok(WasmRule::load(&name, &bytes, WasmLimits::default())?)
+        })
+        .collect()
+}
+
+/// Without the `wasm` feature there is nothing to run a module with: naming one is an error, not a pass.
+#[cfg(not(feature = "wasm"))]
+fn load_wasm(paths: &[PathBuf]) -> Result<Vec<NoWasm>> {
+    match paths.first() {
+        Some(p) => anyhow::bail!("{}: this agent was built without the `wasm` feature", p.display()),
+        None => Ok(Vec::new()),
+    }
+}
+
+#[cfg(not(feature = "wasm"))]
+enum NoWasm {}
+
+#[cfg(not(feature = "wasm"))]
+impl NoWasm {
+    fn decide(
+        &self,
+        _: &outpost_shared::policy::PackageFacts,
+        _: u64,
+        _: Option<&str>,
+    ) -> outpost_shared::policy::RuleOutcome {
+        match *self {}
+    }
+}
+
 /// Release facts given on the command line for a dry run.
 struct Release {
     channels: Vec<String>,
@@ -196,6 +238,7 @@ fn rfc3339(s: &str) -> Result<u64> {
 
 fn policy_check(
     policy_path: &Path,
+    wasm: &[PathBuf],
     package: Option<&Path>,
     manifest: Option<&Path>,
     at: Option<&str>,
@@ -204,6 +247,7 @@ fn policy_check(
     use outpost_shared::policy::{Decision, PackageFacts, Policy};
     let text = std::fs::read_to_string(policy_path).with_context(|| format!("reading {}", policy_path.display()))?;
     let policy = Policy::from_toml(&text, policy_path)?;
+    let modules = load_wasm(wasm)?;
     let (mut facts, what) = match (package, manifest) {
         (Some(p), _) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -230,7 +274,8 @@ fn policy_check(
         Some(t) => rfc3339(t)?,
         None => SystemClock.wall(),
     };
-    let evaluation = policy.evaluate(&facts, now);
+    let site = policy.site.as_deref();
+    let evaluation = policy.evaluate(&facts, now).with(modules.iter().map(|m| m.decide(&facts, now, site)));
 
     use std::fmt::Write as _;
     let mut out = String::new();

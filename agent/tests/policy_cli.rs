@@ -80,3 +80,19 @@ fn damaged_package_file_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains("is not a valid package"), "{err}");
 }
+
+#[cfg(feature = "wasm")]
+#[test]
+fn dry_run_runs_the_example_wasm_module_after_the_declarative_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wat = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/policies/deny-restricted.wat");
+    let (code, out, _) = check(tmp.path(), "max_risk = \"high\"\n", &package_file(tmp.path(), "low"), &["--wasm", wat]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.lines().any(|l| l.starts_with("wasm:deny-restricted") && l.contains("pass")), "{out}");
+    let (code, err) = {
+        let (code, _, err) = check(tmp.path(), "", &package_file(tmp.path(), "low"), &["--wasm", "/nonexistent.wasm"]);
+        (code, err)
+    };
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent.wasm"), "{err}");
+}

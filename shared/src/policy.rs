@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::{UnixSeconds, format_rfc3339};
 use crate::config::ConfigError;
@@ -214,12 +214,13 @@ impl Policy {
     /// without one, the soak time and maintenance windows may defer.
     pub fn evaluate(&self, facts: &PackageFacts, now: UnixSeconds) -> Evaluation {
         let mut rules = Vec::new();
-        let mut judge = |rule: &'static str, outcome: Result<String, String>| {
+        let mut judge = |rule: &str, outcome: Result<String, String>| {
             let (passed, detail) = match outcome {
                 Ok(d) => (true, d),
                 Err(d) => (false, d),
             };
-            rules.push(RuleOutcome { rule, outcome: if passed { Outcome::Pass } else { Outcome::Reject }, detail });
+            let outcome = if passed { Outcome::Pass } else { Outcome::Reject };
+            rules.push(RuleOutcome { rule: rule.to_owned(), outcome, detail });
         };
         if let Some(allowed) = &self.allowed_capabilities {
             let ok = allowed.iter().any(|p| capability_matches(p, &facts.capability));
@@ -298,7 +299,7 @@ impl Policy {
         if let Some(soak) = self.min_soak_secs {
             match facts.published_at {
                 None => rules.push(RuleOutcome {
-                    rule: "min_soak_secs",
+                    rule: "min_soak_secs".into(),
                     outcome: Outcome::Reject,
                     detail: "the release time is not known (only the TUF targets metadata carries it)".into(),
                 }),
@@ -313,7 +314,7 @@ impl Policy {
                             format!("released {}: soaks until {}", format_rfc3339(published), format_rfc3339(until)),
                         )
                     };
-                    rules.push(RuleOutcome { rule: "min_soak_secs", outcome, detail });
+                    rules.push(RuleOutcome { rule: "min_soak_secs".into(), outcome, detail });
                 }
             }
         }
@@ -324,20 +325,10 @@ impl Policy {
             } else {
                 (Outcome::Defer(open), format!("next maintenance window opens {}", format_rfc3339(open)))
             };
-            rules.push(RuleOutcome { rule: "maintenance_windows", outcome, detail });
+            rules.push(RuleOutcome { rule: "maintenance_windows".into(), outcome, detail });
         }
 
-        let decision = match rules.iter().find(|r| r.outcome == Outcome::Reject) {
-            Some(r) => Decision::Reject { rule: r.rule.to_owned(), reason: r.detail.clone() },
-            None => match rules.iter().filter_map(|r| r.outcome.defer_until()).max() {
-                Some(until) => {
-                    let r = rules.iter().rev().find(|r| r.outcome.defer_until().is_some()).expect("a deferral");
-                    Decision::Defer { until, rule: r.rule.to_owned(), reason: r.detail.clone() }
-                }
-                None => Decision::Accept,
-            },
-        };
-        Evaluation { decision, rules }
+        Evaluation::of(rules)
     }
 }
 
@@ -385,11 +376,34 @@ pub struct Evaluation {
     pub rules: Vec<RuleOutcome>,
 }
 
+impl Evaluation {
+    /// The decision the outcomes make: the first rejection fires; else the latest deferral; else accept.
+    pub fn of(rules: Vec<RuleOutcome>) -> Evaluation {
+        let decision = match rules.iter().find(|r| r.outcome == Outcome::Reject) {
+            Some(r) => Decision::Reject { rule: r.rule.clone(), reason: r.detail.clone() },
+            None => match rules.iter().filter_map(|r| r.outcome.defer_until()).max() {
+                Some(until) => {
+                    let r = rules.iter().rev().find(|r| r.outcome.defer_until() == Some(until)).expect("a deferral");
+                    Decision::Defer { until, rule: r.rule.clone(), reason: r.detail.clone() }
+                }
+                None => Decision::Accept,
+            },
+        };
+        Evaluation { decision, rules }
+    }
+
+    /// This evaluation with more rules' outcomes (WASM rules after the declarative ones), decided again.
+    pub fn with(mut self, more: impl IntoIterator<Item = RuleOutcome>) -> Evaluation {
+        self.rules.extend(more);
+        Evaluation::of(self.rules)
+    }
+}
+
 /// One rule's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleOutcome {
-    /// The policy key.
-    pub rule: &'static str,
+    /// The policy key (or `wasm:<module>` for a WASM rule).
+    pub rule: String,
     /// Pass, reject or defer.
     pub outcome: Outcome,
     /// What was compared.
@@ -426,8 +440,9 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// What the policy judges: a package's metadata and the release facts TUF vouches for.
-#[derive(Debug, Clone, PartialEq)]
+/// What the policy judges: a package's metadata and the release facts TUF vouches for. WASM rules receive it
+/// as deterministic CBOR (field names as here; enums as their lowercase words; versions as strings).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PackageFacts {
     /// Package name.
     pub name: String,

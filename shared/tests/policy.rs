@@ -80,7 +80,7 @@ min = 1.0
     );
     let e = p.evaluate(&facts(), now());
     assert_eq!(e.decision, Decision::Accept);
-    let rules: Vec<&str> = e.rules.iter().map(|r| r.rule).collect();
+    let rules: Vec<&str> = e.rules.iter().map(|r| r.rule.as_str()).collect();
     assert_eq!(
         rules,
         [
