@@ -68,6 +68,8 @@ pub struct Agent {
     outbox: Vec<String>,
     /// The model loaded and smoke-tested by the last successful stage, ready to swap in at once.
     staged: Option<Arc<Served>>,
+    /// While a package is on trial, the model it replaced, still loaded: a rollback is a pointer swap.
+    previous: Option<Arc<Served>>,
     /// Firmware checked for this gateway's secondaries at the last check, per secondary device id.
     firmware: Vec<(String, Result<FirmwareUpdate, CheckError>)>,
 }
@@ -104,6 +106,7 @@ impl Agent {
             client: None,
             outbox: Vec::new(),
             staged: None,
+            previous: None,
             firmware: Vec::new(),
         };
         let clean = std::mem::take(&mut agent.updates.state.clean_shutdown);
@@ -170,6 +173,9 @@ impl Agent {
                 Action::Report(message) => self.outbox.push(message),
                 Action::Download(_) | Action::Stage { .. } => {}
             }
+        }
+        if !matches!(self.updates.state.phase, outpost_shared::update::Phase::Health { .. }) {
+            self.previous = None; // confirmed or rolled back: one model in memory again
         }
         Ok(())
     }
@@ -321,13 +327,12 @@ impl Agent {
             found.ok_or_else(|| CheckError::Invalid(format!("the repository has no {}", t.path)))?;
             file.sync_all().await?;
         }
-        let bytes = std::fs::read(&staging)?;
-        if bytes.len() as u64 != t.length || Digest::of(&bytes) != t.digest {
+        let (len, digest) = device::hash_file(&staging)?;
+        if len != t.length || digest != t.digest {
             std::fs::remove_file(&staging)?;
             return Err(CheckError::Invalid(format!(
-                "downloaded {} bytes hashing to {}, TUF lists {} bytes {}",
-                bytes.len(),
-                Digest::of(&bytes).short(),
+                "downloaded {len} bytes hashing to {}, TUF lists {} bytes {}",
+                digest.short(),
                 t.length,
                 t.digest.short()
             )));
@@ -381,11 +386,15 @@ impl Agent {
         if self.models.current().is_some_and(|a| *a.digest() == installed.target.digest) {
             return Ok(());
         }
-        let served = match self.staged.take() {
-            Some(s) if *s.digest() == installed.target.digest => s,
+        let served = match (self.staged.take(), self.previous.take()) {
+            (Some(s), _) if *s.digest() == installed.target.digest => s,
+            (_, Some(p)) if *p.digest() == installed.target.digest => p,
             _ => Arc::new(load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?),
         };
-        self.models.swap(served);
+        let replaced = self.models.swap(served);
+        if matches!(self.updates.state.phase, outpost_shared::update::Phase::Health { .. }) {
+            self.previous = replaced;
+        }
         Ok(())
     }
 }

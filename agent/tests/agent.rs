@@ -120,12 +120,14 @@ async fn health_window_failure_rolls_back_and_is_not_reinstalled() {
     let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
     let mut agent = device(&w, "dev1", 1).await;
     adopt(&mut agent).await;
+    let serving_v1 = agent.active().unwrap();
     later(&w);
     let (v4, _) = w.add_and_publish(&AffineManifest::new("affine", "1.3.0", 4.0, 1.0), "stable");
     agent.check().await.unwrap();
     assert_eq!(active(&agent), Some(v4));
     agent.record_inference(false).unwrap();
     assert_eq!(active(&agent), Some(v1), "rolled back to the last good package");
+    assert!(Arc::ptr_eq(&serving_v1, &agent.active().unwrap()), "the model kept loaded is swapped back, not reloaded");
     later(&w);
     agent.check().await.unwrap();
     assert_eq!(active(&agent), Some(v1), "no reinstall loop");
