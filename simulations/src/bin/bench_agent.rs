@@ -31,7 +31,7 @@ use outpost_shared::model::{self, NamedTensor, TensorData};
 use outpost_shared::rng::SeededRng;
 use outpost_shared::testkit::{AffineManifest, affine_model_sized};
 use outpost_shared::update::Phase;
-use outpost_shared::{Digest, Manifest, Sha256, package};
+use outpost_shared::{Digest, Manifest, package};
 
 /// 64 Mi floats of padding: a 256 MiB model, so a package of 256 MiB and a few hundred bytes.
 const VERIFY_PADDING_FLOATS: usize = 64 * 1024 * 1024;
@@ -209,28 +209,11 @@ fn oip_request(inputs: &[NamedTensor]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------------------------
 // 1. Package verification vs openssl
 
-/// The agent's check of a downloaded package, as `Agent::try_download` does it in `agent/src/driver.rs` (a private
-/// function, so mirrored here line for line): read the whole staging file, compare its length and SHA-256 with
-/// what TUF lists.
+/// The agent's check of a downloaded package: `device::hash_file` (what `Agent::try_download` calls), then the
+/// length and SHA-256 compared with what TUF lists.
 fn agent_verify(path: &Path, length: u64, digest: &Digest) -> Result<()> {
-    let bytes = std::fs::read(path)?;
-    ensure!(bytes.len() as u64 == length && Digest::of(&bytes) == *digest, "package does not verify");
-    Ok(())
-}
-
-/// For reference: the same check streamed in 4 MiB reads (as the hub's `package verify` does).
-fn streamed_verify(path: &Path, length: u64, digest: &Digest) -> Result<()> {
-    let mut file = std::fs::File::open(path)?;
-    let (mut h, mut buf, mut n) = (Sha256::new(), vec![0u8; 4 << 20], 0u64);
-    loop {
-        let k = file.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    ensure!(n == length && h.finish() == *digest, "package does not verify");
+    let (n, d) = outpost_agent::device::hash_file(path)?;
+    ensure!(n == length && d == *digest, "package does not verify");
     Ok(())
 }
 
@@ -249,14 +232,11 @@ fn bench_verify(tmp: &Path) -> Result<Vec<Row>> {
     std::fs::write(&path, &bytes)?;
     drop(bytes);
     eprintln!("package verification: {len} bytes, best of {VERIFY_RUNS} after a warm-up, alternating...");
-    let (mut ours, mut theirs, mut streamed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..=VERIFY_RUNS {
         let start = now();
         agent_verify(&path, len, &digest)?;
         let a = start.elapsed();
-        let start = now();
-        streamed_verify(&path, len, &digest)?;
-        let c = start.elapsed();
         let start = now();
         let d = openssl_sha256(&path)?;
         let b = start.elapsed();
@@ -264,30 +244,20 @@ fn bench_verify(tmp: &Path) -> Result<Vec<Row>> {
         if run > 0 {
             ours.push(a.as_secs_f64());
             theirs.push(b.as_secs_f64());
-            streamed.push(c.as_secs_f64());
         }
     }
     std::fs::remove_file(&path)?;
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-    let (a, b, c) = (best(&ours), best(&theirs), best(&streamed));
+    let (a, b) = (best(&ours), best(&theirs));
     let gbps = |s: f64| len as f64 / s / 1e9;
-    eprintln!("  agent: {ours:.3?} s; openssl: {theirs:.3?} s; streamed: {streamed:.3?} s");
-    Ok(vec![
-        Row::new(
-            "package verify, 256 MiB (GB/s)",
-            format!("{:.2} ({a:.3} s)", gbps(a)),
-            format!("{:.2} ({b:.3} s) openssl dgst -sha256", gbps(b)),
-            gbps(a) / gbps(b),
-            ">= 0.90 (hub's)",
-        ),
-        Row::new(
-            "  (info) same check, streamed in 4 MiB reads",
-            format!("{:.2} ({c:.3} s)", gbps(c)),
-            format!("{:.2} ({b:.3} s) openssl dgst -sha256", gbps(b)),
-            gbps(c) / gbps(b),
-            "-",
-        ),
-    ])
+    eprintln!("  agent: {ours:.3?} s; openssl: {theirs:.3?} s");
+    Ok(vec![Row::new(
+        "package verify, 256 MiB (GB/s)",
+        format!("{:.2} ({a:.3} s)", gbps(a)),
+        format!("{:.2} ({b:.3} s) openssl dgst -sha256", gbps(b)),
+        gbps(a) / gbps(b),
+        ">= 0.90 (hub's)",
+    )])
 }
 
 // ---------------------------------------------------------------------------------------------------------------
