@@ -57,22 +57,10 @@ impl Layout {
     }
 }
 
-/// Length and SHA-256 of a file, read in 1 MiB chunks (a package is never held whole in memory to hash it).
+/// Length and SHA-256 of a file, streamed (a package is never held whole in memory to hash it).
 pub fn hash_file(path: &Path) -> std::io::Result<(u64, Digest)> {
-    use std::io::Read;
-    let mut file = File::open(path)?;
-    let mut hasher = outpost_shared::Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        match file.read(&mut buf)? {
-            0 => return Ok((len, hasher.finish())),
-            n => {
-                hasher.update(&buf[..n]);
-                len += n as u64;
-            }
-        }
-    }
+    let (digest, len) = Digest::of_reader(File::open(path)?)?;
+    Ok((len, digest))
 }
 
 /// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.

@@ -5,14 +5,11 @@
 //! once visible, never changes through this code.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use outpost_shared::{Digest, Sha256};
-
-/// Read size when hashing blobs; large enough that syscalls are noise next to SHA-256.
-pub const HASH_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+use outpost_shared::Digest;
 
 /// A filesystem operation on a blob failed.
 #[derive(Debug, thiserror::Error)]
@@ -135,29 +132,11 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((BlobStatus::Missing, 0)),
             Err(e) => return Err(io_err("open", &path)(e)),
         };
-        let (actual, len) = hash_reader(file).map_err(io_err("read", &path))?;
+        let (actual, len) = Digest::of_reader(file).map_err(io_err("read", &path))?;
         let status =
             if actual == *d && len == expected_len { BlobStatus::Intact } else { BlobStatus::Tampered { actual, len } };
         Ok((status, len))
     }
-}
-
-/// Hashes everything `r` yields, returning the digest and the byte count.
-pub fn hash_reader(mut r: impl Read) -> io::Result<(Digest, u64)> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; HASH_CHUNK_BYTES];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((h.finish(), total))
 }
 
 fn set_read_only(f: &File, path: &Path) -> Result<(), BlobError> {

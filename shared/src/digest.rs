@@ -20,6 +20,24 @@ impl Digest {
         h.finish()
     }
 
+    /// Digest and length of everything `r` yields, read in 4 MiB chunks — large enough that syscalls are noise
+    /// next to SHA-256 (the caller owns the I/O; a large file is never held whole in memory).
+    pub fn of_reader(mut r: impl std::io::Read) -> std::io::Result<(Digest, u64)> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 4 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok((h.finish(), total)),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..n]);
+            total += n as u64;
+        }
+    }
+
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)

@@ -209,7 +209,7 @@ fn oip_request(inputs: &[NamedTensor]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------------------------
 // 1. Package verification vs openssl
 
-/// The agent's check of a downloaded package: `device::hash_file` (what `Agent::try_download` calls), then the
+/// The agent's check of a downloaded package: `device::hash_file` (what `Agent::try_download` calls; `Digest::of_reader` underneath, as the hub verifies blobs), then the
 /// length and SHA-256 compared with what TUF lists.
 fn agent_verify(path: &Path, length: u64, digest: &Digest) -> Result<()> {
     let (n, d) = outpost_agent::device::hash_file(path)?;
