@@ -8,6 +8,9 @@
 
 use std::collections::BTreeSet;
 
+/// Most refusals a device remembers (oldest forgotten first).
+pub const MAX_REFUSALS: usize = 32;
+
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixSeconds;
@@ -110,6 +113,50 @@ pub struct AgentState {
     /// Set by a graceful shutdown, cleared at start: tells a crash from a stop.
     #[serde(default)]
     pub clean_shutdown: bool,
+    /// Packages the site policy rejected or deferred, newest last (at most [`MAX_REFUSALS`]).
+    #[serde(default)]
+    pub refused: Vec<Refusal>,
+    /// Digest of the site policy in force (declarative file and WASM modules), if any.
+    #[serde(default)]
+    pub policy: Option<Digest>,
+    /// The site this device belongs to, as its policy names it.
+    #[serde(default)]
+    pub site: Option<String>,
+}
+
+/// A package the site policy refused or put off: kept so a rejected package is never downloaded again under the
+/// same policy, and reported to the hub with the rule that fired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The package.
+    pub digest: Digest,
+    /// `name@version`, as the metadata stated it.
+    pub package: String,
+    /// The rule that fired.
+    pub rule: String,
+    /// Why, for a human.
+    pub reason: String,
+    /// Deferred until this time; `None` means rejected.
+    pub until: Option<UnixSeconds>,
+    /// Digest of the policy that decided (a changed policy decides afresh).
+    pub policy: Digest,
+    /// When it was decided.
+    pub at: UnixSeconds,
+    /// Refused by the site node for the whole site rather than by this device's own policy.
+    #[serde(default)]
+    pub by_site: bool,
+}
+
+impl Refusal {
+    /// `rejected` or `deferred`.
+    pub fn verb(&self) -> &'static str {
+        if self.until.is_some() { "deferred" } else { "rejected" }
+    }
+
+    fn same_decision(&self, other: &Refusal) -> bool {
+        (self.digest, &self.rule, self.until, self.policy, self.by_site)
+            == (other.digest, &other.rule, other.until, other.policy, other.by_site)
+    }
 }
 
 impl AgentState {
@@ -127,6 +174,9 @@ impl AgentState {
             last_known_time: now,
             last_error: None,
             clean_shutdown: false,
+            refused: Vec::new(),
+            policy: None,
+            site: None,
         }
     }
 }
@@ -145,6 +195,15 @@ pub struct StateReport {
     pub phase: String,
     /// What happened, for humans.
     pub message: String,
+    /// Packages the site policy refused or deferred (with the rule), newest last.
+    #[serde(default)]
+    pub refusals: Vec<Refusal>,
+    /// Digest of the site policy in force.
+    #[serde(default)]
+    pub policy: Option<Digest>,
+    /// The device's site, as its policy names it.
+    #[serde(default)]
+    pub site: Option<String>,
 }
 
 impl AgentState {
@@ -162,6 +221,9 @@ impl AgentState {
             rolled_back: self.rolled_back.iter().copied().collect(),
             phase,
             message: message.to_owned(),
+            refusals: self.refused.clone(),
+            policy: self.policy,
+            site: self.site.clone(),
         }
     }
 }
@@ -198,7 +260,11 @@ pub enum Event {
         target: Option<Target>,
         /// Revoked packages from the verified revocation list.
         revoked: Vec<Digest>,
+        /// The site policy's verdict on `target`, judged on its TUF metadata before download: `None` accepts.
+        refusal: Option<Refusal>,
     },
+    /// The site policy refused the package being fetched or staged, judged on its verified manifest.
+    Refused(Refusal),
     /// The package is downloaded and its length and hash match.
     Downloaded,
     /// Download or verification failed.
@@ -285,7 +351,7 @@ impl UpdateLoop {
                 actions.push(Action::Stage { target, slot });
             }
             (Phase::Idle, Event::Started { .. }) => actions.extend(self.state.active.clone().map(Action::Activate)),
-            (_, Event::Assigned { version, target, revoked }) => {
+            (_, Event::Assigned { version, target, revoked, refusal }) => {
                 if version < self.state.assignment_version {
                     actions.push(Action::Report(format!(
                         "refused assignment v{version}: older than accepted v{}",
@@ -297,6 +363,18 @@ impl UpdateLoop {
                 self.state.last_check = Some(now);
                 self.state.revoked.extend(revoked);
                 actions.extend(self.enforce_revocation());
+                if let Some(t) = &target {
+                    // A deferral that no longer holds is forgotten; a standing rejection keeps it from download.
+                    self.state.refused.retain(|r| r.digest != t.digest || r.until.is_none());
+                }
+                // A refused package is as good as none assigned: keep what runs, drop work in flight.
+                let target = match refusal {
+                    Some(refusal) => {
+                        actions.extend(self.refuse(refusal));
+                        None
+                    }
+                    None => target,
+                };
                 match (self.state.phase.clone(), target) {
                     (Phase::Idle, Some(target)) => actions.extend(self.consider(target)),
                     // Work interrupted by a restart resumes when the same package is still assigned...
@@ -344,6 +422,13 @@ impl UpdateLoop {
                 self.state.phase = Phase::Health { target, slot, since: now, ok: 0 };
                 actions.push(Action::Activate(installed));
             }
+            (Phase::Downloading { target } | Phase::Staging { target, .. }, Event::Refused(refusal))
+                if refusal.digest == target.digest =>
+            {
+                // Judged on the verified manifest: nothing was activated, the active model keeps serving.
+                self.state.phase = Phase::Idle;
+                actions.extend(self.refuse(refusal));
+            }
             (Phase::Staging { target, .. }, Event::StageFailed(e)) => {
                 // The active slot was never touched: keep serving it, and never try this package again.
                 self.state.phase = Phase::Idle;
@@ -376,8 +461,33 @@ impl UpdateLoop {
         if self.state.rolled_back.contains(&d) {
             return vec![Action::Report(format!("not reinstalling {}: this device rolled back from it", d.short()))];
         }
+        if self.state.refused.iter().any(|r| r.digest == d && r.until.is_none() && Some(r.policy) == self.state.policy)
+        {
+            return vec![]; // rejected under this very policy: reported once already
+        }
         self.state.phase = Phase::Downloading { target: target.clone() };
         vec![Action::Download(target)]
+    }
+
+    /// Records a refusal; reports it when it is news (not the same decision as the one on record).
+    fn refuse(&mut self, refusal: Refusal) -> Vec<Action> {
+        if self.state.refused.iter().any(|r| r.same_decision(&refusal)) {
+            return vec![];
+        }
+        self.state.refused.retain(|r| r.digest != refusal.digest);
+        let message = format!(
+            "{} {} ({}) by {} policy: rule `{}`: {}",
+            refusal.verb(),
+            refusal.package,
+            refusal.digest.short(),
+            if refusal.by_site { "site" } else { "device" },
+            refusal.rule,
+            refusal.reason
+        );
+        self.state.refused.push(refusal);
+        let excess = self.state.refused.len().saturating_sub(MAX_REFUSALS);
+        self.state.refused.drain(..excess);
+        vec![Action::Report(message)]
     }
 
     fn maybe_confirm(&mut self, now: UnixSeconds) -> Vec<Action> {

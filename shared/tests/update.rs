@@ -2,7 +2,9 @@
 //! package never activated, a rollback that is not retried, revocation, restarts at every step.
 
 use outpost_shared::Digest;
-use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Phase, Slot, Target, UpdateLoop};
+use outpost_shared::update::{
+    Action, AgentState, Event, HealthPolicy, Installed, Phase, Refusal, Slot, Target, UpdateLoop,
+};
 
 const T0: u64 = 1_800_000_000;
 
@@ -11,7 +13,7 @@ fn target(v: &str) -> Target {
 }
 
 fn assigned(version: u64, t: Option<Target>) -> Event {
-    Event::Assigned { version, target: t, revoked: vec![] }
+    Event::Assigned { version, target: t, revoked: vec![], refusal: None }
 }
 
 fn new_loop() -> UpdateLoop {
@@ -84,7 +86,7 @@ fn revoked_active_package_is_replaced_by_the_last_good_one() {
     let mut u = new_loop();
     let s1 = install(&mut u, 1, &target("1"));
     install(&mut u, 2, &target("2"));
-    let actions = u.handle(T0, Event::Assigned { version: 3, target: None, revoked: vec![target("2").digest] });
+    let actions = u.handle(T0, Event::Assigned { version: 3, target: None, revoked: vec![target("2").digest], refusal: None });
     assert_eq!(actions[0], Action::Activate(Installed { target: target("1"), slot: s1 }));
     // And a revoked package is never installed again.
     let again = u.handle(T0, assigned(4, Some(target("2"))));
@@ -95,7 +97,7 @@ fn revoked_active_package_is_replaced_by_the_last_good_one() {
 fn nothing_left_to_serve_deactivates_rather_than_serving_a_revoked_model() {
     let mut u = new_loop();
     install(&mut u, 1, &target("1"));
-    let actions = u.handle(T0, Event::Assigned { version: 2, target: None, revoked: vec![target("1").digest] });
+    let actions = u.handle(T0, Event::Assigned { version: 2, target: None, revoked: vec![target("1").digest], refusal: None });
     assert_eq!(actions[0], Action::Deactivate);
     assert!(u.state.active.is_none());
 }
@@ -184,4 +186,79 @@ fn newer_assignment_supersedes_an_unfinished_download_or_staging() {
     assert_eq!(u.handle(T0, assigned(3, Some(target("3")))), vec![Action::Download(target("3"))]);
     u.handle(T0, assigned(4, None));
     assert_eq!(u.state.phase, Phase::Idle);
+}
+
+fn refusal(t: &Target, rule: &str, until: Option<u64>) -> Refusal {
+    Refusal {
+        digest: t.digest,
+        package: "m@2.0.0".into(),
+        rule: rule.into(),
+        reason: "because".into(),
+        until,
+        policy: Digest::of(b"site policy"),
+        at: T0,
+        by_site: false,
+    }
+}
+
+fn refused(version: u64, t: &Target, r: Refusal) -> Event {
+    Event::Assigned { version, target: Some(t.clone()), revoked: vec![], refusal: Some(r) }
+}
+
+#[test]
+fn package_rejected_by_policy_before_download_is_never_fetched_and_reported_once() {
+    let mut u = new_loop();
+    u.state.policy = Some(Digest::of(b"site policy"));
+    install(&mut u, 1, &target("1"));
+    let first = u.handle(T0, refused(2, &target("2"), refusal(&target("2"), "max_risk", None)));
+    assert!(matches!(&first[..], [Action::Report(r)] if r.contains("rejected") && r.contains("max_risk")), "{first:?}");
+    assert_eq!(u.state.phase, Phase::Idle);
+    let again = u.handle(T0 + 60, refused(3, &target("2"), refusal(&target("2"), "max_risk", None)));
+    assert!(again.is_empty(), "the same decision is news only once: {again:?}");
+    assert_eq!(u.state.active.as_ref().map(|a| a.target.digest), Some(target("1").digest));
+    let report = u.state.report("check");
+    assert_eq!(report.refusals.len(), 1);
+    assert_eq!(report.refusals[0].rule, "max_risk");
+}
+
+#[test]
+fn package_rejected_on_its_manifest_is_not_downloaded_again_under_the_same_policy() {
+    let mut u = new_loop();
+    u.state.policy = Some(Digest::of(b"site policy"));
+    install(&mut u, 1, &target("1"));
+    assert_eq!(u.handle(T0, assigned(2, Some(target("2")))), vec![Action::Download(target("2"))]);
+    u.handle(T0, Event::Downloaded);
+    let actions = u.handle(T0, Event::Refused(refusal(&target("2"), "manifest", None)));
+    assert!(actions.iter().all(|a| !matches!(a, Action::Activate(_))), "{actions:?}");
+    assert_eq!(u.state.phase, Phase::Idle);
+    // The metadata still passes the policy before download, but the verified manifest did not: no new fetch.
+    assert_eq!(u.handle(T0 + 60, assigned(3, Some(target("2")))), vec![]);
+    // A new policy decides afresh.
+    u.state.policy = Some(Digest::of(b"new policy"));
+    assert_eq!(u.handle(T0 + 120, assigned(4, Some(target("2")))), vec![Action::Download(target("2"))]);
+}
+
+#[test]
+fn deferred_package_is_installed_once_the_policy_accepts_it() {
+    let mut u = new_loop();
+    install(&mut u, 1, &target("1"));
+    let until = T0 + 3600;
+    let first = u.handle(T0, refused(2, &target("2"), refusal(&target("2"), "maintenance_windows", Some(until))));
+    assert!(matches!(&first[..], [Action::Report(r)] if r.contains("deferred")), "{first:?}");
+    assert_eq!(u.state.phase, Phase::Idle);
+    assert_eq!(u.state.report("x").refusals[0].until, Some(until));
+    // Inside the window the policy accepts: the deferral is forgotten and the download starts.
+    assert_eq!(u.handle(until, assigned(3, Some(target("2")))), vec![Action::Download(target("2"))]);
+    assert!(u.state.refused.is_empty());
+}
+
+#[test]
+fn refusal_arriving_mid_download_stops_the_download_and_keeps_the_active_model() {
+    let mut u = new_loop();
+    install(&mut u, 1, &target("1"));
+    u.handle(T0, assigned(2, Some(target("2"))));
+    assert!(matches!(u.state.phase, Phase::Downloading { .. }));
+    u.handle(T0, refused(3, &target("2"), refusal(&target("2"), "allowed_channels", None)));
+    assert_eq!(u.state.phase, Phase::Idle);
+    assert_eq!(u.state.active.as_ref().map(|a| a.target.digest), Some(target("1").digest));
 }
