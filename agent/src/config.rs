@@ -10,6 +10,7 @@ use outpost_attestation::identity::PublicKey;
 use serde::Deserialize;
 
 use crate::mirror::MirrorConfig;
+use crate::site_policy::PolicySource;
 
 pub use outpost_shared::config::ConfigError;
 
@@ -23,6 +24,16 @@ struct Raw {
     updates: Updates,
     #[serde(default)]
     inference: RawInference,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    file: String,
+    #[serde(default)]
+    wasm: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +106,8 @@ pub struct AgentConfig {
     pub updates: Updates,
     /// Address of the local inference API.
     pub inference_bind: SocketAddr,
+    /// The site policy this device enforces, if any.
+    pub policy: Option<PolicySource>,
 }
 
 /// The commented file `outpost-agent init` writes.
@@ -132,6 +145,14 @@ health_secs = 300
 [inference]
 # The local Open Inference Protocol v2 API (KServe / Triton compatible). Keep it on localhost.
 bind = "127.0.0.1:8080"
+
+# Optional: the site's policy. Each package is judged on its signed metadata before download and on its verified
+# manifest after; a rejected package is never downloaded (again), a deferred one waits, and the hub is told the
+# rule that fired. Check a policy with `outpost-agent policy check`. A file that stops loading is reported and the
+# last good policy stays in force.
+# [policy]
+# file = "site.toml"
+# wasm = ["rule.wasm"]
 "#
     )
 }
@@ -185,6 +206,9 @@ impl AgentConfig {
             data_dir: base.join(&raw.device.data_dir),
             updates: raw.updates,
             inference_bind,
+            policy: raw
+                .policy
+                .map(|p| PolicySource { file: base.join(p.file), wasm: p.wasm.iter().map(|w| base.join(w)).collect() }),
         })
     }
 }

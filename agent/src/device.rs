@@ -48,6 +48,11 @@ impl Layout {
         self.root.join("staging").join(format!("{}.opkg.part", d.to_hex()))
     }
 
+    /// The last site policy that loaded (kept so a broken policy file never leaves the device without one).
+    pub fn policy(&self) -> PathBuf {
+        self.root.join("policy")
+    }
+
     /// A model slot's directory.
     pub fn slot(&self, s: Slot) -> PathBuf {
         self.root.join("slots").join(match s {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use outpost_attestation::identity::Identity;
 use outpost_shared::clock::Clock;
 use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
-use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Slot, Target, UpdateLoop};
+use outpost_shared::policy::PackageFacts;
+use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Refusal, Slot, Target, UpdateLoop};
 use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
 
 use crate::config::AgentConfig;
@@ -20,6 +21,7 @@ use crate::device::{self, Layout};
 use crate::gateway::{self, FirmwareUpdate};
 use crate::inference::{ModelHandle, Served};
 use crate::quic::{ClientConfig, HubClient};
+use crate::site_policy::SitePolicy;
 use crate::tuf::Source;
 
 /// Target path of the director key in TUF (the hub lists it with the top-level targets role).
@@ -72,6 +74,10 @@ pub struct Agent {
     previous: Option<Arc<Served>>,
     /// Firmware checked for this gateway's secondaries at the last check, per secondary device id.
     firmware: Vec<(String, Result<FirmwareUpdate, CheckError>)>,
+    /// The site policy in force (the last one that loaded).
+    policy: Option<SitePolicy>,
+    /// What the assigned package's signed metadata stated when the policy judged it before download.
+    advertised: Option<(Digest, PackageFacts)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -108,12 +114,43 @@ impl Agent {
             staged: None,
             previous: None,
             firmware: Vec::new(),
+            policy: None,
+            advertised: None,
         };
+        agent.reload_policy();
         let clean = std::mem::take(&mut agent.updates.state.clean_shutdown);
         let actions = agent.updates.handle(agent.clock.wall(), Event::Started { clean });
         agent.save()?;
         agent.perform_local(actions)?;
         Ok(agent)
+    }
+
+    /// Loads the configured site policy again if its files changed; a policy that does not load is reported and
+    /// the last good one stays in force.
+    pub fn reload_policy(&mut self) {
+        let Some(source) = self.config.policy.clone() else {
+            self.policy = None;
+            self.updates.state.policy = None;
+            return;
+        };
+        let (loaded, error) = SitePolicy::load_or_last_good(&source, &self.layout.policy());
+        if let Some(e) = error {
+            let kept = match &loaded {
+                Some(p) => format!("keeping the last good policy {}", p.digest().short()),
+                None => "no good policy on record: packages are refused until one loads".into(),
+            };
+            let message = format!("site policy not loaded: {e}; {kept}");
+            if self.updates.state.last_error.as_deref() != Some(message.as_str()) {
+                eprintln!("outpost-agent: {message}");
+                self.outbox.push(message.clone());
+                self.updates.state.last_error = Some(message);
+            }
+        }
+        if loaded.as_ref().map(SitePolicy::digest) != self.policy.as_ref().map(SitePolicy::digest) || loaded.is_none() {
+            self.updates.state.policy = loaded.as_ref().map(SitePolicy::digest);
+            self.updates.state.site = loaded.as_ref().and_then(|p| p.site().map(str::to_owned));
+            self.policy = loaded;
+        }
     }
 
     /// Records a graceful stop, so the next start continues a health window instead of rolling back.
@@ -224,8 +261,12 @@ impl Agent {
             None => vec![],
         };
         let mut listed = Vec::new();
+        let mut custom = None;
         for t in assignment.all_targets() {
             if let Some(info) = tuf.get_target_info(&t.path, ts).await? {
+                if assignment.targets.first().is_some_and(|m| m.path == t.path) {
+                    custom = info.custom.clone();
+                }
                 let sha256 = info.hashes.get("sha256").and_then(|h| h.parse::<Digest>().ok());
                 if let Some(sha256) = sha256 {
                     listed.push((t.path.clone(), ListedTarget { length: info.length, sha256 }));
@@ -242,9 +283,11 @@ impl Agent {
         )?;
         let target =
             assignment.targets.first().map(|t| Target { path: t.path.clone(), digest: t.sha256, length: t.length });
+        self.reload_policy();
+        let refusal = target.as_ref().and_then(|t| self.judge_before_download(t, custom.as_ref(), now));
 
         let mut queue: VecDeque<Action> =
-            self.feed(Event::Assigned { version: assignment.version, target, revoked })?.into();
+            self.feed(Event::Assigned { version: assignment.version, target, revoked, refusal })?.into();
         while let Some(action) = queue.pop_front() {
             let event = match action {
                 Action::Download(t) => Some(self.download(&source, &t).await),
@@ -260,6 +303,29 @@ impl Agent {
         }
         self.firmware = self.check_firmware(&source, &assignment.secondaries, &director_key).await;
         self.flush_reports(&client).await
+    }
+
+    /// The site policy's verdict on `t` from its signed TUF custom fields (`None`: accept, or no policy). With a
+    /// policy configured but none loadable, everything is refused.
+    fn judge_before_download(&mut self, t: &Target, custom: Option<&serde_json::Value>, now: u64) -> Option<Refusal> {
+        if self.config.policy.is_none() {
+            return None;
+        }
+        let Some(policy) = &self.policy else {
+            return Some(Refusal {
+                digest: t.digest,
+                package: t.digest.short(),
+                rule: "policy".into(),
+                reason: "the site policy does not load and no good copy is on record".into(),
+                until: None,
+                policy: Digest::of(b""),
+                at: now,
+                by_site: false,
+            });
+        };
+        let (facts, refusal) = policy.before_download(t.digest, custom, now, false);
+        self.advertised = facts.map(|f| (t.digest, f));
+        refusal
     }
 
     /// Downloads the firmware the verified assignment names for each secondary — the same resumable, bounded,
@@ -345,21 +411,33 @@ impl Agent {
     fn stage(&mut self, t: &Target, slot: Slot) -> Event {
         match self.try_stage(t, slot) {
             Ok(()) => Event::Staged,
-            Err(e) => Event::StageFailed(e),
+            Err(StageError::Refused(r)) => {
+                let _ = std::fs::remove_file(self.layout.staging(&t.digest));
+                Event::Refused(r)
+            }
+            Err(StageError::Failed(e)) => Event::StageFailed(e),
         }
     }
 
-    fn try_stage(&mut self, t: &Target, slot: Slot) -> Result<(), String> {
+    fn try_stage(&mut self, t: &Target, slot: Slot) -> Result<(), StageError> {
         if self.updates.state.active.as_ref().is_some_and(|a| a.slot == slot) {
-            return Err("refusing to write into the active slot".into());
+            return Err("refusing to write into the active slot".to_owned().into());
         }
         let staging = self.layout.staging(&t.digest);
         let bytes = std::fs::read(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
         if Digest::of(&bytes) != t.digest {
-            return Err("staged package does not match its digest".into());
+            return Err("staged package does not match its digest".to_owned().into());
         }
         let package = Package::decode(&bytes, &PackageLimits::default()).map_err(|e| e.to_string())?;
         refuse_non_model(&package.manifest)?;
+        if let Some(policy) = &self.policy {
+            let advertised = self.advertised.as_ref().filter(|(d, _)| *d == t.digest).map(|(_, f)| f);
+            let now = self.clock.wall().max(self.updates.state.last_known_time);
+            let model_len = package.model.len() as u64;
+            if let Some(r) = policy.after_download(t.digest, &package.manifest, model_len, advertised, now, false) {
+                return Err(StageError::Refused(r));
+            }
+        }
         let dir = self.layout.slot(slot);
         let io = |e: std::io::Error| format!("{}: {e}", dir.display());
         if dir.exists() {
@@ -396,6 +474,18 @@ impl Agent {
             self.previous = replaced;
         }
         Ok(())
+    }
+}
+
+/// Why staging stopped: the policy refused the verified manifest, or the package is unusable.
+enum StageError {
+    Refused(Refusal),
+    Failed(String),
+}
+
+impl From<String> for StageError {
+    fn from(e: String) -> Self {
+        StageError::Failed(e)
     }
 }
 

@@ -5,7 +5,8 @@
 //! model), `quic` (the client to the hub), `mirror` (the client to a static HTTP(S) mirror of the hub's TUF
 //! repository), `tuf` (the TUF client both feed, shared with `outpost-tuf-conformance`), `gateway` (firmware for
 //! the secondaries behind this device), `policy_wasm` (feature `wasm`: site-policy rules as sandboxed
-//! WebAssembly modules). Later issues add telemetry.
+//! WebAssembly modules), `site_policy` (the site policy a device or site node enforces, with its last good copy).
+//! Later issues add telemetry.
 
 pub mod config;
 pub mod device;
@@ -16,4 +17,5 @@ pub mod mirror;
 #[cfg(feature = "wasm")]
 pub mod policy_wasm;
 pub mod quic;
+pub mod site_policy;
 pub mod tuf;

@@ -187,43 +187,6 @@ fn run(command: Command) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "wasm")]
-fn load_wasm(paths: &[PathBuf]) -> Result<Vec<outpost_agent::policy_wasm::WasmRule>> {
-    use outpost_agent::policy_wasm::{WasmLimits, WasmRule};
-    paths
-        .iter()
-        .map(|p| {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            let name = p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned());
-            Ok(WasmRule::load(&name, &bytes, WasmLimits::default())?)
-        })
-        .collect()
-}
-
-/// Without the `wasm` feature there is nothing to run a module with: naming one is an error, not a pass.
-#[cfg(not(feature = "wasm"))]
-fn load_wasm(paths: &[PathBuf]) -> Result<Vec<NoWasm>> {
-    match paths.first() {
-        Some(p) => anyhow::bail!("{}: this agent was built without the `wasm` feature", p.display()),
-        None => Ok(Vec::new()),
-    }
-}
-
-#[cfg(not(feature = "wasm"))]
-enum NoWasm {}
-
-#[cfg(not(feature = "wasm"))]
-impl NoWasm {
-    fn decide(
-        &self,
-        _: &outpost_shared::policy::PackageFacts,
-        _: u64,
-        _: Option<&str>,
-    ) -> outpost_shared::policy::RuleOutcome {
-        match *self {}
-    }
-}
-
 /// Release facts given on the command line for a dry run.
 struct Release {
     channels: Vec<String>,
@@ -244,10 +207,9 @@ fn policy_check(
     at: Option<&str>,
     release: Release,
 ) -> Result<ExitCode> {
-    use outpost_shared::policy::{Decision, PackageFacts, Policy};
-    let text = std::fs::read_to_string(policy_path).with_context(|| format!("reading {}", policy_path.display()))?;
-    let policy = Policy::from_toml(&text, policy_path)?;
-    let modules = load_wasm(wasm)?;
+    use outpost_agent::site_policy::{PolicySource, SitePolicy};
+    use outpost_shared::policy::{Decision, PackageFacts};
+    let policy = SitePolicy::load(&PolicySource { file: policy_path.into(), wasm: wasm.to_vec() })?;
     let (mut facts, what) = match (package, manifest) {
         (Some(p), _) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -274,14 +236,12 @@ fn policy_check(
         Some(t) => rfc3339(t)?,
         None => SystemClock.wall(),
     };
-    let site = policy.site.as_deref();
-    let evaluation = policy.evaluate(&facts, now).with(modules.iter().map(|m| m.decide(&facts, now, site)));
+    let evaluation = policy.evaluate(&facts, now);
 
     use std::fmt::Write as _;
     let mut out = String::new();
-    let digest = outpost_shared::Digest::of(text.as_bytes());
-    let site = policy.site.as_deref().unwrap_or("(unnamed site)");
-    writeln!(out, "policy    {} ({site}, sha256 {})", policy_path.display(), digest.short())?;
+    let site = policy.site().unwrap_or("(unnamed site)");
+    writeln!(out, "policy    {} ({site}, sha256 {})", policy_path.display(), policy.digest().short())?;
     writeln!(out, "package   {}@{} ({})", facts.name, facts.version, what.display())?;
     writeln!(out, "at        {}", format_rfc3339(now))?;
     writeln!(out, "decision  {}", evaluation.decision)?;

@@ -186,7 +186,13 @@ impl HubClient {
 
     /// The director's assignment for this device; `None` if it has none.
     pub async fn assignment(&self) -> Result<Option<Vec<u8>>, ClientError> {
-        match self.simple(&Request::GetAssignment).await? {
+        self.assignment_for(None).await
+    }
+
+    /// The director's assignment for `device` (a site node asking for a device of its site), or for this
+    /// device with `None`; `None` if there is none.
+    pub async fn assignment_for(&self, device: Option<[u8; 32]>) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.simple(&Request::GetAssignment { device }).await? {
             Response::Assignment { bytes } => Ok(Some(bytes)),
             _ => Ok(None),
         }
@@ -194,7 +200,12 @@ impl HubClient {
 
     /// Sends a report; returns once the hub has stored it.
     pub async fn report(&self, body: &[u8]) -> Result<(), ClientError> {
-        self.simple(&Request::PostReport { body: body.to_vec() }).await.map(drop)
+        self.report_for(None, body).await
+    }
+
+    /// Sends a report for `device` (a site node forwarding), or for this device with `None`.
+    pub async fn report_for(&self, device: Option<[u8; 32]>, body: &[u8]) -> Result<(), ClientError> {
+        self.simple(&Request::PostReport { body: body.to_vec(), device }).await.map(drop)
     }
 
     /// Downloads a target from `offset` to its end into `out` (resume: pass the length already on disk).

@@ -394,7 +394,7 @@ async fn per_connection_concurrency_is_bounded() {
     let hub = TestHub::start(|c| c.max_streams_per_connection = 2);
     let client = hub.client().await;
     let conn = client.connection();
-    let frame = wire::encode_frame(&wire::Request::GetAssignment, &Limits::default()).unwrap();
+    let frame = wire::encode_frame(&wire::Request::GetAssignment { device: None }, &Limits::default()).unwrap();
     // Two requests held open half-sent use up the connection's streams.
     let (mut send1, mut recv1) = conn.open_bi().await.unwrap();
     send1.write_all(&frame[..2]).await.unwrap();

@@ -186,6 +186,10 @@ impl Backend for HubBackend {
         }
     }
 
+    fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
+        self.with_registry(|reg| Ok(reg.site_node_serves(&hex::encode(node), &hex::encode(device))?)).unwrap_or(false)
+    }
+
     fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
         // One append-only file per device: a 4-byte length, then the report. Durable before the Ack.
         let dir = self.dir.join("reports");

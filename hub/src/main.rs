@@ -65,6 +65,13 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR")]
         bind: std::net::SocketAddr,
     },
+    /// Packages refused by site policies, as devices and site nodes last reported them: per release (how many
+    /// devices rejected or deferred it, and by which rule) and per site. Policy refusals are not failures.
+    Rejections {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the package an alias names from the stored model and manifest, and prove its digest.
     Reconstruct {
         /// The alias to rebuild.
@@ -193,6 +200,12 @@ enum DeviceCmd {
         /// Release channel it follows.
         #[arg(long, value_name = "NAME", default_value = "stable")]
         channel: String,
+        /// The site it belongs to (its site node, if any, may fetch and report on its behalf).
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
+        /// The key is a site node's: it serves the devices of --site and fetches from the hub for them.
+        #[arg(long, requires = "site")]
+        site_node: bool,
     },
     /// List devices.
     List,
@@ -412,22 +425,36 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
                 if resigned { "re-signed snapshot and timestamp" } else { "snapshot and timestamp are fresh" }
             );
         }
-        Command::Device(DeviceCmd::Approve { key, channel }) => {
-            let d = open(dir)?.device_approve(&key, &channel)?;
-            eprintln!("approved device {} on channel {}", d.key, d.channel);
+        Command::Device(DeviceCmd::Approve { key, channel, site, site_node }) => {
+            let reg = open(dir)?;
+            let mut d = reg.device_approve(&key, &channel)?;
+            if site.is_some() || d.site.is_some() {
+                d = reg.device_set_site(&key, site.as_deref(), site_node)?;
+            }
+            let role = if d.site_node { "site node" } else { "device" };
+            let site = d.site.as_deref().map(|s| format!(" at site {s}")).unwrap_or_default();
+            eprintln!("approved {role} {} on channel {}{site}", d.key, d.channel);
         }
+        Command::Rejections { json } => print_rejections(&open(dir)?.devices()?, json)?,
         Command::Device(DeviceCmd::List) => {
             for d in open(dir)?.devices()? {
                 let active = d.active.map_or("-".to_owned(), |a| a.short());
                 let rolled: Vec<String> = d.rolled_back.iter().map(|r| r.short()).collect();
+                let site = match (d.shown_site(), d.site_node) {
+                    (Some(s), true) => format!("node:{s}"),
+                    (Some(s), false) => s.to_owned(),
+                    (None, _) => "-".into(),
+                };
                 println!(
-                    "{}  {:<8} {:<10} active {:<12} assignment v{:<4} rolled back [{}]  last report {}",
+                    "{}  {:<8} {:<10} {:<12} active {:<12} assignment v{:<4} rolled back [{}]  policy {}  last report {}",
                     d.key,
                     format!("{:?}", d.status).to_lowercase(),
                     d.channel,
+                    site,
                     active,
                     d.assignment_version,
                     rolled.join(", "),
+                    d.policy.map_or("-".to_owned(), |p| p.short()),
                     d.last_report.map_or("never".to_owned(), format_rfc3339)
                 );
                 for s in &d.secondaries {
@@ -724,4 +751,70 @@ fn human_bytes(n: u64) -> String {
         u += 1;
     }
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Prints site-policy refusals per release and per site.
+fn print_rejections(devices: &[outpost_hub::registry::DeviceRecord], json: bool) -> Result<()> {
+    use std::collections::BTreeMap;
+    // (package, digest) -> (site, rule, verb, by_site) -> devices
+    type Key = (String, String);
+    let mut by_release: BTreeMap<Key, BTreeMap<(String, String, &str, bool), Vec<String>>> = BTreeMap::new();
+    for d in devices {
+        for r in &d.refusals {
+            let site = d.shown_site().unwrap_or("-").to_owned();
+            by_release
+                .entry((r.package.clone(), r.digest.to_hex()))
+                .or_default()
+                .entry((site, r.rule.clone(), r.verb(), r.by_site || d.site_node))
+                .or_default()
+                .push(d.key.clone());
+        }
+    }
+    if json {
+        let rows: Vec<serde_json::Value> = by_release
+            .iter()
+            .flat_map(|((package, digest), rows)| {
+                rows.iter().map(move |((site, rule, verb, site_level), keys)| {
+                    serde_json::json!({
+                        "package": package, "digest": digest, "site": site, "rule": rule, "decision": verb,
+                        "site_level": site_level, "devices": keys,
+                    })
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if by_release.is_empty() {
+        println!("no package is refused by any site policy");
+        return Ok(());
+    }
+    println!("PER RELEASE");
+    println!("{:<28} {:<12} {:>9} {:>9}  RULES", "PACKAGE", "DIGEST", "REJECTED", "DEFERRED");
+    for ((package, digest), rows) in &by_release {
+        let count = |verb: &str| rows.iter().filter(|(k, _)| k.2 == verb).map(|(_, v)| v.len()).sum::<usize>();
+        let rules: std::collections::BTreeSet<&str> = rows.keys().map(|k| k.1.as_str()).collect();
+        let rules: Vec<&str> = rules.into_iter().collect();
+        println!(
+            "{:<28} {:<12} {:>9} {:>9}  {}",
+            package,
+            &digest[..12],
+            count("rejected"),
+            count("deferred"),
+            rules.join(", ")
+        );
+    }
+    println!("\nPER SITE");
+    println!("{:<16} {:<28} {:<10} {:<22} {:<6} DEVICES", "SITE", "PACKAGE", "DECISION", "RULE", "LEVEL");
+    let mut by_site: BTreeMap<(&str, &str, &str, &str, bool), usize> = BTreeMap::new();
+    for ((package, _), rows) in &by_release {
+        for ((site, rule, verb, site_level), keys) in rows {
+            *by_site.entry((site, package, verb, rule, *site_level)).or_default() += keys.len();
+        }
+    }
+    for ((site, package, verb, rule, site_level), n) in by_site {
+        let level = if site_level { "site" } else { "device" };
+        println!("{site:<16} {package:<28} {verb:<10} {rule:<22} {level:<6} {n}");
+    }
+    Ok(())
 }

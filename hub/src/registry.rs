@@ -65,6 +65,29 @@ pub struct DeviceRecord {
     /// Microcontrollers behind this device (a gateway) that get firmware through it.
     #[serde(default)]
     pub secondaries: Vec<SecondaryRecord>,
+    /// The site the operator placed it in (a site node may fetch assignments and forward reports only for the
+    /// devices of its own site).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// This key is a site node's: it serves the devices of `site` and fetches from the hub on their behalf.
+    #[serde(default)]
+    pub site_node: bool,
+    /// Digest of the site policy the device last reported enforcing.
+    #[serde(default)]
+    pub policy: Option<Digest>,
+    /// The site its policy names (reported by the device).
+    #[serde(default)]
+    pub policy_site: Option<String>,
+    /// Packages the device's policy (or its site node's) rejected or deferred, as last reported.
+    #[serde(default)]
+    pub refusals: Vec<outpost_shared::update::Refusal>,
+}
+
+impl DeviceRecord {
+    /// The site to show: the operator's, else the one the device's policy names.
+    pub fn shown_site(&self) -> Option<&str> {
+        self.site.as_deref().or(self.policy_site.as_deref())
+    }
 }
 
 /// A secondary behind a gateway: what its compact manifests are addressed to.
@@ -261,6 +284,9 @@ pub enum RegistryError {
         /// Why.
         problem: String,
     },
+    /// A site name that cannot be used, or a site node without a site.
+    #[error("site: {0}")]
+    BadSite(String),
     /// A secondary's device id or hardware id does not fit a compact manifest.
     #[error("secondary {field} `{value}` must be 1–{MAX_HARDWARE_ID_LEN} bytes of a-z, A-Z, 0-9, `-`, `_`, `.`")]
     BadSecondaryId {
@@ -766,6 +792,11 @@ impl Registry {
                 active: existing.as_ref().and_then(|e| e.active),
                 rolled_back: existing.as_ref().map(|e| e.rolled_back.clone()).unwrap_or_default(),
                 last_report: None,
+                site: existing.as_ref().and_then(|e| e.site.clone()),
+                site_node: existing.as_ref().is_some_and(|e| e.site_node),
+                policy: existing.as_ref().and_then(|e| e.policy),
+                policy_site: existing.as_ref().and_then(|e| e.policy_site.clone()),
+                refusals: existing.as_ref().map(|e| e.refusals.clone()).unwrap_or_default(),
                 secondaries: existing.map(|e| e.secondaries).unwrap_or_default(),
             };
             t.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
@@ -796,7 +827,37 @@ impl Registry {
                 }
             }
             r.last_report = Some(now);
+            r.policy = report.policy;
+            r.policy_site.clone_from(&report.site);
+            r.refusals.clone_from(&report.refusals);
         })
+    }
+
+    /// Places a device in `site` (or in none); `node` marks the key as that site's node.
+    pub fn device_set_site(&self, key: &str, site: Option<&str>, node: bool) -> Result<DeviceRecord, RegistryError> {
+        let key = parse_device_key(key)?;
+        if let Some(s) = site
+            && (s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(RegistryError::BadSite(format!("`{s}` must be 1–64 of a-z, A-Z, 0-9, `-`, `_`, `.`")));
+        }
+        if node && site.is_none() {
+            return Err(RegistryError::BadSite("a site node needs the site it serves (--site NAME)".into()));
+        }
+        self.device_update(&key, |r| {
+            r.site = site.map(str::to_owned);
+            r.site_node = node;
+        })
+    }
+
+    /// Whether site node `node` may act for `device`: both approved, `node` a site node, `device` in its site.
+    pub fn site_node_serves(&self, node: &str, device: &str) -> Result<bool, RegistryError> {
+        let (Some(n), Some(d)) = (self.device(node)?, self.device(device)?) else { return Ok(false) };
+        Ok(n.site_node
+            && n.status == DeviceStatus::Approved
+            && d.status == DeviceStatus::Approved
+            && n.site.is_some()
+            && n.site == d.site)
     }
 
     /// Lets the director offer `digest` to this device again (an operator's decision after a rollback).

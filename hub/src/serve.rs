@@ -43,7 +43,17 @@ pub trait Backend: Send + Sync + 'static {
     fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError>;
     /// Stores a device's report; return only once it is durable (the device drops it on `Ack`).
     fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError>;
+    /// Whether the peer `node` (a site node) may fetch assignments and forward reports for `device`.
+    fn acts_for(&self, _node: &[u8; 32], _device: &[u8; 32]) -> bool {
+        false
+    }
 }
+
+/// A deliberate refusal a backend returns (wrapped in [`BackendError`]): the peer gets `Forbidden` with this
+/// message, rather than the opaque "internal error".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 /// The service's settings. Every bound has a conservative default; [`ServeConfig::new`] sets them.
 #[derive(Debug)]
@@ -334,15 +344,19 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, device: Public
                 Err(r) => r,
             }
         }
-        Request::GetAssignment => match blocking(move || backend.assignment(&device.0)).await {
-            Ok(Some(bytes)) => Response::Assignment { bytes },
-            Ok(None) => Response::NotFound,
-            Err(r) => r,
-        },
-        Request::PostReport { body } => match blocking(move || backend.report(&device.0, &body)).await {
-            Ok(()) => Response::Ack,
-            Err(r) => r,
-        },
+        Request::GetAssignment { device: on_behalf } => {
+            match blocking(move || backend.assignment(&acting_for(&*backend, device, on_behalf)?)).await {
+                Ok(Some(bytes)) => Response::Assignment { bytes },
+                Ok(None) => Response::NotFound,
+                Err(r) => r,
+            }
+        }
+        Request::PostReport { body, device: on_behalf } => {
+            match blocking(move || backend.report(&acting_for(&*backend, device, on_behalf)?, &body)).await {
+                Ok(()) => Response::Ack,
+                Err(r) => r,
+            }
+        }
         Request::GetTarget { path, offset, len } => {
             let found = blocking(move || backend.target(&path)).await;
             match found {
@@ -358,16 +372,29 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, device: Public
     respond(&mut send, &response, &shared).await;
 }
 
-/// Runs a backend call on the blocking pool; a failure (or a panic in it) becomes an `Internal` response.
+/// The device a request is about: the peer itself, or a device its site node may act for.
+fn acting_for(backend: &dyn Backend, peer: PublicKey, on_behalf: Option<[u8; 32]>) -> Result<[u8; 32], BackendError> {
+    match on_behalf {
+        None => Ok(peer.0),
+        Some(d) if d == peer.0 || backend.acts_for(&peer.0, &d) => Ok(d),
+        Some(d) => Err(Box::new(Refused(format!("not a site node serving device {}", hex::encode(d))))),
+    }
+}
+
+/// Runs a backend call on the blocking pool; a refusal becomes `Forbidden`, any other failure (or a panic)
+/// becomes an `Internal` response.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
 ) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            eprintln!("outpost-hub: backend error: {e}");
-            Err(internal())
-        }
+        Ok(Err(e)) => match e.downcast::<Refused>() {
+            Ok(refused) => Err(Response::error(ErrorCode::Forbidden, refused.0)),
+            Err(e) => {
+                eprintln!("outpost-hub: backend error: {e}");
+                Err(internal())
+            }
+        },
         Err(e) => {
             eprintln!("outpost-hub: backend task failed: {e}");
             Err(internal())

@@ -474,6 +474,9 @@ impl TufRepo {
         bump(&mut signed, now, self.expiries.targets_secs);
         // Publish order: later publishes sort later even within one second.
         entry["custom"]["outpost"]["published_at"] = json!(now * 1_000_000 + signed["version"].as_u64().unwrap_or(0));
+        // When devices could first see it, in seconds (site policies' minimum soak time counts from here).
+        let first = signed["targets"].get(&path).and_then(|e| e["custom"]["outpost"]["released_at"].as_u64());
+        entry["custom"]["outpost"]["released_at"] = json!(first.unwrap_or(now));
         signed["targets"][&path] = entry;
         envelope = json!({"signed": signed, "signatures": []});
         self.authorise(role, key, key_path)?;

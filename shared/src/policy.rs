@@ -519,6 +519,73 @@ impl PackageFacts {
     }
 }
 
+/// The `custom.outpost` fields of a model target in TUF targets metadata, as the hub signs them: what a device's
+/// policy judges before a single byte of the package is downloaded. Fields the policy does not use are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AdvertisedPackage {
+    /// Package digest.
+    pub digest: crate::Digest,
+    /// Package name.
+    pub name: String,
+    /// Package version.
+    pub version: semver::Version,
+    /// Capability.
+    pub capability: String,
+    /// Risk tier.
+    pub risk_tier: RiskTier,
+    /// Data classification.
+    pub data_classification: DataClassification,
+    /// Licence.
+    pub license: String,
+    /// Memory budget.
+    pub memory_budget_bytes: u64,
+    /// The model file's length.
+    pub model_length: u64,
+    /// The evaluation card's suite and metrics.
+    pub evaluation: AdvertisedEvaluation,
+    /// Channels the release is on.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// When the release was published to devices (Unix seconds).
+    #[serde(default)]
+    pub released_at: Option<UnixSeconds>,
+}
+
+/// The evaluation part of [`AdvertisedPackage`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AdvertisedEvaluation {
+    /// Suite name.
+    pub suite: String,
+    /// Metrics, as decimal strings (exact round trip of the manifest's numbers).
+    pub metrics: BTreeMap<String, String>,
+}
+
+impl AdvertisedPackage {
+    /// The facts these fields state (signers are not known from them).
+    pub fn facts(&self) -> Result<PackageFacts, String> {
+        let mut metrics = BTreeMap::new();
+        for (k, v) in &self.evaluation.metrics {
+            let x: f64 = v.parse().map_err(|_| format!("metric `{k}` = `{v}` is not a number"))?;
+            metrics.insert(k.clone(), x);
+        }
+        Ok(PackageFacts {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            capability: self.capability.clone(),
+            risk_tier: self.risk_tier,
+            data_classification: self.data_classification,
+            license: self.license.clone(),
+            model_bytes: Some(self.model_length),
+            memory_budget_bytes: self.memory_budget_bytes,
+            suite: self.evaluation.suite.clone(),
+            metrics,
+            channels: Some(self.channels.clone()),
+            published_at: self.released_at,
+            signers: Vec::new(),
+        })
+    }
+}
+
 fn capability_matches(pattern: &str, capability: &str) -> bool {
     match pattern.strip_suffix(".*") {
         Some(stem) => capability.strip_prefix(stem).is_some_and(|rest| rest.starts_with('.')),

@@ -10,9 +10,9 @@
 //! | type | message | body |
 //! |---|---|---|
 //! | `0x01` | [`Request::GetMetadata`] | `{"name": text, "max_len": uint}` |
-//! | `0x02` | [`Request::GetAssignment`] | `{}` |
+//! | `0x02` | [`Request::GetAssignment`] | `{"device"?: bytes .size 32}` |
 //! | `0x03` | [`Request::GetTarget`] | `{"path": text, "offset": uint, "len"?: uint}` |
-//! | `0x04` | [`Request::PostReport`] | `{"body": bytes}` |
+//! | `0x04` | [`Request::PostReport`] | `{"body": bytes, "device"?: bytes .size 32}` |
 //! | `0x81` | [`Response::Metadata`] | `{"bytes": bytes}` |
 //! | `0x82` | [`Response::NotFound`] | `{}` |
 //! | `0x83` | [`Response::Assignment`] | `{"bytes": bytes}` |
@@ -93,8 +93,8 @@ pub struct Limits {
 impl Limits {
     /// Default `GetMetadata` body limit.
     pub const GET_METADATA: u32 = 512;
-    /// Default `GetAssignment` body limit (the body is an empty map).
-    pub const GET_ASSIGNMENT: u32 = 16;
+    /// Default `GetAssignment` body limit (an empty map, or one device key).
+    pub const GET_ASSIGNMENT: u32 = 64;
     /// Default `GetTarget` body limit: room for a path of [`Limits::MAX_PATH_LEN`] bytes.
     pub const GET_TARGET: u32 = 2048;
     /// Default `PostReport` body limit: 64 KiB.
@@ -251,6 +251,9 @@ pub enum ErrorCode {
     TooLarge,
     /// The hub failed internally; the message gives no detail on purpose.
     Internal,
+    /// The request is refused: a site node asking for a device not of its site, or a package its site policy
+    /// refuses (the message names the rule).
+    Forbidden,
     /// A code this version does not know (sent by a newer peer).
     Other(u16),
 }
@@ -270,6 +273,7 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => 9,
             ErrorCode::TooLarge => 10,
             ErrorCode::Internal => 11,
+            ErrorCode::Forbidden => 12,
             ErrorCode::Other(n) => n,
         }
     }
@@ -288,6 +292,7 @@ impl ErrorCode {
             9 => ErrorCode::RangeNotSatisfiable,
             10 => ErrorCode::TooLarge,
             11 => ErrorCode::Internal,
+            12 => ErrorCode::Forbidden,
             n => ErrorCode::Other(n),
         }
     }
@@ -304,8 +309,12 @@ pub enum Request {
         /// The largest answer the agent will take.
         max_len: u64,
     },
-    /// The director's assignment for the connected device (the device is the connection's peer identity).
-    GetAssignment,
+    /// The director's assignment for the connected device (the connection's peer identity), or, from a site
+    /// node, for `device` of its site.
+    GetAssignment {
+        /// The device a site node asks for; `None`: the peer itself.
+        device: Option<[u8; 32]>,
+    },
     /// A byte range of a target file: from `offset`, `len` bytes or to the end.
     GetTarget {
         /// Repository-relative target path: `/`-separated, no empty, `.` or `..` segments.
@@ -319,6 +328,8 @@ pub enum Request {
     PostReport {
         /// The report, opaque to the transport.
         body: Vec<u8>,
+        /// The device a site node forwards for; `None`: the peer itself.
+        device: Option<[u8; 32]>,
     },
 }
 
@@ -413,7 +424,7 @@ impl Message for Request {
     fn kind(&self) -> u8 {
         match self {
             Request::GetMetadata { .. } => kind::GET_METADATA,
-            Request::GetAssignment => kind::GET_ASSIGNMENT,
+            Request::GetAssignment { .. } => kind::GET_ASSIGNMENT,
             Request::GetTarget { .. } => kind::GET_TARGET,
             Request::PostReport { .. } => kind::POST_REPORT,
         }
@@ -437,13 +448,13 @@ impl Message for Request {
                 check_name(k, &name, limits)?;
                 Request::GetMetadata { name, max_len: m.uint("max_len")? }
             }
-            kind::GET_ASSIGNMENT => Request::GetAssignment,
+            kind::GET_ASSIGNMENT => Request::GetAssignment { device: m.opt_key("device")? },
             kind::GET_TARGET => {
                 let path = m.text("path")?;
                 check_path(k, &path, limits)?;
                 Request::GetTarget { path, offset: m.uint("offset")?, len: m.opt_uint("len")? }
             }
-            kind::POST_REPORT => Request::PostReport { body: m.bytes("body")? },
+            kind::POST_REPORT => Request::PostReport { body: m.bytes("body")?, device: m.opt_key("device")? },
             _ => return Err(WireError::UnknownType { kind: k }),
         };
         m.finish()?;
@@ -455,7 +466,7 @@ impl Message for Request {
             Request::GetMetadata { name, max_len } => {
                 map(vec![("name", Value::Text(name.clone())), ("max_len", (*max_len).into())])
             }
-            Request::GetAssignment => map(vec![]),
+            Request::GetAssignment { device } => map(device_entry(device).collect()),
             Request::GetTarget { path, offset, len } => {
                 let mut entries = vec![("path", Value::Text(path.clone())), ("offset", (*offset).into())];
                 if let Some(len) = len {
@@ -463,7 +474,9 @@ impl Message for Request {
                 }
                 map(entries)
             }
-            Request::PostReport { body } => map(vec![("body", Value::Bytes(body.clone()))]),
+            Request::PostReport { body, device } => {
+                map(std::iter::once(("body", Value::Bytes(body.clone()))).chain(device_entry(device)).collect())
+            }
         }
     }
 }
@@ -567,6 +580,10 @@ pub fn encode_frame<M: Message>(msg: &M, limits: &Limits) -> Result<Vec<u8>, Wir
     Ok(out)
 }
 
+fn device_entry(device: &Option<[u8; 32]>) -> impl Iterator<Item = (&'static str, Value)> {
+    device.map(|d| ("device", Value::Bytes(d.to_vec()))).into_iter()
+}
+
 /// The keys of a decoded body map, taken one by one so that missing, mistyped and unknown keys are all caught.
 struct Fields {
     kind: u8,
@@ -633,6 +650,14 @@ impl Fields {
         match v {
             Value::Integer(i) => u64::try_from(i).map_err(|_| self.wrong(field, "an unsigned 64-bit integer")),
             _ => Err(self.wrong(field, "an unsigned integer")),
+        }
+    }
+
+    fn opt_key(&mut self, field: &'static str) -> Result<Option<[u8; 32]>, WireError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Bytes(b)) => b.try_into().map(Some).map_err(|_| self.wrong(field, "32 bytes")),
+            Some(_) => Err(self.wrong(field, "a byte string")),
         }
     }
 
@@ -921,16 +946,17 @@ impl ResponseReader {
         let unexpected = |reason: String| Err(WireError::UnexpectedResponse { reason });
         match (&self.request, resp) {
             (_, Response::Error { .. }) => Ok(None),
-            (Request::GetMetadata { .. } | Request::GetAssignment | Request::GetTarget { .. }, Response::NotFound) => {
-                Ok(None)
-            }
+            (
+                Request::GetMetadata { .. } | Request::GetAssignment { .. } | Request::GetTarget { .. },
+                Response::NotFound,
+            ) => Ok(None),
             (Request::GetMetadata { max_len, .. }, Response::Metadata { bytes }) => {
                 if bytes.len() as u64 > *max_len {
                     return unexpected(format!("{} bytes of metadata, asked for at most {max_len}", bytes.len()));
                 }
                 Ok(None)
             }
-            (Request::GetAssignment, Response::Assignment { .. }) => Ok(None),
+            (Request::GetAssignment { .. }, Response::Assignment { .. }) => Ok(None),
             (Request::GetTarget { offset, len: want, .. }, Response::TargetHeader { offset: got, len, .. }) => {
                 if got != offset {
                     return unexpected(format!("range starts at {got}, asked for {offset}"));
@@ -976,10 +1002,12 @@ mod tests {
     fn all_requests() -> Vec<Request> {
         vec![
             Request::GetMetadata { name: "3.root.json".into(), max_len: 512_000 },
-            Request::GetAssignment,
+            Request::GetAssignment { device: None },
+            Request::GetAssignment { device: Some([7; 32]) },
+            Request::PostReport { body: b"forwarded".to_vec(), device: Some([9; 32]) },
             Request::GetTarget { path: "models/m/1.0.0.opkg".into(), offset: 17, len: Some(4096) },
             Request::GetTarget { path: "a".into(), offset: 0, len: None },
-            Request::PostReport { body: b"telemetry".to_vec() },
+            Request::PostReport { body: b"telemetry".to_vec(), device: None },
         ]
     }
 
@@ -1103,7 +1131,7 @@ mod tests {
 
     #[test]
     fn request_reader_refuses_bytes_after_the_request() {
-        let mut f = encode_frame(&Request::GetAssignment, &Limits::default()).unwrap();
+        let mut f = encode_frame(&Request::GetAssignment { device: None }, &Limits::default()).unwrap();
         f.push(0);
         assert_eq!(RequestReader::new(Limits::default()).push(&f), Err(WireError::TrailingBytes { extra: 1 }));
     }

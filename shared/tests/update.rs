@@ -86,7 +86,8 @@ fn revoked_active_package_is_replaced_by_the_last_good_one() {
     let mut u = new_loop();
     let s1 = install(&mut u, 1, &target("1"));
     install(&mut u, 2, &target("2"));
-    let actions = u.handle(T0, Event::Assigned { version: 3, target: None, revoked: vec![target("2").digest], refusal: None });
+    let actions =
+        u.handle(T0, Event::Assigned { version: 3, target: None, revoked: vec![target("2").digest], refusal: None });
     assert_eq!(actions[0], Action::Activate(Installed { target: target("1"), slot: s1 }));
     // And a revoked package is never installed again.
     let again = u.handle(T0, assigned(4, Some(target("2"))));
@@ -97,7 +98,8 @@ fn revoked_active_package_is_replaced_by_the_last_good_one() {
 fn nothing_left_to_serve_deactivates_rather_than_serving_a_revoked_model() {
     let mut u = new_loop();
     install(&mut u, 1, &target("1"));
-    let actions = u.handle(T0, Event::Assigned { version: 2, target: None, revoked: vec![target("1").digest], refusal: None });
+    let actions =
+        u.handle(T0, Event::Assigned { version: 2, target: None, revoked: vec![target("1").digest], refusal: None });
     assert_eq!(actions[0], Action::Deactivate);
     assert!(u.state.active.is_none());
 }
