@@ -26,6 +26,20 @@ struct Raw {
     inference: RawInference,
     #[serde(default)]
     policy: Option<RawPolicy>,
+    #[serde(default)]
+    site: RawSite,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    bind: String,
+}
+
+impl Default for RawSite {
+    fn default() -> Self {
+        RawSite { bind: "0.0.0.0:7443".into() }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +122,8 @@ pub struct AgentConfig {
     pub inference_bind: SocketAddr,
     /// The site policy this device enforces, if any.
     pub policy: Option<PolicySource>,
+    /// Where a site node (`run --mode site`) serves its devices.
+    pub site_bind: SocketAddr,
 }
 
 /// The commented file `outpost-agent init` writes.
@@ -153,6 +169,11 @@ bind = "127.0.0.1:8080"
 # [policy]
 # file = "site.toml"
 # wasm = ["rule.wasm"]
+
+# Only for a site node (`outpost-agent run --mode site`): the UDP address its site's devices connect to. Its
+# [policy] then applies to the whole site, and its blob cache lives in data_dir/cache.
+[site]
+bind = "0.0.0.0:7443"
 "#
     )
 }
@@ -189,6 +210,11 @@ impl AgentConfig {
         if raw.updates.health_inferences == 0 && raw.updates.health_secs == 0 {
             return Err(invalid("updates.health_secs", "a health window of zero confirms nothing".into()));
         }
+        let site_bind = raw
+            .site
+            .bind
+            .parse()
+            .map_err(|e| invalid("site.bind", format!("`{}` is not an address: {e}", raw.site.bind)))?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mirror = match (raw.hub.mirror, raw.hub.mirror_ca) {
             (None, None) => None,
@@ -206,6 +232,7 @@ impl AgentConfig {
             data_dir: base.join(&raw.device.data_dir),
             updates: raw.updates,
             inference_bind,
+            site_bind,
             policy: raw
                 .policy
                 .map(|p| PolicySource { file: base.join(p.file), wasm: p.wasm.iter().map(|w| base.join(w)).collect() }),

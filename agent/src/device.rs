@@ -53,6 +53,11 @@ impl Layout {
         self.root.join("policy")
     }
 
+    /// A site node's verified blob cache.
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
     /// A model slot's directory.
     pub fn slot(&self, s: Slot) -> PathBuf {
         self.root.join("slots").join(match s {

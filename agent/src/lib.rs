@@ -17,5 +17,6 @@ pub mod mirror;
 #[cfg(feature = "wasm")]
 pub mod policy_wasm;
 pub mod quic;
+pub mod site;
 pub mod site_policy;
 pub mod tuf;

@@ -25,6 +25,15 @@ struct Cli {
     command: Command,
 }
 
+/// What `run` runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// A device: update, verify, serve models.
+    Device,
+    /// A site node: serve one site's devices and apply the site policy for all of them.
+    Site,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Set up a device directory: a commented agent.toml, a new Ed25519 identity (mode 0600), the pinned TUF
@@ -43,14 +52,20 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
     },
-    /// Run the update loop: check the hub every poll interval, install, health-check, roll back.
+    /// Run the update loop: check the hub every poll interval, install, health-check, roll back. With
+    /// `--mode site`, run as a site node instead: serve the hub's protocol to the devices of one site on
+    /// `[site] bind`, fetch from the hub on their behalf through a verified cache, and apply the site policy to
+    /// the whole site.
     Run {
         /// The agent's configuration.
         #[arg(long, value_name = "FILE", default_value = "agent.toml")]
         config: PathBuf,
-        /// Check once and exit (for scripts and tests).
+        /// Check once and exit (for scripts and tests; device mode only).
         #[arg(long)]
         once: bool,
+        /// `device` (update and serve models) or `site` (a site node for the devices of one site).
+        #[arg(long, value_enum, default_value_t = Mode::Device)]
+        mode: Mode,
     },
     /// One-shot inference on the active model for scripts: an Open Inference Protocol v2 request body in FILE
     /// (`{"inputs":[{"name","shape","datatype","data"}]}`), the response JSON on stdout.
@@ -160,10 +175,19 @@ fn run(command: Command) -> Result<()> {
             eprintln!("  outpost-hub device approve {key} --channel stable");
             println!("{key}");
         }
-        Command::Run { config, once } => {
+        Command::Run { config, once, mode } => {
             let config = AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(run_agent(config, once))?;
+            match mode {
+                Mode::Device => runtime.block_on(run_agent(config, once))?,
+                Mode::Site => runtime.block_on(async {
+                    let bind = config.site_bind;
+                    let stop = async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    };
+                    outpost_agent::site::run(config, Arc::new(SystemClock), bind, stop).await
+                })?,
+            }
         }
         Command::Status { config } => status(&AgentConfig::load(&config)?)?,
         Command::Infer { config, input } => {

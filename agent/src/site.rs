@@ -1,0 +1,344 @@
+//! The site node (`outpost-agent run --mode site`): serves the hub's QUIC protocol to the devices of one site and
+//! fetches from the hub on their behalf — TUF metadata and hub-signed assignments passed through, blobs through a
+//! verified cache so each package crosses the WAN once per site — and applies the site policy for the whole site.
+//!
+//! Nothing the site node serves is trusted by the devices: they verify TUF metadata, assignments and bytes
+//! exactly as from the hub, so a site node that tampers or serves stale metadata is caught. A package the site
+//! policy refuses is never fetched from the hub; devices asking for it get `Forbidden` with the rule, keep their
+//! model, and the hub gets one site-level refusal in the site node's own report.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_attestation::identity::Identity;
+use outpost_hub::serve::{Backend, BackendError, Refused};
+use outpost_shared::clock::Clock;
+use outpost_shared::update::{AgentState, Refusal};
+use outpost_shared::wire::Limits;
+use outpost_shared::{Digest, Package, PackageLimits, canonical};
+use tokio::runtime::Handle;
+
+use crate::config::AgentConfig;
+use crate::device::{self, Layout};
+use crate::quic::{ClientConfig, ClientError, HubClient};
+use crate::site_policy::SitePolicy;
+use crate::tuf::Source;
+
+/// How long an unversioned metadata file (`timestamp.json`...) is served from memory before asking the hub
+/// again. Versioned files (`3.root.json`, `7.snapshot.json`) never change and are kept.
+pub const METADATA_FRESH: Duration = Duration::from_secs(1);
+
+/// How long the hub's answer on whether a device belongs to this site is reused.
+pub const DEVICE_FRESH: Duration = Duration::from_secs(5);
+
+/// The site node's backend.
+pub struct SiteNode {
+    config: AgentConfig,
+    layout: Layout,
+    identity: Identity,
+    clock: Arc<dyn Clock>,
+    handle: Handle,
+    upstream: tokio::sync::Mutex<Option<Arc<HubClient>>>,
+    metadata: Mutex<HashMap<String, (Vec<u8>, Duration)>>,
+    devices: Mutex<HashMap<[u8; 32], (bool, Duration)>>,
+    /// One fetch per blob at a time: the second device waits for the first fetch and gets the cached copy.
+    fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    state: Mutex<AgentState>,
+    upstream_target_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for SiteNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteNode").field("dir", &self.layout.root()).finish_non_exhaustive()
+    }
+}
+
+/// Why the site node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    /// The identity could not be loaded.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// Local storage failed.
+    #[error("site node storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SiteNode {
+    /// A site node over the device directory of `config` (identity, pinned TUF root, policy), calling the hub
+    /// on `handle`'s runtime.
+    pub fn open(config: AgentConfig, clock: Arc<dyn Clock>, handle: Handle) -> Result<SiteNode, SiteError> {
+        let layout = Layout::new(&config.data_dir);
+        let identity = Identity::load(&layout.identity()).map_err(|e| SiteError::Identity(e.to_string()))?;
+        let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
+        std::fs::create_dir_all(layout.cache())?;
+        Ok(SiteNode {
+            config,
+            layout,
+            identity,
+            clock,
+            handle,
+            upstream: tokio::sync::Mutex::new(None),
+            metadata: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+            state: Mutex::new(state),
+            upstream_target_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// The site node's identity (devices pin its public key as their hub key).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Target bytes fetched from the hub since start (what crossed the WAN).
+    pub fn upstream_target_bytes(&self) -> u64 {
+        self.upstream_target_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The packages the site policy refused, newest last.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.state.lock().map(|s| s.refused.clone()).unwrap_or_default()
+    }
+
+    async fn client(&self) -> Result<Arc<HubClient>, ClientError> {
+        let mut upstream = self.upstream.lock().await;
+        if let Some(c) = upstream.as_ref()
+            && c.connection().close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
+        let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
+        *upstream = Some(client.clone());
+        Ok(client)
+    }
+
+    fn now(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.last_known_time = state.last_known_time.max(self.clock.wall());
+        state.last_known_time
+    }
+
+    fn load_policy(&self) -> Result<Option<SitePolicy>, BackendError> {
+        let Some(source) = &self.config.policy else { return Ok(None) };
+        let (policy, error) = SitePolicy::load_or_last_good(source, &self.layout.policy());
+        if let Some(e) = error {
+            eprintln!("outpost-agent (site): site policy not loaded: {e}");
+        }
+        match policy {
+            Some(p) => {
+                let mut state = self.state.lock().map_err(|_| "state lock poisoned")?;
+                state.policy = Some(p.digest());
+                state.site = p.site().map(str::to_owned);
+                Ok(Some(p))
+            }
+            None => Err(Box::new(Refused("the site policy does not load and no good copy is on record".into()))),
+        }
+    }
+
+    /// Records a site-level refusal and tells the hub (once per decision); the error refuses the device's request.
+    async fn refuse(&self, refusal: Refusal) -> BackendError {
+        let site = self.state.lock().ok().and_then(|s| s.site.clone()).map(|s| format!(" of {s}")).unwrap_or_default();
+        let message = format!("{} by site policy{site}: rule `{}`: {}", refusal.verb(), refusal.rule, refusal.reason);
+        let report = match self.state.lock() {
+            Ok(mut state) => {
+                let news = !state.refused.iter().any(|r| {
+                    (r.digest, &r.rule, r.until, r.policy)
+                        == (refusal.digest, &refusal.rule, refusal.until, refusal.policy)
+                });
+                news.then(|| {
+                    state.refused.retain(|r| r.digest != refusal.digest);
+                    state.refused.push(refusal);
+                    let excess = state.refused.len().saturating_sub(outpost_shared::update::MAX_REFUSALS);
+                    state.refused.drain(..excess);
+                    if let Err(e) = device::save_state(&self.layout, &state) {
+                        eprintln!("outpost-agent (site): cannot save state: {e}");
+                    }
+                    state.report(&message)
+                })
+            }
+            Err(_) => None,
+        };
+        if let Some(report) = report {
+            eprintln!("outpost-agent (site): {message}");
+            let sent = async {
+                let body = canonical::to_vec(&report).map_err(|e| e.to_string())?;
+                self.client().await.map_err(|e| e.to_string())?.report(&body).await.map_err(|e| e.to_string())
+            };
+            if let Err(e) = sent.await {
+                eprintln!("outpost-agent (site): cannot report the refusal to the hub: {e}");
+            }
+        }
+        Box::new(Refused(message))
+    }
+
+    /// Fetches, verifies (TUF length and hash) and judges a package for the site, leaving it in the cache.
+    async fn fetch(&self, stored: &str, digest: Digest) -> Result<(PathBuf, u64), BackendError> {
+        let cached = self.layout.cache().join(digest.to_hex());
+        if let Ok(m) = std::fs::metadata(&cached) {
+            return Ok((cached, m.len()));
+        }
+        let Some(tuf_path) = tuf_path(stored, &digest) else { return Err(Box::new(Refused("bad target path".into()))) };
+        let policy = self.load_policy()?;
+        let client = self.client().await?;
+        let now = self.now();
+        let ts = jiff::Timestamp::from_second(i64::try_from(now)?)?;
+        let mut tuf = crate::tuf::updater(Source::Hub(client.clone()), &self.layout.tuf())?;
+        tuf.refresh(ts).await?;
+        let info = tuf
+            .get_target_info(&tuf_path, ts)
+            .await?
+            .ok_or_else(|| Refused(format!("{tuf_path} is not a TUF target")))?;
+        let listed = info.hashes.get("sha256").and_then(|h| h.parse::<Digest>().ok());
+        if listed != Some(digest) {
+            return Err(Box::new(Refused(format!("{tuf_path}: TUF lists another hash"))));
+        }
+        let mut advertised = None;
+        // Packages carry their manifest's facts in `custom.outpost`; other targets (the director's key) are
+        // not packages and pass.
+        let is_package = info.custom.as_ref().is_some_and(|c| c.get("outpost").is_some());
+        let policy = policy.filter(|_| is_package);
+        if let Some(policy) = &policy {
+            let (facts, refusal) = policy.before_download(digest, info.custom.as_ref(), now, true);
+            if let Some(r) = refusal {
+                return Err(self.refuse(r).await);
+            }
+            advertised = facts;
+        }
+        // Fetch the whole package once into a temporary file, then verify and judge it before it is served.
+        let partial = self.layout.cache().join(format!(".{}.part", digest.to_hex()));
+        let _ = std::fs::remove_file(&partial);
+        let mut file = tokio::fs::File::create(&partial).await?;
+        client
+            .download_target(stored, 0, info.length, &mut file)
+            .await?
+            .ok_or_else(|| Refused(format!("the hub has no {tuf_path}")))?;
+        file.sync_all().await?;
+        drop(file);
+        self.upstream_target_bytes.fetch_add(info.length, Ordering::Relaxed);
+        let (len, got) = device::hash_file(&partial)?;
+        if len != info.length || got != digest {
+            let _ = std::fs::remove_file(&partial);
+            return Err(format!("{tuf_path}: the hub sent {len} bytes hashing to {}", got.short()).into());
+        }
+        if let Some(policy) = &policy {
+            let bytes = std::fs::read(&partial)?;
+            if let Ok(package) = Package::decode(&bytes, &PackageLimits::default()) {
+                let model_len = package.model.len() as u64;
+                let refusal =
+                    policy.after_download(digest, &package.manifest, model_len, advertised.as_ref(), now, true);
+                if let Some(r) = refusal {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(self.refuse(r).await);
+                }
+            }
+        }
+        std::fs::rename(&partial, &cached)?;
+        Ok((cached, len))
+    }
+}
+
+impl Backend for SiteNode {
+    fn device_allowed(&self, key: &[u8; 32]) -> bool {
+        if let Ok(devices) = self.devices.lock()
+            && let Some((ok, at)) = devices.get(key)
+            && self.clock.monotonic().saturating_sub(*at) < DEVICE_FRESH
+        {
+            return *ok;
+        }
+        // The hub decides: it answers a site node only for approved devices of its site.
+        let ok = self.handle.block_on(async {
+            match self.client().await {
+                Ok(c) => c.assignment_for(Some(*key)).await.is_ok(),
+                Err(_) => false,
+            }
+        });
+        if let Ok(mut devices) = self.devices.lock() {
+            devices.insert(*key, (ok, self.clock.monotonic()));
+        }
+        ok
+    }
+
+    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let versioned = name.split('.').next().is_some_and(|v| v.parse::<u64>().is_ok());
+        if let Ok(cache) = self.metadata.lock()
+            && let Some((bytes, at)) = cache.get(name)
+            && (versioned || self.clock.monotonic().saturating_sub(*at) < METADATA_FRESH)
+        {
+            return Ok(Some(bytes.clone()));
+        }
+        let found = self.handle.block_on(async {
+            let client = self.client().await?;
+            client.metadata(name, u64::from(Limits::METADATA)).await
+        })?;
+        if let (Some(bytes), Ok(mut cache)) = (&found, self.metadata.lock()) {
+            cache.insert(name.to_owned(), (bytes.clone(), self.clock.monotonic()));
+        }
+        Ok(found)
+    }
+
+    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.handle.block_on(async { self.client().await?.assignment_for(Some(*device)).await })?)
+    }
+
+    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        let Some(digest) = stored_digest(path) else { return Ok(None) };
+        let lock = {
+            let mut fetching = self.fetching.lock().map_err(|_| "fetch lock poisoned")?;
+            fetching.entry(digest).or_default().clone()
+        };
+        self.handle
+            .block_on(async {
+                let _one_at_a_time = lock.lock().await;
+                self.fetch(path, digest).await
+            })
+            .map(Some)
+    }
+
+    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+        // Forwarded at once: the device's Ack means the hub has stored it.
+        Ok(self.handle.block_on(async { self.client().await?.report_for(Some(*device), body).await })?)
+    }
+}
+
+/// The digest a stored target path carries (`dir/<sha256>.name`).
+fn stored_digest(path: &str) -> Option<Digest> {
+    let file = path.rsplit('/').next()?;
+    file.split_once('.')?.0.parse().ok()
+}
+
+/// The TUF target path of a stored path (the digest prefix of the file name removed), if it has that form.
+fn tuf_path(stored: &str, digest: &Digest) -> Option<String> {
+    let prefix = format!("{}.", digest.to_hex());
+    match stored.rsplit_once('/') {
+        Some((dir, file)) => file.strip_prefix(&prefix).map(|f| format!("{dir}/{f}")),
+        None => stored.strip_prefix(&prefix).map(str::to_owned),
+    }
+}
+
+/// Serves the site on `bind` until `shutdown` completes.
+pub async fn run(
+    config: AgentConfig,
+    clock: Arc<dyn Clock>,
+    bind: std::net::SocketAddr,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let identity = Identity::load(&Layout::new(&config.data_dir).identity())?;
+    let node = Arc::new(SiteNode::open(config, clock, Handle::current())?);
+    let mut serve = outpost_hub::serve::ServeConfig::new(identity);
+    serve.bind = bind;
+    let server = outpost_hub::serve::Server::bind(serve, node.clone())?;
+    eprintln!("site node {} serving devices on {} (QUIC)", node.identity().public_key().to_hex(), server.local_addr()?);
+    server.run(shutdown).await;
+    Ok(())
+}
+
+/// Where the cache lives, for tests and `status`.
+pub fn cache_dir(data_dir: &Path) -> PathBuf {
+    Layout::new(data_dir).cache()
+}

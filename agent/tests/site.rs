@@ -1,0 +1,298 @@
+//! A site node between the hub and the devices of one site, all over real QUIC on loopback: an accepted package
+//! crosses the hub→site link once for the whole site; a package the site policy rejects crosses it zero times,
+//! the devices keep their model and the hub sees one site-level rejection with the rule; a site node that serves
+//! tampered bytes or stale metadata is caught by the devices.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use outpost_agent::config::{self, AgentConfig};
+use outpost_agent::driver::{Agent, init_device};
+use outpost_agent::site::SiteNode;
+use outpost_attestation::identity::{Identity, PublicKey};
+use outpost_hub::backend::HubBackend;
+use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server};
+use outpost_hub::tuf::TufRepo;
+use outpost_shared::Digest;
+use outpost_shared::testkit::AffineManifest;
+use outpost_shared::update::Phase;
+use support::World;
+
+const HEALTH: u32 = 2;
+const SITE: &str = "plant-7";
+
+/// The hub's backend, counting the target bytes it hands out: what crosses the hub→site link.
+struct CountingHub {
+    inner: HubBackend,
+    /// Bytes of packages.
+    target_bytes: AtomicU64,
+    /// Bytes of every target (packages and the director's key document).
+    all_target_bytes: AtomicU64,
+}
+
+impl Backend for CountingHub {
+    fn device_allowed(&self, key: &[u8; 32]) -> bool {
+        self.inner.device_allowed(key)
+    }
+    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.metadata(name)
+    }
+    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.assignment(device)
+    }
+    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        let found = self.inner.target(path)?;
+        if let Some((_, len)) = &found {
+            self.all_target_bytes.fetch_add(*len, Ordering::SeqCst);
+        }
+        // Packages only: the director's key document is metadata-sized and fetched by every TUF client.
+        if let Some((_, len)) = found.as_ref().filter(|_| !path.starts_with("director/")) {
+            self.target_bytes.fetch_add(*len, Ordering::SeqCst);
+        }
+        Ok(found)
+    }
+    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+        self.inner.report(device, body)
+    }
+    fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
+        self.inner.acts_for(node, device)
+    }
+}
+
+async fn serve(backend: Arc<dyn Backend>, identity: Identity) -> std::net::SocketAddr {
+    let mut config = ServeConfig::new(identity);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(config, backend).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    addr
+}
+
+struct Site {
+    hub: Arc<CountingHub>,
+    node: Arc<SiteNode>,
+    node_key: String,
+    addr: std::net::SocketAddr,
+    key: PublicKey,
+}
+
+/// A hub, and a site node for `SITE` enforcing `policy`, serving through `wrap` (to make it misbehave).
+async fn site(w: &World, policy: &str, wrap: impl FnOnce(Arc<SiteNode>) -> Arc<dyn Backend>) -> Site {
+    let hub = Arc::new(CountingHub {
+        inner: HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), w.clock.clone()),
+        target_bytes: AtomicU64::new(0),
+        all_target_bytes: AtomicU64::new(0),
+    });
+    let hub_identity = Identity::from_seed([1; 32]);
+    let hub_key = hub_identity.public_key();
+    let hub_addr = serve(hub.clone(), hub_identity).await;
+
+    let dir = w.tmp.path().join("site");
+    let node_key = init_device(&dir, &w.root(), [90; 32]).unwrap();
+    w.registry().device_approve(&node_key, "stable").unwrap();
+    w.registry().device_set_site(&node_key, Some(SITE), true).unwrap();
+    std::fs::write(dir.join("site.toml"), policy).unwrap();
+    let text =
+        format!("{}\n[policy]\nfile = \"site.toml\"\n", config::render(&hub_addr.to_string(), &hub_key.to_hex()));
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = AgentConfig::parse(&text, &path).unwrap();
+    let node = Arc::new(SiteNode::open(config, w.clock.clone(), tokio::runtime::Handle::current()).unwrap());
+    let identity = Identity::from_seed([90; 32]);
+    let key = identity.public_key();
+    let addr = serve(wrap(node.clone()), identity).await;
+    Site { hub, node, node_key, addr, key }
+}
+
+/// A device of the site, whose "hub" is the site node.
+async fn device(w: &World, site: &Site, name: &str, seed: u8) -> Agent {
+    let dir = w.tmp.path().join(name);
+    let key = init_device(&dir, &w.root(), [seed; 32]).unwrap();
+    w.registry().device_approve(&key, "stable").unwrap();
+    w.registry().device_set_site(&key, Some(SITE), false).unwrap();
+    let text = config::render(&site.addr.to_string(), &site.key.to_hex())
+        .replace("health_inferences = 20", &format!("health_inferences = {HEALTH}"));
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    Agent::open(AgentConfig::parse(&text, &path).unwrap(), w.clock.clone()).unwrap()
+}
+
+async fn adopt(agent: &mut Agent) {
+    agent.check().await.unwrap();
+    assert!(matches!(agent.state().phase, Phase::Health { .. }), "{:?}", agent.state());
+    for _ in 0..HEALTH {
+        agent.record_inference(true).unwrap();
+    }
+    assert_eq!(agent.state().phase, Phase::Idle);
+}
+
+fn active(agent: &Agent) -> Option<Digest> {
+    agent.active().map(|a| *a.digest())
+}
+
+fn package_len(w: &World, d: &Digest) -> u64 {
+    w.registry().record(d).unwrap().unwrap().package_len
+}
+
+fn later(w: &World) {
+    w.clock.advance(Duration::from_secs(2));
+}
+
+const POLICY: &str = "site = \"plant-7\"\nmax_risk = \"low\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn site_rejects_a_package_for_all_its_devices_and_its_bytes_never_cross_the_hub_link() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| n).await;
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut devices = Vec::new();
+    for (i, name) in ["d1", "d2", "d3"].iter().enumerate() {
+        devices.push(device(&w, &site, name, 40 + i as u8).await);
+    }
+    for d in &mut devices {
+        adopt(d).await;
+        assert_eq!(active(d), Some(v1));
+    }
+    let once = package_len(&w, &v1);
+    assert_eq!(site.hub.target_bytes.load(Ordering::SeqCst), once, "v1 crossed the hub→site link exactly once");
+    assert_eq!(site.node.upstream_target_bytes(), site.hub.all_target_bytes.load(Ordering::SeqCst));
+
+    later(&w);
+    let mut risky = AffineManifest::new("affine", "1.1.0", 3.0, 1.0);
+    risky.risk_tier = "medium".into();
+    let (v2, _) = w.add_and_publish(&risky, "stable");
+    for d in &mut devices {
+        d.check().await.unwrap();
+        assert_eq!(active(d), Some(v1), "devices keep their model");
+        assert_eq!(d.state().phase, Phase::Idle);
+        let error = d.state().last_error.clone().unwrap_or_default();
+        assert!(error.contains("site policy") && error.contains("max_risk"), "{error}");
+    }
+    assert_eq!(site.hub.target_bytes.load(Ordering::SeqCst), once, "no byte of the rejected v2 crossed the link");
+
+    // The hub sees one site-level rejection, with the rule, from the site node.
+    let reg = w.registry();
+    let node = reg.device(&site.node_key).unwrap().unwrap();
+    assert!(node.site_node);
+    assert_eq!(node.refusals.len(), 1, "{:?}", node.refusals);
+    let r = &node.refusals[0];
+    assert_eq!((r.digest, r.rule.as_str(), r.until, r.by_site), (v2, "max_risk", None, true));
+    assert_eq!(node.policy_site.as_deref(), Some(SITE));
+    let device_refusals: usize = reg.devices().unwrap().iter().filter(|d| !d.site_node).map(|d| d.refusals.len()).sum();
+    assert_eq!(device_refusals, 0, "the site decided, once, for all its devices");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn site_node_forwards_device_reports_to_the_hub_and_refuses_devices_of_other_sites() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| n).await;
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut d = device(&w, &site, "d1", 41).await;
+    adopt(&mut d).await;
+    d.check().await.unwrap(); // sends the confirmation report
+    let key = Identity::from_seed([41; 32]).public_key().to_hex();
+    let record = w.registry().device(&key).unwrap().unwrap();
+    assert_eq!(record.active, Some(v1), "the device's report reached the hub through the site node");
+    assert!(record.last_report.is_some());
+
+    // A device placed in another site is refused by the hub when the site node asks on its behalf.
+    let mut stranger = device(&w, &site, "d9", 49).await;
+    let stranger_key = Identity::from_seed([49; 32]).public_key().to_hex();
+    w.registry().device_set_site(&stranger_key, Some("plant-8"), false).unwrap();
+    w.clock.advance(outpost_agent::site::DEVICE_FRESH);
+    assert!(stranger.check().await.is_err(), "a device of another site gets nothing through this site node");
+}
+
+/// A site node that flips one byte of every package it serves.
+struct Tampering(Arc<SiteNode>, PathBuf);
+
+impl Backend for Tampering {
+    fn device_allowed(&self, key: &[u8; 32]) -> bool {
+        self.0.device_allowed(key)
+    }
+    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.0.metadata(name)
+    }
+    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.0.assignment(device)
+    }
+    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        let Some((file, len)) = self.0.target(path)? else { return Ok(None) };
+        if path.starts_with("director/") {
+            return Ok(Some((file, len)));
+        }
+        let mut bytes = std::fs::read(&file)?;
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        let evil = self.1.join("evil.opkg");
+        std::fs::write(&evil, bytes)?;
+        Ok(Some((evil, len)))
+    }
+    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+        self.0.report(device, body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tampering_site_node_is_detected_by_the_devices() {
+    let w = World::new();
+    let scratch = w.tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let site = site(&w, POLICY, |n| Arc::new(Tampering(n, scratch.clone()))).await;
+    w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut d = device(&w, &site, "d1", 41).await;
+    d.check().await.unwrap();
+    assert_eq!(active(&d), None, "tampered bytes are never activated");
+    let error = d.state().last_error.clone().unwrap_or_default();
+    assert!(error.contains("hashing to"), "{error}");
+}
+
+/// A site node that keeps serving the first timestamp it saw.
+struct Stale(Arc<SiteNode>, std::sync::Mutex<Option<Vec<u8>>>);
+
+impl Backend for Stale {
+    fn device_allowed(&self, key: &[u8; 32]) -> bool {
+        self.0.device_allowed(key)
+    }
+    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let fresh = self.0.metadata(name)?;
+        if name != "timestamp.json" {
+            return Ok(fresh);
+        }
+        let mut first = self.1.lock().unwrap();
+        Ok(first.get_or_insert_with(|| fresh.clone().unwrap_or_default()).clone().into())
+    }
+    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.0.assignment(device)
+    }
+    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        self.0.target(path)
+    }
+    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+        self.0.report(device, body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn site_node_serving_stale_metadata_is_detected_by_the_devices() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| Arc::new(Stale(n, std::sync::Mutex::new(None)))).await;
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut d = device(&w, &site, "d1", 41).await;
+    adopt(&mut d).await;
+    assert_eq!(active(&d), Some(v1));
+    // The hub moves on (v2, new timestamp); the site node keeps the old timestamp, which lists an old
+    // snapshot: the device never sees v2. Once the stale timestamp expires, the device refuses it outright.
+    later(&w);
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    let result = d.check().await;
+    assert_ne!(active(&d), Some(v2), "{result:?}");
+    w.clock.advance(Duration::from_secs(30 * 24 * 3600));
+    let err = d.check().await.expect_err("an expired timestamp is refused");
+    assert!(err.to_string().contains("TUF"), "{err}");
+    assert_eq!(active(&d), Some(v1), "the device keeps serving its verified model");
+}
