@@ -388,6 +388,22 @@ fn status(config: &AgentConfig) -> Result<()> {
         let list: Vec<String> = s.rolled_back.iter().map(|d| d.short()).collect();
         writeln!(out, "rolled back {} (not reinstalled)", list.join(", "))?;
     }
+    if let Some(p) = s.policy {
+        writeln!(out, "policy      {} (site {})", p.short(), s.site.as_deref().unwrap_or("unnamed"))?;
+    }
+    for r in &s.refused {
+        let until = r.until.map(|t| format!(" until {}", format_rfc3339(t))).unwrap_or_default();
+        let by = if r.by_site { "site" } else { "device" };
+        writeln!(
+            out,
+            "refused     {} ({}) {}{until} by {by} policy: rule `{}`: {}",
+            r.package,
+            r.digest.short(),
+            r.verb(),
+            r.rule,
+            r.reason
+        )?;
+    }
     print_out(&out)
 }
 

@@ -239,6 +239,7 @@ impl SiteNode {
             }
         }
         std::fs::rename(&partial, &cached)?;
+        eprintln!("outpost-agent (site): fetched {tuf_path} ({len} bytes) from the hub once for the site; cached");
         Ok((cached, len))
     }
 }

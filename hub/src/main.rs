@@ -805,7 +805,7 @@ fn print_rejections(devices: &[outpost_hub::registry::DeviceRecord], json: bool)
         );
     }
     println!("\nPER SITE");
-    println!("{:<16} {:<28} {:<10} {:<22} {:<6} DEVICES", "SITE", "PACKAGE", "DECISION", "RULE", "LEVEL");
+    println!("{:<16} {:<28} {:<10} {:<22} DECIDED BY", "SITE", "PACKAGE", "DECISION", "RULE");
     let mut by_site: BTreeMap<(&str, &str, &str, &str, bool), usize> = BTreeMap::new();
     for ((package, _), rows) in &by_release {
         for ((site, rule, verb, site_level), keys) in rows {
@@ -813,8 +813,12 @@ fn print_rejections(devices: &[outpost_hub::registry::DeviceRecord], json: bool)
         }
     }
     for ((site, package, verb, rule, site_level), n) in by_site {
-        let level = if site_level { "site" } else { "device" };
-        println!("{site:<16} {package:<28} {verb:<10} {rule:<22} {level:<6} {n}");
+        let who = match (site_level, n) {
+            (true, _) => "the site node, for the whole site".to_owned(),
+            (false, 1) => "1 device's policy".to_owned(),
+            (false, n) => format!("{n} devices' policies"),
+        };
+        println!("{site:<16} {package:<28} {verb:<10} {rule:<22} {who}");
     }
     Ok(())
 }
