@@ -308,9 +308,7 @@ impl Agent {
     /// The site policy's verdict on `t` from its signed TUF custom fields (`None`: accept, or no policy). With a
     /// policy configured but none loadable, everything is refused.
     fn judge_before_download(&mut self, t: &Target, custom: Option<&serde_json::Value>, now: u64) -> Option<Refusal> {
-        if self.config.policy.is_none() {
-            return None;
-        }
+        self.config.policy.as_ref()?;
         let Some(policy) = &self.policy else {
             return Some(Refusal {
                 digest: t.digest,
@@ -413,7 +411,7 @@ impl Agent {
             Ok(()) => Event::Staged,
             Err(StageError::Refused(r)) => {
                 let _ = std::fs::remove_file(self.layout.staging(&t.digest));
-                Event::Refused(r)
+                Event::Refused(*r)
             }
             Err(StageError::Failed(e)) => Event::StageFailed(e),
         }
@@ -435,7 +433,7 @@ impl Agent {
             let now = self.clock.wall().max(self.updates.state.last_known_time);
             let model_len = package.model.len() as u64;
             if let Some(r) = policy.after_download(t.digest, &package.manifest, model_len, advertised, now, false) {
-                return Err(StageError::Refused(r));
+                return Err(StageError::Refused(Box::new(r)));
             }
         }
         let dir = self.layout.slot(slot);
@@ -479,7 +477,7 @@ impl Agent {
 
 /// Why staging stopped: the policy refused the verified manifest, or the package is unusable.
 enum StageError {
-    Refused(Refusal),
+    Refused(Box<Refusal>),
     Failed(String),
 }
 

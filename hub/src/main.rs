@@ -757,8 +757,9 @@ fn human_bytes(n: u64) -> String {
 fn print_rejections(devices: &[outpost_hub::registry::DeviceRecord], json: bool) -> Result<()> {
     use std::collections::BTreeMap;
     // (package, digest) -> (site, rule, verb, by_site) -> devices
-    type Key = (String, String);
-    let mut by_release: BTreeMap<Key, BTreeMap<(String, String, &str, bool), Vec<String>>> = BTreeMap::new();
+    type Release = (String, String);
+    type Decision<'a> = (String, String, &'a str, bool);
+    let mut by_release: BTreeMap<Release, BTreeMap<Decision, Vec<String>>> = BTreeMap::new();
     for d in devices {
         for r in &d.refusals {
             let site = d.shown_site().unwrap_or("-").to_owned();
