@@ -321,7 +321,8 @@ impl Agent {
                 by_site: false,
             });
         };
-        let (facts, refusal) = policy.before_download(t.digest, custom, now, false);
+        let signers = crate::tuf::signers(&self.layout.tuf(), &t.path);
+        let (facts, refusal) = policy.before_download(t.digest, custom, signers, now, false);
         self.advertised = facts.map(|f| (t.digest, f));
         refusal
     }

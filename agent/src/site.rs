@@ -204,7 +204,8 @@ impl SiteNode {
         let is_package = info.custom.as_ref().is_some_and(|c| c.get("outpost").is_some());
         let policy = policy.filter(|_| is_package);
         if let Some(policy) = &policy {
-            let (facts, refusal) = policy.before_download(digest, info.custom.as_ref(), now, true);
+            let signers = crate::tuf::signers(&self.layout.tuf(), &tuf_path);
+            let (facts, refusal) = policy.before_download(digest, info.custom.as_ref(), signers, now, true);
             if let Some(r) = refusal {
                 return Err(self.refuse(r).await);
             }

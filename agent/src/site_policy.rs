@@ -166,12 +166,14 @@ impl SitePolicy {
         evaluation
     }
 
-    /// The verdict on a target before download, from its TUF custom fields: `None` accepts. Fields that are
-    /// missing or unreadable are a rejection (the policy cannot vouch for what it cannot read).
+    /// The verdict on a target before download, from its TUF custom fields and the keys that signed it
+    /// (`crate::tuf::signers`): `None` accepts. Fields that are missing or unreadable are a rejection (the policy
+    /// cannot vouch for what it cannot read).
     pub fn before_download(
         &self,
         digest: Digest,
         custom: Option<&serde_json::Value>,
+        signers: Vec<String>,
         now: UnixSeconds,
         by_site: bool,
     ) -> (Option<PackageFacts>, Option<Refusal>) {
@@ -185,7 +187,8 @@ impl SitePolicy {
                 let reason = format!("unreadable metadata: {e}");
                 (None, Some(self.refusal(digest, digest.short(), "metadata", reason, None, now, by_site)))
             }
-            Ok(facts) => {
+            Ok(mut facts) => {
+                facts.signers = signers;
                 let refusal = self.judge(digest, &facts, now, by_site);
                 (Some(facts), refusal)
             }

@@ -125,3 +125,43 @@ impl MetadataStore for Store {
         self.0.store(name, bytes)
     }
 }
+
+/// Key ids of the targets keys whose signatures over the delegated role listing `target_path` verify, read from
+/// the store the updater just refreshed (so only metadata it verified). Site policies' `required_signers` rule
+/// judges these. Only Ed25519 keys (the hub's) are checked; any other signature does not count (fail closed).
+pub fn signers(store: &Path, target_path: &str) -> Vec<String> {
+    use sigstore_tuf::{Metadata, Targets};
+    let read = |name: &str| std::fs::read(store.join(name)).ok().and_then(|b| Metadata::<Targets>::from_slice(&b).ok());
+    let Some(top) = read("targets.json") else { return Vec::new() };
+    let Some(delegations) = &top.signed().delegations else { return Vec::new() };
+    for role in &delegations.roles {
+        if !role.matches_path(target_path).unwrap_or(false) {
+            continue;
+        }
+        let Some(meta) = read(&format!("{}.json", role.name)) else { continue };
+        if !meta.signed().targets.contains_key(target_path) {
+            continue;
+        }
+        return meta
+            .signatures()
+            .iter()
+            .filter(|s| role.keyids.contains(&s.keyid))
+            .filter(|s| {
+                delegations.keys.get(&s.keyid).is_some_and(|k| {
+                    k.keytype == "ed25519" && ed25519_ok(&k.keyval.public, &s.sig, meta.signed_canonical())
+                })
+            })
+            .map(|s| s.keyid.clone())
+            .collect();
+    }
+    Vec::new()
+}
+
+fn ed25519_ok(public_hex: &str, sig_hex: &str, message: &[u8]) -> bool {
+    let (mut public, mut sig) = ([0u8; 32], [0u8; 64]);
+    if hex::decode_to_slice(public_hex, &mut public).is_err() || hex::decode_to_slice(sig_hex, &mut sig).is_err() {
+        return false;
+    }
+    ed25519_dalek::VerifyingKey::from_bytes(&public)
+        .is_ok_and(|k| k.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok())
+}

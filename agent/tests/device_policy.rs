@@ -181,3 +181,22 @@ async fn broken_policy_file_is_refused_with_line_and_key_and_the_last_good_polic
     agent.check().await.unwrap();
     assert_eq!(active(&agent), Some(v1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_signer_is_checked_against_the_verified_role_signatures() {
+    let w = World::new();
+    let key_path = w.tmp.path().join("offline/targets-1.key");
+    let signer = outpost_hub::tuf::key_id(&outpost_hub::tuf::Key::load(&key_path).unwrap().public_bytes());
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    // A site requiring a key that never signed refuses the release...
+    let mut agent = device(&w, &format!("required_signers = [\"{signer}\", \"{}\"]\n", "ab".repeat(32))).await;
+    agent.check().await.unwrap();
+    let refusal = agent.state().refused.first().cloned().expect("refused");
+    assert_eq!(refusal.rule, "required_signers");
+    assert!(refusal.reason.contains(&"ab".repeat(32)) && !refusal.reason.contains(&signer), "{}", refusal.reason);
+    // ...and one requiring the key that did sign accepts it.
+    std::fs::write(w.tmp.path().join("dev/site.toml"), format!("required_signers = [\"{signer}\"]\n")).unwrap();
+    later(&w, 2);
+    adopt(&mut agent).await;
+    assert_eq!(active(&agent), Some(v1));
+}
