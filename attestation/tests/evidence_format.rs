@@ -223,3 +223,24 @@ fn deeply_nested_cbor_is_rejected_without_overflow() {
     nested.push(0x00);
     assert_eq!(Evidence::parse(&nested).unwrap_err(), FormatError::Malformed.into());
 }
+
+#[test]
+fn every_bit_flip_and_truncation_is_refused_or_canonical() {
+    // A deterministic slice of what the `evidence_cose` fuzz target explores.
+    let mut hub = Hub::new();
+    let conn = hub.connect();
+    let honest = evidence(&conn);
+    for i in 0..honest.len() {
+        assert!(Evidence::parse(&honest[..i]).is_err(), "truncated at {i}");
+        for bit in 0..8 {
+            let mut m = honest.clone();
+            m[i] ^= 1 << bit;
+            if let Ok(ev) = Evidence::parse(&m) {
+                // Only the signature bytes or same-length claim values can change and still parse.
+                let resigned = Evidence::sign(&device(), ev.claims_unverified()).unwrap();
+                assert_eq!(resigned.len(), m.len());
+                assert!(ev.verify(&device().public_key()).is_none(), "a flipped bit never verifies");
+            }
+        }
+    }
+}
