@@ -12,7 +12,7 @@ use std::time::Instant;
 use outpost_attestation::evidence::EXPORTER_LEN;
 use outpost_attestation::{
     Challenge, Claims, DeviceDirectory, DeviceRecord, DeviceStatus, Evidence, Expected, Identity, Presented, PublicKey,
-    ReferenceValues, SoftwareRef, Tier, Verifier, VerifierConfig,
+    ReferenceValues, SoftwareRef, Verifier, VerifierConfig,
 };
 use outpost_shared::Digest;
 use outpost_shared::clock::ManualClock;
@@ -87,6 +87,7 @@ fn main() {
         software_digest: agent,
         model_digest: Some(model),
         policy_digest: Some(policy),
+        tpm_quote: None,
     };
 
     let message = vec![0x5au8; Evidence::sign(&device, &claims(&Challenge([0; 32]))).unwrap().len()];
@@ -150,7 +151,7 @@ fn main() {
 fn record(model: Digest, policy: Digest) -> DeviceRecord {
     DeviceRecord {
         status: DeviceStatus::Active,
-        tier: Tier::Software,
+        tpm: None,
         model: Expected::Exactly(Some(model)),
         policy: Expected::Exactly(Some(policy)),
     }

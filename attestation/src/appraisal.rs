@@ -17,6 +17,7 @@ use outpost_shared::rng::Rng;
 
 use crate::evidence::{CHALLENGE_LEN, Challenge, EXPORTER_LEN, Evidence, EvidenceError};
 use crate::identity::PublicKey;
+use crate::quote::{QuoteError, TpmEnrolment, verify_quote};
 use crate::reference::{ReferenceError, TrustedReferenceValues};
 
 /// Bounds and lifetimes of a [`Verifier`]. The defaults are conservative; every field is a named knob.
@@ -56,8 +57,8 @@ pub enum Tier {
     /// The signing key is a file on the device: evidence proves the key, not the platform. A release plan may keep
     /// these devices away from high-risk packages.
     Software,
-    /// The signing key lives in a TPM and evidence includes a quote over measured boot (TPM backend, not yet built:
-    /// a device enrolled at this tier is refused until it presents hardware evidence).
+    /// Evidence includes a quote by the device's enrolled TPM attestation key over the nonce and the known-good
+    /// measured-boot PCRs ([`crate::quote`]).
     Hardware,
 }
 
@@ -82,12 +83,20 @@ pub enum Expected {
 pub struct DeviceRecord {
     /// Active or revoked.
     pub status: DeviceStatus,
-    /// The tier it was enrolled at.
-    pub tier: Tier,
+    /// Its TPM, if it was enrolled with one: such a device must present a quote (hardware tier); one without
+    /// is a software-tier device.
+    pub tpm: Option<TpmEnrolment>,
     /// The model package it should run.
     pub model: Expected,
     /// The site policy it should run.
     pub policy: Expected,
+}
+
+impl DeviceRecord {
+    /// The tier it was enrolled at.
+    pub fn tier(&self) -> Tier {
+        if self.tpm.is_some() { Tier::Hardware } else { Tier::Software }
+    }
 }
 
 /// The hub's device registry, as the verifier sees it (the hub implements it over its store).
@@ -172,9 +181,15 @@ pub enum Reason {
     /// The device has been revoked.
     #[error("device revoked")]
     RevokedDevice,
-    /// The device is enrolled at the hardware tier but presented software-only evidence.
+    /// The device is enrolled with a TPM but its evidence carries no quote.
     #[error("hardware-tier device presented software-only evidence")]
     HardwareEvidenceRequired,
+    /// The evidence carries a TPM quote but the device was enrolled without a TPM.
+    #[error("TPM quote from a device enrolled without a TPM")]
+    QuoteNotEnrolled,
+    /// The TPM quote failed its checks (signature, nonce, PCR selection or values).
+    #[error("TPM quote: {0}")]
+    Quote(QuoteError),
     /// The signature is not the device's.
     #[error("bad signature")]
     BadSignature,
@@ -402,9 +417,9 @@ impl Verifier {
 
     /// Appraises evidence presented on a connection. The challenge is consumed whatever the outcome.
     ///
-    /// Checks, in order: challenge known, unused, unexpired; evidence well-formed; device enrolled, not revoked,
-    /// not a hardware-tier device; signature by the device key; UEID names that key; nonce answers this challenge
-    /// on this connection; software digest listed, matching its name and version, not revoked; model and policy
+    /// Checks, in order: challenge known, unused, unexpired; evidence well-formed; device enrolled, not revoked;
+    /// signature by the device key; UEID names that key; nonce answers this challenge on this connection; a TPM
+    /// quote if and only if the device was enrolled with a TPM, valid for that TPM ([`verify_quote`]); software digest listed, matching its name and version, not revoked; model and policy
     /// digests as expected.
     ///
     /// # Errors
@@ -426,11 +441,6 @@ impl Verifier {
         if record.status == DeviceStatus::Revoked {
             return Err(Reason::RevokedDevice);
         }
-        // Evidence signed by a key outside a TPM proves the software tier only.
-        let tier = Tier::Software;
-        if record.tier > tier {
-            return Err(Reason::HardwareEvidenceRequired);
-        }
         let claims = evidence.verify(&p.device).ok_or(Reason::BadSignature)?;
         if claims.ueid != p.device {
             return Err(Reason::WrongDevice);
@@ -438,6 +448,15 @@ impl Verifier {
         if claims.nonce != p.challenge.nonce(p.exporter) {
             return Err(Reason::NonceMismatch);
         }
+        let tier = match (&claims.tpm_quote, &record.tpm) {
+            (None, None) => Tier::Software,
+            (None, Some(_)) => return Err(Reason::HardwareEvidenceRequired),
+            (Some(_), None) => return Err(Reason::QuoteNotEnrolled),
+            (Some(quote), Some(tpm)) => {
+                verify_quote(quote, tpm, &claims.nonce).map_err(Reason::Quote)?;
+                Tier::Hardware
+            }
+        };
 
         let reference = self.reference_values().ok_or(Reason::NoReferenceValues)?;
         let wall = self.wall_now();

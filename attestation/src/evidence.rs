@@ -20,6 +20,7 @@
 //! | -65537  | software digest (private) | bstr, 32 bytes           | yes      | SHA-256 of the agent binary / firmware |
 //! | -65538  | model digest (private)  | bstr, 32 bytes             | no       | active model package; absent = none    |
 //! | -65539  | policy digest (private) | bstr, 32 bytes             | no       | active site policy; absent = none      |
+//! | -65540  | TPM quote (private)     | `[bstr, bstr]`             | no       | `TPMS_ATTEST`, ECDSA `r ‖ s` (hardware tier) |
 //!
 //! # Nonce
 //!
@@ -36,6 +37,7 @@ use sha2::Digest as _;
 
 use crate::cose::{self, FormatError, SIGNATURE_LEN, Sign1};
 use crate::identity::{Identity, PublicKey};
+use crate::quote::{MAX_ATTEST_LEN, QUOTE_SIGNATURE_LEN, TpmQuote};
 
 /// Largest evidence accepted, checked before any decoding (a maximal token is about 450 bytes).
 pub const MAX_EVIDENCE_LEN: usize = 1024;
@@ -78,6 +80,8 @@ pub const CLAIM_SOFTWARE_DIGEST: i64 = -65537;
 pub const CLAIM_MODEL_DIGEST: i64 = -65538;
 /// Private-use claim key: SHA-256 of the active site policy.
 pub const CLAIM_POLICY_DIGEST: i64 = -65539;
+/// Private-use claim key: a TPM quote over the nonce ([`crate::quote`]).
+pub const CLAIM_TPM_QUOTE: i64 = -65540;
 
 /// The hub's challenge: 32 random bytes, sent to the device once per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,6 +137,8 @@ pub struct Claims {
     pub model_digest: Option<Digest>,
     /// SHA-256 of the active site policy; `None` when no site policy is set.
     pub policy_digest: Option<Digest>,
+    /// A TPM quote over `nonce` and the device's measured-boot PCRs: present only from the TPM backend.
+    pub tpm_quote: Option<TpmQuote>,
 }
 
 /// Claims the caller asked to sign that the parser would refuse (an API misuse).
@@ -144,6 +150,9 @@ pub enum ClaimsError {
     /// `hwmodel` is empty or longer than [`MAX_HWMODEL_LEN`].
     #[error("hwmodel must be 1..={MAX_HWMODEL_LEN} bytes")]
     BadHwModel,
+    /// The quote's attestation structure is empty or longer than [`MAX_ATTEST_LEN`].
+    #[error("TPM quote must be 1..={MAX_ATTEST_LEN} bytes")]
+    BadQuote,
 }
 
 /// Why bytes are not acceptable evidence. Always the sender's fault.
@@ -253,6 +262,13 @@ impl Claims {
         if let Some(d) = self.policy_digest {
             m.push((int(CLAIM_POLICY_DIGEST), Value::Bytes(d.0.to_vec())));
         }
+        if let Some(q) = &self.tpm_quote {
+            if q.attest.is_empty() || q.attest.len() > MAX_ATTEST_LEN {
+                return Err(ClaimsError::BadQuote);
+            }
+            let quote = Value::Array(vec![Value::Bytes(q.attest.clone()), Value::Bytes(q.signature.to_vec())]);
+            m.push((int(CLAIM_TPM_QUOTE), quote));
+        }
         Ok(cose::encode(&Value::Map(m)))
     }
 
@@ -268,6 +284,7 @@ impl Claims {
         let mut software_digest = None;
         let mut model_digest = None;
         let mut policy_digest = None;
+        let mut tpm_quote = None;
         for (k, v) in entries {
             let key = match k {
                 Value::Integer(i) => i64::try_from(i128::from(i)).ok(),
@@ -317,6 +334,7 @@ impl Claims {
                 Some(CLAIM_SOFTWARE_DIGEST) => software_digest = Some(Digest(fixed(v, "software digest")?)),
                 Some(CLAIM_MODEL_DIGEST) => model_digest = Some(Digest(fixed(v, "model digest")?)),
                 Some(CLAIM_POLICY_DIGEST) => policy_digest = Some(Digest(fixed(v, "policy digest")?)),
+                Some(CLAIM_TPM_QUOTE) => tpm_quote = Some(quote_claim(v)?),
                 _ => {
                     return Err(EvidenceError::UnknownClaim(
                         key.map_or_else(|| "(non-integer)".into(), |k| k.to_string()),
@@ -335,7 +353,19 @@ impl Claims {
             software_digest: software_digest.ok_or(EvidenceError::MissingClaim("software digest"))?,
             model_digest,
             policy_digest,
+            tpm_quote,
         })
+    }
+}
+
+fn quote_claim(v: Value) -> Result<TpmQuote, EvidenceError> {
+    let bad = || EvidenceError::BadClaim("tpm quote");
+    let Value::Array(items) = v else { return Err(bad()) };
+    match <[Value; 2]>::try_from(items) {
+        Ok([Value::Bytes(attest), signature]) if !attest.is_empty() && attest.len() <= MAX_ATTEST_LEN => {
+            Ok(TpmQuote { attest, signature: fixed::<QUOTE_SIGNATURE_LEN>(signature, "tpm quote")? })
+        }
+        _ => Err(bad()),
     }
 }
 

@@ -5,7 +5,9 @@
 //! - [`evidence`]: the EAT claims, signed as a COSE_Sign1 by the device, their strict parser, and the nonce that
 //!   binds evidence to one challenge on one TLS connection;
 //! - [`reference`]: the central team's signed list of allowed (and revoked) agent and firmware versions;
-//! - [`appraisal`]: the hub's fail-closed verifier: single-use challenges, appraisal, attestation results.
+//! - [`appraisal`]: the hub's fail-closed verifier: single-use challenges, appraisal, attestation results;
+//! - [`quote`]: TPM 2.0 quotes as the hub checks them (plain Rust, no TPM library);
+//! - `tpm` (feature `tpm`): the device side of the TPM backend over tss-esapi and the system's libtss2.
 //!
 //! The flow on one connection: hub [`Verifier::issue_challenge`] → agent [`Challenge::nonce`] with the
 //! connection's TLS exporter, [`Evidence::sign`] → hub [`Verifier::appraise`] with its own exporter for the
@@ -15,7 +17,10 @@ pub mod appraisal;
 mod cose;
 pub mod evidence;
 pub mod identity;
+pub mod quote;
 pub mod reference;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 pub use appraisal::{
     AttestationResult, ChallengeError, Concern, DeviceDirectory, DeviceRecord, DeviceStatus, Expected, NotAttested,
@@ -24,4 +29,5 @@ pub use appraisal::{
 pub use cose::{ALLOWED_ALGORITHMS, ED25519, FormatError};
 pub use evidence::{Challenge, Claims, ClaimsError, Evidence, EvidenceError, OemId, derive_nonce};
 pub use identity::{Identity, PublicKey};
+pub use quote::{QuoteError, TpmEnrolment, TpmQuote};
 pub use reference::{ReferenceError, ReferenceValues, SoftwareRef, TrustedReferenceValues};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use outpost_attestation::{
     ChallengeError, Concern, DeviceStatus, Evidence, Expected, Identity, NotAttested, Reason, ReferenceError,
-    ReferenceValues, Status, Tier, Verifier, VerifierConfig,
+    ReferenceValues, Status, Tier, TpmEnrolment, TpmQuote, Verifier, VerifierConfig,
 };
 use outpost_shared::Digest;
 use outpost_shared::rng::SeededRng;
@@ -151,9 +151,18 @@ fn revoked_device_is_rejected() {
 #[test]
 fn hardware_tier_device_with_software_evidence_is_rejected() {
     let mut hub = Hub::new();
-    hub.devices.0.get_mut(&device().public_key()).unwrap().tier = Tier::Hardware;
+    hub.devices.0.get_mut(&device().public_key()).unwrap().tpm =
+        Some(TpmEnrolment { ak: [4; 65], pcrs: 0xff, pcr_digest: Digest::of(b"pcrs") });
     let conn = hub.connect();
     assert_eq!(reason(hub.appraise(&conn, &evidence(&conn))), Reason::HardwareEvidenceRequired);
+}
+
+#[test]
+fn tpm_quote_from_a_device_enrolled_without_tpm_is_rejected() {
+    let mut hub = Hub::new();
+    let conn = hub.connect();
+    let ev = evidence_with(&conn, |c| c.tpm_quote = Some(TpmQuote { attest: vec![1; 100], signature: [2; 64] }));
+    assert_eq!(reason(hub.appraise(&conn, &ev)), Reason::QuoteNotEnrolled);
 }
 
 #[test]

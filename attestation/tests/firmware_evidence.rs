@@ -4,7 +4,7 @@
 mod support;
 
 use outpost_attestation::{
-    Claims, DeviceRecord, DeviceStatus, Evidence, Expected, Identity, Reason, SoftwareRef, Status, Tier,
+    Claims, DeviceRecord, DeviceStatus, Evidence, Expected, Identity, Reason, SoftwareRef, Status,
 };
 use outpost_firmware::eat::{EatClaims, MAX_EAT_LEN, encode_eat, sign_with};
 use outpost_shared::Digest;
@@ -51,7 +51,7 @@ fn hub() -> Hub {
         Identity::from_seed(MCU_SEED).public_key(),
         DeviceRecord {
             status: DeviceStatus::Active,
-            tier: Tier::Software,
+            tpm: None,
             model: Expected::Exactly(None),
             policy: Expected::Exactly(None),
         },
@@ -88,6 +88,7 @@ fn microcontroller_eat_is_byte_identical_to_the_hub_encoding() {
         software_digest: firmware_digest(),
         model_digest: None,
         policy_digest: None,
+        tpm_quote: None,
     };
     assert_eq!(parsed.claims_unverified(), &expected);
     // Ed25519 is deterministic: the std signer produces the very same token.

@@ -2,6 +2,9 @@
 //! connections (challenge + exporter), honest evidence, and hand-built COSE_Sign1 messages for the format attacks.
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[cfg(feature = "tpm")]
+pub mod swtpm;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +13,7 @@ use ciborium::Value;
 use outpost_attestation::evidence::{CLAIM_NONCE, EXPORTER_LEN};
 use outpost_attestation::{
     AttestationResult, Challenge, Claims, DeviceDirectory, DeviceRecord, DeviceStatus, Evidence, Expected, Identity,
-    NotAttested, Presented, PublicKey, ReferenceValues, SoftwareRef, Tier, Verifier, VerifierConfig,
+    NotAttested, Presented, PublicKey, ReferenceValues, SoftwareRef, Verifier, VerifierConfig,
 };
 use outpost_shared::Digest;
 use outpost_shared::clock::ManualClock;
@@ -65,7 +68,7 @@ impl DeviceDirectory for Devices {
 pub fn good_record() -> DeviceRecord {
     DeviceRecord {
         status: DeviceStatus::Active,
-        tier: Tier::Software,
+        tpm: None,
         model: Expected::Exactly(Some(model_digest())),
         policy: Expected::Exactly(Some(policy_digest())),
     }
@@ -165,6 +168,7 @@ pub fn claims(nonce: [u8; 32]) -> Claims {
         software_digest: agent_digest(),
         model_digest: Some(model_digest()),
         policy_digest: Some(policy_digest()),
+        tpm_quote: None,
     }
 }
 
