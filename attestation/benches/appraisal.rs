@@ -3,11 +3,16 @@
 //! Run: `cargo bench -p outpost-attestation --bench appraisal`. One thread. Each round appraises `BATCH` pieces of
 //! honest evidence (each answering its own challenge, signed beforehand, so only the hub's work is timed: parse,
 //! checks, signature, reference-value lookup) and runs `BATCH` bare `verify_strict` calls on a message of the
-//! same size with an already-decoded key; medians of `ROUNDS` rounds are compared.
+//! same size with an already-decoded key; medians of `ROUNDS` rounds are compared. With `--features tpm` it also
+//! times the TPM path (evidence carrying a swtpm quote: ECDSA P-256 verification and PCR checks on top).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+#[cfg(feature = "tpm")]
+#[path = "../tests/support/swtpm.rs"]
+mod swtpm;
 
 use outpost_attestation::evidence::EXPORTER_LEN;
 use outpost_attestation::{
@@ -20,6 +25,9 @@ use outpost_shared::rng::SeededRng;
 
 const BATCH: usize = 2_000;
 const ROUNDS: usize = 7;
+/// Evidence per round on the TPM path (each quote costs swtpm a few milliseconds to make).
+#[cfg(feature = "tpm")]
+const TPM_BATCH: usize = 300;
 const NOW: u64 = 1_795_881_600;
 
 struct Devices(HashMap<PublicKey, DeviceRecord>);
@@ -65,6 +73,7 @@ fn main() {
             .collect(),
     };
     verifier.install_reference_values(&doc.sign(&team)).expect("reference values");
+    #[cfg_attr(not(feature = "tpm"), allow(unused_mut))]
     let mut devices = Devices(HashMap::new());
     for seed in 0..1_000u32 {
         let mut s = [0u8; 32];
@@ -96,40 +105,24 @@ fn main() {
 
     let (mut appraisals, mut verifies, mut parses, mut key_verifies) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..=ROUNDS {
-        let batch: Vec<(Challenge, Vec<u8>)> = (0..BATCH)
-            .map(|_| {
-                let c = verifier.issue_challenge(&mut rng).expect("challenge");
-                let ev = Evidence::sign(&device, &claims(&c)).expect("sign");
-                (c, ev)
-            })
-            .collect();
-        let a = per_second(BATCH, || {
-            for (challenge, evidence) in &batch {
-                let p = Presented { challenge, exporter: &exporter, device: device.public_key(), evidence };
-                let r = verifier.appraise(&p, &devices).expect("attested");
-                std::hint::black_box(r);
-            }
-        });
-        let v = per_second(BATCH, || {
+        let batch = make_batch(&verifier, &mut rng, BATCH, |c| Evidence::sign(&device, &claims(c)).expect("sign"));
+        appraisals.push(appraise_all(&verifier, &devices, &exporter, device.public_key(), &batch));
+        verifies.push(per_second(BATCH, || {
             for _ in 0..BATCH {
                 key.verify_strict(std::hint::black_box(&message), &signature).expect("valid");
             }
-        });
-        let p = per_second(BATCH, || {
+        }));
+        parses.push(per_second(BATCH, || {
             for (_, evidence) in &batch {
                 std::hint::black_box(Evidence::parse(evidence).expect("parses"));
             }
-        });
-        let k = per_second(BATCH, || {
+        }));
+        key_verifies.push(per_second(BATCH, || {
             for _ in 0..BATCH {
                 let key = ed25519_dalek::VerifyingKey::from_bytes(std::hint::black_box(device.public_key().as_bytes()));
                 key.unwrap().verify_strict(&message, &signature).expect("valid");
             }
-        });
-        appraisals.push(a);
-        verifies.push(v);
-        parses.push(p);
-        key_verifies.push(k);
+        }));
         // Let this round's challenges age out of the bounded store.
         clock.advance(config.challenge_ttl * 2);
     }
@@ -139,13 +132,76 @@ fn main() {
     }
     let (a, v) = (median(appraisals), median(verifies));
     let (p, k) = (median(parses), median(key_verifies));
-    println!("attestation appraisal throughput (1 thread, {BATCH} per round, median of {ROUNDS} rounds)");
-    println!("  appraise (software path, {} B evidence) : {a:>9.0} /s", message.len());
-    println!("  bare Ed25519 verify_strict (baseline)    : {v:>9.0} /s");
-    println!("  ratio (appraisals / verifies)            : {:.2}", a / v);
+    println!("attestation appraisal throughput (1 thread, median of {ROUNDS} rounds)");
+    println!("  appraise, software path ({} B evidence)   : {a:>9.0} /s", message.len());
+    println!("  bare Ed25519 verify_strict (baseline)      : {v:>9.0} /s");
+    println!("  ratio software appraisals / verifies       : {:.2}", a / v);
     println!("  where the rest goes:");
-    println!("    Evidence::parse alone                  : {p:>9.0} /s");
-    println!("    key decompression + verify_strict      : {k:>9.0} /s");
+    println!("    Evidence::parse alone                    : {p:>9.0} /s");
+    println!("    key decompression + verify_strict        : {k:>9.0} /s");
+
+    #[cfg(feature = "tpm")]
+    {
+        use outpost_attestation::TpmEnrolment;
+        use outpost_attestation::quote::pcr_digest;
+        use outpost_attestation::tpm::{DEFAULT_PCRS, Tpm};
+        // Quotes come from swtpm beforehand (slow, device-side); only the hub's appraisal is timed.
+        let swtpm = swtpm::Swtpm::start();
+        let mut tpm = Tpm::open(&swtpm.tcti()).expect("open swtpm");
+        let pcrs = tpm.read_pcrs(DEFAULT_PCRS).expect("read PCRs");
+        let enrolment = TpmEnrolment { ak: tpm.attestation_key(), pcrs: DEFAULT_PCRS, pcr_digest: pcr_digest(&pcrs) };
+        devices.0.insert(device.public_key(), DeviceRecord { tpm: Some(enrolment), ..record(model, policy) });
+        let mut rates = Vec::new();
+        let mut size = 0;
+        for _ in 0..=ROUNDS {
+            let batch = make_batch(&verifier, &mut rng, TPM_BATCH, |c| {
+                let mut cl = claims(c);
+                cl.tpm_quote = Some(tpm.quote(&cl.nonce, DEFAULT_PCRS).expect("quote"));
+                Evidence::sign(&device, &cl).expect("sign")
+            });
+            size = batch[0].1.len();
+            rates.push(appraise_all(&verifier, &devices, &exporter, device.public_key(), &batch));
+            clock.advance(config.challenge_ttl * 2);
+        }
+        rates.remove(0);
+        let t = median(rates);
+        println!("  appraise, TPM path ({size} B evidence + quote): {t:>9.0} /s  ({TPM_BATCH} per round)");
+        println!("  ratio TPM appraisals / Ed25519 verifies    : {:.2}", t / v);
+    }
+    #[cfg(not(feature = "tpm"))]
+    println!("  TPM path: run with --features tpm (needs swtpm)");
+}
+
+/// `n` challenges from the verifier, each with the evidence `make` builds for it.
+fn make_batch(
+    verifier: &Verifier,
+    rng: &mut SeededRng,
+    n: usize,
+    mut make: impl FnMut(&Challenge) -> Vec<u8>,
+) -> Vec<(Challenge, Vec<u8>)> {
+    (0..n)
+        .map(|_| {
+            let c = verifier.issue_challenge(rng).expect("challenge");
+            let ev = make(&c);
+            (c, ev)
+        })
+        .collect()
+}
+
+/// Appraises a batch; returns appraisals per second.
+fn appraise_all(
+    verifier: &Verifier,
+    devices: &Devices,
+    exporter: &[u8; EXPORTER_LEN],
+    device: PublicKey,
+    batch: &[(Challenge, Vec<u8>)],
+) -> f64 {
+    per_second(batch.len(), || {
+        for (challenge, evidence) in batch {
+            let p = Presented { challenge, exporter, device, evidence };
+            std::hint::black_box(verifier.appraise(&p, devices).expect("attested"));
+        }
+    })
 }
 
 fn record(model: Digest, policy: Digest) -> DeviceRecord {

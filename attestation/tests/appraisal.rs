@@ -346,3 +346,9 @@ fn challenge_store_is_bounded() {
     hub.advance(config.challenge_ttl * 2);
     hub.verifier.issue_challenge(&mut rng).expect("room again after expiry");
 }
+
+#[test]
+fn verifier_can_be_shared_across_connections() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Verifier>();
+}
