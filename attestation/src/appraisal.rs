@@ -262,7 +262,13 @@ pub enum ChallengeError {
     /// [`VerifierConfig::max_challenges`] challenges are held; the hub should refuse the connection.
     #[error("too many outstanding challenges ({0})")]
     Full(usize),
+    /// The random source kept repeating challenges that are still held: it is broken (or a fixed test stub).
+    #[error("the random source repeats itself")]
+    RngRepeats,
 }
+
+/// Draws per challenge before the random source is declared broken (a repeat is otherwise a 2^-256 event).
+const MAX_CHALLENGE_DRAWS: usize = 4;
 
 /// Evidence presented on one connection, with what the hub knows about that connection.
 #[derive(Debug, Clone, Copy)]
@@ -394,7 +400,8 @@ impl Verifier {
     /// Issues a fresh challenge, valid for [`VerifierConfig::challenge_ttl`] and for one appraisal.
     ///
     /// # Errors
-    /// [`ChallengeError::Full`] when [`VerifierConfig::max_challenges`] are held.
+    /// [`ChallengeError::Full`] when [`VerifierConfig::max_challenges`] are held; [`ChallengeError::RngRepeats`]
+    /// when `rng` only produces challenges already held.
     pub fn issue_challenge(&self, rng: &mut dyn Rng) -> Result<Challenge, ChallengeError> {
         let now = self.clock.monotonic();
         let mut store = self.challenges.lock().unwrap_or_else(|p| p.into_inner());
@@ -403,11 +410,12 @@ impl Verifier {
             return Err(ChallengeError::Full(store.slots.len()));
         }
         let mut bytes = [0u8; CHALLENGE_LEN];
-        loop {
+        let fresh = (0..MAX_CHALLENGE_DRAWS).any(|_| {
             rng.fill(&mut bytes);
-            if !store.slots.contains_key(&bytes) {
-                break;
-            }
+            !store.slots.contains_key(&bytes)
+        });
+        if !fresh {
+            return Err(ChallengeError::RngRepeats);
         }
         let expires = now.saturating_add(self.config.challenge_ttl);
         store.slots.insert(bytes, Slot { expires, used: false });

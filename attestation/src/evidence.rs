@@ -39,8 +39,9 @@ use crate::cose::{self, FormatError, SIGNATURE_LEN, Sign1};
 use crate::identity::{Identity, PublicKey};
 use crate::quote::{MAX_ATTEST_LEN, QUOTE_SIGNATURE_LEN, TpmQuote};
 
-/// Largest evidence accepted, checked before any decoding (a maximal token is about 450 bytes).
-pub const MAX_EVIDENCE_LEN: usize = 1024;
+/// Largest evidence accepted, checked before any decoding. Typical tokens are about 300 bytes (software) and 520
+/// bytes (with a TPM quote); one with every claim at its bound is under 1,100 bytes.
+pub const MAX_EVIDENCE_LEN: usize = 2048;
 /// TLS exporter label for the attestation nonce (RFC 8446 §7.5; custom labels start with `EXPORTER-`).
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-outpost-attestation-v1";
 /// TLS exporter context: empty.

@@ -17,7 +17,7 @@ use crate::identity::{Identity, PublicKey};
 
 /// Protected-header content type of a reference-values document.
 pub const CONTENT_TYPE: &str = "application/vnd.outpost.reference-values+cbor";
-/// Largest document accepted (about 6,000 entries).
+/// Largest document accepted (several thousand entries of about 130 bytes each).
 pub const MAX_REFERENCE_VALUES_LEN: usize = 1 << 20;
 
 /// One allowed (or revoked) piece of software.

@@ -352,3 +352,16 @@ fn verifier_can_be_shared_across_connections() {
     fn shareable<T: Send + Sync>() {}
     shareable::<Verifier>();
 }
+
+#[test]
+fn a_stuck_random_source_cannot_hang_the_verifier() {
+    struct Stuck;
+    impl outpost_shared::rng::Rng for Stuck {
+        fn fill(&mut self, buf: &mut [u8]) {
+            buf.fill(0);
+        }
+    }
+    let hub = Hub::new();
+    hub.verifier.issue_challenge(&mut Stuck).unwrap();
+    assert_eq!(hub.verifier.issue_challenge(&mut Stuck), Err(ChallengeError::RngRepeats));
+}

@@ -244,3 +244,21 @@ fn every_bit_flip_and_truncation_is_refused_or_canonical() {
         }
     }
 }
+
+#[test]
+fn maximal_evidence_fits_the_size_limit() {
+    use outpost_attestation::evidence::{MAX_HWMODEL_LEN, MAX_TEXT_LEN};
+    use outpost_attestation::quote::MAX_ATTEST_LEN;
+    use outpost_attestation::{OemId, TpmQuote};
+    let mut c = claims([0; 32]);
+    c.oemid = Some(OemId::Random([1; 16]));
+    c.hwmodel = Some(vec![2; MAX_HWMODEL_LEN]);
+    c.bootcount = u64::MAX;
+    c.swname = "n".repeat(MAX_TEXT_LEN);
+    c.swversion = "v".repeat(MAX_TEXT_LEN);
+    c.tpm_quote = Some(TpmQuote { attest: vec![3; MAX_ATTEST_LEN], signature: [4; 64] });
+    let bytes = Evidence::sign(&device(), &c).unwrap();
+    assert!(bytes.len() <= MAX_EVIDENCE_LEN, "{} bytes", bytes.len());
+    assert!(bytes.len() < 1100, "the documented bound: {} bytes", bytes.len());
+    assert_eq!(Evidence::parse(&bytes).unwrap().claims_unverified(), &c);
+}
