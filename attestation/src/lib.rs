@@ -4,7 +4,7 @@
 //! - [`identity`]: the Ed25519 identity, its key files and the pinned-key TLS configs built from it;
 //! - [`evidence`]: the EAT claims, signed as a COSE_Sign1 by the device, their strict parser, and the nonce that
 //!   binds evidence to one challenge on one TLS connection;
-//! - [`reference`]: the central team's signed list of allowed (and revoked) agent and firmware versions;
+//! - [`reference`](mod@reference): the central team's signed list of allowed (and revoked) agent and firmware versions;
 //! - [`appraisal`]: the hub's fail-closed verifier: single-use challenges, appraisal, attestation results;
 //! - [`quote`]: TPM 2.0 quotes as the hub checks them (plain Rust, no TPM library);
 //! - `tpm` (feature `tpm`): the device side of the TPM backend over tss-esapi and the system's libtss2.

@@ -3,7 +3,7 @@
 //! nonce, over the enrolled PCR selection, with the PCR digest the device had when it was known good.
 //!
 //! Plain Rust and sans-IO (ECDSA P-256 through aws-lc-rs, the provider rustls already uses): the hub needs no TPM
-//! library. The device side, which talks to a TPM, is [`crate::tpm`] behind the `tpm` feature.
+//! library. The device side, which talks to a TPM, is the `tpm` module behind the `tpm` feature.
 //!
 //! Profile: the attestation key is a restricted ECC NIST P-256 signing key with ECDSA/SHA-256; the quote selects
 //! PCRs from the SHA-256 bank only; its qualifying data is the evidence nonce (32 bytes). The signature travels as
