@@ -4,7 +4,8 @@
 //! - [`manifest`]: the byte format (CBOR body, signed envelope, time token) with encoders usable from `std` code;
 //! - [`verify`]: signature, ids, anti-rollback, expiry and streaming image checks;
 //! - [`slots`]: A/B slots and power-cut-safe boot state over `embedded-storage` NOR flash;
-//! - [`device`]: the whole secondary behind `embedded-hal` seams (status pin, delay).
+//! - [`device`]: the whole secondary behind `embedded-hal` seams (status pin, delay);
+//! - [`eat`]: compact attestation evidence (an EAT in COSE_Sign1) the hub's verifier accepts.
 //!
 //! No `alloc`, no `unsafe`, and no panicking constructs on any input (enforced by the clippy lints below).
 //!
@@ -23,11 +24,13 @@
 )]
 
 pub mod device;
+pub mod eat;
 pub mod manifest;
 pub mod slots;
 pub mod verify;
 
 pub use device::{Identity, Install, InstallError, Secondary};
+pub use eat::{EatClaims, EatError, encode_eat};
 pub use manifest::{Envelope, Expiry, Manifest, TimeToken};
 pub use slots::{BootDecision, BootState, Descriptor, FlashLayout, Slot, SlotConfig, SlotError, Slots};
 pub use verify::{Freshness, ImageCheck, ImageError, ManifestError, Policy, VerifiedManifest, verify_manifest};

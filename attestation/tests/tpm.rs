@@ -1,0 +1,112 @@
+//! The TPM backend against a software TPM (`swtpm`, started by each test): hardware-tier evidence is affirmed, and
+//! quotes over the wrong PCR values, a stale nonce, other PCRs or from another key are rejected.
+//! Run with `cargo test -p outpost-attestation --features tpm`.
+#![cfg(feature = "tpm")]
+
+mod support;
+
+use outpost_attestation::quote::{QuoteError, pcr_digest};
+use outpost_attestation::tpm::{DEFAULT_PCRS, Tpm};
+use outpost_attestation::{Reason, Status, Tier, TpmEnrolment};
+use support::swtpm::Swtpm;
+use support::*;
+use tss_esapi::handles::PcrHandle;
+
+/// A hub that enrolled [`device`] with this TPM in its current (known-good) PCR state.
+fn enrol(hub: &mut Hub, tpm: &mut Tpm) {
+    let values = tpm.read_pcrs(DEFAULT_PCRS).expect("read PCRs");
+    let enrolment = TpmEnrolment { ak: tpm.attestation_key(), pcrs: DEFAULT_PCRS, pcr_digest: pcr_digest(&values) };
+    hub.devices.0.get_mut(&device().public_key()).unwrap().tpm = Some(enrolment);
+}
+
+fn setup() -> (Swtpm, Tpm, Hub) {
+    let swtpm = Swtpm::start();
+    let mut tpm = Tpm::open(&swtpm.tcti()).expect("open swtpm");
+    let mut hub = Hub::new();
+    enrol(&mut hub, &mut tpm);
+    (swtpm, tpm, hub)
+}
+
+fn tpm_evidence(conn: &Conn, quote: outpost_attestation::TpmQuote) -> Vec<u8> {
+    evidence_with(conn, |c| c.tpm_quote = Some(quote))
+}
+
+fn reason(r: Result<outpost_attestation::AttestationResult, outpost_attestation::NotAttested>) -> Reason {
+    r.expect_err("must not be attested").reason
+}
+
+#[test]
+fn tpm_quote_is_affirmed_at_hardware_tier() {
+    let (_swtpm, mut tpm, mut hub) = setup();
+    let conn = hub.connect();
+    let quote = tpm.quote(&conn.nonce(), DEFAULT_PCRS).expect("quote");
+    let result = hub.appraise(&conn, &tpm_evidence(&conn, quote)).expect("attested");
+    assert_eq!(result.status, Status::Affirming);
+    assert_eq!(result.tier, Tier::Hardware);
+}
+
+#[test]
+fn the_same_attestation_key_comes_back_after_reopening() {
+    let swtpm = Swtpm::start();
+    let first = Tpm::open(&swtpm.tcti()).unwrap().attestation_key();
+    assert_eq!(Tpm::open(&swtpm.tcti()).unwrap().attestation_key(), first);
+    assert_eq!(first[0], 0x04);
+}
+
+#[test]
+fn tpm_quote_over_wrong_pcr_values_is_rejected() {
+    let (_swtpm, mut tpm, mut hub) = setup();
+    // Something other than the enrolled boot chain ran: it was measured into PCR 7.
+    tpm.measure(PcrHandle::Pcr7, b"an unsigned boot loader").expect("extend");
+    let conn = hub.connect();
+    let quote = tpm.quote(&conn.nonce(), DEFAULT_PCRS).unwrap();
+    assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::PcrMismatch));
+}
+
+#[test]
+fn tpm_quote_with_a_stale_nonce_is_rejected() {
+    let (_swtpm, mut tpm, mut hub) = setup();
+    let earlier = hub.connect();
+    let stale = tpm.quote(&earlier.nonce(), DEFAULT_PCRS).unwrap();
+    hub.appraise(&earlier, &tpm_evidence(&earlier, stale.clone())).expect("fresh when it was made");
+    // A compromised agent on a device whose boot chain has since changed replays the old quote in fresh evidence.
+    let conn = hub.connect();
+    assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, stale))), Reason::Quote(QuoteError::NonceMismatch));
+}
+
+#[test]
+fn tpm_quote_over_other_pcrs_is_rejected() {
+    let (_swtpm, mut tpm, mut hub) = setup();
+    let conn = hub.connect();
+    let quote = tpm.quote(&conn.nonce(), 0x0f).unwrap();
+    assert_eq!(
+        reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))),
+        Reason::Quote(QuoteError::PcrSelectionMismatch)
+    );
+}
+
+#[test]
+fn tpm_quote_from_another_tpm_is_rejected() {
+    let (_swtpm, _tpm, mut hub) = setup();
+    let other_swtpm = Swtpm::start();
+    let mut other = Tpm::open(&other_swtpm.tcti()).unwrap();
+    let conn = hub.connect();
+    let quote = other.quote(&conn.nonce(), DEFAULT_PCRS).unwrap();
+    assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::BadSignature));
+}
+
+#[test]
+fn tpm_quote_with_a_tampered_signature_is_rejected() {
+    let (_swtpm, mut tpm, mut hub) = setup();
+    let conn = hub.connect();
+    let mut quote = tpm.quote(&conn.nonce(), DEFAULT_PCRS).unwrap();
+    quote.signature[40] ^= 1;
+    assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::BadSignature));
+}
+
+#[test]
+fn hardware_tier_device_without_a_quote_is_rejected() {
+    let (_swtpm, _tpm, mut hub) = setup();
+    let conn = hub.connect();
+    assert_eq!(reason(hub.appraise(&conn, &evidence(&conn))), Reason::HardwareEvidenceRequired);
+}
