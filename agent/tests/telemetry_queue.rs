@@ -219,3 +219,62 @@ fn an_empty_queue_gives_an_empty_batch_naming_the_next_sequence_number() {
         Err(QueueError::ZeroCapacity)
     ));
 }
+
+/// The acceptance: events go from the agent's queue to the hub's store over the wire format, through a
+/// hub outage, an agent restart in the middle of it, a lost ack and a hub restart, and every one is counted once.
+#[test]
+fn telemetry_survives_a_hub_outage_and_an_agent_restart_end_to_end() {
+    use std::sync::Arc;
+
+    use outpost_hub::telemetry::{Filter, GroupBy, TelemetryStore};
+    use outpost_shared::clock::ManualClock;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (queue_path, hub_dir) = (dir.path().join("telemetry.redb"), dir.path().join("hub"));
+    std::fs::create_dir(&hub_dir).unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let limits = BatchLimits::default();
+    // One exchange: the batch crosses the wire, the hub stores it, and its ack comes back unless `lose_ack`.
+    let send = |q: &Queue, hub: &TelemetryStore, lose_ack: bool| -> Option<u64> {
+        let batch = q.peek_batch(100).unwrap();
+        batch.last_seq()?;
+        let received = Batch::decode(&batch.encode(&limits).unwrap(), &limits).unwrap();
+        let outcome = hub.ingest("device-1", Some("site-a"), Some("r1"), Some(1), &received).unwrap();
+        if !lose_ack {
+            q.ack(outcome.ack.unwrap()).unwrap();
+        }
+        outcome.ack
+    };
+    let mut pushed = 0u64;
+    let mut push = |q: &Queue, n: u64| {
+        for _ in 0..n {
+            assert!(matches!(q.push(event(pushed), T0 + pushed).unwrap(), Pushed::Queued(_)));
+            pushed += 1;
+        }
+    };
+
+    let hub = TelemetryStore::open(&hub_dir, clock.clone()).unwrap();
+    let q = open(&queue_path, 10_000);
+    push(&q, 150);
+    while send(&q, &hub, false).is_some() {}
+    // A batch reaches the hub but its ack is lost; then the hub goes down.
+    push(&q, 50);
+    assert_eq!(send(&q, &hub, true), Some(200));
+    drop(hub);
+    push(&q, 300);
+    drop(q); // The agent restarts during the outage.
+    let q = open(&queue_path, 10_000);
+    push(&q, 500);
+    assert_eq!(q.len().unwrap(), 850, "the unacknowledged batch and everything since");
+
+    // The hub comes back (a new process on the same store) and the queue drains.
+    let hub = TelemetryStore::open(&hub_dir, clock).unwrap();
+    while send(&q, &hub, false).is_some() {}
+    assert!(q.is_empty().unwrap());
+    assert_eq!(pushed, 1000);
+    assert_eq!(hub.len().unwrap(), 1000, "every event stored, none twice");
+    let by_device = hub.aggregate(GroupBy::Device, &Filter::default()).unwrap();
+    assert_eq!(by_device.len(), 1);
+    assert_eq!((by_device[0].summary.events, by_device[0].summary.dropped), (1000, 0));
+    assert_eq!(by_device[0].summary.by_kind.values().sum::<u64>(), 1000);
+}
