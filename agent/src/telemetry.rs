@@ -176,14 +176,15 @@ impl Queue {
         Ok(pushed)
     }
 
-    /// The oldest unacknowledged events, at most `max` of them and no more than the batch limits allow, as the
+    /// The oldest unacknowledged events, at most `max` of them (at least one, if any wait) and no more than the batch limits allow, as the
     /// batch to send. Nothing is removed: send it, and [`Queue::ack`] its `last_seq` when the hub acknowledges it.
     /// Peeking again before that returns the same events (plus any queued since, within the bounds).
     pub fn peek_batch(&self, max: usize) -> Result<Batch, QueueError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let events = tx.open_table(EVENTS).map_err(|e| self.db_err(e))?;
         let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
-        let max = max.min(self.limits.max_events);
+        // At least one: an empty batch while events wait would name the wrong `first_seq`.
+        let max = max.clamp(1, self.limits.max_events.max(1));
         let mut batch =
             Batch { stream: self.stream, first_seq: 0, events: Vec::new(), dropped: self.counter(&meta, DROPPED)? };
         let mut bytes = BatchLimits::OVERHEAD;

@@ -54,6 +54,10 @@ pub struct StoredEvent {
 pub struct StreamRecord {
     /// Events the device dropped at its queue's bound (the highest running total it reported).
     pub dropped: u64,
+    /// The highest sequence number received.
+    pub highest_seq: u64,
+    /// Distinct events ever stored from this stream (pruning does not lower it).
+    pub received: u64,
     /// When its last batch arrived (hub clock).
     pub last_received: UnixSeconds,
     /// The device's site at its last batch.
@@ -62,6 +66,14 @@ pub struct StreamRecord {
     pub release: Option<String>,
     /// The device's stage at its last batch.
     pub stage: Option<u32>,
+}
+
+impl StreamRecord {
+    /// Sequence numbers up to [`StreamRecord::highest_seq`] that never arrived. A queue numbers events without
+    /// gaps and removes them only on the hub's ack, so anything but 0 means events were lost on the way.
+    pub fn missing(&self) -> u64 {
+        self.highest_seq.saturating_sub(self.received)
+    }
 }
 
 /// One device queue, as [`TelemetryStore::streams`] lists it.
@@ -190,6 +202,9 @@ pub struct Summary {
     pub shadow: BTreeMap<String, ShadowSummary>,
     /// Events the group's devices dropped at their queue bound (each queue counted in the group of its last batch).
     pub dropped: u64,
+    /// Events that left a device's queue but never reached the store ([`StreamRecord::missing`], counted like
+    /// `dropped`): 0 unless something is broken.
+    pub missing: u64,
     /// When the latest of these events arrived (hub clock).
     pub last_received: Option<UnixSeconds>,
 }
@@ -356,8 +371,11 @@ impl TelemetryStore {
                 Some(v) => Some(self.decode::<StreamRecord>(&(device, batch.stream), v.value())?),
                 None => None,
             };
+            let previous = previous.as_ref();
             let record = StreamRecord {
                 dropped: previous.map_or(0, |p| p.dropped).max(batch.dropped),
+                highest_seq: previous.map_or(0, |p| p.highest_seq).max(batch.last_seq().unwrap_or(0)),
+                received: previous.map_or(0, |p| p.received).saturating_add(outcome.stored),
                 last_received: now,
                 site,
                 release,
@@ -444,11 +462,12 @@ impl TelemetryStore {
             let (key, value) = entry.map_err(|e| self.db_err(e))?;
             let (device, stream) = key.value();
             let s: StreamRecord = self.decode(&(device, stream), value.value())?;
-            if s.dropped == 0 || !filter.matches(device, &s.site, &s.release, s.stage) {
+            if (s.dropped == 0 && s.missing() == 0) || !filter.matches(device, &s.site, &s.release, s.stage) {
                 continue;
             }
             let (summary, _) = groups.entry(key_of(device, &s.site, &s.release, s.stage)).or_default();
             summary.dropped = summary.dropped.saturating_add(s.dropped);
+            summary.missing = summary.missing.saturating_add(s.missing());
         }
         Ok(groups
             .into_iter()

@@ -243,3 +243,20 @@ fn stored_events_survive_reopening_the_store() {
     let outcome = store.ingest("dev1", None, None, None, &batch(1, 1, errors(9), 0)).unwrap();
     assert_eq!((outcome.stored, outcome.duplicates), (0, 9));
 }
+
+#[test]
+fn a_gap_in_a_streams_sequence_numbers_is_counted_as_missing() {
+    let h = hub();
+    h.store.ingest("dev1", Some("s"), None, None, &batch(1, 1, errors(10), 0)).unwrap();
+    h.store.ingest("dev1", Some("s"), None, None, &batch(1, 1, errors(10), 0)).unwrap();
+    assert_eq!(h.store.streams().unwrap()[0].record.missing(), 0, "a resend is not a gap");
+    // Events 11..=20 never arrive.
+    h.store.ingest("dev1", Some("s"), None, None, &batch(1, 21, errors(5), 0)).unwrap();
+    let stream = &h.store.streams().unwrap()[0].record;
+    assert_eq!((stream.highest_seq, stream.received, stream.missing()), (25, 15, 10));
+    let by_site = h.store.aggregate(GroupBy::Site, &Filter::default()).unwrap();
+    assert_eq!((summary_of(&by_site, "s").missing, summary_of(&by_site, "s").events), (10, 15));
+    // Pruning forgets events, not what was received.
+    h.store.prune(h.clock_now() + 1).unwrap();
+    assert_eq!(h.store.streams().unwrap()[0].record.missing(), 10);
+}

@@ -629,6 +629,41 @@ mod tests {
         }
     }
 
+    /// A cheap stand-in for the fuzz target in every test run: mutated batches give typed errors, never a panic,
+    /// and whatever is accepted is the one encoding of what it decoded to.
+    #[test]
+    fn mutated_batches_are_refused_or_canonical_never_a_panic() {
+        use crate::rng::{Rng, SeededRng};
+        let limits = BatchLimits::default();
+        let good = batch_of(every_kind()).encode(&limits).unwrap();
+        let mut rng = SeededRng::new(1);
+        let mut byte = || {
+            let mut b = [0u8; 1];
+            rng.fill(&mut b);
+            b[0]
+        };
+        let mut accepted = 0;
+        for _ in 0..5000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + byte() % 4 {
+                let at = (usize::from(byte()) << 8 | usize::from(byte())) % bytes.len();
+                match byte() % 3 {
+                    0 => bytes[at] = byte(),
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, byte()),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            if let Ok(batch) = Batch::decode(&bytes, &limits) {
+                accepted += 1;
+                assert_eq!(batch.encode(&limits).unwrap(), bytes);
+            }
+        }
+        assert!(accepted < 5000);
+    }
+
     #[test]
     fn truncated_text_fits_and_keeps_characters_whole() {
         let mut k = EventKind::Error { what: "é".repeat(MAX_TEXT_LEN) };
