@@ -312,6 +312,41 @@ impl Histogram {
         None
     }
 
+    /// Appends the histogram in Prometheus text exposition format, in seconds: `NAME_bucket{LABELS,le="..."}`
+    /// lines, cumulative, at every power-of-two boundary (a fixed set, so series from many devices or models sum
+    /// by `le`), then `+Inf`, `NAME_sum` and `NAME_count`. Latencies are whole microseconds, so the bound below
+    /// 2^k µs is exactly `le = 2^k − 1` µs. The caller writes the `# HELP` and `# TYPE NAME histogram` lines.
+    pub fn write_prometheus(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
+        use std::fmt::Write as _;
+        let mut prefix = String::new();
+        for (k, v) in labels {
+            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let _ = write!(prefix, "{k}=\"{v}\",");
+        }
+        let mut cumulative = 0u64;
+        let mut buckets = self.buckets().peekable();
+        // Octave k ends just below 2^k µs, with bucket 4(k−1) − 1 (k ≥ 2), or bucket 1 for k = 1.
+        for k in 1..=28u32 {
+            let last_index = if k == 1 { 1 } else { 4 * (k as usize - 1) - 1 };
+            while let Some(&(i, n)) = buckets.peek() {
+                if i > last_index {
+                    break;
+                }
+                cumulative = cumulative.saturating_add(n);
+                buckets.next();
+            }
+            let le = ((1u64 << k) - 1) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"+Inf\"}} {}", self.count());
+        let labels = match prefix.trim_end_matches(',') {
+            "" => String::new(),
+            l => format!("{{{l}}}"),
+        };
+        let _ = writeln!(out, "{name}_sum{labels} {}", self.sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{labels} {}", self.count());
+    }
+
     fn check(&self) -> Result<(), TelemetryError> {
         let mut total = 0u64;
         for (&i, &n) in &self.buckets {
@@ -721,6 +756,30 @@ mod tests {
         let got: Vec<_> = both.buckets().collect();
         assert_eq!(got, [(Histogram::bucket_of(10), 2), (Histogram::bucket_of(3000), 1), (Histogram::OVERFLOW, 1)]);
         assert_eq!(both.quantile_us(1.0), Some(1 << 28));
+    }
+
+    #[test]
+    fn prometheus_buckets_are_cumulative_at_octaves_and_end_at_the_count() {
+        let mut h = Histogram::new();
+        for us in [0, 1, 2, 3, 4, 7, 8, 1000, 1 << 30] {
+            h.record_us(us);
+        }
+        let mut out = String::new();
+        h.write_prometheus(&mut out, "latency_seconds", &[("model", "m\"1")]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 28 + 3);
+        assert_eq!(lines[0], r#"latency_seconds_bucket{model="m\"1",le="0.000001"} 2"#);
+        assert_eq!(lines[1], r#"latency_seconds_bucket{model="m\"1",le="0.000003"} 4"#);
+        assert_eq!(lines[2], r#"latency_seconds_bucket{model="m\"1",le="0.000007"} 6"#);
+        assert_eq!(lines[3], r#"latency_seconds_bucket{model="m\"1",le="0.000015"} 7"#);
+        // 1000 µs is below 1023 µs (2^10 − 1).
+        assert_eq!(lines[9], r#"latency_seconds_bucket{model="m\"1",le="0.001023"} 8"#);
+        assert_eq!(lines[27], r#"latency_seconds_bucket{model="m\"1",le="268.435455"} 8"#);
+        assert_eq!(lines[28], r#"latency_seconds_bucket{model="m\"1",le="+Inf"} 9"#);
+        assert_eq!(lines[30], r#"latency_seconds_count{model="m\"1"} 9"#);
+        let mut bare = String::new();
+        Histogram::new().write_prometheus(&mut bare, "x", &[]);
+        assert!(bare.ends_with("x_bucket{le=\"+Inf\"} 0\nx_sum 0\nx_count 0\n"), "{bare}");
     }
 
     #[test]
