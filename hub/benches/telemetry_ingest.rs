@@ -6,13 +6,14 @@
 //! default immediate durability (fsync), into a fresh file in the same directory. The baseline inserts each
 //! event's canonical CBOR, encoded before the clock starts, under its `(device, stream, seq)` key into one table:
 //! the floor for storing these events durably. The store also encodes, deduplicates, indexes by receipt time and
-//! tracks each device queue. Each side runs `ROUNDS` times, alternating, and the medians are compared.
+//! tracks each device queue. Each side runs `ROUNDS` times, alternating, and the medians are compared. Last, one
+//! `aggregate` by site over the 100,000 stored events is timed: what `fleet status` costs at that size.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use outpost_hub::clock::SystemClock;
-use outpost_hub::telemetry::TelemetryStore;
+use outpost_hub::telemetry::{Filter, GroupBy, TelemetryStore};
 use outpost_shared::Digest;
 use outpost_shared::canonical;
 use outpost_shared::telemetry::{Batch, Event, EventKind, Histogram, Step};
@@ -86,8 +87,10 @@ fn inputs() -> Vec<Input> {
     out
 }
 
+/// Ingests every input into a fresh store; returns the seconds it took, and how long one `aggregate` by site then
+/// takes.
 #[allow(clippy::disallowed_methods)] // A benchmark measures real time.
-fn store_round(inputs: &[Input]) -> f64 {
+fn store_round(inputs: &[Input]) -> (f64, f64) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let store = TelemetryStore::open(tmp.path(), Arc::new(SystemClock)).expect("open store");
     let start = Instant::now();
@@ -97,7 +100,11 @@ fn store_round(inputs: &[Input]) -> f64 {
     }
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(store.len().expect("len"), EVENTS);
-    secs
+    let start = Instant::now();
+    let groups = store.aggregate(GroupBy::Site, &Filter::default()).expect("aggregate");
+    let aggregate = start.elapsed().as_secs_f64();
+    assert_eq!(groups[0].summary.events, EVENTS);
+    (secs, aggregate)
 }
 
 #[allow(clippy::disallowed_methods)] // A benchmark measures real time.
@@ -129,12 +136,14 @@ fn main() {
     // One warm-up of each, then alternate.
     store_round(&inputs);
     raw_round(&inputs);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut aggregate) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        ours.push(store_round(&inputs));
+        let (ingest, agg) = store_round(&inputs);
+        ours.push(ingest);
+        aggregate.push(agg);
         theirs.push(raw_round(&inputs));
     }
-    let (ours, theirs) = (median(ours), median(theirs));
+    let (ours, theirs, aggregate) = (median(ours), median(theirs), median(aggregate));
     let rate = |secs: f64| EVENTS as f64 / secs;
     println!(
         "telemetry ingest ({EVENTS} events, {} batches of {BATCH}, {:.1} MB encoded, fsync per batch, median of {ROUNDS} runs)",
@@ -144,4 +153,6 @@ fn main() {
     println!("  TelemetryStore::ingest       : {:.3} s  {:>9.0} events/s", ours, rate(ours));
     println!("  raw redb insert, one table   : {:.3} s  {:>9.0} events/s  (baseline)", theirs, rate(theirs));
     println!("  ratio (ours / baseline)      : {:.2}", rate(ours) / rate(theirs));
+    println!("  store overhead per event     : {:.1} µs", (ours - theirs) / EVENTS as f64 * 1e6);
+    println!("  aggregate by site, {EVENTS} events: {aggregate:.3} s");
 }
