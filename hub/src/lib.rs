@@ -10,6 +10,7 @@ pub mod config;
 pub mod director;
 pub mod registry;
 pub mod serve;
+pub mod telemetry;
 pub mod tuf;
 
 pub use registry::{Registry, RegistryError};
