@@ -296,15 +296,17 @@ impl Served {
     }
 }
 
-/// Called after each inference that reached a model: the model it ran on, and whether it succeeded. Requests
-/// refused before running (bad JSON, bad tensors, unknown model, no model) are not reported.
-pub type InferenceObserver = dyn Fn(&Served, bool) + Send + Sync;
+/// Called after each inference that reached a model: the model it ran on, whether it succeeded, and how long
+/// the model took (on the handle's clock). Requests refused before running (bad JSON, bad tensors, unknown
+/// model, no model) are not reported.
+pub type InferenceObserver = dyn Fn(&Served, bool, std::time::Duration) + Send + Sync;
 
 /// The active model, swapped atomically. Each request takes its own `Arc` of the model current on arrival.
 #[derive(Default)]
 pub struct ModelHandle {
     current: RwLock<Option<Arc<Served>>>,
     observer: Option<Box<InferenceObserver>>,
+    clock: Option<Arc<dyn outpost_shared::clock::Clock>>,
 }
 
 impl fmt::Debug for ModelHandle {
@@ -320,10 +322,14 @@ impl ModelHandle {
     }
 
     /// A handle whose HTTP inferences are reported to `observer` (the update loop's health window: feed
-    /// `Event::Inference { ok }` when the served digest is the one under watch). The observer runs on the
-    /// blocking pool right after the inference; keep it short (send on a channel).
-    pub fn with_observer(observer: impl Fn(&Served, bool) + Send + Sync + 'static) -> ModelHandle {
-        ModelHandle { current: RwLock::new(None), observer: Some(Box::new(observer)) }
+    /// `Event::Inference { ok }` when the served digest is the one under watch; telemetry counts and latencies),
+    /// timed on `clock`'s monotonic reading. The observer runs on the blocking pool right after the inference;
+    /// keep it short (send on a channel).
+    pub fn with_observer(
+        clock: Arc<dyn outpost_shared::clock::Clock>,
+        observer: impl Fn(&Served, bool, std::time::Duration) + Send + Sync + 'static,
+    ) -> ModelHandle {
+        ModelHandle { current: RwLock::new(None), observer: Some(Box::new(observer)), clock: Some(clock) }
     }
 
     /// Makes `served` the active model; returns the previous one. Requests already running keep theirs.
@@ -534,14 +540,19 @@ async fn run_infer(
     let handle = app.handle.clone();
     tokio::task::spawn_blocking(move || {
         let _running = running;
+        let started = handle.clock.as_ref().map(|c| c.monotonic());
         let result = handle_infer(&served, &bytes);
+        let took = match (&handle.clock, started) {
+            (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
+            _ => std::time::Duration::ZERO,
+        };
         let reached_model = match &result {
             Ok(_) => Some(true),
             Err(e) if e.is_model_failure() => Some(false),
             Err(_) => None,
         };
         if let (Some(ok), Some(observer)) = (reached_model, &handle.observer) {
-            observer(&served, ok);
+            observer(&served, ok, took);
         }
         serde_json::to_vec(&result?).map_err(|e| InferenceError::Internal(e.to_string()))
     })

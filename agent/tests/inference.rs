@@ -400,10 +400,11 @@ async fn inference_storm_during_swap_has_zero_failed_requests() {
     let (a, b) = (ppocr(), ppocr_fixed());
     let reported = Arc::new(AtomicU64::new(0));
     let observed = reported.clone();
-    let handle = Arc::new(ModelHandle::with_observer(move |_, ok| {
-        assert!(ok);
-        observed.fetch_add(1, Ordering::Relaxed);
-    }));
+    let handle =
+        Arc::new(ModelHandle::with_observer(Arc::new(outpost_shared::clock::ManualClock::new(0)), move |_, ok, _| {
+            assert!(ok);
+            observed.fetch_add(1, Ordering::Relaxed);
+        }));
     handle.swap(a.clone());
     let server = Server::start(handle.clone()).await;
     let request = Arc::new(smoke_request(&a).to_string());

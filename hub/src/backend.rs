@@ -16,7 +16,8 @@ use outpost_shared::director::Bundle;
 
 use crate::director::Director;
 use crate::registry::{DeviceStatus, Registry};
-use crate::serve::{Backend, BackendError};
+use crate::serve::{Backend, BackendError, Refused};
+use crate::telemetry::TelemetryStore;
 use crate::tuf::TufRepo;
 
 /// The hub's serving backend.
@@ -26,6 +27,8 @@ pub struct HubBackend {
     clock: Arc<dyn Clock>,
     /// Serialises index access within this process (redb admits one opener).
     index: Mutex<()>,
+    /// Serialises telemetry store access within this process.
+    telemetry: Mutex<()>,
     /// Signed assignments per device, reused while their targets are unchanged and fresh.
     assignments: Mutex<HashMap<String, CachedAssignment>>,
     /// Metadata files by name, with the (inode, mtime, length) they were read at. Every write of metadata is an
@@ -67,6 +70,7 @@ impl HubBackend {
             repo,
             clock,
             index: Mutex::new(()),
+            telemetry: Mutex::new(()),
             assignments: Mutex::new(HashMap::new()),
             metadata_cache: Mutex::new(HashMap::new()),
         }
@@ -184,6 +188,20 @@ impl Backend for HubBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
+        use outpost_shared::telemetry::{Batch, BatchLimits};
+        let batch = Batch::decode(batch, &BatchLimits::default()).map_err(|e| Refused(format!("telemetry: {e}")))?;
+        let key = hex::encode(device);
+        // Events are attributed to where the device is now: its site, and the release (package) it runs.
+        let record = self.with_registry(|reg| Ok(reg.device(&key)?))?;
+        let site = record.as_ref().and_then(|r| r.shown_site().map(str::to_owned));
+        let release = record.as_ref().and_then(|r| r.active).map(|d| d.short());
+        let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
+        let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
+        let outcome = store.ingest(&key, site.as_deref(), release.as_deref(), None, &batch)?;
+        Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
     }
 
     fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {

@@ -13,12 +13,14 @@
 //! | `0x02` | [`Request::GetAssignment`] | `{"device"?: bytes .size 32}` |
 //! | `0x03` | [`Request::GetTarget`] | `{"path": text, "offset": uint, "len"?: uint}` |
 //! | `0x04` | [`Request::PostReport`] | `{"body": bytes, "device"?: bytes .size 32}` |
+//! | `0x10` | [`Request::PostTelemetry`] | `{"body": bytes, "device"?: bytes .size 32}` (a `telemetry::Batch`) |
 //! | `0x81` | [`Response::Metadata`] | `{"bytes": bytes}` |
 //! | `0x82` | [`Response::NotFound`] | `{}` |
 //! | `0x83` | [`Response::Assignment`] | `{"bytes": bytes}` |
 //! | `0x84` | [`Response::TargetHeader`] | `{"total_len": uint, "offset": uint, "len": uint}` then `len` raw bytes |
 //! | `0x85` | [`Response::Ack`] | `{}` |
 //! | `0x86` | [`Response::Error`] | `{"code": uint, "message": text}` |
+//! | `0x90` | [`Response::TelemetryAck`] | `{"up_to": uint}`: every event up to this sequence number is stored |
 
 /// Largest UDP payload QUIC path-MTU discovery probes for (jumbo frames). Discovery only raises the packet size
 /// where the path carries it, so a high bound is safe (quinn's own advice) and lets LANs and loopback use fewer,
@@ -72,6 +74,10 @@ pub struct Limits {
     pub get_target: u32,
     /// Largest `PostReport` body (the report bytes plus a few bytes of CBOR).
     pub post_report: u32,
+    /// Largest `PostTelemetry` body (a batch plus a few bytes of CBOR).
+    pub post_telemetry: u32,
+    /// Largest `TelemetryAck` body.
+    pub telemetry_ack: u32,
     /// Largest `Metadata` body. A client also caps it by the `max_len` it asked for.
     pub metadata: u32,
     /// Largest `NotFound` body.
@@ -99,6 +105,10 @@ impl Limits {
     pub const GET_TARGET: u32 = 2048;
     /// Default `PostReport` body limit: 64 KiB.
     pub const POST_REPORT: u32 = 64 * 1024;
+    /// Default `PostTelemetry` body limit: a 1 MiB batch (`telemetry::BatchLimits`) and its framing.
+    pub const POST_TELEMETRY: u32 = 1024 * 1024 + 128;
+    /// Default `TelemetryAck` body limit.
+    pub const TELEMETRY_ACK: u32 = 32;
     /// Default `Metadata` body limit: 6 MiB, above sigstore-tuf's default 5 MB targets bound.
     pub const METADATA: u32 = 6 * 1024 * 1024;
     /// Default `NotFound` body limit.
@@ -126,6 +136,8 @@ impl Default for Limits {
             get_assignment: Self::GET_ASSIGNMENT,
             get_target: Self::GET_TARGET,
             post_report: Self::POST_REPORT,
+            post_telemetry: Self::POST_TELEMETRY,
+            telemetry_ack: Self::TELEMETRY_ACK,
             metadata: Self::METADATA,
             not_found: Self::NOT_FOUND,
             assignment: Self::ASSIGNMENT,
@@ -331,6 +343,13 @@ pub enum Request {
         /// The device a site node forwards for; `None`: the peer itself.
         device: Option<[u8; 32]>,
     },
+    /// A batch of queued telemetry events; the hub answers with the sequence number stored up to.
+    PostTelemetry {
+        /// The batch (`telemetry::Batch`, canonical CBOR), opaque to the transport.
+        body: Vec<u8>,
+        /// The device a site node forwards for; `None`: the peer itself.
+        device: Option<[u8; 32]>,
+    },
 }
 
 /// What the hub answers.
@@ -365,6 +384,11 @@ pub enum Response {
         code: ErrorCode,
         /// A human-readable explanation, at most [`Limits::MAX_ERROR_MESSAGE`] bytes.
         message: String,
+    },
+    /// The telemetry batch is stored durably, with every event of the device's queue up to `up_to`.
+    TelemetryAck {
+        /// The last sequence number stored (the device may drop its events up to it).
+        up_to: u64,
     },
 }
 
@@ -405,6 +429,8 @@ pub mod kinds {
     pub const GET_TARGET: u8 = 0x03;
     /// [`Request::PostReport`](super::Request::PostReport).
     pub const POST_REPORT: u8 = 0x04;
+    /// [`Request::PostTelemetry`](super::Request::PostTelemetry).
+    pub const POST_TELEMETRY: u8 = 0x10;
     /// [`Response::Metadata`](super::Response::Metadata).
     pub const METADATA: u8 = 0x81;
     /// [`Response::NotFound`](super::Response::NotFound).
@@ -417,6 +443,8 @@ pub mod kinds {
     pub const ACK: u8 = 0x85;
     /// [`Response::Error`](super::Response::Error).
     pub const ERROR: u8 = 0x86;
+    /// [`Response::TelemetryAck`](super::Response::TelemetryAck).
+    pub const TELEMETRY_ACK: u8 = 0x90;
 }
 use kinds as kind;
 
@@ -427,6 +455,7 @@ impl Message for Request {
             Request::GetAssignment { .. } => kind::GET_ASSIGNMENT,
             Request::GetTarget { .. } => kind::GET_TARGET,
             Request::PostReport { .. } => kind::POST_REPORT,
+            Request::PostTelemetry { .. } => kind::POST_TELEMETRY,
         }
     }
 
@@ -436,6 +465,7 @@ impl Message for Request {
             kind::GET_ASSIGNMENT => Some(limits.get_assignment),
             kind::GET_TARGET => Some(limits.get_target),
             kind::POST_REPORT => Some(limits.post_report),
+            kind::POST_TELEMETRY => Some(limits.post_telemetry),
             _ => None,
         }
     }
@@ -455,6 +485,7 @@ impl Message for Request {
                 Request::GetTarget { path, offset: m.uint("offset")?, len: m.opt_uint("len")? }
             }
             kind::POST_REPORT => Request::PostReport { body: m.bytes("body")?, device: m.opt_key("device")? },
+            kind::POST_TELEMETRY => Request::PostTelemetry { body: m.bytes("body")?, device: m.opt_key("device")? },
             _ => return Err(WireError::UnknownType { kind: k }),
         };
         m.finish()?;
@@ -474,7 +505,7 @@ impl Message for Request {
                 }
                 map(entries)
             }
-            Request::PostReport { body, device } => {
+            Request::PostReport { body, device } | Request::PostTelemetry { body, device } => {
                 map(std::iter::once(("body", Value::Bytes(body.clone()))).chain(device_entry(device)).collect())
             }
         }
@@ -490,6 +521,7 @@ impl Message for Response {
             Response::TargetHeader { .. } => kind::TARGET_HEADER,
             Response::Ack => kind::ACK,
             Response::Error { .. } => kind::ERROR,
+            Response::TelemetryAck { .. } => kind::TELEMETRY_ACK,
         }
     }
 
@@ -501,6 +533,7 @@ impl Message for Response {
             kind::TARGET_HEADER => Some(limits.target_header),
             kind::ACK => Some(limits.ack),
             kind::ERROR => Some(limits.error),
+            kind::TELEMETRY_ACK => Some(limits.telemetry_ack),
             _ => None,
         }
     }
@@ -523,6 +556,7 @@ impl Message for Response {
                 Response::TargetHeader { total_len, offset, len }
             }
             kind::ACK => Response::Ack,
+            kind::TELEMETRY_ACK => Response::TelemetryAck { up_to: m.uint("up_to")? },
             kind::ERROR => {
                 let code = m.uint("code")?;
                 let code = u16::try_from(code).map_err(|_| WireError::InvalidField {
@@ -549,6 +583,7 @@ impl Message for Response {
             Response::Error { code, message } => {
                 map(vec![("code", u64::from(code.to_u16()).into()), ("message", Value::Text(message.clone()))])
             }
+            Response::TelemetryAck { up_to } => map(vec![("up_to", (*up_to).into())]),
         }
     }
 }
@@ -967,6 +1002,7 @@ impl ResponseReader {
                 Ok(Some(*len))
             }
             (Request::PostReport { .. }, Response::Ack) => Ok(None),
+            (Request::PostTelemetry { .. }, Response::TelemetryAck { .. }) => Ok(None),
             (req, resp) => unexpected(format!("type {:#04x} does not answer type {:#04x}", resp.kind(), req.kind())),
         }
     }
@@ -1008,6 +1044,8 @@ mod tests {
             Request::GetTarget { path: "models/m/1.0.0.opkg".into(), offset: 17, len: Some(4096) },
             Request::GetTarget { path: "a".into(), offset: 0, len: None },
             Request::PostReport { body: b"telemetry".to_vec(), device: None },
+            Request::PostTelemetry { body: b"batch".to_vec(), device: None },
+            Request::PostTelemetry { body: b"relayed".to_vec(), device: Some([3; 32]) },
         ]
     }
 
@@ -1019,6 +1057,7 @@ mod tests {
             Response::TargetHeader { total_len: 100, offset: 10, len: 90 },
             Response::Ack,
             Response::error(ErrorCode::RangeNotSatisfiable, "offset 200 is past 100"),
+            Response::TelemetryAck { up_to: 4096 },
         ]
     }
 
