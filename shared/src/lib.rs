@@ -15,6 +15,7 @@ pub mod model;
 pub mod package;
 pub mod policy;
 pub mod rng;
+pub mod rollout;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
