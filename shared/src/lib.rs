@@ -4,6 +4,7 @@
 //! current time in, and get values, decisions or typed errors back. That keeps every rule testable and lets the
 //! simulations run many agents on a virtual clock.
 
+pub mod audit;
 pub mod canonical;
 pub mod clock;
 pub mod config;
