@@ -131,10 +131,7 @@ impl AuditLog {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory of", path))?;
         }
         let mut log = AuditLog { path: path.to_owned(), file, chain: Chain::new(), head: None, len: 0 };
-        log.file.lock().map_err(io_err("lock", path))?;
-        let loaded = log.reload();
-        log.file.unlock().map_err(io_err("unlock", path))?;
-        loaded?;
+        log.locked(AuditLog::reload)?;
         Ok(log)
     }
 
@@ -158,6 +155,16 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Runs `f` holding the exclusive lock on the file (other processes appending wait).
+    fn locked<T>(&mut self, f: impl FnOnce(&mut AuditLog) -> Result<T, AuditError>) -> Result<T, AuditError> {
+        self.file.lock().map_err(io_err("lock", &self.path))?;
+        let out = f(self);
+        let unlocked = self.file.unlock().map_err(io_err("unlock", &self.path));
+        let out = out?;
+        unlocked?;
+        Ok(out)
+    }
+
     /// Appends an entry for `action` by `actor` on `subject` at `at`, fsynced before it returns.
     pub fn append(
         &mut self,
@@ -167,45 +174,31 @@ impl AuditLog {
         subject: &str,
         detail: &str,
     ) -> Result<Entry, AuditError> {
-        self.file.lock().map_err(io_err("lock", &self.path))?;
-        let appended = self.append_locked(at, actor, action, subject, detail);
-        let unlocked = self.file.unlock().map_err(io_err("unlock", &self.path));
-        let entry = appended?;
-        unlocked?;
-        Ok(entry)
-    }
-
-    fn append_locked(
-        &mut self,
-        at: UnixSeconds,
-        actor: &str,
-        action: Action,
-        subject: &str,
-        detail: &str,
-    ) -> Result<Entry, AuditError> {
-        let on_disk = self.file.metadata().map_err(io_err("stat", &self.path))?.len();
-        if on_disk != self.len {
-            // Another process appended (or something else changed the file): start again from what is there.
-            self.reload()?;
-        }
-        let mut chain = self.chain;
-        let entry = chain.append(at, actor, action, subject, detail);
-        let mut line = serde_json::to_vec(&entry).map_err(|e| AuditError::Io {
-            op: "encode an entry for",
-            path: self.path.clone(),
-            source: io::Error::other(e),
-        })?;
-        if line.len() > MAX_RECORD_BYTES {
-            return Err(AuditError::TooLong { len: line.len() });
-        }
-        line.push(b'\n');
-        // One write on an O_APPEND descriptor: the record lands whole at the end, or (crash) as a torn tail.
-        self.file.write_all(&line).map_err(io_err("append to", &self.path))?;
-        self.file.sync_data().map_err(io_err("fsync", &self.path))?;
-        self.len += line.len() as u64;
-        self.chain = chain;
-        self.head = Some(entry.anchor());
-        Ok(entry)
+        self.locked(|log| {
+            let on_disk = log.file.metadata().map_err(io_err("stat", &log.path))?.len();
+            if on_disk != log.len {
+                // Another process appended (or something else changed the file): start again from what is there.
+                log.reload()?;
+            }
+            let mut chain = log.chain;
+            let entry = chain.append(at, actor, action, subject, detail);
+            let mut line = serde_json::to_vec(&entry).map_err(|e| AuditError::Io {
+                op: "encode an entry for",
+                path: log.path.clone(),
+                source: io::Error::other(e),
+            })?;
+            if line.len() > MAX_RECORD_BYTES {
+                return Err(AuditError::TooLong { len: line.len() });
+            }
+            line.push(b'\n');
+            // One write on an O_APPEND descriptor: the record lands whole at the end, or (crash) as a torn tail.
+            log.file.write_all(&line).map_err(io_err("append to", &log.path))?;
+            log.file.sync_data().map_err(io_err("fsync", &log.path))?;
+            log.len += line.len() as u64;
+            log.chain = chain;
+            log.head = Some(entry.anchor());
+            Ok(entry)
+        })
     }
 
     /// The newest entry's anchor (`None` for an empty log).
