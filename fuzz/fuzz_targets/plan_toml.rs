@@ -39,7 +39,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let dev = &devices[usize::from(arg) % devices.len()];
         now += u64::from(arg) * 60;
         let reason = || "fuzz".to_string();
-        let _ = match op % 12 {
+        let _ = match op % 14 {
             0 => r.tick(now),
             1 => r.report(dev, Outcome::Installed, now),
             2 => r.report(dev, Outcome::Failed { reason: reason() }, now),
@@ -51,6 +51,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             8 => r.command(Command::Pause, now).unwrap_or_default(),
             9 => r.command(Command::Resume, now).unwrap_or_default(),
             10 => r.command(Command::RetryFailed, now).unwrap_or_default(),
+            11 => r.leave(dev, now),
+            12 => r.supersede("next", now),
             _ => {
                 let cmd = match arg % 3 {
                     0 => Command::Approve { key_id: "a".into() },
@@ -60,6 +62,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 r.command(cmd, now).unwrap_or_default()
             }
         };
+        let _ = r.directive(dev);
         let s = r.status();
         assert!(adds_up(&s.cohort) && s.stages.iter().all(adds_up));
         if let Some(rec) = s.recovery {

@@ -475,10 +475,38 @@ pub enum Effect {
     },
     /// Every stage succeeded.
     Completed,
+    /// A newer release took over.
+    Superseded {
+        /// The newer release.
+        by: String,
+    },
     /// The rollback after an abort recovered: the plan's share of affected devices report the last good package.
     Recovered {
         /// Seconds from the abort decision.
         after_secs: u64,
+    },
+}
+
+/// What one device should run as far as a release is concerned: see [`Rollout::directive`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Directive {
+    /// Serve the release's package. `retry` counts the operator's retries of this device: a device that rolled
+    /// back from the package may try it again when `retry` is above the count it last acted on.
+    Serve {
+        /// The package.
+        package: Digest,
+        /// Operator retries so far.
+        retry: u32,
+    },
+    /// Run the package in shadow beside the active model, serving nothing.
+    Shadow {
+        /// The package.
+        package: Digest,
+    },
+    /// The release was aborted: run the last good package (`None`: the channel had none before this release).
+    Revert {
+        /// The last good package.
+        package: Option<Digest>,
     },
 }
 
@@ -548,6 +576,14 @@ pub enum CommandError {
         /// The release.
         release: String,
     },
+    /// A newer release took over: nothing more happens to this one.
+    #[error("release {release} was superseded by release {by}")]
+    Superseded {
+        /// The release.
+        release: String,
+        /// The newer release.
+        by: String,
+    },
     /// The release completed: only an abort (roll back) still applies.
     #[error("release {release} has completed")]
     Completed {
@@ -602,6 +638,14 @@ pub enum State {
     Completed {
         /// When.
         at: UnixSeconds,
+    },
+    /// A newer release on the channel took over before this one finished: it stopped where it was, and its devices
+    /// follow the newer release.
+    Superseded {
+        /// When.
+        at: UnixSeconds,
+        /// The newer release.
+        by: String,
     },
 }
 
@@ -819,9 +863,51 @@ impl Rollout {
         true
     }
 
-    /// Whether the rollout is over (aborted or completed); a finished rollout never holds up another release.
+    /// Whether the rollout is over (aborted, completed or superseded). Nothing here holds up another release: a
+    /// rollout that is not finished is simply [`supersede`](Rollout::supersede)d when the next one starts.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, State::Aborted { .. } | State::Completed { .. })
+        matches!(self.state, State::Aborted { .. } | State::Completed { .. } | State::Superseded { .. })
+    }
+
+    /// A newer release (`by`) starts on the channel: a running, paused or waiting rollout stops where it is, and
+    /// its devices follow the newer release. An aborted or completed rollout is left as it is.
+    pub fn supersede(&mut self, by: &str, now: UnixSeconds) -> Vec<Effect> {
+        let now = self.time(now);
+        if self.is_finished() {
+            return vec![];
+        }
+        self.state = State::Superseded { at: now, by: by.to_owned() };
+        vec![Effect::Superseded { by: by.to_owned() }]
+    }
+
+    /// What `device` should run as far as this release is concerned (`None`: the release says nothing about it;
+    /// it follows the channel's previous package, or a newer release). This is the level-triggered truth for the
+    /// director: read it whenever a device asks for its assignment, so nothing is lost if the hub stops between
+    /// persisting the rollout and acting on the [`Effect`]s.
+    pub fn directive(&self, device: &str) -> Option<Directive> {
+        let e = self.devices.get(device).filter(|e| e.of_release())?;
+        let package = self.release.package;
+        match self.state {
+            State::Superseded { .. } => None,
+            State::Aborted { .. } => Some(Directive::Revert { package: self.release.last_good }),
+            _ if e.serving => Some(Directive::Serve { package, retry: e.retries }),
+            _ => Some(Directive::Shadow { package }),
+        }
+    }
+
+    /// A device left the channel (revoked, decommissioned): it no longer counts anywhere, nor among the devices
+    /// a rollback waits for.
+    pub fn leave(&mut self, device: &str, now: UnixSeconds) -> Vec<Effect> {
+        let now = self.time(now);
+        let Some(e) = self.devices.remove(device) else { return vec![] };
+        if let (State::Aborted { .. }, Some(rec)) = (&self.state, self.recovery.as_mut())
+            && e.of_release()
+        {
+            rec.affected -= 1;
+            rec.recovered -= u64::from(e.recovered);
+            return self.check_recovery(now);
+        }
+        vec![]
     }
 
     /// Stages whose devices are assigned: `0..entered`.
@@ -837,7 +923,7 @@ impl Rollout {
     /// stage has started, when it starts otherwise), and the shadow if that is running and covers it.
     pub fn enroll(&mut self, device: &str, now: UnixSeconds) -> Vec<Effect> {
         self.time(now);
-        if !self.insert(device.to_owned()) || matches!(self.state, State::Aborted { .. }) {
+        if !self.insert(device.to_owned()) || matches!(self.state, State::Aborted { .. } | State::Superseded { .. }) {
             return vec![];
         }
         let entered = self.entered();
@@ -900,6 +986,7 @@ impl Rollout {
         let release = self.release.id.clone();
         match (&self.state, &cmd) {
             (State::Aborted { .. }, _) => return Err(CommandError::Aborted { release }),
+            (State::Superseded { by, .. }, _) => return Err(CommandError::Superseded { release, by: by.clone() }),
             (State::Completed { .. }, Command::Pause | Command::Resume | Command::Approve { .. }) => {
                 return Err(CommandError::Completed { release });
             }

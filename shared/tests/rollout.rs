@@ -11,8 +11,8 @@ use outpost_shared::clock::{Clock, ManualClock};
 use outpost_shared::config::ConfigError;
 use outpost_shared::manifest::RiskTier;
 use outpost_shared::rollout::{
-    AbortReason, Command, CommandError, DeviceState, Effect, Outcome, Plan, Position, Release, Rollout, StartError,
-    State, bucket,
+    AbortReason, Command, CommandError, DeviceState, Directive, Effect, Outcome, Plan, Position, Release, Rollout,
+    StartError, State, bucket,
 };
 use outpost_shared::update::{AgentState, StateReport};
 
@@ -519,6 +519,72 @@ fn aborted_release_never_blocks_the_next() {
     assert_eq!(advanced_to(&effects), Some(0));
     assert!(effects.iter().any(|e| matches!(e, Effect::Assign { package, .. } if *package == Digest::of(b"model v3"))));
     assert!(!r2.is_finished());
+}
+
+#[test]
+fn unfinished_release_is_superseded_by_the_next() {
+    // A high-risk release nobody approves would wait for ever; the next release takes over.
+    let mut f = Fleet::start(release("r1", RiskTier::High), two_stages(1, "100", "5"), 50);
+    assert!(!f.r.is_finished());
+    assert_eq!(f.r.supersede("r2", f.now()), vec![Effect::Superseded { by: "r2".into() }]);
+    assert!(f.r.is_finished());
+    assert_eq!(
+        f.command(Command::Approve { key_id: REVIEWER.into() }),
+        Err(CommandError::Superseded { release: "r1".into(), by: "r2".into() })
+    );
+    assert_eq!(f.r.enroll(&Digest::of(b"new").to_hex(), f.now()), vec![]);
+    // An aborted release stays aborted: its rollback is still measured.
+    let mut g = Fleet::low(two_stages(1, "100", "5"), 50);
+    g.command(Command::Abort { reason: "broken".into() }).unwrap();
+    assert_eq!(g.r.supersede("r2", g.now()), vec![]);
+    assert!(matches!(g.r.state, State::Aborted { .. }));
+}
+
+#[test]
+fn directive_follows_the_rollout_without_replaying_effects() {
+    let plan = plan(
+        "[shadow]\ncohort_percent = 50\n\
+         [[stage]]\ncohort_percent = 20\nsuccess_percent = 100\nerror_percent = 50\n\
+         [[stage]]\ncohort_percent = 100\nsuccess_percent = 100\nerror_percent = 50\n",
+    );
+    let mut f = Fleet::low(plan, 100);
+    let by_bucket =
+        |lo: u32, hi: u32| f.r.devices.keys().find(|d| (lo..hi).contains(&bucket("r1", d))).unwrap().clone();
+    let (canary, shadow, later) = (by_bucket(0, 2_000), by_bucket(2_000, 5_000), by_bucket(5_000, 10_000));
+    assert_eq!(f.r.directive(&shadow), Some(Directive::Shadow { package: package() }));
+    assert_eq!(f.r.directive(&later), None, "outside the shadow, before its stage");
+    f.r.report_shadow(&shadow, 5, 5, f.now());
+    f.tick();
+    assert_eq!(f.r.directive(&canary), Some(Directive::Serve { package: package(), retry: 0 }));
+    assert_eq!(f.r.directive(&shadow), Some(Directive::Shadow { package: package() }));
+    f.report(std::slice::from_ref(&canary), failed());
+    f.command(Command::RetryFailed).unwrap();
+    assert_eq!(f.r.directive(&canary), Some(Directive::Serve { package: package(), retry: 1 }));
+    f.command(Command::Abort { reason: "enough".into() }).unwrap();
+    for d in [&canary, &shadow] {
+        assert_eq!(f.r.directive(d), Some(Directive::Revert { package: Some(last_good()) }));
+    }
+    assert_eq!(f.r.directive(&later), None);
+    assert_eq!(f.r.directive("unknown"), None);
+}
+
+#[test]
+fn device_leaving_the_channel_is_not_waited_for() {
+    let mut f = Fleet::low(two_stages(1, "100", "5"), 100);
+    let affected = f.serving();
+    let gone = affected.len() / 10 + 1; // more than 5%: the rest alone are below 95%
+    f.command(Command::Abort { reason: "test".into() }).unwrap();
+    for id in &affected[gone..] {
+        assert_eq!(f.r.report_package(id, Some(last_good()), f.now()), vec![]);
+    }
+    assert_eq!(f.r.recovery_time(), None);
+    f.wait(40);
+    let mut recovered = vec![];
+    for id in &affected[..gone] {
+        recovered.extend(f.r.leave(id, f.now()));
+    }
+    assert_eq!(recovered, vec![Effect::Recovered { after_secs: 40 }], "once enough unreported devices left");
+    assert_eq!(f.r.status().recovery.unwrap().affected, (affected.len() - gone) as u64);
 }
 
 #[test]
