@@ -1,9 +1,12 @@
 //! Staged rollout of one release, sans-IO: a plan file (optional shadow stage, then cumulative cohorts with
 //! thresholds) and the controller that judges device outcomes on an injected clock and says what to assign.
 //!
-//! The hub feeds a [`Rollout`] the channel's devices, their outcomes, operator commands and `tick(now)`, performs
-//! the [`Effect`]s it returns and persists the whole value (serde) after every call. Each release has its own
-//! `Rollout`, with no state shared between them: an aborted or stuck release never blocks the next one.
+//! The hub feeds a [`Rollout`] the channel's devices, their outcomes, operator commands and `tick(now)`, and
+//! persists the whole value (serde) after every call. What a device should run is [`Rollout::directive`], read
+//! whenever the device asks (level-triggered, so a crash between persisting and acting loses nothing); the
+//! [`Effect`]s returned say what changed, for pushing assignments early, the audit log and metrics. Each release
+//! has its own `Rollout`, with no state shared between them: an aborted release never blocks the next one, and an
+//! unfinished one is [`superseded`](Rollout::supersede) by it.
 //!
 //! # How devices are counted
 //! A device belongs to the stage its bucket ([`bucket`]) falls into. A stage is judged on its *cohort*: every
@@ -411,7 +414,8 @@ pub enum Command {
     },
 }
 
-/// What the hub must do after a call.
+/// What a call changed: assignments to push now (the same truth [`Rollout::directive`] gives on request) and
+/// events for the audit log, status and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     /// Have these devices run `package` in shadow (beside their active model, serving nothing).
@@ -751,7 +755,8 @@ pub struct Recovery {
 
 impl Recovery {
     /// Rollback recovery time: from the abort decision until the plan's share of affected devices reported the
-    /// last good package again (`None` while not there yet).
+    /// last good package again (`None` while not there yet, and for ever when the channel had no last good
+    /// package: then nothing can be reported back).
     pub fn time(&self) -> Option<Duration> {
         self.recovered_at.map(|t| Duration::from_secs(t - self.since))
     }
