@@ -1246,14 +1246,18 @@ impl Rollout {
 
 /// The outcome a device's state report (`update::StateReport`) states about `package`: rolled back when listed
 /// among its rolled-back packages (which include packages refused before activation), installed when it is the
-/// device's last good package, else none yet. Feed the report's `active` to [`Rollout::report_package`] too.
-/// Policy rejections travel in their own telemetry and are fed as [`Outcome::RejectedByPolicy`].
+/// device's last good package, rejected by policy when its newest refusal of the package is a rejection (a
+/// deferral is no outcome: the device installs later), else none yet. Feed the report's `active` to
+/// [`Rollout::report_package`] too.
 pub fn outcome_of(report: &crate::update::StateReport, package: &Digest) -> Option<Outcome> {
     if report.rolled_back.contains(package) {
-        Some(Outcome::RolledBack { reason: report.message.clone() })
-    } else if report.last_good.as_ref() == Some(package) {
-        Some(Outcome::Installed)
-    } else {
-        None
+        return Some(Outcome::RolledBack { reason: report.message.clone() });
+    }
+    if report.last_good.as_ref() == Some(package) {
+        return Some(Outcome::Installed);
+    }
+    match report.refusals.iter().rev().find(|r| r.digest == *package) {
+        Some(r) if r.until.is_none() => Some(Outcome::RejectedByPolicy { rule: r.rule.clone() }),
+        _ => None,
     }
 }

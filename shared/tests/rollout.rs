@@ -14,7 +14,7 @@ use outpost_shared::rollout::{
     AbortReason, Command, CommandError, DeviceState, Directive, Effect, Outcome, Plan, Position, Release, Rollout,
     StartError, State, bucket,
 };
-use outpost_shared::update::{AgentState, StateReport};
+use outpost_shared::update::{AgentState, Refusal, StateReport};
 
 const T0: u64 = 1_800_000_000;
 const PUBLISHER: &str = "key-publisher";
@@ -616,6 +616,21 @@ fn state_report_gives_outcomes_of_the_package() {
         Some(Outcome::RolledBack { reason: "m".into() })
     );
     assert_eq!(outcome_of(&report(Some(package()), Some(last_good()), vec![]), &package()), None, "on trial");
+    let refusal = |until: Option<u64>| Refusal {
+        digest: package(),
+        package: "m@2.0.0".into(),
+        rule: "max_risk".into(),
+        reason: "risk high > medium".into(),
+        until,
+        policy: Digest::of(b"policy"),
+        at: T0,
+        by_site: false,
+    };
+    let mut refused = report(Some(last_good()), Some(last_good()), vec![]);
+    refused.refusals = vec![refusal(Some(T0 + 60)), refusal(None)];
+    assert_eq!(outcome_of(&refused, &package()), Some(Outcome::RejectedByPolicy { rule: "max_risk".into() }));
+    refused.refusals.reverse();
+    assert_eq!(outcome_of(&refused, &package()), None, "deferred since: not an outcome");
 }
 
 // Plan files.
