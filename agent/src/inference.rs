@@ -380,7 +380,8 @@ impl ModelHandle {
         let _ = writeln!(out, "# HELP outpost_agent_inference_failures_total Inferences the model failed.");
         let _ = writeln!(out, "# TYPE outpost_agent_inference_failures_total counter");
         for ((name, version, _), (_, e, _)) in counters.iter() {
-            let _ = writeln!(out, "outpost_agent_inference_failures_total{{model=\"{name}\",version=\"{version}\"}} {e}");
+            let _ =
+                writeln!(out, "outpost_agent_inference_failures_total{{model=\"{name}\",version=\"{version}\"}} {e}");
         }
         let _ = writeln!(out, "# HELP outpost_agent_inference_seconds Time the model took per inference.");
         let _ = writeln!(out, "# TYPE outpost_agent_inference_seconds histogram");

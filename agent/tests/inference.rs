@@ -536,7 +536,8 @@ async fn oversized_body_is_a_413() {
 #[tokio::test]
 async fn metrics_endpoint_counts_inferences_and_failures_per_model_in_prometheus_format() {
     let model = ppocr();
-    let handle = Arc::new(ModelHandle::with_observer(Arc::new(outpost_shared::clock::ManualClock::new(0)), |_, _, _| {}));
+    let handle =
+        Arc::new(ModelHandle::with_observer(Arc::new(outpost_shared::clock::ManualClock::new(0)), |_, _, _| {}));
     handle.swap(model.clone());
     let server = Server::start(handle).await;
     assert_eq!(server.infer(PPOCR, &smoke_request(&model)).await.0, 200);

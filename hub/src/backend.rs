@@ -76,6 +76,13 @@ impl HubBackend {
         }
     }
 
+    /// Judges every staged rollout at the clock's time (the serving hub calls this every few seconds); returns
+    /// what happened, per release.
+    pub fn tick_rollouts(&self) -> Result<Vec<(String, outpost_shared::rollout::Effect)>, BackendError> {
+        let now = self.clock.wall();
+        self.with_registry(|reg| Ok(crate::rollouts::tick(reg, now)?))
+    }
+
     fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> Result<T, BackendError>) -> Result<T, BackendError> {
         let _guard = self.index.lock().map_err(|_| "index lock poisoned")?;
         let reg = Registry::open(&self.dir, self.clock.clone())?;
@@ -143,9 +150,12 @@ impl Backend for HubBackend {
         let revoked = director.revocations()?;
         let current: Vec<String> = {
             let published = director.published()?;
-            let device_channel =
-                self.with_registry(|reg| Ok(reg.device(&key)?))?.filter(|d| d.status == DeviceStatus::Approved);
-            let Some(record) = device_channel else { return Ok(None) };
+            let device_channel = self.with_registry(|reg| {
+                let Some(d) = reg.device(&key)?.filter(|d| d.status == DeviceStatus::Approved) else { return Ok(None) };
+                let steer = crate::rollouts::steering(reg, &key, &d.channel, now)?;
+                Ok(Some((d, steer)))
+            })?;
+            let Some((record, steer)) = device_channel else { return Ok(None) };
             let paths = published
                 .iter()
                 .filter(|p| p.channels.contains(&record.channel))
@@ -156,7 +166,9 @@ impl Backend for HubBackend {
                 .map(|p| format!("{} {} {}", p.path, p.digest, p.published_at));
             // A gateway's secondaries change its assignment too.
             let secondaries = record.secondaries.iter().map(|s| format!("secondary {} {}", s.device_id, s.hardware_id));
-            paths.chain(secondaries).collect()
+            // So does what the channel's staged rollouts want this device to run.
+            let steering = std::iter::once(format!("rollouts {steer:?}"));
+            paths.chain(secondaries).chain(steering).collect()
         };
         let margin = self.repo.expiries().resign_margin_secs;
         let cached = {
@@ -220,7 +232,14 @@ impl Backend for HubBackend {
         f.sync_data()?;
         // A state report updates the device record: the director stops offering what it rolled back from.
         if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
-            self.with_registry(|reg| Ok(reg.device_reported(&hex::encode(device), &report)?))?;
+            let now = self.clock.wall();
+            self.with_registry(|reg| {
+                reg.device_reported(&hex::encode(device), &report)?;
+                for (release, effect) in crate::rollouts::on_report(reg, &hex::encode(device), &report, now)? {
+                    eprintln!("outpost-hub: release {release}: {}", crate::rollouts::describe(&effect));
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }

@@ -200,16 +200,22 @@ impl<'a> Director<'a> {
             return Ok(None);
         }
         let revoked = self.revocations()?;
-        let eligible: Vec<Published> = self
-            .published()?
+        // Staged rollouts decide who runs their release; everyone else keeps to what the channel ran before.
+        let steer = crate::rollouts::steering(reg, device, &record.channel, now)
+            .map_err(|e| DirectorOpError::Encode(e.to_string()))?;
+        let published = self.published()?;
+        let usable = |p: &Published| {
+            p.channels.contains(&record.channel) && !revoked.revoked.iter().any(|r| r.digest == p.digest)
+        };
+        let forced = steer
+            .assign
+            .filter(|a| steer.retry || !record.rolled_back.contains(a))
+            .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
+        let eligible: Vec<Published> = published
             .into_iter()
-            .filter(|p| {
-                p.channels.contains(&record.channel)
-                    && !revoked.revoked.iter().any(|r| r.digest == p.digest)
-                    && !record.rolled_back.contains(&p.digest)
-            })
+            .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
             .collect();
-        let current = eligible.iter().rfind(|p| p.firmware.is_none()).cloned();
+        let current = forced.or_else(|| eligible.iter().rfind(|p| p.firmware.is_none()).cloned());
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;

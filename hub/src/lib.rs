@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod director;
 pub mod registry;
+pub mod rollouts;
 pub mod serve;
 pub mod telemetry;
 pub mod tuf;
