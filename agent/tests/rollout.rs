@@ -168,4 +168,12 @@ async fn release_failing_health_on_the_canary_aborts_by_itself_and_the_cohort_re
     );
     let cohort = record.rollout.status().cohort;
     assert_eq!((cohort.rolled_back, cohort.errors()), (1, 1));
+
+    // The same figures on the hub's Prometheus endpoint.
+    let metrics = backend.metrics().unwrap();
+    let rolled_back = "outpost_hub_release_devices{release=\"r1\",package=\"affine@1.1.0\",outcome=\"rolled_back\"} 1";
+    assert!(metrics.contains(rolled_back), "{metrics}");
+    assert!(metrics.contains("outpost_hub_release_recovery_seconds{release=\"r1\"}"), "{metrics}");
+    let all_on_v1 = format!("outpost_hub_devices{{status=\"approved\",site=\"-\",package=\"{}\"}} 4", v1.short());
+    assert!(metrics.contains(&all_on_v1), "{metrics}");
 }

@@ -76,6 +76,76 @@ impl HubBackend {
         }
     }
 
+    /// The hub's Prometheus text exposition: devices by status, site and package; releases with their counts and
+    /// recovery time; telemetry per site and latency per model.
+    pub fn metrics(&self) -> Result<String, BackendError> {
+        use std::collections::BTreeMap;
+        use std::fmt::Write as _;
+        let (devices, releases) = self.with_registry(|reg| Ok((reg.devices()?, crate::rollouts::list(reg)?)))?;
+        let mut out = String::new();
+        let mut counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+        for d in devices.iter().filter(|d| !d.site_node) {
+            let status = format!("{:?}", d.status).to_lowercase();
+            let package = d.active.map_or("none".to_owned(), |a| a.short());
+            *counts.entry((status, d.shown_site().unwrap_or("-").to_owned(), package)).or_default() += 1;
+        }
+        let _ =
+            writeln!(out, "# HELP outpost_hub_devices Devices by status, site and the package they report running.");
+        let _ = writeln!(out, "# TYPE outpost_hub_devices gauge");
+        for ((status, site, package), n) in &counts {
+            let _ =
+                writeln!(out, "outpost_hub_devices{{status=\"{status}\",site=\"{site}\",package=\"{package}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP outpost_hub_release_devices Devices of a release by outcome.");
+        let _ = writeln!(out, "# TYPE outpost_hub_release_devices gauge");
+        let _ =
+            writeln!(out, "# HELP outpost_hub_release_recovery_seconds Rollback recovery time of an aborted release.");
+        let _ = writeln!(out, "# TYPE outpost_hub_release_recovery_seconds gauge");
+        for (id, r) in &releases {
+            let c = r.rollout.status().cohort;
+            for (outcome, n) in [
+                ("pending", c.pending),
+                ("installed", c.installed),
+                ("failed", c.failed),
+                ("rolled_back", c.rolled_back),
+                ("rejected_by_policy", c.rejected_by_policy),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "outpost_hub_release_devices{{release=\"{id}\",package=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    r.package
+                );
+            }
+            if let Some(t) = r.rollout.recovery_time() {
+                let _ = writeln!(out, "outpost_hub_release_recovery_seconds{{release=\"{id}\"}} {}", t.as_secs());
+            }
+        }
+        let groups = {
+            let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
+            let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
+            store.aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?
+        };
+        let _ = writeln!(out, "# HELP outpost_hub_telemetry_events Telemetry events stored, by site and kind.");
+        let _ = writeln!(out, "# TYPE outpost_hub_telemetry_events gauge");
+        for g in &groups {
+            for (kind, n) in &g.summary.by_kind {
+                let _ = writeln!(out, "outpost_hub_telemetry_events{{site=\"{}\",kind=\"{kind}\"}} {n}", g.key);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP outpost_hub_inference_seconds Inference latency reported by devices, per site and model."
+        );
+        let _ = writeln!(out, "# TYPE outpost_hub_inference_seconds histogram");
+        for g in &groups {
+            for (model, i) in &g.summary.inference {
+                let labels = [("site", g.key.as_str()), ("model", &model[..12.min(model.len())])];
+                i.latency.write_prometheus(&mut out, "outpost_hub_inference_seconds", &labels);
+            }
+        }
+        Ok(out)
+    }
+
     /// Judges every staged rollout at the clock's time (the serving hub calls this every few seconds); returns
     /// what happened, per release.
     pub fn tick_rollouts(&self) -> Result<Vec<(String, outpost_shared::rollout::Effect)>, BackendError> {

@@ -72,6 +72,9 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR")]
         bind: std::net::SocketAddr,
+        /// Also serve Prometheus metrics over HTTP at http://ADDR/metrics (devices, releases, telemetry).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Packages refused by site policies, as devices and site nodes last reported them: per release (how many
     /// devices rejected or deferred it, and by which rule) and per site. Policy refusals are not failures.
@@ -493,7 +496,7 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
             let id = hub_identity(dir)?;
             println!("{}", id.public_key().to_hex());
         }
-        Command::Serve { bind } => serve(dir, bind)?,
+        Command::Serve { bind, metrics } => serve(dir, bind, metrics)?,
         Command::Release(cmd) => release(cmd, dir)?,
         Command::Repo(RepoCmd::Export { dir: out }) => {
             let n = repo(dir)?.export(&out)?;
@@ -633,7 +636,7 @@ fn hub_identity(dir: &Path) -> Result<Identity> {
     Ok(Identity::load(&path)?)
 }
 
-fn serve(dir: &Path, bind: std::net::SocketAddr) -> Result<()> {
+fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::SocketAddr>) -> Result<()> {
     let r = repo(dir)?;
     if !r.exists() {
         anyhow::bail!("no TUF repository yet: run `outpost-hub keys generate --offline-dir DIR` first");
@@ -649,6 +652,25 @@ fn serve(dir: &Path, bind: std::net::SocketAddr) -> Result<()> {
     runtime.block_on(async move {
         let server = Server::bind(serve_config, backend.clone())?;
         eprintln!("serving on {} (udp), hub key {key}", server.local_addr()?);
+        if let Some(addr) = metrics {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            eprintln!("metrics on http://{addr}/metrics");
+            let b = backend.clone();
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let b = b.clone();
+                    async move {
+                        match tokio::task::spawn_blocking(move || b.metrics().map_err(|e| e.to_string())).await {
+                            Ok(Ok(text)) => (axum::http::StatusCode::OK, text),
+                            Ok(Err(e)) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e),
+                            Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                        }
+                    }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
         // Staged rollouts are judged every few seconds (abort decisions too, so recovery time starts on time).
         let rollouts = backend.clone();
         tokio::spawn(async move {
