@@ -27,6 +27,18 @@ snapshot_secs = 604800       # 7 days; online key
 timestamp_secs = 86400       # 1 day; online key
 # The serving hub re-signs snapshot and timestamp when less than this remains (6 hours).
 resign_margin_secs = 21600
+
+[attestation]
+# Serve only connections whose device attested (evidence appraised against the central team's signed reference
+# values in DIR/attestation/reference-values.cbor). With no team key or no valid reference values, nothing is
+# served and `serve` says why. Turn off only for a lab hub.
+required = true
+# The central team's Ed25519 public key (64 hex) that signs reference values. Default: the one in
+# DIR/attestation/team.pub (hex), if any.
+# team_key = ""
+# How long a challenge may be answered, and how long an attestation result lets a connection be served.
+challenge_ttl_secs = 30
+result_ttl_secs = 3600
 "#;
 
 /// The validated configuration.
@@ -37,6 +49,28 @@ pub struct HubConfig {
     pub limits: Limits,
     /// TUF metadata expiry periods.
     pub repository: crate::tuf::Expiries,
+    /// The attestation gate.
+    pub attestation: Attestation,
+}
+
+/// `[attestation]`: whether and how the hub appraises devices before serving them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Attestation {
+    /// Serve only attested connections.
+    pub required: bool,
+    /// The central team's reference-values key (hex); `None`: `DIR/attestation/team.pub`.
+    pub team_key: Option<String>,
+    /// Seconds a challenge may be answered.
+    pub challenge_ttl_secs: u64,
+    /// Seconds an attestation result stays current.
+    pub result_ttl_secs: u64,
+}
+
+impl Default for Attestation {
+    fn default() -> Self {
+        Attestation { required: true, team_key: None, challenge_ttl_secs: 30, result_ttl_secs: 3600 }
+    }
 }
 
 /// Size limits on what the registry accepts.
@@ -72,6 +106,19 @@ impl HubConfig {
         }
         if cfg.limits.max_manifest_bytes == 0 {
             return Err(ConfigError::invalid(path, "limits.max_manifest_bytes", "must be greater than zero"));
+        }
+        if let Some(k) = &cfg.attestation.team_key
+            && k.parse::<outpost_attestation::PublicKey>().is_err()
+        {
+            return Err(ConfigError::invalid(path, "attestation.team_key", "must be an Ed25519 public key, 64 hex"));
+        }
+        for (key, v) in [
+            ("attestation.challenge_ttl_secs", cfg.attestation.challenge_ttl_secs),
+            ("attestation.result_ttl_secs", cfg.attestation.result_ttl_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(path, key, "must be greater than zero"));
+            }
         }
         Ok(cfg)
     }

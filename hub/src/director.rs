@@ -199,16 +199,7 @@ impl<'a> Director<'a> {
         if record.status != DeviceStatus::Approved {
             return Ok(None);
         }
-        let revoked = self.revocations()?;
-        let eligible: Vec<Published> = self
-            .published()?
-            .into_iter()
-            .filter(|p| {
-                p.channels.contains(&record.channel)
-                    && !revoked.revoked.iter().any(|r| r.digest == p.digest)
-                    && !record.rolled_back.contains(&p.digest)
-            })
-            .collect();
+        let eligible = self.eligible(&record)?;
         let current = eligible.iter().rfind(|p| p.firmware.is_none()).cloned();
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
@@ -221,6 +212,25 @@ impl<'a> Director<'a> {
             secondaries,
         };
         Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
+    }
+
+    /// What may be assigned to `record`: published to its channel, not revoked, not rolled back from; oldest first.
+    fn eligible(&self, record: &DeviceRecord) -> Result<Vec<Published>, DirectorOpError> {
+        let revoked = self.revocations()?;
+        Ok(self
+            .published()?
+            .into_iter()
+            .filter(|p| {
+                p.channels.contains(&record.channel)
+                    && !revoked.revoked.iter().any(|r| r.digest == p.digest)
+                    && !record.rolled_back.contains(&p.digest)
+            })
+            .collect())
+    }
+
+    /// The model package an assignment for `record` names now (what attestation expects it to move to).
+    pub fn assigned_model(&self, record: &DeviceRecord) -> Result<Option<Digest>, DirectorOpError> {
+        Ok(self.eligible(record)?.iter().rfind(|p| p.firmware.is_none()).map(|p| p.digest))
     }
 
     /// Per secondary of the gateway `record`, the newest eligible firmware for its hardware id, with a compact

@@ -680,10 +680,9 @@ impl Message for Response {
                 Response::Error { code: ErrorCode::from_u16(code), message: m.text("message")? }
             }
             kind::CHALLENGE => Response::Challenge {
-                nonce_challenge: m.opt_key("nonce_challenge")?.ok_or_else(|| WireError::Malformed {
-                    kind: k,
-                    reason: "missing `nonce_challenge`".into(),
-                })?,
+                nonce_challenge: m
+                    .opt_key("nonce_challenge")?
+                    .ok_or_else(|| WireError::Malformed { kind: k, reason: "missing `nonce_challenge`".into() })?,
             },
             kind::ATTESTED => {
                 let status = match m.text("status")?.as_str() {
@@ -1216,7 +1215,11 @@ mod tests {
             Response::Ack,
             Response::error(ErrorCode::RangeNotSatisfiable, "offset 200 is past 100"),
             Response::Challenge { nonce_challenge: [3; 32] },
-            Response::Attested { status: AttestedStatus::Warning, expires: 1_795_885_200, tier: AttestedTier::Software },
+            Response::Attested {
+                status: AttestedStatus::Warning,
+                expires: 1_795_885_200,
+                tier: AttestedTier::Software,
+            },
             Response::error(ErrorCode::NotAttested, "not attested: device revoked"),
         ]
     }
