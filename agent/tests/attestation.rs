@@ -234,3 +234,20 @@ async fn one_time_token_enrols_once_and_expires() {
     let CheckError::Hub(e) = e else { panic!("{e}") };
     assert_eq!(e.close_reason().map(|(code, _)| code), Some(outpost_shared::wire::codes::CLOSE_UNKNOWN_DEVICE));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_hoard_challenges_and_lock_other_devices_out() {
+    let w = World::new();
+    let (addr, hub_key) = w.serve().await;
+    w.registry().device_approve(&key(1), "stable").unwrap();
+    let hoarder = connect(addr, hub_key, 1).await;
+    for _ in 0..outpost_hub::serve::ServeConfig::DEFAULT_MAX_CHALLENGES_PER_CONNECTION {
+        hoarder.challenge().await.unwrap().unwrap();
+    }
+    let e = hoarder.challenge().await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: too many challenges on this connection; reconnect");
+    // A fresh connection attests as usual.
+    let fresh = connect(addr, hub_key, 1).await;
+    let verdict = attest::attest(&fresh, &Identity::from_seed([1; 32]), &facts(None)).await.unwrap();
+    assert!(matches!(verdict, attest::Outcome::Attested(_)), "{verdict:?}");
+}

@@ -124,6 +124,36 @@ impl HubConfig {
     }
 }
 
+/// Sets `[attestation] required` in the `hub.toml` of the hub in `dir` (for labs and benchmarks that measure the
+/// update path alone; a production hub keeps the default, `true`).
+///
+/// # Errors
+/// The file cannot be read or written, or has no `required = ` line under `[attestation]` to change.
+pub fn set_attestation_required(dir: &Path, required: bool) -> std::io::Result<()> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path)?;
+    let mut in_section = false;
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            in_section = trimmed.starts_with("[attestation]");
+        }
+        if in_section && trimmed.starts_with("required") && trimmed.contains('=') {
+            out.push_str(&format!("required = {required}\n"));
+            changed = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !changed {
+        return Err(std::io::Error::other(format!("{}: no `required = ` under [attestation]", path.display())));
+    }
+    std::fs::write(&path, out)
+}
+
 /// The data directory used when neither `--data-dir` nor `$OUTPOST_HUB_DIR` is given:
 /// `$XDG_DATA_HOME/outpost/hub`, else `$HOME/.local/share/outpost/hub`, else `./outpost-hub`.
 pub fn default_data_dir() -> PathBuf {
@@ -144,6 +174,19 @@ mod tests {
     #[test]
     fn default_config_text_parses_to_the_defaults() {
         assert_eq!(HubConfig::parse(DEFAULT_CONFIG, Path::new("hub.toml")).unwrap(), HubConfig::default());
+    }
+
+    #[test]
+    fn attestation_is_required_by_default_and_a_bad_team_key_names_its_key() {
+        let cfg = HubConfig::parse("", Path::new("hub.toml")).unwrap();
+        assert!(cfg.attestation.required);
+        let e = HubConfig::parse("[attestation]\nteam_key = \"abc\"\n", Path::new("hub.toml")).unwrap_err();
+        assert!(e.to_string().contains("attestation.team_key"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), DEFAULT_CONFIG).unwrap();
+        set_attestation_required(dir.path(), false).unwrap();
+        let cfg = HubConfig::load(&dir.path().join(CONFIG_FILE)).unwrap();
+        assert!(!cfg.attestation.required);
     }
 
     #[test]

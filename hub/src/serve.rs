@@ -122,6 +122,9 @@ pub struct ServeConfig {
     /// How often a live connection's device is checked against the allow-list again, so a revoked device is
     /// cut off without waiting for it to reconnect.
     pub recheck_interval: Duration,
+    /// Most attestation challenges one connection may ask for: each is held by the verifier until it expires, so
+    /// this (times `max_connections`) keeps one device from filling the verifier's store and locking others out.
+    pub max_challenges_per_connection: u32,
 }
 
 impl ServeConfig {
@@ -137,6 +140,9 @@ impl ServeConfig {
     pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default allow-list recheck interval.
     pub const DEFAULT_RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+    /// Default challenges per connection (an agent needs one, and one more per renewal it does not make on a new
+    /// connection).
+    pub const DEFAULT_MAX_CHALLENGES_PER_CONNECTION: u32 = 4;
 
     /// Defaults for everything but the identity.
     pub fn new(identity: Identity) -> Self {
@@ -149,6 +155,7 @@ impl ServeConfig {
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             stall_timeout: Self::DEFAULT_STALL_TIMEOUT,
             recheck_interval: Self::DEFAULT_RECHECK_INTERVAL,
+            max_challenges_per_connection: Self::DEFAULT_MAX_CHALLENGES_PER_CONNECTION,
         }
     }
 }
@@ -196,6 +203,7 @@ struct Shared {
     limits: Limits,
     stall_timeout: Duration,
     recheck_interval: Duration,
+    max_challenges_per_connection: u32,
 }
 
 impl Server {
@@ -236,6 +244,7 @@ impl Server {
                 limits: config.limits,
                 stall_timeout: config.stall_timeout,
                 recheck_interval: config.recheck_interval,
+                max_challenges_per_connection: config.max_challenges_per_connection,
             }),
             connections: Arc::new(Semaphore::new(config.max_connections)),
         })
@@ -356,6 +365,8 @@ struct ConnState {
 struct Attestation {
     challenge: Option<Challenge>,
     result: Option<AttestationResult>,
+    /// Challenges issued on this connection so far.
+    issued: u32,
 }
 
 impl ConnState {
@@ -401,6 +412,13 @@ async fn issue_challenge(ctx: &ConnState, shared: &Shared) -> Response {
     let backend = shared.backend.clone();
     if !backend.attestation_required() {
         return Response::NotFound;
+    }
+    {
+        let mut state = ctx.attestation();
+        if state.issued >= shared.max_challenges_per_connection {
+            return not_attested(&Unattested("too many challenges on this connection; reconnect".into()));
+        }
+        state.issued += 1;
     }
     let device = ctx.device;
     let issued = tokio::task::spawn_blocking(move || backend.challenge(&device))

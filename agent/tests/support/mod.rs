@@ -157,6 +157,20 @@ impl World {
     }
 }
 
+/// A connection of `device` to the hub at `addr`, attested as a device with no model and no policy.
+pub async fn connect_attested(
+    device: &Identity,
+    addr: std::net::SocketAddr,
+    hub: outpost_attestation::identity::PublicKey,
+) -> outpost_agent::quic::HubClient {
+    let config = outpost_agent::quic::ClientConfig::new(addr, hub);
+    let client = outpost_agent::quic::HubClient::connect(device, &config).await.unwrap();
+    let facts = outpost_agent::attest::Facts { bootcount: 1, model: None, policy: None };
+    let verdict = outpost_agent::attest::attest(&client, device, &facts).await.unwrap();
+    assert!(matches!(verdict, outpost_agent::attest::Outcome::Attested(_)), "{verdict:?}");
+    client
+}
+
 /// The package the agent serves now.
 pub fn active(agent: &outpost_agent::driver::Agent) -> Option<Digest> {
     agent.active().map(|a| *a.digest())
