@@ -39,8 +39,11 @@ pub struct HubBackend {
     /// The attestation gate.
     gate: Gate,
     /// Revoked device keys, as read when [`DEVICE_STATUS_STAMP`] had this stamp.
-    revoked: Mutex<Option<(Option<FileStamp>, HashSet<[u8; 32]>)>>,
+    revoked: Mutex<Option<RevokedAt>>,
 }
+
+/// The revoked device keys, and the device-status stamp they were read at.
+type RevokedAt = (Option<FileStamp>, HashSet<[u8; 32]>);
 
 /// A metadata file's bytes, the stamp they were read at, and when (monotonic) the stamp was last confirmed.
 struct CachedFile {
