@@ -48,6 +48,16 @@ impl Layout {
         self.root.join("staging").join(format!("{}.opkg.part", d.to_hex()))
     }
 
+    /// The boot counter attestation reports: bumped once per start of the agent or site node.
+    pub fn bootcount(&self) -> PathBuf {
+        self.root.join("bootcount")
+    }
+
+    /// The one-time enrolment token `init --token` stored; removed once the hub has enrolled this device.
+    pub fn enrolment_token(&self) -> PathBuf {
+        self.root.join("enrol.token")
+    }
+
     /// The last site policy that loaded (kept so a broken policy file never leaves the device without one).
     pub fn policy(&self) -> PathBuf {
         self.root.join("policy")

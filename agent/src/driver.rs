@@ -34,7 +34,12 @@ pub const DIRECTOR_TARGET: &str = "director/director.json";
 pub enum CheckError {
     /// The hub could not be reached or misbehaved on the wire.
     #[error("hub: {0}")]
-    Hub(#[from] crate::quic::ClientError),
+    Hub(crate::quic::ClientError),
+    /// The hub serves this device nothing: its evidence was not appraised as good (unknown or revoked device,
+    /// agent binary not in the reference values, a model it should not run...), or its attestation lapsed. The
+    /// message is the hub's `not attested: <reason>`. The device keeps serving its model.
+    #[error("hub refused to serve this device: {0}")]
+    NotAttested(String),
     /// TUF verification failed (rollback, freeze, mix-and-match, bad signatures...).
     #[error("TUF: {0}")]
     Tuf(#[from] sigstore_tuf::Error),
@@ -58,6 +63,18 @@ pub enum CheckError {
     Gateway(#[from] gateway::GatewayError),
 }
 
+impl From<crate::quic::ClientError> for CheckError {
+    fn from(e: crate::quic::ClientError) -> Self {
+        match crate::attest::not_attested_reason(&e) {
+            Some(reason) => CheckError::NotAttested(reason.to_owned()),
+            None => CheckError::Hub(e),
+        }
+    }
+}
+
+/// Re-attest on a new connection when the current result expires within this many seconds.
+pub const ATTESTATION_MARGIN_SECS: u64 = 60;
+
 /// The agent.
 pub struct Agent {
     config: AgentConfig,
@@ -68,6 +85,10 @@ pub struct Agent {
     /// What the inference API serves; swapped atomically, so in-flight requests finish on the old model.
     models: Arc<ModelHandle>,
     client: Option<Arc<HubClient>>,
+    /// The hub's attestation of `client`'s connection (`None`: not attested, or a server that does not attest).
+    attested: Option<crate::quic::Attested>,
+    /// This start's boot count (persisted in the device directory), stated in evidence.
+    bootcount: u64,
     /// Reports waiting for a connection (telemetry proper arrives with the fleet issue).
     outbox: Vec<String>,
     /// The model loaded and smoke-tested by the last successful stage, ready to swap in at once.
@@ -112,6 +133,7 @@ impl Agent {
         let layout = Layout::new(&config.data_dir);
         let identity = Identity::load(&layout.identity()).map_err(|e| CheckError::Invalid(e.to_string()))?;
         let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
+        let bootcount = crate::attest::next_bootcount(&layout)?;
         let health = HealthPolicy { inferences: config.updates.health_inferences, seconds: config.updates.health_secs };
         let mut agent = Agent {
             config,
@@ -121,6 +143,8 @@ impl Agent {
             updates: UpdateLoop::new(state, health),
             models,
             client: None,
+            attested: None,
+            bootcount,
             outbox: Vec::new(),
             staged: None,
             previous: None,
@@ -292,34 +316,68 @@ impl Agent {
         Ok(())
     }
 
+    /// The connection to the hub, attested: a new one enrols first if `init --token` left a token, then presents
+    /// evidence. An attestation about to expire is renewed on a new connection.
     async fn connect(&mut self) -> Result<Arc<HubClient>, CheckError> {
+        let due = self.attested.is_some_and(|a| a.expires <= self.clock.wall().saturating_add(ATTESTATION_MARGIN_SECS));
         if let Some(c) = &self.client
             && c.connection().close_reason().is_none()
+            && !due
         {
             return Ok(c.clone());
         }
+        self.client = None;
+        self.attested = None;
         let config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
         let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
+        if crate::attest::enroll_if_pending(&client, &self.layout).await? {
+            eprintln!("outpost-agent: enrolled with the hub using the one-time token");
+        }
+        let facts = crate::attest::Facts {
+            bootcount: self.bootcount,
+            model: self.updates.state.active.as_ref().map(|i| i.target.digest),
+            policy: self.updates.state.policy,
+        };
+        match crate::attest::attest(&client, &self.identity, &facts).await? {
+            crate::attest::Outcome::Attested(a) => self.attested = Some(a),
+            crate::attest::Outcome::NotRequired => {}
+        }
         self.client = Some(client.clone());
         Ok(client)
+    }
+
+    /// The hub's attestation of the current connection, if any.
+    pub fn attested(&self) -> Option<crate::quic::Attested> {
+        self.attested
     }
 
     /// One update check: refresh TUF, fetch and verify the director bundle, and carry out whatever the loop
     /// decides (download, stage, activate) until it waits for the health window or for the next check; then
     /// send reports and queued telemetry. A failed check is itself queued as telemetry.
+    ///
+    /// A hub that stops serving this connection (`NotAttested`: revoked, or the result lapsed) ends the check
+    /// with [`CheckError::NotAttested`] and the connection is dropped, so the next check attests afresh.
     pub async fn check(&mut self) -> Result<(), CheckError> {
         // Inference counts since the last check are queued first, so they are durable whatever happens next.
         for (model, (count, errors, latency)) in std::mem::take(&mut self.inferences) {
             self.queue(EventKind::InferenceStats { model, count, errors, latency });
         }
-        let result = self.check_once().await;
+        let result = self.check_attested().await;
+        let result = match (&result, self.client.as_ref().and_then(|c| c.not_attested())) {
+            (Err(_), Some(reason)) => {
+                self.client = None;
+                self.attested = None;
+                Err(CheckError::NotAttested(reason))
+            }
+            _ => result,
+        };
         if let Err(e) = &result {
             self.queue(EventKind::Error { what: format!("update check failed: {e}") });
         }
         result
     }
 
-    async fn check_once(&mut self) -> Result<(), CheckError> {
+    async fn check_attested(&mut self) -> Result<(), CheckError> {
         let client = self.connect().await?;
         // Metadata and target bytes come from the mirror when one is configured; the assignment and reports
         // always go to the hub.
@@ -639,4 +697,12 @@ pub fn init_device(dir: &Path, root_json: &[u8], seed: [u8; 32]) -> Result<Strin
     identity.save(&layout.identity()).map_err(|e| CheckError::Invalid(e.to_string()))?;
     crate::tuf::pin_root(&layout.tuf(), root_json)?;
     Ok(identity.public_key().to_hex())
+}
+
+/// Leaves a one-time enrolment token (`outpost-hub device token`) in a device directory (mode 0600): the first
+/// connection to the hub enrols with it, then it is removed.
+pub fn store_enrolment_token(dir: &Path, token: &str) -> Result<(), CheckError> {
+    let path = Layout::new(dir).enrolment_token();
+    outpost_attestation::identity::write_new_file(&path, format!("{}\n", token.trim()).as_bytes(), 0o600)
+        .map_err(|e| CheckError::Invalid(e.to_string()))
 }

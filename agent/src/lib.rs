@@ -8,6 +8,7 @@
 //! WebAssembly modules), `site_policy` (the site policy a device or site node enforces, with its last good copy).
 //! Later issues add telemetry.
 
+pub mod attest;
 pub mod config;
 pub mod device;
 pub mod driver;

@@ -51,6 +51,10 @@ enum Command {
         /// The device directory.
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
+        /// A one-time enrolment token (`outpost-hub device token`): the first connection enrols this device with
+        /// it, no `device approve` needed.
+        #[arg(long, value_name = "T")]
+        token: Option<String>,
     },
     /// Run the update loop: check the hub every poll interval, install, health-check, roll back. With
     /// `--mode site`, run as a site node instead: serve the hub's protocol to the devices of one site on
@@ -159,7 +163,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Init { hub, hub_key, root, dir } => {
+        Command::Init { hub, hub_key, root, dir, token } => {
             let config_path = dir.join("agent.toml");
             if config_path.exists() {
                 anyhow::bail!("{} exists; this device is already set up", config_path.display());
@@ -170,9 +174,16 @@ fn run(command: Command) -> Result<()> {
             let mut seed = [0u8; 32];
             getrandom_bytes(&mut seed)?;
             let key = init_device(&dir, &root_json, seed)?;
+            if let Some(token) = &token {
+                outpost_agent::driver::store_enrolment_token(&dir, token)?;
+            }
             device::write_atomic(&config_path, text.as_bytes())?;
-            eprintln!("device set up in {}; approve it on the hub with:", dir.display());
-            eprintln!("  outpost-hub device approve {key} --channel stable");
+            if token.is_some() {
+                eprintln!("device set up in {}; it enrols with the token on its first connection", dir.display());
+            } else {
+                eprintln!("device set up in {}; approve it on the hub with:", dir.display());
+                eprintln!("  outpost-hub device approve {key} --channel stable");
+            }
             println!("{key}");
         }
         Command::Run { config, once, mode } => {

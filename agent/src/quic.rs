@@ -8,8 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_attestation::Challenge;
+use outpost_attestation::evidence::{EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN};
 use outpost_attestation::identity::{Identity, IdentityError, PublicKey};
-use outpost_shared::wire::{self, ErrorCode, Limits, Request, Response, ResponseReader, WireError, codes};
+use outpost_shared::wire::{
+    self, AttestedStatus, AttestedTier, ErrorCode, Limits, Request, Response, ResponseReader, WireError, codes,
+};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, VarInt};
 use sigstore_tuf::transport::FetchFuture;
@@ -74,7 +78,7 @@ pub enum ClientError {
     /// The hub broke the protocol.
     #[error("hub sent a bad answer: {0}")]
     Wire(#[from] WireError),
-    /// The hub answered with a typed error.
+    /// The hub answered with a typed error (`NotAttested`: the message is `not attested: <reason>`).
     #[error("hub refused the request ({code:?}): {message}")]
     Hub {
         /// The error code.
@@ -112,6 +116,17 @@ impl ClientError {
     }
 }
 
+/// The hub's positive attestation verdict on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attested {
+    /// Affirming or warning.
+    pub status: AttestedStatus,
+    /// Wall-clock expiry (Unix seconds): attest again on a new connection before then.
+    pub expires: u64,
+    /// Software or hardware tier.
+    pub tier: AttestedTier,
+}
+
 /// The byte range a target download delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetRange {
@@ -130,6 +145,8 @@ pub struct HubClient {
     conn: quinn::Connection,
     limits: Limits,
     stall: Duration,
+    /// The hub's last `NotAttested` refusal on this connection, whatever asked (the TUF client's errors bury it).
+    not_attested: std::sync::Mutex<Option<String>>,
 }
 
 /// Bytes asked of quinn per read.
@@ -166,12 +183,51 @@ impl HubClient {
             Ok(conn) => conn?,
             Err(_) => return Err(ClientError::Timeout(config.connect_timeout)),
         };
-        Ok(HubClient { endpoint, conn, limits: config.limits, stall: config.stall_timeout })
+        Ok(HubClient {
+            endpoint,
+            conn,
+            limits: config.limits,
+            stall: config.stall_timeout,
+            not_attested: std::sync::Mutex::new(None),
+        })
     }
 
     /// The underlying connection, for tests and diagnostics.
     pub fn connection(&self) -> &quinn::Connection {
         &self.conn
+    }
+
+    /// This connection's TLS exporter output for attestation: the hub computes the same bytes on its side, so
+    /// evidence whose nonce mixes them in is good on this connection only.
+    pub fn exporter(&self) -> Result<[u8; EXPORTER_LEN], ClientError> {
+        let mut out = [0u8; EXPORTER_LEN];
+        self.conn
+            .export_keying_material(&mut out, EXPORTER_LABEL, EXPORTER_CONTEXT)
+            .map_err(|_| ClientError::Setup("the TLS session cannot export keying material".into()))?;
+        Ok(out)
+    }
+
+    /// A fresh attestation challenge for this connection; `None` if the server does not appraise evidence (a
+    /// site node).
+    pub async fn challenge(&self) -> Result<Option<Challenge>, ClientError> {
+        match self.simple(&Request::GetChallenge).await? {
+            Response::Challenge { nonce_challenge } => Ok(Some(Challenge(nonce_challenge))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Presents signed evidence; returns the hub's verdict (a refusal is [`ClientError::Hub`] with
+    /// [`ErrorCode::NotAttested`]).
+    pub async fn post_evidence(&self, evidence: &[u8]) -> Result<Attested, ClientError> {
+        match self.simple(&Request::PostEvidence { evidence: evidence.to_vec() }).await? {
+            Response::Attested { status, expires, tier } => Ok(Attested { status, expires, tier }),
+            other => Err(WireError::UnexpectedResponse { reason: format!("{other:?} answers evidence") }.into()),
+        }
+    }
+
+    /// Enrols this device's key with a one-time token; returns once the hub has approved it.
+    pub async fn enroll(&self, token: &str, hardware: &str) -> Result<(), ClientError> {
+        self.simple(&Request::Enroll { token: token.to_owned(), hardware: hardware.to_owned() }).await.map(drop)
     }
 
     /// A TUF metadata file (`timestamp.json`, `3.root.json`...), at most `max_len` bytes; `None` if the hub has
@@ -248,7 +304,7 @@ impl HubClient {
         let (response, first, mut recv, mut reader) = self.start(&request).await?;
         let range = match response {
             Response::TargetHeader { total_len, offset, len } => TargetRange { total_len, offset, len },
-            other => return finish_simple(other, recv, reader, self.stall).await.map(|_| None),
+            other => return self.note(finish_simple(other, recv, reader, self.stall).await).map(|_| None),
         };
         if range.total_len > max_total {
             let _ = recv.stop(VarInt::from_u32(codes::STREAM_PROTOCOL));
@@ -274,10 +330,25 @@ impl HubClient {
         let _ = timeout(self.stall, self.endpoint.wait_idle()).await;
     }
 
+    /// The hub's last `NotAttested` refusal on this connection (`not attested: <reason>`), if any.
+    pub fn not_attested(&self) -> Option<String> {
+        self.not_attested.lock().ok().and_then(|r| r.clone())
+    }
+
     /// Runs a request whose answer is one frame; typed hub errors become [`ClientError::Hub`].
     async fn simple(&self, request: &Request) -> Result<Response, ClientError> {
         let (response, _, recv, reader) = self.start(request).await?;
-        finish_simple(response, recv, reader, self.stall).await
+        self.note(finish_simple(response, recv, reader, self.stall).await)
+    }
+
+    /// Remembers a `NotAttested` refusal.
+    fn note<T>(&self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        if let Err(ClientError::Hub { code: ErrorCode::NotAttested, message }) = &result
+            && let Ok(mut slot) = self.not_attested.lock()
+        {
+            *slot = Some(message.clone());
+        }
+        result
     }
 
     /// Opens a stream, sends the request, and reads until the response frame is complete. Returns it with any

@@ -6,6 +6,11 @@
 //! exactly as from the hub, so a site node that tampers or serves stale metadata is caught. A package the site
 //! policy refuses is never fetched from the hub; devices asking for it get `Forbidden` with the rule, keep their
 //! model, and the hub gets one site-level refusal in the site node's own report.
+//!
+//! Attestation: the site node attests itself to the hub on its upstream connection (its own binary, policy and
+//! boot count), so a site node running an unlisted agent build is served nothing. It does not appraise the devices
+//! behind it (it answers their `GetChallenge` with `NotFound`): devices behind a site node are not attested; the
+//! hub only knows them as approved devices of that site.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +46,9 @@ pub struct SiteNode {
     identity: Identity,
     clock: Arc<dyn Clock>,
     handle: Handle,
-    upstream: tokio::sync::Mutex<Option<Arc<HubClient>>>,
+    /// The connection to the hub and when its attestation expires (`None`: the hub does not attest).
+    upstream: tokio::sync::Mutex<Option<(Arc<HubClient>, Option<u64>)>>,
+    bootcount: u64,
     metadata: Mutex<HashMap<String, (Vec<u8>, Duration)>>,
     devices: Mutex<HashMap<[u8; 32], (bool, Duration)>>,
     /// One fetch per blob at a time: the second device waits for the first fetch and gets the cached copy.
@@ -75,7 +82,9 @@ impl SiteNode {
         let identity = Identity::load(&layout.identity()).map_err(|e| SiteError::Identity(e.to_string()))?;
         let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
         std::fs::create_dir_all(layout.cache())?;
+        let bootcount = crate::attest::next_bootcount(&layout)?;
         Ok(SiteNode {
+            bootcount,
             config,
             layout,
             identity,
@@ -105,16 +114,38 @@ impl SiteNode {
         self.state.lock().map(|s| s.refused.clone()).unwrap_or_default()
     }
 
+    /// The attested connection to the hub; a new one when the old one closed, was refused as not attested, or
+    /// its attestation is about to expire.
     async fn client(&self) -> Result<Arc<HubClient>, ClientError> {
         let mut upstream = self.upstream.lock().await;
-        if let Some(c) = upstream.as_ref()
+        let margin = crate::driver::ATTESTATION_MARGIN_SECS;
+        if let Some((c, expires)) = upstream.as_ref()
             && c.connection().close_reason().is_none()
+            && c.not_attested().is_none()
+            && expires.is_none_or(|e| e > self.clock.wall().saturating_add(margin))
         {
             return Ok(c.clone());
         }
+        *upstream = None;
         let config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
         let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
-        *upstream = Some(client.clone());
+        let facts = {
+            let state = self.state.lock().map_err(|_| ClientError::Setup("site state lock poisoned".into()))?;
+            crate::attest::Facts {
+                bootcount: self.bootcount,
+                model: state.active.as_ref().map(|i| i.target.digest),
+                policy: state.policy,
+            }
+        };
+        let expires = match crate::attest::attest(&client, &self.identity, &facts).await {
+            Ok(crate::attest::Outcome::Attested(a)) => Some(a.expires),
+            Ok(crate::attest::Outcome::NotRequired) => None,
+            Err(e) => {
+                eprintln!("outpost-agent (site): the hub did not attest this site node: {e}");
+                return Err(e);
+            }
+        };
+        *upstream = Some((client.clone(), expires));
         Ok(client)
     }
 
@@ -246,6 +277,11 @@ impl SiteNode {
 }
 
 impl Backend for SiteNode {
+    /// Devices behind a site node are not attested (see the module docs); the site node itself is, upstream.
+    fn attestation_required(&self) -> bool {
+        false
+    }
+
     fn device_allowed(&self, key: &[u8; 32]) -> bool {
         if let Ok(devices) = self.devices.lock()
             && let Some((ok, at)) = devices.get(key)

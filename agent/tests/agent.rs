@@ -18,7 +18,7 @@ use outpost_shared::clock::Clock;
 use outpost_shared::testkit::{AffineManifest, affine_model};
 use outpost_shared::update::Phase;
 use outpost_shared::{Digest, package};
-use support::{NOW, World};
+use support::{NOW, World, active};
 
 const HEALTH: u32 = 3;
 
@@ -39,17 +39,8 @@ fn later(w: &World) {
     w.clock.advance(Duration::from_secs(2));
 }
 
-fn active(agent: &Agent) -> Option<Digest> {
-    agent.active().map(|a| *a.digest())
-}
-
 async fn adopt(agent: &mut Agent) {
-    agent.check().await.unwrap();
-    assert!(matches!(agent.state().phase, Phase::Health { .. }), "{:?}", agent.state().phase);
-    for _ in 0..HEALTH {
-        agent.record_inference(true).unwrap();
-    }
-    assert_eq!(agent.state().phase, Phase::Idle);
+    support::adopt(agent, HEALTH).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,7 @@ fn assert_restart_serves_a_verified_model(layout: &Layout, config: &AgentConfig,
 fn kill_9_at_every_update_stage_leaves_the_device_serving_a_verified_model() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let w = World::at(real_now());
+    w.allow_agent_binary();
     // ~16 MiB packages, so that downloading and unpacking last long enough to be interrupted.
     let padding = 4 << 20;
     let publish = |minor: usize| {

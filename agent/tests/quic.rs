@@ -66,6 +66,10 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
+    /// This suite is about the transport; attestation over it has its own suite (`tests/attestation.rs`).
+    fn attestation_required(&self) -> bool {
+        false
+    }
     fn device_allowed(&self, key: &[u8; 32]) -> bool {
         self.allowed.lock().unwrap().contains(key)
     }

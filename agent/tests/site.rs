@@ -14,8 +14,9 @@ use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::driver::{Agent, init_device};
 use outpost_agent::site::SiteNode;
 use outpost_attestation::identity::{Identity, PublicKey};
+use outpost_attestation::{AttestationResult, Challenge, Presented};
 use outpost_hub::backend::HubBackend;
-use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server};
+use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server, Unattested};
 use outpost_hub::tuf::TufRepo;
 use outpost_shared::Digest;
 use outpost_shared::testkit::AffineManifest;
@@ -60,6 +61,21 @@ impl Backend for CountingHub {
     }
     fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
         self.inner.acts_for(node, device)
+    }
+    fn attestation_required(&self) -> bool {
+        self.inner.attestation_required()
+    }
+    fn challenge(&self, device: &PublicKey) -> Result<Challenge, Unattested> {
+        self.inner.challenge(device)
+    }
+    fn appraise(&self, presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
+        self.inner.appraise(presented)
+    }
+    fn still_attested_fast(&self, result: &AttestationResult) -> Option<Result<(), Unattested>> {
+        self.inner.still_attested_fast(result)
+    }
+    fn still_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
+        self.inner.still_attested(result)
     }
 }
 
@@ -211,6 +227,9 @@ async fn site_node_forwards_device_reports_to_the_hub_and_refuses_devices_of_oth
 struct Tampering(Arc<SiteNode>, PathBuf);
 
 impl Backend for Tampering {
+    fn attestation_required(&self) -> bool {
+        self.0.attestation_required()
+    }
     fn device_allowed(&self, key: &[u8; 32]) -> bool {
         self.0.device_allowed(key)
     }
@@ -255,6 +274,9 @@ async fn tampering_site_node_is_detected_by_the_devices() {
 struct Stale(Arc<SiteNode>, std::sync::Mutex<Option<Vec<u8>>>);
 
 impl Backend for Stale {
+    fn attestation_required(&self) -> bool {
+        self.0.attestation_required()
+    }
     fn device_allowed(&self, key: &[u8; 32]) -> bool {
         self.0.device_allowed(key)
     }

@@ -11,7 +11,7 @@ use outpost_hub::tuf::DIRECTOR_TARGET;
 use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::{Digest, canonical};
-use support::{NOW, World, ts};
+use support::{NOW, World, connect_attested, ts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_verifies_hub_metadata_targets_and_assignment_over_quic() {
@@ -20,11 +20,9 @@ async fn agent_verifies_hub_metadata_targets_and_assignment_over_quic() {
     let device = Identity::from_seed([2; 32]);
     w.registry().device_approve(&device.public_key().to_hex(), "stable").unwrap();
     let (addr, hub_key) = w.serve().await;
-    let config = ClientConfig::new(addr, hub_key);
 
     // TUF over QUIC, verified by sigstore-tuf.
-    let mut updater =
-        sigstore_tuf::Updater::new(HubClient::connect(&device, &config).await.unwrap(), &w.root()).unwrap();
+    let mut updater = sigstore_tuf::Updater::new(connect_attested(&device, addr, hub_key).await, &w.root()).unwrap();
     updater.refresh(ts(NOW + 60)).await.unwrap();
     let info = updater.get_target_info(&path, ts(NOW + 60)).await.unwrap().expect("listed");
     let bytes = updater.get_target(&path, ts(NOW + 60)).await.unwrap();
@@ -33,7 +31,7 @@ async fn agent_verifies_hub_metadata_targets_and_assignment_over_quic() {
         director_key_from_target(&updater.get_target(DIRECTOR_TARGET, ts(NOW + 60)).await.unwrap()).unwrap();
 
     // The director bundle, opened with the key TUF vouches for and checked against TUF's targets.
-    let client = HubClient::connect(&device, &config).await.unwrap();
+    let client = connect_attested(&device, addr, hub_key).await;
     let bundle: Bundle = canonical::from_slice(&client.assignment().await.unwrap().expect("assignment")).unwrap();
     let a: Assignment = director::open(&bundle.assignment, director::ASSIGNMENT_DOMAIN, &director_key).unwrap();
     assert_eq!(a.targets.len(), 1);
@@ -51,7 +49,7 @@ async fn revoked_package_is_listed_and_no_longer_assigned() {
     let device = Identity::from_seed([2; 32]);
     w.registry().device_approve(&device.public_key().to_hex(), "stable").unwrap();
     let (addr, hub_key) = w.serve().await;
-    let client = HubClient::connect(&device, &ClientConfig::new(addr, hub_key)).await.unwrap();
+    let client = connect_attested(&device, addr, hub_key).await;
     let director_key = w.repo.online_key("director").unwrap().public_bytes();
     let fetch = || async {
         let bundle: Bundle = canonical::from_slice(&client.assignment().await.unwrap().unwrap()).unwrap();

@@ -1,22 +1,27 @@
 //! What the QUIC service serves, read from the hub's data directory: TUF metadata and targets from the
-//! repository, director bundles per device, the device allow-list from the registry, and durable device reports.
+//! repository, director bundles per device, the device allow-list from the registry, durable device reports, and
+//! the attestation gate (`crate::attest`) with the registry as its device directory.
 //!
-//! The registry index is opened per call and released at once, so admin commands can run beside `serve`.
+//! The registry index is opened per call and released at once, so admin commands can run beside `serve`. The
+//! per-request attestation check opens nothing: it compares the device-status stamp file with the one it last read
+//! the revoked devices at.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outpost_attestation::{AttestationResult, Challenge, Evidence, Presented, PublicKey, Status, Tier};
 use outpost_shared::canonical;
 use outpost_shared::clock::Clock;
 use outpost_shared::director::Bundle;
 
+use crate::attest::{self, FileStamp, Gate};
 use crate::director::Director;
-use crate::registry::{DeviceStatus, Registry};
-use crate::serve::{Backend, BackendError, Refused};
+use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry};
+use crate::serve::{Backend, BackendError, Refused, Unattested};
 use crate::telemetry::TelemetryStore;
 use crate::tuf::TufRepo;
 
@@ -34,10 +39,14 @@ pub struct HubBackend {
     /// Metadata files by name, with the (inode, mtime, length) they were read at. Every write of metadata is an
     /// atomic rename, which changes the inode, so a stale entry is never served.
     metadata_cache: Mutex<HashMap<String, CachedFile>>,
+    /// The attestation gate.
+    gate: Gate,
+    /// Revoked device keys, as read when [`DEVICE_STATUS_STAMP`] had this stamp.
+    revoked: Mutex<Option<RevokedAt>>,
 }
 
-/// (inode, mtime, length) of a file when it was read.
-type FileStamp = (u64, std::time::SystemTime, u64);
+/// The revoked device keys, and the device-status stamp they were read at.
+type RevokedAt = (Option<FileStamp>, HashSet<[u8; 32]>);
 
 /// A metadata file's bytes, the stamp they were read at, and when (monotonic) the stamp was last confirmed.
 struct CachedFile {
@@ -63,16 +72,20 @@ impl std::fmt::Debug for HubBackend {
 }
 
 impl HubBackend {
-    /// A backend over the hub in `dir`.
+    /// A backend over the hub in `dir`, its attestation gate configured by `[attestation]` in its `hub.toml` (an
+    /// unreadable file gives the defaults: attestation required).
     pub fn new(dir: &Path, repo: TufRepo, clock: Arc<dyn Clock>) -> Self {
+        let config = crate::config::HubConfig::load(&dir.join(crate::config::CONFIG_FILE)).unwrap_or_default();
         HubBackend {
             dir: dir.to_owned(),
             repo,
+            gate: Gate::new(dir, &config.attestation, clock.clone()),
             clock,
             index: Mutex::new(()),
             telemetry: Mutex::new(()),
             assignments: Mutex::new(HashMap::new()),
             metadata_cache: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(None),
         }
     }
 
@@ -151,6 +164,95 @@ impl HubBackend {
     pub fn tick_rollouts(&self) -> Result<Vec<(String, outpost_shared::rollout::Effect)>, BackendError> {
         let now = self.clock.wall();
         self.with_registry(|reg| Ok(crate::rollouts::tick(reg, now)?))
+    }
+
+    /// The attestation gate (for `serve` to say whether it can attest anybody).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Appraises, then records the outcome on the device's record.
+    fn appraise_and_record(&self, p: &Presented<'_>) -> Result<AttestationResult, Unattested> {
+        let verifier = self.gate.verifier().map_err(Unattested)?;
+        let key = p.device.to_hex();
+        let now = self.clock.wall();
+        let (record, assigned) = self
+            .with_registry(|reg| {
+                let record = reg.device(&key)?;
+                let assigned = match &record {
+                    Some(r) => Director::new(&self.repo).assigned_model(reg, r, now)?,
+                    None => None,
+                };
+                Ok((record, assigned))
+            })
+            .map_err(|e| {
+                eprintln!("outpost-hub: attestation: the device record and assignment of {key}: {e}");
+                Unattested("internal error".into())
+            })?;
+        let claims = Evidence::parse(p.evidence).ok().map(|e| e.claims_unverified().clone());
+        let directory = attest::Directory {
+            key: p.device,
+            record,
+            assigned,
+            claimed_policy: claims.as_ref().and_then(|c| c.policy_digest),
+        };
+        let outcome = verifier.appraise(p, &directory);
+        let at = self.clock.wall();
+        let entry = match &outcome {
+            Ok(r) => AttestationRecord {
+                at,
+                status: if r.status == Status::Affirming { "affirming" } else { "warning" }.into(),
+                tier: Some(if r.tier == Tier::Hardware { "hardware" } else { "software" }.into()),
+                expires: Some(r.expires),
+                software: Some(format!("{} {}", r.software.0, r.software.1)),
+                bootcount: Some(r.bootcount),
+                model: claims.as_ref().and_then(|c| c.model_digest),
+                policy: claims.as_ref().and_then(|c| c.policy_digest),
+                detail: (!r.concerns.is_empty()).then(|| format!("{:?}", r.concerns)),
+            },
+            Err(e) => {
+                eprintln!("outpost-hub: device {key} {e}");
+                AttestationRecord {
+                    at,
+                    status: "contraindicated".into(),
+                    tier: None,
+                    expires: None,
+                    software: None,
+                    bootcount: None,
+                    model: None,
+                    policy: None,
+                    detail: Some(e.reason.to_string()),
+                }
+            }
+        };
+        if directory.record.is_some()
+            && let Err(e) = self.with_registry(|reg| Ok(reg.device_attested(&key, entry)?))
+        {
+            eprintln!("outpost-hub: attestation: recording the result for {key}: {e}");
+        }
+        outcome.map_err(|e| Unattested(e.reason.to_string()))
+    }
+
+    /// Whether `device` is revoked, by the set read at the current stamp; `None` if the set is stale.
+    fn revoked_fast(&self, device: &PublicKey) -> Option<bool> {
+        let now = attest::stamp(&self.dir.join(DEVICE_STATUS_STAMP));
+        let cache = self.revoked.lock().ok()?;
+        let (stamp, set) = cache.as_ref()?;
+        (*stamp == now).then(|| set.contains(&device.0))
+    }
+
+    /// Reads the revoked devices from the registry, remembering the stamp taken before the read.
+    fn revoked_slow(&self, device: &PublicKey) -> Result<bool, BackendError> {
+        let stamp = attest::stamp(&self.dir.join(DEVICE_STATUS_STAMP));
+        let devices = self.with_registry(|reg| Ok(reg.devices()?))?;
+        let set: HashSet<[u8; 32]> = devices
+            .iter()
+            .filter(|d| d.status != DeviceStatus::Approved)
+            .filter_map(|d| d.key.parse::<PublicKey>().ok().map(|k| k.0))
+            .collect();
+        let revoked = set.contains(&device.0);
+        *self.revoked.lock().map_err(|_| "revocation cache poisoned")? = Some((stamp, set));
+        Ok(revoked)
     }
 
     fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> Result<T, BackendError>) -> Result<T, BackendError> {
@@ -284,6 +386,58 @@ impl Backend for HubBackend {
         let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
         let outcome = store.ingest(&key, site.as_deref(), release.as_deref(), None, &batch)?;
         Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
+    }
+
+    fn attestation_required(&self) -> bool {
+        self.gate.required()
+    }
+
+    fn challenge(&self, _device: &PublicKey) -> Result<Challenge, Unattested> {
+        let verifier = self.gate.verifier().map_err(Unattested)?;
+        verifier.issue_challenge(&mut crate::clock::SystemRng).map_err(|e| Unattested(e.to_string()))
+    }
+
+    fn appraise(&self, presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
+        self.appraise_and_record(presented)
+    }
+
+    fn still_attested_fast(&self, result: &AttestationResult) -> Option<Result<(), Unattested>> {
+        if !result.is_current(&*self.clock) {
+            return Some(Err(Unattested("attestation result expired".into())));
+        }
+        match self.revoked_fast(&result.device)? {
+            true => Some(Err(Unattested("device revoked".into()))),
+            false => Some(Ok(())),
+        }
+    }
+
+    fn still_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
+        if !result.is_current(&*self.clock) {
+            return Err(Unattested("attestation result expired".into()));
+        }
+        match self.revoked_slow(&result.device) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Unattested("device revoked".into())),
+            Err(e) => {
+                eprintln!("outpost-hub: attestation: reading revoked devices: {e}");
+                Err(Unattested("internal error".into()))
+            }
+        }
+    }
+
+    fn enrolment_open(&self) -> bool {
+        self.with_registry(|reg| Ok(reg.tokens_open()?)).unwrap_or(false)
+    }
+
+    fn enroll(&self, device: &[u8; 32], token: &str, hardware: &str) -> Result<(), BackendError> {
+        let key = hex::encode(device);
+        match self.with_registry(|reg| Ok(reg.enroll(&key, token, hardware)?))? {
+            Ok(d) => {
+                eprintln!("outpost-hub: enrolled device {key} on channel {} with a one-time token", d.channel);
+                Ok(())
+            }
+            Err(e) => Err(Box::new(Refused(format!("enrolment refused: {e}")))),
+        }
     }
 
     fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {

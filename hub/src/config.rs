@@ -27,6 +27,18 @@ snapshot_secs = 604800       # 7 days; online key
 timestamp_secs = 86400       # 1 day; online key
 # The serving hub re-signs snapshot and timestamp when less than this remains (6 hours).
 resign_margin_secs = 21600
+
+[attestation]
+# Serve only connections whose device attested (evidence appraised against the central team's signed reference
+# values in DIR/attestation/reference-values.cbor). With no team key or no valid reference values, nothing is
+# served and `serve` says why. Turn off only for a lab hub.
+required = true
+# The central team's Ed25519 public key (64 hex) that signs reference values. Default: the one in
+# DIR/attestation/team.pub (hex), if any.
+# team_key = ""
+# How long a challenge may be answered, and how long an attestation result lets a connection be served.
+challenge_ttl_secs = 30
+result_ttl_secs = 3600
 "#;
 
 /// The validated configuration.
@@ -37,6 +49,28 @@ pub struct HubConfig {
     pub limits: Limits,
     /// TUF metadata expiry periods.
     pub repository: crate::tuf::Expiries,
+    /// The attestation gate.
+    pub attestation: Attestation,
+}
+
+/// `[attestation]`: whether and how the hub appraises devices before serving them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Attestation {
+    /// Serve only attested connections.
+    pub required: bool,
+    /// The central team's reference-values key (hex); `None`: `DIR/attestation/team.pub`.
+    pub team_key: Option<String>,
+    /// Seconds a challenge may be answered.
+    pub challenge_ttl_secs: u64,
+    /// Seconds an attestation result stays current.
+    pub result_ttl_secs: u64,
+}
+
+impl Default for Attestation {
+    fn default() -> Self {
+        Attestation { required: true, team_key: None, challenge_ttl_secs: 30, result_ttl_secs: 3600 }
+    }
 }
 
 /// Size limits on what the registry accepts.
@@ -73,8 +107,51 @@ impl HubConfig {
         if cfg.limits.max_manifest_bytes == 0 {
             return Err(ConfigError::invalid(path, "limits.max_manifest_bytes", "must be greater than zero"));
         }
+        if let Some(k) = &cfg.attestation.team_key
+            && k.parse::<outpost_attestation::PublicKey>().is_err()
+        {
+            return Err(ConfigError::invalid(path, "attestation.team_key", "must be an Ed25519 public key, 64 hex"));
+        }
+        for (key, v) in [
+            ("attestation.challenge_ttl_secs", cfg.attestation.challenge_ttl_secs),
+            ("attestation.result_ttl_secs", cfg.attestation.result_ttl_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(path, key, "must be greater than zero"));
+            }
+        }
         Ok(cfg)
     }
+}
+
+/// Sets `[attestation] required` in the `hub.toml` of the hub in `dir` (for labs and benchmarks that measure the
+/// update path alone; a production hub keeps the default, `true`).
+///
+/// # Errors
+/// The file cannot be read or written, or has no `required = ` line under `[attestation]` to change.
+pub fn set_attestation_required(dir: &Path, required: bool) -> std::io::Result<()> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path)?;
+    let mut in_section = false;
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            in_section = trimmed.starts_with("[attestation]");
+        }
+        if in_section && trimmed.starts_with("required") && trimmed.contains('=') {
+            out.push_str(&format!("required = {required}\n"));
+            changed = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !changed {
+        return Err(std::io::Error::other(format!("{}: no `required = ` under [attestation]", path.display())));
+    }
+    std::fs::write(&path, out)
 }
 
 /// The data directory used when neither `--data-dir` nor `$OUTPOST_HUB_DIR` is given:
@@ -97,6 +174,19 @@ mod tests {
     #[test]
     fn default_config_text_parses_to_the_defaults() {
         assert_eq!(HubConfig::parse(DEFAULT_CONFIG, Path::new("hub.toml")).unwrap(), HubConfig::default());
+    }
+
+    #[test]
+    fn attestation_is_required_by_default_and_a_bad_team_key_names_its_key() {
+        let cfg = HubConfig::parse("", Path::new("hub.toml")).unwrap();
+        assert!(cfg.attestation.required);
+        let e = HubConfig::parse("[attestation]\nteam_key = \"abc\"\n", Path::new("hub.toml")).unwrap_err();
+        assert!(e.to_string().contains("attestation.team_key"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), DEFAULT_CONFIG).unwrap();
+        set_attestation_required(dir.path(), false).unwrap();
+        let cfg = HubConfig::load(&dir.path().join(CONFIG_FILE)).unwrap();
+        assert!(!cfg.attestation.required);
     }
 
     #[test]

@@ -199,9 +199,32 @@ impl<'a> Director<'a> {
         if record.status != DeviceStatus::Approved {
             return Ok(None);
         }
+        let (current, eligible) = self.choose(reg, &record, now)?;
+        let record = reg.device_next_assignment(device)?;
+        let expires = now + self.repo.expiries().timestamp_secs;
+        let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
+        let assignment = Assignment {
+            device: device.into(),
+            version: record.assignment_version,
+            expires,
+            targets: current.into_iter().map(|p| assigned(p, &record.channel)).collect(),
+            secondaries,
+        };
+        Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
+    }
+
+    /// What may be assigned to `record`: published to its channel, not revoked, not rolled back from; oldest first.
+    /// The model package `record` should run now, and the packages eligible for it (its channel's, neither
+    /// revoked nor rolled back from). Staged rollouts decide who runs their release; everyone else keeps to what
+    /// the channel ran before. A device a rollout has not seen yet joins it here.
+    fn choose(
+        &self,
+        reg: &Registry,
+        record: &DeviceRecord,
+        now: UnixSeconds,
+    ) -> Result<(Option<Published>, Vec<Published>), DirectorOpError> {
         let revoked = self.revocations()?;
-        // Staged rollouts decide who runs their release; everyone else keeps to what the channel ran before.
-        let steer = crate::rollouts::steering(reg, device, &record.channel, now)
+        let steer = crate::rollouts::steering(reg, &record.key, &record.channel, now)
             .map_err(|e| DirectorOpError::Encode(e.to_string()))?;
         let published = self.published()?;
         let usable = |p: &Published| {
@@ -216,17 +239,17 @@ impl<'a> Director<'a> {
             .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
             .collect();
         let current = forced.or_else(|| eligible.iter().rfind(|p| p.firmware.is_none()).cloned());
-        let record = reg.device_next_assignment(device)?;
-        let expires = now + self.repo.expiries().timestamp_secs;
-        let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
-        let assignment = Assignment {
-            device: device.into(),
-            version: record.assignment_version,
-            expires,
-            targets: current.into_iter().map(|p| assigned(p, &record.channel)).collect(),
-            secondaries,
-        };
-        Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
+        Ok((current, eligible))
+    }
+
+    /// The model package an assignment for `record` names now (what attestation expects it to move to).
+    pub fn assigned_model(
+        &self,
+        reg: &Registry,
+        record: &DeviceRecord,
+        now: UnixSeconds,
+    ) -> Result<Option<Digest>, DirectorOpError> {
+        Ok(self.choose(reg, record, now)?.0.map(|p| p.digest))
     }
 
     /// Per secondary of the gateway `record`, the newest eligible firmware for its hardware id, with a compact

@@ -3,6 +3,7 @@
 //! This crate is the library behind the `outpost-hub` binary. Logic that devices share lives in `outpost-shared`;
 //! here are the stores and the drivers around them.
 
+pub mod attest;
 pub mod audit;
 pub mod backend;
 pub mod blobs;

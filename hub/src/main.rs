@@ -55,7 +55,7 @@ enum Command {
     /// Export or re-sign the TUF repository.
     #[command(subcommand)]
     Repo(RepoCmd),
-    /// Approve, list and revoke devices.
+    /// Approve, enrol, list, show and revoke devices.
     #[command(subcommand)]
     Device(DeviceCmd),
     /// The hash-chained log of admin actions.
@@ -64,6 +64,9 @@ enum Command {
     /// The fleet: devices per site and channel, what they run, and their telemetry.
     #[command(subcommand)]
     Fleet(FleetCmd),
+    /// The central team's attestation key and signed reference values (which agent builds may be served).
+    #[command(subcommand)]
+    Attestation(AttestationCmd),
     /// Print the hub's QUIC identity (its Ed25519 public key, which agents pin), creating it on first use.
     Identity,
     /// Serve devices over QUIC (ALPN outpost/1, TLS 1.3, raw Ed25519 keys): TUF metadata, director bundles,
@@ -294,9 +297,27 @@ enum DeviceCmd {
         #[arg(long, requires = "site")]
         site_node: bool,
     },
+    /// Create a one-time enrolment token: the device that first presents it (`outpost-agent init --token T`) is
+    /// approved on CHANNEL. Prints the token on stdout; only its hash is stored.
+    Token {
+        /// Seconds until the token stops working.
+        #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+        expires: u64,
+        /// Release channel the device follows.
+        #[arg(long, value_name = "NAME", default_value = "stable")]
+        channel: String,
+        /// The site the device belongs to.
+        #[arg(long, value_name = "NAME")]
+        site: Option<String>,
+    },
     /// List devices.
     List,
-    /// Refuse a device from now on.
+    /// Show one device: status, tier, how it enrolled, hardware facts, its last attestation result and report.
+    Show {
+        /// The device's public key.
+        key: String,
+    },
+    /// Refuse a device from now on; a serving hub cuts off its connections at their next request.
     Revoke {
         /// The device's public key.
         key: String,
@@ -311,6 +332,76 @@ enum DeviceCmd {
         /// The package.
         package: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AttestationCmd {
+    /// Make the central team's Ed25519 key (keep it offline). Prints its public key for hub.toml
+    /// `[attestation] team_key`.
+    TeamKey {
+        /// Where the secret key is written (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Signed reference values: the agent builds (name, version, SHA-256) the hub attests.
+    #[command(subcommand)]
+    Reference(ReferenceCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ReferenceCmd {
+    /// Sign a reference-values document listing one agent version (one --sha256 per build of it), carrying over
+    /// the entries of --base.
+    Sign {
+        /// The team's secret key file.
+        #[arg(long, value_name = "FILE")]
+        team_key: PathBuf,
+        /// Software name, as the agent reports it.
+        #[arg(long, default_value = "outpost-agent")]
+        name: String,
+        /// Software version, as the agent reports it.
+        #[arg(long)]
+        version: String,
+        /// SHA-256 of a build's binary (`sha256sum outpost-agent`); repeat for several builds.
+        #[arg(long = "sha256", value_name = "HEX", required = true)]
+        sha256: Vec<String>,
+        /// A signed document whose entries are carried over (its serial + 1 becomes the default serial).
+        #[arg(long, value_name = "FILE")]
+        base: Option<PathBuf>,
+        /// Serial (must exceed the installed one). Default: --base's + 1, else the current Unix time.
+        #[arg(long)]
+        serial: Option<u64>,
+        /// Seconds until the document expires (every appraisal fails after that).
+        #[arg(long, value_name = "SECS", default_value_t = 30 * 86_400)]
+        expires_in: u64,
+        /// Where the signed document is written.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Install a signed document into the hub (checked against the team key, expiry and serial); a serving hub
+    /// picks it up at its next challenge.
+    Install {
+        /// The signed document.
+        file: PathBuf,
+    },
+    /// Re-sign the installed document with VERSION marked revoked (serial + 1) and install it: agents reporting
+    /// it are refused from their next attestation.
+    Revoke {
+        /// The version to revoke.
+        #[arg(long)]
+        version: String,
+        /// Software name.
+        #[arg(long, default_value = "outpost-agent")]
+        name: String,
+        /// The team's secret key file.
+        #[arg(long, value_name = "FILE")]
+        team_key: PathBuf,
+        /// Seconds until the new document expires.
+        #[arg(long, value_name = "SECS", default_value_t = 30 * 86_400)]
+        expires_in: u64,
+    },
+    /// Print the installed document.
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -492,6 +583,21 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
             }
         }
         Command::Keys(cmd) => keys(cmd, dir)?,
+        Command::Attestation(cmd) => attestation(cmd, dir)?,
+        Command::Device(DeviceCmd::Token { expires, channel, site }) => {
+            let token = open(dir)?.token_create(&channel, site.as_deref(), expires, &mut SystemRng)?;
+            eprintln!(
+                "one-time enrolment token for channel {channel}{}, valid {expires} s (only its hash is stored):",
+                site.map(|s| format!(" at site {s}")).unwrap_or_default()
+            );
+            println!("{token}");
+        }
+        Command::Device(DeviceCmd::Show { key }) => {
+            let reg = open(dir)?;
+            let lower = key.trim().to_ascii_lowercase();
+            let d = reg.device(&lower)?.with_context(|| format!("no device with key {key}"))?;
+            print_device(&d);
+        }
         Command::Identity => {
             let id = hub_identity(dir)?;
             println!("{}", id.public_key().to_hex());
@@ -597,7 +703,10 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
         }
         Command::Device(DeviceCmd::Revoke { key }) => {
             let d = open(dir)?.device_revoke(&key)?;
-            eprintln!("revoked device {}: its connections are refused from now on", d.key);
+            eprintln!(
+                "revoked device {}: its connections are refused from now on (a serving hub cuts off attested ones at their next request)",
+                d.key
+            );
         }
         Command::Reconstruct { alias, out } => {
             let reg = open(dir)?;
@@ -646,6 +755,16 @@ fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::Socke
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config = outpost_hub::config::HubConfig::load(&dir.join(outpost_hub::config::CONFIG_FILE))?;
     let backend = Arc::new(HubBackend::new(dir, TufRepo::new(dir, config.repository), clock.clone()));
+    if !backend.gate().required() {
+        eprintln!("warning: [attestation] required = false in hub.toml: devices are served without attestation");
+    } else {
+        match backend.gate().readiness() {
+            Ok(serial) => eprintln!("attestation required; reference values serial {serial} installed"),
+            Err(why) => eprintln!(
+                "warning: attestation is required but nobody can be attested, so nothing will be served: {why}"
+            ),
+        }
+    }
     let mut serve_config = ServeConfig::new(identity);
     serve_config.bind = bind;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -725,6 +844,173 @@ fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::Socke
             .await;
         Ok::<(), anyhow::Error>(())
     })
+}
+
+fn hub_config(dir: &Path) -> Result<outpost_hub::config::HubConfig> {
+    Ok(outpost_hub::config::HubConfig::load(&dir.join(outpost_hub::config::CONFIG_FILE))?)
+}
+
+fn attestation(cmd: AttestationCmd, dir: &Path) -> Result<()> {
+    use outpost_attestation::{ReferenceValues, SoftwareRef, TrustedReferenceValues};
+    let now = SystemClock.wall();
+    match cmd {
+        AttestationCmd::TeamKey { out } => {
+            let mut seed = [0u8; 32];
+            outpost_shared::rng::Rng::fill(&mut SystemRng, &mut seed);
+            let id = Identity::from_seed(seed);
+            if out.exists() {
+                anyhow::bail!("{} exists; refusing to overwrite a key", out.display());
+            }
+            id.save(&out)?;
+            eprintln!("wrote the team key {} (keep it offline); its public key, for hub.toml:", out.display());
+            println!("{}", id.public_key().to_hex());
+        }
+        AttestationCmd::Reference(ReferenceCmd::Sign {
+            team_key,
+            name,
+            version,
+            sha256,
+            base,
+            serial,
+            expires_in,
+            out,
+        }) => {
+            let team = Identity::load(&team_key)?;
+            let mut software = Vec::new();
+            let mut base_serial = None;
+            if let Some(base) = base {
+                let bytes = std::fs::read(&base).with_context(|| format!("reading {}", base.display()))?;
+                let doc = TrustedReferenceValues::verify(&bytes, &team.public_key())
+                    .with_context(|| format!("{} is not signed by this team key", base.display()))?;
+                base_serial = Some(doc.document().serial);
+                software = doc.document().software.clone();
+            }
+            for hex in sha256 {
+                let digest: outpost_shared::Digest =
+                    hex.trim().parse().map_err(|e| anyhow::anyhow!("--sha256 {hex}: {e}"))?;
+                software.retain(|s| s.sha256 != digest);
+                software.push(SoftwareRef {
+                    name: name.clone(),
+                    version: version.clone(),
+                    sha256: digest,
+                    revoked: false,
+                });
+            }
+            let doc = ReferenceValues {
+                serial: serial.unwrap_or_else(|| base_serial.map_or(now, |s| s + 1)),
+                issued_at: now,
+                expires: now + expires_in,
+                software,
+            };
+            outpost_hub::blobs::write_atomic(&out, &doc.sign(&team))?;
+            eprintln!(
+                "signed reference values serial {} ({} entries, expires {}) to {}",
+                doc.serial,
+                doc.software.len(),
+                format_rfc3339(doc.expires),
+                out.display()
+            );
+        }
+        AttestationCmd::Reference(ReferenceCmd::Install { file }) => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let config = hub_config(dir)?;
+            let serial =
+                outpost_hub::attest::install_reference_values(dir, &config.attestation, &bytes, Arc::new(SystemClock))
+                    .map_err(anyhow::Error::msg)?;
+            eprintln!("installed reference values serial {serial}; a serving hub uses them from its next challenge");
+        }
+        AttestationCmd::Reference(ReferenceCmd::Revoke { version, name, team_key, expires_in }) => {
+            let team = Identity::load(&team_key)?;
+            let config = hub_config(dir)?;
+            let trusted = outpost_hub::attest::team_key(dir, &config.attestation).map_err(anyhow::Error::msg)?;
+            if trusted != team.public_key() {
+                anyhow::bail!("{} is not the team key this hub trusts", team_key.display());
+            }
+            let path = dir.join(outpost_hub::attest::REFERENCE_VALUES_FILE);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("no installed reference values at {}", path.display()))?;
+            let current = TrustedReferenceValues::verify(&bytes, &trusted)?;
+            let mut doc = current.document().clone();
+            let mut hit = 0;
+            for s in doc.software.iter_mut().filter(|s| s.name == name && s.version == version) {
+                s.revoked = true;
+                hit += 1;
+            }
+            if hit == 0 {
+                anyhow::bail!("the installed reference values list no {name} {version}");
+            }
+            doc.serial += 1;
+            doc.issued_at = now;
+            doc.expires = now + expires_in;
+            let signed = doc.sign(&team);
+            let serial =
+                outpost_hub::attest::install_reference_values(dir, &config.attestation, &signed, Arc::new(SystemClock))
+                    .map_err(anyhow::Error::msg)?;
+            eprintln!("revoked {name} {version} ({hit} build(s)); reference values serial {serial} installed");
+        }
+        AttestationCmd::Reference(ReferenceCmd::Show) => {
+            let config = hub_config(dir)?;
+            let trusted = outpost_hub::attest::team_key(dir, &config.attestation).map_err(anyhow::Error::msg)?;
+            let path = dir.join(outpost_hub::attest::REFERENCE_VALUES_FILE);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("no installed reference values at {}", path.display()))?;
+            let doc = TrustedReferenceValues::verify(&bytes, &trusted)?;
+            let d = doc.document();
+            println!(
+                "serial {}  issued {}  expires {}",
+                d.serial,
+                format_rfc3339(d.issued_at),
+                format_rfc3339(d.expires)
+            );
+            for s in &d.software {
+                println!("{:<16} {:<12} {}{}", s.name, s.version, s.sha256, if s.revoked { "  REVOKED" } else { "" });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_device(d: &outpost_hub::registry::DeviceRecord) {
+    let tier = if d.tpm.is_some() { "hardware (TPM enrolled)" } else { "software" };
+    println!("device      {}", d.key);
+    println!("status      {}", format!("{:?}", d.status).to_lowercase());
+    println!("tier        {tier}");
+    println!("enrolled    {} by {}", format_rfc3339(d.approved_at), d.enrolled_by.as_deref().unwrap_or("operator"));
+    println!("hardware    {}", d.hardware.as_deref().unwrap_or("-"));
+    println!("channel     {}", d.channel);
+    let site =
+        d.shown_site().map_or("-".to_owned(), |s| if d.site_node { format!("{s} (site node)") } else { s.into() });
+    println!("site        {site}");
+    println!("active      {}", d.active.map_or("-".to_owned(), |a| a.to_string()));
+    println!("policy      {}", d.policy.map_or("-".to_owned(), |p| p.to_string()));
+    println!("last report {}", d.last_report.map_or("never".to_owned(), format_rfc3339));
+    match &d.attestation {
+        None => println!("attestation never"),
+        Some(a) => {
+            println!("attestation {} at {}", a.status, format_rfc3339(a.at));
+            if let Some(t) = &a.tier {
+                println!("  tier      {t}");
+            }
+            if let Some(e) = a.expires {
+                println!("  expires   {}", format_rfc3339(e));
+            }
+            if let Some(sw) = &a.software {
+                println!("  software  {sw}");
+            }
+            if let Some(b) = a.bootcount {
+                println!("  bootcount {b}");
+            }
+            if let Some(m) = a.model {
+                println!("  model     {m}");
+            }
+            if let Some(p) = a.policy {
+                println!("  policy    {p}");
+            }
+            if let Some(detail) = &a.detail {
+                println!("  detail    {detail}");
+            }
+        }
+    }
 }
 
 fn keys(cmd: KeysCmd, dir: &Path) -> Result<()> {

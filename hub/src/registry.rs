@@ -41,6 +41,14 @@ const ALIAS_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new(
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 /// Release id → its rollout (`rollouts::ReleaseRecord`, canonical CBOR).
 const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
+/// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
+
+/// File (under the data directory) rewritten, by atomic rename, whenever a device's status changes: the serving
+/// hub compares its inode and mtime before every request to notice a revocation without opening the index.
+pub const DEVICE_STATUS_STAMP: &str = "attestation/devices.stamp";
+/// Prefix of enrolment tokens (`outpost-hub device token`), so one is recognisable in a config file or a log.
+pub const TOKEN_PREFIX: &str = "ot1-";
 
 /// A device the hub knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +91,94 @@ pub struct DeviceRecord {
     /// Packages the device's policy (or its site node's) rejected or deferred, as last reported.
     #[serde(default)]
     pub refusals: Vec<outpost_shared::update::Refusal>,
+    /// Hardware facts the device stated when it enrolled with a token.
+    #[serde(default)]
+    pub hardware: Option<String>,
+    /// How it was enrolled: `token` or `operator` (absent for devices approved before tokens existed).
+    #[serde(default)]
+    pub enrolled_by: Option<String>,
+    /// Its TPM attestation key and known-good PCRs, if enrolled with a TPM (hardware tier). Nothing enrols a TPM
+    /// yet, so every device is software tier.
+    #[serde(default)]
+    pub tpm: Option<TpmRecord>,
+    /// The last appraisal of its evidence, successful or not.
+    #[serde(default)]
+    pub attestation: Option<AttestationRecord>,
+}
+
+/// A device's enrolled TPM (see `outpost_attestation::TpmEnrolment`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TpmRecord {
+    /// The attestation key's public point (uncompressed P-256), hex.
+    pub ak: String,
+    /// PCR selection bitmap.
+    pub pcrs: u32,
+    /// Digest of the known-good PCR values.
+    pub pcr_digest: Digest,
+}
+
+/// The outcome of one appraisal, as `device show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationRecord {
+    /// When it was appraised (Unix seconds).
+    pub at: UnixSeconds,
+    /// `affirming`, `warning` or `contraindicated`.
+    pub status: String,
+    /// `software` or `hardware` (for a positive result).
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// When the result expires (for a positive result).
+    #[serde(default)]
+    pub expires: Option<UnixSeconds>,
+    /// `name version` of the agent (for a positive result).
+    #[serde(default)]
+    pub software: Option<String>,
+    /// The device's boot count (for a positive result).
+    #[serde(default)]
+    pub bootcount: Option<u64>,
+    /// The reported model digest (for a positive result).
+    #[serde(default)]
+    pub model: Option<Digest>,
+    /// The reported site-policy digest (for a positive result).
+    #[serde(default)]
+    pub policy: Option<Digest>,
+    /// Why it was not attested, or the concerns of a warning.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// A one-time enrolment token, stored under the SHA-256 of its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolmentToken {
+    /// When it was created (Unix seconds).
+    pub created: UnixSeconds,
+    /// When it stops working (Unix seconds).
+    pub expires: UnixSeconds,
+    /// The channel the enrolled device follows.
+    pub channel: String,
+    /// The site the enrolled device belongs to.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The device key that used it; a used token never works again.
+    #[serde(default)]
+    pub used_by: Option<String>,
+}
+
+/// Why an enrolment was refused. The device is told only "enrolment refused" and this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolError {
+    /// No token hashes to this one.
+    #[error("unknown enrolment token")]
+    UnknownToken,
+    /// The token was already used (by another key, or by this one before it was revoked).
+    #[error("enrolment token already used")]
+    TokenUsed,
+    /// The token expired.
+    #[error("enrolment token expired")]
+    TokenExpired,
+    /// The key is known and revoked: a token does not lift a revocation.
+    #[error("device is revoked")]
+    Revoked,
 }
 
 impl DeviceRecord {
@@ -407,6 +503,7 @@ impl Registry {
         tx.open_table(ALIASES).map_err(db_err)?;
         tx.open_table(ALIAS_HISTORY).map_err(db_err)?;
         tx.open_table(DEVICES).map_err(db_err)?;
+        tx.open_table(TOKENS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         // hub.toml last: its presence marks a complete hub.
         blobs::write_atomic(&config, DEFAULT_CONFIG.as_bytes())?;
@@ -439,10 +536,14 @@ impl Registry {
             }
         };
         // Tables added by later versions are created on first open, so older hubs keep working.
-        let has_devices = db.begin_read().map_err(db_err)?.open_table(DEVICES).is_ok();
-        if !has_devices {
+        let has_tables = {
+            let read = db.begin_read().map_err(db_err)?;
+            read.open_table(DEVICES).is_ok() && read.open_table(TOKENS).is_ok()
+        };
+        if !has_tables {
             let tx = db.begin_write().map_err(db_err)?;
             tx.open_table(DEVICES).map_err(db_err)?;
+            tx.open_table(TOKENS).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
         Ok(Registry { dir: dir.to_owned(), config, db, blobs: BlobStore::new(dir.join("blobs")), clock })
@@ -799,19 +900,157 @@ impl Registry {
                 policy: existing.as_ref().and_then(|e| e.policy),
                 policy_site: existing.as_ref().and_then(|e| e.policy_site.clone()),
                 refusals: existing.as_ref().map(|e| e.refusals.clone()).unwrap_or_default(),
+                hardware: existing.as_ref().and_then(|e| e.hardware.clone()),
+                enrolled_by: existing.as_ref().and_then(|e| e.enrolled_by.clone()).or(Some("operator".into())),
+                tpm: existing.as_ref().and_then(|e| e.tpm.clone()),
+                attestation: existing.as_ref().and_then(|e| e.attestation.clone()),
                 secondaries: existing.map(|e| e.secondaries).unwrap_or_default(),
             };
             t.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
             record
         };
         tx.commit().map_err(db_err)?;
+        self.touch_status_stamp()?;
         Ok(record)
     }
 
-    /// Revokes a device: the hub refuses its connections from now on.
+    /// Revokes a device: the hub refuses its connections from now on, and a serving hub cuts off its attested
+    /// connections at their next request (through [`DEVICE_STATUS_STAMP`]).
     pub fn device_revoke(&self, key: &str) -> Result<DeviceRecord, RegistryError> {
         let key = parse_device_key(key)?;
-        self.device_update(&key, |r| r.status = DeviceStatus::Revoked)
+        let record = self.device_update(&key, |r| r.status = DeviceStatus::Revoked)?;
+        self.touch_status_stamp()?;
+        Ok(record)
+    }
+
+    /// Rewrites [`DEVICE_STATUS_STAMP`] (a new inode each time), after the status change has committed.
+    fn touch_status_stamp(&self) -> Result<(), RegistryError> {
+        let path = self.dir.join(DEVICE_STATUS_STAMP);
+        let parent = path.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(parent).map_err(|source| RegistryError::Io {
+            op: "create directory",
+            path: parent.into(),
+            source,
+        })?;
+        blobs::write_atomic(&path, self.clock.wall().to_string().as_bytes())?;
+        Ok(())
+    }
+
+    /// Creates a one-time enrolment token for a device on `channel` (and `site`), valid for `valid_secs`.
+    /// Returns the token text; only its SHA-256 is stored.
+    pub fn token_create(
+        &self,
+        channel: &str,
+        site: Option<&str>,
+        valid_secs: u64,
+        rng: &mut dyn outpost_shared::rng::Rng,
+    ) -> Result<String, RegistryError> {
+        if let Some(s) = site {
+            check_site(s)?;
+        }
+        let mut raw = [0u8; 16];
+        rng.fill(&mut raw);
+        let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
+        let now = self.clock.wall();
+        let record = EnrolmentToken {
+            created: now,
+            expires: now.saturating_add(valid_secs),
+            channel: channel.into(),
+            site: site.map(str::to_owned),
+            used_by: None,
+        };
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(TOKENS).map_err(db_err)?;
+            t.insert(token_key(&token).as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(token)
+    }
+
+    /// Whether any unused, unexpired enrolment token exists (the serving hub then lets unknown keys connect long
+    /// enough to present one).
+    pub fn tokens_open(&self) -> Result<bool, RegistryError> {
+        let now = self.clock.wall();
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(TOKENS).map_err(db_err)?;
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let token: EnrolmentToken = decode(k.value(), v.value())?;
+            if token.used_by.is_none() && now < token.expires {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Enrols `key` with a one-time token: in one transaction the token is marked used and the device approved
+    /// on the token's channel and site, with its stated hardware facts. A key that is already approved is left
+    /// as it is (an enrolment retried after a lost answer succeeds without a token being spent twice).
+    ///
+    /// # Errors
+    /// `Ok(Err(EnrolError))` when the token or the key is refused; `Err` when the registry fails.
+    pub fn enroll(
+        &self,
+        key: &str,
+        token: &str,
+        hardware: &str,
+    ) -> Result<Result<DeviceRecord, EnrolError>, RegistryError> {
+        let key = parse_device_key(key)?;
+        let now = self.clock.wall();
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let record = {
+            let mut devices = tx.open_table(DEVICES).map_err(db_err)?;
+            let existing: Option<DeviceRecord> =
+                devices.get(key.as_str()).map_err(db_err)?.map(|v| decode(&key, v.value())).transpose()?;
+            match existing {
+                Some(d) if d.status == DeviceStatus::Approved => return Ok(Ok(d)),
+                Some(_) => return Ok(Err(EnrolError::Revoked)),
+                None => {}
+            }
+            let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
+            let hash = token_key(token);
+            let found: Option<EnrolmentToken> =
+                tokens.get(hash.as_str()).map_err(db_err)?.map(|v| decode(&hash, v.value())).transpose()?;
+            let mut found = match found {
+                None => return Ok(Err(EnrolError::UnknownToken)),
+                Some(t) if t.used_by.is_some() => return Ok(Err(EnrolError::TokenUsed)),
+                Some(t) if now >= t.expires => return Ok(Err(EnrolError::TokenExpired)),
+                Some(t) => t,
+            };
+            found.used_by = Some(key.clone());
+            tokens.insert(hash.as_str(), encode(&found)?.as_slice()).map_err(db_err)?;
+            let record = DeviceRecord {
+                key: key.clone(),
+                channel: found.channel,
+                status: DeviceStatus::Approved,
+                approved_at: now,
+                assignment_version: 0,
+                active: None,
+                rolled_back: Vec::new(),
+                last_report: None,
+                secondaries: Vec::new(),
+                site: found.site,
+                site_node: false,
+                policy: None,
+                policy_site: None,
+                refusals: Vec::new(),
+                hardware: Some(hardware.to_owned()).filter(|h| !h.is_empty()),
+                enrolled_by: Some("token".into()),
+                tpm: None,
+                attestation: None,
+            };
+            devices.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
+            record
+        };
+        tx.commit().map_err(db_err)?;
+        self.touch_status_stamp()?;
+        Ok(Ok(record))
+    }
+
+    /// Records the outcome of an appraisal on the device's record.
+    pub fn device_attested(&self, key: &str, outcome: AttestationRecord) -> Result<DeviceRecord, RegistryError> {
+        self.device_update(key, |r| r.attestation = Some(outcome))
     }
 
     /// Records what a device reported about itself: what it serves and what it rolled back from.
@@ -838,10 +1077,8 @@ impl Registry {
     /// Places a device in `site` (or in none); `node` marks the key as that site's node.
     pub fn device_set_site(&self, key: &str, site: Option<&str>, node: bool) -> Result<DeviceRecord, RegistryError> {
         let key = parse_device_key(key)?;
-        if let Some(s) = site
-            && (s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        {
-            return Err(RegistryError::BadSite(format!("`{s}` must be 1–64 of a-z, A-Z, 0-9, `-`, `_`, `.`")));
+        if let Some(s) = site {
+            check_site(s)?;
         }
         if node && site.is_none() {
             return Err(RegistryError::BadSite("a site node needs the site it serves (--site NAME)".into()));
@@ -968,6 +1205,18 @@ fn check_firmware_image(image: &[u8]) -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(_) => Err(format!("{} bytes is more than a secondary's 4 GiB limit", image.len())),
     }
+}
+
+fn check_site(s: &str) -> Result<(), RegistryError> {
+    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(RegistryError::BadSite(format!("`{s}` must be 1–64 of a-z, A-Z, 0-9, `-`, `_`, `.`")));
+    }
+    Ok(())
+}
+
+/// The index key of an enrolment token: the hex SHA-256 of its text (trimmed).
+fn token_key(token: &str) -> String {
+    Digest::of(token.trim().as_bytes()).to_hex()
 }
 
 fn parse_device_key(key: &str) -> Result<String, RegistryError> {

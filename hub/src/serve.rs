@@ -5,16 +5,27 @@
 //! response, then the stream's receive side is stopped (the peer's send side is reset); other streams and
 //! connections carry on. Every wait on the peer is bounded by a timeout, and streams per connection and
 //! connections per hub are capped.
+//!
+//! Attestation: each connection keeps its own challenge and attestation result. Unless the backend says attestation
+//! is not required, every request but `GetChallenge`, `PostEvidence` and `Enroll` is answered `NotAttested` until
+//! the connection holds a result that is still current and whose device the backend still accepts (asked before
+//! every request, so a revocation cuts an attested connection off at its next request). An unknown key may stay
+//! connected only while the backend has enrolment tokens open, and only to send `Enroll`.
 
 use std::future::Future;
 use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outpost_attestation::evidence::{EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN};
 use outpost_attestation::identity::{Identity, IdentityError, PublicKey};
-use outpost_shared::wire::{self, ErrorCode, Limits, Request, RequestReader, Response, WireError, codes};
+use outpost_attestation::{AttestationResult, Challenge, Presented, Status, Tier};
+use outpost_shared::wire::{
+    self, AttestedStatus, AttestedTier, ErrorCode, Limits, Request, RequestReader, Response, WireError, codes,
+};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -52,7 +63,43 @@ pub trait Backend: Send + Sync + 'static {
     fn acts_for(&self, _node: &[u8; 32], _device: &[u8; 32]) -> bool {
         false
     }
+    /// Whether a connection must attest before it is served anything. Default: yes, and the default methods
+    /// below attest nobody, so a backend that does not implement attestation serves nothing (fail closed).
+    fn attestation_required(&self) -> bool {
+        true
+    }
+    /// A fresh single-use challenge for a connection of `device` (on the blocking pool). `Err` when the hub
+    /// cannot attest anybody now (no reference values, too many challenges held).
+    fn challenge(&self, _device: &PublicKey) -> Result<Challenge, Unattested> {
+        Err(Unattested("this service cannot appraise evidence".into()))
+    }
+    /// Appraises evidence presented on a connection (on the blocking pool).
+    fn appraise(&self, _presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
+        Err(Unattested("this service cannot appraise evidence".into()))
+    }
+    /// Whether a connection's result still lets it be served, without blocking; `None` asks
+    /// [`Backend::still_attested`] on the blocking pool. Called before every request.
+    fn still_attested_fast(&self, _result: &AttestationResult) -> Option<Result<(), Unattested>> {
+        None
+    }
+    /// Whether a connection's result still lets it be served: current, and its device not revoked since.
+    fn still_attested(&self, _result: &AttestationResult) -> Result<(), Unattested> {
+        Err(Unattested("this service cannot appraise evidence".into()))
+    }
+    /// Whether an unknown key may stay connected to present an enrolment token (some token is open).
+    fn enrolment_open(&self) -> bool {
+        false
+    }
+    /// Enrols `device` with a one-time token; a refusal should be a [`Refused`].
+    fn enroll(&self, _device: &[u8; 32], _token: &str, _hardware: &str) -> Result<(), BackendError> {
+        Err(Box::new(Refused("enrolment is not available here".into())))
+    }
 }
+
+/// Why a connection is not attested; the device gets `NotAttested` with `not attested: <reason>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not attested: {0}")]
+pub struct Unattested(pub String);
 
 /// A deliberate refusal a backend returns (wrapped in [`BackendError`]): the peer gets `Forbidden` with this
 /// message, rather than the opaque "internal error".
@@ -80,6 +127,9 @@ pub struct ServeConfig {
     /// How often a live connection's device is checked against the allow-list again, so a revoked device is
     /// cut off without waiting for it to reconnect.
     pub recheck_interval: Duration,
+    /// Most attestation challenges one connection may ask for: each is held by the verifier until it expires, so
+    /// this (times `max_connections`) keeps one device from filling the verifier's store and locking others out.
+    pub max_challenges_per_connection: u32,
 }
 
 impl ServeConfig {
@@ -95,6 +145,9 @@ impl ServeConfig {
     pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default allow-list recheck interval.
     pub const DEFAULT_RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+    /// Default challenges per connection (an agent needs one, and one more per renewal it does not make on a new
+    /// connection).
+    pub const DEFAULT_MAX_CHALLENGES_PER_CONNECTION: u32 = 4;
 
     /// Defaults for everything but the identity.
     pub fn new(identity: Identity) -> Self {
@@ -107,6 +160,7 @@ impl ServeConfig {
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             stall_timeout: Self::DEFAULT_STALL_TIMEOUT,
             recheck_interval: Self::DEFAULT_RECHECK_INTERVAL,
+            max_challenges_per_connection: Self::DEFAULT_MAX_CHALLENGES_PER_CONNECTION,
         }
     }
 }
@@ -154,6 +208,7 @@ struct Shared {
     limits: Limits,
     stall_timeout: Duration,
     recheck_interval: Duration,
+    max_challenges_per_connection: u32,
 }
 
 impl Server {
@@ -194,6 +249,7 @@ impl Server {
                 limits: config.limits,
                 stall_timeout: config.stall_timeout,
                 recheck_interval: config.recheck_interval,
+                max_challenges_per_connection: config.max_challenges_per_connection,
             }),
             connections: Arc::new(Semaphore::new(config.max_connections)),
         })
@@ -261,10 +317,24 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         close(&conn, codes::CLOSE_BAD_IDENTITY, "no Ed25519 device key");
         return;
     };
-    if !device_allowed(&shared, device).await {
+    let admitted = device_allowed(&shared, device).await;
+    if !admitted && !on_blocking(&shared, |b| b.enrolment_open()).await {
         close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "unknown device");
         return;
     }
+    // Evidence is bound to this connection through its TLS exporter, which both ends compute.
+    let mut exporter = [0u8; EXPORTER_LEN];
+    if conn.export_keying_material(&mut exporter, EXPORTER_LABEL, EXPORTER_CONTEXT).is_err() {
+        close(&conn, codes::CLOSE_BAD_IDENTITY, "no TLS exporter");
+        return;
+    }
+    let ctx = Arc::new(ConnState {
+        device,
+        exporter,
+        admitted: AtomicBool::new(admitted),
+        attestation: Mutex::new(Attestation::default()),
+        conn: conn.clone(),
+    });
     let period = shared.recheck_interval;
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -272,7 +342,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         tokio::select! {
             streams = conn.accept_bi() => match streams {
                 // quinn's max_concurrent_bidi_streams bounds how many of these tasks a connection has at once.
-                Ok((send, recv)) => drop(tokio::spawn(serve_stream(send, recv, device, shared.clone()))),
+                Ok((send, recv)) => drop(tokio::spawn(serve_stream(send, recv, ctx.clone(), shared.clone()))),
                 Err(_) => return,
             },
             _ = recheck.tick() => {
@@ -282,6 +352,144 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// What one connection knows: who it is, its exporter, whether its key is admitted, and its attestation.
+struct ConnState {
+    device: PublicKey,
+    exporter: [u8; EXPORTER_LEN],
+    /// Approved (at the handshake, or by `Enroll` on this connection).
+    admitted: AtomicBool,
+    attestation: Mutex<Attestation>,
+    conn: Connection,
+}
+
+/// The connection's outstanding challenge and its attestation result, if any.
+#[derive(Default)]
+struct Attestation {
+    challenge: Option<Challenge>,
+    result: Option<AttestationResult>,
+    /// Challenges issued on this connection so far.
+    issued: u32,
+}
+
+impl ConnState {
+    fn attestation(&self) -> std::sync::MutexGuard<'_, Attestation> {
+        self.attestation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs a backend query on the blocking pool; a panic counts as `false`.
+async fn on_blocking(shared: &Shared, f: impl FnOnce(&dyn Backend) -> bool + Send + 'static) -> bool {
+    let backend = shared.backend.clone();
+    tokio::task::spawn_blocking(move || f(&*backend)).await.unwrap_or(false)
+}
+
+fn not_attested(u: &Unattested) -> Response {
+    Response::error(ErrorCode::NotAttested, u.to_string())
+}
+
+/// Whether this connection may be served a request that needs attestation; the `NotAttested` answer if not.
+async fn gate(ctx: &ConnState, shared: &Shared) -> Result<(), Response> {
+    let backend = shared.backend.clone();
+    if !backend.attestation_required() {
+        return Ok(());
+    }
+    let Some(result) = ctx.attestation().result.clone() else {
+        return Err(not_attested(&Unattested("this connection has not attested".into())));
+    };
+    let verdict = match backend.still_attested_fast(&result) {
+        Some(v) => v,
+        None => tokio::task::spawn_blocking(move || backend.still_attested(&result))
+            .await
+            .unwrap_or_else(|_| Err(Unattested("internal error".into()))),
+    };
+    verdict.map_err(|u| {
+        // Fail closed for good: the connection must attest afresh (and a revoked device never will).
+        ctx.attestation().result = None;
+        not_attested(&u)
+    })
+}
+
+/// `GetChallenge`: a fresh challenge kept with the connection (it replaces an unanswered one).
+async fn issue_challenge(ctx: &ConnState, shared: &Shared) -> Response {
+    let backend = shared.backend.clone();
+    if !backend.attestation_required() {
+        return Response::NotFound;
+    }
+    {
+        let mut state = ctx.attestation();
+        if state.issued >= shared.max_challenges_per_connection {
+            return not_attested(&Unattested("too many challenges on this connection; reconnect".into()));
+        }
+        state.issued += 1;
+    }
+    let device = ctx.device;
+    let issued = tokio::task::spawn_blocking(move || backend.challenge(&device))
+        .await
+        .unwrap_or_else(|_| Err(Unattested("internal error".into())));
+    match issued {
+        Ok(challenge) => {
+            ctx.attestation().challenge = Some(challenge);
+            Response::Challenge { nonce_challenge: challenge.0 }
+        }
+        Err(u) => not_attested(&u),
+    }
+}
+
+/// `PostEvidence`: appraises against the connection's challenge (used up whatever the outcome) and keeps the
+/// result; any earlier result is dropped first, so a failed appraisal leaves the connection unattested.
+async fn appraise(ctx: &ConnState, shared: &Shared, evidence: Vec<u8>) -> Response {
+    let challenge = {
+        let mut state = ctx.attestation();
+        state.result = None;
+        state.challenge.take()
+    };
+    let Some(challenge) = challenge else {
+        return not_attested(&Unattested("no challenge was issued on this connection".into()));
+    };
+    let backend = shared.backend.clone();
+    let (exporter, device) = (ctx.exporter, ctx.device);
+    let appraised = tokio::task::spawn_blocking(move || {
+        backend.appraise(&Presented { challenge: &challenge, exporter: &exporter, device, evidence: &evidence })
+    })
+    .await
+    .unwrap_or_else(|_| Err(Unattested("internal error".into())));
+    match appraised {
+        Ok(result) => {
+            let response = Response::Attested {
+                status: match result.status {
+                    Status::Affirming => AttestedStatus::Affirming,
+                    Status::Warning | Status::Contraindicated => AttestedStatus::Warning,
+                },
+                expires: result.expires,
+                tier: match result.tier {
+                    Tier::Software => AttestedTier::Software,
+                    Tier::Hardware => AttestedTier::Hardware,
+                },
+            };
+            ctx.attestation().result = Some(result);
+            response
+        }
+        Err(u) => not_attested(&u),
+    }
+}
+
+/// `Enroll`: an admitted key is answered `Ack` at once (a retry after a lost answer); an unknown one is approved
+/// by the backend, or refused with `Forbidden`.
+async fn enroll(ctx: &ConnState, shared: &Shared, token: String, hardware: String) -> Response {
+    if ctx.admitted.load(Ordering::Acquire) {
+        return Response::Ack;
+    }
+    let backend = shared.backend.clone();
+    let device = ctx.device.0;
+    match blocking(move || backend.enroll(&device, &token, &hardware)).await {
+        Ok(()) => {
+            ctx.admitted.store(true, Ordering::Release);
+            Response::Ack
+        }
+        Err(r) => r,
     }
 }
 
@@ -314,7 +522,7 @@ async fn read_request(recv: &mut RecvStream, limits: Limits) -> Result<Request, 
     }
 }
 
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream, device: PublicKey, shared: Arc<Shared>) {
+async fn serve_stream(mut send: SendStream, mut recv: RecvStream, ctx: Arc<ConnState>, shared: Arc<Shared>) {
     let request = match timeout(shared.stall_timeout, read_request(&mut recv, shared.limits)).await {
         Ok(Ok(request)) => request,
         Ok(Err(ReadFailure::Gone)) => return,
@@ -332,6 +540,32 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, device: Public
     };
     // Nothing more is wanted from the peer on this stream.
     let _ = recv.stop(VarInt::from_u32(codes::STREAM_DONE));
+    if !ctx.admitted.load(Ordering::Acquire) && !matches!(request, Request::Enroll { .. }) {
+        close(&ctx.conn, codes::CLOSE_UNKNOWN_DEVICE, "unknown device");
+        return;
+    }
+    let response = match request {
+        Request::Enroll { token, hardware } => enroll(&ctx, &shared, token, hardware).await,
+        Request::GetChallenge => issue_challenge(&ctx, &shared).await,
+        Request::PostEvidence { evidence } => appraise(&ctx, &shared, evidence).await,
+        request => match gate(&ctx, &shared).await {
+            Ok(()) => match serve_attested(request, &mut send, ctx.device, &shared).await {
+                Some(response) => response,
+                None => return,
+            },
+            Err(refusal) => refusal,
+        },
+    };
+    respond(&mut send, &response, &shared).await;
+}
+
+/// Serves a request that needs an attested connection; `None` when the answer was streamed already (a target).
+async fn serve_attested(
+    request: Request,
+    send: &mut SendStream,
+    device: PublicKey,
+    shared: &Shared,
+) -> Option<Response> {
     let backend = shared.backend.clone();
     let response = match request {
         Request::GetMetadata { name, max_len } => {
@@ -372,15 +606,19 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, device: Public
             let found = blocking(move || backend.target(&path)).await;
             match found {
                 Ok(Some((file, total))) => {
-                    send_target(&mut send, &shared, file, total, offset, len).await;
-                    return;
+                    send_target(send, shared, file, total, offset, len).await;
+                    return None;
                 }
                 Ok(None) => Response::NotFound,
                 Err(r) => r,
             }
         }
+        // Answered by `serve_stream` before the gate.
+        Request::GetChallenge | Request::PostEvidence { .. } | Request::Enroll { .. } => {
+            Response::error(ErrorCode::InvalidRequest, "not here")
+        }
     };
-    respond(&mut send, &response, &shared).await;
+    Some(response)
 }
 
 /// The device a request is about: the peer itself, or a device its site node may act for.

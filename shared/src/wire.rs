@@ -14,6 +14,9 @@
 //! | `0x03` | [`Request::GetTarget`] | `{"path": text, "offset": uint, "len"?: uint}` |
 //! | `0x04` | [`Request::PostReport`] | `{"body": bytes, "device"?: bytes .size 32}` |
 //! | `0x10` | [`Request::PostTelemetry`] | `{"body": bytes, "device"?: bytes .size 32}` (a `telemetry::Batch`) |
+//! | `0x05` | [`Request::GetChallenge`] | `{}` |
+//! | `0x06` | [`Request::PostEvidence`] | `{"evidence": bytes}` (an EAT in COSE_Sign1, `outpost_attestation::evidence`) |
+//! | `0x07` | [`Request::Enroll`] | `{"token": text, "hardware": text}` |
 //! | `0x81` | [`Response::Metadata`] | `{"bytes": bytes}` |
 //! | `0x82` | [`Response::NotFound`] | `{}` |
 //! | `0x83` | [`Response::Assignment`] | `{"bytes": bytes}` |
@@ -21,6 +24,13 @@
 //! | `0x85` | [`Response::Ack`] | `{}` |
 //! | `0x86` | [`Response::Error`] | `{"code": uint, "message": text}` |
 //! | `0x90` | [`Response::TelemetryAck`] | `{"up_to": uint}`: every event up to this sequence number is stored |
+//! | `0x87` | [`Response::Challenge`] | `{"nonce_challenge": bytes .size 32}` |
+//! | `0x88` | [`Response::Attested`] | `{"status": "affirming" / "warning", "expires": uint, "tier": "software" / "hardware"}` |
+//!
+//! Attestation: on a hub that requires it, every request but `GetChallenge`, `PostEvidence` and `Enroll` is answered
+//! `Error` with [`ErrorCode::NotAttested`] until the connection holds a current attestation result. A server that
+//! does not appraise evidence (a site node serving its devices) answers `GetChallenge` with `NotFound`. `Enroll`
+//! is answered `Ack` once the hub has approved the connection's key.
 
 /// Largest UDP payload QUIC path-MTU discovery probes for (jumbo frames). Discovery only raises the packet size
 /// where the path carries it, so a high bound is safe (quinn's own advice) and lets LANs and loopback use fewer,
@@ -90,6 +100,16 @@ pub struct Limits {
     pub ack: u32,
     /// Largest `Error` body.
     pub error: u32,
+    /// Largest `GetChallenge` body.
+    pub get_challenge: u32,
+    /// Largest `PostEvidence` body.
+    pub post_evidence: u32,
+    /// Largest `Enroll` body.
+    pub enroll: u32,
+    /// Largest `Challenge` body.
+    pub challenge: u32,
+    /// Largest `Attested` body.
+    pub attested: u32,
     /// Longest metadata file name, in bytes.
     pub max_name_len: u32,
     /// Longest target path, in bytes.
@@ -121,6 +141,22 @@ impl Limits {
     pub const ACK: u32 = 16;
     /// Default `Error` body limit.
     pub const ERROR: u32 = 1024;
+    /// Default `GetChallenge` body limit (an empty map).
+    pub const GET_CHALLENGE: u32 = 16;
+    /// Default `PostEvidence` body limit: the attestation crate's 2 KiB evidence bound plus room for the map.
+    pub const POST_EVIDENCE: u32 = 2048 + 64;
+    /// Default `Enroll` body limit: a token and a line of hardware facts.
+    pub const ENROLL: u32 = 512;
+    /// Default `Challenge` body limit: 32 bytes and the map around them.
+    pub const CHALLENGE: u32 = 64;
+    /// Default `Attested` body limit.
+    pub const ATTESTED: u32 = 96;
+    /// Longest enrolment token, in bytes.
+    pub const MAX_TOKEN_LEN: usize = 128;
+    /// Longest hardware-facts line in `Enroll`, in bytes.
+    pub const MAX_HARDWARE_LEN: usize = 256;
+    /// Bytes in an attestation challenge.
+    pub const CHALLENGE_LEN: usize = 32;
     /// Default longest metadata file name.
     pub const MAX_NAME_LEN: u32 = 255;
     /// Default longest target path.
@@ -144,6 +180,11 @@ impl Default for Limits {
             target_header: Self::TARGET_HEADER,
             ack: Self::ACK,
             error: Self::ERROR,
+            get_challenge: Self::GET_CHALLENGE,
+            post_evidence: Self::POST_EVIDENCE,
+            enroll: Self::ENROLL,
+            challenge: Self::CHALLENGE,
+            attested: Self::ATTESTED,
             max_name_len: Self::MAX_NAME_LEN,
             max_path_len: Self::MAX_PATH_LEN,
         }
@@ -266,6 +307,9 @@ pub enum ErrorCode {
     /// The request is refused: a site node asking for a device not of its site, or a package its site policy
     /// refuses (the message names the rule).
     Forbidden,
+    /// The connection holds no current attestation result (none yet, expired, failed, or the device was revoked):
+    /// the message is `not attested: <reason>`.
+    NotAttested,
     /// A code this version does not know (sent by a newer peer).
     Other(u16),
 }
@@ -286,6 +330,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 10,
             ErrorCode::Internal => 11,
             ErrorCode::Forbidden => 12,
+            ErrorCode::NotAttested => 13,
             ErrorCode::Other(n) => n,
         }
     }
@@ -305,6 +350,7 @@ impl ErrorCode {
             10 => ErrorCode::TooLarge,
             11 => ErrorCode::Internal,
             12 => ErrorCode::Forbidden,
+            13 => ErrorCode::NotAttested,
             n => ErrorCode::Other(n),
         }
     }
@@ -350,6 +396,58 @@ pub enum Request {
         /// The device a site node forwards for; `None`: the peer itself.
         device: Option<[u8; 32]>,
     },
+    /// A fresh attestation challenge for this connection.
+    GetChallenge,
+    /// Attestation evidence answering this connection's challenge.
+    PostEvidence {
+        /// The signed EAT (COSE_Sign1), opaque to the transport.
+        evidence: Vec<u8>,
+    },
+    /// Enrols the connection's key with a one-time token from `outpost-hub device token`.
+    Enroll {
+        /// The token, as the operator handed it over (at most [`Limits::MAX_TOKEN_LEN`] bytes).
+        token: String,
+        /// What the device says about its hardware, one line (at most [`Limits::MAX_HARDWARE_LEN`] bytes).
+        hardware: String,
+    },
+}
+
+/// An attestation verdict that lets the hub serve (RFC 9334 trustworthiness: affirming or warning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttestedStatus {
+    /// Everything matched.
+    Affirming,
+    /// Verified, with a concern (the device runs the model it is moving away from); still served.
+    Warning,
+}
+
+/// How strongly the device's evidence is rooted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttestedTier {
+    /// A key file on the device.
+    Software,
+    /// A TPM quote.
+    Hardware,
+}
+
+impl AttestedStatus {
+    /// The wire text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestedStatus::Affirming => "affirming",
+            AttestedStatus::Warning => "warning",
+        }
+    }
+}
+
+impl AttestedTier {
+    /// The wire text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestedTier::Software => "software",
+            AttestedTier::Hardware => "hardware",
+        }
+    }
 }
 
 /// What the hub answers.
@@ -378,6 +476,21 @@ pub enum Response {
     },
     /// The report was stored.
     Ack,
+    /// A fresh attestation challenge, valid for one `PostEvidence` on this connection.
+    Challenge {
+        /// The hub's random challenge; the agent derives the evidence nonce from it and this connection's TLS
+        /// exporter.
+        nonce_challenge: [u8; 32],
+    },
+    /// The evidence was appraised and the connection is attested until `expires`.
+    Attested {
+        /// Affirming or warning.
+        status: AttestedStatus,
+        /// Wall-clock expiry of the result (Unix seconds); the agent attests again on a new connection.
+        expires: u64,
+        /// The tier the evidence proves.
+        tier: AttestedTier,
+    },
     /// The request failed.
     Error {
         /// Why, as a typed code.
@@ -431,6 +544,12 @@ pub mod kinds {
     pub const POST_REPORT: u8 = 0x04;
     /// [`Request::PostTelemetry`](super::Request::PostTelemetry).
     pub const POST_TELEMETRY: u8 = 0x10;
+    /// [`Request::GetChallenge`](super::Request::GetChallenge).
+    pub const GET_CHALLENGE: u8 = 0x05;
+    /// [`Request::PostEvidence`](super::Request::PostEvidence).
+    pub const POST_EVIDENCE: u8 = 0x06;
+    /// [`Request::Enroll`](super::Request::Enroll).
+    pub const ENROLL: u8 = 0x07;
     /// [`Response::Metadata`](super::Response::Metadata).
     pub const METADATA: u8 = 0x81;
     /// [`Response::NotFound`](super::Response::NotFound).
@@ -445,6 +564,10 @@ pub mod kinds {
     pub const ERROR: u8 = 0x86;
     /// [`Response::TelemetryAck`](super::Response::TelemetryAck).
     pub const TELEMETRY_ACK: u8 = 0x90;
+    /// [`Response::Challenge`](super::Response::Challenge).
+    pub const CHALLENGE: u8 = 0x87;
+    /// [`Response::Attested`](super::Response::Attested).
+    pub const ATTESTED: u8 = 0x88;
 }
 use kinds as kind;
 
@@ -456,6 +579,9 @@ impl Message for Request {
             Request::GetTarget { .. } => kind::GET_TARGET,
             Request::PostReport { .. } => kind::POST_REPORT,
             Request::PostTelemetry { .. } => kind::POST_TELEMETRY,
+            Request::GetChallenge => kind::GET_CHALLENGE,
+            Request::PostEvidence { .. } => kind::POST_EVIDENCE,
+            Request::Enroll { .. } => kind::ENROLL,
         }
     }
 
@@ -466,6 +592,9 @@ impl Message for Request {
             kind::GET_TARGET => Some(limits.get_target),
             kind::POST_REPORT => Some(limits.post_report),
             kind::POST_TELEMETRY => Some(limits.post_telemetry),
+            kind::GET_CHALLENGE => Some(limits.get_challenge),
+            kind::POST_EVIDENCE => Some(limits.post_evidence),
+            kind::ENROLL => Some(limits.enroll),
             _ => None,
         }
     }
@@ -486,6 +615,15 @@ impl Message for Request {
             }
             kind::POST_REPORT => Request::PostReport { body: m.bytes("body")?, device: m.opt_key("device")? },
             kind::POST_TELEMETRY => Request::PostTelemetry { body: m.bytes("body")?, device: m.opt_key("device")? },
+            kind::GET_CHALLENGE => Request::GetChallenge,
+            kind::POST_EVIDENCE => Request::PostEvidence { evidence: m.bytes("evidence")? },
+            kind::ENROLL => {
+                let token = m.text("token")?;
+                check_text(k, "token", &token, Limits::MAX_TOKEN_LEN, false)?;
+                let hardware = m.text("hardware")?;
+                check_text(k, "hardware", &hardware, Limits::MAX_HARDWARE_LEN, true)?;
+                Request::Enroll { token, hardware }
+            }
             _ => return Err(WireError::UnknownType { kind: k }),
         };
         m.finish()?;
@@ -508,6 +646,11 @@ impl Message for Request {
             Request::PostReport { body, device } | Request::PostTelemetry { body, device } => {
                 map(std::iter::once(("body", Value::Bytes(body.clone()))).chain(device_entry(device)).collect())
             }
+            Request::GetChallenge => map(vec![]),
+            Request::PostEvidence { evidence } => map(vec![("evidence", Value::Bytes(evidence.clone()))]),
+            Request::Enroll { token, hardware } => {
+                map(vec![("token", Value::Text(token.clone())), ("hardware", Value::Text(hardware.clone()))])
+            }
         }
     }
 }
@@ -522,6 +665,8 @@ impl Message for Response {
             Response::Ack => kind::ACK,
             Response::Error { .. } => kind::ERROR,
             Response::TelemetryAck { .. } => kind::TELEMETRY_ACK,
+            Response::Challenge { .. } => kind::CHALLENGE,
+            Response::Attested { .. } => kind::ATTESTED,
         }
     }
 
@@ -534,6 +679,8 @@ impl Message for Response {
             kind::ACK => Some(limits.ack),
             kind::ERROR => Some(limits.error),
             kind::TELEMETRY_ACK => Some(limits.telemetry_ack),
+            kind::CHALLENGE => Some(limits.challenge),
+            kind::ATTESTED => Some(limits.attested),
             _ => None,
         }
     }
@@ -566,6 +713,25 @@ impl Message for Response {
                 })?;
                 Response::Error { code: ErrorCode::from_u16(code), message: m.text("message")? }
             }
+            kind::CHALLENGE => Response::Challenge {
+                nonce_challenge: m
+                    .opt_key("nonce_challenge")?
+                    .ok_or_else(|| WireError::Malformed { kind: k, reason: "missing `nonce_challenge`".into() })?,
+            },
+            kind::ATTESTED => {
+                let status = match m.text("status")?.as_str() {
+                    "affirming" => AttestedStatus::Affirming,
+                    "warning" => AttestedStatus::Warning,
+                    other => return Err(invalid(k, "status", format!("`{other}` is not affirming or warning"))),
+                };
+                let expires = m.uint("expires")?;
+                let tier = match m.text("tier")?.as_str() {
+                    "software" => AttestedTier::Software,
+                    "hardware" => AttestedTier::Hardware,
+                    other => return Err(invalid(k, "tier", format!("`{other}` is not software or hardware"))),
+                };
+                Response::Attested { status, expires, tier }
+            }
             _ => return Err(WireError::UnknownType { kind: k }),
         };
         m.finish()?;
@@ -584,6 +750,14 @@ impl Message for Response {
                 map(vec![("code", u64::from(code.to_u16()).into()), ("message", Value::Text(message.clone()))])
             }
             Response::TelemetryAck { up_to } => map(vec![("up_to", (*up_to).into())]),
+            Response::Challenge { nonce_challenge } => {
+                map(vec![("nonce_challenge", Value::Bytes(nonce_challenge.to_vec()))])
+            }
+            Response::Attested { status, expires, tier } => map(vec![
+                ("status", Value::Text(status.as_str().into())),
+                ("expires", (*expires).into()),
+                ("tier", Value::Text(tier.as_str().into())),
+            ]),
         }
     }
 }
@@ -704,6 +878,21 @@ impl Fields {
             }
         }
     }
+}
+
+fn invalid(kind: u8, field: &'static str, reason: String) -> WireError {
+    WireError::InvalidField { kind, field, reason }
+}
+
+/// A bounded text field: no control characters; `may_be_empty` or not.
+fn check_text(kind: u8, field: &'static str, text: &str, max: usize, may_be_empty: bool) -> Result<(), WireError> {
+    if (text.is_empty() && !may_be_empty) || text.len() > max {
+        return Err(invalid(kind, field, format!("must be {}to {max} bytes", if may_be_empty { "" } else { "1 " })));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(invalid(kind, field, "control characters are not allowed".into()));
+    }
+    Ok(())
 }
 
 fn check_name(kind: u8, name: &str, limits: &Limits) -> Result<(), WireError> {
@@ -1001,8 +1190,11 @@ impl ResponseReader {
                 }
                 Ok(Some(*len))
             }
-            (Request::PostReport { .. }, Response::Ack) => Ok(None),
             (Request::PostTelemetry { .. }, Response::TelemetryAck { .. }) => Ok(None),
+            (Request::PostReport { .. } | Request::Enroll { .. }, Response::Ack) => Ok(None),
+            // NotFound: the server does not appraise evidence (a site node).
+            (Request::GetChallenge, Response::Challenge { .. } | Response::NotFound) => Ok(None),
+            (Request::PostEvidence { .. }, Response::Attested { .. }) => Ok(None),
             (req, resp) => unexpected(format!("type {:#04x} does not answer type {:#04x}", resp.kind(), req.kind())),
         }
     }
@@ -1046,6 +1238,9 @@ mod tests {
             Request::PostReport { body: b"telemetry".to_vec(), device: None },
             Request::PostTelemetry { body: b"batch".to_vec(), device: None },
             Request::PostTelemetry { body: b"relayed".to_vec(), device: Some([3; 32]) },
+            Request::GetChallenge,
+            Request::PostEvidence { evidence: vec![0xd2; 300] },
+            Request::Enroll { token: "ot1-abcdef".into(), hardware: "x86_64 linux 4 cpus".into() },
         ]
     }
 
@@ -1058,6 +1253,13 @@ mod tests {
             Response::Ack,
             Response::error(ErrorCode::RangeNotSatisfiable, "offset 200 is past 100"),
             Response::TelemetryAck { up_to: 4096 },
+            Response::Challenge { nonce_challenge: [3; 32] },
+            Response::Attested {
+                status: AttestedStatus::Warning,
+                expires: 1_795_885_200,
+                tier: AttestedTier::Software,
+            },
+            Response::error(ErrorCode::NotAttested, "not attested: device revoked"),
         ]
     }
 
@@ -1106,7 +1308,7 @@ mod tests {
 
     #[test]
     fn unknown_type_is_refused_including_the_other_directions_types() {
-        for kind in [0x00, 0x05, 0x7f, 0xff, kinds::METADATA] {
+        for kind in [0x00, 0x08, 0x7f, 0xff, kinds::METADATA] {
             let f = frame(kind, &cbor(&map(vec![])));
             assert_eq!(decode_all::<Request>(&f), Err(WireError::UnknownType { kind }));
         }
@@ -1281,10 +1483,52 @@ mod tests {
     }
 
     #[test]
+    fn oversized_evidence_is_refused_from_its_header_and_a_short_challenge_is_a_typed_error() {
+        let mut d = FrameDecoder::<Request>::new(Limits::default());
+        let err = d.push(&frame_header(kinds::POST_EVIDENCE, Limits::POST_EVIDENCE + 1)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Oversized);
+        let short = map(vec![("nonce_challenge", Value::Bytes(vec![1; 31]))]);
+        assert_eq!(
+            decode_all::<Response>(&frame(kinds::CHALLENGE, &cbor(&short))),
+            Err(WireError::WrongCborType { kind: kinds::CHALLENGE, field: "nonce_challenge", expected: "32 bytes" })
+        );
+        let unknown = map(vec![
+            ("status", Value::Text("contraindicated".into())),
+            ("expires", 1u64.into()),
+            ("tier", Value::Text("software".into())),
+        ]);
+        let err = decode_all::<Response>(&frame(kinds::ATTESTED, &cbor(&unknown))).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidRequest, "an attested status other than affirming/warning: {err}");
+    }
+
+    #[test]
+    fn enrolment_token_must_be_short_printable_text() {
+        for (token, hardware) in [("", "x"), ("t\n", "x"), (&*"t".repeat(129), "x"), ("t", &*"h".repeat(257))] {
+            let r = Request::Enroll { token: token.into(), hardware: hardware.into() };
+            let err = decode_all::<Request>(&frame(kinds::ENROLL, &cbor(&r.to_value()))).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidRequest, "{token:?} {hardware:?}");
+        }
+    }
+
+    #[test]
+    fn attestation_answers_must_fit_their_requests() {
+        let limits = Limits::default();
+        let not_found = encode_frame(&Response::NotFound, &limits).unwrap();
+        // A server that does not attest says NotFound to GetChallenge; evidence is never answered with it.
+        assert!(ResponseReader::new(&Request::GetChallenge, limits).push(&not_found).is_ok());
+        let evidence = Request::PostEvidence { evidence: vec![1] };
+        let err = ResponseReader::new(&evidence, limits).push(&not_found).unwrap_err();
+        assert!(matches!(err, WireError::UnexpectedResponse { .. }), "{err:?}");
+        let challenge = encode_frame(&Response::Challenge { nonce_challenge: [0; 32] }, &limits).unwrap();
+        let err = ResponseReader::new(&Request::GetAssignment { device: None }, limits).push(&challenge).unwrap_err();
+        assert!(matches!(err, WireError::UnexpectedResponse { .. }), "{err:?}");
+    }
+
+    #[test]
     fn unknown_error_codes_survive_the_trip() {
         let r = Response::Error { code: ErrorCode::Other(999), message: String::new() };
         assert_eq!(decode_all::<Response>(&encode_frame(&r, &Limits::default()).unwrap()).unwrap(), vec![r]);
-        for n in 1..=11 {
+        for n in 1..=13 {
             assert_eq!(ErrorCode::from_u16(n).to_u16(), n);
         }
     }

@@ -1,5 +1,6 @@
 //! Test support for the agent: a real hub data directory (registry, TUF repository, director, devices) served
-//! over real QUIC on loopback, on a manual clock.
+//! over real QUIC on loopback, on a manual clock, with attestation required: the central team's key is trusted
+//! and its reference values list this test binary (what an in-process agent reports as its own executable).
 
 #![allow(dead_code)]
 
@@ -8,6 +9,7 @@ pub mod mirror;
 use std::sync::Arc;
 
 use outpost_attestation::identity::Identity;
+use outpost_attestation::{ReferenceValues, SoftwareRef};
 use outpost_hub::Registry;
 use outpost_hub::backend::HubBackend;
 use outpost_hub::serve::{ServeConfig, Server};
@@ -29,6 +31,28 @@ pub struct World {
     pub dir: std::path::PathBuf,
     pub repo: TufRepo,
     pub clock: Arc<ManualClock>,
+    /// The serial of the reference values installed last.
+    serial: std::cell::Cell<u64>,
+}
+
+/// The central team's key in tests.
+pub fn team() -> Identity {
+    Identity::from_seed([0x7e; 32])
+}
+
+/// An agent build as the reference values list it.
+pub fn software(sha256: Digest) -> SoftwareRef {
+    SoftwareRef {
+        name: outpost_agent::attest::SWNAME.into(),
+        version: outpost_agent::attest::SWVERSION.into(),
+        sha256,
+        revoked: false,
+    }
+}
+
+/// What an agent running in this test process reports as its binary.
+pub fn this_binary() -> Digest {
+    outpost_agent::attest::software_digest().unwrap()
 }
 
 impl World {
@@ -44,7 +68,36 @@ impl World {
         Registry::init(&dir).unwrap();
         let repo = TufRepo::new(&dir, Default::default());
         repo.generate(&tmp.path().join("offline"), GenerateOptions::default(), &mut SeededRng::new(5), now).unwrap();
-        World { tmp, dir, repo, clock: Arc::new(ManualClock::new(now)) }
+        let team_pub = dir.join(outpost_hub::attest::TEAM_KEY_FILE);
+        std::fs::create_dir_all(team_pub.parent().unwrap()).unwrap();
+        std::fs::write(&team_pub, team().public_key().to_hex()).unwrap();
+        let w = World { tmp, dir, repo, clock: Arc::new(ManualClock::new(now)), serial: std::cell::Cell::new(0) };
+        w.install_reference_values(vec![software(this_binary())]);
+        w
+    }
+
+    /// Signs reference values listing `software` (valid for a year from the hub's clock) with the team key and
+    /// installs them: a serving hub uses them from its next challenge.
+    pub fn install_reference_values(&self, software: Vec<SoftwareRef>) {
+        use outpost_shared::clock::Clock;
+        let serial = self.serial.get() + 1;
+        self.serial.set(serial);
+        let now = self.clock.wall();
+        let doc = ReferenceValues { serial, issued_at: now, expires: now + 365 * 24 * 3600, software };
+        let config = outpost_hub::config::Attestation::default();
+        outpost_hub::attest::install_reference_values(&self.dir, &config, &doc.sign(&team()), self.clock.clone())
+            .unwrap();
+    }
+
+    /// Also allows the `outpost-agent` binary, for tests that run it as a process.
+    pub fn allow_agent_binary(&self) {
+        let (_, agent) =
+            outpost_agent::device::hash_file(std::path::Path::new(env!("CARGO_BIN_EXE_outpost-agent"))).unwrap();
+        let mut allowed = vec![software(this_binary())];
+        if agent != this_binary() {
+            allowed.push(software(agent));
+        }
+        self.install_reference_values(allowed);
     }
 
     pub fn registry(&self) -> Registry {
@@ -102,4 +155,34 @@ impl World {
     pub fn root(&self) -> Vec<u8> {
         std::fs::read(self.repo.metadata_dir().join("1.root.json")).unwrap()
     }
+}
+
+/// A connection of `device` to the hub at `addr`, attested as a device with no model and no policy.
+pub async fn connect_attested(
+    device: &Identity,
+    addr: std::net::SocketAddr,
+    hub: outpost_attestation::identity::PublicKey,
+) -> outpost_agent::quic::HubClient {
+    let config = outpost_agent::quic::ClientConfig::new(addr, hub);
+    let client = outpost_agent::quic::HubClient::connect(device, &config).await.unwrap();
+    let facts = outpost_agent::attest::Facts { bootcount: 1, model: None, policy: None };
+    let verdict = outpost_agent::attest::attest(&client, device, &facts).await.unwrap();
+    assert!(matches!(verdict, outpost_agent::attest::Outcome::Attested(_)), "{verdict:?}");
+    client
+}
+
+/// The package the agent serves now.
+pub fn active(agent: &outpost_agent::driver::Agent) -> Option<Digest> {
+    agent.active().map(|a| *a.digest())
+}
+
+/// One check that installs the assigned package, then `health` good inferences that confirm it.
+pub async fn adopt(agent: &mut outpost_agent::driver::Agent, health: u32) {
+    use outpost_shared::update::Phase;
+    agent.check().await.unwrap();
+    assert!(matches!(agent.state().phase, Phase::Health { .. }), "{:?}", agent.state().phase);
+    for _ in 0..health {
+        agent.record_inference(true).unwrap();
+    }
+    assert_eq!(agent.state().phase, Phase::Idle);
 }

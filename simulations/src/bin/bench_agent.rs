@@ -535,6 +535,8 @@ impl Hub {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("hub");
         Registry::init(&dir)?;
+        // This measures the update path alone; attestation's cost is `cargo bench -p outpost-attestation`.
+        outpost_hub::config::set_attestation_required(&dir, false)?;
         let repo = TufRepo::new(&dir, Default::default());
         repo.generate(&tmp.path().join("offline"), GenerateOptions::default(), &mut SeededRng::new(7), now)?;
         Ok(Hub { tmp, dir, repo, clock: Arc::new(ManualClock::new(now)) })

@@ -54,6 +54,8 @@ fn setup() -> Result<Setup> {
     let tmp = tempfile::tempdir()?;
     let hub_dir = tmp.path().join("hub");
     Registry::init(&hub_dir)?;
+    // This measures the update path alone; attestation's cost is `cargo bench -p outpost-attestation`.
+    outpost_hub::config::set_attestation_required(&hub_dir, false)?;
     let repo = TufRepo::new(&hub_dir, Default::default());
     let offline = tmp.path().join("offline");
     let now = SystemClock.wall();

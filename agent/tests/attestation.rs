@@ -1,0 +1,253 @@
+//! Attestation end to end over real QUIC: the hub serves updates only to connections whose evidence it appraised,
+//! an agent build missing from the signed reference values gets nothing while a listed one updates, a revoked
+//! device is cut off at its next request, evidence made for one connection is refused on another, and a one-time
+//! enrolment token enrols exactly one device before it expires.
+
+mod support;
+
+use std::time::Duration;
+
+use outpost_agent::attest::{self, Facts};
+use outpost_agent::config::{self, AgentConfig};
+use outpost_agent::driver::{Agent, CheckError, init_device, store_enrolment_token};
+use outpost_agent::quic::{ClientConfig, ClientError, HubClient};
+use outpost_attestation::{Claims, Evidence, Identity};
+use outpost_hub::registry::DeviceStatus;
+use outpost_shared::Digest;
+use outpost_shared::rng::SeededRng;
+use outpost_shared::testkit::AffineManifest;
+use outpost_shared::wire::ErrorCode;
+use support::{World, active, software, this_binary};
+
+const HEALTH: u32 = 2;
+
+/// A device directory for `seed`, configured against the hub at `addr`; approved on `stable` unless `token`
+/// is given, in which case it enrols with it.
+fn device_dir(w: &World, name: &str, seed: u8, addr: std::net::SocketAddr, hub: &str, token: Option<&str>) -> Agent {
+    let dir = w.tmp.path().join(name);
+    let key = init_device(&dir, &w.root(), [seed; 32]).unwrap();
+    match token {
+        Some(t) => store_enrolment_token(&dir, t).unwrap(),
+        None => drop(w.registry().device_approve(&key, "stable").unwrap()),
+    }
+    let text = config::render(&addr.to_string(), hub)
+        .replace("health_inferences = 20", &format!("health_inferences = {HEALTH}"));
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    Agent::open(AgentConfig::parse(&text, &path).unwrap(), w.clock.clone()).unwrap()
+}
+
+async fn device(w: &World, name: &str, seed: u8) -> Agent {
+    let (addr, hub_key) = w.serve().await;
+    device_dir(w, name, seed, addr, &hub_key.to_hex(), None)
+}
+
+fn key(seed: u8) -> String {
+    Identity::from_seed([seed; 32]).public_key().to_hex()
+}
+
+async fn adopt(agent: &mut Agent) {
+    support::adopt(agent, HEALTH).await;
+}
+
+fn not_attested(e: CheckError) -> String {
+    match e {
+        CheckError::NotAttested(reason) => reason,
+        other => panic!("expected a NotAttested refusal, got {other}"),
+    }
+}
+
+fn refusal(e: ClientError) -> String {
+    match e {
+        ClientError::Hub { code: ErrorCode::NotAttested, message } => message,
+        other => panic!("expected NotAttested, got {other}"),
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr, hub: outpost_attestation::PublicKey, seed: u8) -> HubClient {
+    HubClient::connect(&Identity::from_seed([seed; 32]), &ClientConfig::new(addr, hub)).await.unwrap()
+}
+
+fn facts(model: Option<Digest>) -> Facts {
+    Facts { bootcount: 1, model, policy: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_whose_binary_digest_is_not_allowed_is_refused_updates_while_a_good_one_gets_them() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    // The team's reference values list another build of the agent, not the one running here.
+    w.install_reference_values(vec![software(Digest::of(b"another build of outpost-agent"))]);
+    let mut bad = device(&w, "bad", 1).await;
+    let reason = not_attested(bad.check().await.unwrap_err());
+    assert!(reason.contains(&format!("software digest {} not in the reference values", this_binary())), "{reason}");
+    assert_eq!(active(&bad), None, "nothing was downloaded or activated");
+    assert!(!w.tmp.path().join("bad/staging").exists(), "not a byte of the package reached the device");
+    let record = w.registry().device(&key(1)).unwrap().unwrap();
+    assert_eq!(record.attestation.as_ref().map(|a| a.status.as_str()), Some("contraindicated"));
+
+    // A document listing this build (next serial): the same agent, reconnecting, now updates; so does a new one.
+    w.install_reference_values(vec![software(Digest::of(b"another build of outpost-agent")), software(this_binary())]);
+    let mut good = device(&w, "good", 2).await;
+    adopt(&mut good).await;
+    assert_eq!(active(&good), Some(v1));
+    assert!(good.attested().is_some());
+    adopt(&mut bad).await;
+    assert_eq!(active(&bad), Some(v1));
+    let record = w.registry().device(&key(2)).unwrap().unwrap();
+    let att = record.attestation.unwrap();
+    assert_eq!((att.tier.as_deref(), att.bootcount), (Some("software"), Some(1)));
+    assert_eq!(att.software, Some(format!("outpost-agent {}", attest::SWVERSION)));
+
+    // Revoking this build in a newer document refuses the next attestation; the device keeps its model.
+    let mut revoked = software(this_binary());
+    revoked.revoked = true;
+    w.install_reference_values(vec![revoked]);
+    let mut late = device(&w, "late", 3).await;
+    let reason = not_attested(late.check().await.unwrap_err());
+    assert!(reason.contains("is revoked"), "{reason}");
+    assert_eq!(active(&late), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_device_is_cut_off_within_one_request() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let (addr, hub_key) = w.serve().await;
+    let mut agent = device_dir(&w, "dev", 1, addr, &hub_key.to_hex(), None);
+    adopt(&mut agent).await;
+    assert_eq!(active(&agent), Some(v1));
+
+    // A second attested connection of the same device, to count requests on.
+    let client = connect(addr, hub_key, 1).await;
+    let verdict = attest::attest(&client, &Identity::from_seed([1; 32]), &facts(Some(v1))).await.unwrap();
+    assert!(matches!(verdict, attest::Outcome::Attested(_)), "{verdict:?}");
+    assert!(client.metadata("timestamp.json", 1 << 20).await.unwrap().is_some());
+
+    w.registry().device_revoke(&key(1)).unwrap();
+    let e = client.metadata("timestamp.json", 1 << 20).await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: device revoked", "the very next request is refused");
+    let e = client.assignment().await.unwrap_err();
+    assert!(refusal(e).starts_with("not attested"), "and it stays refused");
+
+    // The agent's own (attested, open) connection: its next check is refused with a clear error, and the
+    // device keeps serving its model.
+    let reason = not_attested(agent.check().await.unwrap_err());
+    assert_eq!(reason, "not attested: device revoked");
+    assert_eq!(active(&agent), Some(v1));
+    assert_eq!(w.registry().device(&key(1)).unwrap().unwrap().status, DeviceStatus::Revoked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_relayed_to_another_connection_is_refused() {
+    let w = World::new();
+    let (addr, hub_key) = w.serve().await;
+    for seed in [1, 2] {
+        w.registry().device_approve(&key(seed), "stable").unwrap();
+    }
+    let identity = Identity::from_seed([1; 32]);
+    let evidence_for = |client: &HubClient, challenge: outpost_attestation::Challenge| {
+        let claims = Claims {
+            nonce: challenge.nonce(&client.exporter().unwrap()),
+            ueid: identity.public_key(),
+            oemid: None,
+            hwmodel: None,
+            bootcount: 1,
+            swname: attest::SWNAME.into(),
+            swversion: attest::SWVERSION.into(),
+            software_digest: this_binary(),
+            model_digest: None,
+            policy_digest: None,
+            tpm_quote: None,
+        };
+        Evidence::sign(&identity, &claims).unwrap()
+    };
+    // Good evidence made on connection 1.
+    let first = connect(addr, hub_key, 1).await;
+    let challenge = first.challenge().await.unwrap().unwrap();
+    let evidence = evidence_for(&first, challenge);
+
+    // Relayed to connection 2 of the same device, without a challenge there, then answering one issued there.
+    let second = connect(addr, hub_key, 1).await;
+    let e = second.post_evidence(&evidence).await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: no challenge was issued on this connection");
+    second.challenge().await.unwrap().unwrap();
+    let e = second.post_evidence(&evidence).await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: nonce does not match this challenge on this connection");
+    assert!(refusal(second.assignment().await.unwrap_err()).starts_with("not attested"));
+
+    // Relayed by another enrolled device over its own connection: the evidence is not signed by that device.
+    let other = connect(addr, hub_key, 2).await;
+    other.challenge().await.unwrap().unwrap();
+    let e = other.post_evidence(&evidence).await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: bad signature");
+
+    // The connection it was made for: the challenge there was used up by nobody yet, so it attests.
+    let verdict = first.post_evidence(&evidence).await.unwrap();
+    assert!(verdict.expires > 0);
+    assert!(first.metadata("timestamp.json", 1 << 20).await.unwrap().is_some());
+    // Each challenge admits one appraisal: the same evidence again is refused.
+    let e = first.post_evidence(&evidence).await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: no challenge was issued on this connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_token_enrols_once_and_expires() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let (addr, hub_key) = w.serve().await;
+    let hub = hub_key.to_hex();
+    let mut rng = SeededRng::new(9);
+    let token = w.registry().token_create("stable", None, 600, &mut rng).unwrap();
+    // Another token stays open, so unknown keys may connect to present theirs and hear why they are refused.
+    let spare = w.registry().token_create("stable", None, 24 * 3600, &mut rng).unwrap();
+    assert!(!std::fs::read(w.dir.join("index.redb")).unwrap().windows(token.len()).any(|x| x == token.as_bytes()));
+
+    let mut first = device_dir(&w, "first", 1, addr, &hub, Some(&token));
+    adopt(&mut first).await;
+    assert_eq!(active(&first), Some(v1), "enrolled with the token, attested and updated on its first connection");
+    assert!(!w.tmp.path().join("first").join("enrol.token").exists(), "the device forgets a used token");
+    let record = w.registry().device(&key(1)).unwrap().unwrap();
+    assert_eq!((record.status, record.enrolled_by.as_deref()), (DeviceStatus::Approved, Some("token")));
+    assert!(record.hardware.unwrap().contains("arch="));
+
+    // The same token a second time, by another key: refused.
+    let mut second = device_dir(&w, "second", 2, addr, &hub, Some(&token));
+    let e = second.check().await.unwrap_err();
+    assert!(e.to_string().contains("enrolment refused: enrolment token already used"), "{e}");
+    assert!(w.registry().device(&key(2)).unwrap().is_none());
+
+    // A token used after its expiry: refused.
+    let late = w.registry().token_create("stable", None, 60, &mut rng).unwrap();
+    w.clock.advance(Duration::from_secs(61));
+    let mut third = device_dir(&w, "third", 3, addr, &hub, Some(&late));
+    let e = third.check().await.unwrap_err();
+    assert!(e.to_string().contains("enrolment refused: enrolment token expired"), "{e}");
+    assert!(w.registry().device(&key(3)).unwrap().is_none());
+
+    // With no token open at all, an unknown key is closed at once, as before tokens existed.
+    let mut fourth = device_dir(&w, "fourth", 4, addr, &hub, Some(&spare));
+    fourth.check().await.unwrap();
+    assert_eq!(active(&fourth), Some(v1));
+    let mut fifth = device_dir(&w, "fifth", 5, addr, &hub, Some(&spare));
+    let e = fifth.check().await.unwrap_err();
+    let CheckError::Hub(e) = e else { panic!("{e}") };
+    assert_eq!(e.close_reason().map(|(code, _)| code), Some(outpost_shared::wire::codes::CLOSE_UNKNOWN_DEVICE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_hoard_challenges_and_lock_other_devices_out() {
+    let w = World::new();
+    let (addr, hub_key) = w.serve().await;
+    w.registry().device_approve(&key(1), "stable").unwrap();
+    let hoarder = connect(addr, hub_key, 1).await;
+    for _ in 0..outpost_hub::serve::ServeConfig::DEFAULT_MAX_CHALLENGES_PER_CONNECTION {
+        hoarder.challenge().await.unwrap().unwrap();
+    }
+    let e = hoarder.challenge().await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: too many challenges on this connection; reconnect");
+    // A fresh connection attests as usual.
+    let fresh = connect(addr, hub_key, 1).await;
+    let verdict = attest::attest(&fresh, &Identity::from_seed([1; 32]), &facts(None)).await.unwrap();
+    assert!(matches!(verdict, attest::Outcome::Attested(_)), "{verdict:?}");
+}
