@@ -508,7 +508,11 @@ impl Agent {
                 .map_err(|e| CheckError::Invalid(e.to_string()))?;
             client.report(&report).await?;
         }
-        self.drain_telemetry(client).await
+        // Telemetry that cannot go now stays queued for the next check; it never fails the update check.
+        if let Err(e) = self.drain_telemetry(client).await {
+            eprintln!("outpost-agent: telemetry not sent (kept for the next check): {e}");
+        }
+        Ok(())
     }
 
     /// Downloads into the staging file, resuming from what is there, bounded by the TUF length, then checks
