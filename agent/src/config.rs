@@ -77,11 +77,17 @@ impl Default for RawDevice {
 #[serde(deny_unknown_fields)]
 struct RawInference {
     bind: String,
+    #[serde(default = "default_shadow_percent")]
+    shadow_percent: u32,
+}
+
+fn default_shadow_percent() -> u32 {
+    10
 }
 
 impl Default for RawInference {
     fn default() -> Self {
-        RawInference { bind: "127.0.0.1:8080".into() }
+        RawInference { bind: "127.0.0.1:8080".into(), shadow_percent: default_shadow_percent() }
     }
 }
 
@@ -120,6 +126,8 @@ pub struct AgentConfig {
     pub updates: Updates,
     /// Address of the local inference API.
     pub inference_bind: SocketAddr,
+    /// Share of answered requests (percent) a shadow package also runs on, during a rollout's shadow stage.
+    pub shadow_percent: u32,
     /// The site policy this device enforces, if any.
     pub policy: Option<PolicySource>,
     /// Where a site node (`run --mode site`) serves its devices.
@@ -161,6 +169,9 @@ health_secs = 300
 [inference]
 # The local Open Inference Protocol v2 API (KServe / Triton compatible). Keep it on localhost.
 bind = "127.0.0.1:8080"
+# During a release's shadow stage the hub has the device run the new package beside the active one, on this share
+# of answered requests (percent), comparing answers; the shadow never serves.
+shadow_percent = 10
 
 # Optional: the site's policy. Each package is judged on its signed metadata before download and on its verified
 # manifest after; a rejected package is never downloaded (again), a deferred one waits, and the hub is told the
@@ -204,6 +215,9 @@ impl AgentConfig {
             .bind
             .parse()
             .map_err(|e| invalid("inference.bind", format!("`{}` is not an address: {e}", raw.inference.bind)))?;
+        if raw.inference.shadow_percent > 100 {
+            return Err(invalid("inference.shadow_percent", "must be 0 to 100".into()));
+        }
         if raw.updates.poll_secs == 0 {
             return Err(invalid("updates.poll_secs", "must be at least 1".into()));
         }
@@ -232,6 +246,7 @@ impl AgentConfig {
             data_dir: base.join(&raw.device.data_dir),
             updates: raw.updates,
             inference_bind,
+            shadow_percent: raw.inference.shadow_percent,
             site_bind,
             policy: raw
                 .policy

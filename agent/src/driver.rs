@@ -105,6 +105,8 @@ pub struct Agent {
     telemetry: Option<crate::telemetry::Queue>,
     /// Inferences since the last check, per model: count, errors, latency.
     inferences: std::collections::BTreeMap<Digest, (u64, u64, Histogram)>,
+    /// Shadow comparisons not yet in a report that reached the hub.
+    pending_shadow: Option<outpost_shared::update::ShadowReport>,
 }
 
 /// Events the telemetry queue holds at most; beyond, new events are dropped and counted.
@@ -153,6 +155,7 @@ impl Agent {
             advertised: None,
             telemetry: None,
             inferences: std::collections::BTreeMap::new(),
+            pending_shadow: None,
         };
         agent.telemetry = agent.open_telemetry();
         agent.reload_policy();
@@ -368,6 +371,7 @@ impl Agent {
         for (model, (count, errors, latency)) in std::mem::take(&mut self.inferences) {
             self.queue(EventKind::InferenceStats { model, count, errors, latency });
         }
+        self.collect_shadow();
         let result = self.check_attested().await;
         let result = match (&result, self.client.as_ref().and_then(|c| c.not_attested())) {
             (Err(_), Some(reason)) => {
@@ -454,6 +458,7 @@ impl Agent {
             }
         }
         self.firmware = self.check_firmware(&source, &assignment.secondaries, &director_key).await;
+        self.update_shadow(&source, assignment.shadow.as_ref()).await;
         self.flush_reports(&client).await
     }
 
@@ -477,6 +482,83 @@ impl Agent {
         let (facts, refusal) = policy.before_download(t.digest, custom, signers, now, false);
         self.advertised = facts.map(|f| (t.digest, f));
         refusal
+    }
+
+    /// Loads the shadow package the assignment names beside the active model (downloaded and checked like any
+    /// package, smoke-tested, never written to a slot and never serving), or drops the one running.
+    async fn update_shadow(&mut self, source: &Source, shadow: Option<&director::AssignedTarget>) {
+        let Some(t) = shadow else {
+            if let Some(d) = self.models.shadow() {
+                self.collect_shadow();
+                self.models.set_shadow(None, 0);
+                self.outbox.push(format!("stopped running {} in shadow", d.short()));
+            }
+            return;
+        };
+        if self.models.shadow() == Some(t.sha256) {
+            return;
+        }
+        let target = Target { path: t.path.clone(), digest: t.sha256, length: t.length };
+        let loaded = match self.try_download(source, &target).await {
+            Ok(()) => self.load_shadow(&target),
+            Err(e) => Err(e.to_string()),
+        };
+        match loaded {
+            Ok(served) => {
+                self.models.set_shadow(Some(Arc::new(served)), self.config.shadow_percent);
+                self.outbox.push(format!(
+                    "running {} in shadow on {}% of requests",
+                    t.sha256.short(),
+                    self.config.shadow_percent
+                ));
+            }
+            Err(e) => self.outbox.push(format!("shadow package {} not loaded: {e}", t.sha256.short())),
+        }
+    }
+
+    fn load_shadow(&self, t: &Target) -> Result<Served, String> {
+        let bytes = std::fs::read(self.layout.staging(&t.digest)).map_err(|e| e.to_string())?;
+        if Digest::of(&bytes) != t.digest {
+            return Err("does not match its digest".into());
+        }
+        let package = Package::decode(&bytes, &PackageLimits::default()).map_err(|e| e.to_string())?;
+        refuse_non_model(&package.manifest)?;
+        if let Some(policy) = &self.policy {
+            let now = self.clock.wall().max(self.updates.state.last_known_time);
+            let len = package.model.len() as u64;
+            if let Some(r) = policy.after_download(t.digest, &package.manifest, len, None, now, false) {
+                return Err(format!("refused by site policy: rule `{}`: {}", r.rule, r.reason));
+            }
+        }
+        Served::load(package.manifest, package.model, t.digest).map_err(|e| e.to_string())
+    }
+
+    /// Takes the shadow's comparisons since the last call into telemetry and the next report.
+    fn collect_shadow(&mut self) {
+        let Some((package, stats)) = self.models.take_shadow_stats() else { return };
+        if stats.samples == 0 {
+            return;
+        }
+        self.queue(EventKind::ShadowDivergence {
+            package,
+            max_abs_diff: if stats.max_abs_diff.is_finite() { stats.max_abs_diff } else { f64::MAX },
+            top1_agreement: stats.agreed as f64 / stats.samples as f64,
+            latency_ratio: stats.latency_ratio_sum / stats.samples as f64,
+            samples: stats.samples,
+        });
+        let pending =
+            self.pending_shadow.get_or_insert(outpost_shared::update::ShadowReport { package, agreed: 0, compared: 0 });
+        if pending.package != package {
+            *pending = outpost_shared::update::ShadowReport { package, agreed: 0, compared: 0 };
+        }
+        pending.agreed += stats.agreed;
+        pending.compared += stats.samples;
+        self.outbox.push(format!(
+            "shadow {}: {} of {} answers agree on top-1",
+            package.short(),
+            stats.agreed,
+            stats.samples
+        ));
     }
 
     /// Downloads the firmware the verified assignment names for each secondary — the same resumable, bounded,
@@ -510,9 +592,11 @@ impl Agent {
 
     async fn flush_reports(&mut self, client: &HubClient) -> Result<(), CheckError> {
         for message in std::mem::take(&mut self.outbox) {
-            let report = canonical::to_vec(&self.updates.state.report(&message))
-                .map_err(|e| CheckError::Invalid(e.to_string()))?;
+            let mut report = self.updates.state.report(&message);
+            report.shadow = self.pending_shadow;
+            let report = canonical::to_vec(&report).map_err(|e| CheckError::Invalid(e.to_string()))?;
             client.report(&report).await?;
+            self.pending_shadow = None;
         }
         // Telemetry that cannot go now stays queued for the next check; it never fails the update check.
         if let Err(e) = self.drain_telemetry(client).await {

@@ -316,6 +316,32 @@ pub struct ModelHandle {
     clock: Option<Arc<dyn outpost_shared::clock::Clock>>,
     /// Per model (name, version, digest): inferences, failures, latency; for `GET /metrics`.
     counters: std::sync::Mutex<BTreeMap<ModelKey, Counts>>,
+    /// A package running in shadow: fed a share of answered requests, never serving.
+    shadow: RwLock<Option<Arc<Shadow>>>,
+}
+
+/// A shadow model and how its answers compared with the active model's.
+struct Shadow {
+    served: Arc<Served>,
+    /// Runs on one request in `every`.
+    every: u64,
+    seen: AtomicU64,
+    /// At most one shadow inference at a time: a sampled request that finds it busy is skipped.
+    busy: std::sync::atomic::AtomicBool,
+    stats: std::sync::Mutex<ShadowStats>,
+}
+
+/// How a shadow model's answers compared with the active model's on the same requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ShadowStats {
+    /// Requests compared.
+    pub samples: u64,
+    /// Of those, answers whose top-1 (argmax of the first output) matched.
+    pub agreed: u64,
+    /// Largest absolute difference between any two corresponding output values.
+    pub max_abs_diff: f64,
+    /// Sum of shadow latency / active latency over the samples.
+    pub latency_ratio_sum: f64,
 }
 
 impl fmt::Debug for ModelHandle {
@@ -343,7 +369,77 @@ impl ModelHandle {
             observer: Some(Box::new(observer)),
             clock: Some(clock),
             counters: Default::default(),
+            shadow: RwLock::new(None),
         }
+    }
+
+    /// Runs `served` in shadow on `percent` % of answered requests (`None`: no shadow). Its stats start afresh.
+    pub fn set_shadow(&self, served: Option<Arc<Served>>, percent: u32) {
+        let shadow = served.filter(|_| percent > 0).map(|served| {
+            Arc::new(Shadow {
+                served,
+                every: u64::from(100 / percent.clamp(1, 100)),
+                seen: AtomicU64::new(0),
+                busy: std::sync::atomic::AtomicBool::new(false),
+                stats: Default::default(),
+            })
+        });
+        *self.shadow.write().unwrap_or_else(PoisonError::into_inner) = shadow;
+    }
+
+    /// The shadow package, if one runs.
+    pub fn shadow(&self) -> Option<Digest> {
+        self.shadow.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(|s| *s.served.digest())
+    }
+
+    /// The shadow's comparisons since the last call (reset), with its package.
+    pub fn take_shadow_stats(&self) -> Option<(Digest, ShadowStats)> {
+        let shadow = self.shadow.read().unwrap_or_else(PoisonError::into_inner).clone()?;
+        let stats = std::mem::take(&mut *shadow.stats.lock().unwrap_or_else(PoisonError::into_inner));
+        Some((*shadow.served.digest(), stats))
+    }
+
+    /// Runs the shadow (if sampled and idle) on a request the active model answered with `answer` in `took`;
+    /// never touches the answer already given.
+    fn run_shadow(self: &Arc<Self>, body: Vec<u8>, answer: &InferResponse, took: std::time::Duration) {
+        let Some(shadow) = self.shadow.read().unwrap_or_else(PoisonError::into_inner).clone() else { return };
+        if shadow.seen.fetch_add(1, Ordering::Relaxed) % shadow.every != 0 || shadow.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let active: Vec<(String, Vec<f64>)> =
+            answer.outputs.iter().map(|t| (t.name.clone(), as_f64(&t.data.0))).collect();
+        let clock = self.clock.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = clock.as_ref().map(|c| c.monotonic());
+            let result = handle_infer(&shadow.served, &body);
+            let shadow_took = match (&clock, started) {
+                (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
+                _ => std::time::Duration::ZERO,
+            };
+            if let Ok(answer) = result {
+                let mut stats = shadow.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                stats.samples += 1;
+                let mut top1 = None;
+                for (i, (name, a)) in active.iter().enumerate() {
+                    let Some(b) = answer.outputs.iter().find(|t| &t.name == name).map(|t| as_f64(&t.data.0)) else {
+                        stats.max_abs_diff = f64::INFINITY;
+                        continue;
+                    };
+                    for (x, y) in a.iter().zip(&b) {
+                        let d = (x - y).abs();
+                        stats.max_abs_diff = stats.max_abs_diff.max(if d.is_nan() { f64::INFINITY } else { d });
+                    }
+                    if i == 0 {
+                        top1 = Some(argmax(a) == argmax(&b));
+                    }
+                }
+                stats.agreed += u64::from(top1 == Some(true));
+                if !took.is_zero() {
+                    stats.latency_ratio_sum += shadow_took.as_secs_f64() / took.as_secs_f64();
+                }
+            }
+            shadow.busy.store(false, Ordering::Release);
+        });
     }
 
     /// Makes `served` the active model; returns the previous one. Requests already running keep theirs.
@@ -621,7 +717,12 @@ async fn run_infer(
         if let Some(ok) = reached_model {
             handle.count(&served, ok, took);
         }
-        serde_json::to_vec(&result?).map_err(|e| InferenceError::Internal(e.to_string()))
+        let answer = result?;
+        let json = serde_json::to_vec(&answer).map_err(|e| InferenceError::Internal(e.to_string()));
+        if json.is_ok() {
+            handle.run_shadow(bytes, &answer, took);
+        }
+        json
     })
     .await
     .map_err(|e| InferenceError::Internal(format!("inference task: {e}")))?
@@ -682,6 +783,30 @@ fn handle_infer(served: &Served, body: &[u8]) -> Result<InferResponse, Inference
         .map(|t| ResponseTensor { datatype: oip_name(t.dtype()), name: t.name, shape: t.shape, data: Values(t.data) })
         .collect();
     Ok(InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id: request.id, outputs })
+}
+
+/// Tensor values as f64, for comparisons.
+fn as_f64(data: &TensorData) -> Vec<f64> {
+    match data {
+        TensorData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        TensorData::F64(v) => v.clone(),
+        TensorData::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        TensorData::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        TensorData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+    }
+}
+
+/// Index of the largest value (the first among equals); `None` when empty.
+fn argmax(v: &[f64]) -> Option<usize> {
+    v.iter()
+        .enumerate()
+        .fold(None, |best: Option<(usize, f64)>, (i, &x)| match best {
+            Some((_, b)) if b >= x => best,
+            _ => Some((i, x)),
+        })
+        .map(|(i, _)| i)
 }
 
 /// The OIP datatype name of an element type.

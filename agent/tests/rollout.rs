@@ -177,3 +177,93 @@ async fn release_failing_health_on_the_canary_aborts_by_itself_and_the_cohort_re
     let all_on_v1 = format!("outpost_hub_devices{{status=\"approved\",site=\"-\",package=\"{}\"}} 4", v1.short());
     assert!(metrics.contains(&all_on_v1), "{metrics}");
 }
+
+const SHADOW_PLAN: &str = r#"
+name = "shadow-then-all"
+[shadow]
+cohort_percent = 100
+min_devices = 1
+soak_secs = 0
+min_agreement_percent = 90
+[[stage]]
+name = "all"
+cohort_percent = 100
+min_devices = 1
+soak_secs = 0
+success_percent = 100
+error_percent = 0
+"#;
+
+/// One OIP v2 request for the affine test model; returns the served model version.
+async fn infer(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let at = raw.find("\"model_version\":\"").unwrap() + 17;
+    raw[at..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_stage_runs_the_release_beside_the_active_model_and_its_agreement_opens_the_next_stage() {
+    use outpost_agent::inference::{ModelHandle, ServeLimits, serve};
+    let w = World::at(Wall.wall());
+    let backend =
+        Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), Arc::new(Wall) as Arc<dyn Clock>));
+    let mut config = ServeConfig::new(Identity::from_seed([1; 32]));
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(config, backend).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let dir = w.tmp.path().join("dev");
+    let key = init_device(&dir, &w.root(), [21; 32]).unwrap();
+    w.registry().device_approve(&key, "stable").unwrap();
+    let hub_key = Identity::from_seed([1; 32]).public_key().to_hex();
+    let text = config::render(&addr.to_string(), &hub_key)
+        .replace("health_inferences = 20", "health_inferences = 1")
+        .replace("shadow_percent = 10", "shadow_percent = 100");
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    let models = Arc::new(ModelHandle::with_observer(Arc::new(Wall), |_, _, _| {}));
+    let mut agent =
+        Agent::open_with(AgentConfig::parse(&text, &path).unwrap(), Arc::new(Wall), models.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, models.clone(), ServeLimits::default(), std::future::pending()));
+    agent.check().await.unwrap();
+    agent.record_inference(true).unwrap();
+    assert_eq!(active(&agent), Some(v1));
+
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    tokio::time::sleep(outpost_hub::backend::METADATA_FRESH * 2).await;
+    let release = Release { id: String::new(), package: v2, last_good: Some(v1), risk: RiskTier::Low, signers: vec![] };
+    let plan = Plan::from_toml(SHADOW_PLAN, std::path::Path::new("plan.toml")).unwrap();
+    let (id, _) = rollouts::start(&w.registry(), release, "affine@1.1.0", plan, "stable", Wall.wall()).unwrap();
+
+    agent.check().await.unwrap();
+    assert_eq!(models.shadow(), Some(v2), "v2 runs in shadow");
+    assert_eq!(active(&agent), Some(v1), "and v1 still serves");
+    for _ in 0..3 {
+        assert_eq!(infer(api).await, "1.0.0", "the shadow never answers");
+        tokio::time::sleep(Duration::from_millis(50)).await; // let the shadow run (one at a time)
+    }
+    agent.check().await.unwrap(); // reports 3 of 3 answers agreeing on top-1
+    let status = rollouts::get(&w.registry(), &id).unwrap().rollout.status();
+    assert_eq!(status.shadow_agreement, (3, 3), "{status:?}");
+    assert_eq!(status.position, outpost_shared::rollout::Position::Stage(0), "the gate opened the next stage");
+
+    agent.check().await.unwrap();
+    assert_eq!(active(&agent), Some(v2), "v2 serves now");
+    assert_eq!(infer(api).await, "1.1.0");
+}

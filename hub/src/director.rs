@@ -199,7 +199,7 @@ impl<'a> Director<'a> {
         if record.status != DeviceStatus::Approved {
             return Ok(None);
         }
-        let (current, eligible) = self.choose(reg, &record, now)?;
+        let Choice { current, eligible, shadow } = self.choose(reg, &record, now)?;
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
@@ -209,6 +209,7 @@ impl<'a> Director<'a> {
             expires,
             targets: current.into_iter().map(|p| assigned(p, &record.channel)).collect(),
             secondaries,
+            shadow: shadow.map(|p| assigned(p, &record.channel)),
         };
         Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
     }
@@ -222,7 +223,7 @@ impl<'a> Director<'a> {
         reg: &Registry,
         record: &DeviceRecord,
         now: UnixSeconds,
-    ) -> Result<(Option<Published>, Vec<Published>), DirectorOpError> {
+    ) -> Result<Choice, DirectorOpError> {
         let revoked = self.revocations()?;
         let steer = crate::rollouts::steering(reg, &record.key, &record.channel, now)
             .map_err(|e| DirectorOpError::Encode(e.to_string()))?;
@@ -234,12 +235,13 @@ impl<'a> Director<'a> {
             .assign
             .filter(|a| steer.retry || !record.rolled_back.contains(a))
             .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
+        let shadow = steer.shadow.and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
         let eligible: Vec<Published> = published
             .into_iter()
             .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
             .collect();
         let current = forced.or_else(|| eligible.iter().rfind(|p| p.firmware.is_none()).cloned());
-        Ok((current, eligible))
+        Ok(Choice { current, eligible, shadow })
     }
 
     /// The model package an assignment for `record` names now (what attestation expects it to move to).
@@ -249,7 +251,7 @@ impl<'a> Director<'a> {
         record: &DeviceRecord,
         now: UnixSeconds,
     ) -> Result<Option<Digest>, DirectorOpError> {
-        Ok(self.choose(reg, record, now)?.0.map(|p| p.digest))
+        Ok(self.choose(reg, record, now)?.current.map(|p| p.digest))
     }
 
     /// Per secondary of the gateway `record`, the newest eligible firmware for its hardware id, with a compact
@@ -284,6 +286,13 @@ impl<'a> Director<'a> {
         }
         Ok(out)
     }
+}
+
+/// What a device should run: its model package, the packages eligible for it, and a shadow package.
+struct Choice {
+    current: Option<Published>,
+    eligible: Vec<Published>,
+    shadow: Option<Published>,
 }
 
 fn assigned(p: Published, channel: &str) -> AssignedTarget {

@@ -144,6 +144,10 @@ pub fn on_report(
         // that already rolled back by itself is back on the last good package at the abort decision.
         effects.extend(record.rollout.tick(now));
         effects.extend(record.rollout.report_package(device, report.active, now));
+        if let Some(sh) = report.shadow.filter(|sh| sh.package == package) {
+            effects.extend(record.rollout.report_shadow(device, sh.agreed, sh.compared, now));
+            effects.extend(record.rollout.tick(now));
+        }
         reg.release_put(&id, &record)?;
         out.extend(effects.into_iter().map(|e| (id.clone(), e)));
     }
@@ -160,6 +164,8 @@ pub struct Steering {
     pub assign: Option<Digest>,
     /// The package is an operator's retry: offer it even if the device rolled back from it.
     pub retry: bool,
+    /// A package to run in shadow beside the active one (a release's shadow stage).
+    pub shadow: Option<Digest>,
 }
 
 /// The steering for `device` on `channel` from every release that steers it (newest last, so it wins). A device
@@ -185,8 +191,13 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
                 s.assign = last_good;
                 s.retry = false;
             }
-            // Shadow is not served; a device outside the cohorts so far keeps what it runs.
-            Some(Directive::Shadow { .. }) | None => s.withhold.push(package),
+            // A shadow package runs beside the active model and is never served.
+            Some(Directive::Shadow { package }) => {
+                s.withhold.push(package);
+                s.shadow = Some(package);
+            }
+            // A device outside the cohorts so far keeps what it runs.
+            None => s.withhold.push(package),
         }
     }
     if let Some(a) = s.assign {

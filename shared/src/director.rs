@@ -30,12 +30,16 @@ pub struct Assignment {
     /// assignments without secondaries keep their bytes and older ones still decode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secondaries: Vec<SecondaryAssignment>,
+    /// A package to run in shadow beside the active model (a rollout's shadow stage): loaded and fed a share of
+    /// live requests after they are answered, never serving. Absent (and not encoded) when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<AssignedTarget>,
 }
 
 impl Assignment {
-    /// Every target the assignment names: the device's own, then its secondaries' firmware.
+    /// Every target the assignment names: the device's own, its secondaries' firmware, and its shadow package.
     pub fn all_targets(&self) -> impl Iterator<Item = &AssignedTarget> {
-        self.targets.iter().chain(self.secondaries.iter().map(|s| &s.target))
+        self.targets.iter().chain(self.secondaries.iter().map(|s| &s.target)).chain(self.shadow.iter())
     }
 }
 
@@ -318,6 +322,7 @@ mod tests {
                 rollout: String::new(),
             }],
             secondaries: vec![],
+            shadow: None,
         }
     }
 

@@ -204,6 +204,20 @@ pub struct StateReport {
     /// The device's site, as its policy names it.
     #[serde(default)]
     pub site: Option<String>,
+    /// Shadow answers compared since the previous report (deltas: the hub adds them up).
+    #[serde(default)]
+    pub shadow: Option<ShadowReport>,
+}
+
+/// How a shadow package's answers compared with the active model's since the last report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    /// The shadow package.
+    pub package: Digest,
+    /// Answers whose top-1 class matched the active model's.
+    pub agreed: u64,
+    /// Answers compared.
+    pub compared: u64,
 }
 
 impl AgentState {
@@ -224,6 +238,7 @@ impl AgentState {
             refusals: self.refused.clone(),
             policy: self.policy,
             site: self.site.clone(),
+            shadow: None,
         }
     }
 }
