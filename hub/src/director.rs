@@ -218,12 +218,7 @@ impl<'a> Director<'a> {
     /// The model package `record` should run now, and the packages eligible for it (its channel's, neither
     /// revoked nor rolled back from). Staged rollouts decide who runs their release; everyone else keeps to what
     /// the channel ran before. A device a rollout has not seen yet joins it here.
-    fn choose(
-        &self,
-        reg: &Registry,
-        record: &DeviceRecord,
-        now: UnixSeconds,
-    ) -> Result<Choice, DirectorOpError> {
+    fn choose(&self, reg: &Registry, record: &DeviceRecord, now: UnixSeconds) -> Result<Choice, DirectorOpError> {
         let revoked = self.revocations()?;
         let steer = crate::rollouts::steering(reg, &record.key, &record.channel, now)
             .map_err(|e| DirectorOpError::Encode(e.to_string()))?;
