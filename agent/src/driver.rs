@@ -439,11 +439,12 @@ impl Agent {
         )?;
         let target =
             assignment.targets.first().map(|t| Target { path: t.path.clone(), digest: t.sha256, length: t.length });
+        let retry = assignment.targets.first().map_or(0, |t| t.retry);
         self.reload_policy();
         let refusal = target.as_ref().and_then(|t| self.judge_before_download(t, custom.as_ref(), now));
 
         let mut queue: VecDeque<Action> =
-            self.feed(Event::Assigned { version: assignment.version, target, revoked, refusal })?.into();
+            self.feed(Event::Assigned { version: assignment.version, target, revoked, refusal, retry })?.into();
         while let Some(action) = queue.pop_front() {
             let event = match action {
                 Action::Download(t) => Some(self.download(&source, &t).await),

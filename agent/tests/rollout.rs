@@ -267,3 +267,46 @@ async fn shadow_stage_runs_the_release_beside_the_active_model_and_its_agreement
     assert_eq!(active(&agent), Some(v2), "v2 serves now");
     assert_eq!(infer(api).await, "1.1.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_failed_lets_the_device_that_rolled_back_try_again_once() {
+    let w = World::at(Wall.wall());
+    let backend =
+        Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), Arc::new(Wall) as Arc<dyn Clock>));
+    let mut serve = ServeConfig::new(Identity::from_seed([1; 32]));
+    serve.bind = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(serve, backend).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut a = device(&w, addr, 33).await;
+    a.check().await.unwrap();
+    for _ in 0..HEALTH {
+        a.record_inference(true).unwrap();
+    }
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    tokio::time::sleep(outpost_hub::backend::METADATA_FRESH * 2).await;
+    // A second device on the channel, still without an outcome: the stage waits for two before judging.
+    let _quiet = device(&w, addr, 34).await;
+    let plan = Plan::from_toml(PLAN, std::path::Path::new("plan.toml")).unwrap();
+    let release = Release { id: String::new(), package: v2, last_good: Some(v1), risk: RiskTier::Low, signers: vec![] };
+    let mut plan = Plan { stage: vec![plan.stage[1].clone()], ..plan };
+    plan.stage[0].min_devices = 2;
+    let (id, _) = rollouts::start(&w.registry(), release, "affine@1.1.0", plan, "stable", Wall.wall()).unwrap();
+
+    a.check().await.unwrap();
+    a.record_inference(false).unwrap(); // rolls back to v1
+    a.check().await.unwrap(); // reports it
+    a.check().await.unwrap();
+    assert_eq!(active(&a), Some(v1), "not reinstalled without an operator");
+    let effects =
+        rollouts::command(&w.registry(), &id, outpost_shared::rollout::Command::RetryFailed, Wall.wall()).unwrap();
+    assert!(effects.iter().any(|e| matches!(e, outpost_shared::rollout::Effect::Retry { .. })), "{effects:?}");
+    a.check().await.unwrap();
+    assert!(matches!(a.state().phase, Phase::Health { .. }), "tried again: {:?}", a.state().phase);
+    a.record_inference(false).unwrap(); // fails again
+    a.check().await.unwrap();
+    a.check().await.unwrap();
+    assert_eq!(active(&a), Some(v1), "one retry, one attempt: no loop");
+}

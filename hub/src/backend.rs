@@ -159,6 +159,12 @@ impl HubBackend {
         Ok(out)
     }
 
+    /// Deletes telemetry the hub received longer ago than `retention`; returns how many events went.
+    pub fn apply_telemetry_retention(&self, retention: Duration) -> Result<u64, BackendError> {
+        let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
+        Ok(TelemetryStore::open(&self.dir, self.clock.clone())?.apply_retention(retention)?)
+    }
+
     /// Judges every staged rollout at the clock's time (the serving hub calls this every few seconds); returns
     /// what happened, per release.
     pub fn tick_rollouts(&self) -> Result<Vec<(String, outpost_shared::rollout::Effect)>, BackendError> {

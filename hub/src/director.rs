@@ -199,7 +199,7 @@ impl<'a> Director<'a> {
         if record.status != DeviceStatus::Approved {
             return Ok(None);
         }
-        let Choice { current, eligible, shadow } = self.choose(reg, &record, now)?;
+        let Choice { current, eligible, shadow, steer_assign, steer_retry } = self.choose(reg, &record, now)?;
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
@@ -207,7 +207,13 @@ impl<'a> Director<'a> {
             device: device.into(),
             version: record.assignment_version,
             expires,
-            targets: current.into_iter().map(|p| assigned(p, &record.channel)).collect(),
+            targets: current
+                .into_iter()
+                .map(|p| {
+                    let retry = if Some(p.digest) == steer_assign { steer_retry } else { 0 };
+                    AssignedTarget { retry, ..assigned(p, &record.channel) }
+                })
+                .collect(),
             secondaries,
             shadow: shadow.map(|p| assigned(p, &record.channel)),
         };
@@ -228,7 +234,7 @@ impl<'a> Director<'a> {
         };
         let forced = steer
             .assign
-            .filter(|a| steer.retry || !record.rolled_back.contains(a))
+            .filter(|a| steer.retry > 0 || !record.rolled_back.contains(a))
             .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
         let shadow = steer.shadow.and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
         let eligible: Vec<Published> = published
@@ -236,7 +242,7 @@ impl<'a> Director<'a> {
             .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
             .collect();
         let current = forced.or_else(|| eligible.iter().rfind(|p| p.firmware.is_none()).cloned());
-        Ok(Choice { current, eligible, shadow })
+        Ok(Choice { current, eligible, shadow, steer_assign: steer.assign, steer_retry: steer.retry })
     }
 
     /// The model package an assignment for `record` names now (what attestation expects it to move to).
@@ -288,6 +294,9 @@ struct Choice {
     current: Option<Published>,
     eligible: Vec<Published>,
     shadow: Option<Published>,
+    /// The package a release assigns and the operator retries of it for this device.
+    steer_assign: Option<Digest>,
+    steer_retry: u32,
 }
 
 fn assigned(p: Published, channel: &str) -> AssignedTarget {
@@ -298,6 +307,7 @@ fn assigned(p: Published, channel: &str) -> AssignedTarget {
         sha256: p.digest,
         channel: channel.to_owned(),
         rollout: String::new(),
+        retry: 0,
     }
 }
 

@@ -796,6 +796,26 @@ fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::Socke
         tokio::spawn(outpost_hub::serve::push_revocations(notifier, std::time::Duration::from_secs(1), move || {
             Director::new(&TufRepo::new(&rdir, rexp)).revocations().ok().map(|l| l.version)
         }));
+        // Telemetry is kept for its retention period (30 days), pruned hourly.
+        let pruning = backend.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let b = pruning.clone();
+                let retention = outpost_hub::telemetry::DEFAULT_RETENTION;
+                match tokio::task::spawn_blocking(move || {
+                    b.apply_telemetry_retention(retention).map_err(|e| e.to_string())
+                })
+                .await
+                {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => eprintln!("telemetry: pruned {n} events past the retention period"),
+                    Ok(Err(e)) => eprintln!("error: telemetry retention: {e}"),
+                    Err(e) => eprintln!("error: telemetry retention task: {e}"),
+                }
+            }
+        });
         // Staged rollouts are judged every few seconds (abort decisions too, so recovery time starts on time).
         let rollouts = backend.clone();
         tokio::spawn(async move {

@@ -162,8 +162,8 @@ pub struct Steering {
     pub withhold: Vec<Digest>,
     /// The package it must be assigned, if a release says so.
     pub assign: Option<Digest>,
-    /// The package is an operator's retry: offer it even if the device rolled back from it.
-    pub retry: bool,
+    /// Operator retries of the package for this device: offer it even if the device rolled back from it.
+    pub retry: u32,
     /// A package to run in shadow beside the active one (a release's shadow stage).
     pub shadow: Option<Digest>,
 }
@@ -184,12 +184,12 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
         match record.rollout.directive(device) {
             Some(Directive::Serve { package, retry }) => {
                 s.assign = Some(package);
-                s.retry = retry > 0;
+                s.retry = retry;
             }
             Some(Directive::Revert { package: last_good }) => {
                 s.withhold.push(package);
                 s.assign = last_good;
-                s.retry = false;
+                s.retry = 0;
             }
             // A shadow package runs beside the active model and is never served.
             Some(Directive::Shadow { package }) => {

@@ -400,6 +400,7 @@ async fn stolen_online_key_assignment_to_unlisted_target_is_rejected() {
             release: "r1".into(),
             channel: "stable".into(),
             rollout: String::new(),
+            retry: 0,
         }],
         secondaries: vec![],
         shadow: None,

@@ -43,6 +43,10 @@ impl Assignment {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Firmware the director assigns to one secondary (a microcontroller behind the gateway that receives the
 /// assignment). The compact manifest and time token are `outpost_firmware` envelopes signed with the same director
 /// key as the assignment, which the secondary was provisioned to trust.
@@ -77,6 +81,10 @@ pub struct AssignedTarget {
     pub channel: String,
     /// Rollout id (empty when not part of a staged rollout).
     pub rollout: String,
+    /// Operator retries of this package for this device (`release retry-failed`): a device that rolled back
+    /// from it tries again once when this is above the count it last acted on. Absent (and not encoded) at 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retry: u32,
 }
 
 /// Packages that must never be activated again.
@@ -320,6 +328,7 @@ mod tests {
                 release: "r".into(),
                 channel: "stable".into(),
                 rollout: String::new(),
+                retry: 0,
             }],
             secondaries: vec![],
             shadow: None,

@@ -122,6 +122,10 @@ pub struct AgentState {
     /// The site this device belongs to, as its policy names it.
     #[serde(default)]
     pub site: Option<String>,
+    /// Operator retries acted on, per package: a package this device rolled back from is tried again once per
+    /// new retry the hub announces (`release retry-failed`), never more.
+    #[serde(default)]
+    pub retries: std::collections::BTreeMap<Digest, u32>,
 }
 
 /// A package the site policy refused or put off: kept so a rejected package is never downloaded again under the
@@ -177,6 +181,7 @@ impl AgentState {
             refused: Vec::new(),
             policy: None,
             site: None,
+            retries: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -277,6 +282,8 @@ pub enum Event {
         revoked: Vec<Digest>,
         /// The site policy's verdict on `target`, judged on its TUF metadata before download: `None` accepts.
         refusal: Option<Refusal>,
+        /// Operator retries of `target` for this device (0: none).
+        retry: u32,
     },
     /// The site policy refused the package being fetched or staged, judged on its verified manifest.
     Refused(Refusal),
@@ -366,7 +373,7 @@ impl UpdateLoop {
                 actions.push(Action::Stage { target, slot });
             }
             (Phase::Idle, Event::Started { .. }) => actions.extend(self.state.active.clone().map(Action::Activate)),
-            (_, Event::Assigned { version, target, revoked, refusal }) => {
+            (_, Event::Assigned { version, target, revoked, refusal, retry }) => {
                 if version < self.state.assignment_version {
                     actions.push(Action::Report(format!(
                         "refused assignment v{version}: older than accepted v{}",
@@ -381,6 +388,16 @@ impl UpdateLoop {
                 if let Some(t) = &target {
                     // A deferral that no longer holds is forgotten; a standing rejection keeps it from download.
                     self.state.refused.retain(|r| r.digest != t.digest || r.until.is_none());
+                    // An operator's new retry lets a package this device rolled back from be tried once more.
+                    if retry > self.state.retries.get(&t.digest).copied().unwrap_or(0) {
+                        self.state.retries.insert(t.digest, retry);
+                        if self.state.rolled_back.remove(&t.digest) {
+                            actions.push(Action::Report(format!(
+                                "operator retry {retry}: trying {} again",
+                                t.digest.short()
+                            )));
+                        }
+                    }
                 }
                 // A refused package is as good as none assigned: keep what runs, drop work in flight.
                 let target = match refusal {

@@ -13,7 +13,7 @@ fn target(v: &str) -> Target {
 }
 
 fn assigned(version: u64, t: Option<Target>) -> Event {
-    Event::Assigned { version, target: t, revoked: vec![], refusal: None }
+    Event::Assigned { version, target: t, revoked: vec![], refusal: None, retry: 0 }
 }
 
 fn new_loop() -> UpdateLoop {
@@ -86,8 +86,10 @@ fn revoked_active_package_is_replaced_by_the_last_good_one() {
     let mut u = new_loop();
     let s1 = install(&mut u, 1, &target("1"));
     install(&mut u, 2, &target("2"));
-    let actions =
-        u.handle(T0, Event::Assigned { version: 3, target: None, revoked: vec![target("2").digest], refusal: None });
+    let actions = u.handle(
+        T0,
+        Event::Assigned { version: 3, target: None, revoked: vec![target("2").digest], refusal: None, retry: 0 },
+    );
     assert_eq!(actions[0], Action::Activate(Installed { target: target("1"), slot: s1 }));
     // And a revoked package is never installed again.
     let again = u.handle(T0, assigned(4, Some(target("2"))));
@@ -98,8 +100,10 @@ fn revoked_active_package_is_replaced_by_the_last_good_one() {
 fn nothing_left_to_serve_deactivates_rather_than_serving_a_revoked_model() {
     let mut u = new_loop();
     install(&mut u, 1, &target("1"));
-    let actions =
-        u.handle(T0, Event::Assigned { version: 2, target: None, revoked: vec![target("1").digest], refusal: None });
+    let actions = u.handle(
+        T0,
+        Event::Assigned { version: 2, target: None, revoked: vec![target("1").digest], refusal: None, retry: 0 },
+    );
     assert_eq!(actions[0], Action::Deactivate);
     assert!(u.state.active.is_none());
 }
@@ -204,7 +208,7 @@ fn refusal(t: &Target, rule: &str, until: Option<u64>) -> Refusal {
 }
 
 fn refused(version: u64, t: &Target, r: Refusal) -> Event {
-    Event::Assigned { version, target: Some(t.clone()), revoked: vec![], refusal: Some(r) }
+    Event::Assigned { version, target: Some(t.clone()), revoked: vec![], refusal: Some(r), retry: 0 }
 }
 
 #[test]
@@ -313,4 +317,25 @@ fn telemetry_names_each_update_step_rollback_and_refusal_once() {
     assert!(matches!(rollbacks[..], [EventKind::Rollback { from, to: Some(to), .. }] if *from == d2 && *to == d1));
     let refusals: Vec<_> = seen.iter().filter(|e| matches!(e, EventKind::PolicyRejection { .. })).collect();
     assert!(matches!(&refusals[..], [EventKind::PolicyRejection { rule, .. }] if rule == "max_risk"));
+}
+
+#[test]
+fn operator_retry_lets_a_rolled_back_package_be_tried_once_more_and_only_once() {
+    let mut u = new_loop();
+    install(&mut u, 1, &target("1"));
+    u.handle(T0, assigned(2, Some(target("2"))));
+    u.handle(T0, Event::Downloaded);
+    u.handle(T0, Event::Staged);
+    u.handle(T0, Event::Inference { ok: false });
+    assert!(u.state.rolled_back.contains(&target("2").digest));
+    let retried =
+        |version, retry| Event::Assigned { version, target: Some(target("2")), revoked: vec![], refusal: None, retry };
+    let again = u.handle(T0, retried(3, 1));
+    assert!(again.contains(&Action::Download(target("2"))), "{again:?}");
+    u.handle(T0, Event::Downloaded);
+    u.handle(T0, Event::Staged);
+    u.handle(T0, Event::Inference { ok: false });
+    // The same retry announced again does not start another loop.
+    let after = u.handle(T0 + 60, retried(4, 1));
+    assert!(!after.iter().any(|a| matches!(a, Action::Download(_))), "{after:?}");
 }
