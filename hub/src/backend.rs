@@ -98,18 +98,20 @@ impl HubBackend {
             eprintln!("outpost-hub: attestation: reading device {key}: {e}");
             Unattested("internal error".into())
         })?;
-        let assigned = match &record {
-            Some(r) => Director::new(&self.repo).assigned_model(r).map_err(|e| {
+        let eligible = match &record {
+            Some(r) => Director::new(&self.repo).eligible_models(r).map_err(|e| {
                 eprintln!("outpost-hub: attestation: the assignment of {key}: {e}");
                 Unattested("internal error".into())
             })?,
-            None => None,
+            None => Vec::new(),
         };
+        // The claims only shape what is expected; the verifier checks the signature before judging any of it.
         let claims = Evidence::parse(p.evidence).ok().map(|e| e.claims_unverified().clone());
         let directory = attest::Directory {
             key: p.device,
             record,
-            assigned,
+            eligible,
+            claimed_model: claims.as_ref().and_then(|c| c.model_digest),
             claimed_policy: claims.as_ref().and_then(|c| c.policy_digest),
         };
         let outcome = verifier.appraise(p, &directory);

@@ -228,9 +228,10 @@ impl<'a> Director<'a> {
             .collect())
     }
 
-    /// The model package an assignment for `record` names now (what attestation expects it to move to).
-    pub fn assigned_model(&self, record: &DeviceRecord) -> Result<Option<Digest>, DirectorOpError> {
-        Ok(self.eligible(record)?.iter().rfind(|p| p.firmware.is_none()).map(|p| p.digest))
+    /// The model packages `record` may run, oldest first: the last one is what an assignment names now (what
+    /// attestation expects the device to move to).
+    pub fn eligible_models(&self, record: &DeviceRecord) -> Result<Vec<Digest>, DirectorOpError> {
+        Ok(self.eligible(record)?.iter().filter(|p| p.firmware.is_none()).map(|p| p.digest).collect())
     }
 
     /// Per secondary of the gateway `record`, the newest eligible firmware for its hardware id, with a compact
