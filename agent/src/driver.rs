@@ -13,6 +13,8 @@ use outpost_attestation::identity::Identity;
 use outpost_shared::clock::Clock;
 use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
 use outpost_shared::policy::PackageFacts;
+use outpost_shared::rng::SeededRng;
+use outpost_shared::telemetry::{self, EventKind, Histogram};
 use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Refusal, Slot, Target, UpdateLoop};
 use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
 
@@ -99,7 +101,16 @@ pub struct Agent {
     policy: Option<SitePolicy>,
     /// What the assigned package's signed metadata stated when the policy judged it before download.
     advertised: Option<(Digest, PackageFacts)>,
+    /// Telemetry waiting for the hub (durable); `None` if the queue file could not be opened.
+    telemetry: Option<crate::telemetry::Queue>,
+    /// Inferences since the last check, per model: count, errors, latency.
+    inferences: std::collections::BTreeMap<Digest, (u64, u64, Histogram)>,
 }
+
+/// Events the telemetry queue holds at most; beyond, new events are dropped and counted.
+pub const TELEMETRY_CAPACITY: u64 = 100_000;
+/// Events sent to the hub per batch.
+pub const TELEMETRY_BATCH: usize = 256;
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,7 +151,10 @@ impl Agent {
             firmware: Vec::new(),
             policy: None,
             advertised: None,
+            telemetry: None,
+            inferences: std::collections::BTreeMap::new(),
         };
+        agent.telemetry = agent.open_telemetry();
         agent.reload_policy();
         let clean = std::mem::take(&mut agent.updates.state.clean_shutdown);
         let actions = agent.updates.handle(agent.clock.wall(), Event::Started { clean });
@@ -205,11 +219,72 @@ impl Agent {
         device::save_state(&self.layout, &self.updates.state)
     }
 
-    /// Feeds an event to the loop, persists, and returns the actions to perform.
+    /// Feeds an event to the loop, persists, queues the telemetry it makes, and returns the actions to perform.
     fn feed(&mut self, event: Event) -> Result<Vec<Action>, CheckError> {
-        let actions = self.updates.handle(self.clock.wall(), event);
+        let before = self.updates.state.clone();
+        let actions = self.updates.handle(self.clock.wall(), event.clone());
         self.save()?;
+        for kind in telemetry::events_of(&before, &event, &actions, &self.updates.state) {
+            self.queue(kind);
+        }
         Ok(actions)
+    }
+
+    fn open_telemetry(&self) -> Option<crate::telemetry::Queue> {
+        // The stream id only has to differ between queue files: this device, now.
+        let now = self.clock.wall().to_le_bytes();
+        let mono = (self.clock.monotonic().as_nanos() as u64).to_le_bytes();
+        let mix = Digest::of(&[&self.identity.public_key().0[..], &now, &mono].concat());
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&mix.0[..8]);
+        let path = self.layout.root().join("telemetry.redb");
+        match crate::telemetry::Queue::open(&path, TELEMETRY_CAPACITY, &mut SeededRng::new(u64::from_le_bytes(seed))) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                eprintln!("outpost-agent: telemetry off: {e}");
+                None
+            }
+        }
+    }
+
+    /// Queues one telemetry event (durably); a full queue drops it and counts the drop.
+    fn queue(&self, kind: EventKind) {
+        if let Some(q) = &self.telemetry
+            && let Err(e) = q.push(kind, self.clock.wall())
+        {
+            eprintln!("outpost-agent: telemetry event lost: {e}");
+        }
+    }
+
+    /// Counts one inference on `model` for the next telemetry batch.
+    pub fn record_inference_stats(&mut self, model: Digest, ok: bool, latency: std::time::Duration) {
+        let entry = self.inferences.entry(model).or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(!ok);
+        entry.2.record(latency);
+    }
+
+    /// Events waiting for the hub, and events dropped at the bound.
+    pub fn telemetry_backlog(&self) -> Option<(u64, u64)> {
+        let q = self.telemetry.as_ref()?;
+        Some((q.len().ok()?, q.dropped().ok()?))
+    }
+
+    /// Sends queued telemetry in batches until the queue is empty; each batch leaves the queue only once the
+    /// hub says it is stored.
+    async fn drain_telemetry(&mut self, client: &HubClient) -> Result<(), CheckError> {
+        let Some(q) = &self.telemetry else { return Ok(()) };
+        loop {
+            let batch = q.peek_batch(TELEMETRY_BATCH).map_err(|e| CheckError::Invalid(e.to_string()))?;
+            if batch.events.is_empty() {
+                return Ok(());
+            }
+            let body = batch
+                .encode(&outpost_shared::telemetry::BatchLimits::default())
+                .map_err(|e| CheckError::Invalid(e.to_string()))?;
+            let up_to = client.telemetry(&body).await?;
+            q.ack(up_to).map_err(|e| CheckError::Invalid(e.to_string()))?;
+        }
     }
 
     /// Records one inference's outcome for the health window.
@@ -277,20 +352,29 @@ impl Agent {
     }
 
     /// One update check: refresh TUF, fetch and verify the director bundle, and carry out whatever the loop
-    /// decides (download, stage, activate) until it waits for the health window or for the next check.
+    /// decides (download, stage, activate) until it waits for the health window or for the next check; then
+    /// send reports and queued telemetry. A failed check is itself queued as telemetry.
     ///
     /// A hub that stops serving this connection (`NotAttested`: revoked, or the result lapsed) ends the check
     /// with [`CheckError::NotAttested`] and the connection is dropped, so the next check attests afresh.
     pub async fn check(&mut self) -> Result<(), CheckError> {
+        // Inference counts since the last check are queued first, so they are durable whatever happens next.
+        for (model, (count, errors, latency)) in std::mem::take(&mut self.inferences) {
+            self.queue(EventKind::InferenceStats { model, count, errors, latency });
+        }
         let result = self.check_attested().await;
-        match (&result, self.client.as_ref().and_then(|c| c.not_attested())) {
+        let result = match (&result, self.client.as_ref().and_then(|c| c.not_attested())) {
             (Err(_), Some(reason)) => {
                 self.client = None;
                 self.attested = None;
                 Err(CheckError::NotAttested(reason))
             }
             _ => result,
+        };
+        if let Err(e) = &result {
+            self.queue(EventKind::Error { what: format!("update check failed: {e}") });
         }
+        result
     }
 
     async fn check_attested(&mut self) -> Result<(), CheckError> {
@@ -423,6 +507,10 @@ impl Agent {
             let report = canonical::to_vec(&self.updates.state.report(&message))
                 .map_err(|e| CheckError::Invalid(e.to_string()))?;
             client.report(&report).await?;
+        }
+        // Telemetry that cannot go now stays queued for the next check; it never fails the update check.
+        if let Err(e) = self.drain_telemetry(client).await {
+            eprintln!("outpost-agent: telemetry not sent (kept for the next check): {e}");
         }
         Ok(())
     }

@@ -22,6 +22,7 @@
 //! a request that fits its contract, 503 when no model is active or [`ServeLimits::max_queued_inferences`]
 //! requests are already waiting.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io::Read;
@@ -38,6 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use outpost_shared::manifest::{Dim, ElementType, TensorSpec};
 use outpost_shared::model::{self, LoadedModel, ModelError, NamedTensor, TensorData};
+use outpost_shared::telemetry::Histogram;
 use outpost_shared::{Digest, Manifest, Package, PackageError, PackageLimits};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -296,15 +298,19 @@ impl Served {
     }
 }
 
-/// Called after each inference that reached a model: the model it ran on, and whether it succeeded. Requests
-/// refused before running (bad JSON, bad tensors, unknown model, no model) are not reported.
-pub type InferenceObserver = dyn Fn(&Served, bool) + Send + Sync;
+/// Called after each inference that reached a model: the model it ran on, whether it succeeded, and how long
+/// the model took (on the handle's clock). Requests refused before running (bad JSON, bad tensors, unknown
+/// model, no model) are not reported.
+pub type InferenceObserver = dyn Fn(&Served, bool, std::time::Duration) + Send + Sync;
 
 /// The active model, swapped atomically. Each request takes its own `Arc` of the model current on arrival.
 #[derive(Default)]
 pub struct ModelHandle {
     current: RwLock<Option<Arc<Served>>>,
     observer: Option<Box<InferenceObserver>>,
+    clock: Option<Arc<dyn outpost_shared::clock::Clock>>,
+    /// Per model (name, version, digest): inferences, failures, latency; for `GET /metrics`.
+    counters: std::sync::Mutex<BTreeMap<(String, String, Digest), (u64, u64, Histogram)>>,
 }
 
 impl fmt::Debug for ModelHandle {
@@ -320,10 +326,19 @@ impl ModelHandle {
     }
 
     /// A handle whose HTTP inferences are reported to `observer` (the update loop's health window: feed
-    /// `Event::Inference { ok }` when the served digest is the one under watch). The observer runs on the
-    /// blocking pool right after the inference; keep it short (send on a channel).
-    pub fn with_observer(observer: impl Fn(&Served, bool) + Send + Sync + 'static) -> ModelHandle {
-        ModelHandle { current: RwLock::new(None), observer: Some(Box::new(observer)) }
+    /// `Event::Inference { ok }` when the served digest is the one under watch; telemetry counts and latencies),
+    /// timed on `clock`'s monotonic reading. The observer runs on the blocking pool right after the inference;
+    /// keep it short (send on a channel).
+    pub fn with_observer(
+        clock: Arc<dyn outpost_shared::clock::Clock>,
+        observer: impl Fn(&Served, bool, std::time::Duration) + Send + Sync + 'static,
+    ) -> ModelHandle {
+        ModelHandle {
+            current: RwLock::new(None),
+            observer: Some(Box::new(observer)),
+            clock: Some(clock),
+            counters: Default::default(),
+        }
     }
 
     /// Makes `served` the active model; returns the previous one. Requests already running keep theirs.
@@ -340,6 +355,51 @@ impl ModelHandle {
     pub fn current(&self) -> Option<Arc<Served>> {
         // Nothing can panic while the lock is held (a clone or a replace), so poisoning carries no meaning.
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn count(&self, served: &Served, ok: bool, took: std::time::Duration) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (served.name().to_owned(), served.version().to_string(), *served.digest());
+        let entry = counters.entry(key).or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(!ok);
+        entry.2.record(took);
+    }
+
+    /// The Prometheus text exposition of what this handle served: inferences, failures and latency per model
+    /// (latency only when the handle has a clock), and whether a model is active.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = writeln!(out, "# HELP outpost_agent_inferences_total Inferences that reached a model.");
+        let _ = writeln!(out, "# TYPE outpost_agent_inferences_total counter");
+        for ((name, version, _), (n, _, _)) in counters.iter() {
+            let _ = writeln!(out, "outpost_agent_inferences_total{{model=\"{name}\",version=\"{version}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP outpost_agent_inference_failures_total Inferences the model failed.");
+        let _ = writeln!(out, "# TYPE outpost_agent_inference_failures_total counter");
+        for ((name, version, _), (_, e, _)) in counters.iter() {
+            let _ =
+                writeln!(out, "outpost_agent_inference_failures_total{{model=\"{name}\",version=\"{version}\"}} {e}");
+        }
+        let _ = writeln!(out, "# HELP outpost_agent_inference_seconds Time the model took per inference.");
+        let _ = writeln!(out, "# TYPE outpost_agent_inference_seconds histogram");
+        for ((name, version, _), (_, _, h)) in counters.iter() {
+            h.write_prometheus(&mut out, "outpost_agent_inference_seconds", &[("model", name), ("version", version)]);
+        }
+        let _ = writeln!(out, "# HELP outpost_agent_model_active The model served now (1), by digest.");
+        let _ = writeln!(out, "# TYPE outpost_agent_model_active gauge");
+        if let Some(m) = self.current() {
+            let _ = writeln!(
+                out,
+                "outpost_agent_model_active{{model=\"{}\",version=\"{}\",digest=\"{}\"}} 1",
+                m.name(),
+                m.version(),
+                m.digest().to_hex()
+            );
+        }
+        out
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Served>>> {
@@ -375,6 +435,7 @@ pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits) -> Router {
         .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(app)
 }
@@ -421,6 +482,10 @@ fn select(app: &App, name: &str, version: Option<&str>) -> Result<Arc<Served>, I
         });
     }
     Ok(served)
+}
+
+async fn metrics(State(app): AppState) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.handle.prometheus()).into_response()
 }
 
 async fn server_ready(State(app): AppState) -> Response {
@@ -534,14 +599,22 @@ async fn run_infer(
     let handle = app.handle.clone();
     tokio::task::spawn_blocking(move || {
         let _running = running;
+        let started = handle.clock.as_ref().map(|c| c.monotonic());
         let result = handle_infer(&served, &bytes);
+        let took = match (&handle.clock, started) {
+            (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
+            _ => std::time::Duration::ZERO,
+        };
         let reached_model = match &result {
             Ok(_) => Some(true),
             Err(e) if e.is_model_failure() => Some(false),
             Err(_) => None,
         };
         if let (Some(ok), Some(observer)) = (reached_model, &handle.observer) {
-            observer(&served, ok);
+            observer(&served, ok, took);
+        }
+        if let Some(ok) = reached_model {
+            handle.count(&served, ok, took);
         }
         serde_json::to_vec(&result?).map_err(|e| InferenceError::Internal(e.to_string()))
     })

@@ -20,4 +20,5 @@ pub mod policy_wasm;
 pub mod quic;
 pub mod site;
 pub mod site_policy;
+pub mod telemetry;
 pub mod tuf;

@@ -309,10 +309,11 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     let bind = config.inference_bind;
     // Every inference that reached the model feeds the health window of the package on trial.
     let (outcomes, mut outcome_rx) = tokio::sync::mpsc::unbounded_channel();
-    let models = Arc::new(ModelHandle::with_observer(move |served, ok| {
-        let _ = outcomes.send((*served.digest(), ok));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let models = Arc::new(ModelHandle::with_observer(clock.clone(), move |served, ok, took| {
+        let _ = outcomes.send((*served.digest(), ok, took));
     }));
-    let mut agent = Agent::open_with(config, Arc::new(SystemClock), models.clone())?;
+    let mut agent = Agent::open_with(config, clock, models.clone())?;
     if let Some(a) = agent.active() {
         eprintln!("serving {} {}", a.name(), a.version());
     }
@@ -338,7 +339,8 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
         let deadline = tokio::time::Instant::now() + wait;
         while tokio::time::Instant::now() < deadline {
             tokio::select! {
-                Some((digest, ok)) = outcome_rx.recv() => {
+                Some((digest, ok, took)) = outcome_rx.recv() => {
+                    agent.record_inference_stats(digest, ok, took);
                     if agent.on_trial() == Some(digest) {
                         agent.record_inference(ok)?;
                         if !ok {

@@ -259,6 +259,19 @@ impl HubClient {
         self.report_for(None, body).await
     }
 
+    /// Sends a telemetry batch (encoded); returns the sequence number the hub stored it up to.
+    pub async fn telemetry(&self, batch: &[u8]) -> Result<u64, ClientError> {
+        self.telemetry_for(None, batch).await
+    }
+
+    /// Sends a telemetry batch for `device` (a site node forwarding), or for this device with `None`.
+    pub async fn telemetry_for(&self, device: Option<[u8; 32]>, batch: &[u8]) -> Result<u64, ClientError> {
+        match self.simple(&Request::PostTelemetry { body: batch.to_vec(), device }).await? {
+            Response::TelemetryAck { up_to } => Ok(up_to),
+            _ => Err(ClientError::Stream("expected a telemetry ack".into())),
+        }
+    }
+
     /// Sends a report for `device` (a site node forwarding), or for this device with `None`.
     pub async fn report_for(&self, device: Option<[u8; 32]>, body: &[u8]) -> Result<(), ClientError> {
         self.simple(&Request::PostReport { body: body.to_vec(), device }).await.map(drop)

@@ -342,6 +342,11 @@ impl Backend for SiteNode {
         // Forwarded at once: the device's Ack means the hub has stored it.
         Ok(self.handle.block_on(async { self.client().await?.report_for(Some(*device), body).await })?)
     }
+
+    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
+        // Forwarded at once: the hub's ack, passed back, is what lets the device drop its events.
+        Ok(self.handle.block_on(async { self.client().await?.telemetry_for(Some(*device), batch).await })?)
+    }
 }
 
 /// The digest a stored target path carries (`dir/<sha256>.name`).

@@ -400,10 +400,11 @@ async fn inference_storm_during_swap_has_zero_failed_requests() {
     let (a, b) = (ppocr(), ppocr_fixed());
     let reported = Arc::new(AtomicU64::new(0));
     let observed = reported.clone();
-    let handle = Arc::new(ModelHandle::with_observer(move |_, ok| {
-        assert!(ok);
-        observed.fetch_add(1, Ordering::Relaxed);
-    }));
+    let handle =
+        Arc::new(ModelHandle::with_observer(Arc::new(outpost_shared::clock::ManualClock::new(0)), move |_, ok, _| {
+            assert!(ok);
+            observed.fetch_add(1, Ordering::Relaxed);
+        }));
     handle.swap(a.clone());
     let server = Server::start(handle.clone()).await;
     let request = Arc::new(smoke_request(&a).to_string());
@@ -529,5 +530,30 @@ async fn oversized_body_is_a_413() {
     let (status, body) = server.infer(PPOCR, &smoke_request(&ppocr())).await;
     assert_eq!(status, 413, "{body}");
     assert!(error_text(&body).contains("larger than 1024 bytes"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_endpoint_counts_inferences_and_failures_per_model_in_prometheus_format() {
+    let model = ppocr();
+    let handle =
+        Arc::new(ModelHandle::with_observer(Arc::new(outpost_shared::clock::ManualClock::new(0)), |_, _, _| {}));
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+    assert_eq!(server.infer(PPOCR, &smoke_request(&model)).await.0, 200);
+    let (status, _) = server.post(&format!("/v2/models/{PPOCR}/infer"), b"{\"inputs\":[]}").await;
+    assert_eq!(status, 400, "refused before it reached the model: not counted");
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.addr);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let labels = format!("model=\"{PPOCR}\",version=\"{}\"", model.version());
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(&format!("outpost_agent_inferences_total{{{labels}}} 1")), "{text}");
+    assert!(text.contains(&format!("outpost_agent_inference_failures_total{{{labels}}} 0")), "{text}");
+    assert!(text.contains(&format!("outpost_agent_inference_seconds_count{{{labels}}} 1")), "{text}");
+    assert!(text.contains("outpost_agent_model_active{"), "{text}");
     server.stop().await;
 }

@@ -62,6 +62,9 @@ impl Backend for CountingHub {
     fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
         self.inner.acts_for(node, device)
     }
+    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
+        self.inner.telemetry(device, batch)
+    }
     fn attestation_required(&self) -> bool {
         self.inner.attestation_required()
     }
@@ -214,6 +217,9 @@ async fn site_node_forwards_device_reports_to_the_hub_and_refuses_devices_of_oth
     let record = w.registry().device(&key).unwrap().unwrap();
     assert_eq!(record.active, Some(v1), "the device's report reached the hub through the site node");
     assert!(record.last_report.is_some());
+    let store = outpost_hub::telemetry::TelemetryStore::open(&w.dir, w.clock.clone()).unwrap();
+    let streams = store.streams().unwrap();
+    assert!(streams.iter().any(|s| s.device == key && s.record.received > 0), "its telemetry too: {streams:?}");
 
     // A device placed in another site is refused by the hub when the site node asks on its behalf.
     let mut stranger = device(&w, &site, "d9", 49).await;
@@ -253,6 +259,9 @@ impl Backend for Tampering {
     }
     fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
         self.0.report(device, body)
+    }
+    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
+        self.0.telemetry(device, batch)
     }
 }
 
@@ -296,6 +305,9 @@ impl Backend for Stale {
     }
     fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
         self.0.report(device, body)
+    }
+    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
+        self.0.telemetry(device, batch)
     }
 }
 

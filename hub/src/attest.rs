@@ -160,8 +160,10 @@ pub struct Directory {
     pub key: PublicKey,
     /// Its registry record, if enrolled.
     pub record: Option<registry::DeviceRecord>,
-    /// The model packages it may run (published to its channel, not revoked, not rolled back from), oldest
-    /// first; the last is what the director assigns now.
+    /// The model package the director assigns it now.
+    pub assigned: Option<Digest>,
+    /// The model packages it may run (published to its channel, not revoked, not rolled back from, not withheld
+    /// by a rollout).
     pub eligible: Vec<Digest>,
     /// The model digest its evidence claims.
     pub claimed_model: Option<Digest>,
@@ -175,7 +177,7 @@ impl Directory {
     /// report was lost after a rollback or fallback, which must not be locked out, since only a connection tells
     /// it of revocations. Anything else (a revoked, unpublished or other-channel package) is a mismatch.
     fn expected_model(&self, r: &registry::DeviceRecord) -> Expected {
-        let to = self.eligible.last().copied();
+        let to = self.assigned;
         let tolerated = match self.claimed_model {
             None => true,
             Some(d) => r.active == Some(d) || self.eligible.contains(&d),

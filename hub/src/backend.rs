@@ -22,6 +22,7 @@ use crate::attest::{self, FileStamp, Gate};
 use crate::director::Director;
 use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry};
 use crate::serve::{Backend, BackendError, Refused, Unattested};
+use crate::telemetry::TelemetryStore;
 use crate::tuf::TufRepo;
 
 /// The hub's serving backend.
@@ -31,6 +32,8 @@ pub struct HubBackend {
     clock: Arc<dyn Clock>,
     /// Serialises index access within this process (redb admits one opener).
     index: Mutex<()>,
+    /// Serialises telemetry store access within this process.
+    telemetry: Mutex<()>,
     /// Signed assignments per device, reused while their targets are unchanged and fresh.
     assignments: Mutex<HashMap<String, CachedAssignment>>,
     /// Metadata files by name, with the (inode, mtime, length) they were read at. Every write of metadata is an
@@ -79,10 +82,88 @@ impl HubBackend {
             gate: Gate::new(dir, &config.attestation, clock.clone()),
             clock,
             index: Mutex::new(()),
+            telemetry: Mutex::new(()),
             assignments: Mutex::new(HashMap::new()),
             metadata_cache: Mutex::new(HashMap::new()),
             revoked: Mutex::new(None),
         }
+    }
+
+    /// The hub's Prometheus text exposition: devices by status, site and package; releases with their counts and
+    /// recovery time; telemetry per site and latency per model.
+    pub fn metrics(&self) -> Result<String, BackendError> {
+        use std::collections::BTreeMap;
+        use std::fmt::Write as _;
+        let (devices, releases) = self.with_registry(|reg| Ok((reg.devices()?, crate::rollouts::list(reg)?)))?;
+        let mut out = String::new();
+        let mut counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+        for d in devices.iter().filter(|d| !d.site_node) {
+            let status = format!("{:?}", d.status).to_lowercase();
+            let package = d.active.map_or("none".to_owned(), |a| a.short());
+            *counts.entry((status, d.shown_site().unwrap_or("-").to_owned(), package)).or_default() += 1;
+        }
+        let _ =
+            writeln!(out, "# HELP outpost_hub_devices Devices by status, site and the package they report running.");
+        let _ = writeln!(out, "# TYPE outpost_hub_devices gauge");
+        for ((status, site, package), n) in &counts {
+            let _ =
+                writeln!(out, "outpost_hub_devices{{status=\"{status}\",site=\"{site}\",package=\"{package}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP outpost_hub_release_devices Devices of a release by outcome.");
+        let _ = writeln!(out, "# TYPE outpost_hub_release_devices gauge");
+        let _ =
+            writeln!(out, "# HELP outpost_hub_release_recovery_seconds Rollback recovery time of an aborted release.");
+        let _ = writeln!(out, "# TYPE outpost_hub_release_recovery_seconds gauge");
+        for (id, r) in &releases {
+            let c = r.rollout.status().cohort;
+            for (outcome, n) in [
+                ("pending", c.pending),
+                ("installed", c.installed),
+                ("failed", c.failed),
+                ("rolled_back", c.rolled_back),
+                ("rejected_by_policy", c.rejected_by_policy),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "outpost_hub_release_devices{{release=\"{id}\",package=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    r.package
+                );
+            }
+            if let Some(t) = r.rollout.recovery_time() {
+                let _ = writeln!(out, "outpost_hub_release_recovery_seconds{{release=\"{id}\"}} {}", t.as_secs());
+            }
+        }
+        let groups = {
+            let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
+            let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
+            store.aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?
+        };
+        let _ = writeln!(out, "# HELP outpost_hub_telemetry_events Telemetry events stored, by site and kind.");
+        let _ = writeln!(out, "# TYPE outpost_hub_telemetry_events gauge");
+        for g in &groups {
+            for (kind, n) in &g.summary.by_kind {
+                let _ = writeln!(out, "outpost_hub_telemetry_events{{site=\"{}\",kind=\"{kind}\"}} {n}", g.key);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP outpost_hub_inference_seconds Inference latency reported by devices, per site and model."
+        );
+        let _ = writeln!(out, "# TYPE outpost_hub_inference_seconds histogram");
+        for g in &groups {
+            for (model, i) in &g.summary.inference {
+                let labels = [("site", g.key.as_str()), ("model", &model[..12.min(model.len())])];
+                i.latency.write_prometheus(&mut out, "outpost_hub_inference_seconds", &labels);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Judges every staged rollout at the clock's time (the serving hub calls this every few seconds); returns
+    /// what happened, per release.
+    pub fn tick_rollouts(&self) -> Result<Vec<(String, outpost_shared::rollout::Effect)>, BackendError> {
+        let now = self.clock.wall();
+        self.with_registry(|reg| Ok(crate::rollouts::tick(reg, now)?))
     }
 
     /// The attestation gate (for `serve` to say whether it can attest anybody).
@@ -94,22 +175,26 @@ impl HubBackend {
     fn appraise_and_record(&self, p: &Presented<'_>) -> Result<AttestationResult, Unattested> {
         let verifier = self.gate.verifier().map_err(Unattested)?;
         let key = p.device.to_hex();
-        let record = self.with_registry(|reg| Ok(reg.device(&key)?)).map_err(|e| {
-            eprintln!("outpost-hub: attestation: reading device {key}: {e}");
-            Unattested("internal error".into())
-        })?;
-        let eligible = match &record {
-            Some(r) => Director::new(&self.repo).eligible_models(r).map_err(|e| {
-                eprintln!("outpost-hub: attestation: the assignment of {key}: {e}");
+        let now = self.clock.wall();
+        let (record, (assigned, eligible)) = self
+            .with_registry(|reg| {
+                let record = reg.device(&key)?;
+                let expected = match &record {
+                    Some(r) => Director::new(&self.repo).expected_models(reg, r, now)?,
+                    None => (None, Vec::new()),
+                };
+                Ok((record, expected))
+            })
+            .map_err(|e| {
+                eprintln!("outpost-hub: attestation: the device record and assignment of {key}: {e}");
                 Unattested("internal error".into())
-            })?,
-            None => Vec::new(),
-        };
+            })?;
         // The claims only shape what is expected; the verifier checks the signature before judging any of it.
         let claims = Evidence::parse(p.evidence).ok().map(|e| e.claims_unverified().clone());
         let directory = attest::Directory {
             key: p.device,
             record,
+            assigned,
             eligible,
             claimed_model: claims.as_ref().and_then(|c| c.model_digest),
             claimed_policy: claims.as_ref().and_then(|c| c.policy_digest),
@@ -240,9 +325,12 @@ impl Backend for HubBackend {
         let revoked = director.revocations()?;
         let current: Vec<String> = {
             let published = director.published()?;
-            let device_channel =
-                self.with_registry(|reg| Ok(reg.device(&key)?))?.filter(|d| d.status == DeviceStatus::Approved);
-            let Some(record) = device_channel else { return Ok(None) };
+            let device_channel = self.with_registry(|reg| {
+                let Some(d) = reg.device(&key)?.filter(|d| d.status == DeviceStatus::Approved) else { return Ok(None) };
+                let steer = crate::rollouts::steering(reg, &key, &d.channel, now)?;
+                Ok(Some((d, steer)))
+            })?;
+            let Some((record, steer)) = device_channel else { return Ok(None) };
             let paths = published
                 .iter()
                 .filter(|p| p.channels.contains(&record.channel))
@@ -253,7 +341,9 @@ impl Backend for HubBackend {
                 .map(|p| format!("{} {} {}", p.path, p.digest, p.published_at));
             // A gateway's secondaries change its assignment too.
             let secondaries = record.secondaries.iter().map(|s| format!("secondary {} {}", s.device_id, s.hardware_id));
-            paths.chain(secondaries).collect()
+            // So does what the channel's staged rollouts want this device to run.
+            let steering = std::iter::once(format!("rollouts {steer:?}"));
+            paths.chain(secondaries).chain(steering).collect()
         };
         let margin = self.repo.expiries().resign_margin_secs;
         let cached = {
@@ -285,6 +375,20 @@ impl Backend for HubBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
+        use outpost_shared::telemetry::{Batch, BatchLimits};
+        let batch = Batch::decode(batch, &BatchLimits::default()).map_err(|e| Refused(format!("telemetry: {e}")))?;
+        let key = hex::encode(device);
+        // Events are attributed to where the device is now: its site, and the release (package) it runs.
+        let record = self.with_registry(|reg| Ok(reg.device(&key)?))?;
+        let site = record.as_ref().and_then(|r| r.shown_site().map(str::to_owned));
+        let release = record.as_ref().and_then(|r| r.active).map(|d| d.short());
+        let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
+        let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
+        let outcome = store.ingest(&key, site.as_deref(), release.as_deref(), None, &batch)?;
+        Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
     }
 
     fn attestation_required(&self) -> bool {
@@ -355,7 +459,14 @@ impl Backend for HubBackend {
         f.sync_data()?;
         // A state report updates the device record: the director stops offering what it rolled back from.
         if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
-            self.with_registry(|reg| Ok(reg.device_reported(&hex::encode(device), &report)?))?;
+            let now = self.clock.wall();
+            self.with_registry(|reg| {
+                reg.device_reported(&hex::encode(device), &report)?;
+                for (release, effect) in crate::rollouts::on_report(reg, &hex::encode(device), &report, now)? {
+                    eprintln!("outpost-hub: release {release}: {}", crate::rollouts::describe(&effect));
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }

@@ -199,8 +199,7 @@ impl<'a> Director<'a> {
         if record.status != DeviceStatus::Approved {
             return Ok(None);
         }
-        let eligible = self.eligible(&record)?;
-        let current = eligible.iter().rfind(|p| p.firmware.is_none()).cloned();
+        let (current, eligible) = self.choose(reg, &record, now)?;
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
@@ -214,24 +213,45 @@ impl<'a> Director<'a> {
         Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
     }
 
-    /// What may be assigned to `record`: published to its channel, not revoked, not rolled back from; oldest first.
-    fn eligible(&self, record: &DeviceRecord) -> Result<Vec<Published>, DirectorOpError> {
+    /// The model package `record` should run now, and the packages eligible for it (its channel's, neither
+    /// revoked nor rolled back from). Staged rollouts decide who runs their release; everyone else keeps to what
+    /// the channel ran before. A device a rollout has not seen yet joins it here.
+    fn choose(
+        &self,
+        reg: &Registry,
+        record: &DeviceRecord,
+        now: UnixSeconds,
+    ) -> Result<(Option<Published>, Vec<Published>), DirectorOpError> {
         let revoked = self.revocations()?;
-        Ok(self
-            .published()?
+        let steer = crate::rollouts::steering(reg, &record.key, &record.channel, now)
+            .map_err(|e| DirectorOpError::Encode(e.to_string()))?;
+        let published = self.published()?;
+        let usable = |p: &Published| {
+            p.channels.contains(&record.channel) && !revoked.revoked.iter().any(|r| r.digest == p.digest)
+        };
+        let forced = steer
+            .assign
+            .filter(|a| steer.retry || !record.rolled_back.contains(a))
+            .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
+        let eligible: Vec<Published> = published
             .into_iter()
-            .filter(|p| {
-                p.channels.contains(&record.channel)
-                    && !revoked.revoked.iter().any(|r| r.digest == p.digest)
-                    && !record.rolled_back.contains(&p.digest)
-            })
-            .collect())
+            .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
+            .collect();
+        let current = forced.or_else(|| eligible.iter().rfind(|p| p.firmware.is_none()).cloned());
+        Ok((current, eligible))
     }
 
-    /// The model packages `record` may run, oldest first: the last one is what an assignment names now (what
-    /// attestation expects the device to move to).
-    pub fn eligible_models(&self, record: &DeviceRecord) -> Result<Vec<Digest>, DirectorOpError> {
-        Ok(self.eligible(record)?.iter().filter(|p| p.firmware.is_none()).map(|p| p.digest).collect())
+    /// What attestation expects of `record`: the model package an assignment names now, and every model package
+    /// it may run (its channel's, neither revoked nor rolled back from nor withheld by a rollout), oldest first.
+    pub fn expected_models(
+        &self,
+        reg: &Registry,
+        record: &DeviceRecord,
+        now: UnixSeconds,
+    ) -> Result<(Option<Digest>, Vec<Digest>), DirectorOpError> {
+        let (current, eligible) = self.choose(reg, record, now)?;
+        let models = eligible.iter().filter(|p| p.firmware.is_none()).map(|p| p.digest).collect();
+        Ok((current.map(|p| p.digest), models))
     }
 
     /// Per secondary of the gateway `record`, the newest eligible firmware for its hardware id, with a compact

@@ -4,13 +4,16 @@
 //! here are the stores and the drivers around them.
 
 pub mod attest;
+pub mod audit;
 pub mod backend;
 pub mod blobs;
 pub mod clock;
 pub mod config;
 pub mod director;
 pub mod registry;
+pub mod rollouts;
 pub mod serve;
+pub mod telemetry;
 pub mod tuf;
 
 pub use registry::{Registry, RegistryError};

@@ -17,7 +17,9 @@ use outpost_hub::config::default_data_dir;
 use outpost_hub::director::Director;
 use outpost_hub::registry::{InitOutcome, Registry};
 use outpost_hub::serve::{ServeConfig, Server};
+use outpost_hub::tuf::key_id;
 use outpost_hub::tuf::{GenerateOptions, Key, PublishOutcome, TufRepo};
+use outpost_shared::audit::Action;
 use outpost_shared::clock::Clock;
 use outpost_shared::clock::format_rfc3339;
 
@@ -56,6 +58,12 @@ enum Command {
     /// Approve, enrol, list, show and revoke devices.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// The hash-chained log of admin actions.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// The fleet: devices per site and channel, what they run, and their telemetry.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
     /// The central team's attestation key and signed reference values (which agent builds may be served).
     #[command(subcommand)]
     Attestation(AttestationCmd),
@@ -67,6 +75,9 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR")]
         bind: std::net::SocketAddr,
+        /// Also serve Prometheus metrics over HTTP at http://ADDR/metrics (devices, releases, telemetry).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Packages refused by site policies, as devices and site nodes last reported them: per release (how many
     /// devices rejected or deferred it, and by which rule) and per site. Policy refusals are not failures.
@@ -169,6 +180,62 @@ enum ReleaseCmd {
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
     },
+    /// Roll a published package out to CHANNEL in stages under a plan (`fixtures/plans/canary.toml`): cohorts
+    /// picked from the device ids, judged after a minimum count and soak time, aborted (every device back to the
+    /// last good package) when errors go above the plan's threshold. Prints the release id.
+    Start {
+        /// The package (published to the channel).
+        package: String,
+        /// The rollout plan (TOML).
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+        /// The channel to roll out on.
+        #[arg(long, value_name = "NAME", default_value = "stable")]
+        channel: String,
+    },
+    /// Releases and where they stand.
+    List,
+    /// A release's stages, counts (installed, failed, rolled back, rejected by site policy), state and rollback
+    /// recovery time.
+    Status {
+        /// Release id (`release list`).
+        id: String,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop advancing a release (an automatic abort still fires).
+    Pause {
+        /// Release id.
+        id: String,
+    },
+    /// Let a paused release advance again.
+    Resume {
+        /// Release id.
+        id: String,
+    },
+    /// Abort a release now: every device of it goes back to the last good package.
+    Abort {
+        /// Release id.
+        id: String,
+        /// Why, for the record.
+        #[arg(long, default_value = "aborted by an operator")]
+        reason: String,
+    },
+    /// Offer the package again to the devices of the release that failed or rolled back, and to no other.
+    RetryFailed {
+        /// Release id.
+        id: String,
+    },
+    /// Approve the next stage of a release waiting for approval (high risk: a targets key holder other than the
+    /// publisher).
+    Approve {
+        /// Release id.
+        id: String,
+        /// The approver's targets key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
     /// Revoke a package: devices never activate it again (online revocation list, effective at once). With
     /// --key, it is also taken out of TUF targets.
     Revoke {
@@ -180,6 +247,26 @@ enum ReleaseCmd {
         /// Targets key file, to also remove the package from TUF targets.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check the chain of the audit log: an edited, removed or reordered entry is named, and the exit status
+    /// is non-zero.
+    Verify,
+    /// Print the audit log.
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCmd {
+    /// Per site: devices, what they run, and their telemetry (update steps, rollbacks, policy rejections,
+    /// errors, inferences with p50/p95 latency).
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -515,7 +602,7 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
             let id = hub_identity(dir)?;
             println!("{}", id.public_key().to_hex());
         }
-        Command::Serve { bind } => serve(dir, bind)?,
+        Command::Serve { bind, metrics } => serve(dir, bind, metrics)?,
         Command::Release(cmd) => release(cmd, dir)?,
         Command::Repo(RepoCmd::Export { dir: out }) => {
             let n = repo(dir)?.export(&out)?;
@@ -542,6 +629,30 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
             eprintln!("approved {role} {} on channel {}{site}", d.key, d.channel);
         }
         Command::Rejections { json } => print_rejections(&open(dir)?.devices()?, json)?,
+        Command::Audit(AuditCmd::Verify) => {
+            let path = outpost_hub::audit::default_path(dir);
+            let v = outpost_hub::audit::verify(&path, None)?;
+            let head = v.head.map_or("-".to_owned(), |a| format!("#{} {}", a.seq, a.hash.short()));
+            println!("audit log {}: {} entries, chain intact, head {head}", path.display(), v.entries);
+            if v.incomplete_tail {
+                eprintln!("warning: the log ends in an incomplete record (an interrupted append); it is not an entry");
+            }
+        }
+        Command::Audit(AuditCmd::Show) => {
+            let (entries, _) = outpost_hub::audit::read(&outpost_hub::audit::default_path(dir))?;
+            for e in entries {
+                println!(
+                    "{:>5} {} {:<14} {:<13} {} {}",
+                    e.seq,
+                    format_rfc3339(e.at),
+                    e.actor,
+                    format!("{:?}", e.action).to_lowercase(),
+                    e.subject,
+                    e.detail
+                );
+            }
+        }
+        Command::Fleet(FleetCmd::Status { json }) => fleet_status(dir, json)?,
         Command::Device(DeviceCmd::List) => {
             for d in open(dir)?.devices()? {
                 let active = d.active.map_or("-".to_owned(), |a| a.short());
@@ -634,7 +745,7 @@ fn hub_identity(dir: &Path) -> Result<Identity> {
     Ok(Identity::load(&path)?)
 }
 
-fn serve(dir: &Path, bind: std::net::SocketAddr) -> Result<()> {
+fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::SocketAddr>) -> Result<()> {
     let r = repo(dir)?;
     if !r.exists() {
         anyhow::bail!("no TUF repository yet: run `outpost-hub keys generate --offline-dir DIR` first");
@@ -658,8 +769,45 @@ fn serve(dir: &Path, bind: std::net::SocketAddr) -> Result<()> {
     serve_config.bind = bind;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let server = Server::bind(serve_config, backend)?;
+        let server = Server::bind(serve_config, backend.clone())?;
         eprintln!("serving on {} (udp), hub key {key}", server.local_addr()?);
+        if let Some(addr) = metrics {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            eprintln!("metrics on http://{addr}/metrics");
+            let b = backend.clone();
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let b = b.clone();
+                    async move {
+                        match tokio::task::spawn_blocking(move || b.metrics().map_err(|e| e.to_string())).await {
+                            Ok(Ok(text)) => (axum::http::StatusCode::OK, text),
+                            Ok(Err(e)) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e),
+                            Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                        }
+                    }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        // Staged rollouts are judged every few seconds (abort decisions too, so recovery time starts on time).
+        let rollouts = backend.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let b = rollouts.clone();
+                match tokio::task::spawn_blocking(move || b.tick_rollouts().map_err(|e| e.to_string())).await {
+                    Ok(Ok(effects)) => {
+                        for (id, e) in effects {
+                            eprintln!("release {id}: {}", outpost_hub::rollouts::describe(&e));
+                        }
+                    }
+                    Ok(Err(e)) => eprintln!("error: judging rollouts: {e}"),
+                    Err(e) => eprintln!("error: rollout task: {e}"),
+                }
+            }
+        });
         let dir = dir.to_owned();
         let expiries = config.repository;
         // Keep online metadata fresh: snapshot, timestamp and the revocation list are re-signed before expiry.
@@ -886,6 +1034,7 @@ fn keys(cmd: KeysCmd, dir: &Path) -> Result<()> {
                 path.display(),
                 r.latest_version("targets")?
             );
+            audit(dir, &key_id(&Key::load(&targets_key)?.public_bytes()), Action::Rotate, "director", "")?;
         }
         KeysCmd::Rotate { role, .. } if role == "director" => {
             anyhow::bail!("rotating the director key needs --targets-key FILE (it is listed by the targets role)");
@@ -904,6 +1053,7 @@ fn keys(cmd: KeysCmd, dir: &Path) -> Result<()> {
                 "rotated {role}: root v{} is signed by the old and the new keys",
                 r.read_meta("root.json")?["signed"]["version"]
             );
+            audit(dir, "operator", Action::Rotate, &role, "root rotation")?;
         }
     }
     Ok(())
@@ -925,15 +1075,111 @@ fn release(cmd: ReleaseCmd, dir: &Path) -> Result<()> {
             let record = reg.record(&d)?.with_context(|| format!("package {d} vanished"))?;
             let (_, manifest) = reg.manifest(&d)?;
             drop(reg);
-            report(r.publish(&record, &manifest, &channel, &Key::load(&key)?, &key, now)?);
+            let k = Key::load(&key)?;
+            report(r.publish(&record, &manifest, &channel, &k, &key, now)?);
+            audit(
+                dir,
+                &key_id(&k.public_bytes()),
+                Action::Publish,
+                &format!("{}@{} {d}", manifest.name, manifest.version),
+                &format!("channel {channel}"),
+            )?;
         }
         ReleaseCmd::Sign { package, key } => {
             let d = open(dir)?.resolve(&package)?;
-            report(r.sign_pending(&d, &Key::load(&key)?, &key, now)?);
+            let k = Key::load(&key)?;
+            report(r.sign_pending(&d, &k, &key, now)?);
+            audit(dir, &key_id(&k.public_bytes()), Action::Sign, &d.to_hex(), "second signature")?;
+        }
+        ReleaseCmd::Start { package, plan, channel } => {
+            let text = std::fs::read_to_string(&plan).with_context(|| format!("reading {}", plan.display()))?;
+            let plan = outpost_shared::rollout::Plan::from_toml(&text, &plan)?;
+            let reg = open(dir)?;
+            let d = reg.resolve(&package)?;
+            let (_, manifest) = reg.manifest(&d)?;
+            let director = Director::new(&r);
+            let revoked = director.revocations()?;
+            let published = director.published()?;
+            if !published.iter().any(|p| p.digest == d && p.channels.contains(&channel)) {
+                anyhow::bail!(
+                    "{package} is not published to channel {channel}: `outpost-hub release publish` it first"
+                );
+            }
+            let aborted: Vec<outpost_shared::Digest> = outpost_hub::rollouts::list(&reg)?
+                .into_iter()
+                .filter(|(_, rec)| matches!(rec.rollout.state, outpost_shared::rollout::State::Aborted { .. }))
+                .map(|(_, rec)| rec.rollout.release.package)
+                .collect();
+            let last_good = published
+                .iter()
+                .filter(|p| p.digest != d && p.firmware.is_none() && p.channels.contains(&channel))
+                .filter(|p| !revoked.revoked.iter().any(|x| x.digest == p.digest) && !aborted.contains(&p.digest))
+                .next_back()
+                .map(|p| p.digest);
+            let release = outpost_shared::rollout::Release {
+                id: String::new(),
+                package: d,
+                last_good,
+                risk: manifest.risk_tier,
+                signers: r.signers_of(&d)?,
+            };
+            let label = format!("{}@{}", manifest.name, manifest.version);
+            let (id, effects) = outpost_hub::rollouts::start(&reg, release, &label, plan, &channel, now)?;
+            drop(reg);
+            audit(dir, "operator", Action::Start, &id, &format!("{label} on {channel}"))?;
+            for e in &effects {
+                eprintln!("{id}: {}", outpost_hub::rollouts::describe(e));
+            }
+            println!("{id}");
+        }
+        ReleaseCmd::List => {
+            println!(
+                "{:<5} {:<28} {:<10} {:<22} {:>9} {:>7} {:>8}",
+                "ID", "PACKAGE", "CHANNEL", "STATE", "INSTALLED", "ERRORS", "REJECTED"
+            );
+            for (id, rec) in outpost_hub::rollouts::list(&open(dir)?)? {
+                let st = rec.rollout.status();
+                println!(
+                    "{id:<5} {:<28} {:<10} {:<22} {:>9} {:>7} {:>8}",
+                    rec.package,
+                    rec.channel,
+                    state_word(&st),
+                    st.cohort.installed,
+                    st.cohort.errors(),
+                    st.cohort.rejected_by_policy
+                );
+            }
+        }
+        ReleaseCmd::Status { id, json } => release_status(dir, &id, json)?,
+        ReleaseCmd::Pause { id } => {
+            release_command(dir, &id, "operator", Action::Pause, outpost_shared::rollout::Command::Pause, now)?
+        }
+        ReleaseCmd::Resume { id } => {
+            release_command(dir, &id, "operator", Action::Resume, outpost_shared::rollout::Command::Resume, now)?
+        }
+        ReleaseCmd::Abort { id, reason } => {
+            let cmd = outpost_shared::rollout::Command::Abort { reason: reason.clone() };
+            release_command(dir, &id, "operator", Action::Abort, cmd, now)?;
+        }
+        ReleaseCmd::RetryFailed { id } => {
+            release_command(
+                dir,
+                &id,
+                "operator",
+                Action::RetryFailed,
+                outpost_shared::rollout::Command::RetryFailed,
+                now,
+            )?;
+        }
+        ReleaseCmd::Approve { id, key } => {
+            let key_id = key_id(&Key::load(&key)?.public_bytes());
+            let cmd = outpost_shared::rollout::Command::Approve { key_id: key_id.clone() };
+            release_command(dir, &id, &key_id, Action::Approve, cmd, now)?;
         }
         ReleaseCmd::Revoke { package, reason, key } => {
             let d = open(dir)?.resolve(&package)?;
             let list = Director::new(&r).revoke(d, &reason, now)?;
+            audit(dir, "operator", Action::Revoke, &d.to_hex(), &reason)?;
             eprintln!(
                 "revoked {d}: revocation list v{} ({} package(s)); devices never activate it again",
                 list.version,
@@ -1106,6 +1352,156 @@ fn print_rejections(devices: &[outpost_hub::registry::DeviceRecord], json: bool)
             (false, n) => format!("{n} devices' policies"),
         };
         println!("{site:<16} {package:<28} {verb:<10} {rule:<22} {who}");
+    }
+    Ok(())
+}
+
+/// Appends an admin action to the audit log.
+fn audit(dir: &Path, actor: &str, action: Action, subject: &str, detail: &str) -> Result<()> {
+    let mut log = outpost_hub::audit::AuditLog::open(&outpost_hub::audit::default_path(dir))?;
+    log.append(SystemClock.wall(), actor, action, subject, detail)?;
+    Ok(())
+}
+
+fn state_word(st: &outpost_shared::rollout::Status) -> String {
+    use outpost_shared::rollout::{Position, State};
+    match (&st.state, st.position) {
+        (State::Running, Position::Stage(i)) if st.paused => format!("paused at stage {}", i + 1),
+        (State::Running, Position::Stage(i)) => format!("running stage {}", i + 1),
+        (State::Running, Position::Shadow) => "running shadow".into(),
+        (State::Running, Position::NotStarted) => "starting".into(),
+        (State::AwaitingApproval { next }, _) => format!("awaiting approval ({})", next + 1),
+        (State::Aborted { .. }, _) => "ABORTED".into(),
+        (State::Completed { .. }, _) => "completed".into(),
+        (State::Superseded { by, .. }, _) => format!("superseded by {by}"),
+    }
+}
+
+fn release_command(
+    dir: &Path,
+    id: &str,
+    actor: &str,
+    action: Action,
+    cmd: outpost_shared::rollout::Command,
+    now: u64,
+) -> Result<()> {
+    let effects = outpost_hub::rollouts::command(&open(dir)?, id, cmd, now)?;
+    audit(dir, actor, action, id, "")?;
+    for e in &effects {
+        eprintln!("{id}: {}", outpost_hub::rollouts::describe(e));
+    }
+    Ok(())
+}
+
+fn release_status(dir: &Path, id: &str, json: bool) -> Result<()> {
+    let rec = outpost_hub::rollouts::get(&open(dir)?, id)?;
+    let st = rec.rollout.status();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "id": id, "package": rec.package, "channel": rec.channel, "status": st,
+                "recovery_secs": rec.rollout.recovery_time().map(|d| d.as_secs()),
+            }))?
+        );
+        return Ok(());
+    }
+    println!("release   {id}: {} on {} ({})", rec.package, rec.channel, state_word(&st));
+    if let outpost_shared::rollout::State::Aborted { reason, at } = &st.state {
+        println!("aborted   {} — {reason}", format_rfc3339(*at));
+    }
+    println!(
+        "\n{:<14} {:>8} {:>8} {:>9} {:>7} {:>11} {:>8}",
+        "STAGE", "DEVICES", "PENDING", "INSTALLED", "FAILED", "ROLLED BACK", "REJECTED"
+    );
+    let row = |name: &str, s: &outpost_shared::rollout::Stats| {
+        println!(
+            "{name:<14} {:>8} {:>8} {:>9} {:>7} {:>11} {:>8}",
+            s.assigned, s.pending, s.installed, s.failed, s.rolled_back, s.rejected_by_policy
+        );
+    };
+    if let Some(sh) = &st.shadow {
+        row("shadow", sh);
+    }
+    for (i, s) in st.stages.iter().enumerate() {
+        row(&rec.rollout.plan.stage_name(i), s);
+    }
+    row("cohort", &st.cohort);
+    println!("(REJECTED: refused by site policy; counted apart from failures, outside both percentages)");
+    if let Some(r) = &st.recovery {
+        match r.time() {
+            Some(t) => println!(
+                "\nrollback recovery time: {} s ({} of {} affected devices back on the last good package)",
+                t.as_secs(),
+                r.recovered,
+                r.affected
+            ),
+            None => println!(
+                "\nrollback in progress: {} of {} affected devices back on the last good package",
+                r.recovered, r.affected
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn fleet_status(dir: &Path, json: bool) -> Result<()> {
+    use outpost_hub::telemetry::{Filter, GroupBy, TelemetryStore};
+    use std::collections::BTreeMap;
+    let devices = open(dir)?.devices()?;
+    let store = TelemetryStore::open(dir, Arc::new(SystemClock))?;
+    let by_site: BTreeMap<String, outpost_hub::telemetry::Summary> =
+        store.aggregate(GroupBy::Site, &Filter::default())?.into_iter().map(|g| (g.key, g.summary)).collect();
+    let mut sites: BTreeMap<String, Vec<&outpost_hub::registry::DeviceRecord>> = BTreeMap::new();
+    for d in devices.iter().filter(|d| !d.site_node) {
+        sites.entry(d.shown_site().unwrap_or("-").to_owned()).or_default().push(d);
+    }
+    if json {
+        let out: Vec<serde_json::Value> = sites
+            .iter()
+            .map(|(site, ds)| {
+                let running: BTreeMap<String, usize> = ds.iter().fold(BTreeMap::new(), |mut m, d| {
+                    *m.entry(d.active.map_or("-".into(), |a| a.to_hex())).or_default() += 1;
+                    m
+                });
+                serde_json::json!({"site": site, "devices": ds.len(), "running": running, "telemetry": by_site.get(site)})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:>7} {:<34} {:>7} {:>9} {:>8} {:>6} {:>10} {:>9} {:>9}",
+        "SITE", "DEVICES", "RUNNING", "EVENTS", "ROLLBACKS", "REJECTED", "ERRORS", "INFERENCES", "P50", "P95"
+    );
+    for (site, ds) in &sites {
+        let mut running: BTreeMap<String, usize> = BTreeMap::new();
+        for d in ds {
+            *running.entry(d.active.map_or("-".into(), |a| a.short())).or_default() += 1;
+        }
+        let running: Vec<String> = running.iter().map(|(p, n)| format!("{p}×{n}")).collect();
+        let t = by_site.get(site.as_str()).cloned().unwrap_or_default();
+        let inferences: u64 = t.inference.values().map(|i| i.count).sum();
+        let p = |f: fn(&outpost_hub::telemetry::InferenceSummary) -> Option<u64>| {
+            t.inference
+                .values()
+                .filter_map(f)
+                .max()
+                .map_or("-".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0))
+        };
+        let rejected: u64 = t.rejections_by_rule.values().sum();
+        println!(
+            "{site:<14} {:>7} {:<34} {:>7} {:>9} {:>8} {:>6} {:>10} {:>9} {:>9}",
+            ds.len(),
+            running.join(" "),
+            t.events,
+            t.rollbacks,
+            rejected,
+            t.errors,
+            inferences,
+            p(|i| i.p50_us),
+            p(|i| i.p95_us)
+        );
     }
     Ok(())
 }

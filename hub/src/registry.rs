@@ -39,6 +39,8 @@ const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("aliases");
 const ALIAS_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("alias_history");
 /// Device public key (hex) → [`DeviceRecord`] (canonical CBOR).
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+/// Release id → its rollout (`rollouts::ReleaseRecord`, canonical CBOR).
+const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
 
@@ -1157,6 +1159,33 @@ impl Registry {
     }
 
     /// Every known device.
+    /// Stores a release's record (its rollout) under `id`, replacing what was there.
+    pub fn release_put<T: Serialize>(&self, id: &str, record: &T) -> Result<(), RegistryError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(RELEASES).map_err(db_err)?;
+            t.insert(id, encode(record)?.as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Every release record, by id.
+    pub fn releases<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<(String, T)>, RegistryError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = match tx.open_table(RELEASES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_owned(), decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every device record.
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, RegistryError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(DEVICES).map_err(db_err)?;

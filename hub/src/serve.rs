@@ -54,6 +54,11 @@ pub trait Backend: Send + Sync + 'static {
     fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError>;
     /// Stores a device's report; return only once it is durable (the device drops it on `Ack`).
     fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError>;
+    /// Stores a device's telemetry batch durably; returns the sequence number stored up to (the device drops
+    /// its events up to it). The default refuses: a backend that keeps no telemetry.
+    fn telemetry(&self, _device: &[u8; 32], _batch: &[u8]) -> Result<u64, BackendError> {
+        Err(Box::new(Refused("this service keeps no telemetry".into())))
+    }
     /// Whether the peer `node` (a site node) may fetch assignments and forward reports for `device`.
     fn acts_for(&self, _node: &[u8; 32], _device: &[u8; 32]) -> bool {
         false
@@ -588,6 +593,12 @@ async fn serve_attested(
         Request::PostReport { body, device: on_behalf } => {
             match blocking(move || backend.report(&acting_for(&*backend, device, on_behalf)?, &body)).await {
                 Ok(()) => Response::Ack,
+                Err(r) => r,
+            }
+        }
+        Request::PostTelemetry { body, device: on_behalf } => {
+            match blocking(move || backend.telemetry(&acting_for(&*backend, device, on_behalf)?, &body)).await {
+                Ok(up_to) => Response::TelemetryAck { up_to },
                 Err(r) => r,
             }
         }

@@ -509,6 +509,23 @@ impl TufRepo {
         self.stage_or_commit(HIGH_RISK_ROLE, envelope, &path, now)
     }
 
+    /// Key ids of the signatures on the committed role metadata that lists `digest`, in signing order (the first
+    /// is the publisher). Empty if no committed role lists it.
+    pub fn signers_of(&self, digest: &Digest) -> Result<Vec<String>, TufError> {
+        for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
+            let v = self.latest_version(role)?;
+            let meta = self.read_meta(&format!("{v}.{role}.json"))?;
+            let listed = meta["signed"]["targets"]
+                .as_object()
+                .is_some_and(|t| t.values().any(|v| v["custom"]["outpost"]["digest"] == digest.to_hex()));
+            if listed {
+                let sigs = meta["signatures"].as_array().cloned().unwrap_or_default();
+                return Ok(sigs.iter().filter_map(|s| s["keyid"].as_str().map(str::to_owned)).collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
     /// Removes a package from its role's targets, signed with `key`. Devices stop seeing it at their next refresh.
     pub fn unpublish(&self, digest: &Digest, key: &Key, key_path: &Path, now: UnixSeconds) -> Result<String, TufError> {
         self.require()?;

@@ -4,6 +4,7 @@
 //! current time in, and get values, decisions or typed errors back. That keeps every rule testable and lets the
 //! simulations run many agents on a virtual clock.
 
+pub mod audit;
 pub mod canonical;
 pub mod clock;
 pub mod config;
@@ -15,6 +16,8 @@ pub mod model;
 pub mod package;
 pub mod policy;
 pub mod rng;
+pub mod rollout;
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod update;

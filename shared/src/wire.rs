@@ -13,6 +13,7 @@
 //! | `0x02` | [`Request::GetAssignment`] | `{"device"?: bytes .size 32}` |
 //! | `0x03` | [`Request::GetTarget`] | `{"path": text, "offset": uint, "len"?: uint}` |
 //! | `0x04` | [`Request::PostReport`] | `{"body": bytes, "device"?: bytes .size 32}` |
+//! | `0x10` | [`Request::PostTelemetry`] | `{"body": bytes, "device"?: bytes .size 32}` (a `telemetry::Batch`) |
 //! | `0x05` | [`Request::GetChallenge`] | `{}` |
 //! | `0x06` | [`Request::PostEvidence`] | `{"evidence": bytes}` (an EAT in COSE_Sign1, `outpost_attestation::evidence`) |
 //! | `0x07` | [`Request::Enroll`] | `{"token": text, "hardware": text}` |
@@ -22,6 +23,7 @@
 //! | `0x84` | [`Response::TargetHeader`] | `{"total_len": uint, "offset": uint, "len": uint}` then `len` raw bytes |
 //! | `0x85` | [`Response::Ack`] | `{}` |
 //! | `0x86` | [`Response::Error`] | `{"code": uint, "message": text}` |
+//! | `0x90` | [`Response::TelemetryAck`] | `{"up_to": uint}`: every event up to this sequence number is stored |
 //! | `0x87` | [`Response::Challenge`] | `{"nonce_challenge": bytes .size 32}` |
 //! | `0x88` | [`Response::Attested`] | `{"status": "affirming" / "warning", "expires": uint, "tier": "software" / "hardware"}` |
 //!
@@ -82,6 +84,10 @@ pub struct Limits {
     pub get_target: u32,
     /// Largest `PostReport` body (the report bytes plus a few bytes of CBOR).
     pub post_report: u32,
+    /// Largest `PostTelemetry` body (a batch plus a few bytes of CBOR).
+    pub post_telemetry: u32,
+    /// Largest `TelemetryAck` body.
+    pub telemetry_ack: u32,
     /// Largest `Metadata` body. A client also caps it by the `max_len` it asked for.
     pub metadata: u32,
     /// Largest `NotFound` body.
@@ -119,6 +125,10 @@ impl Limits {
     pub const GET_TARGET: u32 = 2048;
     /// Default `PostReport` body limit: 64 KiB.
     pub const POST_REPORT: u32 = 64 * 1024;
+    /// Default `PostTelemetry` body limit: a 1 MiB batch (`telemetry::BatchLimits`) and its framing.
+    pub const POST_TELEMETRY: u32 = 1024 * 1024 + 128;
+    /// Default `TelemetryAck` body limit.
+    pub const TELEMETRY_ACK: u32 = 32;
     /// Default `Metadata` body limit: 6 MiB, above sigstore-tuf's default 5 MB targets bound.
     pub const METADATA: u32 = 6 * 1024 * 1024;
     /// Default `NotFound` body limit.
@@ -162,6 +172,8 @@ impl Default for Limits {
             get_assignment: Self::GET_ASSIGNMENT,
             get_target: Self::GET_TARGET,
             post_report: Self::POST_REPORT,
+            post_telemetry: Self::POST_TELEMETRY,
+            telemetry_ack: Self::TELEMETRY_ACK,
             metadata: Self::METADATA,
             not_found: Self::NOT_FOUND,
             assignment: Self::ASSIGNMENT,
@@ -377,6 +389,13 @@ pub enum Request {
         /// The device a site node forwards for; `None`: the peer itself.
         device: Option<[u8; 32]>,
     },
+    /// A batch of queued telemetry events; the hub answers with the sequence number stored up to.
+    PostTelemetry {
+        /// The batch (`telemetry::Batch`, canonical CBOR), opaque to the transport.
+        body: Vec<u8>,
+        /// The device a site node forwards for; `None`: the peer itself.
+        device: Option<[u8; 32]>,
+    },
     /// A fresh attestation challenge for this connection.
     GetChallenge,
     /// Attestation evidence answering this connection's challenge.
@@ -479,6 +498,11 @@ pub enum Response {
         /// A human-readable explanation, at most [`Limits::MAX_ERROR_MESSAGE`] bytes.
         message: String,
     },
+    /// The telemetry batch is stored durably, with every event of the device's queue up to `up_to`.
+    TelemetryAck {
+        /// The last sequence number stored (the device may drop its events up to it).
+        up_to: u64,
+    },
 }
 
 impl Response {
@@ -518,6 +542,8 @@ pub mod kinds {
     pub const GET_TARGET: u8 = 0x03;
     /// [`Request::PostReport`](super::Request::PostReport).
     pub const POST_REPORT: u8 = 0x04;
+    /// [`Request::PostTelemetry`](super::Request::PostTelemetry).
+    pub const POST_TELEMETRY: u8 = 0x10;
     /// [`Request::GetChallenge`](super::Request::GetChallenge).
     pub const GET_CHALLENGE: u8 = 0x05;
     /// [`Request::PostEvidence`](super::Request::PostEvidence).
@@ -536,6 +562,8 @@ pub mod kinds {
     pub const ACK: u8 = 0x85;
     /// [`Response::Error`](super::Response::Error).
     pub const ERROR: u8 = 0x86;
+    /// [`Response::TelemetryAck`](super::Response::TelemetryAck).
+    pub const TELEMETRY_ACK: u8 = 0x90;
     /// [`Response::Challenge`](super::Response::Challenge).
     pub const CHALLENGE: u8 = 0x87;
     /// [`Response::Attested`](super::Response::Attested).
@@ -550,6 +578,7 @@ impl Message for Request {
             Request::GetAssignment { .. } => kind::GET_ASSIGNMENT,
             Request::GetTarget { .. } => kind::GET_TARGET,
             Request::PostReport { .. } => kind::POST_REPORT,
+            Request::PostTelemetry { .. } => kind::POST_TELEMETRY,
             Request::GetChallenge => kind::GET_CHALLENGE,
             Request::PostEvidence { .. } => kind::POST_EVIDENCE,
             Request::Enroll { .. } => kind::ENROLL,
@@ -562,6 +591,7 @@ impl Message for Request {
             kind::GET_ASSIGNMENT => Some(limits.get_assignment),
             kind::GET_TARGET => Some(limits.get_target),
             kind::POST_REPORT => Some(limits.post_report),
+            kind::POST_TELEMETRY => Some(limits.post_telemetry),
             kind::GET_CHALLENGE => Some(limits.get_challenge),
             kind::POST_EVIDENCE => Some(limits.post_evidence),
             kind::ENROLL => Some(limits.enroll),
@@ -584,6 +614,7 @@ impl Message for Request {
                 Request::GetTarget { path, offset: m.uint("offset")?, len: m.opt_uint("len")? }
             }
             kind::POST_REPORT => Request::PostReport { body: m.bytes("body")?, device: m.opt_key("device")? },
+            kind::POST_TELEMETRY => Request::PostTelemetry { body: m.bytes("body")?, device: m.opt_key("device")? },
             kind::GET_CHALLENGE => Request::GetChallenge,
             kind::POST_EVIDENCE => Request::PostEvidence { evidence: m.bytes("evidence")? },
             kind::ENROLL => {
@@ -612,7 +643,7 @@ impl Message for Request {
                 }
                 map(entries)
             }
-            Request::PostReport { body, device } => {
+            Request::PostReport { body, device } | Request::PostTelemetry { body, device } => {
                 map(std::iter::once(("body", Value::Bytes(body.clone()))).chain(device_entry(device)).collect())
             }
             Request::GetChallenge => map(vec![]),
@@ -633,6 +664,7 @@ impl Message for Response {
             Response::TargetHeader { .. } => kind::TARGET_HEADER,
             Response::Ack => kind::ACK,
             Response::Error { .. } => kind::ERROR,
+            Response::TelemetryAck { .. } => kind::TELEMETRY_ACK,
             Response::Challenge { .. } => kind::CHALLENGE,
             Response::Attested { .. } => kind::ATTESTED,
         }
@@ -646,6 +678,7 @@ impl Message for Response {
             kind::TARGET_HEADER => Some(limits.target_header),
             kind::ACK => Some(limits.ack),
             kind::ERROR => Some(limits.error),
+            kind::TELEMETRY_ACK => Some(limits.telemetry_ack),
             kind::CHALLENGE => Some(limits.challenge),
             kind::ATTESTED => Some(limits.attested),
             _ => None,
@@ -670,6 +703,7 @@ impl Message for Response {
                 Response::TargetHeader { total_len, offset, len }
             }
             kind::ACK => Response::Ack,
+            kind::TELEMETRY_ACK => Response::TelemetryAck { up_to: m.uint("up_to")? },
             kind::ERROR => {
                 let code = m.uint("code")?;
                 let code = u16::try_from(code).map_err(|_| WireError::InvalidField {
@@ -715,6 +749,7 @@ impl Message for Response {
             Response::Error { code, message } => {
                 map(vec![("code", u64::from(code.to_u16()).into()), ("message", Value::Text(message.clone()))])
             }
+            Response::TelemetryAck { up_to } => map(vec![("up_to", (*up_to).into())]),
             Response::Challenge { nonce_challenge } => {
                 map(vec![("nonce_challenge", Value::Bytes(nonce_challenge.to_vec()))])
             }
@@ -1155,6 +1190,7 @@ impl ResponseReader {
                 }
                 Ok(Some(*len))
             }
+            (Request::PostTelemetry { .. }, Response::TelemetryAck { .. }) => Ok(None),
             (Request::PostReport { .. } | Request::Enroll { .. }, Response::Ack) => Ok(None),
             // NotFound: the server does not appraise evidence (a site node).
             (Request::GetChallenge, Response::Challenge { .. } | Response::NotFound) => Ok(None),
@@ -1200,6 +1236,8 @@ mod tests {
             Request::GetTarget { path: "models/m/1.0.0.opkg".into(), offset: 17, len: Some(4096) },
             Request::GetTarget { path: "a".into(), offset: 0, len: None },
             Request::PostReport { body: b"telemetry".to_vec(), device: None },
+            Request::PostTelemetry { body: b"batch".to_vec(), device: None },
+            Request::PostTelemetry { body: b"relayed".to_vec(), device: Some([3; 32]) },
             Request::GetChallenge,
             Request::PostEvidence { evidence: vec![0xd2; 300] },
             Request::Enroll { token: "ot1-abcdef".into(), hardware: "x86_64 linux 4 cpus".into() },
@@ -1214,6 +1252,7 @@ mod tests {
             Response::TargetHeader { total_len: 100, offset: 10, len: 90 },
             Response::Ack,
             Response::error(ErrorCode::RangeNotSatisfiable, "offset 200 is past 100"),
+            Response::TelemetryAck { up_to: 4096 },
             Response::Challenge { nonce_challenge: [3; 32] },
             Response::Attested {
                 status: AttestedStatus::Warning,

@@ -264,3 +264,53 @@ fn refusal_arriving_mid_download_stops_the_download_and_keeps_the_active_model()
     assert_eq!(u.state.phase, Phase::Idle);
     assert_eq!(u.state.active.as_ref().map(|a| a.target.digest), Some(target("1").digest));
 }
+
+#[test]
+fn telemetry_names_each_update_step_rollback_and_refusal_once() {
+    use outpost_shared::telemetry::{EventKind, Step, events_of};
+    let mut u = new_loop();
+    let mut seen = Vec::new();
+    let mut feed = |u: &mut UpdateLoop, e: Event| {
+        let before = u.state.clone();
+        let actions = u.handle(T0, e.clone());
+        seen.extend(events_of(&before, &e, &actions, &u.state));
+    };
+    feed(&mut u, assigned(1, Some(target("1"))));
+    feed(&mut u, Event::Downloaded);
+    feed(&mut u, Event::Staged);
+    for _ in 0..3 {
+        feed(&mut u, Event::Inference { ok: true });
+    }
+    feed(&mut u, assigned(2, Some(target("2"))));
+    feed(&mut u, Event::Downloaded);
+    feed(&mut u, Event::Staged);
+    feed(&mut u, Event::Inference { ok: false });
+    feed(&mut u, refused(3, &target("3"), refusal(&target("3"), "max_risk", None)));
+    let steps: Vec<(Digest, Step)> = seen
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::UpdateStep { package, step, .. } => Some((*package, *step)),
+            _ => None,
+        })
+        .collect();
+    let (d1, d2) = (target("1").digest, target("2").digest);
+    assert_eq!(
+        steps,
+        vec![
+            (d1, Step::Downloading),
+            (d1, Step::Downloaded),
+            (d1, Step::Staged),
+            (d1, Step::Activated),
+            (d1, Step::Confirmed),
+            (d2, Step::Downloading),
+            (d2, Step::Downloaded),
+            (d2, Step::Staged),
+            (d2, Step::Activated),
+            (d1, Step::Activated),
+        ]
+    );
+    let rollbacks: Vec<_> = seen.iter().filter(|e| matches!(e, EventKind::Rollback { .. })).collect();
+    assert!(matches!(rollbacks[..], [EventKind::Rollback { from, to: Some(to), .. }] if *from == d2 && *to == d1));
+    let refusals: Vec<_> = seen.iter().filter(|e| matches!(e, EventKind::PolicyRejection { .. })).collect();
+    assert!(matches!(&refusals[..], [EventKind::PolicyRejection { rule, .. }] if rule == "max_risk"));
+}

@@ -1,0 +1,179 @@
+//! A staged rollout driven by the hub over real agents on real QUIC: the release's package fails its health
+//! window on the canary cohort, the hub aborts by itself, the director sends every device of the release back
+//! to the last good package, and the hub measures the rollback recovery time. Devices outside the cohort never
+//! see the package. Runs on the system clock, so the recovery time printed is measured.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_agent::config::{self, AgentConfig};
+use outpost_agent::driver::{Agent, init_device};
+use outpost_attestation::identity::Identity;
+use outpost_hub::backend::HubBackend;
+use outpost_hub::rollouts;
+use outpost_hub::serve::{ServeConfig, Server};
+use outpost_hub::tuf::TufRepo;
+use outpost_shared::Digest;
+use outpost_shared::clock::Clock;
+use outpost_shared::manifest::RiskTier;
+use outpost_shared::rollout::{Plan, Release, State, bucket};
+use outpost_shared::testkit::AffineManifest;
+use outpost_shared::update::Phase;
+use support::World;
+
+const HEALTH: u32 = 2;
+
+const PLAN: &str = r#"
+name = "canary-then-all"
+[[stage]]
+name = "canary"
+cohort_percent = 50
+min_devices = 1
+soak_secs = 0
+success_percent = 100
+error_percent = 0
+[[stage]]
+name = "all"
+cohort_percent = 100
+min_devices = 1
+soak_secs = 0
+success_percent = 100
+error_percent = 0
+"#;
+
+/// The system clock, as the agent binary uses it.
+struct Wall;
+impl Clock for Wall {
+    #[allow(clippy::disallowed_methods)] // this test measures real recovery time
+    fn wall(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+    #[allow(clippy::disallowed_methods)]
+    fn monotonic(&self) -> Duration {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+    }
+}
+
+async fn device(w: &World, addr: std::net::SocketAddr, seed: u8) -> Agent {
+    let dir = w.tmp.path().join(format!("dev{seed}"));
+    let key = init_device(&dir, &w.root(), [seed; 32]).unwrap();
+    w.registry().device_approve(&key, "stable").unwrap();
+    let hub_key = Identity::from_seed([1; 32]).public_key().to_hex();
+    let text = config::render(&addr.to_string(), &hub_key)
+        .replace("health_inferences = 20", &format!("health_inferences = {HEALTH}"));
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    Agent::open(AgentConfig::parse(&text, &path).unwrap(), Arc::new(Wall)).unwrap()
+}
+
+fn active(a: &Agent) -> Option<Digest> {
+    a.active().map(|m| *m.digest())
+}
+
+fn key(seed: u8) -> String {
+    Identity::from_seed([seed; 32]).public_key().to_hex()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_failing_health_on_the_canary_aborts_by_itself_and_the_cohort_returns_to_the_last_good_package() {
+    let w = World::at(Wall.wall());
+    // Two devices that hash into the canary half for release r1, two that do not.
+    let (mut canary, mut rest) = (Vec::new(), Vec::new());
+    for seed in 10u8..60 {
+        let in_canary = bucket("r1", &key(seed)) < 5000;
+        match (in_canary, canary.len(), rest.len()) {
+            (true, n, _) if n < 2 => canary.push(seed),
+            (false, _, n) if n < 2 => rest.push(seed),
+            _ => {}
+        }
+    }
+    assert_eq!((canary.len(), rest.len()), (2, 2));
+
+    let backend =
+        Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), Arc::new(Wall) as Arc<dyn Clock>));
+    let mut serve = ServeConfig::new(Identity::from_seed([1; 32]));
+    serve.bind = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(serve, backend.clone()).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut devices = Vec::new();
+    for &seed in canary.iter().chain(&rest) {
+        let mut a = device(&w, addr, seed).await;
+        a.check().await.unwrap();
+        for _ in 0..HEALTH {
+            a.record_inference(true).unwrap();
+        }
+        a.check().await.unwrap(); // reports the confirmation
+        assert_eq!(active(&a), Some(v1));
+        devices.push((seed, a));
+    }
+
+    // v2 is published, but only under a staged rollout.
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    tokio::time::sleep(outpost_hub::backend::METADATA_FRESH * 2).await; // the hub's metadata cache moves on
+    let reg = w.registry();
+    let release = Release { id: String::new(), package: v2, last_good: Some(v1), risk: RiskTier::Low, signers: vec![] };
+    let plan = Plan::from_toml(PLAN, std::path::Path::new("plan.toml")).unwrap();
+    let (id, _) = rollouts::start(&reg, release, "affine@1.1.0", plan, "stable", Wall.wall()).unwrap();
+    drop(reg);
+    assert_eq!(id, "r1");
+
+    for (seed, a) in &mut devices {
+        a.check().await.unwrap();
+        if canary.contains(seed) {
+            assert!(matches!(a.state().phase, Phase::Health { .. }), "canary device {seed} tries v2");
+        } else {
+            assert_eq!(active(a), Some(v1), "device {seed} outside the canary never sees v2");
+        }
+    }
+    // The first canary device fails on real traffic and rolls back by itself; its report makes the hub abort.
+    let (_, first) = &mut devices[0];
+    first.record_inference(false).unwrap();
+    assert_eq!(active(first), Some(v1));
+    first.check().await.unwrap();
+    let status = rollouts::get(&w.registry(), &id).unwrap().rollout.status();
+    assert!(matches!(status.state, State::Aborted { .. }), "{status:?}");
+    let aborted = Wall.monotonic();
+
+    // The other canary device still runs v2: the director sends it back; it downloads v1 again, checks it
+    // and confirms it on traffic, and reports. The hub measures from the abort decision.
+    let (_, second) = &mut devices[1];
+    assert_eq!(active(second), Some(v2));
+    second.check().await.unwrap();
+    for _ in 0..HEALTH {
+        second.record_inference(true).unwrap();
+    }
+    second.check().await.unwrap();
+    assert_eq!(active(second), Some(v1));
+    for (seed, a) in &mut devices[2..] {
+        a.check().await.unwrap();
+        assert_eq!(active(a), Some(v1), "device {seed}");
+    }
+
+    let record = rollouts::get(&w.registry(), &id).unwrap();
+    let recovery = record.rollout.status().recovery.expect("a rollback is under way");
+    assert_eq!((recovery.affected, recovery.recovered), (2, 2));
+    let took = record.rollout.recovery_time().expect("recovered");
+    let seen = Wall.monotonic() - aborted;
+    println!(
+        "rollback recovery time (abort decision -> 95% of the cohort reporting the last good package): hub {} s \
+         (whole seconds), measured here {} ms",
+        took.as_secs(),
+        seen.as_millis()
+    );
+    let cohort = record.rollout.status().cohort;
+    assert_eq!((cohort.rolled_back, cohort.errors()), (1, 1));
+
+    // The same figures on the hub's Prometheus endpoint.
+    let metrics = backend.metrics().unwrap();
+    let rolled_back = "outpost_hub_release_devices{release=\"r1\",package=\"affine@1.1.0\",outcome=\"rolled_back\"} 1";
+    assert!(metrics.contains(rolled_back), "{metrics}");
+    assert!(metrics.contains("outpost_hub_release_recovery_seconds{release=\"r1\"}"), "{metrics}");
+    let all_on_v1 = format!("outpost_hub_devices{{status=\"approved\",site=\"-\",package=\"{}\"}} 4", v1.short());
+    assert!(metrics.contains(&all_on_v1), "{metrics}");
+}

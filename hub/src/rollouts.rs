@@ -1,0 +1,231 @@
+//! Staged rollouts on the hub: starts releases under a plan, feeds each release's sans-IO controller
+//! (`shared::rollout`) the devices' reports, operator commands and clock ticks, persists it in the index, and
+//! tells the director what each device should run.
+//!
+//! A release is one package on one channel under one plan, with an id (`r1`, `r2`...). Its `Rollout` is saved in
+//! the registry's `releases` table after every call, so the hub can stop at any point; the director reads the
+//! rollout's level-triggered `directive` for a device rather than replaying effects.
+
+use outpost_shared::Digest;
+use outpost_shared::clock::UnixSeconds;
+use outpost_shared::rollout::{Command, Directive, Effect, Plan, Release, Rollout, State};
+use outpost_shared::update::StateReport;
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{DeviceStatus, Registry, RegistryError};
+
+/// A release as the hub keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The channel it rolls out on.
+    pub channel: String,
+    /// `name@version` of its package.
+    pub package: String,
+    /// When it started.
+    pub started_at: UnixSeconds,
+    /// The controller.
+    pub rollout: Rollout,
+}
+
+impl ReleaseRecord {
+    /// Whether the release still steers its channel (running, waiting for approval, or aborted and rolling back).
+    pub fn steers(&self) -> bool {
+        matches!(self.rollout.state, State::Running | State::AwaitingApproval { .. } | State::Aborted { .. })
+    }
+}
+
+/// Why a rollout operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The index failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The controller refused to start.
+    #[error("{0}")]
+    Start(#[from] outpost_shared::rollout::StartError),
+    /// The controller refused the command.
+    #[error("{0}")]
+    Command(#[from] outpost_shared::rollout::CommandError),
+    /// No release has this id.
+    #[error("no release `{0}` (see `outpost-hub release list`)")]
+    Unknown(String),
+}
+
+/// Starts a release of `package` on `channel`: `last_good` is what the channel ran before. Every approved device
+/// on the channel is counted; newer starts supersede an unfinished release on the same channel.
+pub fn start(
+    reg: &Registry,
+    release: Release,
+    package_name: &str,
+    plan: Plan,
+    channel: &str,
+    now: UnixSeconds,
+) -> Result<(String, Vec<Effect>), RolloutError> {
+    let existing: Vec<(String, ReleaseRecord)> = reg.releases()?;
+    let id = format!("r{}", existing.len() + 1);
+    let release = Release { id: id.clone(), ..release };
+    let devices: Vec<String> = reg
+        .devices()?
+        .into_iter()
+        .filter(|d| d.channel == channel && d.status == DeviceStatus::Approved && !d.site_node)
+        .map(|d| d.key)
+        .collect();
+    let (rollout, effects) = Rollout::start(release, plan, devices, now)?;
+    // The newest release on a channel steers it: an unfinished older one stops where it is.
+    for (old_id, mut old) in existing {
+        if old.channel == channel && old.steers() && !matches!(old.rollout.state, State::Aborted { .. }) {
+            old.rollout.supersede(&id, now);
+            reg.release_put(&old_id, &old)?;
+        }
+    }
+    let record = ReleaseRecord { channel: channel.into(), package: package_name.into(), started_at: now, rollout };
+    reg.release_put(&id, &record)?;
+    Ok((id, effects))
+}
+
+/// Every release, oldest first.
+pub fn list(reg: &Registry) -> Result<Vec<(String, ReleaseRecord)>, RolloutError> {
+    let mut all: Vec<(String, ReleaseRecord)> = reg.releases()?;
+    all.sort_by_key(|(id, r)| (r.started_at, id[1..].parse::<u64>().unwrap_or(0)));
+    Ok(all)
+}
+
+/// One release.
+pub fn get(reg: &Registry, id: &str) -> Result<ReleaseRecord, RolloutError> {
+    reg.releases()?.into_iter().find(|(i, _)| i == id).map(|(_, r)| r).ok_or_else(|| RolloutError::Unknown(id.into()))
+}
+
+/// An operator command on release `id`.
+pub fn command(reg: &Registry, id: &str, cmd: Command, now: UnixSeconds) -> Result<Vec<Effect>, RolloutError> {
+    let mut record = get(reg, id)?;
+    let effects = record.rollout.command(cmd, now)?;
+    apply_retries(reg, &effects)?;
+    reg.release_put(id, &record)?;
+    Ok(effects)
+}
+
+/// Judges every release that still steers its channel at `now`; returns what happened, per release.
+pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<(String, Effect)>, RolloutError> {
+    let mut out = Vec::new();
+    for (id, mut record) in reg.releases::<ReleaseRecord>()? {
+        if !record.steers() {
+            continue;
+        }
+        let before = record.rollout.clone();
+        let effects = record.rollout.tick(now);
+        if record.rollout != before {
+            reg.release_put(&id, &record)?;
+        }
+        out.extend(effects.into_iter().map(|e| (id.clone(), e)));
+    }
+    Ok(out)
+}
+
+/// Feeds a device's state report to every release steering its channel: its outcome for the release's package
+/// (a site-policy rejection counts apart) and the package it runs now (rollback recovery).
+pub fn on_report(
+    reg: &Registry,
+    device: &str,
+    report: &StateReport,
+    now: UnixSeconds,
+) -> Result<Vec<(String, Effect)>, RolloutError> {
+    let Some(d) = reg.device(device)? else { return Ok(vec![]) };
+    let mut out = Vec::new();
+    for (id, mut record) in reg.releases::<ReleaseRecord>()? {
+        if record.channel != d.channel || !record.steers() {
+            continue;
+        }
+        let package = record.rollout.release.package;
+        let mut effects = record.rollout.enroll(device, now);
+        if let Some(outcome) = outpost_shared::rollout::outcome_of(report, &package) {
+            effects.extend(record.rollout.report(device, outcome, now));
+        }
+        // Judged first, so a report that makes the release abort also counts towards its recovery: a device
+        // that already rolled back by itself is back on the last good package at the abort decision.
+        effects.extend(record.rollout.tick(now));
+        effects.extend(record.rollout.report_package(device, report.active, now));
+        reg.release_put(&id, &record)?;
+        out.extend(effects.into_iter().map(|e| (id.clone(), e)));
+    }
+    Ok(out)
+}
+
+/// What the releases on `channel` want `device` to run: packages to keep from it (releases it is not part of
+/// yet, or aborted) and the package to run instead of the channel's newest, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steering {
+    /// Packages the device must not be assigned.
+    pub withhold: Vec<Digest>,
+    /// The package it must be assigned, if a release says so.
+    pub assign: Option<Digest>,
+    /// The package is an operator's retry: offer it even if the device rolled back from it.
+    pub retry: bool,
+}
+
+/// The steering for `device` on `channel` from every release that steers it (newest last, so it wins). A device
+/// a release has not seen yet (enrolled after its start) joins it here, in the stage it hashes into.
+pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -> Result<Steering, RolloutError> {
+    let mut s = Steering::default();
+    for (id, mut record) in list(reg)? {
+        if record.channel != channel || !record.steers() {
+            continue;
+        }
+        if !record.rollout.devices.contains_key(device) {
+            record.rollout.enroll(device, now);
+            reg.release_put(&id, &record)?;
+        }
+        let package = record.rollout.release.package;
+        match record.rollout.directive(device) {
+            Some(Directive::Serve { package, retry }) => {
+                s.assign = Some(package);
+                s.retry = retry > 0;
+            }
+            Some(Directive::Revert { package: last_good }) => {
+                s.withhold.push(package);
+                s.assign = last_good;
+                s.retry = false;
+            }
+            // Shadow is not served; a device outside the cohorts so far keeps what it runs.
+            Some(Directive::Shadow { .. }) | None => s.withhold.push(package),
+        }
+    }
+    if let Some(a) = s.assign {
+        s.withhold.retain(|w| *w != a);
+    }
+    Ok(s)
+}
+
+/// Lets the director offer a package again to the devices an operator retried.
+fn apply_retries(reg: &Registry, effects: &[Effect]) -> Result<(), RegistryError> {
+    for e in effects {
+        if let Effect::Retry { devices, package } = e {
+            for d in devices {
+                reg.device_retry(d, package)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One effect, for logs and the CLI.
+pub fn describe(e: &Effect) -> String {
+    let n = |d: &[String]| format!("{} device{}", d.len(), if d.len() == 1 { "" } else { "s" });
+    match e {
+        Effect::AssignShadow { devices, package } => format!("{} run {} in shadow", n(devices), package.short()),
+        Effect::Assign { devices, package } => format!("{} assigned {}", n(devices), package.short()),
+        Effect::Retry { devices, package } => format!("{} retry {}", n(devices), package.short()),
+        Effect::Unassign { devices } => format!("{} unassigned", n(devices)),
+        Effect::ShadowStarted => "shadow stage started".into(),
+        Effect::AdvanceTo { stage, name } => format!("stage {} ({name}) started", stage + 1),
+        Effect::PauseForApproval { stage, name } => {
+            format!("waiting for `release approve` before stage {} ({name})", stage + 1)
+        }
+        Effect::Approved { stage, key_id } => format!("stage {} approved by {key_id}", stage + 1),
+        Effect::Paused => "paused".into(),
+        Effect::Resumed => "resumed".into(),
+        Effect::Abort { reason } => format!("ABORTED: {reason}; every device of the release goes back"),
+        Effect::Completed => "completed".into(),
+        Effect::Superseded { by } => format!("superseded by {by}"),
+        Effect::Recovered { after_secs } => format!("rollback recovered in {after_secs} s"),
+    }
+}
