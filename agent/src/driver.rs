@@ -346,6 +346,12 @@ impl Agent {
         Ok(client)
     }
 
+    /// Revocation notices pushed by the hub on the current connection, if connected: wake on `changed()` and
+    /// check at once. (Each new connection has its own; ask again after every check.)
+    pub fn notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.client.as_ref().filter(|c| c.connection().close_reason().is_none()).map(|c| c.notices())
+    }
+
     /// The hub's attestation of the current connection, if any.
     pub fn attested(&self) -> Option<crate::quic::Attested> {
         self.attested

@@ -303,6 +303,11 @@ impl Served {
 /// model, no model) are not reported.
 pub type InferenceObserver = dyn Fn(&Served, bool, std::time::Duration) + Send + Sync;
 
+/// A served model by name, version and digest.
+type ModelKey = (String, String, Digest);
+/// Inferences, failures, latency.
+type Counts = (u64, u64, Histogram);
+
 /// The active model, swapped atomically. Each request takes its own `Arc` of the model current on arrival.
 #[derive(Default)]
 pub struct ModelHandle {
@@ -310,7 +315,7 @@ pub struct ModelHandle {
     observer: Option<Box<InferenceObserver>>,
     clock: Option<Arc<dyn outpost_shared::clock::Clock>>,
     /// Per model (name, version, digest): inferences, failures, latency; for `GET /metrics`.
-    counters: std::sync::Mutex<BTreeMap<(String, String, Digest), (u64, u64, Histogram)>>,
+    counters: std::sync::Mutex<BTreeMap<ModelKey, Counts>>,
 }
 
 impl fmt::Debug for ModelHandle {

@@ -337,8 +337,23 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
         getrandom_bytes(&mut r)?;
         let wait = poll + Duration::from_secs(u64::from_le_bytes(r) % (jitter + 1));
         let deadline = tokio::time::Instant::now() + wait;
+        // A revocation pushed by the hub ends the wait: check now (and re-verify through TUF as always).
+        let mut notices = agent.notices();
+        let pushed = async {
+            match notices.as_mut() {
+                Some(n) => {
+                    let _ = n.changed().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(pushed);
         while tokio::time::Instant::now() < deadline {
             tokio::select! {
+                () = &mut pushed => {
+                    eprintln!("the hub announced a revocation: checking now");
+                    break;
+                }
                 Some((digest, ok, took)) = outcome_rx.recv() => {
                     agent.record_inference_stats(digest, ok, took);
                     if agent.on_trial() == Some(digest) {

@@ -141,12 +141,36 @@ pub struct TargetRange {
 /// A connection to the hub. Requests may run concurrently (up to the hub's per-connection stream limit).
 #[derive(Debug)]
 pub struct HubClient {
+    /// The latest revocation-list version the hub pushed on this connection (0: none yet).
+    notices: tokio::sync::watch::Receiver<u64>,
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     limits: Limits,
     stall: Duration,
     /// The hub's last `NotAttested` refusal on this connection, whatever asked (the TUF client's errors bury it).
     not_attested: std::sync::Mutex<Option<String>>,
+}
+
+/// Reads the hub's pushed notices (one small frame per unidirectional stream) until the connection ends.
+async fn receive_notices(
+    conn: quinn::Connection,
+    tx: tokio::sync::watch::Sender<u64>,
+    limits: Limits,
+    stall: Duration,
+) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let Ok(Ok(bytes)) = timeout(stall, recv.read_to_end(256)).await else { continue };
+        let mut decoder = wire::FrameDecoder::<Response>::new(limits);
+        if decoder.push(&bytes).is_ok()
+            && let Some(Response::Notice { revocations }) = decoder.pop()
+        {
+            tx.send_if_modified(|v| {
+                let newer = revocations > *v;
+                *v = (*v).max(revocations);
+                newer
+            });
+        }
+    }
 }
 
 /// Bytes asked of quinn per read.
@@ -169,7 +193,8 @@ impl HubClient {
             .max_idle_timeout(Some(quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| setup(&e))?))
             .keep_alive_interval(Some(config.idle_timeout / 3))
             .max_concurrent_bidi_streams(VarInt::from_u32(0))
-            .max_concurrent_uni_streams(VarInt::from_u32(0));
+            // The hub pushes notices (a revocation) on unidirectional streams it opens.
+            .max_concurrent_uni_streams(VarInt::from_u32(4));
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(Arc::new(transport));
         let local: SocketAddr = match config.hub_addr {
@@ -183,7 +208,10 @@ impl HubClient {
             Ok(conn) => conn?,
             Err(_) => return Err(ClientError::Timeout(config.connect_timeout)),
         };
+        let (notice_tx, notices) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(receive_notices(conn.clone(), notice_tx, config.limits, config.stall_timeout));
         Ok(HubClient {
+            notices,
             endpoint,
             conn,
             limits: config.limits,
@@ -228,6 +256,12 @@ impl HubClient {
     /// Enrols this device's key with a one-time token; returns once the hub has approved it.
     pub async fn enroll(&self, token: &str, hardware: &str) -> Result<(), ClientError> {
         self.simple(&Request::Enroll { token: token.to_owned(), hardware: hardware.to_owned() }).await.map(drop)
+    }
+
+    /// Revocation notices the hub pushes on this connection: the value is the newest revocation-list version
+    /// announced; `changed()` wakes on each newer one.
+    pub fn notices(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notices.clone()
     }
 
     /// A TUF metadata file (`timestamp.json`, `3.root.json`...), at most `max_len` bytes; `None` if the hub has

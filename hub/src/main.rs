@@ -790,6 +790,12 @@ fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::Socke
             );
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
+        // Revocations reach connected agents at once: a notice on their open connection whenever the list moves.
+        let notifier = server.notifier();
+        let (rdir, rexp) = (dir.to_owned(), config.repository);
+        tokio::spawn(outpost_hub::serve::push_revocations(notifier, std::time::Duration::from_secs(1), move || {
+            Director::new(&TufRepo::new(&rdir, rexp)).revocations().ok().map(|l| l.version)
+        }));
         // Staged rollouts are judged every few seconds (abort decisions too, so recovery time starts on time).
         let rollouts = backend.clone();
         tokio::spawn(async move {
@@ -1113,8 +1119,7 @@ fn release(cmd: ReleaseCmd, dir: &Path) -> Result<()> {
             let last_good = published
                 .iter()
                 .filter(|p| p.digest != d && p.firmware.is_none() && p.channels.contains(&channel))
-                .filter(|p| !revoked.revoked.iter().any(|x| x.digest == p.digest) && !aborted.contains(&p.digest))
-                .next_back()
+                .rfind(|p| !revoked.revoked.iter().any(|x| x.digest == p.digest) && !aborted.contains(&p.digest))
                 .map(|p| p.digest);
             let release = outpost_shared::rollout::Release {
                 id: String::new(),

@@ -209,6 +209,73 @@ struct Shared {
     stall_timeout: Duration,
     recheck_interval: Duration,
     max_challenges_per_connection: u32,
+    /// Open connections by quinn's stable id, for pushed notices.
+    live: Mutex<std::collections::HashMap<usize, Connection>>,
+}
+
+/// Pushes notices to every open connection (each on a unidirectional stream of its own).
+#[derive(Clone)]
+pub struct Notifier(Arc<Shared>);
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").finish_non_exhaustive()
+    }
+}
+
+impl Notifier {
+    /// Sends `notice` to every open connection without waiting for them; returns how many it went to. A device
+    /// that misses it (not connected, stream lost) learns the same at its next check.
+    pub fn broadcast(&self, notice: &Response) -> usize {
+        let Ok(frame) = wire::encode_frame(notice, &self.0.limits) else { return 0 };
+        let conns: Vec<Connection> = self.0.live.lock().map(|l| l.values().cloned().collect()).unwrap_or_default();
+        let stall = self.0.stall_timeout;
+        for conn in &conns {
+            let (conn, frame) = (conn.clone(), frame.clone());
+            tokio::spawn(async move {
+                let _ = timeout(stall, async {
+                    let mut send = conn.open_uni().await.ok()?;
+                    send.write_all(&frame).await.ok()?;
+                    send.finish().ok()
+                })
+                .await;
+            });
+        }
+        conns.len()
+    }
+}
+
+/// Pushes a revocation [`Response::Notice`] to every open connection whenever `version` (read every `period` on
+/// the blocking pool; `None` when unreadable) goes up. Runs until the task is dropped.
+pub async fn push_revocations(
+    notifier: Notifier,
+    period: Duration,
+    version: impl Fn() -> Option<u64> + Send + Sync + 'static,
+) {
+    let version = Arc::new(version);
+    let mut last = None;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let read = version.clone();
+        let Ok(Some(now)) = tokio::task::spawn_blocking(move || read()).await else { continue };
+        if last.is_some_and(|l| now > l) {
+            let n = notifier.broadcast(&Response::Notice { revocations: now });
+            eprintln!("outpost-hub: revocation list v{now}: notice pushed to {n} connection(s)");
+        }
+        last = Some(last.map_or(now, |l: u64| l.max(now)));
+    }
+}
+
+/// Takes a connection off the live list when its task ends.
+struct Live(Arc<Shared>, usize);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.0.live.lock() {
+            l.remove(&self.1);
+        }
+    }
 }
 
 impl Server {
@@ -250,9 +317,15 @@ impl Server {
                 stall_timeout: config.stall_timeout,
                 recheck_interval: config.recheck_interval,
                 max_challenges_per_connection: config.max_challenges_per_connection,
+                live: Mutex::new(std::collections::HashMap::new()),
             }),
             connections: Arc::new(Semaphore::new(config.max_connections)),
         })
+    }
+
+    /// A handle that pushes notices to the connections this server has open.
+    pub fn notifier(&self) -> Notifier {
+        Notifier(self.shared.clone())
     }
 
     /// The address actually bound (with the port chosen when the config asked for port 0).
@@ -335,6 +408,10 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         attestation: Mutex::new(Attestation::default()),
         conn: conn.clone(),
     });
+    if let Ok(mut l) = shared.live.lock() {
+        l.insert(conn.stable_id(), conn.clone());
+    }
+    let _live = Live(shared.clone(), conn.stable_id());
     let period = shared.recheck_interval;
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

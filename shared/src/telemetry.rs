@@ -518,6 +518,61 @@ pub enum TelemetryError {
     Encode(CanonicalError),
 }
 
+/// The telemetry events one step of the update loop produced: `before` and `after` are the agent's state around
+/// [`crate::update::UpdateLoop::handle`], `event` what was fed and `actions` what came out. Pure, so the driver
+/// only queues what this returns.
+pub fn events_of(
+    before: &crate::update::AgentState,
+    event: &crate::update::Event,
+    actions: &[crate::update::Action],
+    after: &crate::update::AgentState,
+) -> Vec<EventKind> {
+    use crate::update::{Action, Event as Fed, Phase};
+    let mut out = Vec::new();
+    let step =
+        |package: Digest, step: Step, detail: &str| EventKind::UpdateStep { package, step, detail: detail.into() };
+    let in_flight = match &before.phase {
+        Phase::Downloading { target } | Phase::Staging { target, .. } => Some(target.digest),
+        _ => None,
+    };
+    match (event, in_flight) {
+        (Fed::Downloaded, Some(d)) => out.push(step(d, Step::Downloaded, "")),
+        (Fed::DownloadFailed(e), Some(d)) => out.push(step(d, Step::DownloadFailed, e)),
+        (Fed::Staged, Some(d)) => out.push(step(d, Step::Staged, "")),
+        (Fed::StageFailed(e), Some(d)) => out.push(step(d, Step::StageFailed, e)),
+        _ => {}
+    }
+    for action in actions {
+        match action {
+            Action::Download(t) => out.push(step(t.digest, Step::Downloading, &t.path)),
+            Action::Activate(i) if before.active.as_ref().map(|a| a.target.digest) != Some(i.target.digest) => {
+                out.push(step(i.target.digest, Step::Activated, &format!("slot {:?}", i.slot)));
+            }
+            _ => {}
+        }
+    }
+    let confirmed = after.last_good.as_ref().map(|g| g.target.digest);
+    if confirmed.is_some() && confirmed != before.last_good.as_ref().map(|g| g.target.digest) {
+        out.extend(confirmed.map(|d| step(d, Step::Confirmed, "")));
+    }
+    for from in after.rolled_back.difference(&before.rolled_back) {
+        out.push(EventKind::Rollback {
+            from: *from,
+            to: after.active.as_ref().map(|a| a.target.digest),
+            reason: after.last_error.clone().unwrap_or_default(),
+        });
+    }
+    for r in after.refused.iter().filter(|r| !before.refused.contains(r)) {
+        out.push(EventKind::PolicyRejection {
+            package: r.digest,
+            rule: r.rule.clone(),
+            reason: r.reason.clone(),
+            deferred_until: r.until,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,59 +866,4 @@ mod tests {
         let empty = Batch { stream: u64::MAX, first_seq: u64::MAX, events: vec![], dropped: u64::MAX };
         assert!(canonical::to_vec(&empty).unwrap().len() <= BatchLimits::OVERHEAD);
     }
-}
-
-/// The telemetry events one step of the update loop produced: `before` and `after` are the agent's state around
-/// [`crate::update::UpdateLoop::handle`], `event` what was fed and `actions` what came out. Pure, so the driver
-/// only queues what this returns.
-pub fn events_of(
-    before: &crate::update::AgentState,
-    event: &crate::update::Event,
-    actions: &[crate::update::Action],
-    after: &crate::update::AgentState,
-) -> Vec<EventKind> {
-    use crate::update::{Action, Event as Fed, Phase};
-    let mut out = Vec::new();
-    let step =
-        |package: Digest, step: Step, detail: &str| EventKind::UpdateStep { package, step, detail: detail.into() };
-    let in_flight = match &before.phase {
-        Phase::Downloading { target } | Phase::Staging { target, .. } => Some(target.digest),
-        _ => None,
-    };
-    match (event, in_flight) {
-        (Fed::Downloaded, Some(d)) => out.push(step(d, Step::Downloaded, "")),
-        (Fed::DownloadFailed(e), Some(d)) => out.push(step(d, Step::DownloadFailed, e)),
-        (Fed::Staged, Some(d)) => out.push(step(d, Step::Staged, "")),
-        (Fed::StageFailed(e), Some(d)) => out.push(step(d, Step::StageFailed, e)),
-        _ => {}
-    }
-    for action in actions {
-        match action {
-            Action::Download(t) => out.push(step(t.digest, Step::Downloading, &t.path)),
-            Action::Activate(i) if before.active.as_ref().map(|a| a.target.digest) != Some(i.target.digest) => {
-                out.push(step(i.target.digest, Step::Activated, &format!("slot {:?}", i.slot)));
-            }
-            _ => {}
-        }
-    }
-    let confirmed = after.last_good.as_ref().map(|g| g.target.digest);
-    if confirmed.is_some() && confirmed != before.last_good.as_ref().map(|g| g.target.digest) {
-        out.extend(confirmed.map(|d| step(d, Step::Confirmed, "")));
-    }
-    for from in after.rolled_back.difference(&before.rolled_back) {
-        out.push(EventKind::Rollback {
-            from: *from,
-            to: after.active.as_ref().map(|a| a.target.digest),
-            reason: after.last_error.clone().unwrap_or_default(),
-        });
-    }
-    for r in after.refused.iter().filter(|r| !before.refused.contains(r)) {
-        out.push(EventKind::PolicyRejection {
-            package: r.digest,
-            rule: r.rule.clone(),
-            reason: r.reason.clone(),
-            deferred_until: r.until,
-        });
-    }
-    out
 }

@@ -24,6 +24,7 @@
 //! | `0x85` | [`Response::Ack`] | `{}` |
 //! | `0x86` | [`Response::Error`] | `{"code": uint, "message": text}` |
 //! | `0x90` | [`Response::TelemetryAck`] | `{"up_to": uint}`: every event up to this sequence number is stored |
+//! | `0x91` | [`Response::Notice`] | `{"revocations": uint}`, pushed on a hub-opened unidirectional stream |
 //! | `0x87` | [`Response::Challenge`] | `{"nonce_challenge": bytes .size 32}` |
 //! | `0x88` | [`Response::Attested`] | `{"status": "affirming" / "warning", "expires": uint, "tier": "software" / "hardware"}` |
 //!
@@ -498,6 +499,12 @@ pub enum Response {
         /// A human-readable explanation, at most [`Limits::MAX_ERROR_MESSAGE`] bytes.
         message: String,
     },
+    /// Pushed by the hub on a unidirectional stream it opens (never an answer to a request): the revocation
+    /// list changed. The device checks for updates at once (and re-verifies everything through TUF as always).
+    Notice {
+        /// The revocation list's new version.
+        revocations: u64,
+    },
     /// The telemetry batch is stored durably, with every event of the device's queue up to `up_to`.
     TelemetryAck {
         /// The last sequence number stored (the device may drop its events up to it).
@@ -564,6 +571,8 @@ pub mod kinds {
     pub const ERROR: u8 = 0x86;
     /// [`Response::TelemetryAck`](super::Response::TelemetryAck).
     pub const TELEMETRY_ACK: u8 = 0x90;
+    /// [`Response::Notice`](super::Response::Notice).
+    pub const NOTICE: u8 = 0x91;
     /// [`Response::Challenge`](super::Response::Challenge).
     pub const CHALLENGE: u8 = 0x87;
     /// [`Response::Attested`](super::Response::Attested).
@@ -665,6 +674,7 @@ impl Message for Response {
             Response::Ack => kind::ACK,
             Response::Error { .. } => kind::ERROR,
             Response::TelemetryAck { .. } => kind::TELEMETRY_ACK,
+            Response::Notice { .. } => kind::NOTICE,
             Response::Challenge { .. } => kind::CHALLENGE,
             Response::Attested { .. } => kind::ATTESTED,
         }
@@ -679,6 +689,7 @@ impl Message for Response {
             kind::ACK => Some(limits.ack),
             kind::ERROR => Some(limits.error),
             kind::TELEMETRY_ACK => Some(limits.telemetry_ack),
+            kind::NOTICE => Some(limits.telemetry_ack),
             kind::CHALLENGE => Some(limits.challenge),
             kind::ATTESTED => Some(limits.attested),
             _ => None,
@@ -704,6 +715,7 @@ impl Message for Response {
             }
             kind::ACK => Response::Ack,
             kind::TELEMETRY_ACK => Response::TelemetryAck { up_to: m.uint("up_to")? },
+            kind::NOTICE => Response::Notice { revocations: m.uint("revocations")? },
             kind::ERROR => {
                 let code = m.uint("code")?;
                 let code = u16::try_from(code).map_err(|_| WireError::InvalidField {
@@ -750,6 +762,7 @@ impl Message for Response {
                 map(vec![("code", u64::from(code.to_u16()).into()), ("message", Value::Text(message.clone()))])
             }
             Response::TelemetryAck { up_to } => map(vec![("up_to", (*up_to).into())]),
+            Response::Notice { revocations } => map(vec![("revocations", (*revocations).into())]),
             Response::Challenge { nonce_challenge } => {
                 map(vec![("nonce_challenge", Value::Bytes(nonce_challenge.to_vec()))])
             }
@@ -1253,6 +1266,7 @@ mod tests {
             Response::Ack,
             Response::error(ErrorCode::RangeNotSatisfiable, "offset 200 is past 100"),
             Response::TelemetryAck { up_to: 4096 },
+            Response::Notice { revocations: 7 },
             Response::Challenge { nonce_challenge: [3; 32] },
             Response::Attested {
                 status: AttestedStatus::Warning,
