@@ -1,7 +1,8 @@
 //! Attestation end to end over real QUIC: the hub serves updates only to connections whose evidence it appraised,
 //! an agent build missing from the signed reference values gets nothing while a listed one updates, a revoked
-//! device is cut off at its next request, evidence made for one connection is refused on another, and a one-time
-//! enrolment token enrols exactly one device before it expires.
+//! device is cut off at its next request, evidence made for one connection is refused on another, a model the
+//! device's channel may not run is refused, a result expires (and the agent renews it), one connection cannot hoard
+//! challenges, and a one-time enrolment token enrols exactly one device before it expires.
 
 mod support;
 
@@ -250,4 +251,59 @@ async fn one_connection_cannot_hoard_challenges_and_lock_other_devices_out() {
     let fresh = connect(addr, hub_key, 1).await;
     let verdict = attest::attest(&fresh, &Identity::from_seed([1; 32]), &facts(None)).await.unwrap();
     assert!(matches!(verdict, attest::Outcome::Attested(_)), "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_claiming_a_model_its_channel_may_not_run_is_refused() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    w.clock.advance(Duration::from_secs(2));
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    let (addr, hub_key) = w.serve().await;
+    w.registry().device_approve(&key(1), "stable").unwrap();
+    let identity = Identity::from_seed([1; 32]);
+    let verdict = |model| {
+        let identity = &identity;
+        async move {
+            let client = connect(addr, hub_key, 1).await;
+            attest::attest(&client, identity, &facts(model)).await
+        }
+    };
+    // The assigned package affirms; an older one its channel may run, or none, is a warning (mid-update).
+    let status = |v: Result<attest::Outcome, ClientError>| match v.unwrap() {
+        attest::Outcome::Attested(a) => a.status,
+        other => panic!("{other:?}"),
+    };
+    use outpost_shared::wire::AttestedStatus::{Affirming, Warning};
+    assert_eq!(status(verdict(Some(v2)).await), Affirming);
+    assert_eq!(status(verdict(Some(v1)).await), Warning);
+    assert_eq!(status(verdict(None).await), Warning);
+    // A package nobody published, or one since revoked, is refused.
+    let unknown = Digest::of(b"a model from elsewhere");
+    let reason = refusal(verdict(Some(unknown)).await.unwrap_err());
+    assert!(reason.contains("model digest") && reason.contains("is not what the device should run"), "{reason}");
+    outpost_hub::director::Director::new(&w.repo).revoke(v1, "field regression", support::NOW).unwrap();
+    let reason = refusal(verdict(Some(v1)).await.unwrap_err());
+    assert!(reason.contains("is not what the device should run"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_attestation_is_refused_and_the_agent_attests_again_on_a_new_connection() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let (addr, hub_key) = w.serve().await;
+    let mut agent = device_dir(&w, "dev", 1, addr, &hub_key.to_hex(), None);
+    adopt(&mut agent).await;
+    let first = agent.attested().unwrap();
+    let client = connect(addr, hub_key, 1).await;
+    attest::attest(&client, &Identity::from_seed([1; 32]), &facts(Some(v1))).await.unwrap();
+
+    // Past the result's lifetime (`result_ttl_secs`, an hour by default) the connection is served nothing more.
+    w.clock.advance(Duration::from_secs(3601));
+    let e = client.metadata("timestamp.json", 1 << 20).await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: attestation result expired");
+    // The agent renews before that happens to it: a new connection, fresh evidence, a later expiry.
+    agent.check().await.unwrap();
+    assert!(agent.attested().unwrap().expires > first.expires);
+    assert_eq!(active(&agent), Some(v1));
 }

@@ -162,12 +162,35 @@ pub struct Directory {
     pub record: Option<registry::DeviceRecord>,
     /// The model package the director assigns it now.
     pub assigned: Option<Digest>,
+    /// The model packages it may run (published to its channel, not revoked, not rolled back from, not withheld
+    /// by a rollout).
+    pub eligible: Vec<Digest>,
+    /// The model digest its evidence claims.
+    pub claimed_model: Option<Digest>,
     /// The policy digest its evidence claims (see [`Directory::device`] on why it is not judged).
     pub claimed_policy: Option<Digest>,
 }
 
+impl Directory {
+    /// What the device should run: moving to the assigned package. It may still run (a Warning) what it last
+    /// reported, no model at all, or another package its channel may run — the last two cover a device whose
+    /// report was lost after a rollback or fallback, which must not be locked out, since only a connection tells
+    /// it of revocations. Anything else (a revoked, unpublished or other-channel package) is a mismatch.
+    fn expected_model(&self, r: &registry::DeviceRecord) -> Expected {
+        let to = self.assigned;
+        let tolerated = match self.claimed_model {
+            None => true,
+            Some(d) => r.active == Some(d) || self.eligible.contains(&d),
+        };
+        match tolerated && self.claimed_model != to {
+            true => Expected::Moving { from: self.claimed_model, to },
+            false => Expected::Moving { from: r.active, to },
+        }
+    }
+}
+
 impl DeviceDirectory for Directory {
-    /// Model: what the device last reported (`from`, a Warning) or what it is assigned (`to`, Affirming).
+    /// Model: see [`Directory::expected_model`].
     /// Policy: the site's own decision, which the hub neither assigns nor can know before the device reports it;
     /// judging it against the last report would lock out every device whose site edits its policy between two
     /// reports. So the claimed digest is recorded (`device show`), not judged.
@@ -185,7 +208,7 @@ impl DeviceDirectory for Directory {
         Some(DeviceRecord {
             status: if r.status == DeviceStatus::Approved { AttStatus::Active } else { AttStatus::Revoked },
             tpm,
-            model: Expected::Moving { from: r.active, to: self.assigned },
+            model: self.expected_model(r),
             policy: Expected::Exactly(self.claimed_policy),
         })
     }

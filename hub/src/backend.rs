@@ -182,24 +182,27 @@ impl HubBackend {
         let verifier = self.gate.verifier().map_err(Unattested)?;
         let key = p.device.to_hex();
         let now = self.clock.wall();
-        let (record, assigned) = self
+        let (record, (assigned, eligible)) = self
             .with_registry(|reg| {
                 let record = reg.device(&key)?;
-                let assigned = match &record {
-                    Some(r) => Director::new(&self.repo).assigned_model(reg, r, now)?,
-                    None => None,
+                let expected = match &record {
+                    Some(r) => Director::new(&self.repo).expected_models(reg, r, now)?,
+                    None => (None, Vec::new()),
                 };
-                Ok((record, assigned))
+                Ok((record, expected))
             })
             .map_err(|e| {
                 eprintln!("outpost-hub: attestation: the device record and assignment of {key}: {e}");
                 Unattested("internal error".into())
             })?;
+        // The claims only shape what is expected; the verifier checks the signature before judging any of it.
         let claims = Evidence::parse(p.evidence).ok().map(|e| e.claims_unverified().clone());
         let directory = attest::Directory {
             key: p.device,
             record,
             assigned,
+            eligible,
+            claimed_model: claims.as_ref().and_then(|c| c.model_digest),
             claimed_policy: claims.as_ref().and_then(|c| c.policy_digest),
         };
         let outcome = verifier.appraise(p, &directory);

@@ -220,7 +220,6 @@ impl<'a> Director<'a> {
         Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
     }
 
-    /// What may be assigned to `record`: published to its channel, not revoked, not rolled back from; oldest first.
     /// The model package `record` should run now, and the packages eligible for it (its channel's, neither
     /// revoked nor rolled back from). Staged rollouts decide who runs their release; everyone else keeps to what
     /// the channel ran before. A device a rollout has not seen yet joins it here.
@@ -245,14 +244,17 @@ impl<'a> Director<'a> {
         Ok(Choice { current, eligible, shadow, steer_assign: steer.assign, steer_retry: steer.retry })
     }
 
-    /// The model package an assignment for `record` names now (what attestation expects it to move to).
-    pub fn assigned_model(
+    /// What attestation expects of `record`: the model package an assignment names now, and every model package
+    /// it may run (its channel's, neither revoked nor rolled back from nor withheld by a rollout), oldest first.
+    pub fn expected_models(
         &self,
         reg: &Registry,
         record: &DeviceRecord,
         now: UnixSeconds,
-    ) -> Result<Option<Digest>, DirectorOpError> {
-        Ok(self.choose(reg, record, now)?.current.map(|p| p.digest))
+    ) -> Result<(Option<Digest>, Vec<Digest>), DirectorOpError> {
+        let Choice { current, eligible, .. } = self.choose(reg, record, now)?;
+        let models = eligible.iter().filter(|p| p.firmware.is_none()).map(|p| p.digest).collect();
+        Ok((current.map(|p| p.digest), models))
     }
 
     /// Per secondary of the gateway `record`, the newest eligible firmware for its hardware id, with a compact
