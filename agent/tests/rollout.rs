@@ -57,6 +57,18 @@ impl Clock for Wall {
     }
 }
 
+/// The hub on the system clock, serving on loopback.
+fn hub(w: &World) -> (std::net::SocketAddr, Arc<HubBackend>) {
+    let backend =
+        Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), Arc::new(Wall) as Arc<dyn Clock>));
+    let mut serve = ServeConfig::new(Identity::from_seed([1; 32]));
+    serve.bind = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(serve, backend.clone()).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    (addr, backend)
+}
+
 async fn device(w: &World, addr: std::net::SocketAddr, seed: u8) -> Agent {
     let dir = w.tmp.path().join(format!("dev{seed}"));
     let key = init_device(&dir, &w.root(), [seed; 32]).unwrap();
@@ -92,13 +104,7 @@ async fn release_failing_health_on_the_canary_aborts_by_itself_and_the_cohort_re
     }
     assert_eq!((canary.len(), rest.len()), (2, 2));
 
-    let backend =
-        Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), Arc::new(Wall) as Arc<dyn Clock>));
-    let mut serve = ServeConfig::new(Identity::from_seed([1; 32]));
-    serve.bind = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(serve, backend.clone()).unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.run(std::future::pending()));
+    let (addr, backend) = hub(&w);
 
     let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
     let mut devices = Vec::new();
@@ -169,6 +175,13 @@ async fn release_failing_health_on_the_canary_aborts_by_itself_and_the_cohort_re
     let cohort = record.rollout.status().cohort;
     assert_eq!((cohort.rolled_back, cohort.errors()), (1, 1));
 
+    // The release's telemetry is attributed to it, stage by stage: the canary's rollback is there.
+    let store = outpost_hub::telemetry::TelemetryStore::open(&w.dir, Arc::new(Wall)).unwrap();
+    let filter = outpost_hub::telemetry::Filter { release: Some(id.clone()), ..Default::default() };
+    let stages = store.aggregate(outpost_hub::telemetry::GroupBy::Stage, &filter).unwrap();
+    assert!(stages.iter().any(|g| g.key == "0" && g.summary.rollbacks == 1), "{stages:?}");
+    drop(store);
+
     // The same figures on the hub's Prometheus endpoint.
     let metrics = backend.metrics().unwrap();
     let rolled_back = "outpost_hub_release_devices{release=\"r1\",package=\"affine@1.1.0\",outcome=\"rolled_back\"} 1";
@@ -217,13 +230,7 @@ async fn infer(addr: std::net::SocketAddr) -> String {
 async fn shadow_stage_runs_the_release_beside_the_active_model_and_its_agreement_opens_the_next_stage() {
     use outpost_agent::inference::{ModelHandle, ServeLimits, serve};
     let w = World::at(Wall.wall());
-    let backend =
-        Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), Arc::new(Wall) as Arc<dyn Clock>));
-    let mut config = ServeConfig::new(Identity::from_seed([1; 32]));
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(config, backend).unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.run(std::future::pending()));
+    let (addr, _) = hub(&w);
 
     let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
     let dir = w.tmp.path().join("dev");
@@ -271,13 +278,7 @@ async fn shadow_stage_runs_the_release_beside_the_active_model_and_its_agreement
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_failed_lets_the_device_that_rolled_back_try_again_once() {
     let w = World::at(Wall.wall());
-    let backend =
-        Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), Arc::new(Wall) as Arc<dyn Clock>));
-    let mut serve = ServeConfig::new(Identity::from_seed([1; 32]));
-    serve.bind = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(serve, backend).unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.run(std::future::pending()));
+    let (addr, _) = hub(&w);
 
     let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
     let mut a = device(&w, addr, 33).await;

@@ -19,9 +19,20 @@ fn enrol(hub: &mut Hub, tpm: &mut Tpm) {
     hub.devices.0.get_mut(&device().public_key()).unwrap().tpm = Some(enrolment);
 }
 
+/// Opens `swtpm`: a freshly started one may refuse its first session for a moment (tests start many in parallel).
+fn open(swtpm: &Swtpm) -> Tpm {
+    for _ in 0..20 {
+        if let Ok(tpm) = Tpm::open(&swtpm.tcti()) {
+            return tpm;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Tpm::open(&swtpm.tcti()).expect("open swtpm")
+}
+
 fn setup() -> (Swtpm, Tpm, Hub) {
     let swtpm = Swtpm::start();
-    let mut tpm = Tpm::open(&swtpm.tcti()).expect("open swtpm");
+    let mut tpm = open(&swtpm);
     let mut hub = Hub::new();
     enrol(&mut hub, &mut tpm);
     (swtpm, tpm, hub)
@@ -48,8 +59,8 @@ fn tpm_quote_is_affirmed_at_hardware_tier() {
 #[test]
 fn the_same_attestation_key_comes_back_after_reopening() {
     let swtpm = Swtpm::start();
-    let first = Tpm::open(&swtpm.tcti()).unwrap().attestation_key();
-    assert_eq!(Tpm::open(&swtpm.tcti()).unwrap().attestation_key(), first);
+    let first = open(&swtpm).attestation_key();
+    assert_eq!(open(&swtpm).attestation_key(), first);
     assert_eq!(first[0], 0x04);
 }
 
@@ -89,7 +100,7 @@ fn tpm_quote_over_other_pcrs_is_rejected() {
 fn tpm_quote_from_another_tpm_is_rejected() {
     let (_swtpm, _tpm, mut hub) = setup();
     let other_swtpm = Swtpm::start();
-    let mut other = Tpm::open(&other_swtpm.tcti()).unwrap();
+    let mut other = open(&other_swtpm);
     let conn = hub.connect();
     let quote = other.quote(&conn.nonce(), DEFAULT_PCRS).unwrap();
     assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::BadSignature));

@@ -387,13 +387,24 @@ impl Backend for HubBackend {
         use outpost_shared::telemetry::{Batch, BatchLimits};
         let batch = Batch::decode(batch, &BatchLimits::default()).map_err(|e| Refused(format!("telemetry: {e}")))?;
         let key = hex::encode(device);
-        // Events are attributed to where the device is now: its site, and the release (package) it runs.
-        let record = self.with_registry(|reg| Ok(reg.device(&key)?))?;
+        // Events are attributed to where the device is now: its site, and the staged release it takes part in (its
+        // id and the stage it hashes into), else the package it runs.
+        let (record, placement) = self.with_registry(|reg| {
+            let record = reg.device(&key)?;
+            let placement = match &record {
+                Some(r) => crate::rollouts::placement(reg, &key, &r.channel)?,
+                None => None,
+            };
+            Ok((record, placement))
+        })?;
         let site = record.as_ref().and_then(|r| r.shown_site().map(str::to_owned));
-        let release = record.as_ref().and_then(|r| r.active).map(|d| d.short());
+        let (release, stage) = match placement {
+            Some((id, stage)) => (Some(id), stage),
+            None => (record.as_ref().and_then(|r| r.active).map(|d| d.short()), None),
+        };
         let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
         let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
-        let outcome = store.ingest(&key, site.as_deref(), release.as_deref(), None, &batch)?;
+        let outcome = store.ingest(&key, site.as_deref(), release.as_deref(), stage, &batch)?;
         Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
     }
 

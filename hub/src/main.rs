@@ -1453,6 +1453,35 @@ fn release_status(dir: &Path, id: &str, json: bool) -> Result<()> {
     }
     row("cohort", &st.cohort);
     println!("(REJECTED: refused by site policy; counted apart from failures, outside both percentages)");
+    // What the release's devices reported as telemetry, per stage.
+    let store = outpost_hub::telemetry::TelemetryStore::open(dir, Arc::new(SystemClock))?;
+    let filter = outpost_hub::telemetry::Filter { release: Some(id.to_owned()), ..Default::default() };
+    let groups = store.aggregate(outpost_hub::telemetry::GroupBy::Stage, &filter)?;
+    if !groups.is_empty() {
+        println!(
+            "\n{:<14} {:>7} {:>9} {:>8} {:>6} {:>10} {:>9}",
+            "TELEMETRY", "EVENTS", "ROLLBACKS", "REJECTED", "ERRORS", "INFERENCES", "P95"
+        );
+        for g in groups {
+            let t = g.summary;
+            let stage = g.key.parse::<usize>().map_or(g.key.clone(), |i| rec.rollout.plan.stage_name(i));
+            let p95 = t
+                .inference
+                .values()
+                .filter_map(|i| i.p95_us)
+                .max()
+                .map_or("-".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0));
+            println!(
+                "{stage:<14} {:>7} {:>9} {:>8} {:>6} {:>10} {:>9}",
+                t.events,
+                t.rollbacks,
+                t.rejections_by_rule.values().sum::<u64>(),
+                t.errors,
+                t.inference.values().map(|i| i.count).sum::<u64>(),
+                p95
+            );
+        }
+    }
     if let Some(r) = &st.recovery {
         match r.time() {
             Some(t) => println!(

@@ -206,6 +206,15 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
     Ok(s)
 }
 
+/// Where `device` stands in the newest release it is part of on `channel`: the release id and the stage it hashes
+/// into (`None` beyond the last stage or in the shadow only). Telemetry is attributed to these.
+pub fn placement(reg: &Registry, device: &str, channel: &str) -> Result<Option<(String, Option<u32>)>, RolloutError> {
+    Ok(list(reg)?.into_iter().rev().filter(|(_, r)| r.channel == channel).find_map(|(id, r)| {
+        let e = r.rollout.devices.get(device).filter(|e| e.serving || e.shadowing)?;
+        Some((id, e.stage.and_then(|s| u32::try_from(s).ok())))
+    }))
+}
+
 /// Lets the director offer a package again to the devices an operator retried.
 fn apply_retries(reg: &Registry, effects: &[Effect]) -> Result<(), RegistryError> {
     for e in effects {

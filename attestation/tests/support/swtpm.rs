@@ -46,7 +46,10 @@ impl Swtpm {
                 .expect("`swtpm` must be installed for the TPM tests (Debian: apt-get install swtpm swtpm-tools)");
             let mut tpm = Swtpm { child, port, _state: state };
             for _ in 0..100 {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Ready once both the command and the control channel accept connections (the TCTI uses both).
+                if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && TcpStream::connect(("127.0.0.1", port + 1)).is_ok()
+                {
                     return tpm;
                 }
                 if tpm.child.try_wait().ok().flatten().is_some() {
