@@ -311,3 +311,40 @@ async fn retry_failed_lets_the_device_that_rolled_back_try_again_once() {
     a.check().await.unwrap();
     assert_eq!(active(&a), Some(v1), "one retry, one attempt: no loop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_excluding_the_software_tier_keeps_software_only_devices_off_the_release() {
+    let w = World::at(Wall.wall());
+    let (addr, _) = hub(&w);
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut a = device(&w, addr, 44).await;
+    a.check().await.unwrap();
+    for _ in 0..HEALTH {
+        a.record_inference(true).unwrap();
+    }
+    // Another device of the channel is enrolled with a TPM (hardware tier); this one is software only.
+    let tpm = outpost_hub::registry::TpmRecord { ak: "04".repeat(65), pcrs: 1 << 16, pcr_digest: Digest::of(b"pcrs") };
+    let hardware = key(45);
+    w.registry().device_approve(&hardware, "stable").unwrap();
+    w.registry().device_set_tpm(&hardware, Some(tpm)).unwrap();
+
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    tokio::time::sleep(outpost_hub::backend::METADATA_FRESH * 2).await;
+    let text = PLAN.replace("name = \"canary-then-all\"", "name = \"tpm-only\"\nexclude_software_tier = true");
+    let plan = Plan::from_toml(&text, std::path::Path::new("plan.toml")).unwrap();
+    assert!(plan.exclude_software_tier);
+    let release = Release {
+        id: String::new(),
+        package: v2,
+        last_good: Some(v1),
+        risk: RiskTier::High,
+        signers: vec!["a".into(), "b".into()],
+    };
+    let (id, _) = rollouts::start(&w.registry(), release, "affine@1.1.0", plan, "stable", Wall.wall()).unwrap();
+    let rollout = rollouts::get(&w.registry(), &id).unwrap().rollout;
+    assert!(rollout.devices.contains_key(&hardware), "the hardware-tier device takes part");
+    assert!(!rollout.devices.contains_key(&key(44)), "the software-only device does not");
+    a.check().await.unwrap();
+    assert_eq!(active(&a), Some(v1), "and never sees the package");
+    assert!(!rollouts::get(&w.registry(), &id).unwrap().rollout.devices.contains_key(&key(44)), "nor joins it later");
+}

@@ -1089,6 +1089,13 @@ impl Registry {
         })
     }
 
+    /// Records (or clears) the TPM a device attests with: its attestation key and known-good PCR digest. A device
+    /// with a TPM record attests at the hardware tier (and must then send quotes).
+    pub fn device_set_tpm(&self, key: &str, tpm: Option<TpmRecord>) -> Result<DeviceRecord, RegistryError> {
+        let key = parse_device_key(key)?;
+        self.device_update(&key, |r| r.tpm = tpm)
+    }
+
     /// Whether site node `node` may act for `device`: both approved, `node` a site node, `device` in its site.
     pub fn site_node_serves(&self, node: &str, device: &str) -> Result<bool, RegistryError> {
         let (Some(n), Some(d)) = (self.device(node)?, self.device(device)?) else { return Ok(false) };

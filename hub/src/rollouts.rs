@@ -68,6 +68,7 @@ pub fn start(
         .devices()?
         .into_iter()
         .filter(|d| d.channel == channel && d.status == DeviceStatus::Approved && !d.site_node)
+        .filter(|d| !plan.exclude_software_tier || d.tpm.is_some())
         .map(|d| d.key)
         .collect();
     let (rollout, effects) = Rollout::start(release, plan, devices, now)?;
@@ -135,6 +136,9 @@ pub fn on_report(
         if record.channel != d.channel || !record.steers() {
             continue;
         }
+        if record.rollout.plan.exclude_software_tier && d.tpm.is_none() {
+            continue; // a software-tier device takes no part in this release
+        }
         let package = record.rollout.release.package;
         let mut effects = record.rollout.enroll(device, now);
         if let Some(outcome) = outpost_shared::rollout::outcome_of(report, &package) {
@@ -172,8 +176,14 @@ pub struct Steering {
 /// a release has not seen yet (enrolled after its start) joins it here, in the stage it hashes into.
 pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -> Result<Steering, RolloutError> {
     let mut s = Steering::default();
+    let hardware = reg.device(device)?.is_some_and(|d| d.tpm.is_some());
     for (id, mut record) in list(reg)? {
         if record.channel != channel || !record.steers() {
+            continue;
+        }
+        if record.rollout.plan.exclude_software_tier && !hardware {
+            // A software-tier device takes no part: it never sees the package.
+            s.withhold.push(record.rollout.release.package);
             continue;
         }
         if !record.rollout.devices.contains_key(device) {

@@ -148,6 +148,10 @@ pub struct Plan {
     /// The serving stages, in order. At least one.
     #[serde(default)]
     pub stage: Vec<Stage>,
+    /// Only devices attesting at the hardware tier (enrolled with a TPM) take part; software-only devices keep
+    /// what they run. For high-risk packages.
+    #[serde(default)]
+    pub exclude_software_tier: bool,
 }
 
 fn default_recovered_percent() -> Percent {
