@@ -81,6 +81,17 @@ async fn device(w: &World, addr: std::net::SocketAddr, seed: u8) -> Agent {
     Agent::open(AgentConfig::parse(&text, &path).unwrap(), Arc::new(Wall)).unwrap()
 }
 
+/// v1 published, and device `seed` running it, confirmed.
+async fn on_v1(w: &World, addr: std::net::SocketAddr, seed: u8) -> (Digest, Agent) {
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut a = device(w, addr, seed).await;
+    a.check().await.unwrap();
+    for _ in 0..HEALTH {
+        a.record_inference(true).unwrap();
+    }
+    (v1, a)
+}
+
 fn active(a: &Agent) -> Option<Digest> {
     a.active().map(|m| *m.digest())
 }
@@ -280,12 +291,7 @@ async fn retry_failed_lets_the_device_that_rolled_back_try_again_once() {
     let w = World::at(Wall.wall());
     let (addr, _) = hub(&w);
 
-    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
-    let mut a = device(&w, addr, 33).await;
-    a.check().await.unwrap();
-    for _ in 0..HEALTH {
-        a.record_inference(true).unwrap();
-    }
+    let (v1, mut a) = on_v1(&w, addr, 33).await;
     let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
     tokio::time::sleep(outpost_hub::backend::METADATA_FRESH * 2).await;
     // A second device on the channel, still without an outcome: the stage waits for two before judging.
@@ -316,12 +322,7 @@ async fn retry_failed_lets_the_device_that_rolled_back_try_again_once() {
 async fn plan_excluding_the_software_tier_keeps_software_only_devices_off_the_release() {
     let w = World::at(Wall.wall());
     let (addr, _) = hub(&w);
-    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
-    let mut a = device(&w, addr, 44).await;
-    a.check().await.unwrap();
-    for _ in 0..HEALTH {
-        a.record_inference(true).unwrap();
-    }
+    let (v1, mut a) = on_v1(&w, addr, 44).await;
     // Another device of the channel is enrolled with a TPM (hardware tier); this one is software only.
     let tpm = outpost_hub::registry::TpmRecord { ak: "04".repeat(65), pcrs: 1 << 16, pcr_digest: Digest::of(b"pcrs") };
     let hardware = key(45);
