@@ -631,7 +631,8 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
         Command::Rejections { json } => print_rejections(&open(dir)?.devices()?, json)?,
         Command::Audit(AuditCmd::Verify) => {
             let path = outpost_hub::audit::default_path(dir);
-            let v = outpost_hub::audit::verify(&path, None)?;
+            let anchor = open(dir)?.audit_anchor()?;
+            let v = outpost_hub::audit::verify(&path, anchor.as_ref())?;
             let head = v.head.map_or("-".to_owned(), |a| format!("#{} {}", a.seq, a.hash.short()));
             println!("audit log {}: {} entries, chain intact, head {head}", path.display(), v.entries);
             if v.incomplete_tail {
@@ -1197,7 +1198,11 @@ fn release(cmd: ReleaseCmd, dir: &Path) -> Result<()> {
             )?;
         }
         ReleaseCmd::Approve { id, key } => {
-            let key_id = key_id(&Key::load(&key)?.public_bytes());
+            // Only a key holder of the package's role may approve (and, for high risk, not its publisher).
+            let k = Key::load(&key)?;
+            let risk = outpost_hub::rollouts::get(&open(dir)?, &id)?.rollout.release.risk;
+            r.authorise(outpost_hub::tuf::role_for(risk), &k, &key)?;
+            let key_id = key_id(&k.public_bytes());
             let cmd = outpost_shared::rollout::Command::Approve { key_id: key_id.clone() };
             release_command(dir, &id, &key_id, Action::Approve, cmd, now)?;
         }
@@ -1385,6 +1390,10 @@ fn print_rejections(devices: &[outpost_hub::registry::DeviceRecord], json: bool)
 fn audit(dir: &Path, actor: &str, action: Action, subject: &str, detail: &str) -> Result<()> {
     let mut log = outpost_hub::audit::AuditLog::open(&outpost_hub::audit::default_path(dir))?;
     log.append(SystemClock.wall(), actor, action, subject, detail)?;
+    // The newest anchor is kept in the index too: `audit verify` then catches an edited or cut-off newest entry.
+    if let Some(head) = log.head() {
+        open(dir)?.audit_anchor_put(&head)?;
+    }
     Ok(())
 }
 
@@ -1410,8 +1419,12 @@ fn release_command(
     cmd: outpost_shared::rollout::Command,
     now: u64,
 ) -> Result<()> {
+    let detail = match &cmd {
+        outpost_shared::rollout::Command::Abort { reason } => reason.clone(),
+        _ => String::new(),
+    };
     let effects = outpost_hub::rollouts::command(&open(dir)?, id, cmd, now)?;
-    audit(dir, actor, action, id, "")?;
+    audit(dir, actor, action, id, &detail)?;
     for e in &effects {
         eprintln!("{id}: {}", outpost_hub::rollouts::describe(e));
     }

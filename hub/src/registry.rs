@@ -39,6 +39,9 @@ const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("aliases");
 const ALIAS_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("alias_history");
 /// Device public key (hex) → [`DeviceRecord`] (canonical CBOR).
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+/// `"head"` → the audit log's newest anchor (`shared::audit::Anchor`, canonical CBOR), kept apart from the log so
+/// an edit of its newest entries, or their removal, is detected.
+const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
 /// Release id → its rollout (`rollouts::ReleaseRecord`, canonical CBOR).
 const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
@@ -1174,6 +1177,27 @@ impl Registry {
             t.insert(id, encode(record)?.as_slice()).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
+    }
+
+    /// Records the audit log's newest anchor (after each append).
+    pub fn audit_anchor_put(&self, anchor: &outpost_shared::audit::Anchor) -> Result<(), RegistryError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(AUDIT).map_err(db_err)?;
+            t.insert("head", encode(anchor)?.as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// The audit log's newest anchor as last recorded, if any.
+    pub fn audit_anchor(&self) -> Result<Option<outpost_shared::audit::Anchor>, RegistryError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = match tx.open_table(AUDIT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        t.get("head").map_err(db_err)?.map(|v| decode("audit head", v.value())).transpose()
     }
 
     /// Every release record, by id.

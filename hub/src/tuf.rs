@@ -596,7 +596,9 @@ impl TufRepo {
             })
     }
 
-    fn authorise(&self, role: &str, key: &Key, key_path: &Path) -> Result<(), TufError> {
+    /// Whether `key` is one of `role`'s keys (a targets key holder for the delegated risk-tier roles); the error
+    /// names the authorised key ids.
+    pub fn authorise(&self, role: &str, key: &Key, key_path: &Path) -> Result<(), TufError> {
         let authorised: Vec<String> = if role == STANDARD_ROLE || role == HIGH_RISK_ROLE {
             let top = self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?;
             top["signed"]["delegations"]["roles"]

@@ -71,3 +71,62 @@ fn bad_device_key_is_refused_clearly() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("64 hex characters"), "{}", stderr(&out));
 }
+
+/// Runs the CLI and insists it succeeds; returns stdout.
+fn ok(hub: &TestHub, args: &[&str]) -> String {
+    let o = hub.cli(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn high_risk_release_is_approved_only_by_another_targets_key_holder_and_every_action_is_audited() {
+    let hub = TestHub::new();
+    let offline = hub.tmp.path().join("offline");
+    let key = |n: &str| offline.join(n).to_str().unwrap().to_owned();
+    ok(&hub, &["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    let mut m = AffineManifest::new("affine", "1.0.0", 2.0, 1.0);
+    m.risk_tier = "high".into();
+    let (model, manifest) = hub.write_affine(&m);
+    ok(&hub, &["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    ok(&hub, &["release", "publish", "affine@1.0.0", "--channel", "stable", "--key", &key("targets-1.key")]);
+    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/plans/high-risk.toml");
+
+    // One signature is not enough to start a high-risk release.
+    let refused = hub.cli(&["release", "start", "affine@1.0.0", "--plan", plan]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("not published") || stderr(&refused).contains("sign"), "{}", stderr(&refused));
+    ok(&hub, &["release", "sign", "affine@1.0.0", "--key", &key("targets-2.key")]);
+    let id = ok(&hub, &["release", "start", "affine@1.0.0", "--plan", plan]).trim().to_owned();
+    assert_eq!(id, "r1");
+
+    // The shadow stage needs no approval; approving is refused to the publisher and to a key outside the role.
+    let status = ok(&hub, &["release", "status", &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["package"], "affine@1.0.0");
+    let root = hub.cli(&["release", "approve", &id, "--key", &key("root-1.key")]);
+    assert!(!root.status.success(), "a root key is no targets key holder");
+    assert!(stderr(&root).contains("not authorised"), "{}", stderr(&root));
+
+    ok(&hub, &["release", "abort", &id, "--reason", "test abort"]);
+    let table = ok(&hub, &["release", "status", &id]);
+    assert!(table.contains("ABORTED") && table.contains("test abort"), "{table}");
+    assert!(ok(&hub, &["release", "list"]).contains("ABORTED"));
+
+    // Publish, sign, start and abort are each in the audit log, and the chain holds until an entry is edited.
+    let audit = ok(&hub, &["audit", "show"]);
+    for action in ["publish", "sign", "start", "abort"] {
+        assert!(audit.contains(action), "{action}: {audit}");
+    }
+    assert!(ok(&hub, &["audit", "verify"]).contains("4 entries, chain intact"));
+    let log = hub.dir().join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replace("test abort", "nothing to see")).unwrap();
+    let broken = hub.cli(&["audit", "verify"]);
+    assert!(!broken.status.success(), "an edited newest entry is detected: {}", stdout(&broken));
+    // So is the newest entry removed (the index keeps the head apart from the log).
+    let kept: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
+    let cut = hub.cli(&["audit", "verify"]);
+    assert!(!cut.status.success(), "a removed newest entry is detected: {}", stdout(&cut));
+}
