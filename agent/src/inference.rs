@@ -407,7 +407,7 @@ impl ModelHandle {
             return;
         }
         let active: Vec<(String, Vec<f64>)> =
-            answer.outputs.iter().map(|t| (t.name.clone(), as_f64(&t.data.0))).collect();
+            answer.outputs.iter().map(|t| (t.name.clone(), t.data.0.to_f64())).collect();
         let clock = self.clock.clone();
         tokio::task::spawn_blocking(move || {
             let started = clock.as_ref().map(|c| c.monotonic());
@@ -421,7 +421,7 @@ impl ModelHandle {
                 stats.samples += 1;
                 let mut top1 = None;
                 for (i, (name, a)) in active.iter().enumerate() {
-                    let Some(b) = answer.outputs.iter().find(|t| &t.name == name).map(|t| as_f64(&t.data.0)) else {
+                    let Some(b) = answer.outputs.iter().find(|t| &t.name == name).map(|t| t.data.0.to_f64()) else {
                         stats.max_abs_diff = f64::INFINITY;
                         continue;
                     };
@@ -783,19 +783,6 @@ fn handle_infer(served: &Served, body: &[u8]) -> Result<InferResponse, Inference
         .map(|t| ResponseTensor { datatype: oip_name(t.dtype()), name: t.name, shape: t.shape, data: Values(t.data) })
         .collect();
     Ok(InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id: request.id, outputs })
-}
-
-/// Tensor values as f64, for comparisons.
-fn as_f64(data: &TensorData) -> Vec<f64> {
-    match data {
-        TensorData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::F64(v) => v.clone(),
-        TensorData::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-        TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
-    }
 }
 
 /// Index of the largest value (the first among equals); `None` when empty.

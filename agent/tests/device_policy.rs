@@ -14,7 +14,7 @@ use outpost_attestation::identity::Identity;
 use outpost_shared::Digest;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
-use support::World;
+use support::{World, active};
 
 const HEALTH: u32 = 2;
 const SEED: u8 = 7;
@@ -36,16 +36,7 @@ async fn device(w: &World, policy: &str) -> Agent {
 }
 
 async fn adopt(agent: &mut Agent) {
-    agent.check().await.unwrap();
-    assert!(matches!(agent.state().phase, Phase::Health { .. }), "{:?}", agent.state());
-    for _ in 0..HEALTH {
-        agent.record_inference(true).unwrap();
-    }
-    assert_eq!(agent.state().phase, Phase::Idle);
-}
-
-fn active(agent: &Agent) -> Option<Digest> {
-    agent.active().map(|a| *a.digest())
+    support::adopt(agent, HEALTH).await;
 }
 
 fn staged(w: &World, d: &Digest) -> bool {

@@ -21,7 +21,7 @@ use outpost_shared::manifest::RiskTier;
 use outpost_shared::rollout::{Plan, Release, State, bucket};
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
-use support::World;
+use support::{World, active};
 
 const HEALTH: u32 = 2;
 
@@ -90,10 +90,6 @@ async fn on_v1(w: &World, addr: std::net::SocketAddr, seed: u8) -> (Digest, Agen
         a.record_inference(true).unwrap();
     }
     (v1, a)
-}
-
-fn active(a: &Agent) -> Option<Digest> {
-    a.active().map(|m| *m.digest())
 }
 
 fn key(seed: u8) -> String {

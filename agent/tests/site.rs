@@ -21,7 +21,7 @@ use outpost_hub::tuf::TufRepo;
 use outpost_shared::Digest;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
-use support::World;
+use support::{World, active};
 
 const HEALTH: u32 = 2;
 const SITE: &str = "plant-7";
@@ -141,16 +141,7 @@ async fn device(w: &World, site: &Site, name: &str, seed: u8) -> Agent {
 }
 
 async fn adopt(agent: &mut Agent) {
-    agent.check().await.unwrap();
-    assert!(matches!(agent.state().phase, Phase::Health { .. }), "{:?}", agent.state());
-    for _ in 0..HEALTH {
-        agent.record_inference(true).unwrap();
-    }
-    assert_eq!(agent.state().phase, Phase::Idle);
-}
-
-fn active(agent: &Agent) -> Option<Digest> {
-    agent.active().map(|a| *a.digest())
+    support::adopt(agent, HEALTH).await;
 }
 
 fn package_len(w: &World, d: &Digest) -> u64 {
