@@ -303,10 +303,15 @@ impl Served {
 /// model, no model) are not reported.
 pub type InferenceObserver = dyn Fn(&Served, bool, std::time::Duration) + Send + Sync;
 
-/// A served model by name, version and digest.
-type ModelKey = (String, String, Digest);
-/// Inferences, failures, latency.
-type Counts = (u64, u64, Histogram);
+/// What `GET /metrics` reports of one served model.
+#[derive(Default)]
+struct Counts {
+    name: String,
+    version: String,
+    inferences: u64,
+    failures: u64,
+    latency: Histogram,
+}
 
 /// The active model, swapped atomically. Each request takes its own `Arc` of the model current on arrival.
 #[derive(Default)]
@@ -314,8 +319,8 @@ pub struct ModelHandle {
     current: RwLock<Option<Arc<Served>>>,
     observer: Option<Box<InferenceObserver>>,
     clock: Option<Arc<dyn outpost_shared::clock::Clock>>,
-    /// Per model (name, version, digest): inferences, failures, latency; for `GET /metrics`.
-    counters: std::sync::Mutex<BTreeMap<ModelKey, Counts>>,
+    /// Per model (by digest): inferences, failures, latency; for `GET /metrics`.
+    counters: std::sync::Mutex<BTreeMap<Digest, Counts>>,
     /// A package running in shadow: fed a share of answered requests, never serving.
     shadow: RwLock<Option<Arc<Shadow>>>,
 }
@@ -460,11 +465,15 @@ impl ModelHandle {
 
     fn count(&self, served: &Served, ok: bool, took: std::time::Duration) {
         let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (served.name().to_owned(), served.version().to_string(), *served.digest());
-        let entry = counters.entry(key).or_default();
-        entry.0 += 1;
-        entry.1 += u64::from(!ok);
-        entry.2.record(took);
+        // Keyed by digest: the hot path allocates only for a model's first inference.
+        let entry = counters.entry(*served.digest()).or_insert_with(|| Counts {
+            name: served.name().to_owned(),
+            version: served.version().to_string(),
+            ..Counts::default()
+        });
+        entry.inferences += 1;
+        entry.failures += u64::from(!ok);
+        entry.latency.record(took);
     }
 
     /// The Prometheus text exposition of what this handle served: inferences, failures and latency per model
@@ -475,19 +484,22 @@ impl ModelHandle {
         let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = writeln!(out, "# HELP outpost_agent_inferences_total Inferences that reached a model.");
         let _ = writeln!(out, "# TYPE outpost_agent_inferences_total counter");
-        for ((name, version, _), (n, _, _)) in counters.iter() {
+        for c in counters.values() {
+            let (name, version, n) = (&c.name, &c.version, c.inferences);
             let _ = writeln!(out, "outpost_agent_inferences_total{{model=\"{name}\",version=\"{version}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP outpost_agent_inference_failures_total Inferences the model failed.");
         let _ = writeln!(out, "# TYPE outpost_agent_inference_failures_total counter");
-        for ((name, version, _), (_, e, _)) in counters.iter() {
+        for c in counters.values() {
+            let (name, version, e) = (&c.name, &c.version, c.failures);
             let _ =
                 writeln!(out, "outpost_agent_inference_failures_total{{model=\"{name}\",version=\"{version}\"}} {e}");
         }
         let _ = writeln!(out, "# HELP outpost_agent_inference_seconds Time the model took per inference.");
         let _ = writeln!(out, "# TYPE outpost_agent_inference_seconds histogram");
-        for ((name, version, _), (_, _, h)) in counters.iter() {
-            h.write_prometheus(&mut out, "outpost_agent_inference_seconds", &[("model", name), ("version", version)]);
+        for c in counters.values() {
+            let labels = [("model", c.name.as_str()), ("version", c.version.as_str())];
+            c.latency.write_prometheus(&mut out, "outpost_agent_inference_seconds", &labels);
         }
         let _ = writeln!(out, "# HELP outpost_agent_model_active The model served now (1), by digest.");
         let _ = writeln!(out, "# TYPE outpost_agent_model_active gauge");
