@@ -13,7 +13,7 @@
 //! hub only knows them as approved devices of that site.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,11 +107,6 @@ impl SiteNode {
     /// Target bytes fetched from the hub since start (what crossed the WAN).
     pub fn upstream_target_bytes(&self) -> u64 {
         self.upstream_target_bytes.load(Ordering::Relaxed)
-    }
-
-    /// The packages the site policy refused, newest last.
-    pub fn refusals(&self) -> Vec<Refusal> {
-        self.state.lock().map(|s| s.refused.clone()).unwrap_or_default()
     }
 
     /// The attested connection to the hub; a new one when the old one closed, was refused as not attested, or
@@ -379,9 +374,4 @@ pub async fn run(
     eprintln!("site node {} serving devices on {} (QUIC)", node.identity().public_key().to_hex(), server.local_addr()?);
     server.run(shutdown).await;
     Ok(())
-}
-
-/// Where the cache lives, for tests and `status`.
-pub fn cache_dir(data_dir: &Path) -> PathBuf {
-    Layout::new(data_dir).cache()
 }
