@@ -28,6 +28,29 @@ struct Raw {
     policy: Option<RawPolicy>,
     #[serde(default)]
     site: RawSite,
+    #[serde(default)]
+    attestation: Option<RawAttestation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAttestation {
+    tpm: String,
+    #[serde(default = "default_boot_pcrs")]
+    boot_pcrs: Vec<u8>,
+}
+
+fn default_boot_pcrs() -> Vec<u8> {
+    (0..8).collect()
+}
+
+/// The TPM the device attests with (`[attestation]`): hardware-tier evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmConfig {
+    /// TCTI string naming the TPM, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+    pub tcti: String,
+    /// The measured-boot PCRs quoted besides the measurement PCR (bit `i` is PCR `i`).
+    pub boot_pcrs: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +155,8 @@ pub struct AgentConfig {
     pub policy: Option<PolicySource>,
     /// Where a site node (`run --mode site`) serves its devices.
     pub site_bind: SocketAddr,
+    /// The TPM this device attests with, if any (software-tier evidence otherwise).
+    pub tpm: Option<TpmConfig>,
 }
 
 /// The commented file `outpost-agent init` writes.
@@ -181,6 +206,15 @@ shadow_percent = 10
 # file = "site.toml"
 # wasm = ["rule.wasm"]
 
+# Optional, on a device with a TPM 2.0 (an agent built with the `tpm` feature): attest at the hardware tier. Before
+# each attestation the agent resets PCR 23 and extends its own binary's SHA-256 and its active model's into it;
+# the TPM's attestation key quotes that PCR and the boot PCRs below, over the hub's nonce, and the hub checks the
+# quote. `outpost-agent tpm-facts` prints what the hub records for this TPM (`outpost-hub device tpm`); a device
+# enrolling with a token sends it itself.
+# [attestation]
+# tpm = "device:/dev/tpmrm0"
+# boot_pcrs = [0, 1, 2, 3, 4, 5, 6, 7]
+
 # Only for a site node (`outpost-agent run --mode site`): the UDP address its site's devices connect to. Its
 # [policy] then applies to the whole site, and its blob cache lives in data_dir/cache.
 [site]
@@ -229,6 +263,28 @@ impl AgentConfig {
             .bind
             .parse()
             .map_err(|e| invalid("site.bind", format!("`{}` is not an address: {e}", raw.site.bind)))?;
+        let tpm = match raw.attestation {
+            None => None,
+            Some(a) => {
+                let mut mask = 0u32;
+                for &pcr in &a.boot_pcrs {
+                    if pcr >= outpost_attestation::quote::MEASUREMENT_PCR || mask & 1 << pcr != 0 {
+                        return Err(invalid(
+                            "attestation.boot_pcrs",
+                            format!("PCR {pcr} is repeated or not a boot PCR (0-22; 23 is the agent's own)"),
+                        ));
+                    }
+                    mask |= 1 << pcr;
+                }
+                if mask.count_ones() > outpost_attestation::quote::MAX_BOOT_PCRS {
+                    return Err(invalid("attestation.boot_pcrs", "at most 8 PCRs".into()));
+                }
+                if a.tpm.trim().is_empty() {
+                    return Err(invalid("attestation.tpm", "name the TPM, e.g. `device:/dev/tpmrm0`".into()));
+                }
+                Some(TpmConfig { tcti: a.tpm, boot_pcrs: mask })
+            }
+        };
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mirror = match (raw.hub.mirror, raw.hub.mirror_ca) {
             (None, None) => None,
@@ -248,6 +304,7 @@ impl AgentConfig {
             inference_bind,
             shadow_percent: raw.inference.shadow_percent,
             site_bind,
+            tpm,
             policy: raw
                 .policy
                 .map(|p| PolicySource { file: base.join(p.file), wasm: p.wasm.iter().map(|w| base.join(w)).collect() }),
@@ -288,6 +345,17 @@ mod tests {
         let text = render("127.0.0.1:7443", KEY).replace("# mirror_ca", "mirror_ca");
         let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
         assert!(e.contains("`hub.mirror_ca`"), "{e}");
+    }
+
+    #[test]
+    fn attestation_section_names_the_tpm_and_its_boot_pcrs() {
+        let text = render("127.0.0.1:7443", KEY).replace("# [attestation]", "[attestation]").replace("# tpm", "tpm");
+        let c = AgentConfig::parse(&text, Path::new("a.toml")).unwrap();
+        assert_eq!(c.tpm, Some(TpmConfig { tcti: "device:/dev/tpmrm0".into(), boot_pcrs: 0xff }));
+        let bad = text.replace("tpm = \"device:/dev/tpmrm0\"", "tpm = \"device:/dev/tpmrm0\"\nboot_pcrs = [7, 23]");
+        let e = AgentConfig::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("`attestation.boot_pcrs`") && e.contains("23"), "{e}");
+        assert_eq!(AgentConfig::parse(&render("127.0.0.1:7443", KEY), Path::new("a.toml")).unwrap().tpm, None);
     }
 
     #[test]

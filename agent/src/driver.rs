@@ -87,6 +87,8 @@ pub struct Agent {
     client: Option<Arc<HubClient>>,
     /// The hub's attestation of `client`'s connection (`None`: not attested, or a server that does not attest).
     attested: Option<crate::quic::Attested>,
+    /// The TPM this device attests with (`[attestation] tpm`), if any.
+    tpm: Option<Arc<crate::attest::DeviceTpm>>,
     /// This start's boot count (persisted in the device directory), stated in evidence.
     bootcount: u64,
     /// Reports waiting for a connection (telemetry proper arrives with the fleet issue).
@@ -136,6 +138,12 @@ impl Agent {
         let identity = Identity::load(&layout.identity()).map_err(|e| CheckError::Invalid(e.to_string()))?;
         let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
         let bootcount = crate::attest::next_bootcount(&layout)?;
+        let tpm = match config.tpm.clone() {
+            None => None,
+            Some(t) => {
+                Some(Arc::new(crate::attest::DeviceTpm::new(t).map_err(|e| CheckError::Invalid(e.to_string()))?))
+            }
+        };
         let health = HealthPolicy { inferences: config.updates.health_inferences, seconds: config.updates.health_secs };
         let mut agent = Agent {
             config,
@@ -146,6 +154,7 @@ impl Agent {
             models,
             client: None,
             attested: None,
+            tpm,
             bootcount,
             outbox: Vec::new(),
             staged: None,
@@ -333,7 +342,7 @@ impl Agent {
         self.attested = None;
         let config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
         let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
-        if crate::attest::enroll_if_pending(&client, &self.layout).await? {
+        if crate::attest::enroll_if_pending(&client, &self.layout, self.tpm.as_ref()).await? {
             eprintln!("outpost-agent: enrolled with the hub using the one-time token");
         }
         let facts = crate::attest::Facts {
@@ -341,7 +350,7 @@ impl Agent {
             model: self.updates.state.active.as_ref().map(|i| i.target.digest),
             policy: self.updates.state.policy,
         };
-        match crate::attest::attest(&client, &self.identity, &facts).await? {
+        match crate::attest::attest(&client, &self.identity, &facts, self.tpm.as_ref()).await? {
             crate::attest::Outcome::Attested(a) => self.attested = Some(a),
             crate::attest::Outcome::NotRequired => {}
         }

@@ -87,6 +87,13 @@ enum Command {
         #[arg(long, value_name = "FILE", default_value = "agent.toml")]
         config: PathBuf,
     },
+    /// Print this device's TPM enrolment facts (attestation key and boot PCR values, from `[attestation] tpm`) as
+    /// one hex line, for `outpost-hub device tpm KEY FACTS` at provisioning, in a known-good state.
+    TpmFacts {
+        /// The agent's configuration.
+        #[arg(long, value_name = "FILE", default_value = "agent.toml")]
+        config: PathBuf,
+    },
     /// Site policy tools for admins.
     Policy {
         #[command(subcommand)]
@@ -201,6 +208,18 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Status { config } => status(&AgentConfig::load(&config)?)?,
+        Command::TpmFacts { config } => {
+            let config = AgentConfig::load(&config)?;
+            let tpm =
+                config.tpm.context("agent.toml has no [attestation] tpm: this device attests at the software tier")?;
+            let boot = tpm.boot_pcrs;
+            let facts = outpost_agent::attest::DeviceTpm::new(tpm)?.enrolment()?;
+            eprintln!(
+                "TPM attestation key {}…, boot PCRs {boot:#x}; on the hub: outpost-hub device tpm <device key> <these facts>",
+                &hex::encode(facts.ak)[..16]
+            );
+            println!("{}", hex::encode(facts.to_bytes()));
+        }
         Command::Infer { config, input } => {
             let config = AgentConfig::load(&config)?;
             let layout = Layout::new(&config.data_dir);

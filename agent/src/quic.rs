@@ -253,9 +253,10 @@ impl HubClient {
         }
     }
 
-    /// Enrols this device's key with a one-time token; returns once the hub has approved it.
-    pub async fn enroll(&self, token: &str, hardware: &str) -> Result<(), ClientError> {
-        self.simple(&Request::Enroll { token: token.to_owned(), hardware: hardware.to_owned() }).await.map(drop)
+    /// Enrols this device's key with a one-time token (and its TPM's enrolment facts, if it has one); returns once
+    /// the hub has approved it.
+    pub async fn enroll(&self, token: &str, hardware: &str, tpm: Option<Vec<u8>>) -> Result<(), ClientError> {
+        self.simple(&Request::Enroll { token: token.to_owned(), hardware: hardware.to_owned(), tpm }).await.map(drop)
     }
 
     /// Revocation notices the hub pushes on this connection: the value is the newest revocation-list version

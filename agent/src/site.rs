@@ -49,6 +49,8 @@ pub struct SiteNode {
     /// The connection to the hub and when its attestation expires (`None`: the hub does not attest).
     upstream: tokio::sync::Mutex<Option<(Arc<HubClient>, Option<u64>)>>,
     bootcount: u64,
+    /// The TPM the site node attests with, if any.
+    tpm: Option<Arc<crate::attest::DeviceTpm>>,
     metadata: Mutex<HashMap<String, (Vec<u8>, Duration)>>,
     devices: Mutex<HashMap<[u8; 32], (bool, Duration)>>,
     /// One fetch per blob at a time: the second device waits for the first fetch and gets the cached copy.
@@ -72,6 +74,9 @@ pub enum SiteError {
     /// Local storage failed.
     #[error("site node storage: {0}")]
     Io(#[from] std::io::Error),
+    /// The configured TPM cannot be used by this build.
+    #[error("{0}")]
+    Tpm(String),
 }
 
 impl SiteNode {
@@ -83,8 +88,13 @@ impl SiteNode {
         let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
         std::fs::create_dir_all(layout.cache())?;
         let bootcount = crate::attest::next_bootcount(&layout)?;
+        let tpm = match config.tpm.clone() {
+            None => None,
+            Some(t) => Some(Arc::new(crate::attest::DeviceTpm::new(t).map_err(|e| SiteError::Tpm(e.to_string()))?)),
+        };
         Ok(SiteNode {
             bootcount,
+            tpm,
             config,
             layout,
             identity,
@@ -132,7 +142,7 @@ impl SiteNode {
                 policy: state.policy,
             }
         };
-        let expires = match crate::attest::attest(&client, &self.identity, &facts).await {
+        let expires = match crate::attest::attest(&client, &self.identity, &facts, self.tpm.as_ref()).await {
             Ok(crate::attest::Outcome::Attested(a)) => Some(a.expires),
             Ok(crate::attest::Outcome::NotRequired) => None,
             Err(e) => {

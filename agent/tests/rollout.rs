@@ -320,7 +320,7 @@ async fn plan_excluding_the_software_tier_keeps_software_only_devices_off_the_re
     let (addr, _) = hub(&w);
     let (v1, mut a) = on_v1(&w, addr, 44).await;
     // Another device of the channel is enrolled with a TPM (hardware tier); this one is software only.
-    let tpm = outpost_hub::registry::TpmRecord { ak: "04".repeat(65), pcrs: 1 << 16, pcr_digest: Digest::of(b"pcrs") };
+    let tpm = outpost_hub::registry::TpmRecord { ak: "04".repeat(65), pcrs: 1 << 16, values: vec![Digest::of(b"pcr")] };
     let hardware = key(45);
     w.registry().device_approve(&hardware, "stable").unwrap();
     w.registry().device_set_tpm(&hardware, Some(tpm)).unwrap();

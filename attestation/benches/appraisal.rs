@@ -142,21 +142,20 @@ fn main() {
 
     #[cfg(feature = "tpm")]
     {
-        use outpost_attestation::TpmEnrolment;
-        use outpost_attestation::quote::pcr_digest;
+        use outpost_attestation::quote::{MEASUREMENT_PCR, measurements};
         use outpost_attestation::tpm::{DEFAULT_PCRS, Tpm};
         // Quotes come from swtpm beforehand (slow, device-side); only the hub's appraisal is timed.
         let swtpm = swtpm::Swtpm::start();
         let mut tpm = Tpm::open(&swtpm.tcti()).expect("open swtpm");
-        let pcrs = tpm.read_pcrs(DEFAULT_PCRS).expect("read PCRs");
-        let enrolment = TpmEnrolment { ak: tpm.attestation_key(), pcrs: DEFAULT_PCRS, pcr_digest: pcr_digest(&pcrs) };
+        let enrolment = tpm.enrolment(DEFAULT_PCRS).expect("read PCRs");
+        tpm.measure_software(&measurements(&agent, Some(&model))).expect("measure");
         devices.0.insert(device.public_key(), DeviceRecord { tpm: Some(enrolment), ..record(model, policy) });
         let mut rates = Vec::new();
         let mut size = 0;
         for _ in 0..=ROUNDS {
             let batch = make_batch(&verifier, &mut rng, TPM_BATCH, |c| {
                 let mut cl = claims(c);
-                cl.tpm_quote = Some(tpm.quote(&cl.nonce, DEFAULT_PCRS).expect("quote"));
+                cl.tpm_quote = Some(tpm.quote(&cl.nonce, DEFAULT_PCRS | 1 << MEASUREMENT_PCR).expect("quote"));
                 Evidence::sign(&device, &cl).expect("sign")
             });
             size = batch[0].1.len();

@@ -17,7 +17,7 @@ use outpost_shared::rng::Rng;
 
 use crate::evidence::{CHALLENGE_LEN, Challenge, EXPORTER_LEN, Evidence, EvidenceError};
 use crate::identity::PublicKey;
-use crate::quote::{QuoteError, TpmEnrolment, verify_quote};
+use crate::quote::{QuoteError, TpmEnrolment, measurements, replay, verify_quote};
 use crate::reference::{ReferenceError, TrustedReferenceValues};
 
 /// Bounds and lifetimes of a [`Verifier`]. The defaults are conservative; every field is a named knob.
@@ -79,7 +79,7 @@ pub enum Expected {
 }
 
 /// What the hub knows about one device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
     /// Active or revoked.
     pub status: DeviceStatus,
@@ -461,7 +461,10 @@ impl Verifier {
             (None, Some(_)) => return Err(Reason::HardwareEvidenceRequired),
             (Some(_), None) => return Err(Reason::QuoteNotEnrolled),
             (Some(quote), Some(tpm)) => {
-                verify_quote(quote, tpm, &claims.nonce).map_err(Reason::Quote)?;
+                // The measurement PCR must hold exactly the agent and model the claims name; the reference values
+                // below then judge those claims.
+                let measured = replay(&measurements(&claims.software_digest, claims.model_digest.as_ref()));
+                verify_quote(quote, tpm, &claims.nonce, measured).map_err(Reason::Quote)?;
                 Tier::Hardware
             }
         };

@@ -1,6 +1,7 @@
 //! TPM 2.0 quotes as the hub checks them: a strict parser of the signed `TPMS_ATTEST` structure and the checks
 //! that make a quote hardware evidence — signed by the device's enrolled attestation key, over this appraisal's
-//! nonce, over the enrolled PCR selection, with the PCR digest the device had when it was known good.
+//! nonce, over the enrolled measured-boot PCRs with their known-good values plus [`MEASUREMENT_PCR`], whose value
+//! the hub replays from the agent and model digests the evidence claims (and the reference values then judge).
 //!
 //! Plain Rust and sans-IO (ECDSA P-256 through aws-lc-rs, the provider rustls already uses): the hub needs no TPM
 //! library. The device side, which talks to a TPM, is the `tpm` module behind the `tpm` feature.
@@ -27,6 +28,12 @@ pub const ST_ATTEST_QUOTE: u16 = 0x8018;
 pub const ALG_SHA256: u16 = 0x000b;
 /// Highest PCR index in the profile (a PC-client TPM has 24).
 pub const MAX_PCR: u8 = 23;
+/// The PCR the agent measures into: PCR 23, the PC-client profile's application PCR, which locality 0 may reset.
+/// Before each quote the agent resets it and extends its own binary's SHA-256, then the active model package's
+/// ([`measurements`]); [`replay`] recomputes the value on the hub.
+pub const MEASUREMENT_PCR: u8 = 23;
+/// Most measured-boot PCRs an enrolment may name (one `TPM2_PCR_Read` returns at most 8 values).
+pub const MAX_BOOT_PCRS: u32 = 8;
 
 /// A quote as carried in evidence: the signed attestation structure and the signature over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,14 +45,88 @@ pub struct TpmQuote {
 }
 
 /// What the hub recorded about a device's TPM when it enrolled it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TpmEnrolment {
     /// The attestation key's public point, uncompressed.
     pub ak: [u8; AK_PUBLIC_LEN],
-    /// Which SHA-256 PCRs the quote must cover: bit `i` is PCR `i`.
+    /// The measured-boot SHA-256 PCRs the quote must cover besides [`MEASUREMENT_PCR`]: bit `i` is PCR `i`
+    /// (at most [`MAX_BOOT_PCRS`], none at or above [`MEASUREMENT_PCR`]).
     pub pcrs: u32,
-    /// SHA-256 over those PCR values in ascending order, in the known-good state ([`pcr_digest`]).
-    pub pcr_digest: Digest,
+    /// Their known-good values, in ascending PCR order.
+    pub values: Vec<[u8; 32]>,
+}
+
+/// Why enrolment facts about a TPM are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolmentError {
+    /// Not in the uncompressed `0x04 ‖ x ‖ y` form.
+    #[error("the attestation key is not an uncompressed P-256 point")]
+    BadKey,
+    /// The boot PCR mask is out of profile.
+    #[error("boot PCR mask {0:#x} must name at most 8 of PCRs 0-22")]
+    BadMask(u32),
+    /// Not one value per PCR in the mask.
+    #[error("{given} PCR values for {expected} PCRs")]
+    ValueCount {
+        /// Values the mask names.
+        expected: usize,
+        /// Values given.
+        given: usize,
+    },
+    /// The encoding is truncated or too long.
+    #[error("TPM enrolment facts: {0} bytes is not a valid length")]
+    Length(usize),
+}
+
+impl TpmEnrolment {
+    /// Checks the facts are in profile: an uncompressed point, a boot mask below [`MEASUREMENT_PCR`] naming at most
+    /// [`MAX_BOOT_PCRS`] PCRs, one value for each.
+    ///
+    /// # Errors
+    /// The first fact out of profile.
+    pub fn new(ak: [u8; AK_PUBLIC_LEN], pcrs: u32, values: Vec<[u8; 32]>) -> Result<TpmEnrolment, EnrolmentError> {
+        // A point off the curve passes here but fails every quote's signature check (fail closed).
+        if ak[0] != 0x04 {
+            return Err(EnrolmentError::BadKey);
+        }
+        if pcrs >> MEASUREMENT_PCR != 0 || pcrs.count_ones() > MAX_BOOT_PCRS {
+            return Err(EnrolmentError::BadMask(pcrs));
+        }
+        let expected = pcrs.count_ones() as usize;
+        if values.len() != expected {
+            return Err(EnrolmentError::ValueCount { expected, given: values.len() });
+        }
+        Ok(TpmEnrolment { ak, pcrs, values })
+    }
+
+    /// The compact encoding a device sends when it enrols: `ak ‖ pcrs (u32, big-endian) ‖ values`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(AK_PUBLIC_LEN + 4 + 32 * self.values.len());
+        out.extend_from_slice(&self.ak);
+        out.extend_from_slice(&self.pcrs.to_be_bytes());
+        self.values.iter().for_each(|v| out.extend_from_slice(v));
+        out
+    }
+
+    /// Parses [`TpmEnrolment::to_bytes`], strictly.
+    ///
+    /// # Errors
+    /// A wrong length or facts out of profile ([`TpmEnrolment::new`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<TpmEnrolment, EnrolmentError> {
+        let head = AK_PUBLIC_LEN + 4;
+        if bytes.len() < head || (bytes.len() - head) % 32 != 0 || bytes.len() > head + 32 * MAX_BOOT_PCRS as usize {
+            return Err(EnrolmentError::Length(bytes.len()));
+        }
+        let ak: [u8; AK_PUBLIC_LEN] = bytes[..AK_PUBLIC_LEN].try_into().map_err(|_| EnrolmentError::BadKey)?;
+        let pcrs = u32::from_be_bytes(bytes[AK_PUBLIC_LEN..head].try_into().map_err(|_| EnrolmentError::Length(0))?);
+        let values = bytes[head..].chunks_exact(32).filter_map(|c| c.try_into().ok()).collect();
+        TpmEnrolment::new(ak, pcrs, values)
+    }
+
+    /// The PCRs a quote must select: the boot PCRs and [`MEASUREMENT_PCR`].
+    pub fn quoted_pcrs(&self) -> u32 {
+        self.pcrs | 1 << MEASUREMENT_PCR
+    }
 }
 
 /// The parts of a quote the appraisal uses.
@@ -79,8 +160,9 @@ pub enum QuoteError {
     /// The quote covers other PCRs than enrolled.
     #[error("quote covers other PCRs than enrolled")]
     PcrSelectionMismatch,
-    /// The PCR values differ from the known-good state (something else booted).
-    #[error("PCR values differ from the known-good state")]
+    /// The PCR values differ from the known-good boot state and the replayed measurements (something else
+    /// booted, or the device measured another agent or model than its evidence claims).
+    #[error("PCR values differ from the known-good boot state and the replayed agent and model measurements")]
     PcrMismatch,
 }
 
@@ -91,6 +173,22 @@ pub fn pcr_digest(values: &[[u8; 32]]) -> Digest {
         h.update(v);
     }
     Digest(h.finalize().into())
+}
+
+/// What the agent extends into [`MEASUREMENT_PCR`] after resetting it, in order: its own binary's SHA-256, then
+/// the active model package's digest if it has one.
+pub fn measurements(software: &Digest, model: Option<&Digest>) -> Vec<[u8; 32]> {
+    std::iter::once(software.0).chain(model.map(|m| m.0)).collect()
+}
+
+/// The value of a reset PCR after extending `measurements` in order (`pcr = SHA-256(pcr ‖ m)`).
+pub fn replay(measurements: &[[u8; 32]]) -> [u8; 32] {
+    measurements.iter().fold([0u8; 32], |pcr, m| {
+        let mut h = sha2::Sha256::new();
+        h.update(pcr);
+        h.update(m);
+        h.finalize().into()
+    })
 }
 
 /// The `pcrSelect` bitmap (3 bytes) of a PCR mask.
@@ -163,11 +261,18 @@ pub fn parse_quote(attest: &[u8]) -> Result<QuoteInfo, QuoteError> {
 }
 
 /// Checks a quote for one appraisal: signature under the enrolled key first (nothing unauthenticated is
-/// interpreted), then a TPM-generated quote over `nonce`, over the enrolled PCRs, with the known-good digest.
+/// interpreted), then a TPM-generated quote over `nonce`, over the enrolled boot PCRs and [`MEASUREMENT_PCR`],
+/// whose digest is that of the known-good boot values followed by `measured` (the [`replay`] of what the evidence
+/// claims the device runs).
 ///
 /// # Errors
 /// The first failed check, as a [`QuoteError`].
-pub fn verify_quote(quote: &TpmQuote, enrolment: &TpmEnrolment, nonce: &[u8]) -> Result<QuoteInfo, QuoteError> {
+pub fn verify_quote(
+    quote: &TpmQuote,
+    enrolment: &TpmEnrolment,
+    nonce: &[u8],
+    measured: [u8; 32],
+) -> Result<QuoteInfo, QuoteError> {
     if quote.attest.len() > MAX_ATTEST_LEN {
         return Err(QuoteError::Malformed);
     }
@@ -178,10 +283,12 @@ pub fn verify_quote(quote: &TpmQuote, enrolment: &TpmEnrolment, nonce: &[u8]) ->
     if info.extra_data != nonce {
         return Err(QuoteError::NonceMismatch);
     }
-    if info.pcr_select != [(ALG_SHA256, pcr_bitmap(enrolment.pcrs).to_vec())] {
+    if info.pcr_select != [(ALG_SHA256, pcr_bitmap(enrolment.quoted_pcrs()).to_vec())] {
         return Err(QuoteError::PcrSelectionMismatch);
     }
-    if info.pcr_digest != enrolment.pcr_digest.0 {
+    let mut values = enrolment.values.clone();
+    values.push(measured);
+    if info.pcr_digest != pcr_digest(&values).0 {
         return Err(QuoteError::PcrMismatch);
     }
     Ok(info)

@@ -5,12 +5,16 @@
 //! NIST P-256 signing key, ECDSA/SHA-256): the TPM derives the same key from its endorsement seed every time, so
 //! nothing is persisted. The hub records its public point at enrolment ([`crate::quote::TpmEnrolment`]); proving
 //! that this AK lives in a genuine TPM (EK certificate, credential activation) is part of enrolment, not of this
-//! module. A quote covers SHA-256 PCRs chosen by a bitmask (at most 8, one `TPM2_PCR_Read`), qualified by the nonce.
+//! module. A quote covers SHA-256 PCRs chosen by a bitmask, qualified by the nonce: the enrolled measured-boot PCRs
+//! (at most 8, one `TPM2_PCR_Read`) and [`MEASUREMENT_PCR`], which [`Tpm::measure_software`] resets and extends with
+//! the agent's and the model's digests just before each quote.
 
 use std::str::FromStr;
 
 use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::handles::{KeyHandle, PcrHandle};
+use tss_esapi::handles::KeyHandle;
+/// A PCR, as [`Tpm::measure`] takes it.
+pub use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
@@ -22,7 +26,7 @@ use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::Marshall;
 use tss_esapi::{Context, Error as TssError};
 
-use crate::quote::{AK_PUBLIC_LEN, QUOTE_SIGNATURE_LEN, TpmQuote};
+use crate::quote::{AK_PUBLIC_LEN, MAX_BOOT_PCRS, MEASUREMENT_PCR, QUOTE_SIGNATURE_LEN, TpmEnrolment, TpmQuote};
 
 /// The PCRs a quote covers by default: 0–7, the platform's measured boot (firmware, option ROMs, boot loader,
 /// Secure Boot policy).
@@ -37,8 +41,8 @@ pub enum TpmError {
     /// The TPM answered with something outside the profile (e.g. a non-ECDSA signature).
     #[error("TPM returned an unexpected {0}")]
     Unexpected(&'static str),
-    /// The PCR mask selects no PCR, more than 8, or one above 23.
-    #[error("PCR mask {0:#x} must select 1 to 8 of PCRs 0-23")]
+    /// The PCR mask selects no PCR, too many to read at once, or one above 23.
+    #[error("PCR mask {0:#x} must select 1 to 8 of PCRs 0-23 to read, or any of them to quote")]
     BadPcrMask(u32),
 }
 
@@ -92,9 +96,9 @@ fn be32(v: &[u8]) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn selection(pcrs: u32) -> Result<(PcrSelectionList, usize), TpmError> {
+fn selection(pcrs: u32, max: u32) -> Result<(PcrSelectionList, usize), TpmError> {
     let count = pcrs.count_ones() as usize;
-    if count == 0 || count > 8 || pcrs >> 24 != 0 {
+    if count == 0 || count > max as usize || pcrs >> 24 != 0 {
         return Err(TpmError::BadPcrMask(pcrs));
     }
     let slots = (0..24)
@@ -137,7 +141,7 @@ impl Tpm {
     /// # Errors
     /// [`TpmError`] on a bad mask or a TPM failure.
     pub fn read_pcrs(&mut self, pcrs: u32) -> Result<Vec<[u8; 32]>, TpmError> {
-        let (list, count) = selection(pcrs)?;
+        let (list, count) = selection(pcrs, MAX_BOOT_PCRS)?;
         let (_, _, digests) = self.ctx.pcr_read(list)?;
         let values: Vec<[u8; 32]> =
             digests.value().iter().filter_map(|d: &TpmDigest| d.value().try_into().ok()).collect();
@@ -152,7 +156,7 @@ impl Tpm {
     /// # Errors
     /// [`TpmError`] on a bad mask or a TPM failure.
     pub fn quote(&mut self, nonce: &[u8], pcrs: u32) -> Result<TpmQuote, TpmError> {
-        let (list, _) = selection(pcrs)?;
+        let (list, _) = selection(pcrs, 24)?;
         let data = Data::try_from(nonce.to_vec())?;
         let ak = self.ak;
         let (attest, signature) =
@@ -167,13 +171,38 @@ impl Tpm {
         Ok(TpmQuote { attest: attest.marshall()?, signature: rs })
     }
 
+    /// What the hub records when it enrols this TPM: the attestation key and the current values of the
+    /// measured-boot PCRs in `boot_pcrs` (the known-good state).
+    ///
+    /// # Errors
+    /// [`TpmError`] on a bad mask (one naming [`MEASUREMENT_PCR`] included) or a TPM failure.
+    pub fn enrolment(&mut self, boot_pcrs: u32) -> Result<TpmEnrolment, TpmError> {
+        let values = self.read_pcrs(boot_pcrs)?;
+        TpmEnrolment::new(self.ak_public, boot_pcrs, values).map_err(|_| TpmError::BadPcrMask(boot_pcrs))
+    }
+
+    /// Resets [`MEASUREMENT_PCR`] and extends it with each of `measurements` in order (the agent's binary, then
+    /// its model: [`crate::quote::measurements`]), so that a quote right after shows what runs now.
+    ///
+    /// # Errors
+    /// [`TpmError`] on a TPM failure.
+    pub fn measure_software(&mut self, measurements: &[[u8; 32]]) -> Result<(), TpmError> {
+        let pcr = PcrHandle::Pcr23;
+        const _: () = assert!(MEASUREMENT_PCR == 23);
+        self.ctx.execute_with_nullauth_session(|c| c.pcr_reset(pcr))?;
+        measurements.iter().try_for_each(|m| self.extend(pcr, *m))
+    }
+
     /// Extends a PCR with the SHA-256 of `measurement` (what measured boot does; here for tests and tools).
     ///
     /// # Errors
     /// [`TpmError`] on a TPM failure.
     pub fn measure(&mut self, pcr: PcrHandle, measurement: &[u8]) -> Result<(), TpmError> {
         use sha2::Digest as _;
-        let digest: [u8; 32] = sha2::Sha256::digest(measurement).into();
+        self.extend(pcr, sha2::Sha256::digest(measurement).into())
+    }
+
+    fn extend(&mut self, pcr: PcrHandle, digest: [u8; 32]) -> Result<(), TpmError> {
         let mut values = DigestValues::new();
         values.set(HashingAlgorithm::Sha256, TpmDigest::try_from(digest.to_vec())?);
         self.ctx.execute_with_nullauth_session(|c| c.pcr_extend(pcr, values))?;

@@ -152,7 +152,7 @@ fn revoked_device_is_rejected() {
 fn hardware_tier_device_with_software_evidence_is_rejected() {
     let mut hub = Hub::new();
     hub.devices.0.get_mut(&device().public_key()).unwrap().tpm =
-        Some(TpmEnrolment { ak: [4; 65], pcrs: 0xff, pcr_digest: Digest::of(b"pcrs") });
+        Some(TpmEnrolment::new([4; 65], 0xff, vec![[0; 32]; 8]).unwrap());
     let conn = hub.connect();
     assert_eq!(reason(hub.appraise(&conn, &evidence(&conn))), Reason::HardwareEvidenceRequired);
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_attestation::{
-    DeviceDirectory, DeviceRecord, DeviceStatus as AttStatus, Expected, PublicKey, ReferenceError, TpmEnrolment,
-    Verifier, VerifierConfig,
+    DeviceDirectory, DeviceRecord, DeviceStatus as AttStatus, Expected, PublicKey, ReferenceError, Verifier,
+    VerifierConfig,
 };
 use outpost_shared::Digest;
 use outpost_shared::clock::Clock;
@@ -199,11 +199,7 @@ impl DeviceDirectory for Directory {
         // A TPM record that does not decode makes the device unknown (fail closed), never software tier.
         let tpm = match &r.tpm {
             None => None,
-            Some(t) => Some(TpmEnrolment {
-                ak: hex::decode(&t.ak).ok()?.try_into().ok()?,
-                pcrs: t.pcrs,
-                pcr_digest: t.pcr_digest,
-            }),
+            Some(t) => Some(t.enrolment()?),
         };
         Some(DeviceRecord {
             status: if r.status == DeviceStatus::Approved { AttStatus::Active } else { AttStatus::Revoked },

@@ -20,7 +20,7 @@ use outpost_shared::director::Bundle;
 
 use crate::attest::{self, FileStamp, Gate};
 use crate::director::Director;
-use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry};
+use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry, TpmRecord};
 use crate::serve::{Backend, BackendError, Refused, Unattested};
 use crate::telemetry::TelemetryStore;
 use crate::tuf::TufRepo;
@@ -449,11 +449,16 @@ impl Backend for HubBackend {
         self.with_registry(|reg| Ok(reg.tokens_open()?)).unwrap_or(false)
     }
 
-    fn enroll(&self, device: &[u8; 32], token: &str, hardware: &str) -> Result<(), BackendError> {
+    fn enroll(&self, device: &[u8; 32], token: &str, hardware: &str, tpm: Option<&[u8]>) -> Result<(), BackendError> {
         let key = hex::encode(device);
-        match self.with_registry(|reg| Ok(reg.enroll(&key, token, hardware)?))? {
+        let tpm = match tpm.map(outpost_attestation::TpmEnrolment::from_bytes).transpose() {
+            Ok(t) => t.as_ref().map(TpmRecord::of),
+            Err(e) => return Err(Box::new(Refused(format!("enrolment refused: TPM facts: {e}")))),
+        };
+        match self.with_registry(|reg| Ok(reg.enroll(&key, token, hardware, tpm)?))? {
             Ok(d) => {
-                eprintln!("outpost-hub: enrolled device {key} on channel {} with a one-time token", d.channel);
+                let tier = if d.tpm.is_some() { "hardware tier (TPM)" } else { "software tier" };
+                eprintln!("outpost-hub: enrolled device {key} on channel {} with a one-time token, {tier}", d.channel);
                 Ok(())
             }
             Err(e) => Err(Box::new(Refused(format!("enrolment refused: {e}")))),

@@ -310,12 +310,26 @@ enum DeviceCmd {
         #[arg(long, value_name = "NAME")]
         site: Option<String>,
     },
-    /// List devices.
+    /// List devices: status, channel, site, tier (software or hardware/TPM), last attestation result, active package.
     List,
     /// Show one device: status, tier, how it enrolled, hardware facts, its last attestation result and report.
     Show {
         /// The device's public key.
         key: String,
+    },
+    /// Record the TPM a device attests with, so it attests at the hardware tier: from then on its evidence must
+    /// carry a quote by this attestation key over these boot PCR values and the agent and model it runs. FACTS is
+    /// the hex line `outpost-agent tpm-facts` prints on the device (at provisioning, in a known-good state); `-`
+    /// reads it from standard input. (Devices enrolling with a token send these facts themselves.)
+    Tpm {
+        /// The device's public key.
+        key: String,
+        /// The TPM enrolment facts, hex (or `-` for standard input).
+        #[arg(required_unless_present = "clear")]
+        facts: Option<String>,
+        /// Forget the device's TPM: it attests at the software tier again.
+        #[arg(long, conflicts_with = "facts")]
+        clear: bool,
     },
     /// Refuse a device from now on; a serving hub cuts off its connections at their next request.
     Revoke {
@@ -663,12 +677,16 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
                     (Some(s), false) => s.to_owned(),
                     (None, _) => "-".into(),
                 };
+                let tier = if d.tpm.is_some() { "hardware" } else { "software" };
+                let attested = d.attestation.as_ref().map_or("never".to_owned(), |a| a.status.clone());
                 println!(
-                    "{}  {:<8} {:<10} {:<12} active {:<12} assignment v{:<4} rolled back [{}]  policy {}  last report {}",
+                    "{}  {:<8} {:<10} {:<12} {:<8} attested {:<15} active {:<12} assignment v{:<4} rolled back [{}]  policy {}  last report {}",
                     d.key,
                     format!("{:?}", d.status).to_lowercase(),
                     d.channel,
                     site,
+                    tier,
+                    attested,
                     active,
                     d.assignment_version,
                     rolled.join(", "),
@@ -701,6 +719,28 @@ fn run(command: Command, dir: &Path) -> Result<ExitCode> {
                 "device {key} will be offered {} again (the device itself still refuses a package it rolled back from until its state is reset)",
                 d.short()
             );
+        }
+        Command::Device(DeviceCmd::Tpm { key, facts, clear }) => {
+            let record = match facts {
+                None => None,
+                Some(text) => {
+                    let text = if text == "-" { std::io::read_to_string(std::io::stdin())? } else { text };
+                    let bytes = hex::decode(text.trim())
+                        .context("TPM facts must be the hex line `outpost-agent tpm-facts` prints")?;
+                    let e = outpost_attestation::TpmEnrolment::from_bytes(&bytes).context("TPM facts refused")?;
+                    Some(outpost_hub::registry::TpmRecord::of(&e))
+                }
+            };
+            let d = open(dir)?.device_set_tpm(&key, record)?;
+            match (&d.tpm, clear) {
+                (Some(t), _) => eprintln!(
+                    "device {} attests at the hardware tier: TPM key {}…, boot PCRs {:#x} (its next evidence must carry a quote)",
+                    d.key,
+                    t.ak.get(..16).unwrap_or(&t.ak),
+                    t.pcrs
+                ),
+                (None, _) => eprintln!("device {} attests at the software tier", d.key),
+            }
         }
         Command::Device(DeviceCmd::Revoke { key }) => {
             let d = open(dir)?.device_revoke(&key)?;
@@ -998,7 +1038,10 @@ fn attestation(cmd: AttestationCmd, dir: &Path) -> Result<()> {
 }
 
 fn print_device(d: &outpost_hub::registry::DeviceRecord) {
-    let tier = if d.tpm.is_some() { "hardware (TPM enrolled)" } else { "software" };
+    let tier = match &d.tpm {
+        Some(t) => format!("hardware (TPM key {}…, boot PCRs {:#x})", t.ak.get(..16).unwrap_or(&t.ak), t.pcrs),
+        None => "software".into(),
+    };
     println!("device      {}", d.key);
     println!("status      {}", format!("{:?}", d.status).to_lowercase());
     println!("tier        {tier}");

@@ -100,8 +100,8 @@ pub struct DeviceRecord {
     /// How it was enrolled: `token` or `operator` (absent for devices approved before tokens existed).
     #[serde(default)]
     pub enrolled_by: Option<String>,
-    /// Its TPM attestation key and known-good PCRs, if enrolled with a TPM (hardware tier). Nothing enrols a TPM
-    /// yet, so every device is software tier.
+    /// Its TPM attestation key and known-good boot PCRs, if enrolled with a TPM (hardware tier): sent with a
+    /// one-time token at enrolment, or recorded by an operator (`device tpm`).
     #[serde(default)]
     pub tpm: Option<TpmRecord>,
     /// The last appraisal of its evidence, successful or not.
@@ -109,15 +109,29 @@ pub struct DeviceRecord {
     pub attestation: Option<AttestationRecord>,
 }
 
-/// A device's enrolled TPM (see `outpost_attestation::TpmEnrolment`).
+/// A device's enrolled TPM (`outpost_attestation::TpmEnrolment`, readable in `device show --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TpmRecord {
     /// The attestation key's public point (uncompressed P-256), hex.
     pub ak: String,
-    /// PCR selection bitmap.
+    /// The measured-boot PCRs quotes must cover besides the measurement PCR: bit `i` is PCR `i`.
     pub pcrs: u32,
-    /// Digest of the known-good PCR values.
-    pub pcr_digest: Digest,
+    /// Their known-good SHA-256 values, in ascending PCR order.
+    pub values: Vec<Digest>,
+}
+
+impl TpmRecord {
+    /// The record of enrolment facts a device or an operator presented (already checked in profile).
+    pub fn of(e: &outpost_attestation::TpmEnrolment) -> TpmRecord {
+        TpmRecord { ak: hex::encode(e.ak), pcrs: e.pcrs, values: e.values.iter().map(|v| Digest(*v)).collect() }
+    }
+
+    /// The facts back, checked again: a record that does not decode must make its device unknown (fail closed),
+    /// never software tier.
+    pub fn enrolment(&self) -> Option<outpost_attestation::TpmEnrolment> {
+        let ak = hex::decode(&self.ak).ok()?.try_into().ok()?;
+        outpost_attestation::TpmEnrolment::new(ak, self.pcrs, self.values.iter().map(|v| v.0).collect()).ok()
+    }
 }
 
 /// The outcome of one appraisal, as `device show` prints it.
@@ -988,7 +1002,8 @@ impl Registry {
     }
 
     /// Enrols `key` with a one-time token: in one transaction the token is marked used and the device approved
-    /// on the token's channel and site, with its stated hardware facts. A key that is already approved is left
+    /// on the token's channel and site, with its stated hardware facts and, if it sent them, its TPM's enrolment
+    /// facts (trusted on this first use, as the token is: no endorsement-key check). A key that is already approved is left
     /// as it is (an enrolment retried after a lost answer succeeds without a token being spent twice).
     ///
     /// # Errors
@@ -998,6 +1013,7 @@ impl Registry {
         key: &str,
         token: &str,
         hardware: &str,
+        tpm: Option<TpmRecord>,
     ) -> Result<Result<DeviceRecord, EnrolError>, RegistryError> {
         let key = parse_device_key(key)?;
         let now = self.clock.wall();
@@ -1040,7 +1056,7 @@ impl Registry {
                 refusals: Vec::new(),
                 hardware: Some(hardware.to_owned()).filter(|h| !h.is_empty()),
                 enrolled_by: Some("token".into()),
-                tpm: None,
+                tpm,
                 attestation: None,
             };
             devices.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
@@ -1092,7 +1108,7 @@ impl Registry {
         })
     }
 
-    /// Records (or clears) the TPM a device attests with: its attestation key and known-good PCR digest. A device
+    /// Records (or clears) the TPM a device attests with: its attestation key and known-good boot PCRs. A device
     /// with a TPM record attests at the hardware tier (and must then send quotes).
     pub fn device_set_tpm(&self, key: &str, tpm: Option<TpmRecord>) -> Result<DeviceRecord, RegistryError> {
         let key = parse_device_key(key)?;

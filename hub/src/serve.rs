@@ -91,7 +91,13 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
     /// Enrols `device` with a one-time token; a refusal should be a [`Refused`].
-    fn enroll(&self, _device: &[u8; 32], _token: &str, _hardware: &str) -> Result<(), BackendError> {
+    fn enroll(
+        &self,
+        _device: &[u8; 32],
+        _token: &str,
+        _hardware: &str,
+        _tpm: Option<&[u8]>,
+    ) -> Result<(), BackendError> {
         Err(Box::new(Refused("enrolment is not available here".into())))
     }
 }
@@ -555,13 +561,13 @@ async fn appraise(ctx: &ConnState, shared: &Shared, evidence: Vec<u8>) -> Respon
 
 /// `Enroll`: an admitted key is answered `Ack` at once (a retry after a lost answer); an unknown one is approved
 /// by the backend, or refused with `Forbidden`.
-async fn enroll(ctx: &ConnState, shared: &Shared, token: String, hardware: String) -> Response {
+async fn enroll(ctx: &ConnState, shared: &Shared, token: String, hardware: String, tpm: Option<Vec<u8>>) -> Response {
     if ctx.admitted.load(Ordering::Acquire) {
         return Response::Ack;
     }
     let backend = shared.backend.clone();
     let device = ctx.device.0;
-    match blocking(move || backend.enroll(&device, &token, &hardware)).await {
+    match blocking(move || backend.enroll(&device, &token, &hardware, tpm.as_deref())).await {
         Ok(()) => {
             ctx.admitted.store(true, Ordering::Release);
             Response::Ack
@@ -622,7 +628,7 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, ctx: Arc<ConnS
         return;
     }
     let response = match request {
-        Request::Enroll { token, hardware } => enroll(&ctx, &shared, token, hardware).await,
+        Request::Enroll { token, hardware, tpm } => enroll(&ctx, &shared, token, hardware, tpm).await,
         Request::GetChallenge => issue_challenge(&ctx, &shared).await,
         Request::PostEvidence { evidence } => appraise(&ctx, &shared, evidence).await,
         request => match gate(&ctx, &shared).await {

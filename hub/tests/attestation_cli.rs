@@ -97,3 +97,31 @@ fn device_show_names_tier_enrolment_and_attestation() {
     let missing = hub.cli(&["device", "show", &"22".repeat(32)]);
     assert!(!missing.status.success());
 }
+
+#[test]
+fn device_tpm_records_the_facts_for_hardware_tier_and_refuses_malformed_ones() {
+    let hub = TestHub::new();
+    let key = "11".repeat(32);
+    ok(&hub.cli(&["device", "approve", &key]));
+    // What `outpost-agent tpm-facts` prints: the attestation key, the boot PCR mask (PCRs 0 and 7), their values.
+    let facts = outpost_attestation::TpmEnrolment::new([4; 65], 0x81, vec![[1; 32], [7; 32]]).unwrap();
+    let line = hex::encode(facts.to_bytes());
+    let recorded = hub.cli(&["device", "tpm", &key, &line]);
+    assert!(stderr(&recorded).contains("hardware tier") && stderr(&recorded).contains("0x81"), "{}", stderr(&recorded));
+    let shown = ok(&hub.cli(&["device", "show", &key]));
+    assert!(shown.contains("tier        hardware (TPM key 0404"), "{shown}");
+    let listed = ok(&hub.cli(&["device", "list"]));
+    assert!(listed.contains("hardware") && listed.contains("attested never"), "{listed}");
+
+    // Malformed facts change nothing and say why.
+    for (bad, why) in [("zz", "hex line"), (&line[..line.len() - 2], "not a valid length"), ("", "hex line")] {
+        let refused = hub.cli(&["device", "tpm", &key, bad]);
+        assert!(!refused.status.success());
+        let all = format!("{:#}", stderr(&refused));
+        assert!(all.contains(why) || all.contains("TPM facts"), "{bad}: {all}");
+    }
+    assert!(ok(&hub.cli(&["device", "show", &key])).contains("tier        hardware"));
+    // Cleared: software tier again.
+    ok(&hub.cli(&["device", "tpm", &key, "--clear"]));
+    assert!(ok(&hub.cli(&["device", "show", &key])).contains("tier        software"));
+}

@@ -16,7 +16,7 @@
 //! | `0x10` | [`Request::PostTelemetry`] | `{"body": bytes, "device"?: bytes .size 32}` (a `telemetry::Batch`) |
 //! | `0x05` | [`Request::GetChallenge`] | `{}` |
 //! | `0x06` | [`Request::PostEvidence`] | `{"evidence": bytes}` (an EAT in COSE_Sign1, `outpost_attestation::evidence`) |
-//! | `0x07` | [`Request::Enroll`] | `{"token": text, "hardware": text}` |
+//! | `0x07` | [`Request::Enroll`] | `{"token": text, "hardware": text, ?"tpm": bytes}` |
 //! | `0x81` | [`Response::Metadata`] | `{"bytes": bytes}` |
 //! | `0x82` | [`Response::NotFound`] | `{}` |
 //! | `0x83` | [`Response::Assignment`] | `{"bytes": bytes}` |
@@ -146,8 +146,8 @@ impl Limits {
     pub const GET_CHALLENGE: u32 = 16;
     /// Default `PostEvidence` body limit: the attestation crate's 2 KiB evidence bound plus room for the map.
     pub const POST_EVIDENCE: u32 = 2048 + 64;
-    /// Default `Enroll` body limit: a token and a line of hardware facts.
-    pub const ENROLL: u32 = 512;
+    /// Default `Enroll` body limit: a token, a line of hardware facts and TPM enrolment facts.
+    pub const ENROLL: u32 = 1024;
     /// Default `Challenge` body limit: 32 bytes and the map around them.
     pub const CHALLENGE: u32 = 64;
     /// Default `Attested` body limit.
@@ -156,6 +156,8 @@ impl Limits {
     pub const MAX_TOKEN_LEN: usize = 128;
     /// Longest hardware-facts line in `Enroll`, in bytes.
     pub const MAX_HARDWARE_LEN: usize = 256;
+    /// Longest TPM enrolment facts in `Enroll`: a P-256 point, a PCR mask and 8 PCR values.
+    pub const MAX_TPM_FACTS_LEN: usize = 65 + 4 + 8 * 32;
     /// Bytes in an attestation challenge.
     pub const CHALLENGE_LEN: usize = 32;
     /// Default longest metadata file name.
@@ -410,6 +412,9 @@ pub enum Request {
         token: String,
         /// What the device says about its hardware, one line (at most [`Limits::MAX_HARDWARE_LEN`] bytes).
         hardware: String,
+        /// Its TPM's enrolment facts (`outpost_attestation::TpmEnrolment::to_bytes`, at most
+        /// [`Limits::MAX_TPM_FACTS_LEN`] bytes), when it attests with a TPM.
+        tpm: Option<Vec<u8>>,
     },
 }
 
@@ -631,7 +636,14 @@ impl Message for Request {
                 check_text(k, "token", &token, Limits::MAX_TOKEN_LEN, false)?;
                 let hardware = m.text("hardware")?;
                 check_text(k, "hardware", &hardware, Limits::MAX_HARDWARE_LEN, true)?;
-                Request::Enroll { token, hardware }
+                let tpm = m.opt_bytes("tpm")?;
+                if tpm.as_ref().is_some_and(|t| t.len() > Limits::MAX_TPM_FACTS_LEN) {
+                    return Err(WireError::Malformed {
+                        kind: k,
+                        reason: format!("`tpm` is longer than {} bytes", Limits::MAX_TPM_FACTS_LEN),
+                    });
+                }
+                Request::Enroll { token, hardware, tpm }
             }
             _ => return Err(WireError::UnknownType { kind: k }),
         };
@@ -657,8 +669,13 @@ impl Message for Request {
             }
             Request::GetChallenge => map(vec![]),
             Request::PostEvidence { evidence } => map(vec![("evidence", Value::Bytes(evidence.clone()))]),
-            Request::Enroll { token, hardware } => {
-                map(vec![("token", Value::Text(token.clone())), ("hardware", Value::Text(hardware.clone()))])
+            Request::Enroll { token, hardware, tpm } => {
+                let mut entries =
+                    vec![("token", Value::Text(token.clone())), ("hardware", Value::Text(hardware.clone()))];
+                if let Some(tpm) = tpm {
+                    entries.push(("tpm", Value::Bytes(tpm.clone())));
+                }
+                map(entries)
             }
         }
     }
@@ -872,6 +889,14 @@ impl Fields {
         match v {
             Value::Integer(i) => u64::try_from(i).map_err(|_| self.wrong(field, "an unsigned 64-bit integer")),
             _ => Err(self.wrong(field, "an unsigned integer")),
+        }
+    }
+
+    fn opt_bytes(&mut self, field: &'static str) -> Result<Option<Vec<u8>>, WireError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Bytes(b)) => Ok(Some(b)),
+            Some(_) => Err(self.wrong(field, "a byte string")),
         }
     }
 
@@ -1253,7 +1278,8 @@ mod tests {
             Request::PostTelemetry { body: b"relayed".to_vec(), device: Some([3; 32]) },
             Request::GetChallenge,
             Request::PostEvidence { evidence: vec![0xd2; 300] },
-            Request::Enroll { token: "ot1-abcdef".into(), hardware: "x86_64 linux 4 cpus".into() },
+            Request::Enroll { token: "ot1-abcdef".into(), hardware: "x86_64 linux 4 cpus".into(), tpm: None },
+            Request::Enroll { token: "ot1-abcdef".into(), hardware: String::new(), tpm: Some(vec![4; 325]) },
         ]
     }
 
@@ -1518,10 +1544,13 @@ mod tests {
     #[test]
     fn enrolment_token_must_be_short_printable_text() {
         for (token, hardware) in [("", "x"), ("t\n", "x"), (&*"t".repeat(129), "x"), ("t", &*"h".repeat(257))] {
-            let r = Request::Enroll { token: token.into(), hardware: hardware.into() };
+            let r = Request::Enroll { token: token.into(), hardware: hardware.into(), tpm: None };
             let err = decode_all::<Request>(&frame(kinds::ENROLL, &cbor(&r.to_value()))).unwrap_err();
             assert_eq!(err.code(), ErrorCode::InvalidRequest, "{token:?} {hardware:?}");
         }
+        let r = Request::Enroll { token: "t".into(), hardware: String::new(), tpm: Some(vec![4; 326]) };
+        let err = decode_all::<Request>(&frame(kinds::ENROLL, &cbor(&r.to_value()))).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Malformed, "oversized TPM facts: {err}");
     }
 
     #[test]

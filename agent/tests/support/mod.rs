@@ -166,7 +166,7 @@ pub async fn connect_attested(
     let config = outpost_agent::quic::ClientConfig::new(addr, hub);
     let client = outpost_agent::quic::HubClient::connect(device, &config).await.unwrap();
     let facts = outpost_agent::attest::Facts { bootcount: 1, model: None, policy: None };
-    let verdict = outpost_agent::attest::attest(&client, device, &facts).await.unwrap();
+    let verdict = outpost_agent::attest::attest(&client, device, &facts, None).await.unwrap();
     assert!(matches!(verdict, outpost_agent::attest::Outcome::Attested(_)), "{verdict:?}");
     client
 }

@@ -60,7 +60,7 @@ pub struct Devices(pub HashMap<PublicKey, DeviceRecord>);
 
 impl DeviceDirectory for Devices {
     fn device(&self, key: &PublicKey) -> Option<DeviceRecord> {
-        self.0.get(key).copied()
+        self.0.get(key).cloned()
     }
 }
 
