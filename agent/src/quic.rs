@@ -12,7 +12,7 @@ use outpost_attestation::Challenge;
 use outpost_attestation::evidence::{EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN};
 use outpost_attestation::identity::{Identity, IdentityError, PublicKey};
 use outpost_shared::wire::{
-    self, AttestedStatus, AttestedTier, ErrorCode, Limits, Request, Response, ResponseReader, WireError, codes,
+    self, AttestedStatus, AttestedTier, ErrorCode, Limits, Relay, Request, Response, ResponseReader, WireError, codes,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, VarInt};
@@ -235,10 +235,14 @@ impl HubClient {
         Ok(out)
     }
 
-    /// A fresh attestation challenge for this connection; `None` if the server does not appraise evidence (a
-    /// site node).
+    /// A fresh attestation challenge for this connection; `None` if the server does not appraise evidence.
     pub async fn challenge(&self) -> Result<Option<Challenge>, ClientError> {
-        match self.simple(&Request::GetChallenge).await? {
+        self.challenge_for(None).await
+    }
+
+    /// A site node's request for a challenge on behalf of `device` (`None`: for this connection itself).
+    pub async fn challenge_for(&self, device: Option<[u8; 32]>) -> Result<Option<Challenge>, ClientError> {
+        match self.simple(&Request::GetChallenge { device }).await? {
             Response::Challenge { nonce_challenge } => Ok(Some(Challenge(nonce_challenge))),
             _ => Ok(None),
         }
@@ -247,7 +251,13 @@ impl HubClient {
     /// Presents signed evidence; returns the hub's verdict (a refusal is [`ClientError::Hub`] with
     /// [`ErrorCode::NotAttested`]).
     pub async fn post_evidence(&self, evidence: &[u8]) -> Result<Attested, ClientError> {
-        match self.simple(&Request::PostEvidence { evidence: evidence.to_vec() }).await? {
+        self.post_evidence_for(None, evidence).await
+    }
+
+    /// Presents evidence: this connection's (`relay` `None`), or, from a site node, a device's made on the
+    /// device's own connection to it.
+    pub async fn post_evidence_for(&self, relay: Option<Relay>, evidence: &[u8]) -> Result<Attested, ClientError> {
+        match self.simple(&Request::PostEvidence { evidence: evidence.to_vec(), relay }).await? {
             Response::Attested { status, expires, tier } => Ok(Attested { status, expires, tier }),
             other => Err(WireError::UnexpectedResponse { reason: format!("{other:?} answers evidence") }.into()),
         }

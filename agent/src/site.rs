@@ -8,21 +8,25 @@
 //! model, and the hub gets one site-level refusal in the site node's own report.
 //!
 //! Attestation: the site node attests itself to the hub on its upstream connection (its own binary, policy and
-//! boot count), so a site node running an unlisted agent build is served nothing. It does not appraise the devices
-//! behind it (it answers their `GetChallenge` with `NotFound`): devices behind a site node are not attested; the
-//! hub only knows them as approved devices of that site.
+//! boot count, its TPM if it has one), so a site node running an unlisted agent build is served nothing. It relays
+//! its devices' attestation to the hub (RFC 9334's background-check model, the site node as relying party): a
+//! device's `GetChallenge` becomes a challenge the hub issues for that device, its evidence (bound to the device's
+//! own connection to the site node) goes to the hub with that connection's TLS exporter, and the hub's verdict is
+//! kept with the device's connection. Until it holds a current result the device is served nothing, and a device
+//! the hub revokes is cut off within [`DEVICE_FRESH`] (the hub refuses to act for it at once).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_attestation::identity::Identity;
-use outpost_hub::serve::{Backend, BackendError, Refused};
+use outpost_attestation::identity::{Identity, PublicKey};
+use outpost_attestation::{AttestationResult, Challenge, Presented, Status, Tier};
+use outpost_hub::serve::{Backend, BackendError, Refused, Unattested};
 use outpost_shared::clock::Clock;
 use outpost_shared::update::{AgentState, Refusal};
-use outpost_shared::wire::Limits;
+use outpost_shared::wire::{AttestedStatus, AttestedTier, ErrorCode, Limits, Relay};
 use outpost_shared::{Digest, Package, PackageLimits, canonical};
 use tokio::runtime::Handle;
 
@@ -51,6 +55,8 @@ pub struct SiteNode {
     bootcount: u64,
     /// The TPM the site node attests with, if any.
     tpm: Option<Arc<crate::attest::DeviceTpm>>,
+    /// Whether the hub attests (it answered the site node's own challenge): then the site's devices must too.
+    upstream_attests: AtomicBool,
     metadata: Mutex<HashMap<String, (Vec<u8>, Duration)>>,
     devices: Mutex<HashMap<[u8; 32], (bool, Duration)>>,
     /// One fetch per blob at a time: the second device waits for the first fetch and gets the cached copy.
@@ -95,6 +101,7 @@ impl SiteNode {
         Ok(SiteNode {
             bootcount,
             tpm,
+            upstream_attests: AtomicBool::new(true),
             config,
             layout,
             identity,
@@ -143,8 +150,14 @@ impl SiteNode {
             }
         };
         let expires = match crate::attest::attest(&client, &self.identity, &facts, self.tpm.as_ref()).await {
-            Ok(crate::attest::Outcome::Attested(a)) => Some(a.expires),
-            Ok(crate::attest::Outcome::NotRequired) => None,
+            Ok(crate::attest::Outcome::Attested(a)) => {
+                self.upstream_attests.store(true, Ordering::Relaxed);
+                Some(a.expires)
+            }
+            Ok(crate::attest::Outcome::NotRequired) => {
+                self.upstream_attests.store(false, Ordering::Relaxed);
+                None
+            }
             Err(e) => {
                 eprintln!("outpost-agent (site): the hub did not attest this site node: {e}");
                 return Err(e);
@@ -281,10 +294,73 @@ impl SiteNode {
     }
 }
 
+/// Why the hub did not attest a relayed device, as the device is told (`not attested: <this>`).
+fn relay_refusal(e: &ClientError) -> Unattested {
+    match e {
+        ClientError::Hub { code: ErrorCode::NotAttested, message } => {
+            Unattested(message.strip_prefix("not attested: ").unwrap_or(message).to_owned())
+        }
+        other => Unattested(format!("the hub could not appraise this device: {other}")),
+    }
+}
+
 impl Backend for SiteNode {
-    /// Devices behind a site node are not attested (see the module docs); the site node itself is, upstream.
+    /// Whenever the hub attests (see the module docs): the site's devices attest through the site node.
     fn attestation_required(&self) -> bool {
-        false
+        self.upstream_attests.load(Ordering::Relaxed)
+    }
+
+    fn challenge(&self, device: &PublicKey) -> Result<Challenge, Unattested> {
+        match self.handle.block_on(async { self.client().await?.challenge_for(Some(device.0)).await }) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => {
+                self.upstream_attests.store(false, Ordering::Relaxed);
+                Err(Unattested("the hub does not attest devices: connect again".into()))
+            }
+            Err(e) => Err(relay_refusal(&e)),
+        }
+    }
+
+    fn appraise(&self, presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
+        // The hub holds the challenge it issued for this device (the same bytes); the exporter is that of the
+        // device's connection to this site node, which the evidence nonce must bind.
+        let relay = Relay { device: presented.device.0, exporter: *presented.exporter };
+        let verdict = self
+            .handle
+            .block_on(async { self.client().await?.post_evidence_for(Some(relay), presented.evidence).await })
+            .map_err(|e| relay_refusal(&e))?;
+        let ttl = Duration::from_secs(verdict.expires.saturating_sub(self.clock.wall()));
+        Ok(AttestationResult {
+            status: match verdict.status {
+                AttestedStatus::Affirming => Status::Affirming,
+                AttestedStatus::Warning => Status::Warning,
+            },
+            concerns: Vec::new(),
+            device: presented.device,
+            tier: match verdict.tier {
+                AttestedTier::Software => Tier::Software,
+                AttestedTier::Hardware => Tier::Hardware,
+            },
+            expires: verdict.expires,
+            valid_until: self.clock.monotonic().saturating_add(ttl),
+            // What the hub appraised stays with the hub (`outpost-hub device show`).
+            software: (String::new(), String::new()),
+            bootcount: 0,
+        })
+    }
+
+    fn still_attested_fast(&self, result: &AttestationResult) -> Option<Result<(), Unattested>> {
+        (!result.is_current(&*self.clock)).then(|| Err(Unattested("attestation result expired".into())))
+    }
+
+    fn still_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
+        if !result.is_current(&*self.clock) {
+            return Err(Unattested("attestation result expired".into()));
+        }
+        match self.device_allowed(&result.device.0) {
+            true => Ok(()),
+            false => Err(Unattested("device revoked or no longer of this site".into())),
+        }
     }
 
     fn device_allowed(&self, key: &[u8; 32]) -> bool {

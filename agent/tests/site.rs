@@ -1,7 +1,9 @@
 //! A site node between the hub and the devices of one site, all over real QUIC on loopback: an accepted package
 //! crosses the hub→site link once for the whole site; a package the site policy rejects crosses it zero times,
 //! the devices keep their model and the hub sees one site-level rejection with the rule; a site node that serves
-//! tampered bytes or stale metadata is caught by the devices.
+//! tampered bytes or stale metadata is caught by the devices. Devices attest through the site node: the hub
+//! appraises their evidence (bound to their own connection to the site node), the site node serves nothing before,
+//! and a revoked device is cut off.
 
 mod support;
 
@@ -10,21 +12,45 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use outpost_agent::attest;
 use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::driver::{Agent, init_device};
+use outpost_agent::quic::{ClientConfig, ClientError, HubClient};
 use outpost_agent::site::SiteNode;
 use outpost_attestation::identity::{Identity, PublicKey};
-use outpost_attestation::{AttestationResult, Challenge, Presented};
+use outpost_attestation::{AttestationResult, Challenge, Claims, Evidence, Presented};
 use outpost_hub::backend::HubBackend;
 use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server, Unattested};
 use outpost_hub::tuf::TufRepo;
 use outpost_shared::Digest;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
+use outpost_shared::wire::ErrorCode;
 use support::{World, active};
 
 const HEALTH: u32 = 2;
 const SITE: &str = "plant-7";
+
+/// The attestation methods of a wrapper around a backend, passed through to the wrapped one.
+macro_rules! relay_attestation_to {
+    ($field:tt) => {
+        fn attestation_required(&self) -> bool {
+            self.$field.attestation_required()
+        }
+        fn challenge(&self, device: &PublicKey) -> Result<Challenge, Unattested> {
+            self.$field.challenge(device)
+        }
+        fn appraise(&self, presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
+            self.$field.appraise(presented)
+        }
+        fn still_attested_fast(&self, result: &AttestationResult) -> Option<Result<(), Unattested>> {
+            self.$field.still_attested_fast(result)
+        }
+        fn still_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
+            self.$field.still_attested(result)
+        }
+    };
+}
 
 /// The hub's backend, counting the target bytes it hands out: what crosses the hub→site link.
 struct CountingHub {
@@ -65,21 +91,7 @@ impl Backend for CountingHub {
     fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
         self.inner.telemetry(device, batch)
     }
-    fn attestation_required(&self) -> bool {
-        self.inner.attestation_required()
-    }
-    fn challenge(&self, device: &PublicKey) -> Result<Challenge, Unattested> {
-        self.inner.challenge(device)
-    }
-    fn appraise(&self, presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
-        self.inner.appraise(presented)
-    }
-    fn still_attested_fast(&self, result: &AttestationResult) -> Option<Result<(), Unattested>> {
-        self.inner.still_attested_fast(result)
-    }
-    fn still_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
-        self.inner.still_attested(result)
-    }
+    relay_attestation_to!(inner);
 }
 
 async fn serve(backend: Arc<dyn Backend>, identity: Identity) -> std::net::SocketAddr {
@@ -224,9 +236,7 @@ async fn site_node_forwards_device_reports_to_the_hub_and_refuses_devices_of_oth
 struct Tampering(Arc<SiteNode>, PathBuf);
 
 impl Backend for Tampering {
-    fn attestation_required(&self) -> bool {
-        self.0.attestation_required()
-    }
+    relay_attestation_to!(0);
     fn device_allowed(&self, key: &[u8; 32]) -> bool {
         self.0.device_allowed(key)
     }
@@ -274,9 +284,7 @@ async fn tampering_site_node_is_detected_by_the_devices() {
 struct Stale(Arc<SiteNode>, std::sync::Mutex<Option<Vec<u8>>>);
 
 impl Backend for Stale {
-    fn attestation_required(&self) -> bool {
-        self.0.attestation_required()
-    }
+    relay_attestation_to!(0);
     fn device_allowed(&self, key: &[u8; 32]) -> bool {
         self.0.device_allowed(key)
     }
@@ -320,4 +328,99 @@ async fn site_node_serving_stale_metadata_is_detected_by_the_devices() {
     let err = d.check().await.expect_err("an expired timestamp is refused");
     assert!(err.to_string().contains("TUF"), "{err}");
     assert_eq!(active(&d), Some(v1), "the device keeps serving its verified model");
+}
+
+fn refusal(e: ClientError) -> String {
+    match e {
+        ClientError::Hub { code: ErrorCode::NotAttested, message } => message,
+        other => panic!("expected NotAttested, got {other}"),
+    }
+}
+
+/// Evidence from device `seed` for `challenge` on `client`'s connection, claiming `model`.
+fn evidence(client: &HubClient, challenge: Challenge, seed: u8, model: Option<Digest>) -> Vec<u8> {
+    let identity = Identity::from_seed([seed; 32]);
+    let claims = Claims {
+        nonce: challenge.nonce(&client.exporter().unwrap()),
+        ueid: identity.public_key(),
+        oemid: None,
+        hwmodel: None,
+        bootcount: 1,
+        swname: attest::SWNAME.into(),
+        swversion: attest::SWVERSION.into(),
+        software_digest: support::this_binary(),
+        model_digest: model,
+        policy_digest: None,
+        tpm_quote: None,
+    };
+    Evidence::sign(&identity, &claims).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_behind_a_site_node_is_attested_by_the_hub_through_the_relay() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| n).await;
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut d = device(&w, &site, "d1", 41).await;
+    adopt(&mut d).await;
+    assert_eq!(active(&d), Some(v1));
+    let verdict = d.attested().expect("the site node holds the hub's verdict on this device's connection");
+    assert_eq!(verdict.tier, outpost_shared::wire::AttestedTier::Software);
+    // The hub appraised the device itself: its record shows the result, its software and boot count.
+    let key = Identity::from_seed([41; 32]).public_key().to_hex();
+    let att = w.registry().device(&key).unwrap().unwrap().attestation.unwrap();
+    assert_eq!(att.software, Some(format!("outpost-agent {}", attest::SWVERSION)));
+    assert!(att.status == "affirming" || att.status == "warning", "{}", att.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_behind_a_site_node_is_served_nothing_until_it_attests() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| n).await;
+    w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    device(&w, &site, "d1", 41).await;
+    let client =
+        HubClient::connect(&Identity::from_seed([41; 32]), &ClientConfig::new(site.addr, site.key)).await.unwrap();
+    let e = client.metadata("timestamp.json", 1 << 20).await.unwrap_err();
+    assert_eq!(refusal(e), "not attested: this connection has not attested");
+    assert!(refusal(client.assignment().await.unwrap_err()).starts_with("not attested"));
+    // A model nobody published: the hub's appraisal refuses it through the relay.
+    let challenge = client.challenge().await.unwrap().expect("the site node relays challenges");
+    let e = client.post_evidence(&evidence(&client, challenge, 41, Some(Digest::of(b"elsewhere")))).await.unwrap_err();
+    assert!(refusal(e).contains("is not what the device should run"));
+    assert!(refusal(client.assignment().await.unwrap_err()).starts_with("not attested"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evidence_relayed_by_a_site_node_from_another_connection_is_refused() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| n).await;
+    device(&w, &site, "d1", 41).await;
+    let config = ClientConfig::new(site.addr, site.key);
+    let identity = Identity::from_seed([41; 32]);
+    let first = HubClient::connect(&identity, &config).await.unwrap();
+    let second = HubClient::connect(&identity, &config).await.unwrap();
+    let challenge = first.challenge().await.unwrap().unwrap();
+    let made_on_first = evidence(&first, challenge, 41, None);
+    // The second connection asks for its own challenge (the hub's newest for this device), then presents the
+    // evidence made on the first: bound to the other connection's exporter, it does not answer.
+    second.challenge().await.unwrap().unwrap();
+    let e = second.post_evidence(&made_on_first).await.unwrap_err();
+    assert!(refusal(e).contains("nonce does not match"));
+    assert!(refusal(second.assignment().await.unwrap_err()).starts_with("not attested"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoked_device_behind_a_site_node_is_cut_off() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| n).await;
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut d = device(&w, &site, "d1", 41).await;
+    adopt(&mut d).await;
+    let key = Identity::from_seed([41; 32]).public_key().to_hex();
+    w.registry().device_revoke(&key).unwrap();
+    w.clock.advance(outpost_agent::site::DEVICE_FRESH);
+    let e = d.check().await.unwrap_err();
+    assert!(e.to_string().contains("revoked") || e.to_string().contains("not attested"), "{e}");
+    assert_eq!(active(&d), Some(v1), "the device keeps serving its model");
 }

@@ -114,7 +114,10 @@ impl TpmEnrolment {
     /// A wrong length or facts out of profile ([`TpmEnrolment::new`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<TpmEnrolment, EnrolmentError> {
         let head = AK_PUBLIC_LEN + 4;
-        if bytes.len() < head || (bytes.len() - head) % 32 != 0 || bytes.len() > head + 32 * MAX_BOOT_PCRS as usize {
+        if bytes.len() < head
+            || !(bytes.len() - head).is_multiple_of(32)
+            || bytes.len() > head + 32 * MAX_BOOT_PCRS as usize
+        {
             return Err(EnrolmentError::Length(bytes.len()));
         }
         let ak: [u8; AK_PUBLIC_LEN] = bytes[..AK_PUBLIC_LEN].try_into().map_err(|_| EnrolmentError::BadKey)?;

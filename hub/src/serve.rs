@@ -10,7 +10,9 @@
 //! is not required, every request but `GetChallenge`, `PostEvidence` and `Enroll` is answered `NotAttested` until
 //! the connection holds a result that is still current and whose device the backend still accepts (asked before
 //! every request, so a revocation cuts an attested connection off at its next request). An unknown key may stay
-//! connected only while the backend has enrolment tokens open, and only to send `Enroll`.
+//! connected only while the backend has enrolment tokens open, and only to send `Enroll`. An attested site node may
+//! relay its devices' attestation (`GetChallenge`/`PostEvidence` with a device): the backend appraises the device's
+//! evidence against the exporter of the device's own connection to the site node, which enforces the result.
 
 use std::future::Future;
 use std::io::SeekFrom;
@@ -24,7 +26,7 @@ use outpost_attestation::evidence::{EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_L
 use outpost_attestation::identity::{Identity, IdentityError, PublicKey};
 use outpost_attestation::{AttestationResult, Challenge, Presented, Status, Tier};
 use outpost_shared::wire::{
-    self, AttestedStatus, AttestedTier, ErrorCode, Limits, Request, RequestReader, Response, WireError, codes,
+    self, AttestedStatus, AttestedTier, ErrorCode, Limits, Relay, Request, RequestReader, Response, WireError, codes,
 };
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
@@ -455,7 +457,12 @@ struct Attestation {
     result: Option<AttestationResult>,
     /// Challenges issued on this connection so far.
     issued: u32,
+    /// A site node's outstanding challenges for the devices it relays for (one per device, bounded).
+    relayed: std::collections::HashMap<[u8; 32], Challenge>,
 }
+
+/// Most relayed challenges one site-node connection may hold unanswered at once.
+pub const MAX_RELAYED_CHALLENGES: usize = 1024;
 
 impl ConnState {
     fn attestation(&self) -> std::sync::MutexGuard<'_, Attestation> {
@@ -541,21 +548,70 @@ async fn appraise(ctx: &ConnState, shared: &Shared, evidence: Vec<u8>) -> Respon
     .unwrap_or_else(|_| Err(Unattested("internal error".into())));
     match appraised {
         Ok(result) => {
-            let response = Response::Attested {
-                status: match result.status {
-                    Status::Affirming => AttestedStatus::Affirming,
-                    Status::Warning | Status::Contraindicated => AttestedStatus::Warning,
-                },
-                expires: result.expires,
-                tier: match result.tier {
-                    Tier::Software => AttestedTier::Software,
-                    Tier::Hardware => AttestedTier::Hardware,
-                },
-            };
+            let response = attested(&result);
             ctx.attestation().result = Some(result);
             response
         }
         Err(u) => not_attested(&u),
+    }
+}
+
+fn attested(result: &AttestationResult) -> Response {
+    Response::Attested {
+        status: match result.status {
+            Status::Affirming => AttestedStatus::Affirming,
+            Status::Warning | Status::Contraindicated => AttestedStatus::Warning,
+        },
+        expires: result.expires,
+        tier: match result.tier {
+            Tier::Software => AttestedTier::Software,
+            Tier::Hardware => AttestedTier::Hardware,
+        },
+    }
+}
+
+/// `GetChallenge` from an attested site node for one of its devices: a challenge kept with this connection for
+/// that device (it replaces the device's unanswered one).
+async fn relay_challenge(ctx: &ConnState, shared: &Shared, device: [u8; 32]) -> Response {
+    let backend = shared.backend.clone();
+    let node = ctx.device;
+    let issued = blocking(move || Ok(backend.challenge(&relaying_for(&*backend, node, device)?))).await;
+    let challenge = match issued {
+        Ok(Ok(c)) => c,
+        Ok(Err(u)) => return not_attested(&u),
+        Err(refusal) => return refusal,
+    };
+    let mut state = ctx.attestation();
+    if state.relayed.len() >= MAX_RELAYED_CHALLENGES && !state.relayed.contains_key(&device) {
+        return not_attested(&Unattested("too many relayed challenges outstanding on this connection".into()));
+    }
+    state.relayed.insert(device, challenge);
+    Response::Challenge { nonce_challenge: challenge.0 }
+}
+
+/// `PostEvidence` from an attested site node: a device's evidence, appraised against the challenge relayed for
+/// it (used up whatever the outcome) and the exporter of the device's own connection to the site node. The
+/// result is the site node's to enforce; the hub records it on the device.
+async fn appraise_relayed(ctx: &ConnState, shared: &Shared, evidence: Vec<u8>, relay: Relay) -> Response {
+    let Some(challenge) = ctx.attestation().relayed.remove(&relay.device) else {
+        return not_attested(&Unattested("no challenge was relayed for this device on this connection".into()));
+    };
+    let backend = shared.backend.clone();
+    let node = ctx.device;
+    let appraised = blocking(move || {
+        let device = relaying_for(&*backend, node, relay.device)?;
+        Ok(backend.appraise(&Presented {
+            challenge: &challenge,
+            exporter: &relay.exporter,
+            device,
+            evidence: &evidence,
+        }))
+    })
+    .await;
+    match appraised {
+        Ok(Ok(result)) => attested(&result),
+        Ok(Err(u)) => not_attested(&u),
+        Err(refusal) => refusal,
     }
 }
 
@@ -629,8 +685,17 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, ctx: Arc<ConnS
     }
     let response = match request {
         Request::Enroll { token, hardware, tpm } => enroll(&ctx, &shared, token, hardware, tpm).await,
-        Request::GetChallenge => issue_challenge(&ctx, &shared).await,
-        Request::PostEvidence { evidence } => appraise(&ctx, &shared, evidence).await,
+        Request::GetChallenge { device: None } => issue_challenge(&ctx, &shared).await,
+        Request::PostEvidence { evidence, relay: None } => appraise(&ctx, &shared, evidence).await,
+        // A site node relaying for a device must itself be attested.
+        Request::GetChallenge { device: Some(device) } => match gate(&ctx, &shared).await {
+            Ok(()) => relay_challenge(&ctx, &shared, device).await,
+            Err(refusal) => refusal,
+        },
+        Request::PostEvidence { evidence, relay: Some(relay) } => match gate(&ctx, &shared).await {
+            Ok(()) => appraise_relayed(&ctx, &shared, evidence, relay).await,
+            Err(refusal) => refusal,
+        },
         request => match gate(&ctx, &shared).await {
             Ok(()) => match serve_attested(request, &mut send, ctx.device, &shared).await {
                 Some(response) => response,
@@ -697,7 +762,7 @@ async fn serve_attested(
             }
         }
         // Answered by `serve_stream` before the gate.
-        Request::GetChallenge | Request::PostEvidence { .. } | Request::Enroll { .. } => {
+        Request::GetChallenge { .. } | Request::PostEvidence { .. } | Request::Enroll { .. } => {
             Response::error(ErrorCode::InvalidRequest, "not here")
         }
     };
@@ -710,6 +775,15 @@ fn acting_for(backend: &dyn Backend, peer: PublicKey, on_behalf: Option<[u8; 32]
         None => Ok(peer.0),
         Some(d) if d == peer.0 || backend.acts_for(&peer.0, &d) => Ok(d),
         Some(d) => Err(Box::new(Refused(format!("not a site node serving device {}", hex::encode(d))))),
+    }
+}
+
+/// The device a site node relays attestation for: one it may act for, never itself.
+fn relaying_for(backend: &dyn Backend, node: PublicKey, device: [u8; 32]) -> Result<PublicKey, BackendError> {
+    if device != node.0 && backend.acts_for(&node.0, &device) {
+        Ok(PublicKey(device))
+    } else {
+        Err(Box::new(Refused(format!("not a site node serving device {}", hex::encode(device)))))
     }
 }
 

@@ -14,8 +14,8 @@
 //! | `0x03` | [`Request::GetTarget`] | `{"path": text, "offset": uint, "len"?: uint}` |
 //! | `0x04` | [`Request::PostReport`] | `{"body": bytes, "device"?: bytes .size 32}` |
 //! | `0x10` | [`Request::PostTelemetry`] | `{"body": bytes, "device"?: bytes .size 32}` (a `telemetry::Batch`) |
-//! | `0x05` | [`Request::GetChallenge`] | `{}` |
-//! | `0x06` | [`Request::PostEvidence`] | `{"evidence": bytes}` (an EAT in COSE_Sign1, `outpost_attestation::evidence`) |
+//! | `0x05` | [`Request::GetChallenge`] | `{?"device": bytes .size 32}` |
+//! | `0x06` | [`Request::PostEvidence`] | `{"evidence": bytes, ?"device": bytes .size 32, ?"exporter": bytes .size 32}` (an EAT in COSE_Sign1, `outpost_attestation::evidence`) |
 //! | `0x07` | [`Request::Enroll`] | `{"token": text, "hardware": text, ?"tpm": bytes}` |
 //! | `0x81` | [`Response::Metadata`] | `{"bytes": bytes}` |
 //! | `0x82` | [`Response::NotFound`] | `{}` |
@@ -30,8 +30,13 @@
 //!
 //! Attestation: on a hub that requires it, every request but `GetChallenge`, `PostEvidence` and `Enroll` is answered
 //! `Error` with [`ErrorCode::NotAttested`] until the connection holds a current attestation result. A server that
-//! does not appraise evidence (a site node serving its devices) answers `GetChallenge` with `NotFound`. `Enroll`
-//! is answered `Ack` once the hub has approved the connection's key.
+//! does not appraise evidence answers `GetChallenge` with `NotFound`. `Enroll` is answered `Ack` once the hub has
+//! approved the connection's key.
+//!
+//! A site node relays its devices' attestation (RFC 9334's background-check model with the site node as relying
+//! party): on its own attested connection it asks for a challenge with `device` set, and posts that device's
+//! evidence with `device` and `exporter`, the TLS exporter of the device's connection to the site node, to which
+//! the evidence's nonce is bound. The hub appraises it as it would a direct connection's and answers `Attested`.
 
 /// Largest UDP payload QUIC path-MTU discovery probes for (jumbo frames). Discovery only raises the packet size
 /// where the path carries it, so a high bound is safe (quinn's own advice) and lets LANs and loopback use fewer,
@@ -142,10 +147,11 @@ impl Limits {
     pub const ACK: u32 = 16;
     /// Default `Error` body limit.
     pub const ERROR: u32 = 1024;
-    /// Default `GetChallenge` body limit (an empty map).
-    pub const GET_CHALLENGE: u32 = 16;
-    /// Default `PostEvidence` body limit: the attestation crate's 2 KiB evidence bound plus room for the map.
-    pub const POST_EVIDENCE: u32 = 2048 + 64;
+    /// Default `GetChallenge` body limit: a map of at most a device key.
+    pub const GET_CHALLENGE: u32 = 64;
+    /// Default `PostEvidence` body limit: the attestation crate's 2 KiB evidence bound plus room for the map and
+    /// a relay's device key and exporter.
+    pub const POST_EVIDENCE: u32 = 2048 + 160;
     /// Default `Enroll` body limit: a token, a line of hardware facts and TPM enrolment facts.
     pub const ENROLL: u32 = 1024;
     /// Default `Challenge` body limit: 32 bytes and the map around them.
@@ -359,6 +365,15 @@ impl ErrorCode {
     }
 }
 
+/// Whose evidence a site node relays, and the connection it was made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay {
+    /// The device's public key.
+    pub device: [u8; 32],
+    /// The TLS exporter of the device's connection to the site node (what the evidence nonce binds).
+    pub exporter: [u8; 32],
+}
+
 /// What an agent asks the hub, one per stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -400,11 +415,16 @@ pub enum Request {
         device: Option<[u8; 32]>,
     },
     /// A fresh attestation challenge for this connection.
-    GetChallenge,
+    GetChallenge {
+        /// The device a site node relays for; `None`: the peer itself.
+        device: Option<[u8; 32]>,
+    },
     /// Attestation evidence answering this connection's challenge.
     PostEvidence {
         /// The signed EAT (COSE_Sign1), opaque to the transport.
         evidence: Vec<u8>,
+        /// For a site node relaying a device's evidence: the device and its connection's TLS exporter.
+        relay: Option<Relay>,
     },
     /// Enrols the connection's key with a one-time token from `outpost-hub device token`.
     Enroll {
@@ -593,7 +613,7 @@ impl Message for Request {
             Request::GetTarget { .. } => kind::GET_TARGET,
             Request::PostReport { .. } => kind::POST_REPORT,
             Request::PostTelemetry { .. } => kind::POST_TELEMETRY,
-            Request::GetChallenge => kind::GET_CHALLENGE,
+            Request::GetChallenge { .. } => kind::GET_CHALLENGE,
             Request::PostEvidence { .. } => kind::POST_EVIDENCE,
             Request::Enroll { .. } => kind::ENROLL,
         }
@@ -629,8 +649,21 @@ impl Message for Request {
             }
             kind::POST_REPORT => Request::PostReport { body: m.bytes("body")?, device: m.opt_key("device")? },
             kind::POST_TELEMETRY => Request::PostTelemetry { body: m.bytes("body")?, device: m.opt_key("device")? },
-            kind::GET_CHALLENGE => Request::GetChallenge,
-            kind::POST_EVIDENCE => Request::PostEvidence { evidence: m.bytes("evidence")? },
+            kind::GET_CHALLENGE => Request::GetChallenge { device: m.opt_key("device")? },
+            kind::POST_EVIDENCE => {
+                let evidence = m.bytes("evidence")?;
+                let relay = match (m.opt_key("device")?, m.opt_key("exporter")?) {
+                    (None, None) => None,
+                    (Some(device), Some(exporter)) => Some(Relay { device, exporter }),
+                    _ => {
+                        return Err(WireError::Malformed {
+                            kind: k,
+                            reason: "`device` and `exporter` come together".into(),
+                        });
+                    }
+                };
+                Request::PostEvidence { evidence, relay }
+            }
             kind::ENROLL => {
                 let token = m.text("token")?;
                 check_text(k, "token", &token, Limits::MAX_TOKEN_LEN, false)?;
@@ -667,8 +700,15 @@ impl Message for Request {
             Request::PostReport { body, device } | Request::PostTelemetry { body, device } => {
                 map(std::iter::once(("body", Value::Bytes(body.clone()))).chain(device_entry(device)).collect())
             }
-            Request::GetChallenge => map(vec![]),
-            Request::PostEvidence { evidence } => map(vec![("evidence", Value::Bytes(evidence.clone()))]),
+            Request::GetChallenge { device } => map(device_entry(device).collect()),
+            Request::PostEvidence { evidence, relay } => {
+                let mut entries = vec![("evidence", Value::Bytes(evidence.clone()))];
+                if let Some(r) = relay {
+                    entries.push(("device", Value::Bytes(r.device.to_vec())));
+                    entries.push(("exporter", Value::Bytes(r.exporter.to_vec())));
+                }
+                map(entries)
+            }
             Request::Enroll { token, hardware, tpm } => {
                 let mut entries =
                     vec![("token", Value::Text(token.clone())), ("hardware", Value::Text(hardware.clone()))];
@@ -1231,7 +1271,7 @@ impl ResponseReader {
             (Request::PostTelemetry { .. }, Response::TelemetryAck { .. }) => Ok(None),
             (Request::PostReport { .. } | Request::Enroll { .. }, Response::Ack) => Ok(None),
             // NotFound: the server does not appraise evidence (a site node).
-            (Request::GetChallenge, Response::Challenge { .. } | Response::NotFound) => Ok(None),
+            (Request::GetChallenge { .. }, Response::Challenge { .. } | Response::NotFound) => Ok(None),
             (Request::PostEvidence { .. }, Response::Attested { .. }) => Ok(None),
             (req, resp) => unexpected(format!("type {:#04x} does not answer type {:#04x}", resp.kind(), req.kind())),
         }
@@ -1276,8 +1316,13 @@ mod tests {
             Request::PostReport { body: b"telemetry".to_vec(), device: None },
             Request::PostTelemetry { body: b"batch".to_vec(), device: None },
             Request::PostTelemetry { body: b"relayed".to_vec(), device: Some([3; 32]) },
-            Request::GetChallenge,
-            Request::PostEvidence { evidence: vec![0xd2; 300] },
+            Request::GetChallenge { device: None },
+            Request::GetChallenge { device: Some([3; 32]) },
+            Request::PostEvidence { evidence: vec![0xd2; 300], relay: None },
+            Request::PostEvidence {
+                evidence: vec![0xd2; 2048],
+                relay: Some(Relay { device: [3; 32], exporter: [4; 32] }),
+            },
             Request::Enroll { token: "ot1-abcdef".into(), hardware: "x86_64 linux 4 cpus".into(), tpm: None },
             Request::Enroll { token: "ot1-abcdef".into(), hardware: String::new(), tpm: Some(vec![4; 325]) },
         ]
@@ -1558,13 +1603,31 @@ mod tests {
         let limits = Limits::default();
         let not_found = encode_frame(&Response::NotFound, &limits).unwrap();
         // A server that does not attest says NotFound to GetChallenge; evidence is never answered with it.
-        assert!(ResponseReader::new(&Request::GetChallenge, limits).push(&not_found).is_ok());
-        let evidence = Request::PostEvidence { evidence: vec![1] };
+        assert!(ResponseReader::new(&Request::GetChallenge { device: None }, limits).push(&not_found).is_ok());
+        let evidence = Request::PostEvidence { evidence: vec![1], relay: None };
         let err = ResponseReader::new(&evidence, limits).push(&not_found).unwrap_err();
         assert!(matches!(err, WireError::UnexpectedResponse { .. }), "{err:?}");
         let challenge = encode_frame(&Response::Challenge { nonce_challenge: [0; 32] }, &limits).unwrap();
         let err = ResponseReader::new(&Request::GetAssignment { device: None }, limits).push(&challenge).unwrap_err();
         assert!(matches!(err, WireError::UnexpectedResponse { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn relayed_evidence_names_both_the_device_and_its_exporter() {
+        for entries in [
+            vec![("evidence", Value::Bytes(vec![1])), ("device", Value::Bytes(vec![3; 32]))],
+            vec![("evidence", Value::Bytes(vec![1])), ("exporter", Value::Bytes(vec![4; 32]))],
+        ] {
+            let err = decode_all::<Request>(&frame(kinds::POST_EVIDENCE, &cbor(&map(entries)))).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Malformed, "{err}");
+        }
+        let short = map(vec![
+            ("evidence", Value::Bytes(vec![1])),
+            ("device", Value::Bytes(vec![3; 32])),
+            ("exporter", Value::Bytes(vec![4; 31])),
+        ]);
+        let err = decode_all::<Request>(&frame(kinds::POST_EVIDENCE, &cbor(&short))).unwrap_err();
+        assert!(matches!(err, WireError::WrongCborType { field: "exporter", .. }), "{err:?}");
     }
 
     #[test]
