@@ -117,21 +117,28 @@ impl DeviceTpm {
     }
 
     /// Measures `software` and `model` into the measurement PCR (reset first), then quotes it and the boot PCRs
-    /// over `nonce`.
+    /// over the evidence `nonce` and the `device`'s identity key (`quote::qualifying_data`).
     ///
     /// # Errors
     /// The TPM cannot be reached or refuses.
-    pub fn quote(&self, software: &Digest, model: Option<&Digest>, nonce: &[u8]) -> Result<TpmQuote, ClientError> {
+    pub fn quote(
+        &self,
+        software: &Digest,
+        model: Option<&Digest>,
+        nonce: &[u8; 32],
+        device: &[u8; 32],
+    ) -> Result<TpmQuote, ClientError> {
         let measurements = outpost_attestation::quote::measurements(software, model);
+        let extra = outpost_attestation::quote::qualifying_data(nonce, device);
         let pcrs = self.config.boot_pcrs | 1 << outpost_attestation::quote::MEASUREMENT_PCR;
         #[cfg(feature = "tpm")]
         return self.with(|t| {
             t.measure_software(&measurements)?;
-            t.quote(nonce, pcrs)
+            t.quote(&extra, pcrs)
         });
         #[cfg(not(feature = "tpm"))]
         {
-            let _ = (measurements, pcrs, nonce);
+            let _ = (measurements, pcrs, extra);
             Err(ClientError::Setup("built without TPM support".into()))
         }
     }
@@ -164,8 +171,8 @@ pub async fn attest(
     let tpm_quote = match tpm {
         None => None,
         Some(tpm) => {
-            let model = facts.model;
-            Some(on_tpm(tpm, move |t| t.quote(&software, model.as_ref(), &nonce)).await?)
+            let (model, device) = (facts.model, identity.public_key().0);
+            Some(on_tpm(tpm, move |t| t.quote(&software, model.as_ref(), &nonce, &device)).await?)
         }
     };
     let claims = Claims {

@@ -236,7 +236,7 @@ async fn evidence_relayed_to_another_connection_is_refused() {
             software_digest: this_binary(),
             model_digest: None,
             policy_digest: None,
-            tpm_quote: tpm.as_ref().map(|t| t.quote(&this_binary(), None, &nonce).unwrap()),
+            tpm_quote: tpm.as_ref().map(|t| t.quote(&this_binary(), None, &nonce, &identity.public_key().0).unwrap()),
         };
         Evidence::sign(&identity, &claims).unwrap()
     };
@@ -439,7 +439,10 @@ async fn tpm_measuring_another_model_than_the_evidence_claims_is_refused_end_to_
         software_digest: this_binary(),
         model_digest: Some(v1),
         policy_digest: None,
-        tpm_quote: Some(tpm.quote(&this_binary(), Some(&Digest::of(b"a model from elsewhere")), &nonce).unwrap()),
+        tpm_quote: Some(
+            tpm.quote(&this_binary(), Some(&Digest::of(b"a model from elsewhere")), &nonce, &identity.public_key().0)
+                .unwrap(),
+        ),
     };
     let e = client.post_evidence(&Evidence::sign(&identity, &claims).unwrap()).await.unwrap_err();
     assert!(refusal(e).contains("TPM quote: PCR values differ"));

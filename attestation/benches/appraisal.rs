@@ -142,7 +142,7 @@ fn main() {
 
     #[cfg(feature = "tpm")]
     {
-        use outpost_attestation::quote::{MEASUREMENT_PCR, measurements};
+        use outpost_attestation::quote::{MEASUREMENT_PCR, measurements, qualifying_data};
         use outpost_attestation::tpm::{DEFAULT_PCRS, Tpm};
         // Quotes come from swtpm beforehand (slow, device-side); only the hub's appraisal is timed.
         let swtpm = swtpm::Swtpm::start();
@@ -155,7 +155,10 @@ fn main() {
         for _ in 0..=ROUNDS {
             let batch = make_batch(&verifier, &mut rng, TPM_BATCH, |c| {
                 let mut cl = claims(c);
-                cl.tpm_quote = Some(tpm.quote(&cl.nonce, DEFAULT_PCRS | 1 << MEASUREMENT_PCR).expect("quote"));
+                cl.tpm_quote = Some(
+                    tpm.quote(&qualifying_data(&cl.nonce, &device.public_key().0), DEFAULT_PCRS | 1 << MEASUREMENT_PCR)
+                        .expect("quote"),
+                );
                 Evidence::sign(&device, &cl).expect("sign")
             });
             size = batch[0].1.len();

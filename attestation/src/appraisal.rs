@@ -17,7 +17,7 @@ use outpost_shared::rng::Rng;
 
 use crate::evidence::{CHALLENGE_LEN, Challenge, EXPORTER_LEN, Evidence, EvidenceError};
 use crate::identity::PublicKey;
-use crate::quote::{QuoteError, TpmEnrolment, measurements, replay, verify_quote};
+use crate::quote::{QuoteError, TpmEnrolment, measurements, qualifying_data, replay, verify_quote};
 use crate::reference::{ReferenceError, TrustedReferenceValues};
 
 /// Bounds and lifetimes of a [`Verifier`]. The defaults are conservative; every field is a named knob.
@@ -464,7 +464,8 @@ impl Verifier {
                 // The measurement PCR must hold exactly the agent and model the claims name; the reference values
                 // below then judge those claims.
                 let measured = replay(&measurements(&claims.software_digest, claims.model_digest.as_ref()));
-                verify_quote(quote, tpm, &claims.nonce, measured).map_err(Reason::Quote)?;
+                let extra = qualifying_data(&claims.nonce, &p.device.0);
+                verify_quote(quote, tpm, &extra, measured).map_err(Reason::Quote)?;
                 Tier::Hardware
             }
         };

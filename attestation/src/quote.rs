@@ -7,7 +7,8 @@
 //! library. The device side, which talks to a TPM, is the `tpm` module behind the `tpm` feature.
 //!
 //! Profile: the attestation key is a restricted ECC NIST P-256 signing key with ECDSA/SHA-256; the quote selects
-//! PCRs from the SHA-256 bank only; its qualifying data is the evidence nonce (32 bytes). The signature travels as
+//! PCRs from the SHA-256 bank only; its qualifying data is [`qualifying_data`] of the evidence nonce and the device's
+//! Ed25519 key (32 bytes), so a quote answers one appraisal of one device. The signature travels as
 //! `r ‖ s`, each 32 bytes big-endian.
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
@@ -157,8 +158,8 @@ pub enum QuoteError {
     /// Signed by the key but not a TPM-generated quote.
     #[error("not a TPM-generated quote")]
     NotAQuote,
-    /// The quote was made over another nonce: stale, or from another appraisal.
-    #[error("quote made over another nonce")]
+    /// The quote was made over another nonce or for another device: stale, or from another appraisal.
+    #[error("quote made over another nonce or device key")]
     NonceMismatch,
     /// The quote covers other PCRs than enrolled.
     #[error("quote covers other PCRs than enrolled")]
@@ -182,6 +183,19 @@ pub fn pcr_digest(values: &[[u8; 32]]) -> Digest {
 /// the active model package's digest if it has one.
 pub fn measurements(software: &Digest, model: Option<&Digest>) -> Vec<[u8; 32]> {
     std::iter::once(software.0).chain(model.map(|m| m.0)).collect()
+}
+
+/// Domain separation for [`qualifying_data`].
+pub const QUALIFYING_DOMAIN: &[u8] = b"outpost-tpm-quote-v1";
+
+/// The quote's qualifying data (`extraData`): `SHA-256(QUALIFYING_DOMAIN ‖ nonce ‖ device key)`, binding the quote
+/// to this appraisal's nonce (itself bound to the challenge and the connection) and to the device's identity key.
+pub fn qualifying_data(nonce: &[u8; 32], device: &[u8; 32]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(QUALIFYING_DOMAIN);
+    h.update(nonce);
+    h.update(device);
+    h.finalize().into()
 }
 
 /// The value of a reset PCR after extending `measurements` in order (`pcr = SHA-256(pcr ‖ m)`).
@@ -264,7 +278,8 @@ pub fn parse_quote(attest: &[u8]) -> Result<QuoteInfo, QuoteError> {
 }
 
 /// Checks a quote for one appraisal: signature under the enrolled key first (nothing unauthenticated is
-/// interpreted), then a TPM-generated quote over `nonce`, over the enrolled boot PCRs and [`MEASUREMENT_PCR`],
+/// interpreted), then a TPM-generated quote whose qualifying data is `extra_data` ([`qualifying_data`] of the
+/// appraisal's nonce and device key), over the enrolled boot PCRs and [`MEASUREMENT_PCR`],
 /// whose digest is that of the known-good boot values followed by `measured` (the [`replay`] of what the evidence
 /// claims the device runs).
 ///
@@ -273,7 +288,7 @@ pub fn parse_quote(attest: &[u8]) -> Result<QuoteInfo, QuoteError> {
 pub fn verify_quote(
     quote: &TpmQuote,
     enrolment: &TpmEnrolment,
-    nonce: &[u8],
+    extra_data: &[u8; 32],
     measured: [u8; 32],
 ) -> Result<QuoteInfo, QuoteError> {
     if quote.attest.len() > MAX_ATTEST_LEN {
@@ -283,7 +298,7 @@ pub fn verify_quote(
         .verify(&quote.attest, &quote.signature)
         .map_err(|_| QuoteError::BadSignature)?;
     let info = parse_quote(&quote.attest)?;
-    if info.extra_data != nonce {
+    if info.extra_data != extra_data {
         return Err(QuoteError::NonceMismatch);
     }
     if info.pcr_select != [(ALG_SHA256, pcr_bitmap(enrolment.quoted_pcrs()).to_vec())] {

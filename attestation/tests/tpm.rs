@@ -6,7 +6,7 @@
 
 mod support;
 
-use outpost_attestation::quote::{QuoteError, measurements};
+use outpost_attestation::quote::{QuoteError, measurements, qualifying_data};
 use outpost_attestation::tpm::{DEFAULT_PCRS, Tpm};
 use outpost_attestation::{Reason, Status, Tier, TpmEnrolment};
 use outpost_shared::Digest;
@@ -47,6 +47,11 @@ fn setup() -> (Swtpm, Tpm, Hub) {
     (swtpm, tpm, hub)
 }
 
+/// What a quote of [`device`] for this appraisal on `conn` must be made over.
+fn extra(conn: &Conn) -> [u8; 32] {
+    qualifying_data(&conn.nonce(), &device().public_key().0)
+}
+
 /// The PCRs an enrolled device quotes: the boot PCRs and the measurement PCR.
 fn quoted() -> u32 {
     DEFAULT_PCRS | 1 << outpost_attestation::quote::MEASUREMENT_PCR
@@ -64,7 +69,7 @@ fn reason(r: Result<outpost_attestation::AttestationResult, outpost_attestation:
 fn tpm_quote_is_affirmed_at_hardware_tier() {
     let (_swtpm, mut tpm, mut hub) = setup();
     let conn = hub.connect();
-    let quote = tpm.quote(&conn.nonce(), quoted()).expect("quote");
+    let quote = tpm.quote(&extra(&conn), quoted()).expect("quote");
     let result = hub.appraise(&conn, &tpm_evidence(&conn, quote)).expect("attested");
     assert_eq!(result.status, Status::Affirming);
     assert_eq!(result.tier, Tier::Hardware);
@@ -84,7 +89,7 @@ fn tpm_quote_over_wrong_pcr_values_is_rejected() {
     // Something other than the enrolled boot chain ran: it was measured into PCR 7.
     tpm.measure(PcrHandle::Pcr7, b"an unsigned boot loader").expect("extend");
     let conn = hub.connect();
-    let quote = tpm.quote(&conn.nonce(), quoted()).unwrap();
+    let quote = tpm.quote(&extra(&conn), quoted()).unwrap();
     assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::PcrMismatch));
 }
 
@@ -92,7 +97,7 @@ fn tpm_quote_over_wrong_pcr_values_is_rejected() {
 fn tpm_quote_with_a_stale_nonce_is_rejected() {
     let (_swtpm, mut tpm, mut hub) = setup();
     let earlier = hub.connect();
-    let stale = tpm.quote(&earlier.nonce(), quoted()).unwrap();
+    let stale = tpm.quote(&extra(&earlier), quoted()).unwrap();
     hub.appraise(&earlier, &tpm_evidence(&earlier, stale.clone())).expect("fresh when it was made");
     // A compromised agent on a device whose boot chain has since changed replays the old quote in fresh evidence.
     let conn = hub.connect();
@@ -104,7 +109,7 @@ fn tpm_quote_over_other_pcrs_is_rejected() {
     let (_swtpm, mut tpm, mut hub) = setup();
     let conn = hub.connect();
     // The boot PCRs alone, leaving out the measurement PCR.
-    let quote = tpm.quote(&conn.nonce(), DEFAULT_PCRS).unwrap();
+    let quote = tpm.quote(&extra(&conn), DEFAULT_PCRS).unwrap();
     assert_eq!(
         reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))),
         Reason::Quote(QuoteError::PcrSelectionMismatch)
@@ -117,7 +122,7 @@ fn tpm_quote_from_another_tpm_is_rejected() {
     let other_swtpm = Swtpm::start();
     let mut other = open(&other_swtpm);
     let conn = hub.connect();
-    let quote = other.quote(&conn.nonce(), quoted()).unwrap();
+    let quote = other.quote(&extra(&conn), quoted()).unwrap();
     assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::BadSignature));
 }
 
@@ -125,7 +130,7 @@ fn tpm_quote_from_another_tpm_is_rejected() {
 fn tpm_quote_with_a_tampered_signature_is_rejected() {
     let (_swtpm, mut tpm, mut hub) = setup();
     let conn = hub.connect();
-    let mut quote = tpm.quote(&conn.nonce(), quoted()).unwrap();
+    let mut quote = tpm.quote(&extra(&conn), quoted()).unwrap();
     quote.signature[40] ^= 1;
     assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::BadSignature));
 }
@@ -143,7 +148,7 @@ fn tpm_quote_measuring_another_model_than_the_evidence_claims_is_rejected() {
     // The device runs another model than it claims: the TPM saw that model's digest extended.
     tpm.measure_software(&measurements(&agent_digest(), Some(&Digest::of(b"an unapproved model")))).unwrap();
     let conn = hub.connect();
-    let quote = tpm.quote(&conn.nonce(), quoted()).unwrap();
+    let quote = tpm.quote(&extra(&conn), quoted()).unwrap();
     assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::PcrMismatch));
 }
 
@@ -153,7 +158,7 @@ fn tpm_quote_measuring_another_agent_than_the_evidence_claims_is_rejected() {
     // A vulnerable agent build measured itself, then evidence claims the good build.
     tpm.measure_software(&measurements(&vulnerable_agent_digest(), Some(&model_digest()))).unwrap();
     let conn = hub.connect();
-    let quote = tpm.quote(&conn.nonce(), quoted()).unwrap();
+    let quote = tpm.quote(&extra(&conn), quoted()).unwrap();
     assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::PcrMismatch));
 }
 
@@ -163,7 +168,7 @@ fn measurement_pcr_is_reset_before_each_measurement() {
     // Measuring again (a new connection, a restarted agent) gives the same value, not one extended twice.
     measure_claimed(&mut tpm);
     let conn = hub.connect();
-    let quote = tpm.quote(&conn.nonce(), quoted()).unwrap();
+    let quote = tpm.quote(&extra(&conn), quoted()).unwrap();
     hub.appraise(&conn, &tpm_evidence(&conn, quote)).expect("attested after measuring twice");
 }
 
@@ -182,4 +187,18 @@ fn enrolment_facts_out_of_profile_are_refused() {
     let mut long = good.clone();
     long.extend_from_slice(&[0; 32]);
     assert_eq!(TpmEnrolment::from_bytes(&long), Err(EnrolmentError::ValueCount { expected: 2, given: 3 }));
+}
+
+#[test]
+fn tpm_quote_made_for_another_device_key_is_rejected() {
+    let (_swtpm, mut tpm, mut hub) = setup();
+    let conn = hub.connect();
+    // The right nonce, but qualified for another identity key (a quote lifted from another device's evidence).
+    let lifted = qualifying_data(&conn.nonce(), &other_device().public_key().0);
+    let quote = tpm.quote(&lifted, quoted()).unwrap();
+    assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::NonceMismatch));
+    // The bare nonce, without the device key, is refused too.
+    let conn = hub.connect();
+    let quote = tpm.quote(&conn.nonce(), quoted()).unwrap();
+    assert_eq!(reason(hub.appraise(&conn, &tpm_evidence(&conn, quote))), Reason::Quote(QuoteError::NonceMismatch));
 }
