@@ -572,6 +572,13 @@ async fn metrics_endpoint_counts_inferences_and_failures_per_model_in_prometheus
 }
 
 impl Server {
+    /// A server whose active model is `model`.
+    async fn serving(model: &Arc<Served>) -> Server {
+        let handle = Arc::new(ModelHandle::new());
+        handle.swap(model.clone());
+        Server::start(handle).await
+    }
+
     /// POSTs a body in the binary tensor data extension: a JSON object of `json_len` bytes, then tensor bytes.
     async fn infer_binary(&self, model: &str, body: &[u8], json_len: &str) -> (u16, String, Vec<u8>) {
         let headers = [("Content-Type", "application/octet-stream"), ("Inference-Header-Content-Length", json_len)];
@@ -599,6 +606,18 @@ fn binary_body(request: &Value, binary: &[&str]) -> (Vec<u8>, String) {
     let json_len = body.len().to_string();
     body.extend_from_slice(&tail);
     (body, json_len)
+}
+
+/// A binary-extension body (`json_len` long JSON header) with its header changed by `edit`; returns the new body
+/// and header length.
+fn edit_header(body: &[u8], json_len: &str, edit: impl FnOnce(&mut Value)) -> (Vec<u8>, String) {
+    let json_len: usize = json_len.parse().unwrap();
+    let mut header: Value = serde_json::from_slice(&body[..json_len]).unwrap();
+    edit(&mut header);
+    let mut edited = serde_json::to_vec(&header).unwrap();
+    let edited_len = edited.len().to_string();
+    edited.extend_from_slice(&body[json_len..]);
+    (edited, edited_len)
 }
 
 fn input_mut<'a>(request: &'a mut Value, name: &str) -> &'a mut Value {
@@ -633,9 +652,7 @@ fn unbinary(head: &str, body: &[u8]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_request_gives_the_same_outputs_as_json() {
     let model = silero();
-    let handle = Arc::new(ModelHandle::new());
-    handle.swap(model.clone());
-    let server = Server::start(handle).await;
+    let server = Server::serving(&model).await;
     let (_, meta) = server.get("/v2").await;
     assert_eq!(meta["extensions"], json!(["binary_tensor_data"]));
     let request = smoke_request(&model);
@@ -678,9 +695,7 @@ async fn binary_request_gives_the_same_outputs_as_json() {
 #[tokio::test]
 async fn binary_sizes_that_do_not_add_up_are_a_400() {
     let model = silero();
-    let handle = Arc::new(ModelHandle::new());
-    handle.swap(model.clone());
-    let server = Server::start(handle).await;
+    let server = Server::serving(&model).await;
     let request = smoke_request(&model);
     let (body, n) = binary_body(&request, &["input", "h", "c"]);
     let json_len: usize = n.parse().unwrap();
@@ -703,12 +718,10 @@ async fn binary_sizes_that_do_not_add_up_are_a_400() {
     assert_eq!(status, 400, "{json}");
     assert!(error_text(&json).contains("absent, so the whole body is JSON"), "{json}");
     // The sizes add up, but one tensor's size is not its shape times 4 bytes.
-    let mut header: Value = serde_json::from_slice(&body[..json_len]).unwrap();
-    input_mut(&mut header, "h")["parameters"]["binary_data_size"] = json!(508);
-    input_mut(&mut header, "c")["parameters"]["binary_data_size"] = json!(516);
-    let mut skewed = serde_json::to_vec(&header).unwrap();
-    let skewed_len = skewed.len().to_string();
-    skewed.extend_from_slice(&body[json_len..]);
+    let (skewed, skewed_len) = edit_header(&body, &n, |header| {
+        input_mut(header, "h")["parameters"]["binary_data_size"] = json!(508);
+        input_mut(header, "c")["parameters"]["binary_data_size"] = json!(516);
+    });
     refused(server.infer_binary("silero-vad", &skewed, &skewed_len).await, "binary_data_size is 508 bytes");
     // The header is not a length.
     refused(server.infer_binary("silero-vad", &body, "ten").await, "not a length in bytes");
@@ -719,20 +732,9 @@ async fn binary_sizes_that_do_not_add_up_are_a_400() {
 #[tokio::test]
 async fn binary_inputs_with_both_or_neither_data_or_an_unsupported_datatype_are_400s() {
     let model = silero();
-    let handle = Arc::new(ModelHandle::new());
-    handle.swap(model.clone());
-    let server = Server::start(handle).await;
-    let request = smoke_request(&model);
-    let with_h = |edit: &dyn Fn(&mut Value)| {
-        let (body, n) = binary_body(&request, &["h"]);
-        let json_len: usize = n.parse().unwrap();
-        let mut header: Value = serde_json::from_slice(&body[..json_len]).unwrap();
-        edit(input_mut(&mut header, "h"));
-        let mut edited = serde_json::to_vec(&header).unwrap();
-        let edited_len = edited.len().to_string();
-        edited.extend_from_slice(&body[json_len..]);
-        (edited, edited_len)
-    };
+    let server = Server::serving(&model).await;
+    let (body, n) = binary_body(&smoke_request(&model), &["h"]);
+    let with_h = |edit: &dyn Fn(&mut Value)| edit_header(&body, &n, |header| edit(input_mut(header, "h")));
     for (edit, needle) in [
         (&(|h: &mut Value| h["data"] = json!(vec![0.0; 128])) as &dyn Fn(&mut Value), "has both `data` and"),
         (&|h: &mut Value| h["parameters"] = json!({}), "has no data"),
