@@ -63,6 +63,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_INFERENCES: usize = 4;
 /// Requests that may wait for a free inference slot by default; more get a 503 at once.
 pub const DEFAULT_MAX_QUEUED_INFERENCES: usize = 256;
+/// Inferences whose model last took less than this run on the request's own thread by default (see
+/// [`ServeLimits::in_place_below`]).
+pub const DEFAULT_IN_PLACE_BELOW: std::time::Duration = std::time::Duration::from_millis(1);
 /// `platform` in model metadata.
 pub const PLATFORM: &str = "onnx-tract";
 /// The binary tensor data extension's header (lower case, as `http` spells header names): the length of the
@@ -78,6 +81,13 @@ pub struct ServeLimits {
     pub max_concurrent_inferences: usize,
     /// Inference requests waiting for a slot; beyond it, 503.
     pub max_queued_inferences: usize,
+    /// On a multi-thread runtime, an inference runs on the request's own thread (`block_in_place`) when its
+    /// model's previous inference took less than this, and on the blocking pool otherwise. The hand-off to the
+    /// pool and back costs two thread wake-ups (about 100 µs on a busy 2-core machine), a large share of a short
+    /// inference; a long one runs faster on the pool's thread, which keeps running tract with its caches warm,
+    /// than on whichever thread `block_in_place` happens to be on (measured in BENCHMARKS.md). Needs the
+    /// handle's clock ([`ModelHandle::with_observer`]); without one every inference runs in place.
+    pub in_place_below: std::time::Duration,
 }
 
 impl Default for ServeLimits {
@@ -86,6 +96,7 @@ impl Default for ServeLimits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_concurrent_inferences: DEFAULT_MAX_CONCURRENT_INFERENCES,
             max_queued_inferences: DEFAULT_MAX_QUEUED_INFERENCES,
+            in_place_below: DEFAULT_IN_PLACE_BELOW,
         }
     }
 }
@@ -220,6 +231,8 @@ pub struct Served {
     model: LoadedModel,
     ok: AtomicU64,
     failed: AtomicU64,
+    /// How long the last inference took, in microseconds, when the handle has a clock (0: not known).
+    last_micros: AtomicU64,
 }
 
 impl fmt::Debug for Served {
@@ -237,7 +250,14 @@ impl Served {
     /// Wraps an already loaded model. Load it with [`model::load_for_serving`] so every batch size the contract
     /// allows works; a model loaded with [`model::load`] only takes the smoke test's shapes.
     pub fn new(manifest: Manifest, digest: Digest, model: LoadedModel) -> Served {
-        Served { manifest, digest, model, ok: AtomicU64::new(0), failed: AtomicU64::new(0) }
+        Served {
+            manifest,
+            digest,
+            model,
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_micros: AtomicU64::new(0),
+        }
     }
 
     /// Loads `model_bytes` for serving (contract shapes) and runs the smoke test on that very plan.
@@ -489,6 +509,8 @@ impl ModelHandle {
         }
         if let Some(ok) = reached_model {
             self.count(served, ok, took);
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            served.last_micros.store(micros, Ordering::Relaxed);
         }
         let answer = result?;
         let encoded = Encoded::of(&answer)?;
@@ -772,20 +794,25 @@ async fn run_infer(
     let running = app.running.clone().acquire_owned().await.map_err(|e| InferenceError::Internal(e.to_string()))?;
     let bytes = read_body(body, limit, declared).await?;
     let handle = app.handle.clone();
-    run_blocking(move || {
+    let last = std::time::Duration::from_micros(served.last_micros.load(Ordering::Relaxed));
+    let in_place = last < app.limits.in_place_below;
+    run_blocking(in_place, move || {
         let _running = running;
         handle.answer(&served, bytes, json_len)
     })
     .await?
 }
 
-/// Runs `f` (tract: CPU-bound, milliseconds) off the async scheduler. On a multi-thread runtime it runs right
-/// here under `block_in_place`, which hands this worker's other tasks to another thread: the request never
-/// waits for a wake-up between threads. A current-thread runtime has no worker to hand over
-/// (`block_in_place` would panic), so there it goes to the blocking pool. Either way the caller's semaphore is
-/// the bound on threads busy with inferences.
-async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, InferenceError> {
-    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+/// Runs `f` (tract: CPU-bound) off the async scheduler. `in_place` on a multi-thread runtime: right here under
+/// `block_in_place`, which hands this worker's other tasks to another thread, so the request never waits for a
+/// wake-up between threads. Otherwise, and always on a current-thread runtime (no worker to hand over:
+/// `block_in_place` would panic), on the blocking pool. Either way the caller's semaphore bounds the threads
+/// busy with inferences.
+async fn run_blocking<T: Send + 'static>(
+    in_place: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, InferenceError> {
+    if in_place && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
         // tract runs under its own `catch_unwind`; this one keeps a panic elsewhere (an observer) a 500, as the
         // blocking pool's `JoinError` does.
         return catch_unwind(AssertUnwindSafe(|| tokio::task::block_in_place(f)))

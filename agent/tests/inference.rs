@@ -754,3 +754,23 @@ async fn binary_inputs_with_both_or_neither_data_or_an_unsupported_datatype_are_
     assert_eq!(model.stats(), Default::default(), "nothing reached the model");
     server.stop().await;
 }
+
+// On a multi-thread runtime, an inference runs in place or on the blocking pool by its model's last latency;
+// `in_place_below: 0` sends every one to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferences_on_the_blocking_pool_answer_like_those_run_in_place() {
+    let model = silero();
+    let request = smoke_request(&model);
+    let in_place = Server::serving(&model).await;
+    let (status, expected) = in_place.infer("silero-vad", &request).await;
+    assert_eq!(status, 200, "{expected}");
+    in_place.stop().await;
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let limits = ServeLimits { in_place_below: std::time::Duration::ZERO, ..ServeLimits::default() };
+    let pooled = Server::start_with(handle, limits).await;
+    for _ in 0..3 {
+        assert_eq!(pooled.infer("silero-vad", &request).await, (200, expected.clone()));
+    }
+    pooled.stop().await;
+}

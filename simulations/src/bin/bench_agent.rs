@@ -61,6 +61,18 @@ fn real_wall() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Real time, as `outpost-agent run` gives its model handle.
+struct RealClock(Instant);
+
+impl Clock for RealClock {
+    fn wall(&self) -> u64 {
+        real_wall()
+    }
+    fn monotonic(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
 /// The repository root (fixtures, scripts).
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -869,7 +881,10 @@ fn main() -> Result<()> {
     }
 
     let loaded: Vec<Loaded> = FIXTURES.iter().map(Loaded::open).collect::<Result<_>>()?;
-    let handle = Arc::new(ModelHandle::new());
+    // As `outpost-agent run` builds it: timed on a real clock, each inference reported to an observer.
+    let handle = Arc::new(ModelHandle::with_observer(Arc::new(RealClock(now())), |_, ok, took| {
+        std::hint::black_box((ok, took));
+    }));
     let addr = start_api(handle.clone())?;
     for l in loaded.iter().filter(|_| run("api")) {
         eprintln!("inference overhead, {}: HTTP/1.1 keep-alive on loopback vs LoadedModel::run...", l.name());
