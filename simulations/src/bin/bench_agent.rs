@@ -421,6 +421,8 @@ fn per_run(l: &Loaded) -> Result<Duration> {
 /// extension, both ways), through `infer_once` (the JSON request path without HTTP) and `LoadedModel::run` in
 /// process.
 struct Overhead {
+    /// `GET /v2/health/live` on the same connection: the HTTP round trip alone, the floor of any request.
+    floor: Latency,
     http: Latency,
     http_binary: Latency,
     json: Latency,
@@ -450,7 +452,8 @@ fn bench_overhead(addr: SocketAddr, handle: &ModelHandle, l: &Loaded) -> Result<
 
     // One of each in turn (JSON over HTTP, in process, binary over HTTP, infer_once): all see the same machine.
     let n = (OVERHEAD_BUDGET.as_secs_f64() / per_run(l)?.as_secs_f64()).clamp(100.0, 10_000.0) as usize;
-    let mut samples: [Vec<f64>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
+    let live = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut samples: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(n));
     for i in 0..n + n / 10 {
         let start = now();
         let (status, body) = http.exchange(&request)?;
@@ -466,15 +469,19 @@ fn bench_overhead(addr: SocketAddr, handle: &ModelHandle, l: &Loaded) -> Result<
         let start = now();
         std::hint::black_box(infer_once(&l.served, &request_body)?);
         let j = micros(start.elapsed());
+        let start = now();
+        let (status, _) = http.exchange(live)?;
+        let f = micros(start.elapsed());
+        ensure!(status == 200, "HTTP {status}");
         if i >= n / 10 {
             // the first tenth warms up
-            for (v, x) in samples.iter_mut().zip([h, p, b, j]) {
+            for (v, x) in samples.iter_mut().zip([h, p, b, j, f]) {
                 v.push(x);
             }
         }
     }
-    let [h, p, b, j] = samples.map(latency);
-    Ok(Overhead { http: h, http_binary: b, json: j, direct: p, requests: n })
+    let [h, p, b, j, f] = samples.map(latency);
+    Ok(Overhead { floor: f, http: h, http_binary: b, json: j, direct: p, requests: n })
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -921,6 +928,13 @@ fn main() -> Result<()> {
             "<= 1.05",
         ));
         rows.push(vs_in_process("  (info) infer_once: JSON in and out, no HTTP", o.json, "-"));
+        rows.push(Row::new(
+            &format!("  (info) HTTP round trip alone, GET /v2/health/live, {} run (median; p99)", l.name()),
+            format!("{:.0} us; {:.0} us", o.floor.median, o.floor.p99),
+            format!("{:.0} us in process", o.direct.median),
+            o.floor.median / o.direct.median,
+            "-",
+        ));
     }
 
     for l in loaded.iter().filter(|_| run("runtime")) {
