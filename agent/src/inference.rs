@@ -4,7 +4,8 @@
 //! never touches an in-flight request (the old model is freed when its last request finishes); model bytes are
 //! read through read-only opens and held in memory, nothing here ever writes a file; a request that does not fit
 //! the contract is a 400 with a message, and tract runs behind `catch_unwind`, on the request's own thread
-//! (`block_in_place`) on a multi-thread runtime, on the blocking pool on a current-thread one.
+//! (`block_in_place`) when the model is fast ([`ServeLimits::in_place_below`]) and the runtime multi-thread,
+//! on the blocking pool otherwise.
 //!
 //! Bodies are JSON, or (the binary tensor data extension, what `tritonclient` sends by default) a JSON object of
 //! `Inference-Header-Content-Length` bytes followed by the raw little-endian bytes of each input that has
