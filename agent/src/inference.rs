@@ -1057,7 +1057,10 @@ impl RequestInput {
         let supported = "FP32, FP64, INT8, UINT8, INT32, INT64, BOOL";
         let dtype = from_oip_name(&self.datatype).ok_or_else(|| match self.datatype.as_str() {
             // No Outpost contract has string tensors, so BYTES (in JSON or binary) has nothing to feed.
-            "BYTES" => bad(format!("BYTES tensors are not supported: no Outpost model takes strings ({supported})")),
+            "BYTES" => bad(format!(
+                "BYTES tensors are not supported, in JSON or binary: no Outpost model takes strings (supported: \
+                 {supported})"
+            )),
             other => bad(format!("datatype `{other}` is not supported (supported: {supported})")),
         })?;
         // Unknown names are left to the model's own check, which lists the inputs it has.
