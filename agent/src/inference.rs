@@ -3,10 +3,16 @@
 //! Invariants: a request clones the active `Arc<Served>` once on arrival and runs on it to the end, so a swap
 //! never touches an in-flight request (the old model is freed when its last request finishes); model bytes are
 //! read through read-only opens and held in memory, nothing here ever writes a file; a request that does not fit
-//! the contract is a 400 with a message, and tract runs behind `catch_unwind` on the blocking pool.
+//! the contract is a 400 with a message, and tract runs behind `catch_unwind`, on the request's own thread
+//! (`block_in_place`) when the model is fast ([`ServeLimits::in_place_below`]) and the runtime multi-thread,
+//! on the blocking pool otherwise.
 //!
-//! Endpoints (JSON bodies; health and ready answer 200 with an empty body, as the spec says; every error is
-//! `{"error": "..."}`):
+//! Bodies are JSON, or (the binary tensor data extension, what `tritonclient` sends by default) a JSON object of
+//! `Inference-Header-Content-Length` bytes followed by the raw little-endian bytes of each input that has
+//! `parameters.binary_data_size` instead of `data`, in the order of `inputs`. Outputs come back binary when asked
+//! (`binary_data` on a requested output, or `binary_data_output` in the request's `parameters`): the answer is
+//! then `application/octet-stream` with its own `Inference-Header-Content-Length`. Health and ready answer 200
+//! with an empty body, as the spec says; every error is `{"error": "..."}`.
 //!
 //! | method | path | answer |
 //! |---|---|---|
@@ -26,6 +32,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io::Read;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path as FsPath, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +41,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use outpost_shared::manifest::{Dim, ElementType, TensorSpec};
 use outpost_shared::model::{self, LoadedModel, ModelError, NamedTensor, TensorData};
 use outpost_shared::telemetry::Histogram;
@@ -44,6 +52,7 @@ use outpost_shared::{Digest, Manifest, Package, PackageError, PackageLimits};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::net::TcpListener;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 
 /// Where the agent serves the API unless its config says otherwise: localhost only, the port KServe uses.
@@ -55,8 +64,14 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_INFERENCES: usize = 4;
 /// Requests that may wait for a free inference slot by default; more get a 503 at once.
 pub const DEFAULT_MAX_QUEUED_INFERENCES: usize = 256;
+/// Inferences whose model last took less than this run on the request's own thread by default (see
+/// [`ServeLimits::in_place_below`]).
+pub const DEFAULT_IN_PLACE_BELOW: std::time::Duration = std::time::Duration::from_millis(1);
 /// `platform` in model metadata.
 pub const PLATFORM: &str = "onnx-tract";
+/// The binary tensor data extension's header (lower case, as `http` spells header names): the length of the
+/// JSON object at the front of a body whose binary tensor data follows it.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
 /// Bounds of the HTTP server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +82,13 @@ pub struct ServeLimits {
     pub max_concurrent_inferences: usize,
     /// Inference requests waiting for a slot; beyond it, 503.
     pub max_queued_inferences: usize,
+    /// On a multi-thread runtime, an inference runs on the request's own thread (`block_in_place`) when its
+    /// model's previous inference took less than this, and on the blocking pool otherwise. The hand-off to the
+    /// pool and back costs two thread wake-ups (about 100 µs on a busy 2-core machine), a large share of a short
+    /// inference; a long one runs faster on the pool's thread, which keeps running tract with its caches warm,
+    /// than on whichever thread `block_in_place` happens to be on (measured in BENCHMARKS.md). Needs the
+    /// handle's clock ([`ModelHandle::with_observer`]); without one every inference runs in place.
+    pub in_place_below: std::time::Duration,
 }
 
 impl Default for ServeLimits {
@@ -75,6 +97,7 @@ impl Default for ServeLimits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_concurrent_inferences: DEFAULT_MAX_CONCURRENT_INFERENCES,
             max_queued_inferences: DEFAULT_MAX_QUEUED_INFERENCES,
+            in_place_below: DEFAULT_IN_PLACE_BELOW,
         }
     }
 }
@@ -127,7 +150,8 @@ pub enum LoadError {
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
     /// The request is not a valid OIP inference request (malformed JSON, missing field, unsupported datatype,
-    /// data that does not fit the datatype, unknown requested output).
+    /// data that does not fit the datatype, unknown requested output, binary tensor data whose sizes do not
+    /// add up).
     #[error("{0}")]
     BadRequest(String),
     /// Tensors that do not fit the contract ([`ModelError::BadInput`]) or a model failure ([`ModelError::Run`],
@@ -208,6 +232,8 @@ pub struct Served {
     model: LoadedModel,
     ok: AtomicU64,
     failed: AtomicU64,
+    /// How long the last inference took, in microseconds, when the handle has a clock (0: not known).
+    last_micros: AtomicU64,
 }
 
 impl fmt::Debug for Served {
@@ -225,7 +251,14 @@ impl Served {
     /// Wraps an already loaded model. Load it with [`model::load_for_serving`] so every batch size the contract
     /// allows works; a model loaded with [`model::load`] only takes the smoke test's shapes.
     pub fn new(manifest: Manifest, digest: Digest, model: LoadedModel) -> Served {
-        Served { manifest, digest, model, ok: AtomicU64::new(0), failed: AtomicU64::new(0) }
+        Served {
+            manifest,
+            digest,
+            model,
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_micros: AtomicU64::new(0),
+        }
     }
 
     /// Loads `model_bytes` for serving (contract shapes) and runs the smoke test on that very plan.
@@ -363,8 +396,8 @@ impl ModelHandle {
 
     /// A handle whose HTTP inferences are reported to `observer` (the update loop's health window: feed
     /// `Event::Inference { ok }` when the served digest is the one under watch; telemetry counts and latencies),
-    /// timed on `clock`'s monotonic reading. The observer runs on the blocking pool right after the inference;
-    /// keep it short (send on a channel).
+    /// timed on `clock`'s monotonic reading. The observer runs on the inference's thread right after it, before
+    /// the answer is sent; keep it short (send on a channel).
     pub fn with_observer(
         clock: Arc<dyn outpost_shared::clock::Clock>,
         observer: impl Fn(&Served, bool, std::time::Duration) + Send + Sync + 'static,
@@ -406,17 +439,23 @@ impl ModelHandle {
 
     /// Runs the shadow (if sampled and idle) on a request the active model answered with `answer` in `took`;
     /// never touches the answer already given.
-    fn run_shadow(self: &Arc<Self>, body: Vec<u8>, answer: &InferResponse, took: std::time::Duration) {
+    fn run_shadow(
+        self: &Arc<Self>,
+        body: Vec<u8>,
+        json_len: Option<usize>,
+        answer: &InferResponse,
+        took: std::time::Duration,
+    ) {
         let Some(shadow) = self.shadow.read().unwrap_or_else(PoisonError::into_inner).clone() else { return };
         if shadow.seen.fetch_add(1, Ordering::Relaxed) % shadow.every != 0 || shadow.busy.swap(true, Ordering::AcqRel) {
             return;
         }
         let active: Vec<(String, Vec<f64>)> =
-            answer.outputs.iter().map(|t| (t.name.clone(), t.data.0.to_f64())).collect();
+            answer.outputs.iter().map(|t| (t.name.clone(), t.data.to_f64())).collect();
         let clock = self.clock.clone();
         tokio::task::spawn_blocking(move || {
             let started = clock.as_ref().map(|c| c.monotonic());
-            let result = handle_infer(&shadow.served, &body);
+            let result = handle_infer(&shadow.served, &body, json_len, Outputs::Json);
             let shadow_took = match (&clock, started) {
                 (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
                 _ => std::time::Duration::ZERO,
@@ -426,7 +465,7 @@ impl ModelHandle {
                 stats.samples += 1;
                 let mut top1 = None;
                 for (i, (name, a)) in active.iter().enumerate() {
-                    let Some(b) = answer.outputs.iter().find(|t| &t.name == name).map(|t| t.data.0.to_f64()) else {
+                    let Some(b) = answer.outputs.iter().find(|t| &t.name == name).map(|t| t.data.to_f64()) else {
                         stats.max_abs_diff = f64::INFINITY;
                         continue;
                     };
@@ -445,6 +484,39 @@ impl ModelHandle {
             }
             shadow.busy.store(false, Ordering::Release);
         });
+    }
+
+    /// Answers one HTTP request on `served` (fixed on the request's arrival): runs it, reports the outcome to
+    /// the observer and the metrics when it reached the model, feeds the shadow, and encodes the response.
+    fn answer(
+        self: &Arc<Self>,
+        served: &Served,
+        body: Vec<u8>,
+        json_len: Option<usize>,
+    ) -> Result<Encoded, InferenceError> {
+        let started = self.clock.as_ref().map(|c| c.monotonic());
+        let result = handle_infer(served, &body, json_len, Outputs::AsRequested);
+        let took = match (&self.clock, started) {
+            (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
+            _ => std::time::Duration::ZERO,
+        };
+        let reached_model = match &result {
+            Ok(_) => Some(true),
+            Err(e) if e.is_model_failure() => Some(false),
+            Err(_) => None,
+        };
+        if let (Some(ok), Some(observer)) = (reached_model, &self.observer) {
+            observer(served, ok, took);
+        }
+        if let Some(ok) = reached_model {
+            self.count(served, ok, took);
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            served.last_micros.store(micros, Ordering::Relaxed);
+        }
+        let answer = result?;
+        let encoded = Encoded::of(&answer)?;
+        self.run_shadow(body, json_len, &answer, took);
+        Ok(encoded)
     }
 
     /// Makes `served` the active model; returns the previous one. Requests already running keep theirs.
@@ -523,7 +595,7 @@ impl ModelHandle {
 /// Runs one OIP v2 JSON inference request on `served`, through the same code as `POST .../infer`, and returns
 /// the response body. For `outpost-agent infer --input FILE`.
 pub fn infer_once(served: &Served, request_json: &[u8]) -> Result<serde_json::Value, InferenceError> {
-    let response = handle_infer(served, request_json)?;
+    let response = handle_infer(served, request_json, None, Outputs::Json)?;
     // Through text, as over HTTP: `to_value` would widen f32 outputs to f64 digits the endpoint never prints.
     let bytes = serde_json::to_vec(&response).map_err(|e| InferenceError::Internal(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| InferenceError::Internal(e.to_string()))
@@ -561,6 +633,10 @@ pub async fn serve(
     limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Requests and answers are small writes a client waits for: Nagle's algorithm would only delay them.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(handle, limits)).with_graceful_shutdown(shutdown).await
 }
 
@@ -612,7 +688,7 @@ async fn server_metadata() -> Response {
     axum::Json(serde_json::json!({
         "name": "outpost-agent",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }))
     .into_response()
 }
@@ -685,7 +761,15 @@ async fn infer_version(
 
 async fn infer_response(app: &App, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
     match run_infer(app, name, version, headers, body).await {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok(Encoded { body, json_len: None }) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Encoded { body, json_len: Some(n) }) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH), HeaderValue::from(n)),
+            ],
+            body,
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -696,7 +780,7 @@ async fn run_infer(
     version: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Vec<u8>, InferenceError> {
+) -> Result<Encoded, InferenceError> {
     // The model is fixed here, on arrival: a swap from now on does not concern this request.
     let served = select(app, name, version)?;
     let limit = app.limits.max_body_bytes;
@@ -704,40 +788,49 @@ async fn run_infer(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(InferenceError::TooLarge(limit));
     }
+    let json_len = json_header_len(headers)?;
     let _admitted =
         app.admitted.clone().try_acquire_owned().map_err(|_| InferenceError::Busy(app.limits.max_queued_inferences))?;
     // Wait for a slot before buffering the body, so memory stays bounded by the running inferences.
     let running = app.running.clone().acquire_owned().await.map_err(|e| InferenceError::Internal(e.to_string()))?;
     let bytes = read_body(body, limit, declared).await?;
     let handle = app.handle.clone();
-    tokio::task::spawn_blocking(move || {
+    let last = std::time::Duration::from_micros(served.last_micros.load(Ordering::Relaxed));
+    let in_place = last < app.limits.in_place_below;
+    run_blocking(in_place, move || {
         let _running = running;
-        let started = handle.clock.as_ref().map(|c| c.monotonic());
-        let result = handle_infer(&served, &bytes);
-        let took = match (&handle.clock, started) {
-            (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
-            _ => std::time::Duration::ZERO,
-        };
-        let reached_model = match &result {
-            Ok(_) => Some(true),
-            Err(e) if e.is_model_failure() => Some(false),
-            Err(_) => None,
-        };
-        if let (Some(ok), Some(observer)) = (reached_model, &handle.observer) {
-            observer(&served, ok, took);
-        }
-        if let Some(ok) = reached_model {
-            handle.count(&served, ok, took);
-        }
-        let answer = result?;
-        let json = serde_json::to_vec(&answer).map_err(|e| InferenceError::Internal(e.to_string()));
-        if json.is_ok() {
-            handle.run_shadow(bytes, &answer, took);
-        }
-        json
+        handle.answer(&served, bytes, json_len)
     })
-    .await
-    .map_err(|e| InferenceError::Internal(format!("inference task: {e}")))?
+    .await?
+}
+
+/// Runs `f` (tract: CPU-bound) off the async scheduler. `in_place` on a multi-thread runtime: right here under
+/// `block_in_place`, which hands this worker's other tasks to another thread, so the request never waits for a
+/// wake-up between threads. Otherwise, and always on a current-thread runtime (no worker to hand over:
+/// `block_in_place` would panic), on the blocking pool. Either way the caller's semaphore bounds the threads
+/// busy with inferences.
+async fn run_blocking<T: Send + 'static>(
+    in_place: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, InferenceError> {
+    if in_place && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        // tract runs under its own `catch_unwind`; this one keeps a panic elsewhere (an observer) a 500, as the
+        // blocking pool's `JoinError` does.
+        return catch_unwind(AssertUnwindSafe(|| tokio::task::block_in_place(f)))
+            .map_err(|_| InferenceError::Internal("inference task panicked".into()));
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| InferenceError::Internal(format!("inference task: {e}")))
+}
+
+/// The request's `Inference-Header-Content-Length`: the length of the JSON header when binary tensor data
+/// follows it (`None`: the whole body is JSON).
+fn json_header_len(headers: &HeaderMap) -> Result<Option<usize>, InferenceError> {
+    let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else { return Ok(None) };
+    value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
+        InferenceError::BadRequest(format!(
+            "header {INFERENCE_HEADER_CONTENT_LENGTH} is {value:?}, not a length in bytes"
+        ))
+    })
 }
 
 async fn read_body(mut body: Body, limit: usize, declared: Option<u64>) -> Result<Vec<u8>, InferenceError> {
@@ -754,17 +847,84 @@ async fn read_body(mut body: Body, limit: usize, declared: Option<u64>) -> Resul
     Ok(buf)
 }
 
-/// The shared request path: parse, convert, run, shape the response. Counts the outcome on `served`.
-fn handle_infer(served: &Served, body: &[u8]) -> Result<InferResponse, InferenceError> {
-    let request: InferRequest = serde_json::from_slice(body)
+/// A response body: the JSON object, followed by the binary outputs when `json_len` is given (the
+/// `Inference-Header-Content-Length` to send).
+struct Encoded {
+    body: Vec<u8>,
+    json_len: Option<usize>,
+}
+
+impl Encoded {
+    /// The JSON object, then the data of each binary output in order.
+    fn of(answer: &InferResponse) -> Result<Encoded, InferenceError> {
+        let binary_len: usize = answer.outputs.iter().filter(|t| t.binary).map(|t| byte_len(&t.data)).sum();
+        let mut body = Vec::with_capacity(RESPONSE_HEADER_ESTIMATE + binary_len);
+        serde_json::to_writer(&mut body, answer).map_err(|e| InferenceError::Internal(e.to_string()))?;
+        let json_len = body.len();
+        let mut any = false;
+        for t in answer.outputs.iter().filter(|t| t.binary) {
+            write_le(&t.data, &mut body);
+            any = true;
+        }
+        Ok(Encoded { body, json_len: any.then_some(json_len) })
+    }
+}
+
+/// Room reserved for a response's JSON text (grows as needed).
+const RESPONSE_HEADER_ESTIMATE: usize = 512;
+
+/// Where a request asks its outputs to go: each may come back as binary data (the binary tensor data
+/// extension) or as JSON. `infer_once` prints JSON, so it ignores the request's choice.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outputs {
+    AsRequested,
+    Json,
+}
+
+/// The shared request path: parse (the JSON header, then binary tensor data when `json_len` says where the
+/// header ends), convert, run, shape the response. Counts the outcome on `served`.
+fn handle_infer(
+    served: &Served,
+    body: &[u8],
+    json_len: Option<usize>,
+    outputs_as: Outputs,
+) -> Result<InferResponse, InferenceError> {
+    let (json, binary) = match json_len {
+        None => (body, &[][..]),
+        Some(n) => body.split_at_checked(n).ok_or_else(|| {
+            InferenceError::BadRequest(format!(
+                "{INFERENCE_HEADER_CONTENT_LENGTH} is {n} bytes, but the body holds only {}",
+                body.len()
+            ))
+        })?,
+    };
+    let request: InferRequest = serde_json::from_slice(json)
         .map_err(|e| InferenceError::BadRequest(format!("not a valid inference request: {e}")))?;
+    let declared = request
+        .inputs
+        .iter()
+        .filter_map(|i| i.parameters.binary_data_size)
+        .try_fold(0u64, u64::checked_add)
+        .and_then(|n| usize::try_from(n).ok());
+    if declared != Some(binary.len()) {
+        let declared = declared.map_or_else(|| "more than usize::MAX".to_owned(), |n| n.to_string());
+        return Err(InferenceError::BadRequest(format!(
+            "the inputs' binary_data_size add up to {declared} bytes, but {} bytes of binary tensor data follow the \
+             JSON header ({INFERENCE_HEADER_CONTENT_LENGTH}: {})",
+            binary.len(),
+            json_len.map_or_else(|| "absent, so the whole body is JSON".to_owned(), |n| n.to_string()),
+        )));
+    }
     let specs = served.model().inputs();
     let mut tensors = Vec::with_capacity(request.inputs.len());
+    let mut rest = binary;
     for input in request.inputs {
-        tensors.push(input.into_tensor(specs)?);
+        tensors.push(input.into_tensor(specs, &mut rest)?);
     }
     let outputs = served.model().outputs();
-    let wanted: Option<Vec<String>> = match request.outputs {
+    let all_binary = request.parameters.binary_data_output.unwrap_or(false);
+    // (name, binary) per requested output; `None`: every output, binary as `binary_data_output` says.
+    let wanted: Option<Vec<(String, bool)>> = match request.outputs {
         None => None,
         Some(list) => {
             let mut names = Vec::with_capacity(list.len());
@@ -777,7 +937,7 @@ fn handle_infer(served: &Served, body: &[u8]) -> Result<InferResponse, Inference
                         known.join(", ")
                     )));
                 }
-                names.push(o.name);
+                names.push((o.name, o.parameters.binary_data.unwrap_or(all_binary)));
             }
             Some(names)
         }
@@ -791,8 +951,19 @@ fn handle_infer(served: &Served, body: &[u8]) -> Result<InferResponse, Inference
     let produced = result?;
     let outputs = produced
         .into_iter()
-        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.name)))
-        .map(|t| ResponseTensor { datatype: oip_name(t.dtype()), name: t.name, shape: t.shape, data: Values(t.data) })
+        .filter_map(|t| {
+            let binary = match &wanted {
+                None => all_binary,
+                Some(w) => w.iter().find(|(name, _)| *name == t.name)?.1,
+            };
+            Some(ResponseTensor {
+                datatype: oip_name(t.dtype()),
+                name: t.name,
+                shape: t.shape,
+                data: t.data,
+                binary: binary && outputs_as == Outputs::AsRequested,
+            })
+        })
         .collect();
     Ok(InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id: request.id, outputs })
 }
@@ -827,7 +998,8 @@ pub fn from_oip_name(name: &str) -> Option<ElementType> {
     [F32, F64, I8, U8, I32, I64, Bool].into_iter().find(|&t| oip_name(t) == name)
 }
 
-/// The OIP request body. Unknown fields (`parameters`) are ignored; binary tensor data is not supported.
+/// The OIP request body (the JSON header, with the binary tensor data extension). Unknown fields and
+/// parameters are ignored.
 #[derive(Deserialize)]
 struct InferRequest {
     #[serde(default)]
@@ -835,6 +1007,15 @@ struct InferRequest {
     inputs: Vec<RequestInput>,
     #[serde(default)]
     outputs: Option<Vec<RequestOutput>>,
+    #[serde(default)]
+    parameters: RequestParameters,
+}
+
+#[derive(Deserialize, Default)]
+struct RequestParameters {
+    /// Every output as binary data unless its own `binary_data` says otherwise.
+    #[serde(default)]
+    binary_data_output: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -842,21 +1023,46 @@ struct RequestInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    data: Flat,
+    #[serde(default)]
+    data: Option<Flat>,
+    #[serde(default)]
+    parameters: InputParameters,
+}
+
+#[derive(Deserialize, Default)]
+struct InputParameters {
+    /// The tensor's bytes follow the JSON header instead of `data`.
+    #[serde(default)]
+    binary_data_size: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct RequestOutput {
     name: String,
+    #[serde(default)]
+    parameters: OutputParameters,
+}
+
+#[derive(Deserialize, Default)]
+struct OutputParameters {
+    #[serde(default)]
+    binary_data: Option<bool>,
 }
 
 impl RequestInput {
-    fn into_tensor(self, specs: &[TensorSpec]) -> Result<NamedTensor, InferenceError> {
+    /// The tensor, its data from `data` or, for a binary input, from the front of `binary` (which it consumes).
+    fn into_tensor(self, specs: &[TensorSpec], binary: &mut &[u8]) -> Result<NamedTensor, InferenceError> {
         let name = self.name;
         let bad = |problem: String| InferenceError::BadRequest(format!("input `{name}`: {problem}"));
         let supported = "FP32, FP64, INT8, UINT8, INT32, INT64, BOOL";
-        let dtype = from_oip_name(&self.datatype)
-            .ok_or_else(|| bad(format!("datatype `{}` is not supported (supported: {supported})", self.datatype)))?;
+        let dtype = from_oip_name(&self.datatype).ok_or_else(|| match self.datatype.as_str() {
+            // No Outpost contract has string tensors, so BYTES (in JSON or binary) has nothing to feed.
+            "BYTES" => bad(format!(
+                "BYTES tensors are not supported, in JSON or binary: no Outpost model takes strings (supported: \
+                 {supported})"
+            )),
+            other => bad(format!("datatype `{other}` is not supported (supported: {supported})")),
+        })?;
         // Unknown names are left to the model's own check, which lists the inputs it has.
         if let Some(spec) = specs.iter().find(|s| s.name == name)
             && spec.dtype != dtype
@@ -868,8 +1074,88 @@ impl RequestInput {
             .iter()
             .map(|&d| usize::try_from(d).map_err(|_| bad(format!("shape {:?} has a negative dimension", self.shape))))
             .collect::<Result<Vec<usize>, _>>()?;
-        let data = self.data.into_typed(dtype).map_err(bad)?;
+        let data = match (self.data, self.parameters.binary_data_size) {
+            (Some(_), Some(_)) => {
+                return Err(bad("has both `data` and `parameters.binary_data_size`; give one".into()));
+            }
+            (None, None) => return Err(bad("has no data: give `data` or `parameters.binary_data_size`".into())),
+            (Some(flat), None) => flat.into_typed(dtype).map_err(bad)?,
+            (None, Some(size)) => {
+                let expected = shape.iter().try_fold(element_size(dtype), |a, &d| a.checked_mul(d));
+                if expected.is_none_or(|e| e as u64 != size) {
+                    let expected = expected.map_or_else(|| "more than usize::MAX".to_owned(), |e| e.to_string());
+                    return Err(bad(format!(
+                        "binary_data_size is {size} bytes, but shape {shape:?} of {} takes {expected}",
+                        self.datatype
+                    )));
+                }
+                // The caller checked that the sizes add up to the binary section.
+                let (bytes, rest) = binary
+                    .split_at_checked(size as usize)
+                    .ok_or_else(|| bad(format!("binary_data_size {size} runs past the end of the body")))?;
+                *binary = rest;
+                read_le(dtype, bytes).map_err(bad)?
+            }
+        };
         Ok(NamedTensor::new(name.clone(), shape, data))
+    }
+}
+
+/// Bytes per element in the binary tensor data extension (BOOL: one byte, 0 or 1).
+fn element_size(t: ElementType) -> usize {
+    match t {
+        ElementType::I8 | ElementType::U8 | ElementType::Bool => 1,
+        ElementType::I32 | ElementType::F32 => 4,
+        ElementType::I64 | ElementType::F64 => 8,
+    }
+}
+
+fn byte_len(d: &TensorData) -> usize {
+    d.len() * element_size(d.dtype())
+}
+
+/// Decodes little-endian tensor bytes (their length a multiple of the element size, checked by the caller).
+fn read_le(dtype: ElementType, bytes: &[u8]) -> Result<TensorData, String> {
+    fn each<T, const N: usize>(bytes: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+        bytes.as_chunks::<N>().0.iter().map(|&c| f(c)).collect()
+    }
+    Ok(match dtype {
+        ElementType::F32 => TensorData::F32(each(bytes, f32::from_le_bytes)),
+        ElementType::F64 => TensorData::F64(each(bytes, f64::from_le_bytes)),
+        ElementType::I8 => TensorData::I8(each(bytes, i8::from_le_bytes)),
+        ElementType::U8 => TensorData::U8(bytes.to_vec()),
+        ElementType::I32 => TensorData::I32(each(bytes, i32::from_le_bytes)),
+        ElementType::I64 => TensorData::I64(each(bytes, i64::from_le_bytes)),
+        ElementType::Bool => TensorData::Bool(
+            bytes
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| match b {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    _ => Err(format!("BOOL element {i} is the byte {b}, not 0 or 1")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// Appends tensor data as little-endian bytes.
+fn write_le(d: &TensorData, out: &mut Vec<u8>) {
+    fn each<T: Copy, const N: usize>(v: &[T], out: &mut Vec<u8>, f: fn(T) -> [u8; N]) {
+        out.reserve(v.len() * N);
+        for &x in v {
+            out.extend_from_slice(&f(x));
+        }
+    }
+    match d {
+        TensorData::F32(v) => each(v, out, f32::to_le_bytes),
+        TensorData::F64(v) => each(v, out, f64::to_le_bytes),
+        TensorData::I8(v) => each(v, out, i8::to_le_bytes),
+        TensorData::U8(v) => out.extend_from_slice(v),
+        TensorData::I32(v) => each(v, out, i32::to_le_bytes),
+        TensorData::I64(v) => each(v, out, i64::to_le_bytes),
+        TensorData::Bool(v) => each(v, out, |b| [u8::from(b)]),
     }
 }
 
@@ -882,20 +1168,43 @@ struct InferResponse {
     outputs: Vec<ResponseTensor>,
 }
 
-#[derive(Serialize)]
+/// One output: with its values as `data`, or, when `binary`, with `parameters.binary_data_size` and its bytes
+/// after the JSON object.
 struct ResponseTensor {
     name: String,
     datatype: &'static str,
     shape: Vec<usize>,
-    data: Values,
+    data: TensorData,
+    binary: bool,
+}
+
+impl Serialize for ResponseTensor {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ResponseTensor", 4)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("datatype", self.datatype)?;
+        st.serialize_field("shape", &self.shape)?;
+        if self.binary {
+            st.serialize_field("parameters", &BinaryDataSize { binary_data_size: byte_len(&self.data) })?;
+        } else {
+            st.serialize_field("data", &Values(&self.data))?;
+        }
+        st.end()
+    }
+}
+
+#[derive(Serialize)]
+struct BinaryDataSize {
+    binary_data_size: usize,
 }
 
 /// Serialises tensor data as a flat JSON array (non-finite floats become `null`, as JSON has no NaN).
-struct Values(TensorData);
+struct Values<'a>(&'a TensorData);
 
-impl Serialize for Values {
+impl Serialize for Values<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
+        match self.0 {
             TensorData::F32(v) => v.serialize(s),
             TensorData::F64(v) => v.serialize(s),
             TensorData::I8(v) => v.serialize(s),

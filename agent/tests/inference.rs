@@ -84,10 +84,24 @@ impl Server {
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and the body as JSON (`Null` when empty).
 async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let (status, _, body) = http_raw(addr, method, path, &[("Content-Type", "application/json")], body).await;
+    let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+    (status, json)
+}
+
+/// One HTTP/1.1 request on a fresh connection with extra `headers`; returns the status, the response head
+/// (lower case) and the raw body.
+async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -101,8 +115,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, 
     if head.contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
-    (status, json)
+    (status, head, body)
 }
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
@@ -556,4 +569,208 @@ async fn metrics_endpoint_counts_inferences_and_failures_per_model_in_prometheus
     assert!(text.contains(&format!("outpost_agent_inference_seconds_count{{{labels}}} 1")), "{text}");
     assert!(text.contains("outpost_agent_model_active{"), "{text}");
     server.stop().await;
+}
+
+impl Server {
+    /// A server whose active model is `model`.
+    async fn serving(model: &Arc<Served>) -> Server {
+        let handle = Arc::new(ModelHandle::new());
+        handle.swap(model.clone());
+        Server::start(handle).await
+    }
+
+    /// POSTs a body in the binary tensor data extension: a JSON object of `json_len` bytes, then tensor bytes.
+    async fn infer_binary(&self, model: &str, body: &[u8], json_len: &str) -> (u16, String, Vec<u8>) {
+        let headers = [("Content-Type", "application/octet-stream"), ("Inference-Header-Content-Length", json_len)];
+        http_raw(self.addr, "POST", &format!("/v2/models/{model}/infer"), &headers, body).await
+    }
+}
+
+/// `request` in the binary tensor data extension: the `data` of each input named in `binary` moved after the
+/// JSON object as little-endian FP32 bytes, with its `binary_data_size`. Returns the body and the JSON length.
+fn binary_body(request: &Value, binary: &[&str]) -> (Vec<u8>, String) {
+    let mut header = request.clone();
+    let mut tail = Vec::new();
+    for input in header["inputs"].as_array_mut().unwrap() {
+        if !binary.contains(&input["name"].as_str().unwrap()) {
+            continue;
+        }
+        let data = input.as_object_mut().unwrap().remove("data").unwrap();
+        let start = tail.len();
+        for v in data.as_array().unwrap() {
+            tail.extend_from_slice(&(v.as_f64().unwrap() as f32).to_le_bytes());
+        }
+        input["parameters"] = json!({ "binary_data_size": tail.len() - start });
+    }
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let json_len = body.len().to_string();
+    body.extend_from_slice(&tail);
+    (body, json_len)
+}
+
+/// A binary-extension body (`json_len` long JSON header) with its header changed by `edit`; returns the new body
+/// and header length.
+fn edit_header(body: &[u8], json_len: &str, edit: impl FnOnce(&mut Value)) -> (Vec<u8>, String) {
+    let json_len: usize = json_len.parse().unwrap();
+    let mut header: Value = serde_json::from_slice(&body[..json_len]).unwrap();
+    edit(&mut header);
+    let mut edited = serde_json::to_vec(&header).unwrap();
+    let edited_len = edited.len().to_string();
+    edited.extend_from_slice(&body[json_len..]);
+    (edited, edited_len)
+}
+
+fn input_mut<'a>(request: &'a mut Value, name: &str) -> &'a mut Value {
+    request["inputs"].as_array_mut().unwrap().iter_mut().find(|i| i["name"] == name).unwrap()
+}
+
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
+/// A binary-extension response as the all-JSON response it stands for: each binary output's FP32 bytes put
+/// back as `data`, printed the way the server prints floats.
+fn unbinary(head: &str, body: &[u8]) -> Value {
+    let len: usize = header_value(head, "inference-header-content-length").expect("the header").parse().unwrap();
+    let mut json: Value = serde_json::from_slice(&body[..len]).unwrap();
+    let mut rest = &body[len..];
+    for out in json["outputs"].as_array_mut().unwrap() {
+        let Some(size) = out["parameters"]["binary_data_size"].as_u64() else { continue };
+        assert_eq!(out["datatype"], "FP32");
+        let (bytes, tail) = rest.split_at(size as usize);
+        rest = tail;
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let o = out.as_object_mut().unwrap();
+        o.remove("parameters");
+        o.insert("data".into(), serde_json::from_str(&serde_json::to_string(&values).unwrap()).unwrap());
+    }
+    assert!(rest.is_empty(), "{} bytes after the last binary output", rest.len());
+    json
+}
+
+// On a multi-thread runtime: the path where inferences run under `block_in_place`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_request_gives_the_same_outputs_as_json() {
+    let model = silero();
+    let server = Server::serving(&model).await;
+    let (_, meta) = server.get("/v2").await;
+    assert_eq!(meta["extensions"], json!(["binary_tensor_data"]));
+    let request = smoke_request(&model);
+    let (status, as_json) = server.infer("silero-vad", &request).await;
+    assert_eq!(status, 200, "{as_json}");
+
+    // Every input and every output binary.
+    let mut all = request.clone();
+    all["parameters"] = json!({ "binary_data_output": true });
+    let (body, n) = binary_body(&all, &["input", "h", "c"]);
+    let (status, head, raw) = server.infer_binary("silero-vad", &body, &n).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&raw));
+    assert_eq!(header_value(&head, "content-type"), Some("application/octet-stream"), "{head}");
+    assert_eq!(unbinary(&head, &raw), as_json);
+
+    // One input binary, two JSON; outputs chosen one by one, `binary_data: false` overriding the request's.
+    let mut mixed = request.clone();
+    mixed["parameters"] = json!({ "binary_data_output": true });
+    mixed["outputs"] = json!([{ "name": "speech_probs" }, { "name": "hn", "parameters": { "binary_data": false } }]);
+    let (body, n) = binary_body(&mixed, &["input"]);
+    let (status, head, raw) = server.infer_binary("silero-vad", &body, &n).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&raw));
+    let len: usize = header_value(&head, "inference-header-content-length").unwrap().parse().unwrap();
+    let header: Value = serde_json::from_slice(&raw[..len]).unwrap();
+    assert!(header["outputs"][0]["data"].is_null() && header["outputs"][1]["data"].is_array(), "{header}");
+    let got = unbinary(&head, &raw);
+    assert_eq!(got["outputs"], json!([output(&as_json, "speech_probs"), output(&as_json, "hn")]));
+
+    // Binary inputs, JSON outputs: a plain JSON answer without the extension's header.
+    let (body, n) = binary_body(&request, &["input", "h", "c"]);
+    let (status, head, raw) = server.infer_binary("silero-vad", &body, &n).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&raw));
+    assert_eq!(header_value(&head, "content-type"), Some("application/json"), "{head}");
+    assert_eq!(header_value(&head, "inference-header-content-length"), None, "{head}");
+    assert_eq!(serde_json::from_slice::<Value>(&raw).unwrap(), as_json);
+    assert_eq!(model.stats().ok, 4);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn binary_sizes_that_do_not_add_up_are_a_400() {
+    let model = silero();
+    let server = Server::serving(&model).await;
+    let request = smoke_request(&model);
+    let (body, n) = binary_body(&request, &["input", "h", "c"]);
+    let json_len: usize = n.parse().unwrap();
+    let refused = |(status, _, raw): (u16, String, Vec<u8>), needle: &str| {
+        let body: Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(error_text(&body).contains(needle), "expected `{needle}` in {body}");
+    };
+
+    // The JSON header would run past the end of the body.
+    let beyond = (body.len() + 1).to_string();
+    refused(server.infer_binary("silero-vad", &body, &beyond).await, "but the body holds only");
+    // Bytes left over after the declared tensors, and bytes missing.
+    let mut longer = body.clone();
+    longer.push(0);
+    refused(server.infer_binary("silero-vad", &longer, &n).await, "add up to");
+    refused(server.infer_binary("silero-vad", &body[..body.len() - 4], &n).await, "add up to");
+    // Binary data declared, but no header saying where the JSON ends.
+    let (status, json) = server.post("/v2/models/silero-vad/infer", &body[..json_len]).await;
+    assert_eq!(status, 400, "{json}");
+    assert!(error_text(&json).contains("absent, so the whole body is JSON"), "{json}");
+    // The sizes add up, but one tensor's size is not its shape times 4 bytes.
+    let (skewed, skewed_len) = edit_header(&body, &n, |header| {
+        input_mut(header, "h")["parameters"]["binary_data_size"] = json!(508);
+        input_mut(header, "c")["parameters"]["binary_data_size"] = json!(516);
+    });
+    refused(server.infer_binary("silero-vad", &skewed, &skewed_len).await, "binary_data_size is 508 bytes");
+    // The header is not a length.
+    refused(server.infer_binary("silero-vad", &body, "ten").await, "not a length in bytes");
+    assert_eq!(model.stats(), Default::default(), "nothing reached the model");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn binary_inputs_with_both_or_neither_data_or_an_unsupported_datatype_are_400s() {
+    let model = silero();
+    let server = Server::serving(&model).await;
+    let (body, n) = binary_body(&smoke_request(&model), &["h"]);
+    let with_h = |edit: &dyn Fn(&mut Value)| edit_header(&body, &n, |header| edit(input_mut(header, "h")));
+    for (edit, needle) in [
+        (&(|h: &mut Value| h["data"] = json!(vec![0.0; 128])) as &dyn Fn(&mut Value), "has both `data` and"),
+        (&|h: &mut Value| h["parameters"] = json!({}), "has no data"),
+        (&|h: &mut Value| h["datatype"] = json!("BYTES"), "BYTES tensors are not supported"),
+        (&|h: &mut Value| h["datatype"] = json!("FP16"), "datatype `FP16` is not supported"),
+    ] {
+        let (mut body, n) = with_h(edit);
+        if needle == "has no data" {
+            body.truncate(n.parse().unwrap()); // no bytes for it either
+        }
+        let (status, _, raw) = server.infer_binary("silero-vad", &body, &n).await;
+        let body: Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(status, 400, "{body}");
+        let text = error_text(&body);
+        assert!(text.contains(needle) && text.contains("input `h`"), "expected `{needle}` in {body}");
+    }
+    assert_eq!(model.stats(), Default::default(), "nothing reached the model");
+    server.stop().await;
+}
+
+// On a multi-thread runtime, an inference runs in place or on the blocking pool by its model's last latency;
+// `in_place_below: 0` sends every one to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferences_on_the_blocking_pool_answer_like_those_run_in_place() {
+    let model = silero();
+    let request = smoke_request(&model);
+    let in_place = Server::serving(&model).await;
+    let (status, expected) = in_place.infer("silero-vad", &request).await;
+    assert_eq!(status, 200, "{expected}");
+    in_place.stop().await;
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let limits = ServeLimits { in_place_below: std::time::Duration::ZERO, ..ServeLimits::default() };
+    let pooled = Server::start_with(handle, limits).await;
+    for _ in 0..3 {
+        assert_eq!(pooled.infer("silero-vad", &request).await, (200, expected.clone()));
+    }
+    pooled.stop().await;
 }

@@ -35,7 +35,9 @@ pub enum Planning {
     /// One plan, for the smoke test's shapes ([`ShapeMode::SmokeTest`]).
     SmokeShapes,
     /// One plan with the contract's symbolic dimensions left symbolic (one tract symbol per name, so `N` in two
-    /// inputs must agree), bound per run.
+    /// inputs must agree), bound per run; plus a concrete plan for the smoke test's shapes, which runs them
+    /// (the contract lets the agent fix every dimension before optimising, and a fully concrete plan is
+    /// faster: about 20% for silero-vad). The smoke test runs on both.
     Symbolic,
     /// tract could not plan the symbolic model (a `Reshape` whose target is computed from the input's shape
     /// through an `int32` cast, as in the PP-OCR classifier, say): one concrete plan per distinct set of input
@@ -238,8 +240,10 @@ pub struct LoadedModel {
 type Plan = Arc<TypedRunnableModel>;
 
 enum Plans {
-    /// [`Planning::SmokeShapes`] (`symbolic` false) or [`Planning::Symbolic`].
-    One { plan: Plan, symbolic: bool },
+    /// [`Planning::SmokeShapes`].
+    One(Plan),
+    /// [`Planning::Symbolic`]: the symbolic plan, and the concrete plan for `smoke_shapes`.
+    Symbolic { plan: Plan, smoke_shapes: Vec<Vec<usize>>, smoke_plan: Plan },
     /// [`Planning::PerShape`]: the parsed model to plan from, and plans by input shapes, most recent first.
     PerShape { proto: Box<pb::ModelProto>, cache: Mutex<VecDeque<(Vec<Vec<usize>>, Plan)>> },
 }
@@ -301,16 +305,17 @@ impl LoadedModel {
     /// How this model plans input shapes.
     pub fn planning(&self) -> Planning {
         match &self.plans {
-            Plans::One { symbolic: false, .. } => Planning::SmokeShapes,
-            Plans::One { symbolic: true, .. } => Planning::Symbolic,
+            Plans::One(_) => Planning::SmokeShapes,
+            Plans::Symbolic { .. } => Planning::Symbolic,
             Plans::PerShape { .. } => Planning::PerShape,
         }
     }
 
-    /// Plans held now: 1, or in [`Planning::PerShape`] up to [`MAX_SHAPE_PLANS`].
+    /// Plans held now: 1, 2 in [`Planning::Symbolic`], or in [`Planning::PerShape`] up to [`MAX_SHAPE_PLANS`].
     pub fn cached_plans(&self) -> usize {
         match &self.plans {
-            Plans::One { .. } => 1,
+            Plans::One(_) => 1,
+            Plans::Symbolic { .. } => 2,
             Plans::PerShape { cache, .. } => cache.lock().unwrap_or_else(PoisonError::into_inner).len(),
         }
     }
@@ -409,7 +414,11 @@ impl LoadedModel {
     /// caller's problem (`BadInput`): the smoke test's shapes were planned at load.
     fn plan_for(&self, shapes: Vec<Vec<usize>>) -> Result<Plan, ModelError> {
         let (proto, cache) = match &self.plans {
-            Plans::One { plan, .. } => return Ok(plan.clone()),
+            Plans::One(plan) => return Ok(plan.clone()),
+            Plans::Symbolic { smoke_shapes, smoke_plan, .. } if *smoke_shapes == shapes => {
+                return Ok(smoke_plan.clone());
+            }
+            Plans::Symbolic { plan, .. } => return Ok(plan.clone()),
             Plans::PerShape { proto, cache } => (proto, cache),
         };
         // Planning takes long, so the lock is held only to look up and to insert (two threads may plan the
@@ -486,6 +495,20 @@ impl LoadedModel {
             shapes.push(t.shape.iter().map(|&d| d as usize).collect());
         }
         let plan = self.plan_for(shapes).map_err(|e| ModelError::SmokeRun(e.to_string()))?;
+        let mut report = self.smoke_check(manifest, &plan, inputs.clone())?;
+        // A symbolic model serves every other shape on its symbolic plan: that one must pass too.
+        if let Plans::Symbolic { plan, .. } = &self.plans {
+            let symbolic = self.smoke_check(manifest, plan, inputs)?;
+            for ((_, worst), (_, other)) in report.outputs.iter_mut().zip(symbolic.outputs) {
+                *worst = worst.max(other);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs the smoke test's `inputs` on `plan` and compares the outputs with the expected values.
+    fn smoke_check(&self, manifest: &Manifest, plan: &Plan, inputs: TVec<TValue>) -> Result<SmokeReport, ModelError> {
+        let st = &manifest.smoke_test;
         let outputs = plan.run(inputs).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
         let mut report = Vec::new();
         for expected in &st.expected {
@@ -612,12 +635,13 @@ fn load_inner(model_bytes: &[u8], manifest: &Manifest, mode: ShapeMode) -> Resul
             Ok(plan)
         });
         if let Ok(plan) = symbolic {
-            return Ok(loaded(Plans::One { plan, symbolic: true }, contract));
+            let smoke_plan = build_plan(&proto, &smoke_shaped).map_err(load)?;
+            return Ok(loaded(Plans::Symbolic { plan, smoke_shapes, smoke_plan }, contract));
         }
     }
     let plan = build_plan(&proto, &smoke_shaped).map_err(load)?;
     Ok(match mode {
-        ShapeMode::SmokeTest => loaded(Plans::One { plan, symbolic: false }, smoke_shaped),
+        ShapeMode::SmokeTest => loaded(Plans::One(plan), smoke_shaped),
         ShapeMode::Contract => {
             let cache = Mutex::new(VecDeque::from([(smoke_shapes, plan)]));
             loaded(Plans::PerShape { proto: Box::new(proto), cache }, contract)

@@ -97,6 +97,7 @@ fn serving_load_runs_any_batch_size_of_a_symbolic_dimension() {
     let m = AffineManifest::new("a", "1.0.0", 2.0, 1.0).manifest();
     let loaded = model::load_for_serving(&affine_model(2.0, 1.0), &m).unwrap();
     assert_eq!(loaded.planning(), Planning::Symbolic);
+    assert_eq!(loaded.cached_plans(), 2, "the symbolic plan, and a concrete one for the smoke test's shapes");
     loaded.smoke_test(&m).unwrap();
     for n in [1, 3, 17] {
         let out = loaded.run(vec![x(vec![n, 4], 0.5)]).unwrap();

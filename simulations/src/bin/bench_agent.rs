@@ -1,5 +1,6 @@
 //! Agent benchmarks (issue 4), each measured in one run next to its baseline and printed as a ratio: package
-//! verification, inference over the HTTP API, tract vs onnxruntime, failover, idle RSS and binary size.
+//! verification, inference over the HTTP API (JSON tensors, and binary ones as tritonclient sends them), tract vs
+//! onnxruntime, failover, idle RSS and binary size.
 //!
 //! Run through `scripts/bench-agent`, which builds this and `outpost-agent` in release mode and installs
 //! onnxruntime and numpy from PyPI when missing. Baselines: `openssl dgst -sha256` on the same package file;
@@ -58,6 +59,18 @@ fn now() -> Instant {
 #[allow(clippy::disallowed_methods)] // The agent processes read the real clock; the hub's metadata must agree.
 fn real_wall() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Real time, as `outpost-agent run` gives its model handle.
+struct RealClock(Instant);
+
+impl Clock for RealClock {
+    fn wall(&self) -> u64 {
+        real_wall()
+    }
+    fn monotonic(&self) -> Duration {
+        self.0.elapsed()
+    }
 }
 
 /// The repository root (fixtures, scripts).
@@ -206,6 +219,50 @@ fn oip_request(inputs: &[NamedTensor]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).expect("JSON of plain values")
 }
 
+/// Little-endian bytes of tensor data, as the binary tensor data extension carries them.
+fn le_bytes(d: &TensorData) -> Vec<u8> {
+    match d {
+        TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::I8(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::U8(v) => v.clone(),
+        TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+    }
+}
+
+/// What `tritonclient.http` sends by default: the OIP request as a JSON header whose inputs carry
+/// `binary_data_size`, every output asked back binary (`binary_data_output`), then the tensors' bytes. Returns
+/// the body and the header's length (`Inference-Header-Content-Length`).
+fn oip_binary_request(inputs: &[NamedTensor]) -> (Vec<u8>, usize) {
+    let tensors: Vec<Vec<u8>> = inputs.iter().map(|t| le_bytes(&t.data)).collect();
+    let header: Vec<serde_json::Value> = inputs
+        .iter()
+        .zip(&tensors)
+        .map(|(t, bytes)| {
+            serde_json::json!({
+                "name": t.name, "shape": t.shape, "datatype": oip_name(t.dtype()),
+                "parameters": { "binary_data_size": bytes.len() },
+            })
+        })
+        .collect();
+    let request = serde_json::json!({ "inputs": header, "parameters": { "binary_data_output": true } });
+    let mut body = serde_json::to_vec(&request).expect("JSON of plain values");
+    let json_len = body.len();
+    body.extend(tensors.concat());
+    (body, json_len)
+}
+
+/// The first value of the first output of a binary-extension response (FP32), with the response's JSON header.
+fn first_binary_output(body: &[u8], json_len: usize) -> Result<f64> {
+    let header: serde_json::Value = serde_json::from_slice(body.get(..json_len).context("short response")?)?;
+    let size = header["outputs"][0]["parameters"]["binary_data_size"].as_u64().context("binary output")?;
+    ensure!(header["outputs"][0]["datatype"] == "FP32" && size >= 4, "an FP32 output: {header}");
+    let bytes: [u8; 4] = body.get(json_len..json_len + 4).context("binary data")?.try_into()?;
+    Ok(f64::from(f32::from_le_bytes(bytes)))
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // 1. Package verification vs openssl
 
@@ -290,24 +347,33 @@ impl Http {
         Ok(Http { conn: BufReader::new(stream) })
     }
 
-    /// A complete request (head and body) to send as is.
-    fn post_request(path: &str, body: &[u8]) -> Vec<u8> {
-        let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
+    /// A complete request (head and body) to send as is; `json_len` for a body in the binary tensor data
+    /// extension (the length of its JSON header).
+    fn post_request(path: &str, body: &[u8], json_len: Option<usize>) -> Vec<u8> {
+        let kind = match json_len {
+            None => "Content-Type: application/json\r\n".to_owned(),
+            Some(n) => format!("Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {n}\r\n"),
+        };
+        let mut req =
+            format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{kind}Content-Length: {}\r\n\r\n", body.len())
+                .into_bytes();
         req.extend_from_slice(body);
         req
     }
 
     /// Sends `request` and reads the response; returns the status and the body.
     fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
+        let (status, _, body) = self.exchange_binary(request)?;
+        Ok((status, body))
+    }
+
+    /// Like [`Http::exchange`], with the response's `Inference-Header-Content-Length` when it has one.
+    fn exchange_binary(&mut self, request: &[u8]) -> Result<(u16, Option<usize>, Vec<u8>)> {
         self.conn.get_mut().write_all(request)?;
         let mut line = String::new();
         self.conn.read_line(&mut line)?;
         let status: u16 = line.split_whitespace().nth(1).context("status line")?.parse()?;
-        let mut length = None;
+        let (mut length, mut json_len) = (None, None);
         loop {
             line.clear();
             self.conn.read_line(&mut line)?;
@@ -320,10 +386,15 @@ impl Http {
             {
                 length = Some(v.trim().parse::<usize>()?);
             }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("inference-header-content-length")
+            {
+                json_len = Some(v.trim().parse::<usize>()?);
+            }
         }
         let mut body = vec![0; length.context("response without Content-Length")?];
         self.conn.read_exact(&mut body)?;
-        Ok((status, body))
+        Ok((status, json_len, body))
     }
 }
 
@@ -346,10 +417,14 @@ fn per_run(l: &Loaded) -> Result<Duration> {
     Ok(Duration::from_secs_f64(latency(v).median / 1e6))
 }
 
-/// Latencies of one model three ways: over HTTP, through `infer_once` (the same JSON request path without HTTP)
-/// and `LoadedModel::run` in process.
+/// Latencies of one model four ways: over HTTP with JSON tensors and with binary ones (the binary tensor data
+/// extension, both ways), through `infer_once` (the JSON request path without HTTP) and `LoadedModel::run` in
+/// process.
 struct Overhead {
+    /// `GET /v2/health/live` on the same connection: the HTTP round trip alone, the floor of any request.
+    floor: Latency,
     http: Latency,
+    http_binary: Latency,
     json: Latency,
     direct: Latency,
     requests: usize,
@@ -358,19 +433,27 @@ struct Overhead {
 fn bench_overhead(addr: SocketAddr, handle: &ModelHandle, l: &Loaded) -> Result<Overhead> {
     handle.swap(l.served.clone());
     let mut http = Http::connect(addr)?;
+    let path = format!("/v2/models/{}/infer", l.name());
     let request_body = oip_request(&l.inputs);
-    let request = Http::post_request(&format!("/v2/models/{}/infer", l.name()), &request_body);
-    // The API answers what the model answers in process.
+    let request = Http::post_request(&path, &request_body, None);
+    let (binary_body, json_len) = oip_binary_request(&l.inputs);
+    let binary = Http::post_request(&path, &binary_body, Some(json_len));
+    // The API answers what the model answers in process, both ways.
+    let direct = l.served.model().run(l.inputs.clone())?.remove(0).data.to_f64()[0];
     let (status, body) = http.exchange(&request)?;
     ensure!(status == 200, "HTTP {status}: {}", String::from_utf8_lossy(&body));
     let response: serde_json::Value = serde_json::from_slice(&body)?;
-    let direct = l.served.model().run(l.inputs.clone())?;
     let first = response["outputs"][0]["data"][0].as_f64().context("response data")?;
-    ensure!((first - direct[0].data.to_f64()[0]).abs() < 1e-6, "HTTP and in-process outputs differ");
+    ensure!((first - direct).abs() < 1e-6, "HTTP (JSON) and in-process outputs differ");
+    let (status, response_json_len, body) = http.exchange_binary(&binary)?;
+    ensure!(status == 200, "HTTP {status}: {}", String::from_utf8_lossy(&body));
+    let first = first_binary_output(&body, response_json_len.context("no Inference-Header-Content-Length")?)?;
+    ensure!((first - direct).abs() < 1e-6, "HTTP (binary) and in-process outputs differ");
 
-    // One request over HTTP, then one run in process, and so on: both sides see the same machine.
+    // One of each in turn (JSON over HTTP, in process, binary over HTTP, infer_once): all see the same machine.
     let n = (OVERHEAD_BUDGET.as_secs_f64() / per_run(l)?.as_secs_f64()).clamp(100.0, 10_000.0) as usize;
-    let (mut over_http, mut json, mut in_process) = (Vec::with_capacity(n), Vec::new(), Vec::with_capacity(n));
+    let live = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut samples: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(n));
     for i in 0..n + n / 10 {
         let start = now();
         let (status, body) = http.exchange(&request)?;
@@ -379,16 +462,26 @@ fn bench_overhead(addr: SocketAddr, handle: &ModelHandle, l: &Loaded) -> Result<
         std::hint::black_box(body);
         let p = micros(run_in_process(l)?);
         let start = now();
+        let (status, _, body) = http.exchange_binary(&binary)?;
+        let b = micros(start.elapsed());
+        ensure!(status == 200, "HTTP {status}");
+        std::hint::black_box(body);
+        let start = now();
         std::hint::black_box(infer_once(&l.served, &request_body)?);
         let j = micros(start.elapsed());
+        let start = now();
+        let (status, _) = http.exchange(live)?;
+        let f = micros(start.elapsed());
+        ensure!(status == 200, "HTTP {status}");
         if i >= n / 10 {
             // the first tenth warms up
-            over_http.push(h);
-            in_process.push(p);
-            json.push(j);
+            for (v, x) in samples.iter_mut().zip([h, p, b, j, f]) {
+                v.push(x);
+            }
         }
     }
-    Ok(Overhead { http: latency(over_http), json: latency(json), direct: latency(in_process), requests: n })
+    let [h, p, b, j, f] = samples.map(latency);
+    Ok(Overhead { floor: f, http: h, http_binary: b, json: j, direct: p, requests: n })
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -729,7 +822,7 @@ fn bench_rss(l: &Loaded) -> Result<Rss> {
     // The state file names the package before its model has loaded; the API says when it serves.
     let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     wait_for("readiness", || Ok(http.exchange(ready)?.0 == 200))?;
-    let request = Http::post_request(&format!("/v2/models/{}/infer", l.name()), &oip_request(&l.inputs));
+    let request = Http::post_request(&format!("/v2/models/{}/infer", l.name()), &oip_request(&l.inputs), None);
     for _ in 0..HEALTH {
         let (status, _) = http.exchange(&request)?;
         ensure!(status == 200, "HTTP {status}");
@@ -783,47 +876,68 @@ fn loadavg() -> String {
 }
 
 fn main() -> Result<()> {
+    // `bench-agent [SECTION...]` runs only those sections (verify, api, runtime, failover, rss, size); none: all.
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     let load_before = loadavg();
     let tmp = tempfile::tempdir()?;
     let mut rows = Vec::new();
 
-    rows.extend(bench_verify(tmp.path())?);
+    if run("verify") {
+        rows.extend(bench_verify(tmp.path())?);
+    }
 
     let loaded: Vec<Loaded> = FIXTURES.iter().map(Loaded::open).collect::<Result<_>>()?;
-    let handle = Arc::new(ModelHandle::new());
+    // As `outpost-agent run` builds it: timed on a real clock, each inference reported to an observer.
+    let handle = Arc::new(ModelHandle::with_observer(Arc::new(RealClock(now())), |_, ok, took| {
+        std::hint::black_box((ok, took));
+    }));
     let addr = start_api(handle.clone())?;
-    for l in &loaded {
+    for l in loaded.iter().filter(|_| run("api")) {
         eprintln!("inference overhead, {}: HTTP/1.1 keep-alive on loopback vs LoadedModel::run...", l.name());
         let o = bench_overhead(addr, &handle, l)?;
         eprintln!(
-            "  {} requests each way; HTTP median {:.1} us p99 {:.1} us; infer_once (JSON, no HTTP) median {:.1} us \
-             p99 {:.1} us; in process median {:.1} us p99 {:.1} us (plan: {:?})",
+            "  {} requests each way; HTTP JSON median {:.1} us p99 {:.1} us; HTTP binary median {:.1} us p99 {:.1} \
+             us; infer_once (JSON, no HTTP) median {:.1} us p99 {:.1} us; in process median {:.1} us p99 {:.1} us \
+             (plan: {:?})",
             o.requests,
             o.http.median,
             o.http.p99,
+            o.http_binary.median,
+            o.http_binary.p99,
             o.json.median,
             o.json.p99,
             o.direct.median,
             o.direct.p99,
             l.served.model().planning()
         );
-        rows.push(Row::new(
-            &format!("inference via API, {} (median; p99)", l.name()),
-            format!("{:.0} us; {:.0} us", o.http.median, o.http.p99),
-            format!("{:.0} us; {:.0} us in process", o.direct.median, o.direct.p99),
-            o.http.median / o.direct.median,
+        // Each way against `LoadedModel::run` in the same loop.
+        let vs_in_process = |figure: &str, t: Latency, goal: &str| {
+            Row::new(
+                &format!("{figure}, {} (median; p99)", l.name()),
+                format!("{:.0} us; {:.0} us", t.median, t.p99),
+                format!("{:.0} us; {:.0} us in process", o.direct.median, o.direct.p99),
+                t.median / o.direct.median,
+                goal,
+            )
+        };
+        rows.push(vs_in_process("inference via API, JSON tensors", o.http, "<= 1.05"));
+        rows.push(vs_in_process(
+            "inference via API, binary tensors (tritonclient's default)",
+            o.http_binary,
             "<= 1.05",
         ));
+        rows.push(vs_in_process("  (info) infer_once: JSON in and out, no HTTP", o.json, "-"));
         rows.push(Row::new(
-            &format!("  (info) infer_once: JSON in and out, no HTTP, {}", l.name()),
-            format!("{:.0} us; {:.0} us", o.json.median, o.json.p99),
-            format!("{:.0} us; {:.0} us in process", o.direct.median, o.direct.p99),
-            o.json.median / o.direct.median,
+            &format!("  (info) HTTP round trip alone, GET /v2/health/live, {} run (median; p99)", l.name()),
+            format!("{:.0} us; {:.0} us", o.floor.median, o.floor.p99),
+            format!("{:.0} us in process", o.direct.median),
+            o.floor.median / o.direct.median,
             "-",
         ));
     }
 
-    for l in &loaded {
+    for l in loaded.iter().filter(|_| run("runtime")) {
         eprintln!("tract vs onnxruntime, {}, one thread each...", l.name());
         let c = bench_runtimes(l, tmp.path())?;
         eprintln!(
@@ -855,7 +969,7 @@ fn main() -> Result<()> {
         ));
     }
 
-    for l in &loaded {
+    for l in loaded.iter().filter(|_| run("failover")) {
         eprintln!("failover, {}: {FAILOVER_RUNS} failed health checks on new packages...", l.name());
         let f = bench_failover(l)?;
         let ms = |v: &[f64]| v.iter().map(|s| format!("{:.0}", s * 1e3)).collect::<Vec<_>>().join(", ");
@@ -875,41 +989,12 @@ fn main() -> Result<()> {
         ));
     }
 
-    eprintln!("idle RSS of outpost-agent run...");
-    let ppocr = &loaded[0];
-    let rss = bench_rss(ppocr)?;
-    eprintln!(
-        "  with {}: VmRSS {} KiB (peak VmHWM {} KiB); without a model: {} KiB",
-        ppocr.name(),
-        rss.with_model_kib,
-        rss.with_model_peak_kib,
-        rss.without_model_kib
-    );
-    rows.push(Row::new(
-        &format!("idle RSS, outpost-agent run with {}", ppocr.name()),
-        format!("{:.1} MiB", rss.with_model_kib as f64 / 1024.0),
-        format!("{:.1} MiB same agent, no model", rss.without_model_kib as f64 / 1024.0),
-        rss.with_model_kib as f64 / rss.without_model_kib as f64,
-        "none set",
-    ));
-
-    let exe = agent_exe()?;
-    let ours = stripped_size(&exe, tmp.path())?;
-    let unstripped = std::fs::metadata(&exe)?.len();
-    let ort_lib = onnxruntime_library()?;
-    let ort = stripped_size(&ort_lib, tmp.path())?;
-    eprintln!(
-        "binary size: outpost-agent {unstripped} bytes, {ours} stripped; {} {} bytes stripped",
-        ort_lib.display(),
-        ort
-    );
-    rows.push(Row::new(
-        "outpost-agent stripped (release)",
-        format!("{} ({ours} B)", mb(ours)),
-        format!("{} ({ort} B) libonnxruntime.so, stripped", mb(ort)),
-        ours as f64 / ort as f64,
-        "none set",
-    ));
+    if run("rss") {
+        rows.push(rss_row(&loaded[0])?);
+    }
+    if run("size") {
+        rows.push(size_row(tmp.path())?);
+    }
 
     println!();
     println!(
@@ -919,4 +1004,43 @@ fn main() -> Result<()> {
     );
     print_table(&rows);
     Ok(())
+}
+
+fn rss_row(ppocr: &Loaded) -> Result<Row> {
+    eprintln!("idle RSS of outpost-agent run...");
+    let rss = bench_rss(ppocr)?;
+    eprintln!(
+        "  with {}: VmRSS {} KiB (peak VmHWM {} KiB); without a model: {} KiB",
+        ppocr.name(),
+        rss.with_model_kib,
+        rss.with_model_peak_kib,
+        rss.without_model_kib
+    );
+    Ok(Row::new(
+        &format!("idle RSS, outpost-agent run with {}", ppocr.name()),
+        format!("{:.1} MiB", rss.with_model_kib as f64 / 1024.0),
+        format!("{:.1} MiB same agent, no model", rss.without_model_kib as f64 / 1024.0),
+        rss.with_model_kib as f64 / rss.without_model_kib as f64,
+        "none set",
+    ))
+}
+
+fn size_row(tmp: &Path) -> Result<Row> {
+    let exe = agent_exe()?;
+    let ours = stripped_size(&exe, tmp)?;
+    let unstripped = std::fs::metadata(&exe)?.len();
+    let ort_lib = onnxruntime_library()?;
+    let ort = stripped_size(&ort_lib, tmp)?;
+    eprintln!(
+        "binary size: outpost-agent {unstripped} bytes, {ours} stripped; {} {} bytes stripped",
+        ort_lib.display(),
+        ort
+    );
+    Ok(Row::new(
+        "outpost-agent stripped (release)",
+        format!("{} ({ours} B)", mb(ours)),
+        format!("{} ({ort} B) libonnxruntime.so, stripped", mb(ort)),
+        ours as f64 / ort as f64,
+        "none set",
+    ))
 }
