@@ -881,14 +881,31 @@ enum Outputs {
     Json,
 }
 
-/// The shared request path: parse (the JSON header, then binary tensor data when `json_len` says where the
-/// header ends), convert, run, shape the response. Counts the outcome on `served`.
-fn handle_infer(
-    served: &Served,
+/// An inference request as parsed and checked against a model's contract, before anything runs.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    /// The request's `id`, echoed in the answer.
+    pub id: Option<String>,
+    /// One tensor per input, data decoded from JSON or from the binary tensor data.
+    pub tensors: Vec<NamedTensor>,
+    /// Every output as binary data unless a requested output says otherwise (`binary_data_output`).
+    pub all_binary: bool,
+    /// The requested outputs and whether each comes back binary; `None`: every output.
+    pub wanted: Option<Vec<(String, bool)>>,
+}
+
+/// Parses a request body for a model with these `inputs` and `outputs`: the JSON header, then the binary tensor
+/// data when `json_len` (the `Inference-Header-Content-Length` header) says where the header ends. Every problem
+/// is a [`InferenceError::BadRequest`] naming it; nothing panics on any input (fuzz target `infer_request`).
+///
+/// # Errors
+/// [`InferenceError::BadRequest`] with the reason.
+pub fn parse_request(
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
     body: &[u8],
     json_len: Option<usize>,
-    outputs_as: Outputs,
-) -> Result<InferResponse, InferenceError> {
+) -> Result<ParsedRequest, InferenceError> {
     let (json, binary) = match json_len {
         None => (body, &[][..]),
         Some(n) => body.split_at_checked(n).ok_or_else(|| {
@@ -915,16 +932,13 @@ fn handle_infer(
             json_len.map_or_else(|| "absent, so the whole body is JSON".to_owned(), |n| n.to_string()),
         )));
     }
-    let specs = served.model().inputs();
     let mut tensors = Vec::with_capacity(request.inputs.len());
     let mut rest = binary;
     for input in request.inputs {
-        tensors.push(input.into_tensor(specs, &mut rest)?);
+        tensors.push(input.into_tensor(inputs, &mut rest)?);
     }
-    let outputs = served.model().outputs();
     let all_binary = request.parameters.binary_data_output.unwrap_or(false);
-    // (name, binary) per requested output; `None`: every output, binary as `binary_data_output` says.
-    let wanted: Option<Vec<(String, bool)>> = match request.outputs {
+    let wanted = match request.outputs {
         None => None,
         Some(list) => {
             let mut names = Vec::with_capacity(list.len());
@@ -942,6 +956,18 @@ fn handle_infer(
             Some(names)
         }
     };
+    Ok(ParsedRequest { id: request.id, tensors, all_binary, wanted })
+}
+
+/// The shared request path: parse ([`parse_request`]), run, shape the response. Counts the outcome on `served`.
+fn handle_infer(
+    served: &Served,
+    body: &[u8],
+    json_len: Option<usize>,
+    outputs_as: Outputs,
+) -> Result<InferResponse, InferenceError> {
+    let ParsedRequest { id, tensors, all_binary, wanted } =
+        parse_request(served.model().inputs(), served.model().outputs(), body, json_len)?;
     let result = served.model().run(tensors);
     match &result {
         Ok(_) => served.ok.fetch_add(1, Ordering::Relaxed),
@@ -965,7 +991,7 @@ fn handle_infer(
             })
         })
         .collect();
-    Ok(InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id: request.id, outputs })
+    Ok(InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id, outputs })
 }
 
 /// Index of the largest value (the first among equals); `None` when empty.

@@ -34,7 +34,7 @@ struct Devices(HashMap<PublicKey, DeviceRecord>);
 
 impl DeviceDirectory for Devices {
     fn device(&self, key: &PublicKey) -> Option<DeviceRecord> {
-        self.0.get(key).copied()
+        self.0.get(key).cloned()
     }
 }
 
