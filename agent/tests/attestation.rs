@@ -226,17 +226,8 @@ async fn evidence_relayed_to_another_connection_is_refused() {
     let evidence_for = |client: &HubClient, challenge: outpost_attestation::Challenge| {
         let nonce = challenge.nonce(&client.exporter().unwrap());
         let claims = Claims {
-            nonce,
-            ueid: identity.public_key(),
-            oemid: None,
-            hwmodel: None,
-            bootcount: 1,
-            swname: attest::SWNAME.into(),
-            swversion: attest::SWVERSION.into(),
-            software_digest: this_binary(),
-            model_digest: None,
-            policy_digest: None,
             tpm_quote: tpm.as_ref().map(|t| t.quote(&this_binary(), None, &nonce, &identity.public_key().0).unwrap()),
+            ..support::claims(&identity, nonce, None)
         };
         Evidence::sign(&identity, &claims).unwrap()
     };
@@ -428,21 +419,10 @@ async fn tpm_measuring_another_model_than_the_evidence_claims_is_refused_end_to_
     let tpm = tpms.device(1).unwrap();
     let client = connect(addr, hub_key, 1).await;
     let nonce = client.challenge().await.unwrap().unwrap().nonce(&client.exporter().unwrap());
+    let elsewhere = Digest::of(b"a model from elsewhere");
     let claims = Claims {
-        nonce,
-        ueid: identity.public_key(),
-        oemid: None,
-        hwmodel: None,
-        bootcount: 1,
-        swname: attest::SWNAME.into(),
-        swversion: attest::SWVERSION.into(),
-        software_digest: this_binary(),
-        model_digest: Some(v1),
-        policy_digest: None,
-        tpm_quote: Some(
-            tpm.quote(&this_binary(), Some(&Digest::of(b"a model from elsewhere")), &nonce, &identity.public_key().0)
-                .unwrap(),
-        ),
+        tpm_quote: Some(tpm.quote(&this_binary(), Some(&elsewhere), &nonce, &identity.public_key().0).unwrap()),
+        ..support::claims(&identity, nonce, Some(v1))
     };
     let e = client.post_evidence(&Evidence::sign(&identity, &claims).unwrap()).await.unwrap_err();
     assert!(refusal(e).contains("TPM quote: PCR values differ"));

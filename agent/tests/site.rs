@@ -18,7 +18,7 @@ use outpost_agent::driver::{Agent, init_device};
 use outpost_agent::quic::{ClientConfig, ClientError, HubClient};
 use outpost_agent::site::SiteNode;
 use outpost_attestation::identity::{Identity, PublicKey};
-use outpost_attestation::{AttestationResult, Challenge, Claims, Evidence, Presented};
+use outpost_attestation::{AttestationResult, Challenge, Evidence, Presented};
 use outpost_hub::backend::HubBackend;
 use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server, Unattested};
 use outpost_hub::tuf::TufRepo;
@@ -340,19 +340,7 @@ fn refusal(e: ClientError) -> String {
 /// Evidence from device `seed` for `challenge` on `client`'s connection, claiming `model`.
 fn evidence(client: &HubClient, challenge: Challenge, seed: u8, model: Option<Digest>) -> Vec<u8> {
     let identity = Identity::from_seed([seed; 32]);
-    let claims = Claims {
-        nonce: challenge.nonce(&client.exporter().unwrap()),
-        ueid: identity.public_key(),
-        oemid: None,
-        hwmodel: None,
-        bootcount: 1,
-        swname: attest::SWNAME.into(),
-        swversion: attest::SWVERSION.into(),
-        software_digest: support::this_binary(),
-        model_digest: model,
-        policy_digest: None,
-        tpm_quote: None,
-    };
+    let claims = support::claims(&identity, challenge.nonce(&client.exporter().unwrap()), model);
     Evidence::sign(&identity, &claims).unwrap()
 }
 

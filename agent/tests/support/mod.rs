@@ -55,6 +55,24 @@ pub fn this_binary() -> Digest {
     outpost_agent::attest::software_digest().unwrap()
 }
 
+/// What this test binary, as the agent of `identity`, states in hand-made evidence for `nonce`, running `model`
+/// (no policy, no quote).
+pub fn claims(identity: &Identity, nonce: [u8; 32], model: Option<Digest>) -> outpost_attestation::Claims {
+    outpost_attestation::Claims {
+        nonce,
+        ueid: identity.public_key(),
+        oemid: None,
+        hwmodel: None,
+        bootcount: 1,
+        swname: outpost_agent::attest::SWNAME.into(),
+        swversion: outpost_agent::attest::SWVERSION.into(),
+        software_digest: this_binary(),
+        model_digest: model,
+        policy_digest: None,
+        tpm_quote: None,
+    }
+}
+
 impl World {
     pub fn new() -> World {
         Self::at(NOW)
