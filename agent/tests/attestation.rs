@@ -26,8 +26,7 @@ use outpost_hub::registry::DeviceStatus;
 use outpost_shared::Digest;
 use outpost_shared::rng::SeededRng;
 use outpost_shared::testkit::AffineManifest;
-use outpost_shared::wire::ErrorCode;
-use support::{World, active, software, this_binary};
+use support::{World, active, refusal, software, this_binary};
 
 const HEALTH: u32 = 2;
 
@@ -128,13 +127,6 @@ fn not_attested(e: CheckError) -> String {
     match e {
         CheckError::NotAttested(reason) => reason,
         other => panic!("expected a NotAttested refusal, got {other}"),
-    }
-}
-
-fn refusal(e: ClientError) -> String {
-    match e {
-        ClientError::Hub { code: ErrorCode::NotAttested, message } => message,
-        other => panic!("expected NotAttested, got {other}"),
     }
 }
 

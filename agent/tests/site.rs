@@ -15,7 +15,7 @@ use std::time::Duration;
 use outpost_agent::attest;
 use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::driver::{Agent, init_device};
-use outpost_agent::quic::{ClientConfig, ClientError, HubClient};
+use outpost_agent::quic::{ClientConfig, HubClient};
 use outpost_agent::site::SiteNode;
 use outpost_attestation::identity::{Identity, PublicKey};
 use outpost_attestation::{AttestationResult, Challenge, Evidence, Presented};
@@ -25,8 +25,7 @@ use outpost_hub::tuf::TufRepo;
 use outpost_shared::Digest;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
-use outpost_shared::wire::ErrorCode;
-use support::{World, active};
+use support::{World, active, refusal};
 
 const HEALTH: u32 = 2;
 const SITE: &str = "plant-7";
@@ -328,13 +327,6 @@ async fn site_node_serving_stale_metadata_is_detected_by_the_devices() {
     let err = d.check().await.expect_err("an expired timestamp is refused");
     assert!(err.to_string().contains("TUF"), "{err}");
     assert_eq!(active(&d), Some(v1), "the device keeps serving its verified model");
-}
-
-fn refusal(e: ClientError) -> String {
-    match e {
-        ClientError::Hub { code: ErrorCode::NotAttested, message } => message,
-        other => panic!("expected NotAttested, got {other}"),
-    }
 }
 
 /// Evidence from device `seed` for `challenge` on `client`'s connection, claiming `model`.

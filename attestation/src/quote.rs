@@ -122,7 +122,8 @@ impl TpmEnrolment {
             return Err(EnrolmentError::Length(bytes.len()));
         }
         let ak: [u8; AK_PUBLIC_LEN] = bytes[..AK_PUBLIC_LEN].try_into().map_err(|_| EnrolmentError::BadKey)?;
-        let pcrs = u32::from_be_bytes(bytes[AK_PUBLIC_LEN..head].try_into().map_err(|_| EnrolmentError::Length(0))?);
+        let pcrs =
+            u32::from_be_bytes(bytes[AK_PUBLIC_LEN..head].try_into().map_err(|_| EnrolmentError::Length(bytes.len()))?);
         let values = bytes[head..].chunks_exact(32).filter_map(|c| c.try_into().ok()).collect();
         TpmEnrolment::new(ak, pcrs, values)
     }

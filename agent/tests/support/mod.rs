@@ -55,6 +55,14 @@ pub fn this_binary() -> Digest {
     outpost_agent::attest::software_digest().unwrap()
 }
 
+/// The hub's reason for a `NotAttested` refusal (`not attested: <reason>`); panics on any other outcome.
+pub fn refusal(e: outpost_agent::quic::ClientError) -> String {
+    match outpost_agent::attest::not_attested_reason(&e) {
+        Some(reason) => reason.to_owned(),
+        None => panic!("expected NotAttested, got {e}"),
+    }
+}
+
 /// What this test binary, as the agent of `identity`, states in hand-made evidence for `nonce`, running `model`
 /// (no policy, no quote).
 pub fn claims(identity: &Identity, nonce: [u8; 32], model: Option<Digest>) -> outpost_attestation::Claims {
