@@ -13,7 +13,6 @@ use outpost_agent::driver::{Agent, init_device};
 use outpost_hub::blobs::BlobStore;
 use outpost_hub::director::Director;
 use outpost_hub::registry::PackageRecord;
-use outpost_hub::tuf::Key;
 use outpost_shared::clock::Clock;
 use outpost_shared::testkit::{AffineManifest, affine_model};
 use outpost_shared::update::Phase;
@@ -87,8 +86,7 @@ async fn package_failing_its_smoke_test_on_the_device_is_never_activated() {
         model_len: 0,
         added_at: NOW,
     };
-    let key_path = w.tmp.path().join("offline/targets-1.key");
-    w.repo.publish(&record, &manifest, "stable", &Key::load(&key_path).unwrap(), &key_path, NOW).unwrap();
+    w.publish_as(&record, &manifest, "stable");
 
     agent.check().await.unwrap();
     assert_eq!(active(&agent), Some(v1), "the broken package never served");

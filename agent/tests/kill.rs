@@ -13,16 +13,10 @@ use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::device::{self, Layout};
 use outpost_agent::driver::init_device;
 use outpost_hub::blobs::BlobStore;
-use outpost_shared::clock::Clock;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
 use outpost_shared::{Digest, Manifest, package};
 use support::World;
-
-#[allow(clippy::disallowed_methods)] // The agent process reads the real clock; the hub's metadata must agree.
-fn real_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
 
 #[allow(clippy::disallowed_methods)] // Deadlines for a real process.
 fn instant_now() -> std::time::Instant {
@@ -69,7 +63,7 @@ fn stage_of(layout: &Layout, target: &Digest, full_len: u64) -> Option<Stage> {
 /// After a kill: only published packages are ever active, the active slot holds exactly that package, and a
 /// restarted agent (its recovery on start included) serves a verified model.
 fn assert_restart_serves_a_verified_model(layout: &Layout, config: &AgentConfig, published: &[Digest], what: &str) {
-    let agent = outpost_agent::driver::Agent::open(config.clone(), Arc::new(RealClock)).unwrap();
+    let agent = outpost_agent::driver::Agent::open(config.clone(), Arc::new(support::Wall)).unwrap();
     let state = device::load_state(layout).unwrap().unwrap();
     let active = state.active.as_ref().unwrap_or_else(|| panic!("{what}: a model is active after restart"));
     assert!(published.contains(&active.target.digest), "{what}: only published packages are ever active");
@@ -80,7 +74,7 @@ fn assert_restart_serves_a_verified_model(layout: &Layout, config: &AgentConfig,
 #[test]
 fn kill_9_at_every_update_stage_leaves_the_device_serving_a_verified_model() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let w = World::at(real_now());
+    let w = World::on_wall_clock();
     w.allow_agent_binary();
     // ~16 MiB packages, so that downloading and unpacking last long enough to be interrupted.
     let padding = 4 << 20;
@@ -182,16 +176,4 @@ fn kill_9_at_every_update_stage_leaves_the_device_serving_a_verified_model() {
     // A final run settles: whatever was interrupted is resumed, rolled back or completed.
     settle("after the last kill");
     assert_restart_serves_a_verified_model(&layout, &config, &published, "final");
-}
-
-struct RealClock;
-
-#[allow(clippy::disallowed_methods)]
-impl Clock for RealClock {
-    fn wall(&self) -> u64 {
-        real_now()
-    }
-    fn monotonic(&self) -> Duration {
-        Duration::ZERO
-    }
 }

@@ -196,14 +196,9 @@ fn conformance(args: &[&str]) -> bool {
     code == Some(0)
 }
 
-#[allow(clippy::disallowed_methods)] // The conformance binary reads the real clock; the metadata must agree.
-fn real_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_cli_verifies_an_export_and_refuses_a_tampered_target() {
-    let w = World::at(real_now());
+    let w = World::on_wall_clock();
     w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
     let exported = export(&w, "export");
     let mirror = StaticMirror::http(&exported).await;

@@ -21,7 +21,7 @@ use outpost_shared::manifest::RiskTier;
 use outpost_shared::rollout::{Plan, Release, State, bucket};
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
-use support::{World, active};
+use support::{Wall, World, active};
 
 const HEALTH: u32 = 2;
 
@@ -42,20 +42,6 @@ soak_secs = 0
 success_percent = 100
 error_percent = 0
 "#;
-
-/// The system clock, as the agent binary uses it.
-struct Wall;
-impl Clock for Wall {
-    #[allow(clippy::disallowed_methods)] // this test measures real recovery time
-    fn wall(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-    }
-    #[allow(clippy::disallowed_methods)]
-    fn monotonic(&self) -> Duration {
-        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        ORIGIN.get_or_init(std::time::Instant::now).elapsed()
-    }
-}
 
 /// The hub on the system clock, serving on loopback.
 fn hub(w: &World) -> (std::net::SocketAddr, Arc<HubBackend>) {
@@ -98,7 +84,7 @@ fn key(seed: u8) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn release_failing_health_on_the_canary_aborts_by_itself_and_the_cohort_returns_to_the_last_good_package() {
-    let w = World::at(Wall.wall());
+    let w = World::on_wall_clock();
     // Two devices that hash into the canary half for release r1, two that do not.
     let (mut canary, mut rest) = (Vec::new(), Vec::new());
     for seed in 10u8..60 {
@@ -236,7 +222,7 @@ async fn infer(addr: std::net::SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shadow_stage_runs_the_release_beside_the_active_model_and_its_agreement_opens_the_next_stage() {
     use outpost_agent::inference::{ModelHandle, ServeLimits, serve};
-    let w = World::at(Wall.wall());
+    let w = World::on_wall_clock();
     let (addr, _) = hub(&w);
 
     let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
@@ -284,7 +270,7 @@ async fn shadow_stage_runs_the_release_beside_the_active_model_and_its_agreement
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_failed_lets_the_device_that_rolled_back_try_again_once() {
-    let w = World::at(Wall.wall());
+    let w = World::on_wall_clock();
     let (addr, _) = hub(&w);
 
     let (v1, mut a) = on_v1(&w, addr, 33).await;
@@ -316,7 +302,7 @@ async fn retry_failed_lets_the_device_that_rolled_back_try_again_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plan_excluding_the_software_tier_keeps_software_only_devices_off_the_release() {
-    let w = World::at(Wall.wall());
+    let w = World::on_wall_clock();
     let (addr, _) = hub(&w);
     let (v1, mut a) = on_v1(&w, addr, 44).await;
     // Another device of the channel is enrolled with a TPM (hardware tier); this one is software only.

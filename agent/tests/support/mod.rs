@@ -20,7 +20,24 @@ use outpost_shared::clock::ManualClock;
 use outpost_shared::rng::SeededRng;
 use outpost_shared::testkit::{AffineManifest, FirmwareManifest};
 
+/// The fixed instant of tests whose hub and agents all run on a `ManualClock` (nothing compares it with the real
+/// date). Tests that talk to a process reading the system clock use `World::on_wall_clock` instead.
 pub const NOW: u64 = 1_795_881_600;
+
+/// The system clock, as an `outpost-agent` process (and any binary that checks expiry) reads it.
+pub struct Wall;
+
+impl outpost_shared::clock::Clock for Wall {
+    #[allow(clippy::disallowed_methods)] // tests that run real processes must sign with the time those read
+    fn wall(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+    #[allow(clippy::disallowed_methods)]
+    fn monotonic(&self) -> std::time::Duration {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+    }
+}
 
 pub fn ts(secs: u64) -> jiff::Timestamp {
     jiff::Timestamp::from_second(secs as i64).unwrap()
@@ -86,8 +103,14 @@ impl World {
         Self::at(NOW)
     }
 
-    /// A hub whose clock (and metadata) start at `now`: real time for tests that run agent processes, which
-    /// read the system clock.
+    /// A hub whose clock (and every time it signs: TUF expiries, reference values, assignments) starts at the
+    /// system clock's now, for tests that talk to processes reading the real clock: they pass on any date.
+    pub fn on_wall_clock() -> World {
+        use outpost_shared::clock::Clock;
+        Self::at(Wall.wall())
+    }
+
+    /// A hub whose clock (and metadata) start at `now`.
     pub fn at(now: u64) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("hub");
@@ -158,11 +181,13 @@ impl World {
         (d, outpost_hub::tuf::target_path(&parsed))
     }
 
-    /// Publishes `record` under `manifest`'s name and custom fields with the first targets key, as given: tests
-    /// use it to publish what the hub's own checks would refuse.
+    /// Publishes `record` under `manifest`'s name and custom fields with the first targets key, as given, signed
+    /// at the hub's clock: tests use it to publish what the hub's own checks would refuse.
     pub fn publish_as(&self, record: &outpost_hub::registry::PackageRecord, manifest: &Manifest, channel: &str) {
+        use outpost_shared::clock::Clock;
         let key_path = self.tmp.path().join("offline/targets-1.key");
-        self.repo.publish(record, manifest, channel, &Key::load(&key_path).unwrap(), &key_path, NOW).unwrap();
+        let now = self.clock.wall();
+        self.repo.publish(record, manifest, channel, &Key::load(&key_path).unwrap(), &key_path, now).unwrap();
     }
 
     pub async fn serve(&self) -> (std::net::SocketAddr, outpost_attestation::identity::PublicKey) {
