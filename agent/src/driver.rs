@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use outpost_attestation::identity::Identity;
 use outpost_shared::clock::Clock;
-use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
+use outpost_shared::director::{
+    self, Assignment, Bundle, DIRECTOR_TARGET, DirectorKeyDoc, ListedTarget, RevocationList,
+};
 use outpost_shared::policy::PackageFacts;
 use outpost_shared::rng::SeededRng;
 use outpost_shared::telemetry::{self, EventKind, Histogram};
@@ -22,12 +24,10 @@ use crate::config::AgentConfig;
 use crate::device::{self, Layout};
 use crate::gateway::{self, FirmwareUpdate};
 use crate::inference::{ModelHandle, Served};
+use crate::mirror::Mirror;
 use crate::quic::{ClientConfig, HubClient};
 use crate::site_policy::SitePolicy;
-use crate::tuf::Source;
-
-/// Target path of the director key in TUF (the hub lists it with the top-level targets role).
-pub const DIRECTOR_TARGET: &str = "director/director.json";
+use crate::transport::{self, Transport, TransportError};
 
 /// Why an update check failed. The device keeps serving what it serves.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +46,15 @@ pub enum CheckError {
     /// The device's trusted TUF root could not be read or is not root metadata.
     #[error("TUF: {0}")]
     TrustedRoot(#[from] crate::tuf::TufError),
-    /// The static mirror could not be reached or misbehaved (TUF failures through it are [`CheckError::Tuf`]).
+    /// The static mirror client could not be set up (its configuration, CA file or TLS).
     #[error("mirror: {0}")]
     Mirror(#[from] crate::mirror::MirrorError),
+    /// A package download failed on the way (TUF failures are [`CheckError::Tuf`]).
+    #[error("download: {0}")]
+    Transport(TransportError),
+    /// The director key document TUF lists is not usable.
+    #[error("director key: {0}")]
+    DirectorKey(#[from] director::DirectorKeyError),
     /// The director bundle failed its checks.
     #[error("director: {0}")]
     Director(#[from] director::DirectorError),
@@ -72,6 +78,15 @@ impl From<crate::quic::ClientError> for CheckError {
     }
 }
 
+impl From<TransportError> for CheckError {
+    fn from(e: TransportError) -> Self {
+        match e.source_as::<crate::quic::ClientError>().and_then(crate::attest::not_attested_reason) {
+            Some(reason) => CheckError::NotAttested(reason.to_owned()),
+            None => CheckError::Transport(e),
+        }
+    }
+}
+
 /// Re-attest on a new connection when the current result expires within this many seconds.
 pub const ATTESTATION_MARGIN_SECS: u64 = 60;
 
@@ -85,6 +100,9 @@ pub struct Agent {
     /// What the inference API serves; swapped atomically, so in-flight requests finish on the old model.
     models: Arc<ModelHandle>,
     client: Option<Arc<HubClient>>,
+    /// The static mirror TUF metadata and targets come from (`[hub] mirror`), if any: one client for the agent's
+    /// life, so its TLS setup and connection pool outlive a check.
+    mirror: Option<Arc<Mirror>>,
     /// The hub's attestation of `client`'s connection (`None`: not attested, or a server that does not attest).
     attested: Option<crate::quic::Attested>,
     /// The TPM this device attests with (`[attestation] tpm`), if any.
@@ -145,6 +163,7 @@ impl Agent {
             }
         };
         let health = HealthPolicy { inferences: config.updates.health_inferences, seconds: config.updates.health_secs };
+        let mirror = config.mirror.as_ref().map(Mirror::new).transpose()?.map(Arc::new);
         let mut agent = Agent {
             config,
             layout,
@@ -153,6 +172,7 @@ impl Agent {
             updates: UpdateLoop::new(state, health),
             models,
             client: None,
+            mirror,
             attested: None,
             tpm,
             bootcount,
@@ -400,17 +420,16 @@ impl Agent {
         let client = self.connect().await?;
         // Metadata and target bytes come from the mirror when one is configured; the assignment and reports
         // always go to the hub.
-        let source = match &self.config.mirror {
-            Some(mirror) => Source::Mirror(Arc::new(crate::mirror::Mirror::new(mirror)?)),
-            None => Source::Hub(client.clone()),
+        let source: Arc<dyn Transport> = match &self.mirror {
+            Some(mirror) => mirror.clone(),
+            None => client.clone(),
         };
         let now = self.clock.wall().max(self.updates.state.last_known_time);
         let ts = jiff::Timestamp::from_second(i64::try_from(now).unwrap_or(i64::MAX))
             .map_err(|e| CheckError::Invalid(e.to_string()))?;
         let mut tuf = crate::tuf::updater(source.clone(), &self.layout.tuf())?;
         tuf.refresh(ts).await?;
-        let director_doc = tuf.get_target(DIRECTOR_TARGET, ts).await?;
-        let director_key = director_key(&director_doc)?;
+        let director_key = DirectorKeyDoc::parse(&tuf.get_target(DIRECTOR_TARGET, ts).await?)?.public;
 
         let Some(bundle) = client.assignment().await? else {
             return self.flush_reports(&client).await;
@@ -456,7 +475,7 @@ impl Agent {
             self.feed(Event::Assigned { version: assignment.version, target, revoked, refusal, retry })?.into();
         while let Some(action) = queue.pop_front() {
             let event = match action {
-                Action::Download(t) => Some(self.download(&source, &t).await),
+                Action::Download(t) => Some(self.download(&*source, &t).await),
                 Action::Stage { target, slot } => Some(self.stage(&target, slot)),
                 other => {
                     self.perform_local(vec![other])?;
@@ -467,8 +486,8 @@ impl Agent {
                 queue.extend(self.feed(event)?);
             }
         }
-        self.firmware = self.check_firmware(&source, &assignment.secondaries, &director_key).await;
-        self.update_shadow(&source, assignment.shadow.as_ref()).await;
+        self.firmware = self.check_firmware(&*source, &assignment.secondaries, &director_key).await;
+        self.update_shadow(&*source, assignment.shadow.as_ref()).await;
         self.flush_reports(&client).await
     }
 
@@ -496,7 +515,7 @@ impl Agent {
 
     /// Loads the shadow package the assignment names beside the active model (downloaded and checked like any
     /// package, smoke-tested, never written to a slot and never serving), or drops the one running.
-    async fn update_shadow(&mut self, source: &Source, shadow: Option<&director::AssignedTarget>) {
+    async fn update_shadow(&mut self, source: &dyn Transport, shadow: Option<&director::AssignedTarget>) {
         let Some(t) = shadow else {
             if let Some(d) = self.models.shadow() {
                 self.collect_shadow();
@@ -576,7 +595,7 @@ impl Agent {
     /// package stays in staging, so a later check does not fetch it again.
     async fn check_firmware(
         &mut self,
-        source: &Source,
+        source: &dyn Transport,
         secondaries: &[director::SecondaryAssignment],
         director_key: &[u8; 32],
     ) -> Vec<(String, Result<FirmwareUpdate, CheckError>)> {
@@ -617,14 +636,14 @@ impl Agent {
 
     /// Downloads into the staging file, resuming from what is there, bounded by the TUF length, then checks
     /// length and hash.
-    async fn download(&mut self, source: &Source, t: &Target) -> Event {
+    async fn download(&mut self, source: &dyn Transport, t: &Target) -> Event {
         match self.try_download(source, t).await {
             Ok(()) => Event::Downloaded,
             Err(e) => Event::DownloadFailed(e.to_string()),
         }
     }
 
-    async fn try_download(&mut self, source: &Source, t: &Target) -> Result<(), CheckError> {
+    async fn try_download(&mut self, source: &dyn Transport, t: &Target) -> Result<(), CheckError> {
         let staging = self.layout.staging(&t.digest);
         std::fs::create_dir_all(staging.parent().unwrap_or(self.layout.root()))?;
         let mut have = std::fs::metadata(&staging).map(|m| m.len()).unwrap_or(0);
@@ -635,11 +654,9 @@ impl Agent {
         if have < t.length {
             let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&staging).await?;
             let stored = director::stored_target_path(&t.path, &t.digest);
-            let found = match source {
-                Source::Hub(client) => client.download_target(&stored, have, t.length, &mut file).await?,
-                Source::Mirror(mirror) => mirror.download_target(&stored, have, t.length, &mut file).await?,
-            };
-            found.ok_or_else(|| CheckError::Invalid(format!("the repository has no {}", t.path)))?;
+            transport::download(source, &stored, have, t.length, &mut file)
+                .await?
+                .ok_or_else(|| CheckError::Invalid(format!("the repository has no {}", t.path)))?;
             file.sync_all().await?;
         }
         let (len, digest) = device::hash_file(&staging)?;
@@ -765,15 +782,6 @@ fn refuse_non_model(m: &Manifest) -> Result<(), String> {
             m.name, m.version
         )),
     }
-}
-
-fn director_key(doc: &[u8]) -> Result<[u8; 32], CheckError> {
-    let v: serde_json::Value =
-        serde_json::from_slice(doc).map_err(|e| CheckError::Invalid(format!("director key: {e}")))?;
-    let mut key = [0u8; 32];
-    hex::decode_to_slice(v["public"].as_str().unwrap_or_default(), &mut key)
-        .map_err(|e| CheckError::Invalid(format!("director key: {e}")))?;
-    Ok(key)
 }
 
 fn set_read_only(path: &Path) -> std::io::Result<()> {

@@ -1,7 +1,7 @@
 //! The agent's client for a static HTTP(S) mirror of the hub's TUF repository (what `outpost-hub repo export`
 //! writes, served by any web server or CDN). The mirror is untrusted — TUF verifies every byte it returns — so
 //! this module only bounds what it reads: every answer is capped before it is buffered, a stalled server times
-//! out, and package downloads resume with HTTP range requests. TLS is rustls with the aws-lc-rs provider passed
+//! out, and package downloads resume with HTTP range requests. It is one of the agent's TUF transports. TLS is rustls with the aws-lc-rs provider passed
 //! explicitly, the same single provider quinn uses; nothing installs a process-wide default.
 
 use std::path::{Path, PathBuf};
@@ -11,11 +11,10 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url, header};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use sigstore_tuf::transport::FetchFuture;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::quic::TargetRange;
+use crate::transport::{Sink, TargetRange, Transport, TransportError, TransportFuture};
 
 /// Where the mirror is and how long to wait for it. [`MirrorConfig::export`] and [`MirrorConfig::new`] set
 /// conservative defaults.
@@ -324,18 +323,29 @@ fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, MirrorError> {
     Ok(builder.with_no_client_auth())
 }
 
-/// The TUF client's view of the mirror: `Ok(None)` for a missing file, an error for anything else.
-impl sigstore_tuf::Repository for Mirror {
-    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
-        Box::pin(async move { crate::tuf::metadata_answer(name, self.metadata(name, max_length).await) })
+/// The mirror as a TUF transport: `Ok(None)` for a missing file, an error for anything else.
+impl Transport for Mirror {
+    fn fetch_metadata<'a>(&'a self, name: &'a str, max_len: u64) -> TransportFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { self.metadata(name, max_len).await.map_err(|e| transport_error(name, e)) })
     }
 
-    fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
+    fn fetch_target<'a>(
+        &'a self,
+        path: &'a str,
+        offset: u64,
+        max_total: u64,
+        mut sink: Sink<'a>,
+    ) -> TransportFuture<'a, Option<TargetRange>> {
         Box::pin(async move {
-            let mut bytes = Vec::new();
-            let found = self.download_target(path, 0, max_length, &mut bytes).await;
-            crate::tuf::target_answer(path, found, bytes)
+            self.download_target(path, offset, max_total, &mut sink).await.map_err(|e| transport_error(path, e))
         })
+    }
+}
+
+fn transport_error(path: &str, e: MirrorError) -> TransportError {
+    match e {
+        MirrorError::TooLarge { max, .. } => TransportError::TooLarge { path: path.to_owned(), max },
+        e => TransportError::failed(path, e),
     }
 }
 

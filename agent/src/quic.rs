@@ -2,7 +2,7 @@
 //!
 //! It pins the hub's Ed25519 key, opens one stream per request, bounds every answer before buffering it (by the
 //! frame limits, the caller's `max_len` and the target length the caller trusts) and times out a stalled hub. It
-//! also implements `sigstore_tuf::Repository`, so the TUF client fetches metadata and targets through it.
+//! is also one of the agent's TUF transports, so the TUF client fetches metadata and targets through it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +16,10 @@ use outpost_shared::wire::{
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, VarInt};
-use sigstore_tuf::transport::FetchFuture;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
+
+use crate::transport::{Sink, TargetRange, Transport, TransportError, TransportFuture};
 
 /// Where the hub is and how long to wait for it. [`ClientConfig::new`] sets conservative defaults.
 #[derive(Debug, Clone)]
@@ -125,17 +126,6 @@ pub struct Attested {
     pub expires: u64,
     /// Software or hardware tier.
     pub tier: AttestedTier,
-}
-
-/// The byte range a target download delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TargetRange {
-    /// The whole target's length, as the hub declared it.
-    pub total_len: u64,
-    /// First byte delivered.
-    pub offset: u64,
-    /// Bytes delivered (all of them were written to the writer).
-    pub len: u64,
 }
 
 /// A connection to the hub. Requests may run concurrently (up to the hub's per-connection stream limit).
@@ -480,17 +470,28 @@ async fn finish_simple(
     Ok(response)
 }
 
-/// The TUF client's view of the hub: `Ok(None)` when the hub says not found, an error for anything else.
-impl sigstore_tuf::Repository for HubClient {
-    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
-        Box::pin(async move { crate::tuf::metadata_answer(name, self.metadata(name, max_length).await) })
+/// The hub as a TUF transport: `Ok(None)` when the hub says not found, an error for anything else.
+impl Transport for HubClient {
+    fn fetch_metadata<'a>(&'a self, name: &'a str, max_len: u64) -> TransportFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { self.metadata(name, max_len).await.map_err(|e| transport_error(name, e)) })
     }
 
-    fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
+    fn fetch_target<'a>(
+        &'a self,
+        path: &'a str,
+        offset: u64,
+        max_total: u64,
+        mut sink: Sink<'a>,
+    ) -> TransportFuture<'a, Option<TargetRange>> {
         Box::pin(async move {
-            let mut bytes = Vec::new();
-            let found = self.download_target(path, 0, max_length, &mut bytes).await;
-            crate::tuf::target_answer(path, found, bytes)
+            self.download_target(path, offset, max_total, &mut sink).await.map_err(|e| transport_error(path, e))
         })
+    }
+}
+
+fn transport_error(path: &str, e: ClientError) -> TransportError {
+    match e {
+        ClientError::TooLarge { max, .. } => TransportError::TooLarge { path: path.to_owned(), max },
+        e => TransportError::failed(path, e),
     }
 }

@@ -34,7 +34,6 @@ use crate::config::AgentConfig;
 use crate::device::{self, Layout};
 use crate::quic::{ClientConfig, ClientError, HubClient};
 use crate::site_policy::SitePolicy;
-use crate::tuf::Source;
 
 /// How long an unversioned metadata file (`timestamp.json`...) is served from memory before asking the hub
 /// again. Versioned files (`3.root.json`, `7.snapshot.json`) never change and are kept.
@@ -237,7 +236,7 @@ impl SiteNode {
         let client = self.client().await?;
         let now = self.now();
         let ts = jiff::Timestamp::from_second(i64::try_from(now)?)?;
-        let mut tuf = crate::tuf::updater(Source::Hub(client.clone()), &self.layout.tuf())?;
+        let mut tuf = crate::tuf::updater(client.clone(), &self.layout.tuf())?;
         tuf.refresh(ts).await?;
         let info = tuf
             .get_target_info(&tuf_path, ts)
@@ -264,8 +263,7 @@ impl SiteNode {
         let partial = self.layout.cache().join(format!(".{}.part", digest.to_hex()));
         let _ = std::fs::remove_file(&partial);
         let mut file = tokio::fs::File::create(&partial).await?;
-        client
-            .download_target(stored, 0, info.length, &mut file)
+        crate::transport::download(&*client, stored, 0, info.length, &mut file)
             .await?
             .ok_or_else(|| Refused(format!("the hub has no {tuf_path}")))?;
         file.sync_all().await?;

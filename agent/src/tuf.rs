@@ -1,5 +1,5 @@
-//! The agent's TUF client: one function builds sigstore-tuf's `Updater` over where the repository is read from
-//! (the hub over QUIC, or a static HTTP(S) mirror) with the device's trusted-metadata store.
+//! The agent's TUF client: one function builds sigstore-tuf's `Updater` over a [`Transport`] (the hub over QUIC,
+//! or a static HTTP(S) mirror) with the device's trusted-metadata store.
 //!
 //! The update driver and `outpost-tuf-conformance` both go through here, so the conformance suite tests the path
 //! the agent runs. The store keeps `root.json`, `timestamp.json`... as the exact verified bytes; the trusted root
@@ -8,11 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sigstore_tuf::transport::FetchFuture;
-use sigstore_tuf::{FileStore, MetadataStore, Repository, Updater};
+use sigstore_tuf::{FileStore, MetadataStore, Updater};
 
-use crate::mirror::Mirror;
-use crate::quic::HubClient;
+use crate::transport::{Transport, TufRepository};
 
 /// The file in the store that holds the trusted root.
 pub const TRUSTED_ROOT: &str = "root.json";
@@ -33,57 +31,6 @@ pub enum TufError {
     Root(#[from] sigstore_tuf::Error),
 }
 
-/// Where the agent reads the TUF repository (metadata and targets) from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// The hub, over the device's QUIC connection.
-    Hub(Arc<HubClient>),
-    /// A static HTTP(S) mirror of the hub's exported repository.
-    Mirror(Arc<Mirror>),
-}
-
-impl Repository for Source {
-    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> FetchFuture<'a> {
-        match self {
-            Source::Hub(c) => c.fetch_metadata(name, max_length),
-            Source::Mirror(m) => m.fetch_metadata(name, max_length),
-        }
-    }
-    fn fetch_target<'a>(&'a self, path: &'a str, max_length: u64) -> FetchFuture<'a> {
-        match self {
-            Source::Hub(c) => c.fetch_target(path, max_length),
-            Source::Mirror(m) => m.fetch_target(path, max_length),
-        }
-    }
-}
-
-/// A metadata fetch as sigstore-tuf wants it: the bytes, `None` for not found, any failure as a transport error
-/// naming the file (the typed cause kept as its source).
-pub(crate) fn metadata_answer<E>(
-    name: &str,
-    fetched: Result<Option<Vec<u8>>, E>,
-) -> sigstore_tuf::Result<Option<Vec<u8>>>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    fetched.map_err(|e| sigstore_tuf::Error::transport_with_source(format!("fetching {name}"), e))
-}
-
-/// A target fetch streamed into `bytes`, as sigstore-tuf wants it (see [`metadata_answer`]).
-pub(crate) fn target_answer<T, E>(
-    path: &str,
-    found: Result<Option<T>, E>,
-    bytes: Vec<u8>,
-) -> sigstore_tuf::Result<Option<Vec<u8>>>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    match found {
-        Ok(found) => Ok(found.map(|_| bytes)),
-        Err(e) => Err(sigstore_tuf::Error::transport_with_source(format!("fetching target {path}"), e)),
-    }
-}
-
 /// Writes `root_json` as the trusted root in `dir` (atomically), after checking it is root metadata. Trust on
 /// first use: the caller obtained it out of band.
 pub fn pin_root(dir: &Path, root_json: &[u8]) -> Result<(), TufError> {
@@ -97,12 +44,13 @@ pub fn pin_root(dir: &Path, root_json: &[u8]) -> Result<(), TufError> {
     crate::device::write_atomic(&path, root_json).map_err(io(&path))
 }
 
-/// An `Updater` over `repo`, starting from the trusted root in `dir` (and any newer roots it stored there) and
-/// writing every verified metadata file back to `dir`. Call `refresh` on it before asking for targets.
-pub fn updater(repo: impl Repository + 'static, dir: &Path) -> Result<Updater, TufError> {
+/// An `Updater` reading through `transport`, starting from the trusted root in `dir` (and any newer roots it
+/// stored there) and writing every verified metadata file back to `dir`. Call `refresh` on it before asking for
+/// targets.
+pub fn updater<T: Transport + ?Sized + 'static>(transport: Arc<T>, dir: &Path) -> Result<Updater, TufError> {
     let path = dir.join(TRUSTED_ROOT);
     let root = std::fs::read(&path).map_err(|source| TufError::Io { path, source })?;
-    Ok(Updater::new(repo, &root)?.with_store(Store(FileStore::new(dir))))
+    Ok(Updater::new(TufRepository::new(transport), &root)?.with_store(Store(FileStore::new(dir))))
 }
 
 /// sigstore-tuf's `FileStore`, minus the version-prefixed copies it also writes at the top level

@@ -225,7 +225,7 @@ async fn conformance_cli_verifies_an_export_and_refuses_a_tampered_target() {
             .unwrap();
         assert_eq!(trusted, served, "{role}.json is kept as the exact bytes served");
     }
-    assert!(download(outpost_agent::driver::DIRECTOR_TARGET));
+    assert!(download(outpost_shared::director::DIRECTOR_TARGET));
     let written = std::fs::read(targets.join("director%2Fdirector.json")).unwrap();
     let dir = std::fs::read_dir(exported.join("targets/director")).unwrap().next().unwrap().unwrap().path();
     assert_eq!(written, std::fs::read(&dir).unwrap());
@@ -236,6 +236,6 @@ async fn conformance_cli_verifies_an_export_and_refuses_a_tampered_target() {
     // Drop the verified copy the TUF store keeps, so the client has to fetch again.
     std::fs::remove_dir_all(meta.join("targets")).unwrap();
     std::fs::remove_file(targets.join("director%2Fdirector.json")).unwrap();
-    assert!(!download(outpost_agent::driver::DIRECTOR_TARGET));
+    assert!(!download(outpost_shared::director::DIRECTOR_TARGET));
     assert!(!targets.join("director%2Fdirector.json").exists());
 }

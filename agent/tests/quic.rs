@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_agent::quic::{ClientConfig, ClientError, HubClient, TargetRange};
+use outpost_agent::quic::{ClientConfig, ClientError, HubClient};
+use outpost_agent::transport::{TargetRange, TufRepository};
 use outpost_attestation::identity::{Identity, PublicKey};
 use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server};
 use outpost_shared::wire::{self, ErrorCode, FrameDecoder, Limits, Response, codes, frame_header, kinds};
@@ -426,7 +427,7 @@ async fn per_connection_concurrency_is_bounded() {
 async fn sigstore_repository_fetches_through_the_hub_and_not_found_is_none() {
     let hub = TestHub::start(|_| {});
     let client = hub.client().await;
-    let repo: &dyn Repository = &client;
+    let repo = TufRepository::new(Arc::new(client));
     let ts = repo.fetch_metadata("timestamp.json", 16_384).await.unwrap();
     assert_eq!(ts.as_deref(), Some(&hub.backend.metadata["timestamp.json"][..]));
     assert!(repo.fetch_metadata("2.root.json", 512_000).await.unwrap().is_none());

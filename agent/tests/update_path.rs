@@ -5,10 +5,12 @@
 mod support;
 
 use outpost_agent::quic::{ClientConfig, HubClient};
+use outpost_agent::transport::TufRepository;
 use outpost_attestation::identity::Identity;
-use outpost_hub::director::{Director, director_key_from_target};
-use outpost_hub::tuf::DIRECTOR_TARGET;
-use outpost_shared::director::{self, Assignment, Bundle, ListedTarget, RevocationList};
+use outpost_hub::director::Director;
+use outpost_shared::director::{
+    self, Assignment, Bundle, DIRECTOR_TARGET, DirectorKeyDoc, ListedTarget, RevocationList,
+};
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::{Digest, canonical};
 use support::{NOW, World, connect_attested, ts};
@@ -22,13 +24,14 @@ async fn agent_verifies_hub_metadata_targets_and_assignment_over_quic() {
     let (addr, hub_key) = w.serve().await;
 
     // TUF over QUIC, verified by sigstore-tuf.
-    let mut updater = sigstore_tuf::Updater::new(connect_attested(&device, addr, hub_key).await, &w.root()).unwrap();
+    let hub = TufRepository::new(std::sync::Arc::new(connect_attested(&device, addr, hub_key).await));
+    let mut updater = sigstore_tuf::Updater::new(hub, &w.root()).unwrap();
     updater.refresh(ts(NOW + 60)).await.unwrap();
     let info = updater.get_target_info(&path, ts(NOW + 60)).await.unwrap().expect("listed");
     let bytes = updater.get_target(&path, ts(NOW + 60)).await.unwrap();
     assert_eq!(Digest::of(&bytes), digest);
     let director_key =
-        director_key_from_target(&updater.get_target(DIRECTOR_TARGET, ts(NOW + 60)).await.unwrap()).unwrap();
+        DirectorKeyDoc::parse(&updater.get_target(DIRECTOR_TARGET, ts(NOW + 60)).await.unwrap()).unwrap().public;
 
     // The director bundle, opened with the key TUF vouches for and checked against TUF's targets.
     let client = connect_attested(&device, addr, hub_key).await;

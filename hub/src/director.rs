@@ -360,10 +360,8 @@ fn seal_compact(
     Ok(out[..n].to_vec())
 }
 
-/// The director's public key as listed in TUF (`director/director.json`), from the document's JSON.
+/// The director's public key as listed in TUF (`director/director.json`), if the document is one
+/// ([`director::DirectorKeyDoc::parse`] says why not).
 pub fn director_key_from_target(doc: &[u8]) -> Option<[u8; 32]> {
-    let v: Value = serde_json::from_slice(doc).ok()?;
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(v["public"].as_str()?, &mut out).ok()?;
-    Some(out)
+    director::DirectorKeyDoc::parse(doc).ok().map(|d| d.public)
 }

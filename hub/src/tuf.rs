@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use outpost_shared::clock::{UnixSeconds, format_rfc3339};
+use outpost_shared::director::DirectorKeyDoc;
 use outpost_shared::manifest::RiskTier;
 use outpost_shared::rng::Rng;
 use outpost_shared::{Digest, Manifest};
@@ -26,8 +27,7 @@ use crate::registry::PackageRecord;
 pub const STANDARD_ROLE: &str = "standard";
 /// Delegated role for high-risk packages (threshold 2 distinct keys).
 pub const HIGH_RISK_ROLE: &str = "high-risk";
-/// Target path of the director's public key, listed by the top-level targets role.
-pub const DIRECTOR_TARGET: &str = "director/director.json";
+pub use outpost_shared::director::DIRECTOR_TARGET;
 
 /// Expiry periods for each role, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -404,7 +404,7 @@ impl TufRepo {
         self.write_meta("root.json", &sign(&root, &root_refs)?)?;
 
         // The director's key is a target of the top-level role, so rotating it goes through TUF.
-        let director_target = self.store_target(DIRECTOR_TARGET, &director_document(&director)?)?;
+        let director_target = self.store_target(DIRECTOR_TARGET, &director_document(&director))?;
         let targets_keys: Vec<Value> = targets.iter().map(|k| Value::String(k.keyid.clone())).collect();
         let mut keys_obj = serde_json::Map::new();
         for k in &targets {
@@ -688,8 +688,7 @@ impl TufRepo {
         fs::rename(&path, &retired).map_err(io("rename", &path))?;
         let director = Key::generate(rng);
         director.save(&path, "director")?;
-        let doc = director_document(&director)?;
-        let entry = self.store_target(DIRECTOR_TARGET, &doc)?;
+        let entry = self.store_target(DIRECTOR_TARGET, &director_document(&director))?;
         let top = self.read_meta(&format!("{version}.targets.json"))?;
         let mut body = top["signed"].clone();
         body["targets"][DIRECTOR_TARGET] = entry;
@@ -905,13 +904,8 @@ fn bump(signed: &mut Value, now: UnixSeconds, expiry: u64) {
 }
 
 /// The `director/director.json` target: the director's public key.
-fn director_document(director: &Key) -> Result<Vec<u8>, TufError> {
-    serde_json::to_vec_pretty(&json!({
-        "role": "director",
-        "keytype": "ed25519",
-        "public": hex::encode(director.public_bytes()),
-    }))
-    .map_err(|e| TufError::Invalid(e.to_string()))
+fn director_document(director: &Key) -> Vec<u8> {
+    DirectorKeyDoc { public: director.public_bytes() }.to_json()
 }
 
 /// The delegated role that lists packages of `tier`.

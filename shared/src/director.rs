@@ -2,7 +2,8 @@
 //! online director key, and the device-side checks that bind them to what TUF's targets metadata lists.
 //!
 //! Documents are deterministic CBOR inside an envelope `{ body, keyid, sig }`; the signature covers a domain tag
-//! and the body, so an assignment can never be read as a revocation list or anything else.
+//! and the body, so an assignment can never be read as a revocation list or anything else. The director's public
+//! key itself reaches devices as a TUF target, [`DirectorKeyDoc`] at [`DIRECTOR_TARGET`].
 
 use serde::{Deserialize, Serialize};
 
@@ -220,6 +221,73 @@ pub enum DirectorError {
     },
 }
 
+/// Target path of the director key document in TUF. The top-level targets role lists it, so replacing the
+/// director key goes through TUF like any other signed change.
+pub const DIRECTOR_TARGET: &str = "director/director.json";
+
+/// The director key document, the TUF target at [`DIRECTOR_TARGET`]: the director's Ed25519 public key. Its JSON
+/// is `{"keytype": "ed25519", "public": "<hex>", "role": "director"}`, pretty-printed with the keys in that order,
+/// byte for byte what hubs have always written (so its TUF length and hash do not change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectorKeyDoc {
+    /// The director's Ed25519 public key.
+    pub public: [u8; 32],
+}
+
+/// The key document as JSON: the field order here is the order on the wire.
+#[derive(Serialize, Deserialize)]
+struct RawKeyDoc<'a> {
+    keytype: std::borrow::Cow<'a, str>,
+    public: std::borrow::Cow<'a, str>,
+    role: std::borrow::Cow<'a, str>,
+}
+
+const KEY_DOC_KEYTYPE: &str = "ed25519";
+const KEY_DOC_ROLE: &str = "director";
+
+impl DirectorKeyDoc {
+    /// The document's bytes, as the hub stores them as a TUF target.
+    pub fn to_json(&self) -> Vec<u8> {
+        let public = hex::encode(self.public);
+        let raw = RawKeyDoc { keytype: KEY_DOC_KEYTYPE.into(), public: public.into(), role: KEY_DOC_ROLE.into() };
+        // Three string fields: serialising cannot fail, and an empty document would fail to parse, not pass.
+        serde_json::to_vec_pretty(&raw).unwrap_or_default()
+    }
+
+    /// Reads a key document (the bytes TUF verified for [`DIRECTOR_TARGET`]).
+    pub fn parse(bytes: &[u8]) -> Result<DirectorKeyDoc, DirectorKeyError> {
+        let raw: RawKeyDoc<'_> =
+            serde_json::from_slice(bytes).map_err(|e| DirectorKeyError::Malformed(e.to_string()))?;
+        if raw.role != KEY_DOC_ROLE {
+            return Err(DirectorKeyError::WrongRole(raw.role.into_owned()));
+        }
+        if raw.keytype != KEY_DOC_KEYTYPE {
+            return Err(DirectorKeyError::UnsupportedKeyType(raw.keytype.into_owned()));
+        }
+        let mut public = [0u8; 32];
+        hex::decode_to_slice(raw.public.as_bytes(), &mut public)
+            .map_err(|e| DirectorKeyError::BadKey(format!("{:?}: {e}", raw.public)))?;
+        Ok(DirectorKeyDoc { public })
+    }
+}
+
+/// Why a director key document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectorKeyError {
+    /// Not a JSON object with the string fields `keytype`, `public` and `role`.
+    #[error("malformed director key document: {0}")]
+    Malformed(String),
+    /// The document names a role other than `director`.
+    #[error("director key document is for role {0:?}, not \"director\"")]
+    WrongRole(String),
+    /// The key is not Ed25519, the only type director envelopes are signed with.
+    #[error("director key type {0:?} is not supported (only ed25519)")]
+    UnsupportedKeyType(String),
+    /// `public` is not 32 bytes of hex.
+    #[error("director public key {0}")]
+    BadKey(String),
+}
+
 /// Where a TUF repository with consistent snapshots stores target `path` whose SHA-256 is `sha256`:
 /// `dir/<sha256>.<name>` (the hub writes it there; agents and mirrors fetch it from there).
 pub fn stored_target_path(path: &str, sha256: &Digest) -> String {
@@ -315,6 +383,45 @@ mod tests {
     use ed25519_dalek::{Signer, SigningKey};
 
     const NOW: UnixSeconds = 1_800_000_000;
+
+    #[test]
+    fn director_key_doc_bytes_are_what_hubs_have_always_written() {
+        let doc = DirectorKeyDoc { public: [0xab; 32] };
+        let expected = format!(
+            "{{\n  \"keytype\": \"ed25519\",\n  \"public\": \"{}\",\n  \"role\": \"director\"\n}}",
+            "ab".repeat(32)
+        );
+        assert_eq!(String::from_utf8(doc.to_json()).unwrap(), expected);
+        assert_eq!(DirectorKeyDoc::parse(expected.as_bytes()), Ok(doc));
+    }
+
+    #[test]
+    fn director_key_doc_refuses_other_roles_key_types_and_bad_keys() {
+        let doc = |keytype: &str, public: &str, role: &str| {
+            format!(r#"{{"keytype":"{keytype}","public":"{public}","role":"{role}"}}"#).into_bytes()
+        };
+        let good = "cd".repeat(32);
+        assert_eq!(
+            DirectorKeyDoc::parse(&doc("ed25519", &good, "director")),
+            Ok(DirectorKeyDoc { public: [0xcd; 32] })
+        );
+        assert_eq!(
+            DirectorKeyDoc::parse(&doc("ed25519", &good, "timestamp")),
+            Err(DirectorKeyError::WrongRole("timestamp".into()))
+        );
+        assert_eq!(
+            DirectorKeyDoc::parse(&doc("ecdsa", &good, "director")),
+            Err(DirectorKeyError::UnsupportedKeyType("ecdsa".into()))
+        );
+        for bad in ["cd".repeat(31), "zz".repeat(32), String::new()] {
+            let e = DirectorKeyDoc::parse(&doc("ed25519", &bad, "director")).unwrap_err();
+            assert!(matches!(e, DirectorKeyError::BadKey(_)), "{bad}: {e}");
+        }
+        for bad in [&b"{}"[..], b"[]", b"not json", br#"{"keytype":"ed25519","public":7,"role":"director"}"#] {
+            let e = DirectorKeyDoc::parse(bad).unwrap_err();
+            assert!(matches!(e, DirectorKeyError::Malformed(_)), "{e}");
+        }
+    }
 
     fn assignment(version: u64) -> Assignment {
         Assignment {

@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> Result<()> {
     let target_base_url = cli.target_base_url.as_deref().unwrap_or(metadata_url);
     let mirror = Mirror::new(&MirrorConfig::new(metadata_url, target_base_url)?)?;
     let now = now()?;
-    let mut updater = tuf::updater(tuf::Source::Mirror(Arc::new(mirror)), dir)?;
+    let mut updater = tuf::updater(Arc::new(mirror), dir)?;
     updater.refresh(now).await.context("refresh")?;
     for name in names {
         // The agent's path for a target: resolve through delegations, reuse a verified cached copy, else
