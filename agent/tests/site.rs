@@ -25,6 +25,7 @@ use outpost_hub::tuf::TufRepo;
 use outpost_shared::Digest;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
+use outpost_shared::wire::codes;
 use support::{World, active, refusal};
 
 const HEALTH: u32 = 2;
@@ -228,10 +229,14 @@ async fn site_node_forwards_device_reports_to_the_hub_and_refuses_devices_of_oth
     let stranger_key = Identity::from_seed([49; 32]).public_key().to_hex();
     w.registry().device_set_site(&stranger_key, Some("plant-8"), false).unwrap();
     w.clock.advance(outpost_agent::site::DEVICE_FRESH);
-    // A device of another site gets nothing through this site node: the hub refuses to appraise it for the node.
+    // A device of another site gets nothing through this site node: the hub does not allow it there, so the
+    // site node closes its connection as an unknown device, before any request.
     let e = stranger.check().await.unwrap_err();
-    let refused_for = format!("not a site node serving device {stranger_key}");
-    assert!(matches!(&e, CheckError::NotAttested(r) if r.contains(&refused_for)), "{e:?}");
+    let closed = match &e {
+        CheckError::Hub(c) => c.close_reason(),
+        _ => None,
+    };
+    assert_eq!(closed, Some((codes::CLOSE_UNKNOWN_DEVICE, "unknown device".to_owned())), "{e:?}");
 }
 
 /// A site node that flips one byte of every package it serves.
