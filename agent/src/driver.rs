@@ -154,7 +154,7 @@ impl Agent {
             jitter_secs: config.updates.jitter_secs,
             renew_margin_secs: ATTESTATION_MARGIN_SECS,
         };
-        let rng = SeededRng::new(local_seed(&identity, clock.as_ref()));
+        let rng = SeededRng::new(local_seed(&identity, clock.as_ref(), b"poll jitter"));
         let mut agent = Agent {
             config,
             layout,
@@ -255,7 +255,7 @@ impl Agent {
 
     fn open_telemetry(&self) -> Option<crate::telemetry::Queue> {
         // The stream id only has to differ between queue files: this device, now.
-        let seed = local_seed(&self.identity, self.clock.as_ref());
+        let seed = local_seed(&self.identity, self.clock.as_ref(), b"telemetry stream");
         let path = self.layout.root().join("telemetry.redb");
         match crate::telemetry::Queue::open(&path, TELEMETRY_CAPACITY, &mut SeededRng::new(seed)) {
             Ok(q) => Some(q),
@@ -761,11 +761,12 @@ impl Agent {
     }
 }
 
-/// A seed that differs between devices and between starts of one device: its key, the wall and monotonic time.
-fn local_seed(identity: &Identity, clock: &dyn Clock) -> u64 {
+/// A seed for `purpose` that differs between devices and between starts of one device: its key, the wall and
+/// monotonic time.
+fn local_seed(identity: &Identity, clock: &dyn Clock, purpose: &[u8]) -> u64 {
     let now = clock.wall().to_le_bytes();
     let mono = (clock.monotonic().as_nanos() as u64).to_le_bytes();
-    let mix = Digest::of(&[&identity.public_key().0[..], &now, &mono].concat());
+    let mix = Digest::of(&[purpose, &identity.public_key().0[..], &now, &mono].concat());
     let mut seed = [0u8; 8];
     seed.copy_from_slice(&mix.0[..8]);
     u64::from_le_bytes(seed)
