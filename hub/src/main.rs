@@ -857,22 +857,36 @@ fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::Socke
                 }
             }
         });
-        // Staged rollouts are judged every few seconds (abort decisions too, so recovery time starts on time).
-        let rollouts = backend.clone();
+        // Staged rollouts are judged when the earliest release's deadline (a soak end) comes; reports are judged
+        // as they arrive.
+        let (rollouts, rdir, rclock) = (backend.clone(), dir.to_owned(), clock.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
             loop {
-                tick.tick().await;
-                let b = rollouts.clone();
-                match tokio::task::spawn_blocking(move || b.tick_rollouts().map_err(|e| e.to_string())).await {
-                    Ok(Ok(effects)) => {
+                let (b, dir, clock) = (rollouts.clone(), rdir.clone(), rclock.clone());
+                let judged = tokio::task::spawn_blocking(move || -> Result<_> {
+                    let effects = b.tick_rollouts().map_err(|e| anyhow::anyhow!(e))?;
+                    let wait =
+                        outpost_hub::rollouts::wait_after_tick(&Registry::open(&dir, clock.clone())?, clock.wall())?;
+                    Ok((effects, wait))
+                })
+                .await;
+                let wait = match judged {
+                    Ok(Ok((effects, wait))) => {
                         for (id, e) in effects {
                             eprintln!("release {id}: {}", outpost_hub::rollouts::describe(&e));
                         }
+                        wait
                     }
-                    Ok(Err(e)) => eprintln!("error: judging rollouts: {e}"),
-                    Err(e) => eprintln!("error: rollout task: {e}"),
-                }
+                    Ok(Err(e)) => {
+                        eprintln!("error: judging rollouts: {e:#}");
+                        outpost_hub::rollouts::MAX_TICK_WAIT
+                    }
+                    Err(e) => {
+                        eprintln!("error: rollout task: {e}");
+                        outpost_hub::rollouts::MAX_TICK_WAIT
+                    }
+                };
+                tokio::time::sleep(wait).await;
             }
         });
         let dir = dir.to_owned();
