@@ -2,15 +2,15 @@
 //! repository, director bundles per device, the device allow-list from the registry, durable device reports, and
 //! the attestation gate (`crate::attest`) with the registry as its device directory.
 //!
-//! The registry index is opened per call and released at once, so admin commands can run beside `serve`. The
-//! per-request attestation check opens nothing: it compares the device-status stamp file with the one it last read
+//! The store (registry index and telemetry) is opened once and held (`crate::store`); no request reopens it. The
+//! per-request attestation check reads nothing: it compares the device-status stamp file with the one it last read
 //! the revoked devices at.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use outpost_attestation::{AttestationResult, Challenge, Evidence, Presented, PublicKey, Status, Tier};
@@ -22,7 +22,7 @@ use crate::attest::{self, FileStamp, Gate};
 use crate::director::Director;
 use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry, TpmRecord};
 use crate::serve::{Backend, BackendError, Refused, Unattested};
-use crate::telemetry::TelemetryStore;
+use crate::store::Store;
 use crate::tuf::TufRepo;
 
 /// The hub's serving backend.
@@ -30,10 +30,8 @@ pub struct HubBackend {
     dir: PathBuf,
     repo: TufRepo,
     clock: Arc<dyn Clock>,
-    /// Serialises index access within this process (redb admits one opener).
-    index: Mutex<()>,
-    /// Serialises telemetry store access within this process.
-    telemetry: Mutex<()>,
+    /// The open store: given at construction ([`HubBackend::with_store`]) or opened at the first request.
+    store: OnceLock<Arc<Store>>,
     /// Signed assignments per device, reused while their targets are unchanged and fresh.
     assignments: Mutex<HashMap<String, CachedAssignment>>,
     /// Metadata files by name, with the (inode, mtime, length) they were read at. Every write of metadata is an
@@ -73,16 +71,38 @@ impl std::fmt::Debug for HubBackend {
 
 impl HubBackend {
     /// A backend over the hub in `dir`, its attestation gate configured by `[attestation]` in its `hub.toml` (an
-    /// unreadable file gives the defaults: attestation required).
+    /// unreadable file gives the defaults: attestation required). It opens the store at its first request and holds
+    /// it from then on.
     pub fn new(dir: &Path, repo: TufRepo, clock: Arc<dyn Clock>) -> Self {
         let config = crate::config::HubConfig::load(&dir.join(crate::config::CONFIG_FILE)).unwrap_or_default();
+        Self::build(dir, repo, &config.attestation, clock, OnceLock::new())
+    }
+
+    /// A backend over the already open `store` of the hub in `dir`, its attestation gate configured by
+    /// `attestation` (the serving hub reads `hub.toml` once, at start).
+    pub fn with_store(
+        dir: &Path,
+        repo: TufRepo,
+        attestation: &crate::config::Attestation,
+        clock: Arc<dyn Clock>,
+        store: Arc<Store>,
+    ) -> Self {
+        Self::build(dir, repo, attestation, clock, OnceLock::from(store))
+    }
+
+    fn build(
+        dir: &Path,
+        repo: TufRepo,
+        attestation: &crate::config::Attestation,
+        clock: Arc<dyn Clock>,
+        store: OnceLock<Arc<Store>>,
+    ) -> Self {
         HubBackend {
             dir: dir.to_owned(),
             repo,
-            gate: Gate::new(dir, &config.attestation, clock.clone()),
+            gate: Gate::new(dir, attestation, clock.clone()),
             clock,
-            index: Mutex::new(()),
-            telemetry: Mutex::new(()),
+            store,
             assignments: Mutex::new(HashMap::new()),
             metadata_cache: Mutex::new(HashMap::new()),
             revoked: Mutex::new(None),
@@ -133,11 +153,10 @@ impl HubBackend {
                 let _ = writeln!(out, "outpost_hub_release_recovery_seconds{{release=\"{id}\"}} {}", t.as_secs());
             }
         }
-        let groups = {
-            let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
-            let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
-            store.aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?
-        };
+        let groups = self
+            .store()?
+            .telemetry()
+            .aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?;
         let _ = writeln!(out, "# HELP outpost_hub_telemetry_events Telemetry events stored, by site and kind.");
         let _ = writeln!(out, "# TYPE outpost_hub_telemetry_events gauge");
         for g in &groups {
@@ -161,8 +180,7 @@ impl HubBackend {
 
     /// Deletes telemetry the hub received longer ago than `retention`; returns how many events went.
     pub fn apply_telemetry_retention(&self, retention: Duration) -> Result<u64, BackendError> {
-        let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
-        Ok(TelemetryStore::open(&self.dir, self.clock.clone())?.apply_retention(retention)?)
+        Ok(self.store()?.telemetry().apply_retention(retention)?)
     }
 
     /// Judges every staged rollout at the clock's time (the serving hub calls this every few seconds); returns
@@ -264,10 +282,28 @@ impl HubBackend {
         Ok(revoked)
     }
 
+    /// Forgets cached metadata and revoked devices, so the next request reads them again (the service calls this
+    /// after every admin command: its effect is served at once).
+    pub fn forget_cached(&self) {
+        if let Ok(mut cache) = self.metadata_cache.lock() {
+            cache.clear();
+        }
+        if let Ok(mut revoked) = self.revoked.lock() {
+            *revoked = None;
+        }
+    }
+
+    /// The open store, opened now if this backend was made without one.
+    pub fn store(&self) -> Result<&Arc<Store>, BackendError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let store = Arc::new(Store::open(&self.dir, self.clock.clone())?);
+        Ok(self.store.get_or_init(|| store))
+    }
+
     fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> Result<T, BackendError>) -> Result<T, BackendError> {
-        let _guard = self.index.lock().map_err(|_| "index lock poisoned")?;
-        let reg = Registry::open(&self.dir, self.clock.clone())?;
-        f(&reg)
+        f(self.store()?.registry())
     }
 }
 
@@ -402,9 +438,7 @@ impl Backend for HubBackend {
             Some((id, stage)) => (Some(id), stage),
             None => (record.as_ref().and_then(|r| r.active).map(|d| d.short()), None),
         };
-        let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
-        let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
-        let outcome = store.ingest(&key, site.as_deref(), release.as_deref(), stage, &batch)?;
+        let outcome = self.store()?.telemetry().ingest(&key, site.as_deref(), release.as_deref(), stage, &batch)?;
         Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
     }
 

@@ -13,6 +13,7 @@ pub mod director;
 pub mod registry;
 pub mod rollouts;
 pub mod serve;
+pub mod store;
 pub mod telemetry;
 pub mod tuf;
 
