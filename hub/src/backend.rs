@@ -114,7 +114,8 @@ impl HubBackend {
     pub fn metrics(&self) -> Result<String, BackendError> {
         use std::collections::BTreeMap;
         use std::fmt::Write as _;
-        let (devices, releases) = self.with_registry(|reg| Ok((reg.devices()?, crate::rollouts::list(reg)?)))?;
+        let store = self.store()?;
+        let (devices, releases) = (store.devices().devices()?, crate::rollouts::list(store.registry())?);
         let mut out = String::new();
         let mut counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
         for d in devices.iter().filter(|d| !d.site_node) {
@@ -253,7 +254,7 @@ impl HubBackend {
             }
         };
         if directory.record.is_some()
-            && let Err(e) = self.with_registry(|reg| Ok(reg.device_attested(&key, entry)?))
+            && let Err(e) = self.store().and_then(|s| Ok(s.devices().device_attested(&key, entry)?))
         {
             eprintln!("outpost-hub: attestation: recording the result for {key}: {e}");
         }
@@ -271,7 +272,7 @@ impl HubBackend {
     /// Reads the revoked devices from the registry, remembering the stamp taken before the read.
     fn revoked_slow(&self, device: &PublicKey) -> Result<bool, BackendError> {
         let stamp = attest::stamp(&self.dir.join(DEVICE_STATUS_STAMP));
-        let devices = self.with_registry(|reg| Ok(reg.devices()?))?;
+        let devices = self.store()?.devices().devices()?;
         let set: HashSet<[u8; 32]> = devices
             .iter()
             .filter(|d| d.status != DeviceStatus::Approved)
@@ -318,8 +319,9 @@ fn safe_relative(path: &str) -> Option<PathBuf> {
 
 impl Backend for HubBackend {
     fn device_allowed(&self, key: &[u8; 32]) -> bool {
-        self.with_registry(|reg| Ok(reg.device(&hex::encode(key))?))
+        self.store()
             .ok()
+            .and_then(|s| s.devices().device(&hex::encode(key)).ok())
             .flatten()
             .is_some_and(|d| d.status == DeviceStatus::Approved)
     }
@@ -480,7 +482,7 @@ impl Backend for HubBackend {
     }
 
     fn enrolment_open(&self) -> bool {
-        self.with_registry(|reg| Ok(reg.tokens_open()?)).unwrap_or(false)
+        self.store().ok().and_then(|s| s.devices().tokens_open().ok()).unwrap_or(false)
     }
 
     fn enroll(&self, device: &[u8; 32], token: &str, hardware: &str, tpm: Option<&[u8]>) -> Result<(), BackendError> {
@@ -489,7 +491,7 @@ impl Backend for HubBackend {
             Ok(t) => t.as_ref().map(TpmRecord::of),
             Err(e) => return Err(Box::new(Refused(format!("enrolment refused: TPM facts: {e}")))),
         };
-        match self.with_registry(|reg| Ok(reg.enroll(&key, token, hardware, tpm)?))? {
+        match self.store()?.devices().enroll(&key, token, hardware, tpm)? {
             Ok(d) => {
                 let tier = if d.tpm.is_some() { "hardware tier (TPM)" } else { "software tier" };
                 eprintln!("outpost-hub: enrolled device {key} on channel {} with a one-time token, {tier}", d.channel);
@@ -500,7 +502,8 @@ impl Backend for HubBackend {
     }
 
     fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
-        self.with_registry(|reg| Ok(reg.site_node_serves(&hex::encode(node), &hex::encode(device))?)).unwrap_or(false)
+        let (node, device) = (hex::encode(node), hex::encode(device));
+        self.store().ok().and_then(|s| s.devices().site_node_serves(&node, &device).ok()).unwrap_or(false)
     }
 
     fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
@@ -515,14 +518,11 @@ impl Backend for HubBackend {
         f.sync_data()?;
         // A state report updates the device record: the director stops offering what it rolled back from.
         if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
-            let now = self.clock.wall();
-            self.with_registry(|reg| {
-                reg.device_reported(&hex::encode(device), &report)?;
-                for (release, effect) in crate::rollouts::on_report(reg, &hex::encode(device), &report, now)? {
-                    eprintln!("outpost-hub: release {release}: {}", crate::rollouts::describe(&effect));
-                }
-                Ok(())
-            })?;
+            let (now, key, store) = (self.clock.wall(), hex::encode(device), self.store()?);
+            store.devices().device_reported(&key, &report)?;
+            for (release, effect) in crate::rollouts::on_report(store.registry(), &key, &report, now)? {
+                eprintln!("outpost-hub: release {release}: {}", crate::rollouts::describe(&effect));
+            }
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod registry;
 pub mod rollouts;
 pub mod serve;
 pub mod service;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod tuf;

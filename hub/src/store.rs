@@ -11,6 +11,8 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use redb::{Database, DatabaseError};
 
+use crate::storage::{AuditStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
+
 /// Database files open in this process by canonical path, with how many times each was really opened. Locked only
 /// while opening, never per request.
 static OPEN: LazyLock<Mutex<HashMap<PathBuf, Opened>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -77,13 +79,33 @@ impl Store {
         Ok(Store { registry, telemetry })
     }
 
-    /// The registry index.
+    /// The registry index itself, for what has not moved onto the storage traits yet (rollouts, the director).
     pub fn registry(&self) -> &crate::Registry {
         &self.registry
     }
 
-    /// The telemetry store.
-    pub fn telemetry(&self) -> &crate::telemetry::TelemetryStore {
+    /// Registered packages and aliases.
+    pub fn packages(&self) -> &dyn PackageStore {
+        &self.registry
+    }
+
+    /// Devices.
+    pub fn devices(&self) -> &dyn DeviceStore {
+        &self.registry
+    }
+
+    /// Staged releases.
+    pub fn releases(&self) -> &dyn ReleaseStore {
+        &self.registry
+    }
+
+    /// The audit anchor.
+    pub fn audit(&self) -> &dyn AuditStore {
+        &self.registry
+    }
+
+    /// Telemetry events.
+    pub fn telemetry(&self) -> &dyn TelemetryEvents {
         &self.telemetry
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use outpost_hub::service::Hub;
 
-use super::{Out, registry};
+use super::Out;
 use outpost_shared::clock::format_rfc3339;
 
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
@@ -23,7 +23,7 @@ pub fn run(cmd: AuditCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
     match cmd {
         AuditCmd::Verify => {
             let path = outpost_hub::audit::default_path(hub.dir());
-            let anchor = registry(hub)?.audit_anchor()?;
+            let anchor = hub.store()?.audit().audit_anchor()?;
             let v = outpost_hub::audit::verify(&path, anchor.as_ref())?;
             let head = v.head.map_or("-".to_owned(), |a| format!("#{} {}", a.seq, a.hash.short()));
             writeln!(o.out, "audit log {}: {} entries, chain intact, head {head}", path.display(), v.entries)?;

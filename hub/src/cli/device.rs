@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use outpost_hub::service::Hub;
 
-use super::{Out, registry};
+use super::{Out, devices};
 use outpost_shared::clock::format_rfc3339;
 
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ pub enum SecondaryCmd {
 pub fn run(cmd: DeviceCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
     match cmd {
         DeviceCmd::Token { expires, channel, site } => {
-            let token = registry(hub)?.token_create(&channel, site.as_deref(), expires, &mut **hub.rng())?;
+            let token = devices(hub)?.token_create(&channel, site.as_deref(), expires, &mut **hub.rng())?;
             writeln!(
                 o.err,
                 "one-time enrolment token for channel {channel}{}, valid {expires} s (only its hash is stored):",
@@ -113,13 +113,13 @@ pub fn run(cmd: DeviceCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             writeln!(o.out, "{token}")?;
         }
         DeviceCmd::Show { key } => {
-            let reg = registry(hub)?;
+            let reg = devices(hub)?;
             let lower = key.trim().to_ascii_lowercase();
             let d = reg.device(&lower)?.with_context(|| format!("no device with key {key}"))?;
             print_device(&d, o)?;
         }
         DeviceCmd::Approve { key, channel, site, site_node } => {
-            let reg = registry(hub)?;
+            let reg = devices(hub)?;
             let mut d = reg.device_approve(&key, &channel)?;
             if site.is_some() || d.site.is_some() {
                 d = reg.device_set_site(&key, site.as_deref(), site_node)?;
@@ -129,7 +129,7 @@ pub fn run(cmd: DeviceCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             writeln!(o.err, "approved {role} {} on channel {}{site}", d.key, d.channel)?;
         }
         DeviceCmd::List => {
-            for d in registry(hub)?.devices()? {
+            for d in devices(hub)?.devices()? {
                 let active = d.active.map_or("-".to_owned(), |a| a.short());
                 let rolled: Vec<String> = d.rolled_back.iter().map(|r| r.short()).collect();
                 let site = match (d.shown_site(), d.site_node) {
@@ -160,7 +160,7 @@ pub fn run(cmd: DeviceCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             }
         }
         DeviceCmd::Secondary(SecondaryCmd::Add { gateway_key, device_id, hardware_id }) => {
-            let d = registry(hub)?.device_secondary_add(&gateway_key, &device_id, &hardware_id)?;
+            let d = devices(hub)?.device_secondary_add(&gateway_key, &device_id, &hardware_id)?;
             writeln!(
                 o.err,
                 "gateway {} now has {} secondar{}; {device_id} gets firmware for {hardware_id}",
@@ -170,13 +170,12 @@ pub fn run(cmd: DeviceCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             )?;
         }
         DeviceCmd::Secondary(SecondaryCmd::Remove { gateway_key, device_id }) => {
-            let d = registry(hub)?.device_secondary_remove(&gateway_key, &device_id)?;
+            let d = devices(hub)?.device_secondary_remove(&gateway_key, &device_id)?;
             writeln!(o.err, "gateway {} no longer assigns firmware to {device_id}", d.key)?;
         }
         DeviceCmd::Retry { key, package } => {
-            let reg = registry(hub)?;
-            let d = reg.resolve(&package)?;
-            reg.device_retry(&key, &d)?;
+            let d = hub.store()?.packages().resolve(&package)?;
+            devices(hub)?.device_retry(&key, &d)?;
             writeln!(
                 o.err,
                 "device {key} will be offered {} again (the device itself still refuses a package it rolled back from until its state is reset)",
@@ -194,7 +193,7 @@ pub fn run(cmd: DeviceCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
                     Some(outpost_hub::registry::TpmRecord::of(&e))
                 }
             };
-            let d = registry(hub)?.device_set_tpm(&key, record)?;
+            let d = devices(hub)?.device_set_tpm(&key, record)?;
             match (&d.tpm, clear) {
                 (Some(t), _) => writeln!(
                     o.err,
@@ -207,7 +206,7 @@ pub fn run(cmd: DeviceCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             }
         }
         DeviceCmd::Revoke { key } => {
-            let d = registry(hub)?.device_revoke(&key)?;
+            let d = devices(hub)?.device_revoke(&key)?;
             writeln!(
                 o.err,
                 "revoked device {}: its connections are refused from now on (a serving hub cuts off attested ones at their next request)",

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use outpost_hub::service::Hub;
 
-use super::{Out, registry};
+use super::{Out, devices};
 
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
 pub enum FleetCmd {
@@ -24,7 +24,7 @@ pub enum FleetCmd {
 pub fn status(hub: &Hub, json: bool, o: &mut Out<'_>) -> Result<()> {
     use outpost_hub::telemetry::{Filter, GroupBy};
     use std::collections::BTreeMap;
-    let devices = registry(hub)?.devices()?;
+    let devices = devices(hub)?.devices()?;
     let store = hub.store()?.telemetry();
     let by_site: BTreeMap<String, outpost_hub::telemetry::Summary> =
         store.aggregate(GroupBy::Site, &Filter::default())?.into_iter().map(|g| (g.key, g.summary)).collect();

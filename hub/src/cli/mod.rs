@@ -174,7 +174,7 @@ pub fn run(command: Command, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         Command::Device(cmd) => device::run(cmd, hub, o),
         Command::Audit(cmd) => audit::run(cmd, hub, o),
         Command::Fleet(FleetCmd::Status { json }) => fleet::status(hub, json, o).map(|()| 0),
-        Command::Rejections { json } => fleet::rejections(&registry(hub)?.devices()?, json, o).map(|()| 0),
+        Command::Rejections { json } => fleet::rejections(&devices(hub)?.devices()?, json, o).map(|()| 0),
         Command::Attestation(cmd) => attestation::run(cmd, hub, o),
     }
 }
@@ -216,13 +216,18 @@ pub fn registry(hub: &Hub) -> Result<&Registry> {
     Ok(hub.store()?.registry())
 }
 
+/// The hub's devices.
+pub fn devices(hub: &Hub) -> Result<&dyn outpost_hub::storage::DeviceStore> {
+    Ok(hub.store()?.devices())
+}
+
 /// Appends an admin action to the audit log.
 pub fn audit(hub: &Hub, actor: &str, action: Action, subject: &str, detail: &str) -> Result<()> {
     let mut log = outpost_hub::audit::AuditLog::open(&outpost_hub::audit::default_path(hub.dir()))?;
     log.append(hub.clock().wall(), actor, action, subject, detail)?;
     // The newest anchor is kept in the index too: `audit verify` then catches an edited or cut-off newest entry.
     if let Some(head) = log.head() {
-        registry(hub)?.audit_anchor_put(&head)?;
+        hub.store()?.audit().audit_anchor_put(&head)?;
     }
     Ok(())
 }
