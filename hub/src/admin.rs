@@ -65,10 +65,10 @@ pub enum RequestError {
         max: u32,
     },
     /// The client did not send its whole request within [`Limits::request_timeout`].
-    #[error("admin request not received within {secs} s")]
+    #[error("admin request not received within {millis} ms")]
     Stalled {
-        /// The timeout, in seconds.
-        secs: u64,
+        /// The timeout, in milliseconds.
+        millis: u64,
     },
     /// The request was not a command this service understands.
     #[error("malformed admin request: {reason}")]
@@ -255,7 +255,9 @@ async fn serve_one(
     after: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<()> {
     let response = match tokio::time::timeout(limits.request_timeout, read_request(&mut stream, &limits)).await {
-        Err(_) => Response::Refused(RequestError::Stalled { secs: limits.request_timeout.as_secs() }),
+        Err(_) => Response::Refused(RequestError::Stalled {
+            millis: u64::try_from(limits.request_timeout.as_millis()).unwrap_or(u64::MAX),
+        }),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Err(refused))) => Response::Refused(refused),
         Ok(Ok(Ok(request))) => {

@@ -44,6 +44,27 @@ fn start(runtime: &tokio::runtime::Runtime, hub: &TestHub) -> Result<Running, Se
     runtime.block_on(service::start(config(hub), Arc::new(SystemClock), Box::new(SystemRng)))
 }
 
+#[test]
+fn a_stalled_admin_client_is_timed_out_and_the_service_keeps_serving() {
+    let hub = TestHub::new();
+    let offline = hub.tmp.path().join("offline");
+    assert!(hub.cli(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]).status.success());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut config = config(&hub);
+    config.admin_limits.request_timeout = std::time::Duration::from_millis(200);
+    let limits = config.admin_limits;
+    let running = runtime.block_on(service::start(config, Arc::new(SystemClock), Box::new(SystemRng))).unwrap();
+    let done = runtime.spawn(running.run(std::future::pending()));
+    let mut stalled = std::os::unix::net::UnixStream::connect(admin::socket_path(&hub.dir())).unwrap();
+    stalled.write_all(&[0, 0, 0, 64, b'{']).unwrap(); // promises 64 bytes, sends one
+    assert_eq!(
+        admin::read_response(&mut stalled, &limits).unwrap(),
+        Response::Refused(RequestError::Stalled { millis: 200 })
+    );
+    assert!(hub.cli(&["device", "list"]).status.success(), "the service still answers");
+    done.abort();
+}
+
 impl Served {
     fn new() -> Served {
         let hub = TestHub::new();
