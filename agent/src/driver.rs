@@ -17,7 +17,9 @@ use outpost_shared::director::{
 use outpost_shared::policy::PackageFacts;
 use outpost_shared::rng::SeededRng;
 use outpost_shared::telemetry::{self, EventKind, Histogram};
-use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Refusal, Slot, Target, UpdateLoop};
+use outpost_shared::update::{
+    Action, AgentState, Event, HealthPolicy, Installed, Refusal, Slot, Target, Timing, UpdateLoop,
+};
 use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
 
 use crate::config::AgentConfig;
@@ -88,7 +90,7 @@ impl From<TransportError> for CheckError {
 }
 
 /// Re-attest on a new connection when the current result expires within this many seconds.
-pub const ATTESTATION_MARGIN_SECS: u64 = 60;
+pub const ATTESTATION_MARGIN_SECS: u64 = outpost_shared::update::RENEW_MARGIN_SECS;
 
 /// The agent.
 pub struct Agent {
@@ -127,6 +129,8 @@ pub struct Agent {
     inferences: std::collections::BTreeMap<Digest, (u64, u64, Histogram)>,
     /// Shadow comparisons not yet in a report that reached the hub.
     pending_shadow: Option<outpost_shared::update::ShadowReport>,
+    /// Draws the update loop's poll jitter.
+    rng: SeededRng,
 }
 
 /// Events the telemetry queue holds at most; beyond, new events are dropped and counted.
@@ -164,12 +168,18 @@ impl Agent {
         };
         let health = HealthPolicy { inferences: config.updates.health_inferences, seconds: config.updates.health_secs };
         let mirror = config.mirror.as_ref().map(Mirror::new).transpose()?.map(Arc::new);
+        let timing = Timing {
+            poll_secs: config.updates.poll_secs,
+            jitter_secs: config.updates.jitter_secs,
+            renew_margin_secs: ATTESTATION_MARGIN_SECS,
+        };
+        let rng = SeededRng::new(local_seed(&identity, clock.as_ref(), b"poll jitter"));
         let mut agent = Agent {
             config,
             layout,
             identity,
             clock,
-            updates: UpdateLoop::new(state, health),
+            updates: UpdateLoop::new(state, health).with_timing(timing),
             models,
             client: None,
             mirror,
@@ -185,6 +195,7 @@ impl Agent {
             telemetry: None,
             inferences: std::collections::BTreeMap::new(),
             pending_shadow: None,
+            rng,
         };
         agent.telemetry = agent.open_telemetry();
         agent.reload_policy();
@@ -264,13 +275,9 @@ impl Agent {
 
     fn open_telemetry(&self) -> Option<crate::telemetry::Queue> {
         // The stream id only has to differ between queue files: this device, now.
-        let now = self.clock.wall().to_le_bytes();
-        let mono = (self.clock.monotonic().as_nanos() as u64).to_le_bytes();
-        let mix = Digest::of(&[&self.identity.public_key().0[..], &now, &mono].concat());
-        let mut seed = [0u8; 8];
-        seed.copy_from_slice(&mix.0[..8]);
+        let seed = local_seed(&self.identity, self.clock.as_ref(), b"telemetry stream");
         let path = self.layout.root().join("telemetry.redb");
-        match crate::telemetry::Queue::open(&path, TELEMETRY_CAPACITY, &mut SeededRng::new(u64::from_le_bytes(seed))) {
+        match crate::telemetry::Queue::open(&path, TELEMETRY_CAPACITY, &mut SeededRng::new(seed)) {
             Ok(q) => Some(q),
             Err(e) => {
                 eprintln!("outpost-agent: telemetry off: {e}");
@@ -325,10 +332,35 @@ impl Agent {
         self.perform_local(actions)
     }
 
-    /// Lets time-based decisions (the health window) happen.
+    /// Lets time-based decisions (the end of a health window) happen once the update loop's deadline for them
+    /// has come; before that it does nothing (and writes nothing).
     pub fn tick(&mut self) -> Result<(), CheckError> {
+        if self.updates.health_deadline().is_none_or(|t| t > self.clock.wall()) {
+            return Ok(());
+        }
         let actions = self.feed(Event::Tick)?;
         self.perform_local(actions)
+    }
+
+    /// When the update loop next needs this driver (the next check, the end of a health window), as wall time.
+    pub fn next_deadline(&self) -> u64 {
+        self.updates.next_deadline(self.clock.wall())
+    }
+
+    /// How long to sleep until [`next_deadline`](Agent::next_deadline) (zero: it has come).
+    pub fn until_next_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.next_deadline().saturating_sub(self.clock.wall()))
+    }
+
+    /// Whether an update check is due now (poll interval with jitter over, a deferral's window open, the
+    /// attestation to renew, or [`check_now`](Agent::check_now)).
+    pub fn check_due(&self) -> bool {
+        self.updates.check_due(self.clock.wall())
+    }
+
+    /// Makes an update check due at once (the hub pushed a notice).
+    pub fn check_now(&mut self) {
+        self.updates.check_now();
     }
 
     /// Performs actions that need no network (activation, reports into the outbox); network actions are
@@ -351,7 +383,7 @@ impl Agent {
     /// The connection to the hub, attested: a new one enrols first if `init --token` left a token, then presents
     /// evidence. An attestation about to expire is renewed on a new connection.
     async fn connect(&mut self) -> Result<Arc<HubClient>, CheckError> {
-        let due = self.attested.is_some_and(|a| a.expires <= self.clock.wall().saturating_add(ATTESTATION_MARGIN_SECS));
+        let due = self.updates.renewal_due(self.clock.wall());
         if let Some(c) = &self.client
             && c.connection().close_reason().is_none()
             && !due
@@ -413,6 +445,9 @@ impl Agent {
         if let Err(e) = &result {
             self.queue(EventKind::Error { what: format!("update check failed: {e}") });
         }
+        // The loop schedules the next check, and the renewal of the attestation this check left.
+        self.updates.attested(self.attested.map(|a| a.expires));
+        self.updates.check_ended(self.clock.wall(), &mut self.rng);
         result
     }
 
@@ -741,6 +776,17 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// A seed for `purpose` that differs between devices and between starts of one device: its key, the wall and
+/// monotonic time.
+fn local_seed(identity: &Identity, clock: &dyn Clock, purpose: &[u8]) -> u64 {
+    let now = clock.wall().to_le_bytes();
+    let mono = (clock.monotonic().as_nanos() as u64).to_le_bytes();
+    let mix = Digest::of(&[purpose, &identity.public_key().0[..], &now, &mono].concat());
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&mix.0[..8]);
+    u64::from_le_bytes(seed)
 }
 
 /// Why staging stopped: the policy refused the verified manifest, or the package is unusable.

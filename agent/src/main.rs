@@ -315,7 +315,7 @@ fn policy_check(
     })
 }
 
-/// Random bytes from the kernel's generator (key seeds at setup, poll jitter).
+/// Random bytes from the kernel's generator (key seeds at setup).
 fn getrandom_bytes(buf: &mut [u8]) -> Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
@@ -323,8 +323,6 @@ fn getrandom_bytes(buf: &mut [u8]) -> Result<()> {
 }
 
 async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
-    let poll = Duration::from_secs(config.updates.poll_secs);
-    let jitter = config.updates.jitter_secs;
     let bind = config.inference_bind;
     // Every inference that reached the model feeds the health window of the package on trial.
     let (outcomes, mut outcome_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -344,54 +342,55 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     // One stream per signal for the whole run: a signal that arrives mid-check is kept until the loop looks.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Revocation notices pushed by the hub on the connection of the last check (each connection has its own).
+    let mut notices = None;
+    // The update loop decides when to check and when a health window ends; this loop sleeps until then, or until
+    // an inference outcome, a pushed notice or a signal.
     loop {
-        match agent.check().await {
-            Ok(()) => describe(&agent),
-            Err(e) => eprintln!("update check failed (still serving what was active): {e}"),
+        if agent.check_due() {
+            match agent.check().await {
+                Ok(()) => describe(&agent),
+                Err(e) => eprintln!("update check failed (still serving what was active): {e}"),
+            }
+            if once {
+                return Ok(agent.shutdown()?);
+            }
+            notices = agent.notices();
         }
-        if once {
-            return Ok(agent.shutdown()?);
-        }
-        let mut r = [0u8; 8];
-        getrandom_bytes(&mut r)?;
-        let wait = poll + Duration::from_secs(u64::from_le_bytes(r) % (jitter + 1));
-        let deadline = tokio::time::Instant::now() + wait;
-        // A revocation pushed by the hub ends the wait: check now (and re-verify through TUF as always).
-        let mut notices = agent.notices();
+        agent.tick()?;
         let pushed = async {
             match notices.as_mut() {
-                Some(n) => {
-                    let _ = n.changed().await;
-                }
-                None => std::future::pending::<()>().await,
+                Some(n) => n.changed().await.is_ok(),
+                None => std::future::pending().await,
             }
         };
-        tokio::pin!(pushed);
-        while tokio::time::Instant::now() < deadline {
-            tokio::select! {
-                () = &mut pushed => {
+        tokio::select! {
+            open = pushed => {
+                if open {
                     eprintln!("the hub announced a revocation: checking now");
-                    break;
+                } else {
+                    notices = None; // the connection closed: the next check connects afresh
                 }
-                Some((digest, ok, took)) = outcome_rx.recv() => {
-                    agent.record_inference_stats(digest, ok, took);
-                    if agent.on_trial() == Some(digest) {
-                        agent.record_inference(ok)?;
-                        if !ok {
-                            eprintln!("inference failed during the health window: rolled back");
-                        }
+                agent.check_now();
+            }
+            Some((digest, ok, took)) = outcome_rx.recv() => {
+                agent.record_inference_stats(digest, ok, took);
+                if agent.on_trial() == Some(digest) {
+                    agent.record_inference(ok)?;
+                    if !ok {
+                        eprintln!("inference failed during the health window: rolled back");
                     }
                 }
-                _ = interrupt.recv() => {
-                    eprintln!("stopping");
-                    return Ok(agent.shutdown()?);
-                }
-                _ = terminate.recv() => {
-                    eprintln!("stopping");
-                    return Ok(agent.shutdown()?);
-                }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => agent.tick()?,
             }
+            _ = interrupt.recv() => {
+                eprintln!("stopping");
+                return Ok(agent.shutdown()?);
+            }
+            _ = terminate.recv() => {
+                eprintln!("stopping");
+                return Ok(agent.shutdown()?);
+            }
+            () = tokio::time::sleep(agent.until_next_deadline()) => {}
         }
     }
 }

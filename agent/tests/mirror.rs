@@ -115,6 +115,32 @@ async fn mirror_serving_a_tampered_package_is_refused_and_nothing_is_installed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_sending_an_endless_package_is_cut_at_the_length_tuf_lists() {
+    let w = World::new();
+    let (v1, path) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let exported = export(&w, "export");
+    let declared = std::fs::metadata(package_file(&exported, &path, &v1)).unwrap().len();
+    let package = format!("/targets/{}", director::stored_target_path(&path, &v1));
+    let (mirror, mut sent) = StaticMirror::http_endless(&exported, &package).await;
+    let mut agent = device_via(&w, "dev", &mirror).await;
+
+    agent.check().await.unwrap();
+    assert_eq!(agent.active().map(|a| *a.digest()), None);
+    // The download error reaches the state only as text: match the transport's refusal with its bound.
+    let error = agent.state().last_error.clone().unwrap_or_default();
+    let stored = director::stored_target_path(&path, &v1);
+    assert!(error.ends_with(&format!("{stored}: more than the {declared} bytes allowed")), "{error}");
+    // The sink (the staging file, kept for a resume) never held more than the declared length: the bound is checked
+    // on each chunk before it is written.
+    let staged = std::fs::metadata(Layout::new(&w.tmp.path().join("dev")).staging(&v1)).map_or(0, |m| m.len());
+    assert!(staged <= declared, "{staged} bytes staged, {declared} declared");
+    // And the client hung up: the endless body ended (its count includes what the kernel's socket buffers took).
+    let accepted =
+        tokio::time::timeout(std::time::Duration::from_secs(10), sent.recv()).await.expect("hung up").unwrap();
+    assert!(accepted >= declared, "the mirror did send more than declared ({accepted} bytes)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_swapping_the_director_key_is_refused() {
     let w = World::new();
     w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");

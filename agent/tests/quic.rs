@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_agent::quic::{ClientConfig, ClientError, HubClient};
-use outpost_agent::transport::{TargetRange, TufRepository};
+use outpost_agent::transport::{TargetRange, TransportError, TufRepository};
 use outpost_attestation::identity::{Identity, PublicKey};
 use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server};
-use outpost_shared::wire::{self, ErrorCode, FrameDecoder, Limits, Response, codes, frame_header, kinds};
+use outpost_shared::wire::{self, ErrorCode, FrameDecoder, Limits, Response, WireError, codes, frame_header, kinds};
 use sigstore_tuf::Repository;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -246,8 +246,12 @@ async fn target_download_resumes_from_an_offset() {
 async fn target_file_shorter_than_recorded_resets_the_stream_instead_of_lying() {
     let hub = TestHub::start(|_| {});
     let client = hub.client().await;
-    let err = client.download_target("broken/short.bin", 0, 100, &mut Vec::new()).await.unwrap_err();
-    assert!(matches!(err, ClientError::Stream(_) | ClientError::Wire(_)), "{err}");
+    let mut got = Vec::new();
+    let err = client.download_target("broken/short.bin", 0, 100, &mut got).await.unwrap_err();
+    // quinn's `ReadError` reaches us only as text (`ClientError::Stream`): match the reset and its code.
+    let reset = format!("stream reset by peer: error {}", codes::STREAM_INTERNAL);
+    assert!(matches!(&err, ClientError::Stream(m) if *m == reset), "{err:?}");
+    assert!(got.len() <= 10, "no more than the file holds was passed on: {}", got.len());
     still_serves(&client).await;
 }
 
@@ -275,7 +279,8 @@ async fn device_removed_from_the_allow_list_is_cut_off_while_connected() {
     let closed = timeout(Duration::from_secs(3), client.connection().closed()).await.expect("hub cuts it off");
     let err = ClientError::Connection(closed);
     assert_eq!(err.close_reason(), Some((codes::CLOSE_UNKNOWN_DEVICE, "device no longer allowed".to_owned())));
-    assert!(client.metadata("timestamp.json", 16_384).await.is_err());
+    let after = client.metadata("timestamp.json", 16_384).await.unwrap_err();
+    assert_eq!(after.close_reason(), err.close_reason(), "later requests fail with the same close: {after:?}");
 }
 
 #[tokio::test]
@@ -300,7 +305,11 @@ async fn connections_beyond_the_limit_are_refused() {
         client.metadata("timestamp.json", 16_384).await
     }
     .await;
-    assert!(matches!(second, Err(ClientError::Connection(_))), "{second:?}");
+    assert!(
+        matches!(&second, Err(ClientError::Connection(quinn::ConnectionError::ConnectionClosed(c)))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{second:?}"
+    );
     still_serves(&first).await;
 }
 
@@ -434,9 +443,130 @@ async fn sigstore_repository_fetches_through_the_hub_and_not_found_is_none() {
     let target = repo.fetch_target(TARGET_PATH, TARGET_LEN as u64).await.unwrap().unwrap();
     assert!(target == target_bytes());
     assert!(repo.fetch_target("models/none.opkg", 1000).await.unwrap().is_none());
-    // Over max_length is an error, not a truncated success.
+    // Over max_length is an error, not a truncated success: the client's own refusal (a target the hub declares
+    // longer: the transport's bound) and the hub's (metadata longer than asked for: the client's error kept as
+    // the transport error's source).
     let err = repo.fetch_target(TARGET_PATH, 1000).await.unwrap_err();
-    assert!(matches!(err, sigstore_tuf::Error::Transport { .. }), "{err}");
+    let source = transport_source(&err);
+    assert!(matches!(source, TransportError::TooLarge { path, max: 1000 } if path == TARGET_PATH), "{err:?}");
     let err = repo.fetch_metadata("1.root.json", 100).await.unwrap_err();
-    assert!(matches!(err, sigstore_tuf::Error::Transport { .. }), "{err}");
+    let source = transport_source(&err).source_as::<ClientError>();
+    assert!(matches!(source, Some(ClientError::Hub { code: ErrorCode::TooLarge, .. })), "{err:?}");
+}
+
+/// The transport error a `sigstore_tuf::Error::Transport` carries; panics on any other error.
+fn transport_source(e: &sigstore_tuf::Error) -> &TransportError {
+    match e {
+        sigstore_tuf::Error::Transport { source: Some(source), .. } => {
+            source.downcast_ref::<TransportError>().unwrap_or_else(|| panic!("not a transport error: {e:?}"))
+        }
+        other => panic!("expected a transport error with a source, got {other:?}"),
+    }
+}
+
+/// The client's per-stream QUIC receive window (`agent/src/quic.rs`): the most a hub can push on one stream
+/// beyond what the client has taken from it.
+const CLIENT_STREAM_WINDOW: u64 = 16 * 1024 * 1024;
+
+/// The most the client takes from quinn in one read (`agent/src/quic.rs`): its bound is checked per read.
+const CLIENT_READ: u64 = 64 * 1024;
+
+/// A hub holding the real hub's key that lies: every request gets `head`, then endless bytes nobody asked for.
+/// It reports, per stream, how many bytes QUIC accepted from it (flow control admits only what the client's
+/// window allows) once the client stops the stream.
+struct LyingHub {
+    config: ClientConfig,
+    sent: tokio::sync::mpsc::UnboundedReceiver<u64>,
+}
+
+impl LyingHub {
+    fn start(head: Vec<u8>) -> LyingHub {
+        let identity = Identity::from_seed(HUB_SEED);
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config().unwrap()).unwrap();
+        let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut config = ClientConfig::new(endpoint.local_addr().unwrap(), identity.public_key());
+        config.stall_timeout = Duration::from_secs(5);
+        let (tx, sent) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let Ok(conn) = incoming.await else { continue };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let _ = recv.read_to_end(64 * 1024).await;
+                    let filler = [0x5a; 16 * 1024];
+                    let mut total = 0u64;
+                    if send.write_all(&head).await.is_ok() {
+                        total += head.len() as u64;
+                        while let Ok(n) = send.write(&filler).await {
+                            total += n as u64;
+                        }
+                    }
+                    let _ = tx.send(total);
+                }
+            }
+        });
+        LyingHub { config, sent }
+    }
+
+    async fn client(&self) -> HubClient {
+        HubClient::connect(&Identity::from_seed(DEVICE_SEED), &self.config).await.unwrap()
+    }
+
+    /// What QUIC accepted from the liar on the stream the client gave up.
+    async fn sent(&mut self) -> u64 {
+        timeout(Duration::from_secs(10), self.sent.recv()).await.expect("the client stops the stream").unwrap()
+    }
+}
+
+#[tokio::test]
+async fn endless_target_body_is_cut_at_the_declared_length() {
+    const DECLARED: u64 = 100_000;
+    let header = Response::TargetHeader { total_len: DECLARED, offset: 0, len: DECLARED };
+    let head = [wire::encode_frame(&header, &Limits::default()).unwrap(), vec![0xa5; DECLARED as usize]].concat();
+    let mut hub = LyingHub::start(head);
+    let client = hub.client().await;
+    // A counting sink: everything the client passes on lands here.
+    let mut sink = Vec::new();
+    let err = client.download_target(TARGET_PATH, 0, DECLARED, &mut sink).await.unwrap_err();
+    // The bound is checked per read: the read that crossed the declared length held at most one read of excess,
+    // and none of that read reached the sink.
+    assert!(
+        matches!(err, ClientError::Wire(WireError::TrailingBytes { extra }) if extra as u64 <= CLIENT_READ),
+        "{err:?}"
+    );
+    assert!(sink.len() as u64 <= DECLARED, "{} bytes passed on, {DECLARED} declared", sink.len());
+    assert!(sink.iter().all(|&b| b == 0xa5), "only declared body bytes were passed on");
+    // At the transport, QUIC flow control held the liar to what the client took plus one stream window.
+    let sent = hub.sent().await;
+    assert!(sent <= DECLARED + CLIENT_READ + CLIENT_STREAM_WINDOW + 64, "the liar got {sent} bytes accepted");
+}
+
+#[tokio::test]
+async fn endless_metadata_is_refused_at_the_frame_header() {
+    const ASKED: u64 = 16_384;
+    // A metadata frame announcing a megabyte, then the megabyte and more.
+    let mut hub = LyingHub::start(frame_header(kinds::METADATA, 1 << 20).to_vec());
+    let client = hub.client().await;
+    let err = client.metadata("timestamp.json", ASKED).await.unwrap_err();
+    // Refused on the announced length, against the caller's bound plus CBOR framing: before the body is buffered.
+    let limit = u32::try_from(ASKED + 32).unwrap();
+    assert!(
+        matches!(err, ClientError::Wire(WireError::Oversized { kind: kinds::METADATA, len, limit: l })
+            if len == 1 << 20 && l == limit),
+        "{err:?}"
+    );
+    let sent = hub.sent().await;
+    assert!(sent <= CLIENT_READ + CLIENT_STREAM_WINDOW + 64, "the liar got {sent} bytes accepted");
+}
+
+#[tokio::test]
+async fn metadata_one_byte_longer_than_asked_is_refused_by_the_client() {
+    const ASKED: u64 = 16_384;
+    let answer = Response::Metadata { bytes: vec![b'{'; ASKED as usize + 1] };
+    let mut hub = LyingHub::start(wire::encode_frame(&answer, &Limits::default()).unwrap());
+    let client = hub.client().await;
+    let err = client.metadata("timestamp.json", ASKED).await.unwrap_err();
+    let reason = format!("{} bytes of metadata, asked for at most {ASKED}", ASKED + 1);
+    assert!(matches!(&err, ClientError::Wire(WireError::UnexpectedResponse { reason: r }) if *r == reason), "{err:?}");
+    hub.sent().await;
 }

@@ -1,7 +1,8 @@
 //! A staged rollout driven by the hub over real agents on real QUIC: the release's package fails its health
 //! window on the canary cohort, the hub aborts by itself, the director sends every device of the release back
 //! to the last good package, and the hub measures the rollback recovery time. Devices outside the cohort never
-//! see the package. Runs on the system clock, so the recovery time printed is measured.
+//! see the package. Runs on the system clock, so the recovery time printed is measured. Also how long the serving
+//! hub sleeps between judgements (until the earliest soak end, within its bound).
 
 mod support;
 
@@ -330,4 +331,19 @@ async fn plan_excluding_the_software_tier_keeps_software_only_devices_off_the_re
     a.check().await.unwrap();
     assert_eq!(active(&a), Some(v1), "and never sees the package");
     assert!(!rollouts::get(&w.registry(), &id).unwrap().rollout.devices.contains_key(&key(44)), "nor joins it later");
+}
+
+#[test]
+fn serving_hub_sleeps_until_the_earliest_soak_end_and_never_past_its_bound() {
+    let w = World::on_wall_clock();
+    let now = Wall.wall();
+    let reg = w.registry();
+    assert_eq!(rollouts::wait_after_tick(&reg, now).unwrap(), rollouts::MAX_TICK_WAIT, "no release: the bound");
+    let plan = Plan::from_toml(&PLAN.replace("soak_secs = 0", "soak_secs = 600"), std::path::Path::new("p")).unwrap();
+    let (v1, v2) = (Digest::of(b"v1"), Digest::of(b"v2"));
+    let release = Release { id: String::new(), package: v2, last_good: Some(v1), risk: RiskTier::Low, signers: vec![] };
+    rollouts::start(&reg, release, "affine@1.1.0", plan, "stable", now).unwrap();
+    assert_eq!(rollouts::next_deadline(&reg, now).unwrap(), Some(now + 600), "the canary's soak end");
+    assert_eq!(rollouts::wait_after_tick(&reg, now).unwrap(), rollouts::MAX_TICK_WAIT, "600 s away: the bound");
+    assert_eq!(rollouts::wait_after_tick(&reg, now + 597).unwrap(), Duration::from_secs(3), "3 s away: 3 s");
 }

@@ -181,8 +181,14 @@ fn enrolment_facts_out_of_profile_are_refused() {
     assert_eq!(TpmEnrolment::new(ak, 0x1ff, vec![[0; 32]; 9]), Err(EnrolmentError::BadMask(0x1ff)));
     assert_eq!(TpmEnrolment::new(ak, 3, vec![[0; 32]]), Err(EnrolmentError::ValueCount { expected: 2, given: 1 }));
     let good = TpmEnrolment::new(ak, 3, vec![[1; 32], [2; 32]]).unwrap().to_bytes();
+    // Cut on a value boundary it is a count that does not fit the mask; anywhere else, a length no facts have.
+    let head = good.len() - 2 * 32;
     for cut in 0..good.len() {
-        assert!(TpmEnrolment::from_bytes(&good[..cut]).is_err(), "cut at {cut}");
+        let expected = match cut.checked_sub(head) {
+            Some(values) if values.is_multiple_of(32) => EnrolmentError::ValueCount { expected: 2, given: values / 32 },
+            _ => EnrolmentError::Length(cut),
+        };
+        assert_eq!(TpmEnrolment::from_bytes(&good[..cut]), Err(expected), "cut at {cut}");
     }
     let mut long = good.clone();
     long.extend_from_slice(&[0; 32]);

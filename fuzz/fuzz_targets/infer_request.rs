@@ -1,8 +1,8 @@
-//! Fuzzes the agent's inference request parser (the OIP JSON header and the binary tensor data extension) against
-//! a two-input contract: no panic and no unbounded allocation on any input (shapes and counts are the model's
-//! check, after parsing).
+//! Fuzzes the inference request parser the agent's API runs (`outpost_shared::oip`: the OIP JSON header and the
+//! binary tensor data extension) against a two-input contract: no panic and no unbounded allocation on any input
+//! (shapes and counts are the model's check, after parsing). Builds without the agent and without tract.
 #![no_main]
-use outpost_agent::inference::parse_request;
+use outpost_shared::oip::parse_request;
 use outpost_shared::manifest::{Dim, ElementType, TensorSpec};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

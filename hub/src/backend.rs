@@ -2,15 +2,15 @@
 //! repository, director bundles per device, the device allow-list from the registry, durable device reports, and
 //! the attestation gate (`crate::attest`) with the registry as its device directory.
 //!
-//! The registry index is opened per call and released at once, so admin commands can run beside `serve`. The
-//! per-request attestation check opens nothing: it compares the device-status stamp file with the one it last read
+//! The store (registry index and telemetry) is opened once and held (`crate::store`); no request reopens it. The
+//! per-request attestation check reads nothing: it compares the device-status stamp file with the one it last read
 //! the revoked devices at.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use outpost_attestation::{AttestationResult, Challenge, Evidence, Presented, PublicKey, Status, Tier};
@@ -22,7 +22,7 @@ use crate::attest::{self, FileStamp, Gate};
 use crate::director::Director;
 use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry, TpmRecord};
 use crate::serve::{Backend, BackendError, Refused, Unattested};
-use crate::telemetry::TelemetryStore;
+use crate::store::Store;
 use crate::tuf::TufRepo;
 
 /// The hub's serving backend.
@@ -30,10 +30,8 @@ pub struct HubBackend {
     dir: PathBuf,
     repo: TufRepo,
     clock: Arc<dyn Clock>,
-    /// Serialises index access within this process (redb admits one opener).
-    index: Mutex<()>,
-    /// Serialises telemetry store access within this process.
-    telemetry: Mutex<()>,
+    /// The open store: given at construction ([`HubBackend::with_store`]) or opened at the first request.
+    store: OnceLock<Arc<Store>>,
     /// Signed assignments per device, reused while their targets are unchanged and fresh.
     assignments: Mutex<HashMap<String, CachedAssignment>>,
     /// Metadata files by name, with the (inode, mtime, length) they were read at. Every write of metadata is an
@@ -73,16 +71,38 @@ impl std::fmt::Debug for HubBackend {
 
 impl HubBackend {
     /// A backend over the hub in `dir`, its attestation gate configured by `[attestation]` in its `hub.toml` (an
-    /// unreadable file gives the defaults: attestation required).
+    /// unreadable file gives the defaults: attestation required). It opens the store at its first request and holds
+    /// it from then on.
     pub fn new(dir: &Path, repo: TufRepo, clock: Arc<dyn Clock>) -> Self {
         let config = crate::config::HubConfig::load(&dir.join(crate::config::CONFIG_FILE)).unwrap_or_default();
+        Self::build(dir, repo, &config.attestation, clock, OnceLock::new())
+    }
+
+    /// A backend over the already open `store` of the hub in `dir`, its attestation gate configured by
+    /// `attestation` (the serving hub reads `hub.toml` once, at start).
+    pub fn with_store(
+        dir: &Path,
+        repo: TufRepo,
+        attestation: &crate::config::Attestation,
+        clock: Arc<dyn Clock>,
+        store: Arc<Store>,
+    ) -> Self {
+        Self::build(dir, repo, attestation, clock, OnceLock::from(store))
+    }
+
+    fn build(
+        dir: &Path,
+        repo: TufRepo,
+        attestation: &crate::config::Attestation,
+        clock: Arc<dyn Clock>,
+        store: OnceLock<Arc<Store>>,
+    ) -> Self {
         HubBackend {
             dir: dir.to_owned(),
             repo,
-            gate: Gate::new(dir, &config.attestation, clock.clone()),
+            gate: Gate::new(dir, attestation, clock.clone()),
             clock,
-            index: Mutex::new(()),
-            telemetry: Mutex::new(()),
+            store,
             assignments: Mutex::new(HashMap::new()),
             metadata_cache: Mutex::new(HashMap::new()),
             revoked: Mutex::new(None),
@@ -94,7 +114,8 @@ impl HubBackend {
     pub fn metrics(&self) -> Result<String, BackendError> {
         use std::collections::BTreeMap;
         use std::fmt::Write as _;
-        let (devices, releases) = self.with_registry(|reg| Ok((reg.devices()?, crate::rollouts::list(reg)?)))?;
+        let store = self.store()?;
+        let (devices, releases) = (store.devices().devices()?, crate::rollouts::list(store.registry())?);
         let mut out = String::new();
         let mut counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
         for d in devices.iter().filter(|d| !d.site_node) {
@@ -133,11 +154,10 @@ impl HubBackend {
                 let _ = writeln!(out, "outpost_hub_release_recovery_seconds{{release=\"{id}\"}} {}", t.as_secs());
             }
         }
-        let groups = {
-            let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
-            let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
-            store.aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?
-        };
+        let groups = self
+            .store()?
+            .telemetry()
+            .aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?;
         let _ = writeln!(out, "# HELP outpost_hub_telemetry_events Telemetry events stored, by site and kind.");
         let _ = writeln!(out, "# TYPE outpost_hub_telemetry_events gauge");
         for g in &groups {
@@ -161,8 +181,7 @@ impl HubBackend {
 
     /// Deletes telemetry the hub received longer ago than `retention`; returns how many events went.
     pub fn apply_telemetry_retention(&self, retention: Duration) -> Result<u64, BackendError> {
-        let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
-        Ok(TelemetryStore::open(&self.dir, self.clock.clone())?.apply_retention(retention)?)
+        Ok(self.store()?.telemetry().apply_retention(retention)?)
     }
 
     /// Judges every staged rollout at the clock's time (the serving hub calls this every few seconds); returns
@@ -170,6 +189,13 @@ impl HubBackend {
     pub fn tick_rollouts(&self) -> Result<Vec<(String, outpost_shared::rollout::Effect)>, BackendError> {
         let now = self.clock.wall();
         self.with_registry(|reg| Ok(crate::rollouts::tick(reg, now)?))
+    }
+
+    /// How long the rollout judge may sleep now: until the earliest release deadline (a soak end), at most
+    /// [`crate::rollouts::MAX_TICK_WAIT`].
+    pub fn rollout_wait(&self) -> Result<std::time::Duration, BackendError> {
+        let now = self.clock.wall();
+        self.with_registry(|reg| Ok(crate::rollouts::wait_after_tick(reg, now)?))
     }
 
     /// The attestation gate (for `serve` to say whether it can attest anybody).
@@ -235,7 +261,7 @@ impl HubBackend {
             }
         };
         if directory.record.is_some()
-            && let Err(e) = self.with_registry(|reg| Ok(reg.device_attested(&key, entry)?))
+            && let Err(e) = self.store().and_then(|s| Ok(s.devices().device_attested(&key, entry)?))
         {
             eprintln!("outpost-hub: attestation: recording the result for {key}: {e}");
         }
@@ -253,7 +279,7 @@ impl HubBackend {
     /// Reads the revoked devices from the registry, remembering the stamp taken before the read.
     fn revoked_slow(&self, device: &PublicKey) -> Result<bool, BackendError> {
         let stamp = attest::stamp(&self.dir.join(DEVICE_STATUS_STAMP));
-        let devices = self.with_registry(|reg| Ok(reg.devices()?))?;
+        let devices = self.store()?.devices().devices()?;
         let set: HashSet<[u8; 32]> = devices
             .iter()
             .filter(|d| d.status != DeviceStatus::Approved)
@@ -264,10 +290,28 @@ impl HubBackend {
         Ok(revoked)
     }
 
+    /// Forgets cached metadata and revoked devices, so the next request reads them again (the service calls this
+    /// after every admin command: its effect is served at once).
+    pub fn forget_cached(&self) {
+        if let Ok(mut cache) = self.metadata_cache.lock() {
+            cache.clear();
+        }
+        if let Ok(mut revoked) = self.revoked.lock() {
+            *revoked = None;
+        }
+    }
+
+    /// The open store, opened now if this backend was made without one.
+    pub fn store(&self) -> Result<&Arc<Store>, BackendError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let store = Arc::new(Store::open(&self.dir, self.clock.clone())?);
+        Ok(self.store.get_or_init(|| store))
+    }
+
     fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> Result<T, BackendError>) -> Result<T, BackendError> {
-        let _guard = self.index.lock().map_err(|_| "index lock poisoned")?;
-        let reg = Registry::open(&self.dir, self.clock.clone())?;
-        f(&reg)
+        f(self.store()?.registry())
     }
 }
 
@@ -282,8 +326,9 @@ fn safe_relative(path: &str) -> Option<PathBuf> {
 
 impl Backend for HubBackend {
     fn device_allowed(&self, key: &[u8; 32]) -> bool {
-        self.with_registry(|reg| Ok(reg.device(&hex::encode(key))?))
+        self.store()
             .ok()
+            .and_then(|s| s.devices().device(&hex::encode(key)).ok())
             .flatten()
             .is_some_and(|d| d.status == DeviceStatus::Approved)
     }
@@ -402,9 +447,7 @@ impl Backend for HubBackend {
             Some((id, stage)) => (Some(id), stage),
             None => (record.as_ref().and_then(|r| r.active).map(|d| d.short()), None),
         };
-        let _guard = self.telemetry.lock().map_err(|_| "telemetry lock poisoned")?;
-        let store = TelemetryStore::open(&self.dir, self.clock.clone())?;
-        let outcome = store.ingest(&key, site.as_deref(), release.as_deref(), stage, &batch)?;
+        let outcome = self.store()?.telemetry().ingest(&key, site.as_deref(), release.as_deref(), stage, &batch)?;
         Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
     }
 
@@ -446,7 +489,7 @@ impl Backend for HubBackend {
     }
 
     fn enrolment_open(&self) -> bool {
-        self.with_registry(|reg| Ok(reg.tokens_open()?)).unwrap_or(false)
+        self.store().ok().and_then(|s| s.devices().tokens_open().ok()).unwrap_or(false)
     }
 
     fn enroll(&self, device: &[u8; 32], token: &str, hardware: &str, tpm: Option<&[u8]>) -> Result<(), BackendError> {
@@ -455,7 +498,7 @@ impl Backend for HubBackend {
             Ok(t) => t.as_ref().map(TpmRecord::of),
             Err(e) => return Err(Box::new(Refused(format!("enrolment refused: TPM facts: {e}")))),
         };
-        match self.with_registry(|reg| Ok(reg.enroll(&key, token, hardware, tpm)?))? {
+        match self.store()?.devices().enroll(&key, token, hardware, tpm)? {
             Ok(d) => {
                 let tier = if d.tpm.is_some() { "hardware tier (TPM)" } else { "software tier" };
                 eprintln!("outpost-hub: enrolled device {key} on channel {} with a one-time token, {tier}", d.channel);
@@ -466,7 +509,8 @@ impl Backend for HubBackend {
     }
 
     fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
-        self.with_registry(|reg| Ok(reg.site_node_serves(&hex::encode(node), &hex::encode(device))?)).unwrap_or(false)
+        let (node, device) = (hex::encode(node), hex::encode(device));
+        self.store().ok().and_then(|s| s.devices().site_node_serves(&node, &device).ok()).unwrap_or(false)
     }
 
     fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
@@ -481,14 +525,11 @@ impl Backend for HubBackend {
         f.sync_data()?;
         // A state report updates the device record: the director stops offering what it rolled back from.
         if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
-            let now = self.clock.wall();
-            self.with_registry(|reg| {
-                reg.device_reported(&hex::encode(device), &report)?;
-                for (release, effect) in crate::rollouts::on_report(reg, &hex::encode(device), &report, now)? {
-                    eprintln!("outpost-hub: release {release}: {}", crate::rollouts::describe(&effect));
-                }
-                Ok(())
-            })?;
+            let (now, key, store) = (self.clock.wall(), hex::encode(device), self.store()?);
+            store.devices().device_reported(&key, &report)?;
+            for (release, effect) in crate::rollouts::on_report(store.registry(), &key, &report, now)? {
+                eprintln!("outpost-hub: release {release}: {}", crate::rollouts::describe(&effect));
+            }
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! This crate is the library behind the `outpost-hub` binary. Logic that devices share lives in `outpost-shared`;
 //! here are the stores and the drivers around them.
 
+pub mod admin;
 pub mod attest;
 pub mod audit;
 pub mod backend;
@@ -13,6 +14,9 @@ pub mod director;
 pub mod registry;
 pub mod rollouts;
 pub mod serve;
+pub mod service;
+pub mod storage;
+pub mod store;
 pub mod telemetry;
 pub mod tuf;
 

@@ -22,8 +22,6 @@ use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
 
 /// File name of the redb index inside the data directory.
 pub const INDEX_FILE: &str = "index.redb";
-/// How long `open` waits for another process (usually the serving hub) to release the index.
-pub const OPEN_PATIENCE: Duration = Duration::from_secs(5);
 /// Shortest digest prefix accepted where a package is named.
 pub const MIN_PREFIX_LEN: usize = 8;
 
@@ -335,8 +333,12 @@ pub enum RegistryError {
         /// The data directory.
         dir: PathBuf,
     },
-    /// Another process has the hub's index open.
-    #[error("the hub at {} is in use by another outpost-hub process; try again when it finishes", dir.display())]
+    /// Another process (a serving hub, or another admin command) has the hub's index open.
+    #[error(
+        "the hub at {} is in use by another outpost-hub process (a serving hub without its admin socket, or another \
+         admin command); try again when it finishes",
+        dir.display()
+    )]
     Busy {
         /// The data directory.
         dir: PathBuf,
@@ -488,7 +490,7 @@ pub enum InitOutcome {
 pub struct Registry {
     dir: PathBuf,
     config: HubConfig,
-    db: Database,
+    db: Arc<Database>,
     blobs: BlobStore,
     clock: Arc<dyn Clock>,
 }
@@ -527,30 +529,19 @@ impl Registry {
         Ok(InitOutcome::Created)
     }
 
-    /// Opens the hub in `dir`.
+    /// Opens the hub in `dir` (sharing the index handle this process already holds, see `crate::store`).
     pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Registry, RegistryError> {
         let config_path = dir.join(CONFIG_FILE);
         if !config_path.exists() {
             return Err(RegistryError::NotInitialised { dir: dir.to_owned() });
         }
         let config = HubConfig::load(&config_path)?;
-        // redb admits one opener at a time. The serving hub opens the index only for short moments, so an admin
-        // command that meets it waits a little instead of failing.
-        let mut wait = Duration::from_millis(5);
-        let mut waited = Duration::ZERO;
-        let db = loop {
-            match Database::open(dir.join(INDEX_FILE)) {
-                Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if waited < OPEN_PATIENCE => {
-                    std::thread::sleep(wait);
-                    waited += wait;
-                    wait = (wait * 2).min(Duration::from_millis(100));
-                }
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                    return Err(RegistryError::Busy { dir: dir.to_owned() });
-                }
-                Err(other) => return Err(db_err(other)),
-            }
+        // One handle per process (`crate::store`); another process holding the index is an error at once: a serving
+        // hub takes admin commands over its socket instead.
+        let db = match crate::store::open_shared(&dir.join(INDEX_FILE), false) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy { dir: dir.to_owned() }),
+            Err(other) => return Err(db_err(other)),
         };
         // Tables added by later versions are created on first open, so older hubs keep working.
         let has_tables = {

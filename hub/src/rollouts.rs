@@ -4,7 +4,10 @@
 //!
 //! A release is one package on one channel under one plan, with an id (`r1`, `r2`...). Its `Rollout` is saved in
 //! the registry's `releases` table after every call, so the hub can stop at any point; the director reads the
-//! rollout's level-triggered `directive` for a device rather than replaying effects.
+//! rollout's level-triggered `directive` for a device rather than replaying effects. The serving hub judges the
+//! releases when the earliest of their deadlines comes ([`wait_after_tick`]); reports are judged as they arrive.
+
+use std::time::Duration;
 
 use outpost_shared::Digest;
 use outpost_shared::clock::UnixSeconds;
@@ -120,6 +123,28 @@ pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<(String, Effect)>, R
         out.extend(effects.into_iter().map(|e| (id.clone(), e)));
     }
     Ok(out)
+}
+
+/// Longest the serving hub waits between two judgements of the releases with nothing due: a release started or
+/// approved by another process (`release start`, `release approve`) has its soak end noticed within this.
+pub const MAX_TICK_WAIT: Duration = Duration::from_secs(10);
+
+/// The earliest time a release steering its channel needs judging again (`Rollout::next_deadline`: a soak
+/// end), if any.
+pub fn next_deadline(reg: &Registry, now: UnixSeconds) -> Result<Option<UnixSeconds>, RolloutError> {
+    Ok(reg
+        .releases::<ReleaseRecord>()?
+        .into_iter()
+        .filter(|(_, r)| r.steers())
+        .filter_map(|(_, r)| r.rollout.next_deadline(now))
+        .min())
+}
+
+/// How long the serving hub may sleep after judging the releases at `now`: until the earliest deadline, at most
+/// [`MAX_TICK_WAIT`].
+pub fn wait_after_tick(reg: &Registry, now: UnixSeconds) -> Result<Duration, RolloutError> {
+    let wait = next_deadline(reg, now)?.map_or(MAX_TICK_WAIT, |t| Duration::from_secs(t.saturating_sub(now)));
+    Ok(wait.min(MAX_TICK_WAIT))
 }
 
 /// Feeds a device's state report to every release steering its channel: its outcome for the release's package

@@ -18,8 +18,6 @@ use outpost_shared::canonical;
 use outpost_shared::clock::{Clock, UnixSeconds};
 use outpost_shared::telemetry::{Batch, EventKind, Histogram};
 
-use crate::registry::OPEN_PATIENCE;
-
 /// File name of the telemetry store inside the hub's data directory.
 pub const TELEMETRY_FILE: &str = "telemetry.redb";
 /// How long events are kept unless the operator says otherwise: 30 days.
@@ -109,7 +107,7 @@ pub enum TelemetryStoreError {
         /// What redb reported.
         source: redb::Error,
     },
-    /// Another process kept the store open past [`OPEN_PATIENCE`].
+    /// Another process holds the store open.
     #[error("telemetry store {} is in use by another outpost-hub process; try again when it finishes", path.display())]
     Busy {
         /// The store's file.
@@ -288,29 +286,20 @@ impl Summary {
 
 /// The telemetry store.
 pub struct TelemetryStore {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     clock: Arc<dyn Clock>,
 }
 
 impl TelemetryStore {
-    /// Opens (creating if needed) the store in the hub data directory `dir`, waiting up to [`OPEN_PATIENCE`] for
-    /// another process to release it.
+    /// Opens (creating if needed) the store in the hub data directory `dir`, sharing the handle this process
+    /// already holds (`crate::store`); another process holding it is [`TelemetryStoreError::Busy`] at once.
     pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<TelemetryStore, TelemetryStoreError> {
         let path = dir.join(TELEMETRY_FILE);
-        let mut wait = Duration::from_millis(5);
-        let mut waited = Duration::ZERO;
-        let db = loop {
-            match Database::create(&path) {
-                Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if waited < OPEN_PATIENCE => {
-                    std::thread::sleep(wait);
-                    waited += wait;
-                    wait = (wait * 2).min(Duration::from_millis(100));
-                }
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(TelemetryStoreError::Busy { path }),
-                Err(e) => return Err(TelemetryStoreError::Db { path, source: e.into() }),
-            }
+        let db = match crate::store::open_shared(&path, true) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(TelemetryStoreError::Busy { path }),
+            Err(e) => return Err(TelemetryStoreError::Db { path, source: e.into() }),
         };
         let store = TelemetryStore { db, path, clock };
         let tx = store.db.begin_write().map_err(|e| store.db_err(e))?;

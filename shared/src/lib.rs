@@ -13,11 +13,13 @@ pub mod director;
 pub mod manifest;
 #[cfg(feature = "runtime")]
 pub mod model;
+pub mod oip;
 pub mod package;
 pub mod policy;
 pub mod rng;
 pub mod rollout;
 pub mod telemetry;
+pub mod tensor;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod update;

@@ -1108,6 +1108,24 @@ impl Rollout {
         effects
     }
 
+    /// When the controller next needs a [`tick`](Rollout::tick) with no new input (as quinn-proto's
+    /// `poll_timeout`): the end of the running stage's soak, or the shadow's. `None` when only a report or an
+    /// operator command can move it: no soak left to wait out (judgement then follows the reports, which the
+    /// driver feeds with a tick each), waiting for approval, or finished. Ask after ticking at `now`; a soak end
+    /// at or before `now` was judged by that tick.
+    pub fn next_deadline(&self, now: UnixSeconds) -> Option<UnixSeconds> {
+        if self.state != State::Running {
+            return None;
+        }
+        let soak = match self.position {
+            Position::NotStarted => return None,
+            Position::Shadow => self.plan.shadow.as_ref()?.soak_secs,
+            Position::Stage(i) => self.plan.stage.get(i)?.soak_secs,
+        };
+        let end = self.since.saturating_add(soak);
+        (end > now.max(self.last_known_time)).then_some(end)
+    }
+
     /// Goes to the position after the current one, through an approval where one is needed.
     fn advance(&mut self, now: UnixSeconds, effects: &mut Vec<Effect>) {
         let next = match self.position {

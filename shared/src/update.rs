@@ -5,6 +5,8 @@
 //! atomically after every call. Invariants: an active model is never written to (new packages go to the other
 //! slot); anything that fails before confirmation rolls back to the last good package, which is then never
 //! re-offered to this device's update loop unless an operator clears it; a revoked package is never activated.
+//! The loop also decides when it next needs the driver (the next check, with jitter; a health window's end): the
+//! driver only sleeps until that deadline.
 
 use std::collections::BTreeSet;
 
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixSeconds;
 use crate::digest::Digest;
+use crate::rng::Rng;
 
 /// One of the two model slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -263,6 +266,36 @@ impl Default for HealthPolicy {
     }
 }
 
+/// Seconds before the hub's attestation of a connection expires at which the agent renews it (on a new
+/// connection, at an update check).
+pub const RENEW_MARGIN_SECS: u64 = 60;
+
+/// When update checks happen. Decided here rather than by the driver, so tests and simulations run the agent's
+/// real schedule on a manual clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Seconds from the end of one update check to the next.
+    pub poll_secs: u64,
+    /// Up to this many seconds more, drawn at random at the end of each check, so a fleet does not check in
+    /// lockstep.
+    pub jitter_secs: u64,
+    /// Renew the hub's attestation this many seconds before it expires.
+    pub renew_margin_secs: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { poll_secs: 60, jitter_secs: 10, renew_margin_secs: RENEW_MARGIN_SECS }
+    }
+}
+
+/// When the last update check ended and when the next poll is due (not persisted: a start checks at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Schedule {
+    ended: UnixSeconds,
+    poll_at: UnixSeconds,
+}
+
 /// What happened, fed to [`UpdateLoop::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -300,7 +333,7 @@ pub enum Event {
         /// Whether it succeeded.
         ok: bool,
     },
-    /// Time passed (the driver ticks periodically).
+    /// Time passed: the driver feeds it when [`UpdateLoop::next_deadline`] is reached.
     Tick,
 }
 
@@ -324,19 +357,92 @@ pub enum Action {
     Report(String),
 }
 
-/// The update loop.
+/// The update loop. Besides what [`handle`](UpdateLoop::handle) decides, it says when it next needs the driver
+/// ([`next_deadline`](UpdateLoop::next_deadline), as quinn-proto's `poll_timeout`): the next update check and the
+/// end of a health window. The driver sleeps until then (or an inference, a pushed notice), runs a check when
+/// [`check_due`](UpdateLoop::check_due), feeds [`Event::Tick`], and asks again.
 #[derive(Debug, Clone)]
 pub struct UpdateLoop {
     /// The persisted state (save it after every `handle`).
     pub state: AgentState,
     /// Health-window settings.
     pub health: HealthPolicy,
+    /// Poll, jitter and renewal settings.
+    pub timing: Timing,
+    /// `None` until the first check ends, or after [`check_now`](UpdateLoop::check_now): a check is due.
+    schedule: Option<Schedule>,
+    /// When the hub's attestation of the current connection expires.
+    attested_until: Option<UnixSeconds>,
 }
 
 impl UpdateLoop {
-    /// A loop over `state`.
+    /// A loop over `state`, with the default [`Timing`].
     pub fn new(state: AgentState, health: HealthPolicy) -> Self {
-        UpdateLoop { state, health }
+        UpdateLoop { state, health, timing: Timing::default(), schedule: None, attested_until: None }
+    }
+
+    /// The same loop checking on `timing`.
+    pub fn with_timing(self, timing: Timing) -> Self {
+        UpdateLoop { timing, ..self }
+    }
+
+    /// When the loop next needs the driver: the earliest of the next update check (see
+    /// [`check_due`](UpdateLoop::check_due)) and the end of the health window on trial. A time at or before `now`
+    /// means at once. There is always a check ahead, so there is always a deadline.
+    pub fn next_deadline(&self, now: UnixSeconds) -> UnixSeconds {
+        let check = self.next_check().unwrap_or(now);
+        self.health_deadline().map_or(check, |h| h.min(check))
+    }
+
+    /// When the package on trial is confirmed at the latest, given an [`Event::Tick`] then: its health window's
+    /// end, inferences or not. `None` with no package on trial.
+    pub fn health_deadline(&self) -> Option<UnixSeconds> {
+        match self.state.phase {
+            Phase::Health { since, .. } => Some(since.saturating_add(self.health.seconds)),
+            _ => None,
+        }
+    }
+
+    /// Whether an update check is due at `now`: none has ended yet, the poll interval (with its jitter) is over,
+    /// a deferred package's window has opened, or the attestation needs renewing.
+    pub fn check_due(&self, now: UnixSeconds) -> bool {
+        self.next_check().is_none_or(|t| t <= now)
+    }
+
+    /// When the next update check is due (`None`: now). Deferrals and the renewal count only when they fall after
+    /// the last check ended: one that check could not clear waits for the next poll instead of spinning.
+    fn next_check(&self) -> Option<UnixSeconds> {
+        let Schedule { ended, poll_at } = self.schedule?;
+        let renewal = self.attested_until.map(|e| e.saturating_sub(self.timing.renew_margin_secs));
+        let deferrals = self.state.refused.iter().filter_map(|r| r.until);
+        Some(renewal.into_iter().chain(deferrals).filter(|&t| t > ended).fold(poll_at, UnixSeconds::min))
+    }
+
+    /// An update check ended at `now`, whether or not it succeeded: the next poll is due after the poll interval
+    /// plus a jitter drawn from `rng`, uniform in `[0, jitter_secs]`.
+    pub fn check_ended(&mut self, now: UnixSeconds, rng: &mut dyn Rng) {
+        let mut bytes = [0u8; 8];
+        rng.fill(&mut bytes);
+        let draw = u64::from_le_bytes(bytes);
+        let jitter = self.timing.jitter_secs.checked_add(1).map_or(draw, |n| draw % n);
+        let poll_at = now.saturating_add(self.timing.poll_secs).saturating_add(jitter);
+        self.schedule = Some(Schedule { ended: now, poll_at });
+    }
+
+    /// Makes an update check due at once (the hub pushed a notice).
+    pub fn check_now(&mut self) {
+        self.schedule = None;
+    }
+
+    /// The hub attested the connection until `expires` (`None`: not attested, or no connection): a check renews
+    /// it [`renew_margin_secs`](Timing::renew_margin_secs) before.
+    pub fn attested(&mut self, expires: Option<UnixSeconds>) {
+        self.attested_until = expires;
+    }
+
+    /// Whether the attestation expires within the renewal margin of `now`: connect afresh and attest again.
+    pub fn renewal_due(&self, now: UnixSeconds) -> bool {
+        self.attested_until.is_some_and(|e| e <= now.saturating_add(self.timing.renew_margin_secs))
     }
 
     /// Wall time, never below the last time seen (a clock that goes backwards is noticed and held).

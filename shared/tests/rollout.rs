@@ -734,3 +734,44 @@ fn plan_shadow_wider_than_the_last_stage_is_refused() {
     let (line, key, _) = refused(text);
     assert_eq!((line, key.as_str()), (Some(2), "shadow.cohort_percent"));
 }
+
+#[test]
+fn soak_end_is_the_rollouts_deadline_and_judgement_there_advances() {
+    let mut f = Fleet::low(two_stages(1, "100", "10"), 100);
+    assert_eq!(f.r.next_deadline(f.now()), Some(T0 + 600), "the first stage soaks 600 s");
+    f.report(&f.serving(), Outcome::Installed);
+    f.wait(599);
+    assert_eq!(f.tick(), vec![], "every device installed, but the soak is not over");
+    assert_eq!(f.r.next_deadline(f.now()), Some(T0 + 600));
+    f.wait(1);
+    assert_eq!(advanced_to(&f.tick()), Some(1), "judged at its deadline");
+    // The last stage has no soak: from here only reports move it.
+    assert_eq!(f.r.next_deadline(f.now()), None);
+}
+
+#[test]
+fn soak_over_but_outcomes_missing_leaves_judgement_to_the_reports() {
+    let mut f = Fleet::low(two_stages(5, "100", "10"), 100);
+    f.wait(600);
+    assert_eq!(f.tick(), vec![], "no outcome yet");
+    assert_eq!(f.r.next_deadline(f.now()), None, "no time-based step left: no busy ticking");
+}
+
+#[test]
+fn paused_rollout_keeps_its_soak_deadline_because_aborts_are_still_judged() {
+    let mut f = Fleet::low(two_stages(1, "100", "10"), 100);
+    f.command(Command::Pause).unwrap();
+    assert_eq!(f.r.next_deadline(f.now()), Some(T0 + 600));
+}
+
+#[test]
+fn rollout_waiting_for_approval_or_aborted_has_no_deadline() {
+    let mut f = Fleet::start(release("r1", RiskTier::High), two_stages(1, "100", "10"), 100);
+    assert!(matches!(f.started[..], [Effect::PauseForApproval { stage: 0, .. }]));
+    assert_eq!(f.r.next_deadline(f.now()), None, "only an operator moves it");
+    f.wait(30);
+    f.command(Command::Approve { key_id: REVIEWER.into() }).unwrap();
+    assert_eq!(f.r.next_deadline(f.now()), Some(T0 + 30 + 600), "the soak runs from the approval");
+    f.command(Command::Abort { reason: "test".into() }).unwrap();
+    assert_eq!(f.r.next_deadline(f.now()), None);
+}

@@ -1,9 +1,11 @@
 //! The update loop's decisions, driven through whole release stories on a virtual clock: adoption, a broken
-//! package never activated, a rollback that is not retried, revocation, restarts at every step.
+//! package never activated, a rollback that is not retried, revocation, restarts at every step; and when the loop
+//! next needs its driver (poll with jitter, health-window end, deferral windows, attestation renewal).
 
 use outpost_shared::Digest;
+use outpost_shared::rng::SeededRng;
 use outpost_shared::update::{
-    Action, AgentState, Event, HealthPolicy, Installed, Phase, Refusal, Slot, Target, UpdateLoop,
+    Action, AgentState, Event, HealthPolicy, Installed, Phase, Refusal, Slot, Target, Timing, UpdateLoop,
 };
 
 const T0: u64 = 1_800_000_000;
@@ -338,4 +340,97 @@ fn operator_retry_lets_a_rolled_back_package_be_tried_once_more_and_only_once() 
     // The same retry announced again does not start another loop.
     let after = u.handle(T0 + 60, retried(4, 1));
     assert!(!after.iter().any(|a| matches!(a, Action::Download(_))), "{after:?}");
+}
+
+fn timing(poll_secs: u64, jitter_secs: u64) -> Timing {
+    Timing { poll_secs, jitter_secs, renew_margin_secs: 60 }
+}
+
+#[test]
+fn first_check_is_due_at_once_and_a_pushed_notice_makes_one_due_again() {
+    let mut u = new_loop().with_timing(timing(600, 0));
+    assert!(u.check_due(T0), "a start checks at once");
+    assert_eq!(u.next_deadline(T0), T0);
+    u.check_ended(T0, &mut SeededRng::new(1));
+    assert!(!u.check_due(T0 + 599));
+    assert_eq!(u.next_deadline(T0 + 10), T0 + 600);
+    u.check_now();
+    assert!(u.check_due(T0 + 10));
+}
+
+#[test]
+fn jitter_keeps_the_next_check_within_poll_and_poll_plus_jitter() {
+    let mut u = new_loop().with_timing(timing(60, 10));
+    let mut rng = SeededRng::new(7);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..500 {
+        let ended = T0 + i * 100;
+        u.check_ended(ended, &mut rng);
+        let next = u.next_deadline(ended);
+        assert!((ended + 60..=ended + 70).contains(&next), "check {i}: next at +{}", next - ended);
+        assert!(!u.check_due(next - 1) && u.check_due(next));
+        seen.insert(next - ended);
+    }
+    assert_eq!(seen.len(), 11, "every offset in [poll, poll + jitter] occurs: {seen:?}");
+}
+
+#[test]
+fn health_window_ends_on_time_even_without_inferences() {
+    let mut u = new_loop().with_timing(timing(600, 0));
+    install(&mut u, 1, &target("1"));
+    u.handle(T0, assigned(2, Some(target("2"))));
+    u.handle(T0, Event::Downloaded);
+    u.handle(T0, Event::Staged);
+    u.check_ended(T0, &mut SeededRng::new(1));
+    assert_eq!(u.health_deadline(), Some(T0 + 60));
+    assert_eq!(u.next_deadline(T0), T0 + 60, "the health window ends before the next poll");
+    assert_eq!(u.handle(T0 + 59, Event::Tick), vec![], "one second early: still on trial");
+    let confirmed = u.handle(u.next_deadline(T0 + 59), Event::Tick);
+    assert!(matches!(&confirmed[..], [Action::Report(r)] if r.contains("confirmed")), "{confirmed:?}");
+    assert_eq!(u.state.last_good.as_ref().map(|g| g.target.digest), Some(target("2").digest));
+    assert_eq!(u.next_deadline(T0 + 60), T0 + 600, "back to polling");
+}
+
+/// A loop polling every `poll_secs` that runs v1 and was told at T0 that v2 is deferred until `opens`.
+fn deferred_until(poll_secs: u64, opens: u64) -> UpdateLoop {
+    let mut u = new_loop().with_timing(timing(poll_secs, 0));
+    install(&mut u, 1, &target("1"));
+    u.handle(T0, refused(2, &target("2"), refusal(&target("2"), "maintenance_windows", Some(opens))));
+    u
+}
+
+#[test]
+fn deferred_package_is_checked_again_when_its_window_opens() {
+    let opens = T0 + 100;
+    let mut u = deferred_until(3600, opens);
+    u.check_ended(T0, &mut SeededRng::new(1));
+    assert_eq!(u.next_deadline(T0), opens, "not the next poll, an hour away");
+    assert!(!u.check_due(opens - 1) && u.check_due(opens));
+    assert_eq!(u.handle(opens, assigned(3, Some(target("2")))), vec![Action::Download(target("2"))]);
+}
+
+#[test]
+fn deferral_a_check_could_not_clear_waits_for_the_next_poll_instead_of_spinning() {
+    let opens = T0 + 100;
+    let mut u = deferred_until(600, opens);
+    // The package is no longer assigned when the window opens: the deferral stays on record.
+    u.handle(opens, assigned(3, Some(target("1"))));
+    u.check_ended(opens, &mut SeededRng::new(1));
+    assert_eq!(u.state.refused.len(), 1);
+    assert!(!u.check_due(opens + 1));
+    assert_eq!(u.next_deadline(opens), opens + 600);
+}
+
+#[test]
+fn attestation_is_renewed_its_margin_before_expiry_and_a_short_one_does_not_spin() {
+    let mut u = new_loop().with_timing(timing(7200, 0));
+    u.attested(Some(T0 + 3600));
+    u.check_ended(T0, &mut SeededRng::new(1));
+    assert_eq!(u.next_deadline(T0), T0 + 3540, "renewed 60 s before it expires, not at the next poll");
+    assert!(!u.renewal_due(T0 + 3539) && u.renewal_due(T0 + 3540));
+    assert!(u.check_due(T0 + 3540));
+    // An attestation shorter than the margin is renewed at every check, not in a loop between them.
+    u.attested(Some(T0 + 30));
+    u.check_ended(T0, &mut SeededRng::new(1));
+    assert!(u.renewal_due(T0) && !u.check_due(T0 + 1));
 }

@@ -68,6 +68,23 @@ impl StaticMirror {
         StaticMirror { url: format!("https://{addr}"), ca: Some(ca), shared }
     }
 
+    /// Plain HTTP from a hand-written HTTP/1.1 server that serves `root` as [`StaticMirror::http`] does (no
+    /// ranges), except the URL path `endless`, whose body is chunked, with no length, and never ends. The returned
+    /// receiver yields, once the client hangs up on it, how many body bytes the socket accepted.
+    pub async fn http_endless(root: &Path, endless: &str) -> (StaticMirror, tokio::sync::mpsc::UnboundedReceiver<u64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default() };
+        let (tx, sent) = tokio::sync::mpsc::unbounded_channel();
+        let (state, endless) = (shared.clone(), endless.to_owned());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(serve_raw(tcp, state.clone(), endless.clone(), tx.clone()));
+            }
+        });
+        (StaticMirror { url: format!("http://{addr}"), ca: None, shared }, sent)
+    }
+
     /// Serves `root` from now on.
     pub fn serve_from(&self, root: &Path) {
         *self.shared.root.lock().unwrap() = root.into();
@@ -103,6 +120,50 @@ async fn serve_file(State(shared): State<Shared>, uri: Uri, headers: HeaderMap) 
             .unwrap(),
         Some(_) => StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
         None => bytes.into_response(),
+    }
+}
+
+/// One keep-alive connection of the hand-written server (see [`StaticMirror::http_endless`]).
+async fn serve_raw(mut tcp: TcpStream, shared: Shared, endless: String, sent: tokio::sync::mpsc::UnboundedSender<u64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut more = [0u8; 4096];
+            match tcp.read(&mut more).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&more[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let range = head.lines().find_map(|l| Some(l.to_ascii_lowercase().strip_prefix("range:")?.trim().to_owned()));
+        shared.log.lock().unwrap().push(Logged { path: path.clone(), range });
+        if path == endless {
+            let mut total = 0u64;
+            let chunk = [b"4000\r\n".as_slice(), &[b'x'; 0x4000], b"\r\n"].concat();
+            if tcp.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_ok() {
+                while tcp.write_all(&chunk).await.is_ok() {
+                    total += 0x4000;
+                }
+            }
+            let _ = sent.send(total);
+            return;
+        }
+        let file = shared.root.lock().unwrap().join(path.trim_start_matches('/'));
+        let answer = match std::fs::read(&file) {
+            Ok(bytes) => {
+                [format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", bytes.len()).into_bytes(), bytes].concat()
+            }
+            Err(_) => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        };
+        if tcp.write_all(&answer).await.is_err() {
+            return;
+        }
     }
 }
 

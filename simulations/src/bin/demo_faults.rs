@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use outpost_hub::Registry;
+use outpost_hub::blobs::BlobStore;
 use outpost_hub::clock::SystemClock;
 use outpost_hub::config::{CONFIG_FILE, HubConfig};
 use outpost_hub::registry::PackageRecord;
@@ -35,7 +36,8 @@ enum Cmd {
     /// swapped), and publish it to a channel with a targets key, bypassing `package add` (which would refuse
     /// it). Devices download and verify it, fail its smoke test in the inactive slot and never activate it.
     BrokenSmoke {
-        /// The package to copy (digest, prefix, name@version or alias).
+        /// The package to copy: a package file (`outpost-hub reconstruct REF --out DIR` writes one, also while the
+        /// hub serves), or, with no hub serving, a digest, prefix, name@version or alias.
         package: String,
         /// Version of the broken copy.
         #[arg(long)]
@@ -51,7 +53,7 @@ enum Cmd {
     /// --threshold (its smoke test still passes), with its manifest, for `outpost-hub package add`. Devices
     /// activate it, then fail their health window on real traffic and roll back.
     NanOnDark {
-        /// The package to derive from.
+        /// The package to derive from (a package file, or a reference as for `broken-smoke`).
         package: String,
         /// Version of the derived package.
         #[arg(long)]
@@ -77,12 +79,19 @@ fn main() -> Result<()> {
     }
 }
 
-/// A registered package's manifest and model bytes.
-fn source(reg: &Registry, reference: &str) -> Result<(Digest, Manifest, Vec<u8>)> {
-    let digest = reg.resolve(reference)?;
-    let bytes = std::fs::read(reg.blobs().path_of(&digest)).with_context(|| format!("reading package {digest}"))?;
+/// A package's digest, manifest and model bytes: `reference` is a package file (what `outpost-hub reconstruct`
+/// writes, the way to reach a serving hub's packages), or a reference the registry resolves when no hub serves.
+fn source(dir: &Path, reference: &str) -> Result<(Digest, Manifest, Vec<u8>)> {
+    let file = Path::new(reference);
+    let bytes = if file.is_file() {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+    } else {
+        let reg = Registry::open(dir, Arc::new(SystemClock))?;
+        let digest = reg.resolve(reference)?;
+        std::fs::read(reg.blobs().path_of(&digest)).with_context(|| format!("reading package {digest}"))?
+    };
     let pkg = package::Package::decode(&bytes, &package::PackageLimits::default())?;
-    Ok((digest, pkg.manifest, pkg.model.to_vec()))
+    Ok((Digest::of(&bytes), pkg.manifest, pkg.model.to_vec()))
 }
 
 fn derived(mut manifest: Manifest, parent: Digest, version: &str) -> Result<Manifest> {
@@ -94,8 +103,7 @@ fn derived(mut manifest: Manifest, parent: Digest, version: &str) -> Result<Mani
 
 fn broken_smoke(dir: &Path, reference: &str, version: &str, channel: &str, key: &Path) -> Result<()> {
     let clock = Arc::new(SystemClock);
-    let reg = Registry::open(dir, clock.clone())?;
-    let (parent, manifest, model) = source(&reg, reference)?;
+    let (parent, manifest, model) = source(dir, reference)?;
     let mut manifest = derived(manifest, parent, version)?;
     let mut swapped = false;
     for t in &mut manifest.smoke_test.expected {
@@ -111,9 +119,10 @@ fn broken_smoke(dir: &Path, reference: &str, version: &str, channel: &str, key: 
         bail!("{reference}: its smoke test has no expected output this tool knows how to falsify");
     }
     let bytes = package::encode(&manifest, &model);
-    let (digest, _) = reg.blobs().put(&bytes)?;
-    let (model_digest, _) = reg.blobs().put(&model)?;
-    drop(reg);
+    // Write-once blobs need no index: the package is published around the registry, as a broken pipeline would.
+    let blobs = BlobStore::new(dir.join("blobs"));
+    let (digest, _) = blobs.put(&bytes)?;
+    let (model_digest, _) = blobs.put(&model)?;
     let record = PackageRecord {
         digest,
         name: manifest.name.clone(),
@@ -140,8 +149,7 @@ fn broken_smoke(dir: &Path, reference: &str, version: &str, channel: &str, key: 
 }
 
 fn nan_on_dark(dir: &Path, reference: &str, version: &str, threshold: f32, out: &Path) -> Result<()> {
-    let reg = Registry::open(dir, Arc::new(SystemClock))?;
-    let (parent, manifest, model) = source(&reg, reference)?;
+    let (parent, manifest, model) = source(dir, reference)?;
     let manifest = derived(manifest, parent, version)?;
     let input = manifest.contract.inputs.first().context("the model has no inputs")?.name.clone();
     let model = testkit::nan_below(&model, &input, threshold).context("the registered model is not ONNX")?;

@@ -1,0 +1,311 @@
+//! The Open Inference Protocol v2 REST routes over a [`ModelHandle`]: admission (running and queued bounds),
+//! body limits, and where tract runs (in place or on the blocking pool). The codec is `outpost_shared::oip`.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use outpost_shared::manifest::{Dim, TensorSpec};
+use outpost_shared::oip::{Encoded, INFERENCE_HEADER_CONTENT_LENGTH, oip_name};
+use tokio::net::TcpListener;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Semaphore;
+
+use super::InferenceError;
+use super::handle::{ModelHandle, Served};
+
+/// Where the agent serves the API unless its config says otherwise: localhost only, the port KServe uses.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Largest request body accepted by default (413 above it).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Inferences that run at once by default (tract is CPU-bound: about one per core). With the body limit this
+/// bounds memory: each running request holds its body and its decoded tensors.
+pub const DEFAULT_MAX_CONCURRENT_INFERENCES: usize = 4;
+/// Requests that may wait for a free inference slot by default; more get a 503 at once.
+pub const DEFAULT_MAX_QUEUED_INFERENCES: usize = 256;
+/// Inferences whose model last took less than this run on the request's own thread by default (see
+/// [`ServeLimits::in_place_below`]).
+pub const DEFAULT_IN_PLACE_BELOW: std::time::Duration = std::time::Duration::from_millis(1);
+/// `platform` in model metadata.
+pub const PLATFORM: &str = "onnx-tract";
+/// Bounds of the HTTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Inferences running at once.
+    pub max_concurrent_inferences: usize,
+    /// Inference requests waiting for a slot; beyond it, 503.
+    pub max_queued_inferences: usize,
+    /// On a multi-thread runtime, an inference runs on the request's own thread (`block_in_place`) when its
+    /// model's previous inference took less than this, and on the blocking pool otherwise. The hand-off to the
+    /// pool and back costs two thread wake-ups (about 100 µs on a busy 2-core machine), a large share of a short
+    /// inference; a long one runs faster on the pool's thread, which keeps running tract with its caches warm,
+    /// than on whichever thread `block_in_place` happens to be on (measured in BENCHMARKS.md). Needs the
+    /// handle's clock ([`ModelHandle::with_observer`]); without one every inference runs in place.
+    pub in_place_below: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_concurrent_inferences: DEFAULT_MAX_CONCURRENT_INFERENCES,
+            max_queued_inferences: DEFAULT_MAX_QUEUED_INFERENCES,
+            in_place_below: DEFAULT_IN_PLACE_BELOW,
+        }
+    }
+}
+/// The OIP v2 routes over `handle`, bounded by `limits`.
+pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits) -> Router {
+    let running = limits.max_concurrent_inferences.max(1);
+    let app = Arc::new(App {
+        handle,
+        limits,
+        running: Arc::new(Semaphore::new(running)),
+        admitted: Arc::new(Semaphore::new(running.saturating_add(limits.max_queued_inferences))),
+    });
+    Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(app)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets running requests finish. The caller binds
+/// the listener (the agent uses its config's `inference.bind`, by default [`DEFAULT_LISTEN`]).
+pub async fn serve(
+    listener: TcpListener,
+    handle: Arc<ModelHandle>,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Requests and answers are small writes a client waits for: Nagle's algorithm would only delay them.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(handle, limits)).with_graceful_shutdown(shutdown).await
+}
+
+struct App {
+    handle: Arc<ModelHandle>,
+    limits: ServeLimits,
+    /// One permit per running inference.
+    running: Arc<Semaphore>,
+    /// One permit per running or waiting inference.
+    admitted: Arc<Semaphore>,
+}
+
+type AppState = State<Arc<App>>;
+
+pub(super) fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// The active model if it is `name` (and `version`, when given).
+fn select(app: &App, name: &str, version: Option<&str>) -> Result<Arc<Served>, InferenceError> {
+    let served = app.handle.current().ok_or(InferenceError::NotReady)?;
+    if served.name() != name {
+        return Err(InferenceError::UnknownModel { requested: name.to_owned(), serving: served.name().to_owned() });
+    }
+    if let Some(v) = version
+        && v != served.version()
+    {
+        return Err(InferenceError::UnknownVersion {
+            model: name.to_owned(),
+            requested: v.to_owned(),
+            serving: served.version(),
+        });
+    }
+    Ok(served)
+}
+
+async fn metrics(State(app): AppState) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.handle.prometheus()).into_response()
+}
+
+async fn server_ready(State(app): AppState) -> Response {
+    match app.handle.current() {
+        Some(_) => StatusCode::OK.into_response(),
+        None => InferenceError::NotReady.into_response(),
+    }
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(serde_json::json!({
+        "name": "outpost-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+    .into_response()
+}
+
+async fn model_metadata(State(app): AppState, Path(name): Path<String>) -> Response {
+    metadata(&app, &name, None)
+}
+
+async fn model_metadata_version(State(app): AppState, Path((name, version)): Path<(String, String)>) -> Response {
+    metadata(&app, &name, Some(&version))
+}
+
+fn metadata(app: &App, name: &str, version: Option<&str>) -> Response {
+    let served = match select(app, name, version) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let tensors = |specs: &[TensorSpec]| -> Vec<serde_json::Value> {
+        specs
+            .iter()
+            .map(|s| {
+                let shape: Vec<i64> = s
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
+                        Dim::Symbol(_) => -1,
+                    })
+                    .collect();
+                serde_json::json!({ "name": s.name, "datatype": oip_name(s.dtype), "shape": shape })
+            })
+            .collect()
+    };
+    axum::Json(serde_json::json!({
+        "name": served.name(),
+        "versions": [served.version()],
+        "platform": PLATFORM,
+        "inputs": tensors(served.model().inputs()),
+        "outputs": tensors(served.model().outputs()),
+    }))
+    .into_response()
+}
+
+async fn model_ready(State(app): AppState, Path(name): Path<String>) -> Response {
+    match select(&app, &name, None) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn model_ready_version(State(app): AppState, Path((name, version)): Path<(String, String)>) -> Response {
+    match select(&app, &name, Some(&version)) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn infer(State(app): AppState, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    infer_response(&app, &name, None, &headers, body).await
+}
+
+async fn infer_version(
+    State(app): AppState,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_response(&app, &name, Some(&version), &headers, body).await
+}
+
+async fn infer_response(app: &App, name: &str, version: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
+    match run_infer(app, name, version, headers, body).await {
+        Ok(Encoded { body, json_len: None }) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Encoded { body, json_len: Some(n) }) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                (HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH), HeaderValue::from(n)),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run_infer(
+    app: &App,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Encoded, InferenceError> {
+    // The model is fixed here, on arrival: a swap from now on does not concern this request.
+    let served = select(app, name, version)?;
+    let limit = app.limits.max_body_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(InferenceError::TooLarge(limit));
+    }
+    let json_len = json_header_len(headers)?;
+    let _admitted =
+        app.admitted.clone().try_acquire_owned().map_err(|_| InferenceError::Busy(app.limits.max_queued_inferences))?;
+    // Wait for a slot before buffering the body, so memory stays bounded by the running inferences.
+    let running = app.running.clone().acquire_owned().await.map_err(|e| InferenceError::Internal(e.to_string()))?;
+    let bytes = read_body(body, limit, declared).await?;
+    let handle = app.handle.clone();
+    let last = served.last_inference();
+    let in_place = last < app.limits.in_place_below;
+    run_blocking(in_place, move || {
+        let _running = running;
+        handle.answer(&served, bytes, json_len)
+    })
+    .await?
+}
+
+/// Runs `f` (tract: CPU-bound) off the async scheduler. `in_place` on a multi-thread runtime: right here under
+/// `block_in_place`, which hands this worker's other tasks to another thread, so the request never waits for a
+/// wake-up between threads. Otherwise, and always on a current-thread runtime (no worker to hand over:
+/// `block_in_place` would panic), on the blocking pool. Either way the caller's semaphore bounds the threads
+/// busy with inferences.
+async fn run_blocking<T: Send + 'static>(
+    in_place: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, InferenceError> {
+    if in_place && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        // tract runs under its own `catch_unwind`; this one keeps a panic elsewhere (an observer) a 500, as the
+        // blocking pool's `JoinError` does.
+        return catch_unwind(AssertUnwindSafe(|| tokio::task::block_in_place(f)))
+            .map_err(|_| InferenceError::Internal("inference task panicked".into()));
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| InferenceError::Internal(format!("inference task: {e}")))
+}
+
+/// The request's `Inference-Header-Content-Length`: the length of the JSON header when binary tensor data
+/// follows it (`None`: the whole body is JSON).
+fn json_header_len(headers: &HeaderMap) -> Result<Option<usize>, InferenceError> {
+    let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else { return Ok(None) };
+    value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
+        InferenceError::BadRequest(format!(
+            "header {INFERENCE_HEADER_CONTENT_LENGTH} is {value:?}, not a length in bytes"
+        ))
+    })
+}
+
+async fn read_body(mut body: Body, limit: usize, declared: Option<u64>) -> Result<Vec<u8>, InferenceError> {
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| InferenceError::BadRequest(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len().saturating_add(data.len()) > limit {
+                return Err(InferenceError::TooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}

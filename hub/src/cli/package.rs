@@ -1,0 +1,238 @@
+//! `outpost-hub package …` and `reconstruct`: add, list, show and verify content-addressed packages, and rebuild
+//! one from its stored blobs.
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+
+use outpost_hub::service::Hub;
+
+use super::{Out, human_bytes, label, registry};
+use outpost_hub::Registry;
+use outpost_hub::blobs::BlobStatus;
+use outpost_shared::clock::format_rfc3339;
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug, Serialize, Deserialize)]
+pub enum PackageCmd {
+    /// Check an ONNX model against its manifest (loads in tract, contract, smoke test), then store it as a
+    /// content-addressed package. A manifest with `kind = "firmware"` takes a firmware image instead (never loaded,
+    /// only length-checked). Prints the package digest on stdout.
+    Add {
+        /// The ONNX model file, or the firmware image.
+        model: PathBuf,
+        /// The manifest (TOML). Default: the model's path with a .toml extension.
+        #[arg(long, value_name = "M.toml")]
+        manifest: Option<PathBuf>,
+    },
+    /// List registered packages.
+    List,
+    /// Show a package: manifest, lineage back to its roots, evaluation card.
+    Show {
+        /// A digest, a unique digest prefix (8+ hex), name@version, or an alias.
+        package: String,
+    },
+    /// Rehash stored blobs and name every tampered or missing one; exits non-zero if any.
+    Verify {
+        /// Only this package (digest, prefix, name@version or alias). Default: all.
+        package: Option<String>,
+    },
+}
+
+/// Runs `outpost-hub package …`.
+pub fn run(cmd: PackageCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
+    match cmd {
+        PackageCmd::Add { model, manifest } => {
+            let manifest = manifest.unwrap_or_else(|| model.with_extension("toml"));
+            let reg = registry(hub)?;
+            let out = reg.add(&model, &manifest)?;
+            if let Some(smoke) = &out.smoke {
+                let diffs: Vec<String> = smoke.outputs.iter().map(|(n, d)| format!("{n} max |diff| {d:.1e}")).collect();
+                writeln!(
+                    o.err,
+                    "checked {}: loads in tract, contract matches, smoke test passed ({})",
+                    out.name_version,
+                    diffs.join(", ")
+                )?;
+            }
+            if out.smoke.is_none() && out.added {
+                writeln!(o.err, "checked {}: firmware image (not loaded; secondaries verify it)", out.name_version)?;
+            }
+            if out.added {
+                writeln!(o.err, "added {}", out.name_version)?;
+            } else {
+                writeln!(o.err, "{} is already registered with this digest; nothing changed", out.name_version)?;
+            }
+            writeln!(o.out, "{}", out.digest)?;
+        }
+        PackageCmd::List => {
+            let reg = registry(hub)?;
+            let records = reg.list()?;
+            if records.is_empty() {
+                writeln!(
+                    o.err,
+                    "no packages yet: add one with `outpost-hub package add MODEL.onnx --manifest M.toml`"
+                )?;
+            } else {
+                writeln!(
+                    o.out,
+                    "{:<12}  {:<24} {:<10} {:<22} {:<6} {:>10}  ADDED",
+                    "DIGEST", "NAME", "VERSION", "CAPABILITY", "RISK", "SIZE"
+                )?;
+                for r in records {
+                    let (_, m) = reg.manifest(&r.digest)?;
+                    writeln!(
+                        o.out,
+                        "{:<12}  {:<24} {:<10} {:<22} {:<6} {:>10}  {}",
+                        r.digest.short(),
+                        r.name,
+                        r.version,
+                        m.capability,
+                        m.risk_tier.to_string(),
+                        human_bytes(r.package_len),
+                        format_rfc3339(r.added_at)
+                    )?;
+                }
+            }
+        }
+        PackageCmd::Show { package } => {
+            let reg = registry(hub)?;
+            let d = reg.resolve(&package)?;
+            print_details(reg, &d, o)?;
+        }
+        PackageCmd::Verify { package } => {
+            let reg = registry(hub)?;
+            let only = package.map(|p| reg.resolve(&p)).transpose()?;
+            // A progress line that cannot be written is not worth failing the check for; the summary below is.
+            let report = reg.verify_with_progress(only.as_ref(), |c| {
+                let what = format!("{:<7} {}", c.role, c.digest);
+                let _ = match c.status {
+                    BlobStatus::Intact => writeln!(o.err, "ok       {what} ({})", human_bytes(c.bytes)),
+                    BlobStatus::Tampered { actual, len } => writeln!(
+                        o.out,
+                        "TAMPERED {what} of package {}: {} now holds {} bytes hashing to {actual}",
+                        c.package.short(),
+                        c.path.display(),
+                        len
+                    ),
+                    BlobStatus::Missing => writeln!(
+                        o.out,
+                        "MISSING  {what} of package {}: no file at {}",
+                        c.package.short(),
+                        c.path.display()
+                    ),
+                };
+            })?;
+            let secs = report.elapsed.as_secs_f64().max(1e-9);
+            let problems = report.problems().count();
+            writeln!(
+                o.err,
+                "verified {} blobs, {} in {:.3} s ({:.2} GB/s): {}",
+                report.checks.len(),
+                human_bytes(report.bytes),
+                secs,
+                report.bytes as f64 / secs / 1e9,
+                if problems == 0 { "all intact".to_owned() } else { format!("{problems} PROBLEM(S)") }
+            )?;
+            if problems > 0 {
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `outpost-hub reconstruct ALIAS --out DIR`.
+pub fn reconstruct(alias: String, out: std::path::PathBuf, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
+    let reg = registry(hub)?;
+    let (path, digest) = reg.reconstruct(&alias, &out)?;
+    writeln!(
+        o.err,
+        "rebuilt {} from the stored model blob and manifest; its digest matches the recorded one",
+        label(reg, &digest)?
+    )?;
+    writeln!(o.err, "sha256 {digest}")?;
+    writeln!(o.out, "{}", path.display())?;
+    Ok(0)
+}
+
+fn print_details(reg: &Registry, d: &outpost_shared::Digest, o: &mut Out<'_>) -> Result<()> {
+    let det = reg.show(d)?;
+    let (r, m) = (&det.record, &det.manifest);
+    writeln!(o.out, "package     {}", r.digest)?;
+    writeln!(o.out, "name        {} {}", m.name, m.version)?;
+    if let Some(desc) = &m.description {
+        writeln!(o.out, "            {desc}")?;
+    }
+    writeln!(
+        o.out,
+        "capability  {}   risk: {}   data: {}   license: {}",
+        m.capability, m.risk_tier, m.data_classification, m.license
+    )?;
+    writeln!(
+        o.out,
+        "size        package {}, model {} (model sha256 {})",
+        human_bytes(r.package_len),
+        human_bytes(r.model_len),
+        r.model_digest
+    )?;
+    writeln!(o.out, "added       {}", format_rfc3339(r.added_at))?;
+    writeln!(
+        o.out,
+        "runtime     agent >= {}, memory budget {}",
+        m.runtime.min_agent_version,
+        human_bytes(m.runtime.memory_budget_bytes)
+    )?;
+    if let Some(fw) = &m.firmware {
+        writeln!(o.out, "firmware    hardware {}, release counter {}", fw.hardware_id, fw.release_counter)?;
+    }
+    writeln!(o.out, "contract")?;
+    for (dir, specs) in [("in ", &m.contract.inputs), ("out", &m.contract.outputs)] {
+        for s in specs {
+            let dims: Vec<String> = s.shape.iter().map(|d| d.to_string()).collect();
+            writeln!(o.out, "  {dir} {} {} [{}]", s.name, s.dtype, dims.join(", "))?;
+        }
+    }
+    writeln!(
+        o.out,
+        "lineage     ({} {} back to the roots)",
+        det.lineage.len(),
+        if det.lineage.len() == 1 { "entry" } else { "entries" }
+    )?;
+    for e in &det.lineage {
+        let indent = "  ".repeat(e.depth + 1);
+        match &e.known {
+            Some((nv, op)) => writeln!(o.out, "{indent}{nv}  {}  made by: {op}", e.digest.short())?,
+            None => writeln!(o.out, "{indent}{}  (not in this registry)", e.digest)?,
+        }
+    }
+    let ev = &m.evaluation;
+    writeln!(o.out, "evaluation")?;
+    writeln!(o.out, "  suite     {} ({})", ev.suite.name, ev.suite.digest)?;
+    let metrics = |ms: &std::collections::BTreeMap<String, f64>| {
+        ms.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ")
+    };
+    writeln!(o.out, "  metrics   {}", metrics(&ev.metrics))?;
+    let base_pkg = ev.baseline.package.map(|p| format!(" ({})", p.short())).unwrap_or_default();
+    writeln!(
+        o.out,
+        "  baseline  {}{base_pkg}{}",
+        ev.baseline.name,
+        if ev.baseline.metrics.is_empty() { String::new() } else { format!(": {}", metrics(&ev.baseline.metrics)) }
+    )?;
+    writeln!(o.out, "  decision  {} by {}: {}", ev.decision.outcome, ev.decision.by, ev.decision.reason)?;
+    let p = &m.provenance;
+    writeln!(o.out, "provenance  built by {} on {}, from {} at {}", p.built_by, p.built_at, p.source, p.revision)?;
+    writeln!(
+        o.out,
+        "smoke test  {} input(s), {} checked output(s), tolerance {:e}",
+        m.smoke_test.inputs.len(),
+        m.smoke_test.expected.len(),
+        m.smoke_test.tolerance
+    )?;
+    let aliases: Vec<String> = reg.aliases()?.into_iter().filter(|(_, a)| a == d).map(|(n, _)| n).collect();
+    if !aliases.is_empty() {
+        writeln!(o.out, "aliases     {}", aliases.join(", "))?;
+    }
+    Ok(())
+}

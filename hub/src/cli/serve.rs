@@ -1,0 +1,67 @@
+//! The commands that run alone, never inside a serving hub: `init`, `identity`, and `serve`, which builds the
+//! service configuration and hands over to `outpost_hub::service::run`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use outpost_attestation::identity::Identity;
+use outpost_hub::clock::{SystemClock, SystemRng};
+use outpost_hub::config::{CONFIG_FILE, HubConfig};
+use outpost_hub::registry::{InitOutcome, Registry};
+use outpost_hub::service::ServiceConfig;
+
+use super::Out;
+
+/// Runs `outpost-hub init`.
+pub fn init(dir: &Path, o: &mut Out<'_>) -> Result<()> {
+    match Registry::init(dir)? {
+        InitOutcome::Created => {
+            writeln!(o.err, "initialised a hub in {} (edit {}/hub.toml)", dir.display(), dir.display())?
+        }
+        InitOutcome::AlreadyInitialised => writeln!(o.err, "{} already holds a hub; nothing changed", dir.display())?,
+    }
+    Ok(())
+}
+
+/// The configuration of the hub in `dir`, naming `init` if there is none.
+pub fn config(dir: &Path) -> Result<HubConfig> {
+    HubConfig::load(&dir.join(CONFIG_FILE)).with_context(|| {
+        format!("no hub at {}: run `outpost-hub --data-dir {} init` first", dir.display(), dir.display())
+    })
+}
+
+/// The hub's QUIC identity in `<data-dir>/keys/hub.identity`, created on first use.
+pub fn identity(dir: &Path, o: &mut Out<'_>) -> Result<Identity> {
+    config(dir)?; // an initialised hub
+    let path = dir.join("keys").join("hub.identity");
+    if !path.exists() {
+        let mut seed = [0u8; 32];
+        outpost_shared::rng::Rng::fill(&mut SystemRng, &mut seed);
+        let id = Identity::from_seed(seed);
+        std::fs::create_dir_all(dir.join("keys"))?;
+        id.save(&path)?;
+        writeln!(o.err, "created the hub identity {}", path.display())?;
+    }
+    Ok(Identity::load(&path)?)
+}
+
+/// Runs `outpost-hub serve` until interrupted.
+pub fn serve(
+    dir: &Path,
+    bind: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+    o: &mut Out<'_>,
+) -> Result<()> {
+    let hub = config(dir)?;
+    let mut config = ServiceConfig::new(dir, hub, identity(dir, o)?);
+    config.bind = bind;
+    config.metrics = metrics;
+    config.admin = Some(Arc::new(super::Commands));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(outpost_hub::service::run(config, Arc::new(SystemClock), Box::new(SystemRng), async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    Ok(())
+}

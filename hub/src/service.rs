@@ -1,0 +1,427 @@
+//! The serving hub as one process that owns its state: it opens the store once, serves devices over QUIC, runs the
+//! periodic jobs (re-signing, rollout ticks, telemetry retention, revocation watch, metrics) and takes admin
+//! commands over its socket (`crate::admin`), all against that one open store, until `shutdown` resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use outpost_attestation::identity::Identity;
+use outpost_shared::clock::Clock;
+use outpost_shared::rng::Rng;
+
+use crate::admin;
+use crate::backend::HubBackend;
+use crate::config::{CONFIG_FILE, ConfigError, HubConfig};
+use crate::director::Director;
+use crate::serve::{ServeConfig, ServeError, Server};
+use crate::store::{Store, StoreError};
+use crate::tuf::TufRepo;
+
+/// The hub an admin command runs against: its data directory and configuration, the store (held open by a serving
+/// hub, opened at first use by a lone command), the clock and the random generator.
+pub struct Hub {
+    dir: PathBuf,
+    config: HubConfig,
+    store: OnceLock<Arc<Store>>,
+    clock: Arc<dyn Clock>,
+    rng: Mutex<Box<dyn Rng>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// The hub in `dir`, reading its `hub.toml`; the store is opened at first use.
+    pub fn load(dir: &Path, clock: Arc<dyn Clock>, rng: Box<dyn Rng>) -> Result<Hub, ConfigError> {
+        let config = HubConfig::load(&dir.join(CONFIG_FILE))?;
+        Ok(Hub::new(dir, config, clock, rng, OnceLock::new()))
+    }
+
+    /// A context for commands that need no hub (offline key work): default configuration, no store unless asked.
+    pub fn detached(dir: &Path, clock: Arc<dyn Clock>, rng: Box<dyn Rng>) -> Hub {
+        Hub::new(dir, HubConfig::default(), clock, rng, OnceLock::new())
+    }
+
+    fn new(
+        dir: &Path,
+        config: HubConfig,
+        clock: Arc<dyn Clock>,
+        rng: Box<dyn Rng>,
+        store: OnceLock<Arc<Store>>,
+    ) -> Hub {
+        Hub { dir: dir.to_owned(), config, store, clock, rng: Mutex::new(rng) }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration, as read at start.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The random generator (one user at a time).
+    pub fn rng(&self) -> MutexGuard<'_, Box<dyn Rng>> {
+        self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The TUF repository.
+    pub fn repo(&self) -> TufRepo {
+        TufRepo::new(&self.dir, self.config.repository)
+    }
+
+    /// The open store, opened now if this hub does not hold it yet.
+    pub fn store(&self) -> Result<&Arc<Store>, StoreError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let store = Arc::new(Store::open(&self.dir, self.clock.clone())?);
+        Ok(self.store.get_or_init(|| store))
+    }
+}
+
+/// How often the periodic jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periods {
+    /// Re-signing snapshot, timestamp and the revocation list before they expire.
+    pub resign: Duration,
+    /// The longest the rollout judge sleeps: it wakes at the earliest release deadline (a soak end,
+    /// `Rollout::next_deadline`) and at this bound at the latest; reports are judged as they arrive.
+    pub rollouts: Duration,
+    /// Pruning telemetry past its retention.
+    pub retention: Duration,
+    /// Looking for a new revocation list to push to connected devices.
+    pub revocation_watch: Duration,
+}
+
+impl Default for Periods {
+    fn default() -> Self {
+        Periods {
+            resign: Duration::from_secs(60),
+            rollouts: crate::rollouts::MAX_TICK_WAIT,
+            retention: Duration::from_secs(3600),
+            revocation_watch: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the service needs to run.
+pub struct ServiceConfig {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// `hub.toml`, read once.
+    pub hub: HubConfig,
+    /// The hub's QUIC identity (agents pin its key).
+    pub identity: Identity,
+    /// UDP address devices connect to.
+    pub bind: SocketAddr,
+    /// Where Prometheus metrics are served over HTTP, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Runs admin commands arriving on the socket; `None` serves no admin socket.
+    pub admin: Option<Arc<dyn admin::Handler>>,
+    /// Bounds on admin requests.
+    pub admin_limits: admin::Limits,
+    /// How often the periodic jobs run.
+    pub periods: Periods,
+    /// How long telemetry is kept.
+    pub telemetry_retention: Duration,
+}
+
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig").field("dir", &self.dir).field("bind", &self.bind).finish_non_exhaustive()
+    }
+}
+
+impl ServiceConfig {
+    /// A service for the hub in `dir` with configuration `hub`, on the default port, every other setting at its
+    /// default (no metrics, no admin socket).
+    pub fn new(dir: &Path, hub: HubConfig, identity: Identity) -> Self {
+        ServiceConfig {
+            dir: dir.to_owned(),
+            hub,
+            identity,
+            bind: SocketAddr::from(([0, 0, 0, 0], ServeConfig::DEFAULT_PORT)),
+            metrics: None,
+            admin: None,
+            admin_limits: admin::Limits::default(),
+            periods: Periods::default(),
+            telemetry_retention: crate::telemetry::DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The hub has no TUF repository to serve.
+    #[error("no TUF repository yet in {}: run `outpost-hub keys generate --offline-dir DIR` first", dir.display())]
+    NoRepository {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The admin socket could not be set up (another service owns it, or it could not be created).
+    #[error(transparent)]
+    Admin(#[from] admin::ListenError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The QUIC endpoint could not be bound.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The metrics endpoint could not be bound.
+    #[error("binding the metrics endpoint {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// A started service: its store is open and its sockets bound; [`Running::run`] serves.
+pub struct Running {
+    dir: PathBuf,
+    key: String,
+    handler: Option<Arc<dyn admin::Handler>>,
+    admin_limits: admin::Limits,
+    periods: Periods,
+    telemetry_retention: Duration,
+    hub: Arc<Hub>,
+    backend: Arc<HubBackend>,
+    server: Server,
+    admin: Option<admin::Listener>,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// Opens the store and binds the sockets (admin first: a second service on the same directory is refused before
+/// it touches anything). Must run inside a tokio runtime.
+pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rng>) -> Result<Running, ServiceError> {
+    let repo = TufRepo::new(&config.dir, config.hub.repository);
+    if !repo.exists() {
+        return Err(ServiceError::NoRepository { dir: config.dir.clone() });
+    }
+    let admin = match config.admin {
+        Some(_) => Some(admin::Listener::bind(&config.dir)?),
+        None => None,
+    };
+    let store = Arc::new(Store::open(&config.dir, clock.clone())?);
+    let hub = Arc::new(Hub::new(&config.dir, config.hub.clone(), clock.clone(), rng, OnceLock::from(store.clone())));
+    let backend = Arc::new(HubBackend::with_store(&config.dir, repo, &config.hub.attestation, clock, store));
+    let key = config.identity.public_key().to_hex();
+    let mut serve = ServeConfig::new(config.identity);
+    serve.bind = config.bind;
+    let server = Server::bind(serve, backend.clone())?;
+    let metrics = match config.metrics {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| ServiceError::Metrics { addr, source })?)
+        }
+        None => None,
+    };
+    Ok(Running {
+        dir: config.dir,
+        key,
+        handler: config.admin,
+        admin_limits: config.admin_limits,
+        periods: config.periods,
+        telemetry_retention: config.telemetry_retention,
+        hub,
+        backend,
+        server,
+        admin,
+        metrics,
+    })
+}
+
+/// Runs the hub in `config.dir` until `shutdown` resolves: [`start`], then [`Running::run`].
+pub async fn run(
+    config: ServiceConfig,
+    clock: Arc<dyn Clock>,
+    rng: Box<dyn Rng>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    start(config, clock, rng).await?.run(shutdown).await;
+    Ok(())
+}
+
+impl Running {
+    /// The UDP address devices connect to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// The backend serving devices (for tests to look at what a device would be served).
+    pub fn backend(&self) -> &Arc<HubBackend> {
+        &self.backend
+    }
+
+    /// The hub admin commands run against.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Serves devices and admin commands and runs the periodic jobs until `shutdown` resolves; then stops them
+    /// all and removes the admin socket.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Running {
+            dir,
+            key,
+            handler,
+            admin_limits,
+            periods,
+            telemetry_retention,
+            hub,
+            backend,
+            server,
+            admin,
+            metrics,
+        } = self;
+        let gate = backend.gate();
+        if !gate.required() {
+            eprintln!("warning: [attestation] required = false in hub.toml: devices are served without attestation");
+        } else {
+            match gate.readiness() {
+                Ok(serial) => eprintln!("attestation required; reference values serial {serial} installed"),
+                Err(why) => eprintln!(
+                    "warning: attestation is required but nobody can be attested, so nothing will be served: {why}"
+                ),
+            }
+        }
+        if let Ok(addr) = server.local_addr() {
+            eprintln!("serving on {addr} (udp), hub key {key}");
+        }
+        let mut jobs = tokio::task::JoinSet::new();
+        if let (Some(listener), Some(handler)) = (admin, handler) {
+            eprintln!("admin commands on {}", admin::socket_path(&dir).display());
+            let b = backend.clone();
+            let after: Arc<dyn Fn() + Send + Sync> = Arc::new(move || b.forget_cached());
+            jobs.spawn(listener.run(hub.clone(), handler, admin_limits, after));
+        }
+        if let Some(listener) = metrics {
+            if let Ok(addr) = listener.local_addr() {
+                eprintln!("metrics on http://{addr}/metrics");
+            }
+            jobs.spawn(serve_metrics(listener, backend.clone()));
+        }
+        // Revocations reach connected agents at once: a notice on their open connection whenever the list moves.
+        let repo = hub.repo();
+        jobs.spawn(crate::serve::push_revocations(server.notifier(), periods.revocation_watch, move || {
+            Director::new(&repo).revocations().ok().map(|l| l.version)
+        }));
+        jobs.spawn(every(periods.retention, "telemetry retention", {
+            let (b, retention) = (backend.clone(), telemetry_retention);
+            move || {
+                let n = b.apply_telemetry_retention(retention).map_err(|e| e.to_string())?;
+                if n > 0 {
+                    eprintln!("telemetry: pruned {n} events past the retention period");
+                }
+                Ok(())
+            }
+        }));
+        jobs.spawn(judge_rollouts(backend.clone(), periods.rollouts));
+        jobs.spawn(every(periods.resign, "re-signing online metadata", {
+            let hub = hub.clone();
+            move || resign(&hub)
+        }));
+        server.run(shutdown).await;
+        eprintln!("shutting down");
+        jobs.shutdown().await;
+    }
+}
+
+/// Judges every staged rollout, says what happened, and sleeps until the earliest release deadline (at most
+/// `bound`; after an error, `bound`).
+async fn judge_rollouts(backend: Arc<HubBackend>, bound: Duration) {
+    loop {
+        let b = backend.clone();
+        let judged = tokio::task::spawn_blocking(move || -> Result<Duration, String> {
+            for (id, e) in b.tick_rollouts().map_err(|e| e.to_string())? {
+                eprintln!("release {id}: {}", crate::rollouts::describe(&e));
+            }
+            b.rollout_wait().map_err(|e| e.to_string())
+        })
+        .await;
+        let wait = match judged {
+            Ok(Ok(wait)) => wait.min(bound),
+            Ok(Err(e)) => {
+                eprintln!("error: judging rollouts: {e}");
+                bound
+            }
+            Err(e) => {
+                eprintln!("error: judging rollouts task: {e}");
+                bound
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Keeps online metadata fresh: snapshot, timestamp and the revocation list are re-signed before they expire.
+fn resign(hub: &Hub) -> Result<(), String> {
+    let repo = hub.repo();
+    let now = hub.clock().wall();
+    let resigned = repo.refresh_online(now).map_err(|e| e.to_string())?;
+    let director = Director::new(&repo);
+    let list = director.revocations().map_err(|e| e.to_string())?;
+    if list.version > 0 && list.expires <= now + hub.config().repository.resign_margin_secs {
+        director.refresh_revocations(now).map_err(|e| e.to_string())?;
+    }
+    if resigned {
+        eprintln!("re-signed snapshot and timestamp");
+    }
+    Ok(())
+}
+
+/// Runs `job` on the blocking pool every `period` (the first time at once), reporting its errors as `what`.
+async fn every(period: Duration, what: &'static str, job: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+    let job = Arc::new(job);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let j = job.clone();
+        match tokio::task::spawn_blocking(move || j()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("error: {what}: {e}"),
+            Err(e) => eprintln!("error: {what} task: {e}"),
+        }
+    }
+}
+
+/// Serves the Prometheus text exposition at `/metrics`.
+async fn serve_metrics(listener: tokio::net::TcpListener, backend: Arc<HubBackend>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let b = backend.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || b.metrics().map_err(|e| e.to_string())).await {
+                    Ok(Ok(text)) => (axum::http::StatusCode::OK, text),
+                    Ok(Err(e)) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e),
+                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("error: metrics endpoint: {e}");
+    }
+}

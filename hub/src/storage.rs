@@ -1,0 +1,246 @@
+//! The hub's storage seams: narrow traits with what the serving backend and the admin commands call on the store,
+//! implemented by the redb store (`Registry`, `TelemetryStore`), so another backend (PostgreSQL) can come later.
+//!
+//! Rollout steering and director assignments (`crate::rollouts`, `crate::director`) still take the `Registry`
+//! itself; they move onto these traits with the backend that needs them.
+
+use outpost_shared::Digest;
+use outpost_shared::Manifest;
+use outpost_shared::audit::Anchor;
+use outpost_shared::rng::Rng;
+use outpost_shared::telemetry::Batch;
+use outpost_shared::update::StateReport;
+
+use crate::registry::{
+    AliasEvent, AttestationRecord, DeviceRecord, EnrolError, PackageRecord, Registry, RegistryError, TpmRecord,
+};
+use crate::rollouts::ReleaseRecord;
+use crate::telemetry::{Filter, Group, GroupBy, IngestOutcome, TelemetryStore, TelemetryStoreError};
+
+/// Registered packages and their aliases.
+pub trait PackageStore: Send + Sync {
+    /// The package with this digest, if registered.
+    fn record(&self, d: &Digest) -> Result<Option<PackageRecord>, RegistryError>;
+    /// Every registered package.
+    fn list(&self) -> Result<Vec<PackageRecord>, RegistryError>;
+    /// The digest a reference (digest, unique prefix, name@version or alias) names.
+    fn resolve(&self, reference: &str) -> Result<Digest, RegistryError>;
+    /// A package's manifest, as stored (CBOR) and parsed.
+    fn manifest(&self, d: &Digest) -> Result<(Vec<u8>, Manifest), RegistryError>;
+    /// Points `alias` at `d`, recording the change.
+    fn alias_set(&self, alias: &str, d: &Digest) -> Result<AliasEvent, RegistryError>;
+    /// Every alias and the package it names.
+    fn aliases(&self) -> Result<Vec<(String, Digest)>, RegistryError>;
+    /// Every change of `alias`, oldest first.
+    fn alias_history(&self, alias: &str) -> Result<Vec<AliasEvent>, RegistryError>;
+}
+
+/// Devices: the allow-list, enrolment and what devices last told the hub.
+pub trait DeviceStore: Send + Sync {
+    /// The device with this key (hex), if known.
+    fn device(&self, key: &str) -> Result<Option<DeviceRecord>, RegistryError>;
+    /// Every known device.
+    fn devices(&self) -> Result<Vec<DeviceRecord>, RegistryError>;
+    /// Approves a device on `channel`.
+    fn device_approve(&self, key: &str, channel: &str) -> Result<DeviceRecord, RegistryError>;
+    /// Refuses a device from now on.
+    fn device_revoke(&self, key: &str) -> Result<DeviceRecord, RegistryError>;
+    /// Sets a device's site (and whether it is that site's node).
+    fn device_set_site(&self, key: &str, site: Option<&str>, node: bool) -> Result<DeviceRecord, RegistryError>;
+    /// Records (or forgets) the TPM a device attests with.
+    fn device_set_tpm(&self, key: &str, tpm: Option<TpmRecord>) -> Result<DeviceRecord, RegistryError>;
+    /// Records an attestation outcome on the device.
+    fn device_attested(&self, key: &str, outcome: AttestationRecord) -> Result<DeviceRecord, RegistryError>;
+    /// Records a device's state report.
+    fn device_reported(&self, key: &str, report: &StateReport) -> Result<DeviceRecord, RegistryError>;
+    /// Creates a one-time enrolment token; returns it (only its hash is stored).
+    fn token_create(
+        &self,
+        channel: &str,
+        site: Option<&str>,
+        valid_secs: u64,
+        rng: &mut dyn Rng,
+    ) -> Result<String, RegistryError>;
+    /// Whether any enrolment token is still usable.
+    fn tokens_open(&self) -> Result<bool, RegistryError>;
+    /// Enrols a device presenting `token`; the inner error is a refusal of the device.
+    fn enroll(
+        &self,
+        key: &str,
+        token: &str,
+        hardware: &str,
+        tpm: Option<TpmRecord>,
+    ) -> Result<Result<DeviceRecord, EnrolError>, RegistryError>;
+    /// Whether the site node `node` serves `device`.
+    fn site_node_serves(&self, node: &str, device: &str) -> Result<bool, RegistryError>;
+    /// Offers `digest` again to a device that rolled back from it.
+    fn device_retry(&self, key: &str, digest: &Digest) -> Result<DeviceRecord, RegistryError>;
+    /// Adds (or updates) a secondary behind a gateway device.
+    fn device_secondary_add(
+        &self,
+        key: &str,
+        device_id: &str,
+        hardware_id: &str,
+    ) -> Result<DeviceRecord, RegistryError>;
+    /// Stops assigning firmware to a secondary.
+    fn device_secondary_remove(&self, key: &str, device_id: &str) -> Result<DeviceRecord, RegistryError>;
+}
+
+/// Staged releases under their rollout plans.
+pub trait ReleaseStore: Send + Sync {
+    /// Stores a release's record under `id`, replacing what was there.
+    fn release_put(&self, id: &str, record: &ReleaseRecord) -> Result<(), RegistryError>;
+    /// Every release record, by id.
+    fn releases(&self) -> Result<Vec<(String, ReleaseRecord)>, RegistryError>;
+}
+
+/// The anchor that ties the audit log's newest entry to the store.
+pub trait AuditStore: Send + Sync {
+    /// Records the audit log's newest anchor.
+    fn audit_anchor_put(&self, anchor: &Anchor) -> Result<(), RegistryError>;
+    /// The audit log's newest anchor as last recorded.
+    fn audit_anchor(&self) -> Result<Option<Anchor>, RegistryError>;
+}
+
+/// Devices' telemetry events.
+pub trait TelemetryEvents: Send + Sync {
+    /// Stores a device's checked batch durably, attributed to its site, release and stage.
+    fn ingest(
+        &self,
+        device: &str,
+        site: Option<&str>,
+        release: Option<&str>,
+        stage: Option<u32>,
+        batch: &Batch,
+    ) -> Result<IngestOutcome, TelemetryStoreError>;
+    /// Events grouped by `by`, filtered.
+    fn aggregate(&self, by: GroupBy, filter: &Filter) -> Result<Vec<Group>, TelemetryStoreError>;
+    /// Deletes events received longer ago than `retention`; returns how many went.
+    fn apply_retention(&self, retention: std::time::Duration) -> Result<u64, TelemetryStoreError>;
+}
+
+impl PackageStore for Registry {
+    fn record(&self, d: &Digest) -> Result<Option<PackageRecord>, RegistryError> {
+        Registry::record(self, d)
+    }
+    fn list(&self) -> Result<Vec<PackageRecord>, RegistryError> {
+        Registry::list(self)
+    }
+    fn resolve(&self, reference: &str) -> Result<Digest, RegistryError> {
+        Registry::resolve(self, reference)
+    }
+    fn manifest(&self, d: &Digest) -> Result<(Vec<u8>, Manifest), RegistryError> {
+        Registry::manifest(self, d)
+    }
+    fn alias_set(&self, alias: &str, d: &Digest) -> Result<AliasEvent, RegistryError> {
+        Registry::alias_set(self, alias, d)
+    }
+    fn aliases(&self) -> Result<Vec<(String, Digest)>, RegistryError> {
+        Registry::aliases(self)
+    }
+    fn alias_history(&self, alias: &str) -> Result<Vec<AliasEvent>, RegistryError> {
+        Registry::alias_history(self, alias)
+    }
+}
+
+impl DeviceStore for Registry {
+    fn device(&self, key: &str) -> Result<Option<DeviceRecord>, RegistryError> {
+        Registry::device(self, key)
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>, RegistryError> {
+        Registry::devices(self)
+    }
+    fn device_approve(&self, key: &str, channel: &str) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_approve(self, key, channel)
+    }
+    fn device_revoke(&self, key: &str) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_revoke(self, key)
+    }
+    fn device_set_site(&self, key: &str, site: Option<&str>, node: bool) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_set_site(self, key, site, node)
+    }
+    fn device_set_tpm(&self, key: &str, tpm: Option<TpmRecord>) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_set_tpm(self, key, tpm)
+    }
+    fn device_attested(&self, key: &str, outcome: AttestationRecord) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_attested(self, key, outcome)
+    }
+    fn device_reported(&self, key: &str, report: &StateReport) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_reported(self, key, report)
+    }
+    fn token_create(
+        &self,
+        channel: &str,
+        site: Option<&str>,
+        valid_secs: u64,
+        rng: &mut dyn Rng,
+    ) -> Result<String, RegistryError> {
+        Registry::token_create(self, channel, site, valid_secs, rng)
+    }
+    fn tokens_open(&self) -> Result<bool, RegistryError> {
+        Registry::tokens_open(self)
+    }
+    fn enroll(
+        &self,
+        key: &str,
+        token: &str,
+        hardware: &str,
+        tpm: Option<TpmRecord>,
+    ) -> Result<Result<DeviceRecord, EnrolError>, RegistryError> {
+        Registry::enroll(self, key, token, hardware, tpm)
+    }
+    fn site_node_serves(&self, node: &str, device: &str) -> Result<bool, RegistryError> {
+        Registry::site_node_serves(self, node, device)
+    }
+    fn device_retry(&self, key: &str, digest: &Digest) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_retry(self, key, digest)
+    }
+    fn device_secondary_add(
+        &self,
+        key: &str,
+        device_id: &str,
+        hardware_id: &str,
+    ) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_secondary_add(self, key, device_id, hardware_id)
+    }
+    fn device_secondary_remove(&self, key: &str, device_id: &str) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_secondary_remove(self, key, device_id)
+    }
+}
+
+impl ReleaseStore for Registry {
+    fn release_put(&self, id: &str, record: &ReleaseRecord) -> Result<(), RegistryError> {
+        Registry::release_put(self, id, record)
+    }
+    fn releases(&self) -> Result<Vec<(String, ReleaseRecord)>, RegistryError> {
+        Registry::releases(self)
+    }
+}
+
+impl AuditStore for Registry {
+    fn audit_anchor_put(&self, anchor: &Anchor) -> Result<(), RegistryError> {
+        Registry::audit_anchor_put(self, anchor)
+    }
+    fn audit_anchor(&self) -> Result<Option<Anchor>, RegistryError> {
+        Registry::audit_anchor(self)
+    }
+}
+
+impl TelemetryEvents for TelemetryStore {
+    fn ingest(
+        &self,
+        device: &str,
+        site: Option<&str>,
+        release: Option<&str>,
+        stage: Option<u32>,
+        batch: &Batch,
+    ) -> Result<IngestOutcome, TelemetryStoreError> {
+        TelemetryStore::ingest(self, device, site, release, stage, batch)
+    }
+    fn aggregate(&self, by: GroupBy, filter: &Filter) -> Result<Vec<Group>, TelemetryStoreError> {
+        TelemetryStore::aggregate(self, by, filter)
+    }
+    fn apply_retention(&self, retention: std::time::Duration) -> Result<u64, TelemetryStoreError> {
+        TelemetryStore::apply_retention(self, retention)
+    }
+}
