@@ -34,8 +34,10 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
-    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-    let mut o = Out { out: &mut stdout.lock(), err: &mut stderr.lock() };
+    // Unlocked handles (each write locks for itself): `serve` runs here for the process's life, and a lock held
+    // across it would block every other thread that logs.
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let mut o = Out { out: &mut stdout, err: &mut stderr };
     match run(cli.command, &data_dir, &mut o) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -211,3 +211,73 @@ fn a_stale_admin_socket_is_replaced_and_commands_without_a_service_open_the_stor
     assert!(admin::serving(&hub.dir()), "the service took the stale socket over");
     drop(running);
 }
+
+/// The real `outpost-hub serve` logs from its worker threads (here: a garbage admin request) and still answers,
+/// and stops within seconds of SIGINT. A stdout or stderr lock held by the main thread for the life of `serve`
+/// used to hang the first worker that logged, and with it the shutdown.
+#[test]
+#[allow(clippy::disallowed_methods)] // deadlines for a real process
+fn serve_binary_logging_from_its_workers_keeps_answering_and_stops_on_sigint() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let hub = TestHub::new();
+    let offline = hub.tmp.path().join("offline");
+    assert!(hub.cli(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]).status.success());
+    /// Kills the serving process if the test fails before it stopped.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_outpost-hub"))
+            .arg("--data-dir")
+            .arg(hub.dir())
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines, log) = std::sync::mpsc::channel();
+    let err = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let until = |what: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no `{what}` from serve within {within:?}: {e}"),
+            }
+        }
+    };
+    until("admin commands on", Duration::from_secs(30));
+    let mut garbage = std::os::unix::net::UnixStream::connect(admin::socket_path(&hub.dir())).unwrap();
+    garbage.write_all(&[0, 0, 0, 3, b'{', b'{', b'{']).unwrap();
+    drop(garbage);
+    until("admin socket", Duration::from_secs(10));
+    let list = hub.cli(&["device", "list"]);
+    assert!(list.status.success(), "the service still answers: {}", stderr(&list));
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    until("shutting down", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            panic!("serve did not exit within 10 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
