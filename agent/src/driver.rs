@@ -89,9 +89,6 @@ impl From<TransportError> for CheckError {
     }
 }
 
-/// Re-attest on a new connection when the current result expires within this many seconds.
-pub const ATTESTATION_MARGIN_SECS: u64 = outpost_shared::update::RENEW_MARGIN_SECS;
-
 /// The agent.
 pub struct Agent {
     config: AgentConfig,
@@ -171,7 +168,7 @@ impl Agent {
         let timing = Timing {
             poll_secs: config.updates.poll_secs,
             jitter_secs: config.updates.jitter_secs,
-            renew_margin_secs: ATTESTATION_MARGIN_SECS,
+            ..Timing::default()
         };
         let rng = SeededRng::new(local_seed(&identity, clock.as_ref(), b"poll jitter"));
         let mut agent = Agent {

@@ -129,7 +129,7 @@ impl SiteNode {
     /// its attestation is about to expire.
     async fn client(&self) -> Result<Arc<HubClient>, ClientError> {
         let mut upstream = self.upstream.lock().await;
-        let margin = crate::driver::ATTESTATION_MARGIN_SECS;
+        let margin = outpost_shared::update::RENEW_MARGIN_SECS;
         if let Some((c, expires)) = upstream.as_ref()
             && c.connection().close_reason().is_none()
             && c.not_attested().is_none()
