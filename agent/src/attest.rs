@@ -14,7 +14,7 @@ use outpost_shared::wire::ErrorCode;
 
 use crate::config::TpmConfig;
 use crate::device::{self, Layout};
-use crate::quic::{Attested, ClientError, HubClient};
+use outpost_net::client::{Attested, ClientError, HubClient};
 
 /// `swname` in the evidence; the reference values list agent builds under this name.
 pub const SWNAME: &str = "outpost-agent";

@@ -27,16 +27,16 @@ use crate::device::{self, Layout};
 use crate::gateway::{self, FirmwareUpdate};
 use crate::inference::{ModelHandle, Served};
 use crate::mirror::Mirror;
-use crate::quic::{ClientConfig, HubClient};
 use crate::site_policy::SitePolicy;
 use crate::transport::{self, Transport, TransportError};
+use outpost_net::client::{ClientConfig, HubClient};
 
 /// Why an update check failed. The device keeps serving what it serves.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     /// The hub could not be reached or misbehaved on the wire.
     #[error("hub: {0}")]
-    Hub(crate::quic::ClientError),
+    Hub(outpost_net::client::ClientError),
     /// The hub serves this device nothing: its evidence was not appraised as good (unknown or revoked device,
     /// agent binary not in the reference values, a model it should not run...), or its attestation lapsed. The
     /// message is the hub's `not attested: <reason>`. The device keeps serving its model.
@@ -71,8 +71,8 @@ pub enum CheckError {
     Gateway(#[from] gateway::GatewayError),
 }
 
-impl From<crate::quic::ClientError> for CheckError {
-    fn from(e: crate::quic::ClientError) -> Self {
+impl From<outpost_net::client::ClientError> for CheckError {
+    fn from(e: outpost_net::client::ClientError) -> Self {
         match crate::attest::not_attested_reason(&e) {
             Some(reason) => CheckError::NotAttested(reason.to_owned()),
             None => CheckError::Hub(e),
@@ -82,7 +82,7 @@ impl From<crate::quic::ClientError> for CheckError {
 
 impl From<TransportError> for CheckError {
     fn from(e: TransportError) -> Self {
-        match e.source_as::<crate::quic::ClientError>().and_then(crate::attest::not_attested_reason) {
+        match e.source_as::<outpost_net::client::ClientError>().and_then(crate::attest::not_attested_reason) {
             Some(reason) => CheckError::NotAttested(reason.to_owned()),
             None => CheckError::Transport(e),
         }
@@ -103,7 +103,7 @@ pub struct Agent {
     /// life, so its TLS setup and connection pool outlive a check.
     mirror: Option<Arc<Mirror>>,
     /// The hub's attestation of `client`'s connection (`None`: not attested, or a server that does not attest).
-    attested: Option<crate::quic::Attested>,
+    attested: Option<outpost_net::client::Attested>,
     /// The TPM this device attests with (`[attestation] tpm`), if any.
     tpm: Option<Arc<crate::attest::DeviceTpm>>,
     /// This start's boot count (persisted in the device directory), stated in evidence.
@@ -414,7 +414,7 @@ impl Agent {
     }
 
     /// The hub's attestation of the current connection, if any.
-    pub fn attested(&self) -> Option<crate::quic::Attested> {
+    pub fn attested(&self) -> Option<outpost_net::client::Attested> {
         self.attested
     }
 

@@ -22,18 +22,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_attestation::identity::{Identity, PublicKey};
-use outpost_attestation::{AttestationResult, Challenge, Presented, Status, Tier};
-use outpost_hub::serve::{Backend, BackendError, Refused, Unattested};
+use outpost_attestation::{AttestationResult, Challenge, Status, Tier};
+use outpost_net::server::{Backend, BackendError, Refused, Submitted, Unattested};
 use outpost_shared::clock::Clock;
 use outpost_shared::update::{AgentState, Refusal};
 use outpost_shared::wire::{AttestedStatus, AttestedTier, ErrorCode, Limits, Relay};
 use outpost_shared::{Digest, Package, PackageLimits, canonical};
-use tokio::runtime::Handle;
 
 use crate::config::AgentConfig;
 use crate::device::{self, Layout};
-use crate::quic::{ClientConfig, ClientError, HubClient};
 use crate::site_policy::SitePolicy;
+use outpost_net::client::{ClientConfig, ClientError, HubClient};
 
 /// How long an unversioned metadata file (`timestamp.json`...) is served from memory before asking the hub
 /// again. Versioned files (`3.root.json`, `7.snapshot.json`) never change and are kept.
@@ -48,7 +47,6 @@ pub struct SiteNode {
     layout: Layout,
     identity: Identity,
     clock: Arc<dyn Clock>,
-    handle: Handle,
     /// The connection to the hub and when its attestation expires (`None`: the hub does not attest).
     upstream: tokio::sync::Mutex<Option<(Arc<HubClient>, Option<u64>)>>,
     bootcount: u64,
@@ -85,9 +83,8 @@ pub enum SiteError {
 }
 
 impl SiteNode {
-    /// A site node over the device directory of `config` (identity, pinned TUF root, policy), calling the hub
-    /// on `handle`'s runtime.
-    pub fn open(config: AgentConfig, clock: Arc<dyn Clock>, handle: Handle) -> Result<SiteNode, SiteError> {
+    /// A site node over the device directory of `config` (identity, pinned TUF root, policy).
+    pub fn open(config: AgentConfig, clock: Arc<dyn Clock>) -> Result<SiteNode, SiteError> {
         let layout = Layout::new(&config.data_dir);
         let identity = Identity::load(&layout.identity()).map_err(|e| SiteError::Identity(e.to_string()))?;
         let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
@@ -105,7 +102,6 @@ impl SiteNode {
             layout,
             identity,
             clock,
-            handle,
             upstream: tokio::sync::Mutex::new(None),
             metadata: Mutex::new(HashMap::new()),
             devices: Mutex::new(HashMap::new()),
@@ -308,8 +304,8 @@ impl Backend for SiteNode {
         self.upstream_attests.load(Ordering::Relaxed)
     }
 
-    fn challenge(&self, device: &PublicKey) -> Result<Challenge, Unattested> {
-        match self.handle.block_on(async { self.client().await?.challenge_for(Some(device.0)).await }) {
+    async fn challenge(self: Arc<Self>, device: PublicKey) -> Result<Challenge, Unattested> {
+        match async { self.client().await?.challenge_for(Some(device.0)).await }.await {
             Ok(Some(c)) => Ok(c),
             Ok(None) => {
                 self.upstream_attests.store(false, Ordering::Relaxed);
@@ -319,13 +315,12 @@ impl Backend for SiteNode {
         }
     }
 
-    fn appraise(&self, presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
+    async fn appraise(self: Arc<Self>, evidence: Submitted) -> Result<AttestationResult, Unattested> {
         // The hub holds the challenge it issued for this device (the same bytes); the exporter is that of the
         // device's connection to this site node, which the evidence nonce must bind.
-        let relay = Relay { device: presented.device.0, exporter: *presented.exporter };
-        let verdict = self
-            .handle
-            .block_on(async { self.client().await?.post_evidence_for(Some(relay), presented.evidence).await })
+        let relay = Relay { device: evidence.device.0, exporter: evidence.exporter };
+        let verdict = async { self.client().await?.post_evidence_for(Some(relay), &evidence.evidence).await }
+            .await
             .map_err(|e| relay_refusal(&e))?;
         let ttl = Duration::from_secs(verdict.expires.saturating_sub(self.clock.wall()));
         Ok(AttestationResult {
@@ -334,7 +329,7 @@ impl Backend for SiteNode {
                 AttestedStatus::Warning => Status::Warning,
             },
             concerns: Vec::new(),
-            device: presented.device,
+            device: evidence.device,
             tier: match verdict.tier {
                 AttestedTier::Software => Tier::Software,
                 AttestedTier::Hardware => Tier::Hardware,
@@ -347,84 +342,71 @@ impl Backend for SiteNode {
         })
     }
 
-    fn still_attested_fast(&self, result: &AttestationResult) -> Option<Result<(), Unattested>> {
-        (!result.is_current(&*self.clock)).then(|| Err(Unattested("attestation result expired".into())))
-    }
-
-    fn still_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
+    async fn still_attested(self: Arc<Self>, result: AttestationResult) -> Result<(), Unattested> {
         if !result.is_current(&*self.clock) {
             return Err(Unattested("attestation result expired".into()));
         }
-        match self.device_allowed(&result.device.0) {
+        match self.device_allowed(result.device.0).await {
             true => Ok(()),
             false => Err(Unattested("device revoked or no longer of this site".into())),
         }
     }
 
-    fn device_allowed(&self, key: &[u8; 32]) -> bool {
+    async fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> bool {
         if let Ok(devices) = self.devices.lock()
-            && let Some((ok, at)) = devices.get(key)
+            && let Some((ok, at)) = devices.get(&key)
             && self.clock.monotonic().saturating_sub(*at) < DEVICE_FRESH
         {
             return *ok;
         }
         // The hub decides: it answers a site node only for approved devices of its site.
-        let ok = self.handle.block_on(async {
-            match self.client().await {
-                Ok(c) => c.assignment_for(Some(*key)).await.is_ok(),
-                Err(_) => false,
-            }
-        });
+        let ok = match self.client().await {
+            Ok(c) => c.assignment_for(Some(key)).await.is_ok(),
+            Err(_) => false,
+        };
         if let Ok(mut devices) = self.devices.lock() {
-            devices.insert(*key, (ok, self.clock.monotonic()));
+            devices.insert(key, (ok, self.clock.monotonic()));
         }
         ok
     }
 
-    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+    async fn metadata(self: Arc<Self>, name: String) -> Result<Option<Vec<u8>>, BackendError> {
         let versioned = name.split('.').next().is_some_and(|v| v.parse::<u64>().is_ok());
         if let Ok(cache) = self.metadata.lock()
-            && let Some((bytes, at)) = cache.get(name)
+            && let Some((bytes, at)) = cache.get(&name)
             && (versioned || self.clock.monotonic().saturating_sub(*at) < METADATA_FRESH)
         {
             return Ok(Some(bytes.clone()));
         }
-        let found = self.handle.block_on(async {
-            let client = self.client().await?;
-            client.metadata(name, u64::from(Limits::METADATA)).await
-        })?;
+        let found = self.client().await?.metadata(&name, u64::from(Limits::METADATA)).await?;
         if let (Some(bytes), Ok(mut cache)) = (&found, self.metadata.lock()) {
-            cache.insert(name.to_owned(), (bytes.clone(), self.clock.monotonic()));
+            cache.insert(name, (bytes.clone(), self.clock.monotonic()));
         }
         Ok(found)
     }
 
-    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.handle.block_on(async { self.client().await?.assignment_for(Some(*device)).await })?)
+    async fn assignment(self: Arc<Self>, device: [u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.client().await?.assignment_for(Some(device)).await?)
     }
 
-    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
-        let Some(digest) = stored_digest(path) else { return Ok(None) };
+    async fn target(self: Arc<Self>, path: String) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        let Some(digest) = stored_digest(&path) else { return Ok(None) };
         let lock = {
             let mut fetching = self.fetching.lock().map_err(|_| "fetch lock poisoned")?;
             fetching.entry(digest).or_default().clone()
         };
-        self.handle
-            .block_on(async {
-                let _one_at_a_time = lock.lock().await;
-                self.fetch(path, digest).await
-            })
-            .map(Some)
+        let _one_at_a_time = lock.lock().await;
+        self.fetch(&path, digest).await.map(Some)
     }
 
-    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+    async fn report(self: Arc<Self>, device: [u8; 32], body: Vec<u8>) -> Result<(), BackendError> {
         // Forwarded at once: the device's Ack means the hub has stored it.
-        Ok(self.handle.block_on(async { self.client().await?.report_for(Some(*device), body).await })?)
+        Ok(self.client().await?.report_for(Some(device), &body).await?)
     }
 
-    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
+    async fn telemetry(self: Arc<Self>, device: [u8; 32], batch: Vec<u8>) -> Result<u64, BackendError> {
         // Forwarded at once: the hub's ack, passed back, is what lets the device drop its events.
-        Ok(self.handle.block_on(async { self.client().await?.telemetry_for(Some(*device), batch).await })?)
+        Ok(self.client().await?.telemetry_for(Some(device), &batch).await?)
     }
 }
 
@@ -451,10 +433,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let identity = Identity::load(&Layout::new(&config.data_dir).identity())?;
-    let node = Arc::new(SiteNode::open(config, clock, Handle::current())?);
-    let mut serve = outpost_hub::serve::ServeConfig::new(identity);
+    let node = Arc::new(SiteNode::open(config, clock)?);
+    let mut serve = outpost_net::server::ServeConfig::new(identity);
     serve.bind = bind;
-    let server = outpost_hub::serve::Server::bind(serve, node.clone())?;
+    let server = outpost_net::server::Server::bind(serve, node.clone())?;
     eprintln!("site node {} serving devices on {} (QUIC)", node.identity().public_key().to_hex(), server.local_addr()?);
     server.run(shutdown).await;
     Ok(())

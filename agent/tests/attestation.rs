@@ -20,9 +20,9 @@ use std::time::Duration;
 use outpost_agent::attest::{self, DeviceTpm, Facts};
 use outpost_agent::config::{self, AgentConfig, TpmConfig};
 use outpost_agent::driver::{Agent, CheckError, init_device, store_enrolment_token};
-use outpost_agent::quic::{ClientConfig, ClientError, HubClient};
 use outpost_attestation::{Claims, Evidence, Identity};
 use outpost_hub::registry::DeviceStatus;
+use outpost_net::client::{ClientConfig, ClientError, HubClient};
 use outpost_shared::Digest;
 use outpost_shared::rng::SeededRng;
 use outpost_shared::testkit::AffineManifest;
@@ -306,7 +306,7 @@ async fn one_connection_cannot_hoard_challenges_and_lock_other_devices_out() {
     w.registry().device_approve(&key(1), "stable").unwrap();
     tpms.enrol(&w, 1);
     let hoarder = connect(addr, hub_key, 1).await;
-    for _ in 0..outpost_hub::serve::ServeConfig::DEFAULT_MAX_CHALLENGES_PER_CONNECTION {
+    for _ in 0..outpost_net::server::ServeConfig::DEFAULT_MAX_CHALLENGES_PER_CONNECTION {
         hoarder.challenge().await.unwrap().unwrap();
     }
     let e = hoarder.challenge().await.unwrap_err();

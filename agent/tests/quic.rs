@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_agent::quic::{ClientConfig, ClientError, HubClient};
 use outpost_agent::transport::{TargetRange, TransportError, TufRepository};
 use outpost_attestation::identity::{Identity, PublicKey};
-use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server};
+use outpost_net::client::{ClientConfig, ClientError, HubClient};
+use outpost_net::server::{Backend, BackendError, ServeConfig, Server};
 use outpost_shared::wire::{self, ErrorCode, FrameDecoder, Limits, Response, WireError, codes, frame_header, kinds};
 use sigstore_tuf::Repository;
 use tokio::sync::oneshot;
@@ -71,23 +71,23 @@ impl Backend for MemoryBackend {
     fn attestation_required(&self) -> bool {
         false
     }
-    fn device_allowed(&self, key: &[u8; 32]) -> bool {
-        self.allowed.lock().unwrap().contains(key)
+    async fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> bool {
+        self.allowed.lock().unwrap().contains(&key)
     }
-    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.metadata.get(name).cloned())
+    async fn metadata(self: Arc<Self>, name: String) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.metadata.get(&name).cloned())
     }
-    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.assignments.get(device).cloned())
+    async fn assignment(self: Arc<Self>, device: [u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.assignments.get(&device).cloned())
     }
-    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
-        Ok(self.targets.get(path).cloned())
+    async fn target(self: Arc<Self>, path: String) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        Ok(self.targets.get(&path).cloned())
     }
-    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+    async fn report(self: Arc<Self>, device: [u8; 32], body: Vec<u8>) -> Result<(), BackendError> {
         if body == b"fail" {
             return Err("disk full".into());
         }
-        self.reports.lock().unwrap().push((*device, body.to_vec()));
+        self.reports.lock().unwrap().push((device, body));
         Ok(())
     }
 }
@@ -482,7 +482,9 @@ struct LyingHub {
 impl LyingHub {
     fn start(head: Vec<u8>) -> LyingHub {
         let identity = Identity::from_seed(HUB_SEED);
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config().unwrap()).unwrap();
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(outpost_net::tls::server_config(&identity).unwrap())
+                .unwrap();
         let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
         let mut config = ClientConfig::new(endpoint.local_addr().unwrap(), identity.public_key());

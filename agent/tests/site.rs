@@ -15,13 +15,13 @@ use std::time::Duration;
 use outpost_agent::attest;
 use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::driver::{Agent, CheckError, init_device};
-use outpost_agent::quic::{ClientConfig, HubClient};
 use outpost_agent::site::SiteNode;
 use outpost_attestation::identity::{Identity, PublicKey};
-use outpost_attestation::{AttestationResult, Challenge, Evidence, Presented};
+use outpost_attestation::{AttestationResult, Challenge, Evidence};
 use outpost_hub::backend::HubBackend;
-use outpost_hub::serve::{Backend, BackendError, ServeConfig, Server, Unattested};
 use outpost_hub::tuf::TufRepo;
+use outpost_net::client::{ClientConfig, HubClient};
+use outpost_net::server::{Backend, BackendError, ServeConfig, Server, Submitted, Unattested};
 use outpost_shared::Digest;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
@@ -37,24 +37,21 @@ macro_rules! relay_attestation_to {
         fn attestation_required(&self) -> bool {
             self.$field.attestation_required()
         }
-        fn challenge(&self, device: &PublicKey) -> Result<Challenge, Unattested> {
-            self.$field.challenge(device)
+        async fn challenge(self: Arc<Self>, device: PublicKey) -> Result<Challenge, Unattested> {
+            self.$field.clone().challenge(device).await
         }
-        fn appraise(&self, presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
-            self.$field.appraise(presented)
+        async fn appraise(self: Arc<Self>, evidence: Submitted) -> Result<AttestationResult, Unattested> {
+            self.$field.clone().appraise(evidence).await
         }
-        fn still_attested_fast(&self, result: &AttestationResult) -> Option<Result<(), Unattested>> {
-            self.$field.still_attested_fast(result)
-        }
-        fn still_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
-            self.$field.still_attested(result)
+        async fn still_attested(self: Arc<Self>, result: AttestationResult) -> Result<(), Unattested> {
+            self.$field.clone().still_attested(result).await
         }
     };
 }
 
 /// The hub's backend, counting the target bytes it hands out: what crosses the hub→site link.
 struct CountingHub {
-    inner: HubBackend,
+    inner: Arc<HubBackend>,
     /// Bytes of packages.
     target_bytes: AtomicU64,
     /// Bytes of every target (packages and the director's key document).
@@ -62,39 +59,40 @@ struct CountingHub {
 }
 
 impl Backend for CountingHub {
-    fn device_allowed(&self, key: &[u8; 32]) -> bool {
-        self.inner.device_allowed(key)
+    async fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> bool {
+        self.inner.clone().device_allowed(key).await
     }
-    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.inner.metadata(name)
+    async fn metadata(self: Arc<Self>, name: String) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.clone().metadata(name).await
     }
-    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
-        self.inner.assignment(device)
+    async fn assignment(self: Arc<Self>, device: [u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.clone().assignment(device).await
     }
-    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
-        let found = self.inner.target(path)?;
+    async fn target(self: Arc<Self>, path: String) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        let director = path.starts_with("director/");
+        let found = self.inner.clone().target(path).await?;
         if let Some((_, len)) = &found {
             self.all_target_bytes.fetch_add(*len, Ordering::SeqCst);
         }
         // Packages only: the director's key document is metadata-sized and fetched by every TUF client.
-        if let Some((_, len)) = found.as_ref().filter(|_| !path.starts_with("director/")) {
+        if let Some((_, len)) = found.as_ref().filter(|_| !director) {
             self.target_bytes.fetch_add(*len, Ordering::SeqCst);
         }
         Ok(found)
     }
-    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
-        self.inner.report(device, body)
+    async fn report(self: Arc<Self>, device: [u8; 32], body: Vec<u8>) -> Result<(), BackendError> {
+        self.inner.clone().report(device, body).await
     }
-    fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
-        self.inner.acts_for(node, device)
+    async fn acts_for(self: Arc<Self>, node: [u8; 32], device: [u8; 32]) -> bool {
+        self.inner.clone().acts_for(node, device).await
     }
-    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
-        self.inner.telemetry(device, batch)
+    async fn telemetry(self: Arc<Self>, device: [u8; 32], batch: Vec<u8>) -> Result<u64, BackendError> {
+        self.inner.clone().telemetry(device, batch).await
     }
     relay_attestation_to!(inner);
 }
 
-async fn serve(backend: Arc<dyn Backend>, identity: Identity) -> std::net::SocketAddr {
+async fn serve<B: Backend>(backend: Arc<B>, identity: Identity) -> std::net::SocketAddr {
     let mut config = ServeConfig::new(identity);
     config.bind = "127.0.0.1:0".parse().unwrap();
     let server = Server::bind(config, backend).unwrap();
@@ -112,9 +110,9 @@ struct Site {
 }
 
 /// A hub, and a site node for `SITE` enforcing `policy`, serving through `wrap` (to make it misbehave).
-async fn site(w: &World, policy: &str, wrap: impl FnOnce(Arc<SiteNode>) -> Arc<dyn Backend>) -> Site {
+async fn site<B: Backend>(w: &World, policy: &str, wrap: impl FnOnce(Arc<SiteNode>) -> Arc<B>) -> Site {
     let hub = Arc::new(CountingHub {
-        inner: HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), w.clock.clone()),
+        inner: Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), w.clock.clone())),
         target_bytes: AtomicU64::new(0),
         all_target_bytes: AtomicU64::new(0),
     });
@@ -132,7 +130,7 @@ async fn site(w: &World, policy: &str, wrap: impl FnOnce(Arc<SiteNode>) -> Arc<d
     let path = dir.join("agent.toml");
     std::fs::write(&path, &text).unwrap();
     let config = AgentConfig::parse(&text, &path).unwrap();
-    let node = Arc::new(SiteNode::open(config, w.clock.clone(), tokio::runtime::Handle::current()).unwrap());
+    let node = Arc::new(SiteNode::open(config, w.clock.clone()).unwrap());
     let identity = Identity::from_seed([90; 32]);
     let key = identity.public_key();
     let addr = serve(wrap(node.clone()), identity).await;
@@ -244,18 +242,19 @@ struct Tampering(Arc<SiteNode>, PathBuf);
 
 impl Backend for Tampering {
     relay_attestation_to!(0);
-    fn device_allowed(&self, key: &[u8; 32]) -> bool {
-        self.0.device_allowed(key)
+    async fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> bool {
+        self.0.clone().device_allowed(key).await
     }
-    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.0.metadata(name)
+    async fn metadata(self: Arc<Self>, name: String) -> Result<Option<Vec<u8>>, BackendError> {
+        self.0.clone().metadata(name).await
     }
-    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
-        self.0.assignment(device)
+    async fn assignment(self: Arc<Self>, device: [u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.0.clone().assignment(device).await
     }
-    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
-        let Some((file, len)) = self.0.target(path)? else { return Ok(None) };
-        if path.starts_with("director/") {
+    async fn target(self: Arc<Self>, path: String) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        let director = path.starts_with("director/");
+        let Some((file, len)) = self.0.clone().target(path).await? else { return Ok(None) };
+        if director {
             return Ok(Some((file, len)));
         }
         let mut bytes = std::fs::read(&file)?;
@@ -265,11 +264,11 @@ impl Backend for Tampering {
         std::fs::write(&evil, bytes)?;
         Ok(Some((evil, len)))
     }
-    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
-        self.0.report(device, body)
+    async fn report(self: Arc<Self>, device: [u8; 32], body: Vec<u8>) -> Result<(), BackendError> {
+        self.0.clone().report(device, body).await
     }
-    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
-        self.0.telemetry(device, batch)
+    async fn telemetry(self: Arc<Self>, device: [u8; 32], batch: Vec<u8>) -> Result<u64, BackendError> {
+        self.0.clone().telemetry(device, batch).await
     }
 }
 
@@ -292,28 +291,29 @@ struct Stale(Arc<SiteNode>, std::sync::Mutex<Option<Vec<u8>>>);
 
 impl Backend for Stale {
     relay_attestation_to!(0);
-    fn device_allowed(&self, key: &[u8; 32]) -> bool {
-        self.0.device_allowed(key)
+    async fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> bool {
+        self.0.clone().device_allowed(key).await
     }
-    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        let fresh = self.0.metadata(name)?;
-        if name != "timestamp.json" {
+    async fn metadata(self: Arc<Self>, name: String) -> Result<Option<Vec<u8>>, BackendError> {
+        let timestamp = name == "timestamp.json";
+        let fresh = self.0.clone().metadata(name).await?;
+        if !timestamp {
             return Ok(fresh);
         }
         let mut first = self.1.lock().unwrap();
         Ok(first.get_or_insert_with(|| fresh.clone().unwrap_or_default()).clone().into())
     }
-    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
-        self.0.assignment(device)
+    async fn assignment(self: Arc<Self>, device: [u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.0.clone().assignment(device).await
     }
-    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
-        self.0.target(path)
+    async fn target(self: Arc<Self>, path: String) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        self.0.clone().target(path).await
     }
-    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
-        self.0.report(device, body)
+    async fn report(self: Arc<Self>, device: [u8; 32], body: Vec<u8>) -> Result<(), BackendError> {
+        self.0.clone().report(device, body).await
     }
-    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
-        self.0.telemetry(device, batch)
+    async fn telemetry(self: Arc<Self>, device: [u8; 32], batch: Vec<u8>) -> Result<u64, BackendError> {
+        self.0.clone().telemetry(device, batch).await
     }
 }
 

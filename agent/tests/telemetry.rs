@@ -10,9 +10,9 @@ use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::driver::{Agent, init_device};
 use outpost_attestation::identity::Identity;
 use outpost_hub::backend::HubBackend;
-use outpost_hub::serve::{ServeConfig, Server};
 use outpost_hub::telemetry::{Filter, GroupBy, TelemetryStore};
 use outpost_hub::tuf::TufRepo;
+use outpost_net::server::{ServeConfig, Server};
 use outpost_shared::testkit::AffineManifest;
 use support::World;
 

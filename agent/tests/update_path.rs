@@ -4,10 +4,10 @@
 
 mod support;
 
-use outpost_agent::quic::{ClientConfig, HubClient};
 use outpost_agent::transport::TufRepository;
 use outpost_attestation::identity::Identity;
 use outpost_hub::director::Director;
+use outpost_net::client::{ClientConfig, HubClient};
 use outpost_shared::director::{
     self, Assignment, Bundle, DIRECTOR_TARGET, DirectorKeyDoc, ListedTarget, RevocationList,
 };

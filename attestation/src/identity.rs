@@ -1,28 +1,15 @@
-//! Ed25519 identities of devices and the hub, their key files, and TLS 1.3 configs that pin the peer's key.
+//! Ed25519 identities of devices and the hub, and their key files (secret 0600, public 0644, never overwritten).
 //!
-//! Both sides authenticate with RFC 7250 raw public keys (no certificates, no CAs): the agent pins the hub's key
-//! from its config; the hub accepts any well-formed Ed25519 client key at the TLS layer and checks it against its
-//! device allow-list right after the handshake (see [`Identity::server_config`]). Every handshake is a full one.
+//! Both sides authenticate TLS with these keys as RFC 7250 raw public keys; the TLS configs that do it are
+//! `outpost_net::tls`'s.
 
 use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature_with_raw_key};
-use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
-};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
-
-/// The ALPN protocol both configs offer and require.
-pub const ALPN: &[u8] = outpost_shared::wire::ALPN;
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING }.
 const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
@@ -30,7 +17,7 @@ const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0
 const PKCS8_PREFIX: [u8; 16] =
     [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
-/// Why an identity could not be loaded, saved or turned into a TLS config.
+/// Why an identity could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Reading or writing a key file failed.
@@ -63,9 +50,6 @@ pub enum IdentityError {
         /// The existing file.
         path: PathBuf,
     },
-    /// rustls refused the key or the configuration (an API misuse, not a peer fault).
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
 }
 
 /// An Ed25519 public key: a device's id, or the hub's pinned identity. Prints and parses as 64 hex characters.
@@ -92,15 +76,6 @@ impl PublicKey {
     pub fn from_spki(spki: &[u8]) -> Option<PublicKey> {
         let key = spki.strip_prefix(&SPKI_PREFIX[..])?;
         Some(PublicKey(key.try_into().ok()?))
-    }
-
-    /// The key a TLS peer presented: exactly one raw Ed25519 public key, as rustls (and quinn's
-    /// `Connection::peer_identity`) report it.
-    pub fn from_peer_certificates(certs: &[CertificateDer<'_>]) -> Option<PublicKey> {
-        match certs {
-            [one] => PublicKey::from_spki(one.as_ref()),
-            _ => None,
-        }
     }
 }
 
@@ -209,183 +184,10 @@ impl Identity {
         })
     }
 
-    /// The key as rustls presents it: the raw public key plus its signer.
-    fn certified_key(&self, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, IdentityError> {
-        let pkcs8 = [&PKCS8_PREFIX[..], &self.key.to_bytes()].concat();
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
-        let signer = provider.key_provider.load_private_key(der)?;
-        let spki = CertificateDer::from(self.public_key().to_spki());
-        Ok(Arc::new(CertifiedKey::new(vec![spki], signer)))
-    }
-
-    /// The hub's TLS config: TLS 1.3 only, aws-lc-rs, ALPN `outpost/1`, its raw public key, 0-RTT and session
-    /// resumption off, a client key required.
-    ///
-    /// Any well-formed Ed25519 client key passes the handshake (its possession is proven by the TLS 1.3
-    /// CertificateVerify signature); the hub reads it with [`PublicKey::from_peer_certificates`] and closes the
-    /// connection with a clear reason if the device is unknown or revoked. The allow-list is deliberately not
-    /// checked in the verifier: it lives in the hub's store and changes at runtime, and a close reason tells the
-    /// device more than a TLS alert.
-    pub fn server_config(&self) -> Result<rustls::ServerConfig, IdentityError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let key = self.certified_key(&provider)?;
-        let verifier = Arc::new(AnyEd25519Client { algorithms: provider.signature_verification_algorithms });
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(key)));
-        config.alpn_protocols = vec![ALPN.to_vec()];
-        config.max_early_data_size = 0;
-        // No tickets and no session cache: every connection proves its key afresh against the current allow-list.
-        config.send_tls13_tickets = 0;
-        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        Ok(config)
-    }
-
-    /// A device's TLS config: TLS 1.3 only, aws-lc-rs, ALPN `outpost/1`, its raw public key as client
-    /// credential, 0-RTT and resumption off, and the server accepted only if it proves possession of `hub`.
-    pub fn client_config(&self, hub: PublicKey) -> Result<rustls::ClientConfig, IdentityError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let key = self.certified_key(&provider)?;
-        let verifier = Arc::new(PinnedServer { hub, algorithms: provider.signature_verification_algorithms });
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(key)));
-        config.alpn_protocols = vec![ALPN.to_vec()];
-        config.enable_early_data = false;
-        config.resumption = rustls::client::Resumption::disabled();
-        Ok(config)
-    }
-}
-
-/// The error reported for a peer key that is not what we want, with both keys in the message.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct KeyRefused(String);
-
-fn refuse(message: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(KeyRefused(message)))))
-}
-
-fn verify_ed25519(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-    algorithms: &WebPkiSupportedAlgorithms,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    if dss.scheme != SignatureScheme::ED25519 {
-        return Err(rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme));
-    }
-    verify_tls13_signature_with_raw_key(message, &SubjectPublicKeyInfoDer::from(cert.as_ref()), dss, algorithms)
-}
-
-fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
-    Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
-}
-
-/// The agent's check of the hub: its raw public key must be the pinned one.
-#[derive(Debug)]
-struct PinnedServer {
-    hub: PublicKey,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match PublicKey::from_spki(end_entity.as_ref()) {
-            Some(key) if key == self.hub && intermediates.is_empty() => Ok(ServerCertVerified::assertion()),
-            Some(key) => Err(refuse(format!("hub presented key {key}, pinned key is {}", self.hub))),
-            None => Err(refuse("hub did not present a raw Ed25519 public key".into())),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_refused()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_ed25519(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        true
-    }
-}
-
-/// The hub's check of a device at the TLS layer: any raw Ed25519 key whose possession is proven.
-#[derive(Debug)]
-struct AnyEd25519Client {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for AnyEd25519Client {
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        match PublicKey::from_spki(end_entity.as_ref()) {
-            Some(_) if intermediates.is_empty() => Ok(ClientCertVerified::assertion()),
-            _ => Err(refuse("device did not present a single raw Ed25519 public key".into())),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_refused()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_ed25519(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        true
+    /// The secret key as an Ed25519 PKCS#8 v1 document (RFC 8410), the form TLS stacks load (`outpost_net::tls`).
+    /// It is the secret: never log or store it.
+    pub fn to_pkcs8_der(&self) -> Vec<u8> {
+        [&PKCS8_PREFIX[..], &self.key.to_bytes()].concat()
     }
 }
 
@@ -446,14 +248,6 @@ mod tests {
     }
 
     #[test]
-    fn our_spki_matches_what_rustls_derives_from_the_secret() {
-        let id = Identity::from_seed([7; 32]);
-        let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let ck = id.certified_key(&provider).unwrap();
-        assert_eq!(ck.key.public_key().unwrap().as_ref(), &id.public_key().to_spki()[..]);
-    }
-
-    #[test]
     fn key_file_round_trips_with_mode_0600_and_is_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("device.key");
@@ -501,16 +295,5 @@ mod tests {
         assert!("abc".parse::<PublicKey>().is_err());
         assert_eq!(PublicKey::from_spki(&[0; 44]), None);
         assert_eq!(PublicKey::from_spki(&[&k.to_spki()[..], &[0]].concat()), None);
-    }
-
-    #[test]
-    fn configs_are_tls13_only_with_alpn_and_no_early_data() {
-        let id = Identity::from_seed([1; 32]);
-        let server = id.server_config().unwrap();
-        assert_eq!(server.alpn_protocols, vec![ALPN.to_vec()]);
-        assert_eq!(server.max_early_data_size, 0);
-        let client = id.client_config(PublicKey([2; 32])).unwrap();
-        assert_eq!(client.alpn_protocols, vec![ALPN.to_vec()]);
-        assert!(!client.enable_early_data);
     }
 }

@@ -21,9 +21,9 @@ use outpost_shared::director::Bundle;
 use crate::attest::{self, FileStamp, Gate};
 use crate::director::Director;
 use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry, TpmRecord};
-use crate::serve::{Backend, BackendError, Refused, Unattested};
 use crate::store::Store;
 use crate::tuf::TufRepo;
+use outpost_net::server::{Backend, BackendError, Refused, Submitted, Unattested};
 
 /// The hub's serving backend.
 pub struct HubBackend {
@@ -268,6 +268,14 @@ impl HubBackend {
         outcome.map_err(|e| Unattested(e.reason.to_string()))
     }
 
+    /// The metadata file `name` from memory, if its copy was confirmed on disk within [`METADATA_FRESH`].
+    pub fn fresh_metadata(&self, name: &str) -> Option<Vec<u8>> {
+        let now = self.clock.monotonic();
+        let cache = self.metadata_cache.lock().ok()?;
+        let hit = cache.get(name)?;
+        (now.saturating_sub(hit.confirmed) < METADATA_FRESH).then(|| hit.bytes.as_ref().clone())
+    }
+
     /// Whether `device` is revoked, by the set read at the current stamp; `None` if the set is stale.
     fn revoked_fast(&self, device: &PublicKey) -> Option<bool> {
         let now = attest::stamp(&self.dir.join(DEVICE_STATUS_STAMP));
@@ -324,8 +332,9 @@ fn safe_relative(path: &str) -> Option<PathBuf> {
     Some(p.to_owned())
 }
 
-impl Backend for HubBackend {
-    fn device_allowed(&self, key: &[u8; 32]) -> bool {
+/// The service's blocking work: each runs on tokio's blocking pool, called by the [`Backend`] methods below.
+impl HubBackend {
+    fn device_approved(&self, key: &[u8; 32]) -> bool {
         self.store()
             .ok()
             .and_then(|s| s.devices().device(&hex::encode(key)).ok())
@@ -333,7 +342,7 @@ impl Backend for HubBackend {
             .is_some_and(|d| d.status == DeviceStatus::Approved)
     }
 
-    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+    fn read_metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
         if name.contains('/') {
             return Ok(None);
         }
@@ -362,14 +371,7 @@ impl Backend for HubBackend {
         Ok(Some(bytes))
     }
 
-    fn metadata_fast(&self, name: &str) -> Option<Vec<u8>> {
-        let now = self.clock.monotonic();
-        let cache = self.metadata_cache.lock().ok()?;
-        let hit = cache.get(name)?;
-        (now.saturating_sub(hit.confirmed) < METADATA_FRESH).then(|| hit.bytes.as_ref().clone())
-    }
-
-    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+    fn signed_assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
         let key = hex::encode(device);
         let director = Director::new(&self.repo);
         let now = self.clock.wall();
@@ -417,7 +419,7 @@ impl Backend for HubBackend {
         Ok(Some(canonical::to_vec(&bundle)?))
     }
 
-    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
+    fn find_target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
         let Some(rel) = safe_relative(path) else { return Ok(None) };
         let full = self.repo.targets_dir().join(rel);
         match fs::metadata(&full) {
@@ -428,7 +430,7 @@ impl Backend for HubBackend {
         }
     }
 
-    fn telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
+    fn ingest_telemetry(&self, device: &[u8; 32], batch: &[u8]) -> Result<u64, BackendError> {
         use outpost_shared::telemetry::{Batch, BatchLimits};
         let batch = Batch::decode(batch, &BatchLimits::default()).map_err(|e| Refused(format!("telemetry: {e}")))?;
         let key = hex::encode(device);
@@ -451,30 +453,7 @@ impl Backend for HubBackend {
         Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
     }
 
-    fn attestation_required(&self) -> bool {
-        self.gate.required()
-    }
-
-    fn challenge(&self, _device: &PublicKey) -> Result<Challenge, Unattested> {
-        let verifier = self.gate.verifier().map_err(Unattested)?;
-        verifier.issue_challenge(&mut crate::clock::SystemRng).map_err(|e| Unattested(e.to_string()))
-    }
-
-    fn appraise(&self, presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
-        self.appraise_and_record(presented)
-    }
-
-    fn still_attested_fast(&self, result: &AttestationResult) -> Option<Result<(), Unattested>> {
-        if !result.is_current(&*self.clock) {
-            return Some(Err(Unattested("attestation result expired".into())));
-        }
-        match self.revoked_fast(&result.device)? {
-            true => Some(Err(Unattested("device revoked".into()))),
-            false => Some(Ok(())),
-        }
-    }
-
-    fn still_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
+    fn check_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
         if !result.is_current(&*self.clock) {
             return Err(Unattested("attestation result expired".into()));
         }
@@ -488,11 +467,17 @@ impl Backend for HubBackend {
         }
     }
 
-    fn enrolment_open(&self) -> bool {
+    fn tokens_open(&self) -> bool {
         self.store().ok().and_then(|s| s.devices().tokens_open().ok()).unwrap_or(false)
     }
 
-    fn enroll(&self, device: &[u8; 32], token: &str, hardware: &str, tpm: Option<&[u8]>) -> Result<(), BackendError> {
+    fn enroll_device(
+        &self,
+        device: &[u8; 32],
+        token: &str,
+        hardware: &str,
+        tpm: Option<&[u8]>,
+    ) -> Result<(), BackendError> {
         let key = hex::encode(device);
         let tpm = match tpm.map(outpost_attestation::TpmEnrolment::from_bytes).transpose() {
             Ok(t) => t.as_ref().map(TpmRecord::of),
@@ -508,12 +493,12 @@ impl Backend for HubBackend {
         }
     }
 
-    fn acts_for(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
+    fn site_node_serves(&self, node: &[u8; 32], device: &[u8; 32]) -> bool {
         let (node, device) = (hex::encode(node), hex::encode(device));
         self.store().ok().and_then(|s| s.devices().site_node_serves(&node, &device).ok()).unwrap_or(false)
     }
 
-    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
+    fn store_report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
         // One append-only file per device: a 4-byte length, then the report. Durable before the Ack.
         let dir = self.dir.join("reports");
         fs::create_dir_all(&dir)?;
@@ -532,5 +517,93 @@ impl Backend for HubBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `f` on tokio's blocking pool; a panic there becomes an error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(format!("backend task failed: {e}").into()))
+}
+
+impl Backend for HubBackend {
+    async fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> bool {
+        blocking(move || Ok(self.device_approved(&key))).await.unwrap_or(false)
+    }
+
+    async fn metadata(self: Arc<Self>, name: String) -> Result<Option<Vec<u8>>, BackendError> {
+        // Update checks are the hottest path: a copy confirmed on disk within METADATA_FRESH is served from memory.
+        if let Some(bytes) = self.fresh_metadata(&name) {
+            return Ok(Some(bytes));
+        }
+        blocking(move || self.read_metadata(&name)).await
+    }
+
+    async fn assignment(self: Arc<Self>, device: [u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        blocking(move || self.signed_assignment(&device)).await
+    }
+
+    async fn target(self: Arc<Self>, path: String) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        blocking(move || self.find_target(&path)).await
+    }
+
+    async fn report(self: Arc<Self>, device: [u8; 32], body: Vec<u8>) -> Result<(), BackendError> {
+        blocking(move || self.store_report(&device, &body)).await
+    }
+
+    async fn telemetry(self: Arc<Self>, device: [u8; 32], batch: Vec<u8>) -> Result<u64, BackendError> {
+        blocking(move || self.ingest_telemetry(&device, &batch)).await
+    }
+
+    async fn acts_for(self: Arc<Self>, node: [u8; 32], device: [u8; 32]) -> bool {
+        blocking(move || Ok(self.site_node_serves(&node, &device))).await.unwrap_or(false)
+    }
+
+    fn attestation_required(&self) -> bool {
+        self.gate.required()
+    }
+
+    async fn challenge(self: Arc<Self>, _device: PublicKey) -> Result<Challenge, Unattested> {
+        tokio::task::spawn_blocking(move || {
+            let verifier = self.gate.verifier().map_err(Unattested)?;
+            verifier.issue_challenge(&mut crate::clock::SystemRng).map_err(|e| Unattested(e.to_string()))
+        })
+        .await
+        .unwrap_or_else(|_| Err(Unattested("internal error".into())))
+    }
+
+    async fn appraise(self: Arc<Self>, evidence: Submitted) -> Result<AttestationResult, Unattested> {
+        tokio::task::spawn_blocking(move || self.appraise_and_record(&evidence.presented()))
+            .await
+            .unwrap_or_else(|_| Err(Unattested("internal error".into())))
+    }
+
+    async fn still_attested(self: Arc<Self>, result: AttestationResult) -> Result<(), Unattested> {
+        if !result.is_current(&*self.clock) {
+            return Err(Unattested("attestation result expired".into()));
+        }
+        // From memory while the device-status stamp is the one the revoked set was read at.
+        match self.revoked_fast(&result.device) {
+            Some(true) => Err(Unattested("device revoked".into())),
+            Some(false) => Ok(()),
+            None => tokio::task::spawn_blocking(move || self.check_attested(&result))
+                .await
+                .unwrap_or_else(|_| Err(Unattested("internal error".into()))),
+        }
+    }
+
+    async fn enrolment_open(self: Arc<Self>) -> bool {
+        blocking(move || Ok(self.tokens_open())).await.unwrap_or(false)
+    }
+
+    async fn enroll(
+        self: Arc<Self>,
+        device: [u8; 32],
+        token: String,
+        hardware: String,
+        tpm: Option<Vec<u8>>,
+    ) -> Result<(), BackendError> {
+        blocking(move || self.enroll_device(&device, &token, &hardware, tpm.as_deref())).await
     }
 }

@@ -13,7 +13,6 @@ pub mod config;
 pub mod director;
 pub mod registry;
 pub mod rollouts;
-pub mod serve;
 pub mod service;
 pub mod storage;
 pub mod store;

@@ -16,9 +16,9 @@ use crate::admin;
 use crate::backend::HubBackend;
 use crate::config::{CONFIG_FILE, ConfigError, HubConfig};
 use crate::director::Director;
-use crate::serve::{ServeConfig, ServeError, Server};
 use crate::store::{Store, StoreError};
 use crate::tuf::TufRepo;
+use outpost_net::server::{ServeConfig, ServeError, Server};
 
 /// The hub an admin command runs against: its data directory and configuration, the store (held open by a serving
 /// hub, opened at first use by a lone command), the clock and the random generator.
@@ -202,7 +202,7 @@ pub struct Running {
     telemetry_retention: Duration,
     hub: Arc<Hub>,
     backend: Arc<HubBackend>,
-    server: Server,
+    server: Server<HubBackend>,
     admin: Option<admin::Listener>,
     metrics: Option<tokio::net::TcpListener>,
 }
@@ -324,7 +324,7 @@ impl Running {
         }
         // Revocations reach connected agents at once: a notice on their open connection whenever the list moves.
         let repo = hub.repo();
-        jobs.spawn(crate::serve::push_revocations(server.notifier(), periods.revocation_watch, move || {
+        jobs.spawn(outpost_net::server::push_revocations(server.notifier(), periods.revocation_watch, move || {
             Director::new(&repo).revocations().ok().map(|l| l.version)
         }));
         jobs.spawn(every(periods.retention, "telemetry retention", {

@@ -13,8 +13,8 @@ use outpost_hub::admin::{self, ListenError, RequestError, Response};
 use outpost_hub::clock::{SystemClock, SystemRng};
 use outpost_hub::config::{CONFIG_FILE, HubConfig};
 use outpost_hub::director::Director;
-use outpost_hub::serve::Backend;
 use outpost_hub::service::{self, Running, ServiceConfig, ServiceError};
+use outpost_net::server::Backend;
 use outpost_shared::testkit::AffineManifest;
 use support::{TestHub, stderr, stdout};
 
@@ -87,6 +87,19 @@ impl Served {
         self.hub.tmp.path().join("offline/targets-1.key").to_str().unwrap().to_owned()
     }
 
+    /// Asks the running service's backend, as a connection would.
+    fn allowed(&self, device: [u8; 32]) -> bool {
+        self.runtime.block_on(self.backend.clone().device_allowed(device))
+    }
+
+    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, outpost_net::server::BackendError> {
+        self.runtime.block_on(self.backend.clone().metadata(name.to_owned()))
+    }
+
+    fn assignment(&self, device: [u8; 32]) -> Result<Option<Vec<u8>>, outpost_net::server::BackendError> {
+        self.runtime.block_on(self.backend.clone().assignment(device))
+    }
+
     /// Stops the service and waits until it has.
     fn stop(&mut self) {
         let _ = self.stop.take().unwrap().send(());
@@ -101,25 +114,25 @@ fn publish_approve_and_revoke_through_the_running_service_take_effect_at_the_nex
     assert_eq!(opened, 2, "the service opened the index and the telemetry store once each");
     let device = [7u8; 32];
     let device_hex = hex::encode(device);
-    assert!(!s.backend.device_allowed(&device));
-    let before = s.backend.metadata("timestamp.json").unwrap().unwrap();
-    assert_eq!(s.backend.metadata_fast("timestamp.json").as_ref(), Some(&before), "the metadata cache is warm");
+    assert!(!s.allowed(device));
+    let before = s.metadata("timestamp.json").unwrap().unwrap();
+    assert_eq!(s.backend.fresh_metadata("timestamp.json").as_ref(), Some(&before), "the metadata cache is warm");
 
     let approve = s.hub.cli(&["device", "approve", &device_hex, "--channel", "stable"]);
     assert!(approve.status.success(), "{}", stderr(&approve));
     assert!(stderr(&approve).contains("approved device"), "{}", stderr(&approve));
-    assert!(s.backend.device_allowed(&device), "the device is allowed on its next connection");
+    assert!(s.allowed(device), "the device is allowed on its next connection");
 
     let publish = s.hub.cli(&["release", "publish", "affine@1.0.0", "--channel", "stable", "--key", &s.key()]);
     assert!(publish.status.success(), "{}", stderr(&publish));
-    let after = s.backend.metadata_fast("timestamp.json");
+    let after = s.backend.fresh_metadata("timestamp.json");
     assert!(after.as_ref() != Some(&before), "no stale timestamp is served from memory after a publish");
-    assert_ne!(s.backend.metadata("timestamp.json").unwrap().unwrap(), before, "the new timestamp is served");
+    assert_ne!(s.metadata("timestamp.json").unwrap().unwrap(), before, "the new timestamp is served");
     let repo = outpost_hub::tuf::TufRepo::new(&s.hub.dir(), Default::default());
     let published = Director::new(&repo).published().unwrap();
     let path = published[0].path.as_bytes();
     let bundle: outpost_shared::director::Bundle =
-        outpost_shared::canonical::from_slice(&s.backend.assignment(&device).unwrap().unwrap()).unwrap();
+        outpost_shared::canonical::from_slice(&s.assignment(device).unwrap().unwrap()).unwrap();
     assert!(bundle.assignment.windows(path.len()).any(|w| w == path), "the next assignment lists the release");
     assert!(bundle.revocations.is_none());
 
@@ -127,12 +140,12 @@ fn publish_approve_and_revoke_through_the_running_service_take_effect_at_the_nex
     assert!(revoke.status.success(), "{}", stderr(&revoke));
     assert!(stderr(&revoke).contains("revocation list v1"), "{}", stderr(&revoke));
     let bundle: outpost_shared::director::Bundle =
-        outpost_shared::canonical::from_slice(&s.backend.assignment(&device).unwrap().unwrap()).unwrap();
+        outpost_shared::canonical::from_slice(&s.assignment(device).unwrap().unwrap()).unwrap();
     assert!(bundle.revocations.is_some(), "the next bundle carries the new revocation list");
 
     let revoke_device = s.hub.cli(&["device", "revoke", &device_hex]);
     assert!(revoke_device.status.success(), "{}", stderr(&revoke_device));
-    assert!(!s.backend.device_allowed(&device), "a revoked device is refused at its next connection");
+    assert!(!s.allowed(device), "a revoked device is refused at its next connection");
 
     // Reads go through the service too, and see what it holds.
     let list = s.hub.cli(&["device", "list"]);

@@ -12,8 +12,8 @@ use outpost_attestation::identity::Identity;
 use outpost_attestation::{ReferenceValues, SoftwareRef};
 use outpost_hub::Registry;
 use outpost_hub::backend::HubBackend;
-use outpost_hub::serve::{ServeConfig, Server};
 use outpost_hub::tuf::{GenerateOptions, Key, TufRepo};
+use outpost_net::server::{ServeConfig, Server};
 use outpost_shared::Digest;
 use outpost_shared::Manifest;
 use outpost_shared::clock::ManualClock;
@@ -73,7 +73,7 @@ pub fn this_binary() -> Digest {
 }
 
 /// The hub's reason for a `NotAttested` refusal (`not attested: <reason>`); panics on any other outcome.
-pub fn refusal(e: outpost_agent::quic::ClientError) -> String {
+pub fn refusal(e: outpost_net::client::ClientError) -> String {
     match outpost_agent::attest::not_attested_reason(&e) {
         Some(reason) => reason.to_owned(),
         None => panic!("expected NotAttested, got {e}"),
@@ -213,9 +213,9 @@ pub async fn connect_attested(
     device: &Identity,
     addr: std::net::SocketAddr,
     hub: outpost_attestation::identity::PublicKey,
-) -> outpost_agent::quic::HubClient {
-    let config = outpost_agent::quic::ClientConfig::new(addr, hub);
-    let client = outpost_agent::quic::HubClient::connect(device, &config).await.unwrap();
+) -> outpost_net::client::HubClient {
+    let config = outpost_net::client::ClientConfig::new(addr, hub);
+    let client = outpost_net::client::HubClient::connect(device, &config).await.unwrap();
     let facts = outpost_agent::attest::Facts { bootcount: 1, model: None, policy: None };
     let verdict = outpost_agent::attest::attest(&client, device, &facts, None).await.unwrap();
     assert!(matches!(verdict, outpost_agent::attest::Outcome::Attested(_)), "{verdict:?}");

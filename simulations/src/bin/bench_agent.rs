@@ -24,8 +24,8 @@ use outpost_agent::inference::{ModelHandle, ServeLimits, Served, infer_once, oip
 use outpost_attestation::identity::{Identity, PublicKey};
 use outpost_hub::Registry;
 use outpost_hub::backend::HubBackend;
-use outpost_hub::serve::{ServeConfig, Server};
 use outpost_hub::tuf::{GenerateOptions, Key, TufRepo};
+use outpost_net::server::{ServeConfig, Server};
 use outpost_shared::clock::{Clock, ManualClock};
 use outpost_shared::manifest::ElementType;
 use outpost_shared::model::{self, NamedTensor, TensorData};

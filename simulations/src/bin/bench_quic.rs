@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use outpost_agent::quic::{ClientConfig, HubClient};
 use outpost_attestation::identity::Identity;
 use outpost_hub::Registry;
 use outpost_hub::backend::HubBackend;
 use outpost_hub::clock::SystemClock;
-use outpost_hub::serve::{ServeConfig, Server};
 use outpost_hub::tuf::{GenerateOptions, Key, TufRepo};
+use outpost_net::client::{ClientConfig, HubClient};
+use outpost_net::server::{ServeConfig, Server};
 use outpost_shared::clock::Clock;
 use outpost_shared::rng::SeededRng;
 use outpost_shared::testkit::{AffineManifest, affine_model_sized};

@@ -1,4 +1,4 @@
-//! The agent's QUIC client to the hub: a thin tokio + quinn driver around `outpost_shared::wire`.
+//! The QUIC client to a hub (or a site node): a thin tokio + quinn driver around `outpost_shared::wire`.
 //!
 //! It pins the hub's Ed25519 key, opens one stream per request, bounds every answer before buffering it (by the
 //! frame limits, the caller's `max_len` and the target length the caller trusts) and times out a stalled hub. It
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use outpost_attestation::Challenge;
 use outpost_attestation::evidence::{EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN};
-use outpost_attestation::identity::{Identity, IdentityError, PublicKey};
+use outpost_attestation::identity::{Identity, PublicKey};
 use outpost_shared::wire::{
     self, AttestedStatus, AttestedTier, ErrorCode, Limits, Relay, Request, Response, ResponseReader, WireError, codes,
 };
@@ -19,6 +19,7 @@ use quinn::{RecvStream, VarInt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
+use crate::tls::TlsError;
 use crate::transport::{Sink, TargetRange, Transport, TransportError, TransportFuture};
 
 /// Where the hub is and how long to wait for it. [`ClientConfig::new`] sets conservative defaults.
@@ -64,7 +65,7 @@ impl ClientConfig {
 pub enum ClientError {
     /// The local TLS configuration could not be built (an API misuse, not a hub fault).
     #[error(transparent)]
-    Identity(#[from] IdentityError),
+    Tls(#[from] TlsError),
     /// A setting is out of range, or the local socket could not be opened.
     #[error("client setup: {0}")]
     Setup(String),
@@ -170,7 +171,7 @@ impl HubClient {
     /// Connects and authenticates both ways: this device with `identity`, the hub by its pinned key.
     pub async fn connect(identity: &Identity, config: &ClientConfig) -> Result<HubClient, ClientError> {
         let setup = |e: &dyn std::fmt::Display| ClientError::Setup(e.to_string());
-        let tls = identity.client_config(config.hub_key)?;
+        let tls = crate::tls::client_config(identity, config.hub_key)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| setup(&e))?;
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(outpost_shared::wire::MTU_DISCOVERY_UPPER_BOUND);

@@ -1,30 +1,30 @@
-//! The hub's QUIC service: a thin tokio + quinn driver around the sans-IO protocol in `outpost_shared::wire`.
+//! The QUIC service the hub and the site node both run: a thin tokio + quinn driver around the sans-IO protocol
+//! (`outpost_shared::wire`) and the per-connection admission and attestation rules ([`crate::session`]).
 //!
-//! One request per bidirectional stream. Devices are identified by their raw Ed25519 key (TLS 1.3, RFC 7250) and
-//! checked against the [`Backend`]'s allow-list right after the handshake. A bad request gets a typed `Error`
-//! response, then the stream's receive side is stopped (the peer's send side is reset); other streams and
-//! connections carry on. Every wait on the peer is bounded by a timeout, and streams per connection and
-//! connections per hub are capped.
+//! One request per bidirectional stream. Devices are identified by their raw Ed25519 key (TLS 1.3, RFC 7250,
+//! [`crate::tls`]) and checked against the [`Backend`]'s allow-list right after the handshake. A bad request gets a
+//! typed `Error` response, then the stream's receive side is stopped (the peer's send side is reset); other
+//! streams and connections carry on. Every wait on the peer is bounded by a timeout, and streams per connection
+//! and connections per server are capped.
 //!
-//! Attestation: each connection keeps its own challenge and attestation result. Unless the backend says attestation
-//! is not required, every request but `GetChallenge`, `PostEvidence` and `Enroll` is answered `NotAttested` until
-//! the connection holds a result that is still current and whose device the backend still accepts (asked before
-//! every request, so a revocation cuts an attested connection off at its next request). An unknown key may stay
-//! connected only while the backend has enrolment tokens open, and only to send `Enroll`. An attested site node may
-//! relay its devices' attestation (`GetChallenge`/`PostEvidence` with a device): the backend appraises the device's
-//! evidence against the exporter of the device's own connection to the site node, which enforces the result.
+//! Attestation: unless the backend says attestation is not required, every request but `GetChallenge`,
+//! `PostEvidence` and `Enroll` is answered `NotAttested` until the connection holds a result that is still current
+//! and whose device the backend still accepts (asked before every request, so a revocation cuts an attested
+//! connection off at its next request). An unknown key may stay connected only while the backend has enrolment
+//! tokens open, and only to send `Enroll`. An attested site node may relay its devices' attestation
+//! (`GetChallenge`/`PostEvidence` with a device): the backend appraises the device's evidence against the exporter
+//! of the device's own connection to the site node, which enforces the result.
 
 use std::future::Future;
 use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_attestation::evidence::{EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN};
-use outpost_attestation::identity::{Identity, IdentityError, PublicKey};
-use outpost_attestation::{AttestationResult, Challenge, Presented, Status, Tier};
+use outpost_attestation::identity::{Identity, PublicKey};
+use outpost_attestation::{AttestationResult, Challenge, Status, Tier};
 use outpost_shared::wire::{
     self, AttestedStatus, AttestedTier, ErrorCode, Limits, Relay, Request, RequestReader, Response, WireError, codes,
 };
@@ -34,80 +34,95 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
-/// A backend failure. Logged by the hub; the device only learns "internal error".
+pub use crate::session::{MAX_RELAYED_CHALLENGES, Submitted, Unattested};
+use crate::session::{Route, Session};
+use crate::tls::TlsError;
+
+/// A backend failure. Logged by the server; the device only learns "internal error".
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// What the service serves, implemented by the hub over its TUF repository, director and stores.
+/// What the service serves: the hub over its TUF repository, director and stores; a site node over its upstream
+/// connection to the hub and its cache.
 ///
-/// Methods are called on tokio's blocking pool, so they may block on disk or database I/O.
+/// Every call is async and gets its own handle on the backend (`self: Arc<Self>`), so an implementation that
+/// blocks on disk or a database moves that work to tokio's blocking pool itself, and one that waits on the network
+/// (a site node asking its hub) just awaits. A call that panics ends only its own stream.
 pub trait Backend: Send + Sync + 'static {
     /// Whether the device with this Ed25519 key may connect (enrolled and not revoked).
-    fn device_allowed(&self, key: &[u8; 32]) -> bool;
-    /// A TUF metadata file by name (`timestamp.json`, `3.root.json`...); `None` if there is none.
-    fn metadata(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError>;
-    /// The same file from memory, without blocking, if the backend has a fresh copy; `None` sends the request
-    /// to [`Backend::metadata`] on the blocking pool. Update checks are this service's hottest path.
-    fn metadata_fast(&self, _name: &str) -> Option<Vec<u8>> {
-        None
-    }
+    fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> impl Future<Output = bool> + Send;
+    /// A TUF metadata file by name (`timestamp.json`, `3.root.json`...); `None` if there is none. Update checks
+    /// are the service's hottest path: serve from memory when the copy is fresh.
+    fn metadata(self: Arc<Self>, name: String) -> impl Future<Output = Result<Option<Vec<u8>>, BackendError>> + Send;
     /// The director's signed assignment for a device; `None` if it has none.
-    fn assignment(&self, device: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError>;
+    fn assignment(
+        self: Arc<Self>,
+        device: [u8; 32],
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, BackendError>> + Send;
     /// A target by repository path: the file holding its bytes and its length; `None` if unknown.
-    fn target(&self, path: &str) -> Result<Option<(PathBuf, u64)>, BackendError>;
+    fn target(
+        self: Arc<Self>,
+        path: String,
+    ) -> impl Future<Output = Result<Option<(PathBuf, u64)>, BackendError>> + Send;
     /// Stores a device's report; return only once it is durable (the device drops it on `Ack`).
-    fn report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError>;
+    fn report(
+        self: Arc<Self>,
+        device: [u8; 32],
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Stores a device's telemetry batch durably; returns the sequence number stored up to (the device drops
     /// its events up to it). The default refuses: a backend that keeps no telemetry.
-    fn telemetry(&self, _device: &[u8; 32], _batch: &[u8]) -> Result<u64, BackendError> {
-        Err(Box::new(Refused("this service keeps no telemetry".into())))
+    fn telemetry(
+        self: Arc<Self>,
+        _device: [u8; 32],
+        _batch: Vec<u8>,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send {
+        async { Err::<u64, BackendError>(Box::new(Refused("this service keeps no telemetry".into()))) }
     }
     /// Whether the peer `node` (a site node) may fetch assignments and forward reports for `device`.
-    fn acts_for(&self, _node: &[u8; 32], _device: &[u8; 32]) -> bool {
-        false
+    fn acts_for(self: Arc<Self>, _node: [u8; 32], _device: [u8; 32]) -> impl Future<Output = bool> + Send {
+        async { false }
     }
-    /// Whether a connection must attest before it is served anything. Default: yes, and the default methods
-    /// below attest nobody, so a backend that does not implement attestation serves nothing (fail closed).
+    /// Whether a connection must attest before it is served anything (answered from memory). Default: yes, and the
+    /// default methods below attest nobody, so a backend that does not implement attestation serves nothing (fail
+    /// closed).
     fn attestation_required(&self) -> bool {
         true
     }
-    /// A fresh single-use challenge for a connection of `device` (on the blocking pool). `Err` when the hub
-    /// cannot attest anybody now (no reference values, too many challenges held).
-    fn challenge(&self, _device: &PublicKey) -> Result<Challenge, Unattested> {
-        Err(Unattested("this service cannot appraise evidence".into()))
+    /// A fresh single-use challenge for a connection of `device`. `Err` when the backend cannot attest anybody
+    /// now (no reference values, too many challenges held).
+    fn challenge(self: Arc<Self>, _device: PublicKey) -> impl Future<Output = Result<Challenge, Unattested>> + Send {
+        async { Err(Unattested("this service cannot appraise evidence".into())) }
     }
-    /// Appraises evidence presented on a connection (on the blocking pool).
-    fn appraise(&self, _presented: &Presented<'_>) -> Result<AttestationResult, Unattested> {
-        Err(Unattested("this service cannot appraise evidence".into()))
+    /// Appraises evidence presented on a connection.
+    fn appraise(
+        self: Arc<Self>,
+        _evidence: Submitted,
+    ) -> impl Future<Output = Result<AttestationResult, Unattested>> + Send {
+        async { Err(Unattested("this service cannot appraise evidence".into())) }
     }
-    /// Whether a connection's result still lets it be served, without blocking; `None` asks
-    /// [`Backend::still_attested`] on the blocking pool. Called before every request.
-    fn still_attested_fast(&self, _result: &AttestationResult) -> Option<Result<(), Unattested>> {
-        None
-    }
-    /// Whether a connection's result still lets it be served: current, and its device not revoked since.
-    fn still_attested(&self, _result: &AttestationResult) -> Result<(), Unattested> {
-        Err(Unattested("this service cannot appraise evidence".into()))
+    /// Whether a connection's result still lets it be served: current, and its device not revoked since. Called
+    /// before every gated request: answer from memory when possible.
+    fn still_attested(
+        self: Arc<Self>,
+        _result: AttestationResult,
+    ) -> impl Future<Output = Result<(), Unattested>> + Send {
+        async { Err(Unattested("this service cannot appraise evidence".into())) }
     }
     /// Whether an unknown key may stay connected to present an enrolment token (some token is open).
-    fn enrolment_open(&self) -> bool {
-        false
+    fn enrolment_open(self: Arc<Self>) -> impl Future<Output = bool> + Send {
+        async { false }
     }
     /// Enrols `device` with a one-time token; a refusal should be a [`Refused`].
     fn enroll(
-        &self,
-        _device: &[u8; 32],
-        _token: &str,
-        _hardware: &str,
-        _tpm: Option<&[u8]>,
-    ) -> Result<(), BackendError> {
-        Err(Box::new(Refused("enrolment is not available here".into())))
+        self: Arc<Self>,
+        _device: [u8; 32],
+        _token: String,
+        _hardware: String,
+        _tpm: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async { Err::<(), BackendError>(Box::new(Refused("enrolment is not available here".into()))) }
     }
 }
-
-/// Why a connection is not attested; the device gets `NotAttested` with `not attested: <reason>`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not attested: {0}")]
-pub struct Unattested(pub String);
 
 /// A deliberate refusal a backend returns (wrapped in [`BackendError`]): the peer gets `Forbidden` with this
 /// message, rather than the opaque "internal error".
@@ -186,7 +201,7 @@ pub enum ServeError {
     },
     /// The TLS configuration could not be built from the identity.
     #[error(transparent)]
-    Identity(#[from] IdentityError),
+    Tls(#[from] TlsError),
     /// A setting is out of range.
     #[error("serve config `{field}`: {reason}")]
     Config {
@@ -198,32 +213,38 @@ pub enum ServeError {
 }
 
 /// A bound, not yet running, QUIC service.
-pub struct Server {
+pub struct Server<B: Backend> {
     endpoint: quinn::Endpoint,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<B>>,
     connections: Arc<Semaphore>,
 }
 
-impl std::fmt::Debug for Server {
+impl<B: Backend> std::fmt::Debug for Server<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server").field("local_addr", &self.endpoint.local_addr().ok()).finish_non_exhaustive()
     }
 }
 
 /// What every connection and stream task needs.
-struct Shared {
-    backend: Arc<dyn Backend>,
+struct Shared<B> {
+    backend: Arc<B>,
     limits: Limits,
     stall_timeout: Duration,
     recheck_interval: Duration,
     max_challenges_per_connection: u32,
-    /// Open connections by quinn's stable id, for pushed notices.
-    live: Mutex<std::collections::HashMap<usize, Connection>>,
+    live: Arc<LiveConnections>,
+}
+
+/// Open connections by quinn's stable id, for pushed notices.
+struct LiveConnections {
+    limits: Limits,
+    stall_timeout: Duration,
+    connections: Mutex<std::collections::HashMap<usize, Connection>>,
 }
 
 /// Pushes notices to every open connection (each on a unidirectional stream of its own).
 #[derive(Clone)]
-pub struct Notifier(Arc<Shared>);
+pub struct Notifier(Arc<LiveConnections>);
 
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,7 +257,8 @@ impl Notifier {
     /// that misses it (not connected, stream lost) learns the same at its next check.
     pub fn broadcast(&self, notice: &Response) -> usize {
         let Ok(frame) = wire::encode_frame(notice, &self.0.limits) else { return 0 };
-        let conns: Vec<Connection> = self.0.live.lock().map(|l| l.values().cloned().collect()).unwrap_or_default();
+        let conns: Vec<Connection> =
+            self.0.connections.lock().map(|l| l.values().cloned().collect()).unwrap_or_default();
         let stall = self.0.stall_timeout;
         for conn in &conns {
             let (conn, frame) = (conn.clone(), frame.clone());
@@ -269,26 +291,26 @@ pub async fn push_revocations(
         let Ok(Some(now)) = tokio::task::spawn_blocking(move || read()).await else { continue };
         if last.is_some_and(|l| now > l) {
             let n = notifier.broadcast(&Response::Notice { revocations: now });
-            eprintln!("outpost-hub: revocation list v{now}: notice pushed to {n} connection(s)");
+            eprintln!("outpost-net: revocation list v{now}: notice pushed to {n} connection(s)");
         }
         last = Some(last.map_or(now, |l: u64| l.max(now)));
     }
 }
 
 /// Takes a connection off the live list when its task ends.
-struct Live(Arc<Shared>, usize);
+struct Live(Arc<LiveConnections>, usize);
 
 impl Drop for Live {
     fn drop(&mut self) {
-        if let Ok(mut l) = self.0.live.lock() {
+        if let Ok(mut l) = self.0.connections.lock() {
             l.remove(&self.1);
         }
     }
 }
 
-impl Server {
+impl<B: Backend> Server<B> {
     /// Binds the UDP socket and prepares TLS and QUIC. Must be called inside a tokio runtime.
-    pub fn bind(config: ServeConfig, backend: Arc<dyn Backend>) -> Result<Server, ServeError> {
+    pub fn bind(config: ServeConfig, backend: Arc<B>) -> Result<Server<B>, ServeError> {
         let bad = |field, reason: String| ServeError::Config { field, reason };
         if config.max_streams_per_connection == 0 {
             return Err(bad("max_streams_per_connection", "must be at least 1".into()));
@@ -301,7 +323,7 @@ impl Server {
         }
         let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
             .map_err(|_| bad("idle_timeout", format!("{:?} is too long", config.idle_timeout)))?;
-        let tls = config.identity.server_config()?;
+        let tls = crate::tls::server_config(&config.identity)?;
         let crypto = QuicServerConfig::try_from(tls)
             .map_err(|e| bad("identity", format!("TLS config unusable for QUIC: {e}")))?;
         let mut mtu = quinn::MtuDiscoveryConfig::default();
@@ -317,6 +339,11 @@ impl Server {
         server.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(server, config.bind)
             .map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+        let live = Arc::new(LiveConnections {
+            limits: config.limits,
+            stall_timeout: config.stall_timeout,
+            connections: Mutex::new(std::collections::HashMap::new()),
+        });
         Ok(Server {
             endpoint,
             shared: Arc::new(Shared {
@@ -325,7 +352,7 @@ impl Server {
                 stall_timeout: config.stall_timeout,
                 recheck_interval: config.recheck_interval,
                 max_challenges_per_connection: config.max_challenges_per_connection,
-                live: Mutex::new(std::collections::HashMap::new()),
+                live,
             }),
             connections: Arc::new(Semaphore::new(config.max_connections)),
         })
@@ -333,7 +360,7 @@ impl Server {
 
     /// A handle that pushes notices to the connections this server has open.
     pub fn notifier(&self) -> Notifier {
-        Notifier(self.shared.clone())
+        Notifier(self.shared.live.clone())
     }
 
     /// The address actually bound (with the port chosen when the config asked for port 0).
@@ -361,7 +388,7 @@ impl Server {
                 Err(_) => incoming.refuse(),
             }
         }
-        self.endpoint.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"hub shutting down");
+        self.endpoint.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"shutting down");
         self.endpoint.wait_idle().await;
     }
 }
@@ -370,9 +397,9 @@ impl Server {
 const TARGET_CHUNK: usize = 1024 * 1024;
 
 /// Binds and serves until `shutdown` completes.
-pub async fn serve(
+pub async fn serve<B: Backend>(
     config: ServeConfig,
-    backend: Arc<dyn Backend>,
+    backend: Arc<B>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     Server::bind(config, backend)?.run(shutdown).await;
@@ -383,14 +410,14 @@ pub async fn serve(
 pub fn peer_key(conn: &Connection) -> Option<PublicKey> {
     let identity = conn.peer_identity()?;
     let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
-    PublicKey::from_peer_certificates(&certs)
+    crate::tls::peer_key(&certs)
 }
 
 fn close(conn: &Connection, code: u32, reason: &str) {
     conn.close(VarInt::from_u32(code), reason.as_bytes());
 }
 
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+async fn serve_connection<B: Backend>(incoming: quinn::Incoming, shared: Arc<Shared<B>>) {
     // A failed handshake (wrong ALPN, no client key, a peer that goes quiet) ends here; quinn's idle timeout
     // bounds how long it can take.
     let Ok(conn) = async { incoming.accept()?.await }.await else { return };
@@ -398,8 +425,8 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         close(&conn, codes::CLOSE_BAD_IDENTITY, "no Ed25519 device key");
         return;
     };
-    let admitted = device_allowed(&shared, device).await;
-    if !admitted && !on_blocking(&shared, |b| b.enrolment_open()).await {
+    let admitted = shared.backend.clone().device_allowed(device.0).await;
+    if !admitted && !shared.backend.clone().enrolment_open().await {
         close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "unknown device");
         return;
     }
@@ -409,17 +436,12 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         close(&conn, codes::CLOSE_BAD_IDENTITY, "no TLS exporter");
         return;
     }
-    let ctx = Arc::new(ConnState {
-        device,
-        exporter,
-        admitted: AtomicBool::new(admitted),
-        attestation: Mutex::new(Attestation::default()),
-        conn: conn.clone(),
-    });
-    if let Ok(mut l) = shared.live.lock() {
+    let session = Session::new(device, exporter, admitted, shared.max_challenges_per_connection);
+    let ctx = Arc::new(ConnState { session: Mutex::new(session), conn: conn.clone() });
+    if let Ok(mut l) = shared.live.connections.lock() {
         l.insert(conn.stable_id(), conn.clone());
     }
-    let _live = Live(shared.clone(), conn.stable_id());
+    let _live = Live(shared.live.clone(), conn.stable_id());
     let period = shared.recheck_interval;
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -431,7 +453,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 Err(_) => return,
             },
             _ = recheck.tick() => {
-                if !device_allowed(&shared, device).await {
+                if !shared.backend.clone().device_allowed(device.0).await {
                     close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "device no longer allowed");
                     return;
                 }
@@ -440,40 +462,16 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
 }
 
-/// What one connection knows: who it is, its exporter, whether its key is admitted, and its attestation.
+/// One connection: its session (admission and attestation) and the connection itself.
 struct ConnState {
-    device: PublicKey,
-    exporter: [u8; EXPORTER_LEN],
-    /// Approved (at the handshake, or by `Enroll` on this connection).
-    admitted: AtomicBool,
-    attestation: Mutex<Attestation>,
+    session: Mutex<Session>,
     conn: Connection,
 }
 
-/// The connection's outstanding challenge and its attestation result, if any.
-#[derive(Default)]
-struct Attestation {
-    challenge: Option<Challenge>,
-    result: Option<AttestationResult>,
-    /// Challenges issued on this connection so far.
-    issued: u32,
-    /// A site node's outstanding challenges for the devices it relays for (one per device, bounded).
-    relayed: std::collections::HashMap<[u8; 32], Challenge>,
-}
-
-/// Most relayed challenges one site-node connection may hold unanswered at once.
-pub const MAX_RELAYED_CHALLENGES: usize = 1024;
-
 impl ConnState {
-    fn attestation(&self) -> std::sync::MutexGuard<'_, Attestation> {
-        self.attestation.lock().unwrap_or_else(|p| p.into_inner())
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Runs a backend query on the blocking pool; a panic counts as `false`.
-async fn on_blocking(shared: &Shared, f: impl FnOnce(&dyn Backend) -> bool + Send + 'static) -> bool {
-    let backend = shared.backend.clone();
-    tokio::task::spawn_blocking(move || f(&*backend)).await.unwrap_or(false)
 }
 
 fn not_attested(u: &Unattested) -> Response {
@@ -481,47 +479,30 @@ fn not_attested(u: &Unattested) -> Response {
 }
 
 /// Whether this connection may be served a request that needs attestation; the `NotAttested` answer if not.
-async fn gate(ctx: &ConnState, shared: &Shared) -> Result<(), Response> {
-    let backend = shared.backend.clone();
-    if !backend.attestation_required() {
+async fn gate<B: Backend>(ctx: &ConnState, shared: &Shared<B>) -> Result<(), Response> {
+    if !shared.backend.attestation_required() {
         return Ok(());
     }
-    let Some(result) = ctx.attestation().result.clone() else {
-        return Err(not_attested(&Unattested("this connection has not attested".into())));
-    };
-    let verdict = match backend.still_attested_fast(&result) {
-        Some(v) => v,
-        None => tokio::task::spawn_blocking(move || backend.still_attested(&result))
-            .await
-            .unwrap_or_else(|_| Err(Unattested("internal error".into()))),
-    };
-    verdict.map_err(|u| {
+    let result = ctx.session().result().map_err(|u| not_attested(&u))?;
+    shared.backend.clone().still_attested(result).await.map_err(|u| {
         // Fail closed for good: the connection must attest afresh (and a revoked device never will).
-        ctx.attestation().result = None;
+        ctx.session().drop_result();
         not_attested(&u)
     })
 }
 
 /// `GetChallenge`: a fresh challenge kept with the connection (it replaces an unanswered one).
-async fn issue_challenge(ctx: &ConnState, shared: &Shared) -> Response {
-    let backend = shared.backend.clone();
-    if !backend.attestation_required() {
+async fn issue_challenge<B: Backend>(ctx: &ConnState, shared: &Shared<B>) -> Response {
+    if !shared.backend.attestation_required() {
         return Response::NotFound;
     }
-    {
-        let mut state = ctx.attestation();
-        if state.issued >= shared.max_challenges_per_connection {
-            return not_attested(&Unattested("too many challenges on this connection; reconnect".into()));
-        }
-        state.issued += 1;
+    if let Err(u) = ctx.session().begin_challenge() {
+        return not_attested(&u);
     }
-    let device = ctx.device;
-    let issued = tokio::task::spawn_blocking(move || backend.challenge(&device))
-        .await
-        .unwrap_or_else(|_| Err(Unattested("internal error".into())));
-    match issued {
+    let device = ctx.session().device();
+    match shared.backend.clone().challenge(device).await {
         Ok(challenge) => {
-            ctx.attestation().challenge = Some(challenge);
+            ctx.session().challenge_issued(challenge);
             Response::Challenge { nonce_challenge: challenge.0 }
         }
         Err(u) => not_attested(&u),
@@ -530,26 +511,15 @@ async fn issue_challenge(ctx: &ConnState, shared: &Shared) -> Response {
 
 /// `PostEvidence`: appraises against the connection's challenge (used up whatever the outcome) and keeps the
 /// result; any earlier result is dropped first, so a failed appraisal leaves the connection unattested.
-async fn appraise(ctx: &ConnState, shared: &Shared, evidence: Vec<u8>) -> Response {
-    let challenge = {
-        let mut state = ctx.attestation();
-        state.result = None;
-        state.challenge.take()
+async fn appraise<B: Backend>(ctx: &ConnState, shared: &Shared<B>, evidence: Vec<u8>) -> Response {
+    let submitted = match ctx.session().submit(evidence) {
+        Ok(s) => s,
+        Err(u) => return not_attested(&u),
     };
-    let Some(challenge) = challenge else {
-        return not_attested(&Unattested("no challenge was issued on this connection".into()));
-    };
-    let backend = shared.backend.clone();
-    let (exporter, device) = (ctx.exporter, ctx.device);
-    let appraised = tokio::task::spawn_blocking(move || {
-        backend.appraise(&Presented { challenge: &challenge, exporter: &exporter, device, evidence: &evidence })
-    })
-    .await
-    .unwrap_or_else(|_| Err(Unattested("internal error".into())));
-    match appraised {
+    match shared.backend.clone().appraise(submitted).await {
         Ok(result) => {
             let response = attested(&result);
-            ctx.attestation().result = Some(result);
+            ctx.session().attested(result);
             response
         }
         Err(u) => not_attested(&u),
@@ -572,70 +542,69 @@ fn attested(result: &AttestationResult) -> Response {
 
 /// `GetChallenge` from an attested site node for one of its devices: a challenge kept with this connection for
 /// that device (it replaces the device's unanswered one).
-async fn relay_challenge(ctx: &ConnState, shared: &Shared, device: [u8; 32]) -> Response {
-    let backend = shared.backend.clone();
-    let node = ctx.device;
-    let issued = blocking(move || Ok(backend.challenge(&relaying_for(&*backend, node, device)?))).await;
-    let challenge = match issued {
-        Ok(Ok(c)) => c,
-        Ok(Err(u)) => return not_attested(&u),
+async fn relay_challenge<B: Backend>(ctx: &ConnState, shared: &Shared<B>, device: [u8; 32]) -> Response {
+    let node = ctx.session().device();
+    let device = match relaying_for(shared, node, device).await {
+        Ok(d) => d,
         Err(refusal) => return refusal,
     };
-    let mut state = ctx.attestation();
-    if state.relayed.len() >= MAX_RELAYED_CHALLENGES && !state.relayed.contains_key(&device) {
-        return not_attested(&Unattested("too many relayed challenges outstanding on this connection".into()));
+    let challenge = match shared.backend.clone().challenge(device).await {
+        Ok(c) => c,
+        Err(u) => return not_attested(&u),
+    };
+    match ctx.session().hold_relayed(device.0, challenge) {
+        Ok(()) => Response::Challenge { nonce_challenge: challenge.0 },
+        Err(u) => not_attested(&u),
     }
-    state.relayed.insert(device, challenge);
-    Response::Challenge { nonce_challenge: challenge.0 }
 }
 
 /// `PostEvidence` from an attested site node: a device's evidence, appraised against the challenge relayed for
 /// it (used up whatever the outcome) and the exporter of the device's own connection to the site node. The
 /// result is the site node's to enforce; the hub records it on the device.
-async fn appraise_relayed(ctx: &ConnState, shared: &Shared, evidence: Vec<u8>, relay: Relay) -> Response {
-    let Some(challenge) = ctx.attestation().relayed.remove(&relay.device) else {
-        return not_attested(&Unattested("no challenge was relayed for this device on this connection".into()));
+async fn appraise_relayed<B: Backend>(
+    ctx: &ConnState,
+    shared: &Shared<B>,
+    evidence: Vec<u8>,
+    relay: Relay,
+) -> Response {
+    let node = ctx.session().device();
+    let submitted = ctx.session().submit_relayed(PublicKey(relay.device), evidence, relay);
+    let submitted = match submitted {
+        Ok(s) => s,
+        Err(u) => return not_attested(&u),
     };
-    let backend = shared.backend.clone();
-    let node = ctx.device;
-    let appraised = blocking(move || {
-        let device = relaying_for(&*backend, node, relay.device)?;
-        Ok(backend.appraise(&Presented {
-            challenge: &challenge,
-            exporter: &relay.exporter,
-            device,
-            evidence: &evidence,
-        }))
-    })
-    .await;
-    match appraised {
-        Ok(Ok(result)) => attested(&result),
-        Ok(Err(u)) => not_attested(&u),
-        Err(refusal) => refusal,
+    if let Err(refusal) = relaying_for(shared, node, relay.device).await {
+        return refusal;
+    }
+    match shared.backend.clone().appraise(submitted).await {
+        Ok(result) => attested(&result),
+        Err(u) => not_attested(&u),
     }
 }
 
 /// `Enroll`: an admitted key is answered `Ack` at once (a retry after a lost answer); an unknown one is approved
 /// by the backend, or refused with `Forbidden`.
-async fn enroll(ctx: &ConnState, shared: &Shared, token: String, hardware: String, tpm: Option<Vec<u8>>) -> Response {
-    if ctx.admitted.load(Ordering::Acquire) {
+async fn enroll<B: Backend>(
+    ctx: &ConnState,
+    shared: &Shared<B>,
+    token: String,
+    hardware: String,
+    tpm: Option<Vec<u8>>,
+) -> Response {
+    let (admitted, device) = {
+        let session = ctx.session();
+        (session.admitted(), session.device())
+    };
+    if admitted {
         return Response::Ack;
     }
-    let backend = shared.backend.clone();
-    let device = ctx.device.0;
-    match blocking(move || backend.enroll(&device, &token, &hardware, tpm.as_deref())).await {
+    match shared.backend.clone().enroll(device.0, token, hardware, tpm).await {
         Ok(()) => {
-            ctx.admitted.store(true, Ordering::Release);
+            ctx.session().admit();
             Response::Ack
         }
-        Err(r) => r,
+        Err(e) => refusal(e),
     }
-}
-
-/// Asks the backend about a device on the blocking pool; a failed call counts as "no".
-async fn device_allowed(shared: &Shared, device: PublicKey) -> bool {
-    let backend = shared.backend.clone();
-    tokio::task::spawn_blocking(move || backend.device_allowed(&device.0)).await.unwrap_or(false)
 }
 
 /// Why reading a request stopped.
@@ -661,7 +630,12 @@ async fn read_request(recv: &mut RecvStream, limits: Limits) -> Result<Request, 
     }
 }
 
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream, ctx: Arc<ConnState>, shared: Arc<Shared>) {
+async fn serve_stream<B: Backend>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    ctx: Arc<ConnState>,
+    shared: Arc<Shared<B>>,
+) {
     let request = match timeout(shared.stall_timeout, read_request(&mut recv, shared.limits)).await {
         Ok(Ok(request)) => request,
         Ok(Err(ReadFailure::Gone)) => return,
@@ -679,89 +653,75 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, ctx: Arc<ConnS
     };
     // Nothing more is wanted from the peer on this stream.
     let _ = recv.stop(VarInt::from_u32(codes::STREAM_DONE));
-    if !ctx.admitted.load(Ordering::Acquire) && !matches!(request, Request::Enroll { .. }) {
-        close(&ctx.conn, codes::CLOSE_UNKNOWN_DEVICE, "unknown device");
-        return;
+    let route = ctx.session().route(request);
+    if route.gated()
+        && let Err(refusal) = gate(&ctx, &shared).await
+    {
+        return respond(&mut send, &refusal, &shared).await;
     }
-    let response = match request {
-        Request::Enroll { token, hardware, tpm } => enroll(&ctx, &shared, token, hardware, tpm).await,
-        Request::GetChallenge { device: None } => issue_challenge(&ctx, &shared).await,
-        Request::PostEvidence { evidence, relay: None } => appraise(&ctx, &shared, evidence).await,
-        // A site node relaying for a device must itself be attested.
-        Request::GetChallenge { device: Some(device) } => match gate(&ctx, &shared).await {
-            Ok(()) => relay_challenge(&ctx, &shared, device).await,
-            Err(refusal) => refusal,
-        },
-        Request::PostEvidence { evidence, relay: Some(relay) } => match gate(&ctx, &shared).await {
-            Ok(()) => appraise_relayed(&ctx, &shared, evidence, relay).await,
-            Err(refusal) => refusal,
-        },
-        request => match gate(&ctx, &shared).await {
-            Ok(()) => match serve_attested(request, &mut send, ctx.device, &shared).await {
+    let response = match route {
+        Route::Close => return close(&ctx.conn, codes::CLOSE_UNKNOWN_DEVICE, "unknown device"),
+        Route::Enroll { token, hardware, tpm } => enroll(&ctx, &shared, token, hardware, tpm).await,
+        Route::Challenge => issue_challenge(&ctx, &shared).await,
+        Route::Evidence(evidence) => appraise(&ctx, &shared, evidence).await,
+        Route::RelayedChallenge(device) => relay_challenge(&ctx, &shared, device).await,
+        Route::RelayedEvidence(evidence, relay) => appraise_relayed(&ctx, &shared, evidence, relay).await,
+        Route::Attested(request) => {
+            let device = ctx.session().device();
+            match serve_attested(request, &mut send, device, &shared).await {
                 Some(response) => response,
                 None => return,
-            },
-            Err(refusal) => refusal,
-        },
+            }
+        }
     };
     respond(&mut send, &response, &shared).await;
 }
 
 /// Serves a request that needs an attested connection; `None` when the answer was streamed already (a target).
-async fn serve_attested(
+async fn serve_attested<B: Backend>(
     request: Request,
     send: &mut SendStream,
     device: PublicKey,
-    shared: &Shared,
+    shared: &Shared<B>,
 ) -> Option<Response> {
     let backend = shared.backend.clone();
     let response = match request {
-        Request::GetMetadata { name, max_len } => {
-            let found = match backend.metadata_fast(&name) {
-                Some(bytes) => Ok(Some(bytes)),
-                None => blocking(move || backend.metadata(&name)).await,
-            };
-            match found {
-                Ok(Some(bytes)) if bytes.len() as u64 > max_len => Response::error(
-                    ErrorCode::TooLarge,
-                    format!("metadata is {} bytes, more than the {max_len} asked for", bytes.len()),
-                ),
-                Ok(Some(bytes)) => Response::Metadata { bytes },
-                Ok(None) => Response::NotFound,
-                Err(r) => r,
-            }
-        }
-        Request::GetAssignment { device: on_behalf } => {
-            match blocking(move || backend.assignment(&acting_for(&*backend, device, on_behalf)?)).await {
+        Request::GetMetadata { name, max_len } => match backend.metadata(name).await {
+            Ok(Some(bytes)) if bytes.len() as u64 > max_len => Response::error(
+                ErrorCode::TooLarge,
+                format!("metadata is {} bytes, more than the {max_len} asked for", bytes.len()),
+            ),
+            Ok(Some(bytes)) => Response::Metadata { bytes },
+            Ok(None) => Response::NotFound,
+            Err(e) => refusal(e),
+        },
+        Request::GetAssignment { device: on_behalf } => match acting_for(shared, device, on_behalf).await {
+            Ok(device) => match backend.assignment(device).await {
                 Ok(Some(bytes)) => Response::Assignment { bytes },
                 Ok(None) => Response::NotFound,
-                Err(r) => r,
+                Err(e) => refusal(e),
+            },
+            Err(refused) => refused,
+        },
+        Request::PostReport { body, device: on_behalf } => match acting_for(shared, device, on_behalf).await {
+            Ok(device) => backend.report(device, body).await.map_or_else(refusal, |()| Response::Ack),
+            Err(refused) => refused,
+        },
+        Request::PostTelemetry { body, device: on_behalf } => match acting_for(shared, device, on_behalf).await {
+            Ok(device) => {
+                backend.telemetry(device, body).await.map_or_else(refusal, |up_to| Response::TelemetryAck { up_to })
             }
-        }
-        Request::PostReport { body, device: on_behalf } => {
-            match blocking(move || backend.report(&acting_for(&*backend, device, on_behalf)?, &body)).await {
-                Ok(()) => Response::Ack,
-                Err(r) => r,
+            Err(refused) => refused,
+        },
+        Request::GetTarget { path, offset, len } => match backend.target(path).await {
+            Ok(Some((file, total))) => {
+                send_target(send, shared, file, total, offset, len).await;
+                return None;
             }
-        }
-        Request::PostTelemetry { body, device: on_behalf } => {
-            match blocking(move || backend.telemetry(&acting_for(&*backend, device, on_behalf)?, &body)).await {
-                Ok(up_to) => Response::TelemetryAck { up_to },
-                Err(r) => r,
-            }
-        }
-        Request::GetTarget { path, offset, len } => {
-            let found = blocking(move || backend.target(&path)).await;
-            match found {
-                Ok(Some((file, total))) => {
-                    send_target(send, shared, file, total, offset, len).await;
-                    return None;
-                }
-                Ok(None) => Response::NotFound,
-                Err(r) => r,
-            }
-        }
-        // Answered by `serve_stream` before the gate.
+            Ok(None) => Response::NotFound,
+            Err(e) => refusal(e),
+        },
+        // Routed before the gate.
         Request::GetChallenge { .. } | Request::PostEvidence { .. } | Request::Enroll { .. } => {
             Response::error(ErrorCode::InvalidRequest, "not here")
         }
@@ -770,40 +730,43 @@ async fn serve_attested(
 }
 
 /// The device a request is about: the peer itself, or a device its site node may act for.
-fn acting_for(backend: &dyn Backend, peer: PublicKey, on_behalf: Option<[u8; 32]>) -> Result<[u8; 32], BackendError> {
+async fn acting_for<B: Backend>(
+    shared: &Shared<B>,
+    peer: PublicKey,
+    on_behalf: Option<[u8; 32]>,
+) -> Result<[u8; 32], Response> {
     match on_behalf {
         None => Ok(peer.0),
-        Some(d) if d == peer.0 || backend.acts_for(&peer.0, &d) => Ok(d),
-        Some(d) => Err(Box::new(Refused(format!("not a site node serving device {}", hex::encode(d))))),
+        Some(d) if d == peer.0 || shared.backend.clone().acts_for(peer.0, d).await => Ok(d),
+        Some(d) => Err(not_serving(d)),
     }
 }
 
 /// The device a site node relays attestation for: one it may act for, never itself.
-fn relaying_for(backend: &dyn Backend, node: PublicKey, device: [u8; 32]) -> Result<PublicKey, BackendError> {
-    if device != node.0 && backend.acts_for(&node.0, &device) {
+async fn relaying_for<B: Backend>(
+    shared: &Shared<B>,
+    node: PublicKey,
+    device: [u8; 32],
+) -> Result<PublicKey, Response> {
+    if device != node.0 && shared.backend.clone().acts_for(node.0, device).await {
         Ok(PublicKey(device))
     } else {
-        Err(Box::new(Refused(format!("not a site node serving device {}", hex::encode(device)))))
+        Err(not_serving(device))
     }
 }
 
-/// Runs a backend call on the blocking pool; a refusal becomes `Forbidden`, any other failure (or a panic)
-/// becomes an `Internal` response.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
-) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => match e.downcast::<Refused>() {
-            Ok(refused) => Err(Response::error(ErrorCode::Forbidden, refused.0)),
-            Err(e) => {
-                eprintln!("outpost-hub: backend error: {e}");
-                Err(internal())
-            }
-        },
+fn not_serving(device: [u8; 32]) -> Response {
+    Response::error(ErrorCode::Forbidden, format!("not a site node serving device {}", hex::encode(device)))
+}
+
+/// A backend failure as the peer is told: a [`Refused`] becomes `Forbidden` with its message, anything else is
+/// logged and becomes an opaque `Internal`.
+fn refusal(e: BackendError) -> Response {
+    match e.downcast::<Refused>() {
+        Ok(refused) => Response::error(ErrorCode::Forbidden, refused.0),
         Err(e) => {
-            eprintln!("outpost-hub: backend task failed: {e}");
-            Err(internal())
+            eprintln!("outpost-net: backend error: {e}");
+            internal()
         }
     }
 }
@@ -813,7 +776,7 @@ fn internal() -> Response {
 }
 
 /// Sends one response frame and ends the stream. A response over its frame limit becomes `TooLarge`.
-async fn respond(send: &mut SendStream, response: &Response, shared: &Shared) {
+async fn respond<B>(send: &mut SendStream, response: &Response, shared: &Shared<B>) {
     let frame = match wire::encode_frame(response, &shared.limits) {
         Ok(frame) => frame,
         Err(e) => match wire::encode_frame(&Response::error(ErrorCode::TooLarge, e.to_string()), &shared.limits) {
@@ -830,7 +793,7 @@ async fn respond(send: &mut SendStream, response: &Response, shared: &Shared) {
 }
 
 /// Writes with the stall timeout; on a stall, resets the stream and says false.
-async fn write(send: &mut SendStream, bytes: &[u8], shared: &Shared) -> bool {
+async fn write<B>(send: &mut SendStream, bytes: &[u8], shared: &Shared<B>) -> bool {
     match timeout(shared.stall_timeout, send.write_all(bytes)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
@@ -843,7 +806,14 @@ async fn write(send: &mut SendStream, bytes: &[u8], shared: &Shared) -> bool {
 
 /// Streams `[offset, offset + len)` of a target file after its header; resets the stream if the file turns out
 /// shorter than the backend said.
-async fn send_target(send: &mut SendStream, shared: &Shared, file: PathBuf, total: u64, offset: u64, len: Option<u64>) {
+async fn send_target<B>(
+    send: &mut SendStream,
+    shared: &Shared<B>,
+    file: PathBuf,
+    total: u64,
+    offset: u64,
+    len: Option<u64>,
+) {
     if offset > total {
         let message = format!("offset {offset} is past the end of the {total}-byte target");
         return respond(send, &Response::error(ErrorCode::RangeNotSatisfiable, message), shared).await;
@@ -857,7 +827,7 @@ async fn send_target(send: &mut SendStream, shared: &Shared, file: PathBuf, tota
     let mut f = match opened.await {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("outpost-hub: cannot read target {}: {e}", file.display());
+            eprintln!("outpost-net: cannot read target {}: {e}", file.display());
             return respond(send, &internal(), shared).await;
         }
     };
@@ -875,7 +845,7 @@ async fn send_target(send: &mut SendStream, shared: &Shared, file: PathBuf, tota
         let mut buf = vec![0u8; want];
         let n = match f.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                eprintln!("outpost-hub: target {} is shorter than its recorded {total} bytes", file.display());
+                eprintln!("outpost-net: target {} is shorter than its recorded {total} bytes", file.display());
                 let _ = send.reset(VarInt::from_u32(codes::STREAM_INTERNAL));
                 return;
             }

@@ -1,0 +1,13 @@
+//! Outpost's protocol in motion, shared by the hub, the site node and the agent: the QUIC [`server`] and
+//! [`client`], their raw-public-key TLS configs ([`tls`]), and the one TUF [`transport`] seam.
+//!
+//! The protocol itself (frames, requests, limits) is sans-IO in `outpost_shared::wire`; each connection's admission
+//! and attestation rules are sans-IO in [`session`]. This crate adds only the tokio + quinn driving around them,
+//! behind an async [`server::Backend`] that the hub and the site node implement. It links neither the hub's store
+//! nor its signing code, so the edge agent depends on it and not on `outpost-hub`.
+
+pub mod client;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod transport;
