@@ -6,8 +6,6 @@
 //! verified package ([`prepare`] is the only way to make a [`FirmwareUpdate`]). The secondary then checks it all
 //! again with its own keys ([`outpost_firmware`]); the gateway is a courier, not a trust anchor.
 
-pub mod serial;
-
 use outpost_firmware::manifest::Manifest as Compact;
 use outpost_firmware::verify::{Freshness, Policy, verify_manifest};
 use outpost_firmware::{ManifestError, Slot};
@@ -18,7 +16,8 @@ use outpost_shared::{Digest, Manifest, Package, PackageError, PackageLimits};
 /// Bounds and sizes of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryConfig {
-    /// Image bytes per chunk frame (at most [`serial::MAX_PAYLOAD`] on the serial link).
+    /// Image bytes per chunk frame (at most what one frame of the link carries: 512 bytes on the simulated serial
+    /// link of the agent's gateway tests, `agent/tests/gateway/serial.rs`).
     pub chunk_len: usize,
 }
 

@@ -5,10 +5,12 @@
 //! different, and a firmware package assigned as the gateway's own model.
 
 mod support;
+// The simulated serial link, used by this test alone (a file directly in `tests/` would be a test of its own).
+#[path = "gateway/serial.rs"]
+mod serial;
 
 use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::driver::{Agent, CheckError, init_device};
-use outpost_agent::gateway::serial::{SecondaryConfig, SerialLink, spawn_secondary};
 use outpost_agent::gateway::{self, DeliveryConfig, FirmwareUpdate, GatewayError, Refusal, Reply, Transport};
 use outpost_firmware::Slot;
 use outpost_hub::blobs::BlobStore;
@@ -17,6 +19,7 @@ use outpost_shared::manifest::PackageKind;
 use outpost_shared::testkit::{AffineManifest, FirmwareManifest, firmware_image};
 use outpost_shared::update::Phase;
 use outpost_shared::{Digest, package};
+use serial::{SecondaryConfig, SerialLink, spawn_secondary};
 use support::{NOW, World};
 
 const HARDWARE: &str = "stm32h743-outpost-r2";

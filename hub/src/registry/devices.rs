@@ -3,6 +3,183 @@
 
 use super::*;
 
+/// File (under the data directory) rewritten, by atomic rename, whenever a device's status changes: the serving
+/// hub compares its inode and mtime before every request to notice a revocation without opening the index.
+pub const DEVICE_STATUS_STAMP: &str = "attestation/devices.stamp";
+/// Prefix of enrolment tokens (`outpost-hub device token`), so one is recognisable in a config file or a log.
+pub const TOKEN_PREFIX: &str = "ot1-";
+
+/// A device the hub knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Ed25519 public key, hex: the device's identity.
+    pub key: String,
+    /// The release channel it follows.
+    pub channel: String,
+    /// Approved, or revoked (refused at connection).
+    pub status: DeviceStatus,
+    /// When it was approved (Unix seconds).
+    pub approved_at: UnixSeconds,
+    /// Version of the last assignment signed for it (assignments only ever go up).
+    pub assignment_version: u64,
+    /// The package the device last reported serving.
+    #[serde(default)]
+    pub active: Option<Digest>,
+    /// Packages the device rolled back from: the director does not offer them to it again.
+    #[serde(default)]
+    pub rolled_back: Vec<Digest>,
+    /// When the device last reported (Unix seconds).
+    #[serde(default)]
+    pub last_report: Option<UnixSeconds>,
+    /// Microcontrollers behind this device (a gateway) that get firmware through it.
+    #[serde(default)]
+    pub secondaries: Vec<SecondaryRecord>,
+    /// The site the operator placed it in (a site node may fetch assignments and forward reports only for the
+    /// devices of its own site).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// This key is a site node's: it serves the devices of `site` and fetches from the hub on their behalf.
+    #[serde(default)]
+    pub site_node: bool,
+    /// Digest of the site policy the device last reported enforcing.
+    #[serde(default)]
+    pub policy: Option<Digest>,
+    /// The site its policy names (reported by the device).
+    #[serde(default)]
+    pub policy_site: Option<String>,
+    /// Packages the device's policy (or its site node's) rejected or deferred, as last reported.
+    #[serde(default)]
+    pub refusals: Vec<outpost_shared::update::Refusal>,
+    /// Hardware facts the device stated when it enrolled with a token.
+    #[serde(default)]
+    pub hardware: Option<String>,
+    /// How it was enrolled: `token` or `operator` (absent for devices approved before tokens existed).
+    #[serde(default)]
+    pub enrolled_by: Option<String>,
+    /// Its TPM attestation key and known-good boot PCRs, if enrolled with a TPM (hardware tier): sent with a
+    /// one-time token at enrolment, or recorded by an operator (`device tpm`).
+    #[serde(default)]
+    pub tpm: Option<TpmRecord>,
+    /// The last appraisal of its evidence, successful or not.
+    #[serde(default)]
+    pub attestation: Option<AttestationRecord>,
+}
+
+/// A device's enrolled TPM (`outpost_attestation::TpmEnrolment`, readable in `device show --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TpmRecord {
+    /// The attestation key's public point (uncompressed P-256), hex.
+    pub ak: String,
+    /// The measured-boot PCRs quotes must cover besides the measurement PCR: bit `i` is PCR `i`.
+    pub pcrs: u32,
+    /// Their known-good SHA-256 values, in ascending PCR order.
+    pub values: Vec<Digest>,
+}
+
+impl TpmRecord {
+    /// The record of enrolment facts a device or an operator presented (already checked in profile).
+    pub fn of(e: &outpost_attestation::TpmEnrolment) -> TpmRecord {
+        TpmRecord { ak: hex::encode(e.ak), pcrs: e.pcrs, values: e.values.iter().map(|v| Digest(*v)).collect() }
+    }
+
+    /// The facts back, checked again: a record that does not decode must make its device unknown (fail closed),
+    /// never software tier.
+    pub fn enrolment(&self) -> Option<outpost_attestation::TpmEnrolment> {
+        let ak = hex::decode(&self.ak).ok()?.try_into().ok()?;
+        outpost_attestation::TpmEnrolment::new(ak, self.pcrs, self.values.iter().map(|v| v.0).collect()).ok()
+    }
+}
+
+/// The outcome of one appraisal, as `device show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationRecord {
+    /// When it was appraised (Unix seconds).
+    pub at: UnixSeconds,
+    /// `affirming`, `warning` or `contraindicated`.
+    pub status: String,
+    /// `software` or `hardware` (for a positive result).
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// When the result expires (for a positive result).
+    #[serde(default)]
+    pub expires: Option<UnixSeconds>,
+    /// `name version` of the agent (for a positive result).
+    #[serde(default)]
+    pub software: Option<String>,
+    /// The device's boot count (for a positive result).
+    #[serde(default)]
+    pub bootcount: Option<u64>,
+    /// The reported model digest (for a positive result).
+    #[serde(default)]
+    pub model: Option<Digest>,
+    /// The reported site-policy digest (for a positive result).
+    #[serde(default)]
+    pub policy: Option<Digest>,
+    /// Why it was not attested, or the concerns of a warning.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// A one-time enrolment token, stored under the SHA-256 of its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolmentToken {
+    /// When it was created (Unix seconds).
+    pub created: UnixSeconds,
+    /// When it stops working (Unix seconds).
+    pub expires: UnixSeconds,
+    /// The channel the enrolled device follows.
+    pub channel: String,
+    /// The site the enrolled device belongs to.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The device key that used it; a used token never works again.
+    #[serde(default)]
+    pub used_by: Option<String>,
+}
+
+/// Why an enrolment was refused. The device is told only "enrolment refused" and this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolError {
+    /// No token hashes to this one.
+    #[error("unknown enrolment token")]
+    UnknownToken,
+    /// The token was already used (by another key, or by this one before it was revoked).
+    #[error("enrolment token already used")]
+    TokenUsed,
+    /// The token expired.
+    #[error("enrolment token expired")]
+    TokenExpired,
+    /// The key is known and revoked: a token does not lift a revocation.
+    #[error("device is revoked")]
+    Revoked,
+}
+
+impl DeviceRecord {
+    /// The site to show: the operator's, else the one the device's policy names.
+    pub fn shown_site(&self) -> Option<&str> {
+        self.site.as_deref().or(self.policy_site.as_deref())
+    }
+}
+
+/// A secondary behind a gateway: what its compact manifests are addressed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondaryRecord {
+    /// Its device id (provisioned into its firmware).
+    pub device_id: String,
+    /// Its hardware id; the director assigns it firmware packages with this `firmware.hardware_id`.
+    pub hardware_id: String,
+}
+
+/// Whether a device may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// May connect and fetch.
+    Approved,
+    /// Refused.
+    Revoked,
+}
+
 impl Registry {
     /// Approves a device (by its Ed25519 public key, hex) to follow `channel`. Re-approving updates the channel
     /// and lifts a revocation.

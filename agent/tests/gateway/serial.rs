@@ -1,6 +1,9 @@
 //! A simulated serial link to a secondary: frames over two in-memory byte pipes with small bounded buffers, and a
 //! thread playing the microcontroller — `outpost_firmware`'s [`Secondary`] over an in-memory NOR flash.
 //!
+//! Test support for `tests/gateway.rs`, outside the agent's build: it implements the public
+//! [`outpost_agent::gateway::Transport`] from outside, as a real serial link would.
+//!
 //! Frame: `type u8 | len u16 BE | payload` (at most [`MAX_PAYLOAD`] bytes). The gateway sends `TIME_TOKEN`,
 //! `MANIFEST`, `CHUNK`…, `END`, `REBOOT`, `STATUS`; the secondary answers a `REPLY` to `MANIFEST`, `END` and
 //! `REBOOT` and a `STATE` to `STATUS`. Chunks get no answer: a full buffer blocks the writer, as a UART's flow
@@ -23,7 +26,7 @@ use outpost_firmware::{
     Slots,
 };
 
-use super::{Refusal, Reply, SecondaryStatus, Transport};
+use outpost_agent::gateway::{Refusal, Reply, SecondaryStatus, Transport};
 
 /// Largest frame payload (a compact manifest is at most 256 bytes; image chunks are what the gateway chooses).
 pub const MAX_PAYLOAD: usize = 512;

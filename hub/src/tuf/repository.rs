@@ -1,33 +1,23 @@
-//! The hub's TUF image repository: key files, metadata writing and signing, delegated risk-tier roles, releases,
-//! revocation of targets, root rotation, online re-signing and static export.
-//!
-//! Metadata is TUF 1.0 JSON with consistent snapshots, signed with Ed25519 over the canonical JSON that
-//! `sigstore-tuf` encodes; every file written here is read back through `sigstore-tuf` in the tests. Root and
-//! targets keys are files the operator keeps offline and passes per command; snapshot, timestamp and director
-//! keys live in `<data-dir>/keys` for the serving hub.
+//! Repository operations on `<data-dir>/repository`: generating keys and first metadata, publishing, signing
+//! pending high-risk releases, unpublishing, re-signing snapshot and timestamp, rotation and static export.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signer, SigningKey};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use outpost_shared::clock::{UnixSeconds, format_rfc3339};
-use outpost_shared::director::DirectorKeyDoc;
-use outpost_shared::manifest::RiskTier;
 use outpost_shared::rng::Rng;
 use outpost_shared::{Digest, Manifest};
 
-use crate::blobs::{self, BlobError};
+use super::metadata::{RootKeys, bump, director_document, empty_targets, expires, root_body, to_json};
+use super::{
+    DIRECTOR_TARGET, HIGH_RISK_ROLE, Key, STANDARD_ROLE, TufError, add_signature, io, role_for, sign, target_entry,
+    target_path,
+};
+use crate::blobs;
 use crate::registry::PackageRecord;
-
-/// Delegated role for low- and medium-risk packages (threshold 1).
-pub const STANDARD_ROLE: &str = "standard";
-/// Delegated role for high-risk packages (threshold 2 distinct keys).
-pub const HIGH_RISK_ROLE: &str = "high-risk";
-pub use outpost_shared::director::DIRECTOR_TARGET;
 
 /// Expiry periods for each role, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -55,210 +45,6 @@ impl Default for Expiries {
             resign_margin_secs: 6 * 3600,
         }
     }
-}
-
-/// Why a repository operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TufError {
-    /// A file could not be read or written.
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A blob or atomic write failed.
-    #[error(transparent)]
-    Blob(#[from] BlobError),
-    /// A key file is not usable.
-    #[error("key file {}: {problem}", path.display())]
-    BadKey {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The key given is not authorised for the role being signed.
-    #[error("key {keyid} ({}) is not authorised to sign `{role}`; authorised: {}", path.display(), authorised.join(", "))]
-    NotAuthorised {
-        /// Key file.
-        path: PathBuf,
-        /// Its key id.
-        keyid: String,
-        /// The role.
-        role: String,
-        /// Authorised key ids.
-        authorised: Vec<String>,
-    },
-    /// The repository has no keys yet.
-    #[error("no TUF repository in {}: run `outpost-hub keys generate --offline-dir DIR` first", dir.display())]
-    NoRepository {
-        /// The data directory.
-        dir: PathBuf,
-    },
-    /// Keys were already generated.
-    #[error("a TUF repository already exists in {}; rotate keys with `outpost-hub keys rotate ROLE`", dir.display())]
-    AlreadyExists {
-        /// The data directory.
-        dir: PathBuf,
-    },
-    /// Metadata on disk could not be parsed: the repository is damaged.
-    #[error("metadata {name} is damaged: {problem}")]
-    Damaged {
-        /// File name.
-        name: String,
-        /// What failed.
-        problem: String,
-    },
-    /// Bad arguments for the operation.
-    #[error("{0}")]
-    Invalid(String),
-    /// The package is not published.
-    #[error("package {0} is not published")]
-    NotPublished(Digest),
-    /// Nothing pending for this package.
-    #[error("no pending signature request for {0}")]
-    NothingPending(Digest),
-}
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TufError {
-    let path = path.to_owned();
-    move |source| TufError::Io { op, path, source }
-}
-
-/// An Ed25519 key as stored in a key file (JSON, mode 0600).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyFile {
-    /// What this key is for (`root`, `targets`, `snapshot`, `timestamp`, `director`).
-    pub role: String,
-    /// Always `ed25519`.
-    pub keytype: String,
-    /// TUF key id: SHA-256 of the canonical JSON public key object.
-    pub keyid: String,
-    /// Public key, hex.
-    pub public: String,
-    /// Private seed, hex (32 bytes).
-    pub private: String,
-}
-
-/// A loaded signing key with its TUF key id.
-#[derive(Clone)]
-pub struct Key {
-    /// TUF key id.
-    pub keyid: String,
-    /// The signing key.
-    pub signing: SigningKey,
-}
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key").field("keyid", &self.keyid).finish_non_exhaustive()
-    }
-}
-
-impl Key {
-    /// A fresh key from 32 random bytes.
-    pub fn generate(rng: &mut dyn Rng) -> Key {
-        let mut seed = [0u8; 32];
-        rng.fill(&mut seed);
-        Key::from_seed(seed)
-    }
-
-    /// The key with this private seed.
-    pub fn from_seed(seed: [u8; 32]) -> Key {
-        let signing = SigningKey::from_bytes(&seed);
-        let keyid = key_id(&signing.verifying_key().to_bytes());
-        Key { keyid, signing }
-    }
-
-    /// The public half as a TUF key object.
-    pub fn tuf_public(&self) -> Value {
-        tuf_key(&self.signing.verifying_key().to_bytes())
-    }
-
-    /// Public key bytes.
-    pub fn public_bytes(&self) -> [u8; 32] {
-        self.signing.verifying_key().to_bytes()
-    }
-
-    /// Loads a key file.
-    pub fn load(path: &Path) -> Result<Key, TufError> {
-        let bad = |problem: String| TufError::BadKey { path: path.into(), problem };
-        let text = fs::read_to_string(path).map_err(io("read", path))?;
-        let file: KeyFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        if file.keytype != "ed25519" {
-            return Err(bad(format!("keytype `{}` is not supported (ed25519 only)", file.keytype)));
-        }
-        let mut seed = [0u8; 32];
-        hex::decode_to_slice(&file.private, &mut seed).map_err(|e| bad(format!("private key: {e}")))?;
-        let key = Key::from_seed(seed);
-        if hex::encode(key.public_bytes()) != file.public || key.keyid != file.keyid {
-            return Err(bad("public key or key id does not match the private key".into()));
-        }
-        Ok(key)
-    }
-
-    /// Writes the key file atomically with mode 0600.
-    pub fn save(&self, path: &Path, role: &str) -> Result<(), TufError> {
-        let file = KeyFile {
-            role: role.into(),
-            keytype: "ed25519".into(),
-            keyid: self.keyid.clone(),
-            public: hex::encode(self.public_bytes()),
-            private: hex::encode(self.signing.to_bytes()),
-        };
-        let text = serde_json::to_string_pretty(&file).map_err(|e| TufError::Invalid(e.to_string()))?;
-        write_private(path, text.as_bytes())
-    }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TufError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-    outpost_attestation::identity::write_new_file(path, bytes, 0o600)
-        .map_err(|e| TufError::BadKey { path: path.into(), problem: e.to_string() })
-}
-
-/// The TUF public key object for an Ed25519 key.
-pub fn tuf_key(public: &[u8; 32]) -> Value {
-    json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": hex::encode(public)}})
-}
-
-/// The TUF key id: SHA-256 over the canonical JSON of the public key object.
-pub fn key_id(public: &[u8; 32]) -> String {
-    let canonical = canonical_json(&tuf_key(public)).unwrap_or_default();
-    Digest::of(&canonical).to_hex()
-}
-
-/// Canonical JSON as TUF (securesystemslib) defines it, via sigstore-tuf's encoder.
-pub fn canonical_json(v: &Value) -> Result<Vec<u8>, TufError> {
-    sigstore_tuf::canonical_json::to_canonical_bytes(v).map_err(|e| TufError::Invalid(format!("canonical JSON: {e}")))
-}
-
-/// Wraps `signed` in a metadata envelope signed by each of `keys`.
-pub fn sign(signed: &Value, keys: &[&Key]) -> Result<Value, TufError> {
-    let bytes = canonical_json(signed)?;
-    let signatures: Vec<Value> =
-        keys.iter().map(|k| json!({"keyid": k.keyid, "sig": hex::encode(k.signing.sign(&bytes).to_bytes())})).collect();
-    Ok(json!({"signed": signed, "signatures": signatures}))
-}
-
-/// Adds `key`'s signature to an envelope (replacing an earlier one by the same key).
-pub fn add_signature(envelope: &mut Value, key: &Key) -> Result<(), TufError> {
-    let bytes = canonical_json(&envelope["signed"])?;
-    let sig = json!({"keyid": key.keyid, "sig": hex::encode(key.signing.sign(&bytes).to_bytes())});
-    let sigs = envelope["signatures"].as_array_mut().ok_or_else(|| TufError::Invalid("no signatures array".into()))?;
-    sigs.retain(|s| s["keyid"] != key.keyid.as_str());
-    sigs.push(sig);
-    Ok(())
-}
-
-fn expires(now: UnixSeconds, secs: u64) -> String {
-    format_rfc3339(now.saturating_add(secs))
 }
 
 /// Options for `keys generate`.
@@ -859,118 +645,6 @@ impl TufRepo {
     pub fn consistent_path(&self, path: &str, d: &Digest) -> PathBuf {
         self.targets_dir().join(outpost_shared::director::stored_target_path(path, d))
     }
-}
-
-/// The keys of a first root.
-struct RootKeys<'a> {
-    roots: &'a [Key],
-    threshold: usize,
-    targets: &'a [Key],
-    snapshot: &'a Key,
-    timestamp: &'a Key,
-}
-
-fn root_body(version: u64, now: UnixSeconds, expiry: u64, keys: RootKeys<'_>) -> Value {
-    let RootKeys { roots, threshold, targets, snapshot, timestamp } = keys;
-    let mut keys = serde_json::Map::new();
-    for k in roots.iter().chain(targets).chain([snapshot, timestamp]) {
-        keys.insert(k.keyid.clone(), k.tuf_public());
-    }
-    let ids = |ks: &[Key]| ks.iter().map(|k| Value::String(k.keyid.clone())).collect::<Vec<_>>();
-    json!({
-        "_type": "root",
-        "spec_version": "1.0.31",
-        "version": version,
-        "expires": expires(now, expiry),
-        "consistent_snapshot": true,
-        "keys": keys,
-        "roles": {
-            "root": {"keyids": ids(roots), "threshold": threshold},
-            "targets": {"keyids": ids(&targets[..1]), "threshold": 1},
-            "snapshot": {"keyids": [snapshot.keyid], "threshold": 1},
-            "timestamp": {"keyids": [timestamp.keyid], "threshold": 1},
-        },
-    })
-}
-
-fn empty_targets(now: UnixSeconds, expiry: u64) -> Value {
-    json!({"_type": "targets", "spec_version": "1.0.31", "version": 1, "expires": expires(now, expiry), "targets": {}})
-}
-
-fn bump(signed: &mut Value, now: UnixSeconds, expiry: u64) {
-    let v = signed["version"].as_u64().unwrap_or(0);
-    signed["version"] = json!(v + 1);
-    signed["expires"] = json!(expires(now, expiry));
-}
-
-/// The `director/director.json` target: the director's public key.
-fn director_document(director: &Key) -> Vec<u8> {
-    DirectorKeyDoc { public: director.public_bytes() }.to_json()
-}
-
-/// The delegated role that lists packages of `tier`.
-pub fn role_for(tier: RiskTier) -> &'static str {
-    match tier {
-        RiskTier::Low | RiskTier::Medium => STANDARD_ROLE,
-        RiskTier::High => HIGH_RISK_ROLE,
-    }
-}
-
-/// The TUF target path of a package: `packages/<tier>/<name>-<version>.opkg`.
-pub fn target_path(m: &Manifest) -> String {
-    format!("packages/{}/{}-{}.opkg", m.risk_tier, m.name, m.version)
-}
-
-/// The targets entry for a package, with the custom fields an agent needs to apply site policy before download.
-/// TUF's canonical JSON has no floats, so metric values travel as strings. A firmware package also carries
-/// `kind` and `firmware` (hardware id, release counter, image length and SHA-256: what the director's compact
-/// manifests state); model entries are unchanged.
-pub fn target_entry(record: &PackageRecord, m: &Manifest) -> Value {
-    let mut entry = model_target_entry(record, m);
-    if let Some(fw) = &m.firmware {
-        entry["custom"]["outpost"]["kind"] = json!(m.kind.to_string());
-        entry["custom"]["outpost"]["firmware"] = json!({
-            "hardware_id": fw.hardware_id,
-            "release_counter": fw.release_counter,
-            "image_length": record.model_len,
-            "image_sha256": record.model_digest.to_hex(),
-        });
-    }
-    entry
-}
-
-fn model_target_entry(record: &PackageRecord, m: &Manifest) -> Value {
-    let metrics: BTreeMap<&String, String> = m.evaluation.metrics.iter().map(|(k, v)| (k, v.to_string())).collect();
-    json!({
-        "length": record.package_len,
-        "hashes": {"sha256": record.digest.to_hex()},
-        "custom": {"outpost": {
-            "digest": record.digest.to_hex(),
-            "name": m.name,
-            "version": m.version.to_string(),
-            "capability": m.capability,
-            "risk_tier": m.risk_tier.to_string(),
-            "data_classification": m.data_classification.to_string(),
-            "license": m.license,
-            "min_agent_version": m.runtime.min_agent_version.to_string(),
-            "memory_budget_bytes": m.runtime.memory_budget_bytes,
-            "model_length": record.model_len,
-            "lineage": {
-                "operator": m.lineage.operator.to_string(),
-                "parents": m.lineage.parents.iter().map(Digest::to_hex).collect::<Vec<_>>(),
-            },
-            "evaluation": {
-                "suite": m.evaluation.suite.name,
-                "suite_digest": m.evaluation.suite.digest.to_hex(),
-                "metrics": metrics,
-                "decision": m.evaluation.decision.outcome.to_string(),
-            },
-        }},
-    })
-}
-
-fn to_json(v: &Value) -> Result<Vec<u8>, TufError> {
-    serde_json::to_vec_pretty(v).map_err(|e| TufError::Invalid(e.to_string()))
 }
 
 fn damaged(p: &Path, e: impl std::fmt::Display) -> TufError {

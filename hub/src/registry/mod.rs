@@ -1,0 +1,313 @@
+//! The package registry: content-addressed blobs on disk plus an index, lineage and aliases in redb.
+//!
+//! Invariants: a package's blobs are written before its index entry commits (a crash leaves at most an
+//! unreferenced blob, never an entry without bytes); an alias and its history change in one redb transaction.
+//!
+//! Here: the store (the index's tables, `init` and `open`, the `Registry` handle, errors, the record codec);
+//! `packages`: packages, lineage, aliases, verify and reconstruct; `devices`: the fleet's records.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use outpost_shared::clock::{Clock, UnixSeconds};
+use outpost_shared::manifest::{MAX_HARDWARE_ID_LEN, is_secondary_id};
+use outpost_shared::model::ModelError;
+use outpost_shared::{Digest, ManifestError, canonical};
+
+use crate::blobs::{self, BlobError, BlobStore};
+use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
+
+mod devices;
+mod packages;
+
+pub use devices::{
+    AttestationRecord, DEVICE_STATUS_STAMP, DeviceRecord, DeviceStatus, EnrolError, EnrolmentToken, SecondaryRecord,
+    TOKEN_PREFIX, TpmRecord,
+};
+pub use packages::{
+    AddOutcome, AliasEvent, BlobCheck, LineageEntry, MIN_PREFIX_LEN, PackageDetails, PackageRecord, VerifyReport,
+};
+
+/// File name of the redb index inside the data directory.
+pub const INDEX_FILE: &str = "index.redb";
+
+/// Package digest (hex) → [`PackageRecord`] (canonical CBOR).
+const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
+/// Package digest (hex) → the manifest's canonical CBOR, exactly as in the package.
+const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
+/// `name@version` → package digest (hex). Versions are immutable.
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
+/// Alias → package digest (hex).
+const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("aliases");
+/// (alias, sequence number) → [`AliasEvent`] (canonical CBOR).
+const ALIAS_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("alias_history");
+/// Device public key (hex) → [`DeviceRecord`] (canonical CBOR).
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+/// `"head"` → the audit log's newest anchor (`shared::audit::Anchor`, canonical CBOR), kept apart from the log so
+/// an edit of its newest entries, or their removal, is detected.
+const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
+/// Release id → its rollout (`rollouts::ReleaseRecord`, canonical CBOR).
+const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
+/// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The data directory has no hub in it.
+    #[error("no hub at {}: run `outpost-hub --data-dir {} init` first", dir.display(), dir.display())]
+    NotInitialised {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// Another process (a serving hub, or another admin command) has the hub's index open.
+    #[error(
+        "the hub at {} is in use by another outpost-hub process (a serving hub without its admin socket, or another \
+         admin command); try again when it finishes",
+        dir.display()
+    )]
+    Busy {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// A file could not be read or written.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A blob operation failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The index database failed.
+    #[error("index database: {0}")]
+    Db(#[from] redb::Error),
+    /// An index record could not be decoded: the index is damaged.
+    #[error("index record for {key} is damaged: {problem}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// What could not be decoded.
+        problem: String,
+    },
+    /// `hub.toml` is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The manifest is unusable.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// An input file exceeds a configured limit.
+    #[error("{} is {len} bytes, over the limit of {limit} (limits.{key} in hub.toml)", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        limit: u64,
+        /// The configuration key that sets it.
+        key: &'static str,
+    },
+    /// The model was refused by the contract check or smoke test.
+    #[error("{}: {source}", model.display())]
+    Model {
+        /// The model file.
+        model: PathBuf,
+        /// Why.
+        source: ModelError,
+    },
+    /// A firmware image a secondary could not take (its compact manifest carries a non-zero `u32` length).
+    #[error("{}: {problem}", image.display())]
+    FirmwareImage {
+        /// The image file.
+        image: PathBuf,
+        /// Why.
+        problem: String,
+    },
+    /// A site name that cannot be used, or a site node without a site.
+    #[error("site: {0}")]
+    BadSite(String),
+    /// A secondary's device id or hardware id does not fit a compact manifest.
+    #[error("secondary {field} `{value}` must be 1–{MAX_HARDWARE_ID_LEN} bytes of a-z, A-Z, 0-9, `-`, `_`, `.`")]
+    BadSecondaryId {
+        /// `device id` or `hardware id`.
+        field: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// Another package already has this name and version.
+    #[error("{name}@{version} is already registered as {existing}; versions are immutable, bump the version")]
+    VersionTaken {
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+        /// The registered package.
+        existing: Digest,
+    },
+    /// A lineage parent is not in the registry.
+    #[error("{file}: field `lineage.parents`: parent {parent} is not in this registry; add it first")]
+    UnknownParent {
+        /// The manifest file.
+        file: String,
+        /// The missing parent.
+        parent: Digest,
+    },
+    /// No package matches the reference.
+    #[error("no package matches `{0}`")]
+    UnknownPackage(String),
+    /// A digest prefix matches several packages.
+    #[error("`{prefix}` matches {count} packages; give more of the digest")]
+    AmbiguousPrefix {
+        /// The prefix.
+        prefix: String,
+        /// How many matched.
+        count: usize,
+    },
+    /// No device with this key.
+    #[error("no device with key {0}; approve it with `outpost-hub device approve KEY --channel NAME`")]
+    UnknownDevice(String),
+    /// Not an Ed25519 public key in hex.
+    #[error("`{0}` is not a device key (64 hex characters, the Ed25519 public key)")]
+    BadDeviceKey(String),
+    /// The alias is not set.
+    #[error("alias `{0}` is not set")]
+    UnknownAlias(String),
+    /// The alias name is not acceptable.
+    #[error("alias `{0}` must be 1–64 of a-z, 0-9, `-`, `_`, `.`")]
+    BadAliasName(String),
+    /// A stored blob needed for the operation is missing or damaged.
+    #[error("{role} blob {digest} is {}; run `outpost-hub package verify`", if *.missing { "missing" } else { "damaged" })]
+    BadBlob {
+        /// `package` or `model`.
+        role: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// Missing rather than damaged.
+        missing: bool,
+    },
+    /// Rebuilding a package gave a different digest than recorded.
+    #[error("reconstructed package hashes to {actual}, but {expected} was recorded")]
+    ReconstructMismatch {
+        /// Recorded digest.
+        expected: Digest,
+        /// Digest of the rebuilt bytes.
+        actual: Digest,
+    },
+}
+
+fn db_err(e: impl Into<redb::Error>) -> RegistryError {
+    RegistryError::Db(e.into())
+}
+
+/// Whether `init` created a hub or found one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// A new hub was created.
+    Created,
+    /// A hub was already there; nothing was changed.
+    AlreadyInitialised,
+}
+
+/// An open registry.
+pub struct Registry {
+    dir: PathBuf,
+    config: HubConfig,
+    db: Arc<Database>,
+    blobs: BlobStore,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Creates a hub in `dir`: the directory, a commented `hub.toml`, the blob store and the index.
+    /// An existing hub is left untouched.
+    pub fn init(dir: &Path) -> Result<InitOutcome, RegistryError> {
+        let config = dir.join(CONFIG_FILE);
+        if config.exists() {
+            return Ok(InitOutcome::AlreadyInitialised);
+        }
+        let io = |op, path: &Path| {
+            let path = path.to_owned();
+            move |source| RegistryError::Io { op, path, source }
+        };
+        fs::create_dir_all(dir.join("blobs/sha256")).map_err(io("create directory", dir))?;
+        let db = Database::create(dir.join(INDEX_FILE)).map_err(db_err)?;
+        let tx = db.begin_write().map_err(db_err)?;
+        tx.open_table(PACKAGES).map_err(db_err)?;
+        tx.open_table(MANIFESTS).map_err(db_err)?;
+        tx.open_table(NAMES).map_err(db_err)?;
+        tx.open_table(ALIASES).map_err(db_err)?;
+        tx.open_table(ALIAS_HISTORY).map_err(db_err)?;
+        tx.open_table(DEVICES).map_err(db_err)?;
+        tx.open_table(TOKENS).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        // hub.toml last: its presence marks a complete hub.
+        blobs::write_atomic(&config, DEFAULT_CONFIG.as_bytes())?;
+        Ok(InitOutcome::Created)
+    }
+
+    /// Opens the hub in `dir` (sharing the index handle this process already holds, see `crate::store`).
+    pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Registry, RegistryError> {
+        let config_path = dir.join(CONFIG_FILE);
+        if !config_path.exists() {
+            return Err(RegistryError::NotInitialised { dir: dir.to_owned() });
+        }
+        let config = HubConfig::load(&config_path)?;
+        // One handle per process (`crate::store`); another process holding the index is an error at once: a serving
+        // hub takes admin commands over its socket instead.
+        let db = match crate::store::open_shared(&dir.join(INDEX_FILE), false) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy { dir: dir.to_owned() }),
+            Err(other) => return Err(db_err(other)),
+        };
+        // Tables added by later versions are created on first open, so older hubs keep working.
+        let has_tables = {
+            let read = db.begin_read().map_err(db_err)?;
+            read.open_table(DEVICES).is_ok() && read.open_table(TOKENS).is_ok()
+        };
+        if !has_tables {
+            let tx = db.begin_write().map_err(db_err)?;
+            tx.open_table(DEVICES).map_err(db_err)?;
+            tx.open_table(TOKENS).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
+        Ok(Registry { dir: dir.to_owned(), config, db, blobs: BlobStore::new(dir.join("blobs")), clock })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RegistryError> {
+    canonical::to_vec(v).map_err(|e| RegistryError::Corrupt { key: "(new record)".into(), problem: e.to_string() })
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
+    canonical::from_slice(bytes).map_err(|e| RegistryError::Corrupt { key: key.into(), problem: e.to_string() })
+}
+
+fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
+    s.parse()
+        .map_err(|e: outpost_shared::DigestParseError| RegistryError::Corrupt { key: s.into(), problem: e.to_string() })
+}

@@ -1,0 +1,115 @@
+//! Section `api`: inference through the agent's HTTP API (JSON and binary tensors) and through `infer_once`,
+//! each against `LoadedModel::run` in process in the same loop, with the HTTP round trip alone as the floor.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use outpost_agent::inference::{ModelHandle, ServeLimits, infer_once, serve};
+
+use crate::fixtures::Loaded;
+use crate::http::{Http, first_binary_output, oip_binary_request, oip_request};
+use crate::report::{Latency, latency, micros};
+use crate::{OVERHEAD_BUDGET, now};
+
+/// Starts the agent's inference API on loopback on its own runtime, configured as `outpost-agent run` configures
+/// it (a default multi-thread runtime, default limits).
+pub(crate) fn start_api(handle: Arc<ModelHandle>) -> Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            let _ = serve(listener, handle, ServeLimits::default(), std::future::pending()).await;
+        });
+    });
+    Ok(rx.recv()?)
+}
+
+/// Runs the model in process on a copy of its inputs; returns the time of `LoadedModel::run` alone.
+fn run_in_process(l: &Loaded) -> Result<Duration> {
+    let inputs = l.inputs.clone();
+    let start = now();
+    let out = l.served.model().run(inputs)?;
+    let t = start.elapsed();
+    std::hint::black_box(out);
+    Ok(t)
+}
+
+/// Median time of `LoadedModel::run` over a few runs, to size the timed loops.
+pub(crate) fn per_run(l: &Loaded) -> Result<Duration> {
+    let mut v = Vec::new();
+    for _ in 0..21 {
+        v.push(micros(run_in_process(l)?));
+    }
+    Ok(Duration::from_secs_f64(latency(v).median / 1e6))
+}
+
+/// Latencies of one model four ways: over HTTP with JSON tensors and with binary ones (the binary tensor data
+/// extension, both ways), through `infer_once` (the JSON request path without HTTP) and `LoadedModel::run` in
+/// process.
+pub(crate) struct Overhead {
+    /// `GET /v2/health/live` on the same connection: the HTTP round trip alone, the floor of any request.
+    pub(crate) floor: Latency,
+    pub(crate) http: Latency,
+    pub(crate) http_binary: Latency,
+    pub(crate) json: Latency,
+    pub(crate) direct: Latency,
+    pub(crate) requests: usize,
+}
+
+pub(crate) fn bench_overhead(addr: SocketAddr, handle: &ModelHandle, l: &Loaded) -> Result<Overhead> {
+    handle.swap(l.served.clone());
+    let mut http = Http::connect(addr)?;
+    let path = format!("/v2/models/{}/infer", l.name());
+    let request_body = oip_request(&l.inputs);
+    let request = Http::post_request(&path, &request_body, None);
+    let (binary_body, json_len) = oip_binary_request(&l.inputs);
+    let binary = Http::post_request(&path, &binary_body, Some(json_len));
+    // The API answers what the model answers in process, both ways.
+    let direct = l.served.model().run(l.inputs.clone())?.remove(0).data.to_f64()[0];
+    let (status, body) = http.exchange(&request)?;
+    ensure!(status == 200, "HTTP {status}: {}", String::from_utf8_lossy(&body));
+    let response: serde_json::Value = serde_json::from_slice(&body)?;
+    let first = response["outputs"][0]["data"][0].as_f64().context("response data")?;
+    ensure!((first - direct).abs() < 1e-6, "HTTP (JSON) and in-process outputs differ");
+    let (status, response_json_len, body) = http.exchange_binary(&binary)?;
+    ensure!(status == 200, "HTTP {status}: {}", String::from_utf8_lossy(&body));
+    let first = first_binary_output(&body, response_json_len.context("no Inference-Header-Content-Length")?)?;
+    ensure!((first - direct).abs() < 1e-6, "HTTP (binary) and in-process outputs differ");
+
+    // One of each in turn (JSON over HTTP, in process, binary over HTTP, infer_once): all see the same machine.
+    let n = (OVERHEAD_BUDGET.as_secs_f64() / per_run(l)?.as_secs_f64()).clamp(100.0, 10_000.0) as usize;
+    let live = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut samples: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(n));
+    for i in 0..n + n / 10 {
+        let start = now();
+        let (status, body) = http.exchange(&request)?;
+        let h = micros(start.elapsed());
+        ensure!(status == 200, "HTTP {status}");
+        std::hint::black_box(body);
+        let p = micros(run_in_process(l)?);
+        let start = now();
+        let (status, _, body) = http.exchange_binary(&binary)?;
+        let b = micros(start.elapsed());
+        ensure!(status == 200, "HTTP {status}");
+        std::hint::black_box(body);
+        let start = now();
+        std::hint::black_box(infer_once(&l.served, &request_body)?);
+        let j = micros(start.elapsed());
+        let start = now();
+        let (status, _) = http.exchange(live)?;
+        let f = micros(start.elapsed());
+        ensure!(status == 200, "HTTP {status}");
+        if i >= n / 10 {
+            // the first tenth warms up
+            for (v, x) in samples.iter_mut().zip([h, p, b, j, f]) {
+                v.push(x);
+            }
+        }
+    }
+    let [h, p, b, j, f] = samples.map(latency);
+    Ok(Overhead { floor: f, http: h, http_binary: b, json: j, direct: p, requests: n })
+}

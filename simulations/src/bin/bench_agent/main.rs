@@ -1,0 +1,216 @@
+//! Agent benchmarks (issue 4), each measured in one run next to its baseline and printed as a ratio: package
+//! verification, inference over the HTTP API (JSON tensors, and binary ones as tritonclient sends them), tract vs
+//! onnxruntime, failover, idle RSS and binary size.
+//!
+//! Run through `scripts/bench-agent`, which builds this and `outpost-agent` in release mode and installs
+//! onnxruntime and numpy from PyPI when missing. Baselines: `openssl dgst -sha256` on the same package file;
+//! `LoadedModel::run` in this process on the plan the API serves; onnxruntime on one thread
+//! (`scripts/bench-agent-ort.py`); a cold load of the previous model in this process; the same agent process
+//! with no model; onnxruntime's native library from its PyPI wheel. Models: the fixtures in `fixtures/models`,
+//! fed their manifests' smoke-test inputs.
+//!
+//! One module a section (`verify`, `api`, `runtime`, `failover`, `rss`, `size`), beside the fixtures, the HTTP
+//! client, the benchmarks' hub and the report; the run's bounds stay here, in one place.
+
+mod api;
+mod failover;
+mod fixtures;
+mod http;
+mod hub;
+mod report;
+mod rss;
+mod runtime;
+mod size;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use outpost_agent::inference::ModelHandle;
+use outpost_shared::clock::Clock;
+
+use crate::api::{bench_overhead, start_api};
+use crate::failover::bench_failover;
+use crate::fixtures::{FIXTURES, Loaded};
+use crate::report::{Latency, Row, latency, loadavg, print_table};
+use crate::rss::rss_row;
+use crate::runtime::bench_runtimes;
+use crate::size::size_row;
+use crate::verify::bench_verify;
+
+/// 64 Mi floats of padding: a 256 MiB model, so a package of 256 MiB and a few hundred bytes.
+const VERIFY_PADDING_FLOATS: usize = 64 * 1024 * 1024;
+/// Verification runs per side (best of, alternating), after one warm-up each.
+const VERIFY_RUNS: usize = 5;
+/// Time each side of the overhead comparison should take, roughly.
+const OVERHEAD_BUDGET: Duration = Duration::from_secs(3);
+/// Alternating rounds (onnxruntime, then tract) of the runtime comparison; the median round counts.
+const RUNTIME_ROUNDS: usize = 3;
+/// Time each side of one runtime round should take, roughly.
+const RUNTIME_BUDGET: Duration = Duration::from_secs(1);
+/// Failed health checks timed per model, each on a new package.
+const FAILOVER_RUNS: usize = 5;
+/// Successful inferences that confirm a package in the benchmark's agents.
+const HEALTH: u32 = 3;
+/// How long an agent process is left alone before its RSS is read.
+const SETTLE: Duration = Duration::from_secs(3);
+
+#[allow(clippy::disallowed_methods)] // A benchmark measures real time.
+fn now() -> Instant {
+    Instant::now()
+}
+
+#[allow(clippy::disallowed_methods)] // The agent processes read the real clock; the hub's metadata must agree.
+fn real_wall() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Real time, as `outpost-agent run` gives its model handle.
+struct RealClock(Instant);
+
+impl Clock for RealClock {
+    fn wall(&self) -> u64 {
+        real_wall()
+    }
+    fn monotonic(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// The repository root (fixtures, scripts).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn main() -> Result<()> {
+    // `bench-agent [SECTION...]` runs only those sections (verify, api, runtime, failover, rss, size); none: all.
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
+    let load_before = loadavg();
+    let tmp = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+
+    if run("verify") {
+        rows.extend(bench_verify(tmp.path())?);
+    }
+
+    let loaded: Vec<Loaded> = FIXTURES.iter().map(Loaded::open).collect::<Result<_>>()?;
+    // As `outpost-agent run` builds it: timed on a real clock, each inference reported to an observer.
+    let handle = Arc::new(ModelHandle::with_observer(Arc::new(RealClock(now())), |_, ok, took| {
+        std::hint::black_box((ok, took));
+    }));
+    let addr = start_api(handle.clone())?;
+    for l in loaded.iter().filter(|_| run("api")) {
+        eprintln!("inference overhead, {}: HTTP/1.1 keep-alive on loopback vs LoadedModel::run...", l.name());
+        let o = bench_overhead(addr, &handle, l)?;
+        eprintln!(
+            "  {} requests each way; HTTP JSON median {:.1} us p99 {:.1} us; HTTP binary median {:.1} us p99 {:.1} \
+             us; infer_once (JSON, no HTTP) median {:.1} us p99 {:.1} us; in process median {:.1} us p99 {:.1} us \
+             (plan: {:?})",
+            o.requests,
+            o.http.median,
+            o.http.p99,
+            o.http_binary.median,
+            o.http_binary.p99,
+            o.json.median,
+            o.json.p99,
+            o.direct.median,
+            o.direct.p99,
+            l.served.model().planning()
+        );
+        // Each way against `LoadedModel::run` in the same loop.
+        let vs_in_process = |figure: &str, t: Latency, goal: &str| {
+            Row::new(
+                &format!("{figure}, {} (median; p99)", l.name()),
+                format!("{:.0} us; {:.0} us", t.median, t.p99),
+                format!("{:.0} us; {:.0} us in process", o.direct.median, o.direct.p99),
+                t.median / o.direct.median,
+                goal,
+            )
+        };
+        rows.push(vs_in_process("inference via API, JSON tensors", o.http, "<= 1.05"));
+        rows.push(vs_in_process(
+            "inference via API, binary tensors (tritonclient's default)",
+            o.http_binary,
+            "<= 1.05",
+        ));
+        rows.push(vs_in_process("  (info) infer_once: JSON in and out, no HTTP", o.json, "-"));
+        rows.push(Row::new(
+            &format!("  (info) HTTP round trip alone, GET /v2/health/live, {} run (median; p99)", l.name()),
+            format!("{:.0} us; {:.0} us", o.floor.median, o.floor.p99),
+            format!("{:.0} us in process", o.direct.median),
+            o.floor.median / o.direct.median,
+            "-",
+        ));
+    }
+
+    for l in loaded.iter().filter(|_| run("runtime")) {
+        eprintln!("tract vs onnxruntime, {}, one thread each...", l.name());
+        let c = bench_runtimes(l, tmp.path())?;
+        eprintln!(
+            "  median of {RUNTIME_ROUNDS} rounds of {} runs each; tract (serving plan, {:?}) median {:.1} us p99 {:.1} us; tract (smoke shapes fixed) \
+             median {:.1} us; onnxruntime {} median {:.1} us p99 {:.1} us (session load {:.0} ms)",
+            c.iterations,
+            l.served.model().planning(),
+            c.tract.median,
+            c.tract.p99,
+            c.tract_fixed.median,
+            c.ort.onnxruntime,
+            c.ort.median_us,
+            c.ort.p99_us,
+            c.ort.load_ms
+        );
+        rows.push(Row::new(
+            &format!("tract as served vs onnxruntime, {} (median)", l.name()),
+            format!("{:.0} us", c.tract.median),
+            format!("{:.0} us onnxruntime {}", c.ort.median_us, c.ort.onnxruntime),
+            c.tract.median / c.ort.median_us,
+            "<= 1.2",
+        ));
+        rows.push(Row::new(
+            &format!("  (info) tract, smoke-test shapes fixed, {}", l.name()),
+            format!("{:.0} us", c.tract_fixed.median),
+            format!("{:.0} us onnxruntime", c.ort.median_us),
+            c.tract_fixed.median / c.ort.median_us,
+            "-",
+        ));
+    }
+
+    for l in loaded.iter().filter(|_| run("failover")) {
+        eprintln!("failover, {}: {FAILOVER_RUNS} failed health checks on new packages...", l.name());
+        let f = bench_failover(l)?;
+        let ms = |v: &[f64]| v.iter().map(|s| format!("{:.0}", s * 1e3)).collect::<Vec<_>>().join(", ");
+        eprintln!(
+            "  failover {} ms; cold load of the previous model {} ms; swap of a model kept in memory {:.2} us",
+            ms(&f.ours),
+            ms(&f.cold_load),
+            latency(f.swap_in_memory.iter().map(|s| s * 1e6).collect()).median
+        );
+        let median = |v: &[f64]| latency(v.to_vec()).median;
+        rows.push(Row::new(
+            &format!("failover to the previous model, {} (median)", l.name()),
+            format!("{:.0} ms", median(&f.ours) * 1e3),
+            format!("{:.0} ms cold load in process", median(&f.cold_load) * 1e3),
+            median(&f.ours) / median(&f.cold_load),
+            "none set",
+        ));
+    }
+
+    if run("rss") {
+        rows.push(rss_row(&loaded[0])?);
+    }
+    if run("size") {
+        rows.push(size_row(tmp.path())?);
+    }
+
+    println!();
+    println!(
+        "agent benchmarks ({} cores; same machine, same run; load average {load_before} before, {} after)",
+        std::thread::available_parallelism()?.get(),
+        loadavg()
+    );
+    print_table(&rows);
+    Ok(())
+}
