@@ -15,8 +15,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::service::Hub;
-
 /// The admin socket's file name in the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
 
@@ -87,10 +85,11 @@ pub enum Response {
     Refused(RequestError),
 }
 
-/// Runs admin requests against the open hub. The binary implements it with its command dispatcher.
-pub trait Handler: Send + Sync + 'static {
+/// Runs admin requests against the open hub (`C`: the service's `crate::service::Hub`). The binary implements it
+/// with its command dispatcher.
+pub trait Handler<C>: Send + Sync + 'static {
     /// Decodes `request` and runs it against `hub`; a request that does not decode is [`RequestError::Malformed`].
-    fn handle(&self, hub: &Hub, request: &[u8]) -> Result<Reply, RequestError>;
+    fn handle(&self, hub: &C, request: &[u8]) -> Result<Reply, RequestError>;
 }
 
 /// Why talking to a serving hub's admin socket failed.
@@ -220,10 +219,10 @@ impl Listener {
     }
 
     /// Serves requests until the task is dropped; `after` runs after every command (the service drops its caches).
-    pub async fn run(
+    pub async fn run<C: Send + Sync + 'static>(
         self,
-        hub: Arc<Hub>,
-        handler: Arc<dyn Handler>,
+        hub: Arc<C>,
+        handler: Arc<dyn Handler<C>>,
         limits: Limits,
         after: Arc<dyn Fn() + Send + Sync>,
     ) {
@@ -247,10 +246,10 @@ impl Listener {
 }
 
 /// Answers one connection's request.
-async fn serve_one(
+async fn serve_one<C: Send + Sync + 'static>(
     mut stream: tokio::net::UnixStream,
-    hub: Arc<Hub>,
-    handler: Arc<dyn Handler>,
+    hub: Arc<C>,
+    handler: Arc<dyn Handler<C>>,
     limits: Limits,
     after: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<()> {

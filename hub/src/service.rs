@@ -131,7 +131,7 @@ pub struct ServiceConfig {
     /// Where Prometheus metrics are served over HTTP, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Runs admin commands arriving on the socket; `None` serves no admin socket.
-    pub admin: Option<Arc<dyn admin::Handler>>,
+    pub admin: Option<Arc<dyn admin::Handler<Hub>>>,
     /// Bounds on admin requests.
     pub admin_limits: admin::Limits,
     /// How often the periodic jobs run.
@@ -196,7 +196,7 @@ pub enum ServiceError {
 pub struct Running {
     dir: PathBuf,
     key: String,
-    handler: Option<Arc<dyn admin::Handler>>,
+    handler: Option<Arc<dyn admin::Handler<Hub>>>,
     admin_limits: admin::Limits,
     periods: Periods,
     telemetry_retention: Duration,

@@ -296,7 +296,7 @@ impl TelemetryStore {
     /// already holds (`crate::store`); another process holding it is [`TelemetryStoreError::Busy`] at once.
     pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<TelemetryStore, TelemetryStoreError> {
         let path = dir.join(TELEMETRY_FILE);
-        let db = match crate::store::open_shared(&path, true) {
+        let db = match crate::store::files::open_shared(&path, true) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(TelemetryStoreError::Busy { path }),
             Err(e) => return Err(TelemetryStoreError::Db { path, source: e.into() }),

@@ -200,7 +200,7 @@ pub fn run_captured(command: Command, hub: &Hub) -> Reply {
 #[derive(Debug)]
 pub struct Commands;
 
-impl Handler for Commands {
+impl Handler<Hub> for Commands {
     fn handle(&self, hub: &Hub, request: &[u8]) -> Result<Reply, RequestError> {
         let command: Command =
             serde_json::from_slice(request).map_err(|e| RequestError::Malformed { reason: e.to_string() })?;

@@ -269,7 +269,7 @@ impl Registry {
         let config = HubConfig::load(&config_path)?;
         // One handle per process (`crate::store`); another process holding the index is an error at once: a serving
         // hub takes admin commands over its socket instead.
-        let db = match crate::store::open_shared(&dir.join(INDEX_FILE), false) {
+        let db = match crate::store::files::open_shared(&dir.join(INDEX_FILE), false) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy { dir: dir.to_owned() }),
             Err(other) => return Err(db_err(other)),

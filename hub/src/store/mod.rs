@@ -1,0 +1,71 @@
+//! The hub's durable state, open once: the registry index and the telemetry store behind the narrow storage traits
+//! (`crate::storage`); the serving hub holds one [`Store`] for its whole life and nothing reopens it per request.
+//!
+//! Each database file is opened through [`files`]: one handle per file per process, shared.
+
+pub mod files;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use files::{open_shared, opens};
+
+use crate::storage::{AuditStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
+
+/// The hub's durable state, open: the registry index (packages, aliases, devices, releases, audit anchor) and the
+/// telemetry store. The serving hub opens it once and hands `Arc<Store>` to everything that reads or writes it.
+#[derive(Debug)]
+pub struct Store {
+    registry: crate::Registry,
+    telemetry: crate::telemetry::TelemetryStore,
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The registry index could not be opened.
+    #[error(transparent)]
+    Registry(#[from] crate::RegistryError),
+    /// The telemetry store could not be opened.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryStoreError),
+}
+
+impl Store {
+    /// Opens the hub's store in the data directory `dir`.
+    pub fn open(dir: &Path, clock: Arc<dyn outpost_shared::clock::Clock>) -> Result<Store, StoreError> {
+        let registry = crate::Registry::open(dir, clock.clone())?;
+        let telemetry = crate::telemetry::TelemetryStore::open(dir, clock)?;
+        Ok(Store { registry, telemetry })
+    }
+
+    /// The registry index itself, for what has not moved onto the storage traits yet (rollouts, the director).
+    pub fn registry(&self) -> &crate::Registry {
+        &self.registry
+    }
+
+    /// Registered packages and aliases.
+    pub fn packages(&self) -> &dyn PackageStore {
+        &self.registry
+    }
+
+    /// Devices.
+    pub fn devices(&self) -> &dyn DeviceStore {
+        &self.registry
+    }
+
+    /// Staged releases.
+    pub fn releases(&self) -> &dyn ReleaseStore {
+        &self.registry
+    }
+
+    /// The audit anchor.
+    pub fn audit(&self) -> &dyn AuditStore {
+        &self.registry
+    }
+
+    /// Telemetry events.
+    pub fn telemetry(&self) -> &dyn TelemetryEvents {
+        &self.telemetry
+    }
+}
