@@ -12,7 +12,6 @@ use std::fs;
 use std::path::PathBuf;
 
 use ed25519_dalek::Signer;
-use serde_json::Value;
 
 use outpost_shared::Digest;
 use outpost_shared::canonical;
@@ -26,7 +25,8 @@ use outpost_firmware::manifest as fwm;
 
 use crate::blobs;
 use crate::registry::{DeviceRecord, DeviceStatus, Registry, RegistryError, SecondaryRecord};
-use crate::tuf::{HIGH_RISK_ROLE, STANDARD_ROLE, TufError, TufRepo};
+use crate::tuf::metadata::{FirmwareFacts, Targets};
+use crate::tuf::{HIGH_RISK_ROLE, STANDARD_ROLE, Signed, TufError, TufRepo};
 
 /// Why a director operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,13 +81,12 @@ pub struct PublishedFirmware {
 }
 
 impl PublishedFirmware {
-    fn from_custom(o: &Value) -> Option<PublishedFirmware> {
-        let fw = o.get("firmware")?;
+    fn from_facts(fw: &FirmwareFacts) -> Option<PublishedFirmware> {
         Some(PublishedFirmware {
-            hardware_id: fw["hardware_id"].as_str()?.to_owned(),
-            release_counter: fw["release_counter"].as_u64()?,
-            image_length: u32::try_from(fw["image_length"].as_u64()?).ok()?,
-            image_sha256: fw["image_sha256"].as_str()?.parse().ok()?,
+            hardware_id: fw.hardware_id.clone(),
+            release_counter: fw.release_counter,
+            image_length: u32::try_from(fw.image_length).ok()?,
+            image_sha256: fw.image_sha256.parse().ok()?,
         })
     }
 }
@@ -166,20 +165,18 @@ impl<'a> Director<'a> {
         let mut out = Vec::new();
         for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
             let v = self.repo.latest_version(role)?;
-            let meta = self.repo.read_meta(&format!("{v}.{role}.json"))?;
-            if let Some(targets) = meta["signed"]["targets"].as_object() {
-                for (path, t) in targets {
-                    let o = &t["custom"]["outpost"];
-                    let Some(digest) = o["digest"].as_str().and_then(|d| d.parse().ok()) else { continue };
-                    out.push(Published {
-                        path: path.clone(),
-                        digest,
-                        length: t["length"].as_u64().unwrap_or(0),
-                        channels: serde_json::from_value(o["channels"].clone()).unwrap_or_default(),
-                        published_at: o["published_at"].as_u64().unwrap_or(0),
-                        firmware: PublishedFirmware::from_custom(o),
-                    });
-                }
+            let meta: Signed<Targets> = self.repo.read_meta(&format!("{v}.{role}.json"))?;
+            for (path, t) in meta.signed.targets {
+                let Some(o) = t.package() else { continue };
+                let Ok(digest) = o.digest.parse() else { continue };
+                out.push(Published {
+                    path,
+                    digest,
+                    length: t.length,
+                    channels: o.channels.clone(),
+                    published_at: o.published_at,
+                    firmware: o.firmware.as_ref().and_then(PublishedFirmware::from_facts),
+                });
             }
         }
         out.sort_by_key(|p| p.published_at);

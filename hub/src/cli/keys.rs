@@ -93,7 +93,7 @@ pub fn run(cmd: KeysCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             writeln!(
                 o.err,
                 "rotated {role}: root v{} is signed by the old and the new keys",
-                r.read_meta("root.json")?["signed"]["version"]
+                r.read_meta::<outpost_hub::tuf::Signed<outpost_hub::tuf::metadata::Root>>("root.json")?.signed.version
             )?;
             audit(hub, "operator", Action::Rotate, &role, "root rotation")?;
         }

@@ -16,13 +16,13 @@ use outpost_shared::Digest;
 use crate::blobs::BlobError;
 
 mod keys;
-mod metadata;
+pub mod metadata;
 mod repository;
 
 pub use keys::{Key, KeyFile, key_id, tuf_key};
 pub use metadata::{
-    DIRECTOR_TARGET, HIGH_RISK_ROLE, STANDARD_ROLE, add_signature, canonical_json, role_for, sign, target_entry,
-    target_path,
+    DIRECTOR_TARGET, HIGH_RISK_ROLE, STANDARD_ROLE, Signed, add_signature, canonical_json, role_for, sign,
+    target_entry, target_path,
 };
 pub use repository::{Expiries, GenerateOptions, PublishOutcome, TufRepo};
 

@@ -5,13 +5,17 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use outpost_shared::clock::{UnixSeconds, format_rfc3339};
 use outpost_shared::rng::Rng;
 use outpost_shared::{Digest, Manifest};
 
-use super::metadata::{RootKeys, bump, director_document, empty_targets, expires, root_body, to_json};
+use super::metadata::{
+    DelegatedRole, Delegations, Extra, MetaFile, Pins, RoleKeys, Root, RootKeys, SPEC_VERSION, Signed, TargetEntry,
+    Targets, director_document, expires, from_json, root_body, to_json,
+};
 use super::{
     DIRECTOR_TARGET, HIGH_RISK_ROLE, Key, STANDARD_ROLE, TufError, add_signature, io, role_for, sign, target_entry,
     target_path,
@@ -191,31 +195,29 @@ impl TufRepo {
 
         // The director's key is a target of the top-level role, so rotating it goes through TUF.
         let director_target = self.store_target(DIRECTOR_TARGET, &director_document(&director))?;
-        let targets_keys: Vec<Value> = targets.iter().map(|k| Value::String(k.keyid.clone())).collect();
-        let mut keys_obj = serde_json::Map::new();
-        for k in &targets {
-            keys_obj.insert(k.keyid.clone(), k.tuf_public());
-        }
-        let top = json!({
-            "_type": "targets",
-            "spec_version": "1.0.31",
-            "version": 1,
-            "expires": expires(now, self.expiries.targets_secs),
-            "targets": { DIRECTOR_TARGET: director_target },
-            "delegations": {
-                "keys": keys_obj,
-                "roles": [
-                    {"name": STANDARD_ROLE, "keyids": targets_keys, "threshold": 1, "terminating": true,
-                     "paths": ["packages/low/*", "packages/medium/*"]},
-                    {"name": HIGH_RISK_ROLE, "keyids": targets_keys, "threshold": 2, "terminating": true,
-                     "paths": ["packages/high/*"]},
-                ],
-            },
+        let targets_keys: Vec<String> = targets.iter().map(|k| k.keyid.clone()).collect();
+        let delegate = |name: &str, threshold, paths: &[&str]| DelegatedRole {
+            name: name.into(),
+            keyids: targets_keys.clone(),
+            threshold,
+            terminating: true,
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            extra: Extra::new(),
+        };
+        let mut top = Targets::empty(now, self.expiries.targets_secs);
+        top.targets.insert(DIRECTOR_TARGET.into(), director_target);
+        top.delegations = Some(Delegations {
+            keys: targets.iter().map(|k| (k.keyid.clone(), k.tuf_public())).collect(),
+            roles: vec![
+                delegate(STANDARD_ROLE, 1, &["packages/low/*", "packages/medium/*"]),
+                delegate(HIGH_RISK_ROLE, 2, &["packages/high/*"]),
+            ],
+            extra: Extra::new(),
         });
         let all_targets: Vec<&Key> = targets.iter().collect();
         self.write_meta("1.targets.json", &sign(&top, &all_targets[..1])?)?;
         for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
-            let body = empty_targets(now, self.expiries.targets_secs);
+            let body = Targets::empty(now, self.expiries.targets_secs);
             let signers = if role == HIGH_RISK_ROLE { &all_targets[..2] } else { &all_targets[..1] };
             self.write_meta(&format!("1.{role}.json"), &sign(&body, signers)?)?;
         }
@@ -243,28 +245,26 @@ impl TufRepo {
         let package_path = crate::blobs::BlobStore::new(self.dir.join("blobs")).path_of(&record.digest);
         self.link_target(&path, &package_path, &record.digest)?;
 
-        let (mut envelope, _) = self.role_envelope(role)?;
-        let mut signed = envelope["signed"].clone();
+        let (envelope, _) = self.role_envelope(role)?;
+        let mut signed = envelope.signed;
         let mut entry = target_entry(record, manifest);
-        if let Some(existing) = signed["targets"].get(&path) {
-            let mut channels: Vec<String> =
-                serde_json::from_value(existing["custom"]["outpost"]["channels"].clone()).unwrap_or_default();
-            if !channels.iter().any(|c| c == channel) {
-                channels.push(channel.into());
-            }
-            channels.sort();
-            entry["custom"]["outpost"]["channels"] = json!(channels);
-        } else {
-            entry["custom"]["outpost"]["channels"] = json!([channel]);
+        let existing = signed.targets.get(&path).and_then(TargetEntry::package);
+        let mut channels = existing.map(|p| p.channels.clone()).unwrap_or_default();
+        if !channels.iter().any(|c| c == channel) {
+            channels.push(channel.into());
         }
-        bump(&mut signed, now, self.expiries.targets_secs);
-        // Publish order: later publishes sort later even within one second.
-        entry["custom"]["outpost"]["published_at"] = json!(now * 1_000_000 + signed["version"].as_u64().unwrap_or(0));
+        channels.sort();
         // When devices could first see it, in seconds (site policies' minimum soak time counts from here).
-        let first = signed["targets"].get(&path).and_then(|e| e["custom"]["outpost"]["released_at"].as_u64());
-        entry["custom"]["outpost"]["released_at"] = json!(first.unwrap_or(now));
-        signed["targets"][&path] = entry;
-        envelope = json!({"signed": signed, "signatures": []});
+        let released_at = existing.map(|p| p.released_at).filter(|&at| at > 0).unwrap_or(now);
+        signed.bump(now, self.expiries.targets_secs);
+        if let Some(custom) = entry.custom.as_mut() {
+            custom.outpost.channels = channels;
+            // Publish order: later publishes sort later even within one second.
+            custom.outpost.published_at = now * 1_000_000 + signed.version;
+            custom.outpost.released_at = released_at;
+        }
+        signed.targets.insert(path.clone(), entry);
+        let mut envelope = Signed { signed, signatures: Vec::new() };
         self.authorise(role, key, key_path)?;
         add_signature(&mut envelope, key)?;
         self.stage_or_commit(role, envelope, &path, now)
@@ -280,16 +280,12 @@ impl TufRepo {
     ) -> Result<PublishOutcome, TufError> {
         self.require()?;
         let pending = self.pending_dir().join(format!("{HIGH_RISK_ROLE}.json"));
-        let mut envelope: Value = match fs::read(&pending) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| damaged(&pending, e))?,
+        let mut envelope: Signed<Targets> = match fs::read(&pending) {
+            Ok(b) => from_json(&b).map_err(|e| damaged(&pending, e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(TufError::NothingPending(*digest)),
             Err(e) => return Err(io("read", &pending)(e)),
         };
-        let path = envelope["signed"]["targets"]
-            .as_object()
-            .and_then(|t| t.iter().find(|(_, v)| v["custom"]["outpost"]["digest"] == digest.to_hex()))
-            .map(|(p, _)| p.clone())
-            .ok_or(TufError::NothingPending(*digest))?;
+        let path = envelope.signed.path_of(digest).ok_or(TufError::NothingPending(*digest))?;
         self.authorise(HIGH_RISK_ROLE, key, key_path)?;
         add_signature(&mut envelope, key)?;
         self.stage_or_commit(HIGH_RISK_ROLE, envelope, &path, now)
@@ -300,13 +296,9 @@ impl TufRepo {
     pub fn signers_of(&self, digest: &Digest) -> Result<Vec<String>, TufError> {
         for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
             let v = self.latest_version(role)?;
-            let meta = self.read_meta(&format!("{v}.{role}.json"))?;
-            let listed = meta["signed"]["targets"]
-                .as_object()
-                .is_some_and(|t| t.values().any(|v| v["custom"]["outpost"]["digest"] == digest.to_hex()));
-            if listed {
-                let sigs = meta["signatures"].as_array().cloned().unwrap_or_default();
-                return Ok(sigs.iter().filter_map(|s| s["keyid"].as_str().map(str::to_owned)).collect());
+            let meta: Signed<Targets> = self.read_meta(&format!("{v}.{role}.json"))?;
+            if meta.signed.path_of(digest).is_some() {
+                return Ok(meta.signatures.into_iter().map(|s| s.keyid).collect());
             }
         }
         Ok(Vec::new())
@@ -317,16 +309,12 @@ impl TufRepo {
         self.require()?;
         for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
             let (envelope, _) = self.role_envelope(role)?;
-            let mut signed = envelope["signed"].clone();
-            let found = signed["targets"]
-                .as_object()
-                .and_then(|t| t.iter().find(|(_, v)| v["custom"]["outpost"]["digest"] == digest.to_hex()))
-                .map(|(p, _)| p.clone());
-            if let Some(path) = found {
+            let mut signed = envelope.signed;
+            if let Some(path) = signed.path_of(digest) {
                 self.authorise(role, key, key_path)?;
-                signed["targets"].as_object_mut().map(|t| t.remove(&path));
-                bump(&mut signed, now, self.expiries.targets_secs);
-                let mut env = json!({"signed": signed, "signatures": []});
+                signed.targets.remove(&path);
+                signed.bump(now, self.expiries.targets_secs);
+                let mut env = Signed { signed, signatures: Vec::new() };
                 add_signature(&mut env, key)?;
                 self.stage_or_commit(role, env, &path, now)?;
                 return Ok(path);
@@ -338,31 +326,30 @@ impl TufRepo {
     fn stage_or_commit(
         &self,
         role: &str,
-        envelope: Value,
+        envelope: Signed<Targets>,
         path: &str,
         now: UnixSeconds,
     ) -> Result<PublishOutcome, TufError> {
         let need = self.threshold(role)?;
-        let have = envelope["signatures"].as_array().map_or(0, Vec::len);
+        let have = envelope.signatures.len();
         let pending = self.pending_dir().join(format!("{role}.json"));
         if have < need {
             fs::create_dir_all(self.pending_dir()).map_err(io("create directory", &self.pending_dir()))?;
             blobs::write_atomic(&pending, &to_json(&envelope)?)?;
             return Ok(PublishOutcome::AwaitingSignatures { path: path.into(), have, need });
         }
-        let version = envelope["signed"]["version"].as_u64().unwrap_or(0);
-        self.write_meta(&format!("{version}.{role}.json"), &envelope)?;
+        self.write_meta(&format!("{}.{role}.json", envelope.signed.version), &envelope)?;
         let _ = fs::remove_file(&pending);
         self.write_snapshot_and_timestamp(now)?;
         Ok(PublishOutcome::Published { path: path.into(), role: role.into() })
     }
 
     /// The envelope to build on for `role`: a pending one if present, else the latest published.
-    fn role_envelope(&self, role: &str) -> Result<(Value, u64), TufError> {
+    fn role_envelope(&self, role: &str) -> Result<(Signed<Targets>, u64), TufError> {
         let pending = self.pending_dir().join(format!("{role}.json"));
         if let Ok(b) = fs::read(&pending) {
-            let v: Value = serde_json::from_slice(&b).map_err(|e| damaged(&pending, e))?;
-            let version = v["signed"]["version"].as_u64().unwrap_or(0);
+            let v: Signed<Targets> = from_json(&b).map_err(|e| damaged(&pending, e))?;
+            let version = v.signed.version;
             return Ok((v, version));
         }
         let version = self.latest_version(role)?;
@@ -370,31 +357,21 @@ impl TufRepo {
     }
 
     fn threshold(&self, role: &str) -> Result<usize, TufError> {
-        let top = self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?;
-        top["signed"]["delegations"]["roles"]
-            .as_array()
-            .and_then(|roles| roles.iter().find(|r| r["name"] == role))
-            .and_then(|r| r["threshold"].as_u64())
-            .map(|t| t as usize)
-            .ok_or_else(|| TufError::Damaged {
-                name: "targets.json".into(),
-                problem: format!("no delegation `{role}`"),
-            })
+        let top = self.top_targets()?;
+        top.signed.delegation(role).map(|r| r.threshold).ok_or_else(|| TufError::Damaged {
+            name: "targets.json".into(),
+            problem: format!("no delegation `{role}`"),
+        })
     }
 
     /// Whether `key` is one of `role`'s keys (a targets key holder for the delegated risk-tier roles); the error
     /// names the authorised key ids.
     pub fn authorise(&self, role: &str, key: &Key, key_path: &Path) -> Result<(), TufError> {
         let authorised: Vec<String> = if role == STANDARD_ROLE || role == HIGH_RISK_ROLE {
-            let top = self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?;
-            top["signed"]["delegations"]["roles"]
-                .as_array()
-                .and_then(|roles| roles.iter().find(|r| r["name"] == role))
-                .and_then(|r| serde_json::from_value(r["keyids"].clone()).ok())
-                .unwrap_or_default()
+            self.top_targets()?.signed.delegation(role).map(|r| r.keyids.clone()).unwrap_or_default()
         } else {
-            let root = self.read_meta("root.json")?;
-            serde_json::from_value(root["signed"]["roles"][role]["keyids"].clone()).unwrap_or_default()
+            let root: Signed<Root> = self.read_meta("root.json")?;
+            root.signed.roles.get(role).map(|r| r.keyids.clone()).unwrap_or_default()
         };
         if authorised.contains(&key.keyid) {
             Ok(())
@@ -411,10 +388,10 @@ impl TufRepo {
     /// Re-signs snapshot and timestamp if either expires within the margin. Returns whether it did.
     pub fn refresh_online(&self, now: UnixSeconds) -> Result<bool, TufError> {
         self.require()?;
-        let ts = self.read_meta("timestamp.json")?;
-        let snap = self.read_meta(&format!("{}.snapshot.json", self.latest_version("snapshot")?))?;
+        let ts: Signed<Pins> = self.read_meta("timestamp.json")?;
+        let snap: Signed<Pins> = self.read_meta(&format!("{}.snapshot.json", self.latest_version("snapshot")?))?;
         let soon = format_rfc3339(now.saturating_add(self.expiries.resign_margin_secs));
-        let expiring = |v: &Value| v["signed"]["expires"].as_str().is_none_or(|e| e <= soon.as_str());
+        let expiring = |v: &Signed<Pins>| v.signed.expires.as_str() <= soon.as_str();
         if expiring(&ts) || expiring(&snap) {
             self.write_snapshot_and_timestamp(now)?;
             return Ok(true);
@@ -426,33 +403,36 @@ impl TufRepo {
     fn write_snapshot_and_timestamp(&self, now: UnixSeconds) -> Result<(), TufError> {
         let snapshot_key = self.online_key("snapshot")?;
         let timestamp_key = self.online_key("timestamp")?;
-        let mut meta = serde_json::Map::new();
+        let pin = |version| MetaFile { version, length: None, hashes: None };
+        let mut meta = std::collections::BTreeMap::new();
         for role in ["targets", STANDARD_ROLE, HIGH_RISK_ROLE] {
-            meta.insert(format!("{role}.json"), json!({"version": self.latest_version(role)?}));
+            meta.insert(format!("{role}.json"), pin(self.latest_version(role)?));
         }
         let snap_version = self.latest_version("snapshot").unwrap_or(0) + 1;
-        let snapshot = json!({
-            "_type": "snapshot",
-            "spec_version": "1.0.31",
-            "version": snap_version,
-            "expires": expires(now, self.expiries.snapshot_secs),
-            "meta": meta,
-        });
+        let snapshot = Pins {
+            kind: "snapshot".into(),
+            spec_version: SPEC_VERSION.into(),
+            version: snap_version,
+            expires: expires(now, self.expiries.snapshot_secs),
+            meta,
+            extra: Extra::new(),
+        };
         let snap_bytes = to_json(&sign(&snapshot, &[&snapshot_key])?)?;
         self.write_meta_bytes(&format!("{snap_version}.snapshot.json"), &snap_bytes)?;
-        let ts_version =
-            self.read_meta("timestamp.json").ok().and_then(|t| t["signed"]["version"].as_u64()).unwrap_or(0) + 1;
-        let timestamp = json!({
-            "_type": "timestamp",
-            "spec_version": "1.0.31",
-            "version": ts_version,
-            "expires": expires(now, self.expiries.timestamp_secs),
-            "meta": {"snapshot.json": {
-                "version": snap_version,
-                "length": snap_bytes.len(),
-                "hashes": {"sha256": Digest::of(&snap_bytes).to_hex()},
-            }},
-        });
+        let ts_version = self.read_meta::<Signed<Pins>>("timestamp.json").ok().map_or(0, |t| t.signed.version) + 1;
+        let snapshot_pin = MetaFile {
+            version: snap_version,
+            length: Some(snap_bytes.len() as u64),
+            hashes: Some([("sha256".to_owned(), Digest::of(&snap_bytes).to_hex())].into()),
+        };
+        let timestamp = Pins {
+            kind: "timestamp".into(),
+            spec_version: SPEC_VERSION.into(),
+            version: ts_version,
+            expires: expires(now, self.expiries.timestamp_secs),
+            meta: [("snapshot.json".to_owned(), snapshot_pin)].into(),
+            extra: Extra::new(),
+        };
         self.write_meta("timestamp.json", &sign(&timestamp, &[&timestamp_key])?)
     }
 
@@ -475,10 +455,10 @@ impl TufRepo {
         let director = Key::generate(rng);
         director.save(&path, "director")?;
         let entry = self.store_target(DIRECTOR_TARGET, &director_document(&director))?;
-        let top = self.read_meta(&format!("{version}.targets.json"))?;
-        let mut body = top["signed"].clone();
-        body["targets"][DIRECTOR_TARGET] = entry;
-        bump(&mut body, now, self.expiries.targets_secs);
+        let top: Signed<Targets> = self.read_meta(&format!("{version}.targets.json"))?;
+        let mut body = top.signed;
+        body.targets.insert(DIRECTOR_TARGET.into(), entry);
+        body.bump(now, self.expiries.targets_secs);
         self.write_meta(&format!("{}.targets.json", version + 1), &sign(&body, &[targets_key])?)?;
         self.write_snapshot_and_timestamp(now)?;
         Ok(path)
@@ -496,13 +476,13 @@ impl TufRepo {
         now: UnixSeconds,
     ) -> Result<Vec<PathBuf>, TufError> {
         self.require()?;
-        let old = self.read_meta("root.json")?;
-        let old_signed = &old["signed"];
-        let old_version = old_signed["version"].as_u64().unwrap_or(0);
+        let old: Signed<Root> = self.read_meta("root.json")?;
+        let old_signed = &old.signed;
+        let old_version = old_signed.version;
         for (k, p) in old_roots {
             self.authorise("root", k, p)?;
         }
-        let old_threshold = old_signed["roles"]["root"]["threshold"].as_u64().unwrap_or(1) as usize;
+        let old_threshold = old_signed.roles.get("root").map_or(1, |r| r.threshold);
         if old_roots.len() < old_threshold {
             return Err(TufError::Invalid(format!(
                 "rotation needs {old_threshold} current root key(s) (--root-key), got {}",
@@ -510,8 +490,8 @@ impl TufRepo {
             )));
         }
         let mut new_signed = old_signed.clone();
-        new_signed["version"] = json!(old_version + 1);
-        new_signed["expires"] = json!(expires(now, self.expiries.root_secs));
+        new_signed.version = old_version + 1;
+        new_signed.expires = expires(now, self.expiries.root_secs);
         let mut written = Vec::new();
         let mut new_root_keys: Vec<Key> = old_roots.iter().map(|(k, _)| k.clone()).collect();
         let generated = Key::generate(rng);
@@ -521,7 +501,7 @@ impl TufRepo {
                 generated.save(&p, "root")?;
                 written.push(p);
                 new_root_keys = vec![generated.clone()];
-                new_signed["roles"]["root"] = json!({"keyids": [generated.keyid], "threshold": 1});
+                new_signed.roles.insert("root".into(), RoleKeys::single(&generated));
             }
             "timestamp" | "snapshot" => {
                 let p = self.online_key_path(role);
@@ -529,13 +509,13 @@ impl TufRepo {
                 fs::rename(&p, &retired).map_err(io("rename", &p))?;
                 generated.save(&p, role)?;
                 written.push(p);
-                new_signed["roles"][role] = json!({"keyids": [generated.keyid], "threshold": 1});
+                new_signed.roles.insert(role.into(), RoleKeys::single(&generated));
             }
             "targets" => {
                 let p = offline_dir.join(format!("targets-v{}.key", old_version + 1));
                 generated.save(&p, "targets")?;
                 written.push(p);
-                new_signed["roles"]["targets"] = json!({"keyids": [generated.keyid], "threshold": 1});
+                new_signed.roles.insert("targets".into(), RoleKeys::single(&generated));
             }
             other => {
                 return Err(TufError::Invalid(format!(
@@ -543,20 +523,12 @@ impl TufRepo {
                 )));
             }
         }
-        new_signed["keys"][&generated.keyid] = generated.tuf_public();
+        new_signed.keys.insert(generated.keyid.clone(), generated.tuf_public());
         // Drop keys no role uses any more.
-        let used: std::collections::BTreeSet<String> = new_signed["roles"]
-            .as_object()
-            .map(|roles| {
-                roles
-                    .values()
-                    .flat_map(|r| r["keyids"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|k| k.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(keys) = new_signed["keys"].as_object_mut() {
-            keys.retain(|id, _| used.contains(id));
+        let used: std::collections::BTreeSet<&String> = new_signed.roles.values().flat_map(|r| &r.keyids).collect();
+        let unused: Vec<String> = new_signed.keys.keys().filter(|id| !used.contains(id)).cloned().collect();
+        for id in unused {
+            new_signed.keys.remove(&id);
         }
         let mut signers: Vec<&Key> = old_roots.iter().map(|(k, _)| k).collect();
         for k in &new_root_keys {
@@ -569,10 +541,9 @@ impl TufRepo {
         self.write_meta("root.json", &envelope)?;
         if role == "targets" {
             // The top-level targets role must be re-signed by the new key.
-            let top = self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))?;
-            let mut body = top["signed"].clone();
-            bump(&mut body, now, self.expiries.targets_secs);
-            self.write_meta(&format!("{}.targets.json", body["version"]), &sign(&body, &[&generated])?)?;
+            let mut body = self.top_targets()?.signed;
+            body.bump(now, self.expiries.targets_secs);
+            self.write_meta(&format!("{}.targets.json", body.version), &sign(&body, &[&generated])?)?;
         }
         self.write_snapshot_and_timestamp(now)?;
         Ok(written)
@@ -602,14 +573,19 @@ impl TufRepo {
         best.ok_or_else(|| TufError::Damaged { name: format!("*.{role}.json"), problem: "no version on disk".into() })
     }
 
-    /// Reads a metadata file as JSON.
-    pub fn read_meta(&self, name: &str) -> Result<Value, TufError> {
+    /// Reads a metadata file: typed (`Signed<Targets>`, `Signed<Root>`…) or as a JSON `Value`.
+    pub fn read_meta<T: DeserializeOwned>(&self, name: &str) -> Result<T, TufError> {
         let p = self.metadata_dir().join(name);
         let bytes = fs::read(&p).map_err(io("read", &p))?;
-        serde_json::from_slice(&bytes).map_err(|e| damaged(&p, e))
+        from_json(&bytes).map_err(|e| damaged(&p, e))
     }
 
-    fn write_meta(&self, name: &str, v: &Value) -> Result<(), TufError> {
+    /// The latest top-level targets metadata.
+    fn top_targets(&self) -> Result<Signed<Targets>, TufError> {
+        self.read_meta(&format!("{}.targets.json", self.latest_version("targets")?))
+    }
+
+    fn write_meta<T: Serialize>(&self, name: &str, v: &Signed<T>) -> Result<(), TufError> {
         self.write_meta_bytes(name, &to_json(v)?)
     }
 
@@ -618,12 +594,12 @@ impl TufRepo {
     }
 
     /// Stores a small target's bytes under its hash-prefixed name and returns its targets entry.
-    fn store_target(&self, path: &str, bytes: &[u8]) -> Result<Value, TufError> {
+    fn store_target(&self, path: &str, bytes: &[u8]) -> Result<TargetEntry, TufError> {
         let d = Digest::of(bytes);
         let dest = self.consistent_path(path, &d);
         fs::create_dir_all(dest.parent().unwrap_or(&self.targets_dir())).map_err(io("create directory", &dest))?;
         blobs::write_atomic(&dest, bytes)?;
-        Ok(json!({"length": bytes.len(), "hashes": {"sha256": d.to_hex()}}))
+        Ok(TargetEntry::of(bytes))
     }
 
     fn link_target(&self, path: &str, source: &Path, digest: &Digest) -> Result<(), TufError> {
