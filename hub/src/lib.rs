@@ -8,6 +8,7 @@ pub mod attest;
 pub mod audit;
 pub mod backend;
 pub mod blobs;
+pub mod boundary;
 pub mod clock;
 pub mod config;
 pub mod director;

@@ -11,8 +11,11 @@ use outpost_shared::rng::Rng;
 use outpost_shared::telemetry::Batch;
 use outpost_shared::update::StateReport;
 
+use outpost_shared::capability::Capability;
+
 use crate::registry::{
-    AliasEvent, AttestationRecord, DeviceRecord, EnrolError, PackageRecord, Registry, RegistryError, TpmRecord,
+    AliasEvent, AttestationRecord, CapabilityAdded, CapabilityCheck, CapabilityRecord, DeviceRecord, EnrolError,
+    PackageRecord, Registry, RegistryError, TpmRecord,
 };
 use crate::rollouts::ReleaseRecord;
 use crate::telemetry::{Filter, Group, GroupBy, IngestOutcome, TelemetryStore, TelemetryStoreError};
@@ -33,6 +36,20 @@ pub trait PackageStore: Send + Sync {
     fn aliases(&self) -> Result<Vec<(String, Digest)>, RegistryError>;
     /// Every change of `alias`, oldest first.
     fn alias_history(&self, alias: &str) -> Result<Vec<AliasEvent>, RegistryError>;
+}
+
+/// Capabilities: the boundary packages of one capability live in, and its revisions.
+pub trait CapabilityStore: Send + Sync {
+    /// Registers a capability or a new revision of it (a changed contract is refused).
+    fn capability_add(&self, cap: &Capability) -> Result<(CapabilityRecord, CapabilityAdded), RegistryError>;
+    /// The current definition of a capability, if registered.
+    fn capability(&self, name: &str) -> Result<Option<CapabilityRecord>, RegistryError>;
+    /// Every registered capability, by name.
+    fn capabilities(&self) -> Result<Vec<CapabilityRecord>, RegistryError>;
+    /// Every revision of a capability, oldest first.
+    fn capability_history(&self, name: &str) -> Result<Vec<CapabilityRecord>, RegistryError>;
+    /// Whether a package with this manifest may be published under its capability (owners named, still fits).
+    fn publish_check(&self, m: &Manifest) -> Result<CapabilityCheck, RegistryError>;
 }
 
 /// Devices: the allow-list, enrolment and what devices last told the hub.
@@ -140,6 +157,24 @@ impl PackageStore for Registry {
     }
     fn alias_history(&self, alias: &str) -> Result<Vec<AliasEvent>, RegistryError> {
         Registry::alias_history(self, alias)
+    }
+}
+
+impl CapabilityStore for Registry {
+    fn capability_add(&self, cap: &Capability) -> Result<(CapabilityRecord, CapabilityAdded), RegistryError> {
+        Registry::capability_add(self, cap)
+    }
+    fn capability(&self, name: &str) -> Result<Option<CapabilityRecord>, RegistryError> {
+        Registry::capability(self, name)
+    }
+    fn capabilities(&self) -> Result<Vec<CapabilityRecord>, RegistryError> {
+        Registry::capabilities(self)
+    }
+    fn capability_history(&self, name: &str) -> Result<Vec<CapabilityRecord>, RegistryError> {
+        Registry::capability_history(self, name)
+    }
+    fn publish_check(&self, m: &Manifest) -> Result<CapabilityCheck, RegistryError> {
+        Registry::publish_check(self, m)
     }
 }
 

@@ -294,3 +294,19 @@ fn serve_binary_logging_from_its_workers_keeps_answering_and_stops_on_sigint() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn capability_commands_run_inside_the_serving_hub() {
+    let mut s = Served::new();
+    let cap = s.hub.write_capability("affine", &support::affine_capability(4, &["model"]));
+    let added = s.hub.cli(&["capability", "add", cap.to_str().unwrap()]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let refused = s.hub.cli(&["release", "publish", "affine@1.0.0", "--channel", "stable", "--key", &s.key()]);
+    assert!(!refused.status.success(), "the serving hub enforces the owners too");
+    assert!(stderr(&refused).contains("no evaluation, security, production owners"), "{}", stderr(&refused));
+    let list = stdout(&s.hub.cli(&["capability", "list", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v[0]["name"], "test.affine");
+    assert_eq!(outpost_hub::store::opens(&s.hub.dir()), 2, "nothing reopened the store");
+    s.stop();
+}

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod canonical;
+pub mod capability;
 pub mod clock;
 pub mod config;
 pub mod digest;

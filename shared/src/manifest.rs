@@ -483,9 +483,7 @@ impl Manifest {
         if !is_identifier(&self.name, false) {
             return fail("name", format!("`{}` must be 1–128 of a-z, 0-9, `-`, `_`, `.`", self.name));
         }
-        if !is_identifier(&self.capability, true) {
-            return fail("capability", format!("`{}` must be a dotted lowercase identifier", self.capability));
-        }
+        validate_capability_name(&self.capability).or_else(|p| fail("capability", p))?;
         if self.license.trim().is_empty() {
             return fail("license", "must name an SPDX licence expression".into());
         }
@@ -498,24 +496,7 @@ impl Manifest {
             PackageKind::Firmware => &[],
         };
         for &(side, specs) in contract {
-            if specs.is_empty() || specs.len() > MAX_CONTRACT_TENSORS {
-                return fail(&format!("contract.{side}"), format!("must list 1–{MAX_CONTRACT_TENSORS} tensors"));
-            }
-            for (i, t) in specs.iter().enumerate() {
-                let at = format!("contract.{side}[{i}]");
-                if t.name.is_empty() {
-                    return fail(&format!("{at}.name"), "must not be empty".into());
-                }
-                if specs[..i].iter().any(|o| o.name == t.name) {
-                    return fail(&format!("{at}.name"), format!("`{}` is declared twice", t.name));
-                }
-                if t.shape.len() > MAX_RANK {
-                    return fail(&format!("{at}.shape"), format!("rank {} exceeds {MAX_RANK}", t.shape.len()));
-                }
-                if let Some(j) = t.shape.iter().position(|d| matches!(d, Dim::Symbol(s) if s.is_empty())) {
-                    return fail(&format!("{at}.shape[{j}]"), "a symbolic dimension needs a name".into());
-                }
-            }
+            validate_specs(side, specs)?;
         }
         match (self.lineage.operator, self.lineage.parents.is_empty()) {
             (LineageOperator::None, false) => {
@@ -627,6 +608,35 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Checks one side of a contract (`inputs` or `outputs`): 1–[`MAX_CONTRACT_TENSORS`] uniquely named tensors of
+/// rank at most [`MAX_RANK`], every symbolic dimension named. Returns the dotted field at fault and the problem.
+pub fn validate_specs(side: &str, specs: &[TensorSpec]) -> Result<(), (String, String)> {
+    if specs.is_empty() || specs.len() > MAX_CONTRACT_TENSORS {
+        return Err((format!("contract.{side}"), format!("must list 1–{MAX_CONTRACT_TENSORS} tensors")));
+    }
+    for (i, t) in specs.iter().enumerate() {
+        let at = format!("contract.{side}[{i}]");
+        if t.name.is_empty() {
+            return Err((format!("{at}.name"), "must not be empty".into()));
+        }
+        if specs[..i].iter().any(|o| o.name == t.name) {
+            return Err((format!("{at}.name"), format!("`{}` is declared twice", t.name)));
+        }
+        if t.shape.len() > MAX_RANK {
+            return Err((format!("{at}.shape"), format!("rank {} exceeds {MAX_RANK}", t.shape.len())));
+        }
+        if let Some(j) = t.shape.iter().position(|d| matches!(d, Dim::Symbol(s) if s.is_empty())) {
+            return Err((format!("{at}.shape[{j}]"), "a symbolic dimension needs a name".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a capability name (`ocr.text-direction`): a dotted lowercase identifier of at most 128 bytes.
+pub fn validate_capability_name(name: &str) -> Result<(), String> {
+    if is_identifier(name, true) { Ok(()) } else { Err(format!("`{name}` must be a dotted lowercase identifier")) }
 }
 
 /// Whether `s` can be a secondary's hardware id or device id: 1–[`MAX_HARDWARE_ID_LEN`] of a-z, A-Z, 0-9, `-`,

@@ -17,6 +17,7 @@ use outpost_shared::audit::Action;
 pub mod alias;
 pub mod attestation;
 pub mod audit;
+pub mod capability;
 pub mod device;
 pub mod fleet;
 pub mod keys;
@@ -28,6 +29,7 @@ pub mod serve;
 use alias::AliasCmd;
 use attestation::{AttestationCmd, ReferenceCmd};
 use audit::AuditCmd;
+use capability::CapabilityCmd;
 use device::DeviceCmd;
 use fleet::FleetCmd;
 use keys::KeysCmd;
@@ -42,6 +44,10 @@ pub enum Command {
     /// Add, list, show and verify model packages.
     #[command(subcommand)]
     Package(PackageCmd),
+    /// Register capabilities (request contract, data class, baseline, risk tier, budget, four owners) and show
+    /// each one's boundary: champion per channel, suite, rollback path, owners.
+    #[command(subcommand)]
+    Capability(CapabilityCmd),
     /// Move and inspect named pointers to packages (stable, canary, ...).
     #[command(subcommand)]
     Alias(AliasCmd),
@@ -137,6 +143,7 @@ impl Command {
                 abs(model);
                 manifest.iter_mut().for_each(abs);
             }
+            Command::Capability(CapabilityCmd::Add { file }) => abs(file),
             Command::Keys(KeysCmd::Generate { offline_dir, .. }) => abs(offline_dir),
             Command::Keys(KeysCmd::Rotate { offline_dir, root_keys, targets_key, .. }) => {
                 offline_dir.iter_mut().chain(root_keys.iter_mut()).chain(targets_key.iter_mut()).for_each(abs);
@@ -167,6 +174,7 @@ pub fn run(command: Command, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         }
         Command::Package(cmd) => package::run(cmd, hub, o),
         Command::Reconstruct { alias, out } => package::reconstruct(alias, out, hub, o),
+        Command::Capability(cmd) => capability::run(cmd, hub, o),
         Command::Alias(cmd) => alias::run(cmd, hub, o),
         Command::Keys(cmd) => keys::run(cmd, hub, o),
         Command::Release(cmd) => release::run(cmd, hub, o),

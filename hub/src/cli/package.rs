@@ -10,6 +10,7 @@ use outpost_hub::service::Hub;
 use super::{Out, human_bytes, label, registry};
 use outpost_hub::Registry;
 use outpost_hub::blobs::BlobStatus;
+use outpost_hub::registry::CapabilityCheck;
 use outpost_shared::clock::format_rfc3339;
 use std::path::PathBuf;
 
@@ -17,7 +18,9 @@ use std::path::PathBuf;
 pub enum PackageCmd {
     /// Check an ONNX model against its manifest (loads in tract, contract, smoke test), then store it as a
     /// content-addressed package. A manifest with `kind = "firmware"` takes a firmware image instead (never loaded,
-    /// only length-checked). Prints the package digest on stdout.
+    /// only length-checked). If the manifest's capability is registered, the package must fit it (contract, data
+    /// class, risk tier; `capability --help`); a package of an unregistered capability is added unchecked. Prints
+    /// the package digest on stdout.
     Add {
         /// The ONNX model file, or the firmware image.
         model: PathBuf,
@@ -57,6 +60,16 @@ pub fn run(cmd: PackageCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             }
             if out.smoke.is_none() && out.added {
                 writeln!(o.err, "checked {}: firmware image (not loaded; secondaries verify it)", out.name_version)?;
+            }
+            match out.capability {
+                Some(CapabilityCheck::Fits { revision }) => {
+                    writeln!(o.err, "fits its capability (revision {revision}): contract, data class, risk tier")?
+                }
+                Some(CapabilityCheck::NotRegistered) => writeln!(
+                    o.err,
+                    "note: its capability is not registered: no contract check (`outpost-hub capability add`)"
+                )?,
+                None => {}
             }
             if out.added {
                 writeln!(o.err, "added {}", out.name_version)?;
@@ -169,6 +182,14 @@ fn print_details(reg: &Registry, d: &outpost_shared::Digest, o: &mut Out<'_>) ->
         "capability  {}   risk: {}   data: {}   license: {}",
         m.capability, m.risk_tier, m.data_classification, m.license
     )?;
+    let standing = match reg.capability(&m.capability)? {
+        None => "not registered: unchecked".to_owned(),
+        Some(c) => match c.capability.admits(m) {
+            Ok(()) => format!("registered (revision {}), fits", c.revision),
+            Err(e) => format!("registered (revision {}), DOES NOT FIT: {e}", c.revision),
+        },
+    };
+    writeln!(o.out, "            capability {standing}")?;
     writeln!(
         o.out,
         "size        package {}, model {} (model sha256 {})",

@@ -8,6 +8,7 @@ use outpost_hub::service::Hub;
 
 use super::{Out, audit, registry};
 use outpost_hub::director::Director;
+use outpost_hub::registry::CapabilityCheck;
 use outpost_hub::tuf::Key;
 use outpost_hub::tuf::PublishOutcome;
 use outpost_hub::tuf::key_id;
@@ -18,7 +19,9 @@ use std::path::PathBuf;
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
 pub enum ReleaseCmd {
     /// List a registered package as a TUF target on CHANNEL, signed with an offline targets key. High-risk
-    /// packages become installable only after a second, distinct key signs (`release sign`).
+    /// packages become installable only after a second, distinct key signs (`release sign`). Refused while the
+    /// package's registered capability lacks one of its four owners or the package does not fit it (a package of
+    /// an unregistered capability is published unchecked).
     Publish {
         /// The package (digest, prefix, name@version or alias).
         package: String,
@@ -117,6 +120,10 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             let d = reg.resolve(&package)?;
             let record = reg.record(&d)?.with_context(|| format!("package {d} vanished"))?;
             let (_, manifest) = reg.manifest(&d)?;
+            // A registered capability must name its four owners, and the package must still fit it.
+            if let CapabilityCheck::NotRegistered = hub.store()?.capabilities().publish_check(&manifest)? {
+                writeln!(o.err, "note: capability `{}` is not registered: published unchecked", manifest.capability)?;
+            }
             let k = Key::load(&key)?;
             report(r.publish(&record, &manifest, &channel, &k, &key, now)?, o)?;
             audit(

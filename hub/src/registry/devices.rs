@@ -506,11 +506,7 @@ impl Registry {
     /// Every release record, by id.
     pub fn releases<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<(String, T)>, RegistryError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = match tx.open_table(RELEASES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(db_err(e)),
-        };
+        let Some(t) = read_table(&tx, RELEASES)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;

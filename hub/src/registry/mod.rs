@@ -21,8 +21,11 @@ use outpost_shared::{Digest, ManifestError, canonical};
 use crate::blobs::{self, BlobError, BlobStore};
 use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
 
+mod capabilities;
 mod devices;
 mod packages;
+
+pub use capabilities::{CapabilityAdded, CapabilityCheck, CapabilityRecord};
 
 pub use devices::{
     AttestationRecord, DEVICE_STATUS_STAMP, DeviceRecord, DeviceStatus, EnrolError, EnrolmentToken, SecondaryRecord,
@@ -52,6 +55,10 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
 /// Release id → its rollout (`rollouts::ReleaseRecord`, canonical CBOR).
 const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
+/// Capability name → its current definition ([`CapabilityRecord`], canonical CBOR).
+const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
+/// (capability name, revision) → [`CapabilityRecord`] (canonical CBOR): every definition it ever had.
+const CAPABILITY_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("capability_history");
 /// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
 
@@ -194,6 +201,33 @@ pub enum RegistryError {
         /// Missing rather than damaged.
         missing: bool,
     },
+    /// The package does not fit its registered capability.
+    #[error("{file}: refused by capability `{capability}` (revision {revision}): {source}")]
+    OutsideCapability {
+        /// The manifest (or `name@version` at publish).
+        file: String,
+        /// The capability.
+        capability: String,
+        /// The revision checked against.
+        revision: u64,
+        /// The first reason it does not fit (boxed: it names tensors and dimensions).
+        source: Box<outpost_shared::capability::Unfit>,
+    },
+    /// A new revision of a capability would change its contract.
+    #[error(
+        "capability `{name}`: the contract of a registered capability cannot change (its packages were checked \
+         against it); register the new contract under a new name"
+    )]
+    CapabilityContractChanged {
+        /// The capability.
+        name: String,
+    },
+    /// The capability is not registered.
+    #[error("no capability `{0}`; register it with `outpost-hub capability add CAP.toml`")]
+    UnknownCapability(String),
+    /// The capability cannot publish: owners are missing.
+    #[error(transparent)]
+    MissingOwners(#[from] outpost_shared::capability::MissingOwners),
     /// Rebuilding a package gave a different digest than recorded.
     #[error("reconstructed package hashes to {actual}, but {expected} was recorded")]
     ReconstructMismatch {
@@ -305,6 +339,18 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RegistryError> {
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
     canonical::from_slice(bytes).map_err(|e| RegistryError::Corrupt { key: key.into(), problem: e.to_string() })
+}
+
+/// Opens a table for reading; `None` if a hub made before the table existed has not written to it yet.
+fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &redb::ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, RegistryError> {
+    match tx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db_err(e)),
+    }
 }
 
 fn parse_digest(s: &str) -> Result<Digest, RegistryError> {

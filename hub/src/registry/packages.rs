@@ -14,6 +14,7 @@ use outpost_shared::manifest::{LineageOperator, PackageKind};
 use outpost_shared::model::{self, SmokeReport};
 use outpost_shared::{Digest, Manifest, ManifestError, package};
 
+use super::capabilities::CapabilityCheck;
 use super::{
     ALIAS_HISTORY, ALIASES, MANIFESTS, NAMES, PACKAGES, Registry, RegistryError, db_err, decode, encode, parse_digest,
 };
@@ -87,6 +88,8 @@ pub struct AddOutcome {
     pub added: bool,
     /// The smoke test's measurements; `None` when the package was already registered (it passed then).
     pub smoke: Option<SmokeReport>,
+    /// How the package stands towards its capability; `None` when it was already registered.
+    pub capability: Option<CapabilityCheck>,
 }
 
 /// The result of rehashing one blob.
@@ -126,8 +129,9 @@ impl VerifyReport {
 
 impl Registry {
     /// Checks a model against its manifest (contract and smoke test) — or, for a firmware package, that the image
-    /// fits a secondary (never loaded with tract) — builds the package and registers it.
-    /// Adding a package that is already registered changes nothing.
+    /// fits a secondary (never loaded with tract) — builds the package and registers it. If the manifest's
+    /// capability is registered, the package must fit it first ([`Registry::capability_check`]); a package of an
+    /// unregistered capability is added unchecked. Adding a package that is already registered changes nothing.
     pub fn add(&self, model_path: &Path, manifest_path: &Path) -> Result<AddOutcome, RegistryError> {
         let limits = &self.config.limits;
         let manifest_text = read_limited(manifest_path, limits.max_manifest_bytes, "max_manifest_bytes")?;
@@ -145,8 +149,10 @@ impl Registry {
         let name_version = format!("{}@{}", manifest.name, manifest.version);
         if self.record(&digest)?.is_some() {
             // Same bytes, same digest: it passed every check when it was first added.
-            return Ok(AddOutcome { digest, name_version, added: false, smoke: None });
+            return Ok(AddOutcome { digest, name_version, added: false, smoke: None, capability: None });
         }
+        // A registered capability's contract, data class and risk tier before anything heavier (tract).
+        let capability = Some(self.capability_check(&manifest, &file)?);
         let smoke = match manifest.kind {
             PackageKind::Model => Some(
                 model::check(&model_bytes, &manifest)
@@ -200,7 +206,7 @@ impl Registry {
             if let Some(existing) = names.get(name_version.as_str()).map_err(db_err)? {
                 let existing = parse_digest(existing.value())?;
                 if existing == digest {
-                    return Ok(AddOutcome { digest, name_version, added: false, smoke });
+                    return Ok(AddOutcome { digest, name_version, added: false, smoke, capability });
                 }
                 return Err(RegistryError::VersionTaken { name: record.name, version: record.version, existing });
             }
@@ -212,7 +218,7 @@ impl Registry {
             tx.open_table(MANIFESTS).map_err(db_err)?.insert(key.as_str(), manifest_cbor.as_slice()).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(AddOutcome { digest, name_version, added: true, smoke })
+        Ok(AddOutcome { digest, name_version, added: true, smoke, capability })
     }
 
     /// The record of package `d`, if registered.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use files::{open_shared, opens};
 
-use crate::storage::{AuditStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
+use crate::storage::{AuditStore, CapabilityStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
 
 /// The hub's durable state, open: the registry index (packages, aliases, devices, releases, audit anchor) and the
 /// telemetry store. The serving hub opens it once and hands `Arc<Store>` to everything that reads or writes it.
@@ -46,6 +46,11 @@ impl Store {
 
     /// Registered packages and aliases.
     pub fn packages(&self) -> &dyn PackageStore {
+        &self.registry
+    }
+
+    /// Capabilities.
+    pub fn capabilities(&self) -> &dyn CapabilityStore {
         &self.registry
     }
 

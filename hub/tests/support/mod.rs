@@ -87,3 +87,56 @@ pub fn flip_byte(path: &Path, at: usize) {
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models").join(name)
 }
+
+/// Every owner role a capability names.
+pub const ALL_OWNERS: [&str; 4] = ["model", "evaluation", "security", "production"];
+
+/// A capability TOML for the testkit's affine packages (`test.affine`, `x[N, width]` → `y[N, width]`; the
+/// packages have width 4) naming the owners in `owners`.
+pub fn affine_capability(width: u64, owners: &[&str]) -> String {
+    let owners: String = owners.iter().map(|r| format!("{r} = \"{r}-owner@example.invalid\"\n")).collect();
+    format!(
+        r#"name = "test.affine"
+data_classification = "internal"
+risk_tier = "low"
+
+[[contract.inputs]]
+name = "x"
+dtype = "f32"
+shape = ["N", {width}]
+
+[[contract.outputs]]
+name = "y"
+dtype = "f32"
+shape = ["N", {width}]
+
+[baseline]
+name = "analytic"
+
+[budget]
+p95_latency_ms = 5.0
+cpu = "any"
+threads = 1
+peak_memory_bytes = 67108864
+package_size_bytes = 1048576
+
+[owners]
+{owners}"#
+    )
+}
+
+impl TestHub {
+    /// Writes a capability TOML into the temp dir; returns its path.
+    pub fn write_capability(&self, stem: &str, toml: &str) -> PathBuf {
+        let path = self.tmp.path().join(format!("{stem}.capability.toml"));
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    /// Runs the CLI and insists it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+    }
+}
