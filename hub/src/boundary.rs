@@ -1,5 +1,6 @@
 //! A capability's boundary at a glance (`capability show`): what each channel serves (the champion), what it
-//! would fall back to (the rollback path), the suite the champion was evaluated on, and the owners.
+//! would fall back to (the rollback path), the capability's suites and the champion's records on them, and the
+//! owners.
 //!
 //! Read-only; computed from the registry, the signed TUF targets and the release records. The champion of a
 //! channel is its newest published package of the capability that is neither revoked nor the package of an
@@ -9,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use outpost_shared::capability::OwnerRole;
+use outpost_shared::evaluation::{EvaluationRecord, SuiteManifest};
 use outpost_shared::{Digest, Manifest};
 
 use crate::director::{Director, DirectorOpError, Published};
@@ -39,12 +41,21 @@ pub struct Boundary {
     pub channels: Vec<ChannelState>,
     /// Whether the hub has a TUF repository at all (no repository: nothing can be published yet).
     pub repository: bool,
+    /// The registered suites of the capability.
+    pub suites: Vec<(Digest, SuiteManifest)>,
+    /// Each champion's evaluation records on the capability's suites, oldest first.
+    pub records: BTreeMap<Digest, Vec<(Digest, EvaluationRecord)>>,
 }
 
 impl Boundary {
     /// Owner roles nobody is named for.
     pub fn missing_owners(&self) -> Vec<OwnerRole> {
         self.record.capability.owners.missing()
+    }
+
+    /// The newest record of package `d` on one of the capability's suites.
+    pub fn latest_record(&self, d: &Digest) -> Option<&(Digest, EvaluationRecord)> {
+        self.records.get(d).and_then(|r| r.last())
     }
 
     /// The registered package `d` of this capability.
@@ -93,7 +104,19 @@ pub fn boundary(store: &Store, repo: &TufRepo, name: &str) -> Result<Boundary, B
     } else {
         Vec::new()
     };
-    Ok(Boundary { record, packages: members, channels, repository })
+    let suites: Vec<(Digest, SuiteManifest)> =
+        store.evaluations().suites()?.into_iter().filter(|(_, m)| m.suite.capability == name).collect();
+    let mut records = BTreeMap::new();
+    for ch in &channels {
+        let on_suites: Vec<(Digest, EvaluationRecord)> = store
+            .evaluations()
+            .evaluations(&ch.champion)?
+            .into_iter()
+            .filter(|(_, r)| suites.iter().any(|(d, _)| *d == r.suite))
+            .collect();
+        records.insert(ch.champion, on_suites);
+    }
+    Ok(Boundary { record, packages: members, channels, repository, suites, records })
 }
 
 /// Per channel, the newest published package in `members` not in `excluded`, and the one before it. `published`

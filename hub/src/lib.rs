@@ -12,6 +12,7 @@ pub mod boundary;
 pub mod clock;
 pub mod config;
 pub mod director;
+pub mod evaluate;
 pub mod registry;
 pub mod rollouts;
 pub mod service;

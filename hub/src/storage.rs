@@ -12,10 +12,11 @@ use outpost_shared::telemetry::Batch;
 use outpost_shared::update::StateReport;
 
 use outpost_shared::capability::Capability;
+use outpost_shared::evaluation::{EvaluationRecord, SuiteManifest};
 
 use crate::registry::{
     AliasEvent, AttestationRecord, CapabilityAdded, CapabilityCheck, CapabilityRecord, DeviceRecord, EnrolError,
-    PackageRecord, Registry, RegistryError, TpmRecord,
+    PackageRecord, Registry, RegistryError, SuiteAdded, TpmRecord,
 };
 use crate::rollouts::ReleaseRecord;
 use crate::telemetry::{Filter, Group, GroupBy, IngestOutcome, TelemetryStore, TelemetryStoreError};
@@ -50,6 +51,20 @@ pub trait CapabilityStore: Send + Sync {
     fn capability_history(&self, name: &str) -> Result<Vec<CapabilityRecord>, RegistryError>;
     /// Whether a package with this manifest may be published under its capability (owners named, still fits).
     fn publish_check(&self, m: &Manifest) -> Result<CapabilityCheck, RegistryError>;
+}
+
+/// Evaluation suites and evaluation records, both write-once.
+pub trait EvaluationStore: Send + Sync {
+    /// Registers the suite in a directory (`suite.toml` and its arrays); the same suite again changes nothing.
+    fn suite_add(&self, dir: &std::path::Path) -> Result<SuiteAdded, RegistryError>;
+    /// The suite a name, digest or digest prefix names.
+    fn suite(&self, reference: &str) -> Result<(Digest, SuiteManifest), RegistryError>;
+    /// Every suite, by name.
+    fn suites(&self) -> Result<Vec<(Digest, SuiteManifest)>, RegistryError>;
+    /// Stores a record under its id (never replacing one).
+    fn evaluation_put(&self, record: &EvaluationRecord) -> Result<Digest, RegistryError>;
+    /// A package's records, oldest first.
+    fn evaluations(&self, package: &Digest) -> Result<Vec<(Digest, EvaluationRecord)>, RegistryError>;
 }
 
 /// Devices: the allow-list, enrolment and what devices last told the hub.
@@ -175,6 +190,24 @@ impl CapabilityStore for Registry {
     }
     fn publish_check(&self, m: &Manifest) -> Result<CapabilityCheck, RegistryError> {
         Registry::publish_check(self, m)
+    }
+}
+
+impl EvaluationStore for Registry {
+    fn suite_add(&self, dir: &std::path::Path) -> Result<SuiteAdded, RegistryError> {
+        Registry::suite_add(self, dir)
+    }
+    fn suite(&self, reference: &str) -> Result<(Digest, SuiteManifest), RegistryError> {
+        Registry::suite(self, reference)
+    }
+    fn suites(&self) -> Result<Vec<(Digest, SuiteManifest)>, RegistryError> {
+        Registry::suites(self)
+    }
+    fn evaluation_put(&self, record: &EvaluationRecord) -> Result<Digest, RegistryError> {
+        Registry::evaluation_put(self, record)
+    }
+    fn evaluations(&self, package: &Digest) -> Result<Vec<(Digest, EvaluationRecord)>, RegistryError> {
+        Registry::evaluations(self, package)
     }
 }
 

@@ -307,6 +307,11 @@ fn capability_commands_run_inside_the_serving_hub() {
     let list = stdout(&s.hub.cli(&["capability", "list", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(v[0]["name"], "test.affine");
+    let suites = s.hub.cli(&["suite", "list", "--json"]);
+    assert!(suites.status.success(), "{}", stderr(&suites));
+    assert_eq!(stdout(&suites).trim(), "[]");
+    let no_suite = s.hub.cli(&["eval", "run", "affine@1.0.0", "--suite", "nope"]);
+    assert!(stderr(&no_suite).contains("no suite matches `nope`"), "{}", stderr(&no_suite));
     assert_eq!(outpost_hub::store::opens(&s.hub.dir()), 2, "nothing reopened the store");
     s.stop();
 }

@@ -268,13 +268,7 @@ pub enum Unfit {
 impl Capability {
     /// Parses and validates a capability TOML; `path` names the file in errors, which name the dotted field.
     pub fn from_toml(text: &str, path: &Path) -> Result<Capability, ConfigError> {
-        if text.len() > MAX_CAPABILITY_TOML_BYTES {
-            let problem = format!("{} bytes, more than the limit of {MAX_CAPABILITY_TOML_BYTES}", text.len());
-            return Err(ConfigError::invalid(path, "(document)", problem));
-        }
-        let cap: Capability = config::parse(text, path)?;
-        cap.validate().map_err(|(key, problem)| ConfigError::invalid(path, &key, problem))?;
-        Ok(cap)
+        config::parse_validated(text, path, MAX_CAPABILITY_TOML_BYTES, Capability::validate)
     }
 
     /// Decodes a stored capability (canonical CBOR) and validates it.

@@ -54,3 +54,20 @@ pub fn parse<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigEr
         ConfigError::Invalid { path: path.into(), line: line(&e), key, problem: e.message().to_owned() }
     })
 }
+
+/// Parses TOML `text` of at most `max_bytes` into `T`, then checks it with `validate` (which returns the dotted key
+/// at fault and the problem); `path` names the file in errors.
+pub fn parse_validated<T: DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    max_bytes: usize,
+    validate: impl FnOnce(&T) -> Result<(), (String, String)>,
+) -> Result<T, ConfigError> {
+    if text.len() > max_bytes {
+        let problem = format!("{} bytes, more than the limit of {max_bytes}", text.len());
+        return Err(ConfigError::invalid(path, "(document)", problem));
+    }
+    let value: T = parse(text, path)?;
+    validate(&value).map_err(|(key, problem)| ConfigError::invalid(path, &key, problem))?;
+    Ok(value)
+}

@@ -11,9 +11,12 @@ pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod director;
+pub mod evaluation;
 pub mod manifest;
 #[cfg(feature = "runtime")]
 pub mod model;
+#[cfg(feature = "npy")]
+pub mod npy;
 pub mod oip;
 pub mod package;
 pub mod policy;

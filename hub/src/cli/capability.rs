@@ -195,23 +195,31 @@ fn print_boundary(b: &Boundary, o: &mut Out<'_>) -> Result<()> {
     for ch in &b.channels {
         writeln!(o.out, "channel     {}", ch.channel)?;
         writeln!(o.out, "  champion  {}", label(b, &ch.champion))?;
-        if let Some((_, m)) = b.package(&ch.champion) {
-            let s = &m.evaluation.suite;
-            writeln!(o.out, "  suite     {} ({})", s.name, s.digest.short())?;
+        match b.latest_record(&ch.champion) {
+            Some((id, r)) => {
+                writeln!(o.out, "  suite     {} ({}), record {}", r.suite_name, r.suite.short(), id.short())?
+            }
+            None => {
+                writeln!(o.out, "  suite     NONE (no evaluation record on a suite of this capability: `eval run`)")?
+            }
         }
         match &ch.rollback {
             Some(d) => writeln!(o.out, "  rollback  {}", label(b, d))?,
             None => writeln!(o.out, "  rollback  NONE (no earlier good release on this channel)")?,
         }
     }
+    for (d, m) in &b.suites {
+        writeln!(o.out, "suite       {} ({})", m.suite.name, d.short())?;
+    }
     let champion = !b.channels.is_empty();
+    let evaluated = champion && b.channels.iter().all(|c| b.latest_record(&c.champion).is_some());
     let rollback = b.channels.iter().any(|c| c.rollback.is_some());
     let owners = b.missing_owners().is_empty();
     writeln!(
         o.out,
         "boundary    signed champion: {}   evaluation suite: {}   rollback path: {}   four owners: {}",
         tick(champion),
-        tick(champion),
+        tick(evaluated),
         tick(rollback),
         tick(owners)
     )?;
@@ -223,9 +231,10 @@ fn show_json(b: &Boundary) -> serde_json::Value {
         .channels
         .iter()
         .map(|ch| {
-            let suite = b.package(&ch.champion).map(|(_, m)| &m.evaluation.suite);
+            let record = b.latest_record(&ch.champion);
             serde_json::json!({
-                "channel": ch.channel, "champion": ch.champion, "suite": suite, "rollback": ch.rollback,
+                "channel": ch.channel, "champion": ch.champion, "rollback": ch.rollback,
+                "suite": record.map(|(_, r)| r.suite), "record": record.map(|(id, _)| *id),
             })
         })
         .collect();
@@ -235,6 +244,7 @@ fn show_json(b: &Boundary) -> serde_json::Value {
         "updated_at": b.record.updated_at,
         "packages": b.packages.iter().map(|(r, _)| r.digest).collect::<Vec<_>>(),
         "channels": channels,
+        "suites": b.suites.iter().map(|(d, m)| serde_json::json!({"digest": d, "name": m.suite.name})).collect::<Vec<_>>(),
         "missing_owners": b.missing_owners(),
     })
 }

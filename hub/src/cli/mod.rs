@@ -25,6 +25,7 @@ pub mod package;
 pub mod release;
 pub mod repo;
 pub mod serve;
+pub mod suite;
 
 use alias::AliasCmd;
 use attestation::{AttestationCmd, ReferenceCmd};
@@ -36,6 +37,7 @@ use keys::KeysCmd;
 use package::PackageCmd;
 use release::ReleaseCmd;
 use repo::RepoCmd;
+use suite::{EvalCmd, SuiteCmd};
 
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
 pub enum Command {
@@ -48,6 +50,14 @@ pub enum Command {
     /// each one's boundary: champion per channel, suite, rollback path, owners.
     #[command(subcommand)]
     Capability(CapabilityCmd),
+    /// Register write-once evaluation suites (NumPy .npy/.npz inputs, labels or reference outputs, metrics,
+    /// budget) and list or show them.
+    #[command(subcommand)]
+    Suite(SuiteCmd),
+    /// Measure a package on a suite with tract on the hub and store the evaluation record; list a package's
+    /// records.
+    #[command(subcommand)]
+    Eval(EvalCmd),
     /// Move and inspect named pointers to packages (stable, canary, ...).
     #[command(subcommand)]
     Alias(AliasCmd),
@@ -144,6 +154,7 @@ impl Command {
                 manifest.iter_mut().for_each(abs);
             }
             Command::Capability(CapabilityCmd::Add { file }) => abs(file),
+            Command::Suite(SuiteCmd::Add { dir }) => abs(dir),
             Command::Keys(KeysCmd::Generate { offline_dir, .. }) => abs(offline_dir),
             Command::Keys(KeysCmd::Rotate { offline_dir, root_keys, targets_key, .. }) => {
                 offline_dir.iter_mut().chain(root_keys.iter_mut()).chain(targets_key.iter_mut()).for_each(abs);
@@ -175,6 +186,8 @@ pub fn run(command: Command, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         Command::Package(cmd) => package::run(cmd, hub, o),
         Command::Reconstruct { alias, out } => package::reconstruct(alias, out, hub, o),
         Command::Capability(cmd) => capability::run(cmd, hub, o),
+        Command::Suite(cmd) => suite::run(cmd, hub, o),
+        Command::Eval(cmd) => suite::eval(cmd, hub, o),
         Command::Alias(cmd) => alias::run(cmd, hub, o),
         Command::Keys(cmd) => keys::run(cmd, hub, o),
         Command::Release(cmd) => release::run(cmd, hub, o),

@@ -12,6 +12,7 @@ use outpost_hub::Registry;
 use outpost_hub::blobs::BlobStatus;
 use outpost_hub::registry::CapabilityCheck;
 use outpost_shared::clock::format_rfc3339;
+use outpost_shared::evaluation::{Backing, card_backing};
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
@@ -30,7 +31,8 @@ pub enum PackageCmd {
     },
     /// List registered packages.
     List,
-    /// Show a package: manifest, lineage back to its roots, evaluation card.
+    /// Show a package: manifest, lineage back to its roots, evaluation card (each claimed metric marked backed by
+    /// an evaluation record on the card's suite, or UNBACKED), and the package's evaluation records.
     Show {
         /// A digest, a unique digest prefix (8+ hex), name@version, or an alias.
         package: String,
@@ -233,7 +235,29 @@ fn print_details(reg: &Registry, d: &outpost_shared::Digest, o: &mut Out<'_>) ->
     let metrics = |ms: &std::collections::BTreeMap<String, f64>| {
         ms.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ")
     };
-    writeln!(o.out, "  metrics   {}", metrics(&ev.metrics))?;
+    // Each claim against the package's evaluation records: a card claiming what no record backs is marked.
+    let records = reg.evaluations(d)?;
+    let claims = card_backing(ev, &records);
+    for (name, claimed, backing) in &claims {
+        let how = match backing {
+            Backing::Backed { record } => format!("backed by record {}", record.short()),
+            Backing::Differs { record, recorded } => format!("UNBACKED: record {} measured {recorded}", record.short()),
+            Backing::NotMeasured => "UNBACKED: no record on this suite measured it".to_owned(),
+            Backing::NoRecord => "UNBACKED: no evaluation record on this suite".to_owned(),
+        };
+        writeln!(o.out, "  metric    {name} = {claimed}  ({how})")?;
+    }
+    let unbacked = claims.iter().filter(|(_, _, b)| !b.is_backed()).count();
+    if unbacked > 0 {
+        writeln!(
+            o.out,
+            "  card      UNBACKED: {unbacked} of {} claimed metrics have no backing record (`outpost-hub eval run`)",
+            claims.len()
+        )?;
+    }
+    for (id, r) in &records {
+        writeln!(o.out, "  record    {}", super::suite::record_line(id, r))?;
+    }
     let base_pkg = ev.baseline.package.map(|p| format!(" ({})", p.short())).unwrap_or_default();
     writeln!(
         o.out,

@@ -56,7 +56,7 @@ pub enum ReleaseCmd {
     /// Releases and where they stand.
     List,
     /// A release's stages, counts (installed, failed, rolled back, rejected by site policy), state and rollback
-    /// recovery time.
+    /// recovery time, and the evaluation records behind its package (with how many card claims they back).
     Status {
         /// Release id (`release list`).
         id: String,
@@ -308,11 +308,28 @@ fn release_status(hub: &Hub, id: &str, json: bool, o: &mut Out<'_>) -> Result<()
             serde_json::to_string_pretty(&serde_json::json!({
                 "id": id, "package": rec.package, "channel": rec.channel, "status": st,
                 "recovery_secs": rec.rollout.recovery_time().map(|d| d.as_secs()),
+                "evaluations": hub.store()?.evaluations().evaluations(&rec.rollout.release.package)?
+                    .iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             }))?
         )?;
         return Ok(());
     }
     writeln!(o.out, "release   {id}: {} on {} ({})", rec.package, rec.channel, state_word(&st))?;
+    // The evaluation evidence behind the package: its records, and whether they back its card.
+    let package = rec.rollout.release.package;
+    let records = hub.store()?.evaluations().evaluations(&package)?;
+    let (_, manifest) = registry(hub)?.manifest(&package)?;
+    let claims = outpost_shared::evaluation::card_backing(&manifest.evaluation, &records);
+    let backed = claims.iter().filter(|(_, _, b)| b.is_backed()).count();
+    writeln!(
+        o.out,
+        "evidence  card: {backed} of {} claimed metrics backed{}",
+        claims.len(),
+        if backed < claims.len() { " (UNBACKED claims: `outpost-hub package show`)" } else { "" }
+    )?;
+    for (rid, r) in &records {
+        writeln!(o.out, "record    {}", super::suite::record_line(rid, r))?;
+    }
     if let outpost_shared::rollout::State::Aborted { reason, at } = &st.state {
         writeln!(o.out, "aborted   {} — {reason}", format_rfc3339(*at))?;
     }

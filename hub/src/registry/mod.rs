@@ -24,8 +24,10 @@ use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
 mod capabilities;
 mod devices;
 mod packages;
+mod suites;
 
 pub use capabilities::{CapabilityAdded, CapabilityCheck, CapabilityRecord};
+pub use suites::SuiteAdded;
 
 pub use devices::{
     AttestationRecord, DEVICE_STATUS_STAMP, DeviceRecord, DeviceStatus, EnrolError, EnrolmentToken, SecondaryRecord,
@@ -59,6 +61,14 @@ const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
 /// (capability name, revision) → [`CapabilityRecord`] (canonical CBOR): every definition it ever had.
 const CAPABILITY_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("capability_history");
+/// Suite digest (hex) → its canonical manifest (`shared::evaluation::SuiteManifest`, CBOR). Write-once.
+const SUITES: TableDefinition<&str, &[u8]> = TableDefinition::new("suites");
+/// Suite name → suite digest (hex). One name, one digest, for ever.
+const SUITE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("suite_names");
+/// Evaluation record id (hex) → the record (`shared::evaluation::EvaluationRecord`, canonical CBOR). Write-once.
+const EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("evaluations");
+/// (package digest hex, record id hex) → when it was recorded: a package's records.
+const PACKAGE_EVALUATIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("package_evaluations");
 /// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
 
@@ -225,6 +235,30 @@ pub enum RegistryError {
     /// The capability is not registered.
     #[error("no capability `{0}`; register it with `outpost-hub capability add CAP.toml`")]
     UnknownCapability(String),
+    /// A suite directory that cannot be registered.
+    #[error("suite {suite}: {problem}")]
+    BadSuite {
+        /// The suite's TOML.
+        suite: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Another suite already has this name (suites are write-once: a changed suite needs a new name).
+    #[error(
+        "suite name `{name}` is already registered as {existing}; suites are write-once, give the changed suite a new name"
+    )]
+    SuiteNameTaken {
+        /// The name.
+        name: String,
+        /// The registered suite's digest.
+        existing: Digest,
+    },
+    /// No suite matches the reference.
+    #[error("no suite matches `{0}` (`outpost-hub suite list`)")]
+    UnknownSuite(String),
+    /// An evaluation record with this id is already stored; records are write-once.
+    #[error("evaluation record {0} is already stored; records are write-once")]
+    RecordExists(Digest),
     /// The capability cannot publish: owners are missing.
     #[error(transparent)]
     MissingOwners(#[from] outpost_shared::capability::MissingOwners),

@@ -466,7 +466,7 @@ fn valid_alias(a: &str) -> bool {
         && !a.chars().all(|c| c.is_ascii_hexdigit())
 }
 
-fn read_limited(path: &Path, limit: u64, key: &'static str) -> Result<Vec<u8>, RegistryError> {
+pub(super) fn read_limited(path: &Path, limit: u64, key: &'static str) -> Result<Vec<u8>, RegistryError> {
     let io = |op| move |source| RegistryError::Io { op, path: path.into(), source };
     let len = fs::metadata(path).map_err(io("read"))?.len();
     if len > limit {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 pub use files::{open_shared, opens};
 
-use crate::storage::{AuditStore, CapabilityStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
+use crate::storage::{
+    AuditStore, CapabilityStore, DeviceStore, EvaluationStore, PackageStore, ReleaseStore, TelemetryEvents,
+};
 
 /// The hub's durable state, open: the registry index (packages, aliases, devices, releases, audit anchor) and the
 /// telemetry store. The serving hub opens it once and hands `Arc<Store>` to everything that reads or writes it.
@@ -51,6 +53,11 @@ impl Store {
 
     /// Capabilities.
     pub fn capabilities(&self) -> &dyn CapabilityStore {
+        &self.registry
+    }
+
+    /// Evaluation suites and records.
+    pub fn evaluations(&self) -> &dyn EvaluationStore {
         &self.registry
     }
 
