@@ -232,3 +232,35 @@ fn the_recorded_tract_version_is_the_one_linked() {
     let entry = format!("name = \"tract-onnx\"\nversion = \"{}\"", outpost_hub::evaluate::TRACT_VERSION);
     assert!(lock.contains(&entry), "update evaluate::TRACT_VERSION to the tract-onnx in Cargo.lock");
 }
+
+#[test]
+fn a_reference_package_is_run_on_the_same_samples() {
+    let hub = TestHub::new();
+    let cap = hub.write_capability("affine", &affine_capability(4, &ALL_OWNERS));
+    hub.ok(&["capability", "add", cap.to_str().unwrap()]);
+    let (model, manifest) = hub.write_affine(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0));
+    let reference = hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    let (model, manifest) = hub.write_affine(&AffineManifest::new("affine", "1.1.0", 2.0, 1.5));
+    hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    let toml = format!(
+        "name = \"vs-1.0\"\ncapability = \"test.affine\"\nmetrics = [\"agreement\", \"max_abs_diff\"]\n\
+         [inputs]\nx = \"x.npz:x\"\n[reference]\npackage = \"{}\"\n[budget]\nthreads = 1\nwarmup = 0\nruns = 1\n",
+        reference.trim()
+    );
+    // An np.savez archive (stored entries) holding `x`.
+    let mut npz = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut npz);
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("x.npy", stored).unwrap();
+        std::io::Write::write_all(&mut zip, &encode_f32(&[2, 1, 4], &[1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 9.0]))
+            .unwrap();
+        zip.finish().unwrap();
+    }
+    let dir = write_suite(&hub, "vs", &toml, &[("x.npz", npz.into_inner())]);
+    hub.ok(&["suite", "add", dir.to_str().unwrap()]);
+    let out = hub.ok(&["eval", "run", "affine@1.1.0", "--suite", "vs-1.0", "--json"]);
+    let record: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["metrics"]["max_abs_diff"], 0.5, "bias 1.5 against the reference's 1.0: {record}");
+    assert_eq!(record["metrics"]["agreement"], 1.0, "{record}");
+}
