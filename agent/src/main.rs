@@ -30,7 +30,8 @@ struct Cli {
 enum Mode {
     /// A device: update, verify, serve models.
     Device,
-    /// A site node: serve one site's devices and apply the site policy for all of them.
+    /// A site node: serve one site's devices and apply the site policy for all of them (an agent built with the
+    /// `site` feature).
     Site,
 }
 
@@ -198,13 +199,7 @@ fn run(command: Command) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             match mode {
                 Mode::Device => runtime.block_on(run_agent(config, once))?,
-                Mode::Site => runtime.block_on(async {
-                    let bind = config.site_bind;
-                    let stop = async {
-                        let _ = tokio::signal::ctrl_c().await;
-                    };
-                    outpost_agent::site::run(config, Arc::new(SystemClock), bind, stop).await
-                })?,
+                Mode::Site => run_site(&runtime, config)?,
             }
         }
         Command::Status { config } => status(&AgentConfig::load(&config)?)?,
@@ -239,6 +234,22 @@ fn run(command: Command) -> Result<()> {
         Command::Policy { .. } => unreachable!("handled in main"),
     }
     Ok(())
+}
+
+/// `run --mode site`: a site node until interrupted.
+#[cfg(feature = "site")]
+fn run_site(runtime: &tokio::runtime::Runtime, config: AgentConfig) -> Result<()> {
+    let bind = config.site_bind;
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    runtime.block_on(outpost_agent::site::run(config, Arc::new(SystemClock), bind, stop))
+}
+
+/// `run --mode site` in a build without the site node: refused by name.
+#[cfg(not(feature = "site"))]
+fn run_site(_: &tokio::runtime::Runtime, _: AgentConfig) -> Result<()> {
+    Err(outpost_agent::NotBuilt { what: "a site node (`run --mode site`)", feature: "site" }.into())
 }
 
 /// Release facts given on the command line for a dry run.
