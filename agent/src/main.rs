@@ -238,12 +238,14 @@ fn run(command: Command) -> Result<()> {
 }
 
 /// glibc malloc settings for the long-lived `run` process (see [`tune_allocator`]): at most two arenas instead of
-/// one per thread that ever allocated (tokio's workers and blocking threads each got one), and blocks of 64 KiB or
-/// more (tract's tensors and plan buffers, request bodies) from `mmap`, so that freeing them gives them back.
-/// Without them glibc raises its mmap threshold each time tract frees a large buffer while loading a model, later
-/// large blocks land in the heap among live ones, and an idle agent serving a 0.6 MB model kept some 10 MiB of
-/// freed memory (`malloc_stats` at idle: 18.9 MB held, 8.1 MB in use; BENCHMARKS.md, "idle RSS").
-const MALLOC_TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=65536";
+/// one per thread that ever allocated (tokio's workers and blocking threads each got one), and blocks of 1 MiB or
+/// more from `mmap` at a fixed threshold, so that freeing them gives them back. Without them glibc raises its mmap
+/// threshold each time tract frees a large buffer while loading a model (its optimiser's node vector reaches
+/// 4 MB), later large blocks land in the heap among live ones, and an idle agent serving a 0.6 MB model kept some
+/// 10 MiB of freed memory (`malloc_stats` at idle: 18.9 MB held, 8.1 MB in use). A 64 KiB threshold kept 2.5 MiB
+/// less but made every inference map and fault in its tensors: ppocr-direction ran 2.5 to 3 times slower.
+/// Measured in BENCHMARKS.md ("Agent: idle RSS").
+const MALLOC_TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=1048576";
 
 /// Runs this same binary again, same arguments, with [`MALLOC_TUNABLES`] in `GLIBC_TUNABLES`: glibc reads its
 /// tunables once, before `main`, and the workspace forbids the `unsafe` a `mallopt` call would need. Does nothing
