@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use outpost_attestation::identity::PublicKey;
 use serde::Deserialize;
 
+#[cfg(feature = "mirror")]
 use crate::mirror::MirrorConfig;
 use crate::site_policy::PolicySource;
 
@@ -141,7 +142,9 @@ pub struct AgentConfig {
     pub hub_address: SocketAddr,
     /// The hub's pinned public key.
     pub hub_key: PublicKey,
-    /// A static mirror of the hub's TUF repository to read metadata and packages from instead of the hub.
+    /// A static mirror of the hub's TUF repository to read metadata and packages from instead of the hub
+    /// (feature `mirror`; without it, `[hub] mirror` is refused).
+    #[cfg(feature = "mirror")]
     pub mirror: Option<MirrorConfig>,
     /// Where identity, TUF metadata, state, staging and slots live.
     pub data_dir: PathBuf,
@@ -169,9 +172,9 @@ pub fn render(hub_address: &str, hub_key: &str) -> String {
 address = "{hub_address}"
 # The hub's Ed25519 public key (`outpost-hub identity`): a hub presenting any other key is refused.
 key = "{hub_key}"
-# Optional: read TUF metadata and packages from a static mirror of the hub's repository instead of from the hub
-# (`outpost-hub repo export DIR`, served by any web server or CDN; the URL is the directory holding metadata/ and
-# targets/). The mirror is not trusted: everything it serves is verified against the TUF root pinned at init, so
+# Optional, in an agent built with the `mirror` feature: read TUF metadata and packages from a static mirror of
+# the hub's repository instead of from the hub (`outpost-hub repo export DIR`, served by any web server or CDN; the
+# URL is the directory holding metadata/ and targets/). The mirror is not trusted: everything it serves is verified against the TUF root pinned at init, so
 # a tampered, stale or rolled-back mirror is refused. The hub above still assigns packages and receives reports.
 # https:// also hides which packages the device fetches; http:// works too.
 # mirror = "https://updates.example.com/outpost"
@@ -286,6 +289,7 @@ impl AgentConfig {
             }
         };
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        #[cfg(feature = "mirror")]
         let mirror = match (raw.hub.mirror, raw.hub.mirror_ca) {
             (None, None) => None,
             (None, Some(_)) => return Err(invalid("hub.mirror_ca", "set `hub.mirror` too, or remove it".into())),
@@ -295,9 +299,17 @@ impl AgentConfig {
                 Some(mirror)
             }
         };
+        #[cfg(not(feature = "mirror"))]
+        if let Some(key) = [("hub.mirror", &raw.hub.mirror), ("hub.mirror_ca", &raw.hub.mirror_ca)]
+            .into_iter()
+            .find_map(|(key, value)| value.as_ref().map(|_| key))
+        {
+            return Err(ConfigError::NotBuilt { path: path.into(), key: key.into(), feature: "mirror".into() });
+        }
         Ok(AgentConfig {
             hub_address,
             hub_key,
+            #[cfg(feature = "mirror")]
             mirror,
             data_dir: base.join(&raw.device.data_dir),
             updates: raw.updates,
@@ -324,10 +336,12 @@ mod tests {
         assert_eq!(c.hub_key.to_hex(), KEY);
         assert_eq!(c.data_dir, Path::new("/dev0/."));
         assert_eq!(c.updates, Updates::default());
+        #[cfg(feature = "mirror")]
         assert_eq!(c.mirror, None, "the mirror is commented out by default");
     }
 
     #[test]
+    #[cfg(feature = "mirror")]
     fn mirror_lines_uncommented_select_the_export_layout_and_a_ca_beside_the_file() {
         let text = render("127.0.0.1:7443", KEY).replace("# mirror", "mirror");
         let c = AgentConfig::parse(&text, Path::new("/dev0/agent.toml")).unwrap();
@@ -338,6 +352,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "mirror")]
     fn bad_mirror_settings_name_the_key() {
         let text = render("127.0.0.1:7443", KEY).replace("# mirror = \"https://", "mirror = \"ftp://");
         let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
@@ -345,6 +360,17 @@ mod tests {
         let text = render("127.0.0.1:7443", KEY).replace("# mirror_ca", "mirror_ca");
         let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
         assert!(e.contains("`hub.mirror_ca`"), "{e}");
+    }
+
+    #[test]
+    #[cfg(not(feature = "mirror"))]
+    fn a_mirror_is_refused_by_a_build_without_the_mirror_feature() {
+        let text = render("127.0.0.1:7443", KEY).replace("# mirror", "mirror");
+        let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::NotBuilt { key, feature, .. } if key == "hub.mirror" && feature == "mirror"),
+            "{e}"
+        );
     }
 
     #[test]

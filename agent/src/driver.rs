@@ -24,8 +24,10 @@ use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
 
 use crate::config::AgentConfig;
 use crate::device::{self, Layout};
+#[cfg(feature = "gateway")]
 use crate::gateway::{self, FirmwareUpdate};
 use crate::inference::{ModelHandle, Served};
+#[cfg(feature = "mirror")]
 use crate::mirror::Mirror;
 use crate::site_policy::SitePolicy;
 use crate::transport::{self, Transport, TransportError};
@@ -49,6 +51,7 @@ pub enum CheckError {
     #[error("TUF: {0}")]
     TrustedRoot(#[from] crate::tuf::TufError),
     /// The static mirror client could not be set up (its configuration, CA file or TLS).
+    #[cfg(feature = "mirror")]
     #[error("mirror: {0}")]
     Mirror(#[from] crate::mirror::MirrorError),
     /// A package download failed on the way (TUF failures are [`CheckError::Tuf`]).
@@ -67,8 +70,12 @@ pub enum CheckError {
     #[error("{0}")]
     Invalid(String),
     /// Firmware for a secondary does not match what the director signed for it.
+    #[cfg(feature = "gateway")]
     #[error("firmware: {0}")]
     Gateway(#[from] gateway::GatewayError),
+    /// The hub asked for a part this build leaves out (firmware for secondaries without the `gateway` feature).
+    #[error(transparent)]
+    NotBuilt(#[from] crate::NotBuilt),
 }
 
 impl From<outpost_net::client::ClientError> for CheckError {
@@ -101,6 +108,7 @@ pub struct Agent {
     client: Option<Arc<HubClient>>,
     /// The static mirror TUF metadata and targets come from (`[hub] mirror`), if any: one client for the agent's
     /// life, so its TLS setup and connection pool outlive a check.
+    #[cfg(feature = "mirror")]
     mirror: Option<Arc<Mirror>>,
     /// The hub's attestation of `client`'s connection (`None`: not attested, or a server that does not attest).
     attested: Option<outpost_net::client::Attested>,
@@ -115,6 +123,7 @@ pub struct Agent {
     /// While a package is on trial, the model it replaced, still loaded: a rollback is a pointer swap.
     previous: Option<Arc<Served>>,
     /// Firmware checked for this gateway's secondaries at the last check, per secondary device id.
+    #[cfg(feature = "gateway")]
     firmware: Vec<(String, Result<FirmwareUpdate, CheckError>)>,
     /// The site policy in force (the last one that loaded).
     policy: Option<SitePolicy>,
@@ -164,6 +173,7 @@ impl Agent {
             }
         };
         let health = HealthPolicy { inferences: config.updates.health_inferences, seconds: config.updates.health_secs };
+        #[cfg(feature = "mirror")]
         let mirror = config.mirror.as_ref().map(Mirror::new).transpose()?.map(Arc::new);
         let timing = Timing {
             poll_secs: config.updates.poll_secs,
@@ -179,6 +189,7 @@ impl Agent {
             updates: UpdateLoop::new(state, health).with_timing(timing),
             models,
             client: None,
+            #[cfg(feature = "mirror")]
             mirror,
             attested: None,
             tpm,
@@ -186,6 +197,7 @@ impl Agent {
             outbox: Vec::new(),
             staged: None,
             previous: None,
+            #[cfg(feature = "gateway")]
             firmware: Vec::new(),
             policy: None,
             advertised: None,
@@ -452,10 +464,13 @@ impl Agent {
         let client = self.connect().await?;
         // Metadata and target bytes come from the mirror when one is configured; the assignment and reports
         // always go to the hub.
+        #[cfg(feature = "mirror")]
         let source: Arc<dyn Transport> = match &self.mirror {
             Some(mirror) => mirror.clone(),
             None => client.clone(),
         };
+        #[cfg(not(feature = "mirror"))]
+        let source: Arc<dyn Transport> = client.clone();
         let now = self.clock.wall().max(self.updates.state.last_known_time);
         let ts = jiff::Timestamp::from_second(i64::try_from(now).unwrap_or(i64::MAX))
             .map_err(|e| CheckError::Invalid(e.to_string()))?;
@@ -518,7 +533,12 @@ impl Agent {
                 queue.extend(self.feed(event)?);
             }
         }
-        self.firmware = self.check_firmware(&*source, &assignment.secondaries, &director_key).await;
+        #[cfg(feature = "gateway")]
+        {
+            self.firmware = self.check_firmware(&*source, &assignment.secondaries, &director_key).await;
+        }
+        #[cfg(not(feature = "gateway"))]
+        self.refuse_firmware(&assignment.secondaries);
         self.update_shadow(&*source, assignment.shadow.as_ref()).await;
         self.flush_reports(&client).await
     }
@@ -625,6 +645,7 @@ impl Agent {
     /// Downloads the firmware the verified assignment names for each secondary — the same resumable, bounded,
     /// hash-checked download as a model — and checks it against the director's compact manifest. The verified
     /// package stays in staging, so a later check does not fetch it again.
+    #[cfg(feature = "gateway")]
     async fn check_firmware(
         &mut self,
         source: &dyn Transport,
@@ -645,8 +666,21 @@ impl Agent {
         out
     }
 
+    /// Without the `gateway` feature, firmware assigned to secondaries behind this device is not fetched: each one
+    /// is refused by name, on stderr and in the next report to the hub, and the device's own update goes on.
+    #[cfg(not(feature = "gateway"))]
+    fn refuse_firmware(&mut self, secondaries: &[director::SecondaryAssignment]) {
+        for s in secondaries {
+            let e = CheckError::from(crate::NotBuilt { what: "firmware for secondaries", feature: "gateway" });
+            let message = format!("firmware {} for secondary {} not fetched: {e}", s.target.path, s.device_id);
+            eprintln!("outpost-agent: {message}");
+            self.outbox.push(message);
+        }
+    }
+
     /// Firmware verified at the last check for this gateway's secondaries (by device id), to hand over with
     /// [`gateway::deliver`]; taking it leaves nothing until the next check.
+    #[cfg(feature = "gateway")]
     pub fn take_firmware(&mut self) -> Vec<(String, Result<FirmwareUpdate, CheckError>)> {
         std::mem::take(&mut self.firmware)
     }

@@ -30,6 +30,20 @@ pub enum ConfigError {
         /// What is wrong.
         problem: String,
     },
+    /// A key asks for a part of the program that this build leaves out (a cargo feature that was not enabled):
+    /// refused, so a configured part is never silently missing.
+    #[error(
+        "{}: key `{key}` needs the `{feature}` feature, which this build leaves out (build it with `--features {feature}`)",
+        path.display()
+    )]
+    NotBuilt {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key that asks for the part.
+        key: String,
+        /// The cargo feature that provides it.
+        feature: String,
+    },
 }
 
 impl ConfigError {

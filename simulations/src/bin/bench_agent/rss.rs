@@ -125,6 +125,6 @@ pub(crate) fn rss_row(ppocr: &Loaded) -> Result<Row> {
         format!("{:.1} MiB", rss.with_model_kib as f64 / 1024.0),
         format!("{:.1} MiB same agent, no model", rss.without_model_kib as f64 / 1024.0),
         rss.with_model_kib as f64 / rss.without_model_kib as f64,
-        "none set",
+        "<= 30 MiB",
     ))
 }
