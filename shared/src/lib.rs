@@ -18,6 +18,8 @@ pub mod model;
 #[cfg(feature = "npy")]
 pub mod npy;
 pub mod oip;
+#[cfg(feature = "runtime")]
+pub mod operators;
 pub mod package;
 pub mod policy;
 pub mod rng;
