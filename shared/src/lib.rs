@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod canonical;
 pub mod capability;
+pub mod challenger;
 pub mod clock;
 pub mod config;
 pub mod digest;

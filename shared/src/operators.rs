@@ -25,6 +25,8 @@ const ATTR_INT: i32 = 2;
 const PER_AXIS_OPSET: i64 = 13;
 /// The first opset with DequantizeLinear at all.
 const DEQUANTIZE_OPSET: i64 = 10;
+/// The smallest threshold a cycle's later variants start their ×4 ladder from ([`Operator::variant`]).
+pub const VARIANT_FLOOR: usize = 256;
 /// Default for [`Int8::min_elements`] and [`Fp16::min_elements`]: tensors smaller than this stay float.
 pub const DEFAULT_MIN_ELEMENTS: usize = 1024;
 
@@ -191,24 +193,24 @@ impl Operator {
         Ok(op)
     }
 
-    /// The `i`-th of `count` variants for a cycle (`i` from 0): the first is `self`; the others raise
-    /// `min_elements` by ×4 each, and int8 alternates per-channel and per-tensor, so the descendants differ.
+    /// The `i`-th variant for a cycle (`i` from 0), so a cycle's descendants differ: the first is `self`; then int8
+    /// alternates the other granularity and a size threshold four times higher for every second step (from at least
+    /// [`VARIANT_FLOOR`]), and fp16 raises the threshold ×4 a step (from at least the floor).
     pub fn variant(&self, i: usize) -> Operator {
-        let grow = |m: usize| m.max(1).saturating_mul(4usize.saturating_pow(i as u32));
+        let ladder = |m: usize, steps: usize| m.max(VARIANT_FLOOR).saturating_mul(4usize.saturating_pow(steps as u32));
         match *self {
-            Operator::Int8(q) if i == 0 => Operator::Int8(q),
+            _ if i == 0 => *self,
             Operator::Int8(q) => {
-                // 1: other granularity, same size; 2: same granularity, ×4; 3: other, ×4; …
                 let flip = match q.granularity {
                     Granularity::PerChannel => Granularity::PerTensor,
                     Granularity::PerTensor => Granularity::PerChannel,
                 };
+                // 1: the other granularity; 2: ×4 the threshold; 3: both; 4: ×16; …
                 let granularity = if i % 2 == 1 { flip } else { q.granularity };
-                let min_elements = q.min_elements.max(1).saturating_mul(4usize.saturating_pow((i / 2) as u32));
+                let min_elements = if i < 2 { q.min_elements } else { ladder(q.min_elements, i / 2) };
                 Operator::Int8(Int8 { min_elements, granularity })
             }
-            Operator::Fp16(_) if i == 0 => *self,
-            Operator::Fp16(h) => Operator::Fp16(Fp16 { min_elements: grow(h.min_elements) }),
+            Operator::Fp16(h) => Operator::Fp16(Fp16 { min_elements: ladder(h.min_elements, i) }),
         }
     }
 
