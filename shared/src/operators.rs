@@ -440,7 +440,8 @@ fn weight_values(t: &pb::TensorProto, min_elements: usize) -> Option<Vec<f32>> {
     if t.data_type != FLOAT || t.dims.len() < 2 || t.dims.iter().any(|&d| d < 0) || t.data_location.unwrap_or(0) != 0 {
         return None;
     }
-    let n: usize = t.dims.iter().map(|&d| d as usize).product();
+    // Checked: a crafted model's dims must not wrap around to match a short buffer.
+    let n = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?))?;
     if n < min_elements.max(1) {
         return None;
     }
@@ -636,6 +637,14 @@ mod tests {
         let (channel_err, tensor_err) = (error(&done.model), error(&per_tensor.model));
         assert!(channel_err < 0.03, "per-channel relative error {channel_err}");
         assert!(channel_err * 1.5 < tensor_err, "per-channel {channel_err} vs per-tensor {tensor_err}");
+    }
+
+    #[test]
+    fn dims_that_overflow_are_not_a_weight() {
+        let t = tensor("w", FLOAT, vec![1 << 62, 8], f32_bytes(&[1.0; 8]));
+        assert_eq!(weight_values(&t, 0), None);
+        assert_eq!(weight_values(&tensor("w", FLOAT, vec![2, 4], f32_bytes(&[1.0; 8])), 0).map(|v| v.len()), Some(8));
+        assert!(matches!(quantize_int8(b"not a model", &Int8::default()), Err(OperatorError::Decode(_))));
     }
 
     #[test]
