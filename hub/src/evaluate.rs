@@ -15,7 +15,6 @@ use outpost_shared::model::{self, LoadedModel, ModelError, NamedTensor, TensorDa
 use outpost_shared::npy::{self, ArrayError, ArrayLimits};
 use outpost_shared::{Digest, Manifest};
 
-use crate::blobs::BlobStatus;
 use crate::registry::{Registry, RegistryError};
 
 /// The tract version the hub (and the agent) link, recorded with every evaluation.
@@ -90,9 +89,7 @@ struct Subject {
 fn load(reg: &Registry, d: &Digest) -> Result<(Subject, u64), EvalError> {
     let record = reg.record(d)?.ok_or_else(|| RegistryError::UnknownPackage(d.to_hex()))?;
     let (_, manifest) = reg.manifest(d)?;
-    let bytes = reg.blobs().read_verified(&record.model_digest).map_err(RegistryError::from)?.map_err(|status| {
-        RegistryError::BadBlob { role: "model", digest: record.model_digest, missing: status == BlobStatus::Missing }
-    })?;
+    let bytes = reg.model_of(&record)?;
     let label = format!("{}@{}", record.name, record.version);
     let model = model::load_for_serving(&bytes, &manifest)
         .map_err(|source| EvalError::Model { package: label.clone(), source })?;

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod backend;
 pub mod blobs;
 pub mod boundary;
+pub mod challenger;
 pub mod clock;
 pub mod config;
 pub mod director;

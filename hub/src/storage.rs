@@ -12,6 +12,7 @@ use outpost_shared::telemetry::Batch;
 use outpost_shared::update::StateReport;
 
 use outpost_shared::capability::Capability;
+use outpost_shared::challenger::CycleRecord;
 use outpost_shared::evaluation::{EvaluationRecord, SuiteManifest};
 
 use crate::registry::{
@@ -65,6 +66,16 @@ pub trait EvaluationStore: Send + Sync {
     fn evaluation_put(&self, record: &EvaluationRecord) -> Result<Digest, RegistryError>;
     /// A package's records, oldest first.
     fn evaluations(&self, package: &Digest) -> Result<Vec<(Digest, EvaluationRecord)>, RegistryError>;
+}
+
+/// Challenger cycle records, write-once.
+pub trait CycleStore: Send + Sync {
+    /// Stores a cycle's record under its id (never replacing one).
+    fn cycle_put(&self, record: &CycleRecord) -> Result<Digest, RegistryError>;
+    /// The cycle an id or unique prefix names.
+    fn cycle(&self, reference: &str) -> Result<(Digest, CycleRecord), RegistryError>;
+    /// Every cycle, oldest first.
+    fn cycles(&self) -> Result<Vec<(Digest, CycleRecord)>, RegistryError>;
 }
 
 /// Devices: the allow-list, enrolment and what devices last told the hub.
@@ -208,6 +219,18 @@ impl EvaluationStore for Registry {
     }
     fn evaluations(&self, package: &Digest) -> Result<Vec<(Digest, EvaluationRecord)>, RegistryError> {
         Registry::evaluations(self, package)
+    }
+}
+
+impl CycleStore for Registry {
+    fn cycle_put(&self, record: &CycleRecord) -> Result<Digest, RegistryError> {
+        Registry::cycle_put(self, record)
+    }
+    fn cycle(&self, reference: &str) -> Result<(Digest, CycleRecord), RegistryError> {
+        Registry::cycle(self, reference)
+    }
+    fn cycles(&self) -> Result<Vec<(Digest, CycleRecord)>, RegistryError> {
+        Registry::cycles(self)
     }
 }
 

@@ -312,6 +312,11 @@ fn capability_commands_run_inside_the_serving_hub() {
     assert_eq!(stdout(&suites).trim(), "[]");
     let no_suite = s.hub.cli(&["eval", "run", "affine@1.0.0", "--suite", "nope"]);
     assert!(stderr(&no_suite).contains("no suite matches `nope`"), "{}", stderr(&no_suite));
+    // The challenger runs in the serving hub too: no suite for the capability yet, and no cycles.
+    let cycle = s.hub.cli(&["challenger", "run", "test.affine", "--champion", "affine@1.0.0", "--operator", "int8"]);
+    assert!(stderr(&cycle).contains("capability `test.affine` has 0 suites"), "{}", stderr(&cycle));
+    let cycles = s.hub.cli(&["challenger", "list", "--json"]);
+    assert_eq!(stdout(&cycles).trim(), "[]", "{}", stderr(&cycles));
     assert_eq!(outpost_hub::store::opens(&s.hub.dir()), 2, "nothing reopened the store");
     s.stop();
 }

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod canonical;
 pub mod capability;
+pub mod challenger;
 pub mod clock;
 pub mod config;
 pub mod digest;
@@ -18,6 +19,8 @@ pub mod model;
 #[cfg(feature = "npy")]
 pub mod npy;
 pub mod oip;
+#[cfg(feature = "runtime")]
+pub mod operators;
 pub mod package;
 pub mod policy;
 pub mod rng;

@@ -261,6 +261,10 @@ pub struct Lineage {
     /// Package digests of the parents; empty exactly when `operator` is `none`.
     #[serde(default)]
     pub parents: Vec<Digest>,
+    /// The operator's parameters as the tool that made the package recorded them (`min_elements = "1024"`, the
+    /// command line of an external operator, …); absent for most packages.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
 }
 
 /// The operation that made a model from its parent packages.

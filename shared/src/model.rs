@@ -388,7 +388,8 @@ impl LoadedModel {
             .collect()
     }
 
-    fn smoke_inner(&self, manifest: &Manifest) -> Result<SmokeReport, ModelError> {
+    /// The smoke test's input tensors in the model's order, and their shapes.
+    fn smoke_inputs(&self, manifest: &Manifest) -> Result<(TVec<TValue>, Vec<Vec<usize>>), ModelError> {
         let st = &manifest.smoke_test;
         let mut inputs = TVec::new();
         let mut shapes = Vec::new();
@@ -407,6 +408,11 @@ impl LoadedModel {
             inputs.push(to_tensor(t, spec.dtype)?.into_tvalue());
             shapes.push(t.shape.iter().map(|&d| d as usize).collect());
         }
+        Ok((inputs, shapes))
+    }
+
+    fn smoke_inner(&self, manifest: &Manifest) -> Result<SmokeReport, ModelError> {
+        let (inputs, shapes) = self.smoke_inputs(manifest)?;
         let plan = self.plan_for(shapes).map_err(|e| ModelError::SmokeRun(e.to_string()))?;
         let mut report = self.smoke_check(manifest, &plan, inputs.clone())?;
         // A symbolic model serves every other shape on its symbolic plan: that one must pass too.
@@ -419,33 +425,62 @@ impl LoadedModel {
         Ok(report)
     }
 
+    /// Runs the manifest's smoke-test inputs and returns what this model answers for each output the smoke test
+    /// checks: the expectations of a package derived from the manifest's (a quantised descendant answers a little
+    /// differently, and its own smoke test must hold it to what the hub saw).
+    pub fn smoke_outputs(&self, manifest: &Manifest) -> Result<Vec<SmokeTensor>, ModelError> {
+        guard(ModelError::Load, || {
+            let st = &manifest.smoke_test;
+            let (inputs, shapes) = self.smoke_inputs(manifest)?;
+            let plan = self.plan_for(shapes).map_err(|e| ModelError::SmokeRun(e.to_string()))?;
+            let outputs = plan.run(inputs).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
+            let mut found = Vec::new();
+            for expected in &st.expected {
+                let (shape, values) = self.output_values(&outputs, &expected.name)?;
+                found.push(SmokeTensor {
+                    name: expected.name.clone(),
+                    shape: shape.iter().map(|&d| d as u64).collect(),
+                    values: Some(values),
+                    fill: None,
+                });
+            }
+            Ok(found)
+        })
+    }
+
+    /// The output `name` of a run: its shape and its values as f64.
+    fn output_values(&self, outputs: &[TValue], name: &str) -> Result<(Vec<usize>, Vec<f64>), ModelError> {
+        let ix = self
+            .output_names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| ModelError::SmokeRun(format!("model has no output `{name}`")))?;
+        let actual = outputs[ix].cast_to::<f64>().map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
+        let values = actual
+            .to_plain_array_view::<f64>()
+            .map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?
+            .iter()
+            .copied()
+            .collect();
+        Ok((actual.shape().to_vec(), values))
+    }
+
     /// Runs the smoke test's `inputs` on `plan` and compares the outputs with the expected values.
     fn smoke_check(&self, manifest: &Manifest, plan: &Plan, inputs: TVec<TValue>) -> Result<SmokeReport, ModelError> {
         let st = &manifest.smoke_test;
         let outputs = plan.run(inputs).map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
         let mut report = Vec::new();
         for expected in &st.expected {
-            let ix = self
-                .output_names
-                .iter()
-                .position(|n| n == &expected.name)
-                .ok_or_else(|| ModelError::SmokeRun(format!("model has no output `{}`", expected.name)))?;
-            let actual = outputs[ix].cast_to::<f64>().map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?;
-            let shape_ok = actual.shape().len() == expected.shape.len()
-                && actual.shape().iter().zip(&expected.shape).all(|(&a, &e)| a as u64 == e);
+            let (shape, got) = self.output_values(&outputs, &expected.name)?;
+            let shape_ok =
+                shape.len() == expected.shape.len() && shape.iter().zip(&expected.shape).all(|(&a, &e)| a as u64 == e);
             if !shape_ok {
                 return Err(ModelError::SmokeShape {
                     output: expected.name.clone(),
-                    actual: actual.shape().to_vec(),
+                    actual: shape,
                     expected: expected.shape.clone(),
                 });
             }
-            let got: Vec<f64> = actual
-                .to_plain_array_view::<f64>()
-                .map_err(|e| ModelError::SmokeRun(format!("{e:#}")))?
-                .iter()
-                .copied()
-                .collect();
             let want = expected.materialize();
             let mut worst = (0usize, 0.0f64);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {

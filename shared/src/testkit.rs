@@ -16,20 +16,7 @@ pub fn affine_model(scale: f32, bias: f32) -> Vec<u8> {
 
 /// Like [`affine_model`], plus an unused weight of `padding_floats` elements to make the file larger.
 pub fn affine_model_sized(scale: f32, bias: f32, padding_floats: usize) -> Vec<u8> {
-    let dim = |v: PbDim| Dimension { denotation: String::new(), value: Some(v) };
-    let value_info = |name: &str| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![dim(PbDim::DimParam("N".into())), dim(PbDim::DimValue(4))],
-                }),
-            })),
-        }),
-        doc_string: String::new(),
-    };
+    let value_info = |name: &str| f32_info(name, vec![PbDim::DimParam("N".into()), PbDim::DimValue(4)]);
     let mut initializer = vec![scalar("scale", scale), scalar("bias", bias)];
     if padding_floats > 0 {
         initializer.push(pb::TensorProto {
@@ -56,6 +43,23 @@ pub fn affine_model_sized(scale: f32, bias: f32, padding_floats: usize) -> Vec<u
         ..Default::default()
     };
     model.encode_to_vec()
+}
+
+/// A graph input or output: an f32 tensor of these dimensions.
+fn f32_info(name: &str, dims: Vec<PbDim>) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims.into_iter().map(|v| Dimension { denotation: String::new(), value: Some(v) }).collect(),
+                }),
+            })),
+        }),
+        doc_string: String::new(),
+    }
 }
 
 /// A scalar f32 initializer.
@@ -282,4 +286,46 @@ built_at = "2026-11-28T12:00:00Z"
     pub fn manifest(&self) -> Manifest {
         Manifest::from_toml(&self.toml(), "testkit.toml").expect("testkit manifests are valid")
     }
+}
+
+/// An ONNX model (opset 17) computing `y = x · W` on `x: f32[1, k]` with the weight `w` (`k × n`, row-major) as
+/// an initializer: a model whose weight an operator can rewrite per output channel.
+pub fn matmul_model(w: &[f32], k: usize, n: usize) -> Vec<u8> {
+    let info = |name: &str, cols: usize| f32_info(name, vec![PbDim::DimValue(1), PbDim::DimValue(cols as i64)]);
+    let weight = pb::TensorProto {
+        name: "w".into(),
+        data_type: 1,
+        dims: vec![k as i64, n as i64],
+        raw_data: w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: "matmul".into(),
+        node: vec![node("MatMul", &["x", "w"], "y")],
+        initializer: vec![weight],
+        input: vec![info("x", k)],
+        output: vec![info("y", n)],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        producer_name: "outpost-testkit".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Runs a [`matmul_model`]-shaped model (`x: f32[1, k]`) with tract and returns `y`.
+pub fn run_matmul(model: &[u8], x: &[f32]) -> Vec<f32> {
+    use tract_onnx::prelude::*;
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(model))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("the model loads in tract");
+    let input = tract_ndarray::Array2::from_shape_vec((1, x.len()), x.to_vec()).expect("x is [1, k]");
+    let out = plan.run(tvec!(Tensor::from(input).into_tvalue())).expect("the model runs");
+    out[0].to_plain_array_view::<f32>().expect("y is f32").iter().copied().collect()
 }

@@ -18,6 +18,7 @@ pub mod alias;
 pub mod attestation;
 pub mod audit;
 pub mod capability;
+pub mod challenger;
 pub mod device;
 pub mod fleet;
 pub mod keys;
@@ -31,6 +32,7 @@ use alias::AliasCmd;
 use attestation::{AttestationCmd, ReferenceCmd};
 use audit::AuditCmd;
 use capability::CapabilityCmd;
+use challenger::ChallengerCmd;
 use device::DeviceCmd;
 use fleet::FleetCmd;
 use keys::KeysCmd;
@@ -58,6 +60,11 @@ pub enum Command {
     /// records.
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// The challenger loop: breed descendants of a capability's champion with an operator (int8, fp16, or an
+    /// external command), evaluate them with the champion and a no-op control, decide by thresholds, and keep the
+    /// cycle record; list and show cycles.
+    #[command(subcommand)]
+    Challenger(ChallengerCmd),
     /// Move and inspect named pointers to packages (stable, canary, ...).
     #[command(subcommand)]
     Alias(AliasCmd),
@@ -155,6 +162,7 @@ impl Command {
             }
             Command::Capability(CapabilityCmd::Add { file }) => abs(file),
             Command::Suite(SuiteCmd::Add { dir }) => abs(dir),
+            Command::Challenger(cmd) => cmd.resolve(cwd),
             Command::Keys(KeysCmd::Generate { offline_dir, .. }) => abs(offline_dir),
             Command::Keys(KeysCmd::Rotate { offline_dir, root_keys, targets_key, .. }) => {
                 offline_dir.iter_mut().chain(root_keys.iter_mut()).chain(targets_key.iter_mut()).for_each(abs);
@@ -188,6 +196,7 @@ pub fn run(command: Command, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         Command::Capability(cmd) => capability::run(cmd, hub, o),
         Command::Suite(cmd) => suite::run(cmd, hub, o),
         Command::Eval(cmd) => suite::eval(cmd, hub, o),
+        Command::Challenger(cmd) => challenger::run(cmd, hub, o),
         Command::Alias(cmd) => alias::run(cmd, hub, o),
         Command::Keys(cmd) => keys::run(cmd, hub, o),
         Command::Release(cmd) => release::run(cmd, hub, o),

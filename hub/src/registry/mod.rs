@@ -22,6 +22,7 @@ use crate::blobs::{self, BlobError, BlobStore};
 use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
 
 mod capabilities;
+mod cycles;
 mod devices;
 mod packages;
 mod suites;
@@ -69,6 +70,8 @@ const SUITE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("suite_nam
 const EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("evaluations");
 /// (package digest hex, record id hex) → when it was recorded: a package's records.
 const PACKAGE_EVALUATIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("package_evaluations");
+/// Challenger cycle id (hex) → the record (`shared::challenger::CycleRecord`, canonical CBOR). Write-once.
+const CYCLES: TableDefinition<&str, &[u8]> = TableDefinition::new("challenger_cycles");
 /// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
 
@@ -170,6 +173,21 @@ pub enum RegistryError {
         /// The registered package.
         existing: Digest,
     },
+    /// The manifest declares a lower risk tier than its changes against its parent imply.
+    #[error(
+        "{file}: field `risk_tier`: declared {declared}, but the changes against the parent make it {derived}: \
+         {reasons}; declare `risk_tier = \"{derived}\"` (two signatures and an approval)"
+    )]
+    RiskBelowDerived {
+        /// The manifest.
+        file: String,
+        /// What it declares.
+        declared: outpost_shared::manifest::RiskTier,
+        /// What its changes imply.
+        derived: outpost_shared::manifest::RiskTier,
+        /// What changed.
+        reasons: String,
+    },
     /// A lineage parent is not in the registry.
     #[error("{file}: field `lineage.parents`: parent {parent} is not in this registry; add it first")]
     UnknownParent {
@@ -259,6 +277,12 @@ pub enum RegistryError {
     /// An evaluation record with this id is already stored; records are write-once.
     #[error("evaluation record {0} is already stored; records are write-once")]
     RecordExists(Digest),
+    /// A cycle record with this id is already stored; cycle records are write-once.
+    #[error("cycle record {0} is already stored; cycle records are write-once")]
+    CycleExists(Digest),
+    /// No cycle matches the reference.
+    #[error("no challenger cycle matches `{0}` (`outpost-hub challenger list`)")]
+    UnknownCycle(String),
     /// The capability cannot publish: owners are missing.
     #[error(transparent)]
     MissingOwners(#[from] outpost_shared::capability::MissingOwners),
@@ -359,6 +383,11 @@ impl Registry {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The hub's configuration (`hub.toml`).
+    pub fn config(&self) -> &HubConfig {
+        &self.config
     }
 
     /// The blob store.

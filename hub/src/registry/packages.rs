@@ -9,9 +9,11 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
+use outpost_shared::challenger::{self, DerivedRisk};
 use outpost_shared::clock::UnixSeconds;
-use outpost_shared::manifest::{LineageOperator, PackageKind};
+use outpost_shared::manifest::{LineageOperator, PackageKind, RiskTier};
 use outpost_shared::model::{self, SmokeReport};
+use outpost_shared::operators;
 use outpost_shared::{Digest, Manifest, ManifestError, package};
 
 use super::capabilities::CapabilityCheck;
@@ -144,8 +146,24 @@ impl Registry {
         let file = manifest_path.display().to_string();
         let manifest = Manifest::from_toml(&manifest_text, &file)?;
         let model_bytes = read_limited(model_path, limits.max_model_bytes, "max_model_bytes")?;
+        self.add_parsed(manifest, &model_bytes, &file, model_path)
+    }
+
+    /// [`Registry::add`] for a manifest and model already in memory (the challenger's descendants): the same
+    /// checks in the same order. `file` and `model_path` name them in errors.
+    pub fn add_parsed(
+        &self,
+        manifest: Manifest,
+        model_bytes: &[u8],
+        file: &str,
+        model_path: &Path,
+    ) -> Result<AddOutcome, RegistryError> {
+        let (file, model_bytes) = (file.to_owned(), model_bytes);
+        if let Err((field, problem)) = manifest.validate() {
+            return Err(ManifestError { file, field, line: None, problem }.into());
+        }
         let manifest_cbor = manifest.to_cbor();
-        let digest = package::digest_of_parts(&manifest_cbor, &model_bytes);
+        let digest = package::digest_of_parts(&manifest_cbor, model_bytes);
         let name_version = format!("{}@{}", manifest.name, manifest.version);
         if self.record(&digest)?.is_some() {
             // Same bytes, same digest: it passed every check when it was first added.
@@ -153,14 +171,15 @@ impl Registry {
         }
         // A registered capability's contract, data class and risk tier before anything heavier (tract).
         let capability = Some(self.capability_check(&manifest, &file)?);
+        self.risk_check(&manifest, model_bytes, &file)?;
         let smoke = match manifest.kind {
             PackageKind::Model => Some(
-                model::check(&model_bytes, &manifest)
+                model::check(model_bytes, &manifest)
                     .map_err(|source| RegistryError::Model { model: model_path.to_owned(), source })?,
             ),
             // Never loaded as a model: the secondary checks length and hash, then trial-boots and confirms.
             PackageKind::Firmware => {
-                check_firmware_image(&model_bytes)
+                check_firmware_image(model_bytes)
                     .map_err(|problem| RegistryError::FirmwareImage { image: model_path.to_owned(), problem })?;
                 None
             }
@@ -184,8 +203,8 @@ impl Registry {
         }
 
         // Bytes first, index second: the index never points at a blob that is not on disk.
-        let package_bytes = package::encode_parts(&manifest_cbor, &model_bytes);
-        let (model_digest, _) = self.blobs.put(&model_bytes)?;
+        let package_bytes = package::encode_parts(&manifest_cbor, model_bytes);
+        let (model_digest, _) = self.blobs.put(model_bytes)?;
         let (stored, _): (Digest, PutOutcome) = self.blobs.put(&package_bytes)?;
         debug_assert_eq!(stored, digest);
 
@@ -219,6 +238,45 @@ impl Registry {
         }
         tx.commit().map_err(db_err)?;
         Ok(AddOutcome { digest, name_version, added: true, smoke, capability })
+    }
+
+    /// Risk derived, not only declared: against each registered parent, a change of contract, data classification,
+    /// capability or kind, or operator types the lineage operator does not explain, makes the package high risk
+    /// ([`challenger::derive_risk`]); a manifest declaring less is refused, naming what changed.
+    pub fn risk_check(
+        &self,
+        manifest: &Manifest,
+        model_bytes: &[u8],
+        file: &str,
+    ) -> Result<DerivedRisk, RegistryError> {
+        let mut worst = DerivedRisk { declared: manifest.risk_tier, derived: RiskTier::Low, reasons: Vec::new() };
+        for parent in &manifest.lineage.parents {
+            let Some(record) = self.record(parent)? else { continue };
+            let (_, parent_manifest) = self.manifest(parent)?;
+            let new_ops = if manifest.kind.is_model() && parent_manifest.kind.is_model() {
+                let parent_model = self.model_of(&record)?;
+                match (operators::op_types(model_bytes), operators::op_types(&parent_model)) {
+                    (Ok(child), Ok(parent)) => child.difference(&parent).cloned().collect(),
+                    // Not ONNX: tract refuses it next, with a better message.
+                    _ => BTreeSet::new(),
+                }
+            } else {
+                BTreeSet::new()
+            };
+            let cap = self.capability(&manifest.capability)?.map(|r| r.capability.contract);
+            let r = challenger::derive_risk(&parent_manifest, manifest, &new_ops, cap.as_ref());
+            worst.derived = worst.derived.max(r.derived);
+            worst.reasons.extend(r.reasons);
+        }
+        if worst.derived > worst.declared {
+            return Err(RegistryError::RiskBelowDerived {
+                file: file.to_owned(),
+                declared: worst.declared,
+                derived: worst.derived,
+                reasons: worst.reasons.join("; "),
+            });
+        }
+        Ok(worst)
     }
 
     /// The record of package `d`, if registered.
@@ -421,17 +479,22 @@ impl Registry {
         Ok(out)
     }
 
+    /// A package's model bytes, rehashed against the digest recorded for them.
+    pub fn model_of(&self, record: &PackageRecord) -> Result<Vec<u8>, RegistryError> {
+        self.blobs.read_verified(&record.model_digest)?.map_err(|status| RegistryError::BadBlob {
+            role: "model",
+            digest: record.model_digest,
+            missing: status == BlobStatus::Missing,
+        })
+    }
+
     /// Rebuilds the package `alias` names from the stored model blob and manifest, checks that its digest is
     /// the recorded one, and writes it to `out_dir/<name>-<version>.opkg`. Returns the file written.
     pub fn reconstruct(&self, alias: &str, out_dir: &Path) -> Result<(PathBuf, Digest), RegistryError> {
         let digest = self.alias_get(alias)?;
         let record = self.record(&digest)?.ok_or_else(|| RegistryError::UnknownPackage(digest.to_hex()))?;
         let (manifest_cbor, manifest) = self.manifest(&digest)?;
-        let model = self.blobs.read_verified(&record.model_digest)?.map_err(|status| RegistryError::BadBlob {
-            role: "model",
-            digest: record.model_digest,
-            missing: status == BlobStatus::Missing,
-        })?;
+        let model = self.model_of(&record)?;
         let rebuilt = package::encode_parts(&manifest_cbor, &model);
         let actual = Digest::of(&rebuilt);
         if actual != digest {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub use files::{open_shared, opens};
 
 use crate::storage::{
-    AuditStore, CapabilityStore, DeviceStore, EvaluationStore, PackageStore, ReleaseStore, TelemetryEvents,
+    AuditStore, CapabilityStore, CycleStore, DeviceStore, EvaluationStore, PackageStore, ReleaseStore, TelemetryEvents,
 };
 
 /// The hub's durable state, open: the registry index (packages, aliases, devices, releases, audit anchor) and the
@@ -58,6 +58,11 @@ impl Store {
 
     /// Evaluation suites and records.
     pub fn evaluations(&self) -> &dyn EvaluationStore {
+        &self.registry
+    }
+
+    /// Challenger cycle records.
+    pub fn cycles(&self) -> &dyn CycleStore {
         &self.registry
     }
 
