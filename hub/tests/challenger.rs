@@ -253,6 +253,38 @@ fn a_low_risk_promoted_candidate_starts_as_a_shadow_release_with_auto_shadow() {
 }
 
 #[test]
+fn package_show_walks_the_lineage_with_each_steps_records_cycle_decisions_and_releases() {
+    let (hub, champion) = hub_with_champion();
+    let key = publish_champion(&hub);
+    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/plans/canary.toml");
+    let cycle = cycle_json(
+        &hub,
+        &["--operator", "int8", "--rounds", "1", "--auto-shadow", plan, "--key", key.to_str().unwrap()],
+    );
+    let promoted = cycle["promoted"].as_str().unwrap();
+    let id = &cycle["id"].as_str().unwrap()[..12];
+    let shown = hub.ok(&["package", "show", promoted]);
+    let lines: Vec<&str> = shown.lines().collect();
+    let at = |what: &str| lines.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {shown}"));
+    // The descendant's own step, then its parent's, each followed by what joins to it.
+    let child = at(&format!("{}  made by: quantize", &promoted[..12]));
+    let parent = at(&format!("{}  made by:", &champion[..12]));
+    assert!(child < parent, "{shown}");
+    let child_part = lines[child..parent].join("\n");
+    let parent_part = lines[parent..].iter().take_while(|l| !l.starts_with("evaluation")).cloned().collect::<Vec<_>>();
+    let parent_part = parent_part.join("\n");
+    assert!(child_part.contains("record   "), "the descendant's evaluation record: {child_part}");
+    assert!(
+        child_part.contains(&format!("cycle    {id} candidate against {}: PROMOTED", &champion[..12])),
+        "{child_part}"
+    );
+    assert!(child_part.contains("release  r1 on stable: reached shadow; running"), "{child_part}");
+    assert!(parent_part.contains(&format!("cycle    {id} champion:")), "{parent_part}");
+    assert!(parent_part.contains(&format!("promoted {}", &promoted[..12])), "{parent_part}");
+    assert!(parent_part.contains("record   "), "the champion's evaluation records: {parent_part}");
+}
+
+#[test]
 fn a_high_risk_descendant_of_an_external_operator_is_recorded_and_never_started_automatically() {
     let (hub, _) = hub_with_champion();
     let key = publish_champion(&hub);

@@ -11,8 +11,12 @@ use super::{Out, human_bytes, label, registry};
 use outpost_hub::Registry;
 use outpost_hub::blobs::BlobStatus;
 use outpost_hub::registry::CapabilityCheck;
+use outpost_hub::rollouts::ReleaseRecord;
+use outpost_shared::Digest;
+use outpost_shared::challenger::{CycleRecord, Outcome};
 use outpost_shared::clock::format_rfc3339;
 use outpost_shared::evaluation::{Backing, card_backing};
+use outpost_shared::rollout::{Position, State};
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
@@ -31,8 +35,9 @@ pub enum PackageCmd {
     },
     /// List registered packages.
     List,
-    /// Show a package: manifest, lineage back to its roots, evaluation card (each claimed metric marked backed by
-    /// an evaluation record on the card's suite, or UNBACKED), and the package's evaluation records.
+    /// Show a package: manifest, lineage back to its roots — at each step its evaluation records, the challenger
+    /// cycles it took part in (with the decision) and its releases (stage reached, abort, rollback) — and its
+    /// evaluation card (each claimed metric marked backed by an evaluation record on the card's suite, or UNBACKED).
     Show {
         /// A digest, a unique digest prefix (8+ hex), name@version, or an alias.
         package: String,
@@ -222,10 +227,18 @@ fn print_details(reg: &Registry, d: &outpost_shared::Digest, o: &mut Out<'_>) ->
         det.lineage.len(),
         if det.lineage.len() == 1 { "entry" } else { "entries" }
     )?;
+    // At each step, the evidence that joins to it: evaluation records, challenger cycles it took part in, releases.
+    let cycles = reg.cycles()?;
+    let releases: Vec<(String, ReleaseRecord)> = reg.releases()?;
     for e in &det.lineage {
         let indent = "  ".repeat(e.depth + 1);
         match &e.known {
-            Some((nv, op)) => writeln!(o.out, "{indent}{nv}  {}  made by: {op}", e.digest.short())?,
+            Some((nv, op)) => {
+                writeln!(o.out, "{indent}{nv}  {}  made by: {op}", e.digest.short())?;
+                for line in lineage_evidence(reg, &e.digest, nv, &cycles, &releases)? {
+                    writeln!(o.out, "{indent}  {line}")?;
+                }
+            }
             None => writeln!(o.out, "{indent}{}  (not in this registry)", e.digest)?,
         }
     }
@@ -280,4 +293,54 @@ fn print_details(reg: &Registry, d: &outpost_shared::Digest, o: &mut Out<'_>) ->
         writeln!(o.out, "aliases     {}", aliases.join(", "))?;
     }
     Ok(())
+}
+
+/// What joins to one package of a lineage: its evaluation records, the challenger cycles it took part in (as
+/// champion or as a candidate, with the decision), and its releases (how far each got, and how it ended).
+fn lineage_evidence(
+    reg: &Registry,
+    d: &Digest,
+    nv: &str,
+    cycles: &[(Digest, CycleRecord)],
+    releases: &[(String, ReleaseRecord)],
+) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for (id, r) in reg.evaluations(d)? {
+        lines.push(format!("record   {}", super::suite::record_line(&id, &r)));
+    }
+    for (id, c) in cycles {
+        let promoted = c.promoted.map(|p| format!("promoted {}", p.short())).unwrap_or_else(|| "none promoted".into());
+        if c.champion == *d {
+            let n = c.candidates.len();
+            lines.push(format!("cycle    {} champion: {n} candidate(s) on {}, {promoted}", id.short(), c.suite_name));
+        }
+        if let Some(cand) = c.candidates.iter().find(|k| k.package == *d) {
+            let outcome = match cand.verdict.outcome {
+                Outcome::Promoted => "PROMOTED".to_owned(),
+                Outcome::Passed => "passed (another was smaller)".to_owned(),
+                Outcome::Rejected => format!("REJECTED: {}", cand.verdict.reasons.join("; ")),
+            };
+            lines.push(format!("cycle    {} candidate against {}: {outcome}", id.short(), c.champion.short()));
+        }
+    }
+    for (id, rel) in releases.iter().filter(|(_, r)| r.package == nv) {
+        let stages = rel.rollout.plan.stage.len();
+        let reached = match rel.rollout.position {
+            Position::NotStarted => "not started".to_owned(),
+            Position::Shadow => "shadow".to_owned(),
+            Position::Stage(i) => format!("stage {} of {stages}", i + 1),
+        };
+        let how = match &rel.rollout.state {
+            State::Running => "running".to_owned(),
+            State::AwaitingApproval { next } => format!("awaiting approval for stage {}", next + 1),
+            State::Aborted { at, reason } => {
+                let back = if rel.rollout.recovery.is_some() { ", rolled back" } else { "" };
+                format!("ABORTED at {}: {reason}{back}", format_rfc3339(*at))
+            }
+            State::Completed { at } => format!("completed at {}", format_rfc3339(*at)),
+            State::Superseded { at, by } => format!("superseded by {by} at {}", format_rfc3339(*at)),
+        };
+        lines.push(format!("release  {id} on {}: reached {reached}; {how}", rel.channel));
+    }
+    Ok(lines)
 }
