@@ -16,7 +16,7 @@ use outpost_hub::config::{CONFIG_FILE, HubConfig};
 use outpost_hub::registry::PackageRecord;
 use outpost_hub::tuf::{Key, PublishOutcome, TufRepo};
 use outpost_shared::clock::Clock;
-use outpost_shared::manifest::{LineageOperator, Manifest};
+use outpost_shared::manifest::{LineageOperator, Manifest, RiskTier};
 use outpost_shared::{Digest, package, testkit};
 
 /// Makes broken releases on purpose, to show that devices refuse or roll them back.
@@ -150,7 +150,10 @@ fn broken_smoke(dir: &Path, reference: &str, version: &str, channel: &str, key: 
 
 fn nan_on_dark(dir: &Path, reference: &str, version: &str, threshold: f32, out: &Path) -> Result<()> {
     let (parent, manifest, model) = source(dir, reference)?;
-    let manifest = derived(manifest, parent, version)?;
+    let mut manifest = derived(manifest, parent, version)?;
+    // The NaN guard adds operator types a `convert` does not explain, so the hub derives high risk and refuses a
+    // lower declared tier: declare it, as an honest pipeline would (publishing then takes a second signature).
+    manifest.risk_tier = RiskTier::High;
     let input = manifest.contract.inputs.first().context("the model has no inputs")?.name.clone();
     let model = testkit::nan_below(&model, &input, threshold).context("the registered model is not ONNX")?;
     let text = toml::to_string(&manifest).context("writing the manifest as TOML")?;
