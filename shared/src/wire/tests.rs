@@ -2,7 +2,11 @@
 
 use std::fmt;
 
+use ciborium::Value;
+
+use super::codec::map;
 use super::*;
+use crate::canonical;
 
 fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut f = frame_header(kind, body.len() as u32).to_vec();
