@@ -453,20 +453,6 @@ impl HubBackend {
         Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
     }
 
-    fn check_attested(&self, result: &AttestationResult) -> Result<(), Unattested> {
-        if !result.is_current(&*self.clock) {
-            return Err(Unattested("attestation result expired".into()));
-        }
-        match self.revoked_slow(&result.device) {
-            Ok(false) => Ok(()),
-            Ok(true) => Err(Unattested("device revoked".into())),
-            Err(e) => {
-                eprintln!("outpost-hub: attestation: reading revoked devices: {e}");
-                Err(Unattested("internal error".into()))
-            }
-        }
-    }
-
     fn tokens_open(&self) -> bool {
         self.store().ok().and_then(|s| s.devices().tokens_open().ok()).unwrap_or(false)
     }
@@ -520,6 +506,13 @@ impl HubBackend {
     }
 }
 
+/// Runs an attestation step on tokio's blocking pool; a panic there refuses the connection as "internal error".
+async fn attesting<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Unattested> + Send + 'static,
+) -> Result<T, Unattested> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| Err(Unattested("internal error".into())))
+}
+
 /// Runs `f` on tokio's blocking pool; a panic there becomes an error.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
@@ -565,32 +558,35 @@ impl Backend for HubBackend {
     }
 
     async fn challenge(self: Arc<Self>, _device: PublicKey) -> Result<Challenge, Unattested> {
-        tokio::task::spawn_blocking(move || {
+        attesting(move || {
             let verifier = self.gate.verifier().map_err(Unattested)?;
             verifier.issue_challenge(&mut crate::clock::SystemRng).map_err(|e| Unattested(e.to_string()))
         })
         .await
-        .unwrap_or_else(|_| Err(Unattested("internal error".into())))
     }
 
     async fn appraise(self: Arc<Self>, evidence: Submitted) -> Result<AttestationResult, Unattested> {
-        tokio::task::spawn_blocking(move || self.appraise_and_record(&evidence.presented()))
-            .await
-            .unwrap_or_else(|_| Err(Unattested("internal error".into())))
+        attesting(move || self.appraise_and_record(&evidence.presented())).await
     }
 
     async fn still_attested(self: Arc<Self>, result: AttestationResult) -> Result<(), Unattested> {
         if !result.is_current(&*self.clock) {
             return Err(Unattested("attestation result expired".into()));
         }
-        // From memory while the device-status stamp is the one the revoked set was read at.
-        match self.revoked_fast(&result.device) {
-            Some(true) => Err(Unattested("device revoked".into())),
-            Some(false) => Ok(()),
-            None => tokio::task::spawn_blocking(move || self.check_attested(&result))
-                .await
-                .unwrap_or_else(|_| Err(Unattested("internal error".into()))),
-        }
+        // From memory while the device-status stamp is the one the revoked set was read at; else read on the pool.
+        let revoked = match self.revoked_fast(&result.device) {
+            Some(revoked) => revoked,
+            None => {
+                attesting(move || {
+                    self.revoked_slow(&result.device).map_err(|e| {
+                        eprintln!("outpost-hub: attestation: reading revoked devices: {e}");
+                        Unattested("internal error".into())
+                    })
+                })
+                .await?
+            }
+        };
+        if revoked { Err(Unattested("device revoked".into())) } else { Ok(()) }
     }
 
     async fn enrolment_open(self: Arc<Self>) -> bool {

@@ -228,14 +228,13 @@ impl<B: Backend> std::fmt::Debug for Server<B> {
 /// What every connection and stream task needs.
 struct Shared<B> {
     backend: Arc<B>,
-    limits: Limits,
-    stall_timeout: Duration,
     recheck_interval: Duration,
     max_challenges_per_connection: u32,
     live: Arc<LiveConnections>,
 }
 
-/// Open connections by quinn's stable id, for pushed notices.
+/// The frame limits and stall timeout every exchange uses, and the open connections by quinn's stable id (for pushed
+/// notices).
 struct LiveConnections {
     limits: Limits,
     stall_timeout: Duration,
@@ -348,8 +347,6 @@ impl<B: Backend> Server<B> {
             endpoint,
             shared: Arc::new(Shared {
                 backend,
-                limits: config.limits,
-                stall_timeout: config.stall_timeout,
                 recheck_interval: config.recheck_interval,
                 max_challenges_per_connection: config.max_challenges_per_connection,
                 live,
@@ -636,7 +633,7 @@ async fn serve_stream<B: Backend>(
     ctx: Arc<ConnState>,
     shared: Arc<Shared<B>>,
 ) {
-    let request = match timeout(shared.stall_timeout, read_request(&mut recv, shared.limits)).await {
+    let request = match timeout(shared.live.stall_timeout, read_request(&mut recv, shared.live.limits)).await {
         Ok(Ok(request)) => request,
         Ok(Err(ReadFailure::Gone)) => return,
         Ok(Err(ReadFailure::Wire(e))) => {
@@ -646,7 +643,7 @@ async fn serve_stream<B: Backend>(
         }
         Err(_) => {
             let _ = recv.stop(VarInt::from_u32(codes::STREAM_TIMEOUT));
-            let message = format!("request not received within {:?}", shared.stall_timeout);
+            let message = format!("request not received within {:?}", shared.live.stall_timeout);
             respond(&mut send, &Response::error(ErrorCode::Timeout, message), &shared).await;
             return;
         }
@@ -777,9 +774,9 @@ fn internal() -> Response {
 
 /// Sends one response frame and ends the stream. A response over its frame limit becomes `TooLarge`.
 async fn respond<B>(send: &mut SendStream, response: &Response, shared: &Shared<B>) {
-    let frame = match wire::encode_frame(response, &shared.limits) {
+    let frame = match wire::encode_frame(response, &shared.live.limits) {
         Ok(frame) => frame,
-        Err(e) => match wire::encode_frame(&Response::error(ErrorCode::TooLarge, e.to_string()), &shared.limits) {
+        Err(e) => match wire::encode_frame(&Response::error(ErrorCode::TooLarge, e.to_string()), &shared.live.limits) {
             Ok(frame) => frame,
             Err(_) => {
                 let _ = send.reset(VarInt::from_u32(codes::STREAM_INTERNAL));
@@ -794,7 +791,7 @@ async fn respond<B>(send: &mut SendStream, response: &Response, shared: &Shared<
 
 /// Writes with the stall timeout; on a stall, resets the stream and says false.
 async fn write<B>(send: &mut SendStream, bytes: &[u8], shared: &Shared<B>) -> bool {
-    match timeout(shared.stall_timeout, send.write_all(bytes)).await {
+    match timeout(shared.live.stall_timeout, send.write_all(bytes)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
@@ -832,7 +829,7 @@ async fn send_target<B>(
         }
     };
     let header = Response::TargetHeader { total_len: total, offset, len };
-    let Ok(frame) = wire::encode_frame(&header, &shared.limits) else {
+    let Ok(frame) = wire::encode_frame(&header, &shared.live.limits) else {
         return respond(send, &internal(), shared).await;
     };
     if !write(send, &frame, shared).await {
@@ -852,7 +849,7 @@ async fn send_target<B>(
             Ok(n) => n,
         };
         buf.truncate(n);
-        match timeout(shared.stall_timeout, send.write_chunk(buf.into())).await {
+        match timeout(shared.live.stall_timeout, send.write_chunk(buf.into())).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {

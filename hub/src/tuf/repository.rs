@@ -245,7 +245,7 @@ impl TufRepo {
         let package_path = crate::blobs::BlobStore::new(self.dir.join("blobs")).path_of(&record.digest);
         self.link_target(&path, &package_path, &record.digest)?;
 
-        let (envelope, _) = self.role_envelope(role)?;
+        let envelope = self.role_envelope(role)?;
         let mut signed = envelope.signed;
         let mut entry = target_entry(record, manifest);
         let existing = signed.targets.get(&path).and_then(TargetEntry::package);
@@ -308,7 +308,7 @@ impl TufRepo {
     pub fn unpublish(&self, digest: &Digest, key: &Key, key_path: &Path, now: UnixSeconds) -> Result<String, TufError> {
         self.require()?;
         for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
-            let (envelope, _) = self.role_envelope(role)?;
+            let envelope = self.role_envelope(role)?;
             let mut signed = envelope.signed;
             if let Some(path) = signed.path_of(digest) {
                 self.authorise(role, key, key_path)?;
@@ -345,15 +345,12 @@ impl TufRepo {
     }
 
     /// The envelope to build on for `role`: a pending one if present, else the latest published.
-    fn role_envelope(&self, role: &str) -> Result<(Signed<Targets>, u64), TufError> {
+    fn role_envelope(&self, role: &str) -> Result<Signed<Targets>, TufError> {
         let pending = self.pending_dir().join(format!("{role}.json"));
         if let Ok(b) = fs::read(&pending) {
-            let v: Signed<Targets> = from_json(&b).map_err(|e| damaged(&pending, e))?;
-            let version = v.signed.version;
-            return Ok((v, version));
+            return from_json(&b).map_err(|e| damaged(&pending, e));
         }
-        let version = self.latest_version(role)?;
-        Ok((self.read_meta(&format!("{version}.{role}.json"))?, version))
+        self.read_meta(&format!("{}.{role}.json", self.latest_version(role)?))
     }
 
     fn threshold(&self, role: &str) -> Result<usize, TufError> {
