@@ -1,25 +1,40 @@
 #!/usr/bin/env python3
-"""Top-1 accuracy of an ONNX model of the PP-OCR direction classifier's contract on a suite directory's
-`crops.npy` and `labels.npy` (fixtures/suites/ocr-direction, written by scripts/make-ocr-suite.py), with
-onnxruntime on one thread and its default graph optimisations: the reference figure beside `outpost-hub eval run`'s
-tract one (BENCHMARKS.md). Prints per-sample scores, then the accuracy. Needs `pip install onnxruntime numpy`.
+"""The quality metric of `outpost-hub eval run`, computed with onnxruntime (one thread, default graph
+optimisations) on a suite directory: the reference figure beside tract's in BENCHMARKS.md. Reads the suite's
+`suite.toml` as the hub does: each input's array holds samples along its first axis (an array of the input's own
+rank is one sample, used for every sample); `top1_accuracy` compares the first output's argmax with one label per
+sample, `frame_accuracy` thresholds each element of the first output at 0.5 against a 0/1 label per element.
+Needs Python 3.11+ and `pip install onnxruntime numpy`.
 
-    scripts/onnxruntime-suite-accuracy.py MODEL.onnx [SUITE_DIR]
+    scripts/onnxruntime-suite-accuracy.py MODEL.onnx SUITE_DIR   # e.g. fixtures/suites/ocr-direction
 """
 import sys
+import tomllib
 
 import numpy as np
 import onnxruntime as ort
 
-model = sys.argv[1]
-suite = sys.argv[2] if len(sys.argv) > 2 else "fixtures/suites/ocr-direction"
+model, suite = sys.argv[1], sys.argv[2]
+with open(f"{suite}/suite.toml", "rb") as f:
+    spec = tomllib.load(f)
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-crops, labels = np.load(f"{suite}/crops.npy"), np.load(f"{suite}/labels.npy")
-right = 0
-for i, (crop, label) in enumerate(zip(crops, labels)):
-    scores = session.run(None, {"x": crop})[0][0]
-    right += int(np.argmax(scores) == label)
-    print(f"{i:2} label {label} scores {scores[0]:.4f} {scores[1]:.4f}{'' if np.argmax(scores) == label else '  WRONG'}")
-print(f"onnxruntime {ort.__version__} top1_accuracy {right / len(labels):.4f} ({right}/{len(labels)})")
+ranks = {i.name: len(i.shape) for i in session.get_inputs()}
+arrays = {name: np.load(f"{suite}/{file}") for name, file in spec["inputs"].items()}
+n = max(len(a) for name, a in arrays.items() if a.ndim == ranks[name] + 1)
+labels = np.load(f"{suite}/{spec['labels']}")
+metric = next(m for m in ("top1_accuracy", "frame_accuracy") if m in spec["metrics"])
+right = total = 0
+for i in range(n):
+    feed = {name: (a[i] if a.ndim == ranks[name] + 1 else a) for name, a in arrays.items()}
+    first = session.run(None, feed)[0]
+    if metric == "top1_accuracy":
+        hit = int(np.argmax(first.ravel()) == labels[i])
+        right, total = right + hit, total + 1
+        print(f"{i:2} label {labels[i]} scores {np.round(first.ravel(), 4)}{'' if hit else '  WRONG'}")
+    else:
+        hits = (first.ravel() >= 0.5) == (labels[i].ravel() != 0)
+        right, total = right + int(hits.sum()), total + hits.size
+        print(f"{i:2} {int(hits.sum())}/{hits.size} frames right")
+print(f"onnxruntime {ort.__version__} {metric} {right / total:.4f} ({right}/{total})")

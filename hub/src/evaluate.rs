@@ -137,11 +137,12 @@ pub fn run(reg: &Registry, clock: &Arc<dyn Clock>, package: &Digest, suite: &Dig
         }
         per_input.push(samples(t, spec).map_err(|p| bad(&field, p))?);
     }
-    let n = per_input.first().map_or(0, Vec::len);
-    if n == 0 || per_input.iter().any(|s| s.len() != n) {
-        return Err(bad("inputs", "every input needs the same, non-zero number of samples".into()));
+    // An input given as one sample (a recurrent model's initial state) goes with every sample.
+    let n = per_input.iter().map(Vec::len).max().unwrap_or(0);
+    if n == 0 || per_input.iter().any(|s| s.len() != n && s.len() != 1) {
+        return Err(bad("inputs", "every input needs the same number of samples, or one sample for all".into()));
     }
-    let sample = |i: usize| per_input.iter().map(|s| s[i].clone()).collect::<Vec<_>>();
+    let sample = |i: usize| per_input.iter().map(|s| s[if s.len() == 1 { 0 } else { i }].clone()).collect::<Vec<_>>();
     let run_one = |subject: &Subject, i: usize| {
         subject.model.run(sample(i)).map_err(|source| EvalError::Model { package: subject.label.clone(), source })
     };
@@ -160,6 +161,17 @@ pub fn run(reg: &Registry, clock: &Arc<dyn Clock>, package: &Digest, suite: &Dig
         let hits =
             outputs.iter().zip(&labels).filter(|(o, l)| evaluation::argmax(&first(o)) == Some(**l as usize)).count();
         metrics.insert("top1_accuracy".to_owned(), hits as f64 / n as f64);
+    }
+    if wants(Metric::FrameAccuracy) {
+        let labels_ref = m.suite.labels.as_deref().unwrap_or_default();
+        let labels = array("labels", labels_ref, "labels")?.data.to_f64();
+        let elements: usize = outputs.iter().map(|o| first(o).len()).sum();
+        if labels.len() != elements || elements == 0 {
+            return Err(bad("labels", format!("{} labels for {elements} elements of the first output", labels.len())));
+        }
+        let predicted = outputs.iter().flat_map(|o| first(o)).map(|p| p >= 0.5);
+        let hits = predicted.zip(&labels).filter(|(p, l)| *p == (**l != 0.0)).count();
+        metrics.insert("frame_accuracy".to_owned(), hits as f64 / elements as f64);
     }
     if wants(Metric::Agreement) || wants(Metric::MaxAbsDiff) {
         // Reference outputs per sample: recorded arrays, else the reference package run on the same samples.

@@ -392,3 +392,103 @@ fn operator_outputs_load_in_onnxruntime_and_match_tract() {
         assert!(diff < 1e-4, "{name}: onnxruntime {ort:?} vs tract {tract:?}");
     }
 }
+
+/// A fixture capability with its committed labelled suite: capability file, champion model and manifest, suite
+/// directory, suite name, champion, and onnxruntime 1.32.0's figure on the suite (scripts/onnxruntime-suite-accuracy.py).
+struct FixtureCapability {
+    capability: &'static str,
+    file: &'static str,
+    model: &'static str,
+    manifest: &'static str,
+    suite_dir: &'static str,
+    suite: &'static str,
+    champion: &'static str,
+    metric: &'static str,
+    onnxruntime: f64,
+    /// Elements the metric counts: one tract/onnxruntime disagreement at the threshold moves it by 1/this.
+    elements: f64,
+}
+
+const FIXTURES: [FixtureCapability; 2] = [
+    FixtureCapability {
+        capability: "ocr.text-direction",
+        file: "ocr-text-direction.toml",
+        model: "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        manifest: "ppocr-direction.toml",
+        suite_dir: "ocr-direction",
+        suite: "ocr-direction-rendered-v1",
+        champion: "ppocr-direction@2.0.0",
+        metric: "top1_accuracy",
+        onnxruntime: 1.0,
+        elements: 18.0,
+    },
+    FixtureCapability {
+        capability: "audio.vad",
+        file: "audio-vad.toml",
+        model: "silero_vad_16k_sequence.onnx",
+        manifest: "silero-vad.toml",
+        suite_dir: "vad",
+        suite: "vad-espeak-v1",
+        champion: "silero-vad@6.2.3",
+        metric: "frame_accuracy",
+        onnxruntime: 982.0 / 1056.0,
+        elements: 1056.0,
+    },
+];
+
+/// The fixture's capability, champion (published on stable, three devices approved) and committed suite.
+fn fixture_hub(f: &FixtureCapability) -> TestHub {
+    let hub = TestHub::new();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
+    hub.ok(&["capability", "add", &format!("{root}/capabilities/{}", f.file)]);
+    let (model, manifest) = (support::fixture(f.model), support::fixture(f.manifest));
+    hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    hub.ok(&["suite", "add", &format!("{root}/suites/{}", f.suite_dir)]);
+    let offline = hub.tmp.path().join("offline");
+    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    let key = offline.join("targets-1.key");
+    hub.ok(&["release", "publish", f.champion, "--channel", "stable", "--key", key.to_str().unwrap()]);
+    for k in ["11", "22"] {
+        hub.ok(&["device", "approve", &k.repeat(32), "--channel", "stable"]);
+    }
+    hub
+}
+
+#[test]
+fn each_fixture_champion_scores_on_its_labelled_suite_what_onnxruntime_scores() {
+    for f in &FIXTURES {
+        let hub = fixture_hub(f);
+        let out = hub.cli(&["eval", "run", f.champion, "--suite", f.suite, "--json"]);
+        assert!(out.status.success(), "{}: {}", f.capability, stderr(&out));
+        let record: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let got = record["metrics"][f.metric].as_f64().unwrap_or_else(|| panic!("{record}"));
+        // tract and onnxruntime may land on either side of the 0.5 threshold for one borderline element.
+        assert!(
+            (got - f.onnxruntime).abs() <= 1.0 / f.elements + 1e-9,
+            "{}: tract {got}, onnxruntime {}",
+            f.capability,
+            f.onnxruntime
+        );
+    }
+}
+
+#[test]
+fn a_breeding_cycle_on_each_fixture_capability_records_a_decision_and_changes_nothing_in_production() {
+    for f in &FIXTURES {
+        let hub = fixture_hub(f);
+        let before = production(&hub);
+        let args = ["challenger", "run", f.capability, "--operator", "int8", "--count", "1", "--rounds", "1"];
+        let out = hub.cli(&[&args[..], &["--max-latency-regression", "100", "--json"]].concat());
+        assert!(out.status.success(), "{}: {}", f.capability, stderr(&out));
+        let cycle: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(cycle["suite_name"], f.suite, "{cycle}");
+        let candidate = &cycle["candidates"][0];
+        assert!(candidate["verdict"]["metrics"][f.metric].is_f64(), "{}: {candidate}", f.capability);
+        let promoted = cycle["promoted"].is_string();
+        let rejected = !candidate["verdict"]["reasons"].as_array().unwrap().is_empty();
+        assert!(promoted != rejected, "{}: a decision either way, with reasons when negative: {cycle}", f.capability);
+        let shown = hub.ok(&["challenger", "show", &cycle["id"].as_str().unwrap()[..12]]);
+        assert!(shown.contains("decision"), "{shown}");
+        assert_eq!(before, production(&hub), "{}: the cycle touched production", f.capability);
+    }
+}

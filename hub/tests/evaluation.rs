@@ -264,3 +264,42 @@ fn a_reference_package_is_run_on_the_same_samples() {
     assert_eq!(record["metrics"]["max_abs_diff"], 0.5, "bias 1.5 against the reference's 1.0: {record}");
     assert_eq!(record["metrics"]["agreement"], 1.0, "{record}");
 }
+
+#[test]
+fn frame_accuracy_thresholds_every_element_at_one_half_and_refuses_labels_that_do_not_cover_them() {
+    let hub = TestHub::new();
+    let cap = hub.write_capability("affine", &affine_capability(4, &ALL_OWNERS));
+    hub.ok(&["capability", "add", cap.to_str().unwrap()]);
+    let m = AffineManifest::new("affine", "1.0.0", 1.0, 0.0);
+    let (model, manifest) =
+        hub.write_files("affine-1.0.0", &outpost_shared::testkit::affine_model(1.0, 0.0), &m.toml());
+    hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    let toml = |name: &str| {
+        format!(
+            "name = \"{name}\"\ncapability = \"test.affine\"\nmetrics = [\"frame_accuracy\"]\nlabels = \"labels.npy\"\n\
+             [inputs]\nx = \"x.npy\"\n[budget]\nthreads = 1\nwarmup = 0\nruns = 1\n"
+        )
+    };
+    // y = x: elements at or above 0.5 say 1. Two samples of four elements; six of the eight labels are right.
+    let x = encode_f32(&[2, 1, 4], &[0.9, 0.1, 0.5, 0.49, 0.0, 1.0, 0.7, 0.2]);
+    let labels = encode_i64(&[2, 1, 4], &[1, 0, 1, 1, 0, 1, 0, 0]);
+    let dir = write_suite(&hub, "frames", &toml("frames"), &[("x.npy", x.clone()), ("labels.npy", labels)]);
+    hub.ok(&["suite", "add", dir.to_str().unwrap()]);
+    let out = hub.cli(&["eval", "run", "affine@1.0.0", "--suite", "frames", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let record: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(record["metrics"]["frame_accuracy"], 0.75, "{record}");
+
+    // One label per sample is what top1_accuracy takes, not a label per element: refused, naming the counts.
+    let short = encode_i64(&[2], &[1, 0]);
+    let dir = write_suite(&hub, "short", &toml("short"), &[("x.npy", x), ("labels.npy", short)]);
+    hub.ok(&["suite", "add", dir.to_str().unwrap()]);
+    let out = hub.cli(&["eval", "run", "affine@1.0.0", "--suite", "short"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("labels: 2 labels for 8 elements of the first output"), "{}", stderr(&out));
+    let listed = hub.ok(&["eval", "list", "affine@1.0.0"]);
+    assert!(
+        listed.contains("frames") && !listed.contains("short"),
+        "the good record stays, none for the bad: {listed}"
+    );
+}

@@ -19,7 +19,7 @@ use crate::manifest::{Contract, Dim, LineageOperator, Manifest, RiskTier};
 /// What decides a cycle. Every field has a documented default ([`Thresholds::default`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
-    /// Largest drop of `top1_accuracy` or `agreement` below the champion's, beyond the noise band (default 0.01).
+    /// Largest drop of a quality metric (`top1_accuracy`, `frame_accuracy`, `agreement`) below the champion's, beyond the noise band (default 0.01).
     pub max_quality_drop: f64,
     /// Largest rise of `max_abs_diff` above the champion's, beyond the noise band (default 0.05).
     pub max_diff_increase: f64,
@@ -137,7 +137,7 @@ pub fn decide(runs: &[Run], descendants: u32, t: &Thresholds, size_budget: Optio
         .map(|i| {
             let m = medians(runs, Subject::Descendant(i));
             let (mut reasons, mut gains) = (Vec::new(), Vec::new());
-            for k in ["top1_accuracy", "agreement"] {
+            for k in crate::evaluation::QUALITY_METRICS {
                 if let (Some(&c), Some(&d)) = (champion.get(k), m.get(k))
                     && c - d > nb(k) + t.max_quality_drop
                 {

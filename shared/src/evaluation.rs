@@ -28,12 +28,19 @@ pub const MAX_RUNS: u32 = 100_000;
 /// Largest relative difference between a card's claim and the record for the claim to count as backed.
 pub const CLAIM_TOLERANCE: f64 = 1e-6;
 
+/// The metrics where higher is better and a drop is a loss of quality, as records name them.
+pub const QUALITY_METRICS: [&str; 3] = ["top1_accuracy", "frame_accuracy", "agreement"];
+
 /// What a suite measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Share of samples whose first output's argmax is the label (`top1_accuracy`; needs `labels`).
     Top1Accuracy,
+    /// Share of the first output's elements on the label's side of 0.5, over every element of every sample: a
+    /// binary decision per element, as a VAD's per-frame speech probability (`frame_accuracy`; needs `labels`,
+    /// 0 or 1 per element, each sample shaped as the first output).
+    FrameAccuracy,
     /// Share of samples whose first output's argmax is the reference's (`agreement`; needs `[reference]`).
     Agreement,
     /// Largest absolute difference from the reference outputs over every element (`max_abs_diff`).
@@ -70,9 +77,11 @@ pub struct SuiteToml {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Contract input name → its samples. An array of rank r+1 (r = the input's rank) holds samples along its
-    /// first axis, each of rank r (`[S, 1, 3, 48, 192]` for `x[N, 3, 48, 192]`); an array of rank r is one sample.
+    /// first axis, each of rank r (`[S, 1, 3, 48, 192]` for `x[N, 3, 48, 192]`); an array of rank r is one sample,
+    /// given with every sample (a recurrent model's initial state).
     pub inputs: BTreeMap<String, String>,
-    /// Class labels, one integer per sample (for `top1_accuracy`).
+    /// Labels: one class per sample (`top1_accuracy`), or a 0/1 label per element of the first output
+    /// (`frame_accuracy`), samples along the first axis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<String>,
     /// What to compare outputs with.
@@ -189,8 +198,10 @@ impl SuiteToml {
         if self.metrics.is_empty() {
             return fail("metrics", "must name at least one metric");
         }
-        if self.metrics.contains(&Metric::Top1Accuracy) && self.labels.is_none() {
-            return fail("labels", "`top1_accuracy` needs labels");
+        for (metric, name) in [(Metric::Top1Accuracy, "top1_accuracy"), (Metric::FrameAccuracy, "frame_accuracy")] {
+            if self.metrics.contains(&metric) && self.labels.is_none() {
+                return fail("labels", &format!("`{name}` needs labels"));
+            }
         }
         let compares = self.metrics.contains(&Metric::Agreement) || self.metrics.contains(&Metric::MaxAbsDiff);
         if compares && self.reference.is_empty() {

@@ -22,8 +22,9 @@ use super::Out;
 use super::release::ReleaseCmd;
 
 /// Metrics the table shows, in order, when measured.
-const COLUMNS: [(&str, &str); 6] = [
+const COLUMNS: [(&str, &str); 7] = [
     ("top1_accuracy", "TOP1"),
+    ("frame_accuracy", "FRAMES"),
     ("agreement", "AGREE"),
     ("max_abs_diff", "MAXDIFF"),
     ("latency_p50_ms", "P50 MS"),
@@ -104,7 +105,7 @@ pub struct RunArgs {
     /// The suite (name, digest or prefix); default: the capability's only suite.
     #[arg(long, value_name = "SUITE")]
     pub suite: Option<String>,
-    /// Largest drop of top1_accuracy or agreement below the champion's, beyond the noise band.
+    /// Largest drop of top1_accuracy, frame_accuracy or agreement below the champion's, beyond the noise band.
     #[arg(long, value_name = "X", default_value_t = Thresholds::default().max_quality_drop)]
     pub max_quality_drop: f64,
     /// Largest rise of max_abs_diff above the champion's, beyond the noise band.

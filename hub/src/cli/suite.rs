@@ -45,7 +45,8 @@ pub enum SuiteCmd {
 pub enum EvalCmd {
     /// Measure a package on a suite with tract, here on the hub (offline, never on a device's serving path), and
     /// store the write-once evaluation record (package, suite digest, metrics, machine, hub and tract versions,
-    /// time). Metrics: top1_accuracy (labels), agreement and max_abs_diff (reference outputs or package),
+    /// time). Metrics: top1_accuracy (a class label per sample), frame_accuracy (a 0/1 label per element of the
+    /// first output, thresholded at 0.5), agreement and max_abs_diff (reference outputs or package),
     /// latency_p50_ms/latency_p95_ms (the suite's warm-up and runs, one thread), peak_memory_bytes, size_bytes.
     /// Prints the record id.
     Run {
