@@ -10,6 +10,7 @@ pub mod capability;
 pub mod challenger;
 pub mod clock;
 pub mod config;
+pub mod controller;
 pub mod digest;
 pub mod director;
 pub mod evaluation;
