@@ -5,14 +5,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use outpost_hub::director::Director;
-use outpost_hub::tuf::{Expiries, TufRepo};
 use outpost_shared::Digest;
-use outpost_shared::clock::ManualClock;
 use outpost_shared::npy::encode_f32;
 use outpost_shared::operators::{Fp16, Granularity, Int8, fp16_weights, quantize_int8};
 use support::{TestHub, stderr, stdout};
@@ -166,43 +161,6 @@ fn a_candidate_worse_than_the_noop_noise_band_is_rejected_with_the_reason() {
     assert!(shown.contains("decision    NONE promoted") && shown.contains("reason: max_abs_diff"), "{shown}");
 }
 
-/// Everything production reads: the TUF repository's files, every device record and every release (canonical
-/// bytes), and what the director would assign each device now (current package, eligible packages).
-#[derive(Debug, PartialEq)]
-struct Production {
-    files: BTreeMap<PathBuf, Vec<u8>>,
-    devices: Vec<u8>,
-    releases: Vec<u8>,
-    assigned: Vec<(Option<Digest>, Vec<Digest>)>,
-}
-
-fn production(hub: &TestHub) -> Production {
-    let mut files = BTreeMap::new();
-    fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out)
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    walk(&hub.dir().join("repository"), &mut files);
-    let reg = outpost_hub::Registry::open(&hub.dir(), Arc::new(ManualClock::new(1_795_881_600))).unwrap();
-    let devices = reg.devices().unwrap();
-    let releases: Vec<(String, outpost_hub::rollouts::ReleaseRecord)> = reg.releases().unwrap();
-    let repo = TufRepo::new(&hub.dir(), Expiries::default());
-    let director = Director::new(&repo);
-    let assigned = devices.iter().map(|d| director.expected_models(&reg, d, 1_795_881_600).unwrap()).collect();
-    Production { files, devices: cbor(&devices), releases: cbor(&releases), assigned }
-}
-
-/// Canonical bytes of records, for a byte-for-byte comparison.
-fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    outpost_shared::canonical::to_vec(v).unwrap()
-}
-
 fn publish_champion(hub: &TestHub) -> PathBuf {
     let offline = hub.tmp.path().join("offline");
     hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
@@ -218,7 +176,7 @@ fn publish_champion(hub: &TestHub) -> PathBuf {
 fn a_cycle_changes_no_tuf_metadata_director_assignment_or_device_state() {
     let (hub, champion) = hub_with_champion();
     publish_champion(&hub);
-    let before = production(&hub);
+    let before = support::production(&hub);
     assert!(before.files.keys().any(|p| p.ends_with("timestamp.json")), "the repository exists");
     assert!(before.assigned.iter().all(|(current, _)| current.map(|d| d.to_hex()) == Some(champion.clone())));
 
@@ -227,7 +185,7 @@ fn a_cycle_changes_no_tuf_metadata_director_assignment_or_device_state() {
     assert_eq!(cycle["champion"], champion);
     assert_eq!(cycle["candidates"].as_array().unwrap().len(), 1);
 
-    let after = production(&hub);
+    let after = support::production(&hub);
     assert_eq!(before.files, after.files, "TUF metadata and targets unchanged, byte for byte");
     assert_eq!(before.devices, after.devices, "device records unchanged");
     assert_eq!(before.releases, after.releases, "no release started");
@@ -476,7 +434,7 @@ fn each_fixture_champion_scores_on_its_labelled_suite_what_onnxruntime_scores() 
 fn a_breeding_cycle_on_each_fixture_capability_records_a_decision_and_changes_nothing_in_production() {
     for f in &FIXTURES {
         let hub = fixture_hub(f);
-        let before = production(&hub);
+        let before = support::production(&hub);
         let args = ["challenger", "run", f.capability, "--operator", "int8", "--count", "1", "--rounds", "1"];
         let out = hub.cli(&[&args[..], &["--max-latency-regression", "100", "--json"]].concat());
         assert!(out.status.success(), "{}: {}", f.capability, stderr(&out));
@@ -489,6 +447,6 @@ fn a_breeding_cycle_on_each_fixture_capability_records_a_decision_and_changes_no
         assert!(promoted != rejected, "{}: a decision either way, with reasons when negative: {cycle}", f.capability);
         let shown = hub.ok(&["challenger", "show", &cycle["id"].as_str().unwrap()[..12]]);
         assert!(shown.contains("decision"), "{shown}");
-        assert_eq!(before, production(&hub), "{}: the cycle touched production", f.capability);
+        assert_eq!(before, support::production(&hub), "{}: the cycle touched production", f.capability);
     }
 }

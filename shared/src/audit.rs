@@ -35,6 +35,10 @@ pub enum Action {
     RetryFailed,
     Revoke,
     Rotate,
+    /// A controller policy registered.
+    ControllerPolicy,
+    /// A controller proposal approved (and carried out) or rejected.
+    Decide,
 }
 
 /// One audit entry.

@@ -19,6 +19,7 @@ pub mod attestation;
 pub mod audit;
 pub mod capability;
 pub mod challenger;
+pub mod controller;
 pub mod device;
 pub mod fleet;
 pub mod keys;
@@ -33,6 +34,7 @@ use attestation::{AttestationCmd, ReferenceCmd};
 use audit::AuditCmd;
 use capability::CapabilityCmd;
 use challenger::ChallengerCmd;
+use controller::ControllerCmd;
 use device::DeviceCmd;
 use fleet::FleetCmd;
 use keys::KeysCmd;
@@ -65,6 +67,12 @@ pub enum Command {
     /// cycle record; list and show cycles.
     #[command(subcommand)]
     Challenger(ChallengerCmd),
+    /// The viability controller: score each package of a capability (quality, field reliability, latency, memory,
+    /// cost, traffic, staleness, risk) under a versioned policy and propose no-op, archive, shadow, retire or
+    /// promote with the rule that fired; explain, approve (carried out as the ordinary operation) or reject.
+    /// It never acts by itself.
+    #[command(subcommand)]
+    Controller(ControllerCmd),
     /// Move and inspect named pointers to packages (stable, canary, ...).
     #[command(subcommand)]
     Alias(AliasCmd),
@@ -163,6 +171,7 @@ impl Command {
             Command::Capability(CapabilityCmd::Add { file }) => abs(file),
             Command::Suite(SuiteCmd::Add { dir }) => abs(dir),
             Command::Challenger(cmd) => cmd.resolve(cwd),
+            Command::Controller(cmd) => cmd.resolve(cwd),
             Command::Keys(KeysCmd::Generate { offline_dir, .. }) => abs(offline_dir),
             Command::Keys(KeysCmd::Rotate { offline_dir, root_keys, targets_key, .. }) => {
                 offline_dir.iter_mut().chain(root_keys.iter_mut()).chain(targets_key.iter_mut()).for_each(abs);
@@ -197,6 +206,7 @@ pub fn run(command: Command, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         Command::Suite(cmd) => suite::run(cmd, hub, o),
         Command::Eval(cmd) => suite::eval(cmd, hub, o),
         Command::Challenger(cmd) => challenger::run(cmd, hub, o),
+        Command::Controller(cmd) => controller::run(cmd, hub, o),
         Command::Alias(cmd) => alias::run(cmd, hub, o),
         Command::Keys(cmd) => keys::run(cmd, hub, o),
         Command::Release(cmd) => release::run(cmd, hub, o),

@@ -22,12 +22,14 @@ use crate::blobs::{self, BlobError, BlobStore};
 use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
 
 mod capabilities;
+mod controller;
 mod cycles;
 mod devices;
 mod packages;
 mod suites;
 
 pub use capabilities::{CapabilityAdded, CapabilityCheck, CapabilityRecord};
+pub use controller::{DecisionRecord, PolicyRecord};
 pub use suites::SuiteAdded;
 
 pub use devices::{
@@ -72,6 +74,12 @@ const EVALUATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("evaluati
 const PACKAGE_EVALUATIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("package_evaluations");
 /// Challenger cycle id (hex) → the record (`shared::challenger::CycleRecord`, canonical CBOR). Write-once.
 const CYCLES: TableDefinition<&str, &[u8]> = TableDefinition::new("challenger_cycles");
+/// Controller policy version → its record (`controller::PolicyRecord`, canonical CBOR). Versions only rise.
+const CONTROLLER_POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("controller_policies");
+/// Proposal id (hex) → the proposal (`shared::controller::Proposal`, canonical CBOR). Write-once.
+const PROPOSALS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_proposals");
+/// Proposal id (hex) → the decision on it (`controller::DecisionRecord`, canonical CBOR). Write-once.
+const DECISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_decisions");
 /// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
 
@@ -283,6 +291,20 @@ pub enum RegistryError {
     /// No cycle matches the reference.
     #[error("no challenger cycle matches `{0}` (`outpost-hub challenger list`)")]
     UnknownCycle(String),
+    /// A controller policy must have a higher version than the newest registered.
+    #[error("controller policy version {version} is not above the newest registered, {newest}")]
+    PolicyVersion {
+        /// The version offered.
+        version: u64,
+        /// The newest registered.
+        newest: u64,
+    },
+    /// No proposal matches the reference.
+    #[error("no controller proposal matches `{0}` (`outpost-hub controller list`)")]
+    UnknownProposal(String),
+    /// The proposal was decided already; a decision is final.
+    #[error("proposal {0} is already decided; decisions are final (run the controller again for a new proposal)")]
+    AlreadyDecided(Digest),
     /// The capability cannot publish: owners are missing.
     #[error(transparent)]
     MissingOwners(#[from] outpost_shared::capability::MissingOwners),

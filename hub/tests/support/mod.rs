@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use outpost_hub::Registry;
+use outpost_shared::Digest;
 use outpost_shared::clock::ManualClock;
 use outpost_shared::testkit::{AffineManifest, affine_model};
 
@@ -139,4 +140,41 @@ impl TestHub {
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         stdout(&o)
     }
+}
+
+/// Everything production reads: the TUF repository's files, every device record and every release (canonical
+/// bytes), and what the director would assign each device now (current package, eligible packages).
+#[derive(Debug, PartialEq)]
+pub struct Production {
+    pub files: std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    pub devices: Vec<u8>,
+    pub releases: Vec<u8>,
+    pub assigned: Vec<(Option<Digest>, Vec<Digest>)>,
+}
+
+pub fn production(hub: &TestHub) -> Production {
+    let mut files = std::collections::BTreeMap::new();
+    fn walk(dir: &Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out)
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    walk(&hub.dir().join("repository"), &mut files);
+    let reg = outpost_hub::Registry::open(&hub.dir(), Arc::new(ManualClock::new(1_795_881_600))).unwrap();
+    let devices = reg.devices().unwrap();
+    let releases: Vec<(String, outpost_hub::rollouts::ReleaseRecord)> = reg.releases().unwrap();
+    let repo = outpost_hub::tuf::TufRepo::new(&hub.dir(), outpost_hub::tuf::Expiries::default());
+    let director = outpost_hub::director::Director::new(&repo);
+    let assigned = devices.iter().map(|d| director.expected_models(&reg, d, 1_795_881_600).unwrap()).collect();
+    Production { files, devices: cbor(&devices), releases: cbor(&releases), assigned }
+}
+
+/// Canonical bytes of records, for a byte-for-byte comparison.
+pub fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    outpost_shared::canonical::to_vec(v).unwrap()
 }

@@ -1,0 +1,148 @@
+//! The viability controller end to end on the real PP-OCR classifier: it proposes and explains but changes nothing
+//! until a key holder approves; an approval becomes the ordinary, audited operation; a structural proposal is
+//! refused to the key that registered the controller policy.
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::{TestHub, stderr, stdout};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
+
+/// A hub with the OCR capability, its champion published on stable for three devices, the labelled suite, one
+/// int8 breeding cycle (its per-channel descendant promoted to candidate) and the fixture controller policy
+/// registered with targets-1. Returns the hub and its offline key directory.
+fn hub_with_candidate() -> (TestHub, PathBuf) {
+    let hub = TestHub::new();
+    hub.ok(&["capability", "add", &format!("{FIXTURES}/capabilities/ocr-text-direction.toml")]);
+    let (model, manifest) =
+        (support::fixture("ch_ppocr_mobile_v2.0_cls_infer.onnx"), support::fixture("ppocr-direction.toml"));
+    hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    hub.ok(&["suite", "add", &format!("{FIXTURES}/suites/ocr-direction")]);
+    let offline = hub.tmp.path().join("offline");
+    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    let key1 = offline.join("targets-1.key");
+    hub.ok(&["release", "publish", "ppocr-direction@2.0.0", "--channel", "stable", "--key", key1.to_str().unwrap()]);
+    for k in ["11", "22", "33"] {
+        hub.ok(&["device", "approve", &k.repeat(32), "--channel", "stable"]);
+    }
+    let cycle = hub.ok(&[
+        "challenger",
+        "run",
+        "ocr.text-direction",
+        "--operator",
+        "int8",
+        "--count",
+        "1",
+        "--rounds",
+        "1",
+        "--max-latency-regression",
+        "100",
+    ]);
+    assert!(!cycle.trim().is_empty());
+    let policy = format!("{FIXTURES}/controller/policy.toml");
+    hub.ok(&["controller", "policy", "set", &policy, "--key", key1.to_str().unwrap()]);
+    (hub, offline)
+}
+
+fn run_json(hub: &TestHub) -> Vec<serde_json::Value> {
+    let out = hub.cli(&["controller", "run", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap().as_array().unwrap().clone()
+}
+
+/// The proposal for the champion (`ppocr-direction@2.0.0`) or, with `-int8`, for its descendant.
+fn proposal_for<'a>(all: &'a [serde_json::Value], label: &str) -> &'a serde_json::Value {
+    let matches = |l: &str| if label.ends_with("-int8") { l.starts_with(label) } else { l == label };
+    all.iter().find(|p| matches(p["label"].as_str().unwrap())).unwrap()
+}
+
+#[test]
+fn the_controller_never_changes_the_fleet_without_an_approval() {
+    let (hub, offline) = hub_with_candidate();
+    let before = support::production(&hub);
+    let all = run_json(&hub);
+    assert_eq!(support::production(&hub), before, "a controller run touched production");
+    let champion = proposal_for(&all, "ppocr-direction@2.0.0");
+    assert_eq!(champion["role"], "champion");
+    assert_eq!(champion["action"], "no_op", "{champion}");
+    let candidate = proposal_for(&all, "ppocr-direction@2.0.0-int8");
+    assert_eq!(candidate["role"], "candidate");
+    assert_eq!(candidate["action"], "shadow", "{candidate}");
+    let id = candidate["id"].as_str().unwrap().to_owned();
+    // The proposal names its inputs, weights, policy digest and rule.
+    let components = candidate["decomposition"]["components"].as_array().unwrap();
+    assert_eq!(components.len(), 8);
+    let quality = components.iter().find(|c| c["name"] == "offline_quality").unwrap();
+    assert_eq!(quality["weight"], 0.35);
+    assert_eq!(quality["inputs"]["champion"], 1.0, "{quality}");
+    let policy = hub.ok(&["controller", "policy", "show"]);
+    assert!(policy.contains(candidate["policy"].as_str().unwrap()), "{policy}");
+    let shown = hub.ok(&["controller", "show", &id[..12]]);
+    for line in
+        ["proposes    SHADOW", "because     candidate within shadow_margin", "offline_quality", "decision    pending"]
+    {
+        assert!(shown.contains(line), "{line}: {shown}");
+    }
+    // Listing, showing and running again change nothing either.
+    hub.ok(&["controller", "list"]);
+    run_json(&hub);
+    assert_eq!(support::production(&hub), before);
+
+    // Approval carries it out as the ordinary operation: published, and a shadow release under the plan.
+    let key = offline.join("targets-1.key");
+    let plan = format!("{FIXTURES}/plans/canary.toml");
+    hub.ok(&["controller", "approve", &id[..12], "--key", key.to_str().unwrap(), "--plan", &plan]);
+    assert_ne!(support::production(&hub), before);
+    let releases = hub.ok(&["release", "list"]);
+    assert!(releases.contains("ppocr-direction@2.0.0-int8"), "{releases}");
+    let shown = hub.ok(&["controller", "show", &id[..12]]);
+    assert!(shown.contains("decision    approved by") && shown.contains("shadow release r1"), "{shown}");
+    let audit = hub.ok(&["audit", "show"]);
+    assert!(audit.contains("decide") && audit.contains("approved shadow"), "{audit}");
+    // A decision is final.
+    let again = hub.cli(&["controller", "approve", &id[..12], "--key", key.to_str().unwrap(), "--plan", &plan]);
+    assert!(!again.status.success() && stderr(&again).contains("already decided"), "{}", stderr(&again));
+}
+
+#[test]
+fn a_structural_proposal_approved_by_its_policy_author_is_refused() {
+    let (hub, offline) = hub_with_candidate();
+    let key1 = offline.join("targets-1.key");
+    let plan = format!("{FIXTURES}/plans/canary.toml");
+    let all = run_json(&hub);
+    let id = proposal_for(&all, "ppocr-direction@2.0.0-int8")["id"].as_str().unwrap().to_owned();
+    hub.ok(&["controller", "approve", &id[..12], "--key", key1.to_str().unwrap(), "--plan", &plan]);
+
+    // Now shadowing. A policy that weighs only size, under a capability budget the champion nearly fills: the
+    // smaller int8 shadow beats it and is proposed for promotion, a structural change.
+    let cap = std::fs::read_to_string(format!("{FIXTURES}/capabilities/ocr-text-direction.toml"))
+        .unwrap()
+        .replace("package_size_bytes = 2097152", "package_size_bytes = 600000");
+    let cap_file = hub.tmp.path().join("cap.toml");
+    std::fs::write(&cap_file, cap).unwrap();
+    hub.ok(&["capability", "add", cap_file.to_str().unwrap()]);
+    let policy = "version = 2\nauthor = \"size-first\"\n[weights]\noffline_quality = 0.0\nfield_reliability = 0.0\n\
+                  latency = 0.0\nmemory = 0.0\ncost = 1.0\ntraffic = 0.0\nstaleness = 0.0\nrisk = 0.0\n\
+                  [thresholds]\nmin_inferences = 0\n[oscillation]\nmin_dwell_secs = 0\n";
+    let policy_file = hub.tmp.path().join("policy.toml");
+    std::fs::write(&policy_file, policy).unwrap();
+    hub.ok(&["controller", "policy", "set", policy_file.to_str().unwrap(), "--key", key1.to_str().unwrap()]);
+    let all = run_json(&hub);
+    let shadow = proposal_for(&all, "ppocr-direction@2.0.0-int8");
+    assert_eq!(shadow["role"], "shadow");
+    assert_eq!(shadow["action"], "promote", "{shadow}");
+    let id = shadow["id"].as_str().unwrap().to_owned();
+    let before = support::production(&hub);
+
+    let refused = hub.cli(&["controller", "approve", &id[..12], "--key", key1.to_str().unwrap(), "--plan", &plan]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("structural"), "{}", stderr(&refused));
+    assert_eq!(support::production(&hub), before, "a refused approval changed nothing");
+
+    let key2 = offline.join("targets-2.key");
+    hub.ok(&["controller", "approve", &id[..12], "--key", key2.to_str().unwrap(), "--plan", &plan]);
+    let shown = hub.ok(&["controller", "show", &id[..12]]);
+    assert!(shown.contains("approved by") && shown.contains("release r2"), "{shown}");
+}
