@@ -40,6 +40,9 @@ pub enum ControllerError {
     /// The telemetry store failed.
     #[error(transparent)]
     Telemetry(#[from] TelemetryStoreError),
+    /// The revocation list could not be read.
+    #[error(transparent)]
+    Director(#[from] crate::director::DirectorOpError),
     /// No policy is registered.
     #[error("no controller policy is registered: `outpost-hub controller policy set FILE --key K` first")]
     NoPolicy,
@@ -103,6 +106,12 @@ pub fn gather(
     let evaluations = |d: &Digest| -> Result<Vec<(Digest, EvaluationRecord)>, RegistryError> {
         Ok(reg.evaluations(d)?.into_iter().filter(|(_, r)| b.suites.iter().any(|(s, _)| *s == r.suite)).collect())
     };
+    // A revoked package is archived for good: the controller has nothing to propose for it.
+    let revoked: std::collections::BTreeSet<Digest> = if repo.exists() {
+        crate::director::Director::new(repo).revocations()?.revoked.iter().map(|r| r.digest).collect()
+    } else {
+        Default::default()
+    };
     // Packages in a running shadow release, by digest → (channel, the last good package it runs beside).
     let shadows: BTreeMap<Digest, (String, Option<Digest>)> = releases
         .iter()
@@ -131,7 +140,9 @@ pub fn gather(
         let candidate = cycles.iter().rev().find(|(_, c)| c.promoted == Some(d)).and_then(|(_, c)| {
             c.candidates.iter().find(|x| x.package == d).map(|x| (x.risk.effective(), c.noise.clone()))
         });
-        let (role, channel, champion) = if let Some((channel, last_good)) = shadows.get(&d) {
+        let (role, channel, champion) = if revoked.contains(&d) {
+            (Role::Archived, default_channel.clone(), None)
+        } else if let Some((channel, last_good)) = shadows.get(&d) {
             (Role::Shadow, Some(channel.clone()), last_good.or_else(|| champion_of(channel)))
         } else if let Some((channel, _)) = serving.iter().find(|(_, s)| *s == d) {
             (Role::Champion, Some(channel.clone()), Some(d))
@@ -228,8 +239,8 @@ pub fn history(decided: &[(Digest, Proposal, Option<DecisionRecord>)], package: 
 pub type Proposed = (Option<Digest>, Proposal);
 
 /// Runs the controller over `capability` (or every registered one) under the registered policy, stores every
-/// proposal that is not a plain no-op (held-back ones included: they explain what the controls stopped), and
-/// returns all proposals, stored or not, with the stored ones' ids.
+/// proposal that is not a plain no-op (held-back ones included: they explain what the controls stopped) unless
+/// the same proposal is still pending, and returns all proposals with the stored (or pending) ones' ids.
 pub fn run(
     store: &Store,
     repo: &TufRepo,
@@ -254,7 +265,19 @@ pub fn run(
         for (f, champion) in &facts {
             let champion = champion.filter(|c| *c != f.package).and_then(|c| scored.get(&c).cloned());
             let p = controller::propose(f, champion.as_ref(), &policy, &history(&decided, &f.package), now);
-            let id = if p.action != Action::NoOp || p.held_back.is_some() { Some(reg.proposal_put(&p)?) } else { None };
+            // A proposal still pending for the package (same action, same policy) stands: runs do not pile up copies.
+            let pending = decided.iter().find(|(_, q, d)| {
+                d.is_none()
+                    && q.package == p.package
+                    && q.action == p.action
+                    && q.policy == p.policy
+                    && q.held_back.is_some() == p.held_back.is_some()
+            });
+            let id = match pending {
+                Some((id, _, _)) => Some(*id),
+                None if p.action != Action::NoOp || p.held_back.is_some() => Some(reg.proposal_put(&p)?),
+                None => None,
+            };
             out.push((id, p));
         }
     }

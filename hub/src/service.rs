@@ -105,6 +105,8 @@ pub struct Periods {
     pub retention: Duration,
     /// Looking for a new revocation list to push to connected devices.
     pub revocation_watch: Duration,
+    /// Running the viability controller (when a policy is registered): it stores proposals, never acts.
+    pub controller: Duration,
 }
 
 impl Default for Periods {
@@ -114,6 +116,7 @@ impl Default for Periods {
             rollouts: crate::rollouts::MAX_TICK_WAIT,
             retention: Duration::from_secs(3600),
             revocation_watch: Duration::from_secs(1),
+            controller: Duration::from_secs(3600),
         }
     }
 }
@@ -342,6 +345,10 @@ impl Running {
             let hub = hub.clone();
             move || resign(&hub)
         }));
+        jobs.spawn(every(periods.controller, "viability controller", {
+            let hub = hub.clone();
+            move || run_controller(&hub)
+        }));
         server.run(shutdown).await;
         eprintln!("shutting down");
         jobs.shutdown().await;
@@ -387,6 +394,22 @@ fn resign(hub: &Hub) -> Result<(), String> {
     }
     if resigned {
         eprintln!("re-signed snapshot and timestamp");
+    }
+    Ok(())
+}
+
+/// One periodic controller run: proposals stored for `controller list`, nothing carried out. Without a registered
+/// policy there is nothing to run.
+fn run_controller(hub: &Hub) -> Result<(), String> {
+    let store = hub.store().map_err(|e| e.to_string())?;
+    if store.registry().controller_policy().map_err(|e| e.to_string())?.is_none() {
+        return Ok(());
+    }
+    let (_, proposals) =
+        crate::controller::run(store, &hub.repo(), None, hub.clock().wall()).map_err(|e| e.to_string())?;
+    let stored = proposals.iter().filter(|(id, _)| id.is_some()).count();
+    if stored > 0 {
+        eprintln!("controller: {stored} proposal(s) to review (`outpost-hub controller list`)");
     }
     Ok(())
 }
