@@ -155,3 +155,48 @@ fn a_structural_proposal_approved_by_its_policy_author_is_refused() {
     let shown = hub.ok(&["controller", "show", &id[..12]]);
     assert!(shown.contains("approved by") && shown.contains("release r2"), "{shown}");
 }
+
+#[test]
+fn a_projection_far_from_actuals_is_flagged() {
+    let (hub, offline) = hub_with_candidate();
+    let all = run_json(&hub);
+    let candidate = proposal_for(&all, "ppocr-direction@2.0.0-int8");
+    let id = candidate["id"].as_str().unwrap().to_owned();
+    let projected = candidate["projection"]["bytes_to_ship"].as_u64().unwrap();
+    let size = candidate["decomposition"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cost")
+        .unwrap()["inputs"]["size_bytes"]
+        .as_f64()
+        .unwrap() as u64;
+    assert_eq!(projected, 3 * size, "every device of stable would download it");
+    let key = offline.join("targets-1.key");
+    let plan = format!("{FIXTURES}/plans/canary.toml");
+    hub.ok(&["controller", "approve", &id[..12], "--key", key.to_str().unwrap(), "--plan", &plan]);
+
+    // Only one device of the three downloads it (the shadow cohort is small): a third of the projected bytes.
+    let package: outpost_shared::Digest = candidate["package"].as_str().unwrap().parse().unwrap();
+    {
+        let clock = std::sync::Arc::new(outpost_hub::clock::SystemClock);
+        let store = outpost_hub::store::Store::open(&hub.dir(), clock).unwrap();
+        let event = outpost_shared::telemetry::Event {
+            seq: 1,
+            at: 0,
+            kind: outpost_shared::telemetry::EventKind::UpdateStep {
+                package,
+                step: outpost_shared::telemetry::Step::Downloaded,
+                detail: String::new(),
+            },
+        };
+        let batch = outpost_shared::telemetry::Batch { stream: 7, first_seq: 1, events: vec![event], dropped: 0 };
+        store.telemetry().ingest(&"11".repeat(32), None, Some("r1"), None, &batch).unwrap();
+    }
+    let shown = hub.ok(&["controller", "show", &id[..12]]);
+    let line = shown.lines().find(|l| l.starts_with("actual      bytes_to_ship")).unwrap_or_else(|| panic!("{shown}"));
+    assert!(line.contains(&format!("projected {projected}, actual {size}")), "{line}");
+    assert!(line.contains("OFF: error above the bound 0.25"), "{line}");
+    let json: serde_json::Value = serde_json::from_str(&hub.ok(&["controller", "show", &id[..12], "--json"])).unwrap();
+    assert_eq!(json["reconciliation"]["flagged"], serde_json::json!(["bytes_to_ship"]), "{json}");
+}
