@@ -17,6 +17,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         package: Digest::of(data),
         label: "fuzz@1".into(),
         capability: "fuzz.cap".into(),
+        channel: None,
         role: Role::Shadow,
         risk_low: true,
         risk_score: f64::NAN,

@@ -130,7 +130,13 @@ pub fn gather(
             None => Some((c.channel.clone(), c.champion)),
         })
         .collect();
-    let default_channel = serving.first().map(|(c, _)| c.clone());
+    // Where a package not yet served would go: the busiest channel serving its parent, else the busiest serving
+    // its capability.
+    let busiest = |parents: &[Digest]| {
+        let load = |c: &str| devices.iter().filter(|x| x.channel == c && x.status == DeviceStatus::Approved).count();
+        let of_parent = serving.iter().filter(|(_, s)| parents.contains(s)).max_by_key(|(c, _)| load(c));
+        of_parent.or_else(|| serving.iter().max_by_key(|(c, _)| load(c))).map(|(c, _)| c.clone())
+    };
     let champion_of = |channel: &str| serving.iter().find(|(c, _)| c == channel).map(|(_, d)| *d);
     let total_inferences: u64 =
         b.packages.iter().filter_map(|(r, _)| field.inference.get(&r.model_digest).map(|e| e.0)).sum();
@@ -138,20 +144,32 @@ pub fn gather(
     for (record, manifest) in &b.packages {
         let d = record.digest;
         let candidate = cycles.iter().rev().find(|(_, c)| c.promoted == Some(d)).and_then(|(_, c)| {
-            c.candidates.iter().find(|x| x.package == d).map(|x| (x.risk.effective(), c.noise.clone()))
+            c.candidates.iter().find(|x| x.package == d).map(|x| {
+                // Its p95 relative to the champion's, measured interleaved in the cycle (1 within the noise band).
+                let p95 = |m: &BTreeMap<String, f64>| m.get("latency_p95_ms").copied();
+                let band = c.noise.get("latency_p95_ms").copied().unwrap_or(0.0);
+                let ratio = match (p95(&x.verdict.metrics), p95(&c.champion_metrics)) {
+                    (Some(mine), Some(champ)) if (mine - champ).abs() <= band => Some(1.0),
+                    (Some(mine), Some(champ)) if champ > 0.0 => Some(mine / champ),
+                    _ => None,
+                };
+                (x.risk.effective(), c.noise.clone(), ratio)
+            })
         });
         let (role, channel, champion) = if revoked.contains(&d) {
-            (Role::Archived, default_channel.clone(), None)
+            (Role::Archived, None, None)
         } else if let Some((channel, last_good)) = shadows.get(&d) {
             (Role::Shadow, Some(channel.clone()), last_good.or_else(|| champion_of(channel)))
         } else if let Some((channel, _)) = serving.iter().find(|(_, s)| *s == d) {
             (Role::Champion, Some(channel.clone()), Some(d))
         } else {
             let role = if candidate.is_some() { Role::Candidate } else { Role::Idle };
-            (role, default_channel.clone(), default_channel.as_deref().and_then(champion_of))
+            let channel = busiest(&manifest.lineage.parents);
+            let champion = channel.as_deref().and_then(champion_of);
+            (role, channel, champion)
         };
-        let risk = candidate.as_ref().map_or(manifest.risk_tier, |(r, _)| *r);
-        let noise = candidate.as_ref().map(|(_, n)| n.clone()).unwrap_or_default();
+        let risk = candidate.as_ref().map_or(manifest.risk_tier, |(r, _, _)| *r);
+        let noise = candidate.as_ref().map(|(_, n, _)| n.clone()).unwrap_or_default();
         let mine = evaluations(&d)?;
         let latest = mine.last().map(|(_, r)| r.clone());
         let champion_latest = match champion {
@@ -159,6 +177,13 @@ pub fn gather(
                 evaluations(&c)?.into_iter().rev().find(|(_, r)| latest.as_ref().is_some_and(|l| l.suite == r.suite))
             }
             None => None,
+        };
+        // A cycle's descendant: the champion's p95 scaled by their interleaved ratio, so that machine load when
+        // one record was taken does not decide; anything else: its newest record's p95.
+        let p95_of = |r: &EvaluationRecord| r.metrics.get("latency_p95_ms").copied();
+        let offline_p95_ms = match (candidate.as_ref().and_then(|(_, _, ratio)| *ratio), &champion_latest) {
+            (Some(ratio), Some((_, c))) => p95_of(c).map(|p| p * ratio),
+            _ => latest.as_ref().and_then(p95_of),
         };
         let quality = match (&latest, &champion_latest) {
             (Some(l), Some((_, c))) => {
@@ -198,6 +223,7 @@ pub fn gather(
             package: d,
             label: format!("{}@{}", record.name, record.version),
             capability: capability.to_owned(),
+            channel: channel.clone(),
             role,
             risk_low: risk == RiskTier::Low,
             risk_score: match risk {
@@ -207,7 +233,7 @@ pub fn gather(
             },
             quality,
             field,
-            offline_p95_ms: latest.as_ref().and_then(|r| r.metrics.get("latency_p95_ms").copied()),
+            offline_p95_ms,
             latency_budget_ms: budget.p95_latency_ms,
             peak_memory_bytes: latest.as_ref().and_then(|r| r.metrics.get("peak_memory_bytes")).map(|m| *m as u64),
             memory_budget_bytes: budget.peak_memory_bytes,

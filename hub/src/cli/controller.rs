@@ -280,7 +280,7 @@ fn approve(hub: &Hub, o: &mut Out<'_>, id: &str, key: &Path, plan: Option<&Path>
     let digest = p.package.to_hex();
     let need_plan =
         || plan.map(Path::to_owned).with_context(|| format!("{} needs --plan FILE (a release plan)", p.action));
-    let channel = channel_of(hub, &p)?;
+    let channel = channel_of(&p);
     let (detail, release) = match p.action {
         Action::Shadow => {
             let plan = need_plan()?;
@@ -332,12 +332,9 @@ fn approve(hub: &Hub, o: &mut Out<'_>, id: &str, key: &Path, plan: Option<&Path>
     Ok(())
 }
 
-/// The channel a proposal acts on: the one whose champion the package is compared with, else the first channel
-/// serving its capability, else `stable`.
-fn channel_of(hub: &Hub, p: &Proposal) -> Result<String> {
-    let repo = hub.repo();
-    let b = outpost_hub::boundary::boundary(hub.store()?, &repo, &p.capability)?;
-    Ok(b.channels.first().map_or_else(|| "stable".to_owned(), |c| c.channel.clone()))
+/// The channel a proposal acts on: the one it was proposed for, else `stable`.
+fn channel_of(p: &Proposal) -> String {
+    p.channel.clone().unwrap_or_else(|| "stable".to_owned())
 }
 
 fn start(hub: &Hub, o: &mut Out<'_>, digest: &str, plan: &Path, channel: &str) -> Result<String> {
@@ -370,6 +367,9 @@ fn explain(
     writeln!(o.out, "proposal    {id}")?;
     writeln!(o.out, "at          {}", format_rfc3339(p.at))?;
     writeln!(o.out, "package     {} ({}) of {}, now {}", p.label, p.package, p.capability, p.role)?;
+    if let Some(c) = &p.channel {
+        writeln!(o.out, "channel     {c}")?;
+    }
     writeln!(
         o.out,
         "proposes    {}{}",

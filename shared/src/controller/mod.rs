@@ -172,6 +172,9 @@ pub struct Proposal {
     pub label: String,
     /// Its capability.
     pub capability: String,
+    /// The channel the proposal acts on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     /// Its role when proposed.
     pub role: Role,
     /// What to do.
@@ -285,6 +288,7 @@ pub fn propose(
         package: facts.package,
         label: facts.label.clone(),
         capability: facts.capability.clone(),
+        channel: facts.channel.clone(),
         role: facts.role,
         action,
         rule,

@@ -20,6 +20,8 @@ pub struct Facts {
     pub label: String,
     /// Its capability.
     pub capability: String,
+    /// The channel it serves, or would serve (its parent's, else the busiest serving its capability).
+    pub channel: Option<String>,
     /// Where it stands.
     pub role: Role,
     /// Its derived risk tier is low (a low-risk descendant, or declared and derived low).

@@ -15,6 +15,7 @@ fn facts(label: &str, role: Role, quality: f64) -> Facts {
         package: Digest::of(label.as_bytes()),
         label: label.into(),
         capability: "ocr.text-direction".into(),
+        channel: Some("stable".into()),
         role,
         risk_low: true,
         risk_score: 1.0,
