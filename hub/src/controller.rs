@@ -17,7 +17,7 @@ use outpost_shared::rollout::{Position, State};
 use outpost_shared::telemetry::Histogram;
 
 use crate::boundary::{self, BoundaryError};
-use crate::registry::{DecisionRecord, DeviceStatus, RegistryError};
+use crate::registry::{DecisionRecord, DeviceStatus, Reconciled, RegistryError};
 use crate::rollouts::RolloutError;
 use crate::store::Store;
 use crate::telemetry::{Filter, GroupBy, TelemetryStoreError};
@@ -307,7 +307,24 @@ pub fn run(
             out.push((id, p));
         }
     }
+    reconcile_carried_out(store, &decided, &policy, now)?;
     Ok((policy, out))
+}
+
+/// Compares every carried-out proposal's projection with what telemetry shows now and records it.
+fn reconcile_carried_out(
+    store: &Store,
+    decided: &[(Digest, Proposal, Option<DecisionRecord>)],
+    policy: &ControllerPolicy,
+    now: UnixSeconds,
+) -> Result<(), ControllerError> {
+    for (id, p, d) in decided {
+        let Some(d) = d.as_ref().filter(|d| d.approved && p.action != Action::NoOp) else { continue };
+        let actuals = actuals(store, p, d)?;
+        let reconciliation = controller::reconcile(&p.projection, &actuals, policy.thresholds.projection_error_bound);
+        store.registry().reconciliation_put(id, &Reconciled { actuals, reconciliation, at: now })?;
+    }
+    Ok(())
 }
 
 /// What telemetry shows since an approved proposal was carried out: bytes the release's devices downloaded

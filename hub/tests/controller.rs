@@ -199,4 +199,12 @@ fn a_projection_far_from_actuals_is_flagged() {
     assert!(line.contains("OFF: error above the bound 0.25"), "{line}");
     let json: serde_json::Value = serde_json::from_str(&hub.ok(&["controller", "show", &id[..12], "--json"])).unwrap();
     assert_eq!(json["reconciliation"]["flagged"], serde_json::json!(["bytes_to_ship"]), "{json}");
+
+    // A controller run records the comparison (the serving hub's periodic run does the same).
+    run_json(&hub);
+    let reg = hub.open();
+    let id: outpost_shared::Digest = id.parse().unwrap();
+    let recorded = reg.reconciliation(&id).unwrap().expect("recorded by the run");
+    assert_eq!(recorded.reconciliation.flagged, vec!["bytes_to_ship".to_owned()]);
+    assert_eq!(recorded.actuals.bytes_shipped, Some(size));
 }

@@ -196,6 +196,7 @@ pub fn run(cmd: ControllerCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         ControllerCmd::Show { id, json } => {
             let (id, p, d) = reg.proposal(&id)?;
             let bound = reg.controller_policy()?.map_or(0.25, |r| r.policy.thresholds.projection_error_bound);
+            // Compared now, so what is shown is current (`controller run` records the comparison each time).
             let reconciled = match &d {
                 Some(dec) if dec.approved && p.action != Action::NoOp => {
                     let actual = outpost_hub::controller::actuals(store, &p, dec)?;

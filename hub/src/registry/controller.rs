@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use outpost_shared::Digest;
 use outpost_shared::canonical;
 use outpost_shared::clock::UnixSeconds;
-use outpost_shared::controller::{ControllerPolicy, Proposal};
+use outpost_shared::controller::{Actuals, ControllerPolicy, Proposal, Reconciliation};
 
 use super::{
-    CONTROLLER_POLICIES, DECISIONS, PROPOSALS, Registry, RegistryError, db_err, decode, parse_digest, read_table,
+    CONTROLLER_POLICIES, DECISIONS, PROPOSALS, RECONCILIATIONS, Registry, RegistryError, db_err, decode, parse_digest,
+    read_table,
 };
 
 /// A registered controller policy and who registered it.
@@ -43,7 +44,42 @@ pub struct DecisionRecord {
     pub at: UnixSeconds,
 }
 
+/// A carried-out proposal's projection against telemetry, as the controller last compared them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reconciled {
+    /// What telemetry showed.
+    pub actuals: Actuals,
+    /// Projection against actuals, with the fields beyond the policy's bound.
+    pub reconciliation: Reconciliation,
+    /// When it was compared.
+    pub at: UnixSeconds,
+}
+
 impl Registry {
+    /// Records the latest reconciliation of proposal `id` (each run compares again as telemetry arrives).
+    pub fn reconciliation_put(&self, id: &Digest, r: &Reconciled) -> Result<(), RegistryError> {
+        let bytes = canonical::to_vec(r)
+            .map_err(|e| RegistryError::Corrupt { key: format!("reconciliation of {id}"), problem: e.to_string() })?;
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.open_table(RECONCILIATIONS)
+            .map_err(db_err)?
+            .insert(id.to_hex().as_str(), bytes.as_slice())
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The latest recorded reconciliation of proposal `id`.
+    pub fn reconciliation(&self, id: &Digest) -> Result<Option<Reconciled>, RegistryError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let Some(t) = read_table(&tx, RECONCILIATIONS)? else { return Ok(None) };
+        let key = id.to_hex();
+        match t.get(key.as_str()).map_err(db_err)? {
+            Some(v) => Ok(Some(decode(&key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Registers a controller policy; refuses a version not above the newest.
     pub fn controller_policy_put(&self, record: &PolicyRecord) -> Result<Digest, RegistryError> {
         let tx = self.db.begin_write().map_err(db_err)?;

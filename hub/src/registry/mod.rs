@@ -29,7 +29,7 @@ mod packages;
 mod suites;
 
 pub use capabilities::{CapabilityAdded, CapabilityCheck, CapabilityRecord};
-pub use controller::{DecisionRecord, PolicyRecord};
+pub use controller::{DecisionRecord, PolicyRecord, Reconciled};
 pub use suites::SuiteAdded;
 
 pub use devices::{
@@ -80,6 +80,8 @@ const CONTROLLER_POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("c
 const PROPOSALS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_proposals");
 /// Proposal id (hex) → the decision on it (`controller::DecisionRecord`, canonical CBOR). Write-once.
 const DECISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_decisions");
+/// Proposal id (hex) → its latest reconciliation with telemetry (`controller::Reconciled`, canonical CBOR).
+const RECONCILIATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_reconciliations");
 /// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
 
