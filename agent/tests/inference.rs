@@ -774,3 +774,46 @@ async fn inferences_on_the_blocking_pool_answer_like_those_run_in_place() {
     }
     pooled.stop().await;
 }
+
+/// One request with a non-finite input (JSON `1e300`, which is `inf` as FP32; NaN bits in binary data) used to
+/// reach the model, whose non-finite output counted as the model's failure: one such request in a health window
+/// rolled a good release back. It is the caller's fault: a 400, and the observer (the health window) never hears
+/// of it.
+#[tokio::test]
+async fn non_finite_input_cannot_fail_the_model_and_roll_back_its_release() {
+    let failures = Arc::new(AtomicU64::new(0));
+    let seen = failures.clone();
+    let handle =
+        Arc::new(ModelHandle::with_observer(Arc::new(outpost_shared::clock::ManualClock::new(0)), move |_, ok, _| {
+            seen.fetch_add(u64::from(!ok), Ordering::Relaxed);
+        }));
+    let model = ppocr_fixed();
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+    // One crop of flat data, every value 0.5 but the first.
+    let request = |first: f64| {
+        let mut data = vec![json!(0.5); 3 * 48 * 192];
+        data[0] = json!(first);
+        json!({ "inputs": [{ "name": "x", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": data }] })
+    };
+
+    let (mut body, n) = binary_body(&request(0.5), &["x"]);
+    let json_len: usize = n.parse().unwrap();
+    for value in body[json_len..].chunks_exact_mut(4) {
+        value.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let (status, _, raw) = server.infer_binary(PPOCR, &body, &n).await;
+    let answer: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(status, 400, "{answer}");
+    assert!(error_text(&answer).contains("input `x`: element 0 is NaN"), "{answer}");
+
+    let (status, body) = server.infer(PPOCR, &request(1e300)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("input `x`: element 0 is inf: inputs must be finite"), "{body}");
+
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no failure reached the health window");
+    assert_eq!(model.stats(), Default::default(), "nothing reached the model");
+    // The model still serves finite requests.
+    assert_eq!(server.infer(PPOCR, &request(0.5)).await.0, 200);
+    server.stop().await;
+}

@@ -26,7 +26,8 @@
 //! Status codes: 400 for a malformed request or tensors that do not fit the contract, 404 for another model or
 //! version than the active one, 413 for a body over [`ServeLimits::max_body_bytes`], 500 when the model fails on
 //! a request that fits its contract, 503 when no model is active or [`ServeLimits::max_queued_inferences`]
-//! requests are already waiting.
+//! requests are already waiting. Non-finite inputs (NaN, infinities, JSON numbers beyond FP32's range) are a 400:
+//! they are the caller's fault, never the model's.
 
 //!
 //! Three parts: [`handle`] (the served models: load, swap, shadow, counters), [`http`] (the routes, limits and
