@@ -158,8 +158,8 @@ pub struct ServeConfig {
     /// How often a live connection's device is checked against the allow-list again, so a revoked device is
     /// cut off without waiting for it to reconnect.
     pub recheck_interval: Duration,
-    /// Most attestation challenges one connection may ask for: each is held by the verifier until it expires, so
-    /// this (times `max_connections`) keeps one device from filling the verifier's store and locking others out.
+    /// Most attestation challenges one connection may ask for. Each is held by the verifier until it expires; the
+    /// verifier also bounds those held per device key, which a device opening many connections cannot reset.
     pub max_challenges_per_connection: u32,
 }
 
