@@ -25,6 +25,7 @@ use outpost_attestation::identity::{Identity, PublicKey};
 use outpost_attestation::{AttestationResult, Challenge, Status, Tier};
 use outpost_net::server::{Backend, BackendError, Refused, Submitted, Unattested};
 use outpost_shared::clock::Clock;
+use outpost_shared::policy::PackageFacts;
 use outpost_shared::update::{AgentState, Refusal};
 use outpost_shared::wire::{AttestedStatus, AttestedTier, ErrorCode, Limits, Relay};
 use outpost_shared::{Digest, Package, PackageLimits, canonical};
@@ -221,14 +222,17 @@ impl SiteNode {
         Box::new(Refused(message))
     }
 
-    /// Fetches, verifies (TUF length and hash) and judges a package for the site, leaving it in the cache.
+    /// Fetches, verifies (TUF length and hash) and judges a package for the site, leaving it in the cache. A
+    /// cached package is judged again under the policy in force now (it may have been tightened since).
     async fn fetch(&self, stored: &str, digest: Digest) -> Result<(PathBuf, u64), BackendError> {
         let cached = self.layout.cache().join(digest.to_hex());
-        if let Ok(m) = std::fs::metadata(&cached) {
-            return Ok((cached, m.len()));
+        let hit = std::fs::metadata(&cached).ok().map(|m| m.len());
+        let policy = self.load_policy()?;
+        if let (Some(len), None) = (hit, &policy) {
+            // Verified when it was fetched, and no policy to judge it by.
+            return Ok((cached, len));
         }
         let Some(tuf_path) = tuf_path(stored, &digest) else { return Err(Box::new(Refused("bad target path".into()))) };
-        let policy = self.load_policy()?;
         let client = self.client().await?;
         let now = self.now();
         let ts = jiff::Timestamp::from_second(i64::try_from(now)?)?;
@@ -255,6 +259,14 @@ impl SiteNode {
             }
             advertised = facts;
         }
+        if let Some(len) = hit {
+            if let Some(policy) = &policy
+                && let Some(r) = judge_package(policy, &cached, digest, advertised.as_ref(), now)?
+            {
+                return Err(self.refuse(r).await);
+            }
+            return Ok((cached, len));
+        }
         // Fetch the whole package once into a temporary file, then verify and judge it before it is served.
         let partial = self.layout.cache().join(format!(".{}.part", digest.to_hex()));
         let _ = std::fs::remove_file(&partial);
@@ -270,22 +282,32 @@ impl SiteNode {
             let _ = std::fs::remove_file(&partial);
             return Err(format!("{tuf_path}: the hub sent {len} bytes hashing to {}", got.short()).into());
         }
-        if let Some(policy) = &policy {
-            let bytes = std::fs::read(&partial)?;
-            if let Ok(package) = Package::decode(&bytes, &PackageLimits::default()) {
-                let model_len = package.model.len() as u64;
-                let refusal =
-                    policy.after_download(digest, &package.manifest, model_len, advertised.as_ref(), now, true);
-                if let Some(r) = refusal {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(self.refuse(r).await);
-                }
-            }
+        if let Some(policy) = &policy
+            && let Some(r) = judge_package(policy, &partial, digest, advertised.as_ref(), now)?
+        {
+            let _ = std::fs::remove_file(&partial);
+            return Err(self.refuse(r).await);
         }
         std::fs::rename(&partial, &cached)?;
         eprintln!("outpost-agent (site): fetched {tuf_path} ({len} bytes) from the hub once for the site; cached");
         Ok((cached, len))
     }
+}
+
+/// The site policy's verdict on a downloaded package file, judged on its manifest (`None`: accepted; a file that is
+/// not a package has no manifest to judge and passes, as devices check it themselves).
+fn judge_package(
+    policy: &SitePolicy,
+    file: &std::path::Path,
+    digest: Digest,
+    advertised: Option<&PackageFacts>,
+    now: u64,
+) -> Result<Option<Refusal>, std::io::Error> {
+    let bytes = std::fs::read(file)?;
+    Ok(Package::decode(&bytes, &PackageLimits::default()).ok().and_then(|package| {
+        let model_len = package.model.len() as u64;
+        policy.after_download(digest, &package.manifest, model_len, advertised, now, true)
+    }))
 }
 
 /// Why the hub did not attest a relayed device, as the device is told (`not attested: <this>`).

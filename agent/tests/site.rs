@@ -412,3 +412,26 @@ async fn revoked_device_behind_a_site_node_is_cut_off() {
     assert!(matches!(&e, CheckError::NotAttested(r) if r.contains("device revoked")), "{e:?}");
     assert_eq!(active(&d), Some(v1), "the device keeps serving its model");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policy_tightened_after_a_package_was_cached_refuses_the_cached_copy() {
+    let w = World::new();
+    let site = site(&w, "site = \"plant-7\"\n", |n| n).await;
+    let mut medium = AffineManifest::new("affine", "1.0.0", 2.0, 1.0);
+    medium.risk_tier = "medium".into();
+    let (v1, _) = w.add_and_publish(&medium, "stable");
+    let mut first = device(&w, &site, "d1", 40).await;
+    adopt(&mut first).await;
+    assert_eq!(active(&first), Some(v1), "the first policy lets v1 through; the site node caches it");
+
+    // The site admin tightens the policy; v1 stays in the site node's cache.
+    std::fs::write(w.tmp.path().join("site/site.toml"), POLICY).unwrap();
+    later(&w);
+    let mut second = device(&w, &site, "d2", 41).await;
+    second.check().await.unwrap();
+    assert_eq!(active(&second), None, "the cached copy is judged by the policy in force now");
+    let error = second.state().last_error.clone().unwrap_or_default();
+    assert!(error.contains("site policy") && error.contains("max_risk"), "{error}");
+    assert_eq!(site.hub.target_bytes.load(Ordering::SeqCst), package_len(&w, &v1), "v1 crossed the link once");
+}
+
