@@ -415,7 +415,7 @@ impl HubBackend {
                 bytes
             }
         };
-        let bundle = Bundle { assignment, revocations: director.revocations_bytes() };
+        let bundle = Bundle { assignment, revocations: director.signed_revocations(now)? };
         Ok(Some(canonical::to_vec(&bundle)?))
     }
 
