@@ -42,6 +42,14 @@ pub const METADATA_FRESH: Duration = Duration::from_secs(1);
 /// How long the hub's answer on whether a device belongs to this site is reused.
 pub const DEVICE_FRESH: Duration = Duration::from_secs(5);
 
+/// Most answers on devices kept at once. Anyone may connect with a new key, so each new answer prunes those past
+/// [`DEVICE_FRESH`] (useless by then), and when the map is still full the new answer is not kept.
+pub const MAX_KNOWN_DEVICES: usize = 4096;
+
+/// Most questions about devices asked of the hub at once; a connection finding them all taken is refused (it
+/// connects again later), so a flood of unknown keys cannot queue unbounded work on the upstream link.
+pub const MAX_DEVICE_LOOKUPS: usize = 16;
+
 /// The site node's backend.
 pub struct SiteNode {
     config: AgentConfig,
@@ -57,6 +65,8 @@ pub struct SiteNode {
     upstream_attests: AtomicBool,
     metadata: Mutex<HashMap<String, (Vec<u8>, Duration)>>,
     devices: Mutex<HashMap<[u8; 32], (bool, Duration)>>,
+    /// One permit per question about a device in flight to the hub.
+    lookups: tokio::sync::Semaphore,
     /// One fetch per blob at a time: the second device waits for the first fetch and gets the cached copy.
     fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     state: Mutex<AgentState>,
@@ -106,6 +116,7 @@ impl SiteNode {
             upstream: tokio::sync::Mutex::new(None),
             metadata: Mutex::new(HashMap::new()),
             devices: Mutex::new(HashMap::new()),
+            lookups: tokio::sync::Semaphore::new(MAX_DEVICE_LOOKUPS),
             fetching: Mutex::new(HashMap::new()),
             state: Mutex::new(state),
             upstream_target_bytes: AtomicU64::new(0),
@@ -115,6 +126,11 @@ impl SiteNode {
     /// The site node's identity (devices pin its public key as their hub key).
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// How many answers on devices the site node keeps now (at most [`MAX_KNOWN_DEVICES`]).
+    pub fn known_devices(&self) -> usize {
+        self.devices.lock().map_or(0, |d| d.len())
     }
 
     /// Target bytes fetched from the hub since start (what crossed the WAN).
@@ -382,12 +398,17 @@ impl Backend for SiteNode {
             return *ok;
         }
         // The hub decides: it answers a site node only for approved devices of its site.
+        let Ok(_lookup) = self.lookups.try_acquire() else { return false };
         let ok = match self.client().await {
             Ok(c) => c.assignment_for(Some(key)).await.is_ok(),
             Err(_) => false,
         };
         if let Ok(mut devices) = self.devices.lock() {
-            devices.insert(key, (ok, self.clock.monotonic()));
+            let now = self.clock.monotonic();
+            devices.retain(|_, (_, at)| now.saturating_sub(*at) < DEVICE_FRESH);
+            if devices.len() < MAX_KNOWN_DEVICES || devices.contains_key(&key) {
+                devices.insert(key, (ok, now));
+            }
         }
         ok
     }

@@ -546,3 +546,27 @@ async fn expired_revocation_list_is_refused_by_the_device() {
     assert_eq!(active(&d), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_keys_flooding_a_site_node_do_not_grow_its_memory() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| n).await;
+    let config = ClientConfig::new(site.addr, site.key);
+    // A stranger connects and is turned away once the site node has asked the hub about its key.
+    let stranger = |seed: u8| {
+        let config = &config;
+        async move {
+            if let Ok(c) = HubClient::connect(&Identity::from_seed([seed; 32]), config).await {
+                let _ = c.metadata("timestamp.json", 1024).await;
+            }
+        }
+    };
+    for seed in 200..210 {
+        stranger(seed).await;
+    }
+    assert_eq!(site.node.known_devices(), 10);
+    // Answers past their freshness are dropped as new ones come in: the map holds what is current, not every key
+    // that ever connected.
+    w.clock.advance(outpost_agent::site::DEVICE_FRESH + Duration::from_secs(1));
+    stranger(250).await;
+    assert_eq!(site.node.known_devices(), 1, "stale answers about strangers are pruned");
+}
