@@ -483,14 +483,12 @@ impl Agent {
         };
         let bundle: Bundle = canonical::from_slice(&bundle).map_err(|e| CheckError::Invalid(e.to_string()))?;
         let assignment: Assignment = director::open(&bundle.assignment, director::ASSIGNMENT_DOMAIN, &director_key)?;
-        let revoked = match &bundle.revocations {
-            Some(b) => director::open::<RevocationList>(b, director::REVOCATIONS_DOMAIN, &director_key)?
-                .revoked
-                .into_iter()
-                .map(|r| r.digest)
-                .collect(),
-            None => vec![],
-        };
+        let revocations: RevocationList =
+            director::open(&bundle.revocations, director::REVOCATIONS_DOMAIN, &director_key)?;
+        director::check_revocations(&revocations, self.updates.state.revocations_version, now)?;
+        // Persisted with the state when the assignment is fed to the loop.
+        self.updates.state.revocations_version = revocations.version;
+        let revoked = revocations.revoked.into_iter().map(|r| r.digest).collect();
         let mut listed = Vec::new();
         let mut custom = None;
         for t in assignment.all_targets() {

@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", outpost_shared::errors::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }

@@ -25,6 +25,7 @@ use outpost_attestation::identity::{Identity, PublicKey};
 use outpost_attestation::{AttestationResult, Challenge, Status, Tier};
 use outpost_net::server::{Backend, BackendError, Refused, Submitted, Unattested};
 use outpost_shared::clock::Clock;
+use outpost_shared::policy::PackageFacts;
 use outpost_shared::update::{AgentState, Refusal};
 use outpost_shared::wire::{AttestedStatus, AttestedTier, ErrorCode, Limits, Relay};
 use outpost_shared::{Digest, Package, PackageLimits, canonical};
@@ -41,6 +42,14 @@ pub const METADATA_FRESH: Duration = Duration::from_secs(1);
 /// How long the hub's answer on whether a device belongs to this site is reused.
 pub const DEVICE_FRESH: Duration = Duration::from_secs(5);
 
+/// Most answers on devices kept at once. Anyone may connect with a new key, so each new answer prunes those past
+/// [`DEVICE_FRESH`] (useless by then), and when the map is still full the new answer is not kept.
+pub const MAX_KNOWN_DEVICES: usize = 4096;
+
+/// Most questions about devices asked of the hub at once; a connection finding them all taken is refused (it
+/// connects again later), so a flood of unknown keys cannot queue unbounded work on the upstream link.
+pub const MAX_DEVICE_LOOKUPS: usize = 16;
+
 /// The site node's backend.
 pub struct SiteNode {
     config: AgentConfig,
@@ -56,6 +65,8 @@ pub struct SiteNode {
     upstream_attests: AtomicBool,
     metadata: Mutex<HashMap<String, (Vec<u8>, Duration)>>,
     devices: Mutex<HashMap<[u8; 32], (bool, Duration)>>,
+    /// One permit per question about a device in flight to the hub.
+    lookups: tokio::sync::Semaphore,
     /// One fetch per blob at a time: the second device waits for the first fetch and gets the cached copy.
     fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     state: Mutex<AgentState>,
@@ -105,6 +116,7 @@ impl SiteNode {
             upstream: tokio::sync::Mutex::new(None),
             metadata: Mutex::new(HashMap::new()),
             devices: Mutex::new(HashMap::new()),
+            lookups: tokio::sync::Semaphore::new(MAX_DEVICE_LOOKUPS),
             fetching: Mutex::new(HashMap::new()),
             state: Mutex::new(state),
             upstream_target_bytes: AtomicU64::new(0),
@@ -114,6 +126,11 @@ impl SiteNode {
     /// The site node's identity (devices pin its public key as their hub key).
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// How many answers on devices the site node keeps now (at most [`MAX_KNOWN_DEVICES`]).
+    pub fn known_devices(&self) -> usize {
+        self.devices.lock().map_or(0, |d| d.len())
     }
 
     /// Target bytes fetched from the hub since start (what crossed the WAN).
@@ -221,14 +238,17 @@ impl SiteNode {
         Box::new(Refused(message))
     }
 
-    /// Fetches, verifies (TUF length and hash) and judges a package for the site, leaving it in the cache.
+    /// Fetches, verifies (TUF length and hash) and judges a package for the site, leaving it in the cache. A
+    /// cached package is judged again under the policy in force now (it may have been tightened since).
     async fn fetch(&self, stored: &str, digest: Digest) -> Result<(PathBuf, u64), BackendError> {
         let cached = self.layout.cache().join(digest.to_hex());
-        if let Ok(m) = std::fs::metadata(&cached) {
-            return Ok((cached, m.len()));
+        let hit = std::fs::metadata(&cached).ok().map(|m| m.len());
+        let policy = self.load_policy()?;
+        if let (Some(len), None) = (hit, &policy) {
+            // Verified when it was fetched, and no policy to judge it by.
+            return Ok((cached, len));
         }
         let Some(tuf_path) = tuf_path(stored, &digest) else { return Err(Box::new(Refused("bad target path".into()))) };
-        let policy = self.load_policy()?;
         let client = self.client().await?;
         let now = self.now();
         let ts = jiff::Timestamp::from_second(i64::try_from(now)?)?;
@@ -255,6 +275,14 @@ impl SiteNode {
             }
             advertised = facts;
         }
+        if let Some(len) = hit {
+            if let Some(policy) = &policy
+                && let Some(r) = judge_package(policy, &cached, digest, advertised.as_ref(), now)?
+            {
+                return Err(self.refuse(r).await);
+            }
+            return Ok((cached, len));
+        }
         // Fetch the whole package once into a temporary file, then verify and judge it before it is served.
         let partial = self.layout.cache().join(format!(".{}.part", digest.to_hex()));
         let _ = std::fs::remove_file(&partial);
@@ -270,22 +298,32 @@ impl SiteNode {
             let _ = std::fs::remove_file(&partial);
             return Err(format!("{tuf_path}: the hub sent {len} bytes hashing to {}", got.short()).into());
         }
-        if let Some(policy) = &policy {
-            let bytes = std::fs::read(&partial)?;
-            if let Ok(package) = Package::decode(&bytes, &PackageLimits::default()) {
-                let model_len = package.model.len() as u64;
-                let refusal =
-                    policy.after_download(digest, &package.manifest, model_len, advertised.as_ref(), now, true);
-                if let Some(r) = refusal {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(self.refuse(r).await);
-                }
-            }
+        if let Some(policy) = &policy
+            && let Some(r) = judge_package(policy, &partial, digest, advertised.as_ref(), now)?
+        {
+            let _ = std::fs::remove_file(&partial);
+            return Err(self.refuse(r).await);
         }
         std::fs::rename(&partial, &cached)?;
         eprintln!("outpost-agent (site): fetched {tuf_path} ({len} bytes) from the hub once for the site; cached");
         Ok((cached, len))
     }
+}
+
+/// The site policy's verdict on a downloaded package file, judged on its manifest (`None`: accepted; a file that is
+/// not a package has no manifest to judge and passes, as devices check it themselves).
+fn judge_package(
+    policy: &SitePolicy,
+    file: &std::path::Path,
+    digest: Digest,
+    advertised: Option<&PackageFacts>,
+    now: u64,
+) -> Result<Option<Refusal>, std::io::Error> {
+    let bytes = std::fs::read(file)?;
+    Ok(Package::decode(&bytes, &PackageLimits::default()).ok().and_then(|package| {
+        let model_len = package.model.len() as u64;
+        policy.after_download(digest, &package.manifest, model_len, advertised, now, true)
+    }))
 }
 
 /// Why the hub did not attest a relayed device, as the device is told (`not attested: <this>`).
@@ -360,12 +398,17 @@ impl Backend for SiteNode {
             return *ok;
         }
         // The hub decides: it answers a site node only for approved devices of its site.
+        let Ok(_lookup) = self.lookups.try_acquire() else { return false };
         let ok = match self.client().await {
             Ok(c) => c.assignment_for(Some(key)).await.is_ok(),
             Err(_) => false,
         };
         if let Ok(mut devices) = self.devices.lock() {
-            devices.insert(key, (ok, self.clock.monotonic()));
+            let now = self.clock.monotonic();
+            devices.retain(|_, (_, at)| now.saturating_sub(*at) < DEVICE_FRESH);
+            if devices.len() < MAX_KNOWN_DEVICES || devices.contains_key(&key) {
+                devices.insert(key, (ok, now));
+            }
         }
         ok
     }

@@ -3,10 +3,14 @@
 //!
 //! The update driver and `outpost-tuf-conformance` both go through here, so the conformance suite tests the path
 //! the agent runs. The store keeps `root.json`, `timestamp.json`... as the exact verified bytes; the trusted root
-//! pinned at `init` is only ever replaced by a newer root that chains from it.
+//! pinned at `init` is only ever replaced by a newer root that chains from it. Every file is written only when its
+//! bytes change, atomically and durably (fsync of file and directory), and the trusted root has a second copy
+//! ([`LAST_GOOD_ROOT`]) read when `root.json` is unreadable, so no power cut leaves the device without an anchor.
 
-use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sigstore_tuf::{FileStore, MetadataStore, Updater};
 
@@ -14,6 +18,10 @@ use crate::transport::{Transport, TufRepository};
 
 /// The file in the store that holds the trusted root.
 pub const TRUSTED_ROOT: &str = "root.json";
+
+/// A second copy of the trusted root, written after `root.json` each time it changes: whichever write a power cut
+/// interrupts, one of the two is whole.
+pub const LAST_GOOD_ROOT: &str = "root.last-good.json";
 
 /// Why the trusted TUF state could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +39,15 @@ pub enum TufError {
     Root(#[from] sigstore_tuf::Error),
 }
 
+impl From<TufError> for sigstore_tuf::Error {
+    fn from(e: TufError) -> Self {
+        match e {
+            TufError::Io { path, source } => sigstore_tuf::Error::io(format!("writing {}", path.display()), source),
+            TufError::Root(e) => e,
+        }
+    }
+}
+
 /// Writes `root_json` as the trusted root in `dir` (atomically), after checking it is root metadata. Trust on
 /// first use: the caller obtained it out of band.
 pub fn pin_root(dir: &Path, root_json: &[u8]) -> Result<(), TufError> {
@@ -40,28 +57,82 @@ pub fn pin_root(dir: &Path, root_json: &[u8]) -> Result<(), TufError> {
         move |source| TufError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    store_root(dir, root_json)
+}
+
+/// Writes the trusted root and then its last good copy, each only if it changed.
+fn store_root(dir: &Path, root_json: &[u8]) -> Result<(), TufError> {
+    for name in [TRUSTED_ROOT, LAST_GOOD_ROOT] {
+        let path = dir.join(name);
+        write_if_changed(&path, root_json).map_err(|source| TufError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` unless it holds them already: a temp file with a name of its own (a site node runs
+/// several updaters on one store), fsync, rename, fsync the directory.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static TEMP: AtomicU64 = AtomicU64::new(0);
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), TEMP.fetch_add(1, Ordering::Relaxed)));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The trusted root's bytes: `root.json`, or its last good copy when `root.json` is missing, torn or not root
+/// metadata.
+fn trusted_root(dir: &Path) -> Result<Vec<u8>, TufError> {
     let path = dir.join(TRUSTED_ROOT);
-    crate::device::write_atomic(&path, root_json).map_err(io(&path))
+    let first = std::fs::read(&path).map_err(|source| TufError::Io { path, source }).and_then(|bytes| {
+        sigstore_tuf::Metadata::<sigstore_tuf::Root>::from_slice(&bytes)?;
+        Ok(bytes)
+    });
+    match first {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => std::fs::read(dir.join(LAST_GOOD_ROOT))
+            .ok()
+            .filter(|b| sigstore_tuf::Metadata::<sigstore_tuf::Root>::from_slice(b).is_ok())
+            .ok_or(e),
+    }
 }
 
 /// An `Updater` reading through `transport`, starting from the trusted root in `dir` (and any newer roots it
 /// stored there) and writing every verified metadata file back to `dir`. Call `refresh` on it before asking for
 /// targets.
 pub fn updater<T: Transport + ?Sized + 'static>(transport: Arc<T>, dir: &Path) -> Result<Updater, TufError> {
-    let path = dir.join(TRUSTED_ROOT);
-    let root = std::fs::read(&path).map_err(|source| TufError::Io { path, source })?;
-    Ok(Updater::new(TufRepository::new(transport), &root)?.with_store(Store(FileStore::new(dir))))
+    let root = trusted_root(dir)?;
+    Ok(Updater::new(TufRepository::new(transport), &root)?
+        .with_store(Store { files: FileStore::new(dir), dir: dir.to_owned() }))
 }
 
 /// sigstore-tuf's `FileStore`, minus the version-prefixed copies it also writes at the top level
 /// (`41.snapshot.json` beside `snapshot.json`): nothing reads them back, and on a device they would pile up, one
 /// per snapshot version, for ever. Root history (`root_history/N.root.json`, read back to fast-forward a restart)
-/// and cached targets (`targets/...`) live in subdirectories and are kept.
-struct Store(FileStore);
+/// and cached targets (`targets/...`) live in subdirectories and are kept. Writes go through
+/// [`write_if_changed`]: the updater stores `root.json` at every check, and rewriting it each time would put the
+/// trust anchor at risk of a power cut for nothing.
+struct Store {
+    files: FileStore,
+    dir: PathBuf,
+}
 
 impl MetadataStore for Store {
     fn load(&self, name: &str) -> sigstore_tuf::Result<Option<Vec<u8>>> {
-        self.0.load(name)
+        self.files.load(name)
     }
 
     fn store(&self, name: &str, bytes: &[u8]) -> sigstore_tuf::Result<()> {
@@ -70,7 +141,15 @@ impl MetadataStore for Store {
         if versioned && !name.contains('/') {
             return Ok(());
         }
-        self.0.store(name, bytes)
+        let rel = Path::new(name);
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(sigstore_tuf::Error::Malformed(format!("unsafe cache name {name:?}")));
+        }
+        if name == TRUSTED_ROOT {
+            return Ok(store_root(&self.dir, bytes)?);
+        }
+        let path = self.dir.join(rel);
+        write_if_changed(&path, bytes).map_err(|e| sigstore_tuf::Error::io(format!("writing {}", path.display()), e))
     }
 }
 

@@ -186,3 +186,37 @@ async fn restart_during_the_health_window_rolls_back_to_the_last_good_package() 
     let agent = Agent::open(config, Arc::clone(&w.clock) as Arc<dyn Clock>).unwrap();
     assert_eq!(active(&agent), Some(v1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_trust_anchor_is_never_rewritten_by_a_check() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut agent = device(&w, "dev1", 1).await;
+    adopt(&mut agent).await;
+    let root = w.tmp.path().join("dev1/tuf/root.json");
+    let before = std::fs::metadata(&root).unwrap().ino();
+    for _ in 0..3 {
+        later(&w);
+        agent.check().await.unwrap();
+    }
+    // A rewrite is a window in which a power cut can tear the only trust anchor the device has.
+    assert_eq!(std::fs::metadata(&root).unwrap().ino(), before, "root.json was replaced though it did not change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cut_that_emptied_the_trusted_root_does_not_strand_the_device() {
+    let w = World::new();
+    w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut agent = device(&w, "dev1", 1).await;
+    adopt(&mut agent).await;
+    // What a power cut in the middle of an unsynced rewrite leaves behind.
+    let root = w.tmp.path().join("dev1/tuf/root.json");
+    std::fs::write(&root, b"").unwrap();
+
+    later(&w);
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    adopt(&mut agent).await;
+    assert_eq!(active(&agent), Some(v2), "the device still updates, from its last good root");
+    assert!(!std::fs::read(&root).unwrap().is_empty(), "root.json is whole again");
+}

@@ -319,6 +319,41 @@ async fn one_connection_cannot_hoard_challenges_and_lock_other_devices_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_device_reconnecting_cannot_fill_the_challenge_store_and_lock_other_devices_out() {
+    /// What the hub's verifier holds for one device key (`VerifierConfig::max_challenges_per_device`).
+    const PER_DEVICE: usize = 8;
+    let (w, tpms) = (World::new(), Tpms::default());
+    let (addr, hub_key) = w.serve().await;
+    for seed in [1, 2] {
+        w.registry().device_approve(&key(seed), "stable").unwrap();
+        tpms.enrol(&w, seed);
+    }
+    // Every new connection gets a fresh per-connection allowance; the device key's share does not reset.
+    let (mut issued, mut refused) = (0, None);
+    'connections: for _ in 0..PER_DEVICE {
+        let hoarder = connect(addr, hub_key, 1).await;
+        for _ in 0..outpost_net::server::ServeConfig::DEFAULT_MAX_CHALLENGES_PER_CONNECTION {
+            match hoarder.challenge().await {
+                Ok(Some(_)) => issued += 1,
+                Ok(None) => panic!("the hub attests"),
+                Err(e) => {
+                    refused = Some(refusal(e));
+                    break 'connections;
+                }
+            }
+        }
+    }
+    assert_eq!(issued, PER_DEVICE, "challenges held for one device key");
+    let refused = refused.expect("the device's share ran out");
+    assert!(refused.starts_with("not attested: too many outstanding challenges for device"), "{refused}");
+    // Another device attests as usual.
+    let other = connect(addr, hub_key, 2).await;
+    let id = Identity::from_seed([2; 32]);
+    let verdict = attest::attest(&other, &id, &facts(None), tpms.device(2).as_ref()).await.unwrap();
+    assert!(matches!(verdict, attest::Outcome::Attested(_)), "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_claiming_a_model_its_channel_may_not_run_is_refused() {
     let w = World::new();
     let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");

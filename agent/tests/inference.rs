@@ -774,3 +774,122 @@ async fn inferences_on_the_blocking_pool_answer_like_those_run_in_place() {
     }
     pooled.stop().await;
 }
+
+/// One request with a non-finite input (JSON `1e300`, which is `inf` as FP32; NaN bits in binary data) used to
+/// reach the model, whose non-finite output counted as the model's failure: one such request in a health window
+/// rolled a good release back. It is the caller's fault: a 400, and the observer (the health window) never hears
+/// of it.
+#[tokio::test]
+async fn non_finite_input_cannot_fail_the_model_and_roll_back_its_release() {
+    let failures = Arc::new(AtomicU64::new(0));
+    let seen = failures.clone();
+    let handle =
+        Arc::new(ModelHandle::with_observer(Arc::new(outpost_shared::clock::ManualClock::new(0)), move |_, ok, _| {
+            seen.fetch_add(u64::from(!ok), Ordering::Relaxed);
+        }));
+    let model = ppocr_fixed();
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+    // One crop of flat data, every value 0.5 but the first.
+    let request = |first: f64| {
+        let mut data = vec![json!(0.5); 3 * 48 * 192];
+        data[0] = json!(first);
+        json!({ "inputs": [{ "name": "x", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": data }] })
+    };
+
+    let (mut body, n) = binary_body(&request(0.5), &["x"]);
+    let json_len: usize = n.parse().unwrap();
+    for value in body[json_len..].chunks_exact_mut(4) {
+        value.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let (status, _, raw) = server.infer_binary(PPOCR, &body, &n).await;
+    let answer: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(status, 400, "{answer}");
+    assert!(error_text(&answer).contains("input `x`: element 0 is NaN"), "{answer}");
+
+    let (status, body) = server.infer(PPOCR, &request(1e300)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_text(&body).contains("input `x`: element 0 is inf: inputs must be finite"), "{body}");
+
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no failure reached the health window");
+    assert_eq!(model.stats(), Default::default(), "nothing reached the model");
+    // The model still serves finite requests.
+    assert_eq!(server.infer(PPOCR, &request(0.5)).await.0, 200);
+    server.stop().await;
+}
+
+/// A handle serving `model`.
+fn handle_of(model: Arc<Served>) -> Arc<ModelHandle> {
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model);
+    handle
+}
+
+/// Opens a connection and sends `head` (and nothing more): a client that goes slow mid-request.
+async fn stall_after(addr: SocketAddr, head: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// A request head declaring a 1000-byte body, and the first byte of it.
+const SLOW_BODY: &str = "POST /v2/models/silero-vad/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                         Content-Length: 1000\r\n\r\n{";
+
+/// Reads what the server sends until it closes the connection; `None` if it is still open after `within`.
+async fn closed_within(stream: &mut TcpStream, within: std::time::Duration) -> Option<String> {
+    let mut raw = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut raw)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&raw).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_body_does_not_hold_an_inference_slot() {
+    let model = silero();
+    let limits = ServeLimits { max_concurrent_inferences: 1, ..ServeLimits::default() };
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let server = Server::start_with(handle, limits).await;
+    let slow = stall_after(server.addr, SLOW_BODY).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let answered =
+        tokio::time::timeout(std::time::Duration::from_secs(5), server.infer("silero-vad", &smoke_request(&model)))
+            .await
+            .expect("a whole request is served while another client dribbles its body");
+    assert_eq!(answered.0, 200, "{}", answered.1);
+    drop(slow);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slowloris_body_is_cut_off_with_a_408() {
+    let limits = ServeLimits { body_timeout: std::time::Duration::from_millis(300), ..ServeLimits::default() };
+    let server = Server::start_with(handle_of(silero()), limits).await;
+    let mut slow = stall_after(server.addr, SLOW_BODY).await;
+    let answer = closed_within(&mut slow, std::time::Duration::from_secs(5)).await.expect("the server gives up");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request body not received within 300ms"), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // The server's header timeout runs in real time, and so does the wait it causes.
+async fn slowloris_headers_are_cut_off_and_connections_are_capped() {
+    let header_timeout = std::time::Duration::from_millis(1000);
+    let limits = ServeLimits { max_connections: 2, header_timeout, ..ServeLimits::default() };
+    let model = silero();
+    let server = Server::start_with(handle_of(model.clone()), limits).await;
+    let head = "POST /v2/models/silero-vad/infer HTTP/1.1\r\nHost:";
+    let mut slow = [stall_after(server.addr, head).await, stall_after(server.addr, head).await];
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let (status, body) = server.infer("silero-vad", &smoke_request(&model)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() >= header_timeout / 2, "served before a connection slot was free: the cap did not hold");
+    for s in &mut slow {
+        closed_within(s, std::time::Duration::from_secs(5)).await.expect("a head that never ends is cut off");
+    }
+    server.stop().await;
+}

@@ -205,8 +205,8 @@ async fn trusted_metadata_does_not_pile_up_one_file_per_snapshot_version() {
     names.sort();
     assert_eq!(
         names,
-        ["root.json", "snapshot.json", "standard.json", "targets.json", "timestamp.json"],
-        "only the unversioned trusted copies (the high-risk role was never needed)"
+        ["root.json", "root.last-good.json", "snapshot.json", "standard.json", "targets.json", "timestamp.json"],
+        "only the unversioned trusted copies and the trusted root's second copy (the high-risk role was never needed)"
     );
 }
 

@@ -313,6 +313,74 @@ async fn connections_beyond_the_limit_are_refused() {
     still_serves(&first).await;
 }
 
+/// Starts `n` handshakes with the hub from 127.0.0.2 that go silent: each client talks through a relay of its own
+/// that passes its packets to the hub and, of the hub's, only a Retry (when `pass_retry`), so the handshake
+/// either never gets past address validation or stalls right after it. Abort the tasks to end them.
+async fn silent_handshakes(hub: &TestHub, n: usize, pass_retry: bool) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let relay = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        let mut config = ClientConfig::new(relay.local_addr().unwrap(), hub.key);
+        config.connect_timeout = Duration::from_secs(120);
+        let hub_addr = hub.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            let mut client = None;
+            while let Ok((len, from)) = relay.recv_from(&mut buf).await {
+                if from != hub_addr {
+                    client = Some(from);
+                    let _ = relay.send_to(&buf[..len], hub_addr).await;
+                } else if let Some(client) = client {
+                    // A QUIC v1 Retry: long header, packet type 3.
+                    let retry = buf[0] & 0x80 != 0 && (buf[0] >> 4) & 0x3 == 3;
+                    if pass_retry && retry {
+                        let _ = relay.send_to(&buf[..len], client).await;
+                    }
+                }
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            let _ = HubClient::connect(&Identity::from_seed(STRANGER_SEED), &config).await;
+        }));
+    }
+    // Let every first Initial (and its Retry round trip) reach the hub.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tasks
+}
+
+/// The device (from 127.0.0.1) still gets a connection, promptly, and is served on it.
+async fn connects_and_is_served(hub: &TestHub) {
+    let (identity, config) = (Identity::from_seed(DEVICE_SEED), hub.config());
+    let client = timeout(Duration::from_secs(5), HubClient::connect(&identity, &config))
+        .await
+        .expect("the handshake finishes")
+        .expect("a device still gets a connection");
+    still_serves(&client).await;
+}
+
+#[tokio::test]
+async fn silent_initial_packets_do_not_hold_connection_slots() {
+    let hub = TestHub::start(|c| c.max_connections = 4);
+    let attack = silent_handshakes(&hub, 8, false).await;
+    connects_and_is_served(&hub).await;
+    attack.iter().for_each(JoinHandle::abort);
+}
+
+#[tokio::test]
+async fn stalled_handshakes_from_one_source_do_not_lock_out_others() {
+    let hub = TestHub::start(|c| {
+        c.max_connections = 4;
+        c.max_handshakes = 4;
+        c.max_handshakes_per_source = 2;
+        c.handshake_timeout = Duration::from_secs(120);
+    });
+    // Past address validation, then silent: without a bound per source these would take every handshake slot
+    // (and, counted as connections, every connection slot) for the handshake timeout.
+    let attack = silent_handshakes(&hub, 8, true).await;
+    connects_and_is_served(&hub).await;
+    attack.iter().for_each(JoinHandle::abort);
+}
+
 #[tokio::test]
 async fn truncated_frame_gets_typed_error_and_hub_keeps_serving() {
     let hub = TestHub::start(|_| {});

@@ -23,6 +23,7 @@ use outpost_hub::tuf::TufRepo;
 use outpost_net::client::{ClientConfig, HubClient};
 use outpost_net::server::{Backend, BackendError, ServeConfig, Server, Submitted, Unattested};
 use outpost_shared::Digest;
+use outpost_shared::clock::Clock;
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
 use outpost_shared::wire::codes;
@@ -411,4 +412,161 @@ async fn revoked_device_behind_a_site_node_is_cut_off() {
     let e = d.check().await.unwrap_err();
     assert!(matches!(&e, CheckError::NotAttested(r) if r.contains("device revoked")), "{e:?}");
     assert_eq!(active(&d), Some(v1), "the device keeps serving its model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policy_tightened_after_a_package_was_cached_refuses_the_cached_copy() {
+    let w = World::new();
+    let site = site(&w, "site = \"plant-7\"\n", |n| n).await;
+    let mut medium = AffineManifest::new("affine", "1.0.0", 2.0, 1.0);
+    medium.risk_tier = "medium".into();
+    let (v1, _) = w.add_and_publish(&medium, "stable");
+    let mut first = device(&w, &site, "d1", 40).await;
+    adopt(&mut first).await;
+    assert_eq!(active(&first), Some(v1), "the first policy lets v1 through; the site node caches it");
+
+    // The site admin tightens the policy; v1 stays in the site node's cache.
+    std::fs::write(w.tmp.path().join("site/site.toml"), POLICY).unwrap();
+    later(&w);
+    let mut second = device(&w, &site, "d2", 41).await;
+    second.check().await.unwrap();
+    assert_eq!(active(&second), None, "the cached copy is judged by the policy in force now");
+    let error = second.state().last_error.clone().unwrap_or_default();
+    assert!(error.contains("site policy") && error.contains("max_risk"), "{error}");
+    assert_eq!(site.hub.target_bytes.load(Ordering::SeqCst), package_len(&w, &v1), "v1 crossed the link once");
+}
+
+/// A director bundle's CBOR map, as a site node in the middle may rewrite it.
+type BundleMap = Vec<(ciborium::Value, ciborium::Value)>;
+
+/// A site node that passes every director bundle through an edit of its CBOR map before a device gets it.
+struct Rewriting(Arc<SiteNode>, Box<dyn Fn(BundleMap) -> BundleMap + Send + Sync>);
+
+impl Backend for Rewriting {
+    relay_attestation_to!(0);
+    async fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> bool {
+        self.0.clone().device_allowed(key).await
+    }
+    async fn metadata(self: Arc<Self>, name: String) -> Result<Option<Vec<u8>>, BackendError> {
+        self.0.clone().metadata(name).await
+    }
+    async fn assignment(self: Arc<Self>, device: [u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        let Some(bytes) = self.0.clone().assignment(device).await? else { return Ok(None) };
+        let ciborium::Value::Map(map) = ciborium::from_reader(&bytes[..])? else { return Err("not a map".into()) };
+        Ok(Some(outpost_shared::canonical::to_vec(&ciborium::Value::Map((self.1)(map)))?))
+    }
+    async fn target(self: Arc<Self>, path: String) -> Result<Option<(PathBuf, u64)>, BackendError> {
+        self.0.clone().target(path).await
+    }
+    async fn report(self: Arc<Self>, device: [u8; 32], body: Vec<u8>) -> Result<(), BackendError> {
+        self.0.clone().report(device, body).await
+    }
+    async fn telemetry(self: Arc<Self>, device: [u8; 32], batch: Vec<u8>) -> Result<u64, BackendError> {
+        self.0.clone().telemetry(device, batch).await
+    }
+}
+
+fn is_revocations(key: &ciborium::Value) -> bool {
+    key.as_text() == Some("revocations")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stripped_revocations_are_refused_by_the_device() {
+    let w = World::new();
+    let strip = |map: BundleMap| map.into_iter().filter(|(k, _)| !is_revocations(k)).collect();
+    let site = site(&w, POLICY, |n| Arc::new(Rewriting(n, Box::new(strip)))).await;
+    w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut d = device(&w, &site, "d1", 41).await;
+    let err = d.check().await.expect_err("a bundle without its revocation list is refused");
+    assert!(err.to_string().contains("missing field `revocations`"), "{err}");
+    assert_eq!(active(&d), None, "nothing is installed on the word of a bundle that hides revocations");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_revocation_list_is_refused_by_the_device() {
+    let w = World::new();
+    let first = Arc::new(std::sync::Mutex::new(None::<ciborium::Value>));
+    let replay = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (kept, replaying) = (first.clone(), replay.clone());
+    let edit = move |mut map: BundleMap| {
+        for (_, v) in map.iter_mut().filter(|(k, _)| is_revocations(k)) {
+            let mut first = kept.lock().unwrap();
+            match &*first {
+                Some(old) if replaying.load(Ordering::SeqCst) => *v = old.clone(),
+                None => *first = Some(v.clone()),
+                Some(_) => {}
+            }
+        }
+        map
+    };
+    let site = site(&w, POLICY, |n| Arc::new(Rewriting(n, Box::new(edit)))).await;
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let director = outpost_hub::director::Director::new(&w.repo);
+    director.revoke(Digest::of(b"an old package"), "field regression", w.clock.wall()).unwrap();
+    let mut d = device(&w, &site, "d1", 41).await;
+    adopt(&mut d).await;
+    assert!(first.lock().unwrap().is_some(), "the site node kept revocation list v1");
+
+    later(&w);
+    director.revoke(Digest::of(b"another package"), "field regression", w.clock.wall()).unwrap();
+    d.check().await.unwrap();
+    replay.store(true, Ordering::SeqCst);
+    later(&w);
+    let err = d.check().await.expect_err("an older revocation list is a replay");
+    assert!(err.to_string().contains("version 1 is older than accepted version 2"), "{err}");
+    assert_eq!(active(&d), Some(v1), "the device keeps serving its verified model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_revocation_list_is_refused_by_the_device() {
+    use ed25519_dalek::Signer;
+    let w = World::new();
+    let key = w.repo.online_key("director").unwrap();
+    let now = w.clock.wall();
+    // Properly signed, but past its expiry: what a site node could keep serving after the hub moved on.
+    let stale = outpost_shared::director::RevocationList { version: 7, expires: now - 1, revoked: vec![] };
+    let sealed = outpost_shared::director::seal(
+        &stale,
+        outpost_shared::director::REVOCATIONS_DOMAIN,
+        &key.public_bytes(),
+        |m| key.signing.sign(m).to_bytes(),
+    )
+    .unwrap();
+    let edit = move |mut map: BundleMap| {
+        for (_, v) in map.iter_mut().filter(|(k, _)| is_revocations(k)) {
+            *v = ciborium::Value::Bytes(sealed.clone());
+        }
+        map
+    };
+    let site = site(&w, POLICY, |n| Arc::new(Rewriting(n, Box::new(edit)))).await;
+    w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let mut d = device(&w, &site, "d1", 41).await;
+    let err = d.check().await.expect_err("an expired revocation list is refused");
+    assert!(err.to_string().contains(&format!("expired at {}", now - 1)), "{err}");
+    assert_eq!(active(&d), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_keys_flooding_a_site_node_do_not_grow_its_memory() {
+    let w = World::new();
+    let site = site(&w, POLICY, |n| n).await;
+    let config = ClientConfig::new(site.addr, site.key);
+    // A stranger connects and is turned away once the site node has asked the hub about its key.
+    let stranger = |seed: u8| {
+        let config = &config;
+        async move {
+            if let Ok(c) = HubClient::connect(&Identity::from_seed([seed; 32]), config).await {
+                let _ = c.metadata("timestamp.json", 1024).await;
+            }
+        }
+    };
+    for seed in 200..210 {
+        stranger(seed).await;
+    }
+    assert_eq!(site.node.known_devices(), 10);
+    // Answers past their freshness are dropped as new ones come in: the map holds what is current, not every key
+    // that ever connected.
+    w.clock.advance(outpost_agent::site::DEVICE_FRESH + Duration::from_secs(1));
+    stranger(250).await;
+    assert_eq!(site.node.known_devices(), 1, "stale answers about strangers are pruned");
 }

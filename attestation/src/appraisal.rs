@@ -28,6 +28,11 @@ pub struct VerifierConfig {
     /// Most challenges held at once (outstanding, or answered and remembered until they would have expired);
     /// when full, [`Verifier::issue_challenge`] refuses rather than evict a challenge someone is answering.
     pub max_challenges: usize,
+    /// Most of those held for one device key, however many connections it opens and whoever relays for it, so
+    /// one device (or a site node for it) cannot fill the store and lock the others out. A device at the bound
+    /// gives up its oldest answered or expired challenge for a new one; it is refused only while all it holds are
+    /// outstanding.
+    pub max_challenges_per_device: usize,
     /// How long an attestation result stays current (it also never outlives the reference values).
     pub result_ttl: Duration,
 }
@@ -37,6 +42,7 @@ impl Default for VerifierConfig {
         VerifierConfig {
             challenge_ttl: Duration::from_secs(30),
             max_challenges: 16_384,
+            max_challenges_per_device: 8,
             result_ttl: Duration::from_secs(3600),
         }
     }
@@ -262,6 +268,15 @@ pub enum ChallengeError {
     /// [`VerifierConfig::max_challenges`] challenges are held; the hub should refuse the connection.
     #[error("too many outstanding challenges ({0})")]
     Full(usize),
+    /// [`VerifierConfig::max_challenges_per_device`] challenges are outstanding for this device: it must answer
+    /// one or let it expire first.
+    #[error("too many outstanding challenges for device {device} ({held})")]
+    DeviceFull {
+        /// The device key.
+        device: PublicKey,
+        /// Challenges held for it.
+        held: usize,
+    },
     /// The random source kept repeating challenges that are still held: it is broken (or a fixed test stub).
     #[error("the random source repeats itself")]
     RngRepeats,
@@ -288,6 +303,7 @@ pub struct Presented<'a> {
 struct Slot {
     expires: Duration,
     used: bool,
+    device: PublicKey,
 }
 
 /// Challenges by value, with a FIFO of issue order for purging (all share one TTL, so it is also expiry order).
@@ -296,6 +312,8 @@ struct Slot {
 struct Challenges {
     slots: HashMap<[u8; CHALLENGE_LEN], Slot>,
     order: VecDeque<([u8; CHALLENGE_LEN], Duration)>,
+    /// The challenges held per device key, oldest first (no entry when none).
+    per_device: HashMap<PublicKey, VecDeque<[u8; CHALLENGE_LEN]>>,
 }
 
 impl Challenges {
@@ -305,8 +323,31 @@ impl Challenges {
                 break;
             }
             self.order.pop_front();
-            self.slots.remove(&c);
+            // Gone already if it was evicted for its device's room (see `make_room`).
+            if let Some(slot) = self.slots.remove(&c) {
+                self.forget(slot.device, &c);
+            }
         }
+    }
+
+    fn forget(&mut self, device: PublicKey, c: &[u8; CHALLENGE_LEN]) {
+        if let Some(held) = self.per_device.get_mut(&device) {
+            held.retain(|h| h != c);
+            if held.is_empty() {
+                self.per_device.remove(&device);
+            }
+        }
+    }
+
+    /// Room for one more challenge for `device`, which holds at most `max`: its oldest answered or expired one
+    /// goes (it was only kept to report a late answer as expired); refused when all it holds are outstanding.
+    fn make_room(&mut self, device: PublicKey, max: usize, now: Duration) -> Result<(), ChallengeError> {
+        let Some(held) = self.per_device.get(&device).filter(|h| h.len() >= max) else { return Ok(()) };
+        let spent = held.iter().find(|c| self.slots.get(*c).is_none_or(|s| s.used || now >= s.expires)).copied();
+        let Some(c) = spent else { return Err(ChallengeError::DeviceFull { device, held: held.len() }) };
+        self.slots.remove(&c);
+        self.forget(device, &c);
+        Ok(())
     }
 
     fn take(&mut self, c: &Challenge, now: Duration) -> Result<(), Reason> {
@@ -397,18 +438,21 @@ impl Verifier {
         self.reference.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Issues a fresh challenge, valid for [`VerifierConfig::challenge_ttl`] and for one appraisal.
+    /// Issues a fresh challenge for `device` (the key it is asked for, directly or through a site node), valid for
+    /// [`VerifierConfig::challenge_ttl`] and for one appraisal.
     ///
     /// # Errors
-    /// [`ChallengeError::Full`] when [`VerifierConfig::max_challenges`] are held; [`ChallengeError::RngRepeats`]
+    /// [`ChallengeError::Full`] when [`VerifierConfig::max_challenges`] are held; [`ChallengeError::DeviceFull`]
+    /// when [`VerifierConfig::max_challenges_per_device`] are held for `device`; [`ChallengeError::RngRepeats`]
     /// when `rng` only produces challenges already held.
-    pub fn issue_challenge(&self, rng: &mut dyn Rng) -> Result<Challenge, ChallengeError> {
+    pub fn issue_challenge(&self, device: PublicKey, rng: &mut dyn Rng) -> Result<Challenge, ChallengeError> {
         let now = self.clock.monotonic();
         let mut store = self.challenges.lock().unwrap_or_else(|p| p.into_inner());
         store.purge(now, self.config.challenge_ttl);
         if store.slots.len() >= self.config.max_challenges {
             return Err(ChallengeError::Full(store.slots.len()));
         }
+        store.make_room(device, self.config.max_challenges_per_device, now)?;
         let mut bytes = [0u8; CHALLENGE_LEN];
         let fresh = (0..MAX_CHALLENGE_DRAWS).any(|_| {
             rng.fill(&mut bytes);
@@ -418,8 +462,9 @@ impl Verifier {
             return Err(ChallengeError::RngRepeats);
         }
         let expires = now.saturating_add(self.config.challenge_ttl);
-        store.slots.insert(bytes, Slot { expires, used: false });
+        store.slots.insert(bytes, Slot { expires, used: false, device });
         store.order.push_back((bytes, expires));
+        store.per_device.entry(device).or_default().push_back(bytes);
         Ok(Challenge(bytes))
     }
 

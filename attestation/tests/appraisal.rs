@@ -339,12 +339,43 @@ fn challenge_store_is_bounded() {
     let hub = Hub::with_config(config);
     let mut rng = SeededRng::new(1);
     for _ in 0..3 {
-        hub.verifier.issue_challenge(&mut rng).unwrap();
+        hub.verifier.issue_challenge(device().public_key(), &mut rng).unwrap();
     }
-    assert_eq!(hub.verifier.issue_challenge(&mut rng), Err(ChallengeError::Full(3)));
+    assert_eq!(hub.verifier.issue_challenge(device().public_key(), &mut rng), Err(ChallengeError::Full(3)));
     // Entries are dropped one TTL after they expire.
     hub.advance(config.challenge_ttl * 2);
-    hub.verifier.issue_challenge(&mut rng).expect("room again after expiry");
+    hub.verifier.issue_challenge(device().public_key(), &mut rng).expect("room again after expiry");
+}
+
+#[test]
+fn one_device_cannot_fill_the_challenge_store_and_lock_others_out() {
+    let config = VerifierConfig { max_challenges: 16, max_challenges_per_device: 4, ..VerifierConfig::default() };
+    let hub = Hub::with_config(config);
+    let mut rng = SeededRng::new(1);
+    let (hoarder, other) = (device().public_key(), team().public_key());
+    // However many connections it opens and whoever relays for it, one key holds at most its share.
+    for _ in 0..4 {
+        hub.verifier.issue_challenge(hoarder, &mut rng).unwrap();
+    }
+    assert_eq!(
+        hub.verifier.issue_challenge(hoarder, &mut rng),
+        Err(ChallengeError::DeviceFull { device: hoarder, held: 4 })
+    );
+    hub.verifier.issue_challenge(other, &mut rng).expect("another device still gets a challenge");
+    // Its share comes back as its challenges expire.
+    hub.advance(config.challenge_ttl);
+    hub.verifier.issue_challenge(hoarder, &mut rng).expect("room again after expiry");
+}
+
+#[test]
+fn device_that_answers_its_challenges_is_never_refused_one() {
+    // An agent restarting in a loop asks for a challenge each time and answers it: it must not run out.
+    let config = VerifierConfig { max_challenges_per_device: 2, ..VerifierConfig::default() };
+    let mut hub = Hub::with_config(config);
+    for _ in 0..10 {
+        let conn = hub.connect();
+        hub.appraise(&conn, &evidence(&conn)).expect("attested");
+    }
 }
 
 #[test]
@@ -362,6 +393,6 @@ fn a_stuck_random_source_cannot_hang_the_verifier() {
         }
     }
     let hub = Hub::new();
-    hub.verifier.issue_challenge(&mut Stuck).unwrap();
-    assert_eq!(hub.verifier.issue_challenge(&mut Stuck), Err(ChallengeError::RngRepeats));
+    hub.verifier.issue_challenge(device().public_key(), &mut Stuck).unwrap();
+    assert_eq!(hub.verifier.issue_challenge(device().public_key(), &mut Stuck), Err(ChallengeError::RngRepeats));
 }

@@ -415,7 +415,7 @@ impl HubBackend {
                 bytes
             }
         };
-        let bundle = Bundle { assignment, revocations: director.revocations_bytes() };
+        let bundle = Bundle { assignment, revocations: director.signed_revocations(now)? };
         Ok(Some(canonical::to_vec(&bundle)?))
     }
 
@@ -557,10 +557,10 @@ impl Backend for HubBackend {
         self.gate.required()
     }
 
-    async fn challenge(self: Arc<Self>, _device: PublicKey) -> Result<Challenge, Unattested> {
+    async fn challenge(self: Arc<Self>, device: PublicKey) -> Result<Challenge, Unattested> {
         attesting(move || {
             let verifier = self.gate.verifier().map_err(Unattested)?;
-            verifier.issue_challenge(&mut crate::clock::SystemRng).map_err(|e| Unattested(e.to_string()))
+            verifier.issue_challenge(device, &mut crate::clock::SystemRng).map_err(|e| Unattested(e.to_string()))
         })
         .await
     }

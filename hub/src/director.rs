@@ -113,22 +113,40 @@ impl<'a> Director<'a> {
             .map_err(|e| DirectorOpError::Encode(e.to_string()))
     }
 
-    /// The current revocation list (empty, version 0, if none was published yet).
+    /// The current revocation list (empty, version 0, if none was published yet). Any other read error is an
+    /// error: never "no revocations".
     pub fn revocations(&self) -> Result<RevocationList, DirectorOpError> {
-        let p = self.path("revocations.cbor");
-        match fs::read(&p) {
-            Ok(bytes) => {
+        match self.published_revocations()? {
+            Some(bytes) => {
                 let env: director::Envelope =
                     canonical::from_slice(&bytes).map_err(|e| DirectorOpError::Encode(e.to_string()))?;
                 canonical::from_slice(&env.body).map_err(|e| DirectorOpError::Encode(e.to_string()))
             }
-            Err(_) => Ok(RevocationList { version: 0, expires: 0, revoked: vec![] }),
+            None => Ok(RevocationList { version: 0, expires: 0, revoked: vec![] }),
         }
     }
 
-    /// The signed revocation list as served to devices.
-    pub fn revocations_bytes(&self) -> Option<Vec<u8>> {
-        fs::read(self.path("revocations.cbor")).ok()
+    /// The signed revocation list file, `None` if none was published yet.
+    fn published_revocations(&self) -> Result<Option<Vec<u8>>, DirectorOpError> {
+        let p = self.path("revocations.cbor");
+        match fs::read(&p) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TufError::Io { op: "read", path: p, source }.into()),
+        }
+    }
+
+    /// The signed revocation list as served to devices (every bundle carries one): the published list, or before
+    /// the first revocation an empty version-0 list signed now (not written: the first revocation is version 1).
+    pub fn signed_revocations(&self, now: UnixSeconds) -> Result<Vec<u8>, DirectorOpError> {
+        match self.published_revocations()? {
+            Some(bytes) => Ok(bytes),
+            None => {
+                let empty =
+                    RevocationList { version: 0, expires: now + self.repo.expiries().timestamp_secs, revoked: vec![] };
+                self.seal(&empty, REVOCATIONS_DOMAIN)
+            }
+        }
     }
 
     /// Adds `digest` to the revocation list and re-signs it.

@@ -47,8 +47,8 @@ async fn operator_ceremony_produces_a_repository_sigstore_tuf_reads() {
     assert_eq!(info.hashes["sha256"], digest.to_hex());
 }
 
-#[test]
-fn publishing_with_a_root_key_is_refused_with_the_authorised_keys_named() {
+/// A hub with its keys generated (the offline ones in the returned directory) and affine 1.0.0 added.
+fn hub_with_affine() -> (TestHub, std::path::PathBuf) {
     let hub = TestHub::new();
     let offline = hub.tmp.path().join("offline");
     assert!(hub.cli(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]).status.success());
@@ -58,6 +58,12 @@ fn publishing_with_a_root_key_is_refused_with_the_authorised_keys_named() {
             .status
             .success()
     );
+    (hub, offline)
+}
+
+#[test]
+fn publishing_with_a_root_key_is_refused_with_the_authorised_keys_named() {
+    let (hub, offline) = hub_with_affine();
     let key = offline.join("root-1.key");
     let out = hub.cli(&["release", "publish", "affine@1.0.0", "--channel", "stable", "--key", key.to_str().unwrap()]);
     assert!(!out.status.success());
@@ -129,4 +135,16 @@ fn high_risk_release_is_approved_only_by_another_targets_key_holder_and_every_ac
     std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
     let cut = hub.cli(&["audit", "verify"]);
     assert!(!cut.status.success(), "a removed newest entry is detected: {}", stdout(&cut));
+}
+
+#[test]
+fn missing_key_file_names_its_cause_once() {
+    let (hub, _) = hub_with_affine();
+    let missing = hub.tmp.path().join("x.key");
+    let publish =
+        hub.cli(&["release", "publish", "affine@1.0.0", "--channel", "stable", "--key", missing.to_str().unwrap()]);
+    assert!(!publish.status.success());
+    let err = stderr(&publish);
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "the cause is printed once: {err}");
 }

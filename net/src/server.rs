@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::io::SeekFrom;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -141,8 +141,16 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Most bidirectional streams (requests) a connection may have open at once.
     pub max_streams_per_connection: u32,
-    /// Most connections served at once; further ones are refused.
+    /// Most connections served at once; further ones are refused. A slot is taken only once the handshake is
+    /// done, so peers that never finish one hold none.
     pub max_connections: usize,
+    /// Most handshakes in progress at once, from every source together; further ones are refused.
+    pub max_handshakes: usize,
+    /// Most handshakes in progress at once from one IP address (devices behind one NAT share it), so one source
+    /// cannot take every handshake slot.
+    pub max_handshakes_per_source: usize,
+    /// A handshake not done within this is dropped.
+    pub handshake_timeout: Duration,
     /// A connection silent for this long is closed (QUIC idle timeout).
     pub idle_timeout: Duration,
     /// Longest the hub waits for a request to arrive whole, and for each write of a response to make progress.
@@ -150,8 +158,8 @@ pub struct ServeConfig {
     /// How often a live connection's device is checked against the allow-list again, so a revoked device is
     /// cut off without waiting for it to reconnect.
     pub recheck_interval: Duration,
-    /// Most attestation challenges one connection may ask for: each is held by the verifier until it expires, so
-    /// this (times `max_connections`) keeps one device from filling the verifier's store and locking others out.
+    /// Most attestation challenges one connection may ask for. Each is held by the verifier until it expires; the
+    /// verifier also bounds those held per device key, which a device opening many connections cannot reset.
     pub max_challenges_per_connection: u32,
 }
 
@@ -162,6 +170,12 @@ impl ServeConfig {
     pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 8;
     /// Default concurrent connections.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+    /// Default handshakes in progress.
+    pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+    /// Default handshakes in progress per source address.
+    pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 32;
+    /// Default handshake timeout.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default idle timeout.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default stall timeout.
@@ -180,6 +194,9 @@ impl ServeConfig {
             limits: Limits::default(),
             max_streams_per_connection: Self::DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: Self::DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_source: Self::DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             stall_timeout: Self::DEFAULT_STALL_TIMEOUT,
             recheck_interval: Self::DEFAULT_RECHECK_INTERVAL,
@@ -217,6 +234,44 @@ pub struct Server<B: Backend> {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared<B>>,
     connections: Arc<Semaphore>,
+    handshakes: Arc<Handshakes>,
+    handshake_timeout: Duration,
+}
+
+/// Handshakes in progress, in all and per source address.
+struct Handshakes {
+    max: usize,
+    max_per_source: usize,
+    by_source: Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+impl Handshakes {
+    /// A slot for one handshake from `source`, or `None` when the server or that source has too many going.
+    fn begin(self: &Arc<Self>, source: IpAddr) -> Option<Handshake> {
+        let mut by_source = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = by_source.values().sum();
+        let mine = by_source.get(&source).copied().unwrap_or(0);
+        if total >= self.max || mine >= self.max_per_source {
+            return None;
+        }
+        by_source.insert(source, mine + 1);
+        Some(Handshake(self.clone(), source))
+    }
+}
+
+/// One handshake slot, given back on drop.
+struct Handshake(Arc<Handshakes>, IpAddr);
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut by_source = self.0.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_source.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&self.1);
+            }
+        }
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for Server<B> {
@@ -317,6 +372,15 @@ impl<B: Backend> Server<B> {
         if config.max_connections == 0 {
             return Err(bad("max_connections", "must be at least 1".into()));
         }
+        if config.max_handshakes == 0 {
+            return Err(bad("max_handshakes", "must be at least 1".into()));
+        }
+        if config.max_handshakes_per_source == 0 {
+            return Err(bad("max_handshakes_per_source", "must be at least 1".into()));
+        }
+        if config.handshake_timeout.is_zero() {
+            return Err(bad("handshake_timeout", "must be more than zero".into()));
+        }
         if config.recheck_interval.is_zero() {
             return Err(bad("recheck_interval", "must be more than zero".into()));
         }
@@ -352,6 +416,12 @@ impl<B: Backend> Server<B> {
                 live,
             }),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            handshakes: Arc::new(Handshakes {
+                max: config.max_handshakes,
+                max_per_source: config.max_handshakes_per_source,
+                by_source: Mutex::new(std::collections::HashMap::new()),
+            }),
+            handshake_timeout: config.handshake_timeout,
         })
     }
 
@@ -374,16 +444,37 @@ impl<B: Backend> Server<B> {
                 incoming = self.endpoint.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
-            match self.connections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let shared = self.shared.clone();
-                    tokio::spawn(async move {
-                        serve_connection(incoming, shared).await;
-                        drop(permit);
-                    });
+            // Address validation first: a Retry costs the server no state, so a peer must show it receives at
+            // its address before it gets a handshake slot (a spoofed or silent Initial holds nothing).
+            if !incoming.remote_address_validated() {
+                if incoming.may_retry() {
+                    let _ = incoming.retry();
+                } else {
+                    incoming.refuse();
                 }
-                Err(_) => incoming.refuse(),
+                continue;
             }
+            if self.connections.available_permits() == 0 {
+                incoming.refuse();
+                continue;
+            }
+            let Some(handshake) = self.handshakes.begin(incoming.remote_address().ip()) else {
+                incoming.refuse();
+                continue;
+            };
+            let (shared, connections, limit) = (self.shared.clone(), self.connections.clone(), self.handshake_timeout);
+            tokio::spawn(async move {
+                // A failed handshake (wrong ALPN, no client key, a peer that goes quiet) ends here.
+                let handshake_done = timeout(limit, async { incoming.accept()?.await }).await;
+                drop(handshake);
+                let Ok(Ok(conn)) = handshake_done else { return };
+                // The connection slot is taken only now, so unfinished handshakes never hold one.
+                let Ok(permit) = connections.try_acquire_owned() else {
+                    return close(&conn, codes::CLOSE_BUSY, "too many connections");
+                };
+                serve_connection(conn, shared).await;
+                drop(permit);
+            });
         }
         self.endpoint.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"shutting down");
         self.endpoint.wait_idle().await;
@@ -414,10 +505,7 @@ fn close(conn: &Connection, code: u32, reason: &str) {
     conn.close(VarInt::from_u32(code), reason.as_bytes());
 }
 
-async fn serve_connection<B: Backend>(incoming: quinn::Incoming, shared: Arc<Shared<B>>) {
-    // A failed handshake (wrong ALPN, no client key, a peer that goes quiet) ends here; quinn's idle timeout
-    // bounds how long it can take.
-    let Ok(conn) = async { incoming.accept()?.await }.await else { return };
+async fn serve_connection<B: Backend>(conn: Connection, shared: Arc<Shared<B>>) {
     let Some(device) = peer_key(&conn) else {
         close(&conn, codes::CLOSE_BAD_IDENTITY, "no Ed25519 device key");
         return;

@@ -116,30 +116,11 @@ pub struct Bundle {
     /// The assignment envelope (see [`open`] with [`ASSIGNMENT_DOMAIN`]).
     #[serde(with = "bytes")]
     pub assignment: Vec<u8>,
-    /// The revocation list envelope, once the hub has published one ([`REVOCATIONS_DOMAIN`]).
-    #[serde(default, with = "opt_bytes")]
-    pub revocations: Option<Vec<u8>>,
-}
-
-mod opt_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(b) => s.serialize_bytes(b),
-            None => s.serialize_none(),
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Ok(Option::<serde_bytes_like::Bytes>::deserialize(d)?.map(|b| b.0))
-    }
-    mod serde_bytes_like {
-        pub struct Bytes(pub Vec<u8>);
-        impl<'de> serde::Deserialize<'de> for Bytes {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                super::super::bytes::deserialize(d).map(Bytes)
-            }
-        }
-    }
+    /// The revocation list envelope ([`REVOCATIONS_DOMAIN`]); always present, so whoever relays a bundle cannot
+    /// drop it unnoticed (a bundle without one does not decode). Before any revocation the hub serves an empty
+    /// version-0 list.
+    #[serde(with = "bytes")]
+    pub revocations: Vec<u8>,
 }
 
 /// A signed director document.
@@ -340,6 +321,18 @@ pub struct ListedTarget {
     pub length: u64,
     /// SHA-256.
     pub sha256: Digest,
+}
+
+/// Checks an opened revocation list: fresh, and not older than `accepted_version` (the highest this device has
+/// accepted), so a relay can neither replay an old list nor keep serving one the hub stopped signing.
+pub fn check_revocations(list: &RevocationList, accepted_version: u64, now: UnixSeconds) -> Result<(), DirectorError> {
+    if list.version < accepted_version {
+        return Err(DirectorError::Rollback { offered: list.version, accepted: accepted_version });
+    }
+    if now >= list.expires {
+        return Err(DirectorError::Expired { expires: list.expires, now });
+    }
+    Ok(())
 }
 
 /// Checks an opened assignment for this device: fresh, not older than `accepted_version`, and every target (its

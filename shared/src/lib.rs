@@ -13,6 +13,7 @@ pub mod config;
 pub mod controller;
 pub mod digest;
 pub mod director;
+pub mod errors;
 pub mod evaluation;
 pub mod manifest;
 #[cfg(feature = "runtime")]

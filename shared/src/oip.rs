@@ -245,7 +245,21 @@ impl RequestInput {
                 read_le(dtype, bytes).map_err(bad)?
             }
         };
+        // A non-finite input (NaN bits in binary data, or JSON `1e300` as FP32) makes a model's output non-finite,
+        // which counts as the model's failure and would roll back a good release: it is the caller's fault.
+        if let Some((i, x)) = first_non_finite(&data) {
+            return Err(bad(format!("element {i} is {x}: inputs must be finite numbers")));
+        }
         Ok(NamedTensor::new(name.clone(), shape, data))
+    }
+}
+
+/// The first NaN or infinite element of float data, widened to f64; `None` for integer and boolean data.
+fn first_non_finite(data: &TensorData) -> Option<(usize, f64)> {
+    match data {
+        TensorData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, f64::from(v[i]))),
+        TensorData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+        _ => None,
     }
 }
 

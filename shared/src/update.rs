@@ -106,6 +106,9 @@ pub struct AgentState {
     pub revoked: BTreeSet<Digest>,
     /// Highest director assignment version accepted.
     pub assignment_version: u64,
+    /// Highest revocation list version accepted: an older list is a replay.
+    #[serde(default)]
+    pub revocations_version: u64,
     /// When the last assignment was accepted (the last successful update check).
     #[serde(default)]
     pub last_check: Option<UnixSeconds>,
@@ -177,6 +180,7 @@ impl AgentState {
             rolled_back: BTreeSet::new(),
             revoked: BTreeSet::new(),
             assignment_version: 0,
+            revocations_version: 0,
             last_check: None,
             last_known_time: now,
             last_error: None,

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("outpost-tuf-conformance: {e:#}");
+            eprintln!("outpost-tuf-conformance: {}", outpost_shared::errors::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,9 @@
 //! The Open Inference Protocol v2 REST routes over a [`ModelHandle`]: admission (running and queued bounds),
 //! body limits, and where tract runs (in place or on the blocking pool). The codec is `outpost_shared::oip`.
+//!
+//! A slow client holds only what it cannot avoid holding: its connection (capped), and the body bytes it declared
+//! (a budget shared by all requests) for at most the body timeout; a running slot is taken only once the whole
+//! body is in memory, and a request head must arrive within the header timeout.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -12,12 +16,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use outpost_shared::manifest::{Dim, TensorSpec};
 use outpost_shared::oip::{Encoded, INFERENCE_HEADER_CONTENT_LENGTH, oip_name};
 use tokio::net::TcpListener;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
+use tokio::time::Duration;
 
 use super::InferenceError;
 use super::handle::{ModelHandle, Served};
@@ -34,6 +38,15 @@ pub const DEFAULT_MAX_QUEUED_INFERENCES: usize = 256;
 /// Inferences whose model last took less than this run on the request's own thread by default (see
 /// [`ServeLimits::in_place_below`]).
 pub const DEFAULT_IN_PLACE_BELOW: std::time::Duration = std::time::Duration::from_millis(1);
+/// Connections the API serves at once by default; further ones wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// How long a client has by default to send a request's head (and an idle keep-alive connection stays open).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has by default to send a request's body, from the end of its head.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Body bytes all requests may hold in memory at once by default, while they are read and until their inference
+/// ends: the memory the running inferences held when the body was read only once a slot was free.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = DEFAULT_MAX_BODY_BYTES * DEFAULT_MAX_CONCURRENT_INFERENCES;
 /// `platform` in model metadata.
 pub const PLATFORM: &str = "onnx-tract";
 /// Bounds of the HTTP server.
@@ -52,6 +65,15 @@ pub struct ServeLimits {
     /// than on whichever thread `block_in_place` happens to be on (measured in BENCHMARKS.md). Needs the
     /// handle's clock ([`ModelHandle::with_observer`]); without one every inference runs in place.
     pub in_place_below: std::time::Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Longest wait for a request's head (and longest an idle keep-alive connection stays open).
+    pub header_timeout: Duration,
+    /// Longest wait for a request's body, once its head is in; beyond it, 408.
+    pub body_timeout: Duration,
+    /// Body bytes all requests hold at once (each reserves its declared length, or `max_body_bytes` when it
+    /// declares none, before reading it); a request waits for room.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ServeLimits {
@@ -61,6 +83,10 @@ impl Default for ServeLimits {
             max_concurrent_inferences: DEFAULT_MAX_CONCURRENT_INFERENCES,
             max_queued_inferences: DEFAULT_MAX_QUEUED_INFERENCES,
             in_place_below: DEFAULT_IN_PLACE_BELOW,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
         }
     }
 }
@@ -72,6 +98,7 @@ pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits) -> Router {
         limits,
         running: Arc::new(Semaphore::new(running)),
         admitted: Arc::new(Semaphore::new(running.saturating_add(limits.max_queued_inferences))),
+        buffered: Arc::new(Semaphore::new(buffer_budget(&limits))),
     });
     Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -89,19 +116,69 @@ pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets running requests finish. The caller binds
-/// the listener (the agent uses its config's `inference.bind`, by default [`DEFAULT_LISTEN`]).
+/// the listener (the agent uses its config's `inference.bind`, by default [`DEFAULT_LISTEN`]). At most
+/// [`ServeLimits::max_connections`] connections are served at once, each with hyper's header read timeout.
 pub async fn serve(
     listener: TcpListener,
     handle: Arc<ModelHandle>,
     limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Requests and answers are small writes a client waits for: Nagle's algorithm would only delay them.
-    let listener = listener.tap_io(|tcp| {
+    let app = router(handle, limits);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // A connection slot first: past the cap, connections wait in the kernel's listen backlog.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = connections.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
+        };
+        let tcp = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                // Out of file descriptors and the like: pause rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        // Requests and answers are small writes a client waits for: Nagle's algorithm would only delay them.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(handle, limits)).with_graceful_shutdown(shutdown).await
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut closed = closed.clone();
+        let header_timeout = limits.header_timeout;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closed.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = closing.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
 }
+
+/// The body bytes budget as semaphore permits (a request reserves at most all of them, in one `u32`).
+fn buffer_budget(limits: &ServeLimits) -> usize {
+    limits.max_buffered_body_bytes.clamp(1, u32::MAX as usize)
+}
+
+/// How long the accept loop pauses after a failed accept.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 struct App {
     handle: Arc<ModelHandle>,
@@ -110,6 +187,8 @@ struct App {
     running: Arc<Semaphore>,
     /// One permit per running or waiting inference.
     admitted: Arc<Semaphore>,
+    /// One permit per body byte held in memory.
+    buffered: Arc<Semaphore>,
 }
 
 type AppState = State<Arc<App>>;
@@ -254,14 +333,22 @@ async fn run_infer(
     let json_len = json_header_len(headers)?;
     let _admitted =
         app.admitted.clone().try_acquire_owned().map_err(|_| InferenceError::Busy(app.limits.max_queued_inferences))?;
-    // Wait for a slot before buffering the body, so memory stays bounded by the running inferences.
+    // The body is read before a running slot is taken, so a slow client never holds one; the bytes it may send
+    // are reserved from the shared budget first, which bounds memory.
+    let reserve =
+        declared.map_or(limit, |n| usize::try_from(n).unwrap_or(usize::MAX)).clamp(1, buffer_budget(&app.limits));
+    let reserve = u32::try_from(reserve).map_err(|e| InferenceError::Internal(e.to_string()))?;
+    let buffered =
+        app.buffered.clone().acquire_many_owned(reserve).await.map_err(|e| InferenceError::Internal(e.to_string()))?;
+    let bytes = tokio::time::timeout(app.limits.body_timeout, read_body(body, limit, declared))
+        .await
+        .map_err(|_| InferenceError::BodyTimeout(app.limits.body_timeout))??;
     let running = app.running.clone().acquire_owned().await.map_err(|e| InferenceError::Internal(e.to_string()))?;
-    let bytes = read_body(body, limit, declared).await?;
     let handle = app.handle.clone();
     let last = served.last_inference();
     let in_place = last < app.limits.in_place_below;
     run_blocking(in_place, move || {
-        let _running = running;
+        let (_running, _buffered) = (running, buffered);
         handle.answer(&served, bytes, json_len)
     })
     .await?

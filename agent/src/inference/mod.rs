@@ -24,9 +24,10 @@
 //! | POST | `/v2/models/{name}[/versions/{v}]/infer` | inference |
 //!
 //! Status codes: 400 for a malformed request or tensors that do not fit the contract, 404 for another model or
-//! version than the active one, 413 for a body over [`ServeLimits::max_body_bytes`], 500 when the model fails on
-//! a request that fits its contract, 503 when no model is active or [`ServeLimits::max_queued_inferences`]
-//! requests are already waiting.
+//! version than the active one, 408 for a body not received within [`ServeLimits::body_timeout`], 413 for a body
+//! over [`ServeLimits::max_body_bytes`], 500 when the model fails on a request that fits its contract, 503 when no
+//! model is active or [`ServeLimits::max_queued_inferences`] requests are already waiting. Non-finite inputs (NaN,
+//! infinities, JSON numbers beyond FP32's range) are a 400: they are the caller's fault, never the model's.
 
 //!
 //! Three parts: [`handle`] (the served models: load, swap, shadow, counters), [`http`] (the routes, limits and
@@ -44,7 +45,8 @@ pub use outpost_shared::oip::{
 
 pub use handle::{InferenceObserver, InferenceStats, LoadError, ModelHandle, Served, ShadowStats, infer_once};
 pub use http::{
-    DEFAULT_IN_PLACE_BELOW, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT_INFERENCES,
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IN_PLACE_BELOW, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_CONCURRENT_INFERENCES, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_QUEUED_INFERENCES, PLATFORM, ServeLimits, router, serve,
 };
 
@@ -87,6 +89,9 @@ pub enum InferenceError {
     /// The request body is over the limit.
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The request body did not arrive within the body timeout.
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The server failed (a worker task died).
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +108,7 @@ impl InferenceError {
             InferenceError::UnknownModel { .. } | InferenceError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             InferenceError::NotReady | InferenceError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             InferenceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            InferenceError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

@@ -131,7 +131,7 @@ impl Hub {
     /// A new connection: a fresh exporter value and a challenge issued on it.
     pub fn connect(&mut self) -> Conn {
         self.connections += 1;
-        let challenge = self.verifier.issue_challenge(&mut self.rng).expect("challenge");
+        let challenge = self.verifier.issue_challenge(device().public_key(), &mut self.rng).expect("challenge");
         Conn { exporter: [self.connections; EXPORTER_LEN], challenge }
     }
 

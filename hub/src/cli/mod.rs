@@ -225,7 +225,7 @@ pub fn run_captured(command: Command, hub: &Hub) -> Reply {
     let code = match run(command, hub, &mut Out { out: &mut out, err: &mut err }) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(err, "error: {e:#}");
+            let _ = writeln!(err, "error: {}", outpost_shared::errors::one_line(e.chain()));
             1
         }
     };
