@@ -290,7 +290,11 @@ pub async fn push_revocations(
         let Ok(Some(now)) = tokio::task::spawn_blocking(move || read()).await else { continue };
         if last.is_some_and(|l| now > l) {
             let n = notifier.broadcast(&Response::Notice { revocations: now });
-            eprintln!("outpost-net: revocation list v{now}: notice pushed to {n} connection(s)");
+            tracing::info!(
+                revocations = now,
+                connections = n,
+                "revocation list v{now}: notice pushed to {n} connection(s)"
+            );
         }
         last = Some(last.map_or(now, |l: u64| l.max(now)));
     }
@@ -377,10 +381,20 @@ impl<B: Backend> Server<B> {
             match self.connections.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let shared = self.shared.clone();
-                    tokio::spawn(async move {
-                        serve_connection(incoming, shared).await;
-                        drop(permit);
-                    });
+                    // `conn` and `device` are filled in once the handshake names them.
+                    let span = tracing::info_span!(
+                        "connection",
+                        conn = tracing::field::Empty,
+                        device = tracing::field::Empty,
+                        remote = %incoming.remote_address()
+                    );
+                    tokio::spawn(tracing::Instrument::instrument(
+                        async move {
+                            serve_connection(incoming, shared).await;
+                            drop(permit);
+                        },
+                        span,
+                    ));
                 }
                 Err(_) => incoming.refuse(),
             }
@@ -422,8 +436,12 @@ async fn serve_connection<B: Backend>(incoming: quinn::Incoming, shared: Arc<Sha
         close(&conn, codes::CLOSE_BAD_IDENTITY, "no Ed25519 device key");
         return;
     };
+    let span = tracing::Span::current();
+    span.record("conn", conn.stable_id());
+    span.record("device", crate::logging::short(&device.to_hex()));
     let admitted = shared.backend.clone().device_allowed(device.0).await;
     if !admitted && !shared.backend.clone().enrolment_open().await {
+        tracing::info!("unknown device: connection closed");
         close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "unknown device");
         return;
     }
@@ -446,11 +464,14 @@ async fn serve_connection<B: Backend>(incoming: quinn::Incoming, shared: Arc<Sha
         tokio::select! {
             streams = conn.accept_bi() => match streams {
                 // quinn's max_concurrent_bidi_streams bounds how many of these tasks a connection has at once.
-                Ok((send, recv)) => drop(tokio::spawn(serve_stream(send, recv, ctx.clone(), shared.clone()))),
+                Ok((send, recv)) => drop(tokio::spawn(tracing::Instrument::in_current_span(
+                    serve_stream(send, recv, ctx.clone(), shared.clone()),
+                ))),
                 Err(_) => return,
             },
             _ = recheck.tick() => {
                 if !shared.backend.clone().device_allowed(device.0).await {
+                    tracing::info!("device no longer allowed: connection closed");
                     close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "device no longer allowed");
                     return;
                 }
@@ -762,7 +783,7 @@ fn refusal(e: BackendError) -> Response {
     match e.downcast::<Refused>() {
         Ok(refused) => Response::error(ErrorCode::Forbidden, refused.0),
         Err(e) => {
-            eprintln!("outpost-net: backend error: {e}");
+            tracing::error!(error = %e, "backend error: {e}");
             internal()
         }
     }
@@ -824,7 +845,7 @@ async fn send_target<B>(
     let mut f = match opened.await {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("outpost-net: cannot read target {}: {e}", file.display());
+            tracing::error!(file = %file.display(), error = %e, "cannot read target {}: {e}", file.display());
             return respond(send, &internal(), shared).await;
         }
     };
@@ -842,7 +863,7 @@ async fn send_target<B>(
         let mut buf = vec![0u8; want];
         let n = match f.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                eprintln!("outpost-net: target {} is shorter than its recorded {total} bytes", file.display());
+                tracing::error!(file = %file.display(), total, "target {} is shorter than its recorded {total} bytes", file.display());
                 let _ = send.reset(VarInt::from_u32(codes::STREAM_INTERNAL));
                 return;
             }

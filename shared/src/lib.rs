@@ -15,6 +15,8 @@ pub mod digest;
 pub mod director;
 pub mod evaluation;
 pub mod manifest;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod model;
 #[cfg(feature = "npy")]
