@@ -289,7 +289,7 @@ impl Agent {
         match crate::telemetry::Queue::open(&path, TELEMETRY_CAPACITY, &mut SeededRng::new(seed)) {
             Ok(q) => Some(q),
             Err(e) => {
-                tracing::warn!(error = %e, "telemetry off: {e}");
+                tracing::warn!(error = %e, "telemetry off");
                 None
             }
         }
@@ -300,7 +300,7 @@ impl Agent {
         if let Some(q) = &self.telemetry
             && let Err(e) = q.push(kind, self.clock.wall())
         {
-            tracing::warn!(error = %e, "telemetry event lost: {e}");
+            tracing::warn!(error = %e, "telemetry event lost");
         }
     }
 
@@ -456,7 +456,10 @@ impl Agent {
         self.models.metrics().checked(result.is_ok(), took.as_secs_f64());
         match &result {
             Ok(()) => tracing::debug!(took_ms = took.as_millis() as u64, "update check done"),
-            Err(e) => tracing::warn!(error = %e, took_ms = took.as_millis() as u64, "update check failed: {e}"),
+            Err(e) => {
+                let ms = took.as_millis() as u64;
+                tracing::warn!(error = %e, took_ms = ms, "update check failed (still serving what was active)")
+            }
         }
         result
     }
@@ -720,7 +723,7 @@ impl Agent {
         }
         // Telemetry that cannot go now stays queued for the next check; it never fails the update check.
         if let Err(e) = self.drain_telemetry(client).await {
-            tracing::warn!(error = %e, "telemetry not sent (kept for the next check): {e}");
+            tracing::warn!(error = %e, "telemetry not sent (kept for the next check)");
         }
         Ok(())
     }
@@ -739,7 +742,7 @@ impl Agent {
                 Event::Downloaded
             }
             Err(e) => {
-                tracing::warn!(package, path = %t.path, error = %e, took_ms = ms, "download of {} failed: {e}", t.path);
+                tracing::warn!(package, path = %t.path, error = %e, took_ms = ms, "download of {} failed", t.path);
                 Event::DownloadFailed(e.to_string())
             }
         }
@@ -789,7 +792,7 @@ impl Agent {
                 Event::Refused(*r)
             }
             Err(StageError::Failed(e)) => {
-                tracing::warn!(package, error = %e, "staging {} failed: {e}", t.path);
+                tracing::warn!(package, error = %e, "staging {} failed", t.path);
                 Event::StageFailed(e)
             }
         }

@@ -414,9 +414,9 @@ async fn update_loop(
     // an inference outcome, a pushed notice or a signal.
     loop {
         if agent.check_due() {
-            match agent.check().await {
-                Ok(()) => describe(&agent, &mut shown),
-                Err(e) => tracing::warn!(error = %e, "update check failed (still serving what was active): {e}"),
+            // A failed check is logged by the check itself.
+            if agent.check().await.is_ok() {
+                describe(&agent, &mut shown);
             }
             if once {
                 return Ok(agent.shutdown()?);

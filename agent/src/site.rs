@@ -154,7 +154,7 @@ impl SiteNode {
                 None
             }
             Err(e) => {
-                tracing::warn!(error = %e, "the hub did not attest this site node: {e}");
+                tracing::warn!(error = %e, "the hub did not attest this site node");
                 return Err(e);
             }
         };
@@ -172,7 +172,7 @@ impl SiteNode {
         let Some(source) = &self.config.policy else { return Ok(None) };
         let (policy, error) = SitePolicy::load_or_last_good(source, &self.layout.policy());
         if let Some(e) = error {
-            tracing::warn!(error = %e, "site policy not loaded: {e}");
+            tracing::warn!(error = %e, "site policy not loaded");
         }
         match policy {
             Some(p) => {
@@ -202,7 +202,7 @@ impl SiteNode {
                     let excess = state.refused.len().saturating_sub(outpost_shared::update::MAX_REFUSALS);
                     state.refused.drain(..excess);
                     if let Err(e) = device::save_state(&self.layout, &state) {
-                        tracing::error!(error = %e, "cannot save state: {e}");
+                        tracing::error!(error = %e, "cannot save state");
                     }
                     state.report(&message)
                 })
@@ -216,7 +216,7 @@ impl SiteNode {
                 self.client().await.map_err(|e| e.to_string())?.report(&body).await.map_err(|e| e.to_string())
             };
             if let Err(e) = sent.await {
-                tracing::error!(error = %e, "cannot report the refusal to the hub: {e}");
+                tracing::error!(error = %e, "cannot report the refusal to the hub");
             }
         }
         Box::new(Refused(message))

@@ -230,7 +230,7 @@ impl Listener {
             let stream = match self.listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    tracing::error!(error = %e, "admin socket: accept: {e}");
+                    tracing::error!(error = %e, "admin socket: accept");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -238,7 +238,7 @@ impl Listener {
             let (hub, handler, after) = (hub.clone(), handler.clone(), after.clone());
             tokio::spawn(async move {
                 if let Err(e) = serve_one(stream, hub, handler, limits, after).await {
-                    tracing::warn!(error = %e, "admin socket: {e}");
+                    tracing::warn!(error = %e, "admin socket");
                 }
             });
         }

@@ -170,7 +170,7 @@ impl HubBackend {
                 Ok((record, expected))
             })
             .map_err(|e| {
-                tracing::error!(device = short(&key), error = %e, "attestation: reading the device record and assignment: {e}");
+                tracing::error!(device = short(&key), error = %e, "attestation: reading the device record and assignment");
                 Unattested("internal error".into())
             })?;
         // The claims only shape what is expected; the verifier checks the signature before judging any of it.
@@ -225,7 +225,7 @@ impl HubBackend {
         if directory.record.is_some()
             && let Err(e) = self.store().and_then(|s| Ok(s.devices().device_attested(&key, entry)?))
         {
-            tracing::error!(device = short(&key), error = %e, "attestation: recording the result: {e}");
+            tracing::error!(device = short(&key), error = %e, "attestation: recording the result");
         }
         outcome.map_err(|e| Unattested(e.reason.to_string()))
     }
@@ -541,7 +541,7 @@ impl Backend for HubBackend {
             None => {
                 attesting(move || {
                     self.revoked_slow(&result.device).map_err(|e| {
-                        tracing::error!(error = %e, "attestation: reading revoked devices: {e}");
+                        tracing::error!(error = %e, "attestation: reading revoked devices");
                         Unattested("internal error".into())
                     })
                 })

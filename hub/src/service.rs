@@ -378,11 +378,11 @@ async fn judge_rollouts(backend: Arc<HubBackend>, bound: Duration) {
         let wait = match judged {
             Ok(Ok(wait)) => wait.min(bound),
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "judging rollouts: {e}");
+                tracing::error!(error = %e, "judging rollouts");
                 bound
             }
             Err(e) => {
-                tracing::error!(error = %e, "judging rollouts task: {e}");
+                tracing::error!(error = %e, "judging rollouts task");
                 bound
             }
         };
@@ -431,8 +431,8 @@ async fn every(period: Duration, what: &'static str, job: impl Fn() -> Result<()
         let j = job.clone();
         match tokio::task::spawn_blocking(move || j()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(job = what, error = %e, "{what}: {e}"),
-            Err(e) => tracing::error!(job = what, error = %e, "{what} task: {e}"),
+            Ok(Err(e)) => tracing::error!(job = what, error = %e, "{what}"),
+            Err(e) => tracing::error!(job = what, error = %e, "{what} task"),
         }
     }
 }
@@ -448,7 +448,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, backend: Arc<HubBacken
             async move {
                 use axum::http::{StatusCode, header};
                 let failed = |e: String| {
-                    tracing::error!(error = %e, "metrics: {e}");
+                    tracing::error!(error = %e, "metrics");
                     (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], e)
                 };
                 match tokio::task::spawn_blocking(move || b.metrics_as(format).map_err(|e| e.to_string())).await {
@@ -460,6 +460,6 @@ async fn serve_metrics(listener: tokio::net::TcpListener, backend: Arc<HubBacken
         }),
     );
     if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "metrics endpoint: {e}");
+        tracing::error!(error = %e, "metrics endpoint");
     }
 }

@@ -783,7 +783,7 @@ fn refusal(e: BackendError) -> Response {
     match e.downcast::<Refused>() {
         Ok(refused) => Response::error(ErrorCode::Forbidden, refused.0),
         Err(e) => {
-            tracing::error!(error = %e, "backend error: {e}");
+            tracing::error!(error = %e, "backend error");
             internal()
         }
     }
@@ -845,7 +845,7 @@ async fn send_target<B>(
     let mut f = match opened.await {
         Ok(f) => f,
         Err(e) => {
-            tracing::error!(file = %file.display(), error = %e, "cannot read target {}: {e}", file.display());
+            tracing::error!(file = %file.display(), error = %e, "cannot read target {}", file.display());
             return respond(send, &internal(), shared).await;
         }
     };
