@@ -417,7 +417,10 @@ fn run_controller(hub: &Hub) -> Result<(), String> {
         crate::controller::run(store, &hub.repo(), None, hub.clock().wall()).map_err(|e| e.to_string())?;
     let stored = proposals.iter().filter(|(id, _)| id.is_some()).count();
     if stored > 0 {
-        eprintln!("controller: {stored} proposal(s) to review (`outpost-hub controller list`)");
+        tracing::info!(
+            proposals = stored,
+            "controller: {stored} proposal(s) to review (`outpost-hub controller list`)"
+        );
     }
     Ok(())
 }
