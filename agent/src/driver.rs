@@ -231,7 +231,7 @@ impl Agent {
             };
             let message = format!("site policy not loaded: {e}; {kept}");
             if self.updates.state.last_error.as_deref() != Some(message.as_str()) {
-                eprintln!("outpost-agent: {message}");
+                tracing::warn!("{message}");
                 self.outbox.push(message.clone());
                 self.updates.state.last_error = Some(message);
             }
@@ -289,7 +289,7 @@ impl Agent {
         match crate::telemetry::Queue::open(&path, TELEMETRY_CAPACITY, &mut SeededRng::new(seed)) {
             Ok(q) => Some(q),
             Err(e) => {
-                eprintln!("outpost-agent: telemetry off: {e}");
+                tracing::warn!(error = %e, "telemetry off");
                 None
             }
         }
@@ -300,7 +300,7 @@ impl Agent {
         if let Some(q) = &self.telemetry
             && let Err(e) = q.push(kind, self.clock.wall())
         {
-            eprintln!("outpost-agent: telemetry event lost: {e}");
+            tracing::warn!(error = %e, "telemetry event lost");
         }
     }
 
@@ -379,7 +379,10 @@ impl Agent {
             match action {
                 Action::Activate(installed) => self.activate(&installed)?,
                 Action::Deactivate => drop(self.models.clear()),
-                Action::Report(message) => self.outbox.push(message),
+                Action::Report(message) => {
+                    tracing::info!("{message}");
+                    self.outbox.push(message)
+                }
                 Action::Download(_) | Action::Stage { .. } => {}
             }
         }
@@ -404,7 +407,7 @@ impl Agent {
         let config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
         let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
         if crate::attest::enroll_if_pending(&client, &self.layout, self.tpm.as_ref()).await? {
-            eprintln!("outpost-agent: enrolled with the hub using the one-time token");
+            tracing::info!("enrolled with the hub using the one-time token");
         }
         let facts = crate::attest::Facts {
             bootcount: self.bootcount,
@@ -437,6 +440,31 @@ impl Agent {
     /// A hub that stops serving this connection (`NotAttested`: revoked, or the result lapsed) ends the check
     /// with [`CheckError::NotAttested`] and the connection is dropped, so the next check attests afresh.
     pub async fn check(&mut self) -> Result<(), CheckError> {
+        let span = tracing::info_span!("check", device = %self.device_short());
+        tracing::Instrument::instrument(self.check_timed(), span).await
+    }
+
+    /// This device's key, short, as log fields carry it.
+    pub fn device_short(&self) -> String {
+        outpost_net::logging::short(&self.identity.public_key().to_hex()).to_owned()
+    }
+
+    async fn check_timed(&mut self) -> Result<(), CheckError> {
+        let started = self.clock.monotonic();
+        let result = self.check_inner().await;
+        let took = self.clock.monotonic().saturating_sub(started);
+        self.models.metrics().checked(result.is_ok(), took.as_secs_f64());
+        match &result {
+            Ok(()) => tracing::debug!(took_ms = took.as_millis() as u64, "update check done"),
+            Err(e) => {
+                let ms = took.as_millis() as u64;
+                tracing::warn!(error = %e, took_ms = ms, "update check failed (still serving what was active)")
+            }
+        }
+        result
+    }
+
+    async fn check_inner(&mut self) -> Result<(), CheckError> {
         // Inference counts since the last check are queued first, so they are durable whatever happens next.
         for (model, (count, errors, latency)) in std::mem::take(&mut self.inferences) {
             self.queue(EventKind::InferenceStats { model, count, errors, latency });
@@ -671,7 +699,7 @@ impl Agent {
         for s in secondaries {
             let e = CheckError::from(crate::NotBuilt { what: "firmware for secondaries", feature: "gateway" });
             let message = format!("firmware {} for secondary {} not fetched: {e}", s.target.path, s.device_id);
-            eprintln!("outpost-agent: {message}");
+            tracing::warn!("{message}");
             self.outbox.push(message);
         }
     }
@@ -693,7 +721,7 @@ impl Agent {
         }
         // Telemetry that cannot go now stays queued for the next check; it never fails the update check.
         if let Err(e) = self.drain_telemetry(client).await {
-            eprintln!("outpost-agent: telemetry not sent (kept for the next check): {e}");
+            tracing::warn!(error = %e, "telemetry not sent (kept for the next check)");
         }
         Ok(())
     }
@@ -701,9 +729,20 @@ impl Agent {
     /// Downloads into the staging file, resuming from what is there, bounded by the TUF length, then checks
     /// length and hash.
     async fn download(&mut self, source: &dyn Transport, t: &Target) -> Event {
-        match self.try_download(source, t).await {
-            Ok(()) => Event::Downloaded,
-            Err(e) => Event::DownloadFailed(e.to_string()),
+        let started = self.clock.monotonic();
+        let result = self.try_download(source, t).await;
+        let took = self.clock.monotonic().saturating_sub(started);
+        self.models.metrics().downloaded(result.is_ok(), took.as_secs_f64());
+        let (package, ms) = (t.digest.short(), took.as_millis() as u64);
+        match result {
+            Ok(()) => {
+                tracing::info!(package, path = %t.path, bytes = t.length, took_ms = ms, "downloaded and verified {}", t.path);
+                Event::Downloaded
+            }
+            Err(e) => {
+                tracing::warn!(package, path = %t.path, error = %e, took_ms = ms, "download of {} failed", t.path);
+                Event::DownloadFailed(e.to_string())
+            }
         }
     }
 
@@ -739,13 +778,21 @@ impl Agent {
     /// Unpacks the verified package into `slot` (never the active one), loads it from there as it will serve
     /// and runs its smoke test on that plan.
     fn stage(&mut self, t: &Target, slot: Slot) -> Event {
+        let package = t.digest.short();
         match self.try_stage(t, slot) {
-            Ok(()) => Event::Staged,
+            Ok(()) => {
+                tracing::info!(package, path = %t.path, slot = ?slot, "staged {} into slot {slot:?} (smoke test passed)", t.path);
+                Event::Staged
+            }
             Err(StageError::Refused(r)) => {
+                tracing::warn!(package, rule = %r.rule, "site policy refused {}: rule `{}`: {}", t.path, r.rule, r.reason);
                 let _ = std::fs::remove_file(self.layout.staging(&t.digest));
                 Event::Refused(*r)
             }
-            Err(StageError::Failed(e)) => Event::StageFailed(e),
+            Err(StageError::Failed(e)) => {
+                tracing::warn!(package, error = %e, "staging {} failed", t.path);
+                Event::StageFailed(e)
+            }
         }
     }
 
@@ -799,6 +846,7 @@ impl Agent {
             (_, Some(p)) if *p.digest() == installed.target.digest => p,
             _ => Arc::new(load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?),
         };
+        tracing::info!(package = installed.target.digest.short(), path = %installed.target.path, slot = ?installed.slot, "serving {}", installed.target.path);
         let replaced = self.models.swap(served);
         if matches!(self.updates.state.phase, outpost_shared::update::Phase::Health { .. }) {
             self.previous = replaced;

@@ -20,6 +20,7 @@ pub mod driver;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod inference;
+pub mod metrics;
 #[cfg(feature = "mirror")]
 pub mod mirror;
 #[cfg(feature = "wasm")]

@@ -1,6 +1,7 @@
 //! `outpost-agent`: the edge agent's command line — set a device up, run the update loop, show its state.
 //!
-//! Human-readable progress goes to stderr; values a script wants (the device key) go to stdout.
+//! One-shot commands write human-readable progress to stderr and values a script wants (the device key) to stdout;
+//! `run` logs through `tracing` on stderr (`--log-format text|json`, `--log-level`; `outpost_net::logging`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,6 +72,13 @@ enum Command {
         /// `device` (update and serve models) or `site` (a site node for the devices of one site).
         #[arg(long, value_enum, default_value_t = Mode::Device)]
         mode: Mode,
+        /// Log lines on stderr as `text` (for people; colour only on a terminal) or `json` (one object per line).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+        /// Which log events to write, in `RUST_LOG` syntax (`debug`, `outpost_agent=debug,info`); default:
+        /// `$RUST_LOG`, else `info`.
+        #[arg(long, value_name = "FILTER")]
+        log_level: Option<String>,
     },
     /// One-shot inference on the active model for scripts: an Open Inference Protocol v2 request body in FILE
     /// (`{"inputs":[{"name","shape","datatype","data"}]}`), the response JSON on stdout.
@@ -194,8 +202,9 @@ fn run(command: Command) -> Result<()> {
             }
             println!("{key}");
         }
-        Command::Run { config, once, mode } => {
+        Command::Run { config, once, mode, log_format, log_level } => {
             tune_allocator()?;
+            outpost_net::logging::init(log_format.parse()?, log_level.as_deref())?;
             let config = AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             match mode {
@@ -367,32 +376,47 @@ fn getrandom_bytes(buf: &mut [u8]) -> Result<()> {
 async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     let bind = config.inference_bind;
     // Every inference that reached the model feeds the health window of the package on trial.
-    let (outcomes, mut outcome_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (outcomes, outcome_rx) = tokio::sync::mpsc::unbounded_channel();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let models = Arc::new(ModelHandle::with_observer(clock.clone(), move |served, ok, took| {
         let _ = outcomes.send((*served.digest(), ok, took));
     }));
-    let mut agent = Agent::open_with(config, clock, models.clone())?;
+    let agent = Agent::open_with(config, clock, models.clone())?;
+    let span = tracing::info_span!("agent", device = %agent.device_short());
+    tracing::Instrument::instrument(update_loop(agent, models, bind, once, outcome_rx), span).await
+}
+
+/// The update loop of `run` (device mode), with the inference API beside it unless `once`.
+async fn update_loop(
+    mut agent: Agent,
+    models: Arc<ModelHandle>,
+    bind: std::net::SocketAddr,
+    once: bool,
+    mut outcome_rx: tokio::sync::mpsc::UnboundedReceiver<(outpost_shared::Digest, bool, Duration)>,
+) -> Result<()> {
     if let Some(a) = agent.active() {
-        eprintln!("serving {} {}", a.name(), a.version());
+        tracing::info!(package = a.digest().short(), "serving {} {}", a.name(), a.version());
     }
     if !once {
         let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
-        eprintln!("inference API (Open Inference Protocol v2) on http://{bind}/v2");
-        tokio::spawn(serve(listener, models, ServeLimits::default(), std::future::pending()));
+        tracing::info!(%bind, "inference API (Open Inference Protocol v2) on http://{bind}/v2");
+        let api = serve(listener, models, ServeLimits::default(), std::future::pending());
+        tokio::spawn(tracing::Instrument::in_current_span(api));
     }
     // One stream per signal for the whole run: a signal that arrives mid-check is kept until the loop looks.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Revocation notices pushed by the hub on the connection of the last check (each connection has its own).
     let mut notices = None;
+    // What the last check said the device runs.
+    let mut shown = String::new();
     // The update loop decides when to check and when a health window ends; this loop sleeps until then, or until
     // an inference outcome, a pushed notice or a signal.
     loop {
         if agent.check_due() {
-            match agent.check().await {
-                Ok(()) => describe(&agent),
-                Err(e) => eprintln!("update check failed (still serving what was active): {e}"),
+            // A failed check is logged by the check itself.
+            if agent.check().await.is_ok() {
+                describe(&agent, &mut shown);
             }
             if once {
                 return Ok(agent.shutdown()?);
@@ -409,7 +433,7 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
         tokio::select! {
             open = pushed => {
                 if open {
-                    eprintln!("the hub announced a revocation: checking now");
+                    tracing::info!("the hub announced a revocation: checking now");
                 } else {
                     notices = None; // the connection closed: the next check connects afresh
                 }
@@ -420,16 +444,16 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
                 if agent.on_trial() == Some(digest) {
                     agent.record_inference(ok)?;
                     if !ok {
-                        eprintln!("inference failed during the health window: rolled back");
+                        tracing::warn!(package = digest.short(), "inference failed during the health window: rolled back");
                     }
                 }
             }
             _ = interrupt.recv() => {
-                eprintln!("stopping");
+                tracing::info!("stopping");
                 return Ok(agent.shutdown()?);
             }
             _ = terminate.recv() => {
-                eprintln!("stopping");
+                tracing::info!("stopping");
                 return Ok(agent.shutdown()?);
             }
             () = tokio::time::sleep(agent.until_next_deadline()) => {}
@@ -437,12 +461,22 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     }
 }
 
-fn describe(agent: &Agent) {
+/// Says what the device runs after a check, at `info` when it changed since the last check (`shown`), else at
+/// `debug`: a device that polls every minute does not repeat itself every minute.
+fn describe(agent: &Agent, shown: &mut String) {
     let s = agent.state();
-    match (&s.active, &s.phase) {
-        (_, Phase::Health { target, ok, .. }) => eprintln!("on trial: {} ({ok} good inferences)", target.path),
-        (Some(a), _) => eprintln!("running {}", a.target.path),
-        (None, _) => eprintln!("no model assigned yet"),
+    let (package, now) = match (&s.active, &s.phase) {
+        (_, Phase::Health { target, ok, .. }) => {
+            (Some(target.digest.short()), format!("on trial: {} ({ok} good inferences)", target.path))
+        }
+        (Some(a), _) => (Some(a.target.digest.short()), format!("running {}", a.target.path)),
+        (None, _) => (None, "no model assigned yet".to_owned()),
+    };
+    if now == *shown {
+        tracing::debug!(package, "{now}");
+    } else {
+        tracing::info!(package, "{now}");
+        *shown = now;
     }
 }
 

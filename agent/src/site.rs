@@ -171,7 +171,7 @@ impl SiteNode {
                 None
             }
             Err(e) => {
-                eprintln!("outpost-agent (site): the hub did not attest this site node: {e}");
+                tracing::warn!(error = %e, "the hub did not attest this site node");
                 return Err(e);
             }
         };
@@ -189,7 +189,7 @@ impl SiteNode {
         let Some(source) = &self.config.policy else { return Ok(None) };
         let (policy, error) = SitePolicy::load_or_last_good(source, &self.layout.policy());
         if let Some(e) = error {
-            eprintln!("outpost-agent (site): site policy not loaded: {e}");
+            tracing::warn!(error = %e, "site policy not loaded");
         }
         match policy {
             Some(p) => {
@@ -206,6 +206,7 @@ impl SiteNode {
     async fn refuse(&self, refusal: Refusal) -> BackendError {
         let site = self.state.lock().ok().and_then(|s| s.site.clone()).map(|s| format!(" of {s}")).unwrap_or_default();
         let message = format!("{} by site policy{site}: rule `{}`: {}", refusal.verb(), refusal.rule, refusal.reason);
+        let refusal_digest = refusal.digest;
         let report = match self.state.lock() {
             Ok(mut state) => {
                 let news = !state.refused.iter().any(|r| {
@@ -218,7 +219,7 @@ impl SiteNode {
                     let excess = state.refused.len().saturating_sub(outpost_shared::update::MAX_REFUSALS);
                     state.refused.drain(..excess);
                     if let Err(e) = device::save_state(&self.layout, &state) {
-                        eprintln!("outpost-agent (site): cannot save state: {e}");
+                        tracing::error!(error = %e, "cannot save state");
                     }
                     state.report(&message)
                 })
@@ -226,13 +227,13 @@ impl SiteNode {
             Err(_) => None,
         };
         if let Some(report) = report {
-            eprintln!("outpost-agent (site): {message}");
+            tracing::warn!(package = refusal_digest.short(), "{message}");
             let sent = async {
                 let body = canonical::to_vec(&report).map_err(|e| e.to_string())?;
                 self.client().await.map_err(|e| e.to_string())?.report(&body).await.map_err(|e| e.to_string())
             };
             if let Err(e) = sent.await {
-                eprintln!("outpost-agent (site): cannot report the refusal to the hub: {e}");
+                tracing::error!(error = %e, "cannot report the refusal to the hub");
             }
         }
         Box::new(Refused(message))
@@ -305,7 +306,7 @@ impl SiteNode {
             return Err(self.refuse(r).await);
         }
         std::fs::rename(&partial, &cached)?;
-        eprintln!("outpost-agent (site): fetched {tuf_path} ({len} bytes) from the hub once for the site; cached");
+        tracing::info!(path = %tuf_path, bytes = len, "fetched {tuf_path} ({len} bytes) from the hub once for the site; cached");
         Ok((cached, len))
     }
 }
@@ -480,7 +481,11 @@ pub async fn run(
     let mut serve = outpost_net::server::ServeConfig::new(identity);
     serve.bind = bind;
     let server = outpost_net::server::Server::bind(serve, node.clone())?;
-    eprintln!("site node {} serving devices on {} (QUIC)", node.identity().public_key().to_hex(), server.local_addr()?);
-    server.run(shutdown).await;
+    let key = node.identity().public_key().to_hex();
+    let site = node.state.lock().ok().and_then(|s| s.site.clone()).unwrap_or_else(|| "-".into());
+    let span = tracing::info_span!("site_node", node = outpost_net::logging::short(&key), site = %site);
+    let addr = server.local_addr()?;
+    span.in_scope(|| tracing::info!(%addr, "site node {key} serving devices on {addr} (QUIC)"));
+    tracing::Instrument::instrument(server.run(shutdown), span).await;
     Ok(())
 }

@@ -112,7 +112,7 @@ impl SitePolicy {
         match Self::load(source) {
             Ok(p) => {
                 if let Err(e) = p.keep(keep_dir) {
-                    eprintln!("outpost-agent: cannot keep a copy of the site policy: {e}");
+                    tracing::warn!(error = %e, "cannot keep a copy of the site policy");
                 }
                 (Some(p), None)
             }

@@ -230,7 +230,7 @@ impl Listener {
             let stream = match self.listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    eprintln!("outpost-hub: admin socket: accept: {e}");
+                    tracing::error!(error = %e, "admin socket: accept");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -238,7 +238,7 @@ impl Listener {
             let (hub, handler, after) = (hub.clone(), handler.clone(), after.clone());
             tokio::spawn(async move {
                 if let Err(e) = serve_one(stream, hub, handler, limits, after).await {
-                    eprintln!("outpost-hub: admin socket: {e}");
+                    tracing::warn!(error = %e, "admin socket");
                 }
             });
         }
@@ -277,7 +277,7 @@ async fn serve_one<C: Send + Sync + 'static>(
         }
     };
     if let Response::Refused(e) = &response {
-        eprintln!("outpost-hub: admin socket: {e}");
+        tracing::warn!(refused = %e, "admin socket: {e}");
     }
     let body = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;

@@ -97,7 +97,7 @@ impl Gate {
             let problem = match std::fs::read(&path) {
                 Ok(bytes) => match verifier.install_reference_values(&bytes) {
                     Ok(serial) => {
-                        eprintln!("outpost-hub: attestation reference values serial {serial} in use");
+                        tracing::info!(serial, "attestation reference values serial {serial} in use");
                         None
                     }
                     Err(e) => Some(format!("reference values in {}: {e}", path.display())),
@@ -109,7 +109,7 @@ impl Gate {
                 Err(e) => Some(format!("reading {}: {e}", path.display())),
             };
             if problem.is_some() && problem != seen.1 {
-                eprintln!("outpost-hub: attestation: {}", problem.as_deref().unwrap_or_default());
+                tracing::warn!("attestation: {}", problem.as_deref().unwrap_or_default());
             }
             *seen = (now, problem);
         }

@@ -23,6 +23,7 @@ use crate::director::Director;
 use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry, TpmRecord};
 use crate::store::Store;
 use crate::tuf::TufRepo;
+use outpost_net::logging::short;
 use outpost_net::server::{Backend, BackendError, Refused, Submitted, Unattested};
 
 /// The hub's serving backend.
@@ -41,6 +42,8 @@ pub struct HubBackend {
     gate: Gate,
     /// Revoked device keys, as read when [`DEVICE_STATUS_STAMP`] had this stamp.
     revoked: Mutex<Option<RevokedAt>>,
+    /// What the serving process measures itself (appraisal time), for `/metrics`.
+    live: crate::metrics::Live,
 }
 
 /// The revoked device keys, and the device-status stamp they were read at.
@@ -106,77 +109,25 @@ impl HubBackend {
             assignments: Mutex::new(HashMap::new()),
             metadata_cache: Mutex::new(HashMap::new()),
             revoked: Mutex::new(None),
+            live: crate::metrics::Live::default(),
         }
     }
 
-    /// The hub's Prometheus text exposition: devices by status, site and package; releases with their counts and
-    /// recovery time; telemetry per site and latency per model.
+    /// The hub's OpenMetrics exposition (`crate::metrics`): devices by status, site and package and when each was
+    /// last seen; releases with their counts per outcome and stage, state and recovery time; telemetry per site and
+    /// latency per model; attestation appraisal time.
     pub fn metrics(&self) -> Result<String, BackendError> {
-        use std::collections::BTreeMap;
-        use std::fmt::Write as _;
+        self.metrics_as(outpost_shared::metrics::Format::OpenMetrics)
+    }
+
+    /// [`HubBackend::metrics`] in `format`.
+    pub fn metrics_as(&self, format: outpost_shared::metrics::Format) -> Result<String, BackendError> {
         let store = self.store()?;
         let (devices, releases) = (store.devices().devices()?, crate::rollouts::list(store.registry())?);
-        let mut out = String::new();
-        let mut counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-        for d in devices.iter().filter(|d| !d.site_node) {
-            let status = format!("{:?}", d.status).to_lowercase();
-            let package = d.active.map_or("none".to_owned(), |a| a.short());
-            *counts.entry((status, d.shown_site().unwrap_or("-").to_owned(), package)).or_default() += 1;
-        }
-        let _ =
-            writeln!(out, "# HELP outpost_hub_devices Devices by status, site and the package they report running.");
-        let _ = writeln!(out, "# TYPE outpost_hub_devices gauge");
-        for ((status, site, package), n) in &counts {
-            let _ =
-                writeln!(out, "outpost_hub_devices{{status=\"{status}\",site=\"{site}\",package=\"{package}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP outpost_hub_release_devices Devices of a release by outcome.");
-        let _ = writeln!(out, "# TYPE outpost_hub_release_devices gauge");
-        let _ =
-            writeln!(out, "# HELP outpost_hub_release_recovery_seconds Rollback recovery time of an aborted release.");
-        let _ = writeln!(out, "# TYPE outpost_hub_release_recovery_seconds gauge");
-        for (id, r) in &releases {
-            let c = r.rollout.status().cohort;
-            for (outcome, n) in [
-                ("pending", c.pending),
-                ("installed", c.installed),
-                ("failed", c.failed),
-                ("rolled_back", c.rolled_back),
-                ("rejected_by_policy", c.rejected_by_policy),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "outpost_hub_release_devices{{release=\"{id}\",package=\"{}\",outcome=\"{outcome}\"}} {n}",
-                    r.package
-                );
-            }
-            if let Some(t) = r.rollout.recovery_time() {
-                let _ = writeln!(out, "outpost_hub_release_recovery_seconds{{release=\"{id}\"}} {}", t.as_secs());
-            }
-        }
-        let groups = self
-            .store()?
-            .telemetry()
-            .aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?;
-        let _ = writeln!(out, "# HELP outpost_hub_telemetry_events Telemetry events stored, by site and kind.");
-        let _ = writeln!(out, "# TYPE outpost_hub_telemetry_events gauge");
-        for g in &groups {
-            for (kind, n) in &g.summary.by_kind {
-                let _ = writeln!(out, "outpost_hub_telemetry_events{{site=\"{}\",kind=\"{kind}\"}} {n}", g.key);
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP outpost_hub_inference_seconds Inference latency reported by devices, per site and model."
-        );
-        let _ = writeln!(out, "# TYPE outpost_hub_inference_seconds histogram");
-        for g in &groups {
-            for (model, i) in &g.summary.inference {
-                let labels = [("site", g.key.as_str()), ("model", &model[..12.min(model.len())])];
-                i.latency.write_prometheus(&mut out, "outpost_hub_inference_seconds", &labels);
-            }
-        }
-        Ok(out)
+        let telemetry =
+            store.telemetry().aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?;
+        let fleet = crate::metrics::Fleet { devices: &devices, releases: &releases, telemetry: &telemetry };
+        Ok(outpost_shared::metrics::encode(&crate::metrics::registry(&fleet, &self.live), format))
     }
 
     /// Deletes telemetry the hub received longer ago than `retention`; returns how many events went.
@@ -207,6 +158,7 @@ impl HubBackend {
     fn appraise_and_record(&self, p: &Presented<'_>) -> Result<AttestationResult, Unattested> {
         let verifier = self.gate.verifier().map_err(Unattested)?;
         let key = p.device.to_hex();
+        let started = self.clock.monotonic();
         let now = self.clock.wall();
         let (record, (assigned, eligible)) = self
             .with_registry(|reg| {
@@ -218,7 +170,7 @@ impl HubBackend {
                 Ok((record, expected))
             })
             .map_err(|e| {
-                eprintln!("outpost-hub: attestation: the device record and assignment of {key}: {e}");
+                tracing::error!(device = short(&key), error = %e, "attestation: reading the device record and assignment");
                 Unattested("internal error".into())
             })?;
         // The claims only shape what is expected; the verifier checks the signature before judging any of it.
@@ -232,21 +184,31 @@ impl HubBackend {
             claimed_policy: claims.as_ref().and_then(|c| c.policy_digest),
         };
         let outcome = verifier.appraise(p, &directory);
+        let result = match &outcome {
+            Ok(r) if r.status == Status::Affirming => "affirming",
+            Ok(_) => "warning",
+            Err(_) => "contraindicated",
+        };
+        let took = self.clock.monotonic().saturating_sub(started);
+        self.live.appraised(result, took.as_secs_f64());
         let at = self.clock.wall();
         let entry = match &outcome {
-            Ok(r) => AttestationRecord {
-                at,
-                status: if r.status == Status::Affirming { "affirming" } else { "warning" }.into(),
-                tier: Some(if r.tier == Tier::Hardware { "hardware" } else { "software" }.into()),
-                expires: Some(r.expires),
-                software: Some(format!("{} {}", r.software.0, r.software.1)),
-                bootcount: Some(r.bootcount),
-                model: claims.as_ref().and_then(|c| c.model_digest),
-                policy: claims.as_ref().and_then(|c| c.policy_digest),
-                detail: (!r.concerns.is_empty()).then(|| format!("{:?}", r.concerns)),
-            },
+            Ok(r) => {
+                tracing::info!(device = short(&key), result, tier = ?r.tier, took_ms = took.as_millis() as u64, "attested");
+                AttestationRecord {
+                    at,
+                    status: if r.status == Status::Affirming { "affirming" } else { "warning" }.into(),
+                    tier: Some(if r.tier == Tier::Hardware { "hardware" } else { "software" }.into()),
+                    expires: Some(r.expires),
+                    software: Some(format!("{} {}", r.software.0, r.software.1)),
+                    bootcount: Some(r.bootcount),
+                    model: claims.as_ref().and_then(|c| c.model_digest),
+                    policy: claims.as_ref().and_then(|c| c.policy_digest),
+                    detail: (!r.concerns.is_empty()).then(|| format!("{:?}", r.concerns)),
+                }
+            }
             Err(e) => {
-                eprintln!("outpost-hub: device {key} {e}");
+                tracing::warn!(device = short(&key), result, reason = %e.reason, "attestation refused: {e}");
                 AttestationRecord {
                     at,
                     status: "contraindicated".into(),
@@ -263,7 +225,7 @@ impl HubBackend {
         if directory.record.is_some()
             && let Err(e) = self.store().and_then(|s| Ok(s.devices().device_attested(&key, entry)?))
         {
-            eprintln!("outpost-hub: attestation: recording the result for {key}: {e}");
+            tracing::error!(device = short(&key), error = %e, "attestation: recording the result");
         }
         outcome.map_err(|e| Unattested(e.reason.to_string()))
     }
@@ -472,7 +434,7 @@ impl HubBackend {
         match self.store()?.devices().enroll(&key, token, hardware, tpm)? {
             Ok(d) => {
                 let tier = if d.tpm.is_some() { "hardware tier (TPM)" } else { "software tier" };
-                eprintln!("outpost-hub: enrolled device {key} on channel {} with a one-time token, {tier}", d.channel);
+                tracing::info!(device = short(&key), channel = %d.channel, tier, "enrolled device {key} on channel {} with a one-time token, {tier}", d.channel);
                 Ok(())
             }
             Err(e) => Err(Box::new(Refused(format!("enrolment refused: {e}")))),
@@ -499,7 +461,7 @@ impl HubBackend {
             let (now, key, store) = (self.clock.wall(), hex::encode(device), self.store()?);
             store.devices().device_reported(&key, &report)?;
             for (release, effect) in crate::rollouts::on_report(store.registry(), &key, &report, now)? {
-                eprintln!("outpost-hub: release {release}: {}", crate::rollouts::describe(&effect));
+                crate::rollouts::log(&release, &effect);
             }
         }
         Ok(())
@@ -579,7 +541,7 @@ impl Backend for HubBackend {
             None => {
                 attesting(move || {
                     self.revoked_slow(&result.device).map_err(|e| {
-                        eprintln!("outpost-hub: attestation: reading revoked devices: {e}");
+                        tracing::error!(error = %e, "attestation: reading revoked devices");
                         Unattested("internal error".into())
                     })
                 })

@@ -15,6 +15,7 @@ pub mod config;
 pub mod controller;
 pub mod director;
 pub mod evaluate;
+pub mod metrics;
 pub mod registry;
 pub mod rollouts;
 pub mod service;

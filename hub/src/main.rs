@@ -57,7 +57,11 @@ fn run(mut command: Command, dir: &std::path::Path, o: &mut Out<'_>) -> Result<u
             writeln!(o.out, "{}", id.public_key().to_hex())?;
             return Ok(0);
         }
-        Command::Serve { bind, metrics } => return cli::serve::serve(dir, bind, metrics, o).map(|()| 0),
+        Command::Serve { bind, metrics, log_format, log_level } => {
+            let format = log_format.parse()?;
+            outpost_net::logging::init(format, log_level.as_deref())?;
+            return cli::serve::serve(dir, bind, metrics, o).map(|()| 0);
+        }
         _ => {}
     }
     if alone {

@@ -262,6 +262,15 @@ fn apply_retries(reg: &Registry, effects: &[Effect]) -> Result<(), RegistryError
     Ok(())
 }
 
+/// Logs what happened to `release`: an abort as a warning, the rest as information.
+pub fn log(release: &str, e: &Effect) {
+    let what = describe(e);
+    match e {
+        Effect::Abort { .. } => tracing::warn!(release, "release {release}: {what}"),
+        _ => tracing::info!(release, "release {release}: {what}"),
+    }
+}
+
 /// One effect, for logs and the CLI.
 pub fn describe(e: &Effect) -> String {
     let n = |d: &[String]| format!("{} device{}", d.len(), if d.len() == 1 { "" } else { "s" });

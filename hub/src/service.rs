@@ -272,6 +272,11 @@ impl Running {
         self.server.local_addr()
     }
 
+    /// The address `/metrics` is served on, if it is (with the port chosen when the config asked for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The backend serving devices (for tests to look at what a device would be served).
     pub fn backend(&self) -> &Arc<HubBackend> {
         &self.backend
@@ -300,28 +305,31 @@ impl Running {
         } = self;
         let gate = backend.gate();
         if !gate.required() {
-            eprintln!("warning: [attestation] required = false in hub.toml: devices are served without attestation");
+            tracing::warn!("[attestation] required = false in hub.toml: devices are served without attestation");
         } else {
             match gate.readiness() {
-                Ok(serial) => eprintln!("attestation required; reference values serial {serial} installed"),
-                Err(why) => eprintln!(
-                    "warning: attestation is required but nobody can be attested, so nothing will be served: {why}"
+                Ok(serial) => {
+                    tracing::info!(serial, "attestation required; reference values serial {serial} installed")
+                }
+                Err(why) => tracing::warn!(
+                    "attestation is required but nobody can be attested, so nothing will be served: {why}"
                 ),
             }
         }
         if let Ok(addr) = server.local_addr() {
-            eprintln!("serving on {addr} (udp), hub key {key}");
+            tracing::info!(%addr, hub_key = %key, "serving on {addr} (udp), hub key {key}");
         }
         let mut jobs = tokio::task::JoinSet::new();
         if let (Some(listener), Some(handler)) = (admin, handler) {
-            eprintln!("admin commands on {}", admin::socket_path(&dir).display());
+            let socket = admin::socket_path(&dir);
+            tracing::info!(socket = %socket.display(), "admin commands on {}", socket.display());
             let b = backend.clone();
             let after: Arc<dyn Fn() + Send + Sync> = Arc::new(move || b.forget_cached());
             jobs.spawn(listener.run(hub.clone(), handler, admin_limits, after));
         }
         if let Some(listener) = metrics {
             if let Ok(addr) = listener.local_addr() {
-                eprintln!("metrics on http://{addr}/metrics");
+                tracing::info!(%addr, "metrics on http://{addr}/metrics");
             }
             jobs.spawn(serve_metrics(listener, backend.clone()));
         }
@@ -335,7 +343,7 @@ impl Running {
             move || {
                 let n = b.apply_telemetry_retention(retention).map_err(|e| e.to_string())?;
                 if n > 0 {
-                    eprintln!("telemetry: pruned {n} events past the retention period");
+                    tracing::info!(events = n, "telemetry: pruned {n} events past the retention period");
                 }
                 Ok(())
             }
@@ -350,7 +358,7 @@ impl Running {
             move || run_controller(&hub)
         }));
         server.run(shutdown).await;
-        eprintln!("shutting down");
+        tracing::info!("shutting down");
         jobs.shutdown().await;
     }
 }
@@ -362,7 +370,7 @@ async fn judge_rollouts(backend: Arc<HubBackend>, bound: Duration) {
         let b = backend.clone();
         let judged = tokio::task::spawn_blocking(move || -> Result<Duration, String> {
             for (id, e) in b.tick_rollouts().map_err(|e| e.to_string())? {
-                eprintln!("release {id}: {}", crate::rollouts::describe(&e));
+                crate::rollouts::log(&id, &e);
             }
             b.rollout_wait().map_err(|e| e.to_string())
         })
@@ -370,11 +378,11 @@ async fn judge_rollouts(backend: Arc<HubBackend>, bound: Duration) {
         let wait = match judged {
             Ok(Ok(wait)) => wait.min(bound),
             Ok(Err(e)) => {
-                eprintln!("error: judging rollouts: {e}");
+                tracing::error!(error = %e, "judging rollouts");
                 bound
             }
             Err(e) => {
-                eprintln!("error: judging rollouts task: {e}");
+                tracing::error!(error = %e, "judging rollouts task");
                 bound
             }
         };
@@ -393,7 +401,7 @@ fn resign(hub: &Hub) -> Result<(), String> {
         director.refresh_revocations(now).map_err(|e| e.to_string())?;
     }
     if resigned {
-        eprintln!("re-signed snapshot and timestamp");
+        tracing::info!("re-signed snapshot and timestamp");
     }
     Ok(())
 }
@@ -409,7 +417,10 @@ fn run_controller(hub: &Hub) -> Result<(), String> {
         crate::controller::run(store, &hub.repo(), None, hub.clock().wall()).map_err(|e| e.to_string())?;
     let stored = proposals.iter().filter(|(id, _)| id.is_some()).count();
     if stored > 0 {
-        eprintln!("controller: {stored} proposal(s) to review (`outpost-hub controller list`)");
+        tracing::info!(
+            proposals = stored,
+            "controller: {stored} proposal(s) to review (`outpost-hub controller list`)"
+        );
     }
     Ok(())
 }
@@ -423,28 +434,35 @@ async fn every(period: Duration, what: &'static str, job: impl Fn() -> Result<()
         let j = job.clone();
         match tokio::task::spawn_blocking(move || j()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("error: {what}: {e}"),
-            Err(e) => eprintln!("error: {what} task: {e}"),
+            Ok(Err(e)) => tracing::error!(job = what, error = %e, "{what}"),
+            Err(e) => tracing::error!(job = what, error = %e, "{what} task"),
         }
     }
 }
 
-/// Serves the Prometheus text exposition at `/metrics`.
+/// Serves the OpenMetrics exposition at `/metrics`.
 async fn serve_metrics(listener: tokio::net::TcpListener, backend: Arc<HubBackend>) {
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let b = backend.clone();
+            let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = outpost_shared::metrics::Format::negotiate(accept);
             async move {
-                match tokio::task::spawn_blocking(move || b.metrics().map_err(|e| e.to_string())).await {
-                    Ok(Ok(text)) => (axum::http::StatusCode::OK, text),
-                    Ok(Err(e)) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e),
-                    Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                use axum::http::{StatusCode, header};
+                let failed = |e: String| {
+                    tracing::error!(error = %e, "metrics");
+                    (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], e)
+                };
+                match tokio::task::spawn_blocking(move || b.metrics_as(format).map_err(|e| e.to_string())).await {
+                    Ok(Ok(text)) => (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], text),
+                    Ok(Err(e)) => failed(e),
+                    Err(e) => failed(e.to_string()),
                 }
             }
         }),
     );
     if let Err(e) = axum::serve(listener, app).await {
-        eprintln!("error: metrics endpoint: {e}");
+        tracing::error!(error = %e, "metrics endpoint");
     }
 }

@@ -1,5 +1,6 @@
 //! Outpost's protocol in motion, shared by the hub, the site node and the agent: the QUIC [`server`] and
-//! [`client`], their raw-public-key TLS configs ([`tls`]), and the one TUF [`transport`] seam.
+//! [`client`], their raw-public-key TLS configs ([`tls`]), the one TUF [`transport`] seam, and the log subscriber
+//! the binaries install ([`logging`]; the libraries only emit `tracing` events).
 //!
 //! The protocol itself (frames, requests, limits) is sans-IO in `outpost_shared::wire`; each connection's admission
 //! and attestation rules are sans-IO in [`session`]. This crate adds only the tokio + quinn driving around them,
@@ -7,6 +8,7 @@
 //! nor its signing code, so the edge agent depends on it and not on `outpost-hub`.
 
 pub mod client;
+pub mod logging;
 pub mod server;
 pub mod session;
 pub mod tls;

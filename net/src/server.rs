@@ -345,7 +345,11 @@ pub async fn push_revocations(
         let Ok(Some(now)) = tokio::task::spawn_blocking(move || read()).await else { continue };
         if last.is_some_and(|l| now > l) {
             let n = notifier.broadcast(&Response::Notice { revocations: now });
-            eprintln!("outpost-net: revocation list v{now}: notice pushed to {n} connection(s)");
+            tracing::info!(
+                revocations = now,
+                connections = n,
+                "revocation list v{now}: notice pushed to {n} connection(s)"
+            );
         }
         last = Some(last.map_or(now, |l: u64| l.max(now)));
     }
@@ -463,18 +467,28 @@ impl<B: Backend> Server<B> {
                 continue;
             };
             let (shared, connections, limit) = (self.shared.clone(), self.connections.clone(), self.handshake_timeout);
-            tokio::spawn(async move {
-                // A failed handshake (wrong ALPN, no client key, a peer that goes quiet) ends here.
-                let handshake_done = timeout(limit, async { incoming.accept()?.await }).await;
-                drop(handshake);
-                let Ok(Ok(conn)) = handshake_done else { return };
-                // The connection slot is taken only now, so unfinished handshakes never hold one.
-                let Ok(permit) = connections.try_acquire_owned() else {
-                    return close(&conn, codes::CLOSE_BUSY, "too many connections");
-                };
-                serve_connection(conn, shared).await;
-                drop(permit);
-            });
+            // `conn` and `device` are filled in once the handshake names them.
+            let span = tracing::info_span!(
+                "connection",
+                conn = tracing::field::Empty,
+                device = tracing::field::Empty,
+                remote = %incoming.remote_address()
+            );
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    // A failed handshake (wrong ALPN, no client key, a peer that goes quiet) ends here.
+                    let handshake_done = timeout(limit, async { incoming.accept()?.await }).await;
+                    drop(handshake);
+                    let Ok(Ok(conn)) = handshake_done else { return };
+                    // The connection slot is taken only now, so unfinished handshakes never hold one.
+                    let Ok(permit) = connections.try_acquire_owned() else {
+                        return close(&conn, codes::CLOSE_BUSY, "too many connections");
+                    };
+                    serve_connection(conn, shared).await;
+                    drop(permit);
+                },
+                span,
+            ));
         }
         self.endpoint.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"shutting down");
         self.endpoint.wait_idle().await;
@@ -510,8 +524,12 @@ async fn serve_connection<B: Backend>(conn: Connection, shared: Arc<Shared<B>>) 
         close(&conn, codes::CLOSE_BAD_IDENTITY, "no Ed25519 device key");
         return;
     };
+    let span = tracing::Span::current();
+    span.record("conn", conn.stable_id());
+    span.record("device", crate::logging::short(&device.to_hex()));
     let admitted = shared.backend.clone().device_allowed(device.0).await;
     if !admitted && !shared.backend.clone().enrolment_open().await {
+        tracing::info!("unknown device: connection closed");
         close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "unknown device");
         return;
     }
@@ -534,11 +552,14 @@ async fn serve_connection<B: Backend>(conn: Connection, shared: Arc<Shared<B>>) 
         tokio::select! {
             streams = conn.accept_bi() => match streams {
                 // quinn's max_concurrent_bidi_streams bounds how many of these tasks a connection has at once.
-                Ok((send, recv)) => drop(tokio::spawn(serve_stream(send, recv, ctx.clone(), shared.clone()))),
+                Ok((send, recv)) => drop(tokio::spawn(tracing::Instrument::in_current_span(
+                    serve_stream(send, recv, ctx.clone(), shared.clone()),
+                ))),
                 Err(_) => return,
             },
             _ = recheck.tick() => {
                 if !shared.backend.clone().device_allowed(device.0).await {
+                    tracing::info!("device no longer allowed: connection closed");
                     close(&conn, codes::CLOSE_UNKNOWN_DEVICE, "device no longer allowed");
                     return;
                 }
@@ -850,7 +871,7 @@ fn refusal(e: BackendError) -> Response {
     match e.downcast::<Refused>() {
         Ok(refused) => Response::error(ErrorCode::Forbidden, refused.0),
         Err(e) => {
-            eprintln!("outpost-net: backend error: {e}");
+            tracing::error!(error = %e, "backend error");
             internal()
         }
     }
@@ -912,7 +933,7 @@ async fn send_target<B>(
     let mut f = match opened.await {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("outpost-net: cannot read target {}: {e}", file.display());
+            tracing::error!(file = %file.display(), error = %e, "cannot read target {}", file.display());
             return respond(send, &internal(), shared).await;
         }
     };
@@ -930,7 +951,7 @@ async fn send_target<B>(
         let mut buf = vec![0u8; want];
         let n = match f.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                eprintln!("outpost-net: target {} is shorter than its recorded {total} bytes", file.display());
+                tracing::error!(file = %file.display(), total, "target {} is shorter than its recorded {total} bytes", file.display());
                 let _ = send.reset(VarInt::from_u32(codes::STREAM_INTERNAL));
                 return;
             }

@@ -16,6 +16,8 @@ pub mod director;
 pub mod errors;
 pub mod evaluation;
 pub mod manifest;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod model;
 #[cfg(feature = "npy")]

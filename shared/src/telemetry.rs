@@ -205,6 +205,30 @@ impl EventKind {
     }
 }
 
+/// A histogram built elsewhere (telemetry from devices, counts kept by the agent) exposed as an OpenMetrics
+/// histogram on [`Histogram::octave_buckets`]; the encoder escapes label values.
+#[cfg(feature = "prometheus")]
+impl prometheus_client::encoding::EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets = self.octave_buckets();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum_us as f64 / 1e6,
+            self.count(),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl prometheus_client::metrics::TypedMetric for Histogram {
+    const TYPE: prometheus_client::metrics::MetricType = prometheus_client::metrics::MetricType::Histogram;
+}
+
 /// Latencies on fixed log-scale buckets, in microseconds: four buckets per power of two, so any recorded value
 /// is known to within 25% of its bucket's lower bound, whatever the model's speed.
 ///
@@ -312,40 +336,38 @@ impl Histogram {
         None
     }
 
-    /// Appends the histogram in Prometheus text exposition format, in seconds: `NAME_bucket{LABELS,le="..."}`
-    /// lines, cumulative, at every power-of-two boundary (a fixed set, so series from many devices or models sum
-    /// by `le`), then `+Inf`, `NAME_sum` and `NAME_count`. Latencies are whole microseconds, so the bound below
-    /// 2^k µs is exactly `le = 2^k − 1` µs. The caller writes the `# HELP` and `# TYPE NAME histogram` lines.
-    pub fn write_prometheus(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
-        use std::fmt::Write as _;
-        let mut prefix = String::new();
-        for (k, v) in labels {
-            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-            let _ = write!(prefix, "{k}=\"{v}\",");
-        }
-        let mut cumulative = 0u64;
+    /// The histogram on Prometheus buckets, in seconds: `(le, count)` for every power-of-two boundary (a fixed
+    /// set, so series from many devices or models sum by `le`), then `+Inf`; counts per bucket, not cumulative
+    /// (the encoder adds them up). Latencies are whole microseconds, so the bound below 2^k µs is exactly
+    /// `le = 2^k − 1` µs.
+    pub fn octave_buckets(&self) -> Vec<(f64, u64)> {
+        let mut out = Vec::with_capacity(Self::OCTAVES as usize + 1);
         let mut buckets = self.buckets().peekable();
         // Octave k ends just below 2^k µs, with bucket 4(k−1) − 1 (k ≥ 2), or bucket 1 for k = 1.
-        for k in 1..=28u32 {
+        for k in 1..=Self::OCTAVES {
             let last_index = if k == 1 { 1 } else { 4 * (k as usize - 1) - 1 };
-            while let Some(&(i, n)) = buckets.peek() {
+            let mut n = 0u64;
+            while let Some(&(i, c)) = buckets.peek() {
                 if i > last_index {
                     break;
                 }
-                cumulative = cumulative.saturating_add(n);
+                n = n.saturating_add(c);
                 buckets.next();
             }
-            let le = ((1u64 << k) - 1) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"{le}\"}} {cumulative}");
+            out.push((((1u64 << k) - 1) as f64 / 1e6, n));
         }
-        let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"+Inf\"}} {}", self.count());
-        let labels = match prefix.trim_end_matches(',') {
-            "" => String::new(),
-            l => format!("{{{l}}}"),
-        };
-        let _ = writeln!(out, "{name}_sum{labels} {}", self.sum_us as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count{labels} {}", self.count());
+        out.push((f64::INFINITY, buckets.fold(0u64, |a, (_, c)| a.saturating_add(c))));
+        out
     }
+
+    /// The Prometheus bucket bounds [`Histogram::octave_buckets`] uses, in seconds (`+Inf` left out): for a
+    /// live `prometheus_client` histogram whose series sum with ones built from telemetry.
+    pub fn octave_bounds() -> impl Iterator<Item = f64> {
+        (1..=Self::OCTAVES).map(|k| ((1u64 << k) - 1) as f64 / 1e6)
+    }
+
+    /// Powers of two up to the last finite bucket (2^28 µs).
+    const OCTAVES: u32 = 28;
 
     fn check(&self) -> Result<(), TelemetryError> {
         let mut total = 0u64;
@@ -814,27 +836,42 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_buckets_are_cumulative_at_octaves_and_end_at_the_count() {
+    fn octave_buckets_count_each_latency_once_below_its_power_of_two() {
         let mut h = Histogram::new();
         for us in [0, 1, 2, 3, 4, 7, 8, 1000, 1 << 30] {
             h.record_us(us);
         }
-        let mut out = String::new();
-        h.write_prometheus(&mut out, "latency_seconds", &[("model", "m\"1")]);
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 28 + 3);
-        assert_eq!(lines[0], r#"latency_seconds_bucket{model="m\"1",le="0.000001"} 2"#);
-        assert_eq!(lines[1], r#"latency_seconds_bucket{model="m\"1",le="0.000003"} 4"#);
-        assert_eq!(lines[2], r#"latency_seconds_bucket{model="m\"1",le="0.000007"} 6"#);
-        assert_eq!(lines[3], r#"latency_seconds_bucket{model="m\"1",le="0.000015"} 7"#);
+        let b = h.octave_buckets();
+        assert_eq!(b.len(), 28 + 1);
+        assert_eq!(b[0], (0.000001, 2));
+        assert_eq!(b[1], (0.000003, 2));
+        assert_eq!(b[2], (0.000007, 2));
+        assert_eq!(b[3], (0.000015, 1));
         // 1000 µs is below 1023 µs (2^10 − 1).
-        assert_eq!(lines[9], r#"latency_seconds_bucket{model="m\"1",le="0.001023"} 8"#);
-        assert_eq!(lines[27], r#"latency_seconds_bucket{model="m\"1",le="268.435455"} 8"#);
-        assert_eq!(lines[28], r#"latency_seconds_bucket{model="m\"1",le="+Inf"} 9"#);
-        assert_eq!(lines[30], r#"latency_seconds_count{model="m\"1"} 9"#);
-        let mut bare = String::new();
-        Histogram::new().write_prometheus(&mut bare, "x", &[]);
-        assert!(bare.ends_with("x_bucket{le=\"+Inf\"} 0\nx_sum 0\nx_count 0\n"), "{bare}");
+        assert_eq!(b[9], (0.001023, 1));
+        assert_eq!(b[27], (268.435455, 0));
+        assert_eq!(b[28], (f64::INFINITY, 1));
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), h.count());
+        let bounds: Vec<f64> = Histogram::octave_bounds().collect();
+        assert_eq!(bounds, b[..28].iter().map(|(le, _)| *le).collect::<Vec<_>>());
+    }
+
+    #[cfg(feature = "prometheus")]
+    #[test]
+    fn a_histogram_encodes_as_an_openmetrics_histogram_with_escaped_labels() {
+        let mut h = Histogram::new();
+        h.record_us(1000);
+        let mut family = crate::metrics::Snapshot::new("latency_seconds", "Latency.");
+        family.push(vec![("model", "m\"1\nx".to_owned())], h);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(family));
+        let out = crate::metrics::encode(&registry, crate::metrics::Format::OpenMetrics);
+        assert!(out.contains("# TYPE latency_seconds histogram\n"), "{out}");
+        assert!(out.contains(r#"latency_seconds_bucket{le="0.000511",model="m\"1\nx"} 0"#), "{out}");
+        assert!(out.contains(r#"latency_seconds_bucket{le="0.001023",model="m\"1\nx"} 1"#), "{out}");
+        assert!(out.contains(r#"latency_seconds_bucket{le="+Inf",model="m\"1\nx"} 1"#), "{out}");
+        assert!(out.contains(r#"latency_seconds_sum{model="m\"1\nx"} 0.001"#), "{out}");
+        assert!(out.contains(r#"latency_seconds_count{model="m\"1\nx"} 1"#), "{out}");
     }
 
     #[test]

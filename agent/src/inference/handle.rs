@@ -184,13 +184,13 @@ impl Served {
 pub type InferenceObserver = dyn Fn(&Served, bool, std::time::Duration) + Send + Sync;
 
 /// What `GET /metrics` reports of one served model.
-#[derive(Default)]
-struct Counts {
-    name: String,
-    version: String,
-    inferences: u64,
-    failures: u64,
-    latency: Histogram,
+#[derive(Default, Clone)]
+pub(crate) struct Counts {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) inferences: u64,
+    pub(crate) failures: u64,
+    pub(crate) latency: Histogram,
 }
 
 /// The active model, swapped atomically. Each request takes its own `Arc` of the model current on arrival.
@@ -203,6 +203,8 @@ pub struct ModelHandle {
     counters: std::sync::Mutex<BTreeMap<Digest, Counts>>,
     /// A package running in shadow: fed a share of answered requests, never serving.
     shadow: RwLock<Option<Arc<Shadow>>>,
+    /// The update loop's timings (check latency, download time), for `GET /metrics`.
+    metrics: crate::metrics::AgentMetrics,
 }
 
 /// A shadow model and how its answers compared with the active model's.
@@ -255,6 +257,7 @@ impl ModelHandle {
             clock: Some(clock),
             counters: Default::default(),
             shadow: RwLock::new(None),
+            metrics: Default::default(),
         }
     }
 
@@ -395,43 +398,21 @@ impl ModelHandle {
         entry.latency.record(took);
     }
 
-    /// The Prometheus text exposition of what this handle served: inferences, failures and latency per model
-    /// (latency only when the handle has a clock), and whether a model is active.
-    pub fn prometheus(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::new();
+    /// The OpenMetrics exposition of what this handle served (inferences, failures and latency per model, latency
+    /// only when the handle has a clock; the active model) and of the update loop's timings: `crate::metrics`.
+    pub fn prometheus(&self, format: outpost_shared::metrics::Format) -> String {
+        crate::metrics::exposition(self, format)
+    }
+
+    /// Per model served so far: name, version, inferences, failures, latency.
+    pub(crate) fn counts(&self) -> Vec<Counts> {
         let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = writeln!(out, "# HELP outpost_agent_inferences_total Inferences that reached a model.");
-        let _ = writeln!(out, "# TYPE outpost_agent_inferences_total counter");
-        for c in counters.values() {
-            let (name, version, n) = (&c.name, &c.version, c.inferences);
-            let _ = writeln!(out, "outpost_agent_inferences_total{{model=\"{name}\",version=\"{version}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP outpost_agent_inference_failures_total Inferences the model failed.");
-        let _ = writeln!(out, "# TYPE outpost_agent_inference_failures_total counter");
-        for c in counters.values() {
-            let (name, version, e) = (&c.name, &c.version, c.failures);
-            let _ =
-                writeln!(out, "outpost_agent_inference_failures_total{{model=\"{name}\",version=\"{version}\"}} {e}");
-        }
-        let _ = writeln!(out, "# HELP outpost_agent_inference_seconds Time the model took per inference.");
-        let _ = writeln!(out, "# TYPE outpost_agent_inference_seconds histogram");
-        for c in counters.values() {
-            let labels = [("model", c.name.as_str()), ("version", c.version.as_str())];
-            c.latency.write_prometheus(&mut out, "outpost_agent_inference_seconds", &labels);
-        }
-        let _ = writeln!(out, "# HELP outpost_agent_model_active The model served now (1), by digest.");
-        let _ = writeln!(out, "# TYPE outpost_agent_model_active gauge");
-        if let Some(m) = self.current() {
-            let _ = writeln!(
-                out,
-                "outpost_agent_model_active{{model=\"{}\",version=\"{}\",digest=\"{}\"}} 1",
-                m.name(),
-                m.version(),
-                m.digest().to_hex()
-            );
-        }
-        out
+        counters.values().cloned().collect()
+    }
+
+    /// The update loop's timings, exposed with the inference counters.
+    pub fn metrics(&self) -> &crate::metrics::AgentMetrics {
+        &self.metrics
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Served>>> {

@@ -215,8 +215,10 @@ fn select(app: &App, name: &str, version: Option<&str>) -> Result<Arc<Served>, I
     Ok(served)
 }
 
-async fn metrics(State(app): AppState) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.handle.prometheus()).into_response()
+async fn metrics(State(app): AppState, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = outpost_shared::metrics::Format::negotiate(accept);
+    ([(header::CONTENT_TYPE, format.content_type())], app.handle.prometheus(format)).into_response()
 }
 
 async fn server_ready(State(app): AppState) -> Response {

@@ -106,9 +106,17 @@ pub enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR")]
         bind: std::net::SocketAddr,
-        /// Also serve Prometheus metrics over HTTP at http://ADDR/metrics (devices, releases, telemetry).
+        /// Also serve Prometheus metrics (OpenMetrics text) over HTTP at http://ADDR/metrics (devices, releases,
+        /// telemetry, attestation).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Log lines on stderr as `text` (for people; colour only on a terminal) or `json` (one object per line).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+        /// Which log events to write, in `RUST_LOG` syntax (`debug`, `outpost_net=debug,info`); default:
+        /// `$RUST_LOG`, else `info`.
+        #[arg(long, value_name = "FILTER")]
+        log_level: Option<String>,
     },
     /// Packages refused by site policies, as devices and site nodes last reported them: per release (how many
     /// devices rejected or deferred it, and by which rule) and per site. Policy refusals are not failures.

@@ -255,6 +255,7 @@ fn curl_download_gbps(port: u16, s: &Setup) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    outpost_sim::log_warnings();
     eprintln!("setting up a hub with a {} MiB package...", PADDING_FLOATS * 4 / (1024 * 1024));
     let s = setup()?;
     let (addr, hub_key, device) = start_hub(&s)?;

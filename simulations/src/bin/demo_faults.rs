@@ -68,6 +68,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    outpost_sim::log_warnings();
     let cli = Cli::parse();
     match cli.command {
         Cmd::BrokenSmoke { package, version, channel, key } => {

@@ -85,6 +85,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn main() -> Result<()> {
+    outpost_sim::log_warnings();
     // `bench-agent [SECTION...]` runs only those sections (verify, api, runtime, failover, rss, size); none: all.
     let only: Vec<String> = std::env::args().skip(1).collect();
     let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
