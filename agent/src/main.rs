@@ -171,7 +171,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", outpost_shared::errors::one_line(e.chain()));
+            outpost_net::logging::fatal(&outpost_shared::errors::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }

@@ -197,6 +197,26 @@ fn one_update_check_logs_json_lines_carrying_the_device_and_the_package() {
 }
 
 #[test]
+fn a_fatal_error_under_json_logging_is_a_json_line_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nowhere").join("agent.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .args(["run", "--once", "--log-format", "json", "--config", missing.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    let fatal = lines.iter().find(|l| l["message"] == "fatal").unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(fatal["level"], "ERROR");
+    assert!(fatal["error"].as_str().unwrap().contains("agent.toml"), "{fatal}");
+}
+
+#[test]
 fn a_real_prometheus_scrapes_the_hub_and_the_agent_and_a_hostile_site_name_stays_one_label() {
     let (prometheus, promtool) = (tool("prometheus"), tool("promtool"));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

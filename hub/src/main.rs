@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     match run(cli.command, &data_dir, &mut o) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let _ = writeln!(o.err, "error: {}", outpost_shared::errors::one_line(e.chain()));
+            outpost_net::logging::fatal(&outpost_shared::errors::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }

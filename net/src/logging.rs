@@ -5,6 +5,7 @@
 //! stderr, so a one-shot command's stdout stays what a script reads.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +74,22 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), LoggingError> 
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init(),
     };
-    installed.map_err(|_| LoggingError::AlreadyInstalled)
+    installed.map_err(|_| LoggingError::AlreadyInstalled)?;
+    let _ = INSTALLED.set(format);
+    Ok(())
+}
+
+/// The format [`init`] installed, if it ran.
+static INSTALLED: OnceLock<LogFormat> = OnceLock::new();
+
+/// A binary's last word on a fatal error: a JSON `error` event when the process logs JSON (a log pipeline reads
+/// every line), else the plain `error: …` line people read.
+pub fn fatal(message: &str) {
+    if INSTALLED.get() == Some(&LogFormat::Json) {
+        tracing::error!(error = message, "fatal");
+    } else {
+        eprintln!("error: {message}");
+    }
 }
 
 /// The short form of a key or digest in log fields and spans: its first 12 hex characters, like
