@@ -266,7 +266,8 @@ pub type Proposed = (Option<Digest>, Proposal);
 
 /// Runs the controller over `capability` (or every registered one) under the registered policy, stores every
 /// proposal that is not a plain no-op (held-back ones included: they explain what the controls stopped) unless
-/// the same proposal is still pending, and returns all proposals with the stored (or pending) ones' ids.
+/// the same proposal is still pending or was rejected under this policy, and returns all proposals with the
+/// stored (or standing) ones' ids.
 pub fn run(
     store: &Store,
     repo: &TufRepo,
@@ -291,9 +292,10 @@ pub fn run(
         for (f, champion) in &facts {
             let champion = champion.filter(|c| *c != f.package).and_then(|c| scored.get(&c).cloned());
             let p = controller::propose(f, champion.as_ref(), &policy, &history(&decided, &f.package), now);
-            // A proposal still pending for the package (same action, same policy) stands: runs do not pile up copies.
+            // A proposal still pending for the package (same action, same policy) stands, and so does a rejection
+            // of it until the policy changes: runs neither pile up copies nor ask again what was refused.
             let pending = decided.iter().find(|(_, q, d)| {
-                d.is_none()
+                d.as_ref().is_none_or(|d| !d.approved)
                     && q.package == p.package
                     && q.action == p.action
                     && q.policy == p.policy

@@ -208,3 +208,27 @@ fn a_projection_far_from_actuals_is_flagged() {
     assert_eq!(recorded.reconciliation.flagged, vec!["bytes_to_ship".to_owned()]);
     assert_eq!(recorded.actuals.bytes_shipped, Some(size));
 }
+
+#[test]
+fn a_rejected_proposal_keeps_its_reason_and_can_never_be_approved() {
+    let (hub, offline) = hub_with_candidate();
+    let all = run_json(&hub);
+    let id = proposal_for(&all, "ppocr-direction@2.0.0-int8")["id"].as_str().unwrap().to_owned();
+    let before = support::production(&hub);
+    let key = offline.join("targets-1.key");
+    let no_key = hub.cli(&["controller", "reject", &id[..12], "--reason", "not this quarter"]);
+    assert!(!no_key.status.success(), "a rejection is a key holder's decision too");
+    hub.ok(&["controller", "reject", &id[..12], "--key", key.to_str().unwrap(), "--reason", "not this quarter"]);
+    let shown = hub.ok(&["controller", "show", &id[..12]]);
+    assert!(shown.contains("decision    rejected by") && shown.contains("not this quarter"), "{shown}");
+    let plan = format!("{FIXTURES}/plans/canary.toml");
+    let late = hub.cli(&["controller", "approve", &id[..12], "--key", key.to_str().unwrap(), "--plan", &plan]);
+    assert!(!late.status.success() && stderr(&late).contains("already decided"), "{}", stderr(&late));
+    assert_eq!(support::production(&hub), before, "a rejection changes nothing in the fleet");
+    // The rejection stands under this policy: the next run does not ask again.
+    let again = run_json(&hub);
+    assert_eq!(proposal_for(&again, "ppocr-direction@2.0.0-int8")["id"].as_str().unwrap(), id);
+    let listed = hub.ok(&["controller", "list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.contains("rejected by"), "{listed}");
+}

@@ -67,10 +67,13 @@ pub enum ControllerCmd {
         #[arg(long, value_name = "FILE")]
         plan: Option<PathBuf>,
     },
-    /// Reject a proposal, with the reason kept beside it.
+    /// Reject a proposal, with the reason kept beside it. The key must hold the package's targets role.
     Reject {
         /// Proposal id or a unique prefix.
         id: String,
+        /// The rejecting key holder's offline targets key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
         /// Why.
         #[arg(long)]
         reason: String,
@@ -109,6 +112,7 @@ impl ControllerCmd {
                 abs(key);
                 plan.iter_mut().for_each(abs);
             }
+            ControllerCmd::Reject { key, .. } => abs(key),
             _ => {}
         }
     }
@@ -215,25 +219,20 @@ pub fn run(cmd: ControllerCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
                 explain(o, &id, &p, d.as_ref(), reconciled.as_ref().map(|(_, r)| r), bound)?;
             }
         }
-        ControllerCmd::Reject { id, reason } => {
-            let (id, p, _) = reg.proposal(&id)?;
-            reg.decision_put(
-                &id,
-                &DecisionRecord {
-                    approved: false,
-                    by: "operator".into(),
-                    detail: reason.clone(),
-                    release: None,
-                    at: now,
-                },
-            )?;
-            audit(
-                hub,
-                "operator",
-                AuditAction::Decide,
-                &id.to_hex(),
-                &format!("rejected {} of {}: {reason}", p.action, p.label),
-            )?;
+        ControllerCmd::Reject { id, key, reason } => {
+            let (id, p, decided) = reg.proposal(&id)?;
+            if decided.is_some() {
+                bail!("proposal {} is already decided; decisions are final", &id.to_hex()[..12]);
+            }
+            let (_, manifest) = reg.manifest(&p.package)?;
+            let k = Key::load(&key)?;
+            repo.authorise(outpost_hub::tuf::role_for(manifest.risk_tier), &k, &key)?;
+            let by = key_id(&k.public_bytes());
+            let decision =
+                DecisionRecord { approved: false, by: by.clone(), detail: reason.clone(), release: None, at: now };
+            reg.decision_put(&id, &decision)?;
+            let detail = format!("rejected {} of {}: {reason}", p.action, p.label);
+            audit(hub, &by, AuditAction::Decide, &id.to_hex(), &detail)?;
             writeln!(o.err, "rejected: {} of {}", p.action, p.label)?;
         }
         ControllerCmd::Approve { id, key, plan } => approve(hub, o, &id, &key, plan.as_deref())?,
@@ -244,7 +243,7 @@ pub fn run(cmd: ControllerCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
 fn decision_word(d: Option<&DecisionRecord>, p: &Proposal) -> String {
     match d {
         Some(d) if d.approved => format!("approved by {} ({})", d.by, d.detail),
-        Some(d) => format!("rejected: {}", d.detail),
+        Some(d) => format!("rejected by {}: {}", d.by, d.detail),
         None if p.action == Action::NoOp => "nothing to decide (held back)".into(),
         None => "pending".into(),
     }
