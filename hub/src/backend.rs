@@ -484,7 +484,17 @@ async fn blocking<T: Send + 'static>(
 
 impl Backend for HubBackend {
     async fn device_allowed(self: Arc<Self>, key: [u8; 32]) -> bool {
-        blocking(move || Ok(self.device_approved(&key))).await.unwrap_or(false)
+        // The connection's span learns the device's site here, so one site can be followed through the log.
+        let span = tracing::Span::current();
+        blocking(move || {
+            let site = self.with_registry(|reg| Ok(reg.device(&hex::encode(key))?)).ok().flatten();
+            if let Some(site) = site.as_ref().and_then(|r| r.shown_site()) {
+                span.record("site", site);
+            }
+            Ok(self.device_approved(&key))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     async fn metadata(self: Arc<Self>, name: String) -> Result<Option<Vec<u8>>, BackendError> {

@@ -468,10 +468,12 @@ impl<B: Backend> Server<B> {
             };
             let (shared, connections, limit) = (self.shared.clone(), self.connections.clone(), self.handshake_timeout);
             // `conn` and `device` are filled in once the handshake names them.
+            // `site` is the backend's to record once it knows the device (the hub does, from its record).
             let span = tracing::info_span!(
                 "connection",
                 conn = tracing::field::Empty,
                 device = tracing::field::Empty,
+                site = tracing::field::Empty,
                 remote = %incoming.remote_address()
             );
             tokio::spawn(tracing::Instrument::instrument(
