@@ -13,7 +13,6 @@ use outpost_shared::controller::{
 };
 use outpost_shared::evaluation::{EvaluationRecord, QUALITY_METRICS};
 use outpost_shared::manifest::RiskTier;
-use outpost_shared::rollout::{Position, State};
 use outpost_shared::telemetry::Histogram;
 
 use crate::boundary::{self, BoundaryError};
@@ -90,10 +89,11 @@ fn quality(mine: &EvaluationRecord, champion: &EvaluationRecord) -> Option<(Stri
 
 /// Every package of `capability` as the controller sees it, each with the champion it is compared with (for a
 /// shadow, the last good package its release would replace; else its channel's champion).
-pub fn gather(
+fn gather(
     store: &Store,
     repo: &TufRepo,
     capability: &str,
+    field: &FieldTotals,
     now: UnixSeconds,
 ) -> Result<Vec<(Facts, Option<Digest>)>, ControllerError> {
     let b = boundary::boundary(store, repo, capability)?;
@@ -101,7 +101,6 @@ pub fn gather(
     let reg = store.registry();
     let releases = crate::rollouts::list(reg)?;
     let devices = reg.devices()?;
-    let field = field_totals(store)?;
     let cycles = reg.cycles()?;
     let evaluations = |d: &Digest| -> Result<Vec<(Digest, EvaluationRecord)>, RegistryError> {
         Ok(reg.evaluations(d)?.into_iter().filter(|(_, r)| b.suites.iter().any(|(s, _)| *s == r.suite)).collect())
@@ -115,10 +114,7 @@ pub fn gather(
     // Packages in a running shadow release, by digest → (channel, the last good package it runs beside).
     let shadows: BTreeMap<Digest, (String, Option<Digest>)> = releases
         .iter()
-        .filter(|(_, r)| {
-            r.rollout.position == Position::Shadow
-                && matches!(r.rollout.state, State::Running | State::AwaitingApproval { .. })
-        })
+        .filter(|(_, r)| r.shadowing())
         .map(|(_, r)| (r.rollout.release.package, (r.channel.clone(), r.rollout.release.last_good)))
         .collect();
     // What each channel serves: its newest published package, unless that one is only shadowing the last good.
@@ -281,9 +277,11 @@ pub fn run(
         None => store.capabilities().capabilities()?.into_iter().map(|r| r.capability.name).collect(),
     };
     let decided = reg.proposals()?;
+    // Every telemetry event is read once per run, whatever the number of capabilities.
+    let field = field_totals(store)?;
     let mut out = Vec::new();
     for name in names {
-        let facts = gather(store, repo, &name, now)?;
+        let facts = gather(store, repo, &name, &field, now)?;
         let scored: BTreeMap<Digest, _> = facts
             .iter()
             .filter(|(f, _)| f.role == Role::Champion)

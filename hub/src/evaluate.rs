@@ -151,10 +151,9 @@ pub fn run(reg: &Registry, clock: &Arc<dyn Clock>, package: &Digest, suite: &Dig
     let mut metrics = BTreeMap::new();
     let wants = |metric| m.suite.metrics.contains(&metric);
     let first = |outs: &[NamedTensor]| outs.first().map(|t| t.data.to_f64()).unwrap_or_default();
+    let labels = || array("labels", m.suite.labels.as_deref().unwrap_or_default(), "labels").map(|t| t.data.to_f64());
     if wants(Metric::Top1Accuracy) {
-        let labels_ref = m.suite.labels.as_deref().unwrap_or_default();
-        let labels = array("labels", labels_ref, "labels")?;
-        let labels = labels.data.to_f64();
+        let labels = labels()?;
         if labels.len() != n {
             return Err(bad("labels", format!("{} labels for {n} samples", labels.len())));
         }
@@ -163,8 +162,7 @@ pub fn run(reg: &Registry, clock: &Arc<dyn Clock>, package: &Digest, suite: &Dig
         metrics.insert("top1_accuracy".to_owned(), hits as f64 / n as f64);
     }
     if wants(Metric::FrameAccuracy) {
-        let labels_ref = m.suite.labels.as_deref().unwrap_or_default();
-        let labels = array("labels", labels_ref, "labels")?.data.to_f64();
+        let labels = labels()?;
         let elements: usize = outputs.iter().map(|o| first(o).len()).sum();
         if labels.len() != elements || elements == 0 {
             return Err(bad("labels", format!("{} labels for {elements} elements of the first output", labels.len())));

@@ -35,6 +35,12 @@ impl ReleaseRecord {
     pub fn steers(&self) -> bool {
         matches!(self.rollout.state, State::Running | State::AwaitingApproval { .. } | State::Aborted { .. })
     }
+
+    /// Whether the release is in its shadow stage and still going (its package runs beside the last good one).
+    pub fn shadowing(&self) -> bool {
+        self.rollout.position == outpost_shared::rollout::Position::Shadow
+            && matches!(self.rollout.state, State::Running | State::AwaitingApproval { .. })
+    }
 }
 
 /// Why a rollout operation failed.

@@ -162,14 +162,7 @@ fn a_candidate_worse_than_the_noop_noise_band_is_rejected_with_the_reason() {
 }
 
 fn publish_champion(hub: &TestHub) -> PathBuf {
-    let offline = hub.tmp.path().join("offline");
-    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
-    let key = offline.join("targets-1.key");
-    hub.ok(&["release", "publish", CHAMPION, "--channel", "stable", "--key", key.to_str().unwrap()]);
-    for k in ["11", "22", "33"] {
-        hub.ok(&["device", "approve", &k.repeat(32), "--channel", "stable"]);
-    }
-    key
+    support::publish_on_stable(hub, CHAMPION).join("targets-1.key")
 }
 
 #[test]
@@ -402,13 +395,7 @@ fn fixture_hub(f: &FixtureCapability) -> TestHub {
     let (model, manifest) = (support::fixture(f.model), support::fixture(f.manifest));
     hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
     hub.ok(&["suite", "add", &format!("{root}/suites/{}", f.suite_dir)]);
-    let offline = hub.tmp.path().join("offline");
-    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
-    let key = offline.join("targets-1.key");
-    hub.ok(&["release", "publish", f.champion, "--channel", "stable", "--key", key.to_str().unwrap()]);
-    for k in ["11", "22"] {
-        hub.ok(&["device", "approve", &k.repeat(32), "--channel", "stable"]);
-    }
+    support::publish_on_stable(&hub, f.champion);
     hub
 }
 

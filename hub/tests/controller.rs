@@ -20,13 +20,8 @@ fn hub_with_candidate() -> (TestHub, PathBuf) {
         (support::fixture("ch_ppocr_mobile_v2.0_cls_infer.onnx"), support::fixture("ppocr-direction.toml"));
     hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
     hub.ok(&["suite", "add", &format!("{FIXTURES}/suites/ocr-direction")]);
-    let offline = hub.tmp.path().join("offline");
-    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    let offline = support::publish_on_stable(&hub, "ppocr-direction@2.0.0");
     let key1 = offline.join("targets-1.key");
-    hub.ok(&["release", "publish", "ppocr-direction@2.0.0", "--channel", "stable", "--key", key1.to_str().unwrap()]);
-    for k in ["11", "22", "33"] {
-        hub.ok(&["device", "approve", &k.repeat(32), "--channel", "stable"]);
-    }
     let cycle = hub.ok(&[
         "challenger",
         "run",

@@ -16,7 +16,7 @@ use outpost_hub::tuf::{Key, STANDARD_ROLE, key_id};
 use outpost_shared::audit::Action as AuditAction;
 use outpost_shared::clock::format_rfc3339;
 use outpost_shared::controller::{Action, ControllerPolicy, Proposal, Role, reconcile};
-use outpost_shared::rollout::{Plan, Position, State};
+use outpost_shared::rollout::Plan;
 
 use super::release::ReleaseCmd;
 use super::{Out, audit};
@@ -220,10 +220,8 @@ pub fn run(cmd: ControllerCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             }
         }
         ControllerCmd::Reject { id, key, reason } => {
-            let (id, p, decided) = reg.proposal(&id)?;
-            if decided.is_some() {
-                bail!("proposal {} is already decided; decisions are final", &id.to_hex()[..12]);
-            }
+            // A second decision is refused by `decision_put` (decisions are final).
+            let (id, p, _) = reg.proposal(&id)?;
             let (_, manifest) = reg.manifest(&p.package)?;
             let k = Key::load(&key)?;
             repo.authorise(outpost_hub::tuf::role_for(manifest.risk_tier), &k, &key)?;
@@ -310,11 +308,10 @@ fn approve(hub: &Hub, o: &mut Out<'_>, id: &str, key: &Path, plan: Option<&Path>
             ("revoked".to_owned(), None)
         }
         Action::Archive if p.role == Role::Shadow => {
-            let running = outpost_hub::rollouts::list(reg)?.into_iter().rev().find(|(_, r)| {
-                r.rollout.release.package == p.package
-                    && r.rollout.position == Position::Shadow
-                    && matches!(r.rollout.state, State::Running | State::AwaitingApproval { .. })
-            });
+            let running = outpost_hub::rollouts::list(reg)?
+                .into_iter()
+                .rev()
+                .find(|(_, r)| r.rollout.release.package == p.package && r.shadowing());
             let Some((rid, _)) = running else { bail!("{} has no running shadow release to stop", p.label) };
             let reason = format!("archived by controller proposal {}", &id.to_hex()[..12]);
             super::release::run(ReleaseCmd::Abort { id: rid.clone(), reason }, hub, o)?;

@@ -148,16 +148,8 @@ impl Registry {
 
     /// The proposal an id or a unique id prefix (8+ hex) names.
     pub fn proposal(&self, reference: &str) -> Result<(Digest, Proposal, Option<DecisionRecord>), RegistryError> {
-        let prefix = reference.strip_prefix("sha256:").unwrap_or(reference).to_ascii_lowercase();
-        if prefix.len() < super::MIN_PREFIX_LEN {
-            return Err(RegistryError::UnknownProposal(reference.to_owned()));
-        }
-        let mut matching = self.proposals()?.into_iter().filter(|(d, _, _)| d.to_hex().starts_with(&prefix));
-        match (matching.next(), matching.next()) {
-            (Some(one), None) => Ok(one),
-            (Some(_), Some(_)) => Err(RegistryError::AmbiguousPrefix { prefix, count: 2 }),
-            (None, _) => Err(RegistryError::UnknownProposal(reference.to_owned())),
-        }
+        let unknown = || RegistryError::UnknownProposal(reference.to_owned());
+        super::by_prefix(reference, self.proposals()?, |(d, _, _)| d, unknown)
     }
 
     /// Records the decision on proposal `id`; refuses a second one.

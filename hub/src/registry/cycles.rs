@@ -42,15 +42,7 @@ impl Registry {
 
     /// The cycle an id or a unique id prefix (8+ hex) names.
     pub fn cycle(&self, reference: &str) -> Result<(Digest, CycleRecord), RegistryError> {
-        let prefix = reference.strip_prefix("sha256:").unwrap_or(reference).to_ascii_lowercase();
-        if prefix.len() < super::MIN_PREFIX_LEN {
-            return Err(RegistryError::UnknownCycle(reference.to_owned()));
-        }
-        let mut matching = self.cycles()?.into_iter().filter(|(d, _)| d.to_hex().starts_with(&prefix));
-        match (matching.next(), matching.next()) {
-            (Some(one), None) => Ok(one),
-            (Some(_), Some(_)) => Err(RegistryError::AmbiguousPrefix { prefix, count: 2 }),
-            (None, _) => Err(RegistryError::UnknownCycle(reference.to_owned())),
-        }
+        let unknown = || RegistryError::UnknownCycle(reference.to_owned());
+        super::by_prefix(reference, self.cycles()?, |(d, _)| d, unknown)
     }
 }

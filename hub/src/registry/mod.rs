@@ -440,6 +440,26 @@ fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
+/// The one item of `items` whose digest starts with `reference` (a hex prefix of at least [`MIN_PREFIX_LEN`],
+/// `sha256:` allowed); `unknown` when none (or the prefix is too short), `AmbiguousPrefix` when several.
+fn by_prefix<T>(
+    reference: &str,
+    items: impl IntoIterator<Item = T>,
+    digest: impl Fn(&T) -> &Digest,
+    unknown: impl FnOnce() -> RegistryError,
+) -> Result<T, RegistryError> {
+    let prefix = reference.strip_prefix("sha256:").unwrap_or(reference).to_ascii_lowercase();
+    if prefix.len() < MIN_PREFIX_LEN {
+        return Err(unknown());
+    }
+    let mut matching = items.into_iter().filter(|i| digest(i).to_hex().starts_with(&prefix));
+    match (matching.next(), matching.next()) {
+        (Some(one), None) => Ok(one),
+        (Some(_), Some(_)) => Err(RegistryError::AmbiguousPrefix { prefix, count: 2 }),
+        (None, _) => Err(unknown()),
+    }
+}
+
 fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
     s.parse()
         .map_err(|e: outpost_shared::DigestParseError| RegistryError::Corrupt { key: s.into(), problem: e.to_string() })

@@ -102,16 +102,7 @@ impl Registry {
         if let Some(found) = all.iter().find(|(_, m)| m.suite.name == reference) {
             return Ok(found.clone());
         }
-        let prefix = reference.strip_prefix("sha256:").unwrap_or(reference).to_ascii_lowercase();
-        if prefix.len() < super::MIN_PREFIX_LEN {
-            return Err(unknown());
-        }
-        let mut matching = all.into_iter().filter(|(d, _)| d.to_hex().starts_with(&prefix));
-        match (matching.next(), matching.next()) {
-            (Some(one), None) => Ok(one),
-            (Some(_), Some(_)) => Err(RegistryError::AmbiguousPrefix { prefix, count: 2 }),
-            (None, _) => Err(unknown()),
-        }
+        super::by_prefix(reference, all, |(d, _)| d, unknown)
     }
 
     /// Every registered suite, by name.

@@ -142,6 +142,19 @@ impl TestHub {
     }
 }
 
+/// Makes offline keys, publishes `package` on channel stable with `targets-1.key` and approves three devices
+/// (keys `11…`, `22…`, `33…`) on it; returns the offline key directory.
+pub fn publish_on_stable(hub: &TestHub, package: &str) -> PathBuf {
+    let offline = hub.tmp.path().join("offline");
+    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    let key = offline.join("targets-1.key");
+    hub.ok(&["release", "publish", package, "--channel", "stable", "--key", key.to_str().unwrap()]);
+    for k in ["11", "22", "33"] {
+        hub.ok(&["device", "approve", &k.repeat(32), "--channel", "stable"]);
+    }
+    offline
+}
+
 /// Everything production reads: the TUF repository's files, every device record and every release (canonical
 /// bytes), and what the director would assign each device now (current package, eligible packages).
 #[derive(Debug, PartialEq)]
