@@ -440,7 +440,13 @@ impl Agent {
     /// A hub that stops serving this connection (`NotAttested`: revoked, or the result lapsed) ends the check
     /// with [`CheckError::NotAttested`] and the connection is dropped, so the next check attests afresh.
     pub async fn check(&mut self) -> Result<(), CheckError> {
-        let span = tracing::info_span!("check", device = %self.device_short());
+        // `release` and `package` are filled in once the assignment names them.
+        let span = tracing::info_span!(
+            "check",
+            device = %self.device_short(),
+            release = tracing::field::Empty,
+            package = tracing::field::Empty
+        );
         tracing::Instrument::instrument(self.check_timed(), span).await
     }
 
@@ -538,6 +544,13 @@ impl Agent {
             now,
             lookup,
         )?;
+        if let Some(t) = assignment.targets.first() {
+            let span = tracing::Span::current();
+            span.record("package", t.sha256.short());
+            if !t.rollout.is_empty() {
+                span.record("release", t.rollout.as_str());
+            }
+        }
         let target =
             assignment.targets.first().map(|t| Target { path: t.path.clone(), digest: t.sha256, length: t.length });
         let retry = assignment.targets.first().map_or(0, |t| t.retry);

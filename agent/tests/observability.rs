@@ -191,6 +191,15 @@ fn one_update_check_logs_json_lines_carrying_the_device_and_the_package() {
     for l in &about_v1 {
         assert!(l["level"].is_string() && l["timestamp"].is_string() && l["message"].is_string(), "{l}");
     }
+    // The check's span itself carries the release and the package, so every line of the check does.
+    let in_release_span = |l: &serde_json::Value| {
+        l["spans"].as_array().is_some_and(|spans| {
+            spans.iter().any(|s| s["device"] == device && s["release"] == "r1" && s["package"] == v1.short())
+        })
+    };
+    let in_check = |l: &&&serde_json::Value| l["span"]["name"] == "check";
+    let checked: Vec<_> = about_v1.iter().filter(in_check).collect();
+    assert!(checked.len() >= 3 && checked.iter().all(|l| in_release_span(l)), "{about_v1:?}");
     let messages: Vec<&str> = about_v1.iter().filter_map(|l| l["message"].as_str()).collect();
     assert!(messages.iter().any(|m| m.starts_with("downloaded and verified")), "{messages:?}");
     assert!(messages.iter().any(|m| m.starts_with("serving")), "{messages:?}");

@@ -137,7 +137,7 @@ impl HubBackend {
 
     /// Judges every staged rollout at the clock's time (the serving hub calls this every few seconds); returns
     /// what happened, per release.
-    pub fn tick_rollouts(&self) -> Result<Vec<(String, outpost_shared::rollout::Effect)>, BackendError> {
+    pub fn tick_rollouts(&self) -> Result<Vec<crate::rollouts::Happened>, BackendError> {
         let now = self.clock.wall();
         self.with_registry(|reg| Ok(crate::rollouts::tick(reg, now)?))
     }
@@ -460,8 +460,8 @@ impl HubBackend {
         if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
             let (now, key, store) = (self.clock.wall(), hex::encode(device), self.store()?);
             store.devices().device_reported(&key, &report)?;
-            for (release, effect) in crate::rollouts::on_report(store.registry(), &key, &report, now)? {
-                crate::rollouts::log(&release, &effect);
+            for happened in crate::rollouts::on_report(store.registry(), &key, &report, now)? {
+                happened.log();
             }
         }
         Ok(())

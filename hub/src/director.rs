@@ -214,7 +214,7 @@ impl<'a> Director<'a> {
         if record.status != DeviceStatus::Approved {
             return Ok(None);
         }
-        let Choice { current, eligible, shadow, steer_assign, steer_retry } = self.choose(reg, &record, now)?;
+        let Choice { current, eligible, shadow, steer } = self.choose(reg, &record, now)?;
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
@@ -224,13 +224,21 @@ impl<'a> Director<'a> {
             expires,
             targets: current
                 .into_iter()
-                .map(|p| {
-                    let retry = if Some(p.digest) == steer_assign { steer_retry } else { 0 };
-                    AssignedTarget { retry, ..assigned(p, &record.channel) }
+                .map(|p| match steer.assign == Some(p.digest) {
+                    // Steered by a staged release: the device learns which (its logs follow it), and its retries.
+                    true => AssignedTarget {
+                        retry: steer.retry,
+                        rollout: steer.release.clone().unwrap_or_default(),
+                        ..assigned(p, &record.channel)
+                    },
+                    false => assigned(p, &record.channel),
                 })
                 .collect(),
             secondaries,
-            shadow: shadow.map(|p| assigned(p, &record.channel)),
+            shadow: shadow.map(|p| AssignedTarget {
+                rollout: steer.shadow_release.clone().unwrap_or_default(),
+                ..assigned(p, &record.channel)
+            }),
         };
         Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
     }
@@ -256,7 +264,7 @@ impl<'a> Director<'a> {
             .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
             .collect();
         let current = forced.or_else(|| eligible.iter().rfind(|p| p.firmware.is_none()).cloned());
-        Ok(Choice { current, eligible, shadow, steer_assign: steer.assign, steer_retry: steer.retry })
+        Ok(Choice { current, eligible, shadow, steer })
     }
 
     /// What attestation expects of `record`: the model package an assignment names now, and every model package
@@ -311,9 +319,8 @@ struct Choice {
     current: Option<Published>,
     eligible: Vec<Published>,
     shadow: Option<Published>,
-    /// The package a release assigns and the operator retries of it for this device.
-    steer_assign: Option<Digest>,
-    steer_retry: u32,
+    /// What the staged releases want of this device (the package one assigns, which release, the retries).
+    steer: crate::rollouts::Steering,
 }
 
 fn assigned(p: Published, channel: &str) -> AssignedTarget {

@@ -53,14 +53,15 @@ fn run(mut command: Command, dir: &std::path::Path, o: &mut Out<'_>) -> Result<u
     match command {
         Command::Init => return cli::serve::init(dir, o).map(|()| 0),
         Command::Identity => {
-            let id = cli::serve::identity(dir, o)?;
+            let id =
+                cli::serve::identity(dir, |path| Ok(writeln!(o.err, "created the hub identity {}", path.display())?))?;
             writeln!(o.out, "{}", id.public_key().to_hex())?;
             return Ok(0);
         }
         Command::Serve { bind, metrics, log_format, log_level } => {
             let format = log_format.parse()?;
             outpost_net::logging::init(format, log_level.as_deref())?;
-            return cli::serve::serve(dir, bind, metrics, o).map(|()| 0);
+            return cli::serve::serve(dir, bind, metrics).map(|()| 0);
         }
         _ => {}
     }

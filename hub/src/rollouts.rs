@@ -115,7 +115,7 @@ pub fn command(reg: &Registry, id: &str, cmd: Command, now: UnixSeconds) -> Resu
 }
 
 /// Judges every release that still steers its channel at `now`; returns what happened, per release.
-pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<(String, Effect)>, RolloutError> {
+pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<Happened>, RolloutError> {
     let mut out = Vec::new();
     for (id, mut record) in reg.releases::<ReleaseRecord>()? {
         if !record.steers() {
@@ -126,7 +126,7 @@ pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<(String, Effect)>, R
         if record.rollout != before {
             reg.release_put(&id, &record)?;
         }
-        out.extend(effects.into_iter().map(|e| (id.clone(), e)));
+        out.extend(Happened::each(&id, &record, effects));
     }
     Ok(out)
 }
@@ -160,7 +160,7 @@ pub fn on_report(
     device: &str,
     report: &StateReport,
     now: UnixSeconds,
-) -> Result<Vec<(String, Effect)>, RolloutError> {
+) -> Result<Vec<Happened>, RolloutError> {
     let Some(d) = reg.device(device)? else { return Ok(vec![]) };
     let mut out = Vec::new();
     for (id, mut record) in reg.releases::<ReleaseRecord>()? {
@@ -184,7 +184,7 @@ pub fn on_report(
             effects.extend(record.rollout.tick(now));
         }
         reg.release_put(&id, &record)?;
-        out.extend(effects.into_iter().map(|e| (id.clone(), e)));
+        out.extend(Happened::each(&id, &record, effects));
     }
     Ok(out)
 }
@@ -197,10 +197,14 @@ pub struct Steering {
     pub withhold: Vec<Digest>,
     /// The package it must be assigned, if a release says so.
     pub assign: Option<Digest>,
+    /// The release that says so (its id).
+    pub release: Option<String>,
     /// Operator retries of the package for this device: offer it even if the device rolled back from it.
     pub retry: u32,
     /// A package to run in shadow beside the active one (a release's shadow stage).
     pub shadow: Option<Digest>,
+    /// The release whose shadow stage that is.
+    pub shadow_release: Option<String>,
 }
 
 /// The steering for `device` on `channel` from every release that steers it (newest last, so it wins). A device
@@ -225,17 +229,20 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
         match record.rollout.directive(device) {
             Some(Directive::Serve { package, retry }) => {
                 s.assign = Some(package);
+                s.release = Some(id.clone());
                 s.retry = retry;
             }
             Some(Directive::Revert { package: last_good }) => {
                 s.withhold.push(package);
                 s.assign = last_good;
+                s.release = last_good.map(|_| id.clone());
                 s.retry = 0;
             }
             // A shadow package runs beside the active model and is never served.
             Some(Directive::Shadow { package }) => {
                 s.withhold.push(package);
                 s.shadow = Some(package);
+                s.shadow_release = Some(id.clone());
             }
             // A device outside the cohorts so far keeps what it runs.
             None => s.withhold.push(package),
@@ -268,12 +275,33 @@ fn apply_retries(reg: &Registry, effects: &[Effect]) -> Result<(), RegistryError
     Ok(())
 }
 
-/// Logs what happened to `release`: an abort as a warning, the rest as information.
-pub fn log(release: &str, e: &Effect) {
-    let what = describe(e);
-    match e {
-        Effect::Abort { .. } => tracing::warn!(release, "release {release}: {what}"),
-        _ => tracing::info!(release, "release {release}: {what}"),
+/// One thing that happened to a release when it was judged: which release, its package, and the effect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Happened {
+    /// The release id.
+    pub release: String,
+    /// The package it rolls out.
+    pub package: Digest,
+    /// What happened.
+    pub effect: Effect,
+}
+
+impl Happened {
+    fn each(release: &str, record: &ReleaseRecord, effects: Vec<Effect>) -> impl Iterator<Item = Happened> {
+        let (release, package) = (release.to_owned(), record.rollout.release.package);
+        effects.into_iter().map(move |effect| Happened { release: release.clone(), package, effect })
+    }
+
+    /// Logs it inside a `release` span carrying the release id and the package (so one release can be followed
+    /// through the log): an abort as a warning, the rest as information.
+    pub fn log(&self) {
+        let package = self.package.short();
+        let _span = tracing::info_span!("release", release = %self.release, package = %package).entered();
+        let (release, what) = (&self.release, describe(&self.effect));
+        match self.effect {
+            Effect::Abort { .. } => tracing::warn!("release {release}: {what}"),
+            _ => tracing::info!("release {release}: {what}"),
+        }
     }
 }
 
@@ -297,5 +325,53 @@ pub fn describe(e: &Effect) -> String {
         Effect::Completed => "completed".into(),
         Effect::Superseded { by } => format!("superseded by {by}"),
         Effect::Recovered { after_secs } => format!("rollback recovered in {after_secs} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A log writer into memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn what_happened_to_a_release_is_logged_inside_a_span_carrying_the_release_and_its_package() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let package = Digest::of(b"a package");
+        let reason = outpost_shared::rollout::AbortReason::Operator { reason: "bad batch".into() };
+        let abort = Effect::Abort { reason };
+        tracing::subscriber::with_default(subscriber, || {
+            Happened { release: "r7".into(), package, effect: abort }.log();
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["level"], "WARN", "an abort is a warning: {line}");
+        assert_eq!(line["span"]["name"], "release", "{line}");
+        assert_eq!(line["span"]["release"], "r7", "{line}");
+        assert_eq!(line["span"]["package"], package.short(), "{line}");
+        assert!(
+            line["fields"]["message"].as_str().unwrap().contains("ABORTED: aborted by an operator: bad batch"),
+            "{line}"
+        );
     }
 }

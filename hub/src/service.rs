@@ -369,8 +369,8 @@ async fn judge_rollouts(backend: Arc<HubBackend>, bound: Duration) {
     loop {
         let b = backend.clone();
         let judged = tokio::task::spawn_blocking(move || -> Result<Duration, String> {
-            for (id, e) in b.tick_rollouts().map_err(|e| e.to_string())? {
-                crate::rollouts::log(&id, &e);
+            for happened in b.tick_rollouts().map_err(|e| e.to_string())? {
+                happened.log();
             }
             b.rollout_wait().map_err(|e| e.to_string())
         })

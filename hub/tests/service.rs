@@ -225,53 +225,70 @@ fn a_stale_admin_socket_is_replaced_and_commands_without_a_service_open_the_stor
     drop(running);
 }
 
+/// A real `outpost-hub serve` process on `hub` (killed and reaped when dropped), its stderr read line by line.
+struct ServeProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    fn start(hub: &TestHub, extra: &[&str]) -> ServeProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost-hub"))
+            .arg("--data-dir")
+            .arg(hub.dir())
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        ServeProcess { child, lines }
+    }
+
+    /// The first line of the log that `matches`, waiting at most `within`.
+    #[allow(clippy::disallowed_methods)] // deadlines for a real process
+    fn until(&self, what: &str, within: std::time::Duration, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if matches(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no {what} from serve within {within:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The real `outpost-hub serve` logs from its worker threads (here: a garbage admin request) and still answers,
 /// and stops within seconds of SIGINT. A stdout or stderr lock held by the main thread for the life of `serve`
 /// used to hang the first worker that logged, and with it the shutdown.
 #[test]
 #[allow(clippy::disallowed_methods)] // deadlines for a real process
 fn serve_binary_logging_from_its_workers_keeps_answering_and_stops_on_sigint() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::time::{Duration, Instant};
     let hub = TestHub::new();
     let offline = hub.tmp.path().join("offline");
     assert!(hub.cli(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]).status.success());
-    /// Kills the serving process if the test fails before it stopped.
-    struct Reaped(std::process::Child);
-    impl Drop for Reaped {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_outpost-hub"))
-            .arg("--data-dir")
-            .arg(hub.dir())
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (lines, log) = std::sync::mpsc::channel();
-    let err = child.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let until = |what: &str, within: Duration| {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match log.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no `{what}` from serve within {within:?}: {e}"),
-            }
-        }
-    };
+    let mut serve = ServeProcess::start(&hub, &[]);
+    let until = |what: &str, within: Duration| serve.until(&format!("`{what}`"), within, |l| l.contains(what));
     until("admin commands on", Duration::from_secs(30));
     let mut garbage = std::os::unix::net::UnixStream::connect(admin::socket_path(&hub.dir())).unwrap();
     garbage.write_all(&[0, 0, 0, 3, b'{', b'{', b'{']).unwrap();
@@ -279,12 +296,12 @@ fn serve_binary_logging_from_its_workers_keeps_answering_and_stops_on_sigint() {
     until("admin socket", Duration::from_secs(10));
     let list = hub.cli(&["device", "list"]);
     assert!(list.status.success(), "the service still answers: {}", stderr(&list));
-    let pid = child.0.id().to_string();
+    let pid = serve.child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     until("shutting down", Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = serve.child.try_wait().unwrap() {
             break status;
         }
         if Instant::now() > deadline {
@@ -293,6 +310,44 @@ fn serve_binary_logging_from_its_workers_keeps_answering_and_stops_on_sigint() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// An operator follows one site through the hub's JSON log: a device of site `plant-7` connects, and the lines
+/// of its connection carry, in the connection's span, the connection id, the device (short) and the site.
+#[test]
+fn the_hubs_json_log_follows_a_devices_connection_with_its_site() {
+    use std::time::Duration;
+    let hub = TestHub::new();
+    let offline = hub.tmp.path().join("offline");
+    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    let device = Identity::from_seed([7; 32]);
+    let key = device.public_key().to_hex();
+    hub.ok(&["device", "approve", &key, "--channel", "stable", "--site", "plant-7"]);
+    let serve = ServeProcess::start(&hub, &["--log-format", "json", "--log-level", "debug"]);
+    let json = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+    let serving = json(&serve.until("`serving on`", Duration::from_secs(30), |l| json(l)["addr"].is_string()));
+    let addr = serving["addr"].as_str().unwrap().parse().unwrap();
+    let hub_key = serving["hub_key"].as_str().unwrap().parse().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = outpost_net::client::ClientConfig::new(addr, hub_key);
+    let client = runtime.block_on(outpost_net::client::HubClient::connect(&device, &config)).unwrap();
+    // The hub admits the device and answers (it has not attested yet, so no assignment).
+    let answer = runtime.block_on(client.assignment());
+    assert!(format!("{answer:?}").contains("NotAttested"), "{answer:?}");
+
+    let short = &key[..12];
+    let in_connection = |l: &serde_json::Value| {
+        l["spans"].as_array().is_some_and(|spans| {
+            spans.iter().any(|s| {
+                s["name"] == "connection" && s["device"] == short && s["site"] == "plant-7" && s["conn"].is_number()
+            })
+        })
+    };
+    let line = serve.until("a line of the device's connection", Duration::from_secs(10), |l| in_connection(&json(l)));
+    let line = json(&line);
+    assert_eq!(line["message"], "device connected", "{line}");
+    assert_eq!(line["level"], "DEBUG", "{line}");
 }
 
 #[test]

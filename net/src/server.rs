@@ -541,6 +541,7 @@ async fn serve_connection<B: Backend>(conn: Connection, shared: Arc<Shared<B>>) 
         close(&conn, codes::CLOSE_BAD_IDENTITY, "no TLS exporter");
         return;
     }
+    tracing::debug!(admitted, "device connected");
     let session = Session::new(device, exporter, admitted, shared.max_challenges_per_connection);
     let ctx = Arc::new(ConnState { session: Mutex::new(session), conn: conn.clone() });
     if let Ok(mut l) = shared.live.connections.lock() {
@@ -557,7 +558,10 @@ async fn serve_connection<B: Backend>(conn: Connection, shared: Arc<Shared<B>>) 
                 Ok((send, recv)) => drop(tokio::spawn(tracing::Instrument::in_current_span(
                     serve_stream(send, recv, ctx.clone(), shared.clone()),
                 ))),
-                Err(_) => return,
+                Err(e) => {
+                    tracing::debug!(reason = %e, "connection ended");
+                    return;
+                }
             },
             _ = recheck.tick() => {
                 if !shared.backend.clone().device_allowed(device.0).await {

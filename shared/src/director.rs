@@ -76,11 +76,12 @@ pub struct AssignedTarget {
     pub length: u64,
     /// SHA-256 of the target (the package digest).
     pub sha256: Digest,
-    /// Release id.
+    /// A label for what is assigned: the package's short digest.
     pub release: String,
     /// Channel the device follows.
     pub channel: String,
-    /// Rollout id (empty when not part of a staged rollout).
+    /// The staged release that steers the device to this target, by id (`r1`); empty when no release does (the
+    /// channel's newest).
     pub rollout: String,
     /// Operator retries of this package for this device (`release retry-failed`): a device that rolled back
     /// from it tries again once when this is above the count it last acted on. Absent (and not encoded) at 0.

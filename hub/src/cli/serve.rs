@@ -32,8 +32,9 @@ pub fn config(dir: &Path) -> Result<HubConfig> {
     })
 }
 
-/// The hub's QUIC identity in `<data-dir>/keys/hub.identity`, created on first use.
-pub fn identity(dir: &Path, o: &mut Out<'_>) -> Result<Identity> {
+/// The hub's QUIC identity in `<data-dir>/keys/hub.identity`, created on first use (then `created` is told its
+/// path).
+pub fn identity(dir: &Path, created: impl FnOnce(&Path) -> Result<()>) -> Result<Identity> {
     config(dir)?; // an initialised hub
     let path = dir.join("keys").join("hub.identity");
     if !path.exists() {
@@ -42,20 +43,20 @@ pub fn identity(dir: &Path, o: &mut Out<'_>) -> Result<Identity> {
         let id = Identity::from_seed(seed);
         std::fs::create_dir_all(dir.join("keys"))?;
         id.save(&path)?;
-        writeln!(o.err, "created the hub identity {}", path.display())?;
+        created(&path)?;
     }
     Ok(Identity::load(&path)?)
 }
 
 /// Runs `outpost-hub serve` until interrupted.
-pub fn serve(
-    dir: &Path,
-    bind: std::net::SocketAddr,
-    metrics: Option<std::net::SocketAddr>,
-    o: &mut Out<'_>,
-) -> Result<()> {
+pub fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::SocketAddr>) -> Result<()> {
     let hub = config(dir)?;
-    let mut config = ServiceConfig::new(dir, hub, identity(dir, o)?);
+    // The service logs (possibly as JSON): the one-time creation is a log event too.
+    let identity = identity(dir, |path| {
+        tracing::info!(path = %path.display(), "created the hub identity {}", path.display());
+        Ok(())
+    })?;
+    let mut config = ServiceConfig::new(dir, hub, identity);
     config.bind = bind;
     config.metrics = metrics;
     config.admin = Some(Arc::new(super::Commands));
