@@ -909,12 +909,16 @@ async fn an_oversized_json_tensor_is_refused_with_the_contract_bound_before_it_r
     let crop = 3 * 48 * 192;
     let limits = ServeLimits { max_dynamic_elements: crop, ..ServeLimits::default() };
     let server = Server::start_with(handle_of(model.clone()), limits).await;
-    let request = |n: u64, data: usize| json!({ "inputs": [{ "name": "x", "shape": [n, 3, 48, 192], "datatype": "FP32", "data": vec![0.5; data] }] });
+    let request = |n: u64, data: usize| {
+        let input = json!({ "name": "x", "shape": [n, 3, 48, 192], "datatype": "FP32", "data": vec![0.5; data] });
+        json!({ "inputs": [input] })
+    };
     // Two crops declared, one sent: refused on the shape, before a byte of data is decoded.
     let (status, body) = server.infer(PPOCR, &request(2, 1)).await;
     assert_eq!(status, 400, "{body}");
     let expected = format!(
-        "input `x`: shape [2, 3, 48, 192] holds {} elements, more than the {crop} the contract's [N, 3, 48, 192] allows",
+        "input `x`: shape [2, 3, 48, 192] holds {} elements, more than the {crop} the contract's [N, 3, 48, 192] \
+         allows",
         2 * crop
     );
     assert_eq!(error_text(&body), expected);
@@ -936,7 +940,8 @@ async fn an_oversized_json_tensor_is_refused_with_the_contract_bound_before_it_r
 /// `/metrics`, and no request ever waits for room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outcome_queue_drops_and_counts_outcomes_and_never_blocks_inference() {
-    let (handle, mut outcomes) = ModelHandle::with_outcomes(Arc::new(outpost_shared::clock::ManualClock::new(0)), 2);
+    let clock = Arc::new(outpost_shared::clock::ManualClock::new(0));
+    let (handle, mut outcomes) = ModelHandle::with_outcomes(clock, 2);
     let handle = Arc::new(handle);
     let model = silero();
     handle.swap(model.clone());
@@ -975,7 +980,10 @@ async fn a_non_finite_input_the_contract_allows_is_served_and_never_counted_agai
         }));
     handle.swap(model.clone());
     let server = Server::start(handle).await;
-    let request = |first: f64| json!({ "inputs": [{ "name": "x", "shape": [1, 4], "datatype": "FP32", "data": [first, 1, 2, 3] }] });
+    let request = |first: f64| {
+        let x = json!({ "name": "x", "shape": [1, 4], "datatype": "FP32", "data": [first, 1, 2, 3] });
+        json!({ "inputs": [x] })
+    };
     // 1e300 is infinity as FP32: 2 x inf + 1 is infinity.
     let (status, body) = server.infer("affine", &request(1e300)).await;
     assert_eq!(status, 200, "{body}");

@@ -265,10 +265,10 @@ impl ModelHandle {
         }
     }
 
-    /// A handle whose HTTP inferences are reported, as [`Outcome`]s timed on `clock`, into a queue of
-    /// `capacity` the update loop drains from the returned receiver. Inference never waits on it: an outcome that
-    /// finds it full is dropped and counted (`outpost_agent_inference_outcomes_dropped_total`), a dropped failure
-    /// kept aside for the health window (see [`super::outcomes`]).
+    /// A handle whose HTTP inferences are reported, as [`Outcome`](super::outcomes::Outcome)s timed on `clock`,
+    /// into a queue of `capacity` the update loop drains from the returned receiver. Inference never waits on it:
+    /// an outcome that finds it full is dropped and counted (`outpost_agent_inference_outcomes_dropped_total`), a
+    /// dropped failure kept aside for the health window (see [`super::outcomes`]).
     pub fn with_outcomes(
         clock: Arc<dyn outpost_shared::clock::Clock>,
         capacity: usize,
