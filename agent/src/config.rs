@@ -103,6 +103,8 @@ struct RawInference {
     bind: String,
     #[serde(default = "default_shadow_percent")]
     shadow_percent: u32,
+    #[serde(default)]
+    token_file: Option<String>,
 }
 
 fn default_shadow_percent() -> u32 {
@@ -111,7 +113,7 @@ fn default_shadow_percent() -> u32 {
 
 impl Default for RawInference {
     fn default() -> Self {
-        RawInference { bind: "127.0.0.1:8080".into(), shadow_percent: default_shadow_percent() }
+        RawInference { bind: "127.0.0.1:8080".into(), shadow_percent: default_shadow_percent(), token_file: None }
     }
 }
 
@@ -127,11 +129,25 @@ pub struct Updates {
     pub health_inferences: u32,
     /// Seconds without an error that confirm a new package (whichever comes first).
     pub health_secs: u64,
+    /// Longest a whole update check may take (connect, attest, TUF, assignment, downloads, staging, reports):
+    /// past it the check fails with `CheckError::Deadline` and the loop goes on, so a hub, site node or mirror
+    /// that sends a byte now and then cannot freeze it. A download cut short resumes at the next check.
+    pub check_deadline_secs: u64,
 }
+
+/// Default of [`Updates::check_deadline_secs`]: ten minutes, room for a large model on a slow link (and a
+/// download cut short resumes where it stopped).
+pub const DEFAULT_CHECK_DEADLINE_SECS: u64 = 600;
 
 impl Default for Updates {
     fn default() -> Self {
-        Updates { poll_secs: 60, jitter_secs: 10, health_inferences: 20, health_secs: 300 }
+        Updates {
+            poll_secs: 60,
+            jitter_secs: 10,
+            health_inferences: 20,
+            health_secs: 300,
+            check_deadline_secs: DEFAULT_CHECK_DEADLINE_SECS,
+        }
     }
 }
 
@@ -154,6 +170,9 @@ pub struct AgentConfig {
     pub inference_bind: SocketAddr,
     /// Share of answered requests (percent) a shadow package also runs on, during a rollout's shadow stage.
     pub shadow_percent: u32,
+    /// A file holding the bearer token the inference API requires (`None`: no token, anyone who can reach
+    /// `inference_bind` may call it). Read at start (`outpost_agent::inference::BearerToken::load`).
+    pub inference_token_file: Option<PathBuf>,
     /// The site policy this device enforces, if any.
     pub policy: Option<PolicySource>,
     /// Where a site node (`run --mode site`) serves its devices.
@@ -193,10 +212,19 @@ jitter_secs = 10
 # whichever comes first; any failure before that rolls back to the last good package.
 health_inferences = 20
 health_secs = 300
+# Longest a whole update check may take (connect, TUF, assignment, downloads, staging, reports). Past it the check
+# fails and is retried at the next poll, so a hub, site node or mirror sending a byte now and then cannot hold the
+# agent; a download cut short resumes where it stopped.
+check_deadline_secs = 600
 
 [inference]
 # The local Open Inference Protocol v2 API (KServe / Triton compatible). Keep it on localhost.
 bind = "127.0.0.1:8080"
+# Optional: a file holding a bearer token (16 or more of A-Z a-z 0-9 -._~+/) every request must present as
+# `Authorization: Bearer <token>`, for devices where other local processes are not trusted. Without it, anyone who
+# can reach `bind` may call the API. The health probes (/v2/health/live, /v2/health/ready) never need it; /metrics
+# and the model routes do. Make the file readable by the agent and its callers only (mode 0640 or tighter).
+# token_file = "inference.token"
 # During a release's shadow stage the hub has the device run the new package beside the active one, on this share
 # of answered requests (percent), comparing answers; the shadow never serves.
 shadow_percent = 10
@@ -258,6 +286,9 @@ impl AgentConfig {
         if raw.updates.poll_secs == 0 {
             return Err(invalid("updates.poll_secs", "must be at least 1".into()));
         }
+        if raw.updates.check_deadline_secs == 0 {
+            return Err(invalid("updates.check_deadline_secs", "must be at least 1".into()));
+        }
         if raw.updates.health_inferences == 0 && raw.updates.health_secs == 0 {
             return Err(invalid("updates.health_secs", "a health window of zero confirms nothing".into()));
         }
@@ -315,6 +346,7 @@ impl AgentConfig {
             updates: raw.updates,
             inference_bind,
             shadow_percent: raw.inference.shadow_percent,
+            inference_token_file: raw.inference.token_file.map(|f| base.join(f)),
             site_bind,
             tpm,
             policy: raw
@@ -371,6 +403,19 @@ mod tests {
             matches!(&e, ConfigError::NotBuilt { key, feature, .. } if key == "hub.mirror" && feature == "mirror"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_check_deadline_and_the_inference_token_file_have_defaults_and_name_their_key() {
+        let c = AgentConfig::parse(&render("127.0.0.1:7443", KEY), Path::new("/dev0/agent.toml")).unwrap();
+        assert_eq!(c.updates.check_deadline_secs, DEFAULT_CHECK_DEADLINE_SECS);
+        assert_eq!(c.inference_token_file, None, "no token by default");
+        let text = render("127.0.0.1:7443", KEY).replace("# token_file", "token_file");
+        let c = AgentConfig::parse(&text, Path::new("/dev0/agent.toml")).unwrap();
+        assert_eq!(c.inference_token_file.as_deref(), Some(Path::new("/dev0/inference.token")));
+        let text = render("127.0.0.1:7443", KEY).replace("check_deadline_secs = 600", "check_deadline_secs = 0");
+        let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("`updates.check_deadline_secs`"), "{e}");
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub enum CheckError {
     /// The hub asked for a part this build leaves out (firmware for secondaries without the `gateway` feature).
     #[error(transparent)]
     NotBuilt(#[from] crate::NotBuilt),
+    /// The whole check took longer than `[updates] check_deadline_secs` (a hub, site node or mirror that sends a
+    /// byte now and then, or a link too slow for the package): it was cut short, its connection dropped, and the
+    /// next check retries (a download resumes where it stopped).
+    #[error("the update check did not finish within its deadline of {0:?}; retrying at the next check")]
+    Deadline(std::time::Duration),
 }
 
 impl From<outpost_net::client::ClientError> for CheckError {
@@ -335,6 +340,29 @@ impl Agent {
         }
     }
 
+    /// Takes one inference outcome from the inference API (`crate::inference::outcomes`): into the counts for the
+    /// next telemetry batch and, when it ran on the package on trial, into the health window (a failure rolls
+    /// back).
+    pub fn record_outcome(&mut self, outcome: crate::inference::Outcome) -> Result<(), CheckError> {
+        let crate::inference::Outcome { model, ok, took } = outcome;
+        match took {
+            Some(took) => self.record_inference_stats(model, ok, took),
+            None => {
+                // A failure kept aside at the full queue: counted, its latency unknown.
+                let entry = self.inferences.entry(model).or_default();
+                entry.0 += 1;
+                entry.1 += u64::from(!ok);
+            }
+        }
+        if self.on_trial() == Some(model) {
+            self.record_inference(ok)?;
+            if !ok {
+                tracing::warn!(package = model.short(), "inference failed during the health window: rolled back");
+            }
+        }
+        Ok(())
+    }
+
     /// Records one inference's outcome for the health window.
     pub fn record_inference(&mut self, ok: bool) -> Result<(), CheckError> {
         let actions = self.feed(Event::Inference { ok })?;
@@ -476,7 +504,18 @@ impl Agent {
             self.queue(EventKind::InferenceStats { model, count, errors, latency });
         }
         self.collect_shadow();
-        let result = self.check_attested().await;
+        // One deadline for the whole step: every part of it (QUIC to the hub or a site node, HTTP to a mirror)
+        // has its own stall timeout, which a peer sending a byte now and then never trips.
+        let deadline = std::time::Duration::from_secs(self.config.updates.check_deadline_secs);
+        let result = match tokio::time::timeout(deadline, self.check_attested()).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may be the slow peer: the next check connects afresh.
+                self.client = None;
+                self.attested = None;
+                Err(CheckError::Deadline(deadline))
+            }
+        };
         let result = match (&result, self.client.as_ref().and_then(|c| c.not_attested())) {
             (Err(_), Some(reason)) => {
                 self.client = None;

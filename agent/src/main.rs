@@ -14,7 +14,9 @@ use clap::{Parser, Subcommand};
 use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::device::{self, Layout};
 use outpost_agent::driver::{Agent, init_device, load_slot};
-use outpost_agent::inference::{ModelHandle, ServeLimits, infer_once, serve};
+use outpost_agent::inference::{
+    BearerToken, DEFAULT_OUTCOME_CAPACITY, ModelHandle, OutcomeReceiver, ServeLimits, infer_once, serve,
+};
 use outpost_shared::clock::{Clock, format_rfc3339};
 use outpost_shared::update::Phase;
 
@@ -375,32 +377,37 @@ fn getrandom_bytes(buf: &mut [u8]) -> Result<()> {
 
 async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     let bind = config.inference_bind;
-    // Every inference that reached the model feeds the health window of the package on trial.
-    let (outcomes, outcome_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Read before anything serves: a token file that does not load stops the agent rather than open the API.
+    let token = config.inference_token_file.as_deref().map(BearerToken::load).transpose()?;
+    // Every inference that reached the model feeds the health window of the package on trial, through a bounded
+    // queue the inference threads never wait on.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let models = Arc::new(ModelHandle::with_observer(clock.clone(), move |served, ok, took| {
-        let _ = outcomes.send((*served.digest(), ok, took));
-    }));
+    let (models, outcomes) = ModelHandle::with_outcomes(clock.clone(), DEFAULT_OUTCOME_CAPACITY);
+    let models = Arc::new(models);
     let agent = Agent::open_with(config, clock, models.clone())?;
     let span = tracing::info_span!("agent", device = %agent.device_short());
-    tracing::Instrument::instrument(update_loop(agent, models, bind, once, outcome_rx), span).await
+    let api = Api { models, bind, token };
+    tracing::Instrument::instrument(update_loop(agent, api, once, outcomes), span).await
+}
+
+/// What the inference API serves, where, and the token it requires.
+struct Api {
+    models: Arc<ModelHandle>,
+    bind: std::net::SocketAddr,
+    token: Option<BearerToken>,
 }
 
 /// The update loop of `run` (device mode), with the inference API beside it unless `once`.
-async fn update_loop(
-    mut agent: Agent,
-    models: Arc<ModelHandle>,
-    bind: std::net::SocketAddr,
-    once: bool,
-    mut outcome_rx: tokio::sync::mpsc::UnboundedReceiver<(outpost_shared::Digest, bool, Duration)>,
-) -> Result<()> {
+async fn update_loop(mut agent: Agent, api: Api, once: bool, mut outcomes: OutcomeReceiver) -> Result<()> {
     if let Some(a) = agent.active() {
         tracing::info!(package = a.digest().short(), "serving {} {}", a.name(), a.version());
     }
     if !once {
+        let Api { models, bind, token } = api;
         let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
-        tracing::info!(%bind, "inference API (Open Inference Protocol v2) on http://{bind}/v2");
-        let api = serve(listener, models, ServeLimits::default(), std::future::pending());
+        let access = if token.is_some() { "bearer token required" } else { "no token" };
+        tracing::info!(%bind, "inference API (Open Inference Protocol v2) on http://{bind}/v2 ({access})");
+        let api = serve(listener, models, ServeLimits::default(), token, std::future::pending());
         tokio::spawn(tracing::Instrument::in_current_span(api));
     }
     // One stream per signal for the whole run: a signal that arrives mid-check is kept until the loop looks.
@@ -439,15 +446,7 @@ async fn update_loop(
                 }
                 agent.check_now();
             }
-            Some((digest, ok, took)) = outcome_rx.recv() => {
-                agent.record_inference_stats(digest, ok, took);
-                if agent.on_trial() == Some(digest) {
-                    agent.record_inference(ok)?;
-                    if !ok {
-                        tracing::warn!(package = digest.short(), "inference failed during the health window: rolled back");
-                    }
-                }
-            }
+            Some(outcome) = outcomes.recv() => agent.record_outcome(outcome)?,
             _ = interrupt.recv() => {
                 tracing::info!("stopping");
                 return Ok(agent.shutdown()?);

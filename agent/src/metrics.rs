@@ -2,7 +2,7 @@
 //! and the active model, from the inference handle's counters, and the update loop's own timings (check latency,
 //! download time), recorded on the injected clock. Label values are escaped by the library.
 
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -18,6 +18,8 @@ pub struct AgentMetrics {
     check: HistogramFamily,
     /// Package downloads by result (`ok`, `error`), resumed ones included.
     download: HistogramFamily,
+    /// Inference outcomes dropped at the update loop's full queue (`crate::inference::outcomes`).
+    outcomes_dropped: Counter,
 }
 
 /// 10 ms to about 5.5 min, doubling: a check is a few round trips, a download may be a large model on a slow link.
@@ -27,7 +29,11 @@ fn seconds_histogram() -> Histogram {
 
 impl Default for AgentMetrics {
     fn default() -> Self {
-        AgentMetrics { check: histogram_family(seconds_histogram), download: histogram_family(seconds_histogram) }
+        AgentMetrics {
+            check: histogram_family(seconds_histogram),
+            download: histogram_family(seconds_histogram),
+            outcomes_dropped: Counter::default(),
+        }
     }
 }
 
@@ -44,6 +50,11 @@ impl AgentMetrics {
     /// Records one download that took `seconds`.
     pub fn downloaded(&self, ok: bool, seconds: f64) {
         self.download.get_or_create(&result(ok)).observe(seconds);
+    }
+
+    /// The counter of inference outcomes dropped at the update loop's full queue (shared: a clone counts on it).
+    pub fn outcomes_dropped(&self) -> Counter {
+        self.outcomes_dropped.clone()
     }
 }
 
@@ -79,6 +90,12 @@ pub fn exposition(handle: &ModelHandle, format: Format) -> String {
         "outpost_agent_download_seconds",
         "Time a package download took (bounded, resumable, hash-checked), by result.",
         metrics.download.clone(),
+    );
+    registry.register(
+        "outpost_agent_inference_outcomes_dropped",
+        "Inference outcomes dropped because the update loop's queue was full (a failure among them still reaches \
+         the health window).",
+        metrics.outcomes_dropped.clone(),
     );
     encode(&registry, format)
 }

@@ -220,3 +220,79 @@ async fn power_cut_that_emptied_the_trusted_root_does_not_strand_the_device() {
     assert_eq!(active(&agent), Some(v2), "the device still updates, from its last good root");
     assert!(!std::fs::read(&root).unwrap().is_empty(), "root.json is whole again");
 }
+
+/// A UDP relay between one agent and the hub that can turn into a dripping peer: from `drip` on, it forwards one
+/// datagram from the hub every 100 ms. QUIC stays alive (packets keep coming, so neither the idle timeout nor the
+/// client's per-read stall timeout trips), and data crawls: what a slow or hostile site node looks like.
+struct Relay {
+    addr: std::net::SocketAddr,
+    drip: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn relay(hub: std::net::SocketAddr) -> Relay {
+    use std::sync::atomic::Ordering;
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(hub).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let drip = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let agent = Arc::new(std::sync::Mutex::new(None));
+    let (f, b, a) = (front.clone(), back.clone(), agent.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *a.lock().unwrap() = Some(from);
+            let _ = b.send(&buf[..n]).await;
+        }
+    });
+    let slow = drip.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            if slow.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let to = *agent.lock().unwrap();
+            if let Some(to) = to {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    Relay { addr, drip }
+}
+
+/// The same attack as `a_dripping_mirror_cannot_freeze_the_update_loop` (tests/mirror.rs) on the QUIC path: a hub
+/// (or site node) whose answers come one datagram every 100 ms held the update check for as long as the package
+/// took to crawl through. The check's overall deadline ends it; the device keeps serving v1, and once the peer
+/// behaves the next check adopts v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_hub_over_quic_cannot_freeze_the_update_loop() {
+    use std::sync::atomic::Ordering;
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let (hub, hub_key) = w.serve().await;
+    let relay = relay(hub).await;
+    let dir = w.tmp.path().join("dev");
+    let key = init_device(&dir, &w.root(), [9; 32]).unwrap();
+    w.registry().device_approve(&key, "stable").unwrap();
+    let text = config::render(&relay.addr.to_string(), &hub_key.to_hex())
+        .replace("health_inferences = 20", &format!("health_inferences = {HEALTH}"))
+        .replace("check_deadline_secs = 600", "check_deadline_secs = 2");
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut agent = Agent::open(AgentConfig::parse(&text, &path).unwrap(), w.clock.clone()).unwrap();
+    adopt(&mut agent).await;
+    assert_eq!(active(&agent), Some(v1));
+
+    later(&w);
+    let (v2, _) = w.add_and_publish_sized(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable", 100_000);
+    relay.drip.store(true, Ordering::Relaxed);
+    let deadline = Duration::from_secs(2);
+    support::check_cut_at_deadline(&mut agent, deadline).await;
+    assert_eq!(active(&agent), Some(v1), "still serving v1");
+    assert!(!agent.check_due(), "the next check is scheduled, not run back to back");
+
+    relay.drip.store(false, Ordering::Relaxed);
+    adopt(&mut agent).await;
+    assert_eq!(active(&agent), Some(v2), "the next check, on a peer that behaves, adopts v2");
+}

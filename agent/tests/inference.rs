@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use outpost_agent::inference::{self, InferenceError, LoadError, ModelHandle, ServeLimits, Served};
+use outpost_agent::inference::{self, BearerToken, InferenceError, LoadError, ModelHandle, ServeLimits, Served};
 use outpost_shared::manifest::SmokeTensor;
 use outpost_shared::{Digest, Manifest, PackageLimits};
 use serde_json::{Value, json};
@@ -55,10 +55,14 @@ impl Server {
     }
 
     async fn start_with(handle: Arc<ModelHandle>, limits: ServeLimits) -> Server {
+        Server::start_with_token(handle, limits, None).await
+    }
+
+    async fn start_with_token(handle: Arc<ModelHandle>, limits: ServeLimits, token: Option<BearerToken>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(inference::serve(listener, handle, limits, async {
+        let task = tokio::spawn(inference::serve(listener, handle, limits, token, async {
             let _ = stopped.await;
         }));
         Server { addr, stop: Some(stop), task }
@@ -892,4 +896,150 @@ async fn slowloris_headers_are_cut_off_and_connections_are_capped() {
         closed_within(s, std::time::Duration::from_secs(5)).await.expect("a head that never ends is cut off");
     }
     server.stop().await;
+}
+
+/// A request declaring a tensor larger than the contract lets one request hold used to be decoded whole (a 64 MiB
+/// JSON body became some 256 MiB of numbers) before the model's own check refused its shape. The bound is the
+/// contract's: exact for fixed dimensions, `max_dynamic_elements` for a symbolic one; past it, a 400 naming both
+/// numbers, and the model never sees the request. (The codec's own test, `shared/tests/request_memory.rs`,
+/// measures the memory this saves.)
+#[tokio::test]
+async fn an_oversized_json_tensor_is_refused_with_the_contract_bound_before_it_reaches_the_model() {
+    let model = ppocr_fixed(); // x: f32[N, 3, 48, 192]
+    let crop = 3 * 48 * 192;
+    let limits = ServeLimits { max_dynamic_elements: crop, ..ServeLimits::default() };
+    let server = Server::start_with(handle_of(model.clone()), limits).await;
+    let request = |n: u64, data: usize| {
+        let input = json!({ "name": "x", "shape": [n, 3, 48, 192], "datatype": "FP32", "data": vec![0.5; data] });
+        json!({ "inputs": [input] })
+    };
+    // Two crops declared, one sent: refused on the shape, before a byte of data is decoded.
+    let (status, body) = server.infer(PPOCR, &request(2, 1)).await;
+    assert_eq!(status, 400, "{body}");
+    let expected = format!(
+        "input `x`: shape [2, 3, 48, 192] holds {} elements, more than the {crop} the contract's [N, 3, 48, 192] \
+         allows",
+        2 * crop
+    );
+    assert_eq!(error_text(&body), expected);
+    // One crop declared, a crop and one value more sent: refused at the first element past the shape.
+    let (status, body) = server.infer(PPOCR, &request(1, crop as usize + 1)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_text(&body).contains(&format!("input `x`: data: more than the {crop} elements its shape holds")),
+        "{body}"
+    );
+    assert_eq!(model.stats(), Default::default(), "nothing reached the model");
+    // What fits is served.
+    assert_eq!(server.infer(PPOCR, &request(1, crop as usize)).await.0, 200);
+    server.stop().await;
+}
+
+/// The outcome queue to the update loop used to be unbounded: a loop busy elsewhere (a long check) let it grow
+/// with every request. Now it holds `capacity` outcomes; past that, outcomes are dropped and counted on
+/// `/metrics`, and no request ever waits for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outcome_queue_drops_and_counts_outcomes_and_never_blocks_inference() {
+    let clock = Arc::new(outpost_shared::clock::ManualClock::new(0));
+    let (handle, mut outcomes) = ModelHandle::with_outcomes(clock, 2);
+    let handle = Arc::new(handle);
+    let model = silero();
+    handle.swap(model.clone());
+    let server = Server::start(handle.clone()).await;
+    for _ in 0..5 {
+        let (status, body) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            server.infer("silero-vad", &smoke_request(&model)),
+        )
+        .await
+        .expect("no request waits for the update loop");
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(outcomes.dropped(), 3, "two queued, three dropped");
+    let metrics = handle.prometheus(outpost_shared::metrics::Format::Prometheus);
+    assert!(metrics.contains("outpost_agent_inference_outcomes_dropped_total 3"), "{metrics}");
+    for _ in 0..2 {
+        let o = outcomes.recv().await.unwrap();
+        assert_eq!((o.model, o.ok), (*model.digest(), true));
+    }
+    server.stop().await;
+}
+
+/// A contract may let an input hold NaN or infinities (a model that reads NaN as "missing"): then such a request is
+/// served (non-finite outputs as JSON `null`), and the non-finite answer it causes is the caller's doing — neither
+/// a success nor a failure of the model, so it never reaches the health window or the failure counters.
+#[tokio::test]
+async fn a_non_finite_input_the_contract_allows_is_served_and_never_counted_against_the_model() {
+    let m = outpost_shared::testkit::AffineManifest::new("affine", "1.0.0", 2.0, 1.0).allowing_non_finite();
+    let model = Arc::new(Served::from_parts(m.manifest(), &outpost_shared::testkit::affine_model(2.0, 1.0)).unwrap());
+    let failures = Arc::new(AtomicU64::new(0));
+    let seen = failures.clone();
+    let handle =
+        Arc::new(ModelHandle::with_observer(Arc::new(outpost_shared::clock::ManualClock::new(0)), move |_, ok, _| {
+            seen.fetch_add(u64::from(!ok), Ordering::Relaxed);
+        }));
+    handle.swap(model.clone());
+    let server = Server::start(handle).await;
+    let request = |first: f64| {
+        let x = json!({ "name": "x", "shape": [1, 4], "datatype": "FP32", "data": [first, 1, 2, 3] });
+        json!({ "inputs": [x] })
+    };
+    // 1e300 is infinity as FP32: 2 x inf + 1 is infinity.
+    let (status, body) = server.infer("affine", &request(1e300)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(output(&body, "y")["data"], json!([null, 3.0, 5.0, 7.0]), "{body}");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no failure reached the health window");
+    assert_eq!(model.stats(), Default::default(), "neither a success nor a failure of the model");
+    assert_eq!(server.infer("affine", &request(0.0)).await.0, 200);
+    assert_eq!(model.stats().ok, 1);
+    server.stop().await;
+}
+
+/// On a device where other local processes are not trusted, the API can require a bearer token: without it, or
+/// with another, every route but the health probes is a 401 with `WWW-Authenticate: Bearer` (RFC 6750), and the
+/// model never sees the request.
+#[tokio::test]
+async fn an_inference_request_without_the_token_is_refused() {
+    let token = "s3cret-token-0123456789";
+    let model = silero();
+    let server = Server::start_with_token(
+        handle_of(model.clone()),
+        ServeLimits::default(),
+        Some(BearerToken::new(token, "test").unwrap()),
+    )
+    .await;
+    let body = smoke_request(&model).to_string();
+    let infer = "/v2/models/silero-vad/infer";
+    let json = ("Content-Type", "application/json");
+
+    let (status, head, raw) = http_raw(server.addr, "POST", infer, &[json], body.as_bytes()).await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&raw));
+    assert!(head.contains("www-authenticate: bearer realm=\"outpost-agent\""), "{head}");
+    assert!(!head.contains("invalid_token"), "no token is not a wrong token: {head}");
+    let wrong = ("Authorization", "Bearer s3cret-token-0123456788");
+    let (status, head, _) = http_raw(server.addr, "POST", infer, &[json, wrong], body.as_bytes()).await;
+    assert_eq!(status, 401);
+    assert!(head.contains("error=\"invalid_token\""), "{head}");
+    let basic = ("Authorization", "Basic czNjcmV0LXRva2VuLTAxMjM0NTY3ODk=");
+    assert_eq!(http_raw(server.addr, "POST", infer, &[json, basic], body.as_bytes()).await.0, 401);
+    for path in ["/metrics", "/v2", "/v2/models/silero-vad", "/v2/models/silero-vad/ready"] {
+        assert_eq!(http_raw(server.addr, "GET", path, &[], b"").await.0, 401, "{path}");
+    }
+    assert_eq!(model.stats(), Default::default(), "nothing reached the model");
+
+    // The probes a supervisor polls need no secret.
+    for path in ["/v2/health/live", "/v2/health/ready"] {
+        assert_eq!(http_raw(server.addr, "GET", path, &[], b"").await.0, 200, "{path}");
+    }
+    let bearer = format!("Bearer {token}");
+    let right = ("Authorization", bearer.as_str());
+    let (status, _, raw) = http_raw(server.addr, "POST", infer, &[json, right], body.as_bytes()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&raw));
+    assert_eq!(http_raw(server.addr, "GET", "/metrics", &[right], b"").await.0, 200);
+    server.stop().await;
+
+    // A token too short to be secret, or one no client could send, is refused at start.
+    assert!(BearerToken::new("short", "agent.toml").is_err());
+    assert!(BearerToken::new("has a space in it, sixteen+", "agent.toml").is_err());
+    assert!(BearerToken::new("s3cret-token-0123456789\n", "file").is_ok(), "a file's final newline is not part of it");
 }

@@ -18,6 +18,11 @@ use support::mirror::StaticMirror;
 
 /// A device whose agent.toml points at `mirror` (and its CA, for HTTPS) for TUF, and at the served hub for the rest.
 async fn device_via(w: &World, name: &str, mirror: &StaticMirror) -> Agent {
+    device_via_with(w, name, mirror, |text| text).await
+}
+
+/// Like [`device_via`], with its agent.toml passed through `edit` first.
+async fn device_via_with(w: &World, name: &str, mirror: &StaticMirror, edit: impl Fn(String) -> String) -> Agent {
     let (addr, hub_key) = w.serve().await;
     let dir = w.tmp.path().join(name);
     let key = init_device(&dir, &w.root(), [7; 32]).unwrap();
@@ -26,8 +31,9 @@ async fn device_via(w: &World, name: &str, mirror: &StaticMirror) -> Agent {
     if let Some(ca) = &mirror.ca {
         hub_lines.push_str(&format!("mirror_ca = \"{}\"\n", ca.display()));
     }
-    let text =
-        config::render(&addr.to_string(), &hub_key.to_hex()).replace("\n[device]", &format!("{hub_lines}\n[device]"));
+    let text = edit(
+        config::render(&addr.to_string(), &hub_key.to_hex()).replace("\n[device]", &format!("{hub_lines}\n[device]")),
+    );
     let path = dir.join("agent.toml");
     std::fs::write(&path, &text).unwrap();
     let config = AgentConfig::parse(&text, &path).unwrap();
@@ -138,6 +144,39 @@ async fn mirror_sending_an_endless_package_is_cut_at_the_length_tuf_lists() {
     let accepted =
         tokio::time::timeout(std::time::Duration::from_secs(10), sent.recv()).await.expect("hung up").unwrap();
     assert!(accepted >= declared, "the mirror did send more than declared ({accepted} bytes)");
+}
+
+/// A mirror that announces the package's length and then sends one byte of it every 100 ms never trips the
+/// client's per-read stall timeout (15 s) and never ends: it used to hold the update check, and with it the
+/// agent's loop (health windows, signals, the next check), for as long as it liked. The check's overall
+/// deadline cuts it off with its own error; the device keeps serving what it ran, drops the connection, and
+/// schedules the next check, whose download resumes where this one stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_mirror_cannot_freeze_the_update_loop() {
+    let w = World::new();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let (mirror, mut sent) =
+        StaticMirror::http_dripping(&export(&w, "export1"), "/nothing-yet", std::time::Duration::from_millis(100))
+            .await;
+    let deadline = std::time::Duration::from_secs(2);
+    let mut agent =
+        device_via_with(&w, "dev", &mirror, |t| t.replace("check_deadline_secs = 600", "check_deadline_secs = 2"))
+            .await;
+    support::adopt(&mut agent, 20).await;
+    assert_eq!(agent.active().map(|a| *a.digest()), Some(v1));
+
+    let (v2, path) = w.add_and_publish_sized(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable", 50_000);
+    mirror.serve_from(&export(&w, "export2"));
+    w.clock.advance(std::time::Duration::from_secs(2)); // the hub's caches move on
+    mirror.misbehave_on(&format!("/targets/{}", director::stored_target_path(&path, &v2)));
+    support::check_cut_at_deadline(&mut agent, deadline).await;
+    assert_eq!(agent.active().map(|a| *a.digest()), Some(v1), "still serving v1");
+    assert!(matches!(&agent.state().phase, Phase::Downloading { target } if target.digest == v2), "resumes next check");
+    assert!(!agent.check_due(), "the next check is scheduled, not run back to back");
+    // The peer was still dripping when the agent hung up on it: the stall timeout alone would not have helped.
+    let dripped =
+        tokio::time::timeout(std::time::Duration::from_secs(10), sent.recv()).await.expect("hung up").unwrap();
+    assert!(dripped > 0 && dripped < 50_000, "{dripped} bytes dripped before the hang-up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,16 @@ struct Hub {
     key: String,
 }
 
+/// A runtime, a world on the system clock whose reference values allow the `outpost-agent` binary, and its hub
+/// serving on that runtime (keep the runtime for as long as the hub should serve).
+fn fleet() -> (tokio::runtime::Runtime, World, Hub) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let w = World::on_wall_clock();
+    w.allow_agent_binary();
+    let hub = serve_hub(&w, &rt);
+    (rt, w, hub)
+}
+
 fn serve_hub(w: &World, rt: &tokio::runtime::Runtime) -> Hub {
     let identity = Identity::from_seed([1; 32]);
     let key = identity.public_key().to_hex();
@@ -104,10 +114,16 @@ impl Drop for Reaped {
 
 /// One HTTP/1.0 exchange (no chunking, the server closes): status and body.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    http_with(addr, method, path, "", body)
+}
+
+/// Like [`http`], with `headers` (each line ending in CRLF) added to the request head.
+fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;
@@ -162,10 +178,7 @@ fn publish_and_release(w: &World) -> Digest {
 
 #[test]
 fn one_update_check_logs_json_lines_carrying_the_device_and_the_package() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let w = World::on_wall_clock();
-    w.allow_agent_binary();
-    let hub = serve_hub(&w, &rt);
+    let (_rt, w, hub) = fleet();
     let (config, key) = device(&w, &hub, 7, None, free_port());
     let v1 = publish_and_release(&w);
 
@@ -228,10 +241,7 @@ fn a_fatal_error_under_json_logging_is_a_json_line_too() {
 #[test]
 fn a_real_prometheus_scrapes_the_hub_and_the_agent_and_a_hostile_site_name_stays_one_label() {
     let (prometheus, promtool) = (tool("prometheus"), tool("promtool"));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let w = World::on_wall_clock();
-    w.allow_agent_binary();
-    let hub = serve_hub(&w, &rt);
+    let (_rt, w, hub) = fleet();
     let api = free_port();
     let (config, _) = device(&w, &hub, 8, Some(NASTY_SITE), api);
     let v1 = publish_and_release(&w);
@@ -355,4 +365,47 @@ fn a_real_prometheus_scrapes_the_hub_and_the_agent_and_a_hostile_site_name_stays
     // And an appraisal was timed: the agent attested to reach the hub.
     let appraisals = query("sum(outpost_hub_attestation_appraisal_seconds_count)");
     assert!(appraisals.len() == 1 && value(&appraisals[0]) >= 1.0, "{appraisals:?}");
+}
+
+/// `[inference] token_file` as `outpost-agent run` reads it: the API answers 401 without the token (its health
+/// probes excepted) and serves with it; a token file that cannot be read stops the agent before anything serves,
+/// naming the file, rather than leave the API open.
+#[test]
+fn the_agent_requires_its_inference_token_and_will_not_start_without_a_readable_one() {
+    let (_rt, w, hub) = fleet();
+    let api = free_port();
+    let (config, _) = device(&w, &hub, 8, None, api);
+    let token = "agent-token-0123456789abcdef";
+    std::fs::write(config.with_file_name("inference.token"), format!("{token}\n")).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("# token_file = ", "token_file = ")).unwrap();
+
+    let agent = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = now() + Duration::from_secs(30);
+    while !matches!(http(api, "GET", "/v2/health/live", b""), Ok((200, _))) {
+        assert!(now() < until, "the agent's API never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http(api, "GET", "/metrics", b"").unwrap().0, 401, "no token");
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let (status, body) = http_with(api, "GET", "/metrics", &bearer, b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("outpost_agent_inference_outcomes_dropped"), "{body}");
+    drop(agent);
+
+    std::fs::remove_file(config.with_file_name("inference.token")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .args(["run", "--once", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reading the inference token file") && stderr.contains("inference.token"), "{stderr}");
 }

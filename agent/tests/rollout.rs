@@ -57,6 +57,16 @@ fn hub(w: &World) -> (std::net::SocketAddr, Arc<HubBackend>) {
 }
 
 async fn device(w: &World, addr: std::net::SocketAddr, seed: u8) -> Agent {
+    device_serving(w, addr, seed, Arc::new(outpost_agent::inference::ModelHandle::new())).await
+}
+
+/// Like [`device`], activating models into `models` (the handle an inference API serves from).
+async fn device_serving(
+    w: &World,
+    addr: std::net::SocketAddr,
+    seed: u8,
+    models: Arc<outpost_agent::inference::ModelHandle>,
+) -> Agent {
     let dir = w.tmp.path().join(format!("dev{seed}"));
     let key = init_device(&dir, &w.root(), [seed; 32]).unwrap();
     w.registry().device_approve(&key, "stable").unwrap();
@@ -65,7 +75,7 @@ async fn device(w: &World, addr: std::net::SocketAddr, seed: u8) -> Agent {
         .replace("health_inferences = 20", &format!("health_inferences = {HEALTH}"));
     let path = dir.join("agent.toml");
     std::fs::write(&path, &text).unwrap();
-    Agent::open(AgentConfig::parse(&text, &path).unwrap(), Arc::new(Wall)).unwrap()
+    Agent::open_with(AgentConfig::parse(&text, &path).unwrap(), Arc::new(Wall), models).unwrap()
 }
 
 /// v1 published, and device `seed` running it, confirmed.
@@ -203,8 +213,17 @@ error_percent = 0
 
 /// One OIP v2 request for the affine test model; returns the served model version.
 async fn infer(addr: std::net::SocketAddr) -> String {
+    let raw = post_affine(addr, "1").await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let at = raw.find("\"model_version\":\"").unwrap() + 17;
+    raw[at..].split('"').next().unwrap().to_owned()
+}
+
+/// One OIP v2 request for the affine test model, `x = [first, 2, 3, 4]` (`first` as JSON text); returns the
+/// whole HTTP response.
+async fn post_affine(addr: std::net::SocketAddr, first: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+    let body = format!(r#"{{"inputs":[{{"name":"x","shape":[1,4],"datatype":"FP32","data":[{first},2,3,4]}}]}}"#);
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
@@ -215,9 +234,7 @@ async fn infer(addr: std::net::SocketAddr) -> String {
     s.write_all(body.as_bytes()).await.unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).await.unwrap();
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    let at = raw.find("\"model_version\":\"").unwrap() + 17;
-    raw[at..].split('"').next().unwrap().to_owned()
+    raw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -241,7 +258,7 @@ async fn shadow_stage_runs_the_release_beside_the_active_model_and_its_agreement
         Agent::open_with(AgentConfig::parse(&text, &path).unwrap(), Arc::new(Wall), models.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, models.clone(), ServeLimits::default(), std::future::pending()));
+    tokio::spawn(serve(listener, models.clone(), ServeLimits::default(), None, std::future::pending()));
     agent.check().await.unwrap();
     agent.record_inference(true).unwrap();
     assert_eq!(active(&agent), Some(v1));
@@ -346,4 +363,39 @@ fn serving_hub_sleeps_until_the_earliest_soak_end_and_never_past_its_bound() {
     assert_eq!(rollouts::next_deadline(&reg, now).unwrap(), Some(now + 600), "the canary's soak end");
     assert_eq!(rollouts::wait_after_tick(&reg, now).unwrap(), rollouts::MAX_TICK_WAIT, "600 s away: the bound");
     assert_eq!(rollouts::wait_after_tick(&reg, now + 597).unwrap(), Duration::from_secs(3), "3 s away: 3 s");
+}
+
+/// One request with a non-finite input used to roll a good release back: its non-finite output counted as the
+/// model's failure in the health window (and toward the rollout's error threshold). A contract may now allow
+/// non-finite values on an input; such a request is served, and the answer it causes is the caller's doing: the
+/// update loop never hears of it, and the release is confirmed by the good inferences around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_input_to_a_model_whose_contract_allows_it_is_served_and_never_rolls_back() {
+    use outpost_agent::inference::{ModelHandle, ServeLimits, serve};
+    let w = World::on_wall_clock();
+    let (addr, _) = hub(&w);
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0).allowing_non_finite(), "stable");
+    let (models, mut outcomes) = ModelHandle::with_outcomes(Arc::new(Wall), 16);
+    let models = Arc::new(models);
+    let mut agent = device_serving(&w, addr, 23, models.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, models.clone(), ServeLimits::default(), None, std::future::pending()));
+    agent.check().await.unwrap();
+    assert!(matches!(agent.state().phase, Phase::Health { .. }), "v1 on trial");
+
+    // 1e300 is infinity as FP32: the model answers infinity, served as JSON null.
+    let answer = post_affine(api, "1e300").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"data\":[null,5.0,7.0,9.0]"), "{answer}");
+    // Good traffic after it: the first outcome the loop hears of is the good one.
+    for _ in 0..HEALTH {
+        assert!(post_affine(api, "0").await.starts_with("HTTP/1.1 200"));
+        let outcome = outcomes.recv().await.unwrap();
+        assert_eq!((outcome.model, outcome.ok), (v1, true), "the non-finite answer never reached the loop");
+        agent.record_outcome(outcome).unwrap();
+    }
+    assert_eq!(agent.state().phase, Phase::Idle, "confirmed");
+    assert_eq!(active(&agent), Some(v1));
+    assert!(agent.state().rolled_back.is_empty(), "{:?}", agent.state().rolled_back);
 }

@@ -6,7 +6,7 @@ use outpost_shared::oip::parse_request;
 use outpost_shared::manifest::{Dim, ElementType, TensorSpec};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let spec = |name: &str, dtype, shape| TensorSpec { name: name.into(), dtype, shape };
+    let spec = |name: &str, dtype, shape| TensorSpec::new(name, dtype, shape);
     let inputs = [
         spec("x", ElementType::F32, vec![Dim::Fixed(1), Dim::Symbol("n".into())]),
         spec("mask", ElementType::Bool, vec![Dim::Fixed(2)]),
@@ -17,5 +17,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         [a, b, rest @ ..] => (Some(usize::from(u16::from_le_bytes([*a, *b]))).filter(|&n| n != 0xffff), rest),
         _ => (None, data),
     };
-    let _ = parse_request(&inputs, &outputs, body, json_len);
+    let _ = parse_request(&inputs, &outputs, body, json_len, &Default::default());
 });

@@ -466,7 +466,7 @@ mod tests {
 
     fn spec(name: &str, dtype: ElementType, shape: &[&str]) -> TensorSpec {
         let shape = shape.iter().map(|d| d.parse().map_or_else(|_| Dim::Symbol((*d).into()), Dim::Fixed)).collect();
-        TensorSpec { name: name.into(), dtype, shape }
+        TensorSpec::new(name, dtype, shape)
     }
 
     fn contract(inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Contract {

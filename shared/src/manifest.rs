@@ -189,6 +189,20 @@ pub struct TensorSpec {
     pub dtype: ElementType,
     /// Dimensions: a number is fixed, a string is symbolic (`"batch"`).
     pub shape: Vec<Dim>,
+    /// An input that may hold NaN or infinities (a model that reads NaN as "missing", say). Absent means
+    /// `false`, and the key is left out of the encoded manifest, so older manifests (and their digests) are
+    /// unchanged. By default a non-finite input is refused as the caller's fault; with this set it is served, and
+    /// a non-finite output on such a request is the input's doing, never counted as the model's failure. Only for
+    /// inputs: an output never declares it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_non_finite: bool,
+}
+
+impl TensorSpec {
+    /// A spec with finite values only (the default contract).
+    pub fn new(name: impl Into<String>, dtype: ElementType, shape: Vec<Dim>) -> TensorSpec {
+        TensorSpec { name: name.into(), dtype, shape, allow_non_finite: false }
+    }
 }
 
 /// One dimension of a declared shape.
@@ -633,6 +647,15 @@ pub fn validate_specs(side: &str, specs: &[TensorSpec]) -> Result<(), (String, S
         }
         if let Some(j) = t.shape.iter().position(|d| matches!(d, Dim::Symbol(s) if s.is_empty())) {
             return Err((format!("{at}.shape[{j}]"), "a symbolic dimension needs a name".into()));
+        }
+        if t.allow_non_finite && side == "outputs" {
+            return Err((
+                format!("{at}.allow_non_finite"),
+                "only an input may allow non-finite values: a non-finite output is the model's failure".into(),
+            ));
+        }
+        if t.allow_non_finite && !matches!(t.dtype, ElementType::F32 | ElementType::F64) {
+            return Err((format!("{at}.allow_non_finite"), format!("{} values are always finite", t.dtype)));
         }
     }
     Ok(())

@@ -119,13 +119,8 @@ pub enum ModelError {
 
 /// Refuses a float output holding NaN or infinity.
 fn check_finite(t: &NamedTensor) -> Result<(), ModelError> {
-    let first = match &t.data {
-        TensorData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i].to_string())),
-        TensorData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i].to_string())),
-        _ => None,
-    };
-    match first {
-        Some((index, value)) => Err(ModelError::NonFinite { output: t.name.clone(), index, value }),
+    match t.data.first_non_finite() {
+        Some((index, value)) => Err(ModelError::NonFinite { output: t.name.clone(), index, value: value.to_string() }),
         None => Ok(()),
     }
 }
@@ -208,11 +203,26 @@ impl LoadedModel {
     /// is 0, one symbolic name is bound to two sizes, the data length is not the shape's product, or (in
     /// [`Planning::PerShape`]) tract cannot plan the shapes. A tract error or panic while running tensors that
     /// fit is [`ModelError::Run`].
+    ///
+    /// A non-finite output is [`ModelError::NonFinite`], the model's failure, unless an input whose contract
+    /// allows non-finite values ([`TensorSpec::allow_non_finite`]) holds one: the output then answers what the
+    /// caller asked, and is returned as it is ([`LoadedModel::non_finite_by_contract`] tells such a request).
     pub fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, ModelError> {
         let ordered = self.check_inputs(inputs)?;
+        let caller_non_finite = self.non_finite_by_contract(&ordered);
         let outputs = guard(ModelError::Run, || self.run_inner(ordered))?;
-        outputs.iter().try_for_each(check_finite)?;
+        if !caller_non_finite {
+            outputs.iter().try_for_each(check_finite)?;
+        }
         Ok(outputs)
+    }
+
+    /// Whether one of `inputs` holds a NaN or an infinity its contract allows: what such a request makes of the
+    /// model's outputs is the caller's doing, not the model's.
+    pub fn non_finite_by_contract(&self, inputs: &[NamedTensor]) -> bool {
+        inputs.iter().any(|t| {
+            self.inputs.iter().any(|s| s.name == t.name && s.allow_non_finite) && t.data.first_non_finite().is_some()
+        })
     }
 
     /// How this model plans input shapes.
@@ -352,9 +362,8 @@ impl LoadedModel {
             .iter()
             .zip(&shapes)
             .map(|(spec, shape)| TensorSpec {
-                name: spec.name.clone(),
-                dtype: spec.dtype,
                 shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(),
+                ..spec.clone()
             })
             .collect();
         let plan = build_plan(proto, &specs).map_err(|e| ModelError::BadInput {
@@ -555,9 +564,8 @@ fn load_inner(model_bytes: &[u8], manifest: &Manifest, mode: ShapeMode) -> Resul
         .iter()
         .zip(&smoke_shapes)
         .map(|(spec, shape)| TensorSpec {
-            name: spec.name.clone(),
-            dtype: spec.dtype,
             shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(),
+            ..spec.clone()
         })
         .collect();
     let loaded = |plans, inputs| LoadedModel {

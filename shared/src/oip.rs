@@ -6,8 +6,9 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 
-use crate::manifest::{ElementType, TensorSpec};
+use crate::manifest::{Dim, ElementType, MAX_CONTRACT_TENSORS, MAX_RANK, TensorSpec};
 use crate::tensor::{NamedTensor, TensorData};
 
 /// The binary tensor data extension's header (lower case, as `http` spells header names): the length of the
@@ -63,9 +64,46 @@ pub struct ParsedRequest {
     pub wanted: Option<Vec<(String, bool)>>,
 }
 
+/// Most elements by default of one input tensor whose contract shape has a symbolic dimension
+/// ([`RequestLimits::max_dynamic_elements`]): 4 Mi, 16 MiB as FP32, the most a smoke test may hold.
+pub const DEFAULT_MAX_DYNAMIC_ELEMENTS: u64 = crate::manifest::MAX_SMOKE_ELEMENTS as u64;
+
+/// What one request may make the codec allocate, on top of its body. The contract bounds every input: a tensor
+/// of fixed shape holds exactly its shape's product, one with a symbolic dimension at most
+/// [`max_dynamic_elements`](RequestLimits::max_dynamic_elements); a request declaring more is refused before its
+/// data is decoded, and data running past its declared shape is refused at the first element too many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Most elements of one input tensor whose contract shape has a symbolic dimension (or the product of its
+    /// fixed dimensions, when that is larger: one item of a batch always fits).
+    pub max_dynamic_elements: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits { max_dynamic_elements: DEFAULT_MAX_DYNAMIC_ELEMENTS }
+    }
+}
+
+impl RequestLimits {
+    /// Most elements a request's tensor for `spec` may hold.
+    pub fn max_elements(&self, spec: &TensorSpec) -> u64 {
+        let mut fixed = 1u64;
+        let mut symbolic = false;
+        for d in &spec.shape {
+            match d {
+                Dim::Fixed(n) => fixed = fixed.saturating_mul(*n),
+                Dim::Symbol(_) => symbolic = true,
+            }
+        }
+        if symbolic { fixed.max(self.max_dynamic_elements) } else { fixed }
+    }
+}
+
 /// Parses a request body for a model with these `inputs` and `outputs`: the JSON header, then the binary tensor
 /// data when `json_len` (the `Inference-Header-Content-Length` header) says where the header ends. Every problem
-/// is a [`BadRequest`] naming it; nothing panics on any input (fuzz target `infer_request`).
+/// is a [`BadRequest`] naming it; nothing panics on any input (fuzz target `infer_request`). Tensors are bounded
+/// by the contract ([`RequestLimits`]) before they are decoded: a body's size never multiplies into memory.
 ///
 /// # Errors
 /// [`BadRequest`] with the reason.
@@ -74,6 +112,7 @@ pub fn parse_request(
     outputs: &[TensorSpec],
     body: &[u8],
     json_len: Option<usize>,
+    limits: &RequestLimits,
 ) -> Result<ParsedRequest, BadRequest> {
     let (json, binary) = match json_len {
         None => (body, &[][..]),
@@ -88,6 +127,7 @@ pub fn parse_request(
         serde_json::from_slice(json).map_err(|e| BadRequest(format!("not a valid inference request: {e}")))?;
     let declared = request
         .inputs
+        .0
         .iter()
         .filter_map(|i| i.parameters.binary_data_size)
         .try_fold(0u64, u64::checked_add)
@@ -101,15 +141,19 @@ pub fn parse_request(
             json_len.map_or_else(|| "absent, so the whole body is JSON".to_owned(), |n| n.to_string()),
         )));
     }
-    let mut tensors = Vec::with_capacity(request.inputs.len());
+    let mut tensors: Vec<NamedTensor> = Vec::with_capacity(request.inputs.0.len());
     let mut rest = binary;
-    for input in request.inputs {
-        tensors.push(input.into_tensor(inputs, &mut rest)?);
+    for input in request.inputs.0 {
+        // Refused before its data is decoded: a request cannot multiply its tensors by repeating one.
+        if tensors.iter().any(|t| t.name == input.name) {
+            return Err(BadRequest(format!("input `{}`: given more than once", input.name)));
+        }
+        tensors.push(input.into_tensor(inputs, limits, &mut rest)?);
     }
     let all_binary = request.parameters.binary_data_output.unwrap_or(false);
     let wanted = match request.outputs {
         None => None,
-        Some(list) => {
+        Some(Bounded(list)) => {
             let mut names = Vec::with_capacity(list.len());
             for o in list {
                 if !outputs.iter().any(|s| s.name == o.name) {
@@ -147,16 +191,44 @@ pub fn from_oip_name(name: &str) -> Option<ElementType> {
 }
 
 /// The OIP request body (the JSON header, with the binary tensor data extension). Unknown fields and
-/// parameters are ignored.
+/// parameters are ignored. Each input's `data` stays JSON text (borrowed from the body) until its input is
+/// checked against the contract; lists are bounded by what a contract can hold.
 #[derive(Deserialize)]
-struct InferRequest {
+struct InferRequest<'a> {
     #[serde(default)]
     id: Option<String>,
-    inputs: Vec<RequestInput>,
+    #[serde(borrow)]
+    inputs: Bounded<RequestInput<'a>, MAX_CONTRACT_TENSORS>,
     #[serde(default)]
-    outputs: Option<Vec<RequestOutput>>,
+    outputs: Option<Bounded<RequestOutput, MAX_CONTRACT_TENSORS>>,
     #[serde(default)]
     parameters: RequestParameters,
+}
+
+/// A JSON array of at most `N` elements (more is an error at the first one too many, never an allocation).
+struct Bounded<T, const N: usize>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Each<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for Each<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an array of at most {N} elements")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    if out.len() == N {
+                        return Err(de::Error::custom(format_args!("more than {N} elements")));
+                    }
+                    out.push(x);
+                }
+                Ok(Bounded(out))
+            }
+        }
+        d.deserialize_seq(Each(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -167,12 +239,12 @@ struct RequestParameters {
 }
 
 #[derive(Deserialize)]
-struct RequestInput {
+struct RequestInput<'a> {
     name: String,
-    shape: Vec<i64>,
+    shape: Bounded<i64, MAX_RANK>,
     datatype: String,
-    #[serde(default)]
-    data: Option<Flat>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
     #[serde(default)]
     parameters: InputParameters,
 }
@@ -197,11 +269,21 @@ struct OutputParameters {
     binary_data: Option<bool>,
 }
 
-impl RequestInput {
-    /// The tensor, its data from `data` or, for a binary input, from the front of `binary` (which it consumes).
-    fn into_tensor(self, specs: &[TensorSpec], binary: &mut &[u8]) -> Result<NamedTensor, BadRequest> {
+impl RequestInput<'_> {
+    /// The tensor, its data from `data` or, for a binary input, from the front of `binary` (which it consumes);
+    /// checked against its contract spec before any of its data is decoded.
+    fn into_tensor(
+        self,
+        specs: &[TensorSpec],
+        limits: &RequestLimits,
+        binary: &mut &[u8],
+    ) -> Result<NamedTensor, BadRequest> {
         let name = self.name;
         let bad = |problem: String| BadRequest(format!("input `{name}`: {problem}"));
+        let Some(spec) = specs.iter().find(|s| s.name == name) else {
+            let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(bad(format!("not an input of this model (its inputs: {})", known.join(", "))));
+        };
         let supported = "FP32, FP64, INT8, UINT8, INT32, INT64, BOOL";
         let dtype = from_oip_name(&self.datatype).ok_or_else(|| match self.datatype.as_str() {
             // No Outpost contract has string tensors, so BYTES (in JSON or binary) has nothing to feed.
@@ -211,23 +293,38 @@ impl RequestInput {
             )),
             other => bad(format!("datatype `{other}` is not supported (supported: {supported})")),
         })?;
-        // Unknown names are left to the model's own check, which lists the inputs it has.
-        if let Some(spec) = specs.iter().find(|s| s.name == name)
-            && spec.dtype != dtype
-        {
+        if spec.dtype != dtype {
             return Err(bad(format!("datatype {}, the model takes {}", self.datatype, oip_name(spec.dtype))));
         }
         let shape = self
             .shape
+            .0
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| bad(format!("shape {:?} has a negative dimension", self.shape))))
+            .map(|&d| usize::try_from(d).map_err(|_| bad(format!("shape {:?} has a negative dimension", self.shape.0))))
             .collect::<Result<Vec<usize>, _>>()?;
+        // The contract bounds the tensor before anything is decoded: 2-byte JSON elements would otherwise become
+        // 8-byte numbers, several times over.
+        let count = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let allowed = limits.max_elements(spec);
+        if count.is_none_or(|n| n > allowed) {
+            let count = count.map_or_else(|| "more than u64::MAX".to_owned(), |n| n.to_string());
+            let declared: Vec<String> = spec.shape.iter().map(Dim::to_string).collect();
+            return Err(bad(format!(
+                "shape {shape:?} holds {count} elements, more than the {allowed} the contract's [{}] allows",
+                declared.join(", ")
+            )));
+        }
+        let count = count.unwrap_or_default();
         let data = match (self.data, self.parameters.binary_data_size) {
             (Some(_), Some(_)) => {
                 return Err(bad("has both `data` and `parameters.binary_data_size`; give one".into()));
             }
             (None, None) => return Err(bad("has no data: give `data` or `parameters.binary_data_size`".into())),
-            (Some(flat), None) => flat.into_typed(dtype).map_err(bad)?,
+            (Some(raw), None) => {
+                let flat = Flat::parse(raw, count)
+                    .map_err(|e| BadRequest(format!("not a valid inference request: input `{name}`: data: {e}")))?;
+                flat.into_typed(dtype).map_err(bad)?
+            }
             (None, Some(size)) => {
                 let expected = shape.iter().try_fold(element_size(dtype), |a, &d| a.checked_mul(d));
                 if expected.is_none_or(|e| e as u64 != size) {
@@ -246,20 +343,14 @@ impl RequestInput {
             }
         };
         // A non-finite input (NaN bits in binary data, or JSON `1e300` as FP32) makes a model's output non-finite,
-        // which counts as the model's failure and would roll back a good release: it is the caller's fault.
-        if let Some((i, x)) = first_non_finite(&data) {
+        // which counts as the model's failure and would roll back a good release: it is the caller's fault, unless
+        // the contract says this input may hold such values.
+        if !spec.allow_non_finite
+            && let Some((i, x)) = data.first_non_finite()
+        {
             return Err(bad(format!("element {i} is {x}: inputs must be finite numbers")));
         }
         Ok(NamedTensor::new(name.clone(), shape, data))
-    }
-}
-
-/// The first NaN or infinite element of float data, widened to f64; `None` for integer and boolean data.
-fn first_non_finite(data: &TensorData) -> Option<(usize, f64)> {
-    match data {
-        TensorData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, f64::from(v[i]))),
-        TensorData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
-        _ => None,
     }
 }
 
@@ -401,6 +492,27 @@ enum Flat {
 }
 
 impl Flat {
+    /// Parses `data` (flat or nested arrays, or one number) into at most `limit` elements: the first element
+    /// beyond it is an error, before it is stored.
+    fn parse(data: &RawValue, limit: u64) -> Result<Flat, serde_json::Error> {
+        let mut flat = Flat::Empty;
+        // Each element takes at least one character and a separator: never reserve more than the text can hold.
+        let room = usize::try_from(limit).unwrap_or(usize::MAX).min(data.get().len() / 2 + 1);
+        let mut de = serde_json::Deserializer::from_str(data.get());
+        FlatSeed { flat: &mut flat, limit, room }.deserialize(&mut de)?;
+        de.end()?;
+        Ok(flat)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Flat::Empty => 0,
+            Flat::Ints(xs) => xs.len(),
+            Flat::Floats(xs) => xs.len(),
+            Flat::Bools(xs) => xs.len(),
+        }
+    }
+
     fn push_int(&mut self, v: i64) -> Result<(), &'static str> {
         match self {
             Flat::Empty => *self = Flat::Ints(vec![v]),
@@ -480,16 +592,33 @@ impl Flat {
     }
 }
 
-impl<'de> Deserialize<'de> for Flat {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Flat, D::Error> {
-        let mut flat = Flat::Empty;
-        d.deserialize_any(FlatVisitor(&mut flat))?;
-        Ok(flat)
-    }
+/// Visits one JSON value of `data`, appending its scalars to the accumulator, at most `limit` of them; the
+/// first vector is given `room` elements at once.
+struct FlatVisitor<'a> {
+    flat: &'a mut Flat,
+    limit: u64,
+    room: usize,
 }
 
-/// Visits one JSON value of `data`, appending its scalars to the accumulator.
-struct FlatVisitor<'a>(&'a mut Flat);
+impl FlatVisitor<'_> {
+    /// Refuses the element about to be stored if it is one too many; reserves room for the first.
+    fn admit<E: de::Error>(&mut self, push: impl FnOnce(&mut Flat) -> Result<(), &'static str>) -> Result<(), E> {
+        let len = self.flat.len();
+        if len as u64 >= self.limit {
+            return Err(E::custom(format_args!("more than the {} elements its shape holds", self.limit)));
+        }
+        push(self.flat).map_err(E::custom)?;
+        if len == 0 {
+            match self.flat {
+                Flat::Ints(xs) => xs.reserve_exact(self.room),
+                Flat::Floats(xs) => xs.reserve_exact(self.room),
+                Flat::Bools(xs) => xs.reserve_exact(self.room),
+                Flat::Empty => {}
+            }
+        }
+        Ok(())
+    }
+}
 
 impl<'de> Visitor<'de> for FlatVisitor<'_> {
     type Value = ();
@@ -498,38 +627,42 @@ impl<'de> Visitor<'de> for FlatVisitor<'_> {
         f.write_str("numbers, booleans, or (nested) arrays of them")
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.0.push_bool(v).map_err(E::custom)
+    fn visit_bool<E: de::Error>(mut self, v: bool) -> Result<(), E> {
+        self.admit(|f| f.push_bool(v))
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.0.push_int(v).map_err(E::custom)
+    fn visit_i64<E: de::Error>(mut self, v: i64) -> Result<(), E> {
+        self.admit(|f| f.push_int(v))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+    fn visit_u64<E: de::Error>(mut self, v: u64) -> Result<(), E> {
         match i64::try_from(v) {
-            Ok(v) => self.0.push_int(v),
-            Err(_) => self.0.push_float(v as f64),
+            Ok(v) => self.admit(|f| f.push_int(v)),
+            Err(_) => self.admit(|f| f.push_float(v as f64)),
         }
-        .map_err(E::custom)
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.0.push_float(v).map_err(E::custom)
+    fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
+        self.admit(|f| f.push_float(v))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(FlatSeed(&mut *self.0))?.is_some() {}
+        let FlatVisitor { flat, limit, room } = self;
+        while seq.next_element_seed(FlatSeed { flat: &mut *flat, limit, room })?.is_some() {}
         Ok(())
     }
 }
 
-struct FlatSeed<'a>(&'a mut Flat);
+struct FlatSeed<'a> {
+    flat: &'a mut Flat,
+    limit: u64,
+    room: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for FlatSeed<'_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(FlatVisitor(self.0))
+        d.deserialize_any(FlatVisitor { flat: self.flat, limit: self.limit, room: self.room })
     }
 }

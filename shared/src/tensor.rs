@@ -54,6 +54,16 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// The first NaN or infinite element of float data, widened to `f64`; `None` for finite, integer and boolean
+    /// data.
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        match self {
+            TensorData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, f64::from(v[i]))),
+            TensorData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+            _ => None,
+        }
+    }
+
     /// The values widened to `f64` (booleans as 0 and 1; `i64` beyond 2^53 rounds), for comparisons.
     pub fn to_f64(&self) -> Vec<f64> {
         match self {

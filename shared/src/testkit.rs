@@ -131,6 +131,8 @@ pub struct AffineManifest {
     pub parents: Vec<Digest>,
     /// Risk tier (`low`, `medium`, `high`).
     pub risk_tier: String,
+    /// Whether the contract lets input `x` hold NaN or infinities (`allow_non_finite`).
+    pub allow_non_finite: bool,
 }
 
 impl AffineManifest {
@@ -143,7 +145,14 @@ impl AffineManifest {
             bias,
             parents: vec![],
             risk_tier: "low".into(),
+            allow_non_finite: false,
         }
+    }
+
+    /// The same package with a contract whose input may hold NaN or infinities.
+    pub fn allowing_non_finite(mut self) -> Self {
+        self.allow_non_finite = true;
+        self
     }
 
     /// The manifest as an author would write it.
@@ -170,7 +179,7 @@ memory_budget_bytes = 1048576
 [[contract.inputs]]
 name = "x"
 dtype = "f32"
-shape = ["N", 4]
+shape = ["N", 4]{allow}
 
 [[contract.outputs]]
 name = "y"
@@ -202,6 +211,7 @@ expected = [{{ name = "y", shape = [2, 4], fill = {expected:?} }}]
             version = self.version,
             risk = self.risk_tier,
             suite = Digest::of(b"affine-golden"),
+            allow = if self.allow_non_finite { "\nallow_non_finite = true" } else { "" },
         )
     }
 

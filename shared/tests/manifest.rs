@@ -171,3 +171,30 @@ fn model_manifest_without_contract_names_the_contract() {
     assert_ne!(text, valid());
     assert_eq!(parse(&text).unwrap_err().field, "contract");
 }
+
+/// The contract flag that lets an input hold NaN or infinities: absent from a manifest that does not set it (so
+/// every digest recorded before it existed still holds), kept through the package encoding when set, and refused
+/// where it would let a broken model off (an output) or means nothing (integers).
+#[test]
+fn a_contract_may_allow_non_finite_values_on_a_float_input_only() {
+    let old = parse(&valid()).unwrap();
+    assert!(!old.contract.inputs[0].allow_non_finite, "default: not allowed");
+    let cbor = old.to_cbor();
+    let key = b"allow_non_finite";
+    assert!(!cbor.windows(key.len()).any(|w| w == key), "an older manifest encodes as before");
+
+    let allowing = AffineManifest::new("affine", "1.0.0", 2.0, 1.0).allowing_non_finite().toml();
+    let m = parse(&allowing).unwrap();
+    assert!(m.contract.inputs[0].allow_non_finite);
+    assert_eq!(Manifest::from_cbor(&m.to_cbor()).unwrap(), m, "round-trips through the package encoding");
+    assert_ne!(m.to_cbor(), cbor, "the flag is part of what the package's digest covers");
+
+    let on_output =
+        allowing.replace("shape = [\"N\", 4]\n\n[lineage]", "shape = [\"N\", 4]\nallow_non_finite = true\n\n[lineage]");
+    assert_ne!(on_output, allowing, "the edit applies");
+    let e = parse(&on_output).unwrap_err();
+    assert_eq!(e.field, "contract.outputs[0].allow_non_finite", "{e}");
+    let on_ints = allowing.replacen("dtype = \"f32\"", "dtype = \"i64\"", 1);
+    let e = parse(&on_ints).unwrap_err();
+    assert_eq!(e.field, "contract.inputs[0].allow_non_finite", "{e}");
+}

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use outpost_shared::model::{self, LoadedModel, ModelError};
-use outpost_shared::oip::{Encoded, InferResponse, ParsedRequest, ResponseTensor, oip_name, parse_request};
+use outpost_shared::oip::{
+    Encoded, InferResponse, ParsedRequest, RequestLimits, ResponseTensor, oip_name, parse_request,
+};
 use outpost_shared::telemetry::Histogram;
 use outpost_shared::{Digest, Manifest, Package, PackageError, PackageLimits};
 
@@ -61,7 +63,8 @@ pub enum LoadError {
 /// Successful and failed inferences on one served model, counted since it was loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InferenceStats {
-    /// Inferences that returned outputs.
+    /// Inferences that returned the model's own outputs (an answer whose non-finite values come from a non-finite
+    /// input the contract allows is neither a success nor a failure).
     pub ok: u64,
     /// Inferences on tensors that fit the contract where the model failed (client errors are not counted).
     pub failed: u64,
@@ -180,7 +183,8 @@ impl Served {
 
 /// Called after each inference that reached a model: the model it ran on, whether it succeeded, and how long
 /// the model took (on the handle's clock). Requests refused before running (bad JSON, bad tensors, unknown
-/// model, no model) are not reported.
+/// model, no model) are not reported, and neither is an answer whose non-finite values come from a non-finite
+/// input the contract allows (the caller's doing: it says nothing for or against the model).
 pub type InferenceObserver = dyn Fn(&Served, bool, std::time::Duration) + Send + Sync;
 
 /// What `GET /metrics` reports of one served model.
@@ -203,7 +207,7 @@ pub struct ModelHandle {
     counters: std::sync::Mutex<BTreeMap<Digest, Counts>>,
     /// A package running in shadow: fed a share of answered requests, never serving.
     shadow: RwLock<Option<Arc<Shadow>>>,
-    /// The update loop's timings (check latency, download time), for `GET /metrics`.
+    /// The update loop's timings (check latency, download time) and the outcomes it dropped, for `GET /metrics`.
     metrics: crate::metrics::AgentMetrics,
 }
 
@@ -261,6 +265,23 @@ impl ModelHandle {
         }
     }
 
+    /// A handle whose HTTP inferences are reported, as [`Outcome`](super::outcomes::Outcome)s timed on `clock`,
+    /// into a queue of `capacity` the update loop drains from the returned receiver. Inference never waits on it:
+    /// an outcome that finds it full is dropped and counted (`outpost_agent_inference_outcomes_dropped_total`), a
+    /// dropped failure kept aside for the health window (see [`super::outcomes`]).
+    pub fn with_outcomes(
+        clock: Arc<dyn outpost_shared::clock::Clock>,
+        capacity: usize,
+    ) -> (ModelHandle, super::outcomes::OutcomeReceiver) {
+        let metrics = crate::metrics::AgentMetrics::default();
+        let (tx, rx) = super::outcomes::channel(capacity, metrics.outcomes_dropped());
+        let mut handle = ModelHandle::with_observer(clock, move |served, ok, took| {
+            tx.send(super::outcomes::Outcome { model: *served.digest(), ok, took: Some(took) });
+        });
+        handle.metrics = metrics;
+        (handle, rx)
+    }
+
     /// Runs `served` in shadow on `percent` % of answered requests (`None`: no shadow). Its stats start afresh.
     pub fn set_shadow(&self, served: Option<Arc<Served>>, percent: u32) {
         let shadow = served.filter(|_| percent > 0).map(|served| {
@@ -289,13 +310,7 @@ impl ModelHandle {
 
     /// Runs the shadow (if sampled and idle) on a request the active model answered with `answer` in `took`;
     /// never touches the answer already given.
-    fn run_shadow(
-        self: &Arc<Self>,
-        body: Vec<u8>,
-        json_len: Option<usize>,
-        answer: &InferResponse,
-        took: std::time::Duration,
-    ) {
+    fn run_shadow(self: &Arc<Self>, request: Request, answer: &InferResponse, took: std::time::Duration) {
         let Some(shadow) = self.shadow.read().unwrap_or_else(PoisonError::into_inner).clone() else { return };
         if shadow.seen.fetch_add(1, Ordering::Relaxed) % shadow.every != 0 || shadow.busy.swap(true, Ordering::AcqRel) {
             return;
@@ -305,12 +320,12 @@ impl ModelHandle {
         let clock = self.clock.clone();
         tokio::task::spawn_blocking(move || {
             let started = clock.as_ref().map(|c| c.monotonic());
-            let result = handle_infer(&shadow.served, &body, json_len, Outputs::Json);
+            let result = handle_infer(&shadow.served, &request, Outputs::Json);
             let shadow_took = match (&clock, started) {
                 (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
                 _ => std::time::Duration::ZERO,
             };
-            if let Ok(answer) = result {
+            if let Ok(Answered { response: answer, .. }) = result {
                 let mut stats = shadow.stats.lock().unwrap_or_else(PoisonError::into_inner);
                 stats.samples += 1;
                 let mut top1 = None;
@@ -337,21 +352,17 @@ impl ModelHandle {
     }
 
     /// Answers one HTTP request on `served` (fixed on the request's arrival): runs it, reports the outcome to
-    /// the observer and the metrics when it reached the model, feeds the shadow, and encodes the response.
-    pub(super) fn answer(
-        self: &Arc<Self>,
-        served: &Served,
-        body: Vec<u8>,
-        json_len: Option<usize>,
-    ) -> Result<Encoded, InferenceError> {
+    /// the observer and the metrics when it says something about the model, feeds the shadow, and encodes the
+    /// response.
+    pub(super) fn answer(self: &Arc<Self>, served: &Served, request: Request) -> Result<Encoded, InferenceError> {
         let started = self.clock.as_ref().map(|c| c.monotonic());
-        let result = handle_infer(served, &body, json_len, Outputs::AsRequested);
+        let result = handle_infer(served, &request, Outputs::AsRequested);
         let took = match (&self.clock, started) {
             (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
             _ => std::time::Duration::ZERO,
         };
         let reached_model = match &result {
-            Ok(_) => Some(true),
+            Ok(Answered { by_model, .. }) => by_model.then_some(true),
             Err(e) if e.is_model_failure() => Some(false),
             Err(_) => None,
         };
@@ -363,9 +374,11 @@ impl ModelHandle {
             let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
             served.last_micros.store(micros, Ordering::Relaxed);
         }
-        let answer = result?;
-        let encoded = Encoded::of(&answer).map_err(|e| InferenceError::Internal(e.to_string()))?;
-        self.run_shadow(body, json_len, &answer, took);
+        let Answered { response, by_model } = result?;
+        let encoded = Encoded::of(&response).map_err(|e| InferenceError::Internal(e.to_string()))?;
+        if by_model {
+            self.run_shadow(request, &response, took);
+        }
         Ok(encoded)
     }
 
@@ -422,7 +435,8 @@ impl ModelHandle {
 /// Runs one OIP v2 JSON inference request on `served`, through the same code as `POST .../infer`, and returns
 /// the response body. For `outpost-agent infer --input FILE`.
 pub fn infer_once(served: &Served, request_json: &[u8]) -> Result<serde_json::Value, InferenceError> {
-    let response = handle_infer(served, request_json, None, Outputs::Json)?;
+    let request = Request { body: request_json.to_vec(), json_len: None, limits: RequestLimits::default() };
+    let response = handle_infer(served, &request, Outputs::Json)?.response;
     // Through text, as over HTTP: `to_value` would widen f32 outputs to f64 digits the endpoint never prints.
     let bytes = serde_json::to_vec(&response).map_err(|e| InferenceError::Internal(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| InferenceError::Internal(e.to_string()))
@@ -434,17 +448,34 @@ enum Outputs {
     AsRequested,
     Json,
 }
-/// The shared request path: parse ([`parse_request`]), run, shape the response. Counts the outcome on `served`.
-fn handle_infer(
-    served: &Served,
-    body: &[u8],
-    json_len: Option<usize>,
-    outputs_as: Outputs,
-) -> Result<InferResponse, InferenceError> {
+/// One inference request as it arrived: the body, where its JSON header ends (the binary tensor data
+/// extension), and the bounds its tensors are parsed under.
+pub(super) struct Request {
+    pub(super) body: Vec<u8>,
+    pub(super) json_len: Option<usize>,
+    pub(super) limits: RequestLimits,
+}
+
+/// A request the model answered.
+struct Answered {
+    response: InferResponse,
+    /// Whether the answer is the model's own: false when its non-finite values come from a non-finite input the
+    /// contract allows, which says nothing for or against the model.
+    by_model: bool,
+}
+
+/// The shared request path: parse ([`parse_request`]), run, shape the response. Counts the outcome on `served`
+/// when it is the model's.
+fn handle_infer(served: &Served, request: &Request, outputs_as: Outputs) -> Result<Answered, InferenceError> {
+    let model = served.model();
     let ParsedRequest { id, tensors, all_binary, wanted } =
-        parse_request(served.model().inputs(), served.model().outputs(), body, json_len)?;
-    let result = served.model().run(tensors);
+        parse_request(model.inputs(), model.outputs(), &request.body, request.json_len, &request.limits)?;
+    let caller_non_finite = model.non_finite_by_contract(&tensors);
+    let result = model.run(tensors);
+    let by_model = !matches!(&result, Ok(outputs)
+        if caller_non_finite && outputs.iter().any(|t| t.data.first_non_finite().is_some()));
     match &result {
+        Ok(_) if !by_model => 0,
         Ok(_) => served.ok.fetch_add(1, Ordering::Relaxed),
         Err(ModelError::BadInput { .. }) => 0,
         Err(_) => served.failed.fetch_add(1, Ordering::Relaxed),
@@ -466,7 +497,8 @@ fn handle_infer(
             })
         })
         .collect();
-    Ok(InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id, outputs })
+    let response = InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id, outputs };
+    Ok(Answered { response, by_model })
 }
 /// Index of the largest value (the first among equals); `None` when empty.
 fn argmax(v: &[f64]) -> Option<usize> {

@@ -3,7 +3,11 @@
 //!
 //! A slow client holds only what it cannot avoid holding: its connection (capped), and the body bytes it declared
 //! (a budget shared by all requests) for at most the body timeout; a running slot is taken only once the whole
-//! body is in memory, and a request head must arrive within the header timeout.
+//! body is in memory, and a request head must arrive within the header timeout. A body's tensors are bounded by
+//! the model's contract before they are decoded ([`ServeLimits::max_dynamic_elements`]).
+//!
+//! With a [`BearerToken`] (`[inference] token_file`), every route but the two health probes answers 401 to a
+//! request without `Authorization: Bearer <token>`; the token is compared in constant time (as SHA-256 digests).
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -12,12 +16,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use outpost_shared::Digest;
 use outpost_shared::manifest::{Dim, TensorSpec};
-use outpost_shared::oip::{Encoded, INFERENCE_HEADER_CONTENT_LENGTH, oip_name};
+use outpost_shared::oip::{
+    DEFAULT_MAX_DYNAMIC_ELEMENTS, Encoded, INFERENCE_HEADER_CONTENT_LENGTH, RequestLimits, oip_name,
+};
 use tokio::net::TcpListener;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
@@ -74,6 +82,10 @@ pub struct ServeLimits {
     /// Body bytes all requests hold at once (each reserves its declared length, or `max_body_bytes` when it
     /// declares none, before reading it); a request waits for room.
     pub max_buffered_body_bytes: usize,
+    /// Most elements of one input tensor whose contract shape has a symbolic dimension (a fixed shape bounds its
+    /// tensor exactly); a request declaring more, or sending more data than its shape, is a 400 before its data is
+    /// decoded (`outpost_shared::oip::RequestLimits`).
+    pub max_dynamic_elements: u64,
 }
 
 impl Default for ServeLimits {
@@ -87,11 +99,100 @@ impl Default for ServeLimits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
+            max_dynamic_elements: DEFAULT_MAX_DYNAMIC_ELEMENTS,
         }
     }
 }
-/// The OIP v2 routes over `handle`, bounded by `limits`.
-pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits) -> Router {
+
+/// The credential the API requires when other local processes are not trusted (`[inference] token_file`): a
+/// caller sends `Authorization: Bearer <token>`. Held as its SHA-256 and compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(Digest);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+/// Why a bearer token could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file could not be read.
+    #[error("reading the inference token file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The token is empty, or holds characters a bearer token cannot (RFC 6750 `b64token`: letters, digits and
+    /// `-._~+/`, then `=` padding), so no client could send it.
+    #[error("{what}: a bearer token is 16 or more of A-Z, a-z, 0-9, `-._~+/` (then `=` padding)")]
+    Invalid {
+        /// Where the token came from.
+        what: String,
+    },
+}
+
+/// Shortest token accepted: guessing it must be hopeless.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl BearerToken {
+    /// The token `text` (surrounding whitespace, such as a file's final newline, is not part of it); `what` names
+    /// its source in errors.
+    pub fn new(text: &str, what: &str) -> Result<BearerToken, TokenError> {
+        let token = text.trim();
+        let body = token.trim_end_matches('=');
+        let b64 = |c: char| c.is_ascii_alphanumeric() || "-._~+/".contains(c);
+        if body.len() < MIN_TOKEN_LEN || !body.chars().all(b64) {
+            return Err(TokenError::Invalid { what: what.to_owned() });
+        }
+        Ok(BearerToken(Digest::of(token.as_bytes())))
+    }
+
+    /// The token in `path`.
+    pub fn load(path: &std::path::Path) -> Result<BearerToken, TokenError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.to_owned(), source })?;
+        BearerToken::new(&text, &path.display().to_string())
+    }
+
+    /// Whether `presented` is the token: every byte of the two digests is compared, whatever differs first.
+    fn admits(&self, presented: &str) -> bool {
+        let presented = Digest::of(presented.as_bytes());
+        let (a, b) = (&self.0.0, &presented.0);
+        std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
+    }
+}
+
+/// Refuses a request without the bearer token: 401 with `WWW-Authenticate: Bearer` (RFC 6750), naming the error
+/// when a token was sent but is not this one.
+async fn require_token(State(token): State<Arc<BearerToken>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    let (challenge, message) = match presented {
+        Some(t) if token.admits(t) => return next.run(request).await,
+        Some(_) => (
+            r#"Bearer realm="outpost-agent", error="invalid_token""#,
+            "the bearer token is not this agent's (`[inference] token_file`)",
+        ),
+        None => {
+            (r#"Bearer realm="outpost-agent""#, "this agent's inference API requires `Authorization: Bearer <token>`")
+        }
+    };
+    let mut response = error_response(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    response
+}
+/// The OIP v2 routes over `handle`, bounded by `limits`; with a `token`, every route but the health probes
+/// requires it (the probes say only whether a model is active, and supervisors poll them without secrets).
+pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits, token: Option<BearerToken>) -> Router {
     let running = limits.max_concurrent_inferences.max(1);
     let app = Arc::new(App {
         handle,
@@ -100,9 +201,7 @@ pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits) -> Router {
         admitted: Arc::new(Semaphore::new(running.saturating_add(limits.max_queued_inferences))),
         buffered: Arc::new(Semaphore::new(buffer_budget(&limits))),
     });
-    Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
-        .route("/v2/health/ready", get(server_ready))
+    let api = Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/versions/{version}", get(model_metadata_version))
@@ -110,21 +209,31 @@ pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits) -> Router {
         .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    let api = match token {
+        Some(token) => api.route_layer(axum::middleware::from_fn_with_state(Arc::new(token), require_token)),
+        None => api,
+    };
+    Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(server_ready))
+        .merge(api)
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(app)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets running requests finish. The caller binds
 /// the listener (the agent uses its config's `inference.bind`, by default [`DEFAULT_LISTEN`]). At most
-/// [`ServeLimits::max_connections`] connections are served at once, each with hyper's header read timeout.
+/// [`ServeLimits::max_connections`] connections are served at once, each with hyper's header read timeout. With a
+/// `token`, requests must present it ([`router`]).
 pub async fn serve(
     listener: TcpListener,
     handle: Arc<ModelHandle>,
     limits: ServeLimits,
+    token: Option<BearerToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(handle, limits);
+    let app = router(handle, limits, token);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (closing, closed) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -349,9 +458,10 @@ async fn run_infer(
     let handle = app.handle.clone();
     let last = served.last_inference();
     let in_place = last < app.limits.in_place_below;
+    let limits = RequestLimits { max_dynamic_elements: app.limits.max_dynamic_elements };
     run_blocking(in_place, move || {
         let (_running, _buffered) = (running, buffered);
-        handle.answer(&served, bytes, json_len)
+        handle.answer(&served, super::handle::Request { body: bytes, json_len, limits })
     })
     .await?
 }

@@ -23,18 +23,24 @@
 //! | GET | `/v2/models/{name}[/versions/{v}]/ready` | 200 when that model is the active one |
 //! | POST | `/v2/models/{name}[/versions/{v}]/infer` | inference |
 //!
-//! Status codes: 400 for a malformed request or tensors that do not fit the contract, 404 for another model or
+//! Status codes: 400 for a malformed request or tensors that do not fit the contract (more elements than it
+//! allows included, refused before they are decoded), 401 without the bearer token when one is configured (every
+//! route but `/v2/health/live` and `/v2/health/ready`), 404 for another model or
 //! version than the active one, 408 for a body not received within [`ServeLimits::body_timeout`], 413 for a body
 //! over [`ServeLimits::max_body_bytes`], 500 when the model fails on a request that fits its contract, 503 when no
 //! model is active or [`ServeLimits::max_queued_inferences`] requests are already waiting. Non-finite inputs (NaN,
-//! infinities, JSON numbers beyond FP32's range) are a 400: they are the caller's fault, never the model's.
+//! infinities, JSON numbers beyond FP32's range) are a 400: they are the caller's fault, never the model's; unless
+//! the contract allows them on that input (`allow_non_finite`): then the request is served, and an answer whose
+//! non-finite values they caused counts neither for nor against the model (health window, rollout errors).
 
 //!
-//! Three parts: [`handle`] (the served models: load, swap, shadow, counters), [`http`] (the routes, limits and
-//! admission) and the wire format, `outpost_shared::oip` (the codec, fuzzed on its own).
+//! Four parts: [`handle`] (the served models: load, swap, shadow, counters), [`http`] (the routes, limits,
+//! admission and the optional bearer token), [`outcomes`] (the bounded queue of outcomes to the update loop) and
+//! the wire format, `outpost_shared::oip` (the codec, fuzzed on its own).
 
 pub mod handle;
 pub mod http;
+pub mod outcomes;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -45,10 +51,12 @@ pub use outpost_shared::oip::{
 
 pub use handle::{InferenceObserver, InferenceStats, LoadError, ModelHandle, Served, ShadowStats, infer_once};
 pub use http::{
-    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IN_PLACE_BELOW, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_CONCURRENT_INFERENCES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_QUEUED_INFERENCES, PLATFORM, ServeLimits, router, serve,
+    BearerToken, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IN_PLACE_BELOW, DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_CONCURRENT_INFERENCES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUED_INFERENCES, MIN_TOKEN_LEN, PLATFORM, ServeLimits, TokenError, router,
+    serve,
 };
+pub use outcomes::{DEFAULT_OUTCOME_CAPACITY, Outcome, OutcomeReceiver, OutcomeSender};
 
 /// Why an inference request was refused or failed. [`InferenceError::status`] maps it to HTTP.
 #[derive(Debug, thiserror::Error)]

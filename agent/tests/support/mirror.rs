@@ -28,6 +28,18 @@ pub struct Logged {
 struct Shared {
     root: Arc<Mutex<PathBuf>>,
     log: Arc<Mutex<Vec<Logged>>>,
+    /// The URL path the hand-written server misbehaves on (unused by the well-behaved ones).
+    bad: Arc<Mutex<String>>,
+}
+
+/// How the hand-written server misbehaves on its one bad path.
+#[derive(Clone, Copy)]
+enum Misbehaviour {
+    /// A chunked body with no length that never ends, as fast as the client takes it.
+    Endless,
+    /// The file's real length announced, then one byte of it every `Duration`, for ever: never a stall long
+    /// enough for a per-read timeout, never an end.
+    Drip(std::time::Duration),
 }
 
 pub struct StaticMirror {
@@ -43,7 +55,7 @@ impl StaticMirror {
     pub async fn http(root: &Path) -> StaticMirror {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default() };
+        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default(), bad: Arc::default() };
         tokio::spawn(axum::serve(listener, router(shared.clone())).into_future());
         StaticMirror { url: format!("http://{addr}"), ca: None, shared }
     }
@@ -63,7 +75,7 @@ impl StaticMirror {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls = TlsListener { tcp: listener, acceptor: TlsAcceptor::from(Arc::new(config)) };
-        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default() };
+        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default(), bad: Arc::default() };
         tokio::spawn(axum::serve(tls, router(shared.clone())).into_future());
         StaticMirror { url: format!("https://{addr}"), ca: Some(ca), shared }
     }
@@ -72,17 +84,43 @@ impl StaticMirror {
     /// ranges), except the URL path `endless`, whose body is chunked, with no length, and never ends. The returned
     /// receiver yields, once the client hangs up on it, how many body bytes the socket accepted.
     pub async fn http_endless(root: &Path, endless: &str) -> (StaticMirror, tokio::sync::mpsc::UnboundedReceiver<u64>) {
+        Self::http_misbehaving(root, endless, Misbehaviour::Endless).await
+    }
+
+    /// Like [`StaticMirror::http_endless`], but the URL path `dripping` announces its file's length and then
+    /// sends one byte of it every `every`, for ever. The receiver yields, once the client hangs up, how many body
+    /// bytes were sent.
+    pub async fn http_dripping(
+        root: &Path,
+        dripping: &str,
+        every: std::time::Duration,
+    ) -> (StaticMirror, tokio::sync::mpsc::UnboundedReceiver<u64>) {
+        Self::http_misbehaving(root, dripping, Misbehaviour::Drip(every)).await
+    }
+
+    async fn http_misbehaving(
+        root: &Path,
+        bad: &str,
+        how: Misbehaviour,
+    ) -> (StaticMirror, tokio::sync::mpsc::UnboundedReceiver<u64>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default() };
+        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default(), bad: Arc::default() };
         let (tx, sent) = tokio::sync::mpsc::unbounded_channel();
-        let (state, endless) = (shared.clone(), endless.to_owned());
+        *shared.bad.lock().unwrap() = bad.to_owned();
+        let state = shared.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve_raw(tcp, state.clone(), endless.clone(), tx.clone()));
+                tokio::spawn(serve_raw(tcp, state.clone(), how, tx.clone()));
             }
         });
         (StaticMirror { url: format!("http://{addr}"), ca: None, shared }, sent)
+    }
+
+    /// From now on, a server from [`StaticMirror::http_endless`] or [`StaticMirror::http_dripping`] misbehaves
+    /// on the URL path `path` instead.
+    pub fn misbehave_on(&self, path: &str) {
+        *self.shared.bad.lock().unwrap() = path.to_owned();
     }
 
     /// Serves `root` from now on.
@@ -124,7 +162,12 @@ async fn serve_file(State(shared): State<Shared>, uri: Uri, headers: HeaderMap) 
 }
 
 /// One keep-alive connection of the hand-written server (see [`StaticMirror::http_endless`]).
-async fn serve_raw(mut tcp: TcpStream, shared: Shared, endless: String, sent: tokio::sync::mpsc::UnboundedSender<u64>) {
+async fn serve_raw(
+    mut tcp: TcpStream,
+    shared: Shared,
+    how: Misbehaviour,
+    sent: tokio::sync::mpsc::UnboundedSender<u64>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
     loop {
@@ -143,7 +186,26 @@ async fn serve_raw(mut tcp: TcpStream, shared: Shared, endless: String, sent: to
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
         let range = head.lines().find_map(|l| Some(l.to_ascii_lowercase().strip_prefix("range:")?.trim().to_owned()));
         shared.log.lock().unwrap().push(Logged { path: path.clone(), range });
-        if path == endless {
+        let file = shared.root.lock().unwrap().join(path.trim_start_matches('/'));
+        let bad = path == *shared.bad.lock().unwrap();
+        if let (true, Misbehaviour::Drip(every)) = (bad, how) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            let mut total = 0u64;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", bytes.len());
+            if tcp.write_all(head.as_bytes()).await.is_ok() {
+                // Until the client hangs up (a write fails) or the file is out: it is never out in time.
+                for b in bytes.iter().cycle().take(bytes.len().saturating_sub(1)) {
+                    tokio::time::sleep(every).await;
+                    if tcp.write_all(&[*b]).await.is_err() || tcp.flush().await.is_err() {
+                        break;
+                    }
+                    total += 1;
+                }
+            }
+            let _ = sent.send(total);
+            return;
+        }
+        if bad {
             let mut total = 0u64;
             let chunk = [b"4000\r\n".as_slice(), &[b'x'; 0x4000], b"\r\n"].concat();
             if tcp.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.is_ok() {
@@ -154,7 +216,6 @@ async fn serve_raw(mut tcp: TcpStream, shared: Shared, endless: String, sent: to
             let _ = sent.send(total);
             return;
         }
-        let file = shared.root.lock().unwrap().join(path.trim_start_matches('/'));
         let answer = match std::fs::read(&file) {
             Ok(bytes) => {
                 [format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", bytes.len()).into_bytes(), bytes].concat()

@@ -237,3 +237,17 @@ pub async fn adopt(agent: &mut outpost_agent::driver::Agent, health: u32) {
     }
     assert_eq!(agent.state().phase, Phase::Idle);
 }
+
+/// One update check against a dripping peer: it must end in `CheckError::Deadline(deadline)` (not a stall
+/// timeout), in real time between the deadline and three times it; still running at five times it is a frozen loop.
+#[allow(clippy::disallowed_methods)] // The deadline runs in real time, and so does the wait it bounds.
+pub async fn check_cut_at_deadline(agent: &mut outpost_agent::driver::Agent, deadline: std::time::Duration) {
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(deadline * 5, agent.check())
+        .await
+        .expect("the check returns: the dripping peer does not hold the loop")
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, outpost_agent::driver::CheckError::Deadline(d) if d == deadline), "{e}");
+    assert!(took >= deadline && took < deadline * 3, "the check ended after {took:?}");
+}

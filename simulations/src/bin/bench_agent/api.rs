@@ -22,7 +22,7 @@ pub(crate) fn start_api(handle: Arc<ModelHandle>) -> Result<SocketAddr> {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             tx.send(listener.local_addr().expect("addr")).expect("send");
-            let _ = serve(listener, handle, ServeLimits::default(), std::future::pending()).await;
+            let _ = serve(listener, handle, ServeLimits::default(), None, std::future::pending()).await;
         });
     });
     Ok(rx.recv()?)
