@@ -120,6 +120,19 @@ pub enum RegistryError {
     /// The index database failed.
     #[error("index database: {0}")]
     Db(#[from] redb::Error),
+    /// The index file is not a database redb can open any more (damaged, or not a redb file): nothing runs on it
+    /// until the operator recovers it (docs/OPERATING.md, "A damaged store").
+    #[error(
+        "the hub's index {} is damaged ({problem}); nothing was changed. Recover it as docs/OPERATING.md \
+         \"A damaged store\" says",
+        path.display()
+    )]
+    DamagedStore {
+        /// The index file.
+        path: PathBuf,
+        /// What redb found.
+        problem: String,
+    },
     /// An index record could not be decoded: the index is damaged.
     #[error("index record for {key} is damaged: {problem}")]
     Corrupt {
@@ -388,7 +401,10 @@ impl Registry {
         let db = match crate::store::files::open_shared(&dir.join(INDEX_FILE), false) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy { dir: dir.to_owned() }),
-            Err(other) => return Err(db_err(other)),
+            Err(other) => match crate::store::files::damage(&other) {
+                Some(problem) => return Err(RegistryError::DamagedStore { path: dir.join(INDEX_FILE), problem }),
+                None => return Err(db_err(other)),
+            },
         };
         // Tables added by later versions are created on first open, so older hubs keep working.
         let has_tables = {

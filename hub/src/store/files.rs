@@ -49,3 +49,17 @@ fn canonical(path: &Path) -> PathBuf {
         _ => path.to_owned(),
     }
 }
+
+/// What is wrong with a database file that redb refused to open because of its contents (not its lock, not the
+/// disk): not a redb file, or damaged. `None` for any other error.
+pub fn damage(e: &DatabaseError) -> Option<String> {
+    match e {
+        DatabaseError::Storage(redb::StorageError::Corrupted(problem)) => Some(problem.clone()),
+        DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
+            Some(io.to_string())
+        }
+        DatabaseError::RepairAborted => Some("it needs a repair that could not run".into()),
+        DatabaseError::UpgradeRequired(v) => Some(format!("it is in the old redb file format {v}")),
+        _ => None,
+    }
+}
