@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use outpost_shared::canonical;
@@ -318,7 +318,7 @@ impl Summary {
 
 /// The telemetry store.
 pub struct TelemetryStore {
-    db: Arc<Database>,
+    db: Arc<crate::store::files::SharedDb>,
     path: PathBuf,
     clock: Arc<dyn Clock>,
     max_streams_per_device: u32,
@@ -555,7 +555,7 @@ impl TelemetryStore {
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> TelemetryStoreError {
-        TelemetryStoreError::Db { path: self.path.clone(), source: e.into() }
+        TelemetryStoreError::Db { path: self.path.clone(), source: crate::store::files::note(e.into()) }
     }
 
     fn corrupt(&self, key: &dyn std::fmt::Debug, problem: impl ToString) -> TelemetryStoreError {

@@ -15,6 +15,11 @@ fn add_args(model: &Path, manifest: &Path) -> Vec<String> {
     ["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()].map(str::to_owned).to_vec()
 }
 
+#[allow(clippy::disallowed_methods)] // A deadline for a real process.
+fn instant_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -68,6 +73,44 @@ fn an_index_commit_whose_fsync_fails_loses_nothing_committed() {
     fault.lift();
     hub.ok(&args(&add));
     assert_eq!(listed(&hub).len(), before.len() + 1);
+}
+
+#[test]
+fn the_serving_hub_writes_its_index_again_once_the_disk_does() {
+    let (hub, before, add) = one_package_added();
+    let offline = hub.tmp.path().join("offline");
+    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    // The serving hub holds index.redb open for its whole life; admin commands run inside it.
+    let fault = Fault::disk_full(&hub.dir().join(outpost_hub::registry::INDEX_FILE), hub.tmp.path())
+        .ops(&[Op::Fsync])
+        .eio()
+        .disarmed();
+    let log = hub.tmp.path().join("serve.log");
+    let mut serve = hub.spawn_faulty(&fault, &["serve", "--bind", "127.0.0.1:0"], &log);
+    let start = instant_now();
+    while !outpost_hub::admin::serving(&hub.dir()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "serving: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    fault.arm();
+    let out = hub.cli(&args(&add));
+    assert!(!out.status.success(), "added without a durable index");
+    assert!(stderr(&out).contains("Input/output error"), "{}", stderr(&out));
+    assert!(!fault.injected().is_empty(), "the fault fired");
+    // The disk works again: the same serving process reads what was committed, and the same command succeeds.
+    fault.lift();
+    assert_eq!(listed(&hub), before, "nothing of the failed add, nothing lost");
+    let out = hub.cli(&args(&add));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(out.status.success(), "{}\nserve's log:\n{logged}", stderr(&out));
+    assert_eq!(listed(&hub).len(), before.len() + 1);
+    assert!(logged.contains("reopened") && logged.contains("index.redb"), "{logged}");
+    serve.kill().unwrap();
+    serve.wait().unwrap();
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use outpost_shared::clock::{Clock, UnixSeconds};
@@ -334,7 +334,7 @@ pub enum RegistryError {
 }
 
 fn db_err(e: impl Into<redb::Error>) -> RegistryError {
-    RegistryError::Db(e.into())
+    RegistryError::Db(crate::store::files::note(e.into()))
 }
 
 /// Whether `init` created a hub or found one.
@@ -350,7 +350,7 @@ pub enum InitOutcome {
 pub struct Registry {
     dir: PathBuf,
     config: HubConfig,
-    db: Arc<Database>,
+    db: Arc<crate::store::files::SharedDb>,
     blobs: BlobStore,
     clock: Arc<dyn Clock>,
 }

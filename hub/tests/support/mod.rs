@@ -57,6 +57,13 @@ impl TestHub {
         fault.apply(&mut self.command(args)).output().unwrap()
     }
 
+    /// Starts the real `outpost-hub` binary against this hub with a disk fault configured (armed or not); its
+    /// stderr goes to `log`.
+    pub fn spawn_faulty(&self, fault: &faultfs::Fault, args: &[&str], log: &Path) -> std::process::Child {
+        let stderr = std::fs::File::create(log).unwrap();
+        fault.apply(&mut self.command(args)).stdout(std::process::Stdio::null()).stderr(stderr).spawn().unwrap()
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost-hub"));
         cmd.arg("--data-dir").arg(self.dir()).args(args);
