@@ -807,12 +807,13 @@ impl Agent {
             have = 0;
         }
         if have < t.length {
-            let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&staging).await?;
+            let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&staging).await;
+            let mut file = Named { file: file.map_err(|e| named(&staging, e))?, path: &staging };
             let stored = director::stored_target_path(&t.path, &t.digest);
             transport::download(source, &stored, have, t.length, &mut file)
                 .await?
                 .ok_or_else(|| CheckError::Invalid(format!("the repository has no {}", t.path)))?;
-            file.sync_all().await?;
+            file.file.sync_all().await.map_err(|e| named(&staging, e))?;
         }
         let (len, digest) = device::hash_file(&staging)?;
         if len != t.length || digest != t.digest {
@@ -845,6 +846,10 @@ impl Agent {
                 tracing::warn!(package, error = %e, "staging {} failed", t.path);
                 Event::StageFailed(e)
             }
+            Err(StageError::Storage(e)) => {
+                tracing::warn!(package, error = %e, "staging {} could not be written (tried again at the next check)", t.path);
+                Event::StageInterrupted(e)
+            }
         }
     }
 
@@ -868,7 +873,8 @@ impl Agent {
             }
         }
         let dir = self.layout.slot(slot);
-        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+        // The slot's own disk failing is not the package's fault: it is staged again at the next check.
+        let io = |e: std::io::Error| StageError::Storage(format!("{}: {e}", dir.display()));
         if dir.exists() {
             make_writable(&dir).map_err(io)?;
             std::fs::remove_dir_all(&dir).map_err(io)?;
@@ -922,6 +928,8 @@ fn local_seed(identity: &Identity, clock: &dyn Clock, purpose: &[u8]) -> u64 {
 enum StageError {
     Refused(Box<Refusal>),
     Failed(String),
+    /// The device's storage refused the write (full, failing).
+    Storage(String),
 }
 
 impl From<String> for StageError {
@@ -992,4 +1000,42 @@ pub fn store_enrolment_token(dir: &Path, token: &str) -> Result<(), CheckError> 
     let path = Layout::new(dir).enrolment_token();
     outpost_attestation::identity::write_new_file(&path, format!("{}\n", token.trim()).as_bytes(), 0o600)
         .map_err(|e| CheckError::Invalid(e.to_string()))
+}
+
+/// An I/O error that names the file it happened to (a full disk says which one).
+fn named(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The staging file as the download writes it: its write errors name it.
+struct Named<'a> {
+    file: tokio::fs::File,
+    path: &'a std::path::Path,
+}
+
+impl tokio::io::AsyncWrite for Named<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let path = self.path;
+        std::pin::Pin::new(&mut self.file).poll_write(cx, buf).map_err(|e| named(path, e))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let path = self.path;
+        std::pin::Pin::new(&mut self.file).poll_flush(cx).map_err(|e| named(path, e))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let path = self.path;
+        std::pin::Pin::new(&mut self.file).poll_shutdown(cx).map_err(|e| named(path, e))
+    }
 }

@@ -3,8 +3,13 @@
 //! Every push and every ack is one redb transaction committed with immediate durability (fsync), so what `push`
 //! returned survives a crash, and an event leaves the file only when the hub's acknowledgement covers it. At the
 //! bound the NEWEST event is dropped (see [`Queue::push`]) and counted durably, so sequence numbers stay gap-free.
+//!
+//! A write the disk refuses (full, failing) fails that one operation and nothing committed before it. redb refuses
+//! every later operation on a handle that met an I/O error, so the queue then closes the file and reopens it at its
+//! next use: once the disk takes writes again, the queue works again without restarting the agent.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -89,7 +94,8 @@ pub enum QueueError {
 /// first errors) usually explain it, while the later ones are repetitive periodic stats. The device's current
 /// state still reaches the hub through its state report.
 pub struct Queue {
-    db: Database,
+    /// `None` after an I/O error, until the next operation reopens the file.
+    db: Mutex<Option<Database>>,
     path: PathBuf,
     capacity: u64,
     limits: BatchLimits,
@@ -129,7 +135,28 @@ impl Queue {
             }
         };
         tx.commit().map_err(|e| db_err(e.into()))?;
-        Ok(Queue { db, path: path.to_owned(), capacity, limits: BatchLimits::default(), stream })
+        Ok(Queue { db: Mutex::new(Some(db)), path: path.to_owned(), capacity, limits: BatchLimits::default(), stream })
+    }
+
+    /// Runs `f` on the open database, reopening it first if an I/O error closed it; an I/O error from `f` closes
+    /// it (redb would refuse everything after it) so that the next call starts on a fresh handle.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, QueueError>) -> Result<T, QueueError> {
+        let mut slot: MutexGuard<'_, Option<Database>> = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let db = match Database::create(&self.path) {
+                Ok(db) => db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(QueueError::Busy { path: self.path.clone() });
+                }
+                Err(e) => return Err(self.db_err(e)),
+            };
+            *slot = Some(db);
+        }
+        let result = f(slot.as_ref().expect("opened above"));
+        if let Err(QueueError::Db { source: redb::Error::Io(_) | redb::Error::PreviousIo, .. }) = &result {
+            *slot = None;
+        }
+        result
     }
 
     /// Bounds batches by `limits` as well as by the `max` given to [`Queue::peek_batch`] (the default is
@@ -155,7 +182,11 @@ impl Queue {
     pub fn push(&self, mut kind: EventKind, at: UnixSeconds) -> Result<Pushed, QueueError> {
         kind.truncate_text();
         kind.check().map_err(QueueError::Invalid)?;
-        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        self.with_db(|db| self.push_in(db, kind, at))
+    }
+
+    fn push_in(&self, db: &Database, kind: EventKind, at: UnixSeconds) -> Result<Pushed, QueueError> {
+        let tx = db.begin_write().map_err(|e| self.db_err(e))?;
         let pushed = {
             let mut events = tx.open_table(EVENTS).map_err(|e| self.db_err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
@@ -180,7 +211,11 @@ impl Queue {
     /// batch to send. Nothing is removed: send it, and [`Queue::ack`] its `last_seq` when the hub acknowledges it.
     /// Peeking again before that returns the same events (plus any queued since, within the bounds).
     pub fn peek_batch(&self, max: usize) -> Result<Batch, QueueError> {
-        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        self.with_db(|db| self.peek_in(db, max))
+    }
+
+    fn peek_in(&self, db: &Database, max: usize) -> Result<Batch, QueueError> {
+        let tx = db.begin_read().map_err(|e| self.db_err(e))?;
         let events = tx.open_table(EVENTS).map_err(|e| self.db_err(e))?;
         let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
         // At least one: an empty batch while events wait would name the wrong `first_seq`.
@@ -215,7 +250,11 @@ impl Queue {
     /// Removes every event up to and including `up_to`: call it only once the hub has acknowledged a batch ending
     /// there. Acknowledging again (a duplicated ack) removes nothing. Returns how many events were removed.
     pub fn ack(&self, up_to: u64) -> Result<u64, QueueError> {
-        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        self.with_db(|db| self.ack_in(db, up_to))
+    }
+
+    fn ack_in(&self, db: &Database, up_to: u64) -> Result<u64, QueueError> {
+        let tx = db.begin_write().map_err(|e| self.db_err(e))?;
         let removed = {
             let mut events = tx.open_table(EVENTS).map_err(|e| self.db_err(e))?;
             let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
@@ -233,9 +272,11 @@ impl Queue {
 
     /// Events waiting for the hub.
     pub fn len(&self) -> Result<u64, QueueError> {
-        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let events = tx.open_table(EVENTS).map_err(|e| self.db_err(e))?;
-        events.len().map_err(|e| self.db_err(e))
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+            let events = tx.open_table(EVENTS).map_err(|e| self.db_err(e))?;
+            events.len().map_err(|e| self.db_err(e))
+        })
     }
 
     /// Whether no event waits for the hub.
@@ -245,9 +286,11 @@ impl Queue {
 
     /// Events dropped at the bound since the queue file was created.
     pub fn dropped(&self) -> Result<u64, QueueError> {
-        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
-        self.counter(&meta, DROPPED)
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(|e| self.db_err(e))?;
+            let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            self.counter(&meta, DROPPED)
+        })
     }
 
     fn counter(&self, meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, QueueError> {

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_agent::config::{self, AgentConfig};
+use outpost_agent::config::AgentConfig;
 use outpost_agent::device::{self, Layout};
 use outpost_agent::driver::init_device;
 use outpost_hub::blobs::BlobStore;
@@ -89,12 +89,7 @@ fn kill_9_at_every_update_stage_leaves_the_device_serving_a_verified_model() {
     let dir = w.tmp.path().join("dev");
     let key = init_device(&dir, &w.root(), [9; 32]).unwrap();
     w.registry().device_approve(&key, "stable").unwrap();
-    let text = config::render(&addr.to_string(), &hub_key.to_hex())
-        .replace("poll_secs = 60", "poll_secs = 1")
-        .replace("jitter_secs = 10", "jitter_secs = 0")
-        .replace("health_inferences = 20", "health_inferences = 1000000")
-        .replace("health_secs = 300", "health_secs = 2")
-        .replace("127.0.0.1:8080", "127.0.0.1:0");
+    let text = support::process_config(addr, &hub_key, 2);
     let config_path = dir.join("agent.toml");
     std::fs::write(&config_path, &text).unwrap();
     let config = AgentConfig::parse(&text, &config_path).unwrap();

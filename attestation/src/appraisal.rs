@@ -33,6 +33,10 @@ pub struct VerifierConfig {
     /// gives up its oldest answered or expired challenge for a new one; it is refused only while all it holds are
     /// outstanding.
     pub max_challenges_per_device: usize,
+    /// Most of those relayed through one site node, whatever devices it names, so a site node cannot fill the
+    /// store by asking for many devices (each under its own share). Size it to the devices one site node may have
+    /// attesting at once; like a device, a node at the bound gives up its oldest answered or expired challenge.
+    pub max_challenges_per_relay: usize,
     /// How long an attestation result stays current (it also never outlives the reference values).
     pub result_ttl: Duration,
 }
@@ -43,6 +47,7 @@ impl Default for VerifierConfig {
             challenge_ttl: Duration::from_secs(30),
             max_challenges: 16_384,
             max_challenges_per_device: 8,
+            max_challenges_per_relay: 1024,
             result_ttl: Duration::from_secs(3600),
         }
     }
@@ -277,6 +282,14 @@ pub enum ChallengeError {
         /// Challenges held for it.
         held: usize,
     },
+    /// [`VerifierConfig::max_challenges_per_relay`] challenges relayed through this site node are outstanding.
+    #[error("too many outstanding challenges relayed by site node {relay} ({held})")]
+    RelayFull {
+        /// The site node's key.
+        relay: PublicKey,
+        /// Challenges held that it relayed.
+        held: usize,
+    },
     /// The random source kept repeating challenges that are still held: it is broken (or a fixed test stub).
     #[error("the random source repeats itself")]
     RngRepeats,
@@ -304,6 +317,20 @@ struct Slot {
     expires: Duration,
     used: bool,
     device: PublicKey,
+    relay: Option<PublicKey>,
+}
+
+/// Who a challenge counts against: the device it is for, and the site node that relayed it, if one did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Holder {
+    Device(PublicKey),
+    Relay(PublicKey),
+}
+
+impl Slot {
+    fn holders(&self) -> impl Iterator<Item = Holder> {
+        std::iter::once(Holder::Device(self.device)).chain(self.relay.map(Holder::Relay))
+    }
 }
 
 /// Challenges by value, with a FIFO of issue order for purging (all share one TTL, so it is also expiry order).
@@ -312,8 +339,8 @@ struct Slot {
 struct Challenges {
     slots: HashMap<[u8; CHALLENGE_LEN], Slot>,
     order: VecDeque<([u8; CHALLENGE_LEN], Duration)>,
-    /// The challenges held per device key, oldest first (no entry when none).
-    per_device: HashMap<PublicKey, VecDeque<[u8; CHALLENGE_LEN]>>,
+    /// The challenges held per device key and per relaying site node, oldest first (no entry when none).
+    held: HashMap<Holder, VecDeque<[u8; CHALLENGE_LEN]>>,
 }
 
 impl Challenges {
@@ -325,28 +352,42 @@ impl Challenges {
             self.order.pop_front();
             // Gone already if it was evicted for its device's room (see `make_room`).
             if let Some(slot) = self.slots.remove(&c) {
-                self.forget(slot.device, &c);
+                self.forget(&slot, &c);
             }
         }
     }
 
-    fn forget(&mut self, device: PublicKey, c: &[u8; CHALLENGE_LEN]) {
-        if let Some(held) = self.per_device.get_mut(&device) {
+    fn forget(&mut self, slot: &Slot, c: &[u8; CHALLENGE_LEN]) {
+        for holder in slot.holders() {
+            self.forget_for(holder, c);
+        }
+    }
+
+    fn forget_for(&mut self, holder: Holder, c: &[u8; CHALLENGE_LEN]) {
+        if let Some(held) = self.held.get_mut(&holder) {
             held.retain(|h| h != c);
             if held.is_empty() {
-                self.per_device.remove(&device);
+                self.held.remove(&holder);
             }
         }
     }
 
-    /// Room for one more challenge for `device`, which holds at most `max`: its oldest answered or expired one
+    /// Room for one more challenge for `holder`, which holds at most `max`: its oldest answered or expired one
     /// goes (it was only kept to report a late answer as expired); refused when all it holds are outstanding.
-    fn make_room(&mut self, device: PublicKey, max: usize, now: Duration) -> Result<(), ChallengeError> {
-        let Some(held) = self.per_device.get(&device).filter(|h| h.len() >= max) else { return Ok(()) };
+    fn make_room(&mut self, holder: Holder, max: usize, now: Duration) -> Result<(), ChallengeError> {
+        let Some(held) = self.held.get(&holder).filter(|h| h.len() >= max) else { return Ok(()) };
         let spent = held.iter().find(|c| self.slots.get(*c).is_none_or(|s| s.used || now >= s.expires)).copied();
-        let Some(c) = spent else { return Err(ChallengeError::DeviceFull { device, held: held.len() }) };
-        self.slots.remove(&c);
-        self.forget(device, &c);
+        let Some(c) = spent else {
+            let held = held.len();
+            return Err(match holder {
+                Holder::Device(device) => ChallengeError::DeviceFull { device, held },
+                Holder::Relay(relay) => ChallengeError::RelayFull { relay, held },
+            });
+        };
+        if let Some(slot) = self.slots.remove(&c) {
+            self.forget(&slot, &c);
+        }
+        self.forget_for(holder, &c);
         Ok(())
     }
 
@@ -438,7 +479,7 @@ impl Verifier {
         self.reference.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Issues a fresh challenge for `device` (the key it is asked for, directly or through a site node), valid for
+    /// Issues a fresh challenge for `device` (the key it is asked for on its own connection), valid for
     /// [`VerifierConfig::challenge_ttl`] and for one appraisal.
     ///
     /// # Errors
@@ -446,13 +487,40 @@ impl Verifier {
     /// when [`VerifierConfig::max_challenges_per_device`] are held for `device`; [`ChallengeError::RngRepeats`]
     /// when `rng` only produces challenges already held.
     pub fn issue_challenge(&self, device: PublicKey, rng: &mut dyn Rng) -> Result<Challenge, ChallengeError> {
+        self.issue(device, None, rng)
+    }
+
+    /// [`Verifier::issue_challenge`] for `device` asked through the site node `relay`: the challenge counts
+    /// against both the device's share and the node's.
+    ///
+    /// # Errors
+    /// As [`Verifier::issue_challenge`], and [`ChallengeError::RelayFull`] when
+    /// [`VerifierConfig::max_challenges_per_relay`] relayed by `relay` are held.
+    pub fn issue_relayed_challenge(
+        &self,
+        device: PublicKey,
+        relay: PublicKey,
+        rng: &mut dyn Rng,
+    ) -> Result<Challenge, ChallengeError> {
+        self.issue(device, Some(relay), rng)
+    }
+
+    fn issue(
+        &self,
+        device: PublicKey,
+        relay: Option<PublicKey>,
+        rng: &mut dyn Rng,
+    ) -> Result<Challenge, ChallengeError> {
         let now = self.clock.monotonic();
         let mut store = self.challenges.lock().unwrap_or_else(|p| p.into_inner());
         store.purge(now, self.config.challenge_ttl);
         if store.slots.len() >= self.config.max_challenges {
             return Err(ChallengeError::Full(store.slots.len()));
         }
-        store.make_room(device, self.config.max_challenges_per_device, now)?;
+        store.make_room(Holder::Device(device), self.config.max_challenges_per_device, now)?;
+        if let Some(relay) = relay {
+            store.make_room(Holder::Relay(relay), self.config.max_challenges_per_relay, now)?;
+        }
         let mut bytes = [0u8; CHALLENGE_LEN];
         let fresh = (0..MAX_CHALLENGE_DRAWS).any(|_| {
             rng.fill(&mut bytes);
@@ -462,9 +530,12 @@ impl Verifier {
             return Err(ChallengeError::RngRepeats);
         }
         let expires = now.saturating_add(self.config.challenge_ttl);
-        store.slots.insert(bytes, Slot { expires, used: false, device });
+        let slot = Slot { expires, used: false, device, relay };
+        for holder in slot.holders() {
+            store.held.entry(holder).or_default().push_back(bytes);
+        }
+        store.slots.insert(bytes, slot);
         store.order.push_back((bytes, expires));
-        store.per_device.entry(device).or_default().push_back(bytes);
         Ok(Challenge(bytes))
     }
 

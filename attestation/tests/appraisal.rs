@@ -368,6 +368,50 @@ fn one_device_cannot_fill_the_challenge_store_and_lock_others_out() {
 }
 
 #[test]
+fn a_site_node_relaying_challenges_for_invented_devices_cannot_fill_the_store() {
+    // A site node may relay for every device of its site, a fresh key each time; its devices' keys each stay under
+    // their own share, so only a bound on the relay itself keeps it from taking every slot.
+    let config = VerifierConfig {
+        max_challenges: 64,
+        max_challenges_per_device: 4,
+        max_challenges_per_relay: 16,
+        ..VerifierConfig::default()
+    };
+    let hub = Hub::with_config(config);
+    let mut rng = SeededRng::new(7);
+    let node = team().public_key();
+    let invented = |i: u8| Identity::from_seed([i; 32]).public_key();
+    for i in 0..16 {
+        hub.verifier.issue_relayed_challenge(invented(i), node, &mut rng).expect("within the site node's share");
+    }
+    assert_eq!(
+        hub.verifier.issue_relayed_challenge(invented(16), node, &mut rng),
+        Err(ChallengeError::RelayFull { relay: node, held: 16 })
+    );
+    // The store still has room for everybody else: a device on its own, and another site node.
+    hub.verifier.issue_challenge(device().public_key(), &mut rng).expect("a direct device still gets one");
+    let other_node = invented(200);
+    hub.verifier.issue_relayed_challenge(invented(17), other_node, &mut rng).expect("another site node still relays");
+    // The node's share comes back as its challenges expire.
+    hub.advance(config.challenge_ttl);
+    hub.verifier.issue_relayed_challenge(invented(18), node, &mut rng).expect("room again after expiry");
+}
+
+#[test]
+fn a_relayed_challenge_counts_against_its_device_too() {
+    let config = VerifierConfig { max_challenges_per_device: 2, ..VerifierConfig::default() };
+    let hub = Hub::with_config(config);
+    let mut rng = SeededRng::new(8);
+    let (dev, node) = (device().public_key(), team().public_key());
+    hub.verifier.issue_challenge(dev, &mut rng).unwrap();
+    hub.verifier.issue_relayed_challenge(dev, node, &mut rng).unwrap();
+    assert_eq!(
+        hub.verifier.issue_relayed_challenge(dev, node, &mut rng),
+        Err(ChallengeError::DeviceFull { device: dev, held: 2 })
+    );
+}
+
+#[test]
 fn device_that_answers_its_challenges_is_never_refused_one() {
     // An agent restarting in a loop asks for a challenge each time and answers it: it must not run out.
     let config = VerifierConfig { max_challenges_per_device: 2, ..VerifierConfig::default() };

@@ -72,6 +72,7 @@ impl Gate {
         let verifier_config = VerifierConfig {
             challenge_ttl: Duration::from_secs(config.challenge_ttl_secs),
             result_ttl: Duration::from_secs(config.result_ttl_secs),
+            max_challenges_per_relay: config.max_relayed_challenges_per_site_node,
             ..VerifierConfig::default()
         };
         let verifier = team_key(dir, config).map(|key| Verifier::new(verifier_config, clock, key));

@@ -7,8 +7,7 @@
 //! the revoked devices at.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -42,8 +41,10 @@ pub struct HubBackend {
     gate: Gate,
     /// Revoked device keys, as read when [`DEVICE_STATUS_STAMP`] had this stamp.
     revoked: Mutex<Option<RevokedAt>>,
-    /// What the serving process measures itself (appraisal time), for `/metrics`.
+    /// What the serving process measures itself (appraisal time, refusals at a bound), for `/metrics`.
     live: crate::metrics::Live,
+    /// `hub.toml`'s `[limits]`: device reports and telemetry streams.
+    limits: crate::config::Limits,
 }
 
 /// The revoked device keys, and the device-status stamp they were read at.
@@ -78,32 +79,33 @@ impl HubBackend {
     /// it from then on.
     pub fn new(dir: &Path, repo: TufRepo, clock: Arc<dyn Clock>) -> Self {
         let config = crate::config::HubConfig::load(&dir.join(crate::config::CONFIG_FILE)).unwrap_or_default();
-        Self::build(dir, repo, &config.attestation, clock, OnceLock::new())
+        Self::build(dir, repo, &config, clock, OnceLock::new())
     }
 
-    /// A backend over the already open `store` of the hub in `dir`, its attestation gate configured by
-    /// `attestation` (the serving hub reads `hub.toml` once, at start).
+    /// A backend over the already open `store` of the hub in `dir`, configured by `config` (the serving hub reads
+    /// `hub.toml` once, at start): the attestation gate by `[attestation]`, reports by `[limits]`.
     pub fn with_store(
         dir: &Path,
         repo: TufRepo,
-        attestation: &crate::config::Attestation,
+        config: &crate::config::HubConfig,
         clock: Arc<dyn Clock>,
         store: Arc<Store>,
     ) -> Self {
-        Self::build(dir, repo, attestation, clock, OnceLock::from(store))
+        Self::build(dir, repo, config, clock, OnceLock::from(store))
     }
 
     fn build(
         dir: &Path,
         repo: TufRepo,
-        attestation: &crate::config::Attestation,
+        config: &crate::config::HubConfig,
         clock: Arc<dyn Clock>,
         store: OnceLock<Arc<Store>>,
     ) -> Self {
         HubBackend {
             dir: dir.to_owned(),
             repo,
-            gate: Gate::new(dir, attestation, clock.clone()),
+            gate: Gate::new(dir, &config.attestation, clock.clone()),
+            limits: config.limits.clone(),
             clock,
             store,
             assignments: Mutex::new(HashMap::new()),
@@ -276,7 +278,7 @@ impl HubBackend {
         if let Some(store) = self.store.get() {
             return Ok(store);
         }
-        let store = Arc::new(Store::open(&self.dir, self.clock.clone())?);
+        let store = Arc::new(Store::open_with(&self.dir, self.clock.clone(), &self.limits)?);
         Ok(self.store.get_or_init(|| store))
     }
 
@@ -411,7 +413,14 @@ impl HubBackend {
             Some((id, stage)) => (Some(id), stage),
             None => (record.as_ref().and_then(|r| r.active).map(|d| d.short()), None),
         };
-        let outcome = self.store()?.telemetry().ingest(&key, site.as_deref(), release.as_deref(), stage, &batch)?;
+        let outcome = match self.store()?.telemetry().ingest(&key, site.as_deref(), release.as_deref(), stage, &batch) {
+            Ok(outcome) => outcome,
+            Err(e @ crate::telemetry::TelemetryStoreError::TooManyStreams { .. }) => {
+                self.live.refused("telemetry_streams");
+                return Err(Box::new(Refused(e.to_string())));
+            }
+            Err(e) => return Err(Box::new(e)),
+        };
         Ok(outcome.ack.unwrap_or(batch.first_seq.saturating_sub(1)))
     }
 
@@ -447,15 +456,16 @@ impl HubBackend {
     }
 
     fn store_report(&self, device: &[u8; 32], body: &[u8]) -> Result<(), BackendError> {
-        // One append-only file per device: a 4-byte length, then the report. Durable before the Ack.
-        let dir = self.dir.join("reports");
-        fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}.reports", hex::encode(device)));
-        let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-        let len = u32::try_from(body.len())?;
-        f.write_all(&len.to_be_bytes())?;
-        f.write_all(body)?;
-        f.sync_data()?;
+        // One bounded, rotated append-only file per device (`crate::reports`). Durable before the Ack.
+        match crate::reports::append(&self.dir, &hex::encode(device), body, &self.limits.reports()) {
+            Ok(crate::reports::Appended::Appended) => {}
+            Ok(crate::reports::Appended::Rotated) => self.live.report_file_rotated(),
+            Err(e @ crate::reports::ReportError::TooLarge { .. }) => {
+                self.live.refused("report_size");
+                return Err(Box::new(Refused(e.to_string())));
+            }
+            Err(e) => return Err(Box::new(e)),
+        }
         // A state report updates the device record: the director stops offering what it rolled back from.
         if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
             let (now, key, store) = (self.clock.wall(), hex::encode(device), self.store()?);
@@ -533,6 +543,18 @@ impl Backend for HubBackend {
         attesting(move || {
             let verifier = self.gate.verifier().map_err(Unattested)?;
             verifier.issue_challenge(device, &mut crate::clock::SystemRng).map_err(|e| Unattested(e.to_string()))
+        })
+        .await
+    }
+
+    async fn relayed_challenge(self: Arc<Self>, node: PublicKey, device: PublicKey) -> Result<Challenge, Unattested> {
+        attesting(move || {
+            let verifier = self.gate.verifier().map_err(Unattested)?;
+            let issued = verifier.issue_relayed_challenge(device, node, &mut crate::clock::SystemRng);
+            if let Err(outpost_attestation::ChallengeError::RelayFull { .. }) = &issued {
+                self.live.refused("relayed_challenges");
+            }
+            issued.map_err(|e| Unattested(e.to_string()))
         })
         .await
     }

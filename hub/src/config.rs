@@ -18,6 +18,14 @@ pub const DEFAULT_CONFIG: &str = r#"# Outpost hub configuration.
 max_model_bytes = 2147483648
 # Largest manifest TOML `package add` accepts, in bytes (16 MiB; smoke-test tensors are inline).
 max_manifest_bytes = 16777216
+# Device reports: the largest one report the hub stores (64 KiB), and each device's report file is rotated before it
+# grows past max_report_file_bytes (1 MiB), keeping report_files_kept files (oldest dropped).
+max_report_bytes = 65536
+max_report_file_bytes = 1048576
+report_files_kept = 4
+# Distinct telemetry streams (device queues) the hub keeps per device; a batch on a new stream beyond this is
+# refused and counted in outpost_hub_refused_total{bound="telemetry_streams"}.
+max_telemetry_streams_per_device = 16
 
 [repository]
 # How long each TUF role's metadata stays valid, in seconds.
@@ -39,6 +47,9 @@ required = true
 # How long a challenge may be answered, and how long an attestation result lets a connection be served.
 challenge_ttl_secs = 30
 result_ttl_secs = 3600
+# Most challenges outstanding at once that one site node relays for its devices (each device also has its own
+# bound of 8): size it to the devices one site node may have attesting at the same time.
+max_relayed_challenges_per_site_node = 1024
 "#;
 
 /// The validated configuration.
@@ -65,11 +76,20 @@ pub struct Attestation {
     pub challenge_ttl_secs: u64,
     /// Seconds an attestation result stays current.
     pub result_ttl_secs: u64,
+    /// Most outstanding challenges one site node may have relayed for its devices.
+    pub max_relayed_challenges_per_site_node: usize,
 }
 
 impl Default for Attestation {
     fn default() -> Self {
-        Attestation { required: true, team_key: None, challenge_ttl_secs: 30, result_ttl_secs: 3600 }
+        Attestation {
+            required: true,
+            team_key: None,
+            challenge_ttl_secs: 30,
+            result_ttl_secs: 3600,
+            max_relayed_challenges_per_site_node: outpost_attestation::VerifierConfig::default()
+                .max_challenges_per_relay,
+        }
     }
 }
 
@@ -81,11 +101,38 @@ pub struct Limits {
     pub max_model_bytes: u64,
     /// Largest manifest file, in bytes.
     pub max_manifest_bytes: u64,
+    /// Largest device report stored, in bytes.
+    pub max_report_bytes: u64,
+    /// A device's report file is rotated before it grows past this, in bytes.
+    pub max_report_file_bytes: u64,
+    /// Report files kept per device (the current one included).
+    pub report_files_kept: u32,
+    /// Distinct telemetry streams kept per device.
+    pub max_telemetry_streams_per_device: u32,
+}
+
+impl Limits {
+    /// The bounds on device reports.
+    pub fn reports(&self) -> crate::reports::ReportLimits {
+        crate::reports::ReportLimits {
+            max_report_bytes: self.max_report_bytes,
+            max_file_bytes: self.max_report_file_bytes,
+            files_kept: self.report_files_kept,
+        }
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_model_bytes: 2 * 1024 * 1024 * 1024, max_manifest_bytes: 16 * 1024 * 1024 }
+        let reports = crate::reports::ReportLimits::default();
+        Limits {
+            max_model_bytes: 2 * 1024 * 1024 * 1024,
+            max_manifest_bytes: 16 * 1024 * 1024,
+            max_report_bytes: reports.max_report_bytes,
+            max_report_file_bytes: reports.max_file_bytes,
+            report_files_kept: reports.files_kept,
+            max_telemetry_streams_per_device: crate::telemetry::DEFAULT_MAX_STREAMS_PER_DEVICE,
+        }
     }
 }
 
@@ -101,11 +148,18 @@ impl HubConfig {
     /// Parses configuration text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<HubConfig, ConfigError> {
         let cfg: HubConfig = outpost_shared::config::parse(text, path)?;
-        if cfg.limits.max_model_bytes == 0 {
-            return Err(ConfigError::invalid(path, "limits.max_model_bytes", "must be greater than zero"));
-        }
-        if cfg.limits.max_manifest_bytes == 0 {
-            return Err(ConfigError::invalid(path, "limits.max_manifest_bytes", "must be greater than zero"));
+        let l = &cfg.limits;
+        for (key, v) in [
+            ("limits.max_model_bytes", l.max_model_bytes),
+            ("limits.max_manifest_bytes", l.max_manifest_bytes),
+            ("limits.max_report_bytes", l.max_report_bytes),
+            ("limits.max_report_file_bytes", l.max_report_file_bytes),
+            ("limits.report_files_kept", u64::from(l.report_files_kept)),
+            ("limits.max_telemetry_streams_per_device", u64::from(l.max_telemetry_streams_per_device)),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(path, key, "must be greater than zero"));
+            }
         }
         if let Some(k) = &cfg.attestation.team_key
             && k.parse::<outpost_attestation::PublicKey>().is_err()
@@ -115,6 +169,10 @@ impl HubConfig {
         for (key, v) in [
             ("attestation.challenge_ttl_secs", cfg.attestation.challenge_ttl_secs),
             ("attestation.result_ttl_secs", cfg.attestation.result_ttl_secs),
+            (
+                "attestation.max_relayed_challenges_per_site_node",
+                cfg.attestation.max_relayed_challenges_per_site_node as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(path, key, "must be greater than zero"));

@@ -17,6 +17,7 @@ pub mod director;
 pub mod evaluate;
 pub mod metrics;
 pub mod registry;
+pub mod reports;
 pub mod rollouts;
 pub mod service;
 pub mod storage;

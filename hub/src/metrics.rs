@@ -2,6 +2,8 @@
 //! releases and their stages, telemetry, device-reported latency), read at each scrape, and the serving process's
 //! own timings (attestation appraisal). Label values are escaped by the library, never by hand.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -13,16 +15,27 @@ use crate::registry::DeviceRecord;
 use crate::rollouts::ReleaseRecord;
 use crate::telemetry::Group;
 
+/// Counters by one static label.
+type CounterFamily = Family<Vec<(&'static str, &'static str)>, Counter>;
+
 /// What the serving process measures itself, shared by every scrape.
 #[derive(Debug, Clone)]
 pub struct Live {
     /// Attestation appraisal time, by result (`affirming`, `warning`, `contraindicated`).
     appraisal: HistogramFamily,
+    /// Requests refused at a bound, by bound (`report_size`, `telemetry_streams`, `relayed_challenges`).
+    refused: CounterFamily,
+    /// Device report files rotated (their oldest file dropped when the device had all it may keep).
+    rotated: Counter,
 }
 
 impl Default for Live {
     fn default() -> Self {
-        Live { appraisal: histogram_family(appraisal_histogram) }
+        Live {
+            appraisal: histogram_family(appraisal_histogram),
+            refused: Family::default(),
+            rotated: Counter::default(),
+        }
     }
 }
 
@@ -35,6 +48,16 @@ impl Live {
     /// Records one appraisal that took `seconds` and ended in `result`.
     pub fn appraised(&self, result: &'static str, seconds: f64) {
         self.appraisal.get_or_create(&vec![("result", result)]).observe(seconds);
+    }
+
+    /// Counts one request refused at `bound`.
+    pub fn refused(&self, bound: &'static str) {
+        self.refused.get_or_create(&vec![("bound", bound)]).inc();
+    }
+
+    /// Counts one device report file rotated.
+    pub fn report_file_rotated(&self) {
+        self.rotated.inc();
     }
 }
 
@@ -158,6 +181,16 @@ pub fn registry(fleet: &Fleet<'_>, live: &Live) -> Registry {
         "outpost_hub_attestation_appraisal_seconds",
         "Time the hub took to appraise a device's attestation evidence, by result.",
         live.appraisal.clone(),
+    );
+    registry.register(
+        "outpost_hub_refused",
+        "Device requests refused at a bound, by bound (report_size, telemetry_streams, relayed_challenges).",
+        live.refused.clone(),
+    );
+    registry.register(
+        "outpost_hub_report_files_rotated",
+        "Device report files rotated at their size bound (the oldest file dropped).",
+        live.rotated.clone(),
     );
     registry
 }

@@ -88,7 +88,7 @@ impl Hub {
         if let Some(store) = self.store.get() {
             return Ok(store);
         }
-        let store = Arc::new(Store::open(&self.dir, self.clock.clone())?);
+        let store = Arc::new(Store::open_with(&self.dir, self.clock.clone(), &self.config.limits)?);
         Ok(self.store.get_or_init(|| store))
     }
 }
@@ -227,9 +227,9 @@ pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rn
         Some(_) => Some(admin::Listener::bind(&config.dir)?),
         None => None,
     };
-    let store = Arc::new(Store::open(&config.dir, clock.clone())?);
+    let store = Arc::new(Store::open_with(&config.dir, clock.clone(), &config.hub.limits)?);
     let hub = Arc::new(Hub::new(&config.dir, config.hub.clone(), clock.clone(), rng, OnceLock::from(store.clone())));
-    let backend = Arc::new(HubBackend::with_store(&config.dir, repo, &config.hub.attestation, clock, store));
+    let backend = Arc::new(HubBackend::with_store(&config.dir, repo, &config.hub, clock, store));
     let key = config.identity.public_key().to_hex();
     let mut serve = ServeConfig::new(config.identity);
     serve.bind = config.bind;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use outpost_shared::canonical;
@@ -22,6 +22,10 @@ use outpost_shared::telemetry::{Batch, EventKind, Histogram};
 pub const TELEMETRY_FILE: &str = "telemetry.redb";
 /// How long events are kept unless the operator says otherwise: 30 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Distinct streams kept per device unless the operator says otherwise. A device has one queue, and a new stream
+/// only when its queue file is recreated, so this is far above any honest device's count; the stream id is the
+/// device's choice, so without a bound one device could add a record per batch for ever.
+pub const DEFAULT_MAX_STREAMS_PER_DEVICE: u32 = 16;
 
 /// (device, stream, seq) → [`StoredEvent`] (canonical CBOR).
 const EVENTS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("events");
@@ -107,11 +111,39 @@ pub enum TelemetryStoreError {
         /// What redb reported.
         source: redb::Error,
     },
+    /// The store's file is not a database redb can open any more (damaged, or not a redb file): the hub does not
+    /// start on it until the operator recovers it (docs/OPERATING.md, "A damaged store").
+    #[error(
+        "the hub's telemetry store {} is damaged ({problem}); nothing was changed. Recover it as docs/OPERATING.md \
+         \"A damaged store\" says",
+        path.display()
+    )]
+    DamagedStore {
+        /// The store's file.
+        path: PathBuf,
+        /// What redb found.
+        problem: String,
+    },
     /// Another process holds the store open.
     #[error("telemetry store {} is in use by another outpost-hub process; try again when it finishes", path.display())]
     Busy {
         /// The store's file.
         path: PathBuf,
+    },
+    /// The device already has [`TelemetryStore::max_streams_per_device`] streams and sent a batch on a new one
+    /// (the peer misbehaved, or recreated its queue that often): the batch is not stored.
+    #[error(
+        "telemetry from device {device} on a new stream {stream} refused: it already has {held} streams (limit {max})"
+    )]
+    TooManyStreams {
+        /// The device.
+        device: String,
+        /// The new stream id.
+        stream: u64,
+        /// Streams the store holds for it.
+        held: u64,
+        /// The limit.
+        max: u32,
     },
     /// A record could not be encoded or decoded: a bug, or a damaged file.
     #[error("telemetry store {}: record {what} is damaged: {problem}", path.display())]
@@ -286,9 +318,10 @@ impl Summary {
 
 /// The telemetry store.
 pub struct TelemetryStore {
-    db: Arc<Database>,
+    db: Arc<crate::store::files::SharedDb>,
     path: PathBuf,
     clock: Arc<dyn Clock>,
+    max_streams_per_device: u32,
 }
 
 impl TelemetryStore {
@@ -299,9 +332,12 @@ impl TelemetryStore {
         let db = match crate::store::files::open_shared(&path, true) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(TelemetryStoreError::Busy { path }),
-            Err(e) => return Err(TelemetryStoreError::Db { path, source: e.into() }),
+            Err(e) => match crate::store::files::damage(&e) {
+                Some(problem) => return Err(TelemetryStoreError::DamagedStore { path, problem }),
+                None => return Err(TelemetryStoreError::Db { path, source: e.into() }),
+            },
         };
-        let store = TelemetryStore { db, path, clock };
+        let store = TelemetryStore { db, path, clock, max_streams_per_device: DEFAULT_MAX_STREAMS_PER_DEVICE };
         let tx = store.db.begin_write().map_err(|e| store.db_err(e))?;
         tx.open_table(EVENTS).map_err(|e| store.db_err(e))?;
         tx.open_table(BY_RECEIPT).map_err(|e| store.db_err(e))?;
@@ -310,9 +346,23 @@ impl TelemetryStore {
         Ok(store)
     }
 
+    /// The store with at most `max` distinct streams per device (at least 1).
+    pub fn with_max_streams_per_device(mut self, max: u32) -> TelemetryStore {
+        self.max_streams_per_device = max.max(1);
+        self
+    }
+
+    /// Distinct streams kept per device; a batch on a new stream beyond it is
+    /// [`TelemetryStoreError::TooManyStreams`].
+    pub fn max_streams_per_device(&self) -> u32 {
+        self.max_streams_per_device
+    }
+
     /// Stores a device's batch (already checked by [`Batch::decode`]) in one durable transaction, attributing its
     /// events to the site, release and stage the device is in now. Events already stored for `(device, stream,
     /// seq)` are left as they were. Acknowledge `ack` of the outcome to the device only after this returns `Ok`.
+    /// A batch on a stream new to the store is refused when the device has
+    /// [`TelemetryStore::max_streams_per_device`] already.
     pub fn ingest(
         &self,
         device: &str,
@@ -329,6 +379,21 @@ impl TelemetryStore {
             let mut events = tx.open_table(EVENTS).map_err(|e| self.db_err(e))?;
             let mut by_receipt = tx.open_table(BY_RECEIPT).map_err(|e| self.db_err(e))?;
             let mut streams = tx.open_table(STREAMS).map_err(|e| self.db_err(e))?;
+            if streams.get((device, batch.stream)).map_err(|e| self.db_err(e))?.is_none() {
+                let mut held = 0u64;
+                for entry in streams.range((device, 0)..=(device, u64::MAX)).map_err(|e| self.db_err(e))? {
+                    entry.map_err(|e| self.db_err(e))?;
+                    held += 1;
+                }
+                if held >= u64::from(self.max_streams_per_device) {
+                    return Err(TelemetryStoreError::TooManyStreams {
+                        device: device.to_owned(),
+                        stream: batch.stream,
+                        held,
+                        max: self.max_streams_per_device,
+                    });
+                }
+            }
             let mut stored = StoredEvent {
                 received_at: now,
                 at: 0,
@@ -490,7 +555,7 @@ impl TelemetryStore {
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> TelemetryStoreError {
-        TelemetryStoreError::Db { path: self.path.clone(), source: e.into() }
+        TelemetryStoreError::Db { path: self.path.clone(), source: crate::store::files::note(e.into()) }
     }
 
     fn corrupt(&self, key: &dyn std::fmt::Debug, problem: impl ToString) -> TelemetryStoreError {

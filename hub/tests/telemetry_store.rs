@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_hub::telemetry::{Filter, GroupBy, Summary, TelemetryStore};
+use outpost_hub::telemetry::{Filter, GroupBy, Summary, TelemetryStore, TelemetryStoreError};
 use outpost_shared::Digest;
 use outpost_shared::clock::ManualClock;
 use outpost_shared::telemetry::{Batch, Event, EventKind, Histogram, Step};
@@ -78,6 +78,26 @@ fn a_resent_batch_is_counted_once() {
     let all = h.store.aggregate(GroupBy::Device, &Filter::default()).unwrap();
     assert_eq!(summary_of(&all, "dev1").events, 15);
     assert_eq!(summary_of(&all, "dev1").errors, 15);
+}
+
+#[test]
+fn a_device_inventing_stream_ids_cannot_grow_the_store_without_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store =
+        TelemetryStore::open(tmp.path(), Arc::new(ManualClock::new(T0))).unwrap().with_max_streams_per_device(4);
+    for stream in 0..4 {
+        store.ingest("dev1", None, None, None, &batch(stream, 1, errors(1), 0)).unwrap();
+    }
+    let e = store.ingest("dev1", None, None, None, &batch(99, 1, errors(1), 0)).unwrap_err();
+    assert!(
+        matches!(&e, TelemetryStoreError::TooManyStreams { device, stream: 99, held: 4, max: 4 } if device == "dev1"),
+        "{e}"
+    );
+    assert_eq!(store.len().unwrap(), 4, "nothing of the refused batch was stored");
+    assert_eq!(store.streams().unwrap().len(), 4);
+    // Its known streams still go through, and other devices are not affected.
+    store.ingest("dev1", None, None, None, &batch(3, 2, errors(1), 0)).unwrap();
+    store.ingest("dev2", None, None, None, &batch(99, 1, errors(1), 0)).unwrap();
 }
 
 #[test]

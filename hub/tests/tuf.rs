@@ -539,3 +539,203 @@ async fn director_key_rotation_goes_through_tuf() {
     );
     assert_eq!(f.repo.online_key("director").unwrap().public_bytes(), new, "the refused rotation changed nothing");
 }
+
+/// Every file the committed timestamp pins is on disk and matches it: the snapshot by length and hash, the targets
+/// roles it pins by name. Returns the timestamp's version.
+fn assert_consistent(repo: &TufRepo) -> u64 {
+    let dir = repo.metadata_dir();
+    let ts: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("timestamp.json")).unwrap()).unwrap();
+    let pin = &ts["signed"]["meta"]["snapshot.json"];
+    let v = pin["version"].as_u64().unwrap();
+    let snap = std::fs::read(dir.join(format!("{v}.snapshot.json"))).unwrap_or_else(|e| {
+        panic!("timestamp v{} pins snapshot v{v}, not on disk: {e}", version_of(&ts.to_string().into_bytes()))
+    });
+    assert_eq!(pin["length"].as_u64(), Some(snap.len() as u64), "snapshot v{v} is not the one the timestamp pins");
+    assert_eq!(pin["hashes"]["sha256"].as_str(), Some(Digest::of(&snap).to_hex().as_str()), "snapshot v{v} hash");
+    let snap: serde_json::Value = serde_json::from_slice(&snap).unwrap();
+    for (name, m) in snap["signed"]["meta"].as_object().unwrap() {
+        let file = format!("{}.{name}", m["version"].as_u64().unwrap());
+        assert!(dir.join(&file).exists(), "snapshot v{v} pins {file}, not on disk");
+    }
+    ts["signed"]["version"].as_u64().unwrap()
+}
+
+/// Re-signs from `threads` threads at once, each with its own `TufRepo` (as the serving hub's job and an admin
+/// command have), every call at a later time than the last so each one re-signs. Returns how many did.
+fn resign_concurrently(dir: &std::path::Path, threads: usize, each: usize) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (clock, resigned) = (AtomicU64::new(1), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let repo = TufRepo::new(dir, Default::default());
+                for _ in 0..each {
+                    let now = NOW + clock.fetch_add(1, Ordering::SeqCst) * 10 * 86_400;
+                    if repo.refresh_online(now).expect("re-signing") {
+                        resigned.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    resigned.into_inner()
+}
+
+#[test]
+fn concurrent_resigning_is_serialised() {
+    let f = Fixture::new();
+    let resigned = resign_concurrently(&f.hub.dir(), 4, 10);
+    assert!(resigned > 0);
+    // Each re-signing wrote the next version: none was lost to another writing the same one.
+    assert_eq!(assert_consistent(&f.repo), 1 + resigned);
+    assert_eq!(f.repo.latest_version("snapshot").unwrap(), 1 + resigned);
+}
+
+#[test]
+fn a_reader_never_sees_a_timestamp_for_an_unwritten_snapshot() {
+    let f = Fixture::new();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut reads = 0;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            resign_concurrently(&f.hub.dir(), 3, 15);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            assert_consistent(&f.repo);
+            reads += 1;
+        }
+    });
+    assert!(reads > 0);
+}
+
+#[tokio::test]
+async fn a_publish_interrupted_before_its_commit_is_never_published() {
+    let f = Fixture::new();
+    let (_, path, _) = f.publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    // A publish wrote its next role version and died before committing it: the file is there, unpinned.
+    let v = f.repo.latest_version("standard").unwrap();
+    let dir = f.repo.metadata_dir();
+    let mut orphan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{v}.standard.json"))).unwrap()).unwrap();
+    orphan["signed"]["version"] = serde_json::json!(v + 1);
+    let entry = orphan["signed"]["targets"][&path].clone();
+    orphan["signed"]["targets"]["packages/low/never-committed"] = entry;
+    std::fs::write(dir.join(format!("{}.standard.json", v + 1)), serde_json::to_vec(&orphan).unwrap()).unwrap();
+    // The serving hub's next re-signing does not pick it up, and the next publish is built on what was committed.
+    assert!(f.repo.refresh_online(NOW + 30 * 86_400).unwrap());
+    assert_eq!(f.repo.latest_version("standard").unwrap(), v);
+    let (_, second, _) = f.publish(&AffineManifest::new("affine", "1.1.0", 2.0, 1.0), "stable");
+    assert_eq!(f.repo.latest_version("standard").unwrap(), v + 1);
+    let mirror = f.mirror();
+    let mut u = f.updater(&mirror);
+    u.refresh(ts(NOW + 60)).await.unwrap();
+    assert!(u.get_target_info(&second, ts(NOW + 60)).await.unwrap().is_some());
+    assert!(u.get_target_info("packages/low/never-committed", ts(NOW + 60)).await.unwrap().is_none());
+}
+
+/// A hub whose keys were made by the real CLI (at the real time, as the CLI's clock has it).
+fn cli_repository() -> (TestHub, PathBuf) {
+    let hub = TestHub::new();
+    let offline = hub.tmp.path().join("offline");
+    let out = hub.cli(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (hub, offline)
+}
+
+/// The time the CLI last signed at: the timestamp's expiry less its period.
+fn signed_at(repo: &TufRepo) -> u64 {
+    let ts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.metadata_dir().join("timestamp.json")).unwrap()).unwrap();
+    let expires: jiff::Timestamp = ts["signed"]["expires"].as_str().unwrap().parse().unwrap();
+    expires.as_second() as u64 - repo.expiries().timestamp_secs
+}
+
+/// A client that trusts root v1 refreshes from an export of the repository as it is on disk now.
+async fn client_refreshes(hub: &TestHub, repo: &TufRepo) -> Result<Updater, sigstore_tuf::Error> {
+    let export = hub.tmp.path().join(format!("export-{}", rand_suffix()));
+    repo.export(&export).unwrap();
+    let mirror = Mirror { dir: Arc::new(Mutex::new(export)), ..Default::default() };
+    let root = std::fs::read(repo.metadata_dir().join("1.root.json")).unwrap();
+    let mut u = Updater::new(mirror, &root).unwrap();
+    u.refresh(ts(signed_at(repo) + 60)).await.map(|()| u)
+}
+
+/// `keys rotate timestamp` with the offline keys in `offline`.
+fn rotate_timestamp_args(offline: &std::path::Path) -> Vec<String> {
+    let root_key = offline.join("root-1.key");
+    [
+        "keys",
+        "rotate",
+        "timestamp",
+        "--offline-dir",
+        offline.to_str().unwrap(),
+        "--root-key",
+        root_key.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn a_rotation_interrupted_after_the_root_write_leaves_a_working_repository() {
+    use support::faultfs::{Fault, Op};
+    let (hub, offline) = cli_repository();
+    let repo = TufRepo::new(&hub.dir(), Default::default());
+    let old = repo.online_key("timestamp").unwrap();
+    // The process dies (here: fails) right after root v2 is written, before the new key replaces the old one.
+    let fault = Fault::disk_full(&hub.dir().join("keys/timestamp.key.next"), hub.tmp.path()).ops(&[Op::Rename]).eio();
+    let rotate = rotate_timestamp_args(&offline);
+    let out = hub.cli_faulty(&fault, &args(&rotate));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("timestamp.key.next") && stderr.contains("Input/output error"), "{stderr}");
+    assert_eq!(fault.injected().len(), 1, "{:?}", fault.injected());
+    assert_eq!(repo.latest_version("root").unwrap(), 2, "the fault hit after the root write");
+    // Clients work as it is: they walk to root v2 and accept the timestamp, signed by the old and the new key.
+    let u = client_refreshes(&hub, &repo).await.expect("a working repository after the interruption");
+    assert_eq!(u.trusted().root().version, 2);
+    // The next re-signing (the serving hub's, or `repo refresh`) finishes the rotation.
+    fault.lift();
+    let out = hub.cli(&["repo", "refresh"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(repo.online_key("timestamp").unwrap().keyid, old.keyid);
+    assert!(!hub.dir().join("keys/timestamp.key.next").exists());
+    let ts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.metadata_dir().join("timestamp.json")).unwrap()).unwrap();
+    let signers: Vec<&str> =
+        ts["signatures"].as_array().unwrap().iter().map(|s| s["keyid"].as_str().unwrap()).collect();
+    assert_eq!(signers, vec![repo.online_key("timestamp").unwrap().keyid.as_str()]);
+    client_refreshes(&hub, &repo).await.expect("a working repository after the rotation finished");
+}
+
+#[tokio::test]
+async fn a_rotation_that_cannot_write_its_root_keeps_the_old_key_working() {
+    use support::faultfs::Fault;
+    let (hub, offline) = cli_repository();
+    let repo = TufRepo::new(&hub.dir(), Default::default());
+    let old = repo.online_key("timestamp").unwrap();
+    // The disk holding the metadata is full: no root v2 (nor anything else) can be written there.
+    let fault = Fault::disk_full(&repo.metadata_dir(), hub.tmp.path());
+    let rotate = rotate_timestamp_args(&offline);
+    let out = hub.cli_faulty(&fault, &args(&rotate));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("No space left on device") && stderr.contains("metadata"), "{stderr}");
+    assert!(!fault.injected().is_empty());
+    fault.lift();
+    // Nothing changed for clients, and the hub goes on signing with the key root v1 names.
+    assert_eq!(repo.latest_version("root").unwrap(), 1);
+    assert_eq!(repo.online_key("timestamp").unwrap().keyid, old.keyid);
+    let out = hub.cli(&["repo", "refresh"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    client_refreshes(&hub, &repo).await.expect("still a working repository");
+    // And the same rotation succeeds once there is space.
+    let out = hub.cli(&args(&rotate));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(client_refreshes(&hub, &repo).await.unwrap().trusted().root().version, 2);
+}

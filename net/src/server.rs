@@ -93,6 +93,16 @@ pub trait Backend: Send + Sync + 'static {
     fn challenge(self: Arc<Self>, _device: PublicKey) -> impl Future<Output = Result<Challenge, Unattested>> + Send {
         async { Err(Unattested("this service cannot appraise evidence".into())) }
     }
+    /// A fresh challenge for `device` asked by the site node `node` on its behalf: it should count against the
+    /// node's share as well as the device's, so one site node cannot fill the store. Default: as
+    /// [`Backend::challenge`].
+    fn relayed_challenge(
+        self: Arc<Self>,
+        _node: PublicKey,
+        device: PublicKey,
+    ) -> impl Future<Output = Result<Challenge, Unattested>> + Send {
+        self.challenge(device)
+    }
     /// Appraises evidence presented on a connection.
     fn appraise(
         self: Arc<Self>,
@@ -660,7 +670,7 @@ async fn relay_challenge<B: Backend>(ctx: &ConnState, shared: &Shared<B>, device
         Ok(d) => d,
         Err(refusal) => return refusal,
     };
-    let challenge = match shared.backend.clone().challenge(device).await {
+    let challenge = match shared.backend.clone().relayed_challenge(node, device).await {
         Ok(c) => c,
         Err(u) => return not_attested(&u),
     };

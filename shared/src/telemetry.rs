@@ -561,7 +561,7 @@ pub fn events_of(
         (Fed::Downloaded, Some(d)) => out.push(step(d, Step::Downloaded, "")),
         (Fed::DownloadFailed(e), Some(d)) => out.push(step(d, Step::DownloadFailed, e)),
         (Fed::Staged, Some(d)) => out.push(step(d, Step::Staged, "")),
-        (Fed::StageFailed(e), Some(d)) => out.push(step(d, Step::StageFailed, e)),
+        (Fed::StageFailed(e) | Fed::StageInterrupted(e), Some(d)) => out.push(step(d, Step::StageFailed, e)),
         _ => {}
     }
     for action in actions {

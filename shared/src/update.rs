@@ -332,6 +332,9 @@ pub enum Event {
     Staged,
     /// Unpacking, loading or the smoke test failed.
     StageFailed(String),
+    /// The device's own storage refused to take the unpacked package (full, failing): the package is not at fault,
+    /// so it is not refused; the next check stages it again.
+    StageInterrupted(String),
     /// One inference on the active model finished.
     Inference {
         /// Whether it succeeded.
@@ -570,6 +573,12 @@ impl UpdateLoop {
                 // Judged on the verified manifest: nothing was activated, the active model keeps serving.
                 self.state.phase = Phase::Idle;
                 actions.extend(self.refuse(refusal));
+            }
+            (Phase::Staging { target, .. }, Event::StageInterrupted(e)) => {
+                // The active slot was never touched; the slot being written is no fallback any more (see above).
+                self.state.phase = Phase::Idle;
+                self.state.last_error = Some(format!("staging {} could not be written: {e}", target.digest.short()));
+                actions.push(Action::Report(self.state.last_error.clone().unwrap_or_default()));
             }
             (Phase::Staging { target, .. }, Event::StageFailed(e)) => {
                 // The active slot was never touched: keep serving it, and never try this package again.

@@ -59,6 +59,24 @@ fn package_failing_its_smoke_test_is_never_activated_nor_retried() {
 }
 
 #[test]
+fn a_package_the_full_disk_could_not_stage_is_retried_when_space_returns_not_refused() {
+    let mut u = new_loop();
+    install(&mut u, 1, &target("1"));
+    u.handle(T0, assigned(2, Some(target("3"))));
+    u.handle(T0, Event::Downloaded);
+    let actions = u.handle(T0, Event::StageInterrupted("slots/b: No space left on device".into()));
+    assert!(actions.iter().all(|a| !matches!(a, Action::Activate(_))), "{actions:?}");
+    assert_eq!(u.state.active.as_ref().map(|a| a.target.digest), Some(target("1").digest));
+    assert!(!u.state.rolled_back.contains(&target("3").digest), "the package is not at fault");
+    // The next check offers it again, and this time it is staged.
+    let again = u.handle(T0 + 10, assigned(3, Some(target("3"))));
+    assert!(matches!(&again[..], [Action::Download(t)] if t.digest == target("3").digest), "{again:?}");
+    u.handle(T0 + 10, Event::Downloaded);
+    let staged = u.handle(T0 + 10, Event::Staged);
+    assert!(staged.iter().any(|a| matches!(a, Action::Activate(_))), "{staged:?}");
+}
+
+#[test]
 fn package_failing_its_health_window_is_rolled_back_and_not_reoffered() {
     let mut u = new_loop();
     let s1 = install(&mut u, 1, &target("1"));

@@ -6,6 +6,9 @@
 
 pub mod mirror;
 
+#[path = "../../../fixtures/faultfs/mod.rs"]
+pub mod faultfs;
+
 use std::sync::Arc;
 
 use outpost_attestation::identity::Identity;
@@ -250,4 +253,20 @@ pub async fn check_cut_at_deadline(agent: &mut outpost_agent::driver::Agent, dea
     let took = started.elapsed();
     assert!(matches!(e, outpost_agent::driver::CheckError::Deadline(d) if d == deadline), "{e}");
     assert!(took >= deadline && took < deadline * 3, "the check ended after {took:?}");
+}
+
+/// The `agent.toml` of an `outpost-agent run` process under test, talking to the hub at `addr`: a check every
+/// second, no jitter, a health window of `health_secs` seconds (no inference count ends it), the inference API on
+/// any free port.
+pub fn process_config(
+    addr: std::net::SocketAddr,
+    hub: &outpost_attestation::identity::PublicKey,
+    health_secs: u64,
+) -> String {
+    outpost_agent::config::render(&addr.to_string(), &hub.to_hex())
+        .replace("poll_secs = 60", "poll_secs = 1")
+        .replace("jitter_secs = 10", "jitter_secs = 0")
+        .replace("health_inferences = 20", "health_inferences = 1000000")
+        .replace("health_secs = 300", &format!("health_secs = {health_secs}"))
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
 }

@@ -5,7 +5,7 @@
 //! revision may change anything else (owners, budget, baseline), and the current record and its history entry are
 //! written in one transaction.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use outpost_shared::Manifest;

@@ -4,7 +4,7 @@
 //! Invariants: a policy version is registered once and never below the newest; a proposal is stored once under its
 //! digest; a proposal is decided once (approved or rejected), never re-decided.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use outpost_shared::Digest;

@@ -3,7 +3,7 @@
 //!
 //! Invariant: inserting a record that exists is refused (`CycleExists`), never an overwrite.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use outpost_shared::Digest;
 use outpost_shared::challenger::CycleRecord;

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use outpost_shared::clock::{Clock, UnixSeconds};
@@ -120,6 +120,19 @@ pub enum RegistryError {
     /// The index database failed.
     #[error("index database: {0}")]
     Db(#[from] redb::Error),
+    /// The index file is not a database redb can open any more (damaged, or not a redb file): nothing runs on it
+    /// until the operator recovers it (docs/OPERATING.md, "A damaged store").
+    #[error(
+        "the hub's index {} is damaged ({problem}); nothing was changed. Recover it as docs/OPERATING.md \
+         \"A damaged store\" says",
+        path.display()
+    )]
+    DamagedStore {
+        /// The index file.
+        path: PathBuf,
+        /// What redb found.
+        problem: String,
+    },
     /// An index record could not be decoded: the index is damaged.
     #[error("index record for {key} is damaged: {problem}")]
     Corrupt {
@@ -321,7 +334,7 @@ pub enum RegistryError {
 }
 
 fn db_err(e: impl Into<redb::Error>) -> RegistryError {
-    RegistryError::Db(e.into())
+    RegistryError::Db(crate::store::files::note(e.into()))
 }
 
 /// Whether `init` created a hub or found one.
@@ -337,7 +350,7 @@ pub enum InitOutcome {
 pub struct Registry {
     dir: PathBuf,
     config: HubConfig,
-    db: Arc<Database>,
+    db: Arc<crate::store::files::SharedDb>,
     blobs: BlobStore,
     clock: Arc<dyn Clock>,
 }
@@ -388,7 +401,10 @@ impl Registry {
         let db = match crate::store::files::open_shared(&dir.join(INDEX_FILE), false) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy { dir: dir.to_owned() }),
-            Err(other) => return Err(db_err(other)),
+            Err(other) => match crate::store::files::damage(&other) {
+                Some(problem) => return Err(RegistryError::DamagedStore { path: dir.join(INDEX_FILE), problem }),
+                None => return Err(db_err(other)),
+            },
         };
         // Tables added by later versions are created on first open, so older hubs keep working.
         let has_tables = {

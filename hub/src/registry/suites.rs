@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use outpost_shared::Digest;
 use outpost_shared::capability::Side;

@@ -4,19 +4,96 @@
 //! In-process callers that open the same data directory again (tests, simulations) get the handle already open;
 //! another process meets redb's file lock and gets a typed "busy" error at once (no sleep-and-retry): while a hub
 //! serves, admin commands reach it over its socket (`crate::admin`) instead of opening the store themselves.
+//!
+//! redb refuses every transaction on a handle that met an I/O error (a full or failing disk) until it is reopened.
+//! A [`SharedDb`] does that itself: the next transaction after such an error reopens the file (redb recovers it to
+//! its last commit), so a serving hub works again once the disk does, without a restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 
-use redb::{Database, DatabaseError};
+use redb::{
+    Database, DatabaseError, ReadTransaction, ReadableDatabase, StorageError, TransactionError, WriteTransaction,
+};
 
 /// Database files open in this process by canonical path, with how many times each was really opened. Locked only
 /// while opening, never per request.
 static OPEN: LazyLock<Mutex<HashMap<PathBuf, Opened>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// A file's shared handle (gone once its last user drops it) and how many times it was really opened.
-type Opened = (Weak<Database>, u64);
+type Opened = (Weak<SharedDb>, u64);
+
+/// One database file's handle, shared by everything in the process that uses the file, reopened after an I/O
+/// error (see the module's note).
+pub struct SharedDb {
+    path: PathBuf,
+    /// Set when an I/O error was seen on some store of this process: the next transaction reopens the file.
+    suspect: std::sync::atomic::AtomicBool,
+    /// `None` between dropping a handle that met an I/O error and opening the file again.
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+impl std::fmt::Debug for SharedDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDb").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SharedDb {
+    /// Begins a write transaction, reopening the file first if an I/O error closed the handle.
+    pub fn begin_write(&self) -> Result<WriteTransaction, TransactionError> {
+        self.with_handle(|db| db.begin_write())
+    }
+
+    /// Begins a read transaction, reopening the file first if an I/O error closed the handle.
+    pub fn begin_read(&self) -> Result<ReadTransaction, TransactionError> {
+        self.with_handle(|db| db.begin_read())
+    }
+
+    fn with_handle<T>(&self, f: impl Fn(&Database) -> Result<T, TransactionError>) -> Result<T, TransactionError> {
+        let mut current = self.db.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // redb does not say reliably whether a handle met the error (reads may still begin), so after one every
+        // handle is reopened once; this path is only taken after an I/O error.
+        if self.suspect.swap(false, std::sync::atomic::Ordering::AcqRel)
+            && let Some(db) = current.take()
+        {
+            current = Some(self.reopen(Some(db))?);
+        }
+        if let Some(db) = &current {
+            match f(db) {
+                Err(TransactionError::Storage(StorageError::PreviousIo)) => {}
+                other => return other,
+            }
+        }
+        let db = self.reopen(current)?;
+        f(db.as_ref())
+    }
+
+    /// Drops the handle that met an I/O error (`failed`, given up here) and opens the file again. Until every
+    /// transaction still using the old handle has ended, redb's lock makes the open fail; the caller's next
+    /// transaction tries again.
+    fn reopen(&self, failed: Option<Arc<Database>>) -> Result<Arc<Database>, TransactionError> {
+        let failed = failed.map(|f| Arc::as_ptr(&f));
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref()
+            && failed.is_none_or(|f| !std::ptr::eq(f, Arc::as_ptr(db)))
+        {
+            return Ok(db.clone()); // another caller reopened it meanwhile
+        }
+        *slot = None;
+        match Database::open(&self.path) {
+            Ok(db) => {
+                tracing::warn!(path = %self.path.display(), "reopened {} after an I/O error", self.path.display());
+                let db = Arc::new(db);
+                *slot = Some(db.clone());
+                Ok(db)
+            }
+            Err(DatabaseError::Storage(e)) => Err(TransactionError::Storage(e)),
+            Err(_) => Err(TransactionError::Storage(StorageError::PreviousIo)),
+        }
+    }
+}
 
 /// How many times this process has really opened (not shared) a database file in the directory `dir`; tests use it
 /// to prove that nothing reopens the store per request.
@@ -27,7 +104,7 @@ pub fn opens(dir: &Path) -> u64 {
 }
 
 /// Opens the redb file at `path` (creating it if `create`), or shares the handle this process already holds.
-pub fn open_shared(path: &Path, create: bool) -> Result<Arc<Database>, DatabaseError> {
+pub fn open_shared(path: &Path, create: bool) -> Result<Arc<SharedDb>, DatabaseError> {
     let key = canonical(path);
     let mut open = OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let entry = open.entry(key).or_insert_with(|| (Weak::new(), 0));
@@ -35,6 +112,11 @@ pub fn open_shared(path: &Path, create: bool) -> Result<Arc<Database>, DatabaseE
         return Ok(db);
     }
     let db = Arc::new(if create { Database::create(path)? } else { Database::open(path)? });
+    let db = Arc::new(SharedDb {
+        path: path.to_owned(),
+        suspect: std::sync::atomic::AtomicBool::new(false),
+        db: RwLock::new(Some(db)),
+    });
     *entry = (Arc::downgrade(&db), entry.1 + 1);
     Ok(db)
 }
@@ -48,4 +130,30 @@ fn canonical(path: &Path) -> PathBuf {
         }
         _ => path.to_owned(),
     }
+}
+
+/// What is wrong with a database file that redb refused to open because of its contents (not its lock, not the
+/// disk): not a redb file, or damaged. `None` for any other error.
+pub fn damage(e: &DatabaseError) -> Option<String> {
+    match e {
+        DatabaseError::Storage(redb::StorageError::Corrupted(problem)) => Some(problem.clone()),
+        DatabaseError::Storage(redb::StorageError::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
+            Some(io.to_string())
+        }
+        DatabaseError::RepairAborted => Some("it needs a repair that could not run".into()),
+        DatabaseError::UpgradeRequired(v) => Some(format!("it is in the old redb file format {v}")),
+        _ => None,
+    }
+}
+
+/// Notes a store error: after an I/O error, every open file of this process is reopened at its next transaction
+/// (see [`SharedDb`]). Returns the error.
+pub fn note(e: redb::Error) -> redb::Error {
+    if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+        let open = OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for db in open.values().filter_map(|(weak, _)| weak.upgrade()) {
+            db.suspect.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+    e
 }

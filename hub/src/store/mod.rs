@@ -34,10 +34,20 @@ pub enum StoreError {
 }
 
 impl Store {
-    /// Opens the hub's store in the data directory `dir`.
+    /// Opens the hub's store in the data directory `dir`, with the default limits.
     pub fn open(dir: &Path, clock: Arc<dyn outpost_shared::clock::Clock>) -> Result<Store, StoreError> {
+        Self::open_with(dir, clock, &crate::config::Limits::default())
+    }
+
+    /// Opens the hub's store in `dir`, holding to `limits` (`hub.toml`'s `[limits]`).
+    pub fn open_with(
+        dir: &Path,
+        clock: Arc<dyn outpost_shared::clock::Clock>,
+        limits: &crate::config::Limits,
+    ) -> Result<Store, StoreError> {
         let registry = crate::Registry::open(dir, clock.clone())?;
-        let telemetry = crate::telemetry::TelemetryStore::open(dir, clock)?;
+        let telemetry = crate::telemetry::TelemetryStore::open(dir, clock)?
+            .with_max_streams_per_device(limits.max_telemetry_streams_per_device);
         Ok(Store { registry, telemetry })
     }
 

@@ -24,7 +24,7 @@ pub use metadata::{
     DIRECTOR_TARGET, HIGH_RISK_ROLE, STANDARD_ROLE, Signed, add_signature, canonical_json, role_for, sign,
     target_entry, target_path,
 };
-pub use repository::{Expiries, GenerateOptions, PublishOutcome, TufRepo};
+pub use repository::{DEFAULT_LOCK_WAIT, Expiries, GenerateOptions, PublishOutcome, RepoLock, TufRepo};
 
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,15 @@ pub enum TufError {
         name: String,
         /// What failed.
         problem: String,
+    },
+    /// Another writer (the serving hub re-signing, or another command) held the repository's lock for the whole
+    /// wait.
+    #[error("the TUF repository is being written by another process (lock {} held for {}s); try again when it finishes", path.display(), waited.as_secs())]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+        /// How long this operation waited.
+        waited: std::time::Duration,
     },
     /// Bad arguments for the operation.
     #[error("{0}")]

@@ -1,8 +1,17 @@
 //! Repository operations on `<data-dir>/repository`: generating keys and first metadata, publishing, signing
 //! pending high-risk releases, unpublishing, re-signing snapshot and timestamp, rotation and static export.
+//!
+//! Readers see a publish whole or not at all: `timestamp.json` is the commit point. A change writes its role files
+//! and a snapshot under new version names first (all fsynced), then swaps the timestamp in with one rename; what
+//! the committed timestamp and snapshot pin is the repository, and files of higher versions left by an
+//! interrupted write are never built on (the next write replaces them). Writers take `repository/.lock`, so the
+//! serving hub's re-signing and an admin command (in or out of that process) never interleave. Rotating an online
+//! key keeps a working repository at every step: the metadata is signed by the old and the new key before the new
+//! root is written, and the new key replaces the old one only after.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -94,12 +103,67 @@ pub enum PublishOutcome {
 pub struct TufRepo {
     dir: PathBuf,
     expiries: Expiries,
+    lock_wait: Duration,
+}
+
+/// How long a repository write waits for another one to finish before it gives up with [`TufError::Busy`].
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting write looks at the lock again.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+/// The lock file, under the data directory.
+const LOCK_FILE: &str = "repository/.lock";
+
+/// Held while one operation writes the repository; dropping it lets the next one in (the OS drops it with the
+/// process, so a crashed writer never leaves the repository locked).
+#[derive(Debug)]
+#[must_use]
+pub struct RepoLock {
+    _file: fs::File,
+}
+
+/// What readers see: the timestamp's version, the snapshot it pins, and the targets role versions that pins.
+#[derive(Debug, Default)]
+struct Committed {
+    timestamp: u64,
+    snapshot: u64,
+    roles: std::collections::BTreeMap<String, u64>,
 }
 
 impl TufRepo {
     /// The repository of the hub in `data_dir`.
     pub fn new(data_dir: &Path, expiries: Expiries) -> TufRepo {
-        TufRepo { dir: data_dir.to_owned(), expiries }
+        TufRepo { dir: data_dir.to_owned(), expiries, lock_wait: DEFAULT_LOCK_WAIT }
+    }
+
+    /// The same repository, whose writes wait at most `wait` for another writer.
+    pub fn with_lock_wait(mut self, wait: Duration) -> TufRepo {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Takes the repository's write lock, waiting up to the lock wait for the writer holding it (the serving hub
+    /// re-signing, or another command).
+    ///
+    /// # Errors
+    /// [`TufError::Busy`] when it stays held; [`TufError::Io`] when the lock file cannot be opened.
+    pub fn lock(&self) -> Result<RepoLock, TufError> {
+        let path = self.dir.join(LOCK_FILE);
+        let parent = path.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(parent).map_err(io("create directory", parent))?;
+        let file =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io("open", &path))?;
+        let mut waited = Duration::ZERO;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(RepoLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if waited < self.lock_wait => {
+                    std::thread::sleep(LOCK_POLL);
+                    waited += LOCK_POLL;
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(TufError::Busy { path, waited: self.lock_wait }),
+                Err(fs::TryLockError::Error(e)) => return Err(io("lock", &path)(e)),
+            }
+        }
     }
 
     /// Directory of signed metadata.
@@ -147,6 +211,7 @@ impl TufRepo {
         rng: &mut dyn Rng,
         now: UnixSeconds,
     ) -> Result<Vec<PathBuf>, TufError> {
+        let _lock = self.lock()?;
         if self.exists() {
             return Err(TufError::AlreadyExists { dir: self.dir.clone() });
         }
@@ -221,7 +286,7 @@ impl TufRepo {
             let signers = if role == HIGH_RISK_ROLE { &all_targets[..2] } else { &all_targets[..1] };
             self.write_meta(&format!("1.{role}.json"), &sign(&body, signers)?)?;
         }
-        self.write_snapshot_and_timestamp(now)?;
+        self.commit(now, &[("targets", 1), (STANDARD_ROLE, 1), (HIGH_RISK_ROLE, 1)], None)?;
         Ok(written)
     }
 
@@ -237,6 +302,7 @@ impl TufRepo {
         now: UnixSeconds,
     ) -> Result<PublishOutcome, TufError> {
         self.require()?;
+        let _lock = self.lock()?;
         if channel.is_empty() || !channel.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return Err(TufError::Invalid(format!("channel `{channel}` must be letters, digits, `-`, `_`, `.`")));
         }
@@ -279,6 +345,7 @@ impl TufRepo {
         now: UnixSeconds,
     ) -> Result<PublishOutcome, TufError> {
         self.require()?;
+        let _lock = self.lock()?;
         let pending = self.pending_dir().join(format!("{HIGH_RISK_ROLE}.json"));
         let mut envelope: Signed<Targets> = match fs::read(&pending) {
             Ok(b) => from_json(&b).map_err(|e| damaged(&pending, e))?,
@@ -307,6 +374,7 @@ impl TufRepo {
     /// Removes a package from its role's targets, signed with `key`. Devices stop seeing it at their next refresh.
     pub fn unpublish(&self, digest: &Digest, key: &Key, key_path: &Path, now: UnixSeconds) -> Result<String, TufError> {
         self.require()?;
+        let _lock = self.lock()?;
         for role in [STANDARD_ROLE, HIGH_RISK_ROLE] {
             let envelope = self.role_envelope(role)?;
             let mut signed = envelope.signed;
@@ -338,9 +406,11 @@ impl TufRepo {
             blobs::write_atomic(&pending, &to_json(&envelope)?)?;
             return Ok(PublishOutcome::AwaitingSignatures { path: path.into(), have, need });
         }
-        self.write_meta(&format!("{}.{role}.json", envelope.signed.version), &envelope)?;
+        let version = envelope.signed.version;
+        self.write_meta(&format!("{version}.{role}.json"), &envelope)?;
+        self.commit(now, &[(role, version)], None)?;
+        // Only once the release is committed: a failed commit keeps the pending signatures for the retry.
         let _ = fs::remove_file(&pending);
-        self.write_snapshot_and_timestamp(now)?;
         Ok(PublishOutcome::Published { path: path.into(), role: role.into() })
     }
 
@@ -382,30 +452,74 @@ impl TufRepo {
         }
     }
 
-    /// Re-signs snapshot and timestamp if either expires within the margin. Returns whether it did.
+    /// Re-signs snapshot and timestamp if either expires within the margin, or is not signed by the key the
+    /// current root names for it (after an interrupted rotation, which this also completes). Returns whether it
+    /// did.
     pub fn refresh_online(&self, now: UnixSeconds) -> Result<bool, TufError> {
         self.require()?;
+        let _lock = self.lock()?;
+        let finished_rotation = self.recover()?;
+        let committed = self.committed()?;
         let ts: Signed<Pins> = self.read_meta("timestamp.json")?;
-        let snap: Signed<Pins> = self.read_meta(&format!("{}.snapshot.json", self.latest_version("snapshot")?))?;
+        let snap: Signed<Pins> = self.read_meta(&format!("{}.snapshot.json", committed.snapshot))?;
         let soon = format_rfc3339(now.saturating_add(self.expiries.resign_margin_secs));
         let expiring = |v: &Signed<Pins>| v.signed.expires.as_str() <= soon.as_str();
-        if expiring(&ts) || expiring(&snap) {
-            self.write_snapshot_and_timestamp(now)?;
+        if finished_rotation || expiring(&ts) || expiring(&snap) {
+            self.commit(now, &[], None)?;
             return Ok(true);
         }
         Ok(false)
     }
 
-    /// Writes a new snapshot pinning every targets role's latest version, and a timestamp pinning it.
-    fn write_snapshot_and_timestamp(&self, now: UnixSeconds) -> Result<(), TufError> {
+    /// The versions readers see now (all zero before the first timestamp).
+    fn committed(&self) -> Result<Committed, TufError> {
+        let ts: Signed<Pins> = match self.read_meta("timestamp.json") {
+            Err(TufError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Committed::default());
+            }
+            other => other?,
+        };
+        let pinned = |p: &Signed<Pins>, name: &str, file: &str| {
+            p.signed
+                .meta
+                .get(name)
+                .map(|m| m.version)
+                .ok_or_else(|| TufError::Damaged { name: file.into(), problem: format!("it pins no {name}") })
+        };
+        let snapshot = pinned(&ts, "snapshot.json", "timestamp.json")?;
+        let file = format!("{snapshot}.snapshot.json");
+        let snap: Signed<Pins> = self.read_meta(&file)?;
+        let mut roles = std::collections::BTreeMap::new();
+        for role in ["targets", STANDARD_ROLE, HIGH_RISK_ROLE] {
+            roles.insert(role.to_owned(), pinned(&snap, &format!("{role}.json"), &file)?);
+        }
+        Ok(Committed { timestamp: ts.signed.version, snapshot, roles })
+    }
+
+    /// Commits: a new snapshot pinning the committed targets roles with `changed` ones at their new versions
+    /// (already written), then the timestamp pinning it, which is what makes them visible. `also` signs one online
+    /// role's metadata with a second key too (a rotation's new key, before the root naming it is written).
+    fn commit(&self, now: UnixSeconds, changed: &[(&str, u64)], also: Option<(&str, &Key)>) -> Result<(), TufError> {
+        let committed = self.committed()?;
         let snapshot_key = self.online_key("snapshot")?;
         let timestamp_key = self.online_key("timestamp")?;
+        let signers = |role: &str, key: &Key| -> Vec<Key> {
+            match also {
+                Some((r, extra)) if r == role && extra.keyid != key.keyid => vec![key.clone(), extra.clone()],
+                _ => vec![key.clone()],
+            }
+        };
         let pin = |version| MetaFile { version, length: None, hashes: None };
         let mut meta = std::collections::BTreeMap::new();
         for role in ["targets", STANDARD_ROLE, HIGH_RISK_ROLE] {
-            meta.insert(format!("{role}.json"), pin(self.latest_version(role)?));
+            let version = changed.iter().find(|(r, _)| *r == role).map(|(_, v)| *v);
+            let version = version.or_else(|| committed.roles.get(role).copied()).ok_or_else(|| TufError::Damaged {
+                name: "snapshot".into(),
+                problem: format!("no version of {role} to pin"),
+            })?;
+            meta.insert(format!("{role}.json"), pin(version));
         }
-        let snap_version = self.latest_version("snapshot").unwrap_or(0) + 1;
+        let snap_version = committed.snapshot + 1;
         let snapshot = Pins {
             kind: "snapshot".into(),
             spec_version: SPEC_VERSION.into(),
@@ -414,9 +528,9 @@ impl TufRepo {
             meta,
             extra: Extra::new(),
         };
-        let snap_bytes = to_json(&sign(&snapshot, &[&snapshot_key])?)?;
+        let snap_bytes = to_json(&sign(&snapshot, &signers("snapshot", &snapshot_key).iter().collect::<Vec<_>>())?)?;
         self.write_meta_bytes(&format!("{snap_version}.snapshot.json"), &snap_bytes)?;
-        let ts_version = self.read_meta::<Signed<Pins>>("timestamp.json").ok().map_or(0, |t| t.signed.version) + 1;
+        let ts_version = committed.timestamp + 1;
         let snapshot_pin = MetaFile {
             version: snap_version,
             length: Some(snap_bytes.len() as u64),
@@ -430,7 +544,55 @@ impl TufRepo {
             meta: [("snapshot.json".to_owned(), snapshot_pin)].into(),
             extra: Extra::new(),
         };
-        self.write_meta("timestamp.json", &sign(&timestamp, &[&timestamp_key])?)
+        let timestamp_signers = signers("timestamp", &timestamp_key);
+        self.write_meta("timestamp.json", &sign(&timestamp, &timestamp_signers.iter().collect::<Vec<_>>())?)
+    }
+
+    fn next_key_path(&self, role: &str) -> PathBuf {
+        self.dir.join("keys").join(format!("{role}.key.next"))
+    }
+
+    /// Finishes or undoes an online-key rotation that was interrupted, and puts `root.json` back in step with the
+    /// newest `N.root.json` (what clients walk). A `ROLE.key.next` the current root names replaces the live key
+    /// (the rotation got past its root write); one it does not name is removed (it did not). Returns whether a
+    /// rotation was finished, so the caller re-signs with the new key.
+    fn recover(&self) -> Result<bool, TufError> {
+        let newest = self.metadata_dir().join(format!("{}.root.json", self.latest_version("root")?));
+        let bytes = fs::read(&newest).map_err(io("read", &newest))?;
+        let current = self.metadata_dir().join("root.json");
+        if fs::read(&current).ok().as_deref() != Some(bytes.as_slice()) {
+            blobs::write_atomic(&current, &bytes)?;
+        }
+        let root: Signed<Root> = from_json(&bytes).map_err(|e| damaged(&newest, e))?;
+        let mut finished = false;
+        for role in ["snapshot", "timestamp"] {
+            let next = self.next_key_path(role);
+            if !next.exists() {
+                continue;
+            }
+            let waiting = Key::load(&next)?.keyid;
+            let named = root.signed.roles.get(role).is_some_and(|r| r.keyids.contains(&waiting));
+            if named {
+                self.install_next_key(role, root.signed.version.saturating_sub(1))?;
+                finished = true;
+            } else {
+                fs::remove_file(&next).map_err(io("remove", &next))?;
+            }
+        }
+        Ok(finished)
+    }
+
+    /// The rotated key `ROLE.key.next` becomes `ROLE.key`; the old one is kept as `ROLE.key.retired-vN` (root
+    /// version `N` named it).
+    fn install_next_key(&self, role: &str, old_root_version: u64) -> Result<(), TufError> {
+        let (live, next) = (self.online_key_path(role), self.next_key_path(role));
+        let retired = self.dir.join("keys").join(format!("{role}.key.retired-v{old_root_version}"));
+        if live.exists() && !retired.exists() {
+            fs::hard_link(&live, &retired).map_err(io("link", &retired))?;
+        }
+        fs::rename(&next, &live).map_err(io("rename", &next))?;
+        let keys = self.dir.join("keys");
+        Ok(blobs::sync_dir(&keys)?)
     }
 
     /// Replaces the director key: a new online key, listed as the `director/director.json` target by a new
@@ -444,6 +606,7 @@ impl TufRepo {
         now: UnixSeconds,
     ) -> Result<PathBuf, TufError> {
         self.require()?;
+        let _lock = self.lock()?;
         self.authorise("targets", targets_key, targets_key_path)?;
         let path = self.online_key_path("director");
         let version = self.latest_version("targets")?;
@@ -457,7 +620,7 @@ impl TufRepo {
         body.targets.insert(DIRECTOR_TARGET.into(), entry);
         body.bump(now, self.expiries.targets_secs);
         self.write_meta(&format!("{}.targets.json", version + 1), &sign(&body, &[targets_key])?)?;
-        self.write_snapshot_and_timestamp(now)?;
+        self.commit(now, &[("targets", version + 1)], None)?;
         Ok(path)
     }
 
@@ -473,6 +636,8 @@ impl TufRepo {
         now: UnixSeconds,
     ) -> Result<Vec<PathBuf>, TufError> {
         self.require()?;
+        let _lock = self.lock()?;
+        self.recover()?;
         let old: Signed<Root> = self.read_meta("root.json")?;
         let old_signed = &old.signed;
         let old_version = old_signed.version;
@@ -501,11 +666,10 @@ impl TufRepo {
                 new_signed.roles.insert("root".into(), RoleKeys::single(&generated));
             }
             "timestamp" | "snapshot" => {
-                let p = self.online_key_path(role);
-                let retired = self.dir.join("keys").join(format!("{role}.key.retired-v{old_version}"));
-                fs::rename(&p, &retired).map_err(io("rename", &p))?;
-                generated.save(&p, role)?;
-                written.push(p);
+                // The new key waits beside the live one until the root naming it is written (`recover`).
+                let next = self.next_key_path(role);
+                generated.save(&next, role)?;
+                written.push(self.online_key_path(role));
                 new_signed.roles.insert(role.into(), RoleKeys::single(&generated));
             }
             "targets" => {
@@ -534,15 +698,27 @@ impl TufRepo {
             }
         }
         let envelope = sign(&new_signed, &signers)?;
+        let online = matches!(role, "timestamp" | "snapshot");
+        if online {
+            // Signed by the old and the new key: valid under root N and N+1, so clients see a working repository
+            // whichever root they hold, and at every step from here on.
+            self.commit(now, &[], Some((role, &generated)))?;
+        }
+        // The commit point of the rotation: clients walk to N+1 from here.
         self.write_meta(&format!("{}.root.json", old_version + 1), &envelope)?;
         self.write_meta("root.json", &envelope)?;
+        let mut changed = Vec::new();
         if role == "targets" {
             // The top-level targets role must be re-signed by the new key.
             let mut body = self.top_targets()?.signed;
             body.bump(now, self.expiries.targets_secs);
             self.write_meta(&format!("{}.targets.json", body.version), &sign(&body, &[&generated])?)?;
+            changed.push(("targets", body.version));
         }
-        self.write_snapshot_and_timestamp(now)?;
+        if online {
+            self.install_next_key(role, old_version)?;
+        }
+        self.commit(now, &changed, None)?;
         Ok(written)
     }
 
@@ -556,8 +732,22 @@ impl TufRepo {
         Ok(n)
     }
 
-    /// The latest published version of `role` (from `N.role.json` names).
+    /// The version of `role` readers see: for a targets role, the one the committed snapshot pins; for snapshot,
+    /// the one the timestamp pins; for timestamp, its own; for root, the newest `N.root.json` (clients walk them).
+    /// Files of higher versions left by an interrupted write do not count.
     pub fn latest_version(&self, role: &str) -> Result<u64, TufError> {
+        if role != "root" {
+            let committed = self.committed()?;
+            let version = match role {
+                "timestamp" => Some(committed.timestamp),
+                "snapshot" => Some(committed.snapshot),
+                other => committed.roles.get(other).copied(),
+            };
+            return version.filter(|&v| v > 0).ok_or_else(|| TufError::Damaged {
+                name: format!("*.{role}.json"),
+                problem: "no committed version".into(),
+            });
+        }
         let dir = self.metadata_dir();
         let suffix = format!(".{role}.json");
         let mut best = None;

@@ -11,6 +11,9 @@ use outpost_shared::Digest;
 use outpost_shared::clock::ManualClock;
 use outpost_shared::testkit::{AffineManifest, affine_model};
 
+#[path = "../../../fixtures/faultfs/mod.rs"]
+pub mod faultfs;
+
 /// A hub in a temporary directory, removed on drop.
 pub struct TestHub {
     pub tmp: tempfile::TempDir,
@@ -46,7 +49,25 @@ impl TestHub {
 
     /// Runs the real `outpost-hub` binary against this hub.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_outpost-hub")).arg("--data-dir").arg(self.dir()).args(args).output().unwrap()
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs the real `outpost-hub` binary against this hub with a disk fault armed.
+    pub fn cli_faulty(&self, fault: &faultfs::Fault, args: &[&str]) -> Output {
+        fault.apply(&mut self.command(args)).output().unwrap()
+    }
+
+    /// Starts the real `outpost-hub` binary against this hub with a disk fault configured (armed or not); its
+    /// stderr goes to `log`.
+    pub fn spawn_faulty(&self, fault: &faultfs::Fault, args: &[&str], log: &Path) -> std::process::Child {
+        let stderr = std::fs::File::create(log).unwrap();
+        fault.apply(&mut self.command(args)).stdout(std::process::Stdio::null()).stderr(stderr).spawn().unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost-hub"));
+        cmd.arg("--data-dir").arg(self.dir()).args(args);
+        cmd
     }
 
     /// Every file under the blob store (excluding the temp area).
