@@ -18,9 +18,9 @@ use outpost_shared::clock::Clock;
 use outpost_shared::testkit::AffineManifest;
 use support::World;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_package_is_pushed_to_a_connected_agent_which_falls_back_at_once() {
-    let w = World::new();
+/// A serving hub that pushes revocation notices (checking its list every 50 ms), and an approved device's agent
+/// on channel `stable` that confirms a package after one good inference.
+fn serving_hub_and_agent(w: &World) -> Agent {
     let backend = Arc::new(HubBackend::new(&w.dir, TufRepo::new(&w.dir, Default::default()), w.clock.clone()));
     let mut serve = ServeConfig::new(Identity::from_seed([1; 32]));
     serve.bind = "127.0.0.1:0".parse().unwrap();
@@ -38,7 +38,13 @@ async fn revoked_package_is_pushed_to_a_connected_agent_which_falls_back_at_once
     let text = config::render(&addr.to_string(), &Identity::from_seed([1; 32]).public_key().to_hex())
         .replace("health_inferences = 20", "health_inferences = 1");
     std::fs::write(dev.join("agent.toml"), &text).unwrap();
-    let mut agent = Agent::open(AgentConfig::parse(&text, &dev.join("agent.toml")).unwrap(), w.clock.clone()).unwrap();
+    Agent::open(AgentConfig::parse(&text, &dev.join("agent.toml")).unwrap(), w.clock.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_package_is_pushed_to_a_connected_agent_which_falls_back_at_once() {
+    let w = World::new();
+    let mut agent = serving_hub_and_agent(&w);
 
     let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
     agent.check().await.unwrap();
@@ -59,4 +65,25 @@ async fn revoked_package_is_pushed_to_a_connected_agent_which_falls_back_at_once
     assert_eq!(*notices.borrow(), 1, "revocation list v1 announced");
     agent.check().await.unwrap();
     assert_eq!(agent.active().map(|m| *m.digest()), Some(v1), "back on the last good package");
+}
+
+/// An update loop asks for the notices receiver after every check. The notice that woke it was acted on by that
+/// check: the receiver it gets next must not report it again, or the loop checks again at once, for ever (the
+/// soak found every agent on the hub checking ~140 times a second after one revocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_notice_the_agent_has_checked_does_not_wake_it_again() {
+    let w = World::new();
+    let mut agent = serving_hub_and_agent(&w);
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    agent.check().await.unwrap();
+
+    let mut notices = agent.notices().expect("connected");
+    tokio::time::sleep(Duration::from_millis(200)).await; // the watcher has seen the current list
+    Director::new(&w.repo).revoke(v1, "field regression", w.clock.wall()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), notices.changed()).await.expect("the notice arrives").unwrap();
+    agent.check().await.unwrap(); // the only package is revoked: nothing to run, nothing wrong
+
+    let again = agent.notices().expect("still connected");
+    assert_eq!(*again.borrow(), 1, "the same connection, revocation list v1 announced");
+    assert!(!again.has_changed().unwrap(), "the notice the last check acted on is not news");
 }

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, ensure};
 use outpost_agent::inference::{ModelHandle, ServeLimits, infer_once, serve};
 
 use crate::fixtures::Loaded;
-use crate::http::{Http, first_binary_output, oip_binary_request, oip_request};
 use crate::report::{Latency, latency, micros};
 use crate::{OVERHEAD_BUDGET, now};
+use outpost_sim::http::{Http, first_binary_output, oip_binary_request, oip_request};
 
 /// Starts the agent's inference API on loopback on its own runtime, configured as `outpost-agent run` configures
 /// it (a default multi-thread runtime, default limits).

@@ -15,7 +15,6 @@
 mod api;
 mod failover;
 mod fixtures;
-mod http;
 mod hub;
 mod report;
 mod rss;

@@ -11,10 +11,11 @@ use outpost_agent::device::{self, Layout};
 use outpost_shared::update::Phase;
 
 use crate::fixtures::Loaded;
-use crate::http::{Http, oip_request};
 use crate::hub::Hub;
 use crate::report::Row;
 use crate::{HEALTH, SETTLE, real_wall};
+use outpost_sim::http::{Http, oip_request};
+use outpost_sim::procfs::status_kib;
 
 pub(crate) fn agent_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?.with_file_name("outpost-agent");
@@ -29,12 +30,6 @@ impl Drop for Process {
         let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
         let _ = self.0.wait();
     }
-}
-
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field}"))?;
-    Ok(line.split_whitespace().nth(1).context(field.to_owned())?.parse()?)
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {

@@ -10,9 +10,9 @@ use outpost_shared::model;
 
 use crate::api::per_run;
 use crate::fixtures::Loaded;
-use crate::http::data_json;
 use crate::report::{Latency, latency, micros};
 use crate::{RUNTIME_BUDGET, RUNTIME_ROUNDS, now, repo_root};
+use outpost_sim::http::data_json;
 
 /// What `scripts/bench-agent-ort.py` printed.
 pub(crate) struct OrtResult {

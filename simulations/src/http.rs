@@ -8,7 +8,8 @@ use anyhow::{Context, Result, ensure};
 use outpost_agent::inference::oip_name;
 use outpost_shared::model::{NamedTensor, TensorData};
 
-pub(crate) fn data_json(d: &TensorData) -> serde_json::Value {
+/// Tensor data as the JSON array an OIP v2 request carries.
+pub fn data_json(d: &TensorData) -> serde_json::Value {
     match d {
         TensorData::F32(v) => serde_json::json!(v),
         TensorData::F64(v) => serde_json::json!(v),
@@ -21,7 +22,7 @@ pub(crate) fn data_json(d: &TensorData) -> serde_json::Value {
 }
 
 /// The OIP v2 request body a client would send for these tensors.
-pub(crate) fn oip_request(inputs: &[NamedTensor]) -> Vec<u8> {
+pub fn oip_request(inputs: &[NamedTensor]) -> Vec<u8> {
     let inputs: Vec<serde_json::Value> = inputs
         .iter()
         .map(|t| {
@@ -49,7 +50,7 @@ fn le_bytes(d: &TensorData) -> Vec<u8> {
 /// What `tritonclient.http` sends by default: the OIP request as a JSON header whose inputs carry
 /// `binary_data_size`, every output asked back binary (`binary_data_output`), then the tensors' bytes. Returns
 /// the body and the header's length (`Inference-Header-Content-Length`).
-pub(crate) fn oip_binary_request(inputs: &[NamedTensor]) -> (Vec<u8>, usize) {
+pub fn oip_binary_request(inputs: &[NamedTensor]) -> (Vec<u8>, usize) {
     let tensors: Vec<Vec<u8>> = inputs.iter().map(|t| le_bytes(&t.data)).collect();
     let header: Vec<serde_json::Value> = inputs
         .iter()
@@ -69,7 +70,7 @@ pub(crate) fn oip_binary_request(inputs: &[NamedTensor]) -> (Vec<u8>, usize) {
 }
 
 /// The first value of the first output of a binary-extension response (FP32), with the response's JSON header.
-pub(crate) fn first_binary_output(body: &[u8], json_len: usize) -> Result<f64> {
+pub fn first_binary_output(body: &[u8], json_len: usize) -> Result<f64> {
     let header: serde_json::Value = serde_json::from_slice(body.get(..json_len).context("short response")?)?;
     let size = header["outputs"][0]["parameters"]["binary_data_size"].as_u64().context("binary output")?;
     ensure!(header["outputs"][0]["datatype"] == "FP32" && size >= 4, "an FP32 output: {header}");
@@ -78,20 +79,30 @@ pub(crate) fn first_binary_output(body: &[u8], json_len: usize) -> Result<f64> {
 }
 
 /// A minimal HTTP/1.1 client on one kept-alive connection.
-pub(crate) struct Http {
+pub struct Http {
     conn: BufReader<TcpStream>,
 }
 
 impl Http {
-    pub(crate) fn connect(addr: SocketAddr) -> Result<Http> {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> Result<Http> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         Ok(Http { conn: BufReader::new(stream) })
     }
 
+    /// Connects to `addr` within `timeout`, which then bounds every read and write on the connection too.
+    pub fn connect_timeout(addr: SocketAddr, timeout: std::time::Duration) -> Result<Http> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Http { conn: BufReader::new(stream) })
+    }
+
     /// A complete request (head and body) to send as is; `json_len` for a body in the binary tensor data
     /// extension (the length of its JSON header).
-    pub(crate) fn post_request(path: &str, body: &[u8], json_len: Option<usize>) -> Vec<u8> {
+    pub fn post_request(path: &str, body: &[u8], json_len: Option<usize>) -> Vec<u8> {
         let kind = match json_len {
             None => "Content-Type: application/json\r\n".to_owned(),
             Some(n) => format!("Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {n}\r\n"),
@@ -104,13 +115,13 @@ impl Http {
     }
 
     /// Sends `request` and reads the response; returns the status and the body.
-    pub(crate) fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
+    pub fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
         let (status, _, body) = self.exchange_binary(request)?;
         Ok((status, body))
     }
 
     /// Like [`Http::exchange`], with the response's `Inference-Header-Content-Length` when it has one.
-    pub(crate) fn exchange_binary(&mut self, request: &[u8]) -> Result<(u16, Option<usize>, Vec<u8>)> {
+    pub fn exchange_binary(&mut self, request: &[u8]) -> Result<(u16, Option<usize>, Vec<u8>)> {
         self.conn.get_mut().write_all(request)?;
         let mut line = String::new();
         self.conn.read_line(&mut line)?;
