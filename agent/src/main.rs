@@ -205,7 +205,7 @@ fn run(command: Command) -> Result<()> {
             println!("{key}");
         }
         Command::Run { config, once, mode, log_format, log_level } => {
-            tune_allocator()?;
+            outpost_net::allocator::tune().context("re-executing the agent with its malloc tunables")?;
             outpost_net::logging::init(log_format.parse()?, log_level.as_deref())?;
             let config = AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -246,36 +246,6 @@ fn run(command: Command) -> Result<()> {
         Command::Policy { .. } => unreachable!("handled in main"),
     }
     Ok(())
-}
-
-/// glibc malloc settings for the long-lived `run` process (see [`tune_allocator`]): at most two arenas instead of
-/// one per thread that ever allocated (tokio's workers and blocking threads each got one), and blocks of 1 MiB or
-/// more from `mmap` at a fixed threshold, so that freeing them gives them back. Without them glibc raises its mmap
-/// threshold each time tract frees a large buffer while loading a model (its optimiser's node vector reaches
-/// 4 MB), later large blocks land in the heap among live ones, and an idle agent serving a 0.6 MB model kept some
-/// 10 MiB of freed memory (`malloc_stats` at idle: 18.9 MB held, 8.1 MB in use). A 64 KiB threshold kept 2.5 MiB
-/// less but made every inference map and fault in its tensors: ppocr-direction ran 2.5 to 3 times slower.
-/// Measured in BENCHMARKS.md ("Agent: idle RSS").
-const MALLOC_TUNABLES: &str = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=1048576";
-
-/// Runs this same binary again, same arguments, with [`MALLOC_TUNABLES`] in `GLIBC_TUNABLES`: glibc reads its
-/// tunables once, before `main`, and the workspace forbids the `unsafe` a `mallopt` call would need. Does nothing
-/// when `GLIBC_TUNABLES` already sets a malloc tunable (this is the re-executed process, or whoever started the
-/// agent chose its own), or off glibc.
-fn tune_allocator() -> Result<()> {
-    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
-        return Ok(());
-    }
-    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if current.contains("glibc.malloc.") {
-        return Ok(());
-    }
-    let tunables = if current.is_empty() { MALLOC_TUNABLES.to_owned() } else { format!("{current}:{MALLOC_TUNABLES}") };
-    let exe = std::env::current_exe().context("finding this binary to re-execute it")?;
-    let error = std::os::unix::process::CommandExt::exec(
-        std::process::Command::new(&exe).args(std::env::args_os().skip(1)).env("GLIBC_TUNABLES", tunables),
-    );
-    Err(error).with_context(|| format!("re-executing {} with GLIBC_TUNABLES", exe.display()))
 }
 
 /// `run --mode site`: a site node until interrupted.

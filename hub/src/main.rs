@@ -59,6 +59,7 @@ fn run(mut command: Command, dir: &std::path::Path, o: &mut Out<'_>) -> Result<u
             return Ok(0);
         }
         Command::Serve { bind, metrics, log_format, log_level } => {
+            outpost_net::allocator::tune().context("re-executing the hub with its malloc tunables")?;
             let format = log_format.parse()?;
             outpost_net::logging::init(format, log_level.as_deref())?;
             return cli::serve::serve(dir, bind, metrics).map(|()| 0);
