@@ -57,12 +57,23 @@ pub struct TpmConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSite {
+    #[serde(default = "default_site_bind")]
     bind: String,
+    #[serde(default = "default_cache_max_mib")]
+    cache_max_mib: u64,
+}
+
+fn default_site_bind() -> String {
+    "0.0.0.0:7443".into()
+}
+
+fn default_cache_max_mib() -> u64 {
+    4096
 }
 
 impl Default for RawSite {
     fn default() -> Self {
-        RawSite { bind: "0.0.0.0:7443".into() }
+        RawSite { bind: default_site_bind(), cache_max_mib: default_cache_max_mib() }
     }
 }
 
@@ -177,6 +188,8 @@ pub struct AgentConfig {
     pub policy: Option<PolicySource>,
     /// Where a site node (`run --mode site`) serves its devices.
     pub site_bind: SocketAddr,
+    /// Most bytes of packages a site node keeps in its cache (the least recently served go first).
+    pub site_cache_max_bytes: u64,
     /// The TPM this device attests with, if any (software-tier evidence otherwise).
     pub tpm: Option<TpmConfig>,
 }
@@ -247,9 +260,11 @@ shadow_percent = 10
 # boot_pcrs = [0, 1, 2, 3, 4, 5, 6, 7]
 
 # Only for a site node (`outpost-agent run --mode site`): the UDP address its site's devices connect to. Its
-# [policy] then applies to the whole site, and its blob cache lives in data_dir/cache.
+# [policy] then applies to the whole site, and its blob cache lives in data_dir/cache: past cache_max_mib, the
+# packages served least recently leave it (one still wanted is fetched from the hub again).
 [site]
 bind = "0.0.0.0:7443"
+cache_max_mib = 4096
 "#
     )
 }
@@ -297,6 +312,9 @@ impl AgentConfig {
             .bind
             .parse()
             .map_err(|e| invalid("site.bind", format!("`{}` is not an address: {e}", raw.site.bind)))?;
+        if raw.site.cache_max_mib == 0 {
+            return Err(invalid("site.cache_max_mib", "must be at least 1".into()));
+        }
         let tpm = match raw.attestation {
             None => None,
             Some(a) => {
@@ -348,6 +366,7 @@ impl AgentConfig {
             shadow_percent: raw.inference.shadow_percent,
             inference_token_file: raw.inference.token_file.map(|f| base.join(f)),
             site_bind,
+            site_cache_max_bytes: raw.site.cache_max_mib.saturating_mul(1 << 20),
             tpm,
             policy: raw
                 .policy
@@ -416,6 +435,15 @@ mod tests {
         let text = render("127.0.0.1:7443", KEY).replace("check_deadline_secs = 600", "check_deadline_secs = 0");
         let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
         assert!(e.contains("`updates.check_deadline_secs`"), "{e}");
+    }
+
+    #[test]
+    fn the_site_cache_budget_defaults_to_4_gib_and_refuses_zero() {
+        let c = AgentConfig::parse(&render("127.0.0.1:7443", KEY), Path::new("a.toml")).unwrap();
+        assert_eq!(c.site_cache_max_bytes, 4096 << 20);
+        let text = render("127.0.0.1:7443", KEY).replace("cache_max_mib = 4096", "cache_max_mib = 0");
+        let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("`site.cache_max_mib`"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! the hub revokes is cut off within [`DEVICE_FRESH`] (the hub refuses to act for it at once).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -245,6 +245,9 @@ impl SiteNode {
         let cached = self.layout.cache().join(digest.to_hex());
         let hit = std::fs::metadata(&cached).ok().map(|m| m.len());
         let policy = self.load_policy()?;
+        if hit.is_some() {
+            self.touch(&cached);
+        }
         if let (Some(len), None) = (hit, &policy) {
             // Verified when it was fetched, and no policy to judge it by.
             return Ok((cached, len));
@@ -307,8 +310,58 @@ impl SiteNode {
         }
         std::fs::rename(&partial, &cached)?;
         tracing::info!(path = %tuf_path, bytes = len, "fetched {tuf_path} ({len} bytes) from the hub once for the site; cached");
+        self.touch(&cached);
+        match prune_cache(&self.layout.cache(), self.config.site_cache_max_bytes, &cached) {
+            Ok(dropped) if !dropped.is_empty() => {
+                let n = dropped.len();
+                tracing::info!(dropped = n, "cache over its budget: dropped the {n} package(s) served least recently");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot prune the package cache"),
+        }
         Ok((cached, len))
     }
+
+    /// Marks a cached package as served now (its modification time, on the injected clock): the cache drops the
+    /// packages served least recently first.
+    fn touch(&self, cached: &Path) {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(self.now());
+        if let Err(e) = std::fs::File::options().write(true).open(cached).and_then(|f| f.set_modified(now)) {
+            tracing::warn!(file = %cached.display(), error = %e, "cannot mark a cached package as served");
+        }
+    }
+}
+
+/// Deletes packages from the cache in `dir`, least recently served (oldest modification time) first, until the
+/// packages left hold at most `budget` bytes; `keep` (the package just fetched) stays whatever its size. Returns
+/// the files deleted. A device downloading a deleted package keeps its open file; a later request fetches it from
+/// the hub again. Partial downloads (`.…part`) are not packages and are left alone.
+pub fn prune_cache(dir: &Path, budget: u64, keep: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut packages = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let name = entry.file_name();
+        if !meta.is_file() || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        packages.push((meta.modified()?, meta.len(), entry.path()));
+    }
+    let mut held: u64 = packages.iter().map(|(_, len, _)| len).sum();
+    packages.sort();
+    let mut dropped = Vec::new();
+    for (_, len, path) in packages {
+        if held <= budget {
+            break;
+        }
+        if path == keep {
+            continue;
+        }
+        std::fs::remove_file(&path)?;
+        held -= len;
+        dropped.push(path);
+    }
+    Ok(dropped)
 }
 
 /// The site policy's verdict on a downloaded package file, judged on its manifest (`None`: accepted; a file that is
@@ -488,4 +541,37 @@ pub async fn run(
     span.in_scope(|| tracing::info!(%addr, "site node {key} serving devices on {addr} (QUIC)"));
     tracing::Instrument::instrument(server.run(shutdown), span).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(dir: &Path, name: &str, bytes: usize, served_at: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; bytes]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(served_at)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_site_cache_over_its_budget_drops_the_packages_served_least_recently() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = package(tmp.path(), "aa", 400, 1_000);
+        let recent = package(tmp.path(), "bb", 400, 3_000);
+        let partial = package(tmp.path(), ".cc.part", 900, 10);
+        // The package just fetched is the oldest by its time, and stays anyway.
+        let new = package(tmp.path(), "dd", 400, 500);
+        let dropped = prune_cache(tmp.path(), 1_000, &new).unwrap();
+        assert_eq!(dropped, vec![old.clone()]);
+        assert!(!old.exists() && recent.exists() && new.exists() && partial.exists());
+        // Within the budget, nothing goes.
+        assert!(prune_cache(tmp.path(), 1_000, &new).unwrap().is_empty());
+        // A package larger than the whole budget is kept alone.
+        let huge = package(tmp.path(), "ee", 5_000, 4_000);
+        let dropped = prune_cache(tmp.path(), 1_000, &huge).unwrap();
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert!(huge.exists() && !recent.exists() && !new.exists());
+    }
 }
