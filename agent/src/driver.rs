@@ -281,10 +281,16 @@ impl Agent {
     }
 
     /// Feeds an event to the loop, persists, queues the telemetry it makes, and returns the actions to perform.
+    /// A state that cannot be saved (a full disk) leaves the loop as it was: nothing is done on a step the device
+    /// would not remember, and the same event comes again (the next check, tick or outcome).
     fn feed(&mut self, event: Event) -> Result<Vec<Action>, CheckError> {
+        let saved = self.updates.clone();
         let before = self.updates.state.clone();
         let actions = self.updates.handle(self.clock.wall(), event.clone());
-        self.save()?;
+        if let Err(e) = self.save() {
+            self.updates = saved;
+            return Err(e.into());
+        }
         for kind in telemetry::events_of(&before, &event, &actions, &self.updates.state) {
             self.queue(kind);
         }

@@ -389,6 +389,9 @@ async fn update_loop(mut agent: Agent, api: Api, once: bool, mut outcomes: Outco
     let mut shown = String::new();
     // The update loop decides when to check and when a health window ends; this loop sleeps until then, or until
     // an inference outcome, a pushed notice or a signal.
+    // A step whose state cannot be saved (a full disk) is not a reason to stop serving: the loop keeps its last
+    // saved state, says so once, and takes the step again after a pause.
+    let mut unsaved = Unsaved::default();
     loop {
         if agent.check_due() {
             // A failed check is logged by the check itself.
@@ -400,7 +403,7 @@ async fn update_loop(mut agent: Agent, api: Api, once: bool, mut outcomes: Outco
             }
             notices = agent.notices();
         }
-        agent.tick()?;
+        unsaved.note(agent.tick());
         let pushed = async {
             match notices.as_mut() {
                 Some(n) => n.changed().await.is_ok(),
@@ -416,7 +419,7 @@ async fn update_loop(mut agent: Agent, api: Api, once: bool, mut outcomes: Outco
                 }
                 agent.check_now();
             }
-            Some(outcome) = outcomes.recv() => agent.record_outcome(outcome)?,
+            Some(outcome) = outcomes.recv() => unsaved.note(agent.record_outcome(outcome)),
             _ = interrupt.recv() => {
                 tracing::info!("stopping");
                 return Ok(agent.shutdown()?);
@@ -425,8 +428,37 @@ async fn update_loop(mut agent: Agent, api: Api, once: bool, mut outcomes: Outco
                 tracing::info!("stopping");
                 return Ok(agent.shutdown()?);
             }
-            () = tokio::time::sleep(agent.until_next_deadline()) => {}
+            () = tokio::time::sleep(unsaved.pause(agent.until_next_deadline())) => {}
         }
+    }
+}
+
+/// Whether the update loop's last step failed (its state could not be saved): logged once when it starts failing
+/// and once when it works again, and the loop pauses between attempts.
+#[derive(Default)]
+struct Unsaved(bool);
+
+impl Unsaved {
+    /// Shortest pause between two attempts at a step that failed.
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn note(&mut self, result: Result<(), outpost_agent::driver::CheckError>) {
+        match (result, self.0) {
+            (Err(e), false) => {
+                tracing::error!(error = %e, "the update loop cannot save its state: still serving the active model; retrying");
+                self.0 = true;
+            }
+            (Err(e), true) => tracing::debug!(error = %e, "the update loop still cannot save its state"),
+            (Ok(()), true) => {
+                tracing::info!("the update loop saves its state again");
+                self.0 = false;
+            }
+            (Ok(()), false) => {}
+        }
+    }
+
+    fn pause(&self, until_next: std::time::Duration) -> std::time::Duration {
+        if self.0 { until_next.max(Self::RETRY) } else { until_next }
     }
 }
 

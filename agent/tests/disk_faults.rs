@@ -42,16 +42,25 @@ fn stop(mut child: Child) {
     child.wait().unwrap();
 }
 
-#[test]
-fn a_full_disk_fails_the_update_and_telemetry_clearly_and_the_agent_recovers_when_space_returns() {
+/// A runtime and a world on the wall clock whose agent binary may run.
+fn world() -> (tokio::runtime::Runtime, World) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let w = World::on_wall_clock();
     w.allow_agent_binary();
-    let publish = |minor: usize| {
-        w.clock.advance(Duration::from_secs(1));
-        let m = AffineManifest::new("affine", &format!("1.{minor}.0"), 2.0 + minor as f32, 1.0);
-        w.add_and_publish_sized(&m, "stable", 1 << 18).0
-    };
+    (rt, w)
+}
+
+/// Publishes affine 1.`minor`.0 on stable, its model padded with `padding` floats, a second after the last one.
+fn publish(w: &World, minor: usize, padding: usize) -> Digest {
+    w.clock.advance(Duration::from_secs(1));
+    let m = AffineManifest::new("affine", &format!("1.{minor}.0"), 2.0 + minor as f32, 1.0);
+    w.add_and_publish_sized(&m, "stable", padding).0
+}
+
+#[test]
+fn a_full_disk_fails_the_update_and_telemetry_clearly_and_the_agent_recovers_when_space_returns() {
+    let (rt, w) = world();
+    let publish = |minor: usize| publish(&w, minor, 1 << 18);
     let first = publish(0);
     let (addr, hub_key) = rt.block_on(w.serve());
     let dir = w.tmp.path().join("dev");
@@ -126,4 +135,50 @@ fn a_full_disk_fails_the_update_and_telemetry_clearly_and_the_agent_recovers_whe
     let ours: Vec<_> = streams.iter().filter(|s| s.device == key).collect();
     assert_eq!(ours.len(), 1, "one queue, reopened rather than recreated: {ours:?}");
     assert_eq!(ours[0].record.missing(), 0, "no committed event was lost: {ours:?}");
+}
+
+/// The disk fills up under the agent's own state file just as a health window ends: the agent cannot record the
+/// confirmation, so it keeps what it last saved and keeps serving (it used to exit on the first failed save), says
+/// so once, and confirms the release once space returns.
+#[test]
+fn a_state_file_that_cannot_be_saved_does_not_stop_the_agent() {
+    let (rt, w) = world();
+    let publish = |minor: usize| publish(&w, minor, 16);
+    let first = publish(0);
+    let (addr, hub_key) = rt.block_on(w.serve());
+    let dir = w.tmp.path().join("dev");
+    let key = init_device(&dir, &w.root(), [9; 32]).unwrap();
+    w.registry().device_approve(&key, "stable").unwrap();
+    let config_path = dir.join("agent.toml");
+    std::fs::write(&config_path, support::process_config(addr, &hub_key, 3)).unwrap();
+    let layout = Layout::new(&dir);
+    let log = w.tmp.path().join("agent.log");
+    // `write_atomic` writes the state beside it, then renames it over.
+    let fault = Fault::disk_full(&dir.join(".state.json.tmp"), w.tmp.path()).disarmed();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost-agent"));
+    cmd.args(["run", "--config", config_path.to_str().unwrap()]);
+    let mut child =
+        fault.apply(&mut cmd).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    wait_for("the agent settles", 60, &log, || settled_on(&layout, &first));
+
+    let next = publish(1);
+    let on_trial = || {
+        device::load_state(&layout)
+            .unwrap()
+            .is_some_and(|s| matches!(&s.phase, Phase::Health { target, .. } if target.digest == next))
+    };
+    wait_for("the next release on trial", 60, &log, on_trial);
+    fault.arm();
+    std::thread::sleep(Duration::from_secs(6)); // the 3 s window ends, and the agent tries to save a few times
+    assert!(child.try_wait().unwrap().is_none(), "the agent still runs:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(!fault.injected().is_empty(), "the fault fired");
+    assert!(on_trial(), "what it last saved stands");
+
+    fault.lift();
+    wait_for("the release confirmed once space returns", 60, &log, || settled_on(&layout, &next));
+    stop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let said = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(said("cannot save its state"), 1, "said once:\n{text}");
+    assert_eq!(said("saves its state again"), 1, "and once when it works again:\n{text}");
 }
