@@ -39,6 +39,18 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CanonicalError
     v.deserialized().map_err(|e| CanonicalError::Decode(e.to_string()))
 }
 
+/// [`from_slice`] for a type that always encodes all it decodes (a content-addressed document such as a package
+/// manifest): also refuses input that decodes to a value whose own encoding differs. serde reads a byte string
+/// into the text of an untagged enum, among other conversions, which the value-level check above cannot see
+/// (found by fuzz target manifest_cbor: a dimension name sent as the bytes of "W" read as the text "W").
+pub fn from_slice_exact<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
+    let value: T = from_slice(bytes)?;
+    if to_vec(&value)? != bytes {
+        return Err(CanonicalError::NotCanonical);
+    }
+    Ok(value)
+}
+
 fn has_tag(v: &Value) -> bool {
     match v {
         Value::Tag(..) => true,
@@ -114,6 +126,28 @@ mod tests {
         let tagged = [0xa1, 0x61, b'a', 0xc5, 0x61, b'x'];
         assert_eq!(from_slice::<BTreeMap<String, String>>(&good).unwrap()["a"], "x");
         assert!(matches!(from_slice::<BTreeMap<String, String>>(&tagged), Err(CanonicalError::NotCanonical)));
+    }
+
+    #[test]
+    fn a_text_field_sent_as_a_byte_string_is_refused_as_a_second_encoding() {
+        // As a manifest's shape dimension: a number or a name (an untagged enum, which serde buffers and then
+        // reads a byte string into text from).
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(untagged)]
+        enum Dim {
+            Fixed(u64),
+            Symbol(String),
+        }
+        #[derive(Debug, serde::Serialize, serde::Deserialize)]
+        struct Doc {
+            name: Dim,
+        }
+        // {"name": "W"}, then the same with "W" as a byte string: serde reads both into the text variant.
+        let text = [0xa1, 0x64, b'n', b'a', b'm', b'e', 0x61, b'W'];
+        let bytes = [0xa1, 0x64, b'n', b'a', b'm', b'e', 0x41, b'W'];
+        assert_eq!(from_slice_exact::<Doc>(&text).unwrap().name, Dim::Symbol("W".into()));
+        assert!(from_slice::<Doc>(&bytes).is_ok(), "the value-level check alone lets it through");
+        assert!(matches!(from_slice_exact::<Doc>(&bytes), Err(CanonicalError::NotCanonical)));
     }
 
     #[test]

@@ -474,7 +474,7 @@ impl Manifest {
 
     /// Decodes a manifest from a package (deterministic CBOR) and validates it.
     pub fn from_cbor(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let m: Manifest = canonical::from_slice(bytes).map_err(|e| ManifestError {
+        let m: Manifest = canonical::from_slice_exact(bytes).map_err(|e| ManifestError {
             file: "<package>".into(),
             field: "(document)".into(),
             line: None,
