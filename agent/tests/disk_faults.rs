@@ -175,7 +175,8 @@ fn a_state_file_that_cannot_be_saved_does_not_stop_the_agent() {
     assert!(on_trial(), "what it last saved stands");
 
     fault.lift();
-    wait_for("the release confirmed once space returns", 60, &log, || settled_on(&layout, &next));
+    let saved_again = || std::fs::read_to_string(&log).unwrap().contains("saves its state again");
+    wait_for("the release confirmed once space returns", 60, &log, || settled_on(&layout, &next) && saved_again());
     stop(child);
     let text = std::fs::read_to_string(&log).unwrap();
     let said = |what: &str| text.lines().filter(|l| l.contains(what)).count();
