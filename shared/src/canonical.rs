@@ -44,7 +44,10 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CanonicalError
 /// into the text of an untagged enum, among other conversions, which the value-level check above cannot see
 /// (found by fuzz target manifest_cbor: a dimension name sent as the bytes of "W" read as the text "W").
 pub fn from_slice_exact<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CanonicalError> {
-    let value: T = from_slice(bytes)?;
+    // The typed round trip covers the value-level checks too (we never encode a tag, a long form or a trailing
+    // byte), so the value is decoded once and encoded once.
+    let v: Value = ciborium::de::from_reader(bytes).map_err(|e| CanonicalError::Decode(e.to_string()))?;
+    let value: T = v.deserialized().map_err(|e| CanonicalError::Decode(e.to_string()))?;
     if to_vec(&value)? != bytes {
         return Err(CanonicalError::NotCanonical);
     }
