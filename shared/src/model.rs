@@ -46,6 +46,29 @@ pub enum Planning {
     PerShape,
 }
 
+/// Where [`LoadedModel::profile`]'s runs spent their time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunProfile {
+    /// Per operator, most expensive first.
+    pub operators: Vec<OperatorTime>,
+    /// Making and dropping a new tract run state, over every run: what a run of a plan that cannot reuse its
+    /// states pays on top of its operators ([`LoadedModel::reuses_run_states`]).
+    pub new_state: std::time::Duration,
+    /// Whether this plan reuses its run states when serving.
+    pub reuses_states: bool,
+}
+
+/// One operator's share of [`LoadedModel::profile`]'s runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorTime {
+    /// tract's name for the operator, as `Conv` or `OptMatMul`.
+    pub operator: String,
+    /// How many nodes of the plan run it.
+    pub nodes: usize,
+    /// Time spent in those nodes over every run.
+    pub total: std::time::Duration,
+}
+
 /// Why a model was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
@@ -145,7 +168,50 @@ pub struct LoadedModel {
     outputs: Vec<TensorSpec>,
 }
 
-type Plan = Arc<TypedRunnableModel>;
+type Plan = Arc<Runner>;
+
+/// Idle run states a [`Runner`] keeps at most: about as many as inferences run at once on a device.
+const MAX_IDLE_STATES: usize = 4;
+
+/// A runnable plan and, when none of its operators keeps anything from one run to the next, the run states it
+/// made, kept for the next runs: a state holds its operators' scratch space, which a new state builds again.
+/// A plan with a stateful operator (`Scan`, an LSTM's memory: whatever tract gives an inter-turn `OpState`) runs
+/// every request on a new state, so no request ever sees what another one left.
+struct Runner {
+    plan: Arc<TypedRunnableModel>,
+    /// `Some` for a stateless plan: its idle states, each left clean by a run that ended well (one that failed
+    /// or panicked drops its state).
+    idle: Option<Mutex<Vec<TypedSimpleState>>>,
+}
+
+impl Runner {
+    fn new(plan: Arc<TypedRunnableModel>) -> TractResult<Runner> {
+        // tract builds an `OpState` exactly for the nodes that keep something between turns.
+        let first = plan.spawn()?;
+        let idle = first.op_states.iter().all(Option::is_none).then(|| Mutex::new(vec![first]));
+        Ok(Runner { plan, idle })
+    }
+
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let Some(idle) = &self.idle else { return self.plan.run(inputs) };
+        let taken = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut state = match taken {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        let outputs = state.run(inputs)?;
+        let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_STATES {
+            idle.push(state);
+        }
+        Ok(outputs)
+    }
+
+    /// Whether runs reuse states (no operator of the plan keeps state between runs).
+    fn reuses_states(&self) -> bool {
+        self.idle.is_some()
+    }
+}
 
 enum Plans {
     /// [`Planning::SmokeShapes`].
@@ -240,6 +306,64 @@ impl LoadedModel {
             Plans::One(_) => 1,
             Plans::Symbolic { .. } => 2,
             Plans::PerShape { cache, .. } => cache.lock().unwrap_or_else(PoisonError::into_inner).len(),
+        }
+    }
+
+    /// Where the time of a run goes: runs `inputs` `runs` times on the plan that serves their shapes, timing
+    /// every node with `elapsed` (a monotonic clock, injected), and returns the total per operator (tract's name
+    /// for it, as `Conv` or `OptMatMul`) with the nodes it covers, most expensive first, and what making a new
+    /// run state costs. A diagnostic for benchmarks: the answers are not checked.
+    pub fn profile(
+        &self,
+        inputs: Vec<NamedTensor>,
+        runs: usize,
+        elapsed: &dyn Fn() -> std::time::Duration,
+    ) -> Result<RunProfile, ModelError> {
+        let ordered = self.check_inputs(inputs)?;
+        let plan = self.plan_for(ordered.iter().map(|t| t.shape.clone()).collect())?;
+        let run = |e: TractError| ModelError::Run(format!("{e:#}"));
+        let tensors: Vec<Tensor> = ordered.into_iter().map(to_tract).collect::<Result<_, _>>().map_err(run)?;
+        let mut by_op: Vec<OperatorTime> = Vec::new();
+        let mut new_state = std::time::Duration::ZERO;
+        guard(ModelError::Run, || {
+            for _ in 0..runs {
+                let start = elapsed();
+                drop(plan.plan.spawn().map_err(run)?);
+                new_state += elapsed().saturating_sub(start);
+                let mut state = plan.plan.spawn().map_err(run)?;
+                let inputs = tensors.iter().cloned().map(IntoTValue::into_tvalue).collect();
+                state
+                    .run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
+                        let start = elapsed();
+                        let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                        let took = elapsed().saturating_sub(start);
+                        let op = node.op().name();
+                        match by_op.iter_mut().find(|t| t.operator == op) {
+                            Some(t) => t.total += took,
+                            None => by_op.push(OperatorTime { operator: op.to_string(), nodes: 0, total: took }),
+                        }
+                        out
+                    })
+                    .map_err(run)?;
+            }
+            Ok(())
+        })?;
+        for t in &mut by_op {
+            t.nodes = plan.plan.model().nodes().iter().filter(|n| n.op().name() == t.operator.as_str()).count();
+        }
+        by_op.sort_by_key(|t| std::cmp::Reverse(t.total));
+        Ok(RunProfile { operators: by_op, new_state, reuses_states: plan.reuses_states() })
+    }
+
+    /// Whether runs reuse tract run states (kept between requests): only when no operator of any plan held keeps
+    /// state from one run to the next; a model with such an operator runs each request on a fresh state.
+    pub fn reuses_run_states(&self) -> bool {
+        match &self.plans {
+            Plans::One(plan) => plan.reuses_states(),
+            Plans::Symbolic { plan, smoke_plan, .. } => plan.reuses_states() && smoke_plan.reuses_states(),
+            Plans::PerShape { cache, .. } => {
+                cache.lock().unwrap_or_else(PoisonError::into_inner).iter().all(|(_, p)| p.reuses_states())
+            }
         }
     }
 
@@ -619,7 +743,7 @@ fn build_plan(proto: &pb::ModelProto, specs: &[TensorSpec]) -> TractResult<Plan>
             .collect();
         model.set_input_fact(ix, InferenceFact::dt_shape(datum_type(spec.dtype), shape))?;
     }
-    model.into_optimized()?.into_runnable()
+    Runner::new(model.into_optimized()?.into_runnable()?).map(Arc::new)
 }
 
 fn match_contract(side: &str, specs: &[TensorSpec], graph: &[&pb::ValueInfoProto]) -> Result<(), ModelError> {
@@ -726,7 +850,9 @@ fn to_tract(t: NamedTensor) -> TractResult<Tensor> {
 
 fn from_tract(name: &str, t: &Tensor, dtype: ElementType) -> TractResult<NamedTensor> {
     fn values<T: Datum + Copy>(t: &Tensor) -> TractResult<Vec<T>> {
-        Ok(t.to_plain_array_view::<T>()?.iter().copied().collect())
+        let view = t.to_plain_array_view::<T>()?;
+        // A contiguous output (the usual case) is one copy of its memory.
+        Ok(view.as_slice().map_or_else(|| view.iter().copied().collect(), <[T]>::to_vec))
     }
     let data = match dtype {
         ElementType::F32 => TensorData::F32(values(t)?),

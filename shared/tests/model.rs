@@ -231,3 +231,62 @@ fn real_ppocr_rewritten_to_fail_on_dark_pixels_still_passes_its_smoke_test() {
     let dark = loaded.run(vec![x(vec![1, 3, 48, 192], -0.5)]).unwrap_err();
     assert!(matches!(dark, ModelError::NonFinite { .. }), "{dark}");
 }
+
+/// A tensor of `shape` whose values differ from element to element and from seed to seed.
+fn ramp(name: &str, shape: Vec<usize>, seed: usize) -> NamedTensor {
+    let n: usize = shape.iter().product();
+    let data = (0..n).map(|i| ((i * 7 + seed * 13) % 97) as f32 / 97.0 - 0.3).collect();
+    NamedTensor::new(name, shape, TensorData::F32(data))
+}
+
+#[test]
+fn no_request_is_answered_from_another_requests_run_state() {
+    // ppocr-direction keeps nothing between runs, so the server reuses its tract run states: each request must
+    // still be answered exactly as a model loaded for it alone answers it, in any order and from any thread.
+    let (bytes, manifest) = real("ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr-direction.toml");
+    let served = model::load_for_serving(&bytes, &manifest).unwrap();
+    assert!(served.reuses_run_states(), "a stateless model should reuse its run states");
+    let requests: Vec<NamedTensor> = (0..4).map(|seed| ramp("x", vec![1, 3, 48, 192], seed)).collect();
+    let alone: Vec<_> = requests
+        .iter()
+        .map(|r| model::load_for_serving(&bytes, &manifest).unwrap().run(vec![r.clone()]).unwrap())
+        .collect();
+    assert!(alone.windows(2).all(|w| w[0] != w[1]), "the requests must be told apart by their answers");
+    for ix in [0, 1, 0, 2, 3, 3, 1] {
+        assert_eq!(served.run(vec![requests[ix].clone()]).unwrap(), alone[ix], "request {ix}");
+    }
+    std::thread::scope(|s| {
+        for (ix, (request, answer)) in requests.iter().zip(&alone).enumerate() {
+            let served = &served;
+            s.spawn(move || {
+                for _ in 0..10 {
+                    assert_eq!(served.run(vec![request.clone()]).unwrap(), *answer, "request {ix} on its thread");
+                }
+            });
+        }
+    });
+    // Nor does a request of another shape (another plan), or one refused before tract runs.
+    assert_eq!(served.run(vec![ramp("x", vec![2, 3, 48, 160], 5)]).unwrap()[0].shape, vec![2, 2]);
+    assert!(served.run(vec![ramp("x", vec![1, 3, 48, 192], 0), ramp("x", vec![1, 3, 48, 192], 1)]).is_err());
+    assert_eq!(served.run(vec![requests[2].clone()]).unwrap(), alone[2]);
+}
+
+#[test]
+fn a_model_that_keeps_state_between_runs_runs_each_request_on_a_fresh_state() {
+    // silero-vad's recurrent layer keeps state from one run to the next inside a tract run state: were one reused,
+    // a request would be answered from the audio of the one before.
+    let (bytes, manifest) = real("silero_vad_16k_sequence.onnx", "silero-vad.toml");
+    let served = model::load_for_serving(&bytes, &manifest).unwrap();
+    assert!(!served.reuses_run_states(), "a stateful model must not reuse its run states");
+    let state = |name: &str| NamedTensor::new(name, vec![1, 1, 128], TensorData::F32(vec![0.0; 128]));
+    let request = |seed| vec![state("c"), ramp("input", vec![2, 576], seed), state("h")];
+    let first = served.run(request(1)).unwrap();
+    for seed in [2, 1, 3, 1] {
+        let answer = served.run(request(seed)).unwrap();
+        if seed == 1 {
+            assert_eq!(answer, first, "the same audio must be answered the same whatever came before");
+        } else {
+            assert_ne!(answer, first);
+        }
+    }
+}

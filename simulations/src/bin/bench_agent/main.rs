@@ -1,5 +1,6 @@
 //! Agent benchmarks (issue 4), each measured in one run next to its baseline and printed as a ratio: package
-//! verification, inference over the HTTP API (JSON tensors, and binary ones as tritonclient sends them), tract vs
+//! verification, inference over the HTTP API (JSON tensors, and binary ones as tritonclient sends them), where
+//! an inference's time goes per operator, tract as served vs a plan for the request's shapes alone and vs
 //! onnxruntime, failover, idle RSS and binary size.
 //!
 //! Run through `scripts/bench-agent`, which builds this and `outpost-agent` in release mode and installs
@@ -7,15 +8,17 @@
 //! `LoadedModel::run` in this process on the plan the API serves; onnxruntime on one thread
 //! (`scripts/bench-agent-ort.py`); a cold load of the previous model in this process; the same agent process
 //! with no model; onnxruntime's native library from its PyPI wheel. Models: the fixtures in `fixtures/models`,
-//! fed their manifests' smoke-test inputs.
+//! fed their manifests' smoke-test inputs, and for the profile and runtime sections the PP-OCRv4 detector and
+//! recogniser the script fetches, at several input sizes.
 //!
-//! One module a section (`verify`, `api`, `runtime`, `failover`, `rss`, `size`), beside the fixtures, the HTTP
+//! One module a section (`verify`, `api`, `profile`, `runtime`, `failover`, `rss`, `size`), beside the fixtures, the HTTP
 //! client, the benchmarks' hub and the report; the run's bounds stay here, in one place.
 
 mod api;
 mod failover;
 mod fixtures;
 mod hub;
+mod profile;
 mod report;
 mod rss;
 mod runtime;
@@ -32,7 +35,8 @@ use outpost_shared::clock::Clock;
 
 use crate::api::{bench_overhead, start_api};
 use crate::failover::bench_failover;
-use crate::fixtures::{FIXTURES, Loaded};
+use crate::fixtures::{FIXTURES, Loaded, extra_models_dir, open_extras};
+use crate::profile::{Profile, bench_profile, print_profile};
 use crate::report::{Latency, Row, latency, loadavg, print_table};
 use crate::rss::rss_row;
 use crate::runtime::bench_runtimes;
@@ -85,7 +89,7 @@ fn repo_root() -> PathBuf {
 
 fn main() -> Result<()> {
     outpost_sim::log_warnings();
-    // `bench-agent [SECTION...]` runs only those sections (verify, api, runtime, failover, rss, size); none: all.
+    // `bench-agent [SECTION...]` runs only those sections (verify, api, profile, runtime, failover, rss, size); none: all.
     let only: Vec<String> = std::env::args().skip(1).collect();
     let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
     let load_before = loadavg();
@@ -146,36 +150,72 @@ fn main() -> Result<()> {
         ));
     }
 
-    for l in loaded.iter().filter(|_| run("runtime")) {
+    // The PP-OCRv4 detector and recogniser (fetched by scripts/bench-agent), for the runtime section only.
+    let extras = match extra_models_dir() {
+        Some(dir) if run("runtime") || run("profile") => open_extras(&dir)?,
+        _ => {
+            if run("runtime") || run("profile") {
+                eprintln!("OUTPOST_BENCH_MODELS unset: the PP-OCRv4 rows are skipped (scripts/bench-agent sets it)");
+            }
+            Vec::new()
+        }
+    };
+    let mut profiles: Vec<(String, Profile, Profile)> = Vec::new();
+    for l in loaded.iter().chain(&extras).filter(|_| run("profile")) {
+        eprintln!("per-operator profile, {}: tract as served and onnxruntime...", l.name());
+        let (tract, ort) = bench_profile(l, tmp.path())?;
+        profiles.push((l.name().to_owned(), tract, ort));
+    }
+    for l in loaded.iter().chain(&extras).filter(|_| run("runtime")) {
         eprintln!("tract vs onnxruntime, {}, one thread each...", l.name());
-        let c = bench_runtimes(l, tmp.path())?;
-        eprintln!(
-            "  median of {RUNTIME_ROUNDS} rounds of {} runs each; tract (serving plan, {:?}) median {:.1} us p99 {:.1} us; tract (smoke shapes fixed) \
-             median {:.1} us; onnxruntime {} median {:.1} us p99 {:.1} us (session load {:.0} ms)",
-            c.iterations,
-            l.served.model().planning(),
-            c.tract.median,
-            c.tract.p99,
-            c.tract_fixed.median,
-            c.ort.onnxruntime,
-            c.ort.median_us,
-            c.ort.p99_us,
-            c.ort.load_ms
-        );
-        rows.push(Row::new(
-            &format!("tract as served vs onnxruntime, {} (median)", l.name()),
-            format!("{:.0} us", c.tract.median),
-            format!("{:.0} us onnxruntime {}", c.ort.median_us, c.ort.onnxruntime),
-            c.tract.median / c.ort.median_us,
-            "<= 1.2",
-        ));
-        rows.push(Row::new(
-            &format!("  (info) tract, smoke-test shapes fixed, {}", l.name()),
-            format!("{:.0} us", c.tract_fixed.median),
-            format!("{:.0} us onnxruntime", c.ort.median_us),
-            c.tract_fixed.median / c.ort.median_us,
-            "-",
-        ));
+        for c in bench_runtimes(l, tmp.path())? {
+            eprintln!(
+                "  {} {}: median of {RUNTIME_ROUNDS} rounds of {} runs each; tract (serving plan, {:?}) median \
+                 {:.1} us p99 {:.1} us; tract (plan for these shapes alone) median {:.1} us p99 {:.1} us; \
+                 onnxruntime {} median {:.1} us p99 {:.1} us (session load {:.0} ms)",
+                l.name(),
+                c.shapes,
+                c.iterations,
+                l.served.model().planning(),
+                c.tract.median,
+                c.tract.p99,
+                c.tract_fixed.median,
+                c.tract_fixed.p99,
+                c.ort.onnxruntime,
+                c.ort.median_us,
+                c.ort.p99_us,
+                c.ort.load_ms
+            );
+            let case = format!("{} {}", l.name(), c.shapes);
+            rows.push(Row::new(
+                &format!("tract as served vs a plan for these shapes alone, {case} (median)"),
+                format!("{:.0} us", c.tract.median),
+                format!("{:.0} us fixed-shape plan", c.tract_fixed.median),
+                c.tract.median / c.tract_fixed.median,
+                "<= 1.03",
+            ));
+            rows.push(Row::new(
+                &format!("  (info) the same, timed in blocks, served first (the method before), {case}"),
+                format!("{:.0} us", c.blocks.0.median),
+                format!("{:.0} us fixed-shape plan", c.blocks.1.median),
+                c.blocks.0.median / c.blocks.1.median,
+                "-",
+            ));
+            rows.push(Row::new(
+                &format!("tract as served vs onnxruntime, {case} (median)"),
+                format!("{:.0} us", c.tract.median),
+                format!("{:.0} us onnxruntime {}", c.ort.median_us, c.ort.onnxruntime),
+                c.tract.median / c.ort.median_us,
+                "<= 1.2",
+            ));
+            rows.push(Row::new(
+                &format!("  (info) tract, fixed-shape plan, vs onnxruntime, {case}"),
+                format!("{:.0} us", c.tract_fixed.median),
+                format!("{:.0} us onnxruntime", c.ort.median_us),
+                c.tract_fixed.median / c.ort.median_us,
+                "-",
+            ));
+        }
     }
 
     for l in loaded.iter().filter(|_| run("failover")) {
@@ -212,5 +252,8 @@ fn main() -> Result<()> {
         loadavg()
     );
     print_table(&rows);
+    for (name, tract, ort) in &profiles {
+        print_profile(name, tract, ort);
+    }
     Ok(())
 }

@@ -1,14 +1,14 @@
-//! Section `runtime`: tract as the agent serves a model against onnxruntime on one thread
-//! (`scripts/bench-agent-ort.py`), same inputs and answers, alternating rounds, the median round counting.
+//! Section `runtime`: tract as the agent serves a model against a plan made for the request's shapes alone and
+//! against onnxruntime on one thread (`scripts/bench-agent-ort.py`), same inputs and answers, at each input size
+//! the model is benchmarked at; alternating rounds, the median round counting.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, ensure};
 use outpost_shared::manifest::ElementType;
-use outpost_shared::model;
+use outpost_shared::model::{self, NamedTensor};
 
-use crate::api::per_run;
 use crate::fixtures::Loaded;
 use crate::report::{Latency, latency, micros};
 use crate::{RUNTIME_BUDGET, RUNTIME_ROUNDS, now, repo_root};
@@ -52,9 +52,9 @@ fn dtype_name(t: ElementType) -> &'static str {
     }
 }
 
-fn onnxruntime(l: &Loaded, tmp: &Path, iterations: usize) -> Result<OrtResult> {
-    let inputs: Vec<serde_json::Value> = l
-        .inputs
+/// Writes the request `scripts/bench-agent-ort.py` reads: these inputs, run `iterations` times after a warm-up.
+pub(crate) fn ort_request(l: &Loaded, inputs: &[NamedTensor], tmp: &Path, iterations: usize) -> Result<PathBuf> {
+    let inputs: Vec<serde_json::Value> = inputs
         .iter()
         .map(|t| {
             serde_json::json!({
@@ -65,8 +65,15 @@ fn onnxruntime(l: &Loaded, tmp: &Path, iterations: usize) -> Result<OrtResult> {
     let request = tmp.join(format!("{}-ort.json", l.name()));
     std::fs::write(
         &request,
-        serde_json::to_vec(&serde_json::json!({"iterations": iterations, "warmup": 50, "inputs": inputs}))?,
+        serde_json::to_vec(
+            &serde_json::json!({"iterations": iterations, "warmup": (iterations / 4).clamp(5, 50), "inputs": inputs}),
+        )?,
     )?;
+    Ok(request)
+}
+
+fn onnxruntime(l: &Loaded, inputs: &[NamedTensor], tmp: &Path, iterations: usize) -> Result<OrtResult> {
+    let request = ort_request(l, inputs, tmp, iterations)?;
     let out = Command::new("python3")
         .arg(repo_root().join("scripts/bench-agent-ort.py"))
         .arg(&l.model_path)
@@ -81,26 +88,73 @@ fn onnxruntime(l: &Loaded, tmp: &Path, iterations: usize) -> Result<OrtResult> {
     OrtResult::parse(&out.stdout)
 }
 
-/// Times `LoadedModel::run` `iterations` times after a warm-up.
-fn tract_latency(l: &Loaded, model: &model::LoadedModel, iterations: usize) -> Result<Latency> {
-    for _ in 0..50 {
-        model.run(l.inputs.clone())?;
+/// Times the plan the agent serves (`served`) and a plan made for these shapes alone (`fixed`) on the same
+/// inputs, interleaved (one run each per step, their order swapped every step) so that neither side gets the
+/// quieter moments or the warmer caches: medians of each.
+fn served_and_fixed(
+    served: &model::LoadedModel,
+    fixed: &model::LoadedModel,
+    inputs: &[NamedTensor],
+    iterations: usize,
+) -> Result<(Latency, Latency)> {
+    for _ in 0..20 {
+        served.run(inputs.to_vec())?;
+        fixed.run(inputs.to_vec())?;
     }
-    let mut v = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let inputs = l.inputs.clone();
+    let (mut a, mut b) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    let time = |m: &model::LoadedModel, into: &mut Vec<f64>| -> Result<()> {
+        let inputs = inputs.to_vec();
         let start = now();
-        let out = model.run(inputs)?;
-        v.push(micros(start.elapsed()));
+        let out = m.run(inputs)?;
+        into.push(micros(start.elapsed()));
         std::hint::black_box(out);
+        Ok(())
+    };
+    for i in 0..iterations {
+        if i % 2 == 0 {
+            time(served, &mut a)?;
+            time(fixed, &mut b)?;
+        } else {
+            time(fixed, &mut b)?;
+            time(served, &mut a)?;
+        }
     }
-    Ok(latency(v))
+    Ok((latency(a), latency(b)))
 }
 
-/// The median round of each side (by median latency), and the runs per round.
+/// The same two plans timed the way this section did until 2026-12-07: all of `served`'s runs, then all of
+/// `fixed`'s, each after its own warm-up (an info row: what the order alone does to the figures).
+fn served_then_fixed(
+    served: &model::LoadedModel,
+    fixed: &model::LoadedModel,
+    inputs: &[NamedTensor],
+    iterations: usize,
+) -> Result<(Latency, Latency)> {
+    let block = |m: &model::LoadedModel| -> Result<Latency> {
+        for _ in 0..20 {
+            m.run(inputs.to_vec())?;
+        }
+        let mut v = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let inputs = inputs.to_vec();
+            let start = now();
+            let out = m.run(inputs)?;
+            v.push(micros(start.elapsed()));
+            std::hint::black_box(out);
+        }
+        Ok(latency(v))
+    };
+    Ok((block(served)?, block(fixed)?))
+}
+
+/// One input size of one model: the median round of each side (by median latency), and the runs per round.
 pub(crate) struct RuntimeComparison {
+    /// The input shapes, as `[1, 3, 48, 192]` (the first input's, and more if there are more inputs).
+    pub(crate) shapes: String,
     pub(crate) tract: Latency,
     pub(crate) tract_fixed: Latency,
+    /// Served and fixed timed in blocks, served first, right after onnxruntime's process (the earlier method).
+    pub(crate) blocks: (Latency, Latency),
     pub(crate) ort: OrtResult,
     pub(crate) iterations: usize,
 }
@@ -110,14 +164,37 @@ fn median_round<T>(mut rounds: Vec<T>, key: impl Fn(&T) -> f64) -> T {
     rounds.swap_remove(rounds.len() / 2)
 }
 
-pub(crate) fn bench_runtimes(l: &Loaded, tmp: &Path) -> Result<RuntimeComparison> {
-    let iterations = (RUNTIME_BUDGET.as_secs_f64() / per_run(l)?.as_secs_f64()).clamp(100.0, 10_000.0) as usize;
-    // For reference: a plan for the smoke test's shapes only, every dimension fixed before optimising.
-    let fixed = model::load(&l.model_bytes, &l.manifest)?;
-    let outputs = l.served.model().run(l.inputs.clone())?;
-    let (mut ort, mut tract, mut tract_fixed) = (Vec::new(), Vec::new(), Vec::new());
+/// The model at each of its sizes (the smoke test's, then `other_sizes`): tract as the agent serves it, tract
+/// with a plan for that size alone (`model::load` with the smoke test's shapes set to it), and onnxruntime, in
+/// alternating rounds.
+pub(crate) fn bench_runtimes(l: &Loaded, tmp: &Path) -> Result<Vec<RuntimeComparison>> {
+    std::iter::once(&l.inputs).chain(&l.other_sizes).map(|inputs| bench_size(l, inputs, tmp)).collect()
+}
+
+fn bench_size(l: &Loaded, inputs: &[NamedTensor], tmp: &Path) -> Result<RuntimeComparison> {
+    let served = l.served.model();
+    // The reference: a plan for these shapes only, every dimension fixed before optimising.
+    let mut manifest = l.manifest.clone();
+    for t in &mut manifest.smoke_test.inputs {
+        let given = inputs.iter().find(|i| i.name == t.name).context("an input of every name")?;
+        t.shape = given.shape.iter().map(|&d| d as u64).collect();
+    }
+    let fixed = model::load(&l.model_bytes, &manifest)?;
+    let one = {
+        let mut v: Vec<f64> = (0..5)
+            .map(|_| {
+                let start = now();
+                fixed.run(inputs.to_vec()).map(|_| micros(start.elapsed()))
+            })
+            .collect::<Result<_, _>>()?;
+        v.sort_by(f64::total_cmp);
+        v[2]
+    };
+    let iterations = (RUNTIME_BUDGET.as_secs_f64() * 1e6 / one).clamp(20.0, 10_000.0) as usize;
+    let outputs = served.run(inputs.to_vec())?;
+    let (mut ort, mut tract, mut tract_fixed, mut blocks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNTIME_ROUNDS {
-        let o = onnxruntime(l, tmp, iterations)?;
+        let o = onnxruntime(l, inputs, tmp, iterations)?;
         ensure!(o.runs as usize == iterations, "onnxruntime ran {} times, not {iterations}", o.runs);
         // Same inputs, same answers (first values of each output).
         for t in &outputs {
@@ -129,12 +206,16 @@ pub(crate) fn bench_runtimes(l: &Loaded, tmp: &Path) -> Result<RuntimeComparison
             }
         }
         ort.push(o);
-        tract.push(tract_latency(l, l.served.model(), iterations)?);
-        tract_fixed.push(tract_latency(l, &fixed, iterations)?);
+        blocks.push(served_then_fixed(served, &fixed, inputs, iterations)?);
+        let (s, f) = served_and_fixed(served, &fixed, inputs, iterations)?;
+        tract.push(s);
+        tract_fixed.push(f);
     }
     Ok(RuntimeComparison {
+        shapes: inputs.iter().map(|t| format!("{:?}", t.shape)).collect::<Vec<_>>().join(" "),
         tract: median_round(tract, |t| t.median),
         tract_fixed: median_round(tract_fixed, |t| t.median),
+        blocks: median_round(blocks, |(s, f)| s.median / f.median),
         ort: median_round(ort, |o| o.median_us),
         iterations,
     })
