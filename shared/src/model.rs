@@ -20,6 +20,13 @@ pub use crate::tensor::{NamedTensor, TensorData};
 /// own copy of the weights, so this bounds memory at about this many times the model.
 pub const MAX_SHAPE_PLANS: usize = 4;
 
+/// In [`Planning::Symbolic`], a set of input shapes the symbolic plan has answered this many times (among the
+/// [`RECENT_SHAPES`] last without a plan of their own) gets a concrete plan, built on a thread of its own.
+pub const PLAN_RECURRING_AFTER: u32 = 3;
+
+/// Sets of input shapes a symbolic model counts at once (least recently seen goes first).
+pub const RECENT_SHAPES: usize = 16;
+
 /// Which input shapes a load prepares for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ShapeMode {
@@ -38,7 +45,9 @@ pub enum Planning {
     /// One plan with the contract's symbolic dimensions left symbolic (one tract symbol per name, so `N` in two
     /// inputs must agree), bound per run; plus a concrete plan for the smoke test's shapes, which runs them
     /// (the contract lets the agent fix every dimension before optimising, and a fully concrete plan is
-    /// faster: about 20% for silero-vad). The smoke test runs on both.
+    /// faster: about 20% for silero-vad). The smoke test runs on both. Shapes that recur
+    /// ([`PLAN_RECURRING_AFTER`]) get concrete plans too, up to [`MAX_SHAPE_PLANS`] with the smoke test's,
+    /// built in the background: the symbolic plan answers until one is ready, so no request waits for planning.
     Symbolic,
     /// tract could not plan the symbolic model (a `Reshape` whose target is computed from the input's shape
     /// through an `int32` cast, as in the PP-OCR classifier, say): one concrete plan per distinct set of input
@@ -216,10 +225,101 @@ impl Runner {
 enum Plans {
     /// [`Planning::SmokeShapes`].
     One(Plan),
-    /// [`Planning::Symbolic`]: the symbolic plan, and the concrete plan for `smoke_shapes`.
-    Symbolic { plan: Plan, smoke_shapes: Vec<Vec<usize>>, smoke_plan: Plan },
+    /// [`Planning::Symbolic`]: the symbolic plan, and the concrete ones.
+    Symbolic { plan: Plan, concrete: Arc<Concrete> },
     /// [`Planning::PerShape`]: the parsed model to plan from, and plans by input shapes, most recent first.
     PerShape { proto: Box<pb::ModelProto>, cache: Mutex<VecDeque<(Vec<Vec<usize>>, Plan)>> },
+}
+
+/// The concrete plans of a [`Planning::Symbolic`] model: the smoke test's, built at load, and those of the
+/// shapes that recur, each built on a thread of its own while the symbolic plan answers.
+struct Concrete {
+    proto: pb::ModelProto,
+    contract: Vec<TensorSpec>,
+    smoke_shapes: Vec<Vec<usize>>,
+    smoke_plan: Plan,
+    state: Mutex<ConcreteState>,
+}
+
+#[derive(Default)]
+struct ConcreteState {
+    /// Plans beside the smoke test's, most recently used first: at most `MAX_SHAPE_PLANS - 1`.
+    plans: VecDeque<(Vec<Vec<usize>>, Plan)>,
+    /// Shapes without a plan and how often the symbolic plan answered them, most recent first.
+    seen: VecDeque<(Vec<Vec<usize>>, u32)>,
+    /// Shapes tract could not plan concretely: never tried again (the symbolic plan serves them).
+    unplannable: VecDeque<Vec<Vec<usize>>>,
+    /// A plan is being built (one at a time).
+    planning: bool,
+}
+
+impl Concrete {
+    fn state(&self) -> std::sync::MutexGuard<'_, ConcreteState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The concrete plan for `shapes` if there is one; otherwise counts them, and starts planning them when
+    /// they recur.
+    fn plan_for(self: &Arc<Self>, shapes: Vec<Vec<usize>>) -> Option<Plan> {
+        if shapes == self.smoke_shapes {
+            return Some(self.smoke_plan.clone());
+        }
+        let mut st = self.state();
+        if let Some(ix) = st.plans.iter().position(|(s, _)| *s == shapes) {
+            let entry = st.plans.remove(ix)?;
+            let plan = entry.1.clone();
+            st.plans.push_front(entry);
+            return Some(plan);
+        }
+        if st.unplannable.contains(&shapes) {
+            return None;
+        }
+        let count = match st.seen.iter().position(|(s, _)| *s == shapes).and_then(|ix| st.seen.remove(ix)) {
+            Some((_, n)) => n + 1,
+            None => 1,
+        };
+        st.seen.push_front((shapes.clone(), count));
+        st.seen.truncate(RECENT_SHAPES);
+        if count >= PLAN_RECURRING_AFTER && !st.planning {
+            st.planning = true;
+            let this = Arc::clone(self);
+            let started = std::thread::Builder::new().name("outpost-plan".into()).spawn(move || this.build(shapes));
+            st.planning = started.is_ok();
+        }
+        None
+    }
+
+    /// Builds the plan for `shapes` and keeps it (or remembers that tract cannot build it).
+    fn build(&self, shapes: Vec<Vec<usize>>) {
+        let specs = fixed_specs(&self.contract, &shapes);
+        let built =
+            guard(ModelError::Load, || build_plan(&self.proto, &specs).map_err(|e| ModelError::Load(format!("{e:#}"))));
+        let mut st = self.state();
+        st.planning = false;
+        st.seen.retain(|(s, _)| *s != shapes);
+        match built {
+            Ok(plan) => {
+                st.plans.push_front((shapes, plan));
+                st.plans.truncate(MAX_SHAPE_PLANS - 1);
+            }
+            Err(_) => {
+                st.unplannable.push_front(shapes);
+                st.unplannable.truncate(RECENT_SHAPES);
+            }
+        }
+    }
+}
+
+/// `contract` with every dimension fixed to `shapes` (model order).
+fn fixed_specs(contract: &[TensorSpec], shapes: &[Vec<usize>]) -> Vec<TensorSpec> {
+    contract
+        .iter()
+        .zip(shapes)
+        .map(|(spec, shape)| TensorSpec {
+            shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(),
+            ..spec.clone()
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -300,11 +400,12 @@ impl LoadedModel {
         }
     }
 
-    /// Plans held now: 1, 2 in [`Planning::Symbolic`], or in [`Planning::PerShape`] up to [`MAX_SHAPE_PLANS`].
+    /// Plans held now: 1; in [`Planning::Symbolic`] the symbolic one and up to [`MAX_SHAPE_PLANS`] concrete ones;
+    /// in [`Planning::PerShape`] up to [`MAX_SHAPE_PLANS`].
     pub fn cached_plans(&self) -> usize {
         match &self.plans {
             Plans::One(_) => 1,
-            Plans::Symbolic { .. } => 2,
+            Plans::Symbolic { concrete, .. } => 2 + concrete.state().plans.len(),
             Plans::PerShape { cache, .. } => cache.lock().unwrap_or_else(PoisonError::into_inner).len(),
         }
     }
@@ -355,12 +456,24 @@ impl LoadedModel {
         Ok(RunProfile { operators: by_op, new_state, reuses_states: plan.reuses_states() })
     }
 
+    /// Whether no plan is being built in the background ([`Planning::Symbolic`] plans recurring shapes so).
+    pub fn settled(&self) -> bool {
+        match &self.plans {
+            Plans::Symbolic { concrete, .. } => !concrete.state().planning,
+            Plans::One(_) | Plans::PerShape { .. } => true,
+        }
+    }
+
     /// Whether runs reuse tract run states (kept between requests): only when no operator of any plan held keeps
     /// state from one run to the next; a model with such an operator runs each request on a fresh state.
     pub fn reuses_run_states(&self) -> bool {
         match &self.plans {
             Plans::One(plan) => plan.reuses_states(),
-            Plans::Symbolic { plan, smoke_plan, .. } => plan.reuses_states() && smoke_plan.reuses_states(),
+            Plans::Symbolic { plan, concrete } => {
+                plan.reuses_states()
+                    && concrete.smoke_plan.reuses_states()
+                    && concrete.state().plans.iter().all(|(_, p)| p.reuses_states())
+            }
             Plans::PerShape { cache, .. } => {
                 cache.lock().unwrap_or_else(PoisonError::into_inner).iter().all(|(_, p)| p.reuses_states())
             }
@@ -462,10 +575,7 @@ impl LoadedModel {
     fn plan_for(&self, shapes: Vec<Vec<usize>>) -> Result<Plan, ModelError> {
         let (proto, cache) = match &self.plans {
             Plans::One(plan) => return Ok(plan.clone()),
-            Plans::Symbolic { smoke_shapes, smoke_plan, .. } if *smoke_shapes == shapes => {
-                return Ok(smoke_plan.clone());
-            }
-            Plans::Symbolic { plan, .. } => return Ok(plan.clone()),
+            Plans::Symbolic { plan, concrete } => return Ok(concrete.plan_for(shapes).unwrap_or_else(|| plan.clone())),
             Plans::PerShape { proto, cache } => (proto, cache),
         };
         // Planning takes long, so the lock is held only to look up and to insert (two threads may plan the
@@ -481,16 +591,7 @@ impl LoadedModel {
         if let Some(plan) = lookup(&shapes) {
             return Ok(plan);
         }
-        let specs: Vec<TensorSpec> = self
-            .inputs
-            .iter()
-            .zip(&shapes)
-            .map(|(spec, shape)| TensorSpec {
-                shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(),
-                ..spec.clone()
-            })
-            .collect();
-        let plan = build_plan(proto, &specs).map_err(|e| ModelError::BadInput {
+        let plan = build_plan(proto, &fixed_specs(&self.inputs, &shapes)).map_err(|e| ModelError::BadInput {
             input: self.input_names.join(", "),
             problem: format!("the model cannot be planned for shapes {shapes:?}: {e:#}"),
         })?;
@@ -684,14 +785,7 @@ fn load_inner(model_bytes: &[u8], manifest: &Manifest, mode: ShapeMode) -> Resul
         };
         smoke_shapes.push(smoke.shape.iter().map(|&d| d as usize).collect());
     }
-    let smoke_shaped: Vec<TensorSpec> = contract
-        .iter()
-        .zip(&smoke_shapes)
-        .map(|(spec, shape)| TensorSpec {
-            shape: shape.iter().map(|&d| Dim::Fixed(d as u64)).collect(),
-            ..spec.clone()
-        })
-        .collect();
+    let smoke_shaped = fixed_specs(&contract, &smoke_shapes);
     let loaded = |plans, inputs| LoadedModel {
         plans,
         input_names: input_names.clone(),
@@ -716,7 +810,14 @@ fn load_inner(model_bytes: &[u8], manifest: &Manifest, mode: ShapeMode) -> Resul
         });
         if let Ok(plan) = symbolic {
             let smoke_plan = build_plan(&proto, &smoke_shaped).map_err(load)?;
-            return Ok(loaded(Plans::Symbolic { plan, smoke_shapes, smoke_plan }, contract));
+            let concrete = Arc::new(Concrete {
+                proto,
+                contract: contract.clone(),
+                smoke_shapes,
+                smoke_plan,
+                state: Mutex::default(),
+            });
+            return Ok(loaded(Plans::Symbolic { plan, concrete }, contract));
         }
     }
     let plan = build_plan(&proto, &smoke_shaped).map_err(load)?;

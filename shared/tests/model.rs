@@ -290,3 +290,45 @@ fn a_model_that_keeps_state_between_runs_runs_each_request_on_a_fresh_state() {
         }
     }
 }
+
+#[test]
+fn a_recurring_shape_of_a_symbolic_model_gets_a_plan_of_its_own_that_answers_the_same() {
+    // silero-vad plans symbolically; four frames is not its smoke test's two. The symbolic plan answers at once,
+    // and once the shape recurs a concrete plan (faster) is built beside it and answers the same.
+    let (bytes, manifest) = real("silero_vad_16k_sequence.onnx", "silero-vad.toml");
+    let served = model::load_for_serving(&bytes, &manifest).unwrap();
+    assert_eq!(served.planning(), Planning::Symbolic);
+    assert_eq!(served.cached_plans(), 2);
+    let state = |name: &str| NamedTensor::new(name, vec![1, 1, 128], TensorData::F32(vec![0.0; 128]));
+    let request = |frames: usize, seed| vec![state("c"), ramp("input", vec![frames, 576], seed), state("h")];
+    let symbolic = served.run(request(4, 1)).unwrap();
+    for _ in 1..model::PLAN_RECURRING_AFTER {
+        assert_eq!(served.run(request(4, 1)).unwrap(), symbolic);
+    }
+    // At most two minutes of 20 ms naps.
+    for nap in 0.. {
+        if served.settled() {
+            break;
+        }
+        assert!(nap < 6_000, "planning four frames took over two minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(served.cached_plans(), 3, "four frames recurred: they have a plan of their own");
+    let concrete = served.run(request(4, 1)).unwrap();
+    for (a, b) in concrete.iter().zip(&symbolic) {
+        assert_eq!((&a.name, &a.shape), (&b.name, &b.shape));
+        for (x, y) in a.data.to_f64().iter().zip(b.data.to_f64()) {
+            assert!((x - y).abs() < 1e-5, "{}: concrete {x}, symbolic {y}", a.name);
+        }
+    }
+    // A shape seen once more than the cache holds never crowds it: concrete plans stay bounded.
+    for frames in 5..5 + 2 * MAX_SHAPE_PLANS {
+        for _ in 0..model::PLAN_RECURRING_AFTER {
+            served.run(request(frames, 2)).unwrap();
+        }
+        while !served.settled() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    assert!(served.cached_plans() <= 1 + MAX_SHAPE_PLANS, "{} plans", served.cached_plans());
+}

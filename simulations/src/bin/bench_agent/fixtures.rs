@@ -17,11 +17,23 @@ use crate::repo_root;
 pub(crate) struct Fixture {
     model_file: &'static str,
     manifest_file: &'static str,
+    /// Another size the runtime section times: this input's shape, beside the smoke test's.
+    other_size: (&'static str, &'static [usize]),
 }
 
+/// PP-OCR direction also on a wider crop (a plan built on first use); silero-vad also on eight frames (its
+/// symbolic plan answers until the shape recurs and gets a concrete plan).
 pub(crate) const FIXTURES: [Fixture; 2] = [
-    Fixture { model_file: "ch_ppocr_mobile_v2.0_cls_infer.onnx", manifest_file: "ppocr-direction.toml" },
-    Fixture { model_file: "silero_vad_16k_sequence.onnx", manifest_file: "silero-vad.toml" },
+    Fixture {
+        model_file: "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        manifest_file: "ppocr-direction.toml",
+        other_size: ("x", &[1, 3, 48, 320]),
+    },
+    Fixture {
+        model_file: "silero_vad_16k_sequence.onnx",
+        manifest_file: "silero-vad.toml",
+        other_size: ("input", &[8, 576]),
+    },
 ];
 
 /// A fixture loaded for serving, with its smoke-test inputs in every form the benchmarks send them.
@@ -127,7 +139,19 @@ impl Loaded {
         let model_bytes = std::fs::read(&model_path).with_context(|| format!("reading {}", model_path.display()))?;
         let served = Arc::new(Served::from_parts(manifest.clone(), &model_bytes)?);
         let inputs = smoke_inputs(&manifest)?;
-        Ok(Loaded { model_path, manifest_text, manifest, model_bytes, served, inputs, other_sizes: Vec::new() })
+        let (name, shape) = f.other_size;
+        let other = inputs
+            .iter()
+            .map(|t| match &t.data {
+                TensorData::F32(v) if t.name == name => {
+                    let n = shape.iter().product();
+                    let data = v.iter().copied().cycle().take(n).collect();
+                    NamedTensor::new(name, shape.to_vec(), TensorData::F32(data))
+                }
+                _ => t.clone(),
+            })
+            .collect();
+        Ok(Loaded { model_path, manifest_text, manifest, model_bytes, served, inputs, other_sizes: vec![other] })
     }
 
     pub(crate) fn name(&self) -> &str {
