@@ -76,6 +76,8 @@ pub struct OperatorTime {
     pub nodes: usize,
     /// Time spent in those nodes over every run.
     pub total: std::time::Duration,
+    /// The kernels tract runs these nodes on, where it names them (matrix products).
+    pub kernels: Vec<String>,
 }
 
 /// Why a model was refused.
@@ -441,7 +443,12 @@ impl LoadedModel {
                         let op = node.op().name();
                         match by_op.iter_mut().find(|t| t.operator == op) {
                             Some(t) => t.total += took,
-                            None => by_op.push(OperatorTime { operator: op.to_string(), nodes: 0, total: took }),
+                            None => by_op.push(OperatorTime {
+                                operator: op.to_string(),
+                                nodes: 0,
+                                total: took,
+                                kernels: Vec::new(),
+                            }),
                         }
                         out
                     })
@@ -450,7 +457,17 @@ impl LoadedModel {
             Ok(())
         })?;
         for t in &mut by_op {
-            t.nodes = plan.plan.model().nodes().iter().filter(|n| n.op().name() == t.operator.as_str()).count();
+            let nodes: Vec<_> =
+                plan.plan.model().nodes().iter().filter(|n| n.op().name() == t.operator.as_str()).collect();
+            t.nodes = nodes.len();
+            // tract names the kernel a matrix product runs on (chosen by the CPU's features) in its `Mult:` line.
+            for line in nodes.iter().flat_map(|n| n.op().info().unwrap_or_default()) {
+                let Some(mult) = line.strip_prefix("Mult: ") else { continue };
+                let kernel = mult.rsplit_once(" with ").map_or(mult, |(_, k)| k).to_owned();
+                if !t.kernels.contains(&kernel) {
+                    t.kernels.push(kernel);
+                }
+            }
         }
         by_op.sort_by_key(|t| std::cmp::Reverse(t.total));
         Ok(RunProfile { operators: by_op, new_state, reuses_states: plan.reuses_states() })

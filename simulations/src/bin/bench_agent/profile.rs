@@ -16,6 +16,8 @@ pub(crate) struct Profile {
     pub(crate) operators: Vec<(String, usize, f64)>,
     /// tract: what making and dropping a run state costs per run, and whether serving reuses states instead.
     pub(crate) new_state_us: Option<(f64, bool)>,
+    /// tract: the kernels its matrix products run on here, as tract names them.
+    pub(crate) kernels: Vec<String>,
 }
 
 /// Profiled runs per side.
@@ -35,6 +37,11 @@ pub(crate) fn bench_profile(l: &Loaded, tmp: &Path) -> Result<(Profile, Profile)
         total_us: p.operators.iter().map(|o| per_run(o.total)).sum(),
         operators: p.operators.iter().map(|o| (o.operator.clone(), o.nodes, per_run(o.total))).collect(),
         new_state_us: Some((per_run(p.new_state), p.reuses_states)),
+        kernels: p
+            .operators
+            .iter()
+            .flat_map(|o| o.kernels.iter().map(move |k| format!("{}: {k}", o.operator)))
+            .collect(),
     };
     let request = ort_request(l, &l.inputs, tmp, RUNS)?;
     let out = Command::new("python3")
@@ -59,7 +66,7 @@ pub(crate) fn bench_profile(l: &Loaded, tmp: &Path) -> Result<(Profile, Profile)
             )
         })
         .collect();
-    let ort = Profile { total_us: operators.iter().map(|o| o.2).sum(), operators, new_state_us: None };
+    let ort = Profile { total_us: operators.iter().map(|o| o.2).sum(), operators, new_state_us: None, kernels: vec![] };
     Ok((tract, ort))
 }
 
@@ -80,6 +87,9 @@ pub(crate) fn print_profile(name: &str, tract: &Profile, ort: &Profile) {
                 "makes one per run (stateful)"
             }
         );
+    }
+    for k in &tract.kernels {
+        println!("tract kernel: {k}");
     }
     println!("| tract operator | nodes | us/run | share | onnxruntime operator | nodes | us/run | share |");
     println!("|---|---|---|---|---|---|---|---|");
