@@ -11,6 +11,8 @@ use outpost_shared::Digest;
 use outpost_shared::clock::ManualClock;
 use outpost_shared::testkit::{AffineManifest, affine_model};
 
+pub mod console;
+
 #[path = "../../../fixtures/faultfs/mod.rs"]
 pub mod faultfs;
 

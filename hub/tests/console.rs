@@ -1,0 +1,216 @@
+//! The web console over HTTP against a serving hub with a staged release: every page needs a session, renders for a
+//! viewer, escapes what the store holds; an operator's pause and revoke change the hub's state and land in the
+//! audit log under their name; a viewer's, or a form without its CSRF token, is refused; a clear-text console on a
+//! non-loopback address is refused before it binds.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use outpost_hub::clock::{SystemClock, SystemRng};
+use outpost_hub::console::{ConsoleConfig, ConsoleError};
+use outpost_hub::service;
+use outpost_shared::testkit::AffineManifest;
+use support::console::{Reply, ServedConsole, request};
+use support::{TestHub, publish_on_stable};
+
+// The CLI's own command handlers, so the console's actions run exactly what `outpost-hub serve` runs.
+#[allow(dead_code, unused_imports)]
+#[path = "../src/cli/mod.rs"]
+mod cli;
+
+/// A serving hub with release `r1` of `affine@1.0.0` running on three devices, an operator `ana` and a viewer
+/// `vic`, and its console on a loopback port.
+struct Served {
+    hub: TestHub,
+    served: ServedConsole,
+    passwords: std::collections::BTreeMap<&'static str, String>,
+    digest: String,
+}
+
+impl Served {
+    fn start() -> Served {
+        let hub = TestHub::new();
+        let (model, manifest) = hub.write_affine(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0));
+        let digest = hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+        publish_on_stable(&hub, "affine@1.0.0");
+        let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/plans/canary.toml");
+        assert_eq!(hub.ok(&["release", "start", "affine@1.0.0", "--plan", plan]).trim(), "r1");
+        let mut passwords = std::collections::BTreeMap::new();
+        for (name, role) in [("ana", "operator"), ("vic", "viewer")] {
+            let out = hub.ok(&["console", "user", "add", name, "--role", role]);
+            passwords.insert(name, out.trim().to_owned());
+        }
+        let served = support::console::serve(&hub, Arc::new(cli::Commands));
+        Served { hub, served, passwords, digest: digest.trim().to_owned() }
+    }
+
+    /// Logs `user` in; returns the session cookie and the session's CSRF token.
+    fn login(&self, user: &str) -> (String, String) {
+        let cookie = support::console::login(self.served.addr, user, &self.passwords[user]);
+        let page = self.send("GET", "/releases", Some(&cookie), None);
+        let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        (cookie, csrf)
+    }
+
+    fn send(&self, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> Reply {
+        request(self.served.addr, method, path, cookie, form)
+    }
+
+    fn paused(&self) -> bool {
+        let reg = self.served.hub.store().unwrap().registry();
+        outpost_hub::rollouts::get(reg, "r1").unwrap().rollout.paused
+    }
+
+    fn audit(&self) -> String {
+        self.hub.ok(&["audit", "show"])
+    }
+}
+
+#[test]
+fn a_page_without_a_session_sends_the_browser_to_the_login_page() {
+    let s = Served::start();
+    for path in ["/releases", "/devices", "/sites", "/packages", "/audit", &format!("/devices/{}", "11".repeat(32))] {
+        let r = s.send("GET", path, None, None);
+        assert_eq!(r.status, 303, "{path}");
+        assert_eq!(r.header("location").as_deref(), Some("/login"), "{path}");
+    }
+    let r = s.send("GET", "/releases", Some("outpost_session=forged"), None);
+    assert_eq!(r.status, 303, "a made-up session is no session");
+}
+
+#[test]
+fn a_wrong_password_is_refused() {
+    let s = Served::start();
+    let r = s.send("POST", "/login", None, Some("user=ana&password=not-it"));
+    assert_eq!(r.status, 401);
+    assert!(r.header("set-cookie").is_none());
+    let r = s.send("POST", "/login", None, Some("user=nobody&password=x"));
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn every_page_renders_for_a_viewer_with_the_hubs_data() {
+    let s = Served::start();
+    let (cookie, _) = s.login("vic");
+    let get = |path: &str| {
+        let r = s.send("GET", path, Some(&cookie), None);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(r.header("content-security-policy").is_some_and(|c| c.contains("default-src 'none'")), "{path}");
+        r.body
+    };
+    let releases = get("/releases");
+    assert!(releases.contains("r1") && releases.contains("affine@1.0.0") && releases.contains("class=\"bar\""));
+    assert!(releases.contains("need an operator"), "a viewer is told, and offered no action form");
+    assert!(!releases.contains("/releases/r1/pause"));
+    assert!(releases.contains("offline targets key"), "the page says approving stays on the CLI");
+    let devices = get("/devices");
+    assert!(devices.contains("<span id=\"device-count\">3</span>"), "{devices}");
+    assert!(get("/devices?channel=stable&state=approved").contains("<span id=\"device-count\">3</span>"));
+    assert!(get("/devices?state=revoked").contains("<span id=\"device-count\">0</span>"));
+    assert!(get("/devices?channel=nope").contains("<span id=\"device-count\">0</span>"));
+    let device = get(&format!("/devices/{}", "22".repeat(32)));
+    assert!(device.contains(&"22".repeat(32)) && device.contains("r1"), "{device}");
+    get("/sites");
+    assert!(get("/packages").contains("affine@1.0.0"));
+    let package = get(&format!("/packages/{}", s.digest));
+    assert!(package.contains("<svg") && package.contains("lineage") && package.contains("r1"), "{package}");
+    let audit = get("/audit");
+    assert!(audit.contains("Chain intact") && audit.contains("start"), "{audit}");
+    assert_eq!(s.send("GET", "/devices/zz", Some(&cookie), None).status, 404);
+    assert_eq!(s.send("GET", "/devices?tier=quantum", Some(&cookie), None).status, 400);
+}
+
+#[test]
+fn an_operator_pauses_a_release_and_the_hub_state_changes_under_their_name() {
+    let s = Served::start();
+    let (cookie, csrf) = s.login("ana");
+    assert!(!s.paused());
+    let r = s.send("POST", "/releases/r1/pause", Some(&cookie), Some(&format!("csrf={csrf}")));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(s.paused(), "the serving hub's release is paused");
+    assert!(s.audit().lines().any(|l| l.contains("console:ana") && l.contains("pause") && l.contains("r1")));
+    let page = s.send("GET", "/releases", Some(&cookie), None).body;
+    assert!(page.contains("data-state=\"paused") && page.contains("/releases/r1/resume"), "{page}");
+    let r = s.send("POST", "/releases/r1/resume", Some(&cookie), Some(&format!("csrf={csrf}")));
+    assert_eq!(r.status, 303);
+    assert!(!s.paused());
+}
+
+#[test]
+fn a_viewer_cannot_pause_a_release() {
+    let s = Served::start();
+    let (cookie, csrf) = s.login("vic");
+    let r = s.send("POST", "/releases/r1/pause", Some(&cookie), Some(&format!("csrf={csrf}")));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("only an operator"));
+    assert!(!s.paused());
+    assert!(!s.audit().contains("console:vic"));
+}
+
+#[test]
+fn a_pause_without_its_csrf_token_is_refused() {
+    let s = Served::start();
+    let (cookie, _) = s.login("ana");
+    for form in ["", "csrf=", &format!("csrf={}", "0".repeat(64))] {
+        let r = s.send("POST", "/releases/r1/pause", Some(&cookie), Some(form));
+        assert_eq!(r.status, 403, "{form}: {}", r.body);
+        assert!(r.body.contains("CSRF"));
+    }
+    // Another session's token is no good either.
+    let (_, other) = s.login("ana");
+    let r = s.send("POST", "/releases/r1/pause", Some(&cookie), Some(&format!("csrf={other}")));
+    assert_eq!(r.status, 403);
+    assert!(!s.paused());
+    let r = s.send("POST", "/releases/r1/pause", None, Some("csrf=x"));
+    assert_eq!(r.status, 401, "no session, no action");
+}
+
+#[test]
+fn an_abort_reason_is_escaped_on_the_page_and_recorded() {
+    let s = Served::start();
+    let (cookie, csrf) = s.login("ana");
+    let form = format!("csrf={csrf}&reason=%3Cscript%3Ealert(1)%3C%2Fscript%3E");
+    assert_eq!(s.send("POST", "/releases/r1/abort", Some(&cookie), Some(&form)).status, 303);
+    let page = s.send("GET", "/releases", Some(&cookie), None).body;
+    assert!(page.contains("ABORTED") && page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+    assert!(!page.contains("<script>"));
+    assert!(s.audit().lines().any(|l| l.contains("console:ana") && l.contains("abort")));
+    let no_reason = s.send("POST", "/releases/r1/abort", Some(&cookie), Some(&format!("csrf={csrf}&reason=")));
+    assert_eq!(no_reason.status, 400);
+}
+
+#[test]
+fn an_operator_revokes_a_device_and_it_is_audited_under_their_name() {
+    let s = Served::start();
+    let (cookie, csrf) = s.login("ana");
+    let key = "33".repeat(32);
+    let r = s.send("POST", &format!("/devices/{key}/revoke"), Some(&cookie), Some(&format!("csrf={csrf}")));
+    assert_eq!(r.status, 303, "{}", r.body);
+    let device = s.served.hub.store().unwrap().devices().device(&key).unwrap().unwrap();
+    assert_eq!(device.status, outpost_hub::registry::DeviceStatus::Revoked);
+    assert!(s.audit().lines().any(|l| l.contains("console:ana") && l.contains("revoke") && l.contains(&key)));
+    let list = s.send("GET", "/devices?state=revoked", Some(&cookie), None).body;
+    assert!(list.contains("<span id=\"device-count\">1</span>"), "the list shows it at once: {list}");
+}
+
+#[test]
+fn a_reissued_credential_ends_the_old_session() {
+    let s = Served::start();
+    let (cookie, _) = s.login("vic");
+    assert_eq!(s.send("GET", "/releases", Some(&cookie), None).status, 200);
+    s.hub.ok(&["console", "user", "add", "vic", "--role", "viewer"]);
+    assert_eq!(s.send("GET", "/releases", Some(&cookie), None).status, 303);
+}
+
+#[test]
+fn a_clear_text_console_on_a_non_loopback_address_is_refused() {
+    let hub = TestHub::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let h = Arc::new(service::Hub::load(&hub.dir(), Arc::new(SystemClock), Box::new(SystemRng)).unwrap());
+    let bind: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let refused =
+        runtime.block_on(outpost_hub::console::Console::bind(ConsoleConfig::new(bind), h, None, Arc::new(|| {})));
+    assert!(matches!(refused, Err(ConsoleError::NotLoopbackWithoutTls { addr }) if addr == bind), "{refused:?}");
+}
