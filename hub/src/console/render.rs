@@ -84,7 +84,7 @@ pub fn may_act(s: &Session) -> bool {
 }
 
 /// A horizontal bar of a stage's devices: installed, failed, rolled back, rejected by policy, pending (widths in
-/// percent of the assigned devices), with the counts as text beside it.
+/// percent of the assigned devices), as SVG (the page's Content-Security-Policy allows no inline styles).
 pub fn progress(s: &Stats) -> Markup {
     let total = s.assigned.max(1) as f64;
     let parts = [
@@ -94,13 +94,21 @@ pub fn progress(s: &Stats) -> Markup {
         ("rejected", s.rejected_by_policy),
         ("pending", s.pending),
     ];
+    let mut x = 0.0;
+    let mut rects = Vec::new();
+    for (class, n) in parts {
+        let w = n as f64 * 100.0 / total;
+        if n > 0 {
+            rects.push((class, x, w));
+        }
+        x += w;
+    }
     html! {
-        div.bar role="img" aria-label=(format!("{} installed, {} failed, {} rolled back, {} rejected by site policy, {} pending of {}",
+        svg.bar viewBox="0 0 100 10" preserveAspectRatio="none" role="img" aria-label=(format!("{} installed, {} failed, {} rolled back, {} rejected by site policy, {} pending of {}",
             s.installed, s.failed, s.rolled_back, s.rejected_by_policy, s.pending, s.assigned)) {
-            @for (class, n) in parts {
-                @if n > 0 {
-                    span class=(class) style=(format!("width:{:.2}%", n as f64 * 100.0 / total)) {}
-                }
+            rect.track x="0" y="0" width="100" height="10" {}
+            @for (class, x, w) in rects {
+                rect class=(class) x=(format!("{x:.3}")) y="0" width=(format!("{w:.3}")) height="10" {}
             }
         }
     }
@@ -121,7 +129,7 @@ pub fn legend() -> Markup {
 pub struct Sample {
     /// When.
     pub at: UnixSeconds,
-    /// Its cohort's counts then.
+    /// The counts of the devices it was judged on then (shadow devices while in shadow, else its cohort).
     pub stats: Stats,
 }
 
@@ -173,7 +181,12 @@ pub async fn sample_releases(state: Arc<State>) {
                 st.index().map_err(|e| e.to_string())?;
             }
             for r in &built.value {
-                st.history.record(&r.id, Sample { at: built.wall, stats: r.status.cohort });
+                // The devices the release is judged on now: the shadow cohort while in shadow, else the serving one.
+                let stats = match (r.status.position, r.status.shadow) {
+                    (outpost_shared::rollout::Position::Shadow, Some(shadow)) => shadow,
+                    _ => r.status.cohort,
+                };
+                st.history.record(&r.id, Sample { at: built.wall, stats });
             }
             Ok(())
         })

@@ -33,6 +33,15 @@ impl Drop for ServedConsole {
 
 /// Starts the service on `hub` with `handler` (the CLI's `cli::Commands`) and a console on 127.0.0.1.
 pub fn serve(hub: &TestHub, handler: Arc<dyn Handler<Hub>>) -> ServedConsole {
+    serve_with(hub, handler, |_| {})
+}
+
+/// [`serve`], with the console's configuration changed by `adjust` first.
+pub fn serve_with(
+    hub: &TestHub,
+    handler: Arc<dyn Handler<Hub>>,
+    adjust: impl FnOnce(&mut ConsoleConfig),
+) -> ServedConsole {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut config = ServiceConfig::new(
         &hub.dir(),
@@ -41,7 +50,9 @@ pub fn serve(hub: &TestHub, handler: Arc<dyn Handler<Hub>>) -> ServedConsole {
     );
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.admin = Some(handler);
-    config.console = Some(ConsoleConfig::new("127.0.0.1:0".parse().unwrap()));
+    let mut console = ConsoleConfig::new("127.0.0.1:0".parse().unwrap());
+    adjust(&mut console);
+    config.console = Some(console);
     let running = runtime.block_on(service::start(config, Arc::new(SystemClock), Box::new(SystemRng))).unwrap();
     let url = running.console_url().unwrap();
     let addr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
