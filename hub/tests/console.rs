@@ -31,6 +31,11 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
+        Served::start_with(|_, _| {})
+    }
+
+    /// [`Served::start`] with the console's configuration changed by `adjust` (given the hub) first.
+    fn start_with(adjust: impl FnOnce(&TestHub, &mut ConsoleConfig)) -> Served {
         let hub = TestHub::new();
         let (model, manifest) = hub.write_affine(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0));
         let digest = hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
@@ -42,7 +47,7 @@ impl Served {
             let out = hub.ok(&["console", "user", "add", name, "--role", role]);
             passwords.insert(name, out.trim().to_owned());
         }
-        let served = support::console::serve(&hub, Arc::new(cli::Commands));
+        let served = support::console::serve_with(&hub, Arc::new(cli::Commands), |c| adjust(&hub, c));
         Served { hub, served, passwords, digest: digest.trim().to_owned() }
     }
 
@@ -213,4 +218,60 @@ fn a_clear_text_console_on_a_non_loopback_address_is_refused() {
     let refused =
         runtime.block_on(outpost_hub::console::Console::bind(ConsoleConfig::new(bind), h, None, Arc::new(|| {})));
     assert!(matches!(refused, Err(ConsoleError::NotLoopbackWithoutTls { addr }) if addr == bind), "{refused:?}");
+}
+
+#[test]
+fn with_console_tls_the_console_serves_https_and_its_cookie_is_secure() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Served::start_with(|hub, c| {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let (cert_path, key_path) = (hub.tmp.path().join("console.crt"), hub.tmp.path().join("console.key"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        c.tls = Some(outpost_hub::console::TlsFiles { cert: cert_path, key: key_path });
+    });
+    let pem = std::fs::read(s.hub.tmp.path().join("console.crt")).unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let body = format!("user=vic&password={}", s.passwords["vic"]);
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let addr = s.served.addr;
+    let answer = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::IpAddress(addr.ip().into());
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = tls.read_to_string(&mut out).await; // the server may close without close_notify
+        out
+    });
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    let cookie = answer.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    // Clear text to the TLS port gets no page.
+    let plain = std::panic::catch_unwind(|| request_plain(addr)).unwrap_or_default();
+    assert!(!plain.contains("200 OK") && !plain.contains("303"), "{plain}");
+}
+
+/// A clear-text request, for a port that speaks TLS: whatever comes back (likely nothing).
+fn request_plain(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }

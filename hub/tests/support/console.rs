@@ -55,7 +55,7 @@ pub fn serve_with(
     config.console = Some(console);
     let running = runtime.block_on(service::start(config, Arc::new(SystemClock), Box::new(SystemRng))).unwrap();
     let url = running.console_url().unwrap();
-    let addr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let addr = url.split("://").nth(1).unwrap().trim_end_matches('/').parse().unwrap();
     let hub = running.hub().clone();
     runtime.spawn(running.run(std::future::pending()));
     ServedConsole { runtime: Some(runtime), hub, addr }
