@@ -33,6 +33,8 @@ pub struct State {
     pub(super) devices: Cached<super::devices::Index>,
     pub(super) releases: Cached<Vec<super::pages::ReleaseView>>,
     pub(super) history: render::History,
+    /// Password checks running at once (each Argon2id check takes its memory cost: a flood of logins must not).
+    logins: tokio::sync::Semaphore,
     secure: bool,
 }
 
@@ -78,6 +80,7 @@ impl State {
             devices: Cached::new("device index", super::devices::build_index),
             releases: Cached::new("releases", super::pages::build_releases),
             history: render::History::new(config.max_samples),
+            logins: tokio::sync::Semaphore::new(config.max_concurrent_logins.max(1)),
             config,
             hub,
             handler,
@@ -293,6 +296,9 @@ async fn login_form(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Res
 }
 
 async fn login(AxState(st): AxState<Arc<State>>, Form(form): Form<LoginForm>) -> Response {
+    let Ok(_permit) = st.logins.acquire().await else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, None, "the console is shutting down");
+    };
     let s = st.clone();
     let checked = tokio::task::spawn_blocking(move || -> Result<Option<super::User>, PageError> {
         let store = s.hub.store().map_err(hub_err)?;

@@ -94,6 +94,8 @@ pub struct ConsoleConfig {
     pub sample_period: Duration,
     /// Samples kept per release for that chart.
     pub max_samples: usize,
+    /// Password checks run at once; further logins wait their turn.
+    pub max_concurrent_logins: usize,
     /// Longest abort reason accepted, in bytes.
     pub max_reason_len: usize,
     /// How long a TLS handshake may take before the connection is dropped.
@@ -111,6 +113,7 @@ impl ConsoleConfig {
             cache_max_age: Duration::from_secs(5),
             sample_period: Duration::from_secs(15),
             max_samples: 960,
+            max_concurrent_logins: 2,
             max_reason_len: 500,
             tls_handshake_timeout: Duration::from_secs(10),
         }
