@@ -210,6 +210,19 @@ fn a_reissued_credential_ends_the_old_session() {
 }
 
 #[test]
+fn a_removed_user_is_logged_out_and_cannot_log_in_again() {
+    let s = Served::start();
+    let (cookie, _) = s.login("vic");
+    assert!(s.hub.ok(&["console", "user", "list"]).contains("vic"));
+    s.hub.ok(&["console", "user", "remove", "vic"]);
+    assert!(!s.hub.ok(&["console", "user", "list"]).contains("vic"));
+    assert_eq!(s.send("GET", "/releases", Some(&cookie), None).status, 303);
+    let again = s.send("POST", "/login", None, Some(&format!("user=vic&password={}", s.passwords["vic"])));
+    assert_eq!(again.status, 401);
+    assert!(!s.hub.cli(&["console", "user", "remove", "vic"]).status.success(), "removing nobody is an error");
+}
+
+#[test]
 fn a_clear_text_console_on_a_non_loopback_address_is_refused() {
     let hub = TestHub::new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

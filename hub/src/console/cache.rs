@@ -14,6 +14,15 @@ use outpost_shared::clock::UnixSeconds;
 use super::http::PageError;
 use crate::service::Hub;
 
+/// How old a cached value may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ages {
+    /// Older than this, a page still gets it but a rebuild starts in the background.
+    pub fresh: Duration,
+    /// Older than this (nobody looked for a while), a page waits for a rebuild rather than show it.
+    pub stale: Duration,
+}
+
 /// A value built from the store, with when (monotonic, for its age; wall, for the page).
 #[derive(Debug)]
 pub struct Built<T> {
@@ -62,15 +71,18 @@ impl<T: Send + Sync + 'static> Cached<T> {
         self.inner.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The value: built now if there is none; if older than `max_age`, served as is while a background thread
-    /// rebuilds it. Call from the blocking pool.
-    pub fn get(&self, hub: &Arc<Hub>, max_age: Duration) -> Result<Arc<Built<T>>, PageError> {
+    /// The value: built now if there is none or it is older than `ages.stale`; if only older than `ages.fresh`,
+    /// served as is while a background thread rebuilds it. Call from the blocking pool.
+    pub fn get(&self, hub: &Arc<Hub>, ages: Ages) -> Result<Arc<Built<T>>, PageError> {
         let current = self.slot().clone();
         if let Some(v) = current {
-            if hub.clock().monotonic().saturating_sub(v.at) > max_age {
-                self.refresh_in_background(hub);
+            let age = hub.clock().monotonic().saturating_sub(v.at);
+            if age <= ages.stale {
+                if age > ages.fresh {
+                    self.refresh_in_background(hub);
+                }
+                return Ok(v);
             }
-            return Ok(v);
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
         let v = Arc::new(build(&self.inner, hub)?);

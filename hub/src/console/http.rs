@@ -91,12 +91,16 @@ impl State {
 
     /// The device index (see `cache`). Call from the blocking pool.
     pub fn index(&self) -> Result<Arc<Built<super::devices::Index>>, PageError> {
-        self.devices.get(&self.hub, self.config.cache_max_age)
+        self.devices.get(&self.hub, self.ages())
     }
 
     /// Every release with its status (see `cache`). Call from the blocking pool.
     pub fn releases(&self) -> Result<Arc<Built<Vec<super::pages::ReleaseView>>>, PageError> {
-        self.releases.get(&self.hub, self.config.cache_max_age)
+        self.releases.get(&self.hub, self.ages())
+    }
+
+    fn ages(&self) -> super::cache::Ages {
+        super::cache::Ages { fresh: self.config.cache_max_age, stale: self.config.cache_stale_age }
     }
 
     /// Forgets what the pages cached (after an action).

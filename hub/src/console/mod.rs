@@ -89,6 +89,9 @@ pub struct ConsoleConfig {
     /// page has it rebuilt (in the background; pages are served from the previous copy meanwhile, and an action
     /// here drops it at once).
     pub cache_max_age: Duration,
+    /// Older than this (nobody opened a page for a while), a page waits for a fresh copy instead of being served the
+    /// old one.
+    pub cache_stale_age: Duration,
     /// How often the releases' device counts are sampled for the chart of devices per state over time (which also
     /// keeps those caches warm).
     pub sample_period: Duration,
@@ -111,6 +114,7 @@ impl ConsoleConfig {
             sessions: SessionLimits::default(),
             page_size: 50,
             cache_max_age: Duration::from_secs(5),
+            cache_stale_age: Duration::from_secs(60),
             sample_period: Duration::from_secs(15),
             max_samples: 960,
             max_concurrent_logins: 2,
