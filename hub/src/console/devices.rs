@@ -303,6 +303,7 @@ pub fn page(st: &State, s: &Session, key: &str) -> Result<Markup, PageError> {
         }
         h2 { "History" }
         h3 { "Releases" }
+        @if !releases.value.iter().any(|r| r.record.rollout.devices.contains_key(&d.key)) { p { "In no staged release." } }
         table {
             thead { tr { th { "release" } th { "package" } th { "stage" } th { "outcome" } } }
             tbody {

@@ -145,6 +145,17 @@ pub fn page(st: &State, _s: &Session, reference: &str) -> Result<Markup, PageErr
     })
 }
 
+/// A label cut to what a lineage box holds (the full one is the node's tooltip).
+fn fit(label: &str) -> String {
+    const MAX: usize = 32;
+    if label.chars().count() <= MAX {
+        return label.to_owned();
+    }
+    let mut cut: String = label.chars().take(MAX - 1).collect();
+    cut.push('…');
+    cut
+}
+
 fn label(manifests: &BTreeMap<Digest, Manifest>, d: &Digest) -> String {
     manifests.get(d).map_or_else(|| d.short().to_string(), |m| format!("{}@{}", m.name, m.version))
 }
@@ -184,7 +195,7 @@ fn lineage(d: &Digest, manifests: &BTreeMap<Digest, Manifest>) -> Markup {
         columns.entry(*g).or_default().push(*n);
     }
     let hidden: usize = columns.values().map(|c| c.len().saturating_sub(LINEAGE_WIDTH)).sum();
-    let (box_w, box_h, gap_x, gap_y) = (170i32, 34i32, 50i32, 14i32);
+    let (box_w, box_h, gap_x, gap_y) = (210i32, 34i32, 44i32, 14i32);
     let min_g = columns.keys().next().copied().unwrap_or(0);
     let mut at: BTreeMap<Digest, (i32, i32)> = BTreeMap::new();
     for (g, nodes) in &columns {
@@ -213,8 +224,9 @@ fn lineage(d: &Digest, manifests: &BTreeMap<Digest, Manifest>) -> Markup {
             }
             @for (n, (x, y)) in &at {
                 a href=(format!("/packages/{}", n.to_hex())) {
+                    title { (label(manifests, n)) }
                     rect class=(if n == d { "node self" } else { "node" }) x=(x) y=(y) width=(box_w) height=(box_h) rx="4" {}
-                    text x=(x + 6) y=(y + 14) { (label(manifests, n)) }
+                    text x=(x + 6) y=(y + 14) { (fit(&label(manifests, n))) }
                     text.op x=(x + 6) y=(y + 28) { (ops.get(n).map_or("(not registered)", String::as_str)) }
                 }
             }
