@@ -146,12 +146,17 @@ impl History {
         History { by_release: Mutex::default(), max: max.max(2) }
     }
 
-    /// Adds a sample (a repeat of the newest at the same second is dropped).
+    /// Adds a sample: one at the newest's second replaces it, an older one (a clock gone back, a copy built
+    /// before the newest) is dropped, so samples stay in time order.
     pub fn record(&self, release: &str, sample: Sample) {
         let mut all = self.by_release.lock().unwrap_or_else(|p| p.into_inner());
         let q = all.entry(release.to_owned()).or_default();
-        if q.back().is_some_and(|b| b.at == sample.at) {
-            q.pop_back();
+        match q.back() {
+            Some(b) if sample.at < b.at => return,
+            Some(b) if sample.at == b.at => {
+                q.pop_back();
+            }
+            _ => {}
         }
         q.push_back(sample);
         while q.len() > self.max {
@@ -208,8 +213,8 @@ pub fn chart(samples: &[Sample]) -> Markup {
     let t0 = samples.first().map_or(0, |s| s.at);
     let t1 = samples.last().map_or(1, |s| s.at).max(t0 + 1);
     let top = samples.iter().map(|s| s.stats.assigned).max().unwrap_or(1).max(1) as f64;
-    let x = |t: UnixSeconds| pad + (t - t0) as f64 / (t1 - t0) as f64 * (w - 2.0 * pad);
-    let y = |n: u64| h - pad - n as f64 / top * (h - 2.0 * pad);
+    let x = |t: UnixSeconds| pad + t.saturating_sub(t0) as f64 / (t1 - t0) as f64 * (w - 2.0 * pad);
+    let y = |n: u64| h - pad - (n as f64 / top).min(1.0) * (h - 2.0 * pad);
     type Series = (&'static str, fn(&Stats) -> u64);
     let series: [Series; 5] = [
         ("installed", |s| s.installed),
@@ -232,5 +237,22 @@ pub fn chart(samples: &[Sample]) -> Markup {
         // Built from numbers and fixed class names only: nothing from the store reaches this string as text.
         (PreEscaped(svg))
         p.note { (time(t0)) " to " (time(t1)) " (sampled while the console runs)" }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_sample_is_dropped_and_the_chart_draws_in_time_order() {
+        let h = History::new(10);
+        let stats = Stats { assigned: 2, pending: 2, ..Stats::default() };
+        for at in [100, 105, 103, 105, 110] {
+            h.record("r1", Sample { at, stats });
+        }
+        let at: Vec<u64> = h.samples("r1").iter().map(|s| s.at).collect();
+        assert_eq!(at, [100, 105, 110]);
+        assert!(chart(&h.samples("r1")).into_string().contains("<polyline class=\"pending\""));
     }
 }
