@@ -288,3 +288,48 @@ fn request_plain(addr: SocketAddr) -> String {
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The real binary: `serve --console` logs the console's URL and serves it; a non-loopback address without TLS
+/// stops `serve` with the error that says what to do.
+#[test]
+#[allow(clippy::disallowed_methods)] // deadlines for a real process
+fn the_binary_serves_the_console_it_is_asked_for_and_refuses_clear_text_off_loopback() {
+    use std::io::{BufRead, BufReader};
+    let hub = TestHub::new();
+    let offline = hub.tmp.path().join("offline");
+    hub.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+    let refused = hub.cli(&["serve", "--bind", "127.0.0.1:0", "--console", "0.0.0.0:0"]);
+    assert!(!refused.status.success());
+    let err = support::stderr(&refused);
+    assert!(err.contains("in clear text") && err.contains("--console-tls CERT KEY"), "{err}");
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-hub"))
+        .arg("--data-dir")
+        .arg(hub.dir())
+        .args(["serve", "--bind", "127.0.0.1:0", "--console", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let url = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).expect("`console on` within 30 s");
+        if let Some(rest) = line.split("console on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let addr: SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let login = request(addr, "GET", "/login", None, None);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert!(login.body.contains("Log in"));
+}
