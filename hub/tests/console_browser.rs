@@ -97,6 +97,7 @@ fn the_console_in_a_real_browser_renders_filters_and_only_lets_an_operator_pause
     let served = support::console::serve_with(&hub, Arc::new(cli::Commands), |c| {
         c.sample_period = Duration::from_millis(250);
         c.cache_max_age = Duration::from_millis(500);
+        c.live_refresh = Duration::from_secs(6); // longer than any interaction with one load of the page
     });
     let base = format!("http://{}/", served.addr);
     let paused = || {
@@ -170,6 +171,16 @@ fn the_console_in_a_real_browser_renders_filters_and_only_lets_an_operator_pause
     wait_for(&s, "only an operator");
     assert!(paused(), "a viewer's resume changed nothing");
     s.screenshot(&shots.join("viewer-refused.png"));
+
+    // The Releases page keeps itself up to date (live.js): a resume from the command line shows without a reload.
+    s.goto(&format!("{base}releases"));
+    assert_eq!(s.count("script[src='/assets/live.js']"), 1);
+    assert!(s.source().contains("paused in shadow"));
+    hub.ok(&["release", "resume", "r1"]);
+    assert!(!paused());
+    let before = s.url();
+    wait_for(&s, "running shadow");
+    assert_eq!(s.url(), before, "no navigation: the page swapped its content");
 }
 
 fn hex_key(i: u8) -> String {

@@ -127,6 +127,7 @@ impl State {
         self: Arc<Self>,
         headers: &HeaderMap,
         title: &'static str,
+        live: bool,
         body: impl FnOnce(&State, &Session) -> Result<Markup, PageError> + Send + 'static,
     ) -> Response {
         let Some(session) = self.session(headers) else { return Redirect::to("/login").into_response() };
@@ -140,7 +141,8 @@ impl State {
         .await;
         match rendered {
             Ok((Ok(body), took, session)) => {
-                page_response(StatusCode::OK, render::layout(title, Some(&session), took, body))
+                let live = live.then_some(self.config.live_refresh.as_secs().max(1));
+                page_response(StatusCode::OK, render::layout_live(title, Some(&session), took, live, body))
             }
             Ok((Err(e), _, session)) => error_page(e.status(), Some(&session), &e.to_string()),
             Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, None, &format!("the page failed: {e}")),
@@ -165,7 +167,8 @@ fn harden(mut r: Response) -> Response {
     set(
         h,
         header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; form-action 'self'; \
+        "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; \
+         form-action 'self'; \
          frame-ancestors 'none'; base-uri 'none'",
     );
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
@@ -262,6 +265,7 @@ fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/releases") }))
         .route("/assets/console.css", get(css))
+        .route("/assets/live.js", get(js))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/releases", get(releases))
@@ -276,6 +280,14 @@ fn router(state: Arc<State>) -> Router {
         .fallback(|| async { error_page(StatusCode::NOT_FOUND, None, "no such page") })
         .layer(axum::middleware::map_response(|r: Response| async move { harden(r) }))
         .with_state(state)
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")],
+        include_str!("live.js"),
+    )
+        .into_response()
 }
 
 async fn css() -> Response {
@@ -356,7 +368,7 @@ async fn logout(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Form(form)
 }
 
 async fn releases(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    st.page(&headers, "Releases", super::pages::releases).await
+    st.page(&headers, "Releases", true, super::pages::releases).await
 }
 
 async fn devices(
@@ -364,23 +376,23 @@ async fn devices(
     headers: HeaderMap,
     Query(q): Query<super::devices::DeviceQuery>,
 ) -> Response {
-    st.page(&headers, "Devices", move |st, s| super::devices::list(st, s, &q)).await
+    st.page(&headers, "Devices", false, move |st, s| super::devices::list(st, s, &q)).await
 }
 
 async fn device(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Path(key): Path<String>) -> Response {
-    st.page(&headers, "Device", move |st, s| super::devices::page(st, s, &key)).await
+    st.page(&headers, "Device", false, move |st, s| super::devices::page(st, s, &key)).await
 }
 
 async fn sites(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    st.page(&headers, "Sites", super::pages::sites).await
+    st.page(&headers, "Sites", false, super::pages::sites).await
 }
 
 async fn packages(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    st.page(&headers, "Packages", super::packages::list).await
+    st.page(&headers, "Packages", false, super::packages::list).await
 }
 
 async fn package(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Path(d): Path<String>) -> Response {
-    st.page(&headers, "Package", move |st, s| super::packages::page(st, s, &d)).await
+    st.page(&headers, "Package", false, move |st, s| super::packages::page(st, s, &d)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -390,5 +402,5 @@ pub(super) struct PageQuery {
 }
 
 async fn audit(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Response {
-    st.page(&headers, "Audit log", move |st, s| super::pages::audit(st, s, q.page.unwrap_or(1))).await
+    st.page(&headers, "Audit log", false, move |st, s| super::pages::audit(st, s, q.page.unwrap_or(1))).await
 }

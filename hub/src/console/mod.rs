@@ -2,9 +2,10 @@
 //! few actions an operator may take from a browser, run by the same admin handler the CLI's commands run through.
 //!
 //! Invariants: it runs inside the one process that owns the store and never opens it again; every page needs a
-//! session (viewer or operator) and renders without JavaScript; every state-changing request needs an operator's
-//! session, that session's CSRF token, and lands in the audit log under the operator's name; a non-loopback bind
-//! without TLS is refused; all text is escaped by the templates (maud).
+//! session (viewer or operator) and reads the same without JavaScript (one small script only refreshes Releases);
+//! every state-changing request needs an operator's session, that session's CSRF token, and lands in the audit log
+//! under the operator's name; a non-loopback bind without TLS is refused; all text is escaped by the templates
+//! (maud).
 
 mod actions;
 mod cache;
@@ -97,6 +98,8 @@ pub struct ConsoleConfig {
     pub sample_period: Duration,
     /// Samples kept per release for that chart.
     pub max_samples: usize,
+    /// How often the Releases page refreshes itself in a browser with JavaScript (`live.js`).
+    pub live_refresh: Duration,
     /// Password checks run at once; further logins wait their turn.
     pub max_concurrent_logins: usize,
     /// Longest abort reason accepted, in bytes.
@@ -117,6 +120,7 @@ impl ConsoleConfig {
             cache_stale_age: Duration::from_secs(60),
             sample_period: Duration::from_secs(15),
             max_samples: 960,
+            live_refresh: Duration::from_secs(10),
             max_concurrent_logins: 2,
             max_reason_len: 500,
             tls_handshake_timeout: Duration::from_secs(10),

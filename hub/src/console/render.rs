@@ -17,6 +17,11 @@ use super::users::{Role, Session};
 
 /// The page frame: head, navigation, who is logged in, the body, and how long the body took to render.
 pub fn layout(title: &str, session: Option<&Session>, took: Duration, body: Markup) -> Markup {
+    layout_live(title, session, took, None, body)
+}
+
+/// [`layout`], with live updates every `live` seconds (`live.js`) when set.
+pub fn layout_live(title: &str, session: Option<&Session>, took: Duration, live: Option<u64>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -25,8 +30,9 @@ pub fn layout(title: &str, session: Option<&Session>, took: Duration, body: Mark
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Outpost hub" }
                 link rel="stylesheet" href="/assets/console.css";
+                @if live.is_some() { script src="/assets/live.js" defer {} }
             }
-            body {
+            body data-live-secs=[live] {
                 header {
                     span.brand { "Outpost hub" }
                     @if let Some(s) = session {
