@@ -40,7 +40,11 @@ impl Driver {
             "this test drives a real browser: apt-get install -y chromium chromium-driver"
         );
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Chromium does not start under libfaketime (CI runs the tests again 400 days ahead through LD_PRELOAD):
+        // the browser keeps the real clock; the hub under test keeps the faked one, and sessions expire by it.
         let child = Command::new(CHROMEDRIVER)
+            .env_remove("LD_PRELOAD")
+            .env_remove("FAKETIME")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
