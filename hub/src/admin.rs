@@ -90,6 +90,13 @@ pub enum Response {
 pub trait Handler<C>: Send + Sync + 'static {
     /// Decodes `request` and runs it against `hub`; a request that does not decode is [`RequestError::Malformed`].
     fn handle(&self, hub: &C, request: &[u8]) -> Result<Reply, RequestError>;
+
+    /// Runs an action a web console operator took, as the matching command would run, with `actor` (the operator,
+    /// `crate::console::actor`) in the audit log. A handler that does not implement it refuses every action.
+    fn act(&self, hub: &C, actor: &str, action: &crate::console::Action) -> Result<Reply, RequestError> {
+        let _ = (hub, actor);
+        Err(RequestError::Malformed { reason: format!("this hub does not take console actions ({action:?})") })
+    }
 }
 
 /// Why talking to a serving hub's admin socket failed.

@@ -12,6 +12,7 @@ pub mod boundary;
 pub mod challenger;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod controller;
 pub mod director;
 pub mod evaluate;

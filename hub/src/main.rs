@@ -58,11 +58,12 @@ fn run(mut command: Command, dir: &std::path::Path, o: &mut Out<'_>) -> Result<u
             writeln!(o.out, "{}", id.public_key().to_hex())?;
             return Ok(0);
         }
-        Command::Serve { bind, metrics, log_format, log_level } => {
+        Command::Serve { bind, metrics, console, console_tls, log_format, log_level } => {
             outpost_net::allocator::tune().context("re-executing the hub with its malloc tunables")?;
             let format = log_format.parse()?;
             outpost_net::logging::init(format, log_level.as_deref())?;
-            return cli::serve::serve(dir, bind, metrics).map(|()| 0);
+            let console = cli::serve::console(console, console_tls)?;
+            return cli::serve::serve(dir, bind, metrics, console).map(|()| 0);
         }
         _ => {}
     }

@@ -328,6 +328,22 @@ pub fn describe(e: &Effect) -> String {
     }
 }
 
+/// A release's state in a few words, as `release list` and the console show it.
+pub fn state_word(st: &outpost_shared::rollout::Status) -> String {
+    use outpost_shared::rollout::Position;
+    match (&st.state, st.position) {
+        (State::Running, Position::Stage(i)) if st.paused => format!("paused at stage {}", i + 1),
+        (State::Running, Position::Stage(i)) => format!("running stage {}", i + 1),
+        (State::Running, Position::Shadow) if st.paused => "paused in shadow".into(),
+        (State::Running, Position::Shadow) => "running shadow".into(),
+        (State::Running, Position::NotStarted) => "starting".into(),
+        (State::AwaitingApproval { next }, _) => format!("awaiting approval ({})", next + 1),
+        (State::Aborted { .. }, _) => "ABORTED".into(),
+        (State::Completed { .. }, _) => "completed".into(),
+        (State::Superseded { by, .. }, _) => format!("superseded by {by}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

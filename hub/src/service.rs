@@ -133,6 +133,8 @@ pub struct ServiceConfig {
     pub bind: SocketAddr,
     /// Where Prometheus metrics are served over HTTP, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The web console, if served (its actions run through `admin`).
+    pub console: Option<crate::console::ConsoleConfig>,
     /// Runs admin commands arriving on the socket; `None` serves no admin socket.
     pub admin: Option<Arc<dyn admin::Handler<Hub>>>,
     /// Bounds on admin requests.
@@ -159,6 +161,7 @@ impl ServiceConfig {
             identity,
             bind: SocketAddr::from(([0, 0, 0, 0], ServeConfig::DEFAULT_PORT)),
             metrics: None,
+            console: None,
             admin: None,
             admin_limits: admin::Limits::default(),
             periods: Periods::default(),
@@ -185,6 +188,9 @@ pub enum ServiceError {
     /// The QUIC endpoint could not be bound.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The web console could not be set up.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     /// The metrics endpoint could not be bound.
     #[error("binding the metrics endpoint {addr}: {source}")]
     Metrics {
@@ -208,6 +214,7 @@ pub struct Running {
     server: Server<HubBackend>,
     admin: Option<admin::Listener>,
     metrics: Option<tokio::net::TcpListener>,
+    console: Option<crate::console::Console>,
 }
 
 impl std::fmt::Debug for Running {
@@ -240,6 +247,14 @@ pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rn
         }
         None => None,
     };
+    let console = match config.console {
+        Some(c) => {
+            let b = backend.clone();
+            let after: Arc<dyn Fn() + Send + Sync> = Arc::new(move || b.forget_cached());
+            Some(crate::console::Console::bind(c, hub.clone(), config.admin.clone(), after).await?)
+        }
+        None => None,
+    };
     Ok(Running {
         dir: config.dir,
         key,
@@ -252,6 +267,7 @@ pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rn
         server,
         admin,
         metrics,
+        console,
     })
 }
 
@@ -275,6 +291,11 @@ impl Running {
     /// The address `/metrics` is served on, if it is (with the port chosen when the config asked for port 0).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The web console's URL, if it is served.
+    pub fn console_url(&self) -> Option<String> {
+        self.console.as_ref().map(crate::console::Console::url)
     }
 
     /// The backend serving devices (for tests to look at what a device would be served).
@@ -302,6 +323,7 @@ impl Running {
             server,
             admin,
             metrics,
+            console,
         } = self;
         let gate = backend.gate();
         if !gate.required() {
@@ -332,6 +354,11 @@ impl Running {
                 tracing::info!(%addr, "metrics on http://{addr}/metrics");
             }
             jobs.spawn(serve_metrics(listener, backend.clone()));
+        }
+        if let Some(console) = console {
+            let url = console.url();
+            tracing::info!(url = %url, "console on {url}");
+            jobs.spawn(console.run());
         }
         // Revocations reach connected agents at once: a notice on their open connection whenever the list moves.
         let repo = hub.repo();

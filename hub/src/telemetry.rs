@@ -512,7 +512,12 @@ impl TelemetryStore {
             let device_new = !devices.contains(key.0) && devices.insert(key.0.to_owned());
             summary.add(device_new, &e);
         }
-        for entry in streams.iter().map_err(|e| self.db_err(e))? {
+        // One device's streams are a key range, as its events are.
+        let streams = match &filter.device {
+            Some(d) => streams.range((d.as_str(), 0)..=(d.as_str(), u64::MAX)),
+            None => streams.range::<(&str, u64)>(..),
+        };
+        for entry in streams.map_err(|e| self.db_err(e))? {
             let (key, value) = entry.map_err(|e| self.db_err(e))?;
             let (device, stream) = key.value();
             let s: StreamRecord = self.decode(&(device, stream), value.value())?;

@@ -205,16 +205,21 @@ pub fn run(cmd: DeviceCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
                 (None, _) => writeln!(o.err, "device {} attests at the software tier", d.key)?,
             }
         }
-        DeviceCmd::Revoke { key } => {
-            let d = devices(hub)?.device_revoke(&key)?;
-            writeln!(
-                o.err,
-                "revoked device {}: its connections are refused from now on (a serving hub cuts off attested ones at their next request)",
-                d.key
-            )?;
-        }
+        DeviceCmd::Revoke { key } => revoke(hub, o, &key, "operator")?,
     }
     Ok(0)
+}
+
+/// Revokes a device and records it in the audit log under `actor`.
+pub(super) fn revoke(hub: &Hub, o: &mut Out<'_>, key: &str, actor: &str) -> Result<()> {
+    let d = devices(hub)?.device_revoke(key)?;
+    super::audit(hub, actor, outpost_shared::audit::Action::Revoke, &d.key, "device")?;
+    writeln!(
+        o.err,
+        "revoked device {}: its connections are refused from now on (a serving hub cuts off attested ones at their next request)",
+        d.key
+    )?;
+    Ok(())
 }
 
 fn print_device(d: &outpost_hub::registry::DeviceRecord, o: &mut Out<'_>) -> Result<()> {

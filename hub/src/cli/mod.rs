@@ -19,6 +19,7 @@ pub mod attestation;
 pub mod audit;
 pub mod capability;
 pub mod challenger;
+pub mod console;
 pub mod controller;
 pub mod device;
 pub mod fleet;
@@ -34,6 +35,7 @@ use attestation::{AttestationCmd, ReferenceCmd};
 use audit::AuditCmd;
 use capability::CapabilityCmd;
 use challenger::ChallengerCmd;
+use console::ConsoleCmd;
 use controller::ControllerCmd;
 use device::DeviceCmd;
 use fleet::FleetCmd;
@@ -94,6 +96,9 @@ pub enum Command {
     /// The fleet: devices per site and channel, what they run, and their telemetry.
     #[command(subcommand)]
     Fleet(FleetCmd),
+    /// The web console's users: `console user add NAME --role viewer|operator` issues a password.
+    #[command(subcommand)]
+    Console(ConsoleCmd),
     /// The central team's attestation key and signed reference values (which agent builds may be served).
     #[command(subcommand)]
     Attestation(AttestationCmd),
@@ -110,6 +115,13 @@ pub enum Command {
         /// telemetry, attestation).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Also serve the web console (releases, devices, sites, packages, audit log; pause, resume, abort,
+        /// retry and revoke for operators) at ADDR: loopback unless --console-tls is given.
+        #[arg(long, value_name = "ADDR")]
+        console: Option<std::net::SocketAddr>,
+        /// Serve the console over HTTPS with this certificate chain and private key (PEM files).
+        #[arg(long, num_args = 2, value_names = ["CERT", "KEY"], requires = "console")]
+        console_tls: Option<Vec<PathBuf>>,
         /// Log lines on stderr as `text` (for people; colour only on a terminal) or `json` (one object per line).
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
@@ -224,13 +236,19 @@ pub fn run(command: Command, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         Command::Fleet(FleetCmd::Status { json }) => fleet::status(hub, json, o).map(|()| 0),
         Command::Rejections { json } => fleet::rejections(&devices(hub)?.devices()?, json, o).map(|()| 0),
         Command::Attestation(cmd) => attestation::run(cmd, hub, o),
+        Command::Console(cmd) => console::run(cmd, hub, o),
     }
 }
 
 /// Runs `command` and captures what it prints, as a serving hub answers an admin request.
 pub fn run_captured(command: Command, hub: &Hub) -> Reply {
+    captured(|o| run(command, hub, o))
+}
+
+/// Runs `f` and captures what it prints and its exit code.
+fn captured(f: impl FnOnce(&mut Out<'_>) -> Result<u8>) -> Reply {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = match run(command, hub, &mut Out { out: &mut out, err: &mut err }) {
+    let code = match f(&mut Out { out: &mut out, err: &mut err }) {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(err, "error: {}", outpost_shared::errors::one_line(e.chain()));
@@ -256,6 +274,10 @@ impl Handler<Hub> for Commands {
             return Err(RequestError::Malformed { reason: "this command does not run in a serving hub".into() });
         }
         Ok(run_captured(command, hub))
+    }
+
+    fn act(&self, hub: &Hub, actor: &str, action: &outpost_hub::console::Action) -> Result<Reply, RequestError> {
+        Ok(captured(|o| console::act(hub, actor, action, o)))
     }
 }
 

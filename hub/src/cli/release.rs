@@ -192,7 +192,7 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
                     "{id:<5} {:<28} {:<10} {:<22} {:>9} {:>7} {:>8}",
                     rec.package,
                     rec.channel,
-                    state_word(&st),
+                    outpost_hub::rollouts::state_word(&st),
                     st.cohort.installed,
                     st.cohort.errors(),
                     st.cohort.rejected_by_policy
@@ -263,21 +263,8 @@ fn report(outcome: PublishOutcome, o: &mut Out<'_>) -> Result<()> {
     Ok(())
 }
 
-fn state_word(st: &outpost_shared::rollout::Status) -> String {
-    use outpost_shared::rollout::{Position, State};
-    match (&st.state, st.position) {
-        (State::Running, Position::Stage(i)) if st.paused => format!("paused at stage {}", i + 1),
-        (State::Running, Position::Stage(i)) => format!("running stage {}", i + 1),
-        (State::Running, Position::Shadow) => "running shadow".into(),
-        (State::Running, Position::NotStarted) => "starting".into(),
-        (State::AwaitingApproval { next }, _) => format!("awaiting approval ({})", next + 1),
-        (State::Aborted { .. }, _) => "ABORTED".into(),
-        (State::Completed { .. }, _) => "completed".into(),
-        (State::Superseded { by, .. }, _) => format!("superseded by {by}"),
-    }
-}
-
-fn release_command(
+/// Runs a rollout command on release `id` and records it in the audit log under `actor`.
+pub(super) fn release_command(
     hub: &Hub,
     o: &mut Out<'_>,
     id: &str,
@@ -314,7 +301,7 @@ fn release_status(hub: &Hub, id: &str, json: bool, o: &mut Out<'_>) -> Result<()
         )?;
         return Ok(());
     }
-    writeln!(o.out, "release   {id}: {} on {} ({})", rec.package, rec.channel, state_word(&st))?;
+    writeln!(o.out, "release   {id}: {} on {} ({})", rec.package, rec.channel, outpost_hub::rollouts::state_word(&st))?;
     // The evaluation evidence behind the package: its records, and whether they back its card.
     let package = rec.rollout.release.package;
     let records = hub.store()?.evaluations().evaluations(&package)?;

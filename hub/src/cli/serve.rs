@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use outpost_attestation::identity::Identity;
 use outpost_hub::clock::{SystemClock, SystemRng};
 use outpost_hub::config::{CONFIG_FILE, HubConfig};
+use outpost_hub::console::{ConsoleConfig, TlsFiles};
 use outpost_hub::registry::{InitOutcome, Registry};
 use outpost_hub::service::ServiceConfig;
 
@@ -48,8 +49,28 @@ pub fn identity(dir: &Path, created: impl FnOnce(&Path) -> Result<()>) -> Result
     Ok(Identity::load(&path)?)
 }
 
+/// The console configuration `--console ADDR [--console-tls CERT KEY]` asks for.
+pub fn console(
+    bind: Option<std::net::SocketAddr>,
+    tls: Option<Vec<std::path::PathBuf>>,
+) -> Result<Option<ConsoleConfig>> {
+    let Some(bind) = bind else { return Ok(None) };
+    let mut config = ConsoleConfig::new(bind);
+    config.tls = match tls.as_deref() {
+        None => None,
+        Some([cert, key]) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+        Some(_) => anyhow::bail!("--console-tls takes two files: CERT KEY"),
+    };
+    Ok(Some(config))
+}
+
 /// Runs `outpost-hub serve` until interrupted.
-pub fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::SocketAddr>) -> Result<()> {
+pub fn serve(
+    dir: &Path,
+    bind: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+    console: Option<ConsoleConfig>,
+) -> Result<()> {
     let hub = config(dir)?;
     // The service logs (possibly as JSON): the one-time creation is a log event too.
     let identity = identity(dir, |path| {
@@ -59,6 +80,7 @@ pub fn serve(dir: &Path, bind: std::net::SocketAddr, metrics: Option<std::net::S
     let mut config = ServiceConfig::new(dir, hub, identity);
     config.bind = bind;
     config.metrics = metrics;
+    config.console = console;
     config.admin = Some(Arc::new(super::Commands));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(outpost_hub::service::run(config, Arc::new(SystemClock), Box::new(SystemRng), async {

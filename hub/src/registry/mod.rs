@@ -22,6 +22,7 @@ use crate::blobs::{self, BlobError, BlobStore};
 use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
 
 mod capabilities;
+mod console_users;
 mod controller;
 mod cycles;
 mod devices;
@@ -84,6 +85,8 @@ const DECISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller
 const RECONCILIATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("controller_reconciliations");
 /// SHA-256 of an enrolment token (hex) → [`EnrolmentToken`] (canonical CBOR). The token itself is never stored.
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
+/// Web console operators by login name: role and password hash (`crate::console::users::User`).
+const CONSOLE_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("console_users");
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]

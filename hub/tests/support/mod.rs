@@ -11,6 +11,9 @@ use outpost_shared::Digest;
 use outpost_shared::clock::ManualClock;
 use outpost_shared::testkit::{AffineManifest, affine_model};
 
+pub mod console;
+pub mod webdriver;
+
 #[path = "../../../fixtures/faultfs/mod.rs"]
 pub mod faultfs;
 
