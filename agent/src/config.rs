@@ -99,18 +99,24 @@ struct RawHub {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDevice {
+    #[serde(default = "default_data_dir")]
     data_dir: String,
+}
+
+fn default_data_dir() -> String {
+    ".".into()
 }
 
 impl Default for RawDevice {
     fn default() -> Self {
-        RawDevice { data_dir: ".".into() }
+        RawDevice { data_dir: default_data_dir() }
     }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInference {
+    #[serde(default = "default_inference_bind")]
     bind: String,
     #[serde(default = "default_shadow_percent")]
     shadow_percent: u32,
@@ -122,9 +128,13 @@ fn default_shadow_percent() -> u32 {
     10
 }
 
+fn default_inference_bind() -> String {
+    "127.0.0.1:8080".into()
+}
+
 impl Default for RawInference {
     fn default() -> Self {
-        RawInference { bind: "127.0.0.1:8080".into(), shadow_percent: default_shadow_percent(), token_file: None }
+        RawInference { bind: default_inference_bind(), shadow_percent: default_shadow_percent(), token_file: None }
     }
 }
 
@@ -455,6 +465,18 @@ mod tests {
         let e = AgentConfig::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
         assert!(e.contains("`attestation.boot_pcrs`") && e.contains("23"), "{e}");
         assert_eq!(AgentConfig::parse(&render("127.0.0.1:7443", KEY), Path::new("a.toml")).unwrap().tpm, None);
+    }
+
+    #[test]
+    #[cfg(feature = "mirror")] // the reference's complete example sets `hub.mirror` (the tests build every feature)
+    fn the_configuration_reference_matches_the_parser() {
+        let keys = outpost_shared::config_reference::keys::<Raw>().unwrap();
+        assert!(keys.contains(&"attestation.boot_pcrs".to_owned()) && keys.len() > 15, "{keys:?}");
+        let parse = |text: &str| {
+            AgentConfig::parse(text, Path::new("/dev0/agent.toml")).map(|c| format!("{c:?}")).map_err(|e| e.to_string())
+        };
+        let doc = include_str!("../../docs/CONFIG.md");
+        assert_eq!(outpost_shared::config_reference::check(doc, "agent.toml", &keys, parse), Vec::<String>::new());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::device::{self, Layout};
@@ -104,6 +104,18 @@ enum Command {
         /// The agent's configuration.
         #[arg(long, value_name = "FILE", default_value = "agent.toml")]
         config: PathBuf,
+    },
+    /// Print the shell completion script for SHELL on stdout (the Debian package installs bash, zsh and fish).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: outpost_net::docs::Shell,
+    },
+    /// Write the man pages, outpost-agent.1 and one per subcommand (outpost-agent-run.1, ...), into DIR.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Site policy tools for admins.
     Policy {
@@ -242,6 +254,14 @@ fn run(command: Command) -> Result<()> {
             };
             let response = infer_once(&served, &body).map_err(|e| anyhow::anyhow!("{e} (HTTP {})", e.status()))?;
             println!("{}", serde_json::to_string_pretty(&response)?);
+        }
+        Command::Completions { shell } => {
+            std::io::Write::write_all(&mut std::io::stdout(), &outpost_net::docs::completions(Cli::command(), shell))
+                .context("writing the completions to standard output")?;
+        }
+        Command::Man { out } => {
+            let pages = outpost_net::docs::write_man_pages(Cli::command(), &out)?;
+            eprintln!("wrote {} man pages into {}", pages.len(), out.display());
         }
         Command::Policy { .. } => unreachable!("handled in main"),
     }
@@ -536,5 +556,19 @@ fn print_out(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_man_pages_name_every_real_subcommand() {
+        let paths = outpost_net::docs::subcommand_paths(&Cli::command());
+        for known in ["init", "run", "status", "policy check", "completions", "man"] {
+            assert!(paths.iter().any(|p| p == known), "{known} missing from {paths:?}");
+        }
+        assert_eq!(outpost_net::docs::missing(&Cli::command()), Vec::<String>::new());
     }
 }

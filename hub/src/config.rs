@@ -248,6 +248,17 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_reference_matches_the_parser() {
+        let keys = outpost_shared::config_reference::keys::<HubConfig>().unwrap();
+        assert!(keys.contains(&"attestation.team_key".to_owned()) && keys.len() > 10, "{keys:?}");
+        let parse = |text: &str| {
+            HubConfig::parse(text, Path::new("hub.toml")).map(|c| format!("{c:?}")).map_err(|e| e.to_string())
+        };
+        let doc = include_str!("../../docs/CONFIG.md");
+        assert_eq!(outpost_shared::config_reference::check(doc, CONFIG_FILE, &keys, parse), Vec::<String>::new());
+    }
+
+    #[test]
     fn unknown_key_and_bad_value_name_the_key_and_file() {
         let e = HubConfig::parse("[limits]\nmax_blob = 1\n", Path::new("/d/hub.toml")).unwrap_err();
         assert!(e.to_string().starts_with("/d/hub.toml:2: key `limits.max_blob`"), "{e}");

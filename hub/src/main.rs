@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use outpost_hub::clock::{SystemClock, SystemRng};
 use outpost_hub::config::default_data_dir;
@@ -65,6 +65,15 @@ fn run(mut command: Command, dir: &std::path::Path, o: &mut Out<'_>) -> Result<u
             let console = cli::serve::console(console, console_tls)?;
             return cli::serve::serve(dir, bind, metrics, console).map(|()| 0);
         }
+        Command::Completions { shell } => {
+            o.out.write_all(&outpost_net::docs::completions(Cli::command(), shell))?;
+            return Ok(0);
+        }
+        Command::Man { out } => {
+            let pages = outpost_net::docs::write_man_pages(Cli::command(), &out)?;
+            writeln!(o.err, "wrote {} man pages into {}", pages.len(), out.display())?;
+            return Ok(0);
+        }
         _ => {}
     }
     if alone {
@@ -82,4 +91,18 @@ fn run(mut command: Command, dir: &std::path::Path, o: &mut Out<'_>) -> Result<u
     cli::serve::config(dir)?; // an initialised hub, or an error naming `init`
     let hub = Hub::load(dir, Arc::new(SystemClock), Box::new(SystemRng))?;
     cli::run(command, &hub, o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_man_pages_name_every_real_subcommand() {
+        let paths = outpost_net::docs::subcommand_paths(&Cli::command());
+        for known in ["package add", "release publish", "serve", "device approve", "completions", "man"] {
+            assert!(paths.iter().any(|p| p == known), "{known} missing from {paths:?}");
+        }
+        assert_eq!(outpost_net::docs::missing(&Cli::command()), Vec::<String>::new());
+    }
 }

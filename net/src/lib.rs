@@ -1,7 +1,7 @@
 //! Outpost's protocol in motion, shared by the hub, the site node and the agent: the QUIC [`server`] and
 //! [`client`], their raw-public-key TLS configs ([`tls`]), the one TUF [`transport`] seam, and the log subscriber
-//! the binaries install ([`logging`]; the libraries only emit `tracing` events), and the services' malloc settings
-//! ([`allocator`]).
+//! the binaries install ([`logging`]; the libraries only emit `tracing` events), the services' malloc settings
+//! ([`allocator`]), and the binaries' shell completions and man pages ([`docs`]).
 //!
 //! The protocol itself (frames, requests, limits) is sans-IO in `outpost_shared::wire`; each connection's admission
 //! and attestation rules are sans-IO in [`session`]. This crate adds only the tokio + quinn driving around them,
@@ -10,6 +10,7 @@
 
 pub mod allocator;
 pub mod client;
+pub mod docs;
 pub mod logging;
 pub mod server;
 pub mod session;

@@ -10,6 +10,8 @@ pub mod capability;
 pub mod challenger;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "testkit")]
+pub mod config_reference;
 pub mod controller;
 pub mod digest;
 pub mod director;

@@ -137,6 +137,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script for SHELL on stdout (the Debian package installs bash, zsh and fish).
+    #[serde(skip)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: outpost_net::docs::Shell,
+    },
+    /// Write the man pages, outpost-hub.1 and one per subcommand (outpost-hub-package-add.1, ...), into DIR.
+    #[serde(skip)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Rebuild the package an alias names from the stored model and manifest, and prove its digest.
     Reconstruct {
         /// The alias to rebuild.
@@ -167,7 +181,11 @@ impl Command {
     /// How this command is run.
     pub fn route(&self) -> Route {
         match self {
-            Command::Init | Command::Serve { .. } | Command::Identity => Route::Alone,
+            Command::Init
+            | Command::Serve { .. }
+            | Command::Identity
+            | Command::Completions { .. }
+            | Command::Man { .. } => Route::Alone,
             Command::Attestation(
                 AttestationCmd::TeamKey { .. } | AttestationCmd::Reference(ReferenceCmd::Sign { .. }),
             ) => Route::Alone,
@@ -217,7 +235,11 @@ impl Command {
 /// Runs a command that touches the hub; returns the exit code.
 pub fn run(command: Command, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
     match command {
-        Command::Init | Command::Serve { .. } | Command::Identity => {
+        Command::Init
+        | Command::Serve { .. }
+        | Command::Identity
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
             anyhow::bail!("this command does not run against an open hub")
         }
         Command::Package(cmd) => package::run(cmd, hub, o),
