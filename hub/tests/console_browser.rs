@@ -2,7 +2,8 @@
 //! WebDriver) against a serving hub holding the demo's packages (PP-OCR 2.0.0 and its converted 2.0.1, silero-vad),
 //! a release of 2.0.1 in stages and devices at two sites. Pages render, the device filter works, an operator
 //! pauses the release and the hub's state changes, a viewer cannot, a form whose CSRF token was tampered with is
-//! refused. Screenshots of each page go to `docs/console/`.
+//! refused. Screenshots of each page go to the target directory, or with `OUTPOST_CONSOLE_SHOTS=docs/console` to the
+//! ones the README shows.
 
 mod support;
 
@@ -21,8 +22,11 @@ fn models(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models").join(name).to_string_lossy().into_owned()
 }
 
+/// Where the screenshots go: `$OUTPOST_CONSOLE_SHOTS` (`docs/console` to refresh the committed ones), else the
+/// test's own directory under the target directory, so a test run leaves the repository as it was.
 fn screenshots() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/console");
+    let dir = std::env::var_os("OUTPOST_CONSOLE_SHOTS")
+        .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-shots"), PathBuf::from);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
