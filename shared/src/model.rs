@@ -267,10 +267,7 @@ impl Concrete {
             return Some(self.smoke_plan.clone());
         }
         let mut st = self.state();
-        if let Some(ix) = st.plans.iter().position(|(s, _)| *s == shapes) {
-            let entry = st.plans.remove(ix)?;
-            let plan = entry.1.clone();
-            st.plans.push_front(entry);
+        if let Some(plan) = most_recent(&mut st.plans, &shapes) {
             return Some(plan);
         }
         if st.unplannable.contains(&shapes) {
@@ -310,6 +307,15 @@ impl Concrete {
             }
         }
     }
+}
+
+/// The plan for `shapes` in a most-recently-used-first list, moved to the front.
+fn most_recent(plans: &mut VecDeque<(Vec<Vec<usize>>, Plan)>, shapes: &[Vec<usize>]) -> Option<Plan> {
+    let ix = plans.iter().position(|(s, _)| s == shapes)?;
+    let entry = plans.remove(ix)?;
+    let plan = entry.1.clone();
+    plans.push_front(entry);
+    Some(plan)
 }
 
 /// `contract` with every dimension fixed to `shapes` (model order).
@@ -597,15 +603,7 @@ impl LoadedModel {
         };
         // Planning takes long, so the lock is held only to look up and to insert (two threads may plan the
         // same new shapes at once; both plans work, one is kept).
-        let lookup = |shapes: &[Vec<usize>]| {
-            let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-            let ix = cache.iter().position(|(s, _)| s == shapes)?;
-            let entry = cache.remove(ix)?;
-            let plan = entry.1.clone();
-            cache.push_front(entry);
-            Some(plan)
-        };
-        if let Some(plan) = lookup(&shapes) {
+        if let Some(plan) = most_recent(&mut cache.lock().unwrap_or_else(PoisonError::into_inner), &shapes) {
             return Ok(plan);
         }
         let plan = build_plan(proto, &fixed_specs(&self.inputs, &shapes)).map_err(|e| ModelError::BadInput {

@@ -88,6 +88,16 @@ fn onnxruntime(l: &Loaded, inputs: &[NamedTensor], tmp: &Path, iterations: usize
     OrtResult::parse(&out.stdout)
 }
 
+/// One run of `m` on a copy of `inputs` (the copy not timed), in microseconds.
+fn timed_run(m: &model::LoadedModel, inputs: &[NamedTensor]) -> Result<f64> {
+    let inputs = inputs.to_vec();
+    let start = now();
+    let out = m.run(inputs)?;
+    let took = micros(start.elapsed());
+    std::hint::black_box(out);
+    Ok(took)
+}
+
 /// Times the plan the agent serves (`served`) and a plan made for these shapes alone (`fixed`) on the same
 /// inputs, interleaved (one run each per step, their order swapped every step) so that neither side gets the
 /// quieter moments or the warmer caches: medians of each.
@@ -102,21 +112,13 @@ fn served_and_fixed(
         fixed.run(inputs.to_vec())?;
     }
     let (mut a, mut b) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
-    let time = |m: &model::LoadedModel, into: &mut Vec<f64>| -> Result<()> {
-        let inputs = inputs.to_vec();
-        let start = now();
-        let out = m.run(inputs)?;
-        into.push(micros(start.elapsed()));
-        std::hint::black_box(out);
-        Ok(())
-    };
     for i in 0..iterations {
         if i % 2 == 0 {
-            time(served, &mut a)?;
-            time(fixed, &mut b)?;
+            a.push(timed_run(served, inputs)?);
+            b.push(timed_run(fixed, inputs)?);
         } else {
-            time(fixed, &mut b)?;
-            time(served, &mut a)?;
+            b.push(timed_run(fixed, inputs)?);
+            a.push(timed_run(served, inputs)?);
         }
     }
     Ok((latency(a), latency(b)))
@@ -134,14 +136,7 @@ fn served_then_fixed(
         for _ in 0..20 {
             m.run(inputs.to_vec())?;
         }
-        let mut v = Vec::with_capacity(iterations);
-        for _ in 0..iterations {
-            let inputs = inputs.to_vec();
-            let start = now();
-            let out = m.run(inputs)?;
-            v.push(micros(start.elapsed()));
-            std::hint::black_box(out);
-        }
+        let v = (0..iterations).map(|_| timed_run(m, inputs)).collect::<Result<Vec<_>>>()?;
         Ok(latency(v))
     };
     Ok((block(served)?, block(fixed)?))
@@ -180,16 +175,7 @@ fn bench_size(l: &Loaded, inputs: &[NamedTensor], tmp: &Path) -> Result<RuntimeC
         t.shape = given.shape.iter().map(|&d| d as u64).collect();
     }
     let fixed = model::load(&l.model_bytes, &manifest)?;
-    let one = {
-        let mut v: Vec<f64> = (0..5)
-            .map(|_| {
-                let start = now();
-                fixed.run(inputs.to_vec()).map(|_| micros(start.elapsed()))
-            })
-            .collect::<Result<_, _>>()?;
-        v.sort_by(f64::total_cmp);
-        v[2]
-    };
+    let one = latency((0..5).map(|_| timed_run(&fixed, inputs)).collect::<Result<_>>()?).median;
     let iterations = (RUNTIME_BUDGET.as_secs_f64() * 1e6 / one).clamp(20.0, 10_000.0) as usize;
     let outputs = served.run(inputs.to_vec())?;
     // As on a device once the same request shapes recurred: a plan the model builds for them in the background
