@@ -84,6 +84,11 @@ pub trait DeviceStore: Send + Sync {
     fn device(&self, key: &str) -> Result<Option<DeviceRecord>, RegistryError>;
     /// Every known device.
     fn devices(&self) -> Result<Vec<DeviceRecord>, RegistryError>;
+    /// The sequence number of the next device write: taken before [`DeviceStore::devices`], it is where
+    /// [`DeviceStore::devices_changed_since`] starts.
+    fn device_change_head(&self) -> u64;
+    /// The keys of the devices written since sequence number `seq` (or that too much was written to say).
+    fn devices_changed_since(&self, seq: u64) -> crate::store::changes::Since;
     /// Approves a device on `channel`.
     fn device_approve(&self, key: &str, channel: &str) -> Result<DeviceRecord, RegistryError>;
     /// Refuses a device from now on.
@@ -240,6 +245,12 @@ impl DeviceStore for Registry {
     }
     fn devices(&self) -> Result<Vec<DeviceRecord>, RegistryError> {
         Registry::devices(self)
+    }
+    fn device_change_head(&self) -> u64 {
+        Registry::device_change_head(self)
+    }
+    fn devices_changed_since(&self, seq: u64) -> crate::store::changes::Since {
+        Registry::devices_changed_since(self, seq)
     }
     fn device_approve(&self, key: &str, channel: &str) -> Result<DeviceRecord, RegistryError> {
         Registry::device_approve(self, key, channel)

@@ -12,7 +12,7 @@ use outpost_hub::clock::{SystemClock, SystemRng};
 use outpost_hub::console::{ConsoleConfig, ConsoleError};
 use outpost_hub::service;
 use outpost_shared::testkit::AffineManifest;
-use support::console::{Reply, ServedConsole, request};
+use support::console::{Reply, ServedConsole, post_login, request};
 use support::{TestHub, publish_on_stable};
 
 // The CLI's own command handlers, so the console's actions run exactly what `outpost-hub serve` runs.
@@ -88,11 +88,41 @@ fn a_page_without_a_session_sends_the_browser_to_the_login_page() {
 #[test]
 fn a_wrong_password_is_refused() {
     let s = Served::start();
-    let r = s.send("POST", "/login", None, Some("user=ana&password=not-it"));
+    let r = post_login(s.served.addr, "ana", "not-it");
     assert_eq!(r.status, 401);
-    assert!(r.header("set-cookie").is_none());
-    let r = s.send("POST", "/login", None, Some("user=nobody&password=x"));
+    assert!(!r.header("set-cookie").unwrap_or_default().contains("outpost_session"), "no session");
+    let r = post_login(s.served.addr, "nobody", "x");
     assert_eq!(r.status, 401);
+}
+
+#[test]
+fn a_login_posted_without_its_forms_token_is_refused() {
+    let s = Served::start();
+    // Another site's form: the right password, but no login cookie (SameSite=Strict keeps it home) and no token.
+    let forged = format!("user=ana&password={}", s.passwords["ana"]);
+    let r = s.send("POST", "/login", None, Some(&forged));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(!r.header("set-cookie").unwrap_or_default().contains("outpost_session"), "no session");
+    // A token that does not match the cookie is refused too.
+    let r = s.send("POST", "/login", Some("outpost_login=aaaa"), Some(&format!("{forged}&login_csrf=bbbb")));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(post_login(s.served.addr, "ana", &s.passwords["ana"]).status, 303, "the real form logs in");
+}
+
+#[test]
+fn guessing_a_password_is_throttled_per_user_name() {
+    let s = Served::start_with(|_, c| {
+        c.login_throttle.free_failures = 3;
+        c.login_throttle.first_cooldown_secs = 60;
+    });
+    for _ in 0..3 {
+        assert_eq!(post_login(s.served.addr, "ana", "guess").status, 401);
+    }
+    let r = post_login(s.served.addr, "ana", &s.passwords["ana"]);
+    assert_eq!(r.status, 429, "even the right password waits out the cool-down: {}", r.body);
+    assert!(r.header("retry-after").is_some_and(|w| w.parse::<u64>().is_ok_and(|w| w > 0 && w <= 60)));
+    assert!(r.body.contains("Too many failed logins"), "{}", r.body);
+    assert_eq!(post_login(s.served.addr, "vic", &s.passwords["vic"]).status, 303, "another name logs in");
 }
 
 #[test]
@@ -217,7 +247,7 @@ fn a_removed_user_is_logged_out_and_cannot_log_in_again() {
     s.hub.ok(&["console", "user", "remove", "vic"]);
     assert!(!s.hub.ok(&["console", "user", "list"]).contains("vic"));
     assert_eq!(s.send("GET", "/releases", Some(&cookie), None).status, 303);
-    let again = s.send("POST", "/login", None, Some(&format!("user=vic&password={}", s.passwords["vic"])));
+    let again = post_login(s.served.addr, "vic", &s.passwords["vic"]);
     assert_eq!(again.status, 401);
     assert!(!s.hub.cli(&["console", "user", "remove", "vic"]).status.success(), "removing nobody is an error");
 }
@@ -255,24 +285,38 @@ fn with_console_tls_the_console_serves_https_and_its_cookie_is_secure() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let body = format!("user=vic&password={}", s.passwords["vic"]);
-    let request = format!(
-        "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
     let addr = s.served.addr;
-    let answer = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::IpAddress(addr.ip().into());
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
-        tls.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        let _ = tls.read_to_string(&mut out).await; // the server may close without close_notify
-        out
-    });
+    let config = Arc::new(config);
+    let exchange = |request: String| {
+        let config = config.clone();
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::IpAddress(addr.ip().into());
+            let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+            tls.write_all(request.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            let _ = tls.read_to_string(&mut out).await; // the server may close without close_notify
+            out
+        })
+    };
+    let set_cookie =
+        |answer: &str| answer.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap().to_owned();
+    let form = exchange("GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_owned());
+    let login_cookie = set_cookie(&form);
+    assert!(login_cookie.contains("; Secure"), "{login_cookie}");
+    let login_cookie = login_cookie.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_owned();
+    let token = form.split("name=\"login_csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+    let body = format!("user=vic&password={}&login_csrf={token}", s.passwords["vic"]);
+    let answer = exchange(format!(
+        "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: {login_cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
     assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
-    let cookie = answer.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap();
-    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    let cookie = set_cookie(&answer);
+    assert!(
+        cookie.contains("outpost_session=") && cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     // Clear text to the TLS port gets no page.
     let plain = std::panic::catch_unwind(|| request_plain(addr)).unwrap_or_default();
     assert!(!plain.contains("200 OK") && !plain.contains("303"), "{plain}");
@@ -332,4 +376,38 @@ fn the_binary_serves_the_console_it_is_asked_for_and_refuses_clear_text_off_loop
     let _ = child.wait();
     assert_eq!(login.status, 200, "{}", login.body);
     assert!(login.body.contains("Log in"));
+}
+
+/// The chart of devices per state over time is stored as it is sampled: a console started again on the same
+/// store draws it at once from what was sampled before, instead of starting from nothing.
+#[test]
+#[allow(clippy::disallowed_methods)] // waits on a real server's sampler
+fn the_releases_chart_survives_a_restart_of_the_hub() {
+    let s = Served::start_with(|_, c| c.sample_period = std::time::Duration::from_millis(50));
+    let stored = |hub: &outpost_hub::service::Hub| hub.store().unwrap().registry().console_charts().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored(&s.served.hub).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no chart sample was stored");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(stored(&s.served.hub)[0].0, "r1");
+    // The next console's sample falls on a later second than the stored one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let Served { hub, served, passwords, .. } = s;
+    drop(served);
+    // One sample from this console (at its start), none after: a chart needs the stored one too.
+    let again = support::console::serve_with(&hub, Arc::new(cli::Commands), |c| {
+        c.sample_period = std::time::Duration::from_secs(3600);
+    });
+    let cookie = support::console::login(again.addr, "vic", &passwords["vic"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = request(again.addr, "GET", "/releases", Some(&cookie), None).body;
+        if !page.contains("fills in as the console samples") {
+            assert!(page.contains("<svg class=\"chart\""), "{page}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the restarted console drew no chart: {page}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

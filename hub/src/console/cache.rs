@@ -1,6 +1,6 @@
 //! What the console's pages read instead of decoding the store on every request: a value built from the store
-//! (the device index, the releases with their status), served as is while a background thread rebuilds it once it
-//! is older than `cache_max_age`, and dropped after an action so the next page shows the action's effect.
+//! (the releases with their status), served as is while a background thread rebuilds it once it is older than
+//! `cache_max_age`, and dropped after an action so the next page shows the action's effect.
 //!
 //! Invariants: at most one rebuild of a value runs at a time; a failed rebuild keeps the previous value; a rebuild
 //! that started before an invalidation never stores its (older) result.

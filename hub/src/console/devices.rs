@@ -1,10 +1,8 @@
-//! The Devices list and the Device page. The list filters and pages an in-memory index of every device's few
-//! filterable fields (rebuilt in the background when older than `device_index_max_age`, dropped after an action),
-//! so a page over a 100,000-device fleet scans compact rows instead of decoding every device record.
+//! The Devices list and the Device page. The list filters and pages the console's in-memory device index
+//! ([`super::index`], kept current by re-reading only the devices written since), so a page over a 100,000-device
+//! fleet scans compact rows instead of decoding every device record.
 //!
 //! The Device page reads that one device's record, its place in each release and its telemetry fresh.
-
-use std::collections::{BTreeMap, BTreeSet};
 
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -13,99 +11,10 @@ use outpost_shared::Digest;
 use outpost_shared::rollout::{DeviceState, Outcome};
 
 use super::http::{PageError, State, hub_err};
+use super::index::Row;
 use super::render::{may_act, short, time};
 use super::users::Session;
 use crate::registry::DeviceStatus;
-use crate::service::Hub;
-
-/// One device's filterable fields.
-#[derive(Debug, Clone)]
-pub struct Row {
-    key: String,
-    site: Option<String>,
-    channel: String,
-    hardware: bool,
-    revoked: bool,
-    site_node: bool,
-    active: Option<Digest>,
-    last_report: Option<u64>,
-    attestation: Option<String>,
-    refusals: usize,
-}
-
-/// What the Sites page shows of one site, gathered with the index.
-#[derive(Debug, Clone, Default)]
-pub struct SiteSummary {
-    /// Keys of its site nodes.
-    pub nodes: Vec<String>,
-    /// Policy digests its devices last reported enforcing, with how many devices each.
-    pub policies: BTreeMap<Digest, u64>,
-    /// Its devices.
-    pub devices: u64,
-    /// Of them, revoked.
-    pub revoked: u64,
-    /// Packages refused now, per rule (devices' last reports).
-    pub refusals: BTreeMap<String, u64>,
-}
-
-/// Every device's row, sorted by key, and the values the filters offer.
-#[derive(Debug, Default)]
-pub struct Index {
-    rows: Vec<Row>,
-    channels: BTreeSet<String>,
-    /// Per site.
-    pub sites: BTreeMap<String, SiteSummary>,
-    packages: BTreeMap<Digest, (String, u64)>,
-}
-
-/// Builds the index from every device record.
-pub fn build_index(hub: &Hub) -> Result<Index, PageError> {
-    let store = hub.store().map_err(hub_err)?;
-    let reg = store.registry();
-    let mut ix = Index::default();
-    for d in store.devices().devices().map_err(hub_err)? {
-        ix.channels.insert(d.channel.clone());
-        let revoked = d.status == DeviceStatus::Revoked;
-        if let Some(site) = &d.site {
-            let s = ix.sites.entry(site.clone()).or_default();
-            s.devices += 1;
-            s.revoked += u64::from(revoked);
-            if d.site_node {
-                s.nodes.push(d.key.clone());
-            }
-            if let Some(p) = d.policy {
-                *s.policies.entry(p).or_default() += 1;
-            }
-            for r in &d.refusals {
-                *s.refusals.entry(r.rule.clone()).or_default() += 1;
-            }
-        }
-        if let Some(a) = d.active {
-            let e = ix.packages.entry(a).or_insert_with(|| (String::new(), 0));
-            e.1 += 1;
-        }
-        ix.rows.push(Row {
-            hardware: d.tpm.is_some(),
-            revoked,
-            site_node: d.site_node,
-            active: d.active,
-            last_report: d.last_report,
-            attestation: d.attestation.map(|a| a.status),
-            refusals: d.refusals.len(),
-            site: d.site,
-            channel: d.channel,
-            key: d.key,
-        });
-    }
-    for (d, (label, _)) in ix.packages.iter_mut() {
-        *label = match reg.record(d).map_err(hub_err)? {
-            Some(r) => format!("{}@{}", r.name, r.version),
-            None => short(&d.to_hex()).to_owned(),
-        };
-    }
-    ix.rows.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(ix)
-}
 
 /// The Devices page's filters, from its query string (each empty or absent: any).
 #[derive(Debug, Default, Deserialize)]
@@ -117,7 +26,8 @@ pub struct DeviceQuery {
     /// `hardware` or `software`.
     #[serde(default)]
     tier: String,
-    /// `approved` or `revoked`.
+    /// `approved` or `revoked`, or the device's outcome in the newest release that includes it (see
+    /// [`ReleaseOutcome`]).
     #[serde(default)]
     state: String,
     /// A package reference (digest, prefix, name@version or alias): the package devices serve.
@@ -164,8 +74,9 @@ fn percent_encode(v: &str) -> String {
 
 /// The Devices page: filter form, the matching devices (one page of them) and the count.
 pub fn list(st: &State, _s: &Session, q: &DeviceQuery) -> Result<Markup, PageError> {
-    let built = st.index()?;
-    let ix = &built.value;
+    let guard = st.index()?;
+    let built = super::index::current(&guard)?;
+    let ix = &built.index;
     let package = match q.package.trim() {
         "" => None,
         r => Some(
@@ -183,18 +94,41 @@ pub fn list(st: &State, _s: &Session, q: &DeviceQuery) -> Result<Markup, PageErr
         "software" => Some(false),
         other => return Err(PageError::BadRequest(format!("tier `{other}` is not hardware or software"))),
     };
-    let revoked = match q.state.as_str() {
+    let state = match q.state.as_str() {
         "" => None,
-        "approved" => Some(false),
-        "revoked" => Some(true),
-        other => return Err(PageError::BadRequest(format!("state `{other}` is not approved or revoked"))),
+        "approved" => Some(StateFilter::Revoked(false)),
+        "revoked" => Some(StateFilter::Revoked(true)),
+        other => match ReleaseOutcome::ALL.iter().find(|o| o.word() == other) {
+            Some(o) => Some(StateFilter::Release(*o)),
+            None => {
+                let words: Vec<&str> = ReleaseOutcome::ALL.iter().map(|o| o.word()).collect();
+                return Err(PageError::BadRequest(format!(
+                    "state `{other}` is not approved, revoked or a release outcome ({})",
+                    words.join(", ")
+                )));
+            }
+        },
+    };
+    // Only a release-outcome filter reads the releases.
+    let releases = match state {
+        Some(StateFilter::Release(_)) => Some(st.releases()?),
+        _ => None,
+    };
+    let newest_outcome = |key: &str| {
+        releases.as_ref().and_then(|rs| {
+            rs.value.iter().rev().find_map(|r| r.record.rollout.devices.get(key)).map(|e| ReleaseOutcome::of(&e.state))
+        })
     };
     let matches = |r: &&Row| {
         (q.site.is_empty() || r.site.as_deref() == Some(q.site.as_str()))
             && (q.channel.is_empty() || r.channel == q.channel)
             && tier.is_none_or(|t| r.hardware == t)
-            && revoked.is_none_or(|v| r.revoked == v)
             && package.is_none_or(|p| r.active == Some(p))
+            && match state {
+                None => true,
+                Some(StateFilter::Revoked(v)) => r.revoked == v,
+                Some(StateFilter::Release(o)) => newest_outcome(&r.key) == Some(o),
+            }
     };
     let per = st.config.page_size.max(1);
     let total = ix.rows.iter().filter(matches).count();
@@ -214,9 +148,10 @@ pub fn list(st: &State, _s: &Session, q: &DeviceQuery) -> Result<Markup, PageErr
         }
     };
     let sites = ix.sites.keys().map(|s| (s.clone(), s.clone())).collect();
-    let channels = ix.channels.iter().map(|c| (c.clone(), c.clone())).collect();
+    let channels = ix.channels.keys().map(|c| (c.clone(), c.clone())).collect();
     let tiers = vec![("hardware".into(), "hardware (TPM)".into()), ("software".into(), "software".into())];
-    let states = vec![("approved".into(), "approved".into()), ("revoked".into(), "revoked".into())];
+    let mut states = vec![("approved".into(), "approved".into()), ("revoked".into(), "revoked".into())];
+    states.extend(ReleaseOutcome::ALL.iter().map(|o| (o.word().to_owned(), format!("newest release: {}", o.word()))));
     let packages =
         ix.packages.iter().map(|(d, (label, n))| (d.to_hex(), format!("{label} ({n} devices)"))).collect::<Vec<_>>();
     let package_value = package.map(|d| d.to_hex()).unwrap_or_default();
@@ -251,7 +186,7 @@ pub fn list(st: &State, _s: &Session, q: &DeviceQuery) -> Result<Markup, PageErr
                         } }
                         td { (r.last_report.map_or("never".to_owned(), time)) }
                         td { (r.attestation.as_deref().unwrap_or("-")) }
-                        td.num { (r.refusals) }
+                        td.num { (r.refusals.len()) }
                     }
                 }
             }
@@ -359,6 +294,62 @@ pub fn page(st: &State, s: &Session, key: &str) -> Result<Markup, PageError> {
             }
         }
     })
+}
+
+/// What the state filter asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StateFilter {
+    /// Revoked (true) or approved (false).
+    Revoked(bool),
+    /// This outcome in the newest release that includes the device.
+    Release(ReleaseOutcome),
+}
+
+/// A device's outcome in a release, in the words of the Releases page's progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Passed its health window.
+    Installed,
+    /// Failed before switching.
+    Failed,
+    /// Switched, then rolled back.
+    RolledBack,
+    /// Its site's policy rejected the package.
+    Rejected,
+    /// Waiting for its stage, or assigned without an outcome yet.
+    Pending,
+}
+
+impl ReleaseOutcome {
+    /// Every outcome, in the bars' order.
+    pub const ALL: [ReleaseOutcome; 5] = [
+        ReleaseOutcome::Installed,
+        ReleaseOutcome::Failed,
+        ReleaseOutcome::RolledBack,
+        ReleaseOutcome::Rejected,
+        ReleaseOutcome::Pending,
+    ];
+
+    /// Its word in the filter's query.
+    pub fn word(self) -> &'static str {
+        match self {
+            ReleaseOutcome::Installed => "installed",
+            ReleaseOutcome::Failed => "failed",
+            ReleaseOutcome::RolledBack => "rolled-back",
+            ReleaseOutcome::Rejected => "rejected",
+            ReleaseOutcome::Pending => "pending",
+        }
+    }
+
+    fn of(s: &DeviceState) -> ReleaseOutcome {
+        match s {
+            DeviceState::Waiting | DeviceState::Assigned => ReleaseOutcome::Pending,
+            DeviceState::Reported(Outcome::Installed) => ReleaseOutcome::Installed,
+            DeviceState::Reported(Outcome::Failed { .. }) => ReleaseOutcome::Failed,
+            DeviceState::Reported(Outcome::RolledBack { .. }) => ReleaseOutcome::RolledBack,
+            DeviceState::Reported(Outcome::RejectedByPolicy { .. }) => ReleaseOutcome::Rejected,
+        }
+    }
 }
 
 fn ms(us: Option<u64>) -> String {

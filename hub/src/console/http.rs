@@ -23,6 +23,11 @@ use crate::service::Hub;
 /// The session cookie's name.
 pub const COOKIE: &str = "outpost_session";
 
+/// The login form's cookie: a random value the form repeats in a hidden field (a double submit). Being
+/// `SameSite=Strict`, a login posted from another site arrives without it and is refused, so no site can log a
+/// browser in under someone else's name.
+pub const LOGIN_COOKIE: &str = "outpost_login";
+
 /// What every request handler shares.
 pub struct State {
     pub(super) config: ConsoleConfig,
@@ -30,11 +35,13 @@ pub struct State {
     pub(super) handler: Option<Arc<dyn Handler<Hub>>>,
     pub(super) after: Arc<dyn Fn() + Send + Sync>,
     pub(super) sessions: Sessions,
-    pub(super) devices: Cached<super::devices::Index>,
+    pub(super) devices: super::index::LiveIndex,
     pub(super) releases: Cached<Vec<super::pages::ReleaseView>>,
     pub(super) history: render::History,
     /// Password checks running at once (each Argon2id check takes its memory cost: a flood of logins must not).
     logins: tokio::sync::Semaphore,
+    /// Failed logins per user name.
+    throttle: super::throttle::Throttle,
     secure: bool,
 }
 
@@ -77,10 +84,11 @@ impl State {
     ) -> State {
         State {
             sessions: Sessions::new(config.sessions),
-            devices: Cached::new("device index", super::devices::build_index),
+            devices: super::index::LiveIndex::default(),
             releases: Cached::new("releases", super::pages::build_releases),
             history: render::History::new(config.max_samples),
             logins: tokio::sync::Semaphore::new(config.max_concurrent_logins.max(1)),
+            throttle: super::throttle::Throttle::new(config.login_throttle),
             config,
             hub,
             handler,
@@ -89,9 +97,9 @@ impl State {
         }
     }
 
-    /// The device index (see `cache`). Call from the blocking pool.
-    pub fn index(&self) -> Result<Arc<Built<super::devices::Index>>, PageError> {
-        self.devices.get(&self.hub, self.ages())
+    /// The device index, brought up to date (see `index`). Call from the blocking pool.
+    pub fn index(&self) -> Result<std::sync::RwLockReadGuard<'_, Option<super::index::Current>>, PageError> {
+        self.devices.read(&self.hub)
     }
 
     /// Every release with its status (see `cache`). Call from the blocking pool.
@@ -103,9 +111,8 @@ impl State {
         super::cache::Ages { fresh: self.config.cache_max_age, stale: self.config.cache_stale_age }
     }
 
-    /// Forgets what the pages cached (after an action).
+    /// Forgets the releases the pages cached (after an action; the device index follows the store's writes).
     pub fn invalidate(&self) {
-        self.devices.invalidate();
         self.releases.invalidate();
     }
 
@@ -122,12 +129,12 @@ impl State {
         Some(session)
     }
 
-    /// Renders a page for a logged-in user on the blocking pool, inside the layout, timed.
+    /// Renders a page for a logged-in user on the blocking pool, inside the layout, timed, refreshing itself in a
+    /// browser with JavaScript every `live_refresh`.
     async fn page(
         self: Arc<Self>,
         headers: &HeaderMap,
         title: &'static str,
-        live: bool,
         body: impl FnOnce(&State, &Session) -> Result<Markup, PageError> + Send + 'static,
     ) -> Response {
         let Some(session) = self.session(headers) else { return Redirect::to("/login").into_response() };
@@ -141,7 +148,7 @@ impl State {
         .await;
         match rendered {
             Ok((Ok(body), took, session)) => {
-                let live = live.then_some(self.config.live_refresh.as_secs().max(1));
+                let live = Some(self.config.live_refresh.as_secs().max(1));
                 page_response(StatusCode::OK, render::layout_live(title, Some(&session), took, live, body))
             }
             Ok((Err(e), _, session)) => error_page(e.status(), Some(&session), &e.to_string()),
@@ -302,20 +309,50 @@ async fn css() -> Response {
 struct LoginForm {
     user: String,
     password: String,
+    /// The login form's token, repeating [`LOGIN_COOKIE`].
+    #[serde(default)]
+    login_csrf: String,
 }
 
 async fn login_form(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Response {
     if st.session(&headers).is_some() {
         return Redirect::to("/releases").into_response();
     }
-    page_response(StatusCode::OK, render::login(None))
+    login_page(&st, StatusCode::OK, None)
 }
 
-async fn login(AxState(st): AxState<Arc<State>>, Form(form): Form<LoginForm>) -> Response {
+/// The login page with a fresh form token (and its cookie).
+fn login_page(st: &State, status: StatusCode, error: Option<&str>) -> Response {
+    let token = super::users::hex32(&mut **st.hub.rng());
+    let mut r = page_response(status, render::login(error, &token));
+    let secure = if st.secure { "; Secure" } else { "" };
+    let cookie = format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn login(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty()
+        || aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), form.login_csrf.as_bytes()).is_err()
+    {
+        tracing::warn!("console: refused a login without its form's token");
+        let msg = "This login form expired or was posted from another site: log in again here.";
+        return login_page(&st, StatusCode::FORBIDDEN, Some(msg));
+    }
+    if let Err(wait) = st.throttle.check(&form.user, st.hub.clock().wall()) {
+        tracing::warn!(user = %form.user, wait, "console: a login refused while throttled");
+        let msg = format!("Too many failed logins for this name: try again in {wait} s.");
+        let mut r = login_page(&st, StatusCode::TOO_MANY_REQUESTS, Some(&msg));
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return r;
+    }
     let Ok(_permit) = st.logins.acquire().await else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE, None, "the console is shutting down");
     };
-    let s = st.clone();
+    let (s, name) = (st.clone(), form.user.clone());
     let checked = tokio::task::spawn_blocking(move || -> Result<Option<super::User>, PageError> {
         let store = s.hub.store().map_err(hub_err)?;
         let Some(user) = store.registry().console_user(&form.user).map_err(hub_err)? else { return Ok(None) };
@@ -325,12 +362,14 @@ async fn login(AxState(st): AxState<Arc<State>>, Form(form): Form<LoginForm>) ->
     let user = match checked {
         Ok(Ok(Some(user))) => user,
         Ok(Ok(None)) => {
-            tracing::warn!("console: a login failed");
-            return page_response(StatusCode::UNAUTHORIZED, render::login(Some("Wrong user name or password.")));
+            tracing::warn!(user = %name, "console: a login failed");
+            st.throttle.failed(&name, st.hub.clock().wall());
+            return login_page(&st, StatusCode::UNAUTHORIZED, Some("Wrong user name or password."));
         }
         Ok(Err(e)) => return error_page(e.status(), None, &e.to_string()),
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, None, &e.to_string()),
     };
+    st.throttle.succeeded(&name);
     let (token, session) = st.sessions.open(&user, st.hub.clock().wall(), &mut **st.hub.rng());
     tracing::info!(user = %session.user, role = session.role.as_str(), "console: {} logged in", session.user);
     let secure = if st.secure { "; Secure" } else { "" };
@@ -338,7 +377,12 @@ async fn login(AxState(st): AxState<Arc<State>>, Form(form): Form<LoginForm>) ->
         format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", st.config.sessions.ttl_secs);
     let mut r = Redirect::to("/releases").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    // The form's token is spent.
+    let spent = format!("{LOGIN_COOKIE}=; Path=/login; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&spent) {
+        r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
 }
@@ -368,7 +412,7 @@ async fn logout(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Form(form)
 }
 
 async fn releases(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    st.page(&headers, "Releases", true, super::pages::releases).await
+    st.page(&headers, "Releases", super::pages::releases).await
 }
 
 async fn devices(
@@ -376,23 +420,23 @@ async fn devices(
     headers: HeaderMap,
     Query(q): Query<super::devices::DeviceQuery>,
 ) -> Response {
-    st.page(&headers, "Devices", false, move |st, s| super::devices::list(st, s, &q)).await
+    st.page(&headers, "Devices", move |st, s| super::devices::list(st, s, &q)).await
 }
 
 async fn device(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Path(key): Path<String>) -> Response {
-    st.page(&headers, "Device", false, move |st, s| super::devices::page(st, s, &key)).await
+    st.page(&headers, "Device", move |st, s| super::devices::page(st, s, &key)).await
 }
 
 async fn sites(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    st.page(&headers, "Sites", false, super::pages::sites).await
+    st.page(&headers, "Sites", super::pages::sites).await
 }
 
 async fn packages(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Response {
-    st.page(&headers, "Packages", false, super::packages::list).await
+    st.page(&headers, "Packages", super::packages::list).await
 }
 
 async fn package(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Path(d): Path<String>) -> Response {
-    st.page(&headers, "Package", false, move |st, s| super::packages::page(st, s, &d)).await
+    st.page(&headers, "Package", move |st, s| super::packages::page(st, s, &d)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,5 +446,5 @@ pub(super) struct PageQuery {
 }
 
 async fn audit(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Response {
-    st.page(&headers, "Audit log", false, move |st, s| super::pages::audit(st, s, q.page.unwrap_or(1))).await
+    st.page(&headers, "Audit log", move |st, s| super::pages::audit(st, s, q.page.unwrap_or(1))).await
 }

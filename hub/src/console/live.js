@@ -1,5 +1,5 @@
-// Live updates for the pages that opt in (`data-live-secs` on <body>, the Releases page): every few seconds the
-// page is fetched again and its <main> swapped in, unless the reader is in one of its forms. Without JavaScript
+// Live updates for the pages that opt in (`data-live-secs` on <body>: every page behind the login): every few
+// seconds the page is fetched again and its <main> swapped in, unless the reader is in one of its forms. Without JavaScript
 // every page reads the same; a reload shows what this would have.
 (function () {
   "use strict";

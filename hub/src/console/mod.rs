@@ -2,18 +2,20 @@
 //! few actions an operator may take from a browser, run by the same admin handler the CLI's commands run through.
 //!
 //! Invariants: it runs inside the one process that owns the store and never opens it again; every page needs a
-//! session (viewer or operator) and reads the same without JavaScript (one small script only refreshes Releases);
+//! session (viewer or operator) and reads the same without JavaScript (one small script only refreshes them in place);
 //! every state-changing request needs an operator's session, that session's CSRF token, and lands in the audit log
-//! under the operator's name; a non-loopback bind without TLS is refused; all text is escaped by the templates
+//! under the operator's name; a login needs its form's token and is throttled per user name after a few failures; a non-loopback bind without TLS is refused; all text is escaped by the templates
 //! (maud).
 
 mod actions;
 mod cache;
 mod devices;
 mod http;
+mod index;
 mod packages;
 mod pages;
 mod render;
+mod throttle;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -26,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::admin::Handler;
 use crate::service::Hub;
 
+pub use render::Sample;
+pub use throttle::ThrottleLimits;
 pub use users::{Role, SessionLimits, User};
 
 /// An action an operator takes from the console; the admin handler runs it as the matching CLI command would, with
@@ -86,22 +90,24 @@ pub struct ConsoleConfig {
     pub sessions: SessionLimits,
     /// Rows per page of the device and audit lists.
     pub page_size: usize,
-    /// How old what pages read from memory (the device index, the releases with their status) may get before a
-    /// page has it rebuilt (in the background; pages are served from the previous copy meanwhile, and an action
-    /// here drops it at once).
+    /// How old the releases with their status, as pages read them from memory, may get before a page has them
+    /// rebuilt (in the background; pages are served from the previous copy meanwhile, and an action here drops it at
+    /// once). The device index is not aged: it follows the store's writes.
     pub cache_max_age: Duration,
     /// Older than this (nobody opened a page for a while), a page waits for a fresh copy instead of being served the
     /// old one.
     pub cache_stale_age: Duration,
     /// How often the releases' device counts are sampled for the chart of devices per state over time (which also
-    /// keeps those caches warm).
+    /// keeps the releases warm and the device index current).
     pub sample_period: Duration,
     /// Samples kept per release for that chart.
     pub max_samples: usize,
-    /// How often the Releases page refreshes itself in a browser with JavaScript (`live.js`).
+    /// How often a page refreshes itself in a browser with JavaScript (`live.js`).
     pub live_refresh: Duration,
     /// Password checks run at once; further logins wait their turn.
     pub max_concurrent_logins: usize,
+    /// How failed logins for one user name slow further attempts.
+    pub login_throttle: ThrottleLimits,
     /// Longest abort reason accepted, in bytes.
     pub max_reason_len: usize,
     /// How long a TLS handshake may take before the connection is dropped.
@@ -122,6 +128,7 @@ impl ConsoleConfig {
             max_samples: 960,
             live_refresh: Duration::from_secs(10),
             max_concurrent_logins: 2,
+            login_throttle: ThrottleLimits::default(),
             max_reason_len: 500,
             tls_handshake_timeout: Duration::from_secs(10),
         }

@@ -157,8 +157,8 @@ fn actions(s: &Session, id: &str, status: &Status, live: bool) -> Markup {
 
 /// The Sites page: per site, its node, the policy its devices enforce, rejections by rule, and its devices.
 pub fn sites(st: &State, _s: &Session) -> Result<Markup, PageError> {
-    let built = st.index()?;
-    let index = &built.value;
+    let guard = st.index()?;
+    let index = &super::index::current(&guard)?.index;
     let store = st.hub.store().map_err(hub_err)?;
     let groups = store
         .telemetry()

@@ -60,11 +60,12 @@ pub fn layout_live(title: &str, session: Option<&Session>, took: Duration, live:
 }
 
 /// The login page, with an error line after a failed attempt.
-pub fn login(error: Option<&str>) -> Markup {
+pub fn login(error: Option<&str>, form_token: &str) -> Markup {
     let body = html! {
         h1 { "Log in" }
         @if let Some(e) = error { p.error { (e) } }
         form.login method="post" action="/login" {
+            input type="hidden" name="login_csrf" value=(form_token);
             label { "User " input type="text" name="user" autocomplete="username" required; }
             label { "Password " input type="password" name="password" autocomplete="current-password" required; }
             button type="submit" { "Log in" }
@@ -131,7 +132,7 @@ pub fn legend() -> Markup {
 }
 
 /// One sample of a release's cohort.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     /// When.
     pub at: UnixSeconds,
@@ -153,12 +154,13 @@ impl History {
     }
 
     /// Adds a sample: one at the newest's second replaces it, an older one (a clock gone back, a copy built
-    /// before the newest) is dropped, so samples stay in time order.
-    pub fn record(&self, release: &str, sample: Sample) {
+    /// before the newest) is dropped, so samples stay in time order. Whether the counts changed (worth storing).
+    pub fn record(&self, release: &str, sample: Sample) -> bool {
         let mut all = self.by_release.lock().unwrap_or_else(|p| p.into_inner());
         let q = all.entry(release.to_owned()).or_default();
+        let changed = q.back().is_none_or(|b| b.stats != sample.stats);
         match q.back() {
-            Some(b) if sample.at < b.at => return,
+            Some(b) if sample.at < b.at => return false,
             Some(b) if sample.at == b.at => {
                 q.pop_back();
             }
@@ -167,6 +169,18 @@ impl History {
         q.push_back(sample);
         while q.len() > self.max {
             q.pop_front();
+        }
+        changed
+    }
+
+    /// Puts back the samples stored before a restart (each release's, unless it has some already).
+    pub fn restore(&self, stored: Vec<(String, Vec<Sample>)>) {
+        let mut all = self.by_release.lock().unwrap_or_else(|p| p.into_inner());
+        for (release, samples) in stored {
+            let q = all.entry(release).or_default();
+            if q.is_empty() {
+                q.extend(samples.into_iter().rev().take(self.max).rev());
+            }
         }
     }
 
@@ -184,20 +198,26 @@ pub async fn sample_releases(state: Arc<State>) {
     loop {
         tick.tick().await;
         let st = state.clone();
-        let warm = std::mem::take(&mut first);
+        let restore = std::mem::take(&mut first);
         let sampled = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            // Keeps the releases warm; the device index is built once at start and then only as pages ask.
-            let built = st.releases().map_err(|e| e.to_string())?;
-            if warm {
-                st.index().map_err(|e| e.to_string())?;
+            let reg = st.hub.store().map_err(|e| e.to_string())?.registry();
+            if restore {
+                st.history.restore(reg.console_charts().map_err(|e| e.to_string())?);
             }
+            // Keeps the releases warm, and the device index current (built on the first tick, at start), so a
+            // page finds little to catch up on.
+            let built = st.releases().map_err(|e| e.to_string())?;
+            st.devices.catch_up(&st.hub).map_err(|e| e.to_string())?;
             for r in &built.value {
                 // The devices the release is judged on now: the shadow cohort while in shadow, else the serving one.
                 let stats = match (r.status.position, r.status.shadow) {
                     (outpost_shared::rollout::Position::Shadow, Some(shadow)) => shadow,
                     _ => r.status.cohort,
                 };
-                st.history.record(&r.id, Sample { at: built.wall, stats });
+                // A change is stored (the samples between two changes are flat: the chart keeps its shape).
+                if st.history.record(&r.id, Sample { at: built.wall, stats }) {
+                    reg.console_chart_put(&r.id, &st.history.samples(&r.id)).map_err(|e| e.to_string())?;
+                }
             }
             Ok(())
         })

@@ -198,7 +198,8 @@ pub struct Sessions {
     limits: SessionLimits,
 }
 
-fn hex32(rng: &mut dyn Rng) -> String {
+/// 32 random bytes from `rng`, hex.
+pub(super) fn hex32(rng: &mut dyn Rng) -> String {
     let mut b = [0u8; 32];
     rng.fill(&mut b);
     hex::encode(b)

@@ -87,6 +87,8 @@ const RECONCILIATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("cont
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enrolment_tokens");
 /// Web console operators by login name: role and password hash (`crate::console::users::User`).
 const CONSOLE_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("console_users");
+/// The console's chart samples: release id → its samples (canonical CBOR), so the chart survives a restart.
+const CONSOLE_CHARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("console_charts");
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]

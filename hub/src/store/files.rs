@@ -21,6 +21,10 @@ use redb::{
 /// while opening, never per request.
 static OPEN: LazyLock<Mutex<HashMap<PathBuf, Opened>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
+/// How many device writes [`SharedDb::device_changes`] keeps: at a thousand writes a second, 100 s of them (about
+/// 10 MB); a reader further behind reads the whole table again.
+pub const DEVICE_CHANGES_KEPT: usize = 100_000;
+
 /// A file's shared handle (gone once its last user drops it) and how many times it was really opened.
 type Opened = (Weak<SharedDb>, u64);
 
@@ -32,6 +36,10 @@ pub struct SharedDb {
     suspect: std::sync::atomic::AtomicBool,
     /// `None` between dropping a handle that met an I/O error and opening the file again.
     db: RwLock<Option<Arc<Database>>>,
+    /// The keys written to the index's devices table by this process (see [`super::changes`]).
+    device_changes: super::changes::ChangeLog,
+    /// The index's release records as decoded (see [`super::decoded`]).
+    releases_decoded: super::decoded::Decoded,
 }
 
 impl std::fmt::Debug for SharedDb {
@@ -41,6 +49,16 @@ impl std::fmt::Debug for SharedDb {
 }
 
 impl SharedDb {
+    /// The keys written to the devices table (of the index file) by this process, newest [`DEVICE_CHANGES_KEPT`].
+    pub fn device_changes(&self) -> &super::changes::ChangeLog {
+        &self.device_changes
+    }
+
+    /// The release records (of the index file) as last decoded or written in this process.
+    pub fn releases_decoded(&self) -> &super::decoded::Decoded {
+        &self.releases_decoded
+    }
+
     /// Begins a write transaction, reopening the file first if an I/O error closed the handle.
     pub fn begin_write(&self) -> Result<WriteTransaction, TransactionError> {
         self.with_handle(|db| db.begin_write())
@@ -116,6 +134,8 @@ pub fn open_shared(path: &Path, create: bool) -> Result<Arc<SharedDb>, DatabaseE
         path: path.to_owned(),
         suspect: std::sync::atomic::AtomicBool::new(false),
         db: RwLock::new(Some(db)),
+        device_changes: super::changes::ChangeLog::new(DEVICE_CHANGES_KEPT),
+        releases_decoded: super::decoded::Decoded::new(super::decoded::DECODED_BYTES_KEPT),
     });
     *entry = (Arc::downgrade(&db), entry.1 + 1);
     Ok(db)

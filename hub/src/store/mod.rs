@@ -1,8 +1,11 @@
 //! The hub's durable state, open once: the registry index and the telemetry store behind the narrow storage traits
 //! (`crate::storage`); the serving hub holds one [`Store`] for its whole life and nothing reopens it per request.
 //!
-//! Each database file is opened through [`files`]: one handle per file per process, shared.
+//! Each database file is opened through [`files`]: one handle per file per process, shared, with the log of the
+//! device keys written ([`changes`]) and the release records as decoded ([`decoded`]).
 
+pub mod changes;
+pub mod decoded;
 pub mod files;
 
 use std::path::Path;

@@ -102,9 +102,20 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>,
     Reply { status, head: head.to_owned(), body: body.to_owned() }
 }
 
+/// Posts the login form as a browser does: fetches the form first (its token and the cookie repeating it).
+pub fn post_login(addr: SocketAddr, user: &str, password: &str) -> Reply {
+    let form = request(addr, "GET", "/login", None, None);
+    assert_eq!(form.status, 200, "{}", form.body);
+    let cookie = form.header("set-cookie").unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let token = form.body.split("name=\"login_csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+    request(addr, "POST", "/login", Some(&cookie), Some(&format!("user={user}&password={password}&login_csrf={token}")))
+}
+
 /// Logs `user` in with `password`; returns the session cookie (`name=value`).
 pub fn login(addr: SocketAddr, user: &str, password: &str) -> String {
-    let r = request(addr, "POST", "/login", None, Some(&format!("user={user}&password={password}")));
+    let r = post_login(addr, user, password);
     assert_eq!(r.status, 303, "{}", r.body);
     let cookie = r.header("set-cookie").unwrap();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
