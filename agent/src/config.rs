@@ -122,6 +122,8 @@ struct RawInference {
     shadow_percent: u32,
     #[serde(default)]
     token_file: Option<String>,
+    #[serde(default)]
+    socket: Option<String>,
 }
 
 fn default_shadow_percent() -> u32 {
@@ -134,7 +136,12 @@ fn default_inference_bind() -> String {
 
 impl Default for RawInference {
     fn default() -> Self {
-        RawInference { bind: default_inference_bind(), shadow_percent: default_shadow_percent(), token_file: None }
+        RawInference {
+            bind: default_inference_bind(),
+            shadow_percent: default_shadow_percent(),
+            token_file: None,
+            socket: None,
+        }
     }
 }
 
@@ -194,6 +201,8 @@ pub struct AgentConfig {
     /// A file holding the bearer token the inference API requires (`None`: no token, anyone who can reach
     /// `inference_bind` may call it). Read at start (`outpost_agent::inference::BearerToken::load`).
     pub inference_token_file: Option<PathBuf>,
+    /// A Unix socket the inference API is also served on (`None`: TCP only).
+    pub inference_socket: Option<PathBuf>,
     /// The site policy this device enforces, if any.
     pub policy: Option<PolicySource>,
     /// Where a site node (`run --mode site`) serves its devices.
@@ -248,6 +257,9 @@ bind = "127.0.0.1:8080"
 # can reach `bind` may call the API. The health probes (/v2/health/live, /v2/health/ready) never need it; /metrics
 # and the model routes do. Make the file readable by the agent and its callers only (mode 0640 or tighter).
 # token_file = "inference.token"
+# Optional: also serve the API on this Unix socket (relative to this file's directory; mode 0660, replaced at each
+# start), for clients on the device: no TCP stack in the way. `curl --unix-socket PATH http://localhost/v2`.
+# socket = "inference.sock"
 # During a release's shadow stage the hub has the device run the new package beside the active one, on this share
 # of answered requests (percent), comparing answers; the shadow never serves.
 shadow_percent = 10
@@ -375,6 +387,7 @@ impl AgentConfig {
             inference_bind,
             shadow_percent: raw.inference.shadow_percent,
             inference_token_file: raw.inference.token_file.map(|f| base.join(f)),
+            inference_socket: raw.inference.socket.map(|f| base.join(f)),
             site_bind,
             site_cache_max_bytes: raw.site.cache_max_mib.saturating_mul(1 << 20),
             tpm,

@@ -367,6 +367,7 @@ fn getrandom_bytes(buf: &mut [u8]) -> Result<()> {
 
 async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     let bind = config.inference_bind;
+    let config_socket = config.inference_socket.clone();
     // Read before anything serves: a token file that does not load stops the agent rather than open the API.
     let token = config.inference_token_file.as_deref().map(BearerToken::load).transpose()?;
     // Every inference that reached the model feeds the health window of the package on trial, through a bounded
@@ -376,14 +377,15 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     let models = Arc::new(models);
     let agent = Agent::open_with(config, clock, models.clone())?;
     let span = tracing::info_span!("agent", device = %agent.device_short());
-    let api = Api { models, bind, token };
+    let api = Api { models, bind, socket: config_socket, token };
     tracing::Instrument::instrument(update_loop(agent, api, once, outcomes), span).await
 }
 
-/// What the inference API serves, where, and the token it requires.
+/// What the inference API serves, where (TCP, and a Unix socket if configured), and the token it requires.
 struct Api {
     models: Arc<ModelHandle>,
     bind: std::net::SocketAddr,
+    socket: Option<std::path::PathBuf>,
     token: Option<BearerToken>,
 }
 
@@ -393,10 +395,17 @@ async fn update_loop(mut agent: Agent, api: Api, once: bool, mut outcomes: Outco
         tracing::info!(package = a.digest().short(), "serving {} {}", a.name(), a.version());
     }
     if !once {
-        let Api { models, bind, token } = api;
+        let Api { models, bind, socket, token } = api;
         let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
         let access = if token.is_some() { "bearer token required" } else { "no token" };
         tracing::info!(%bind, "inference API (Open Inference Protocol v2) on http://{bind}/v2 ({access})");
+        if let Some(path) = socket {
+            let unix = outpost_agent::inference::bind_unix(&path)
+                .with_context(|| format!("binding the inference API's Unix socket {}", path.display()))?;
+            tracing::info!(socket = %path.display(), "inference API also on Unix socket {} ({access})", path.display());
+            let api = serve(unix, models.clone(), ServeLimits::default(), token.clone(), std::future::pending());
+            tokio::spawn(tracing::Instrument::in_current_span(api));
+        }
         let api = serve(listener, models, ServeLimits::default(), token, std::future::pending());
         tokio::spawn(tracing::Instrument::in_current_span(api));
     }

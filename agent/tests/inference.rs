@@ -518,3 +518,51 @@ async fn inferences_on_the_blocking_pool_answer_like_those_run_in_place() {
     }
     pooled.stop().await;
 }
+
+/// Local clients on the device reach the same API over a Unix socket: the same answers as over TCP, the socket
+/// file owner-and-group only; a socket left by an earlier run is replaced, anything else at the path is kept.
+#[tokio::test]
+async fn the_api_answers_on_a_unix_socket_as_on_tcp() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inference.sock");
+    let model = silero();
+    let handle = Arc::new(ModelHandle::new());
+    handle.swap(model.clone());
+    let tcp = Server::start(handle.clone()).await;
+    // A stale socket from an earlier run, as a crash leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let listener = inference::bind_unix(&path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(inference::serve(listener, handle, ServeLimits::default(), None, async {
+        let _ = stopped.await;
+    }));
+
+    let request = smoke_request(&model);
+    let body = request.to_string();
+    let head = format!(
+        "POST /v2/models/silero-vad/infer HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let over_unix: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (status, over_tcp) = tcp.infer("silero-vad", &request).await;
+    assert_eq!(status, 200);
+    assert_eq!(over_unix["outputs"], over_tcp["outputs"], "the same answer both ways");
+    assert_matches_goldens(&model, &over_unix);
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    tcp.stop().await;
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    assert!(inference::bind_unix(&file).is_err(), "a regular file is not replaced");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}

@@ -78,9 +78,39 @@ pub fn first_binary_output(body: &[u8], json_len: usize) -> Result<f64> {
     Ok(f64::from(f32::from_le_bytes(bytes)))
 }
 
+/// A connection over TCP or a Unix socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 client on one kept-alive connection.
 pub struct Http {
-    conn: BufReader<TcpStream>,
+    conn: BufReader<Stream>,
 }
 
 impl Http {
@@ -88,7 +118,13 @@ impl Http {
     pub fn connect(addr: SocketAddr) -> Result<Http> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        Ok(Http { conn: BufReader::new(stream) })
+        Ok(Http { conn: BufReader::new(Stream::Tcp(stream)) })
+    }
+
+    /// Connects to the Unix socket at `path`.
+    pub fn connect_unix(path: &std::path::Path) -> Result<Http> {
+        let stream = std::os::unix::net::UnixStream::connect(path)?;
+        Ok(Http { conn: BufReader::new(Stream::Unix(stream)) })
     }
 
     /// Connects to `addr` within `timeout`, which then bounds every read and write on the connection too.
@@ -97,7 +133,7 @@ impl Http {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        Ok(Http { conn: BufReader::new(stream) })
+        Ok(Http { conn: BufReader::new(Stream::Tcp(stream)) })
     }
 
     /// A complete request (head and body) to send as is; `json_len` for a body in the binary tensor data

@@ -26,7 +26,8 @@ use outpost_shared::manifest::{Dim, TensorSpec};
 use outpost_shared::oip::{
     DEFAULT_MAX_DYNAMIC_ELEMENTS, Encoded, INFERENCE_HEADER_CONTENT_LENGTH, RequestLimits, oip_name,
 };
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Semaphore;
 use tokio::time::Duration;
@@ -222,17 +223,79 @@ pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits, token: Option<Beare
         .with_state(app)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets running requests finish. The caller binds
-/// the listener (the agent uses its config's `inference.bind`, by default [`DEFAULT_LISTEN`]). At most
-/// [`ServeLimits::max_connections`] connections are served at once, each with hyper's header read timeout. With a
-/// `token`, requests must present it ([`router`]).
+/// Where the API listens: a TCP address, or a Unix socket for clients on the device (no TCP stack in the way).
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP (the config's `inference.bind`).
+    Tcp(TcpListener),
+    /// A Unix socket (the config's `inference.socket`).
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Listener {
+        Listener::Tcp(l)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Listener {
+        Listener::Unix(l)
+    }
+}
+
+/// Binds the API's Unix socket at `path`, readable and writable by the agent's user and group (mode 0660): a
+/// socket left by an earlier run is replaced; anything else at `path` is an error, not deleted.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// An accepted connection of either kind.
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, _) = l.accept().await?;
+                // Requests and answers are small writes a client waits for: Nagle's algorithm would only delay them.
+                let _ = tcp.set_nodelay(true);
+                Ok(Accepted::Tcp(tcp))
+            }
+            Listener::Unix(l) => Ok(Accepted::Unix(l.accept().await?.0)),
+        }
+    }
+}
+
+/// Serves the API on `listener` (TCP or a Unix socket) until `shutdown` resolves, then lets running requests
+/// finish. The caller binds the listener (the agent uses its config's `inference.bind`, by default
+/// [`DEFAULT_LISTEN`], and `inference.socket` if set). At most [`ServeLimits::max_connections`] connections are
+/// served at once, each with hyper's header read timeout. With a `token`, requests must present it ([`router`]).
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     handle: Arc<ModelHandle>,
     limits: ServeLimits,
     token: Option<BearerToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = listener.into();
     let app = router(handle, limits, token);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (closing, closed) = tokio::sync::watch::channel(false);
@@ -244,10 +307,10 @@ pub async fn serve(
             () = &mut shutdown => break,
             permit = connections.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
         };
-        let tcp = tokio::select! {
+        let accepted = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(a) => a,
                 // Out of file descriptors and the like: pause rather than spin.
                 Err(_) => {
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -255,23 +318,12 @@ pub async fn serve(
                 }
             },
         };
-        // Requests and answers are small writes a client waits for: Nagle's algorithm would only delay them.
-        let _ = tcp.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut closed = closed.clone();
-        let header_timeout = limits.header_timeout;
+        let (app, closed, header_timeout) = (app.clone(), closed.clone(), limits.header_timeout);
         tasks.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = closed.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            match accepted {
+                Accepted::Tcp(io) => connection(io, app, header_timeout, closed).await,
+                Accepted::Unix(io) => connection(io, app, header_timeout, closed).await,
             }
         });
         while tasks.try_join_next().is_some() {}
@@ -279,6 +331,25 @@ pub async fn serve(
     let _ = closing.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Serves one connection (HTTP/1.1, keep-alive) until it closes, or gracefully once `closed` changes.
+async fn connection<I>(io: I, app: Router, header_timeout: Duration, mut closed: tokio::sync::watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = closed.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// The body bytes budget as semaphore permits (a request reserves at most all of them, in one `u32`).

@@ -53,8 +53,8 @@ pub use handle::{InferenceObserver, InferenceStats, LoadError, ModelHandle, Serv
 pub use http::{
     BearerToken, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IN_PLACE_BELOW, DEFAULT_LISTEN,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_CONCURRENT_INFERENCES,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUED_INFERENCES, MIN_TOKEN_LEN, PLATFORM, ServeLimits, TokenError, router,
-    serve,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUED_INFERENCES, Listener, MIN_TOKEN_LEN, PLATFORM, ServeLimits, TokenError,
+    bind_unix, router, serve,
 };
 pub use outcomes::{DEFAULT_OUTCOME_CAPACITY, Outcome, OutcomeReceiver, OutcomeSender};
 

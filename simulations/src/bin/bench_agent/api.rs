@@ -1,7 +1,9 @@
-//! Section `api`: inference through the agent's HTTP API (JSON and binary tensors) and through `infer_once`,
-//! each against `LoadedModel::run` in process in the same loop, with the HTTP round trip alone as the floor.
+//! Section `api`: inference through the agent's HTTP API (JSON and binary tensors, over TCP and over its Unix
+//! socket) and through `infer_once`, each against `LoadedModel::run` in process in the same loop, with the HTTP
+//! round trip alone (each transport's) as the floor.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,19 +15,30 @@ use crate::report::{Latency, latency, micros};
 use crate::{OVERHEAD_BUDGET, now};
 use outpost_sim::http::{Http, first_binary_output, oip_binary_request, oip_request};
 
-/// Starts the agent's inference API on loopback on its own runtime, configured as `outpost-agent run` configures
-/// it (a default multi-thread runtime, default limits).
-pub(crate) fn start_api(handle: Arc<ModelHandle>) -> Result<SocketAddr> {
+/// Starts the agent's inference API on loopback and on a Unix socket at `socket`, on its own runtime, configured
+/// as `outpost-agent run` configures it (a default multi-thread runtime, default limits).
+pub(crate) fn start_api(handle: Arc<ModelHandle>, socket: &Path) -> Result<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let socket = socket.to_owned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            let _ = serve(listener, handle, ServeLimits::default(), None, std::future::pending()).await;
+            let bound = async {
+                let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding loopback")?;
+                let unix = outpost_agent::inference::bind_unix(&socket)
+                    .with_context(|| format!("binding {}", socket.display()))?;
+                anyhow::Ok((tcp, unix))
+            };
+            let (tcp, unix) = match bound.await {
+                Ok(l) => l,
+                Err(e) => return tx.send(Err(e)).expect("send"),
+            };
+            tx.send(tcp.local_addr().context("address")).expect("send");
+            tokio::spawn(serve(unix, handle.clone(), ServeLimits::default(), None, std::future::pending()));
+            let _ = serve(tcp, handle, ServeLimits::default(), None, std::future::pending()).await;
         });
     });
-    Ok(rx.recv()?)
+    rx.recv()?
 }
 
 /// Runs the model in process on a copy of its inputs; returns the time of `LoadedModel::run` alone.
@@ -47,22 +60,26 @@ pub(crate) fn per_run(l: &Loaded) -> Result<Duration> {
     Ok(Duration::from_secs_f64(latency(v).median / 1e6))
 }
 
-/// Latencies of one model four ways: over HTTP with JSON tensors and with binary ones (the binary tensor data
-/// extension, both ways), through `infer_once` (the JSON request path without HTTP) and `LoadedModel::run` in
-/// process.
+/// Latencies of one model six ways: over HTTP with JSON tensors and with binary ones (the binary tensor data
+/// extension, both ways), binary over the Unix socket, through `infer_once` (the JSON request path without HTTP)
+/// and `LoadedModel::run` in process; and the bare round trip on each transport.
 pub(crate) struct Overhead {
     /// `GET /v2/health/live` on the same connection: the HTTP round trip alone, the floor of any request.
     pub(crate) floor: Latency,
+    /// The same over the Unix socket.
+    pub(crate) floor_unix: Latency,
     pub(crate) http: Latency,
     pub(crate) http_binary: Latency,
+    pub(crate) unix_binary: Latency,
     pub(crate) json: Latency,
     pub(crate) direct: Latency,
     pub(crate) requests: usize,
 }
 
-pub(crate) fn bench_overhead(addr: SocketAddr, handle: &ModelHandle, l: &Loaded) -> Result<Overhead> {
+pub(crate) fn bench_overhead(addr: SocketAddr, socket: &Path, handle: &ModelHandle, l: &Loaded) -> Result<Overhead> {
     handle.swap(l.served.clone());
     let mut http = Http::connect(addr)?;
+    let mut unix = Http::connect_unix(socket)?;
     let path = format!("/v2/models/{}/infer", l.name());
     let request_body = oip_request(&l.inputs);
     let request = Http::post_request(&path, &request_body, None);
@@ -79,11 +96,15 @@ pub(crate) fn bench_overhead(addr: SocketAddr, handle: &ModelHandle, l: &Loaded)
     ensure!(status == 200, "HTTP {status}: {}", String::from_utf8_lossy(&body));
     let first = first_binary_output(&body, response_json_len.context("no Inference-Header-Content-Length")?)?;
     ensure!((first - direct).abs() < 1e-6, "HTTP (binary) and in-process outputs differ");
+    let (status, response_json_len, body) = unix.exchange_binary(&binary)?;
+    ensure!(status == 200, "HTTP {status}: {}", String::from_utf8_lossy(&body));
+    let first = first_binary_output(&body, response_json_len.context("no Inference-Header-Content-Length")?)?;
+    ensure!((first - direct).abs() < 1e-6, "HTTP (binary, Unix socket) and in-process outputs differ");
 
     // One of each in turn (JSON over HTTP, in process, binary over HTTP, infer_once): all see the same machine.
     let n = (OVERHEAD_BUDGET.as_secs_f64() / per_run(l)?.as_secs_f64()).clamp(100.0, 10_000.0) as usize;
     let live = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    let mut samples: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(n));
+    let mut samples: [Vec<f64>; 7] = std::array::from_fn(|_| Vec::with_capacity(n));
     for i in 0..n + n / 10 {
         let start = now();
         let (status, body) = http.exchange(&request)?;
@@ -103,13 +124,22 @@ pub(crate) fn bench_overhead(addr: SocketAddr, handle: &ModelHandle, l: &Loaded)
         let (status, _) = http.exchange(live)?;
         let f = micros(start.elapsed());
         ensure!(status == 200, "HTTP {status}");
+        let start = now();
+        let (status, _, body) = unix.exchange_binary(&binary)?;
+        let u = micros(start.elapsed());
+        ensure!(status == 200, "HTTP {status}");
+        std::hint::black_box(body);
+        let start = now();
+        let (status, _) = unix.exchange(live)?;
+        let fu = micros(start.elapsed());
+        ensure!(status == 200, "HTTP {status}");
         if i >= n / 10 {
             // the first tenth warms up
-            for (v, x) in samples.iter_mut().zip([h, p, b, j, f]) {
+            for (v, x) in samples.iter_mut().zip([h, p, b, j, f, u, fu]) {
                 v.push(x);
             }
         }
     }
-    let [h, p, b, j, f] = samples.map(latency);
-    Ok(Overhead { floor: f, http: h, http_binary: b, json: j, direct: p, requests: n })
+    let [h, p, b, j, f, u, fu] = samples.map(latency);
+    Ok(Overhead { floor: f, floor_unix: fu, http: h, http_binary: b, unix_binary: u, json: j, direct: p, requests: n })
 }

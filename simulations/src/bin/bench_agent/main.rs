@@ -105,10 +105,11 @@ fn main() -> Result<()> {
     let handle = Arc::new(ModelHandle::with_observer(Arc::new(RealClock(now())), |_, ok, took| {
         std::hint::black_box((ok, took));
     }));
-    let addr = start_api(handle.clone())?;
+    let socket = tmp.path().join("inference.sock");
+    let addr = start_api(handle.clone(), &socket)?;
     for l in loaded.iter().filter(|_| run("api")) {
         eprintln!("inference overhead, {}: HTTP/1.1 keep-alive on loopback vs LoadedModel::run...", l.name());
-        let o = bench_overhead(addr, &handle, l)?;
+        let o = bench_overhead(addr, &socket, &handle, l)?;
         eprintln!(
             "  {} requests each way; HTTP JSON median {:.1} us p99 {:.1} us; HTTP binary median {:.1} us p99 {:.1} \
              us; infer_once (JSON, no HTTP) median {:.1} us p99 {:.1} us; in process median {:.1} us p99 {:.1} us \
@@ -140,12 +141,31 @@ fn main() -> Result<()> {
             o.http_binary,
             "<= 1.05",
         ));
+        rows.push(vs_in_process("inference via API, binary tensors, Unix socket", o.unix_binary, "-"));
         rows.push(vs_in_process("  (info) infer_once: JSON in and out, no HTTP", o.json, "-"));
+        // Issue 17's figure: what a request costs beyond the model and one bare round trip, as a share of the model.
+        for (transport, t, floor) in [("TCP", o.http_binary, o.floor), ("Unix socket", o.unix_binary, o.floor_unix)] {
+            let beyond = t.median - o.direct.median - floor.median;
+            rows.push(Row::new(
+                &format!("API cost beyond in-process and one round trip, binary, {transport}, {} (median)", l.name()),
+                format!("{beyond:.1} us"),
+                format!("{:.0} us in process", o.direct.median),
+                beyond / o.direct.median,
+                "<= 0.05",
+            ));
+        }
         rows.push(Row::new(
             &format!("  (info) HTTP round trip alone, GET /v2/health/live, {} run (median; p99)", l.name()),
             format!("{:.0} us; {:.0} us", o.floor.median, o.floor.p99),
             format!("{:.0} us in process", o.direct.median),
             o.floor.median / o.direct.median,
+            "-",
+        ));
+        rows.push(Row::new(
+            &format!("  (info) the same round trip over the Unix socket, {} run (median; p99)", l.name()),
+            format!("{:.0} us; {:.0} us", o.floor_unix.median, o.floor_unix.p99),
+            format!("{:.0} us over TCP", o.floor.median),
+            o.floor_unix.median / o.floor.median,
             "-",
         ));
     }
