@@ -395,6 +395,13 @@ fn the_releases_chart_survives_a_restart_of_the_hub() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let Served { hub, served, passwords, .. } = s;
     drop(served);
+    // The stopped service's runtime winds down in the background: wait until its admin socket answers no more.
+    let admin = hub.dir().join("admin.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&admin).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the first service still answers on its admin socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // One sample from this console (at its start), none after: a chart needs the stored one too.
     let again = support::console::serve_with(&hub, Arc::new(cli::Commands), |c| {
         c.sample_period = std::time::Duration::from_secs(3600);
