@@ -1,5 +1,5 @@
 //! What every console page shares: the layout and navigation, the login form, small formatters, progress bars and
-//! the chart of a release's devices per state over time (sampled while the console runs, drawn as inline SVG).
+//! the chart of a release's devices per state over time (sampled while the console runs and stored, drawn as inline SVG).
 //!
 //! Nothing here reads the store except the sampler, which runs on the blocking pool at `sample_period`.
 
@@ -262,7 +262,7 @@ pub fn chart(samples: &[Sample]) -> Markup {
     html! {
         // Built from numbers and fixed class names only: nothing from the store reaches this string as text.
         (PreEscaped(svg))
-        p.note { (time(t0)) " to " (time(t1)) " (sampled while the console runs)" }
+        p.note { (time(t0)) " to " (time(t1)) " (sampled while the console runs; kept across restarts)" }
     }
 }
 
