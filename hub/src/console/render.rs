@@ -1,5 +1,5 @@
 //! What every console page shares: the layout and navigation, the login form, small formatters, progress bars and
-//! the chart of a release's devices per state over time (sampled while the console runs and stored, drawn as inline SVG).
+//! the chart of a release's devices per state over time (sampled while the console runs and stored, drawn as SVG).
 //!
 //! Nothing here reads the store except the sampler, which runs on the blocking pool at `sample_period`.
 
