@@ -65,6 +65,17 @@ pub struct Published {
     pub published_at: u64,
     /// What a firmware package states about its image; `None` for a model package.
     pub firmware: Option<PublishedFirmware>,
+    /// A router package: rules, never a device's model.
+    pub router: bool,
+    /// The capability it serves, as its signed facts state it.
+    pub capability: String,
+}
+
+impl Published {
+    /// A model package (neither firmware nor a router).
+    pub fn is_model(&self) -> bool {
+        self.firmware.is_none() && !self.router
+    }
 }
 
 /// The firmware fields of a published target (`custom.outpost.firmware`, signed by the targets role).
@@ -194,6 +205,8 @@ impl<'a> Director<'a> {
                     channels: o.channels.clone(),
                     published_at: o.published_at,
                     firmware: o.firmware.as_ref().and_then(PublishedFirmware::from_facts),
+                    router: o.kind.as_deref() == Some("router"),
+                    capability: o.capability.clone(),
                 });
             }
         }
@@ -257,13 +270,13 @@ impl<'a> Director<'a> {
         let forced = steer
             .assign
             .filter(|a| steer.retry > 0 || !record.rolled_back.contains(a))
-            .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
+            .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p) && p.is_model()).cloned());
         let shadow = steer.shadow.and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
         let eligible: Vec<Published> = published
             .into_iter()
             .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
             .collect();
-        let current = forced.or_else(|| eligible.iter().rfind(|p| p.firmware.is_none()).cloned());
+        let current = forced.or_else(|| eligible.iter().rfind(|p| p.is_model()).cloned());
         Ok(Choice { current, eligible, shadow, steer })
     }
 
@@ -276,7 +289,7 @@ impl<'a> Director<'a> {
         now: UnixSeconds,
     ) -> Result<(Option<Digest>, Vec<Digest>), DirectorOpError> {
         let Choice { current, eligible, .. } = self.choose(reg, record, now)?;
-        let models = eligible.iter().filter(|p| p.firmware.is_none()).map(|p| p.digest).collect();
+        let models = eligible.iter().filter(|p| p.is_model()).map(|p| p.digest).collect();
         Ok((current.map(|p| p.digest), models))
     }
 
