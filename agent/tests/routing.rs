@@ -117,6 +117,18 @@ async fn a_revoked_specialist_falls_back_with_no_failed_request() {
     assert!(quality.fallbacks().get(&Skip::Revoked).is_some_and(|n| *n > 0), "{quality:?}");
     let c = quality.concentration().expect("answers");
     assert!(c.hhi > 0.0 && c.top_share >= 0.5, "{c:?}");
+    // The same figures on /metrics.
+    let (status, _, text) = http_raw(addr, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(status, 200);
+    let fallbacks = format!(
+        "outpost_agent_route_fallbacks_total{{route=\"{ROUTE}\",candidate=\"{GENERALIST}\",reason=\"revoked\"}} {}",
+        quality.fallbacks()[&Skip::Revoked]
+    );
+    let requests = format!("outpost_agent_route_requests_total{{route=\"{ROUTE}\"}} 240");
+    for line in [fallbacks.as_str(), requests.as_str(), "outpost_agent_route_hhi{route=\"text-direction\"}"] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
     server.stop().await;
 }
 

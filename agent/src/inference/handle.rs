@@ -443,7 +443,7 @@ impl ModelHandle {
     /// The OpenMetrics exposition of what this handle served (inferences, failures and latency per model, latency
     /// only when the handle has a clock; the active model) and of the update loop's timings: `crate::metrics`.
     pub fn prometheus(&self, format: outpost_shared::metrics::Format) -> String {
-        crate::metrics::exposition(self, format)
+        crate::metrics::exposition(self, None, format)
     }
 
     /// Per model served so far: name, version, inferences, failures, latency.

@@ -447,7 +447,11 @@ fn select_handle(
 async fn metrics(State(app): AppState, headers: axum::http::HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = outpost_shared::metrics::Format::negotiate(accept);
-    ([(header::CONTENT_TYPE, format.content_type())], app.handle.prometheus(format)).into_response()
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        crate::metrics::exposition(&app.handle, app.routes.as_deref(), format),
+    )
+        .into_response()
 }
 
 async fn server_ready(State(app): AppState) -> Response {
