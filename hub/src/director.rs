@@ -214,7 +214,10 @@ impl<'a> Director<'a> {
         Ok(out)
     }
 
-    /// Signs a fresh assignment for `device`: the newest non-revoked model package published to its channel, and
+    /// Signs a fresh assignment for `device`: the newest non-revoked model package published to its channel (or
+    /// the one a staged release steers it to) first, then for each other capability with a model package on the
+    /// channel the newest of those (one package per capability: an agent with several capabilities runs each in
+    /// its own update lane; one that runs a single model takes the first), and
     /// for each of its secondaries the newest non-revoked firmware package for that secondary's hardware id.
     /// Returns `None` for unknown or revoked devices and for channels with nothing published.
     pub fn assignment(
@@ -228,6 +231,7 @@ impl<'a> Director<'a> {
             return Ok(None);
         }
         let Choice { current, eligible, shadow, steer } = self.choose(reg, &record, now)?;
+        let others = other_capabilities(current.as_ref(), &eligible);
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
@@ -237,6 +241,7 @@ impl<'a> Director<'a> {
             expires,
             targets: current
                 .into_iter()
+                .chain(others)
                 .map(|p| match steer.assign == Some(p.digest) {
                     // Steered by a staged release: the device learns which (its logs follow it), and its retries.
                     true => AssignedTarget {
@@ -325,6 +330,18 @@ impl<'a> Director<'a> {
         }
         Ok(out)
     }
+}
+
+/// For each capability other than `current`'s, the newest eligible model package of it, by capability name.
+fn other_capabilities(current: Option<&Published>, eligible: &[Published]) -> Vec<Published> {
+    let mut newest: std::collections::BTreeMap<&str, &Published> = std::collections::BTreeMap::new();
+    for p in eligible
+        .iter()
+        .filter(|p| p.is_model() && Some(p.capability.as_str()) != current.map(|c| c.capability.as_str()))
+    {
+        newest.insert(&p.capability, p); // oldest first: the last one wins
+    }
+    newest.into_values().cloned().collect()
 }
 
 /// What a device should run: its model package, the packages eligible for it, and a shadow package.
