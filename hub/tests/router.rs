@@ -101,3 +101,61 @@ fn router_rules_that_do_not_parse_are_refused_when_added() {
     assert!(stderr(&refused).contains("has no fallback"), "{}", stderr(&refused));
     assert!(hub.open().list().unwrap().is_empty(), "nothing registered");
 }
+
+#[test]
+fn fleet_status_shows_each_routes_quality_and_concentration() {
+    use outpost_shared::route::quality::RouteQuality;
+    use outpost_shared::route::select::Skip;
+    use outpost_shared::telemetry::{Batch, Event, EventKind};
+    use std::time::Duration;
+
+    let hub = TestHub::new();
+    hub.ok(&["device", "approve", &"11".repeat(32), "--channel", "stable"]);
+    // Two devices' route telemetry: the specialist answered 3, the fallback 7 (6 of them for a revoked specialist).
+    let quality = |specialist: u64, revoked: u64| {
+        let mut q = RouteQuality::default();
+        for _ in 0..specialist {
+            q.record(Some(("ocr.text-direction", Duration::from_millis(2))), &[], None);
+        }
+        for _ in 0..revoked {
+            q.record(Some(("ocr.text-direction.any-size", Duration::from_millis(9))), &[], Some(Skip::Revoked));
+        }
+        q
+    };
+    {
+        let clock = std::sync::Arc::new(outpost_shared::clock::ManualClock::new(1_795_881_600));
+        let store = outpost_hub::telemetry::TelemetryStore::open(&hub.dir(), clock).unwrap();
+        for (device, q) in [("11", quality(3, 2)), ("22", quality(0, 4))] {
+            let kind = EventKind::RouteQuality { route: "text-direction".into(), quality: q };
+            let batch =
+                Batch { stream: 1, first_seq: 1, events: vec![Event { seq: 1, at: 1_795_881_600, kind }], dropped: 0 };
+            store.ingest(&device.repeat(32), None, None, None, &batch).unwrap();
+        }
+        // One more answer by the fallback, without a reason: 3 of 10 answers from the specialist.
+        let kind = EventKind::RouteQuality {
+            route: "text-direction".into(),
+            quality: {
+                let mut q = RouteQuality::default();
+                q.record(Some(("ocr.text-direction.any-size", Duration::from_millis(9))), &[], None);
+                q
+            },
+        };
+        let batch =
+            Batch { stream: 1, first_seq: 2, events: vec![Event { seq: 2, at: 1_795_881_600, kind }], dropped: 0 };
+        store.ingest(&"22".repeat(32), None, None, None, &batch).unwrap();
+    }
+    let out = hub.ok(&["fleet", "status"]);
+    assert!(
+        out.contains("text-direction       10 requests, 0 unanswered; top ocr.text-direction.any-size 70%, HHI 0.58"),
+        "{out}"
+    );
+    let fallback = out
+        .lines()
+        .find(|l| l.contains("ocr.text-direction.any-size") && l.contains("revoked×6"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(fallback.split_whitespace().any(|w| w == "7"), "{fallback}");
+    let json: serde_json::Value = serde_json::from_str(&hub.ok(&["fleet", "status", "--json"])).unwrap();
+    let routes = &json[0]["telemetry"]["routes"]["text-direction"];
+    assert_eq!(routes["requests"], 10, "{json}");
+    assert_eq!(routes["candidates"]["ocr.text-direction.any-size"]["fallbacks"]["revoked"], 6, "{json}");
+}

@@ -204,3 +204,31 @@ fn route_quality_shows_a_fallback_carrying_the_traffic() {
     fleet.merge(&q);
     assert_eq!((fleet.requests, fleet.fallbacks()[&Skip::Revoked]), (22, 14));
 }
+
+#[test]
+fn route_quality_travels_as_telemetry_and_a_device_cannot_claim_more_answers_than_requests() {
+    use outpost_shared::telemetry::{Batch, BatchLimits, Event, EventKind};
+    let mut q = RouteQuality::default();
+    q.record(Some((SPECIALIST, Duration::from_millis(3))), &[], None);
+    q.record(Some((GENERALIST, Duration::from_millis(9))), &[SPECIALIST], Some(Skip::Erred));
+    let event = |quality| Event {
+        seq: 1,
+        at: 1_800_000_000,
+        kind: EventKind::RouteQuality { route: "text-direction".into(), quality },
+    };
+    let batch = Batch { stream: 7, first_seq: 1, events: vec![event(q.clone())], dropped: 0 };
+    let bytes = batch.encode(&BatchLimits::default()).expect("encodes");
+    assert_eq!(Batch::decode(&bytes, &BatchLimits::default()).expect("decodes"), batch);
+
+    let mut lying = q;
+    lying.requests = 1; // two answers, one request
+    let batch = Batch { stream: 7, first_seq: 1, events: vec![event(lying)], dropped: 0 };
+    // Encoding runs the checks the hub's decode runs.
+    assert!(
+        matches!(
+            batch.encode(&BatchLimits::default()),
+            Err(outpost_shared::telemetry::TelemetryError::Invalid { field: "quality.requests", .. })
+        ),
+        "a batch claiming more answers than requests is refused"
+    );
+}

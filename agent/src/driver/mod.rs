@@ -145,6 +145,8 @@ pub struct Agent {
     telemetry: Option<crate::telemetry::Queue>,
     /// Inferences since the last check, per model: count, errors, latency.
     inferences: std::collections::BTreeMap<Digest, (u64, u64, Histogram)>,
+    /// The routes the inference API serves, if any: their quality goes out as telemetry at each check.
+    routes: Option<Arc<crate::inference::Routes>>,
     /// Shadow comparisons not yet in a report that reached the hub.
     pending_shadow: Option<outpost_shared::update::ShadowReport>,
     /// Draws the update loop's poll jitter.
@@ -216,6 +218,7 @@ impl Agent {
             advertised: None,
             telemetry: None,
             inferences: std::collections::BTreeMap::new(),
+            routes: None,
             pending_shadow: None,
             rng,
         };
@@ -329,6 +332,12 @@ impl Agent {
         entry.0 += 1;
         entry.1 += u64::from(!ok);
         entry.2.record(latency);
+    }
+
+    /// Reports what `routes` serve (requests, errors, fallbacks, latency per route and candidate) in telemetry at
+    /// each check.
+    pub fn set_routes(&mut self, routes: Arc<crate::inference::Routes>) {
+        self.routes = Some(routes);
     }
 
     /// Events waiting for the hub, and events dropped at the bound.
@@ -525,6 +534,9 @@ impl Agent {
         // Inference counts since the last check are queued first, so they are durable whatever happens next.
         for (model, (count, errors, latency)) in std::mem::take(&mut self.inferences) {
             self.queue(EventKind::InferenceStats { model, count, errors, latency });
+        }
+        for (route, quality) in self.routes.as_ref().map(|r| r.take_quality()).unwrap_or_default() {
+            self.queue(EventKind::RouteQuality { route, quality });
         }
         self.collect_shadow();
         // One deadline for the whole step: every part of it (QUIC to the hub or a site node, HTTP to a mirror)

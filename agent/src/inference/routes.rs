@@ -33,6 +33,8 @@ pub struct Routes {
     breaker_policy: BreakerPolicy,
     breakers: Mutex<BTreeMap<(String, String), Breaker>>,
     quality: Mutex<BTreeMap<String, RouteQuality>>,
+    /// What the routes served since telemetry last took it ([`Routes::take_quality`]).
+    pending: Mutex<BTreeMap<String, RouteQuality>>,
 }
 
 impl std::fmt::Debug for Routes {
@@ -68,6 +70,7 @@ impl Routes {
             breaker_policy,
             breakers: Mutex::new(BTreeMap::new()),
             quality: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -102,6 +105,11 @@ impl Routes {
     pub(super) fn model_named(&self, name: &str) -> Option<(Arc<ModelHandle>, Arc<super::Served>)> {
         let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
         models.values().find_map(|h| h.current().filter(|s| s.name() == name).map(|s| (h.clone(), s)))
+    }
+
+    /// What each route served since the last call (for telemetry; `/metrics` keeps the totals).
+    pub fn take_quality(&self) -> BTreeMap<String, RouteQuality> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Each route's quality so far.
@@ -201,15 +209,15 @@ impl Routes {
                 }
             }
         }
-        let mut quality = self.quality.lock().unwrap_or_else(PoisonError::into_inner);
-        let q = quality.entry(route.name.clone()).or_default();
+        let answered = result.as_ref().map(|(_, capability, took, _)| (*capability, *took));
+        let fallback = result.as_ref().and_then(|(.., fallback)| *fallback);
+        for record in [&self.quality, &self.pending] {
+            let mut quality = record.lock().unwrap_or_else(PoisonError::into_inner);
+            quality.entry(route.name.clone()).or_default().record(answered, &erred, fallback);
+        }
         match result {
-            Some((encoded, capability, took, fallback)) => {
-                q.record(Some((capability, took)), &erred, fallback);
-                Ok(encoded)
-            }
+            Some((encoded, ..)) => Ok(encoded),
             None => {
-                q.record(None, &erred, None);
                 let reasons: Vec<String> = plan
                     .skipped
                     .iter()

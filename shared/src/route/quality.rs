@@ -15,6 +15,7 @@ use crate::telemetry::Histogram;
 
 /// One candidate's figures on one route.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CandidateQuality {
     /// Requests it answered.
     pub answered: u64,
@@ -29,6 +30,7 @@ pub struct CandidateQuality {
 
 /// One route's figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteQuality {
     /// Requests to the route.
     pub requests: u64,
@@ -70,16 +72,18 @@ impl RouteQuality {
         }
     }
 
-    /// Adds another record of the same route (another device, another period).
+    /// Adds another record of the same route (another device, another period); sums saturate, as devices send
+    /// these.
     pub fn merge(&mut self, other: &RouteQuality) {
-        self.requests += other.requests;
-        self.unanswered += other.unanswered;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.unanswered = self.unanswered.saturating_add(other.unanswered);
         for (c, o) in &other.candidates {
             let q = self.candidates.entry(c.clone()).or_default();
-            q.answered += o.answered;
-            q.errors += o.errors;
+            q.answered = q.answered.saturating_add(o.answered);
+            q.errors = q.errors.saturating_add(o.errors);
             for (reason, n) in &o.fallbacks {
-                *q.fallbacks.entry(*reason).or_default() += n;
+                let f = q.fallbacks.entry(*reason).or_default();
+                *f = f.saturating_add(*n);
             }
             q.latency.merge(&o.latency);
         }
@@ -90,7 +94,8 @@ impl RouteQuality {
         let mut out = BTreeMap::new();
         for q in self.candidates.values() {
             for (reason, n) in &q.fallbacks {
-                *out.entry(*reason).or_default() += n;
+                let f: &mut u64 = out.entry(*reason).or_default();
+                *f = f.saturating_add(*n);
             }
         }
         out
