@@ -232,6 +232,8 @@ impl<'a> Director<'a> {
         }
         let Choice { current, eligible, shadow, steer } = self.choose(reg, &record, now)?;
         let others = other_capabilities(current.as_ref(), &eligible);
+        // The channel's newest eligible router: a revoked one gives way to the one before, models untouched.
+        let router = eligible.iter().rfind(|p| p.router).cloned().map(|p| assigned(p, &record.channel));
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
@@ -257,6 +259,7 @@ impl<'a> Director<'a> {
                 rollout: steer.shadow_release.clone().unwrap_or_default(),
                 ..assigned(p, &record.channel)
             }),
+            router,
         };
         Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
     }

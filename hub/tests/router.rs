@@ -18,7 +18,7 @@ fn write_router(hub: &TestHub, version: &str, rules: &str) -> (String, String) {
     let manifest = manifest.replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
     let (r, m) =
         (hub.tmp.path().join(format!("router-{version}.toml")), hub.tmp.path().join(format!("m-{version}.toml")));
-    std::fs::write(&r, rules).unwrap();
+    std::fs::write(&r, rules.replace("version = \"1.0.0\"", &format!("version = \"{version}\""))).unwrap();
     std::fs::write(&m, manifest).unwrap();
     (r.to_str().unwrap().to_owned(), m.to_str().unwrap().to_owned())
 }
@@ -100,6 +100,17 @@ fn router_rules_that_do_not_parse_are_refused_when_added() {
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("has no fallback"), "{}", stderr(&refused));
     assert!(hub.open().list().unwrap().is_empty(), "nothing registered");
+
+    // Rules and manifest naming different versions are one package with two versions: refused.
+    let (r, _) = write_router(&hub, "1.0.0", &rules);
+    let (_, m) = write_router(&hub, "2.0.0", &rules);
+    let refused = hub.cli(&["package", "add", &r, "--manifest", &m]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("the rules are ocr-router@1.0.0, the manifest ocr-router@2.0.0"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 #[test]

@@ -34,6 +34,7 @@ use crate::transport::{self, Transport, TransportError};
 use outpost_net::client::{ClientConfig, HubClient};
 
 mod install;
+mod router;
 pub use install::load_slot;
 use install::refuse_non_model;
 
@@ -147,6 +148,8 @@ pub struct Agent {
     inferences: std::collections::BTreeMap<Digest, (u64, u64, Histogram)>,
     /// The routes the inference API serves, if any: their quality goes out as telemetry at each check.
     routes: Option<Arc<crate::inference::Routes>>,
+    /// The router package installed into `routes`, if any.
+    router: Option<Digest>,
     /// Shadow comparisons not yet in a report that reached the hub.
     pending_shadow: Option<outpost_shared::update::ShadowReport>,
     /// Draws the update loop's poll jitter.
@@ -219,6 +222,7 @@ impl Agent {
             telemetry: None,
             inferences: std::collections::BTreeMap::new(),
             routes: None,
+            router: None,
             pending_shadow: None,
             rng,
         };
@@ -334,9 +338,11 @@ impl Agent {
         entry.2.record(latency);
     }
 
-    /// Reports what `routes` serve (requests, errors, fallbacks, latency per route and candidate) in telemetry at
-    /// each check.
+    /// Routes requests by the router package the assignment names (installing the one kept from the last run at
+    /// once), and reports what `routes` serve (requests, errors, fallbacks, latency per route and candidate) in
+    /// telemetry at each check.
     pub fn set_routes(&mut self, routes: Arc<crate::inference::Routes>) {
+        self.restore_router(&routes);
         self.routes = Some(routes);
     }
 
@@ -653,6 +659,7 @@ impl Agent {
         #[cfg(not(feature = "gateway"))]
         self.refuse_firmware(&assignment.secondaries);
         self.update_shadow(&*source, assignment.shadow.as_ref()).await;
+        self.update_router(&*source, assignment.router.as_ref()).await;
         self.flush_reports(&client).await
     }
 

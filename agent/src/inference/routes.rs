@@ -29,6 +29,8 @@ pub struct Routes {
     clock: Arc<dyn Clock>,
     router: RwLock<Option<Arc<Router>>>,
     models: RwLock<BTreeMap<String, Arc<ModelHandle>>>,
+    /// Handles that serve whatever capability their active model has (the agent's own handle).
+    handles: RwLock<Vec<Arc<ModelHandle>>>,
     out_of_service: RwLock<BTreeMap<String, Skip>>,
     breaker_policy: BreakerPolicy,
     breakers: Mutex<BTreeMap<(String, String), Breaker>>,
@@ -66,6 +68,7 @@ impl Routes {
             clock,
             router: RwLock::new(None),
             models: RwLock::new(BTreeMap::new()),
+            handles: RwLock::new(Vec::new()),
             out_of_service: RwLock::new(BTreeMap::new()),
             breaker_policy,
             breakers: Mutex::new(BTreeMap::new()),
@@ -91,6 +94,21 @@ impl Routes {
         self.models.write().unwrap_or_else(PoisonError::into_inner).insert(capability.to_owned(), handle);
     }
 
+    /// Routes to `handle` for whatever capability its active model serves (the agent's own handle, whose model
+    /// changes with its updates).
+    pub fn serve_handle(&self, handle: Arc<ModelHandle>) {
+        self.handles.write().unwrap_or_else(PoisonError::into_inner).push(handle);
+    }
+
+    /// The handle serving `capability`: one set for it, else one whose active model serves it.
+    fn handle_for(&self, capability: &str) -> Option<Arc<ModelHandle>> {
+        if let Some(h) = self.models.read().unwrap_or_else(PoisonError::into_inner).get(capability) {
+            return Some(h.clone());
+        }
+        let handles = self.handles.read().unwrap_or_else(PoisonError::into_inner);
+        handles.iter().find(|h| h.current().is_some_and(|s| s.manifest().capability == capability)).cloned()
+    }
+
     /// Marks `capability` out of service for routing, with why (`None`: back in service). Its model handle may
     /// still serve requests that name the model directly.
     pub fn mark(&self, capability: &str, reason: Option<Skip>) {
@@ -104,7 +122,11 @@ impl Routes {
     /// The active model named `name` among the capabilities' handles, with its handle.
     pub(super) fn model_named(&self, name: &str) -> Option<(Arc<ModelHandle>, Arc<super::Served>)> {
         let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
-        models.values().find_map(|h| h.current().filter(|s| s.name() == name).map(|s| (h.clone(), s)))
+        let handles = self.handles.read().unwrap_or_else(PoisonError::into_inner);
+        models
+            .values()
+            .chain(handles.iter())
+            .find_map(|h| h.current().filter(|s| s.name() == name).map(|s| (h.clone(), s)))
     }
 
     /// What each route served since the last call (for telemetry; `/metrics` keeps the totals).
@@ -129,7 +151,7 @@ impl Routes {
         if let Some(reason) = self.out_of_service.read().unwrap_or_else(PoisonError::into_inner).get(capability) {
             return Some(*reason);
         }
-        match self.models.read().unwrap_or_else(PoisonError::into_inner).get(capability) {
+        match self.handle_for(capability) {
             None => Some(Skip::NotInstalled),
             Some(h) if h.current().is_none() => Some(Skip::NotReady),
             Some(_) => None,
@@ -180,7 +202,7 @@ impl Routes {
                 plan.skipped.sort_by_key(|(i, _)| *i);
                 continue;
             }
-            let handle = self.models.read().unwrap_or_else(PoisonError::into_inner).get(capability).cloned();
+            let handle = self.handle_for(capability);
             // Fixed here: a swap or a revocation from now on does not concern this request.
             let Some((handle, served)) = handle.and_then(|h| Some((h.clone(), h.current()?))) else {
                 plan.skipped.push((i, Skip::NotReady));

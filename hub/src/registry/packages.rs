@@ -189,8 +189,14 @@ impl Registry {
             }
             // Rules, not a model: their shape now, what the channels serve at publish.
             PackageKind::Router => {
-                outpost_shared::route::Router::from_cbor(model_bytes)
-                    .map_err(|problem| RegistryError::Router { file: model_path.to_owned(), problem })?;
+                let refused = |problem: String| RegistryError::Router { file: model_path.to_owned(), problem };
+                let router = outpost_shared::route::Router::from_cbor(model_bytes).map_err(refused)?;
+                let rules = format!("{}@{}", router.name, router.version);
+                if rules != name_version {
+                    return Err(refused(format!(
+                        "the rules are {rules}, the manifest {name_version}: one package, one name and version"
+                    )));
+                }
                 None
             }
         };
