@@ -110,6 +110,15 @@ async fn a_router_release_rolls_back_alone() {
     let (status, body) = infer(api, "scale", Some("fast")).await;
     assert_eq!((status, body["parameters"]["fallback_reason"].as_str()), (200, Some("not_installed")), "{body}");
 
+    // What the route served reaches the hub as telemetry at the next check: fleet status reads it from there.
+    agent.check().await.unwrap();
+    let store = outpost_hub::telemetry::TelemetryStore::open(&w.dir, w.clock.clone()).unwrap();
+    let by_device = store.aggregate(outpost_hub::telemetry::GroupBy::Device, &Default::default()).unwrap();
+    let scale = by_device.iter().find_map(|g| g.summary.routes.get("scale")).expect("route telemetry stored");
+    assert_eq!((scale.requests, scale.unanswered), (2, 0));
+    assert_eq!(scale.candidates["test.affine"].fallbacks.values().sum::<u64>(), 1, "{scale:?}");
+    drop(store);
+
     // Router 1.1.0 renames the route: the rules change, the model does not.
     w.clock.advance(Duration::from_secs(2));
     let v2 = publish_router(&w, "1.1.0", "scale-v2");
