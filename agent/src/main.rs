@@ -15,7 +15,8 @@ use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::device::{self, Layout};
 use outpost_agent::driver::{Agent, init_device, load_slot};
 use outpost_agent::inference::{
-    BearerToken, DEFAULT_OUTCOME_CAPACITY, ModelHandle, OutcomeReceiver, ServeLimits, infer_once, serve,
+    BearerToken, DEFAULT_OUTCOME_CAPACITY, ModelHandle, OutcomeReceiver, Routes, ServeLimits, infer_once,
+    serve_with_routes,
 };
 use outpost_shared::clock::{Clock, format_rfc3339};
 use outpost_shared::update::Phase;
@@ -375,15 +376,20 @@ async fn run_agent(config: AgentConfig, once: bool) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (models, outcomes) = ModelHandle::with_outcomes(clock.clone(), DEFAULT_OUTCOME_CAPACITY);
     let models = Arc::new(models);
-    let agent = Agent::open_with(config, clock, models.clone())?;
+    // Routes (`/v2/models/{route}/infer`) by the router package the hub assigns, over the agent's model.
+    let routes = Arc::new(Routes::new(clock.clone(), Default::default()));
+    routes.serve_handle(models.clone());
+    let mut agent = Agent::open_with(config, clock, models.clone())?;
+    agent.set_routes(routes.clone());
     let span = tracing::info_span!("agent", device = %agent.device_short());
-    let api = Api { models, bind, socket: config_socket, token };
+    let api = Api { models, routes, bind, socket: config_socket, token };
     tracing::Instrument::instrument(update_loop(agent, api, once, outcomes), span).await
 }
 
 /// What the inference API serves, where (TCP, and a Unix socket if configured), and the token it requires.
 struct Api {
     models: Arc<ModelHandle>,
+    routes: Arc<Routes>,
     bind: std::net::SocketAddr,
     socket: Option<std::path::PathBuf>,
     token: Option<BearerToken>,
@@ -395,7 +401,7 @@ async fn update_loop(mut agent: Agent, api: Api, once: bool, mut outcomes: Outco
         tracing::info!(package = a.digest().short(), "serving {} {}", a.name(), a.version());
     }
     if !once {
-        let Api { models, bind, socket, token } = api;
+        let Api { models, routes, bind, socket, token } = api;
         let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
         let access = if token.is_some() { "bearer token required" } else { "no token" };
         tracing::info!(%bind, "inference API (Open Inference Protocol v2) on http://{bind}/v2 ({access})");
@@ -403,10 +409,17 @@ async fn update_loop(mut agent: Agent, api: Api, once: bool, mut outcomes: Outco
             let unix = outpost_agent::inference::bind_unix(&path)
                 .with_context(|| format!("binding the inference API's Unix socket {}", path.display()))?;
             tracing::info!(socket = %path.display(), "inference API also on Unix socket {} ({access})", path.display());
-            let api = serve(unix, models.clone(), ServeLimits::default(), token.clone(), std::future::pending());
+            let api = serve_with_routes(
+                unix,
+                models.clone(),
+                routes.clone(),
+                ServeLimits::default(),
+                token.clone(),
+                std::future::pending(),
+            );
             tokio::spawn(tracing::Instrument::in_current_span(api));
         }
-        let api = serve(listener, models, ServeLimits::default(), token, std::future::pending());
+        let api = serve_with_routes(listener, models, routes, ServeLimits::default(), token, std::future::pending());
         tokio::spawn(tracing::Instrument::in_current_span(api));
     }
     // One stream per signal for the whole run: a signal that arrives mid-check is kept until the loop looks.

@@ -1,6 +1,7 @@
 //! The agent's `/metrics` (OpenMetrics, through `prometheus_client`): inferences, failures and latency per model
 //! and the active model, from the inference handle's counters, and the update loop's own timings (check latency,
-//! download time), recorded on the injected clock. Label values are escaped by the library.
+//! download time), recorded on the injected clock; with routes, each route's quality per candidate and its
+//! concentration. Label values are escaped by the library.
 
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -9,7 +10,7 @@ use prometheus_client::registry::Registry;
 
 use outpost_shared::metrics::{Format, HistogramFamily, Snapshot, encode, histogram_family};
 
-use crate::inference::ModelHandle;
+use crate::inference::{ModelHandle, Routes};
 
 /// What the update loop measures, kept for the life of the process.
 #[derive(Debug, Clone)]
@@ -59,8 +60,11 @@ impl AgentMetrics {
 }
 
 /// The exposition, in `format`, of what `handle` served and what the update loop measured.
-pub fn exposition(handle: &ModelHandle, format: Format) -> String {
+pub fn exposition(handle: &ModelHandle, routes: Option<&Routes>, format: Format) -> String {
     let mut registry = Registry::default();
+    if let Some(routes) = routes {
+        register_routes(&mut registry, routes);
+    }
     let mut inferences = Snapshot::new("outpost_agent_inferences", "Inferences that reached a model.");
     let mut failures = Snapshot::new("outpost_agent_inference_failures", "Inferences the model failed.");
     let mut latency = Snapshot::new("outpost_agent_inference_seconds", "Time the model took per inference.");
@@ -98,4 +102,47 @@ pub fn exposition(handle: &ModelHandle, format: Format) -> String {
         metrics.outcomes_dropped.clone(),
     );
     encode(&registry, format)
+}
+
+/// Per route: requests and unanswered ones, and the concentration of its answers (top candidate's share, HHI);
+/// per route and candidate: answers, errors, fallbacks by reason and latency.
+fn register_routes(registry: &mut Registry, routes: &Routes) {
+    let mut requests = Snapshot::new("outpost_agent_route_requests", "Requests to a route.");
+    let mut unanswered = Snapshot::new("outpost_agent_route_unanswered", "Requests to a route no candidate answered.");
+    let mut answers = Snapshot::new("outpost_agent_route_answers", "Requests a route's candidate answered.");
+    let mut errors = Snapshot::new("outpost_agent_route_errors", "Requests a route's candidate failed on.");
+    let mut fallbacks = Snapshot::new(
+        "outpost_agent_route_fallbacks",
+        "Requests a route's candidate answered as a fallback, by why the candidate in front was passed over.",
+    );
+    let mut latency = Snapshot::new("outpost_agent_route_seconds", "Time a route's candidate took per answer.");
+    let mut top = Snapshot::new("outpost_agent_route_top_share", "Share of a route's answers its top candidate gave.");
+    let mut hhi = Snapshot::new("outpost_agent_route_hhi", "Herfindahl-Hirschman index of a route's answer shares.");
+    for (route, q) in routes.quality() {
+        requests.push(vec![("route", route.clone())], ConstCounter::new(q.requests));
+        unanswered.push(vec![("route", route.clone())], ConstCounter::new(q.unanswered));
+        if let Some(c) = q.concentration() {
+            top.push(vec![("route", route.clone()), ("candidate", c.top)], ConstGauge::new(c.top_share));
+            hhi.push(vec![("route", route.clone())], ConstGauge::new(c.hhi));
+        }
+        for (candidate, cq) in q.candidates {
+            let labels = vec![("route", route.clone()), ("candidate", candidate)];
+            answers.push(labels.clone(), ConstCounter::new(cq.answered));
+            errors.push(labels.clone(), ConstCounter::new(cq.errors));
+            for (reason, n) in cq.fallbacks {
+                let mut labels = labels.clone();
+                labels.push(("reason", reason.name().to_owned()));
+                fallbacks.push(labels, ConstCounter::new(n));
+            }
+            latency.push(labels, cq.latency);
+        }
+    }
+    registry.register_collector(Box::new(requests));
+    registry.register_collector(Box::new(unanswered));
+    registry.register_collector(Box::new(answers));
+    registry.register_collector(Box::new(errors));
+    registry.register_collector(Box::new(fallbacks));
+    registry.register_collector(Box::new(latency));
+    registry.register_collector(Box::new(top));
+    registry.register_collector(Box::new(hhi));
 }

@@ -97,6 +97,7 @@ fn main() {
         targets: vec![target.clone()],
         secondaries: Vec::new(),
         shadow: Some(target),
+        router: None,
     };
     let revocations = RevocationList {
         version: 2,

@@ -153,6 +153,8 @@ mod tests {
             channels: channels.iter().map(|c| (*c).to_owned()).collect(),
             published_at: u64::from(n),
             firmware: None,
+            router: false,
+            capability: "test.cap".into(),
         }
     }
 

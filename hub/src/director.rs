@@ -65,6 +65,17 @@ pub struct Published {
     pub published_at: u64,
     /// What a firmware package states about its image; `None` for a model package.
     pub firmware: Option<PublishedFirmware>,
+    /// A router package: rules, never a device's model.
+    pub router: bool,
+    /// The capability it serves, as its signed facts state it.
+    pub capability: String,
+}
+
+impl Published {
+    /// A model package (neither firmware nor a router).
+    pub fn is_model(&self) -> bool {
+        self.firmware.is_none() && !self.router
+    }
 }
 
 /// The firmware fields of a published target (`custom.outpost.firmware`, signed by the targets role).
@@ -194,6 +205,8 @@ impl<'a> Director<'a> {
                     channels: o.channels.clone(),
                     published_at: o.published_at,
                     firmware: o.firmware.as_ref().and_then(PublishedFirmware::from_facts),
+                    router: o.kind.as_deref() == Some("router"),
+                    capability: o.capability.clone(),
                 });
             }
         }
@@ -201,7 +214,10 @@ impl<'a> Director<'a> {
         Ok(out)
     }
 
-    /// Signs a fresh assignment for `device`: the newest non-revoked model package published to its channel, and
+    /// Signs a fresh assignment for `device`: the newest non-revoked model package published to its channel (or
+    /// the one a staged release steers it to) first, then for each other capability with a model package on the
+    /// channel the newest of those (one package per capability: an agent with several capabilities runs each in
+    /// its own update lane; one that runs a single model takes the first), and
     /// for each of its secondaries the newest non-revoked firmware package for that secondary's hardware id.
     /// Returns `None` for unknown or revoked devices and for channels with nothing published.
     pub fn assignment(
@@ -215,6 +231,9 @@ impl<'a> Director<'a> {
             return Ok(None);
         }
         let Choice { current, eligible, shadow, steer } = self.choose(reg, &record, now)?;
+        let others = other_capabilities(current.as_ref(), &eligible);
+        // The channel's newest eligible router: a revoked one gives way to the one before, models untouched.
+        let router = eligible.iter().rfind(|p| p.router).cloned().map(|p| assigned(p, &record.channel));
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
@@ -224,6 +243,7 @@ impl<'a> Director<'a> {
             expires,
             targets: current
                 .into_iter()
+                .chain(others)
                 .map(|p| match steer.assign == Some(p.digest) {
                     // Steered by a staged release: the device learns which (its logs follow it), and its retries.
                     true => AssignedTarget {
@@ -239,6 +259,7 @@ impl<'a> Director<'a> {
                 rollout: steer.shadow_release.clone().unwrap_or_default(),
                 ..assigned(p, &record.channel)
             }),
+            router,
         };
         Ok(Some(self.seal(&assignment, ASSIGNMENT_DOMAIN)?))
     }
@@ -257,13 +278,13 @@ impl<'a> Director<'a> {
         let forced = steer
             .assign
             .filter(|a| steer.retry > 0 || !record.rolled_back.contains(a))
-            .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
+            .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p) && p.is_model()).cloned());
         let shadow = steer.shadow.and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
         let eligible: Vec<Published> = published
             .into_iter()
             .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
             .collect();
-        let current = forced.or_else(|| eligible.iter().rfind(|p| p.firmware.is_none()).cloned());
+        let current = forced.or_else(|| eligible.iter().rfind(|p| p.is_model()).cloned());
         Ok(Choice { current, eligible, shadow, steer })
     }
 
@@ -276,7 +297,7 @@ impl<'a> Director<'a> {
         now: UnixSeconds,
     ) -> Result<(Option<Digest>, Vec<Digest>), DirectorOpError> {
         let Choice { current, eligible, .. } = self.choose(reg, record, now)?;
-        let models = eligible.iter().filter(|p| p.firmware.is_none()).map(|p| p.digest).collect();
+        let models = eligible.iter().filter(|p| p.is_model()).map(|p| p.digest).collect();
         Ok((current.map(|p| p.digest), models))
     }
 
@@ -312,6 +333,18 @@ impl<'a> Director<'a> {
         }
         Ok(out)
     }
+}
+
+/// For each capability other than `current`'s, the newest eligible model package of it, by capability name.
+fn other_capabilities(current: Option<&Published>, eligible: &[Published]) -> Vec<Published> {
+    let mut newest: std::collections::BTreeMap<&str, &Published> = std::collections::BTreeMap::new();
+    for p in eligible
+        .iter()
+        .filter(|p| p.is_model() && Some(p.capability.as_str()) != current.map(|c| c.capability.as_str()))
+    {
+        newest.insert(&p.capability, p); // oldest first: the last one wins
+    }
+    newest.into_values().cloned().collect()
 }
 
 /// What a device should run: its model package, the packages eligible for it, and a shadow package.

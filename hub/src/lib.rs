@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod registry;
 pub mod reports;
 pub mod rollouts;
+pub mod routers;
 pub mod service;
 pub mod storage;
 pub mod store;

@@ -230,6 +230,8 @@ pub struct Summary {
     pub inference: BTreeMap<String, InferenceSummary>,
     /// Shadow runs per package (digest, hex).
     pub shadow: BTreeMap<String, ShadowSummary>,
+    /// Route quality per route: requests, errors, fallbacks by reason and latency per candidate.
+    pub routes: BTreeMap<String, outpost_shared::route::quality::RouteQuality>,
     /// Events the group's devices dropped at their queue bound (each queue counted in the group of its last batch).
     pub dropped: u64,
     /// Events that left a device's queue but never reached the store ([`StreamRecord::missing`], counted like
@@ -292,6 +294,7 @@ impl Summary {
                 s.latency.merge(latency);
             }
             EventKind::Error { .. } => self.errors += 1,
+            EventKind::RouteQuality { route, quality } => self.routes.entry(route.clone()).or_default().merge(quality),
             EventKind::ShadowDivergence { package, max_abs_diff, top1_agreement, latency_ratio, samples } => {
                 let s = self.shadow.entry(package.to_hex()).or_default();
                 // Running sample-weighted means: exact for the counts seen, with no sums to overflow.

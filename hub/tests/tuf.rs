@@ -482,6 +482,7 @@ async fn stolen_online_key_assignment_to_unlisted_target_is_rejected() {
         }],
         secondaries: vec![],
         shadow: None,
+        router: None,
     };
     let mut listed = HashMap::new();
     for p in [path.as_str(), "packages/low/evil-6.6.6.opkg"] {

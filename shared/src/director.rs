@@ -35,12 +35,21 @@ pub struct Assignment {
     /// live requests after they are answered, never serving. Absent (and not encoded) when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<AssignedTarget>,
+    /// The router package the device's inference API routes by (`kind = "router"`, versioned on its own line).
+    /// Absent (and not encoded) when the channel has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<AssignedTarget>,
 }
 
 impl Assignment {
-    /// Every target the assignment names: the device's own, its secondaries' firmware, and its shadow package.
+    /// Every target the assignment names: the device's own, its secondaries' firmware, its shadow package and its
+    /// router.
     pub fn all_targets(&self) -> impl Iterator<Item = &AssignedTarget> {
-        self.targets.iter().chain(self.secondaries.iter().map(|s| &s.target)).chain(self.shadow.iter())
+        self.targets
+            .iter()
+            .chain(self.secondaries.iter().map(|s| &s.target))
+            .chain(self.shadow.iter())
+            .chain(self.router.iter())
     }
 }
 
@@ -433,6 +442,7 @@ mod tests {
             }],
             secondaries: vec![],
             shadow: None,
+            router: None,
         }
     }
 

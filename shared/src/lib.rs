@@ -31,6 +31,7 @@ pub mod package;
 pub mod policy;
 pub mod rng;
 pub mod rollout;
+pub mod route;
 pub mod telemetry;
 pub mod tensor;
 #[cfg(feature = "testkit")]

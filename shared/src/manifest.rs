@@ -75,6 +75,9 @@ pub enum PackageKind {
     Model,
     /// A firmware image the agent never loads: a gateway agent hands it to a secondary microcontroller.
     Firmware,
+    /// Routing rules (`crate::route::Router` as canonical CBOR): which capability answers which requests of a
+    /// route. Versioned, signed, rolled out and rolled back on its own line, apart from the models it names.
+    Router,
 }
 
 impl PackageKind {
@@ -132,7 +135,7 @@ macro_rules! display_as_serde_name {
     };
 }
 
-display_as_serde_name!(PackageKind { Model => "model", Firmware => "firmware" });
+display_as_serde_name!(PackageKind { Model => "model", Firmware => "firmware", Router => "router" });
 display_as_serde_name!(RiskTier { Low => "low", Medium => "medium", High => "high" });
 display_as_serde_name!(DataClassification {
     Public => "public",
@@ -511,7 +514,7 @@ impl Manifest {
         self.validate_kind()?;
         let contract: &[(&str, &Vec<TensorSpec>)] = match self.kind {
             PackageKind::Model => &[("inputs", &self.contract.inputs), ("outputs", &self.contract.outputs)],
-            PackageKind::Firmware => &[],
+            PackageKind::Firmware | PackageKind::Router => &[],
         };
         for &(side, specs) in contract {
             validate_specs(side, specs)?;
@@ -538,7 +541,7 @@ impl Manifest {
         }
         match self.kind {
             PackageKind::Model => self.validate_smoke_test(),
-            PackageKind::Firmware => Ok(()),
+            PackageKind::Firmware | PackageKind::Router => Ok(()),
         }
     }
 
@@ -556,6 +559,14 @@ impl Manifest {
                 fail("smoke_test", "a model package needs a [smoke_test]")
             }
             (PackageKind::Model, None) => Ok(()),
+            (PackageKind::Router, Some(_)) => fail("firmware", "a router package has no [firmware] table"),
+            (PackageKind::Router, None) if !self.contract.is_empty() => {
+                fail("contract", "a router package has no tensor contract: each route states its own")
+            }
+            (PackageKind::Router, None) if !self.smoke_test.is_empty() => {
+                fail("smoke_test", "a router package has no smoke test")
+            }
+            (PackageKind::Router, None) => Ok(()),
             (PackageKind::Firmware, None) => {
                 fail("firmware", "a firmware package needs a [firmware] table (hardware_id, release_counter)")
             }

@@ -424,6 +424,10 @@ pub struct InferResponse {
     pub id: Option<String>,
     /// The outputs, in the model's order.
     pub outputs: Vec<ResponseTensor>,
+    /// Response parameters: for an answer through a route, `route` and, when a fallback answered,
+    /// `fallback_reason`. Left out when empty.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parameters: std::collections::BTreeMap<&'static str, String>,
 }
 
 /// One output: with its values as `data`, or, when `binary`, with `parameters.binary_data_size` and its bytes

@@ -128,6 +128,13 @@ pub enum EventKind {
         /// Samples compared.
         samples: u64,
     },
+    /// What a route served over an interval ending at the event's `at` (deltas: the hub adds them up).
+    RouteQuality {
+        /// The route's name.
+        route: String,
+        /// Requests, errors, fallbacks by reason and latency per candidate.
+        quality: crate::route::quality::RouteQuality,
+    },
 }
 
 impl EventKind {
@@ -140,6 +147,7 @@ impl EventKind {
             EventKind::InferenceStats { .. } => "inference_stats",
             EventKind::Error { .. } => "error",
             EventKind::ShadowDivergence { .. } => "shadow_divergence",
+            EventKind::RouteQuality { .. } => "route_quality",
         }
     }
 
@@ -162,6 +170,7 @@ impl EventKind {
             EventKind::PolicyRejection { rule, reason, .. } => vec![rule, reason],
             EventKind::Rollback { reason, .. } => vec![reason],
             EventKind::Error { what } => vec![what],
+            EventKind::RouteQuality { route, .. } => vec![route],
             EventKind::InferenceStats { .. } | EventKind::ShadowDivergence { .. } => vec![],
         }
     }
@@ -198,6 +207,25 @@ impl EventKind {
                 }
                 if !(latency_ratio.is_finite() && *latency_ratio >= 0.0) {
                     return invalid("latency_ratio", "must be finite and not negative");
+                }
+                Ok(())
+            }
+            EventKind::RouteQuality { route, quality } => {
+                text("route", route)?;
+                if quality.candidates.len() > crate::route::MAX_CANDIDATES {
+                    return invalid("quality.candidates", "more candidates than a route has");
+                }
+                let answered =
+                    quality.candidates.values().try_fold(quality.unanswered, |n, c| n.checked_add(c.answered));
+                if answered.is_none_or(|n| n > quality.requests) {
+                    return invalid("quality.requests", "fewer requests than answers");
+                }
+                for (name, c) in &quality.candidates {
+                    text("quality.candidates", name)?;
+                    if c.fallbacks.values().try_fold(0u64, |n, f| n.checked_add(*f)).is_none_or(|n| n > c.answered) {
+                        return invalid("quality.fallbacks", "more fallbacks than answers");
+                    }
+                    c.latency.check()?;
                 }
                 Ok(())
             }

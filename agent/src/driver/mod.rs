@@ -34,6 +34,7 @@ use crate::transport::{self, Transport, TransportError};
 use outpost_net::client::{ClientConfig, HubClient};
 
 mod install;
+mod router;
 pub use install::load_slot;
 use install::refuse_non_model;
 
@@ -145,6 +146,10 @@ pub struct Agent {
     telemetry: Option<crate::telemetry::Queue>,
     /// Inferences since the last check, per model: count, errors, latency.
     inferences: std::collections::BTreeMap<Digest, (u64, u64, Histogram)>,
+    /// The routes the inference API serves, if any: their quality goes out as telemetry at each check.
+    routes: Option<Arc<crate::inference::Routes>>,
+    /// The router package installed into `routes`, if any.
+    router: Option<Digest>,
     /// Shadow comparisons not yet in a report that reached the hub.
     pending_shadow: Option<outpost_shared::update::ShadowReport>,
     /// Draws the update loop's poll jitter.
@@ -216,6 +221,8 @@ impl Agent {
             advertised: None,
             telemetry: None,
             inferences: std::collections::BTreeMap::new(),
+            routes: None,
+            router: None,
             pending_shadow: None,
             rng,
         };
@@ -329,6 +336,14 @@ impl Agent {
         entry.0 += 1;
         entry.1 += u64::from(!ok);
         entry.2.record(latency);
+    }
+
+    /// Routes requests by the router package the assignment names (installing the one kept from the last run at
+    /// once), and reports what `routes` serve (requests, errors, fallbacks, latency per route and candidate) in
+    /// telemetry at each check.
+    pub fn set_routes(&mut self, routes: Arc<crate::inference::Routes>) {
+        self.restore_router(&routes);
+        self.routes = Some(routes);
     }
 
     /// Events waiting for the hub, and events dropped at the bound.
@@ -526,6 +541,9 @@ impl Agent {
         for (model, (count, errors, latency)) in std::mem::take(&mut self.inferences) {
             self.queue(EventKind::InferenceStats { model, count, errors, latency });
         }
+        for (route, quality) in self.routes.as_ref().map(|r| r.take_quality()).unwrap_or_default() {
+            self.queue(EventKind::RouteQuality { route, quality });
+        }
         self.collect_shadow();
         // One deadline for the whole step: every part of it (QUIC to the hub or a site node, HTTP to a mirror)
         // has its own stall timeout, which a peer sending a byte now and then never trips.
@@ -641,6 +659,7 @@ impl Agent {
         #[cfg(not(feature = "gateway"))]
         self.refuse_firmware(&assignment.secondaries);
         self.update_shadow(&*source, assignment.shadow.as_ref()).await;
+        self.update_router(&*source, assignment.router.as_ref()).await;
         self.flush_reports(&client).await
     }
 

@@ -355,8 +355,42 @@ impl ModelHandle {
     /// the observer and the metrics when it says something about the model, feeds the shadow, and encodes the
     /// response.
     pub(super) fn answer(self: &Arc<Self>, served: &Served, request: Request) -> Result<Encoded, InferenceError> {
+        let (response, took) = self.answer_observed(served, &request)?;
+        let Answered { response, by_model } = response;
+        let encoded = Encoded::of(&response).map_err(|e| InferenceError::Internal(e.to_string()))?;
+        if by_model {
+            self.run_shadow(request, &response, took);
+        }
+        Ok(encoded)
+    }
+
+    /// Answers one request through a route on `served`, with the route's response `parameters`; the request
+    /// stays the caller's, to hand to the next candidate if this one fails. Also returns how long it took. No
+    /// shadow runs on routed requests.
+    pub(super) fn answer_routed(
+        self: &Arc<Self>,
+        served: &Served,
+        request: &Request,
+        parameters: std::collections::BTreeMap<&'static str, String>,
+    ) -> (Result<Encoded, InferenceError>, std::time::Duration) {
+        match self.answer_observed(served, request) {
+            Ok((Answered { mut response, .. }, took)) => {
+                response.parameters = parameters;
+                (Encoded::of(&response).map_err(|e| InferenceError::Internal(e.to_string())), took)
+            }
+            Err(e) => (Err(e), std::time::Duration::ZERO),
+        }
+    }
+
+    /// Runs one request on `served` and reports the outcome to the observer and the metrics when it says
+    /// something about the model.
+    fn answer_observed(
+        self: &Arc<Self>,
+        served: &Served,
+        request: &Request,
+    ) -> Result<(Answered, std::time::Duration), InferenceError> {
         let started = self.clock.as_ref().map(|c| c.monotonic());
-        let result = handle_infer(served, &request, Outputs::AsRequested);
+        let result = handle_infer(served, request, Outputs::AsRequested);
         let took = match (&self.clock, started) {
             (Some(c), Some(t)) => c.monotonic().saturating_sub(t),
             _ => std::time::Duration::ZERO,
@@ -374,12 +408,7 @@ impl ModelHandle {
             let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
             served.last_micros.store(micros, Ordering::Relaxed);
         }
-        let Answered { response, by_model } = result?;
-        let encoded = Encoded::of(&response).map_err(|e| InferenceError::Internal(e.to_string()))?;
-        if by_model {
-            self.run_shadow(request, &response, took);
-        }
-        Ok(encoded)
+        Ok((result?, took))
     }
 
     /// Makes `served` the active model; returns the previous one. Requests already running keep theirs.
@@ -414,7 +443,7 @@ impl ModelHandle {
     /// The OpenMetrics exposition of what this handle served (inferences, failures and latency per model, latency
     /// only when the handle has a clock; the active model) and of the update loop's timings: `crate::metrics`.
     pub fn prometheus(&self, format: outpost_shared::metrics::Format) -> String {
-        crate::metrics::exposition(self, format)
+        crate::metrics::exposition(self, None, format)
     }
 
     /// Per model served so far: name, version, inferences, failures, latency.
@@ -497,7 +526,13 @@ fn handle_infer(served: &Served, request: &Request, outputs_as: Outputs) -> Resu
             })
         })
         .collect();
-    let response = InferResponse { model_name: served.name().to_owned(), model_version: served.version(), id, outputs };
+    let response = InferResponse {
+        model_name: served.name().to_owned(),
+        model_version: served.version(),
+        id,
+        outputs,
+        parameters: Default::default(),
+    };
     Ok(Answered { response, by_model })
 }
 /// Index of the largest value (the first among equals); `None` when empty.

@@ -34,6 +34,7 @@ use tokio::time::Duration;
 
 use super::InferenceError;
 use super::handle::{ModelHandle, Served};
+use super::routes::Routes;
 
 /// Where the agent serves the API unless its config says otherwise: localhost only, the port KServe uses.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -194,9 +195,21 @@ async fn require_token(State(token): State<Arc<BearerToken>>, request: Request, 
 /// The OIP v2 routes over `handle`, bounded by `limits`; with a `token`, every route but the health probes
 /// requires it (the probes say only whether a model is active, and supervisors poll them without secrets).
 pub fn router(handle: Arc<ModelHandle>, limits: ServeLimits, token: Option<BearerToken>) -> Router {
+    router_with_routes(handle, None, limits, token)
+}
+
+/// [`router`], also serving the models and routes of `routes`: `/v2/models/{route}/infer` answers through a
+/// route of its installed router, and a model name of any of its capabilities addresses that model directly.
+pub fn router_with_routes(
+    handle: Arc<ModelHandle>,
+    routes: Option<Arc<Routes>>,
+    limits: ServeLimits,
+    token: Option<BearerToken>,
+) -> Router {
     let running = limits.max_concurrent_inferences.max(1);
     let app = Arc::new(App {
         handle,
+        routes,
         limits,
         running: Arc::new(Semaphore::new(running)),
         admitted: Arc::new(Semaphore::new(running.saturating_add(limits.max_queued_inferences))),
@@ -295,8 +308,27 @@ pub async fn serve(
     token: Option<BearerToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.into();
-    let app = router(handle, limits, token);
+    serve_app(listener.into(), router(handle, limits, token), limits, shutdown).await
+}
+
+/// [`serve`], with the models and routes of `routes` too ([`router_with_routes`]).
+pub async fn serve_with_routes(
+    listener: impl Into<Listener>,
+    handle: Arc<ModelHandle>,
+    routes: Arc<Routes>,
+    limits: ServeLimits,
+    token: Option<BearerToken>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_app(listener.into(), router_with_routes(handle, Some(routes), limits, token), limits, shutdown).await
+}
+
+async fn serve_app(
+    listener: Listener,
+    app: Router,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (closing, closed) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -362,6 +394,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 struct App {
     handle: Arc<ModelHandle>,
+    /// Further capabilities' models and the router's routes, if any.
+    routes: Option<Arc<Routes>>,
     limits: ServeLimits,
     /// One permit per running inference.
     running: Arc<Semaphore>,
@@ -379,7 +413,22 @@ pub(super) fn error_response(status: StatusCode, message: &str) -> Response {
 
 /// The active model if it is `name` (and `version`, when given).
 fn select(app: &App, name: &str, version: Option<&str>) -> Result<Arc<Served>, InferenceError> {
-    let served = app.handle.current().ok_or(InferenceError::NotReady)?;
+    select_handle(app, name, version).map(|(_, served)| served)
+}
+
+/// The model `name` (and `version`, when given) with the handle it serves from: the primary handle's, else the
+/// active model of another capability of the same name.
+fn select_handle(
+    app: &App,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(Arc<ModelHandle>, Arc<Served>), InferenceError> {
+    let other = app.routes.as_ref().and_then(|r| r.model_named(name));
+    let (handle, served) = match (app.handle.current(), other) {
+        (Some(s), _) if s.name() == name => (app.handle.clone(), s),
+        (_, Some(found)) => found,
+        (current, None) => (app.handle.clone(), current.ok_or(InferenceError::NotReady)?),
+    };
     if served.name() != name {
         return Err(InferenceError::UnknownModel { requested: name.to_owned(), serving: served.name().to_owned() });
     }
@@ -392,13 +441,17 @@ fn select(app: &App, name: &str, version: Option<&str>) -> Result<Arc<Served>, I
             serving: served.version(),
         });
     }
-    Ok(served)
+    Ok((handle, served))
 }
 
 async fn metrics(State(app): AppState, headers: axum::http::HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = outpost_shared::metrics::Format::negotiate(accept);
-    ([(header::CONTENT_TYPE, format.content_type())], app.handle.prometheus(format)).into_response()
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        crate::metrics::exposition(&app.handle, app.routes.as_deref(), format),
+    )
+        .into_response()
 }
 
 async fn server_ready(State(app): AppState) -> Response {
@@ -505,8 +558,15 @@ async fn run_infer(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Encoded, InferenceError> {
-    // The model is fixed here, on arrival: a swap from now on does not concern this request.
-    let served = select(app, name, version)?;
+    // The model (or the route's rules) is fixed here, on arrival: a swap from now on does not concern this request.
+    let route = match (version, &app.routes) {
+        (None, Some(routes)) => routes.route(name).map(|r| (routes.clone(), r)),
+        _ => None,
+    };
+    let target = match route {
+        Some(route) => Err(route),
+        None => Ok(select_handle(app, name, version)?),
+    };
     let limit = app.limits.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -526,15 +586,27 @@ async fn run_infer(
         .await
         .map_err(|_| InferenceError::BodyTimeout(app.limits.body_timeout))??;
     let running = app.running.clone().acquire_owned().await.map_err(|e| InferenceError::Internal(e.to_string()))?;
-    let handle = app.handle.clone();
-    let last = served.last_inference();
-    let in_place = last < app.limits.in_place_below;
     let limits = RequestLimits { max_dynamic_elements: app.limits.max_dynamic_elements };
-    run_blocking(in_place, move || {
-        let (_running, _buffered) = (running, buffered);
-        handle.answer(&served, super::handle::Request { body: bytes, json_len, limits })
-    })
-    .await?
+    let request = super::handle::Request { body: bytes, json_len, limits };
+    match target {
+        Ok((handle, served)) => {
+            let in_place = served.last_inference() < app.limits.in_place_below;
+            run_blocking(in_place, move || {
+                let (_running, _buffered) = (running, buffered);
+                handle.answer(&served, request)
+            })
+            .await?
+        }
+        // Routed: the candidate is chosen once the body is in; on the blocking pool, as which model answers
+        // (and how fast) is not known yet.
+        Err((routes, (router, index))) => {
+            run_blocking(false, move || {
+                let (_running, _buffered) = (running, buffered);
+                routes.answer(&router, index, &request)
+            })
+            .await?
+        }
+    }
 }
 
 /// Runs `f` (tract: CPU-bound) off the async scheduler. `in_place` on a multi-thread runtime: right here under

@@ -41,6 +41,7 @@
 pub mod handle;
 pub mod http;
 pub mod outcomes;
+pub mod routes;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -54,9 +55,10 @@ pub use http::{
     BearerToken, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IN_PLACE_BELOW, DEFAULT_LISTEN,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_CONCURRENT_INFERENCES,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUED_INFERENCES, Listener, MIN_TOKEN_LEN, PLATFORM, ServeLimits, TokenError,
-    bind_unix, router, serve,
+    bind_unix, router, router_with_routes, serve, serve_with_routes,
 };
 pub use outcomes::{DEFAULT_OUTCOME_CAPACITY, Outcome, OutcomeReceiver, OutcomeSender};
+pub use routes::Routes;
 
 /// Why an inference request was refused or failed. [`InferenceError::status`] maps it to HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,14 @@ pub enum InferenceError {
     /// No model is active.
     #[error("no model is active")]
     NotReady,
+    /// No candidate of the route could answer the request: each candidate's reason.
+    #[error("route `{route}`: no candidate can answer ({reasons})")]
+    NoCandidate {
+        /// The route.
+        route: String,
+        /// `capability: reason`, per candidate.
+        reasons: String,
+    },
     /// Too many requests are already waiting.
     #[error("busy: {0} inference requests are already waiting")]
     Busy(usize),
@@ -114,7 +124,9 @@ impl InferenceError {
             }
             InferenceError::Model(_) | InferenceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             InferenceError::UnknownModel { .. } | InferenceError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
-            InferenceError::NotReady | InferenceError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InferenceError::NotReady | InferenceError::Busy(_) | InferenceError::NoCandidate { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             InferenceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             InferenceError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }

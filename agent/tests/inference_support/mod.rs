@@ -50,6 +50,15 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server already spawned: its address, its stop signal and its task.
+    pub fn from_parts(
+        addr: SocketAddr,
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    ) -> Server {
+        Server { addr, stop: Some(stop), task }
+    }
+
     pub async fn start(handle: Arc<ModelHandle>) -> Server {
         Server::start_with(handle, ServeLimits::default()).await
     }

@@ -12,7 +12,8 @@ use super::{Out, devices};
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
 pub enum FleetCmd {
     /// Per site: devices, what they run, and their telemetry (update steps, rollbacks, policy rejections,
-    /// errors, inferences with p50/p95 latency).
+    /// errors, inferences with p50/p95 latency); per route: requests, and per candidate answers, errors,
+    /// fallbacks by reason and p50/p95, with the top candidate's share and the HHI of the shares.
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -80,6 +81,47 @@ pub fn status(hub: &Hub, json: bool, o: &mut Out<'_>) -> Result<()> {
             p(|i| i.p50_us),
             p(|i| i.p95_us)
         )?;
+    }
+    routes(&by_site, o)
+}
+
+/// The fleet's route quality: every site's telemetry merged per route.
+fn routes(
+    by_site: &std::collections::BTreeMap<String, outpost_hub::telemetry::Summary>,
+    o: &mut Out<'_>,
+) -> Result<()> {
+    let mut routes: std::collections::BTreeMap<&str, outpost_shared::route::quality::RouteQuality> = Default::default();
+    for (route, q) in by_site.values().flat_map(|t| &t.routes) {
+        routes.entry(route).or_default().merge(q);
+    }
+    if routes.is_empty() {
+        return Ok(());
+    }
+    writeln!(o.out)?;
+    writeln!(
+        o.out,
+        "{:<20} {:<32} {:>9} {:>7} {:>9} {:>9}  FALLBACKS",
+        "ROUTE", "CANDIDATE", "ANSWERS", "ERRORS", "P50", "P95"
+    )?;
+    let ms = |us: Option<u64>| us.map_or("-".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0));
+    for (route, q) in &routes {
+        let concentration = q
+            .concentration()
+            .map_or("-".to_owned(), |c| format!("top {} {:.0}%, HHI {:.2}", c.top, c.top_share * 100.0, c.hhi));
+        writeln!(o.out, "{route:<20} {} requests, {} unanswered; {concentration}", q.requests, q.unanswered)?;
+        for (candidate, c) in &q.candidates {
+            let fallbacks: Vec<String> = c.fallbacks.iter().map(|(r, n)| format!("{}×{n}", r.name())).collect();
+            writeln!(
+                o.out,
+                "{:<20} {candidate:<32} {:>9} {:>7} {:>9} {:>9}  {}",
+                "",
+                c.answered,
+                c.errors,
+                ms(c.latency.quantile_us(0.50)),
+                ms(c.latency.quantile_us(0.95)),
+                if fallbacks.is_empty() { "-".to_owned() } else { fallbacks.join(" ") }
+            )?;
+        }
     }
     Ok(())
 }

@@ -120,6 +120,10 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             let d = reg.resolve(&package)?;
             let record = reg.record(&d)?.with_context(|| format!("package {d} vanished"))?;
             let (_, manifest) = reg.manifest(&d)?;
+            // A router's capabilities must be served, its niches and fallbacks covered.
+            let director = Director::new(&r);
+            let (published, revoked) = (director.published()?, director.revocations()?);
+            outpost_hub::routers::check_publish(reg, &record, &manifest, &published, &revoked)?;
             // A registered capability must name its four owners, and the package must still fit it.
             if let CapabilityCheck::NotRegistered = hub.store()?.capabilities().publish_check(&manifest)? {
                 writeln!(o.err, "note: capability `{}` is not registered: published unchecked", manifest.capability)?;
@@ -162,6 +166,8 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             let last_good = published
                 .iter()
                 .filter(|p| p.digest != d && p.firmware.is_none() && p.channels.contains(&channel))
+                // A router's rollback path is the router before it; a model's, the model before it.
+                .filter(|p| p.router == (manifest.kind == outpost_shared::manifest::PackageKind::Router))
                 .rfind(|p| !revoked.revoked.iter().any(|x| x.digest == p.digest) && !aborted.contains(&p.digest))
                 .map(|p| p.digest);
             let release = outpost_shared::rollout::Release {

@@ -180,6 +180,22 @@ pub enum RegistryError {
         /// Why.
         problem: String,
     },
+    /// Router rules that do not parse or break a rule a router must keep (see `outpost_shared::route`).
+    #[error("{}: {problem}", file.display())]
+    Router {
+        /// The rules file.
+        file: PathBuf,
+        /// Why.
+        problem: String,
+    },
+    /// A router whose routes the published channels cannot serve: refused at publish.
+    #[error("router {router} not published: {source}")]
+    RouterUnserved {
+        /// `name@version`.
+        router: String,
+        /// The route at fault and why.
+        source: Box<outpost_shared::route::RouterError>,
+    },
     /// A site name that cannot be used, or a site node without a site.
     #[error("site: {0}")]
     BadSite(String),

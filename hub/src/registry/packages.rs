@@ -145,7 +145,11 @@ impl Registry {
         })?;
         let file = manifest_path.display().to_string();
         let manifest = Manifest::from_toml(&manifest_text, &file)?;
-        let model_bytes = read_limited(model_path, limits.max_model_bytes, "max_model_bytes")?;
+        let mut model_bytes = read_limited(model_path, limits.max_model_bytes, "max_model_bytes")?;
+        if manifest.kind == PackageKind::Router {
+            // Authors write TOML; the package carries the canonical CBOR the agent reads.
+            model_bytes = router_cbor(&model_bytes, model_path)?;
+        }
         self.add_parsed(manifest, &model_bytes, &file, model_path)
     }
 
@@ -181,6 +185,18 @@ impl Registry {
             PackageKind::Firmware => {
                 check_firmware_image(model_bytes)
                     .map_err(|problem| RegistryError::FirmwareImage { image: model_path.to_owned(), problem })?;
+                None
+            }
+            // Rules, not a model: their shape now, what the channels serve at publish.
+            PackageKind::Router => {
+                let refused = |problem: String| RegistryError::Router { file: model_path.to_owned(), problem };
+                let router = outpost_shared::route::Router::from_cbor(model_bytes).map_err(refused)?;
+                let rules = format!("{}@{}", router.name, router.version);
+                if rules != name_version {
+                    return Err(refused(format!(
+                        "the rules are {rules}, the manifest {name_version}: one package, one name and version"
+                    )));
+                }
                 None
             }
         };
@@ -512,6 +528,14 @@ impl Registry {
 }
 
 /// A firmware image must be non-empty and its length fit the secondary's `u32`.
+/// A router TOML compiled to the canonical CBOR a router package carries.
+fn router_cbor(toml: &[u8], path: &Path) -> Result<Vec<u8>, RegistryError> {
+    let refused = |problem: String| RegistryError::Router { file: path.to_owned(), problem };
+    let text = std::str::from_utf8(toml).map_err(|_| refused("not UTF-8 text".into()))?;
+    let router = outpost_shared::route::Router::from_toml(text, path).map_err(|e| refused(e.to_string()))?;
+    router.to_cbor().map_err(|e| refused(e.to_string()))
+}
+
 fn check_firmware_image(image: &[u8]) -> Result<(), String> {
     match u32::try_from(image.len()) {
         Ok(0) => Err("a firmware image cannot be empty".into()),

@@ -253,7 +253,7 @@ pub struct PackageFacts {
     /// When devices could first see it, in seconds (site policies' minimum soak time counts from here).
     #[serde(default)]
     pub released_at: u64,
-    /// `firmware` for firmware packages; absent for models.
+    /// `firmware` or `router`; absent for models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// A firmware image's facts, as the director's compact manifests state them.
@@ -409,8 +409,8 @@ pub fn target_path(m: &Manifest) -> String {
 }
 
 /// The targets entry for a package, with the custom fields an agent needs to apply site policy before download
-/// (channels, publish order and release time are the publisher's to fill in). A firmware package also carries
-/// `kind` and `firmware` (hardware id, release counter, image length and SHA-256: what the director's compact
+/// (channels, publish order and release time are the publisher's to fill in). A router package carries `kind`; a
+/// firmware package `kind` and `firmware` (hardware id, release counter, image length and SHA-256: what the director's compact
 /// manifests state); model entries have neither.
 pub fn target_entry(record: &PackageRecord, m: &Manifest) -> TargetEntry {
     let metrics = m.evaluation.metrics.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
@@ -438,7 +438,7 @@ pub fn target_entry(record: &PackageRecord, m: &Manifest) -> TargetEntry {
         channels: Vec::new(),
         published_at: 0,
         released_at: 0,
-        kind: m.firmware.as_ref().map(|_| m.kind.to_string()),
+        kind: (!m.kind.is_model()).then(|| m.kind.to_string()),
         firmware: m.firmware.as_ref().map(|fw| FirmwareFacts {
             hardware_id: fw.hardware_id.clone(),
             release_counter: fw.release_counter,

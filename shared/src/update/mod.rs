@@ -10,6 +10,8 @@
 
 use std::collections::BTreeSet;
 
+pub mod lanes;
+
 /// Most refusals a device remembers (oldest forgotten first).
 pub const MAX_REFUSALS: usize = 32;
 
@@ -300,6 +302,60 @@ struct Schedule {
     poll_at: UnixSeconds,
 }
 
+/// When update checks happen, for one device whatever it runs: the poll with its jitter, a pushed notice, the
+/// attestation's renewal and deferrals' windows. Shared by [`UpdateLoop`] and [`lanes::Lanes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checks {
+    /// Poll, jitter and renewal settings.
+    pub timing: Timing,
+    /// `None` until the first check ends, or after [`check_now`](Checks::check_now): a check is due.
+    schedule: Option<Schedule>,
+    /// When the hub's attestation of the current connection expires.
+    attested_until: Option<UnixSeconds>,
+}
+
+impl Checks {
+    /// Checks on `timing`; the first is due at once.
+    pub fn new(timing: Timing) -> Self {
+        Checks { timing, schedule: None, attested_until: None }
+    }
+
+    /// When the next update check is due (`None`: now). Deferrals (their `until`) and the renewal count only when
+    /// they fall after the last check ended: one that check could not clear waits for the next poll instead of
+    /// spinning.
+    pub fn next_check(&self, deferrals: impl Iterator<Item = UnixSeconds>) -> Option<UnixSeconds> {
+        let Schedule { ended, poll_at } = self.schedule?;
+        let renewal = self.attested_until.map(|e| e.saturating_sub(self.timing.renew_margin_secs));
+        Some(renewal.into_iter().chain(deferrals).filter(|&t| t > ended).fold(poll_at, UnixSeconds::min))
+    }
+
+    /// An update check ended at `now`, whether or not it succeeded: the next poll is due after the poll interval
+    /// plus a jitter drawn from `rng`, uniform in `[0, jitter_secs]`.
+    pub fn check_ended(&mut self, now: UnixSeconds, rng: &mut dyn Rng) {
+        let mut bytes = [0u8; 8];
+        rng.fill(&mut bytes);
+        let draw = u64::from_le_bytes(bytes);
+        let jitter = self.timing.jitter_secs.checked_add(1).map_or(draw, |n| draw % n);
+        let poll_at = now.saturating_add(self.timing.poll_secs).saturating_add(jitter);
+        self.schedule = Some(Schedule { ended: now, poll_at });
+    }
+
+    /// Makes an update check due at once (the hub pushed a notice).
+    pub fn check_now(&mut self) {
+        self.schedule = None;
+    }
+
+    /// The hub attested the connection until `expires` (`None`: not attested, or no connection).
+    pub fn attested(&mut self, expires: Option<UnixSeconds>) {
+        self.attested_until = expires;
+    }
+
+    /// Whether the attestation expires within the renewal margin of `now`: connect afresh and attest again.
+    pub fn renewal_due(&self, now: UnixSeconds) -> bool {
+        self.attested_until.is_some_and(|e| e <= now.saturating_add(self.timing.renew_margin_secs))
+    }
+}
+
 /// What happened, fed to [`UpdateLoop::handle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -374,23 +430,19 @@ pub struct UpdateLoop {
     pub state: AgentState,
     /// Health-window settings.
     pub health: HealthPolicy,
-    /// Poll, jitter and renewal settings.
-    pub timing: Timing,
-    /// `None` until the first check ends, or after [`check_now`](UpdateLoop::check_now): a check is due.
-    schedule: Option<Schedule>,
-    /// When the hub's attestation of the current connection expires.
-    attested_until: Option<UnixSeconds>,
+    /// When update checks happen.
+    pub checks: Checks,
 }
 
 impl UpdateLoop {
     /// A loop over `state`, with the default [`Timing`].
     pub fn new(state: AgentState, health: HealthPolicy) -> Self {
-        UpdateLoop { state, health, timing: Timing::default(), schedule: None, attested_until: None }
+        UpdateLoop { state, health, checks: Checks::new(Timing::default()) }
     }
 
     /// The same loop checking on `timing`.
     pub fn with_timing(self, timing: Timing) -> Self {
-        UpdateLoop { timing, ..self }
+        UpdateLoop { checks: Checks::new(timing), ..self }
     }
 
     /// When the loop next needs the driver: the earliest of the next update check (see
@@ -416,40 +468,31 @@ impl UpdateLoop {
         self.next_check().is_none_or(|t| t <= now)
     }
 
-    /// When the next update check is due (`None`: now). Deferrals and the renewal count only when they fall after
-    /// the last check ended: one that check could not clear waits for the next poll instead of spinning.
+    /// When the next update check is due (`None`: now).
     fn next_check(&self) -> Option<UnixSeconds> {
-        let Schedule { ended, poll_at } = self.schedule?;
-        let renewal = self.attested_until.map(|e| e.saturating_sub(self.timing.renew_margin_secs));
-        let deferrals = self.state.refused.iter().filter_map(|r| r.until);
-        Some(renewal.into_iter().chain(deferrals).filter(|&t| t > ended).fold(poll_at, UnixSeconds::min))
+        self.checks.next_check(self.state.refused.iter().filter_map(|r| r.until))
     }
 
     /// An update check ended at `now`, whether or not it succeeded: the next poll is due after the poll interval
     /// plus a jitter drawn from `rng`, uniform in `[0, jitter_secs]`.
     pub fn check_ended(&mut self, now: UnixSeconds, rng: &mut dyn Rng) {
-        let mut bytes = [0u8; 8];
-        rng.fill(&mut bytes);
-        let draw = u64::from_le_bytes(bytes);
-        let jitter = self.timing.jitter_secs.checked_add(1).map_or(draw, |n| draw % n);
-        let poll_at = now.saturating_add(self.timing.poll_secs).saturating_add(jitter);
-        self.schedule = Some(Schedule { ended: now, poll_at });
+        self.checks.check_ended(now, rng);
     }
 
     /// Makes an update check due at once (the hub pushed a notice).
     pub fn check_now(&mut self) {
-        self.schedule = None;
+        self.checks.check_now();
     }
 
     /// The hub attested the connection until `expires` (`None`: not attested, or no connection): a check renews
     /// it [`renew_margin_secs`](Timing::renew_margin_secs) before.
     pub fn attested(&mut self, expires: Option<UnixSeconds>) {
-        self.attested_until = expires;
+        self.checks.attested(expires);
     }
 
     /// Whether the attestation expires within the renewal margin of `now`: connect afresh and attest again.
     pub fn renewal_due(&self, now: UnixSeconds) -> bool {
-        self.attested_until.is_some_and(|e| e <= now.saturating_add(self.timing.renew_margin_secs))
+        self.checks.renewal_due(now)
     }
 
     /// Wall time, never below the last time seen (a clock that goes backwards is noticed and held).
