@@ -39,6 +39,7 @@ fn run(s: &Scenario, port: u16, fault: Option<&str>) -> Vec<report::Verdict> {
         progress: None,
         sample: Duration::from_millis(100),
         threads: 2,
+        count_bytes: false,
     };
     let record = fleet::run(s, &opts).unwrap();
     let verdicts = report::judge(&record);

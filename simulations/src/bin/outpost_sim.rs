@@ -50,9 +50,16 @@ enum Cmd {
         /// Seconds between progress lines on stderr.
         #[arg(long, default_value_t = 5)]
         progress: u64,
+        /// UDP sockets the devices share (each on its own loopback address), instead of the scenario's: the hub
+        /// bounds handshakes per source address (32 at once), as it would see a large fleet from many addresses.
+        #[arg(long, value_name = "N")]
+        sockets: Option<usize>,
         /// Worker threads of the devices' tokio runtime.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Route the devices through a relay that counts bytes each way, and print bytes per check.
+        #[arg(long)]
+        count_bytes: bool,
         /// Runs the hub broken on purpose (`no-revocation-push`), to see the scenario fail.
         #[arg(long, hide = true, value_name = "FAULT")]
         sim_fault: Option<String>,
@@ -61,8 +68,20 @@ enum Cmd {
 
 fn main() -> ExitCode {
     outpost_sim::log_warnings();
-    let Cmd::Fleet { scenario, devices, duration, poll, dir, port, chart, progress, threads, sim_fault } =
-        Cli::parse().command;
+    let Cmd::Fleet {
+        scenario,
+        devices,
+        duration,
+        poll,
+        dir,
+        port,
+        chart,
+        progress,
+        sockets,
+        threads,
+        count_bytes,
+        sim_fault,
+    } = Cli::parse().command;
     let result = (|| -> Result<bool> {
         let mut s = Scenario::load(&scenario)?;
         if let Some(n) = devices {
@@ -70,6 +89,9 @@ fn main() -> ExitCode {
         }
         if let Some(p) = poll {
             s.scale_time(p as f64 / s.timing.poll_secs as f64);
+        }
+        if let Some(k) = sockets {
+            s.fleet.sockets = k.clamp(1, 250);
         }
         if let Some(d) = duration {
             s.duration_secs = d;
@@ -83,6 +105,7 @@ fn main() -> ExitCode {
             progress: Some(Duration::from_secs(progress.max(1))),
             sample: Duration::from_millis(250),
             threads: threads.max(1),
+            count_bytes,
         };
         let record = fleet::run(&s, &opts)?;
         let verdicts = report::judge(&record);

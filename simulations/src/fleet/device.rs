@@ -6,7 +6,7 @@
 //! device runs on the [`Board`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,8 +43,6 @@ pub struct Board {
     pub backlog: AtomicU64,
     /// Events dropped at the device queues' bound.
     pub dropped: AtomicU64,
-    /// Set to stop every device.
-    pub stop: AtomicBool,
     /// Milliseconds since the start at which a `recovers` assertion's event happened (0: none yet).
     pub mark_ms: AtomicU64,
     /// Per device: milliseconds since the start at its first successful check after the mark (0: none).
@@ -66,7 +64,6 @@ impl Board {
             broken: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
             mark_ms: AtomicU64::new(0),
             recovered_ms: (0..n).map(|_| AtomicU64::new(0)).collect(),
             origin: crate::fleet::now(),
@@ -164,18 +161,22 @@ pub struct Wiring {
     pub per_check: bool,
     /// Bumped to make every device check at once.
     pub check_all: tokio::sync::watch::Receiver<u64>,
+    /// Set to stop every device.
+    pub stop: tokio::sync::watch::Receiver<bool>,
     /// When to start (first check), after the origin.
     pub start_after: Duration,
 }
 
-/// Runs one device until the board says stop: checks when the agent says one is due (or the hub pushes a
-/// notice, or the scenario makes every device check), serves between checks, and publishes its state.
+/// Runs one device until told to stop: checks when the agent says one is due (or the hub pushes a notice, or the
+/// scenario makes every device check), serves between checks, and publishes its state. It sleeps until the
+/// agent's next deadline: a device costs nothing between its checks.
 pub async fn run(mut agent: Agent, mut body: Body, mut wiring: Wiring, board: Arc<Board>) {
     tokio::time::sleep(wiring.start_after).await;
     let mut notices = None;
     let mut state_flags = 0;
-    while !board.stop.load(Ordering::Relaxed) {
-        if agent.check_due() {
+    loop {
+        let checked = agent.check_due();
+        if checked {
             let started = crate::fleet::now();
             let result = agent.check().await;
             let took = started.elapsed();
@@ -210,7 +211,10 @@ pub async fn run(mut agent: Agent, mut body: Body, mut wiring: Wiring, board: Ar
             }
             notices = agent.notices();
         }
-        let served = agent.tick().and_then(|()| body.serve(&mut agent));
+        let mut served = agent.tick();
+        if served.is_ok() && (checked || agent.on_trial().is_some()) {
+            served = body.serve(&mut agent);
+        }
         if served.is_err() {
             board.error("device body");
         }
@@ -221,12 +225,11 @@ pub async fn run(mut agent: Agent, mut body: Body, mut wiring: Wiring, board: Ar
                 None => std::future::pending().await,
             }
         };
-        // Wake at least every second to see the stop flag.
-        let wait = agent.until_next_deadline().min(Duration::from_secs(1));
         tokio::select! {
+            _ = wiring.stop.changed() => break,
             true = pushed => agent.check_now(),
             Ok(()) = wiring.check_all.changed() => agent.check_now(),
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(agent.until_next_deadline()) => {}
         }
     }
     if let Some((queued, dropped)) = agent.telemetry_backlog() {

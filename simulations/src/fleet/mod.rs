@@ -48,6 +48,9 @@ pub struct Options {
     pub sample: Duration,
     /// Worker threads of the devices' runtime.
     pub threads: usize,
+    /// Route the devices (not behind a site) through a relay that counts the bytes each way, for bytes per check
+    /// (the hub then sees the relay's sockets, one per device socket, as its peers).
+    pub count_bytes: bool,
 }
 
 /// What one device is, before it runs.
@@ -190,7 +193,6 @@ fn play(
 ) -> Result<Record> {
     let _runtime = rt.enter();
     let n = specs.len();
-    let board = Arc::new(Board::new(n));
     let mut site = if with_site {
         let relay =
             rt.block_on(relay::Relay::start((std::net::Ipv4Addr::LOCALHOST, opts.port + 1).into(), hub.addr))?;
@@ -210,11 +212,16 @@ fn play(
         endpoints.push(quinn::Endpoint::client(local).with_context(|| format!("a UDP socket on {local}"))?);
     }
     let (check_all, check_all_rx) = tokio::sync::watch::channel(0u64);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (sigma, mu) = {
         let (p50, p99) = (scenario.fleet.latency_p50_ms, scenario.fleet.latency_p99_ms);
         ((p99.ln() - p50.ln()) / 2.326, p50.ln())
     };
-    let base = agent_config(scenario, hub.addr, &hub.key)?;
+    let counter = match opts.count_bytes {
+        true => Some(rt.block_on(relay::Relay::start((std::net::Ipv4Addr::LOCALHOST, 0).into(), hub.addr))?),
+        false => None,
+    };
+    let base = agent_config(scenario, counter.as_ref().map_or(hub.addr, |c| c.addr), &hub.key)?;
     // Devices behind the site pin the site node's key, as `outpost-agent init --hub SITE --hub-key NODE` does.
     let site_base = match with_site {
         true => {
@@ -224,9 +231,11 @@ fn play(
         }
         false => None,
     };
-    let ramp = Duration::from_secs(scenario.timing.ramp_secs);
-    let mut tasks = Vec::with_capacity(n);
+    // Every agent opens first (reading its directory takes a while for a large fleet), then the clock starts and
+    // the devices begin their checks spread over the ramp.
+    let mut opened = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
+    let mut broken = 0;
     for (i, spec) in specs.into_iter().enumerate() {
         let mut config = match (&site_base, spec.behind_site) {
             (Some(site), true) => site.clone(),
@@ -235,15 +244,22 @@ fn play(
         config.data_dir = spec.dir;
         keys.push(spec.key);
         let clock = Arc::new(SkewedClock { offset: spec.skew });
-        let mut agent = match Agent::open(config, clock) {
-            Ok(a) => a,
-            Err(e) => {
-                board.broken.fetch_add(1, Ordering::Relaxed);
-                eprintln!("outpost-sim: device {i}: {e}");
-                continue;
+        match Agent::open(config, clock) {
+            Ok(mut agent) => {
+                agent.share_endpoint(endpoints[i % endpoints.len()].clone());
+                opened.push((i, agent));
             }
-        };
-        agent.share_endpoint(endpoints[i % endpoints.len()].clone());
+            Err(e) => {
+                broken += 1;
+                eprintln!("outpost-sim: device {i}: {e}");
+            }
+        }
+    }
+    let board = Arc::new(Board::new(n));
+    board.broken.store(broken, Ordering::Relaxed);
+    let ramp = Duration::from_secs(scenario.timing.ramp_secs);
+    let mut tasks = Vec::with_capacity(n);
+    for (i, agent) in opened {
         let fails = fails(scenario, &digests, i);
         let body = Body { fails, latency: (mu, sigma), inferences: scenario.timing.health_inferences, seed: i as u64 };
         let wiring = Wiring {
@@ -251,6 +267,7 @@ fn play(
             versions: digests.clone(),
             per_check: scenario.fleet.connection == Connection::PerCheck,
             check_all: check_all_rx.clone(),
+            stop: stop_rx.clone(),
             start_after: ramp.mul_f64(i as f64 / n as f64).saturating_sub(board.origin.elapsed()),
         };
         tasks.push(rt.spawn(device::run(agent, body, wiring, board.clone())));
@@ -300,12 +317,13 @@ fn play(
     let checks_in_run = board.checks.load(Ordering::Relaxed) - checks0;
     record.checks_per_sec = checks_in_run as f64 / now().duration_since(started).as_secs_f64().max(1e-9);
     record.hub_cpu = sampler.hub_cpu_share();
-    // Every device checks once more, so what it queued can reach the hub before the count.
+    record.bytes = counter.as_ref().map(relay::Relay::bytes);
+    // Every device checks once more at its own time (not as a herd, which the hub's handshake bounds would turn
+    // away), so what it queued can reach the hub before the count.
     if scenario.asserts.iter().any(|a| matches!(a, scenario::Assert::NoReportLost)) {
-        check_all.send_modify(|g| *g += 1);
-        std::thread::sleep(Duration::from_secs_f64(2.0 + n as f64 / 500.0));
+        std::thread::sleep(Duration::from_secs_f64(scenario.poll_interval() + 1.0));
     }
-    board.stop.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
     rt.block_on(async {
         for t in tasks {
             let _ = t.await;

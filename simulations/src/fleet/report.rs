@@ -55,6 +55,8 @@ pub struct Record {
     pub checks_per_sec: f64,
     /// The hub's CPU over the run, share of one core.
     pub hub_cpu: f64,
+    /// UDP payload bytes between the devices and the hub, (to the hub, from it), when counted.
+    pub bytes: Option<(u64, u64)>,
     /// Checks and failed checks.
     pub checks: (u64, u64),
     /// Check latency percentiles: p50, p99, max (ms).
@@ -92,6 +94,7 @@ impl Record {
             revocations: Vec::new(),
             checks_per_sec: 0.0,
             hub_cpu: 0.0,
+            bytes: None,
             checks: (0, 0),
             latency_ms: (0.0, 0.0, 0.0),
             errors: BTreeMap::new(),
@@ -363,6 +366,15 @@ pub fn render(r: &Record, verdicts: &[Verdict]) -> String {
         r.hub_cpu * 100.0,
         rss as f64 / 1024.0
     );
+    if let Some((up, down)) = r.bytes {
+        let per = |b: u64| b as f64 / r.checks.0.max(1) as f64;
+        let _ = writeln!(
+            o,
+            "bytes        {up} to the hub, {down} from it: {:.0} B up and {:.0} B down per check (UDP payload)",
+            per(up),
+            per(down)
+        );
+    }
     for (i, v) in r.versions.iter().enumerate().skip(1) {
         let Some(from) = s.release_event(v).and_then(|e| r.event_at(e)) else { continue };
         let t: Vec<String> = [0.5, 0.95, 0.99, 1.0]
