@@ -58,12 +58,14 @@ fn run(mut command: Command, dir: &std::path::Path, o: &mut Out<'_>) -> Result<u
             writeln!(o.out, "{}", id.public_key().to_hex())?;
             return Ok(0);
         }
-        Command::Serve { bind, metrics, console, console_tls, log_format, log_level } => {
+        Command::Serve { bind, metrics, console, console_tls, log_format, log_level, max_connections, sim_fault } => {
             outpost_net::allocator::tune().context("re-executing the hub with its malloc tunables")?;
             let format = log_format.parse()?;
             outpost_net::logging::init(format, log_level.as_deref())?;
             let console = cli::serve::console(console, console_tls)?;
-            return cli::serve::serve(dir, bind, metrics, console).map(|()| 0);
+            let sim_fault = sim_fault.map(|_| outpost_hub::service::SimFault::NoRevocationPush);
+            let limits = cli::serve::Limits { max_connections, sim_fault };
+            return cli::serve::serve(dir, bind, metrics, console, limits).map(|()| 0);
         }
         Command::Completions { shell } => {
             o.out.write_all(&outpost_net::docs::completions(Cli::command(), shell))?;

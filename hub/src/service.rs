@@ -143,6 +143,18 @@ pub struct ServiceConfig {
     pub periods: Periods,
     /// How long telemetry is kept.
     pub telemetry_retention: Duration,
+    /// Most device connections served at once (devices keep theirs open between checks).
+    pub max_connections: usize,
+    /// A fault to run with on purpose, for simulations that must show they catch it; `None` in production.
+    pub sim_fault: Option<SimFault>,
+}
+
+/// A deliberate fault (hidden `serve --sim-fault`): the fleet simulator's tests run a hub broken this way to show
+/// its scenarios fail when the hub misbehaves. Never set outside a simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimFault {
+    /// Revocation notices are never pushed: connected devices learn of a revocation only at their next poll.
+    NoRevocationPush,
 }
 
 impl std::fmt::Debug for ServiceConfig {
@@ -166,6 +178,8 @@ impl ServiceConfig {
             admin_limits: admin::Limits::default(),
             periods: Periods::default(),
             telemetry_retention: crate::telemetry::DEFAULT_RETENTION,
+            max_connections: ServeConfig::DEFAULT_MAX_CONNECTIONS,
+            sim_fault: None,
         }
     }
 }
@@ -209,6 +223,7 @@ pub struct Running {
     admin_limits: admin::Limits,
     periods: Periods,
     telemetry_retention: Duration,
+    sim_fault: Option<SimFault>,
     hub: Arc<Hub>,
     backend: Arc<HubBackend>,
     server: Server<HubBackend>,
@@ -240,6 +255,7 @@ pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rn
     let key = config.identity.public_key().to_hex();
     let mut serve = ServeConfig::new(config.identity);
     serve.bind = config.bind;
+    serve.max_connections = config.max_connections;
     let server = Server::bind(serve, backend.clone())?;
     let metrics = match config.metrics {
         Some(addr) => {
@@ -262,6 +278,7 @@ pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rn
         admin_limits: config.admin_limits,
         periods: config.periods,
         telemetry_retention: config.telemetry_retention,
+        sim_fault: config.sim_fault,
         hub,
         backend,
         server,
@@ -318,6 +335,7 @@ impl Running {
             admin_limits,
             periods,
             telemetry_retention,
+            sim_fault,
             hub,
             backend,
             server,
@@ -362,9 +380,15 @@ impl Running {
         }
         // Revocations reach connected agents at once: a notice on their open connection whenever the list moves.
         let repo = hub.repo();
-        jobs.spawn(outpost_net::server::push_revocations(server.notifier(), periods.revocation_watch, move || {
-            Director::new(&repo).revocations().ok().map(|l| l.version)
-        }));
+        if sim_fault == Some(SimFault::NoRevocationPush) {
+            tracing::warn!(
+                "SIMULATION FAULT: revocation notices are not pushed (serve --sim-fault no-revocation-push)"
+            );
+        } else {
+            jobs.spawn(outpost_net::server::push_revocations(server.notifier(), periods.revocation_watch, move || {
+                Director::new(&repo).revocations().ok().map(|l| l.version)
+            }));
+        }
         jobs.spawn(every(periods.retention, "telemetry retention", {
             let (b, retention) = (backend.clone(), telemetry_retention);
             move || {

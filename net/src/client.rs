@@ -37,6 +37,9 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Longest wait for any single step of a request (opening a stream, sending, each read of the answer).
     pub stall_timeout: Duration,
+    /// A client endpoint (one UDP socket) to open the connection on, shared with other connections; `None`, the
+    /// default, opens one for this connection alone. Simulations run many devices over a few sockets with it.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl ClientConfig {
@@ -56,6 +59,7 @@ impl ClientConfig {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             stall_timeout: Self::DEFAULT_STALL_TIMEOUT,
+            endpoint: None,
         }
     }
 }
@@ -135,6 +139,9 @@ pub struct HubClient {
     /// The latest revocation-list version the hub pushed on this connection (0: none yet).
     notices: tokio::sync::watch::Receiver<u64>,
     endpoint: quinn::Endpoint,
+    /// Whether `endpoint` serves other connections too ([`ClientConfig::endpoint`]): closing this one then does
+    /// not wait for the endpoint to go idle.
+    shared_endpoint: bool,
     conn: quinn::Connection,
     limits: Limits,
     stall: Duration,
@@ -188,11 +195,16 @@ impl HubClient {
             .max_concurrent_uni_streams(VarInt::from_u32(4));
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(Arc::new(transport));
-        let local: SocketAddr = match config.hub_addr {
-            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        let endpoint = match &config.endpoint {
+            Some(shared) => shared.clone(),
+            None => {
+                let local: SocketAddr = match config.hub_addr {
+                    SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+                    SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+                };
+                quinn::Endpoint::client(local).map_err(|e| setup(&e))?
+            }
         };
-        let endpoint = quinn::Endpoint::client(local).map_err(|e| setup(&e))?;
         // The name is not checked (the key is pinned) but TLS wants one.
         let connecting = endpoint.connect_with(client, config.hub_addr, "outpost-hub").map_err(|e| setup(&e))?;
         let conn = match timeout(config.connect_timeout, connecting).await {
@@ -204,6 +216,7 @@ impl HubClient {
         Ok(HubClient {
             notices,
             endpoint,
+            shared_endpoint: config.endpoint.is_some(),
             conn,
             limits: config.limits,
             stall: config.stall_timeout,
@@ -363,7 +376,9 @@ impl HubClient {
     /// Closes the connection politely and waits for the hub to hear it.
     pub async fn close(self) {
         self.conn.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"done");
-        let _ = timeout(self.stall, self.endpoint.wait_idle()).await;
+        if !self.shared_endpoint {
+            let _ = timeout(self.stall, self.endpoint.wait_idle()).await;
+        }
     }
 
     /// The hub's last `NotAttested` refusal on this connection (`not attested: <reason>`), if any.

@@ -414,8 +414,15 @@ impl<B: Backend> Server<B> {
             .max_idle_timeout(Some(idle));
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, config.bind)
-            .map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+        let socket =
+            std::net::UdpSocket::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::new(Arc::new(reset_key(&config.identity))),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| ServeError::Bind { addr: config.bind, source })?;
         let live = Arc::new(LiveConnections {
             limits: config.limits,
             stall_timeout: config.stall_timeout,
@@ -985,4 +992,15 @@ async fn send_target<B>(
         remaining -= n as u64;
     }
     let _ = send.finish();
+}
+
+/// Domain tag of the stateless-reset key a server derives from its identity.
+const RESET_KEY_DOMAIN: &[u8] = b"outpost/1 quic stateless reset key";
+
+/// The key behind the server's QUIC stateless resets, derived from its identity (an Ed25519 signature is
+/// deterministic, and secret without the private key): the same across restarts, so a restarted hub answers
+/// packets of connections it lost with a reset the device recognises and drops the dead connection at once,
+/// rather than each device waiting out its idle timeout with every request stalling.
+fn reset_key(identity: &Identity) -> aws_lc_rs::hmac::Key {
+    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &identity.sign(RESET_KEY_DOMAIN))
 }

@@ -1,12 +1,14 @@
 //! Simulations for Outpost: fleets of agents against a real hub, fault scenarios and benchmark drivers.
 //!
 //! Holds no product logic: it only drives the hub and agent crates, in process or as processes. The library holds
-//! what several binaries share: an inference API client ([`http`]) and what /proc says of a process ([`procfs`]).
+//! what several binaries share: an inference API client ([`http`]) and what /proc says of a process ([`procfs`]),
+//! and the fleet simulator behind `outpost-sim fleet` ([`fleet`]).
 //!
 //! The binaries are one-shot tools: their progress and results are plain lines for the person running them
 //! (stderr, stdout). The hubs and agents they run in-process log through `tracing`; [`log_warnings`] shows their
 //! warnings and errors among those lines.
 
+pub mod fleet;
 pub mod http;
 pub mod procfs;
 

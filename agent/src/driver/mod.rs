@@ -116,6 +116,9 @@ pub struct Agent {
     /// What the inference API serves; swapped atomically, so in-flight requests finish on the old model.
     models: Arc<ModelHandle>,
     client: Option<Arc<HubClient>>,
+    /// A client endpoint shared with other agents in this process ([`Agent::share_endpoint`]); `None`: each
+    /// connection opens its own UDP socket, as a device does.
+    endpoint: Option<quinn::Endpoint>,
     /// The static mirror TUF metadata and targets come from (`[hub] mirror`), if any: one client for the agent's
     /// life, so its TLS setup and connection pool outlive a check.
     #[cfg(feature = "mirror")]
@@ -206,6 +209,7 @@ impl Agent {
             updates: UpdateLoop::new(state, health).with_timing(timing),
             models,
             client: None,
+            endpoint: None,
             #[cfg(feature = "mirror")]
             mirror,
             attested: None,
@@ -459,9 +463,9 @@ impl Agent {
         {
             return Ok(c.clone());
         }
-        self.client = None;
-        self.attested = None;
-        let config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
+        self.disconnect();
+        let mut config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
+        config.endpoint = self.endpoint.clone();
         let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
         if crate::attest::enroll_if_pending(&client, &self.layout, self.tpm.as_ref()).await? {
             tracing::info!("enrolled with the hub using the one-time token");
@@ -489,6 +493,24 @@ impl Agent {
             notices.mark_unchanged();
         }
         Some(notices)
+    }
+
+    /// Opens this agent's connections on `endpoint`, a UDP socket shared with other agents of this process (a
+    /// fleet simulation: many devices, a few sockets) instead of one socket per connection.
+    pub fn share_endpoint(&mut self, endpoint: quinn::Endpoint) {
+        self.endpoint = Some(endpoint);
+    }
+
+    /// Drops the connection to the hub, so the next check connects, handshakes and attests afresh (a device
+    /// that does not keep its connection between checks; the agent itself keeps it).
+    pub fn disconnect(&mut self) {
+        // Closed explicitly: the task receiving the hub's notices holds the connection too, and would keep it
+        // (and its keep-alives) going after the last handle here is dropped.
+        if let Some(client) = self.client.take() {
+            let code = quinn::VarInt::from_u32(outpost_shared::wire::codes::CLOSE_NORMAL);
+            client.connection().close(code, b"done");
+        }
+        self.attested = None;
     }
 
     /// The hub's attestation of the current connection, if any.
@@ -552,21 +574,23 @@ impl Agent {
             Ok(result) => result,
             Err(_) => {
                 // The connection may be the slow peer: the next check connects afresh.
-                self.client = None;
-                self.attested = None;
+                self.disconnect();
                 Err(CheckError::Deadline(deadline))
             }
         };
         let result = match (&result, self.client.as_ref().and_then(|c| c.not_attested())) {
             (Err(_), Some(reason)) => {
-                self.client = None;
-                self.attested = None;
+                self.disconnect();
                 Err(CheckError::NotAttested(reason))
             }
             _ => result,
         };
         if let Err(e) = &result {
             self.queue(EventKind::Error { what: format!("update check failed: {e}") });
+            // The next check starts on a fresh connection: this one may be what failed (a hub that restarted
+            // without resetting it, a path that went dead), and waiting out its idle timeout would fail every
+            // check until then, each after a stall timeout (found by the fleet simulator's hub-restart scenario).
+            self.disconnect();
         }
         // The loop schedules the next check, and the renewal of the attestation this check left.
         self.updates.attested(self.attested.map(|a| a.expires));

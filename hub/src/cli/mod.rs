@@ -129,6 +129,12 @@ pub enum Command {
         /// `$RUST_LOG`, else `info`.
         #[arg(long, value_name = "FILTER")]
         log_level: Option<String>,
+        /// Most device connections served at once (devices keep theirs open between checks).
+        #[arg(long, value_name = "N", default_value_t = outpost_net::server::ServeConfig::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Runs a deliberately broken hub, for the fleet simulator's tests only (`no-revocation-push`).
+        #[arg(long, hide = true, value_name = "FAULT", value_parser = ["no-revocation-push"])]
+        sim_fault: Option<String>,
     },
     /// Packages refused by site policies, as devices and site nodes last reported them: per release (how many
     /// devices rejected or deferred it, and by which rule) and per site. Policy refusals are not failures.

@@ -64,12 +64,22 @@ pub fn console(
     Ok(Some(config))
 }
 
+/// What `serve` takes besides its addresses: the connection bound and the simulations' deliberate fault.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `--max-connections`.
+    pub max_connections: usize,
+    /// Hidden `--sim-fault`.
+    pub sim_fault: Option<outpost_hub::service::SimFault>,
+}
+
 /// Runs `outpost-hub serve` until interrupted.
 pub fn serve(
     dir: &Path,
     bind: std::net::SocketAddr,
     metrics: Option<std::net::SocketAddr>,
     console: Option<ConsoleConfig>,
+    limits: Limits,
 ) -> Result<()> {
     let hub = config(dir)?;
     // The service logs (possibly as JSON): the one-time creation is a log event too.
@@ -82,6 +92,8 @@ pub fn serve(
     config.metrics = metrics;
     config.console = console;
     config.admin = Some(Arc::new(super::Commands));
+    config.max_connections = limits.max_connections;
+    config.sim_fault = limits.sim_fault;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(outpost_hub::service::run(config, Arc::new(SystemClock), Box::new(SystemRng), async {
         let _ = tokio::signal::ctrl_c().await;

@@ -382,14 +382,7 @@ impl Fleet {
         self.hub(&["keys", "generate", "--offline-dir", &self.path(&offline)])?;
         // Attestation: the team key signs the agent build the hub may serve (the one this soak runs).
         let team = self.hub(&["attestation", "team-key", "--out", &self.path(&offline.join("team.key"))])?;
-        let config = hub.join("hub.toml");
-        let text = std::fs::read_to_string(&config)?;
-        ensure!(text.contains("# team_key = "), "{}: no team_key line to set", config.display());
-        let text: String = text
-            .lines()
-            .map(|l| if l.starts_with("# team_key = ") { format!("team_key = \"{team}\"\n") } else { format!("{l}\n") })
-            .collect();
-        std::fs::write(&config, text)?;
+        outpost_sim::fleet::hub::set_team_key(&hub.join("hub.toml"), &team)?;
         let agent = self.bin.join("outpost-agent");
         let sha = sha256_hex(&agent)?;
         let version = self.agent_cmd(&["--version"])?;
