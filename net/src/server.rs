@@ -417,7 +417,7 @@ impl<B: Backend> Server<B> {
         let socket =
             std::net::UdpSocket::bind(config.bind).map_err(|source| ServeError::Bind { addr: config.bind, source })?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::new(Arc::new(reset_key(&config.identity))),
+            quinn::EndpointConfig::new(Arc::new(crate::tls::reset_key(&config.identity))),
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -992,15 +992,4 @@ async fn send_target<B>(
         remaining -= n as u64;
     }
     let _ = send.finish();
-}
-
-/// Domain tag of the stateless-reset key a server derives from its identity.
-const RESET_KEY_DOMAIN: &[u8] = b"outpost/1 quic stateless reset key";
-
-/// The key behind the server's QUIC stateless resets, derived from its identity (an Ed25519 signature is
-/// deterministic, and secret without the private key): the same across restarts, so a restarted hub answers
-/// packets of connections it lost with a reset the device recognises and drops the dead connection at once,
-/// rather than each device waiting out its idle timeout with every request stalling.
-fn reset_key(identity: &Identity) -> aws_lc_rs::hmac::Key {
-    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &identity.sign(RESET_KEY_DOMAIN))
 }
