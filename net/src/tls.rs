@@ -212,6 +212,17 @@ impl ClientCertVerifier for AnyEd25519Client {
     }
 }
 
+/// Domain tag of the stateless-reset key a server derives from its identity.
+const RESET_KEY_DOMAIN: &[u8] = b"outpost/1 quic stateless reset key";
+
+/// The key behind the server's QUIC stateless resets, derived from its identity (an Ed25519 signature is
+/// deterministic, and secret without the private key): the same across restarts, so a restarted hub answers
+/// packets of connections it lost with a reset the device recognises and drops the dead connection at once,
+/// rather than each device waiting out its idle timeout with every request stalling.
+pub fn reset_key(identity: &Identity) -> aws_lc_rs::hmac::Key {
+    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &identity.sign(RESET_KEY_DOMAIN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,15 +255,4 @@ mod tests {
         assert_eq!(peer_key(&[]), None);
         assert_eq!(peer_key(&[CertificateDer::from(vec![0u8; 44])]), None);
     }
-}
-
-/// Domain tag of the stateless-reset key a server derives from its identity.
-const RESET_KEY_DOMAIN: &[u8] = b"outpost/1 quic stateless reset key";
-
-/// The key behind the server's QUIC stateless resets, derived from its identity (an Ed25519 signature is
-/// deterministic, and secret without the private key): the same across restarts, so a restarted hub answers
-/// packets of connections it lost with a reset the device recognises and drops the dead connection at once,
-/// rather than each device waiting out its idle timeout with every request stalling.
-pub fn reset_key(identity: &Identity) -> aws_lc_rs::hmac::Key {
-    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &identity.sign(RESET_KEY_DOMAIN))
 }
