@@ -116,6 +116,11 @@ impl State {
         self.releases.invalidate();
     }
 
+    /// The attribute every cookie of a console served over TLS carries.
+    fn secure_attr(&self) -> &'static str {
+        if self.secure { "; Secure" } else { "" }
+    }
+
     /// The live session the request's cookie names.
     pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
         let token = cookie(headers, COOKIE)?;
@@ -325,12 +330,19 @@ async fn login_form(AxState(st): AxState<Arc<State>>, headers: HeaderMap) -> Res
 fn login_page(st: &State, status: StatusCode, error: Option<&str>) -> Response {
     let token = super::users::hex32(&mut **st.hub.rng());
     let mut r = page_response(status, render::login(error, &token));
-    let secure = if st.secure { "; Secure" } else { "" };
-    let cookie = format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    let secure = st.secure_attr();
+    add_cookie(
+        &mut r,
+        &format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"),
+    );
     r
+}
+
+/// Adds a `Set-Cookie` header to `r` (a value that is not a valid header is left out).
+fn add_cookie(r: &mut Response, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
 }
 
 async fn login(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
@@ -372,18 +384,11 @@ async fn login(AxState(st): AxState<Arc<State>>, headers: HeaderMap, Form(form):
     st.throttle.succeeded(&name);
     let (token, session) = st.sessions.open(&user, st.hub.clock().wall(), &mut **st.hub.rng());
     tracing::info!(user = %session.user, role = session.role.as_str(), "console: {} logged in", session.user);
-    let secure = if st.secure { "; Secure" } else { "" };
-    let cookie =
-        format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", st.config.sessions.ttl_secs);
+    let (secure, ttl) = (st.secure_attr(), st.config.sessions.ttl_secs);
     let mut r = Redirect::to("/releases").into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
+    add_cookie(&mut r, &format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}"));
     // The form's token is spent.
-    let spent = format!("{LOGIN_COOKIE}=; Path=/login; Max-Age=0");
-    if let Ok(v) = HeaderValue::from_str(&spent) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
+    add_cookie(&mut r, &format!("{LOGIN_COOKIE}=; Path=/login; Max-Age=0"));
     r
 }
 

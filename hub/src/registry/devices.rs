@@ -487,7 +487,6 @@ impl Registry {
             let mut t = tx.open_table(RELEASES).map_err(db_err)?;
             t.insert(id, bytes.as_slice()).map_err(db_err)?;
         }
-        self.db.releases_decoded().forget(id);
         tx.commit().map_err(db_err)?;
         self.db.releases_decoded().put(id, &bytes, std::sync::Arc::new(record.clone()));
         Ok(())

@@ -101,7 +101,7 @@ impl Decoded {
     }
 
     /// Drops what is held for `key`.
-    pub fn forget(&self, key: &str) {
+    fn forget(&self, key: &str) {
         let mut inner = self.inner();
         if let Some(e) = inner.entries.remove(key) {
             inner.bytes -= e.len;
