@@ -224,6 +224,24 @@ async fn mirror_rolling_back_the_timestamp_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_published_between_the_tuf_refresh_and_the_assignment_is_installed_in_the_same_check() {
+    let w = World::new();
+    w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let old = export(&w, "export-old");
+    w.clock.advance(std::time::Duration::from_secs(2));
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    let new = export(&w, "export-new");
+    // The agent verifies metadata that does not list 1.1.0 yet; the hub's assignment, fetched next, names it.
+    let mirror = StaticMirror::http(&old).await;
+    mirror.switch_after("/targets/director/", &new);
+    let mut agent = device_via(&w, "dev", &mirror).await;
+
+    agent.check().await.unwrap();
+    assert_eq!(agent.active().map(|a| *a.digest()), Some(v2));
+    assert_eq!(requested(&mirror, "/metadata/timestamp.json").len(), 2, "{:?}", mirror.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_metadata_does_not_pile_up_one_file_per_snapshot_version() {
     let w = World::new();
     w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");

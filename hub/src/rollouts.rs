@@ -171,6 +171,10 @@ pub fn on_report(
             continue; // a software-tier device takes no part in this release
         }
         let package = record.rollout.release.package;
+        // Most reports repeat what the release already knows: the record (every device's part) is written back
+        // only when the report changed more than the newest time seen, which every change also carries (so a
+        // restart resumes no earlier than the release's last recorded change).
+        let mut before = record.rollout.clone();
         let mut effects = record.rollout.enroll(device, now);
         if let Some(outcome) = outpost_shared::rollout::outcome_of(report, &package) {
             effects.extend(record.rollout.report(device, outcome, now));
@@ -183,7 +187,10 @@ pub fn on_report(
             effects.extend(record.rollout.report_shadow(device, sh.agreed, sh.compared, now));
             effects.extend(record.rollout.tick(now));
         }
-        reg.release_put(&id, &record)?;
+        before.last_known_time = record.rollout.last_known_time;
+        if record.rollout != before {
+            reg.release_put(&id, &record)?;
+        }
         out.extend(Happened::each(&id, &record, effects));
     }
     Ok(out)

@@ -629,14 +629,27 @@ impl Agent {
         let revoked = revocations.revoked.into_iter().map(|r| r.digest).collect();
         let mut listed = Vec::new();
         let mut custom = None;
-        for t in assignment.all_targets() {
-            if let Some(info) = tuf.get_target_info(&t.path, ts).await? {
-                if assignment.targets.first().is_some_and(|m| m.path == t.path) {
-                    custom = info.custom.clone();
+        // A release published between the refresh above and the assignment fetch: the assignment names a target
+        // the metadata just verified does not list yet. One more refresh settles it (the hub lists a package in
+        // TUF before its director assigns it); a target still missing after it is refused below.
+        for fresh in [false, true] {
+            if fresh {
+                if listed.len() == assignment.all_targets().count() {
+                    break;
                 }
-                let sha256 = info.hashes.get("sha256").and_then(|h| h.parse::<Digest>().ok());
-                if let Some(sha256) = sha256 {
-                    listed.push((t.path.clone(), ListedTarget { length: info.length, sha256 }));
+                tuf = crate::tuf::updater(source.clone(), &self.layout.tuf())?;
+                tuf.refresh(ts).await?;
+                listed.clear();
+            }
+            for t in assignment.all_targets() {
+                if let Some(info) = tuf.get_target_info(&t.path, ts).await? {
+                    if assignment.targets.first().is_some_and(|m| m.path == t.path) {
+                        custom = info.custom.clone();
+                    }
+                    let sha256 = info.hashes.get("sha256").and_then(|h| h.parse::<Digest>().ok());
+                    if let Some(sha256) = sha256 {
+                        listed.push((t.path.clone(), ListedTarget { length: info.length, sha256 }));
+                    }
                 }
             }
         }

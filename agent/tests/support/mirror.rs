@@ -30,6 +30,8 @@ struct Shared {
     log: Arc<Mutex<Vec<Logged>>>,
     /// The URL path the hand-written server misbehaves on (unused by the well-behaved ones).
     bad: Arc<Mutex<String>>,
+    /// Once a request under this prefix is served, the root becomes this (see [`StaticMirror::switch_after`]).
+    switch: Arc<Mutex<Option<(String, PathBuf)>>>,
 }
 
 /// How the hand-written server misbehaves on its one bad path.
@@ -55,7 +57,12 @@ impl StaticMirror {
     pub async fn http(root: &Path) -> StaticMirror {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default(), bad: Arc::default() };
+        let shared = Shared {
+            root: Arc::new(Mutex::new(root.into())),
+            log: Arc::default(),
+            bad: Arc::default(),
+            switch: Arc::default(),
+        };
         tokio::spawn(axum::serve(listener, router(shared.clone())).into_future());
         StaticMirror { url: format!("http://{addr}"), ca: None, shared }
     }
@@ -75,7 +82,12 @@ impl StaticMirror {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls = TlsListener { tcp: listener, acceptor: TlsAcceptor::from(Arc::new(config)) };
-        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default(), bad: Arc::default() };
+        let shared = Shared {
+            root: Arc::new(Mutex::new(root.into())),
+            log: Arc::default(),
+            bad: Arc::default(),
+            switch: Arc::default(),
+        };
         tokio::spawn(axum::serve(tls, router(shared.clone())).into_future());
         StaticMirror { url: format!("https://{addr}"), ca: Some(ca), shared }
     }
@@ -105,7 +117,12 @@ impl StaticMirror {
     ) -> (StaticMirror, tokio::sync::mpsc::UnboundedReceiver<u64>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Shared { root: Arc::new(Mutex::new(root.into())), log: Arc::default(), bad: Arc::default() };
+        let shared = Shared {
+            root: Arc::new(Mutex::new(root.into())),
+            log: Arc::default(),
+            bad: Arc::default(),
+            switch: Arc::default(),
+        };
         let (tx, sent) = tokio::sync::mpsc::unbounded_channel();
         *shared.bad.lock().unwrap() = bad.to_owned();
         let state = shared.clone();
@@ -128,6 +145,12 @@ impl StaticMirror {
         *self.shared.root.lock().unwrap() = root.into();
     }
 
+    /// Serves `root` from the request after the first one whose URL path starts with `prefix`: a repository
+    /// that changes at a chosen point of an agent's check.
+    pub fn switch_after(&self, prefix: &str, root: &Path) {
+        *self.shared.switch.lock().unwrap() = Some((prefix.to_owned(), root.into()));
+    }
+
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<Logged> {
         self.shared.log.lock().unwrap().clone()
@@ -146,6 +169,11 @@ async fn serve_file(State(shared): State<Shared>, uri: Uri, headers: HeaderMap) 
         return StatusCode::NOT_FOUND.into_response();
     }
     let path = shared.root.lock().unwrap().join(relative);
+    let mut switch = shared.switch.lock().unwrap();
+    if let Some((_, root)) = switch.take_if(|(prefix, _)| uri.path().starts_with(prefix.as_str())) {
+        *shared.root.lock().unwrap() = root;
+    }
+    drop(switch);
     let Ok(bytes) = std::fs::read(&path) else {
         return StatusCode::NOT_FOUND.into_response();
     };

@@ -1,6 +1,8 @@
 //! Hub service benchmarks against nginx, each measured in one run and printed as a ratio:
 //! update checks per second on warm QUIC connections vs nginx serving `timestamp.json` over TLS 1.3 keep-alive
-//! (wrk), and target download throughput over QUIC vs nginx HTTPS (curl) for the same file.
+//! (wrk); full update checks (a new connection, attestation, then `timestamp.json`) vs nginx with a new TLS 1.3
+//! connection per request (wrk, `Connection: close`); and target download throughput over QUIC vs nginx HTTPS
+//! (curl) for the same file.
 //!
 //! Run through `scripts/bench-quic`, which installs nginx, wrk and curl from Debian packages if missing.
 //! Both servers get one worker (nginx `worker_processes 1`; the hub a one-thread tokio runtime); both load
@@ -50,12 +52,18 @@ struct Setup {
     target_len: u64,
 }
 
-fn setup() -> Result<Setup> {
+/// A hub with one package of `padding` floats published; attestation off (`attested`: required, with reference
+/// values for this executable, whose process attests as the agent does).
+fn setup(padding: usize, attested: bool) -> Result<Setup> {
     let tmp = tempfile::tempdir()?;
     let hub_dir = tmp.path().join("hub");
     Registry::init(&hub_dir)?;
-    // This measures the update path alone; attestation's cost is `cargo bench -p outpost-attestation`.
-    outpost_hub::config::set_attestation_required(&hub_dir, false)?;
+    if attested {
+        require_attestation(&hub_dir)?;
+    } else {
+        // The warm-check and download rows measure the update path alone.
+        outpost_hub::config::set_attestation_required(&hub_dir, false)?;
+    }
     let repo = TufRepo::new(&hub_dir, Default::default());
     let offline = tmp.path().join("offline");
     let now = SystemClock.wall();
@@ -63,7 +71,7 @@ fn setup() -> Result<Setup> {
     let m = AffineManifest::new("big", "1.0.0", 2.0, 1.0);
     let model = tmp.path().join("big.onnx");
     let manifest = tmp.path().join("big.toml");
-    std::fs::write(&model, affine_model_sized(m.scale, m.bias, PADDING_FLOATS))?;
+    std::fs::write(&model, affine_model_sized(m.scale, m.bias, padding))?;
     std::fs::write(&manifest, m.toml())?;
     let (record, parsed) = {
         let reg = Registry::open(&hub_dir, Arc::new(SystemClock))?;
@@ -79,12 +87,41 @@ fn setup() -> Result<Setup> {
     Ok(Setup { hub_dir, export, target_path, stored_target, target_len: record.package_len, _tmp: tmp })
 }
 
-/// Starts the hub's QUIC service on its own one-thread runtime; returns its address and key.
+/// Sets `dir`'s hub to require attestation, trusting a fresh team key that signs this executable as an agent build.
+fn require_attestation(dir: &Path) -> Result<()> {
+    use outpost_attestation::{ReferenceValues, SoftwareRef};
+    let team = Identity::from_seed([9; 32]);
+    let config = dir.join(outpost_hub::config::CONFIG_FILE);
+    let text = std::fs::read_to_string(&config)?;
+    anyhow::ensure!(text.contains("# team_key = "), "{}: no team_key line to set", config.display());
+    let team_line = format!("team_key = \"{}\"", team.public_key().to_hex());
+    std::fs::write(&config, text.replacen("# team_key = ", &format!("{team_line}\n# was: "), 1))?;
+    outpost_hub::config::set_attestation_required(dir, true)?;
+    let now = SystemClock.wall();
+    let software = vec![SoftwareRef {
+        name: outpost_agent::attest::SWNAME.into(),
+        version: outpost_agent::attest::SWVERSION.into(),
+        sha256: outpost_agent::attest::software_digest()?,
+        revoked: false,
+    }];
+    let doc = ReferenceValues { serial: 1, issued_at: now, expires: now + 86_400, software };
+    let hub = outpost_hub::config::HubConfig::load(&config)?;
+    outpost_hub::attest::install_reference_values(dir, &hub.attestation, &doc.sign(&team), Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// Starts the hub's QUIC service on its own one-thread runtime; returns its address and key, and the first of
+/// [`CONNECTIONS`] approved devices (device `i` is `Identity::from_seed([4 + i; 32])`).
 fn start_hub(s: &Setup) -> Result<(SocketAddr, outpost_attestation::identity::PublicKey, Identity)> {
     let hub_id = Identity::from_seed([3; 32]);
     let hub_key = hub_id.public_key();
     let device = Identity::from_seed([4; 32]);
-    Registry::open(&s.hub_dir, Arc::new(SystemClock))?.device_approve(&device.public_key().to_hex(), "stable")?;
+    let reg = Registry::open(&s.hub_dir, Arc::new(SystemClock))?;
+    for i in 0..CONNECTIONS {
+        reg.device_approve(&device_identity(i).public_key().to_hex(), "stable")?;
+    }
+    drop(reg);
     let backend =
         Arc::new(HubBackend::new(&s.hub_dir, TufRepo::new(&s.hub_dir, Default::default()), Arc::new(SystemClock)));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -136,6 +173,53 @@ fn quic_checks_per_sec(
         }
         Ok(count.load(Ordering::Relaxed) as f64 / now().duration_since(start).as_secs_f64())
     })
+}
+
+fn device_identity(i: usize) -> Identity {
+    Identity::from_seed([4 + i as u8; 32])
+}
+
+/// Full update checks per second: [`CONNECTIONS`] devices, each in a loop of a new connection (full QUIC
+/// handshake), attestation (challenge, evidence signed, appraised), `GetMetadata(timestamp.json)`, close. Also
+/// returns how many checks failed.
+fn quic_full_checks_per_sec(addr: SocketAddr, hub_key: outpost_attestation::identity::PublicKey) -> Result<(f64, u64)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let config = Arc::new(ClientConfig::new(addr, hub_key));
+        // One full check per device first: a setup error shows here, not as a rate of zero.
+        full_check(Arc::new(device_identity(0)), config.clone()).await?;
+        let (count, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let start = now();
+        let mut tasks = Vec::new();
+        for i in 0..CONNECTIONS {
+            let (device, config, count, failed) =
+                (Arc::new(device_identity(i)), config.clone(), count.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                while now().duration_since(start) < DURATION {
+                    match full_check(device.clone(), config.clone()).await {
+                        Ok(()) => count.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let rate = count.load(Ordering::Relaxed) as f64 / now().duration_since(start).as_secs_f64();
+        Ok((rate, failed.load(Ordering::Relaxed)))
+    })
+}
+
+/// One full check of [`quic_full_checks_per_sec`].
+async fn full_check(device: Arc<Identity>, config: Arc<ClientConfig>) -> Result<()> {
+    let facts = outpost_agent::attest::Facts { bootcount: 0, model: None, policy: None };
+    let client = HubClient::connect(&device, &config).await?;
+    let attested = outpost_agent::attest::attest(&client, &device, &facts, None).await?;
+    anyhow::ensure!(matches!(attested, outpost_agent::attest::Outcome::Attested(_)), "not appraised");
+    client.metadata("timestamp.json", 16_384).await?.context("timestamp.json")?;
+    client.close().await;
+    Ok(())
 }
 
 fn quic_download_gbps(
@@ -221,9 +305,11 @@ fn start_nginx(root: &Path, work: &Path) -> Result<Nginx> {
     bail!("nginx did not start; see {}/error.log", work.display())
 }
 
-fn wrk_requests_per_sec(port: u16) -> Result<f64> {
+/// wrk's requests/s on `timestamp.json`; `close`: a new TLS connection (full handshake) for every request.
+fn wrk_requests_per_sec(port: u16, close: bool) -> Result<f64> {
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{}s", DURATION.as_secs())])
+        .args(if close { &["-H", "Connection: close"][..] } else { &[] })
         .arg(format!("https://127.0.0.1:{port}/metadata/timestamp.json"))
         .output()
         .context("wrk not found: run scripts/bench-quic, which installs it")?;
@@ -256,14 +342,25 @@ fn curl_download_gbps(port: u16, s: &Setup) -> Result<f64> {
 
 fn main() -> Result<()> {
     outpost_sim::log_warnings();
+    eprintln!(
+        "full update checks: a hub requiring attestation, {CONNECTIONS} devices, {} s each side...",
+        DURATION.as_secs()
+    );
+    let full = setup(1024, true)?;
+    let (full_addr, full_key, _) = start_hub(&full)?;
+    let full_nginx = start_nginx(&full.export, &full.export.parent().context("tmp")?.join("nginx"))?;
+    let (quic_full, quic_full_failed) = quic_full_checks_per_sec(full_addr, full_key)?;
+    let nginx_full = wrk_requests_per_sec(full_nginx.port, true)?;
+    drop(full_nginx);
+
     eprintln!("setting up a hub with a {} MiB package...", PADDING_FLOATS * 4 / (1024 * 1024));
-    let s = setup()?;
+    let s = setup(PADDING_FLOATS, false)?;
     let (addr, hub_key, device) = start_hub(&s)?;
     let nginx = start_nginx(&s.export, &s.export.parent().context("tmp")?.join("nginx"))?;
 
     eprintln!("update checks: {CONNECTIONS} warm connections, {} s each side...", DURATION.as_secs());
     let quic_rps = quic_checks_per_sec(addr, hub_key, &device)?;
-    let nginx_rps = wrk_requests_per_sec(nginx.port)?;
+    let nginx_rps = wrk_requests_per_sec(nginx.port, false)?;
     eprintln!("downloads of {} ({} bytes), median of {DOWNLOAD_RUNS}...", s.target_path, s.target_len);
     let quic_dl = quic_download_gbps(&s, addr, hub_key, &device)?;
     let nginx_dl = curl_download_gbps(nginx.port, &s)?;
@@ -272,6 +369,9 @@ fn main() -> Result<()> {
     println!("  update checks/s, QUIC GetMetadata(timestamp.json) : {quic_rps:>10.0}");
     println!("  update checks/s, nginx TLS 1.3 keep-alive (wrk)    : {nginx_rps:>10.0}  (baseline)");
     println!("  ratio                                              : {:>10.2}  (goal >= 1.0)", quic_rps / nginx_rps);
+    println!("  full checks/s, new QUIC conn + attestation + check : {quic_full:>10.0}  ({quic_full_failed} failed)");
+    println!("  requests/s, nginx new TLS 1.3 conn each (wrk)      : {nginx_full:>10.0}  (baseline)");
+    println!("  ratio                                              : {:>10.2}", quic_full / nginx_full);
     println!("  download GB/s, QUIC GetTarget                      : {quic_dl:>10.2}");
     println!("  download GB/s, nginx HTTPS (curl)                  : {nginx_dl:>10.2}  (baseline)");
     println!("  ratio                                              : {:>10.2}  (goal >= 0.8)", quic_dl / nginx_dl);

@@ -106,10 +106,12 @@ fn main() -> Result<()> {
         std::hint::black_box((ok, took));
     }));
     let socket = tmp.path().join("inference.sock");
-    let addr = start_api(handle.clone(), &socket)?;
+    let routes = Arc::new(outpost_agent::inference::Routes::new(Arc::new(RealClock(now())), Default::default()));
+    routes.serve_handle(handle.clone());
+    let addr = start_api(handle.clone(), routes.clone(), &socket)?;
     for l in loaded.iter().filter(|_| run("api")) {
         eprintln!("inference overhead, {}: HTTP/1.1 keep-alive on loopback vs LoadedModel::run...", l.name());
-        let o = bench_overhead(addr, &socket, &handle, l)?;
+        let o = bench_overhead(addr, &socket, &handle, &routes, l)?;
         eprintln!(
             "  {} requests each way; HTTP JSON median {:.1} us p99 {:.1} us; HTTP binary median {:.1} us p99 {:.1} \
              us; infer_once (JSON, no HTTP) median {:.1} us p99 {:.1} us; in process median {:.1} us p99 {:.1} us \
@@ -144,7 +146,11 @@ fn main() -> Result<()> {
         rows.push(vs_in_process("inference via API, binary tensors, Unix socket", o.unix_binary, "-"));
         rows.push(vs_in_process("  (info) infer_once: JSON in and out, no HTTP", o.json, "-"));
         // Issue 17's figure: what a request costs beyond the model and one bare round trip, as a share of the model.
-        for (transport, t, floor) in [("TCP", o.http_binary, o.floor), ("Unix socket", o.unix_binary, o.floor_unix)] {
+        for (transport, t, floor) in [
+            ("TCP", o.http_binary, o.floor),
+            ("TCP, through a route", o.routed_binary, o.floor),
+            ("Unix socket", o.unix_binary, o.floor_unix),
+        ] {
             let beyond = t.median - o.direct.median - floor.median;
             rows.push(Row::new(
                 &format!("API cost beyond in-process and one round trip, binary, {transport}, {} (median)", l.name()),
@@ -154,6 +160,14 @@ fn main() -> Result<()> {
                 "<= 0.05",
             ));
         }
+        // Issue 17's other figure: what going through a route adds (per request pair, routed minus by model name).
+        rows.push(Row::new(
+            &format!("routing's added cost, binary, TCP, {} (median of pairs; p99)", l.name()),
+            format!("{:.1} us; {:.1} us", o.routing_added.median, o.routing_added.p99),
+            format!("{:.0} us by model name", o.http_binary.median),
+            o.routed_binary.median / o.http_binary.median,
+            "+ <= 10 us",
+        ));
         rows.push(Row::new(
             &format!("  (info) HTTP round trip alone, GET /v2/health/live, {} run (median; p99)", l.name()),
             format!("{:.0} us; {:.0} us", o.floor.median, o.floor.p99),
