@@ -1,6 +1,7 @@
 //! A router release end to end: the hub assigns the channel's router beside the model, the agent fetches and
 //! verifies it like any package and its inference API routes by it; a newer router replaces the rules, and when
-//! that router is revoked the device goes back to the router before — the model it serves untouched.
+//! that router is revoked the device goes back to the router before — the model it serves untouched. A model the
+//! device stops serving tells its routes why (revoked, or its release failed on the device).
 
 mod inference_support;
 mod support;
@@ -70,9 +71,8 @@ async fn infer(addr: std::net::SocketAddr, name: &str, tier: Option<&str>) -> (u
     http(addr, "POST", &format!("/v2/models/{name}/infer"), body.to_string().as_bytes()).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_router_release_rolls_back_alone() {
-    let w = World::new();
+/// A device on `w`'s hub serving its inference API through routes: the agent, its routes and the API's address.
+async fn routed_device(w: &World) -> (Agent, Arc<Routes>, std::net::SocketAddr, String) {
     let (hub, hub_key) = w.serve().await;
     let dev = w.tmp.path().join("dev");
     let key = init_device(&dev, &w.root(), [7; 32]).unwrap();
@@ -89,14 +89,35 @@ async fn a_router_release_rolls_back_alone() {
     agent.set_routes(routes.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = listener.local_addr().unwrap();
-    tokio::spawn(inference::serve_with_routes(
-        listener,
-        models,
-        routes.clone(),
-        ServeLimits::default(),
-        None,
-        std::future::pending(),
-    ));
+    let limits = ServeLimits::default();
+    tokio::spawn(inference::serve_with_routes(listener, models, routes.clone(), limits, None, std::future::pending()));
+    (agent, routes, api, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_model_is_named_revoked_by_the_routes_it_served() {
+    let w = World::new();
+    let (mut agent, _routes, api, _) = routed_device(&w).await;
+    let (model, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    publish_router(&w, "1.0.0", "scale");
+    agent.check().await.unwrap();
+    agent.record_inference(true).unwrap();
+    assert_eq!(infer(api, "scale", None).await.0, 200);
+
+    // Its only model revoked, the device stops serving it: the route says why rather than "not ready".
+    Director::new(&w.repo).revoke(model, "bad weights", w.clock.wall()).unwrap();
+    agent.check().await.unwrap();
+    assert_eq!(agent.active().map(|m| *m.digest()), None);
+    let (status, body) = infer(api, "scale", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("test.affine: revoked"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_release_rolls_back_alone() {
+    let w = World::new();
+    let (mut agent, routes, api, text) = routed_device(&w).await;
+    let dev = w.tmp.path().join("dev");
 
     // The model and router 1.0.0 (route `scale`): the route answers through its fallback, the model.
     let (model, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");

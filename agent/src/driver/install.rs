@@ -131,6 +131,9 @@ impl Agent {
             _ => Arc::new(load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?),
         };
         tracing::info!(package = installed.target.digest.short(), path = %installed.target.path, slot = ?installed.slot, "serving {}", installed.target.path);
+        if let Some(routes) = &self.routes {
+            routes.mark(&served.manifest().capability, None);
+        }
         let replaced = self.models.swap(served);
         if matches!(self.updates.state.phase, outpost_shared::update::Phase::Health { .. }) {
             self.previous = replaced;

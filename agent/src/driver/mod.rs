@@ -16,6 +16,7 @@ use outpost_shared::director::{
 };
 use outpost_shared::policy::PackageFacts;
 use outpost_shared::rng::SeededRng;
+use outpost_shared::route::select::Skip;
 use outpost_shared::telemetry::{self, EventKind, Histogram};
 use outpost_shared::update::{
     Action, AgentState, Event, HealthPolicy, Installed, Refusal, Slot, Target, Timing, UpdateLoop,
@@ -439,7 +440,14 @@ impl Agent {
         for action in actions {
             match action {
                 Action::Activate(installed) => self.activate(&installed)?,
-                Action::Deactivate => drop(self.models.clear()),
+                Action::Deactivate => {
+                    // Routes say why the capability stopped answering: revoked, or its release failed on the device.
+                    if let (Some(gone), Some(routes)) = (self.models.clear(), &self.routes) {
+                        let revoked = self.updates.state.revoked.contains(gone.digest());
+                        let why = if revoked { Skip::Revoked } else { Skip::HealthFailed };
+                        routes.mark(&gone.manifest().capability, Some(why));
+                    }
+                }
                 Action::Report(message) => {
                     tracing::info!("{message}");
                     self.outbox.push(message)
