@@ -8,13 +8,14 @@ use std::sync::{Arc, Barrier};
 
 use outpost_hub::registry::{AttestationRecord, DeviceStatus, EnrolError, Registry, RegistryError, TpmRecord};
 use outpost_hub::rollouts::ReleaseRecord;
-use outpost_hub::storage::{AuditStore, DeviceStore, ReleaseStore};
+use outpost_hub::storage::{AuditStore, DeviceStore, PackageStore, ReleaseStore};
 use outpost_hub::store::changes::Since;
-use outpost_hub::store::postgres::{self, PgError, PgLimits, PgStore};
+use outpost_hub::store::postgres::{self, PackagePut, PgError, PgLimits, PgStore};
 use outpost_shared::Digest;
 use outpost_shared::audit::Anchor;
 use outpost_shared::clock::ManualClock;
 use outpost_shared::rng::SeededRng;
+use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::StateReport;
 
 use support::TestHub;
@@ -27,34 +28,63 @@ struct Backend {
     clock: Arc<ManualClock>,
     first: Box<dyn Stores>,
     second: Option<Box<dyn Stores>>,
-    _hub: Option<TestHub>,
+    /// Where packages are made (`package add` writes blobs, which stay on the data directory's blob store): the
+    /// backend's own data directory for redb.
+    hub: TestHub,
+    source: Registry,
+    /// The PostgreSQL database, for a test that opens another store on it.
+    url: Option<String>,
 }
 
 /// The traits under test, as one backend's store offers them.
 trait Stores: Send + Sync {
+    fn package_store(&self) -> &dyn PackageStore;
     fn device_store(&self) -> &dyn DeviceStore;
     fn release_store(&self) -> &dyn ReleaseStore;
     fn audit_store(&self) -> &dyn AuditStore;
+    /// Makes package `d`, just added to `source`, known to this store's index.
+    fn register(&self, source: &Registry, d: &Digest);
 }
 
-impl<T: DeviceStore + ReleaseStore + AuditStore> Stores for T {
-    fn device_store(&self) -> &dyn DeviceStore {
-        self
-    }
-    fn release_store(&self) -> &dyn ReleaseStore {
-        self
-    }
-    fn audit_store(&self) -> &dyn AuditStore {
-        self
-    }
+macro_rules! stores {
+    ($t:ty, $register:expr) => {
+        impl Stores for $t {
+            fn package_store(&self) -> &dyn PackageStore {
+                self
+            }
+            fn device_store(&self) -> &dyn DeviceStore {
+                self
+            }
+            fn release_store(&self) -> &dyn ReleaseStore {
+                self
+            }
+            fn audit_store(&self) -> &dyn AuditStore {
+                self
+            }
+            fn register(&self, source: &Registry, d: &Digest) {
+                let register: fn(&$t, &Registry, &Digest) = $register;
+                register(self, source, d)
+            }
+        }
+    };
 }
+
+// redb: `source` is this very index. PostgreSQL: the index half of `package add`, after the blobs.
+stores!(Registry, |_, _, _| {});
+stores!(PgStore, |pg, source, d| {
+    let record = source.record(d).unwrap().unwrap();
+    let (manifest, _) = source.manifest(d).unwrap();
+    assert_eq!(pg.package_put(&record, &manifest).unwrap(), PackagePut::Added);
+});
 
 impl Backend {
     fn redb() -> Backend {
         let hub = TestHub::new();
         let clock = Arc::new(ManualClock::new(START));
         let reg = Registry::open(&hub.dir(), clock.clone()).unwrap();
-        Backend { clock, first: Box::new(reg), second: None, _hub: Some(hub) }
+        // A second handle on the same index (the process shares one database handle).
+        let source = Registry::open(&hub.dir(), clock.clone()).unwrap();
+        Backend { clock, first: Box::new(reg), second: None, hub, source, url: None }
     }
 
     fn postgres() -> Backend {
@@ -63,7 +93,17 @@ impl Backend {
         let clock = Arc::new(ManualClock::new(START));
         let open =
             || -> Box<dyn Stores> { Box::new(PgStore::open(&url, clock.clone(), &PgLimits::default()).unwrap()) };
-        Backend { clock: clock.clone(), first: open(), second: Some(open()), _hub: None }
+        let hub = TestHub::new();
+        let source = Registry::open(&hub.dir(), clock.clone()).unwrap();
+        Backend { clock: clock.clone(), first: open(), second: Some(open()), hub, source, url: Some(url) }
+    }
+
+    /// Adds a generated package (`scale` makes it distinct) and registers it with the store under test.
+    fn add_package(&self, name: &str, version: &str, scale: f32) -> Digest {
+        let (model, manifest) = self.hub.write_affine(&AffineManifest::new(name, version, scale, 1.0));
+        let d = self.source.add(&model, &manifest).unwrap().digest;
+        self.first.register(&self.source, &d);
+        d
     }
 
     fn one(&self) -> &dyn Stores {
@@ -93,6 +133,9 @@ macro_rules! both {
 }
 
 both!(
+    package_index_resolves_by_digest_prefix_name_and_alias,
+    alias_moves_atomically_with_its_history,
+    alias_moved_by_two_replicas_at_once_keeps_one_chain,
     device_records_roundtrip_through_every_edit,
     enrolment_token_is_spent_once_and_refuses_expired_unknown_and_revoked,
     enrolment_token_raced_by_two_replicas_is_spent_once,
@@ -100,6 +143,75 @@ both!(
     audit_anchor_only_moves_forward_and_a_fork_is_refused,
     audit_anchor_raced_by_two_replicas_at_one_place_keeps_one,
 );
+
+fn package_index_resolves_by_digest_prefix_name_and_alias(b: &Backend) {
+    let s = b.one().package_store();
+    let a2 = b.add_package("affine", "1.10.0", 3.0);
+    let a1 = b.add_package("affine", "1.2.0", 2.0);
+    let other = b.add_package("other", "0.1.0", 4.0);
+    let listed: Vec<String> = s.list().unwrap().iter().map(|r| format!("{}@{}", r.name, r.version)).collect();
+    assert_eq!(listed, ["affine@1.2.0", "affine@1.10.0", "other@0.1.0"], "by name, then semver");
+    let record = s.record(&a1).unwrap().unwrap();
+    assert_eq!((record.digest, record.name.as_str(), record.version.as_str()), (a1, "affine", "1.2.0"));
+    assert_eq!(s.record(&Digest::of(b"nothing")).unwrap(), None);
+    let (cbor, manifest) = s.manifest(&a2).unwrap();
+    assert_eq!((manifest.name.as_str(), manifest.version.to_string()), ("affine", "1.10.0".to_owned()));
+    assert_eq!(cbor, b.other().package_store().manifest(&a2).unwrap().0, "the manifest's bytes as stored");
+    assert!(matches!(s.manifest(&Digest::of(b"nothing")), Err(RegistryError::UnknownPackage(_))));
+
+    assert_eq!(s.resolve("affine@1.2.0").unwrap(), a1);
+    assert_eq!(s.resolve(&a2.to_hex()[..12]).unwrap(), a2);
+    assert_eq!(s.resolve(&format!("sha256:{}", other.to_hex().to_uppercase())).unwrap(), other);
+    assert!(matches!(s.resolve("affine@9.9.9"), Err(RegistryError::UnknownPackage(_))));
+    assert!(matches!(s.resolve(&a1.to_hex()[..7]), Err(RegistryError::UnknownPackage(_))), "too short a prefix");
+    s.alias_set("stable", &a1).unwrap();
+    assert_eq!(b.other().package_store().resolve("stable").unwrap(), a1);
+}
+
+fn alias_moves_atomically_with_its_history(b: &Backend) {
+    let s = b.one().package_store();
+    let (a1, a2) = (b.add_package("affine", "1.0.0", 2.0), b.add_package("affine", "1.1.0", 3.0));
+    let first = s.alias_set("stable", &a1).unwrap();
+    assert_eq!((first.seq, first.digest, first.previous, first.at), (1, a1, None, START));
+    b.clock.set_wall(START + 5);
+    let second = s.alias_set("stable", &a2).unwrap();
+    assert_eq!((second.seq, second.digest, second.previous, second.at), (2, a2, Some(a1), START + 5));
+    s.alias_set("canary", &a2).unwrap();
+    assert_eq!(s.aliases().unwrap(), vec![("canary".to_owned(), a2), ("stable".to_owned(), a2)]);
+    assert_eq!(s.alias_history("stable").unwrap(), vec![first, second.clone()]);
+    assert!(matches!(s.alias_set("Stable!", &a1), Err(RegistryError::BadAliasName(_))));
+    assert!(matches!(s.alias_set("deadbeef", &a1), Err(RegistryError::BadAliasName(_))), "it would shadow prefixes");
+    assert!(matches!(s.alias_set("stable", &Digest::of(b"nothing")), Err(RegistryError::UnknownPackage(_))));
+    assert_eq!(s.alias_history("stable").unwrap().last(), Some(&second), "a refused move records nothing");
+    assert!(matches!(s.alias_history("nope"), Err(RegistryError::UnknownAlias(_))));
+}
+
+fn alias_moved_by_two_replicas_at_once_keeps_one_chain(b: &Backend) {
+    const ROUNDS: usize = 40;
+    let (a1, a2) = (b.add_package("affine", "1.0.0", 2.0), b.add_package("affine", "1.1.0", 3.0));
+    for _ in 0..ROUNDS {
+        let barrier = Barrier::new(2);
+        std::thread::scope(|scope| {
+            let x = scope.spawn(|| {
+                barrier.wait();
+                b.one().package_store().alias_set("canary", &a1).unwrap()
+            });
+            let y = scope.spawn(|| {
+                barrier.wait();
+                b.other().package_store().alias_set("canary", &a2).unwrap()
+            });
+            (x.join().unwrap(), y.join().unwrap())
+        });
+    }
+    let history = b.one().package_store().alias_history("canary").unwrap();
+    assert_eq!(history.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=2 * ROUNDS as u64).collect::<Vec<_>>());
+    assert_eq!(history[0].previous, None);
+    for pair in history.windows(2) {
+        assert_eq!(pair[1].previous, Some(pair[0].digest), "each move names the one before it: {history:?}");
+    }
+    let now = b.other().package_store().resolve("canary").unwrap();
+    assert_eq!(Some(now), history.last().map(|e| e.digest));
+}
 
 fn key(n: u8) -> String {
     hex::encode([n; 32])
@@ -349,6 +461,26 @@ fn open(url: &str) -> Result<PgStore, PgError> {
 }
 
 #[test]
+fn package_row_is_written_once_and_a_taken_version_is_refused() {
+    let b = Backend::postgres();
+    let d = b.add_package("affine", "1.0.0", 2.0);
+    let record = b.source.record(&d).unwrap().unwrap();
+    let (manifest, _) = b.source.manifest(&d).unwrap();
+    let pg = b.other().package_store();
+    assert_eq!(pg.record(&d).unwrap().as_ref(), Some(&record));
+    // Same package again (a retried `package add`): nothing changes.
+    let again = PgStore::open(b.url.as_deref().unwrap(), b.clock.clone(), &PgLimits::default()).unwrap();
+    assert_eq!(again.package_put(&record, &manifest).unwrap(), PackagePut::AlreadyThere);
+    // Another package under the same name and version: refused, naming the one registered.
+    let impostor = outpost_hub::registry::PackageRecord { digest: Digest::of(b"impostor"), ..record.clone() };
+    match again.package_put(&impostor, &manifest) {
+        Err(RegistryError::VersionTaken { existing, .. }) => assert_eq!(existing, d),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pg.list().unwrap(), vec![record]);
+}
+
+#[test]
 fn migrate_twice_is_a_no_op() {
     let (db, url) = support::postgres::database();
     let first = postgres::migrate(&url, &PgLimits::default()).unwrap();
@@ -390,7 +522,9 @@ fn database_from_a_newer_schema_is_refused() {
     assert!(matches!(e, PgError::NewerSchema { found: 999, known: postgres::SCHEMA_VERSION }), "{e:?}");
     let versions = support::postgres::cluster()
         .sql(&db, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations");
-    assert_eq!(versions.trim(), "1,999", "nothing was applied or removed");
+    let expected: Vec<String> =
+        postgres::MIGRATIONS.iter().map(|m| m.version.to_string()).chain(["999".into()]).collect();
+    assert_eq!(versions.trim(), expected.join(","), "nothing was applied or removed");
     assert!(e.to_string().contains("newer than this outpost-hub knows"), "{e}");
     let e = open(&url).unwrap_err();
     assert!(matches!(e, PgError::NewerSchema { found: 999, .. }), "{e:?}");

@@ -26,7 +26,7 @@ mod console_users;
 mod controller;
 mod cycles;
 pub(crate) mod devices;
-mod packages;
+pub(crate) mod packages;
 mod suites;
 
 pub use capabilities::{CapabilityAdded, CapabilityCheck, CapabilityRecord};
@@ -513,7 +513,7 @@ fn by_prefix<T>(
     }
 }
 
-fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
+pub(crate) fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
     s.parse()
         .map_err(|e: outpost_shared::DigestParseError| RegistryError::Corrupt { key: s.into(), problem: e.to_string() })
 }

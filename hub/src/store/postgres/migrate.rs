@@ -20,11 +20,14 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "devices, enrolment tokens, releases, audit anchor",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "devices, enrolment tokens, releases, audit anchor",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration { version: 2, name: "packages and aliases", sql: include_str!("migrations/0002_packages.sql") },
+];
 
 /// The schema version this build reads and writes: the last migration's.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -15,6 +15,7 @@
 
 mod devices;
 pub mod migrate;
+mod packages;
 mod records;
 
 use std::future::Future;
@@ -30,6 +31,7 @@ use crate::store::changes::ChangeLog;
 use crate::store::decoded::Decoded;
 
 pub use migrate::{MIGRATIONS, Migrated, SCHEMA_VERSION, migrate};
+pub use packages::PackagePut;
 
 /// Why the PostgreSQL store failed.
 #[derive(Debug, thiserror::Error)]
@@ -271,8 +273,8 @@ pub(crate) fn query(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> P
     move |source| PgError::Query { op, source }
 }
 
-/// The hub's shared state on PostgreSQL: devices and enrolment tokens, releases, the audit anchor (the
-/// [`crate::storage`] traits it implements).
+/// The hub's shared state on PostgreSQL: the package index and aliases, devices and enrolment tokens, releases, the
+/// audit anchor (the [`crate::storage`] traits it implements).
 pub struct PgStore {
     worker: Worker,
     pool: Arc<Pool>,
@@ -312,6 +314,23 @@ impl PgStore {
             clock,
             device_changes: ChangeLog::new(crate::store::files::DEVICE_CHANGES_KEPT),
             releases_decoded: Decoded::new(crate::store::decoded::DECODED_BYTES_KEPT),
+        })
+    }
+
+    /// The rows a read-only statement with at most one (text) parameter finds.
+    fn rows(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        arg: Option<String>,
+    ) -> Result<Vec<tokio_postgres::Row>, crate::RegistryError> {
+        self.run(op, move |pool| async move {
+            let c = pool.get().await?;
+            let rows = match &arg {
+                Some(a) => c.query(sql, &[a]).await,
+                None => c.query(sql, &[]).await,
+            };
+            Ok(rows.map_err(query(op))?)
         })
     }
 
