@@ -139,6 +139,7 @@ both!(
     device_records_roundtrip_through_every_edit,
     enrolment_token_is_spent_once_and_refuses_expired_unknown_and_revoked,
     enrolment_token_raced_by_two_replicas_is_spent_once,
+    assignment_versions_bumped_by_two_replicas_at_once_are_each_new,
     release_record_roundtrips_and_is_replaced_whole,
     audit_anchor_only_moves_forward_and_a_fork_is_refused,
     audit_anchor_raced_by_two_replicas_at_one_place_keeps_one,
@@ -369,6 +370,30 @@ fn enrolment_token_raced_by_two_replicas_is_spent_once(b: &Backend) {
     }
     assert_eq!(b.one().device_store().devices().unwrap().len(), usize::from(TOKENS));
     assert!(!b.other().device_store().tokens_open().unwrap());
+}
+
+fn assignment_versions_bumped_by_two_replicas_at_once_are_each_new(b: &Backend) {
+    const BUMPS: u64 = 25;
+    b.one().device_store().device_approve(&key(1), "stable").unwrap();
+    let barrier = Barrier::new(2);
+    let bump = |s: &dyn Stores| -> Vec<u64> {
+        barrier.wait();
+        (0..BUMPS).map(|_| s.device_store().device_next_assignment(&key(1)).unwrap().assignment_version).collect()
+    };
+    let (x, y) = std::thread::scope(|scope| {
+        let x = scope.spawn(|| bump(b.one()));
+        let y = scope.spawn(|| bump(b.other()));
+        (x.join().unwrap(), y.join().unwrap())
+    });
+    for seen in [&x, &y] {
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "one writer's versions only rise: {seen:?}");
+    }
+    let mut all: Vec<u64> = x.iter().chain(&y).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=2 * BUMPS).collect::<Vec<_>>(), "every bump got its own version, none was lost");
+    let device = b.other().device_store().device(&key(1)).unwrap().unwrap();
+    assert_eq!(device.assignment_version, 2 * BUMPS);
+    assert!(matches!(b.one().device_store().device_next_assignment(&key(9)), Err(RegistryError::UnknownDevice(_))));
 }
 
 fn release(id: &str, devices: &[String]) -> ReleaseRecord {

@@ -249,4 +249,8 @@ impl DeviceStore for PgStore {
         let device_id = device_id.to_owned();
         self.update(&key, move |r| r.secondaries.retain(|s| s.device_id != device_id))
     }
+
+    fn device_next_assignment(&self, key: &str) -> Result<DeviceRecord, RegistryError> {
+        self.update(key, |r| r.assignment_version += 1)
+    }
 }
