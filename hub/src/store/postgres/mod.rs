@@ -4,7 +4,7 @@
 //! Sync over async: the traits in `crate::storage` are synchronous (redb's calls are) and are called both from
 //! plain threads (admin commands) and from tasks of the serving hub's tokio runtime. A query is therefore never run
 //! on the caller's runtime: `tokio::task::block_in_place` panics on a current-thread runtime and `Handle::block_on`
-//! panics inside any runtime. The store owns a small runtime of its own ([`Worker`]); a trait method spawns its
+//! panics inside any runtime. The store owns a small runtime of its own (`Worker`); a trait method spawns its
 //! query there and waits on a channel. The caller's thread is blocked for the query's round trip, as it is for a
 //! redb commit today, and every wait is bounded ([`PgLimits::query_timeout`]).
 //!
