@@ -50,6 +50,12 @@ result_ttl_secs = 3600
 # Most challenges outstanding at once that one site node relays for its devices (each device also has its own
 # bound of 8): size it to the devices one site node may have attesting at the same time.
 max_relayed_challenges_per_site_node = 1024
+
+[store]
+# The PostgreSQL database several hub replicas share (`postgres://user@host:5432/outpost`, or `host=… dbname=…`);
+# `outpost-hub migrate` creates or upgrades its schema. Not served from yet: this version keeps its state in the
+# embedded store in the data directory, and refuses to open a hub whose hub.toml sets it.
+# postgres = ""
 "#;
 
 /// The validated configuration.
@@ -62,6 +68,16 @@ pub struct HubConfig {
     pub repository: crate::tuf::Expiries,
     /// The attestation gate.
     pub attestation: Attestation,
+    /// Where the shared state lives.
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the embedded store in the data directory (the default), or a PostgreSQL database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The PostgreSQL connection string (checked to parse when the file is read); `None`: the embedded store.
+    pub postgres: Option<String>,
 }
 
 /// `[attestation]`: whether and how the hub appraises devices before serving them.
@@ -178,6 +194,11 @@ impl HubConfig {
                 return Err(ConfigError::invalid(path, key, "must be greater than zero"));
             }
         }
+        if let Some(url) = &cfg.store.postgres
+            && let Err(e) = crate::store::postgres::parse_url(url)
+        {
+            return Err(ConfigError::invalid(path, "store.postgres", e.to_string()));
+        }
         Ok(cfg)
     }
 }
@@ -256,6 +277,17 @@ mod tests {
         };
         let doc = include_str!("../../docs/CONFIG.md");
         assert_eq!(outpost_shared::config_reference::check(doc, CONFIG_FILE, &keys, parse), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_malformed_store_postgres_url_names_its_key_and_file() {
+        let e = HubConfig::parse("[store]\npostgres = \"postgres://hub@db:port/outpost\"\n", Path::new("/d/hub.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/d/hub.toml") && e.contains("`store.postgres`"), "{e}");
+        let cfg = HubConfig::parse("[store]\npostgres = \"postgres://hub@db:5432/outpost\"\n", Path::new("hub.toml"));
+        assert_eq!(cfg.unwrap().store.postgres.as_deref(), Some("postgres://hub@db:5432/outpost"));
+        assert_eq!(HubConfig::default().store.postgres, None, "the embedded store is the default");
     }
 
     #[test]

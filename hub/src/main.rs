@@ -52,6 +52,7 @@ fn run(mut command: Command, dir: &std::path::Path, o: &mut Out<'_>) -> Result<u
     let alone = matches!(command.route(), Route::Alone);
     match command {
         Command::Init => return cli::serve::init(dir, o).map(|()| 0),
+        Command::Migrate { postgres } => return cli::serve::migrate(dir, postgres, o).map(|()| 0),
         Command::Identity => {
             let id =
                 cli::serve::identity(dir, |path| Ok(writeln!(o.err, "created the hub identity {}", path.display())?))?;

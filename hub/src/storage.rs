@@ -132,6 +132,8 @@ pub trait DeviceStore: Send + Sync {
     ) -> Result<DeviceRecord, RegistryError>;
     /// Stops assigning firmware to a secondary.
     fn device_secondary_remove(&self, key: &str, device_id: &str) -> Result<DeviceRecord, RegistryError>;
+    /// Bumps the device's assignment version and returns its record: versions only rise, each bump gets its own.
+    fn device_next_assignment(&self, key: &str) -> Result<DeviceRecord, RegistryError>;
 }
 
 /// Staged releases under their rollout plans.
@@ -307,6 +309,9 @@ impl DeviceStore for Registry {
     }
     fn device_secondary_remove(&self, key: &str, device_id: &str) -> Result<DeviceRecord, RegistryError> {
         Registry::device_secondary_remove(self, key, device_id)
+    }
+    fn device_next_assignment(&self, key: &str) -> Result<DeviceRecord, RegistryError> {
+        Registry::device_next_assignment(self, key)
     }
 }
 

@@ -102,6 +102,15 @@ pub enum Command {
     /// The central team's attestation key and signed reference values (which agent builds may be served).
     #[command(subcommand)]
     Attestation(AttestationCmd),
+    /// Create or upgrade the schema of the PostgreSQL database hub replicas share (versioned migrations, each in
+    /// one transaction); at the newest version already it changes nothing, and a database from a newer outpost-hub
+    /// is refused untouched.
+    Migrate {
+        /// The database (`postgres://user@host:5432/outpost`, or `host=/run/postgresql dbname=outpost`); default:
+        /// `[store] postgres` in the data directory's hub.toml.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+    },
     /// Print the hub's QUIC identity (its Ed25519 public key, which agents pin), creating it on first use.
     Identity,
     /// Serve devices over QUIC (ALPN outpost/1, TLS 1.3, raw Ed25519 keys): TUF metadata, director bundles,
@@ -188,6 +197,7 @@ impl Command {
     pub fn route(&self) -> Route {
         match self {
             Command::Init
+            | Command::Migrate { .. }
             | Command::Serve { .. }
             | Command::Identity
             | Command::Completions { .. }
@@ -242,6 +252,7 @@ impl Command {
 pub fn run(command: Command, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
     match command {
         Command::Init
+        | Command::Migrate { .. }
         | Command::Serve { .. }
         | Command::Identity
         | Command::Completions { .. }

@@ -1,5 +1,5 @@
-//! The commands that run alone, never inside a serving hub: `init`, `identity`, and `serve`, which builds the
-//! service configuration and hands over to `outpost_hub::service::run`.
+//! The commands that run alone, never inside a serving hub: `init`, `migrate`, `identity`, and `serve`, which builds
+//! the service configuration and hands over to `outpost_hub::service::run`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +23,28 @@ pub fn init(dir: &Path, o: &mut Out<'_>) -> Result<()> {
         }
         InitOutcome::AlreadyInitialised => writeln!(o.err, "{} already holds a hub; nothing changed", dir.display())?,
     }
+    Ok(())
+}
+
+/// Runs `outpost-hub migrate`: the database named by `--postgres`, else by `[store] postgres` in hub.toml.
+pub fn migrate(dir: &Path, postgres: Option<String>, o: &mut Out<'_>) -> Result<()> {
+    let url = match postgres {
+        Some(url) => url,
+        None => config(dir)?.store.postgres.with_context(|| {
+            format!(
+                "no database: give `--postgres URL`, or set `[store] postgres` in {}",
+                dir.join(CONFIG_FILE).display()
+            )
+        })?,
+    };
+    let limits = outpost_hub::store::postgres::PgLimits::default();
+    let done = outpost_hub::store::postgres::migrate(&url, &limits)?;
+    if done.from == done.to {
+        writeln!(o.err, "the database's schema is at version {}, the newest; nothing changed", done.to)?;
+    } else {
+        writeln!(o.err, "migrated the database's schema from version {} to {}", done.from, done.to)?;
+    }
+    writeln!(o.out, "{}", done.to)?;
     Ok(())
 }
 

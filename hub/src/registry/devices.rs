@@ -190,26 +190,7 @@ impl Registry {
             let mut t = tx.open_table(DEVICES).map_err(db_err)?;
             let existing: Option<DeviceRecord> =
                 t.get(key.as_str()).map_err(db_err)?.map(|v| decode(&key, v.value())).transpose()?;
-            let record = DeviceRecord {
-                key: key.clone(),
-                channel: channel.into(),
-                status: DeviceStatus::Approved,
-                approved_at: self.clock.wall(),
-                assignment_version: existing.as_ref().map_or(0, |e| e.assignment_version),
-                active: existing.as_ref().and_then(|e| e.active),
-                rolled_back: existing.as_ref().map(|e| e.rolled_back.clone()).unwrap_or_default(),
-                last_report: None,
-                site: existing.as_ref().and_then(|e| e.site.clone()),
-                site_node: existing.as_ref().is_some_and(|e| e.site_node),
-                policy: existing.as_ref().and_then(|e| e.policy),
-                policy_site: existing.as_ref().and_then(|e| e.policy_site.clone()),
-                refusals: existing.as_ref().map(|e| e.refusals.clone()).unwrap_or_default(),
-                hardware: existing.as_ref().and_then(|e| e.hardware.clone()),
-                enrolled_by: existing.as_ref().and_then(|e| e.enrolled_by.clone()).or(Some("operator".into())),
-                tpm: existing.as_ref().and_then(|e| e.tpm.clone()),
-                attestation: existing.as_ref().and_then(|e| e.attestation.clone()),
-                secondaries: existing.map(|e| e.secondaries).unwrap_or_default(),
-            };
+            let record = approved(&key, channel, self.clock.wall(), existing);
             t.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
             record
         };
@@ -250,20 +231,7 @@ impl Registry {
         valid_secs: u64,
         rng: &mut dyn outpost_shared::rng::Rng,
     ) -> Result<String, RegistryError> {
-        if let Some(s) = site {
-            check_site(s)?;
-        }
-        let mut raw = [0u8; 16];
-        rng.fill(&mut raw);
-        let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
-        let now = self.clock.wall();
-        let record = EnrolmentToken {
-            created: now,
-            expires: now.saturating_add(valid_secs),
-            channel: channel.into(),
-            site: site.map(str::to_owned),
-            used_by: None,
-        };
+        let (token, record) = new_token(channel, site, valid_secs, self.clock.wall(), rng)?;
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(TOKENS).map_err(db_err)?;
@@ -310,43 +278,19 @@ impl Registry {
             let mut devices = tx.open_table(DEVICES).map_err(db_err)?;
             let existing: Option<DeviceRecord> =
                 devices.get(key.as_str()).map_err(db_err)?.map(|v| decode(&key, v.value())).transpose()?;
-            match existing {
-                Some(d) if d.status == DeviceStatus::Approved => return Ok(Ok(d)),
-                Some(_) => return Ok(Err(EnrolError::Revoked)),
-                None => {}
+            if let Some(d) = existing {
+                return Ok(known(d));
             }
             let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
             let hash = token_key(token);
             let found: Option<EnrolmentToken> =
                 tokens.get(hash.as_str()).map_err(db_err)?.map(|v| decode(&hash, v.value())).transpose()?;
-            let mut found = match found {
-                None => return Ok(Err(EnrolError::UnknownToken)),
-                Some(t) if t.used_by.is_some() => return Ok(Err(EnrolError::TokenUsed)),
-                Some(t) if now >= t.expires => return Ok(Err(EnrolError::TokenExpired)),
-                Some(t) => t,
+            let found = match spend(found, &key, now) {
+                Ok(t) => t,
+                Err(refused) => return Ok(Err(refused)),
             };
-            found.used_by = Some(key.clone());
             tokens.insert(hash.as_str(), encode(&found)?.as_slice()).map_err(db_err)?;
-            let record = DeviceRecord {
-                key: key.clone(),
-                channel: found.channel,
-                status: DeviceStatus::Approved,
-                approved_at: now,
-                assignment_version: 0,
-                active: None,
-                rolled_back: Vec::new(),
-                last_report: None,
-                secondaries: Vec::new(),
-                site: found.site,
-                site_node: false,
-                policy: None,
-                policy_site: None,
-                refusals: Vec::new(),
-                hardware: Some(hardware.to_owned()).filter(|h| !h.is_empty()),
-                enrolled_by: Some("token".into()),
-                tpm,
-                attestation: None,
-            };
+            let record = enrolled(&key, found, now, hardware, tpm);
             devices.insert(key.as_str(), encode(&record)?.as_slice()).map_err(db_err)?;
             record
         };
@@ -368,29 +312,13 @@ impl Registry {
         report: &outpost_shared::update::StateReport,
     ) -> Result<DeviceRecord, RegistryError> {
         let now = self.clock.wall();
-        self.device_update(key, |r| {
-            r.active = report.active;
-            for d in &report.rolled_back {
-                if !r.rolled_back.contains(d) {
-                    r.rolled_back.push(*d);
-                }
-            }
-            r.last_report = Some(now);
-            r.policy = report.policy;
-            r.policy_site.clone_from(&report.site);
-            r.refusals.clone_from(&report.refusals);
-        })
+        self.device_update(key, |r| reported(r, report, now))
     }
 
     /// Places a device in `site` (or in none); `node` marks the key as that site's node.
     pub fn device_set_site(&self, key: &str, site: Option<&str>, node: bool) -> Result<DeviceRecord, RegistryError> {
         let key = parse_device_key(key)?;
-        if let Some(s) = site {
-            check_site(s)?;
-        }
-        if node && site.is_none() {
-            return Err(RegistryError::BadSite("a site node needs the site it serves (--site NAME)".into()));
-        }
+        check_placement(site, node)?;
         self.device_update(&key, |r| {
             r.site = site.map(str::to_owned);
             r.site_node = node;
@@ -406,12 +334,7 @@ impl Registry {
 
     /// Whether site node `node` may act for `device`: both approved, `node` a site node, `device` in its site.
     pub fn site_node_serves(&self, node: &str, device: &str) -> Result<bool, RegistryError> {
-        let (Some(n), Some(d)) = (self.device(node)?, self.device(device)?) else { return Ok(false) };
-        Ok(n.site_node
-            && n.status == DeviceStatus::Approved
-            && d.status == DeviceStatus::Approved
-            && n.site.is_some()
-            && n.site == d.site)
+        Ok(serves(self.device(node)?.as_ref(), self.device(device)?.as_ref()))
     }
 
     /// Lets the director offer `digest` to this device again (an operator's decision after a rollback).
@@ -428,15 +351,8 @@ impl Registry {
         hardware_id: &str,
     ) -> Result<DeviceRecord, RegistryError> {
         let key = parse_device_key(key)?;
-        for (field, value) in [("device id", device_id), ("hardware id", hardware_id)] {
-            if !is_secondary_id(value) {
-                return Err(RegistryError::BadSecondaryId { field, value: value.into() });
-            }
-        }
-        self.device_update(&key, |r| {
-            r.secondaries.retain(|s| s.device_id != device_id);
-            r.secondaries.push(SecondaryRecord { device_id: device_id.into(), hardware_id: hardware_id.into() });
-        })
+        check_secondary(device_id, hardware_id)?;
+        self.device_update(&key, |r| secondary_added(r, device_id, hardware_id))
     }
 
     /// Forgets secondary `device_id` behind gateway `key`.
@@ -492,11 +408,18 @@ impl Registry {
         Ok(())
     }
 
-    /// Records the audit log's newest anchor (after each append).
+    /// Records the audit log's newest anchor (after each append). The anchor only moves forward: one at or below
+    /// the stored sequence number is refused unless it is the same anchor (a retried put), so two logs that forked,
+    /// or a writer behind another, cannot pass each other's entries off as the head.
     pub fn audit_anchor_put(&self, anchor: &outpost_shared::audit::Anchor) -> Result<(), RegistryError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(AUDIT).map_err(db_err)?;
+            let stored: Option<outpost_shared::audit::Anchor> =
+                t.get("head").map_err(db_err)?.map(|v| decode("audit head", v.value())).transpose()?;
+            if let Some(stored) = stored {
+                anchor_advances(&stored, anchor)?;
+            }
             t.insert("head", encode(anchor)?.as_slice()).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
@@ -554,7 +477,170 @@ impl Registry {
     }
 }
 
-fn check_site(s: &str) -> Result<(), RegistryError> {
+// What both backends (this redb index and `crate::store::postgres`) do to a record, so they cannot drift apart.
+
+/// The record of `key` approved on `channel` at `now`: what an earlier record knew is kept, a revocation lifted.
+pub(crate) fn approved(key: &str, channel: &str, now: UnixSeconds, existing: Option<DeviceRecord>) -> DeviceRecord {
+    let e = existing.as_ref();
+    DeviceRecord {
+        key: key.to_owned(),
+        channel: channel.into(),
+        status: DeviceStatus::Approved,
+        approved_at: now,
+        assignment_version: e.map_or(0, |e| e.assignment_version),
+        active: e.and_then(|e| e.active),
+        rolled_back: e.map(|e| e.rolled_back.clone()).unwrap_or_default(),
+        last_report: None,
+        site: e.and_then(|e| e.site.clone()),
+        site_node: e.is_some_and(|e| e.site_node),
+        policy: e.and_then(|e| e.policy),
+        policy_site: e.and_then(|e| e.policy_site.clone()),
+        refusals: e.map(|e| e.refusals.clone()).unwrap_or_default(),
+        hardware: e.and_then(|e| e.hardware.clone()),
+        enrolled_by: e.and_then(|e| e.enrolled_by.clone()).or(Some("operator".into())),
+        tpm: e.and_then(|e| e.tpm.clone()),
+        attestation: e.and_then(|e| e.attestation.clone()),
+        secondaries: existing.map(|e| e.secondaries).unwrap_or_default(),
+    }
+}
+
+/// A new token's text and the record stored under its hash.
+pub(crate) fn new_token(
+    channel: &str,
+    site: Option<&str>,
+    valid_secs: u64,
+    now: UnixSeconds,
+    rng: &mut dyn outpost_shared::rng::Rng,
+) -> Result<(String, EnrolmentToken), RegistryError> {
+    if let Some(s) = site {
+        check_site(s)?;
+    }
+    let mut raw = [0u8; 16];
+    rng.fill(&mut raw);
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(raw));
+    let record = EnrolmentToken {
+        created: now,
+        expires: now.saturating_add(valid_secs),
+        channel: channel.into(),
+        site: site.map(str::to_owned),
+        used_by: None,
+    };
+    Ok((token, record))
+}
+
+/// The token as spent by `key` at `now`, or why it cannot be.
+pub(crate) fn spend(found: Option<EnrolmentToken>, key: &str, now: UnixSeconds) -> Result<EnrolmentToken, EnrolError> {
+    match found {
+        None => Err(EnrolError::UnknownToken),
+        Some(t) if t.used_by.is_some() => Err(EnrolError::TokenUsed),
+        Some(t) if now >= t.expires => Err(EnrolError::TokenExpired),
+        Some(mut t) => {
+            t.used_by = Some(key.to_owned());
+            Ok(t)
+        }
+    }
+}
+
+/// What an enrolment answers for a key already known: the device as it is when approved (a retried enrolment),
+/// a refusal when revoked (a token does not lift a revocation).
+pub(crate) fn known(d: DeviceRecord) -> Result<DeviceRecord, EnrolError> {
+    if d.status == DeviceStatus::Approved { Ok(d) } else { Err(EnrolError::Revoked) }
+}
+
+/// The record of a device enrolled with (spent) `token`.
+pub(crate) fn enrolled(
+    key: &str,
+    token: EnrolmentToken,
+    now: UnixSeconds,
+    hardware: &str,
+    tpm: Option<TpmRecord>,
+) -> DeviceRecord {
+    DeviceRecord {
+        key: key.to_owned(),
+        channel: token.channel,
+        status: DeviceStatus::Approved,
+        approved_at: now,
+        assignment_version: 0,
+        active: None,
+        rolled_back: Vec::new(),
+        last_report: None,
+        secondaries: Vec::new(),
+        site: token.site,
+        site_node: false,
+        policy: None,
+        policy_site: None,
+        refusals: Vec::new(),
+        hardware: Some(hardware.to_owned()).filter(|h| !h.is_empty()),
+        enrolled_by: Some("token".into()),
+        tpm,
+        attestation: None,
+    }
+}
+
+/// What a device's report changes on its record.
+pub(crate) fn reported(r: &mut DeviceRecord, report: &outpost_shared::update::StateReport, now: UnixSeconds) {
+    r.active = report.active;
+    for d in &report.rolled_back {
+        if !r.rolled_back.contains(d) {
+            r.rolled_back.push(*d);
+        }
+    }
+    r.last_report = Some(now);
+    r.policy = report.policy;
+    r.policy_site.clone_from(&report.site);
+    r.refusals.clone_from(&report.refusals);
+}
+
+/// Whether site node `n` may act for device `d`: both approved, `n` a site node, `d` in its site.
+pub(crate) fn serves(n: Option<&DeviceRecord>, d: Option<&DeviceRecord>) -> bool {
+    let (Some(n), Some(d)) = (n, d) else { return false };
+    n.site_node
+        && n.status == DeviceStatus::Approved
+        && d.status == DeviceStatus::Approved
+        && n.site.is_some()
+        && n.site == d.site
+}
+
+/// A site placement an operator may make: a usable site name, and a site node only with a site.
+pub(crate) fn check_placement(site: Option<&str>, node: bool) -> Result<(), RegistryError> {
+    if let Some(s) = site {
+        check_site(s)?;
+    }
+    if node && site.is_none() {
+        return Err(RegistryError::BadSite("a site node needs the site it serves (--site NAME)".into()));
+    }
+    Ok(())
+}
+
+/// A secondary's ids, checked to fit a compact manifest.
+pub(crate) fn check_secondary(device_id: &str, hardware_id: &str) -> Result<(), RegistryError> {
+    for (field, value) in [("device id", device_id), ("hardware id", hardware_id)] {
+        if !is_secondary_id(value) {
+            return Err(RegistryError::BadSecondaryId { field, value: value.into() });
+        }
+    }
+    Ok(())
+}
+
+/// Adds secondary `device_id` to a gateway's record, or changes its hardware id.
+pub(crate) fn secondary_added(r: &mut DeviceRecord, device_id: &str, hardware_id: &str) {
+    r.secondaries.retain(|s| s.device_id != device_id);
+    r.secondaries.push(SecondaryRecord { device_id: device_id.into(), hardware_id: hardware_id.into() });
+}
+
+/// Whether `offered` may replace `stored` as the audit log's newest anchor: a later entry, or the same one again.
+pub(crate) fn anchor_advances(
+    stored: &outpost_shared::audit::Anchor,
+    offered: &outpost_shared::audit::Anchor,
+) -> Result<(), RegistryError> {
+    if offered.seq > stored.seq || offered == stored {
+        Ok(())
+    } else {
+        Err(RegistryError::AuditAnchorBehind { stored: *stored, offered: *offered })
+    }
+}
+
+pub(crate) fn check_site(s: &str) -> Result<(), RegistryError> {
     if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(RegistryError::BadSite(format!("`{s}` must be 1–64 of a-z, A-Z, 0-9, `-`, `_`, `.`")));
     }
@@ -562,11 +648,11 @@ fn check_site(s: &str) -> Result<(), RegistryError> {
 }
 
 /// The index key of an enrolment token: the hex SHA-256 of its text (trimmed).
-fn token_key(token: &str) -> String {
+pub(crate) fn token_key(token: &str) -> String {
     Digest::of(token.trim().as_bytes()).to_hex()
 }
 
-fn parse_device_key(key: &str) -> Result<String, RegistryError> {
+pub(crate) fn parse_device_key(key: &str) -> Result<String, RegistryError> {
     let lower = key.trim().to_ascii_lowercase();
     let mut raw = [0u8; 32];
     match hex::decode_to_slice(&lower, &mut raw) {

@@ -25,8 +25,8 @@ mod capabilities;
 mod console_users;
 mod controller;
 mod cycles;
-mod devices;
-mod packages;
+pub(crate) mod devices;
+pub(crate) mod packages;
 mod suites;
 
 pub use capabilities::{CapabilityAdded, CapabilityCheck, CapabilityRecord};
@@ -344,6 +344,22 @@ pub enum RegistryError {
     /// The capability cannot publish: owners are missing.
     #[error(transparent)]
     MissingOwners(#[from] outpost_shared::capability::MissingOwners),
+    /// An audit anchor that would move the recorded head back, or put another entry at its place: the log this
+    /// writer appended to is behind the one recorded, or forked from it.
+    #[error(
+        "audit anchor: the store records entry {} ({}) as the log's head; refusing entry {} ({}): this log is behind \
+         the recorded one or forked from it (`outpost-hub audit verify`)",
+        stored.seq, stored.hash, offered.seq, offered.hash
+    )]
+    AuditAnchorBehind {
+        /// The anchor recorded.
+        stored: outpost_shared::audit::Anchor,
+        /// The anchor refused.
+        offered: outpost_shared::audit::Anchor,
+    },
+    /// The PostgreSQL store failed (`crate::store::postgres`).
+    #[error(transparent)]
+    Postgres(#[from] crate::store::postgres::PgError),
     /// Rebuilding a package gave a different digest than recorded.
     #[error("reconstructed package hashes to {actual}, but {expected} was recorded")]
     ReconstructMismatch {
@@ -457,11 +473,11 @@ impl Registry {
     }
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RegistryError> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RegistryError> {
     canonical::to_vec(v).map_err(|e| RegistryError::Corrupt { key: "(new record)".into(), problem: e.to_string() })
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
     canonical::from_slice(bytes).map_err(|e| RegistryError::Corrupt { key: key.into(), problem: e.to_string() })
 }
 
@@ -497,7 +513,7 @@ fn by_prefix<T>(
     }
 }
 
-fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
+pub(crate) fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
     s.parse()
         .map_err(|e: outpost_shared::DigestParseError| RegistryError::Corrupt { key: s.into(), problem: e.to_string() })
 }

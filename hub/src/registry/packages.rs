@@ -315,11 +315,7 @@ impl Registry {
             let (k, v) = row.map_err(db_err)?;
             out.push(decode::<PackageRecord>(k.value(), v.value())?);
         }
-        out.sort_by(|a, b| {
-            let va = semver::Version::parse(&a.version).ok();
-            let vb = semver::Version::parse(&b.version).ok();
-            a.name.cmp(&b.name).then(va.cmp(&vb))
-        });
+        sort_listing(&mut out);
         Ok(out)
     }
 
@@ -338,10 +334,7 @@ impl Registry {
         if let Some(d) = aliases.get(reference).map_err(db_err)? {
             return parse_digest(d.value());
         }
-        let prefix = reference.strip_prefix("sha256:").unwrap_or(reference).to_ascii_lowercase();
-        if prefix.len() < MIN_PREFIX_LEN || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(RegistryError::UnknownPackage(reference.into()));
-        }
+        let prefix = digest_prefix(reference)?;
         let packages = tx.open_table(PACKAGES).map_err(db_err)?;
         let mut matches = Vec::new();
         for row in packages.range(prefix.as_str()..).map_err(db_err)? {
@@ -351,11 +344,7 @@ impl Registry {
             }
             matches.push(parse_digest(k.value())?);
         }
-        match matches.len() {
-            0 => Err(RegistryError::UnknownPackage(reference.into())),
-            1 => Ok(matches[0]),
-            count => Err(RegistryError::AmbiguousPrefix { prefix, count }),
-        }
+        one_match(reference, prefix, &matches)
     }
 
     /// The stored manifest of package `d`.
@@ -364,10 +353,7 @@ impl Registry {
         let t = tx.open_table(MANIFESTS).map_err(db_err)?;
         let key = d.to_hex();
         let cbor = t.get(key.as_str()).map_err(db_err)?.ok_or_else(|| RegistryError::UnknownPackage(key.clone()))?;
-        let cbor = cbor.value().to_vec();
-        let manifest =
-            Manifest::from_cbor(&cbor).map_err(|e| RegistryError::Corrupt { key, problem: e.to_string() })?;
-        Ok((cbor, manifest))
+        parsed_manifest(key, cbor.value().to_vec())
     }
 
     /// Record, manifest and lineage of a package.
@@ -544,7 +530,42 @@ fn check_firmware_image(image: &[u8]) -> Result<(), String> {
     }
 }
 
-fn valid_alias(a: &str) -> bool {
+// What both backends (this redb index and `crate::store::postgres`) do with packages, so they cannot drift apart.
+
+/// Packages in listing order: by name, then by version (semver order; a version that does not parse first).
+pub(crate) fn sort_listing(out: &mut [PackageRecord]) {
+    out.sort_by(|a, b| {
+        let va = semver::Version::parse(&a.version).ok();
+        let vb = semver::Version::parse(&b.version).ok();
+        a.name.cmp(&b.name).then(va.cmp(&vb))
+    });
+}
+
+/// The digest prefix a reference names (lower-case hex, `sha256:` allowed), if it is one that may be resolved.
+pub(crate) fn digest_prefix(reference: &str) -> Result<String, RegistryError> {
+    let prefix = reference.strip_prefix("sha256:").unwrap_or(reference).to_ascii_lowercase();
+    if prefix.len() < MIN_PREFIX_LEN || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(RegistryError::UnknownPackage(reference.into()));
+    }
+    Ok(prefix)
+}
+
+/// The one package whose digest starts with `prefix`, or why there is not one.
+pub(crate) fn one_match(reference: &str, prefix: String, matches: &[Digest]) -> Result<Digest, RegistryError> {
+    match matches {
+        [] => Err(RegistryError::UnknownPackage(reference.into())),
+        [one] => Ok(*one),
+        _ => Err(RegistryError::AmbiguousPrefix { prefix, count: matches.len() }),
+    }
+}
+
+/// A stored manifest and what it parses to; `key` (the package digest) names it when it does not.
+pub(crate) fn parsed_manifest(key: String, cbor: Vec<u8>) -> Result<(Vec<u8>, Manifest), RegistryError> {
+    let manifest = Manifest::from_cbor(&cbor).map_err(|e| RegistryError::Corrupt { key, problem: e.to_string() })?;
+    Ok((cbor, manifest))
+}
+
+pub(crate) fn valid_alias(a: &str) -> bool {
     !a.is_empty()
         && a.len() <= 64
         && !a.contains('@')

@@ -7,6 +7,7 @@
 pub mod changes;
 pub mod decoded;
 pub mod files;
+pub mod postgres;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +35,17 @@ pub enum StoreError {
     /// The telemetry store could not be opened.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryStoreError),
+    /// hub.toml names a PostgreSQL database, which this version does not serve from yet: opening the embedded
+    /// store instead would split the hub's state between the two without anyone noticing.
+    #[error(
+        "{}: `[store] postgres` is set, but this outpost-hub keeps its state only in the embedded store so far \
+         (`outpost-hub migrate` is the one command that uses the database); remove the key to use the data directory",
+        dir.join(crate::config::CONFIG_FILE).display()
+    )]
+    PostgresNotServed {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 impl Store {
@@ -49,6 +61,9 @@ impl Store {
         limits: &crate::config::Limits,
     ) -> Result<Store, StoreError> {
         let registry = crate::Registry::open(dir, clock.clone())?;
+        if registry.config().store.postgres.is_some() {
+            return Err(StoreError::PostgresNotServed { dir: dir.to_owned() });
+        }
         let telemetry = crate::telemetry::TelemetryStore::open(dir, clock)?
             .with_max_streams_per_device(limits.max_telemetry_streams_per_device);
         Ok(Store { registry, telemetry })

@@ -12,6 +12,7 @@ use outpost_shared::clock::ManualClock;
 use outpost_shared::testkit::{AffineManifest, affine_model};
 
 pub mod console;
+pub mod postgres;
 pub mod webdriver;
 
 #[path = "../../../fixtures/faultfs/mod.rs"]
