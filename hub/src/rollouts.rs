@@ -7,6 +7,7 @@
 //! rollout's level-triggered `directive` for a device rather than replaying effects. The serving hub judges the
 //! releases when the earliest of their deadlines comes ([`wait_after_tick`]); reports are judged as they arrive.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_shared::Digest;
@@ -95,14 +96,20 @@ pub fn start(
 
 /// Every release, oldest first.
 pub fn list(reg: &Registry) -> Result<Vec<(String, ReleaseRecord)>, RolloutError> {
-    let mut all: Vec<(String, ReleaseRecord)> = reg.releases()?;
+    Ok(list_shared(reg)?.into_iter().map(|(id, r)| (id, ReleaseRecord::clone(&r))).collect())
+}
+
+/// [`list`] without copying the records.
+pub fn list_shared(reg: &Registry) -> Result<Vec<(String, Arc<ReleaseRecord>)>, RolloutError> {
+    let mut all = reg.releases_shared::<ReleaseRecord>()?;
     all.sort_by_key(|(id, r)| (r.started_at, id[1..].parse::<u64>().unwrap_or(0)));
     Ok(all)
 }
 
 /// One release.
 pub fn get(reg: &Registry, id: &str) -> Result<ReleaseRecord, RolloutError> {
-    reg.releases()?.into_iter().find(|(i, _)| i == id).map(|(_, r)| r).ok_or_else(|| RolloutError::Unknown(id.into()))
+    let found = reg.releases_shared::<ReleaseRecord>()?.into_iter().find(|(i, _)| i == id);
+    found.map(|(_, r)| ReleaseRecord::clone(&r)).ok_or_else(|| RolloutError::Unknown(id.into()))
 }
 
 /// An operator command on release `id`.
@@ -139,7 +146,7 @@ pub const MAX_TICK_WAIT: Duration = Duration::from_secs(10);
 /// end), if any.
 pub fn next_deadline(reg: &Registry, now: UnixSeconds) -> Result<Option<UnixSeconds>, RolloutError> {
     Ok(reg
-        .releases::<ReleaseRecord>()?
+        .releases_shared::<ReleaseRecord>()?
         .into_iter()
         .filter(|(_, r)| r.steers())
         .filter_map(|(_, r)| r.rollout.next_deadline(now))
@@ -163,18 +170,19 @@ pub fn on_report(
 ) -> Result<Vec<Happened>, RolloutError> {
     let Some(d) = reg.device(device)? else { return Ok(vec![]) };
     let mut out = Vec::new();
-    for (id, mut record) in reg.releases::<ReleaseRecord>()? {
-        if record.channel != d.channel || !record.steers() {
+    for (id, shared) in reg.releases_shared::<ReleaseRecord>()? {
+        if shared.channel != d.channel || !shared.steers() {
             continue;
         }
-        if record.rollout.plan.exclude_software_tier && d.tpm.is_none() {
+        if shared.rollout.plan.exclude_software_tier && d.tpm.is_none() {
             continue; // a software-tier device takes no part in this release
         }
+        let mut record = ReleaseRecord::clone(&shared);
         let package = record.rollout.release.package;
         // Most reports repeat what the release already knows: the record (every device's part) is written back
-        // only when the report changed more than the newest time seen, which every change also carries (so a
-        // restart resumes no earlier than the release's last recorded change).
-        let mut before = record.rollout.clone();
+        // only when the report changed the release or this device's part of it beyond the newest time seen,
+        // which every change also carries (so a restart resumes no earlier than the release's last change).
+        let before = (header(&shared.rollout), shared.rollout.devices.get(device));
         let mut effects = record.rollout.enroll(device, now);
         if let Some(outcome) = outpost_shared::rollout::outcome_of(report, &package) {
             effects.extend(record.rollout.report(device, outcome, now));
@@ -187,13 +195,31 @@ pub fn on_report(
             effects.extend(record.rollout.report_shadow(device, sh.agreed, sh.compared, now));
             effects.extend(record.rollout.tick(now));
         }
-        before.last_known_time = record.rollout.last_known_time;
-        if record.rollout != before {
+        let (mut header_before, entry_before) = before;
+        header_before.last_known_time = record.rollout.last_known_time;
+        let changed = header(&record.rollout) != header_before || record.rollout.devices.get(device) != entry_before;
+        if changed || !effects.is_empty() {
             reg.release_put(&id, &record)?;
         }
         out.extend(Happened::each(&id, &record, effects));
     }
     Ok(out)
+}
+
+/// A rollout without its devices: what a report may change besides the reporting device's part (a change to
+/// other devices' parts comes with a change here, a new position or state, and with effects).
+fn header(r: &outpost_shared::rollout::Rollout) -> outpost_shared::rollout::Rollout {
+    outpost_shared::rollout::Rollout {
+        release: r.release.clone(),
+        plan: r.plan.clone(),
+        state: r.state.clone(),
+        position: r.position.clone(),
+        paused: r.paused,
+        since: r.since,
+        devices: Default::default(),
+        recovery: r.recovery.clone(),
+        last_known_time: r.last_known_time,
+    }
 }
 
 /// What the releases on `channel` want `device` to run: packages to keep from it (releases it is not part of
@@ -219,19 +245,26 @@ pub struct Steering {
 pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -> Result<Steering, RolloutError> {
     let mut s = Steering::default();
     let hardware = reg.device(device)?.is_some_and(|d| d.tpm.is_some());
-    for (id, mut record) in list(reg)? {
-        if record.channel != channel || !record.steers() {
+    for (id, shared) in list_shared(reg)? {
+        if shared.channel != channel || !shared.steers() {
             continue;
         }
-        if record.rollout.plan.exclude_software_tier && !hardware {
+        // Looked at in place; copied only to enrol a device the release has not seen.
+        if shared.rollout.plan.exclude_software_tier && !hardware {
             // A software-tier device takes no part: it never sees the package.
-            s.withhold.push(record.rollout.release.package);
+            s.withhold.push(shared.rollout.release.package);
             continue;
         }
-        if !record.rollout.devices.contains_key(device) {
-            record.rollout.enroll(device, now);
-            reg.release_put(&id, &record)?;
-        }
+        let enrolled;
+        let record: &ReleaseRecord = if shared.rollout.devices.contains_key(device) {
+            &shared
+        } else {
+            let mut copy = ReleaseRecord::clone(&shared);
+            copy.rollout.enroll(device, now);
+            reg.release_put(&id, &copy)?;
+            enrolled = copy;
+            &enrolled
+        };
         let package = record.rollout.release.package;
         match record.rollout.directive(device) {
             Some(Directive::Serve { package, retry }) => {
@@ -264,7 +297,7 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
 /// Where `device` stands in the newest release it is part of on `channel`: the release id and the stage it hashes
 /// into (`None` beyond the last stage or in the shadow only). Telemetry is attributed to these.
 pub fn placement(reg: &Registry, device: &str, channel: &str) -> Result<Option<(String, Option<u32>)>, RolloutError> {
-    Ok(list(reg)?.into_iter().rev().filter(|(_, r)| r.channel == channel).find_map(|(id, r)| {
+    Ok(list_shared(reg)?.into_iter().rev().filter(|(_, r)| r.channel == channel).find_map(|(id, r)| {
         let e = r.rollout.devices.get(device).filter(|e| e.serving || e.shadowing)?;
         Some((id, e.stage.and_then(|s| u32::try_from(s).ok())))
     }))

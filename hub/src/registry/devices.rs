@@ -397,7 +397,7 @@ impl Registry {
         id: &str,
         record: &T,
     ) -> Result<(), RegistryError> {
-        let bytes = encode(record)?;
+        let bytes = encode_state(record)?;
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(RELEASES).map_err(db_err)?;
@@ -442,13 +442,22 @@ impl Registry {
     where
         T: for<'de> Deserialize<'de> + Clone + Send + Sync + 'static,
     {
+        Ok(self.releases_shared::<T>()?.into_iter().map(|(id, r)| (id, T::clone(&r))).collect())
+    }
+
+    /// [`Registry::releases`] without copying them: for readers that only look (the director's steering of every
+    /// update check).
+    pub fn releases_shared<T>(&self) -> Result<Vec<(String, std::sync::Arc<T>)>, RegistryError>
+    where
+        T: for<'de> Deserialize<'de> + Send + Sync + 'static,
+    {
         let tx = self.db.begin_read().map_err(db_err)?;
         let Some(t) = read_table(&tx, RELEASES)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             let id = k.value();
-            out.push((id.to_owned(), self.db.releases_decoded().get(id, v.value(), |b| decode(id, b))?));
+            out.push((id.to_owned(), self.db.releases_decoded().get_shared(id, v.value(), |b| decode_state(id, b))?));
         }
         Ok(out)
     }

@@ -481,6 +481,21 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> R
     canonical::from_slice(bytes).map_err(|e| RegistryError::Corrupt { key: key.into(), problem: e.to_string() })
 }
 
+/// Encodes a record of mutable state that nothing signs or addresses by its bytes (a release's rollout): plain
+/// CBOR, straight from the value. The canonical form ([`encode`]) builds and sorts a value tree first, which for
+/// a rollout over every device of a channel costs several times the encoding itself, at every write.
+pub(crate) fn encode_state<T: Serialize>(v: &T) -> Result<Vec<u8>, RegistryError> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(v, &mut out)
+        .map_err(|e| RegistryError::Corrupt { key: "(new record)".into(), problem: e.to_string() })?;
+    Ok(out)
+}
+
+/// Decodes what [`encode_state`] wrote (and the canonical CBOR earlier hubs wrote, which is CBOR too).
+pub(crate) fn decode_state<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
+    ciborium::de::from_reader(bytes).map_err(|e| RegistryError::Corrupt { key: key.into(), problem: e.to_string() })
+}
+
 /// Opens a table for reading; `None` if a hub made before the table existed has not written to it yet.
 fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     tx: &redb::ReadTransaction,

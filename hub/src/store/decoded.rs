@@ -57,6 +57,20 @@ impl Decoded {
     where
         T: Clone + Send + Sync + 'static,
     {
+        self.get_shared(key, bytes, decode).map(|v| T::clone(&v))
+    }
+
+    /// [`Decoded::get`] without the copy: the value held, shared (readers that only look need no copy of a
+    /// rollout over every device).
+    pub fn get_shared<T, E>(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<T, E>,
+    ) -> Result<Arc<T>, E>
+    where
+        T: Send + Sync + 'static,
+    {
         let digest = Digest::of(bytes);
         let held = {
             let mut inner = self.inner();
@@ -71,10 +85,10 @@ impl Decoded {
             }
         };
         if let Some(v) = held {
-            return Ok(T::clone(&v));
+            return Ok(v);
         }
-        let value = decode(bytes)?;
-        self.put(key, bytes, Arc::new(value.clone()));
+        let value = Arc::new(decode(bytes)?);
+        self.put(key, bytes, value.clone());
         Ok(value)
     }
 

@@ -10,7 +10,7 @@ use outpost_shared::audit::Anchor;
 
 use super::{PgStore, big, keyed, query, record};
 use crate::RegistryError;
-use crate::registry::{decode, encode};
+use crate::registry::{decode_state, encode, encode_state};
 use crate::rollouts::ReleaseRecord;
 use crate::storage::{AuditStore, ReleaseStore};
 
@@ -19,7 +19,7 @@ const ANCHOR: &str = "SELECT record FROM audit_anchor WHERE id = 1";
 
 impl ReleaseStore for PgStore {
     fn release_put(&self, id: &str, record: &ReleaseRecord) -> Result<(), RegistryError> {
-        let (id, bytes) = (id.to_owned(), encode(record)?);
+        let (id, bytes) = (id.to_owned(), encode_state(record)?);
         let (i, b) = (id.clone(), bytes.clone());
         self.run("writing a release", move |pool| async move {
             pool.get()
@@ -44,7 +44,7 @@ impl ReleaseStore for PgStore {
         // Decoded once per distinct record, whichever replica wrote it (the cache is keyed by the bytes' digest).
         rows.into_iter()
             .map(|(id, bytes)| {
-                let record = self.releases_decoded.get(&id, &bytes, |b| decode(&id, b))?;
+                let record = self.releases_decoded.get(&id, &bytes, |b| decode_state(&id, b))?;
                 Ok((id, record))
             })
             .collect()
