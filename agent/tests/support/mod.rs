@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod mirror;
+pub mod relay;
 
 #[path = "../../../fixtures/faultfs/mod.rs"]
 pub mod faultfs;
@@ -204,6 +205,26 @@ impl World {
         let addr = server.local_addr().unwrap();
         tokio::spawn(server.run(std::future::pending()));
         (addr, key)
+    }
+
+    /// The hub served by `n` replicas on loopback, as `outpost-hub serve` on `n` machines over the same hub data
+    /// and identity: `n` servers with their own ports over one backend (one store, as redb allows one opener).
+    /// Returns their addresses and the one hub key they all present.
+    pub async fn serve_replicas(
+        &self,
+        n: usize,
+    ) -> (Vec<std::net::SocketAddr>, outpost_attestation::identity::PublicKey) {
+        let backend =
+            Arc::new(HubBackend::new(&self.dir, TufRepo::new(&self.dir, Default::default()), self.clock.clone()));
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            let mut config = ServeConfig::new(Identity::from_seed([1; 32]));
+            config.bind = "127.0.0.1:0".parse().unwrap();
+            let server = Server::bind(config, backend.clone()).unwrap();
+            addrs.push(server.local_addr().unwrap());
+            tokio::spawn(server.run(std::future::pending()));
+        }
+        (addrs, Identity::from_seed([1; 32]).public_key())
     }
 
     pub fn root(&self) -> Vec<u8> {
