@@ -15,7 +15,6 @@ use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::driver::{Agent, init_device};
 use outpost_agent::site::SiteNode;
 use outpost_attestation::identity::{Identity, PublicKey};
-use outpost_net::server::{ServeConfig, Server};
 use outpost_shared::testkit::AffineManifest;
 use outpost_shared::update::Phase;
 use support::relay::{Relay, dead_address};
@@ -127,11 +126,7 @@ async fn site_node(w: &World, addresses: &[SocketAddr], hub_key: &PublicKey) -> 
     let path = dir.join("agent.toml");
     std::fs::write(&path, &text).unwrap();
     let node = Arc::new(SiteNode::open(AgentConfig::parse(&text, &path).unwrap(), w.clock.clone()).unwrap());
-    let mut serve = ServeConfig::new(Identity::from_seed([90; 32]));
-    serve.bind = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(serve, node.clone()).unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.run(std::future::pending()));
+    let addr = support::serve_on_loopback(node.clone(), Identity::from_seed([90; 32]));
     (node, addr)
 }
 
