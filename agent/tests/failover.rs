@@ -2,8 +2,8 @@
 //! dead first address costs one connection attempt and later checks start from the replica that answered; a
 //! replica killed mid-download leaves the agent updating through the next, resuming the download there instead of
 //! fetching again what it had; a site node reaches the hub for its devices past a dead replica, and resumes a
-//! package fetch cut by a replica's death from the next; a file setting both `address` and `addresses` is
-//! refused by name.
+//! package fetch cut by a replica's death from the next; `outpost-agent run` logs each switch with both
+//! addresses, and refuses a file setting both `address` and `addresses` by name.
 
 mod support;
 
@@ -188,6 +188,33 @@ async fn site_node_whose_replica_is_killed_mid_fetch_resumes_the_package_from_th
         "the package was fetched again: {through_a} bytes through A and {through_b} through B for {full} bytes"
     );
     assert!(node.upstream_target_bytes() < full, "{} of {full} bytes fetched again", node.upstream_target_bytes());
+}
+
+#[test]
+fn agent_run_logs_its_switch_to_the_next_replica_at_info_with_both_addresses() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let w = World::on_wall_clock();
+    w.allow_agent_binary();
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let (replicas, key) = rt.block_on(w.serve_replicas(1));
+    let (dead, live) = (dead_address(), replicas[0]);
+    let dir = w.tmp.path().join("dev");
+    let device_key = init_device(&dir, &w.root(), [3; 32]).unwrap();
+    w.registry().device_approve(&device_key, "stable").unwrap();
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, replicas_config(&[dead, live], &key)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .args(["run", "--once", "--log-level", "info", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let switch = stderr.lines().find(|l| l.contains("switching to")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(switch.contains("INFO"), "{switch}");
+    assert!(switch.contains(&format!("hub replica {dead} unreachable")), "{switch}");
+    assert!(switch.contains(&format!("switching to {live}")), "{switch}");
+    let state = outpost_agent::device::load_state(&outpost_agent::device::Layout::new(&dir)).unwrap().unwrap();
+    assert_eq!(state.active.map(|a| a.target.digest), Some(v1), "{stderr}");
 }
 
 #[test]
