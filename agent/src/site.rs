@@ -207,11 +207,14 @@ impl SiteNode {
         (!switch.round_over).then_some(switch.to)
     }
 
-    /// The upstream connection `client` failed with `e`: when that means its replica cannot be reached, the
-    /// connection is dropped (unless another request replaced it already) and the next request goes to the next
-    /// replica.
+    /// The upstream connection `client` failed with `e`: when that means its replica cannot be reached and there
+    /// is another, the connection is dropped (unless another request replaced it already) and the next request
+    /// goes to the next replica. With one replica the connection is kept until QUIC closes it, as before replicas:
+    /// across a partition that heals it carries on at once, where a new handshake would wait out its backoff (the
+    /// fleet simulator's site-partition scenario).
     async fn upstream_failed(&self, client: &Arc<HubClient>, e: &(dyn std::error::Error + Send + Sync + 'static)) {
-        if !crate::upstream::unreachable_in_chain(e) {
+        let several = self.replicas.lock().is_ok_and(|r| r.len() > 1);
+        if !several || !crate::upstream::unreachable_in_chain(e) {
             return;
         }
         let mut upstream = self.upstream.lock().await;
