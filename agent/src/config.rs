@@ -88,7 +88,10 @@ struct RawPolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHub {
-    address: String,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    addresses: Option<Vec<String>>,
     key: String,
     #[serde(default)]
     mirror: Option<String>,
@@ -179,12 +182,16 @@ impl Default for Updates {
     }
 }
 
+/// Most hub replicas `[hub] addresses` may list.
+pub const MAX_HUB_ADDRESSES: usize = 16;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The hub's UDP address.
-    pub hub_address: SocketAddr,
-    /// The hub's pinned public key.
+    /// The hub's UDP addresses: one (`[hub] address`), or its replicas in the order they are tried (`[hub]
+    /// addresses`). Never empty; replicas share the hub's identity, so one key pins them all.
+    pub hub_addresses: Vec<SocketAddr>,
+    /// The hub's pinned public key (every replica presents it).
     pub hub_key: PublicKey,
     /// A static mirror of the hub's TUF repository to read metadata and packages from instead of the hub
     /// (feature `mirror`; without it, `[hub] mirror` is refused).
@@ -221,7 +228,13 @@ pub fn render(hub_address: &str, hub_key: &str) -> String {
 [hub]
 # UDP address of the hub (or of this site's node).
 address = "{hub_address}"
-# The hub's Ed25519 public key (`outpost-hub identity`): a hub presenting any other key is refused.
+# Or, for a hub served by several replicas (`outpost-hub serve` on other machines, over the same hub data and
+# identity), every replica's address instead of `address`: the agent talks to one at a time and, when it cannot
+# reach it (connecting fails, the connection is lost or goes silent), moves to the next; the next round starts at
+# the one that answered last, after the poll interval. A download cut short resumes from the next replica.
+# addresses = ["10.0.0.5:7443", "10.0.1.5:7443"]
+# The hub's Ed25519 public key (`outpost-hub identity`): a hub presenting any other key is refused. Replicas share
+# the hub's identity key, so this one key pins them all.
 key = "{hub_key}"
 # Optional, in an agent built with the `mirror` feature: read TUF metadata and packages from a static mirror of
 # the hub's repository instead of from the hub (`outpost-hub repo export DIR`, served by any web server or CDN; the
@@ -291,6 +304,20 @@ cache_max_mib = 4096
     )
 }
 
+/// [`render`] for a hub served by `replicas` (their addresses in the order they are tried): one replica is
+/// written as `address`, several as `addresses`.
+pub fn render_replicas(replicas: &[String], hub_key: &str) -> String {
+    match replicas {
+        [one] => render(one, hub_key),
+        _ => {
+            let list = replicas.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+            let placeholder = "0.0.0.0:0";
+            render(placeholder, hub_key)
+                .replace(&format!("address = \"{placeholder}\"\n"), &format!("addresses = [{list}]\n"))
+        }
+    }
+}
+
 impl AgentConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
@@ -302,11 +329,7 @@ impl AgentConfig {
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         let invalid = |key: &str, problem: String| ConfigError::invalid(path, key, problem);
         let raw: Raw = outpost_shared::config::parse(text, path)?;
-        let hub_address = raw
-            .hub
-            .address
-            .parse()
-            .map_err(|e| invalid("hub.address", format!("`{}` is not an address: {e}", raw.hub.address)))?;
+        let hub_addresses = hub_addresses(raw.hub.address.as_deref(), raw.hub.addresses.as_deref(), path)?;
         let hub_key = raw
             .hub
             .key
@@ -378,7 +401,7 @@ impl AgentConfig {
             return Err(ConfigError::NotBuilt { path: path.into(), key: key.into(), feature: "mirror".into() });
         }
         Ok(AgentConfig {
-            hub_address,
+            hub_addresses,
             hub_key,
             #[cfg(feature = "mirror")]
             mirror,
@@ -396,6 +419,46 @@ impl AgentConfig {
                 .map(|p| PolicySource { file: base.join(p.file), wasm: p.wasm.iter().map(|w| base.join(w)).collect() }),
         })
     }
+}
+
+/// `[hub] address` or `[hub] addresses` (one of the two), validated: at least one address, at most
+/// [`MAX_HUB_ADDRESSES`], none twice.
+fn hub_addresses(
+    address: Option<&str>,
+    addresses: Option<&[String]>,
+    path: &Path,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let invalid = |key: &str, problem: String| ConfigError::invalid(path, key, problem);
+    let parse =
+        |key: &str, a: &str| a.parse::<SocketAddr>().map_err(|e| invalid(key, format!("`{a}` is not an address: {e}")));
+    let list = match (address, addresses) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "hub.addresses",
+                "set `hub.address` (one hub) or `hub.addresses` (its replicas), not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(invalid("hub.address", "missing: the hub's address (or `hub.addresses`, its replicas)".into()));
+        }
+        (Some(a), None) => return Ok(vec![parse("hub.address", a)?]),
+        (None, Some(list)) => list,
+    };
+    if list.is_empty() {
+        return Err(invalid("hub.addresses", "the list is empty: name at least one hub replica".into()));
+    }
+    if list.len() > MAX_HUB_ADDRESSES {
+        return Err(invalid("hub.addresses", format!("at most {MAX_HUB_ADDRESSES} replicas")));
+    }
+    let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
+    for a in list {
+        let addr = parse("hub.addresses", a)?;
+        if out.contains(&addr) {
+            return Err(invalid("hub.addresses", format!("`{a}` is listed twice")));
+        }
+        out.push(addr);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -490,6 +553,63 @@ mod tests {
         };
         let doc = include_str!("../../docs/CONFIG.md");
         assert_eq!(outpost_shared::config_reference::check(doc, "agent.toml", &keys, parse), Vec::<String>::new());
+    }
+
+    #[test]
+    fn hub_replicas_are_listed_in_order_under_one_key() {
+        let one = AgentConfig::parse(&render("127.0.0.1:7443", KEY), Path::new("a.toml")).unwrap();
+        assert_eq!(one.hub_addresses, ["127.0.0.1:7443".parse::<SocketAddr>().unwrap()]);
+        let text = render("127.0.0.1:7443", KEY)
+            .replace("address = \"127.0.0.1:7443\"\n", "")
+            .replace("# addresses = ", "addresses = ");
+        let c = AgentConfig::parse(&text, Path::new("a.toml")).unwrap();
+        let want: Vec<SocketAddr> = vec!["10.0.0.5:7443".parse().unwrap(), "10.0.1.5:7443".parse().unwrap()];
+        assert_eq!(c.hub_addresses, want);
+        assert_eq!(c.hub_key.to_hex(), KEY);
+    }
+
+    #[test]
+    fn init_with_several_hubs_writes_their_addresses_in_order() {
+        let hubs = ["10.0.0.7:7443".to_owned(), "[2001:db8::1]:7443".to_owned()];
+        let c = AgentConfig::parse(&render_replicas(&hubs, KEY), Path::new("a.toml")).unwrap();
+        let want: Vec<SocketAddr> = hubs.iter().map(|h| h.parse().unwrap()).collect();
+        assert_eq!(c.hub_addresses, want);
+        let c = AgentConfig::parse(&render_replicas(&hubs[..1], KEY), Path::new("a.toml")).unwrap();
+        assert_eq!(c.hub_addresses, want[..1]);
+        let e = AgentConfig::parse(&render_replicas(&[], KEY), Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("`hub.addresses`") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn config_with_both_address_and_addresses_is_refused() {
+        let text = render("127.0.0.1:7443", KEY).replace("# addresses = ", "addresses = ");
+        let e = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { key, problem, .. } if key == "hub.addresses" && problem.contains("not both")),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("a.toml: key `hub.addresses`"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_a_repeated_or_a_bad_replica_list_and_no_address_at_all_name_the_key() {
+        let without = render("127.0.0.1:7443", KEY).replace("address = \"127.0.0.1:7443\"\n", "");
+        let refused = |list: &str| {
+            let text = without.replace("# addresses = [\"10.0.0.5:7443\", \"10.0.1.5:7443\"]", list);
+            match AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err() {
+                ConfigError::Invalid { key, problem, .. } => (key, problem),
+                other => panic!("{other}"),
+            }
+        };
+        let (key, problem) = refused("addresses = []");
+        assert_eq!(key, "hub.addresses");
+        assert!(problem.contains("empty"), "{problem}");
+        let (key, problem) = refused("addresses = [\"10.0.0.5:7443\", \"10.0.0.5:7443\"]");
+        assert_eq!((key.as_str(), problem.contains("twice")), ("hub.addresses", true), "{problem}");
+        let (key, problem) = refused("addresses = [\"10.0.0.5:7443\", \"hub-b\"]");
+        assert_eq!((key.as_str(), problem.contains("`hub-b`")), ("hub.addresses", true), "{problem}");
+        let (key, problem) = refused("");
+        assert_eq!((key.as_str(), problem.contains("hub.addresses")), ("hub.address", true), "{problem}");
     }
 
     #[test]

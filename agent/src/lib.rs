@@ -8,7 +8,8 @@
 //! with `outpost-tuf-conformance`), `gateway` (feature `gateway`: firmware for the secondaries behind this device),
 //! `policy_wasm` (feature `wasm`: site-policy rules as sandboxed WebAssembly modules), `site_policy` (the site
 //! policy a device or site node enforces, with its last good copy), `telemetry` (the durable queue of events for
-//! the hub), `site` (feature `site`: a site node for one site's devices, serving through `outpost_net::server`).
+//! the hub), `site` (feature `site`: a site node for one site's devices, serving through `outpost_net::server`),
+//! `upstream` (the hub's replicas, and which failures move the agent or site node to the next one).
 //!
 //! Parts a plain device does not need are cargo features (`site`, `mirror`, `wasm`, `gateway`, `tpm`; see
 //! Cargo.toml); asking a build for a part it leaves out is refused with [`NotBuilt`].
@@ -31,6 +32,7 @@ pub mod site_policy;
 pub mod telemetry;
 pub mod transport;
 pub mod tuf;
+pub mod upstream;
 
 /// A configuration or command asked for a part of the agent that this build leaves out (a cargo feature that was
 /// not enabled). Refused rather than ignored: a device must not quietly run without what its operator configured.

@@ -44,10 +44,11 @@ enum Command {
     /// Set up a device directory: a commented agent.toml, a new Ed25519 identity (mode 0600), the pinned TUF
     /// root and hub key. Prints the device key to approve on the hub.
     Init {
-        /// The hub's UDP address, e.g. 10.0.0.5:7443.
-        #[arg(long, value_name = "ADDR")]
-        hub: String,
-        /// The hub's public key (`outpost-hub identity`).
+        /// The hub's UDP address, e.g. 10.0.0.5:7443. Repeat it for a hub served by replicas (one `--hub` per
+        /// replica, in the order they are tried: agent.toml's `[hub] addresses`); they share one hub key.
+        #[arg(long, value_name = "ADDR", required = true)]
+        hub: Vec<String>,
+        /// The hub's public key (`outpost-hub identity`; every replica presents it).
         #[arg(long, value_name = "KEY")]
         hub_key: String,
         /// The hub's first root metadata (`repository/metadata/1.root.json`), obtained out of band.
@@ -199,7 +200,7 @@ fn run(command: Command) -> Result<()> {
             if config_path.exists() {
                 anyhow::bail!("{} exists; this device is already set up", config_path.display());
             }
-            let text = config::render(&hub, &hub_key);
+            let text = config::render_replicas(&hub, &hub_key);
             AgentConfig::parse(&text, &config_path)?; // refuse a bad address or key before writing anything
             let root_json = std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
             let mut seed = [0u8; 32];

@@ -16,6 +16,7 @@
 //! the hub revokes is cut off within [`DEVICE_FRESH`] (the hub refuses to act for it at once).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ use outpost_attestation::{AttestationResult, Challenge, Status, Tier};
 use outpost_net::server::{Backend, BackendError, Refused, Submitted, Unattested};
 use outpost_shared::clock::Clock;
 use outpost_shared::policy::PackageFacts;
+use outpost_shared::rng::SeededRng;
+use outpost_shared::update::failover::{Backoff, Replicas};
 use outpost_shared::update::{AgentState, Refusal};
 use outpost_shared::wire::{AttestedStatus, AttestedTier, ErrorCode, Limits, Relay};
 use outpost_shared::{Digest, Package, PackageLimits, canonical};
@@ -71,6 +74,11 @@ pub struct SiteNode {
     fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     state: Mutex<AgentState>,
     upstream_target_bytes: AtomicU64,
+    /// The hub's replicas (`[hub] addresses`): the one the upstream connection goes to, and with several, the
+    /// backoff after a round that reached none (the site node has no poll of its own to pace its rounds).
+    replicas: Mutex<Replicas<SocketAddr>>,
+    /// Draws the backoff's jitter.
+    rng: Mutex<SeededRng>,
 }
 
 impl std::fmt::Debug for SiteNode {
@@ -105,7 +113,14 @@ impl SiteNode {
             None => None,
             Some(t) => Some(Arc::new(crate::attest::DeviceTpm::new(t).map_err(|e| SiteError::Tpm(e.to_string()))?)),
         };
+        // With one replica there is no round to pace: as before replicas, each request that needs the hub tries it.
+        let replicas = crate::upstream::replicas(&config);
+        let replicas =
+            Mutex::new(if replicas.len() > 1 { replicas.with_backoff(Backoff::SITE_NODE) } else { replicas });
+        let rng = Mutex::new(SeededRng::new(crate::driver::local_seed(&identity, clock.as_ref(), b"site backoff")));
         Ok(SiteNode {
+            replicas,
+            rng,
             bootcount,
             tpm,
             upstream_attests: AtomicBool::new(true),
@@ -139,7 +154,9 @@ impl SiteNode {
     }
 
     /// The attested connection to the hub; a new one when the old one closed, was refused as not attested, or
-    /// its attestation is about to expire.
+    /// its attestation is about to expire. A new one goes to the current replica, then to the next while they
+    /// cannot be reached, for one round at most; after a round that reached none, none is tried again before the
+    /// backoff is over (the requests meanwhile fail at once).
     async fn client(&self) -> Result<Arc<HubClient>, ClientError> {
         let mut upstream = self.upstream.lock().await;
         let margin = outpost_shared::update::RENEW_MARGIN_SECS;
@@ -151,7 +168,80 @@ impl SiteNode {
             return Ok(c.clone());
         }
         *upstream = None;
-        let config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
+        let now = self.clock.monotonic().as_secs();
+        let (addr, retry_at) = {
+            let replicas = self.replicas.lock().map_err(|_| ClientError::Setup("replicas lock poisoned".into()))?;
+            (*replicas.current(), replicas.retry_at().filter(|_| !replicas.ready(now)))
+        };
+        if let Some(at) = retry_at {
+            let wait = Duration::from_secs(at.saturating_sub(now));
+            return Err(ClientError::Setup(format!(
+                "no hub replica reached in the last round: next round in {wait:?}"
+            )));
+        }
+        let mut addr = addr;
+        loop {
+            match self.connect_attested(addr).await {
+                Ok((client, expires)) => {
+                    if let Ok(mut replicas) = self.replicas.lock() {
+                        replicas.worked();
+                    }
+                    *upstream = Some((client.clone(), expires));
+                    return Ok(client);
+                }
+                Err(e) if crate::upstream::unreachable(&e) => match self.fail_over(&e) {
+                    Some(next) => addr = next,
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Moves to the next hub replica after `e`: its address, or `None` when that ends the round.
+    fn fail_over(&self, e: &dyn std::fmt::Display) -> Option<SocketAddr> {
+        let mut replicas = self.replicas.lock().ok()?;
+        let mut rng = self.rng.lock().ok()?;
+        let switch = replicas.failed(self.clock.monotonic().as_secs(), &mut *rng);
+        crate::upstream::log_switch(&switch, e);
+        (!switch.round_over).then_some(switch.to)
+    }
+
+    /// The upstream connection `client` failed with `e`: when that means its replica cannot be reached and there
+    /// is another, the connection is dropped (unless another request replaced it already) and the next request
+    /// goes to the next replica. With one replica the connection is kept until QUIC closes it, as before replicas:
+    /// across a partition that heals it carries on at once, where a new handshake would wait out its backoff (the
+    /// fleet simulator's site-partition scenario).
+    async fn upstream_failed(&self, client: &Arc<HubClient>, e: &(dyn std::error::Error + Send + Sync + 'static)) {
+        let several = self.replicas.lock().is_ok_and(|r| r.len() > 1);
+        if !several || !crate::upstream::unreachable_in_chain(e) {
+            return;
+        }
+        let mut upstream = self.upstream.lock().await;
+        if upstream.as_ref().is_some_and(|(c, _)| Arc::ptr_eq(c, client)) {
+            *upstream = None;
+            let code = quinn::VarInt::from_u32(outpost_shared::wire::codes::CLOSE_NORMAL);
+            client.connection().close(code, b"replica unreachable");
+            self.fail_over(&e);
+        }
+    }
+
+    /// Runs `request` on the upstream connection; a replica found unreachable on the way is left for the next.
+    async fn upstream<T>(
+        &self,
+        request: impl AsyncFnOnce(&HubClient) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let client = self.client().await?;
+        let result = request(&client).await;
+        if let Err(e) = &result {
+            self.upstream_failed(&client, e).await;
+        }
+        result
+    }
+
+    /// A fresh connection to the replica at `addr`, attested: the client and when its attestation expires.
+    async fn connect_attested(&self, addr: SocketAddr) -> Result<(Arc<HubClient>, Option<u64>), ClientError> {
+        let config = ClientConfig::new(addr, self.config.hub_key);
         let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
         let facts = {
             let state = self.state.lock().map_err(|_| ClientError::Setup("site state lock poisoned".into()))?;
@@ -175,8 +265,7 @@ impl SiteNode {
                 return Err(e);
             }
         };
-        *upstream = Some((client.clone(), expires));
-        Ok(client)
+        Ok((client, expires))
     }
 
     fn now(&self) -> u64 {
@@ -230,7 +319,7 @@ impl SiteNode {
             tracing::warn!(package = refusal_digest.short(), "{message}");
             let sent = async {
                 let body = canonical::to_vec(&report).map_err(|e| e.to_string())?;
-                self.client().await.map_err(|e| e.to_string())?.report(&body).await.map_err(|e| e.to_string())
+                self.upstream(async |c| c.report(&body).await).await.map_err(|e| e.to_string())
             };
             if let Err(e) = sent.await {
                 tracing::error!(error = %e, "cannot report the refusal to the hub");
@@ -254,14 +343,22 @@ impl SiteNode {
         }
         let Some(tuf_path) = tuf_path(stored, &digest) else { return Err(Box::new(Refused("bad target path".into()))) };
         let client = self.client().await?;
+        // A replica lost on the way is left for the next request, which goes to the next replica.
+        let lost = async |e: &(dyn std::error::Error + Send + Sync + 'static)| self.upstream_failed(&client, e).await;
         let now = self.now();
         let ts = jiff::Timestamp::from_second(i64::try_from(now)?)?;
         let mut tuf = crate::tuf::updater(client.clone(), &self.layout.tuf())?;
-        tuf.refresh(ts).await?;
-        let info = tuf
-            .get_target_info(&tuf_path, ts)
-            .await?
-            .ok_or_else(|| Refused(format!("{tuf_path} is not a TUF target")))?;
+        if let Err(e) = tuf.refresh(ts).await {
+            lost(&e).await;
+            return Err(e.into());
+        }
+        let info = match tuf.get_target_info(&tuf_path, ts).await {
+            Ok(info) => info.ok_or_else(|| Refused(format!("{tuf_path} is not a TUF target")))?,
+            Err(e) => {
+                lost(&e).await;
+                return Err(e.into());
+            }
+        };
         let listed = info.hashes.get("sha256").and_then(|h| h.parse::<Digest>().ok());
         if listed != Some(digest) {
             return Err(Box::new(Refused(format!("{tuf_path}: TUF lists another hash"))));
@@ -287,16 +384,30 @@ impl SiteNode {
             }
             return Ok((cached, len));
         }
-        // Fetch the whole package once into a temporary file, then verify and judge it before it is served.
+        // Fetch the whole package once into a temporary file, then verify and judge it before it is served. A
+        // fetch cut short (a replica lost, a restart) resumes from what the file holds.
         let partial = self.layout.cache().join(format!(".{}.part", digest.to_hex()));
-        let _ = std::fs::remove_file(&partial);
-        let mut file = tokio::fs::File::create(&partial).await?;
-        crate::transport::download(&*client, stored, 0, info.length, &mut file)
-            .await?
-            .ok_or_else(|| Refused(format!("the hub has no {tuf_path}")))?;
+        let mut have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        if have > info.length {
+            std::fs::remove_file(&partial)?;
+            have = 0;
+        }
+        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&partial).await?;
+        if have < info.length {
+            match crate::transport::download(&*client, stored, have, info.length, &mut file).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(Box::new(Refused(format!("the hub has no {tuf_path}")))),
+                Err(e) => {
+                    // What arrived stays for the next fetch to resume from.
+                    let _ = file.sync_all().await;
+                    lost(&e).await;
+                    return Err(Box::new(e));
+                }
+            }
+        }
         file.sync_all().await?;
         drop(file);
-        self.upstream_target_bytes.fetch_add(info.length, Ordering::Relaxed);
+        self.upstream_target_bytes.fetch_add(info.length - have, Ordering::Relaxed);
         let (len, got) = device::hash_file(&partial)?;
         if len != info.length || got != digest {
             let _ = std::fs::remove_file(&partial);
@@ -397,7 +508,7 @@ impl Backend for SiteNode {
     }
 
     async fn challenge(self: Arc<Self>, device: PublicKey) -> Result<Challenge, Unattested> {
-        match async { self.client().await?.challenge_for(Some(device.0)).await }.await {
+        match self.upstream(async |c| c.challenge_for(Some(device.0)).await).await {
             Ok(Some(c)) => Ok(c),
             Ok(None) => {
                 self.upstream_attests.store(false, Ordering::Relaxed);
@@ -411,7 +522,8 @@ impl Backend for SiteNode {
         // The hub holds the challenge it issued for this device (the same bytes); the exporter is that of the
         // device's connection to this site node, which the evidence nonce must bind.
         let relay = Relay { device: evidence.device.0, exporter: evidence.exporter };
-        let verdict = async { self.client().await?.post_evidence_for(Some(relay), &evidence.evidence).await }
+        let verdict = self
+            .upstream(async |c| c.post_evidence_for(Some(relay), &evidence.evidence).await)
             .await
             .map_err(|e| relay_refusal(&e))?;
         let ttl = Duration::from_secs(verdict.expires.saturating_sub(self.clock.wall()));
@@ -453,10 +565,7 @@ impl Backend for SiteNode {
         }
         // The hub decides: it answers a site node only for approved devices of its site.
         let Ok(_lookup) = self.lookups.try_acquire() else { return false };
-        let ok = match self.client().await {
-            Ok(c) => c.assignment_for(Some(key)).await.is_ok(),
-            Err(_) => false,
-        };
+        let ok = self.upstream(async |c| c.assignment_for(Some(key)).await).await.is_ok();
         if let Ok(mut devices) = self.devices.lock() {
             let now = self.clock.monotonic();
             devices.retain(|_, (_, at)| now.saturating_sub(*at) < DEVICE_FRESH);
@@ -475,7 +584,7 @@ impl Backend for SiteNode {
         {
             return Ok(Some(bytes.clone()));
         }
-        let found = self.client().await?.metadata(&name, u64::from(Limits::METADATA)).await?;
+        let found = self.upstream(async |c| c.metadata(&name, u64::from(Limits::METADATA)).await).await?;
         if let (Some(bytes), Ok(mut cache)) = (&found, self.metadata.lock()) {
             cache.insert(name, (bytes.clone(), self.clock.monotonic()));
         }
@@ -483,7 +592,7 @@ impl Backend for SiteNode {
     }
 
     async fn assignment(self: Arc<Self>, device: [u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.client().await?.assignment_for(Some(device)).await?)
+        Ok(self.upstream(async |c| c.assignment_for(Some(device)).await).await?)
     }
 
     async fn target(self: Arc<Self>, path: String) -> Result<Option<(PathBuf, u64)>, BackendError> {
@@ -498,12 +607,12 @@ impl Backend for SiteNode {
 
     async fn report(self: Arc<Self>, device: [u8; 32], body: Vec<u8>) -> Result<(), BackendError> {
         // Forwarded at once: the device's Ack means the hub has stored it.
-        Ok(self.client().await?.report_for(Some(device), &body).await?)
+        Ok(self.upstream(async |c| c.report_for(Some(device), &body).await).await?)
     }
 
     async fn telemetry(self: Arc<Self>, device: [u8; 32], batch: Vec<u8>) -> Result<u64, BackendError> {
         // Forwarded at once: the hub's ack, passed back, is what lets the device drop its events.
-        Ok(self.client().await?.telemetry_for(Some(device), &batch).await?)
+        Ok(self.upstream(async |c| c.telemetry_for(Some(device), &batch).await).await?)
     }
 }
 

@@ -21,7 +21,7 @@ use outpost_attestation::{AttestationResult, Challenge, Evidence};
 use outpost_hub::backend::HubBackend;
 use outpost_hub::tuf::TufRepo;
 use outpost_net::client::{ClientConfig, HubClient};
-use outpost_net::server::{Backend, BackendError, ServeConfig, Server, Submitted, Unattested};
+use outpost_net::server::{Backend, BackendError, Submitted, Unattested};
 use outpost_shared::Digest;
 use outpost_shared::clock::Clock;
 use outpost_shared::testkit::AffineManifest;
@@ -93,15 +93,6 @@ impl Backend for CountingHub {
     relay_attestation_to!(inner);
 }
 
-async fn serve<B: Backend>(backend: Arc<B>, identity: Identity) -> std::net::SocketAddr {
-    let mut config = ServeConfig::new(identity);
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(config, backend).unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(server.run(std::future::pending()));
-    addr
-}
-
 struct Site {
     hub: Arc<CountingHub>,
     node: Arc<SiteNode>,
@@ -119,7 +110,7 @@ async fn site<B: Backend>(w: &World, policy: &str, wrap: impl FnOnce(Arc<SiteNod
     });
     let hub_identity = Identity::from_seed([1; 32]);
     let hub_key = hub_identity.public_key();
-    let hub_addr = serve(hub.clone(), hub_identity).await;
+    let hub_addr = support::serve_on_loopback(hub.clone(), hub_identity);
 
     let dir = w.tmp.path().join("site");
     let node_key = init_device(&dir, &w.root(), [90; 32]).unwrap();
@@ -134,7 +125,7 @@ async fn site<B: Backend>(w: &World, policy: &str, wrap: impl FnOnce(Arc<SiteNod
     let node = Arc::new(SiteNode::open(config, w.clock.clone()).unwrap());
     let identity = Identity::from_seed([90; 32]);
     let key = identity.public_key();
-    let addr = serve(wrap(node.clone()), identity).await;
+    let addr = support::serve_on_loopback(wrap(node.clone()), identity);
     Site { hub, node, node_key, addr, key }
 }
 

@@ -5,8 +5,9 @@ use super::*;
 
 impl Agent {
     /// Downloads into the staging file, resuming from what is there, bounded by the TUF length, then checks
-    /// length and hash.
-    pub(super) async fn download(&mut self, source: &dyn Transport, t: &Target) -> Event {
+    /// length and hash. Returns the loop's event and, when the download failed because the hub replica could not
+    /// be reached, the error (the check then moves to the next replica, which resumes the download).
+    pub(super) async fn download(&mut self, source: &dyn Transport, t: &Target) -> (Event, Option<CheckError>) {
         let started = self.clock.monotonic();
         let result = self.try_download(source, t).await;
         let took = self.clock.monotonic().saturating_sub(started);
@@ -15,11 +16,12 @@ impl Agent {
         match result {
             Ok(()) => {
                 tracing::info!(package, path = %t.path, bytes = t.length, took_ms = ms, "downloaded and verified {}", t.path);
-                Event::Downloaded
+                (Event::Downloaded, None)
             }
             Err(e) => {
                 tracing::warn!(package, path = %t.path, error = %e, took_ms = ms, "download of {} failed", t.path);
-                Event::DownloadFailed(e.to_string())
+                let event = Event::DownloadFailed(e.to_string());
+                (event, e.hub_unreachable().then_some(e))
             }
         }
     }

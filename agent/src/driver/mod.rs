@@ -18,6 +18,7 @@ use outpost_shared::policy::PackageFacts;
 use outpost_shared::rng::SeededRng;
 use outpost_shared::route::select::Skip;
 use outpost_shared::telemetry::{self, EventKind, Histogram};
+use outpost_shared::update::failover::Replicas;
 use outpost_shared::update::{
     Action, AgentState, Event, HealthPolicy, Installed, Refusal, Slot, Target, Timing, UpdateLoop,
 };
@@ -89,6 +90,22 @@ pub enum CheckError {
     Deadline(std::time::Duration),
 }
 
+impl CheckError {
+    /// Whether the check failed because the hub replica could not be reached or stopped answering (connecting
+    /// failed, the connection was lost or went silent, the check's deadline passed): the agent then moves to the
+    /// next replica of `[hub] addresses`. A failure another replica would give too (refusals, TUF or director
+    /// checks, local storage) does not count, nor does a static mirror's.
+    pub fn hub_unreachable(&self) -> bool {
+        match self {
+            CheckError::Hub(e) => crate::upstream::unreachable(e),
+            CheckError::Transport(e) => crate::upstream::unreachable_in_chain(e),
+            CheckError::Tuf(e) => crate::upstream::unreachable_in_chain(e),
+            CheckError::Deadline(_) => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<outpost_net::client::ClientError> for CheckError {
     fn from(e: outpost_net::client::ClientError) -> Self {
         match crate::attest::not_attested_reason(&e) {
@@ -158,6 +175,8 @@ pub struct Agent {
     pending_shadow: Option<outpost_shared::update::ShadowReport>,
     /// Draws the update loop's poll jitter.
     rng: SeededRng,
+    /// The hub's replicas (`[hub] addresses`) and the one this agent talks to.
+    replicas: Replicas<std::net::SocketAddr>,
 }
 
 /// Events the telemetry queue holds at most; beyond, new events are dropped and counted.
@@ -202,6 +221,7 @@ impl Agent {
             ..Timing::default()
         };
         let rng = SeededRng::new(local_seed(&identity, clock.as_ref(), b"poll jitter"));
+        let replicas = crate::upstream::replicas(&config);
         let mut agent = Agent {
             config,
             layout,
@@ -230,6 +250,7 @@ impl Agent {
             router: None,
             pending_shadow: None,
             rng,
+            replicas,
         };
         agent.telemetry = agent.open_telemetry();
         agent.reload_policy();
@@ -472,7 +493,7 @@ impl Agent {
             return Ok(c.clone());
         }
         self.disconnect();
-        let mut config = ClientConfig::new(self.config.hub_address, self.config.hub_key);
+        let mut config = ClientConfig::new(*self.replicas.current(), self.config.hub_key);
         config.endpoint = self.endpoint.clone();
         let client = Arc::new(HubClient::connect(&self.identity, &config).await?);
         if crate::attest::enroll_if_pending(&client, &self.layout, self.tpm.as_ref()).await? {
@@ -581,9 +602,11 @@ impl Agent {
         let result = match tokio::time::timeout(deadline, self.check_attested()).await {
             Ok(result) => result,
             Err(_) => {
-                // The connection may be the slow peer: the next check connects afresh.
+                // The connection may be the slow peer: the next check connects afresh, to the next replica.
                 self.disconnect();
-                Err(CheckError::Deadline(deadline))
+                let e = CheckError::Deadline(deadline);
+                self.fail_over(&e);
+                Err(e)
             }
         };
         let result = match (&result, self.client.as_ref().and_then(|c| c.not_attested())) {
@@ -606,7 +629,40 @@ impl Agent {
         result
     }
 
+    /// The check on the current hub replica; when it cannot be reached (see [`CheckError::hub_unreachable`]), on
+    /// the next, until one answers or every replica failed in this round (then the check fails, and the next
+    /// round starts at the next poll, with its jitter, from the replica that answered last). Work in flight
+    /// carries over: a download cut short resumes from its staging file on the next replica.
     async fn check_attested(&mut self) -> Result<(), CheckError> {
+        loop {
+            let result = self.check_replica().await;
+            match &result {
+                Err(e) if e.hub_unreachable() => {
+                    self.disconnect();
+                    if self.fail_over(e) {
+                        continue;
+                    }
+                }
+                // Reached: whatever the outcome, another replica would have given the same.
+                _ => self.replicas.worked(),
+            }
+            return result;
+        }
+    }
+
+    /// Moves to the next hub replica after `e`; false when that ends the round (every replica failed in turn).
+    fn fail_over(&mut self, e: &CheckError) -> bool {
+        let switch = self.replicas.failed(self.clock.wall(), &mut self.rng);
+        crate::upstream::log_switch(&switch, e);
+        !switch.round_over
+    }
+
+    /// The hub replica this agent talks to now (or tries next).
+    pub fn hub_address(&self) -> std::net::SocketAddr {
+        *self.replicas.current()
+    }
+
+    async fn check_replica(&mut self) -> Result<(), CheckError> {
         let client = self.connect().await?;
         // Metadata and target bytes come from the mirror when one is configured; the assignment and reports
         // always go to the hub.
@@ -686,7 +742,18 @@ impl Agent {
             self.feed(Event::Assigned { version: assignment.version, target, revoked, refusal, retry })?.into();
         while let Some(action) = queue.pop_front() {
             let event = match action {
-                Action::Download(t) => Some(self.download(&*source, &t).await),
+                Action::Download(t) => {
+                    let (event, unreachable) = self.download(&*source, &t).await;
+                    let actions = self.feed(event)?;
+                    if let Some(e) = unreachable {
+                        // The replica is gone: the rest of this check (its reports too) goes to the next one,
+                        // where the download resumes from what is on disk.
+                        self.perform_local(actions)?;
+                        return Err(e);
+                    }
+                    queue.extend(actions);
+                    None
+                }
                 Action::Stage { target, slot } => Some(self.stage(&target, slot)),
                 other => {
                     self.perform_local(vec![other])?;
@@ -868,7 +935,7 @@ impl Agent {
 
 /// A seed for `purpose` that differs between devices and between starts of one device: its key, the wall and
 /// monotonic time.
-fn local_seed(identity: &Identity, clock: &dyn Clock, purpose: &[u8]) -> u64 {
+pub(crate) fn local_seed(identity: &Identity, clock: &dyn Clock, purpose: &[u8]) -> u64 {
     let now = clock.wall().to_le_bytes();
     let mono = (clock.monotonic().as_nanos() as u64).to_le_bytes();
     let mix = Digest::of(&[purpose, &identity.public_key().0[..], &now, &mono].concat());

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod mirror;
+pub mod relay;
 
 #[path = "../../../fixtures/faultfs/mod.rs"]
 pub mod faultfs;
@@ -194,21 +195,36 @@ impl World {
     }
 
     pub async fn serve(&self) -> (std::net::SocketAddr, outpost_attestation::identity::PublicKey) {
-        let hub = Identity::from_seed([1; 32]);
-        let key = hub.public_key();
+        let (addrs, key) = self.serve_replicas(1).await;
+        (addrs[0], key)
+    }
+
+    /// The hub served by `n` replicas on loopback, as `outpost-hub serve` on `n` machines over the same hub data
+    /// and identity: `n` servers with their own ports over one backend (one store, as redb allows one opener).
+    /// Returns their addresses and the one hub key they all present.
+    pub async fn serve_replicas(
+        &self,
+        n: usize,
+    ) -> (Vec<std::net::SocketAddr>, outpost_attestation::identity::PublicKey) {
         let backend =
             Arc::new(HubBackend::new(&self.dir, TufRepo::new(&self.dir, Default::default()), self.clock.clone()));
-        let mut config = ServeConfig::new(hub);
-        config.bind = "127.0.0.1:0".parse().unwrap();
-        let server = Server::bind(config, backend).unwrap();
-        let addr = server.local_addr().unwrap();
-        tokio::spawn(server.run(std::future::pending()));
-        (addr, key)
+        let addrs = (0..n).map(|_| serve_on_loopback(backend.clone(), Identity::from_seed([1; 32]))).collect();
+        (addrs, Identity::from_seed([1; 32]).public_key())
     }
 
     pub fn root(&self) -> Vec<u8> {
         std::fs::read(self.repo.metadata_dir().join("1.root.json")).unwrap()
     }
+}
+
+/// Serves `backend` (a hub's, or a site node) as `identity` on a free loopback port until the test ends.
+pub fn serve_on_loopback<B: outpost_net::server::Backend>(backend: Arc<B>, identity: Identity) -> std::net::SocketAddr {
+    let mut config = ServeConfig::new(identity);
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(config, backend).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    addr
 }
 
 /// A connection of `device` to the hub at `addr`, attested as a device with no model and no policy.

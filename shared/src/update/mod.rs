@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 
+pub mod failover;
 pub mod lanes;
 
 /// Most refusals a device remembers (oldest forgotten first).
