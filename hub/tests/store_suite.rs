@@ -8,9 +8,10 @@ use std::sync::{Arc, Barrier};
 
 use outpost_hub::registry::{AttestationRecord, DeviceStatus, EnrolError, Registry, RegistryError, TpmRecord};
 use outpost_hub::rollouts::ReleaseRecord;
-use outpost_hub::storage::{AuditStore, DeviceStore, PackageStore, ReleaseStore};
+use outpost_hub::storage::{AuditStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
 use outpost_hub::store::changes::Since;
 use outpost_hub::store::postgres::{self, PackagePut, PgError, PgLimits, PgStore};
+use outpost_hub::telemetry::TelemetryStore;
 use outpost_shared::Digest;
 use outpost_shared::audit::Anchor;
 use outpost_shared::clock::ManualClock;
@@ -34,6 +35,8 @@ struct Backend {
     source: Registry,
     /// The PostgreSQL database, for a test that opens another store on it.
     url: Option<String>,
+    /// Telemetry: two handles on one store (two replicas on PostgreSQL; redb's `telemetry.redb` opened twice).
+    telemetry: [Box<dyn TelemetryEvents>; 2],
 }
 
 /// The traits under test, as one backend's store offers them.
@@ -84,18 +87,29 @@ impl Backend {
         let reg = Registry::open(&hub.dir(), clock.clone()).unwrap();
         // A second handle on the same index (the process shares one database handle).
         let source = Registry::open(&hub.dir(), clock.clone()).unwrap();
-        Backend { clock, first: Box::new(reg), second: None, hub, source, url: None }
+        let telemetry =
+            || -> Box<dyn TelemetryEvents> { Box::new(TelemetryStore::open(&hub.dir(), clock.clone()).unwrap()) };
+        let telemetry = [telemetry(), telemetry()];
+        Backend { clock, first: Box::new(reg), second: None, hub, source, url: None, telemetry }
     }
 
     fn postgres() -> Backend {
         let (_, url) = support::postgres::database();
         postgres::migrate(&url, &PgLimits::default()).unwrap();
         let clock = Arc::new(ManualClock::new(START));
-        let open =
-            || -> Box<dyn Stores> { Box::new(PgStore::open(&url, clock.clone(), &PgLimits::default()).unwrap()) };
+        let pg = || PgStore::open(&url, clock.clone(), &PgLimits::default()).unwrap();
         let hub = TestHub::new();
         let source = Registry::open(&hub.dir(), clock.clone()).unwrap();
-        Backend { clock: clock.clone(), first: open(), second: Some(open()), hub, source, url: Some(url) }
+        let telemetry: [Box<dyn TelemetryEvents>; 2] = [Box::new(pg()), Box::new(pg())];
+        Backend {
+            clock: clock.clone(),
+            first: Box::new(pg()),
+            second: Some(Box::new(pg())),
+            hub,
+            source,
+            url: Some(url),
+            telemetry,
+        }
     }
 
     /// Adds a generated package (`scale` makes it distinct) and registers it with the store under test.
@@ -144,6 +158,9 @@ both!(
     audit_anchor_only_moves_forward_and_a_fork_is_refused,
     audit_anchor_raced_by_two_replicas_at_one_place_keeps_one,
 );
+
+#[path = "store_suite/telemetry.rs"]
+mod telemetry;
 
 fn package_index_resolves_by_digest_prefix_name_and_alias(b: &Backend) {
     let s = b.one().package_store();

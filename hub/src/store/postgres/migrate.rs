@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0001_initial.sql"),
     },
     Migration { version: 2, name: "packages and aliases", sql: include_str!("migrations/0002_packages.sql") },
+    Migration { version: 3, name: "telemetry events and streams", sql: include_str!("migrations/0003_telemetry.sql") },
 ];
 
 /// The schema version this build reads and writes: the last migration's.

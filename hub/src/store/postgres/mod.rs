@@ -17,6 +17,7 @@ mod devices;
 pub mod migrate;
 mod packages;
 mod records;
+mod telemetry;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -281,6 +282,7 @@ pub struct PgStore {
     clock: Arc<dyn Clock>,
     device_changes: ChangeLog,
     releases_decoded: Decoded,
+    max_streams_per_device: u32,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -314,7 +316,15 @@ impl PgStore {
             clock,
             device_changes: ChangeLog::new(crate::store::files::DEVICE_CHANGES_KEPT),
             releases_decoded: Decoded::new(crate::store::decoded::DECODED_BYTES_KEPT),
+            max_streams_per_device: crate::telemetry::DEFAULT_MAX_STREAMS_PER_DEVICE,
         })
+    }
+
+    /// The store with at most `max` distinct telemetry streams per device (at least 1), as
+    /// `TelemetryStore::with_max_streams_per_device`.
+    pub fn with_max_streams_per_device(mut self, max: u32) -> PgStore {
+        self.max_streams_per_device = max.max(1);
+        self
     }
 
     /// The rows a read-only statement with at most one (text) parameter finds.
