@@ -6,9 +6,10 @@ mod support;
 
 use std::sync::{Arc, Barrier};
 
+use outpost_hub::audit::{SharedAuditLog, default_path};
 use outpost_hub::registry::{AttestationRecord, DeviceStatus, EnrolError, Registry, RegistryError, TpmRecord};
 use outpost_hub::rollouts::ReleaseRecord;
-use outpost_hub::storage::{AuditStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
+use outpost_hub::storage::{AuditEntries, AuditStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
 use outpost_hub::store::changes::Since;
 use outpost_hub::store::postgres::{self, PackagePut, PgError, PgLimits, PgStore};
 use outpost_hub::telemetry::TelemetryStore;
@@ -37,6 +38,8 @@ struct Backend {
     url: Option<String>,
     /// Telemetry: two handles on one store (two replicas on PostgreSQL; redb's `telemetry.redb` opened twice).
     telemetry: [Box<dyn TelemetryEvents>; 2],
+    /// The audit log: two writers on one log (two replicas; the data directory's file opened twice).
+    audit_log: [Box<dyn AuditEntries>; 2],
 }
 
 /// The traits under test, as one backend's store offers them.
@@ -90,7 +93,9 @@ impl Backend {
         let telemetry =
             || -> Box<dyn TelemetryEvents> { Box::new(TelemetryStore::open(&hub.dir(), clock.clone()).unwrap()) };
         let telemetry = [telemetry(), telemetry()];
-        Backend { clock, first: Box::new(reg), second: None, hub, source, url: None, telemetry }
+        let log = || -> Box<dyn AuditEntries> { Box::new(SharedAuditLog::open(&default_path(&hub.dir())).unwrap()) };
+        let audit_log = [log(), log()];
+        Backend { clock, first: Box::new(reg), second: None, hub, source, url: None, telemetry, audit_log }
     }
 
     fn postgres() -> Backend {
@@ -101,6 +106,7 @@ impl Backend {
         let hub = TestHub::new();
         let source = Registry::open(&hub.dir(), clock.clone()).unwrap();
         let telemetry: [Box<dyn TelemetryEvents>; 2] = [Box::new(pg()), Box::new(pg())];
+        let audit_log: [Box<dyn AuditEntries>; 2] = [Box::new(pg()), Box::new(pg())];
         Backend {
             clock: clock.clone(),
             first: Box::new(pg()),
@@ -109,6 +115,7 @@ impl Backend {
             source,
             url: Some(url),
             telemetry,
+            audit_log,
         }
     }
 
@@ -159,6 +166,8 @@ both!(
     audit_anchor_raced_by_two_replicas_at_one_place_keeps_one,
 );
 
+#[path = "store_suite/audit.rs"]
+mod audit;
 #[path = "store_suite/telemetry.rs"]
 mod telemetry;
 

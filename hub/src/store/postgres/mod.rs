@@ -13,6 +13,7 @@
 //! one-time token or the audit anchor serialise on the row instead of losing an update. The connection is plain
 //! TCP or a Unix socket (no TLS to the database yet).
 
+mod audit;
 mod devices;
 pub mod migrate;
 mod packages;
