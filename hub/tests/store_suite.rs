@@ -9,7 +9,10 @@ use std::sync::{Arc, Barrier};
 use outpost_hub::audit::{SharedAuditLog, default_path};
 use outpost_hub::registry::{AttestationRecord, DeviceStatus, EnrolError, Registry, RegistryError, TpmRecord};
 use outpost_hub::rollouts::ReleaseRecord;
-use outpost_hub::storage::{AuditEntries, AuditStore, DeviceStore, PackageStore, ReleaseStore, TelemetryEvents};
+use outpost_hub::storage::{
+    AuditEntries, AuditStore, CapabilityStore, CycleStore, DeviceStore, EvaluationStore, PackageStore, ReleaseStore,
+    TelemetryEvents,
+};
 use outpost_hub::store::changes::Since;
 use outpost_hub::store::postgres::{self, PackagePut, PgError, PgLimits, PgStore};
 use outpost_hub::telemetry::TelemetryStore;
@@ -48,6 +51,9 @@ trait Stores: Send + Sync {
     fn device_store(&self) -> &dyn DeviceStore;
     fn release_store(&self) -> &dyn ReleaseStore;
     fn audit_store(&self) -> &dyn AuditStore;
+    fn capability_store(&self) -> &dyn CapabilityStore;
+    fn evaluation_store(&self) -> &dyn EvaluationStore;
+    fn cycle_store(&self) -> &dyn CycleStore;
     /// Makes package `d`, just added to `source`, known to this store's index.
     fn register(&self, source: &Registry, d: &Digest);
 }
@@ -65,6 +71,15 @@ macro_rules! stores {
                 self
             }
             fn audit_store(&self) -> &dyn AuditStore {
+                self
+            }
+            fn capability_store(&self) -> &dyn CapabilityStore {
+                self
+            }
+            fn evaluation_store(&self) -> &dyn EvaluationStore {
+                self
+            }
+            fn cycle_store(&self) -> &dyn CycleStore {
                 self
             }
             fn register(&self, source: &Registry, d: &Digest) {
@@ -168,6 +183,8 @@ both!(
 
 #[path = "store_suite/audit.rs"]
 mod audit;
+#[path = "store_suite/records.rs"]
+mod records;
 #[path = "store_suite/telemetry.rs"]
 mod telemetry;
 

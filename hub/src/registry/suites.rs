@@ -97,12 +97,7 @@ impl Registry {
 
     /// The suite a reference names: its name, its digest or a unique digest prefix (8+ hex).
     pub fn suite(&self, reference: &str) -> Result<(Digest, SuiteManifest), RegistryError> {
-        let unknown = || RegistryError::UnknownSuite(reference.to_owned());
-        let all = self.suites()?;
-        if let Some(found) = all.iter().find(|(_, m)| m.suite.name == reference) {
-            return Ok(found.clone());
-        }
-        super::by_prefix(reference, all, |(d, _)| d, unknown)
+        named(reference, self.suites()?)
     }
 
     /// Every registered suite, by name.
@@ -112,9 +107,7 @@ impl Registry {
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            let m = SuiteManifest::from_cbor(v.value())
-                .map_err(|problem| RegistryError::Corrupt { key: k.value().to_owned(), problem })?;
-            out.push((parse_digest(k.value())?, m));
+            out.push(suite_of(k.value(), v.value())?);
         }
         out.sort_by(|a, b| a.1.suite.name.cmp(&b.1.suite.name));
         Ok(out)
@@ -176,4 +169,23 @@ impl Registry {
         out.sort_by_key(|(_, r)| r.at);
         Ok(out)
     }
+}
+
+/// The suite of `all` a reference names: its name, its digest or a unique digest prefix (both backends).
+pub(crate) fn named(
+    reference: &str,
+    all: Vec<(Digest, SuiteManifest)>,
+) -> Result<(Digest, SuiteManifest), RegistryError> {
+    let unknown = || RegistryError::UnknownSuite(reference.to_owned());
+    if let Some(found) = all.iter().find(|(_, m)| m.suite.name == reference) {
+        return Ok(found.clone());
+    }
+    super::by_prefix(reference, all, |(d, _)| d, unknown)
+}
+
+/// A stored suite manifest; `key` (its digest) names it when it does not parse.
+pub(crate) fn suite_of(key: &str, cbor: &[u8]) -> Result<(Digest, SuiteManifest), RegistryError> {
+    let m =
+        SuiteManifest::from_cbor(cbor).map_err(|problem| RegistryError::Corrupt { key: key.to_owned(), problem })?;
+    Ok((parse_digest(key)?, m))
 }

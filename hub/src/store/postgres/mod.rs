@@ -14,11 +14,13 @@
 //! TCP or a Unix socket (no TLS to the database yet).
 
 mod audit;
+mod capabilities;
 mod devices;
 pub mod migrate;
 mod packages;
 mod records;
 mod telemetry;
+mod write_once;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -275,8 +277,9 @@ pub(crate) fn query(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> P
     move |source| PgError::Query { op, source }
 }
 
-/// The hub's shared state on PostgreSQL: the package index and aliases, devices and enrolment tokens, releases, the
-/// audit anchor (the [`crate::storage`] traits it implements).
+/// The hub's shared state on PostgreSQL: the package index and aliases, capabilities, suites, evaluation and cycle
+/// records, devices and enrolment tokens, releases, the audit log and its anchor, telemetry (the
+/// [`crate::storage`] traits it implements).
 pub struct PgStore {
     worker: Worker,
     pool: Arc<Pool>,
