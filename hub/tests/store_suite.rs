@@ -7,6 +7,7 @@ mod support;
 use std::sync::{Arc, Barrier};
 
 use outpost_hub::audit::{SharedAuditLog, default_path};
+use outpost_hub::blobs::BlobStore;
 use outpost_hub::registry::{AttestationRecord, DeviceStatus, EnrolError, Registry, RegistryError, TpmRecord};
 use outpost_hub::rollouts::ReleaseRecord;
 use outpost_hub::storage::{
@@ -26,6 +27,8 @@ use outpost_shared::update::StateReport;
 use support::TestHub;
 
 const START: u64 = 1_795_881_600;
+/// The largest suite file the PostgreSQL store's `suite add` takes (the default `[limits] max_model_bytes`).
+const SUITE_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// One backend, with a second writer on the same state: another `PgStore` on the same database (a second hub
 /// replica), or the same redb index again (one process owns it; its writers are threads).
@@ -117,8 +120,13 @@ impl Backend {
         let (_, url) = support::postgres::database();
         postgres::migrate(&url, &PgLimits::default()).unwrap();
         let clock = Arc::new(ManualClock::new(START));
-        let pg = || PgStore::open(&url, clock.clone(), &PgLimits::default()).unwrap();
         let hub = TestHub::new();
+        // `suite add` puts a suite's files in the data directory's blobs, as the redb backend's does.
+        let blobs = BlobStore::new(hub.dir().join("blobs"));
+        let pg = || {
+            let store = PgStore::open(&url, clock.clone(), &PgLimits::default()).unwrap();
+            store.with_suite_blobs(blobs.clone(), SUITE_FILE_BYTES)
+        };
         let source = Registry::open(&hub.dir(), clock.clone()).unwrap();
         let telemetry: [Box<dyn TelemetryEvents>; 2] = [Box::new(pg()), Box::new(pg())];
         let audit_log: [Box<dyn AuditEntries>; 2] = [Box::new(pg()), Box::new(pg())];

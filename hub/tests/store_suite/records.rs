@@ -9,6 +9,7 @@ use outpost_shared::Digest;
 use outpost_shared::capability::Capability;
 use outpost_shared::challenger::{CycleRecord, OperatorRun, Thresholds};
 use outpost_shared::evaluation::{EvaluationRecord, FileEntry, Machine, SuiteManifest, SuiteToml};
+use outpost_shared::npy::encode_f32;
 
 use super::support::{ALL_OWNERS, affine_capability};
 use super::{Backend, START};
@@ -57,6 +58,7 @@ both!(
     evaluation_record_is_stored_once_and_listed_oldest_first,
     evaluation_record_stored_by_two_replicas_at_once_is_stored_once,
     cycle_record_is_stored_once_and_found_by_id_prefix,
+    suite_from_a_directory_is_registered_once_and_a_changed_one_refused_under_its_name,
 );
 
 fn capability_contract_never_changes_and_revisions_are_numbered(b: &Backend) {
@@ -175,6 +177,41 @@ fn cycle_record_is_stored_once_and_found_by_id_prefix(b: &Backend) {
         s.cycle("ffffffffffff"),
         Err(RegistryError::UnknownCycle(_)) | Err(RegistryError::AmbiguousPrefix { .. })
     ));
+}
+
+/// A suite directory for `test.affine` (x[N, 4] -> y[N, 4]) with `rows` rows of input.
+fn suite_dir(b: &Backend, name: &str, rows: usize) -> std::path::PathBuf {
+    let dir = b.hub.dir().join(format!("suite-{name}-{rows}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = format!(
+        "name = \"{name}\"\ncapability = \"test.affine\"\nmetrics = [\"max_abs_diff\"]\n[inputs]\nx = \"x.npy\"\n\
+         [reference]\noutputs = {{ y = \"y.npy\" }}\n[budget]\nthreads = 1\nwarmup = 1\nruns = 5\n"
+    );
+    std::fs::write(dir.join("suite.toml"), toml).unwrap();
+    let array = encode_f32(&[rows, 4], &vec![0.5; rows * 4]);
+    std::fs::write(dir.join("x.npy"), &array).unwrap();
+    std::fs::write(dir.join("y.npy"), &array).unwrap();
+    dir
+}
+
+fn suite_from_a_directory_is_registered_once_and_a_changed_one_refused_under_its_name(b: &Backend) {
+    let (s, other) = (b.one().evaluation_store(), b.other().evaluation_store());
+    let e = s.suite_add(&suite_dir(b, "golden", 2)).unwrap_err();
+    assert!(matches!(&e, RegistryError::UnknownCapability(c) if c == "test.affine"), "{e}");
+    b.one().capability_store().capability_add(&capability(4, &ALL_OWNERS)).unwrap();
+    let first = s.suite_add(&suite_dir(b, "golden", 2)).unwrap();
+    assert!(first.added);
+    assert!(first.manifest.files.values().all(|f| b.source.blobs().path_of(&f.digest).exists()), "files are blobs");
+    let again = other.suite_add(&suite_dir(b, "golden", 2)).unwrap();
+    assert!(!again.added && again.digest == first.digest, "the same suite again changes nothing");
+    match other.suite_add(&suite_dir(b, "golden", 3)) {
+        Err(RegistryError::SuiteNameTaken { name, existing }) => {
+            assert_eq!((name.as_str(), existing), ("golden", first.digest))
+        }
+        other => panic!("expected SuiteNameTaken, got {other:?}"),
+    }
+    assert_eq!(s.suite("golden").unwrap(), (first.digest, first.manifest.clone()));
+    assert_eq!(s.suites().unwrap().len(), 1);
 }
 
 fn suite(name: &str, inputs: &str) -> SuiteManifest {

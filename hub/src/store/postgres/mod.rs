@@ -287,6 +287,8 @@ pub struct PgStore {
     device_changes: ChangeLog,
     releases_decoded: Decoded,
     max_streams_per_device: u32,
+    /// Where `suite add` puts a suite's files, and the largest file it takes (`[limits] max_model_bytes`).
+    suite_blobs: Option<(crate::blobs::BlobStore, u64)>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -321,7 +323,15 @@ impl PgStore {
             device_changes: ChangeLog::new(crate::store::files::DEVICE_CHANGES_KEPT),
             releases_decoded: Decoded::new(crate::store::decoded::DECODED_BYTES_KEPT),
             max_streams_per_device: crate::telemetry::DEFAULT_MAX_STREAMS_PER_DEVICE,
+            suite_blobs: None,
         })
+    }
+
+    /// The store with the blob storage `EvaluationStore::suite_add` puts a suite's files in (files above
+    /// `max_file_bytes` refused); without it, `suite_add` is refused (only [`PgStore::suite_put`] registers).
+    pub fn with_suite_blobs(mut self, blobs: crate::blobs::BlobStore, max_file_bytes: u64) -> PgStore {
+        self.suite_blobs = Some((blobs, max_file_bytes));
+        self
     }
 
     /// The store with at most `max` distinct telemetry streams per device (at least 1), as

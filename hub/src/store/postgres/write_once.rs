@@ -1,9 +1,9 @@
 //! [`EvaluationStore`] and [`CycleStore`] on PostgreSQL: evaluation suites, evaluation records and challenger cycle
 //! records, each stored once under its digest and never replaced (the tables refuse updates and deletes too).
 //!
-//! A suite's data files live on the hub's blob storage, which is not shared yet: [`PgStore::suite_put`] is the
-//! index half of `suite add` (after the files' blobs, as `package_put` is after a package's), and the trait's
-//! `suite_add`, which would read a directory into blobs, refuses on PostgreSQL until that storage is.
+//! A suite's data files live on the hub's blob storage (not shared between replicas yet): the trait's `suite_add`
+//! puts them in the blob store the store was given ([`PgStore::with_suite_blobs`]) with the redb index's own
+//! checks (`crate::registry::suites::suite_from_dir`), then registers the manifest ([`PgStore::suite_put`]).
 
 use outpost_shared::Digest;
 use outpost_shared::challenger::CycleRecord;
@@ -12,7 +12,7 @@ use outpost_shared::evaluation::{EvaluationRecord, SuiteManifest};
 use super::{PgStore, big, query};
 use crate::RegistryError;
 use crate::registry::{SuiteAdded, cycles, decode, parse_digest, suites};
-use crate::storage::{CycleStore, EvaluationStore};
+use crate::storage::{CapabilityStore, CycleStore, EvaluationStore};
 
 impl PgStore {
     /// Registers a suite's manifest, once; its files' blobs are stored first by the caller. The same suite again
@@ -78,12 +78,15 @@ fn oldest_first<T: serde::de::DeserializeOwned>(
 
 impl EvaluationStore for PgStore {
     fn suite_add(&self, dir: &std::path::Path) -> Result<SuiteAdded, RegistryError> {
-        Err(RegistryError::BadSuite {
-            suite: dir.display().to_string(),
-            problem: "`suite add` does not write to PostgreSQL yet (a suite's files need the hub's blob storage, \
-                      not shared yet); `PgStore::suite_put` registers a manifest whose blobs are stored"
-                .into(),
-        })
+        let Some((blobs, max_file_bytes)) = &self.suite_blobs else {
+            return Err(RegistryError::BadSuite {
+                suite: dir.display().to_string(),
+                problem: "this PostgreSQL store has no blob storage for a suite's files (`PgStore::with_suite_blobs`)"
+                    .into(),
+            });
+        };
+        let manifest = suites::suite_from_dir(dir, |name| self.capability(name), blobs, *max_file_bytes)?;
+        self.suite_put(&manifest)
     }
 
     fn suite(&self, reference: &str) -> Result<(Digest, SuiteManifest), RegistryError> {
