@@ -1,5 +1,6 @@
 //! The hub's storage seams: narrow traits with what the serving backend and the admin commands call on the store,
-//! implemented by the redb store (`Registry`, `TelemetryStore`), so another backend (PostgreSQL) can come later.
+//! implemented by the redb store (`Registry`, `TelemetryStore`, the audit log file's `SharedAuditLog`) and by
+//! PostgreSQL (`crate::store::postgres::PgStore`).
 //!
 //! Rollout steering and director assignments (`crate::rollouts`, `crate::director`) still take the `Registry`
 //! itself; they move onto these traits with the backend that needs them.
