@@ -569,6 +569,33 @@ fn migrate_twice_is_a_no_op() {
 }
 
 #[test]
+fn database_at_schema_version_2_upgrades_to_the_newest_keeping_its_rows() {
+    // A database as the first PostgreSQL release left it: migrations 1 and 2 only, a row in it.
+    let (db, url) = support::postgres::database();
+    let cluster = support::postgres::cluster();
+    cluster.sql(
+        &db,
+        "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, \
+         applied_at timestamptz NOT NULL DEFAULT now())",
+    );
+    for m in &postgres::MIGRATIONS[..2] {
+        cluster.sql(&db, m.sql);
+        cluster.sql(&db, &format!("INSERT INTO schema_migrations (version, name) VALUES ({}, 'then')", m.version));
+    }
+    cluster.sql(&db, "INSERT INTO releases (id, record) VALUES ('r1', '\\x00')");
+    assert!(matches!(open(&url), Err(PgError::OlderSchema { found: 2, .. })));
+    let migrated = postgres::migrate(&url, &PgLimits::default()).unwrap();
+    assert_eq!((migrated.from, migrated.to), (2, postgres::SCHEMA_VERSION));
+    let pg = open(&url).unwrap();
+    assert!(pg.devices().unwrap().is_empty());
+    pg.device_approve(&key(1), "stable").unwrap();
+    assert_eq!(cluster.sql(&db, "SELECT id FROM releases").trim(), "r1", "the row written at version 2 is there");
+    let versions = cluster.sql(&db, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations");
+    let all: Vec<String> = postgres::MIGRATIONS.iter().map(|m| m.version.to_string()).collect();
+    assert_eq!(versions.trim(), all.join(","), "each later migration applied once, the earlier ones left alone");
+}
+
+#[test]
 fn two_migrators_at_once_apply_each_migration_once() {
     let (db, url) = support::postgres::database();
     let (a, b) = std::thread::scope(|scope| {
