@@ -155,8 +155,8 @@ pub trait AuditStore: Send + Sync {
     fn audit_anchor(&self) -> Result<Option<Anchor>, RegistryError>;
 }
 
-/// The audit log's entries: one hash chain, whichever replica appends. (The admin commands still append through
-/// `crate::audit::AuditLog` on the data directory's file; only the PostgreSQL log is reached through this yet.)
+/// The audit log's entries: one hash chain, whichever replica appends (the admin commands append through it,
+/// `Store::audit_log`; `audit verify` and `audit list` still read the data directory's file).
 pub trait AuditEntries: Send + Sync {
     /// Appends the entry for `action` by `actor` on `subject` at `at`, linked to the newest entry whoever wrote it;
     /// durable before it returns.
