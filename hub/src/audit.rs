@@ -47,6 +47,17 @@ pub enum AuditError {
         /// Where and how (the entry index is the line number − 1).
         broken: Broken,
     },
+    /// The PostgreSQL store failed (`crate::store::postgres`).
+    #[error(transparent)]
+    Postgres(#[from] crate::store::postgres::PgError),
+    /// A PostgreSQL row is not the entry it should be (undecodable, or its hash column disagrees): damaged or edited.
+    #[error("audit log on PostgreSQL, entry {seq}: {problem}")]
+    CorruptRow {
+        /// The entry's sequence number.
+        seq: u64,
+        /// What is wrong.
+        problem: String,
+    },
     /// An entry to append would exceed [`MAX_RECORD_BYTES`] (the caller's detail is too long).
     #[error("audit record of {len} bytes exceeds the limit of {MAX_RECORD_BYTES}")]
     TooLong {
@@ -108,6 +119,20 @@ pub fn verify(path: &Path, anchor: Option<&Anchor>) -> Result<Verified, AuditErr
     let head =
         audit::verify(&entries, anchor).map_err(|broken| AuditError::Broken { path: path.to_owned(), broken })?;
     Ok(Verified { entries: entries.len() as u64, head, incomplete_tail })
+}
+
+/// The record of `entry` as the file stores it (one JSON line, without its newline), refused above
+/// [`MAX_RECORD_BYTES`]; the PostgreSQL log holds entries to the same bound.
+pub(crate) fn record_of(entry: &Entry, path: &Path) -> Result<Vec<u8>, AuditError> {
+    let line = serde_json::to_vec(entry).map_err(|e| AuditError::Io {
+        op: "encode an entry for",
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })?;
+    if line.len() > MAX_RECORD_BYTES {
+        return Err(AuditError::TooLong { len: line.len() });
+    }
+    Ok(line)
 }
 
 /// The audit log, open for appending.
@@ -182,14 +207,7 @@ impl AuditLog {
             }
             let mut chain = log.chain;
             let entry = chain.append(at, actor, action, subject, detail);
-            let mut line = serde_json::to_vec(&entry).map_err(|e| AuditError::Io {
-                op: "encode an entry for",
-                path: log.path.clone(),
-                source: io::Error::other(e),
-            })?;
-            if line.len() > MAX_RECORD_BYTES {
-                return Err(AuditError::TooLong { len: line.len() });
-            }
+            let mut line = record_of(&entry, &log.path)?;
             line.push(b'\n');
             // One write on an O_APPEND descriptor: the record lands whole at the end, or (crash) as a torn tail.
             log.file.write_all(&line).map_err(io_err("append to", &log.path))?;
@@ -209,6 +227,42 @@ impl AuditLog {
     /// The log's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The log as [`crate::storage::AuditEntries`]: one open handle, its appends taken in turn by the process's
+/// threads (other processes still serialise on the file's lock).
+#[derive(Debug)]
+pub struct SharedAuditLog(std::sync::Mutex<AuditLog>);
+
+impl SharedAuditLog {
+    /// Opens the log at `path` as [`AuditLog::open`] does.
+    pub fn open(path: &Path) -> Result<SharedAuditLog, AuditError> {
+        Ok(SharedAuditLog(std::sync::Mutex::new(AuditLog::open(path)?)))
+    }
+
+    /// The open log; a thread that panicked mid-append left the file as a crash would (the next append reloads).
+    fn log(&self) -> std::sync::MutexGuard<'_, AuditLog> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl crate::storage::AuditEntries for SharedAuditLog {
+    fn audit_append(
+        &self,
+        at: UnixSeconds,
+        actor: &str,
+        action: Action,
+        subject: &str,
+        detail: &str,
+    ) -> Result<Entry, AuditError> {
+        self.log().append(at, actor, action, subject, detail)
+    }
+
+    fn audit_entries(&self, from: u64) -> Result<Vec<Entry>, AuditError> {
+        let path = self.log().path.clone();
+        let (entries, _) = read(&path)?;
+        Ok(entries.into_iter().filter(|e| e.seq >= from).collect())
     }
 }
 

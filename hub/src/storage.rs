@@ -1,12 +1,14 @@
 //! The hub's storage seams: narrow traits with what the serving backend and the admin commands call on the store,
-//! implemented by the redb store (`Registry`, `TelemetryStore`), so another backend (PostgreSQL) can come later.
+//! implemented by the redb store (`Registry`, `TelemetryStore`, the audit log file's `SharedAuditLog`) and by
+//! PostgreSQL (`crate::store::postgres::PgStore`).
 //!
 //! Rollout steering and director assignments (`crate::rollouts`, `crate::director`) still take the `Registry`
 //! itself; they move onto these traits with the backend that needs them.
 
 use outpost_shared::Digest;
 use outpost_shared::Manifest;
-use outpost_shared::audit::Anchor;
+use outpost_shared::audit::{Action, Anchor, Entry};
+use outpost_shared::clock::UnixSeconds;
 use outpost_shared::rng::Rng;
 use outpost_shared::telemetry::Batch;
 use outpost_shared::update::StateReport;
@@ -15,6 +17,7 @@ use outpost_shared::capability::Capability;
 use outpost_shared::challenger::CycleRecord;
 use outpost_shared::evaluation::{EvaluationRecord, SuiteManifest};
 
+use crate::audit::AuditError;
 use crate::registry::{
     AliasEvent, AttestationRecord, CapabilityAdded, CapabilityCheck, CapabilityRecord, DeviceRecord, EnrolError,
     PackageRecord, Registry, RegistryError, SuiteAdded, TpmRecord,
@@ -150,6 +153,23 @@ pub trait AuditStore: Send + Sync {
     fn audit_anchor_put(&self, anchor: &Anchor) -> Result<(), RegistryError>;
     /// The audit log's newest anchor as last recorded.
     fn audit_anchor(&self) -> Result<Option<Anchor>, RegistryError>;
+}
+
+/// The audit log's entries: one hash chain, whichever replica appends (the admin commands append through it,
+/// `Store::audit_log`; `audit verify` and `audit list` still read the data directory's file).
+pub trait AuditEntries: Send + Sync {
+    /// Appends the entry for `action` by `actor` on `subject` at `at`, linked to the newest entry whoever wrote it;
+    /// durable before it returns.
+    fn audit_append(
+        &self,
+        at: UnixSeconds,
+        actor: &str,
+        action: Action,
+        subject: &str,
+        detail: &str,
+    ) -> Result<Entry, AuditError>;
+    /// The entries from sequence number `from` on, oldest first (check them with `outpost_shared::audit::verify`).
+    fn audit_entries(&self, from: u64) -> Result<Vec<Entry>, AuditError>;
 }
 
 /// Devices' telemetry events.

@@ -51,6 +51,20 @@ pub struct StoredEvent {
     pub kind: EventKind,
 }
 
+impl StoredEvent {
+    /// An event arriving now from a device at this site, release and stage; `at` and `kind` are the event's to
+    /// fill in (both backends).
+    pub(crate) fn arriving(
+        now: UnixSeconds,
+        site: &Option<String>,
+        release: &Option<String>,
+        stage: Option<u32>,
+    ) -> StoredEvent {
+        let (site, release, kind) = (site.clone(), release.clone(), EventKind::Error { what: String::new() });
+        StoredEvent { received_at: now, at: 0, site, release, stage, kind }
+    }
+}
+
 /// What the hub knows of one device queue (stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamRecord {
@@ -144,6 +158,17 @@ pub enum TelemetryStoreError {
         held: u64,
         /// The limit.
         max: u32,
+    },
+    /// The PostgreSQL store failed (`crate::store::postgres`).
+    #[error(transparent)]
+    Postgres(#[from] crate::store::postgres::PgError),
+    /// A PostgreSQL row's record could not be encoded or decoded: a bug, or a damaged row.
+    #[error("telemetry on PostgreSQL: record {what} is damaged: {problem}")]
+    CorruptRow {
+        /// Which record.
+        what: String,
+        /// What went wrong.
+        problem: String,
     },
     /// A record could not be encoded or decoded: a bug, or a damaged file.
     #[error("telemetry store {}: record {what} is damaged: {problem}", path.display())]
@@ -319,6 +344,97 @@ impl Summary {
     }
 }
 
+/// Refuses a batch on a stream new to the store when its device holds `held` streams, `max` or more (both backends).
+pub(crate) fn stream_allowed(device: &str, stream: u64, held: u64, max: u32) -> Result<(), TelemetryStoreError> {
+    if held >= u64::from(max) {
+        return Err(TelemetryStoreError::TooManyStreams { device: device.to_owned(), stream, held, max });
+    }
+    Ok(())
+}
+
+/// A stream's record after `batch` stored `stored` new events (both backends): running totals only rise, the
+/// device's place is its latest.
+pub(crate) fn stream_after(
+    previous: Option<&StreamRecord>,
+    batch: &Batch,
+    stored: u64,
+    now: UnixSeconds,
+    site: Option<String>,
+    release: Option<String>,
+    stage: Option<u32>,
+) -> StreamRecord {
+    StreamRecord {
+        dropped: previous.map_or(0, |p| p.dropped).max(batch.dropped),
+        highest_seq: previous.map_or(0, |p| p.highest_seq).max(batch.last_seq().unwrap_or(0)),
+        received: previous.map_or(0, |p| p.received).saturating_add(stored),
+        last_received: now,
+        site,
+        release,
+        stage,
+    }
+}
+
+/// Sort key of a group: (absent?, stage number, name), so stages sort numerically and "-" comes last.
+type GroupKey = (bool, u32, String);
+
+/// Totals being summed for [`TelemetryStore::aggregate`], fed events and streams in key order (both backends).
+pub(crate) struct Aggregation<'a> {
+    by: GroupBy,
+    filter: &'a Filter,
+    groups: BTreeMap<GroupKey, (Summary, BTreeSet<String>)>,
+}
+
+impl<'a> Aggregation<'a> {
+    pub(crate) fn new(by: GroupBy, filter: &'a Filter) -> Aggregation<'a> {
+        Aggregation { by, filter, groups: BTreeMap::new() }
+    }
+
+    fn key_of(&self, device: &str, site: &Option<String>, release: &Option<String>, stage: Option<u32>) -> GroupKey {
+        let text = |t: &Option<String>| t.clone().map_or((true, 0, "-".to_owned()), |t| (false, 0, t));
+        match self.by {
+            GroupBy::Release => text(release),
+            GroupBy::Site => text(site),
+            GroupBy::Device => (false, 0, device.to_owned()),
+            GroupBy::Stage => stage.map_or((true, 0, "-".to_owned()), |s| (false, s, s.to_string())),
+        }
+    }
+
+    /// Counts `device`'s event `e` if the filter takes it.
+    pub(crate) fn event(&mut self, device: &str, e: &StoredEvent) {
+        if !self.filter.matches(device, &e.site, &e.release, e.stage)
+            || self.filter.since.is_some_and(|t| e.received_at < t)
+        {
+            return;
+        }
+        let key = self.key_of(device, &e.site, &e.release, e.stage);
+        let (summary, devices) = self.groups.entry(key).or_default();
+        let device_new = !devices.contains(device) && devices.insert(device.to_owned());
+        summary.add(device_new, e);
+    }
+
+    /// Counts what `device`'s stream `s` dropped or lost, in the group of its last batch.
+    pub(crate) fn stream(&mut self, device: &str, s: &StreamRecord) {
+        if (s.dropped == 0 && s.missing() == 0) || !self.filter.matches(device, &s.site, &s.release, s.stage) {
+            return;
+        }
+        let key = self.key_of(device, &s.site, &s.release, s.stage);
+        let (summary, _) = self.groups.entry(key).or_default();
+        summary.dropped = summary.dropped.saturating_add(s.dropped);
+        summary.missing = summary.missing.saturating_add(s.missing());
+    }
+
+    /// The groups, in order.
+    pub(crate) fn finish(self) -> Vec<Group> {
+        self.groups
+            .into_iter()
+            .map(|((_, _, key), (mut summary, _))| {
+                summary.finish();
+                Group { key, summary }
+            })
+            .collect()
+    }
+}
+
 /// The telemetry store.
 pub struct TelemetryStore {
     db: Arc<crate::store::files::SharedDb>,
@@ -388,23 +504,9 @@ impl TelemetryStore {
                     entry.map_err(|e| self.db_err(e))?;
                     held += 1;
                 }
-                if held >= u64::from(self.max_streams_per_device) {
-                    return Err(TelemetryStoreError::TooManyStreams {
-                        device: device.to_owned(),
-                        stream: batch.stream,
-                        held,
-                        max: self.max_streams_per_device,
-                    });
-                }
+                stream_allowed(device, batch.stream, held, self.max_streams_per_device)?;
             }
-            let mut stored = StoredEvent {
-                received_at: now,
-                at: 0,
-                site: site.clone(),
-                release: release.clone(),
-                stage,
-                kind: EventKind::Error { what: String::new() },
-            };
+            let mut stored = StoredEvent::arriving(now, &site, &release, stage);
             for event in &batch.events {
                 let key = (device, batch.stream, event.seq);
                 stored.at = event.at;
@@ -428,16 +530,7 @@ impl TelemetryStore {
                 Some(v) => Some(self.decode::<StreamRecord>(&(device, batch.stream), v.value())?),
                 None => None,
             };
-            let previous = previous.as_ref();
-            let record = StreamRecord {
-                dropped: previous.map_or(0, |p| p.dropped).max(batch.dropped),
-                highest_seq: previous.map_or(0, |p| p.highest_seq).max(batch.last_seq().unwrap_or(0)),
-                received: previous.map_or(0, |p| p.received).saturating_add(outcome.stored),
-                last_received: now,
-                site,
-                release,
-                stage,
-            };
+            let record = stream_after(previous.as_ref(), batch, outcome.stored, now, site, release, stage);
             let bytes = canonical::to_vec(&record).map_err(|e| self.corrupt(&(device, batch.stream), e))?;
             streams.insert((device, batch.stream), bytes.as_slice()).map_err(|e| self.db_err(e))?;
         }
@@ -488,18 +581,7 @@ impl TelemetryStore {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let events = tx.open_table(EVENTS).map_err(|e| self.db_err(e))?;
         let streams = tx.open_table(STREAMS).map_err(|e| self.db_err(e))?;
-        // Sort key: (absent?, stage number, name), so stages sort numerically and "-" comes last.
-        type Key = (bool, u32, String);
-        let key_of = |device: &str, site: &Option<String>, release: &Option<String>, stage: Option<u32>| -> Key {
-            let text = |t: &Option<String>| t.clone().map_or((true, 0, "-".to_owned()), |t| (false, 0, t));
-            match by {
-                GroupBy::Release => text(release),
-                GroupBy::Site => text(site),
-                GroupBy::Device => (false, 0, device.to_owned()),
-                GroupBy::Stage => stage.map_or((true, 0, "-".to_owned()), |s| (false, s, s.to_string())),
-            }
-        };
-        let mut groups: BTreeMap<Key, (Summary, BTreeSet<String>)> = BTreeMap::new();
+        let mut groups = Aggregation::new(by, filter);
         let range = match &filter.device {
             Some(d) => events.range((d.as_str(), 0, 0)..=(d.as_str(), u64::MAX, u64::MAX)),
             None => events.range::<(&str, u64, u64)>(..),
@@ -508,12 +590,7 @@ impl TelemetryStore {
             let (key, value) = entry.map_err(|e| self.db_err(e))?;
             let key = key.value();
             let e: StoredEvent = self.decode(&key, value.value())?;
-            if !filter.matches(key.0, &e.site, &e.release, e.stage) || filter.since.is_some_and(|t| e.received_at < t) {
-                continue;
-            }
-            let (summary, devices) = groups.entry(key_of(key.0, &e.site, &e.release, e.stage)).or_default();
-            let device_new = !devices.contains(key.0) && devices.insert(key.0.to_owned());
-            summary.add(device_new, &e);
+            groups.event(key.0, &e);
         }
         // One device's streams are a key range, as its events are.
         let streams = match &filter.device {
@@ -524,20 +601,9 @@ impl TelemetryStore {
             let (key, value) = entry.map_err(|e| self.db_err(e))?;
             let (device, stream) = key.value();
             let s: StreamRecord = self.decode(&(device, stream), value.value())?;
-            if (s.dropped == 0 && s.missing() == 0) || !filter.matches(device, &s.site, &s.release, s.stage) {
-                continue;
-            }
-            let (summary, _) = groups.entry(key_of(device, &s.site, &s.release, s.stage)).or_default();
-            summary.dropped = summary.dropped.saturating_add(s.dropped);
-            summary.missing = summary.missing.saturating_add(s.missing());
+            groups.stream(device, &s);
         }
-        Ok(groups
-            .into_iter()
-            .map(|((_, _, key), (mut summary, _))| {
-                summary.finish();
-                Group { key, summary }
-            })
-            .collect())
+        Ok(groups.finish())
     }
 
     /// What the store knows of each device queue, by device.

@@ -6,11 +6,17 @@ mod support;
 
 use std::sync::{Arc, Barrier};
 
+use outpost_hub::audit::{SharedAuditLog, default_path};
+use outpost_hub::blobs::BlobStore;
 use outpost_hub::registry::{AttestationRecord, DeviceStatus, EnrolError, Registry, RegistryError, TpmRecord};
 use outpost_hub::rollouts::ReleaseRecord;
-use outpost_hub::storage::{AuditStore, DeviceStore, PackageStore, ReleaseStore};
+use outpost_hub::storage::{
+    AuditEntries, AuditStore, CapabilityStore, CycleStore, DeviceStore, EvaluationStore, PackageStore, ReleaseStore,
+    TelemetryEvents,
+};
 use outpost_hub::store::changes::Since;
 use outpost_hub::store::postgres::{self, PackagePut, PgError, PgLimits, PgStore};
+use outpost_hub::telemetry::TelemetryStore;
 use outpost_shared::Digest;
 use outpost_shared::audit::Anchor;
 use outpost_shared::clock::ManualClock;
@@ -21,6 +27,8 @@ use outpost_shared::update::StateReport;
 use support::TestHub;
 
 const START: u64 = 1_795_881_600;
+/// The largest suite file the PostgreSQL store's `suite add` takes (the default `[limits] max_model_bytes`).
+const SUITE_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// One backend, with a second writer on the same state: another `PgStore` on the same database (a second hub
 /// replica), or the same redb index again (one process owns it; its writers are threads).
@@ -34,6 +42,10 @@ struct Backend {
     source: Registry,
     /// The PostgreSQL database, for a test that opens another store on it.
     url: Option<String>,
+    /// Telemetry: two handles on one store (two replicas on PostgreSQL; redb's `telemetry.redb` opened twice).
+    telemetry: [Box<dyn TelemetryEvents>; 2],
+    /// The audit log: two writers on one log (two replicas; the data directory's file opened twice).
+    audit_log: [Box<dyn AuditEntries>; 2],
 }
 
 /// The traits under test, as one backend's store offers them.
@@ -42,6 +54,9 @@ trait Stores: Send + Sync {
     fn device_store(&self) -> &dyn DeviceStore;
     fn release_store(&self) -> &dyn ReleaseStore;
     fn audit_store(&self) -> &dyn AuditStore;
+    fn capability_store(&self) -> &dyn CapabilityStore;
+    fn evaluation_store(&self) -> &dyn EvaluationStore;
+    fn cycle_store(&self) -> &dyn CycleStore;
     /// Makes package `d`, just added to `source`, known to this store's index.
     fn register(&self, source: &Registry, d: &Digest);
 }
@@ -59,6 +74,15 @@ macro_rules! stores {
                 self
             }
             fn audit_store(&self) -> &dyn AuditStore {
+                self
+            }
+            fn capability_store(&self) -> &dyn CapabilityStore {
+                self
+            }
+            fn evaluation_store(&self) -> &dyn EvaluationStore {
+                self
+            }
+            fn cycle_store(&self) -> &dyn CycleStore {
                 self
             }
             fn register(&self, source: &Registry, d: &Digest) {
@@ -84,18 +108,38 @@ impl Backend {
         let reg = Registry::open(&hub.dir(), clock.clone()).unwrap();
         // A second handle on the same index (the process shares one database handle).
         let source = Registry::open(&hub.dir(), clock.clone()).unwrap();
-        Backend { clock, first: Box::new(reg), second: None, hub, source, url: None }
+        let telemetry =
+            || -> Box<dyn TelemetryEvents> { Box::new(TelemetryStore::open(&hub.dir(), clock.clone()).unwrap()) };
+        let telemetry = [telemetry(), telemetry()];
+        let log = || -> Box<dyn AuditEntries> { Box::new(SharedAuditLog::open(&default_path(&hub.dir())).unwrap()) };
+        let audit_log = [log(), log()];
+        Backend { clock, first: Box::new(reg), second: None, hub, source, url: None, telemetry, audit_log }
     }
 
     fn postgres() -> Backend {
         let (_, url) = support::postgres::database();
         postgres::migrate(&url, &PgLimits::default()).unwrap();
         let clock = Arc::new(ManualClock::new(START));
-        let open =
-            || -> Box<dyn Stores> { Box::new(PgStore::open(&url, clock.clone(), &PgLimits::default()).unwrap()) };
         let hub = TestHub::new();
+        // `suite add` puts a suite's files in the data directory's blobs, as the redb backend's does.
+        let blobs = BlobStore::new(hub.dir().join("blobs"));
+        let pg = || {
+            let store = PgStore::open(&url, clock.clone(), &PgLimits::default()).unwrap();
+            store.with_suite_blobs(blobs.clone(), SUITE_FILE_BYTES)
+        };
         let source = Registry::open(&hub.dir(), clock.clone()).unwrap();
-        Backend { clock: clock.clone(), first: open(), second: Some(open()), hub, source, url: Some(url) }
+        let telemetry: [Box<dyn TelemetryEvents>; 2] = [Box::new(pg()), Box::new(pg())];
+        let audit_log: [Box<dyn AuditEntries>; 2] = [Box::new(pg()), Box::new(pg())];
+        Backend {
+            clock: clock.clone(),
+            first: Box::new(pg()),
+            second: Some(Box::new(pg())),
+            hub,
+            source,
+            url: Some(url),
+            telemetry,
+            audit_log,
+        }
     }
 
     /// Adds a generated package (`scale` makes it distinct) and registers it with the store under test.
@@ -144,6 +188,13 @@ both!(
     audit_anchor_only_moves_forward_and_a_fork_is_refused,
     audit_anchor_raced_by_two_replicas_at_one_place_keeps_one,
 );
+
+#[path = "store_suite/audit.rs"]
+mod audit;
+#[path = "store_suite/records.rs"]
+mod records;
+#[path = "store_suite/telemetry.rs"]
+mod telemetry;
 
 fn package_index_resolves_by_digest_prefix_name_and_alias(b: &Backend) {
     let s = b.one().package_store();
@@ -515,6 +566,33 @@ fn migrate_twice_is_a_no_op() {
     let rows = support::postgres::cluster().sql(&db, "SELECT count(*) FROM schema_migrations");
     assert_eq!(rows.trim(), postgres::MIGRATIONS.len().to_string());
     open(&url).unwrap();
+}
+
+#[test]
+fn database_at_schema_version_2_upgrades_to_the_newest_keeping_its_rows() {
+    // A database as the first PostgreSQL release left it: migrations 1 and 2 only, a row in it.
+    let (db, url) = support::postgres::database();
+    let cluster = support::postgres::cluster();
+    cluster.sql(
+        &db,
+        "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, \
+         applied_at timestamptz NOT NULL DEFAULT now())",
+    );
+    for m in &postgres::MIGRATIONS[..2] {
+        cluster.sql(&db, m.sql);
+        cluster.sql(&db, &format!("INSERT INTO schema_migrations (version, name) VALUES ({}, 'then')", m.version));
+    }
+    cluster.sql(&db, "INSERT INTO releases (id, record) VALUES ('r1', '\\x00')");
+    assert!(matches!(open(&url), Err(PgError::OlderSchema { found: 2, .. })));
+    let migrated = postgres::migrate(&url, &PgLimits::default()).unwrap();
+    assert_eq!((migrated.from, migrated.to), (2, postgres::SCHEMA_VERSION));
+    let pg = open(&url).unwrap();
+    assert!(pg.devices().unwrap().is_empty());
+    pg.device_approve(&key(1), "stable").unwrap();
+    assert_eq!(cluster.sql(&db, "SELECT id FROM releases").trim(), "r1", "the row written at version 2 is there");
+    let versions = cluster.sql(&db, "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations");
+    let all: Vec<String> = postgres::MIGRATIONS.iter().map(|m| m.version.to_string()).collect();
+    assert_eq!(versions.trim(), all.join(","), "each later migration applied once, the earlier ones left alone");
 }
 
 #[test]

@@ -332,12 +332,10 @@ pub fn devices(hub: &Hub) -> Result<&dyn outpost_hub::storage::DeviceStore> {
 
 /// Appends an admin action to the audit log.
 pub fn audit(hub: &Hub, actor: &str, action: Action, subject: &str, detail: &str) -> Result<()> {
-    let mut log = outpost_hub::audit::AuditLog::open(&outpost_hub::audit::default_path(hub.dir()))?;
-    log.append(hub.clock().wall(), actor, action, subject, detail)?;
+    let store = hub.store()?;
+    let entry = store.audit_log()?.audit_append(hub.clock().wall(), actor, action, subject, detail)?;
     // The newest anchor is kept in the index too: `audit verify` then catches an edited or cut-off newest entry.
-    if let Some(head) = log.head() {
-        hub.store()?.audit().audit_anchor_put(&head)?;
-    }
+    store.audit().audit_anchor_put(&entry.anchor())?;
     Ok(())
 }
 

@@ -57,25 +57,15 @@ impl Registry {
             let mut current = tx.open_table(CAPABILITIES).map_err(db_err)?;
             let previous: Option<CapabilityRecord> =
                 current.get(cap.name.as_str()).map_err(db_err)?.map(|v| decode(&cap.name, v.value())).transpose()?;
-            match previous {
-                Some(p) if p.capability == *cap => return Ok((p, CapabilityAdded::Unchanged)),
-                Some(p) if p.capability.contract != cap.contract => {
-                    return Err(RegistryError::CapabilityContractChanged { name: cap.name.clone() });
-                }
-                previous => {
-                    let added = if previous.is_some() { CapabilityAdded::Revised } else { CapabilityAdded::Created };
-                    let record = CapabilityRecord {
-                        capability: cap.clone(),
-                        revision: previous.map_or(1, |p| p.revision + 1),
-                        updated_at: self.clock.wall(),
-                    };
-                    let bytes = encode(&record)?;
-                    current.insert(cap.name.as_str(), bytes.as_slice()).map_err(db_err)?;
-                    let mut history = tx.open_table(CAPABILITY_HISTORY).map_err(db_err)?;
-                    history.insert((cap.name.as_str(), record.revision), bytes.as_slice()).map_err(db_err)?;
-                    (record, added)
-                }
+            let (record, added) = revised(previous, cap, self.clock.wall())?;
+            if added == CapabilityAdded::Unchanged {
+                return Ok((record, added));
             }
+            let bytes = encode(&record)?;
+            current.insert(cap.name.as_str(), bytes.as_slice()).map_err(db_err)?;
+            let mut history = tx.open_table(CAPABILITY_HISTORY).map_err(db_err)?;
+            history.insert((cap.name.as_str(), record.revision), bytes.as_slice()).map_err(db_err)?;
+            (record, added)
         };
         tx.commit().map_err(db_err)?;
         Ok(out)
@@ -116,22 +106,58 @@ impl Registry {
     /// must fit it ([`Capability::admits`]); an unregistered capability admits anything. `file` names the manifest
     /// in errors.
     pub fn capability_check(&self, m: &Manifest, file: &str) -> Result<CapabilityCheck, RegistryError> {
-        let Some(rec) = self.capability(&m.capability)? else { return Ok(CapabilityCheck::NotRegistered) };
-        rec.capability.admits(m).map_err(|source| RegistryError::OutsideCapability {
-            file: file.to_owned(),
-            capability: m.capability.clone(),
-            revision: rec.revision,
-            source: Box::new(source),
-        })?;
-        Ok(CapabilityCheck::Fits { revision: rec.revision })
+        checked(self.capability(&m.capability)?, m, file)
     }
 
     /// Whether the package with manifest `m` may be published: its registered capability names all four owners
     /// and the package still fits it. An unregistered capability does not stop a publish.
     pub fn publish_check(&self, m: &Manifest) -> Result<CapabilityCheck, RegistryError> {
-        if let Some(rec) = self.capability(&m.capability)? {
-            rec.capability.check_publishable()?;
-        }
-        self.capability_check(m, &format!("{}@{}", m.name, m.version))
+        publishable(self.capability(&m.capability)?, m)
     }
+}
+
+/// What registering `cap` over the `previous` record makes (both backends): the same definition is `Unchanged`
+/// (write nothing), a changed contract is refused, anything else is the next revision.
+pub(crate) fn revised(
+    previous: Option<CapabilityRecord>,
+    cap: &Capability,
+    now: UnixSeconds,
+) -> Result<(CapabilityRecord, CapabilityAdded), RegistryError> {
+    match previous {
+        Some(p) if p.capability == *cap => Ok((p, CapabilityAdded::Unchanged)),
+        Some(p) if p.capability.contract != cap.contract => {
+            Err(RegistryError::CapabilityContractChanged { name: cap.name.clone() })
+        }
+        previous => {
+            let added = if previous.is_some() { CapabilityAdded::Revised } else { CapabilityAdded::Created };
+            let revision = previous.map_or(1, |p| p.revision + 1);
+            Ok((CapabilityRecord { capability: cap.clone(), revision, updated_at: now }, added))
+        }
+    }
+}
+
+/// Whether a package with manifest `m` fits its capability's record `rec` (both backends; `file` names the
+/// manifest in errors): an unregistered capability admits anything.
+pub(crate) fn checked(
+    rec: Option<CapabilityRecord>,
+    m: &Manifest,
+    file: &str,
+) -> Result<CapabilityCheck, RegistryError> {
+    let Some(rec) = rec else { return Ok(CapabilityCheck::NotRegistered) };
+    rec.capability.admits(m).map_err(|source| RegistryError::OutsideCapability {
+        file: file.to_owned(),
+        capability: m.capability.clone(),
+        revision: rec.revision,
+        source: Box::new(source),
+    })?;
+    Ok(CapabilityCheck::Fits { revision: rec.revision })
+}
+
+/// Whether the package with manifest `m` may be published under its capability's record `rec` (both backends):
+/// the capability names all four owners and the package still fits it.
+pub(crate) fn publishable(rec: Option<CapabilityRecord>, m: &Manifest) -> Result<CapabilityCheck, RegistryError> {
+    if let Some(rec) = &rec {
+        rec.capability.check_publishable()?;
+    }
+    checked(rec, m, &format!("{}@{}", m.name, m.version))
 }

@@ -42,7 +42,12 @@ impl Registry {
 
     /// The cycle an id or a unique id prefix (8+ hex) names.
     pub fn cycle(&self, reference: &str) -> Result<(Digest, CycleRecord), RegistryError> {
-        let unknown = || RegistryError::UnknownCycle(reference.to_owned());
-        super::by_prefix(reference, self.cycles()?, |(d, _)| d, unknown)
+        named(reference, self.cycles()?)
     }
+}
+
+/// The cycle of `all` an id or a unique id prefix names (both backends).
+pub(crate) fn named(reference: &str, all: Vec<(Digest, CycleRecord)>) -> Result<(Digest, CycleRecord), RegistryError> {
+    let unknown = || RegistryError::UnknownCycle(reference.to_owned());
+    super::by_prefix(reference, all, |(d, _)| d, unknown)
 }

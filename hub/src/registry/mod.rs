@@ -21,13 +21,13 @@ use outpost_shared::{Digest, ManifestError, canonical};
 use crate::blobs::{self, BlobError, BlobStore};
 use crate::config::{CONFIG_FILE, ConfigError, DEFAULT_CONFIG, HubConfig};
 
-mod capabilities;
+pub(crate) mod capabilities;
 mod console_users;
 mod controller;
-mod cycles;
+pub(crate) mod cycles;
 pub(crate) mod devices;
 pub(crate) mod packages;
-mod suites;
+pub(crate) mod suites;
 
 pub use capabilities::{CapabilityAdded, CapabilityCheck, CapabilityRecord};
 pub use controller::{DecisionRecord, PolicyRecord, Reconciled};
@@ -510,7 +510,7 @@ fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 /// The one item of `items` whose digest starts with `reference` (a hex prefix of at least [`MIN_PREFIX_LEN`],
 /// `sha256:` allowed); `unknown` when none (or the prefix is too short), `AmbiguousPrefix` when several.
-fn by_prefix<T>(
+pub(crate) fn by_prefix<T>(
     reference: &str,
     items: impl IntoIterator<Item = T>,
     digest: impl Fn(&T) -> &Digest,

@@ -38,43 +38,8 @@ impl Registry {
     /// registered, and it must give an array for each contract input and reference outputs only for contract
     /// outputs.
     pub fn suite_add(&self, dir: &Path) -> Result<SuiteAdded, RegistryError> {
-        let toml_path = dir.join(SUITE_FILE);
-        let bad = |problem: String| RegistryError::BadSuite { suite: toml_path.display().to_string(), problem };
-        let io = |source| RegistryError::Io { op: "read", path: toml_path.clone(), source };
-        let mut text = String::new();
-        // One byte over the limit is enough for `from_toml` to refuse it, naming the limit.
-        std::io::Read::read_to_string(
-            &mut std::io::Read::take(std::fs::File::open(&toml_path).map_err(io)?, MAX_SUITE_TOML_BYTES as u64 + 1),
-            &mut text,
-        )
-        .map_err(io)?;
-        let suite = SuiteToml::from_toml(&text, &toml_path)?;
-        let cap = self
-            .capability(&suite.capability)?
-            .ok_or_else(|| RegistryError::UnknownCapability(suite.capability.clone()))?
-            .capability;
-        for spec in &cap.contract.inputs {
-            if !suite.inputs.contains_key(&spec.name) {
-                return Err(bad(format!("inputs: no array for the capability's input `{}`", spec.name)));
-            }
-        }
-        let known = |side: Side, name: &str| match side {
-            Side::Inputs => cap.contract.inputs.iter().any(|s| s.name == name),
-            Side::Outputs => cap.contract.outputs.iter().any(|s| s.name == name),
-        };
-        let named = suite.inputs.keys().map(|k| (Side::Inputs, k));
-        if let Some((side, name)) =
-            named.chain(suite.reference.outputs.keys().map(|k| (Side::Outputs, k))).find(|(s, n)| !known(*s, n))
-        {
-            return Err(bad(format!("`{name}` is not among the capability's contract {side}")));
-        }
-        let mut files = std::collections::BTreeMap::new();
-        for file in suite.files() {
-            let bytes = read_limited(&dir.join(file), self.config.limits.max_model_bytes, "max_model_bytes")?;
-            let (digest, _) = self.blobs.put(&bytes)?;
-            files.insert(file.to_owned(), FileEntry { digest, len: bytes.len() as u64 });
-        }
-        let manifest = SuiteManifest { suite, files };
+        let manifest =
+            suite_from_dir(dir, |name| self.capability(name), &self.blobs, self.config.limits.max_model_bytes)?;
         let digest = manifest.digest();
         let key = digest.to_hex();
         let tx = self.db.begin_write().map_err(db_err)?;
@@ -97,12 +62,7 @@ impl Registry {
 
     /// The suite a reference names: its name, its digest or a unique digest prefix (8+ hex).
     pub fn suite(&self, reference: &str) -> Result<(Digest, SuiteManifest), RegistryError> {
-        let unknown = || RegistryError::UnknownSuite(reference.to_owned());
-        let all = self.suites()?;
-        if let Some(found) = all.iter().find(|(_, m)| m.suite.name == reference) {
-            return Ok(found.clone());
-        }
-        super::by_prefix(reference, all, |(d, _)| d, unknown)
+        named(reference, self.suites()?)
     }
 
     /// Every registered suite, by name.
@@ -112,9 +72,7 @@ impl Registry {
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            let m = SuiteManifest::from_cbor(v.value())
-                .map_err(|problem| RegistryError::Corrupt { key: k.value().to_owned(), problem })?;
-            out.push((parse_digest(k.value())?, m));
+            out.push(suite_of(k.value(), v.value())?);
         }
         out.sort_by(|a, b| a.1.suite.name.cmp(&b.1.suite.name));
         Ok(out)
@@ -176,4 +134,70 @@ impl Registry {
         out.sort_by_key(|(_, r)| r.at);
         Ok(out)
     }
+}
+
+/// The suite of `all` a reference names: its name, its digest or a unique digest prefix (both backends).
+pub(crate) fn named(
+    reference: &str,
+    all: Vec<(Digest, SuiteManifest)>,
+) -> Result<(Digest, SuiteManifest), RegistryError> {
+    let unknown = || RegistryError::UnknownSuite(reference.to_owned());
+    if let Some(found) = all.iter().find(|(_, m)| m.suite.name == reference) {
+        return Ok(found.clone());
+    }
+    super::by_prefix(reference, all, |(d, _)| d, unknown)
+}
+
+/// A stored suite manifest; `key` (its digest) names it when it does not parse.
+pub(crate) fn suite_of(key: &str, cbor: &[u8]) -> Result<(Digest, SuiteManifest), RegistryError> {
+    let m =
+        SuiteManifest::from_cbor(cbor).map_err(|problem| RegistryError::Corrupt { key: key.to_owned(), problem })?;
+    Ok((parse_digest(key)?, m))
+}
+
+/// The manifest of the suite in directory `dir` (`suite.toml` and the arrays it names), its files put in `blobs`
+/// (both backends). Its capability (looked up by `capability`) must be registered, and the suite must give an array
+/// for each contract input and reference outputs only for contract outputs.
+pub(crate) fn suite_from_dir(
+    dir: &Path,
+    capability: impl FnOnce(&str) -> Result<Option<super::CapabilityRecord>, RegistryError>,
+    blobs: &crate::blobs::BlobStore,
+    max_file_bytes: u64,
+) -> Result<SuiteManifest, RegistryError> {
+    let toml_path = dir.join(SUITE_FILE);
+    let bad = |problem: String| RegistryError::BadSuite { suite: toml_path.display().to_string(), problem };
+    let io = |source| RegistryError::Io { op: "read", path: toml_path.clone(), source };
+    let mut text = String::new();
+    // One byte over the limit is enough for `from_toml` to refuse it, naming the limit.
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::fs::File::open(&toml_path).map_err(io)?, MAX_SUITE_TOML_BYTES as u64 + 1),
+        &mut text,
+    )
+    .map_err(io)?;
+    let suite = SuiteToml::from_toml(&text, &toml_path)?;
+    let cap = capability(&suite.capability)?
+        .ok_or_else(|| RegistryError::UnknownCapability(suite.capability.clone()))?
+        .capability;
+    for spec in &cap.contract.inputs {
+        if !suite.inputs.contains_key(&spec.name) {
+            return Err(bad(format!("inputs: no array for the capability's input `{}`", spec.name)));
+        }
+    }
+    let known = |side: Side, name: &str| match side {
+        Side::Inputs => cap.contract.inputs.iter().any(|s| s.name == name),
+        Side::Outputs => cap.contract.outputs.iter().any(|s| s.name == name),
+    };
+    let named = suite.inputs.keys().map(|k| (Side::Inputs, k));
+    if let Some((side, name)) =
+        named.chain(suite.reference.outputs.keys().map(|k| (Side::Outputs, k))).find(|(s, n)| !known(*s, n))
+    {
+        return Err(bad(format!("`{name}` is not among the capability's contract {side}")));
+    }
+    let mut files = std::collections::BTreeMap::new();
+    for file in suite.files() {
+        let bytes = read_limited(&dir.join(file), max_file_bytes, "max_model_bytes")?;
+        let (digest, _) = blobs.put(&bytes)?;
+        files.insert(file.to_owned(), FileEntry { digest, len: bytes.len() as u64 });
+    }
+    Ok(SuiteManifest { suite, files })
 }

@@ -15,7 +15,8 @@ use std::sync::Arc;
 pub use files::{open_shared, opens};
 
 use crate::storage::{
-    AuditStore, CapabilityStore, CycleStore, DeviceStore, EvaluationStore, PackageStore, ReleaseStore, TelemetryEvents,
+    AuditEntries, AuditStore, CapabilityStore, CycleStore, DeviceStore, EvaluationStore, PackageStore, ReleaseStore,
+    TelemetryEvents,
 };
 
 /// The hub's durable state, open: the registry index (packages, aliases, devices, releases, audit anchor) and the
@@ -112,5 +113,12 @@ impl Store {
     /// Telemetry events.
     pub fn telemetry(&self) -> &dyn TelemetryEvents {
         &self.telemetry
+    }
+
+    /// The audit log's entries: the data directory's `audit.log`, opened for this caller and its whole chain
+    /// checked, as every append has always done (nothing is appended to a tampered log, and a log moved aside is
+    /// not written to through an old handle).
+    pub fn audit_log(&self) -> Result<Box<dyn AuditEntries>, crate::audit::AuditError> {
+        Ok(Box::new(crate::audit::SharedAuditLog::open(&crate::audit::default_path(self.registry.dir()))?))
     }
 }

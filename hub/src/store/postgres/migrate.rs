@@ -27,6 +27,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0001_initial.sql"),
     },
     Migration { version: 2, name: "packages and aliases", sql: include_str!("migrations/0002_packages.sql") },
+    Migration { version: 3, name: "telemetry events and streams", sql: include_str!("migrations/0003_telemetry.sql") },
+    Migration { version: 4, name: "audit log entries", sql: include_str!("migrations/0004_audit_log.sql") },
+    Migration {
+        version: 5,
+        name: "capabilities, suites, evaluation and cycle records",
+        sql: include_str!("migrations/0005_capabilities_evaluations_cycles.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes: the last migration's.

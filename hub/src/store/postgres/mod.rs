@@ -13,10 +13,14 @@
 //! one-time token or the audit anchor serialise on the row instead of losing an update. The connection is plain
 //! TCP or a Unix socket (no TLS to the database yet).
 
+mod audit;
+mod capabilities;
 mod devices;
 pub mod migrate;
 mod packages;
 mod records;
+mod telemetry;
+mod write_once;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -273,14 +277,18 @@ pub(crate) fn query(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> P
     move |source| PgError::Query { op, source }
 }
 
-/// The hub's shared state on PostgreSQL: the package index and aliases, devices and enrolment tokens, releases, the
-/// audit anchor (the [`crate::storage`] traits it implements).
+/// The hub's shared state on PostgreSQL: the package index and aliases, capabilities, suites, evaluation and cycle
+/// records, devices and enrolment tokens, releases, the audit log and its anchor, telemetry (the
+/// [`crate::storage`] traits it implements).
 pub struct PgStore {
     worker: Worker,
     pool: Arc<Pool>,
     clock: Arc<dyn Clock>,
     device_changes: ChangeLog,
     releases_decoded: Decoded,
+    max_streams_per_device: u32,
+    /// Where `suite add` puts a suite's files, and the largest file it takes (`[limits] max_model_bytes`).
+    suite_blobs: Option<(crate::blobs::BlobStore, u64)>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -314,7 +322,23 @@ impl PgStore {
             clock,
             device_changes: ChangeLog::new(crate::store::files::DEVICE_CHANGES_KEPT),
             releases_decoded: Decoded::new(crate::store::decoded::DECODED_BYTES_KEPT),
+            max_streams_per_device: crate::telemetry::DEFAULT_MAX_STREAMS_PER_DEVICE,
+            suite_blobs: None,
         })
+    }
+
+    /// The store with the blob storage `EvaluationStore::suite_add` puts a suite's files in (files above
+    /// `max_file_bytes` refused); without it, `suite_add` is refused (only [`PgStore::suite_put`] registers).
+    pub fn with_suite_blobs(mut self, blobs: crate::blobs::BlobStore, max_file_bytes: u64) -> PgStore {
+        self.suite_blobs = Some((blobs, max_file_bytes));
+        self
+    }
+
+    /// The store with at most `max` distinct telemetry streams per device (at least 1), as
+    /// `TelemetryStore::with_max_streams_per_device`.
+    pub fn with_max_streams_per_device(mut self, max: u32) -> PgStore {
+        self.max_streams_per_device = max.max(1);
+        self
     }
 
     /// The rows a read-only statement with at most one (text) parameter finds.
