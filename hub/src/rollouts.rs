@@ -71,6 +71,7 @@ pub fn start(
     channel: &str,
     now: UnixSeconds,
 ) -> Result<(String, Vec<Effect>), RolloutError> {
+    let _writing = writing();
     let existing: Vec<(String, ReleaseRecord)> = reg.releases()?;
     let id = format!("r{}", existing.len() + 1);
     let release = Release { id: id.clone(), ..release };
@@ -94,6 +95,16 @@ pub fn start(
     Ok((id, effects))
 }
 
+/// Held by whoever reads a release record to write it back (start, commands, ticks, reports, enrolments), so
+/// two reports at once cannot each write their copy and lose the other's change (found by the fleet simulator's
+/// hub-restart scenario: a release stuck below its success threshold with every device healthy). One process
+/// writes the store (the serving hub; admin commands go through it); replicas on PostgreSQL will need the
+/// database's row lock instead.
+fn writing() -> std::sync::MutexGuard<'static, ()> {
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    WRITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Every release, oldest first.
 pub fn list(reg: &Registry) -> Result<Vec<(String, ReleaseRecord)>, RolloutError> {
     Ok(list_shared(reg)?.into_iter().map(|(id, r)| (id, ReleaseRecord::clone(&r))).collect())
@@ -114,6 +125,7 @@ pub fn get(reg: &Registry, id: &str) -> Result<ReleaseRecord, RolloutError> {
 
 /// An operator command on release `id`.
 pub fn command(reg: &Registry, id: &str, cmd: Command, now: UnixSeconds) -> Result<Vec<Effect>, RolloutError> {
+    let _writing = writing();
     let mut record = get(reg, id)?;
     let effects = record.rollout.command(cmd, now)?;
     apply_retries(reg, &effects)?;
@@ -124,6 +136,7 @@ pub fn command(reg: &Registry, id: &str, cmd: Command, now: UnixSeconds) -> Resu
 /// Judges every release that still steers its channel at `now`; returns what happened, per release.
 pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<Happened>, RolloutError> {
     let mut out = Vec::new();
+    let _writing = writing();
     for (id, mut record) in reg.releases::<ReleaseRecord>()? {
         if !record.steers() {
             continue;
@@ -170,6 +183,7 @@ pub fn on_report(
 ) -> Result<Vec<Happened>, RolloutError> {
     let Some(d) = reg.device(device)? else { return Ok(vec![]) };
     let mut out = Vec::new();
+    let _writing = writing();
     for (id, shared) in reg.releases_shared::<ReleaseRecord>()? {
         if shared.channel != d.channel || !shared.steers() {
             continue;
@@ -213,11 +227,11 @@ fn header(r: &outpost_shared::rollout::Rollout) -> outpost_shared::rollout::Roll
         release: r.release.clone(),
         plan: r.plan.clone(),
         state: r.state.clone(),
-        position: r.position.clone(),
+        position: r.position,
         paused: r.paused,
         since: r.since,
         devices: Default::default(),
-        recovery: r.recovery.clone(),
+        recovery: r.recovery,
         last_known_time: r.last_known_time,
     }
 }
@@ -259,9 +273,13 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
         let record: &ReleaseRecord = if shared.rollout.devices.contains_key(device) {
             &shared
         } else {
-            let mut copy = ReleaseRecord::clone(&shared);
-            copy.rollout.enroll(device, now);
-            reg.release_put(&id, &copy)?;
+            // Read again under the writers' lock: the copy read above may already be behind another's write.
+            let _writing = writing();
+            let mut copy = get(reg, &id)?;
+            if !copy.rollout.devices.contains_key(device) {
+                copy.rollout.enroll(device, now);
+                reg.release_put(&id, &copy)?;
+            }
             enrolled = copy;
             &enrolled
         };
@@ -401,6 +419,57 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn reports_from_many_devices_at_once_are_each_counted_none_lost_to_another_write() {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::init(dir.path()).unwrap();
+        let now = 1_800_000_000;
+        let reg = Registry::open(dir.path(), Arc::new(outpost_shared::clock::ManualClock::new(now))).unwrap();
+        let keys: Vec<String> = (1..=48u8).map(|i| hex::encode([i; 32])).collect();
+        for k in &keys {
+            reg.device_approve(k, "stable").unwrap();
+        }
+        let plan = "name = \"all\"\n[[stage]]\nname = \"all\"\ncohort_percent = 100\nmin_devices = 1\n\
+                    soak_secs = 3600\nsuccess_percent = 100\nerror_percent = 5\n";
+        let plan = Plan::from_toml(plan, std::path::Path::new("plan.toml")).unwrap();
+        let package = Digest::of(b"the release's package");
+        let risk = outpost_shared::manifest::RiskTier::Low;
+        let release = Release { id: String::new(), package, last_good: None, risk, signers: vec!["k1".into()] };
+        let (id, _) = start(&reg, release, "p@1.0.0", plan, "stable", now).unwrap();
+        let report = StateReport {
+            active: Some(package),
+            last_good: Some(package),
+            rolled_back: vec![],
+            phase: "idle".into(),
+            message: String::new(),
+            refusals: vec![],
+            policy: None,
+            site: None,
+            shadow: None,
+        };
+        // Every device reports at once, as a fleet does after a pushed notice.
+        std::thread::scope(|scope| {
+            for chunk in keys.chunks(6) {
+                let (reg, report) = (&reg, &report);
+                scope.spawn(move || {
+                    for k in chunk {
+                        on_report(reg, k, report, now + 1).unwrap();
+                    }
+                });
+            }
+        });
+        let record = get(&reg, &id).unwrap();
+        let counted = keys
+            .iter()
+            .filter(|k| {
+                let state = record.rollout.devices.get(*k).map(|e| e.state.clone());
+                state
+                    == Some(outpost_shared::rollout::DeviceState::Reported(outpost_shared::rollout::Outcome::Installed))
+            })
+            .count();
+        assert_eq!(counted, keys.len(), "every report counted");
     }
 
     #[test]
