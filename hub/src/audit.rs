@@ -121,6 +121,19 @@ pub fn verify(path: &Path, anchor: Option<&Anchor>) -> Result<Verified, AuditErr
     Ok(Verified { entries: entries.len() as u64, head, incomplete_tail })
 }
 
+/// Verifies the whole log behind `log` (the PostgreSQL table: `AuditEntries` on `PgStore`) as [`verify`] does the
+/// file: every link intact and (with `anchor`) the anchored entry present and unchanged; a break names `place`.
+pub fn verify_entries(
+    log: &dyn crate::storage::AuditEntries,
+    anchor: Option<&Anchor>,
+    place: &Path,
+) -> Result<Verified, AuditError> {
+    let entries = log.audit_entries(0)?;
+    let head =
+        audit::verify(&entries, anchor).map_err(|broken| AuditError::Broken { path: place.to_owned(), broken })?;
+    Ok(Verified { entries: entries.len() as u64, head, incomplete_tail: false })
+}
+
 /// The record of `entry` as the file stores it (one JSON line, without its newline), refused above
 /// [`MAX_RECORD_BYTES`]; the PostgreSQL log holds entries to the same bound.
 pub(crate) fn record_of(entry: &Entry, path: &Path) -> Result<Vec<u8>, AuditError> {

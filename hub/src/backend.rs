@@ -164,7 +164,7 @@ impl HubBackend {
         let now = self.clock.wall();
         let (record, (assigned, eligible)) = self
             .with_registry(|reg| {
-                let record = reg.device(&key)?;
+                let record = self.store()?.devices().device(&key)?;
                 let expected = match &record {
                     Some(r) => Director::new(&self.repo).expected_models(reg, r, now)?,
                     None => (None, Vec::new()),
@@ -273,6 +273,13 @@ impl HubBackend {
         }
     }
 
+    /// Forgets the revoked devices only (a device's status changed on another replica), keeping the metadata.
+    pub fn forget_revoked(&self) {
+        if let Ok(mut revoked) = self.revoked.lock() {
+            *revoked = None;
+        }
+    }
+
     /// The open store, opened now if this backend was made without one.
     pub fn store(&self) -> Result<&Arc<Store>, BackendError> {
         if let Some(store) = self.store.get() {
@@ -343,7 +350,8 @@ impl HubBackend {
         let current: Vec<String> = {
             let published = director.published()?;
             let device_channel = self.with_registry(|reg| {
-                let Some(d) = reg.device(&key)?.filter(|d| d.status == DeviceStatus::Approved) else { return Ok(None) };
+                let found = self.store()?.devices().device(&key)?;
+                let Some(d) = found.filter(|d| d.status == DeviceStatus::Approved) else { return Ok(None) };
                 let steer = crate::rollouts::steering(reg, &key, &d.channel, now)?;
                 Ok(Some((d, steer)))
             })?;
@@ -401,7 +409,7 @@ impl HubBackend {
         // Events are attributed to where the device is now: its site, and the staged release it takes part in (its
         // id and the stage it hashes into), else the package it runs.
         let (record, placement) = self.with_registry(|reg| {
-            let record = reg.device(&key)?;
+            let record = self.store()?.devices().device(&key)?;
             let placement = match &record {
                 Some(r) => crate::rollouts::placement(reg, &key, &r.channel)?,
                 None => None,
@@ -497,7 +505,7 @@ impl Backend for HubBackend {
         // The connection's span learns the device's site here, so one site can be followed through the log.
         let span = tracing::Span::current();
         blocking(move || {
-            let site = self.with_registry(|reg| Ok(reg.device(&hex::encode(key))?)).ok().flatten();
+            let site = self.store().ok().and_then(|s| s.devices().device(&hex::encode(key)).ok()).flatten();
             if let Some(site) = site.as_ref().and_then(|r| r.shown_site()) {
                 span.record("site", site);
             }

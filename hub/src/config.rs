@@ -53,9 +53,11 @@ max_relayed_challenges_per_site_node = 1024
 
 [store]
 # The PostgreSQL database several hub replicas share (`postgres://user@host:5432/outpost`, or `host=… dbname=…`);
-# `outpost-hub migrate` creates or upgrades its schema. Not served from yet: this version keeps its state in the
-# embedded store in the data directory, and refuses to open a hub whose hub.toml sets it.
+# `outpost-hub migrate` creates or upgrades its schema first. Unset: the embedded store in the data directory.
 # postgres = ""
+# The directory the replicas share for the TUF repository, its online keys and the package blobs (a path every
+# replica mounts; relative to the data directory). Unset: the data directory itself.
+# shared_dir = ""
 "#;
 
 /// The validated configuration.
@@ -78,6 +80,19 @@ pub struct HubConfig {
 pub struct StoreConfig {
     /// The PostgreSQL connection string (checked to parse when the file is read); `None`: the embedded store.
     pub postgres: Option<String>,
+    /// Where the TUF repository (`repository/`), its online keys (`keys/`) and the blobs (`blobs/`) live, shared by
+    /// the replicas; relative to the data directory. `None`: the data directory.
+    pub shared_dir: Option<PathBuf>,
+}
+
+impl StoreConfig {
+    /// The directory holding `repository/`, `keys/` and `blobs/` for the hub whose data directory is `data_dir`.
+    pub fn shared(&self, data_dir: &Path) -> PathBuf {
+        match &self.shared_dir {
+            Some(dir) => data_dir.join(dir),
+            None => data_dir.to_owned(),
+        }
+    }
 }
 
 /// `[attestation]`: whether and how the hub appraises devices before serving them.

@@ -18,6 +18,7 @@ pub mod director;
 pub mod evaluate;
 pub mod metrics;
 pub mod registry;
+pub mod replicas;
 pub mod reports;
 pub mod rollouts;
 pub mod routers;

@@ -16,6 +16,8 @@ use crate::admin;
 use crate::backend::HubBackend;
 use crate::config::{CONFIG_FILE, ConfigError, HubConfig};
 use crate::director::Director;
+use crate::replicas::{self, Leadership};
+use crate::store::postgres::{LeaseName, Notice};
 use crate::store::{Store, StoreError};
 use crate::tuf::TufRepo;
 use outpost_net::server::{ServeConfig, ServeError, Server};
@@ -78,9 +80,9 @@ impl Hub {
         self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The TUF repository.
+    /// The TUF repository, in the directory the replicas share (`[store] shared_dir`; the data directory by default).
     pub fn repo(&self) -> TufRepo {
-        TufRepo::new(&self.dir, self.config.repository)
+        TufRepo::new(&self.config.store.shared(&self.dir), self.config.repository)
     }
 
     /// The open store, opened now if this hub does not hold it yet.
@@ -107,6 +109,8 @@ pub struct Periods {
     pub revocation_watch: Duration,
     /// Running the viability controller (when a policy is registered): it stores proposals, never acts.
     pub controller: Duration,
+    /// On PostgreSQL: trying to take the leader lease, or checking this replica still holds it.
+    pub lease: Duration,
 }
 
 impl Default for Periods {
@@ -117,6 +121,7 @@ impl Default for Periods {
             retention: Duration::from_secs(3600),
             revocation_watch: Duration::from_secs(1),
             controller: Duration::from_secs(3600),
+            lease: crate::replicas::LEASE_PERIOD,
         }
     }
 }
@@ -199,6 +204,9 @@ pub enum ServiceError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// On PostgreSQL: the other replicas' notices could not be listened for.
+    #[error("listening for the other replicas' notices: {0}")]
+    Notices(#[source] crate::store::postgres::PgError),
     /// The QUIC endpoint could not be bound.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -230,6 +238,8 @@ pub struct Running {
     admin: Option<admin::Listener>,
     metrics: Option<tokio::net::TcpListener>,
     console: Option<crate::console::Console>,
+    /// On PostgreSQL: every replica's notices, from before the sockets were bound.
+    notices: Option<crate::store::postgres::Notices>,
 }
 
 impl std::fmt::Debug for Running {
@@ -241,7 +251,7 @@ impl std::fmt::Debug for Running {
 /// Opens the store and binds the sockets (admin first: a second service on the same directory is refused before
 /// it touches anything). Must run inside a tokio runtime.
 pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rng>) -> Result<Running, ServiceError> {
-    let repo = TufRepo::new(&config.dir, config.hub.repository);
+    let repo = TufRepo::new(&config.hub.store.shared(&config.dir), config.hub.repository);
     if !repo.exists() {
         return Err(ServiceError::NoRepository { dir: config.dir.clone() });
     }
@@ -250,6 +260,10 @@ pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rn
         None => None,
     };
     let store = Arc::new(Store::open_with(&config.dir, clock.clone(), &config.hub.limits)?);
+    let notices = match store.postgres() {
+        Some(pg) => Some(pg.listen().map_err(ServiceError::Notices)?),
+        None => None,
+    };
     let hub = Arc::new(Hub::new(&config.dir, config.hub.clone(), clock.clone(), rng, OnceLock::from(store.clone())));
     let backend = Arc::new(HubBackend::with_store(&config.dir, repo, &config.hub, clock, store));
     let key = config.identity.public_key().to_hex();
@@ -264,11 +278,9 @@ pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rn
         None => None,
     };
     let console = match config.console {
-        Some(c) => {
-            let b = backend.clone();
-            let after: Arc<dyn Fn() + Send + Sync> = Arc::new(move || b.forget_cached());
-            Some(crate::console::Console::bind(c, hub.clone(), config.admin.clone(), after).await?)
-        }
+        Some(c) => Some(
+            crate::console::Console::bind(c, hub.clone(), config.admin.clone(), after_command(&hub, &backend)).await?,
+        ),
         None => None,
     };
     Ok(Running {
@@ -285,6 +297,25 @@ pub async fn start(config: ServiceConfig, clock: Arc<dyn Clock>, rng: Box<dyn Rn
         admin,
         metrics,
         console,
+        notices,
+    })
+}
+
+/// What runs after every admin command (from the socket or the console): the backend drops its caches so the
+/// effect is served at once, and on PostgreSQL every replica is told (with the revocation list's version, so a
+/// package revoked here is pushed to the devices connected to the others).
+fn after_command(hub: &Arc<Hub>, backend: &Arc<HubBackend>) -> Arc<dyn Fn() + Send + Sync> {
+    let (hub, backend) = (hub.clone(), backend.clone());
+    Arc::new(move || {
+        backend.forget_cached();
+        let Some(pg) = hub.store().ok().and_then(|s| s.postgres()) else { return };
+        let notice = match Director::new(&hub.repo()).revocations() {
+            Ok(list) => crate::store::postgres::Notice::Revocations(list.version),
+            Err(_) => crate::store::postgres::Notice::Changed,
+        };
+        if let Err(e) = pg.notify(&notice) {
+            tracing::warn!(error = %e, "telling the other replicas about an admin command");
+        }
     })
 }
 
@@ -342,6 +373,7 @@ impl Running {
             admin,
             metrics,
             console,
+            notices,
         } = self;
         let gate = backend.gate();
         if !gate.required() {
@@ -363,9 +395,7 @@ impl Running {
         if let (Some(listener), Some(handler)) = (admin, handler) {
             let socket = admin::socket_path(&dir);
             tracing::info!(socket = %socket.display(), "admin commands on {}", socket.display());
-            let b = backend.clone();
-            let after: Arc<dyn Fn() + Send + Sync> = Arc::new(move || b.forget_cached());
-            jobs.spawn(listener.run(hub.clone(), handler, admin_limits, after));
+            jobs.spawn(listener.run(hub.clone(), handler, admin_limits, after_command(&hub, &backend)));
         }
         if let Some(listener) = metrics {
             if let Ok(addr) = listener.local_addr() {
@@ -378,17 +408,31 @@ impl Running {
             tracing::info!(url = %url, "console on {url}");
             jobs.spawn(console.run());
         }
-        // Revocations reach connected agents at once: a notice on their open connection whenever the list moves.
+        // Revocations reach connected agents at once: a notice on their open connection whenever the list moves
+        // (on PostgreSQL also when another replica says it moved, and then caches go with what it changed).
         let repo = hub.repo();
         if sim_fault == Some(SimFault::NoRevocationPush) {
             tracing::warn!(
                 "SIMULATION FAULT: revocation notices are not pushed (serve --sim-fault no-revocation-push)"
             );
+        } else if let Some(notices) = notices {
+            let handler = Arc::new(ReplicaNotices { backend: backend.clone(), repo, notifier: server.notifier() });
+            jobs.spawn(replicas::follow_notices(notices, periods.revocation_watch, handler));
         } else {
             jobs.spawn(outpost_net::server::push_revocations(server.notifier(), periods.revocation_watch, move || {
                 Director::new(&repo).revocations().ok().map(|l| l.version)
             }));
         }
+        // One replica re-signs and ticks rollouts: on PostgreSQL the holder of the leader lease, else this hub.
+        let leadership = match hub.store().ok().and_then(|s| s.postgres()) {
+            Some(pg) => {
+                let leadership = Leadership::contending();
+                let lease = Arc::new(pg.lease(LeaseName::Leader));
+                jobs.spawn(replicas::keep_lease(lease, leadership.clone(), periods.lease));
+                leadership
+            }
+            None => Leadership::alone(),
+        };
         jobs.spawn(every(periods.retention, "telemetry retention", {
             let (b, retention) = (backend.clone(), telemetry_retention);
             move || {
@@ -399,14 +443,14 @@ impl Running {
                 Ok(())
             }
         }));
-        jobs.spawn(judge_rollouts(backend.clone(), periods.rollouts));
+        jobs.spawn(judge_rollouts(backend.clone(), periods.rollouts, leadership.clone()));
         jobs.spawn(every(periods.resign, "re-signing online metadata", {
-            let hub = hub.clone();
-            move || resign(&hub)
+            let (hub, leadership) = (hub.clone(), leadership.clone());
+            move || if leadership.leads() { resign(&hub) } else { Ok(()) }
         }));
         jobs.spawn(every(periods.controller, "viability controller", {
             let hub = hub.clone();
-            move || run_controller(&hub)
+            move || if leadership.leads() { run_controller(&hub) } else { Ok(()) }
         }));
         server.run(shutdown).await;
         tracing::info!("shutting down");
@@ -415,9 +459,13 @@ impl Running {
 }
 
 /// Judges every staged rollout, says what happened, and sleeps until the earliest release deadline (at most
-/// `bound`; after an error, `bound`).
-async fn judge_rollouts(backend: Arc<HubBackend>, bound: Duration) {
+/// `bound`; after an error, `bound`). A replica that does not lead only waits.
+async fn judge_rollouts(backend: Arc<HubBackend>, bound: Duration, leadership: Leadership) {
     loop {
+        if !leadership.leads() {
+            tokio::time::sleep(bound).await;
+            continue;
+        }
         let b = backend.clone();
         let judged = tokio::task::spawn_blocking(move || -> Result<Duration, String> {
             for happened in b.tick_rollouts().map_err(|e| e.to_string())? {
@@ -438,6 +486,30 @@ async fn judge_rollouts(backend: Arc<HubBackend>, bound: Duration) {
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// A replica's notice machinery ([`replicas::follow_notices`]): the backend's caches and the devices connected here.
+struct ReplicaNotices {
+    backend: Arc<HubBackend>,
+    repo: TufRepo,
+    notifier: outpost_net::server::Notifier,
+}
+
+impl replicas::NoticeHandler for ReplicaNotices {
+    fn forget(&self, notice: &Notice) {
+        match notice {
+            // The store's change log has the key already; nothing cached here depends on a device's other fields.
+            Notice::Device(_) => {}
+            Notice::DeviceStatus(_) => self.backend.forget_revoked(),
+            Notice::Revocations(_) | Notice::Changed | Notice::Resync => self.backend.forget_cached(),
+        }
+    }
+    fn revocations(&self) -> Option<u64> {
+        Director::new(&self.repo).revocations().ok().map(|l| l.version)
+    }
+    fn push(&self, version: u64) {
+        self.notifier.broadcast(&outpost_shared::wire::Response::Notice { revocations: version });
     }
 }
 

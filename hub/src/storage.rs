@@ -2,8 +2,8 @@
 //! implemented by the redb store (`Registry`, `TelemetryStore`, the audit log file's `SharedAuditLog`) and by
 //! PostgreSQL (`crate::store::postgres::PgStore`).
 //!
-//! Rollout steering and director assignments (`crate::rollouts`, `crate::director`) still take the `Registry`
-//! itself; they move onto these traits with the backend that needs them.
+//! Rollout steering (`crate::rollouts`, and the director's use of it) still takes the `Registry` itself: on
+//! PostgreSQL release records stay in the data directory's index until it moves onto these traits.
 
 use outpost_shared::Digest;
 use outpost_shared::Manifest;
@@ -156,7 +156,7 @@ pub trait AuditStore: Send + Sync {
 }
 
 /// The audit log's entries: one hash chain, whichever replica appends (the admin commands append through it,
-/// `Store::audit_log`; `audit verify` and `audit list` still read the data directory's file).
+/// `Store::audit_log`; on PostgreSQL `audit verify` and `audit show` read it too, `crate::audit::verify_entries`).
 pub trait AuditEntries: Send + Sync {
     /// Appends the entry for `action` by `actor` on `subject` at `at`, linked to the newest entry whoever wrote it;
     /// durable before it returns.

@@ -16,7 +16,7 @@ use outpost_hub::director::Director;
 use outpost_hub::service::{self, Running, ServiceConfig, ServiceError};
 use outpost_net::server::Backend;
 use outpost_shared::testkit::AffineManifest;
-use support::{TestHub, stderr, stdout};
+use support::{ServeProcess, TestHub, stderr, stdout};
 
 // The CLI's own command handlers, so the in-process service runs exactly what `outpost-hub serve` runs.
 #[allow(dead_code, unused_imports)]
@@ -223,57 +223,6 @@ fn a_stale_admin_socket_is_replaced_and_commands_without_a_service_open_the_stor
     let running = start(&runtime, &hub).unwrap();
     assert!(admin::serving(&hub.dir()), "the service took the stale socket over");
     drop(running);
-}
-
-/// A real `outpost-hub serve` process on `hub` (killed and reaped when dropped), its stderr read line by line.
-struct ServeProcess {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl ServeProcess {
-    fn start(hub: &TestHub, extra: &[&str]) -> ServeProcess {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost-hub"))
-            .arg("--data-dir")
-            .arg(hub.dir())
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        ServeProcess { child, lines }
-    }
-
-    /// The first line of the log that `matches`, waiting at most `within`.
-    #[allow(clippy::disallowed_methods)] // deadlines for a real process
-    fn until(&self, what: &str, within: std::time::Duration, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if matches(&line) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no {what} from serve within {within:?}: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The real `outpost-hub serve` logs from its worker threads (here: a garbage admin request) and still answers,

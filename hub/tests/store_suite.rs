@@ -664,14 +664,68 @@ fn migrate_command_creates_the_schema_then_changes_nothing() {
     let out = hub.cli(&["migrate"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing changed"));
-    // The hub itself does not serve from the database yet, and says so rather than use the data directory.
+    // The hub now keeps its devices there: none yet.
+    let out = hub.cli(&["device", "list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A hub whose hub.toml sets `[store] postgres` on a freshly migrated database.
+fn hub_on_postgres() -> (TestHub, String) {
+    let (db, url) = support::postgres::database();
+    postgres::migrate(&url, &PgLimits::default()).unwrap();
+    let hub = TestHub::new();
+    let config = hub.dir().join("hub.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("# postgres = \"\"", &format!("postgres = \"{url}\""))).unwrap();
+    (hub, db)
+}
+
+#[test]
+fn hub_on_postgres_keeps_its_devices_and_audit_log_in_the_database_and_verifies_them_there() {
+    let (hub, db) = hub_on_postgres();
+    let cluster = support::postgres::cluster();
+    let ok = |args: &[&str]| {
+        let out = hub.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for n in [1, 2] {
+        ok(&["device", "approve", &key(n), "--channel", "stable"]);
+        ok(&["device", "revoke", &key(n)]);
+    }
+    assert_eq!(cluster.sql(&db, "SELECT count(*) FROM devices").trim(), "2");
+    assert!(!default_path(&hub.dir()).exists(), "nothing is appended to the data directory's log");
+    let entries = cluster.sql(&db, "SELECT count(*) FROM audit_log");
+    assert_eq!(entries.trim(), "2", "each revocation audited in the database");
+    let verified = ok(&["audit", "verify"]);
+    assert!(verified.contains("audit_log (PostgreSQL)") && verified.contains("chain intact"), "{verified}");
+    assert!(verified.contains("2 entries"), "{verified}");
+    let shown = ok(&["audit", "show"]);
+    assert!(shown.contains(&key(1)) && shown.contains(&key(2)) && shown.contains("revoke"), "{shown}");
+    // The newest entry removed from the table: the anchor no longer reaches, and verify says so.
+    cluster.sql(&db, "DELETE FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log)");
+    let out = hub.cli(&["audit", "verify"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit_log (PostgreSQL)"), "{err}");
+}
+
+#[test]
+fn hub_on_postgres_at_an_older_schema_is_refused_until_migrate_runs() {
+    let (_, url) = support::postgres::database();
+    let hub = TestHub::new();
+    let config = hub.dir().join("hub.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("# postgres = \"\"", &format!("postgres = \"{url}\""))).unwrap();
     let out = hub.cli(&["device", "list"]);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("`[store] postgres` is set"),
+        String::from_utf8_lossy(&out.stderr).contains("outpost-hub migrate"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(hub.cli(&["migrate"]).status.success());
+    assert!(hub.cli(&["device", "list"]).status.success());
 }
 
 #[test]

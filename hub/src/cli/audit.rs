@@ -9,6 +9,9 @@ use outpost_hub::service::Hub;
 use super::Out;
 use outpost_shared::clock::format_rfc3339;
 
+/// How `audit verify` names the log on PostgreSQL (`[store] postgres`): its table.
+const POSTGRES_LOG: &str = "audit_log (PostgreSQL)";
+
 #[derive(Subcommand, Debug, Serialize, Deserialize)]
 pub enum AuditCmd {
     /// Check the chain of the audit log: an edited, removed or reordered entry is named, and the exit status
@@ -22,11 +25,24 @@ pub enum AuditCmd {
 pub fn run(cmd: AuditCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
     match cmd {
         AuditCmd::Verify => {
-            let path = outpost_hub::audit::default_path(hub.dir());
-            let anchor = hub.store()?.audit().audit_anchor()?;
-            let v = outpost_hub::audit::verify(&path, anchor.as_ref())?;
+            let store = hub.store()?;
+            let anchor = store.audit().audit_anchor()?;
+            let (place, v) = match store.postgres() {
+                Some(_) => {
+                    let place = std::path::Path::new(POSTGRES_LOG);
+                    (
+                        place.to_owned(),
+                        outpost_hub::audit::verify_entries(&*store.audit_log()?, anchor.as_ref(), place)?,
+                    )
+                }
+                None => {
+                    let path = outpost_hub::audit::default_path(hub.dir());
+                    let v = outpost_hub::audit::verify(&path, anchor.as_ref())?;
+                    (path, v)
+                }
+            };
             let head = v.head.map_or("-".to_owned(), |a| format!("#{} {}", a.seq, a.hash.short()));
-            writeln!(o.out, "audit log {}: {} entries, chain intact, head {head}", path.display(), v.entries)?;
+            writeln!(o.out, "audit log {}: {} entries, chain intact, head {head}", place.display(), v.entries)?;
             if v.incomplete_tail {
                 writeln!(
                     o.err,
@@ -35,7 +51,11 @@ pub fn run(cmd: AuditCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             }
         }
         AuditCmd::Show => {
-            let (entries, _) = outpost_hub::audit::read(&outpost_hub::audit::default_path(hub.dir()))?;
+            let store = hub.store()?;
+            let entries = match store.postgres() {
+                Some(_) => store.audit_log()?.audit_entries(0)?,
+                None => outpost_hub::audit::read(&outpost_hub::audit::default_path(hub.dir()))?.0,
+            };
             for e in entries {
                 writeln!(
                     o.out,

@@ -1,7 +1,7 @@
 //! `outpost-hub package …` and `reconstruct`: add, list, show and verify content-addressed packages, and rebuild
 //! one from its stored blobs.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +56,11 @@ pub fn run(cmd: PackageCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             let manifest = manifest.unwrap_or_else(|| model.with_extension("toml"));
             let reg = registry(hub)?;
             let out = reg.add(&model, &manifest)?;
+            if let Some(pg) = hub.store()?.postgres() {
+                // The blobs are on the shared storage now: the database's index may name them.
+                let record = reg.record(&out.digest)?.with_context(|| format!("package {} vanished", out.digest))?;
+                pg.package_put(&record, &reg.manifest(&out.digest)?.0)?;
+            }
             if let Some(smoke) = &out.smoke {
                 let diffs: Vec<String> = smoke.outputs.iter().map(|(n, d)| format!("{n} max |diff| {d:.1e}")).collect();
                 writeln!(

@@ -454,7 +454,9 @@ impl Registry {
             tx.open_table(TOKENS).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
-        Ok(Registry { dir: dir.to_owned(), config, db, blobs: BlobStore::new(dir.join("blobs")), clock })
+        // Blobs live where the replicas share them (`[store] shared_dir`; the data directory by default).
+        let blobs = BlobStore::new(config.store.shared(dir).join("blobs"));
+        Ok(Registry { dir: dir.to_owned(), config, db, blobs, clock })
     }
 
     /// The data directory.

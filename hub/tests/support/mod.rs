@@ -216,3 +216,59 @@ pub fn production(hub: &TestHub) -> Production {
 pub fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
     outpost_shared::canonical::to_vec(v).unwrap()
 }
+
+/// A real `outpost-hub serve` process on `hub` (killed and reaped when dropped), its stderr read line by line.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    pub fn start(hub: &TestHub, extra: &[&str]) -> ServeProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost-hub"))
+            .arg("--data-dir")
+            .arg(hub.dir())
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        ServeProcess { child, lines }
+    }
+
+    /// The next line of the log, if one comes within `within`.
+    pub fn lines_within(&self, within: std::time::Duration) -> Result<String, std::sync::mpsc::RecvTimeoutError> {
+        self.lines.recv_timeout(within)
+    }
+
+    /// The first line of the log that `matches`, waiting at most `within`.
+    #[allow(clippy::disallowed_methods)] // deadlines for a real process
+    pub fn until(&self, what: &str, within: std::time::Duration, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if matches(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no {what} from serve within {within:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -8,6 +8,7 @@ use outpost_shared::Digest;
 use outpost_shared::rng::Rng;
 use outpost_shared::update::StateReport;
 
+use super::notices::{Notice, send};
 use super::{PgStore, big, keyed, query, record};
 use crate::RegistryError;
 use crate::registry::devices as edit;
@@ -23,7 +24,8 @@ const DEVICE_PUT: &str =
     "INSERT INTO devices (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record";
 
 impl PgStore {
-    /// Writes what `f` makes of the device's record (`None`: unknown), under the row's lock, and notes the change.
+    /// Writes what `f` makes of the device's record (`None`: unknown), under the row's lock, and notes the change
+    /// (in this store's change log, and to every replica: [`Notice::DeviceStatus`] when its status moved).
     fn edit(
         &self,
         key: &str,
@@ -33,8 +35,13 @@ impl PgStore {
         let written = self.run("writing a device", move |pool| async move {
             let mut c = pool.get().await?;
             let tx = c.transaction().await.map_err(query("starting a transaction"))?;
-            let record = f(record(&tx, "locking a device", &k, DEVICE_LOCKED, &[&k]).await?)?;
+            let found: Option<DeviceRecord> = record(&tx, "locking a device", &k, DEVICE_LOCKED, &[&k]).await?;
+            let before = found.as_ref().map(|d| d.status);
+            let record = f(found)?;
             tx.execute(DEVICE_PUT, &[&k, &encode(&record)?]).await.map_err(query("writing a device"))?;
+            let notice =
+                if before == Some(record.status) { Notice::Device(k.clone()) } else { Notice::DeviceStatus(k.clone()) };
+            send(&tx, &notice).await?;
             tx.commit().await.map_err(query("committing a device"))?;
             Ok(record)
         })?;
@@ -214,6 +221,7 @@ impl DeviceStore for PgStore {
                 let d = record(&*c, "reading a device", &k, DEVICE, &[&k]).await?;
                 return Ok(d.map_or(Err(EnrolError::Revoked), edit::known));
             }
+            send(&tx, &Notice::DeviceStatus(k.clone())).await?;
             tx.commit().await.map_err(query("committing an enrolment"))?;
             Ok(Ok(enrolled))
         })?;

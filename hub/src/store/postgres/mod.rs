@@ -16,7 +16,9 @@
 mod audit;
 mod capabilities;
 mod devices;
+pub mod lease;
 pub mod migrate;
+pub mod notices;
 mod packages;
 mod records;
 mod telemetry;
@@ -34,7 +36,9 @@ use tokio_postgres::{Client, NoTls};
 use crate::store::changes::ChangeLog;
 use crate::store::decoded::Decoded;
 
+pub use lease::{Lease, LeaseName};
 pub use migrate::{MIGRATIONS, Migrated, SCHEMA_VERSION, migrate};
+pub use notices::{Notice, Notices};
 pub use packages::PackagePut;
 
 /// Why the PostgreSQL store failed.
@@ -281,10 +285,12 @@ pub(crate) fn query(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> P
 /// records, devices and enrolment tokens, releases, the audit log and its anchor, telemetry (the
 /// [`crate::storage`] traits it implements).
 pub struct PgStore {
-    worker: Worker,
+    worker: Arc<Worker>,
     pool: Arc<Pool>,
     clock: Arc<dyn Clock>,
-    device_changes: ChangeLog,
+    device_changes: Arc<ChangeLog>,
+    /// The sender of received notices, once [`PgStore::listen`] started the listening connection.
+    notices: std::sync::OnceLock<tokio::sync::broadcast::Sender<notices::Notice>>,
     releases_decoded: Decoded,
     max_streams_per_device: u32,
     /// Where `suite add` puts a suite's files, and the largest file it takes (`[limits] max_model_bytes`).
@@ -317,10 +323,11 @@ impl PgStore {
             return Err(PgError::OlderSchema { found, known: SCHEMA_VERSION });
         }
         Ok(PgStore {
-            worker,
+            worker: Arc::new(worker),
             pool,
             clock,
-            device_changes: ChangeLog::new(crate::store::files::DEVICE_CHANGES_KEPT),
+            device_changes: Arc::new(ChangeLog::new(crate::store::files::DEVICE_CHANGES_KEPT)),
+            notices: std::sync::OnceLock::new(),
             releases_decoded: Decoded::new(crate::store::decoded::DECODED_BYTES_KEPT),
             max_streams_per_device: crate::telemetry::DEFAULT_MAX_STREAMS_PER_DEVICE,
             suite_blobs: None,

@@ -1,0 +1,402 @@
+//! Hub replicas on one PostgreSQL database (a real server the test support starts): the leader lease held by one
+//! replica at a time and passed on when its holder dies, and notices raised on one replica reaching the others.
+
+// Deadlines for a real database server and real processes: wall time, not an injected clock.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outpost_hub::replicas::{self, Leadership, NoticeHandler};
+use outpost_hub::storage::DeviceStore;
+use outpost_hub::store::changes::Since;
+use outpost_hub::store::postgres::lease::LEASE_CLASS;
+use outpost_hub::store::postgres::{self, LeaseName, Notice, PgLimits, PgStore};
+use outpost_shared::clock::ManualClock;
+
+const START: u64 = 1_795_881_600;
+/// How long a lease or a notice may take to move between replicas before a test gives up.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// A migrated database and a store on it for each of `n` replicas.
+fn replicas(n: usize) -> (String, Vec<PgStore>) {
+    let (db, url) = support::postgres::database();
+    postgres::migrate(&url, &PgLimits::default()).unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let stores = (0..n).map(|_| PgStore::open(&url, clock.clone(), &PgLimits::default()).unwrap()).collect();
+    (db, stores)
+}
+
+/// The backend process id holding the leader lease on database `db`, if any (advisory locks are per database;
+/// the other tests' databases have leases of their own).
+fn lease_holder(db: &str) -> Option<i64> {
+    let pid = support::postgres::cluster().sql(
+        db,
+        &format!(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {LEASE_CLASS} \
+             AND objid = {} AND objsubid = 2 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            LeaseName::Leader.key()
+        ),
+    );
+    pid.trim().parse().ok()
+}
+
+/// Polls `f` until it holds, for at most [`BOUND`]; returns how long it took.
+fn within_bound(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < BOUND, "{what}: not within {BOUND:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn two_contenders_for_the_lease_exactly_one_holds_it() {
+    let (db, stores) = replicas(2);
+    let (a, b) = (stores[0].lease(LeaseName::Leader), stores[1].lease(LeaseName::Leader));
+    assert!(a.try_acquire().unwrap());
+    assert!(!b.try_acquire().unwrap(), "a second replica must not take a held lease");
+    assert!(a.is_held() && !b.is_held());
+    // Asking again changes nothing: the holder keeps it, the other is still refused.
+    assert!(a.try_acquire().unwrap() && !b.try_acquire().unwrap());
+    assert!(lease_holder(&db).is_some());
+    // Released, it passes on.
+    a.release();
+    assert!(!a.is_held());
+    within_bound("the released lease taken by the other replica", || b.try_acquire().unwrap());
+    assert!(!a.try_acquire().unwrap());
+}
+
+#[test]
+fn lease_of_a_terminated_backend_passes_to_the_other_replica_and_the_holder_knows_it_lost_it() {
+    let (db, stores) = replicas(2);
+    let (a, b) = (stores[0].lease(LeaseName::Leader), stores[1].lease(LeaseName::Leader));
+    assert!(a.try_acquire().unwrap());
+    let pid = lease_holder(&db).expect("the holder's backend");
+    support::postgres::cluster().sql(&db, &format!("SELECT pg_terminate_backend({pid})"));
+    within_bound("the other replica taking the lease", || b.try_acquire().unwrap());
+    assert!(!a.is_held(), "a replica whose session was terminated must not believe it still leads");
+    assert!(!a.try_acquire().unwrap(), "nor take it back while the other holds it");
+    assert_ne!(lease_holder(&db), Some(pid));
+}
+
+#[test]
+fn lease_of_a_replica_process_killed_passes_to_another() {
+    let (db, stores) = replicas(1);
+    let cluster = support::postgres::cluster();
+    // Another replica's process: a psql session holding the lease, idle (as a replica's lease session is) until
+    // it is killed.
+    let mut holder = Command::new(psql())
+        .arg("-h")
+        .arg(&cluster.dir)
+        .args(["-p", "5432", "-U", support::postgres::SUPERUSER, "-d", &db, "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = holder.stdin.take().unwrap();
+    writeln!(input, "SELECT pg_advisory_lock({LEASE_CLASS}, {});", LeaseName::Leader.key()).unwrap();
+    input.flush().unwrap();
+    within_bound("the other process taking the lease", || lease_holder(&db).is_some());
+    let lease = stores[0].lease(LeaseName::Leader);
+    assert!(!lease.try_acquire().unwrap(), "held by the other process");
+    holder.kill().unwrap(); // SIGKILL: no chance to release anything
+    holder.wait().unwrap();
+    drop(input); // only now: closing it earlier would let psql end its session cleanly
+    let took = within_bound("taking the lease of the killed process", || lease.try_acquire().unwrap());
+    assert!(lease.is_held());
+    assert!(took < BOUND);
+}
+
+/// psql, from the binaries the test cluster runs on.
+fn psql() -> std::path::PathBuf {
+    let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin/psql"))))
+        .filter(|(_, p)| p.exists())
+        .collect();
+    versions.sort();
+    std::env::var_os("OUTPOST_PG_BIN")
+        .map(|d| std::path::PathBuf::from(d).join("psql"))
+        .unwrap_or_else(|| versions.pop().expect("psql").1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_lease_makes_exactly_one_replica_lead_and_the_other_take_over_when_it_goes() {
+    let (db, stores) = replicas(2);
+    let stores: Vec<Arc<PgStore>> = stores.into_iter().map(Arc::new).collect();
+    let leads: Vec<Leadership> = (0..2).map(|_| Leadership::contending()).collect();
+    let tasks: Vec<_> = (0..2)
+        .map(|i| {
+            let lease = Arc::new(stores[i].lease(LeaseName::Leader));
+            tokio::spawn(replicas::keep_lease(lease, leads[i].clone(), Duration::from_millis(100)))
+        })
+        .collect();
+    let start = Instant::now();
+    while leads.iter().filter(|l| l.leads()).count() != 1 {
+        assert!(start.elapsed() < BOUND, "nobody leads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // For a while, still exactly one.
+    for _ in 0..10 {
+        assert_eq!(leads.iter().filter(|l| l.leads()).count(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = leads.iter().position(Leadership::leads).unwrap();
+    let pid = lease_holder(&db).unwrap();
+    support::postgres::cluster().sql(&db, &format!("SELECT pg_terminate_backend({pid})"));
+    let start = Instant::now();
+    while !leads[1 - leader].leads() || leads[leader].leads() {
+        assert!(start.elapsed() < BOUND, "the other replica did not take over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+fn key(n: u8) -> String {
+    hex::encode([n; 32])
+}
+
+#[test]
+fn device_revoked_on_one_replica_is_a_notice_and_a_change_on_the_other() {
+    let (_, stores) = replicas(2);
+    let (a, b) = (&stores[0], &stores[1]);
+    let seq = b.device_change_head();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut notices = b.listen().unwrap();
+    a.device_approve(&key(1), "stable").unwrap();
+    a.device_reported(&key(1), &report()).unwrap();
+    a.device_revoke(&key(1)).unwrap();
+    let got: Vec<Notice> = rt.block_on(async {
+        let mut got = vec![];
+        while got.len() < 3 {
+            let n = tokio::time::timeout(BOUND, notices.next()).await.expect("a notice in time").unwrap();
+            got.push(n);
+        }
+        got
+    });
+    assert_eq!(
+        got,
+        vec![Notice::DeviceStatus(key(1)), Notice::Device(key(1)), Notice::DeviceStatus(key(1))],
+        "approve and revoke move the status, a report does not"
+    );
+    match b.devices_changed_since(seq) {
+        Since::Keys { keys, .. } => assert_eq!(keys.into_iter().collect::<Vec<_>>(), vec![key(1)]),
+        other => panic!("the other replica's change log: {other:?}"),
+    }
+}
+
+fn report() -> outpost_shared::update::StateReport {
+    outpost_shared::update::StateReport {
+        active: None,
+        last_good: None,
+        rolled_back: Vec::new(),
+        phase: "idle".into(),
+        message: String::new(),
+        refusals: Vec::new(),
+        policy: None,
+        site: None,
+        shadow: None,
+    }
+}
+
+#[test]
+fn notice_sent_outside_a_transaction_reaches_every_replica_once() {
+    let (_, stores) = replicas(3);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut listening: Vec<_> = stores.iter().map(|s| s.listen().unwrap()).collect();
+    stores[0].notify(&Notice::Revocations(7)).unwrap();
+    stores[2].notify(&Notice::Changed).unwrap();
+    for n in &mut listening {
+        let got = rt.block_on(async {
+            let first = tokio::time::timeout(BOUND, n.next()).await.unwrap().unwrap();
+            let second = tokio::time::timeout(BOUND, n.next()).await.unwrap().unwrap();
+            let more = tokio::time::timeout(Duration::from_millis(200), n.next()).await;
+            assert!(more.is_err(), "one notice each: {more:?}");
+            vec![first, second]
+        });
+        assert_eq!(got, vec![Notice::Revocations(7), Notice::Changed]);
+    }
+}
+
+#[test]
+fn a_device_write_rolled_back_sends_no_notice() {
+    let (_, stores) = replicas(2);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut notices = stores[1].listen().unwrap();
+    // An unknown device: the edit fails inside its transaction.
+    assert!(stores[0].device_revoke(&key(9)).is_err());
+    stores[0].notify(&Notice::Changed).unwrap();
+    let first = rt.block_on(async { tokio::time::timeout(BOUND, notices.next()).await.unwrap().unwrap() });
+    assert_eq!(first, Notice::Changed, "the failed write's notice must not be delivered");
+}
+
+#[test]
+fn notices_listener_that_lost_its_connection_listens_again_and_says_resync() {
+    let (db, stores) = replicas(2);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut notices = stores[1].listen().unwrap();
+    let cluster = support::postgres::cluster();
+    cluster.sql(
+        &db,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' \
+             AND query LIKE 'LISTEN%'"
+        ),
+    );
+    let got = rt.block_on(async { tokio::time::timeout(BOUND, notices.next()).await.unwrap().unwrap() });
+    assert_eq!(got, Notice::Resync);
+    stores[0].notify(&Notice::Revocations(3)).unwrap();
+    let got = rt.block_on(async { tokio::time::timeout(BOUND, notices.next()).await.unwrap().unwrap() });
+    assert_eq!(got, Notice::Revocations(3));
+}
+
+/// A replica's notice machinery, recording what it does.
+#[derive(Default)]
+struct Recorder {
+    revocations: AtomicU64,
+    forgot: Mutex<Vec<Notice>>,
+    pushed: Mutex<Vec<u64>>,
+}
+
+impl NoticeHandler for Recorder {
+    fn forget(&self, notice: &Notice) {
+        self.forgot.lock().unwrap().push(notice.clone());
+    }
+    fn revocations(&self) -> Option<u64> {
+        Some(self.revocations.load(Ordering::SeqCst))
+    }
+    fn push(&self, version: u64) {
+        self.pushed.lock().unwrap().push(version);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_revoked_on_replica_a_is_pushed_at_once_by_replica_b() {
+    let (_, stores) = replicas(2);
+    let b = Arc::new(Recorder::default());
+    let notices = stores[1].listen().unwrap();
+    // A period far longer than the test: only the notice can make B push in time.
+    let follow = tokio::spawn(replicas::follow_notices(notices, Duration::from_secs(3600), b.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await; // B has read the list's version once (0)
+    let start = Instant::now();
+    let a = &stores[0];
+    tokio::task::block_in_place(|| a.notify(&Notice::Revocations(1)).unwrap());
+    while b.pushed.lock().unwrap().is_empty() {
+        assert!(start.elapsed() < BOUND, "replica B never pushed the notice");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*b.pushed.lock().unwrap(), vec![1]);
+    // A device revoked on A makes B forget its cached view of that device; no push (the list did not move).
+    tokio::task::block_in_place(|| a.device_approve(&key(2), "stable").unwrap());
+    let start = Instant::now();
+    while !b.forgot.lock().unwrap().contains(&Notice::DeviceStatus(key(2))) {
+        assert!(start.elapsed() < BOUND, "replica B never heard of the device");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same version again, or an older one, is not pushed twice.
+    tokio::task::block_in_place(|| a.notify(&Notice::Revocations(1)).unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*b.pushed.lock().unwrap(), vec![1]);
+    follow.abort();
+}
+
+/// Two `outpost-hub serve` processes on one database and one shared directory, each with a data directory of its
+/// own, set up from replica A's CLI before they start.
+struct TwoReplicas {
+    hubs: [support::TestHub; 2],
+    _shared: tempfile::TempDir,
+}
+
+impl TwoReplicas {
+    fn new() -> TwoReplicas {
+        let (_, url) = support::postgres::database();
+        postgres::migrate(&url, &PgLimits::default()).unwrap();
+        let shared = tempfile::tempdir().unwrap();
+        let hubs = [support::TestHub::new(), support::TestHub::new()];
+        for hub in &hubs {
+            let config = hub.dir().join("hub.toml");
+            let text = std::fs::read_to_string(&config).unwrap();
+            let text = text
+                .replace("# postgres = \"\"", &format!("postgres = \"{url}\""))
+                .replace("# shared_dir = \"\"", &format!("shared_dir = \"{}\"", shared.path().display()));
+            std::fs::write(&config, text).unwrap();
+        }
+        let a = &hubs[0];
+        let offline = a.tmp.path().join("offline");
+        a.ok(&["keys", "generate", "--offline-dir", offline.to_str().unwrap()]);
+        let (model, manifest) =
+            a.write_affine(&outpost_shared::testkit::AffineManifest::new("affine", "1.0.0", 2.0, 1.0));
+        a.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+        assert!(shared.path().join("repository/metadata/1.root.json").exists(), "TUF lives in the shared directory");
+        TwoReplicas { hubs, _shared: shared }
+    }
+
+    /// Starts replica `i`; returns it and the address and key it serves on.
+    fn serve(&self, i: usize) -> (support::ServeProcess, std::net::SocketAddr, outpost_attestation::PublicKey) {
+        let serve = support::ServeProcess::start(&self.hubs[i], &["--log-format", "json"]);
+        let line = serve.until("`serving on`", BOUND * 3, |l| json(l)["addr"].is_string());
+        let addr = json(&line)["addr"].as_str().unwrap().parse().unwrap();
+        let key = json(&line)["hub_key"].as_str().unwrap().parse().unwrap();
+        (serve, addr, key)
+    }
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or(serde_json::Value::Null)
+}
+
+fn says(line: &str, text: &str) -> bool {
+    json(line)["message"].as_str().is_some_and(|m| m.contains(text))
+}
+
+#[test]
+fn two_serving_replicas_one_leads_and_when_it_is_killed_the_other_takes_over() {
+    let r = TwoReplicas::new();
+    let (mut a, _, _) = r.serve(0);
+    a.until("replica A leading", BOUND, |l| says(l, "holds the leader lease"));
+    let (b, _, _) = r.serve(1);
+    // B contends every lease period and must not lead while A lives.
+    let waited = std::time::Duration::from_secs(5);
+    let start = Instant::now();
+    while start.elapsed() < waited {
+        if let Ok(line) = b.lines_within(Duration::from_millis(200)) {
+            assert!(!says(&line, "holds the leader lease"), "two leaders: {line}");
+        }
+    }
+    a.child.kill().unwrap(); // SIGKILL: nothing released on purpose
+    a.child.wait().unwrap();
+    b.until("replica B taking over", BOUND, |l| says(l, "holds the leader lease"));
+}
+
+#[test]
+fn package_revoked_through_replica_a_is_pushed_to_a_device_connected_to_replica_b() {
+    let r = TwoReplicas::new();
+    let device = outpost_attestation::identity::Identity::from_seed([7; 32]);
+    r.hubs[0].ok(&["device", "approve", &device.public_key().to_hex(), "--channel", "stable"]);
+    let (_a, _, _) = r.serve(0);
+    let (_b, addr, hub_key) = r.serve(1);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = outpost_net::client::ClientConfig::new(addr, hub_key);
+    let client = runtime.block_on(outpost_net::client::HubClient::connect(&device, &config)).unwrap();
+    let _ = runtime.block_on(client.assignment()); // connected and admitted
+    let mut notices = client.notices();
+    std::thread::sleep(Duration::from_millis(500)); // B has read the list's version once
+    // Through replica A's admin socket (A is serving): B learns of it from A's notice.
+    r.hubs[0].ok(&["release", "revoke", "affine@1.0.0", "--reason", "field regression"]);
+    runtime
+        .block_on(async { tokio::time::timeout(BOUND, notices.changed()).await })
+        .expect("replica B pushes the notice to its device")
+        .unwrap();
+    assert_eq!(*notices.borrow(), 1, "revocation list v1");
+}
