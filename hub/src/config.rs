@@ -55,8 +55,8 @@ max_relayed_challenges_per_site_node = 1024
 # The PostgreSQL database several hub replicas share (`postgres://user@host:5432/outpost`, or `host=… dbname=…`);
 # `outpost-hub migrate` creates or upgrades its schema first. Unset: the embedded store in the data directory.
 # postgres = ""
-# The directory the replicas share for the TUF repository, its online keys and the package blobs (a path every
-# replica mounts; relative to the data directory). Unset: the data directory itself.
+# The directory the replicas share for the TUF repository, its online keys, the hub's identity and the package
+# blobs (a path every replica mounts; relative to the data directory). Unset: the data directory itself.
 # shared_dir = ""
 "#;
 

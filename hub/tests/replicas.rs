@@ -384,8 +384,9 @@ fn package_revoked_through_replica_a_is_pushed_to_a_device_connected_to_replica_
     let r = TwoReplicas::new();
     let device = outpost_attestation::identity::Identity::from_seed([7; 32]);
     r.hubs[0].ok(&["device", "approve", &device.public_key().to_hex(), "--channel", "stable"]);
-    let (_a, _, _) = r.serve(0);
+    let (_a, _, a_key) = r.serve(0);
     let (_b, addr, hub_key) = r.serve(1);
+    assert_eq!(a_key, hub_key, "the replicas present one identity, from the shared directory");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let config = outpost_net::client::ClientConfig::new(addr, hub_key);
     let client = runtime.block_on(outpost_net::client::HubClient::connect(&device, &config)).unwrap();

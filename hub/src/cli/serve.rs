@@ -55,16 +55,17 @@ pub fn config(dir: &Path) -> Result<HubConfig> {
     })
 }
 
-/// The hub's QUIC identity in `<data-dir>/keys/hub.identity`, created on first use (then `created` is told its
-/// path).
+/// The hub's QUIC identity in `keys/hub.identity` of the directory the replicas share (`[store] shared_dir`; the
+/// data directory by default), so every replica presents the one key agents pin; created on first use (then
+/// `created` is told its path).
 pub fn identity(dir: &Path, created: impl FnOnce(&Path) -> Result<()>) -> Result<Identity> {
-    config(dir)?; // an initialised hub
-    let path = dir.join("keys").join("hub.identity");
+    let keys = config(dir)?.store.shared(dir).join("keys");
+    let path = keys.join("hub.identity");
     if !path.exists() {
         let mut seed = [0u8; 32];
         outpost_shared::rng::Rng::fill(&mut SystemRng, &mut seed);
         let id = Identity::from_seed(seed);
-        std::fs::create_dir_all(dir.join("keys"))?;
+        std::fs::create_dir_all(&keys)?;
         id.save(&path)?;
         created(&path)?;
     }
