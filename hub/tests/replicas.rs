@@ -315,7 +315,7 @@ async fn package_revoked_on_replica_a_is_pushed_at_once_by_replica_b() {
 /// own, set up from replica A's CLI before they start.
 struct TwoReplicas {
     hubs: [support::TestHub; 2],
-    _shared: tempfile::TempDir,
+    shared: tempfile::TempDir,
 }
 
 impl TwoReplicas {
@@ -339,7 +339,7 @@ impl TwoReplicas {
             a.write_affine(&outpost_shared::testkit::AffineManifest::new("affine", "1.0.0", 2.0, 1.0));
         a.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
         assert!(shared.path().join("repository/metadata/1.root.json").exists(), "TUF lives in the shared directory");
-        TwoReplicas { hubs, _shared: shared }
+        TwoReplicas { hubs, shared }
     }
 
     /// Starts replica `i`; returns it and the address and key it serves on.
@@ -400,4 +400,19 @@ fn package_revoked_through_replica_a_is_pushed_to_a_device_connected_to_replica_
         .expect("replica B pushes the notice to its device")
         .unwrap();
     assert_eq!(*notices.borrow(), 1, "revocation list v1");
+}
+
+#[test]
+fn package_added_through_one_replica_is_published_and_revoked_through_the_other() {
+    let r = TwoReplicas::new();
+    let key = r.hubs[0].tmp.path().join("offline/targets-1.key");
+    let b = &r.hubs[1];
+    b.ok(&["release", "publish", "affine@1.0.0", "--channel", "stable", "--key", key.to_str().unwrap()]);
+    let repo = outpost_hub::tuf::TufRepo::new(r.shared.path(), Default::default());
+    let published = outpost_hub::director::Director::new(&repo).published().unwrap();
+    assert!(
+        published.iter().any(|p| p.channels.contains(&"stable".to_owned())),
+        "published into the shared repository: {published:?}"
+    );
+    b.ok(&["release", "revoke", "affine@1.0.0", "--reason", "field regression"]);
 }

@@ -116,10 +116,11 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
     let now = hub.clock().wall();
     match cmd {
         ReleaseCmd::Publish { package, channel, key } => {
-            let reg = registry(hub)?;
-            let d = reg.resolve(&package)?;
-            let record = reg.record(&d)?.with_context(|| format!("package {d} vanished"))?;
-            let (_, manifest) = reg.manifest(&d)?;
+            // The package index the store serves from (on PostgreSQL the database's: added through any replica).
+            let (reg, packages) = (registry(hub)?, hub.store()?.packages());
+            let d = packages.resolve(&package)?;
+            let record = packages.record(&d)?.with_context(|| format!("package {d} vanished"))?;
+            let (_, manifest) = packages.manifest(&d)?;
             // A router's capabilities must be served, its niches and fallbacks covered.
             let director = Director::new(&r);
             let (published, revoked) = (director.published()?, director.revocations()?);
@@ -139,7 +140,7 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             )?;
         }
         ReleaseCmd::Sign { package, key } => {
-            let d = registry(hub)?.resolve(&package)?;
+            let d = hub.store()?.packages().resolve(&package)?;
             let k = Key::load(&key)?;
             report(r.sign_pending(&d, &k, &key, now)?, o)?;
             audit(hub, &key_id(&k.public_bytes()), Action::Sign, &d.to_hex(), "second signature")?;
@@ -147,9 +148,9 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         ReleaseCmd::Start { package, plan, channel } => {
             let text = std::fs::read_to_string(&plan).with_context(|| format!("reading {}", plan.display()))?;
             let plan = outpost_shared::rollout::Plan::from_toml(&text, &plan)?;
-            let reg = registry(hub)?;
-            let d = reg.resolve(&package)?;
-            let (_, manifest) = reg.manifest(&d)?;
+            let (reg, packages) = (registry(hub)?, hub.store()?.packages());
+            let d = packages.resolve(&package)?;
+            let (_, manifest) = packages.manifest(&d)?;
             let director = Director::new(&r);
             let revoked = director.revocations()?;
             let published = director.published()?;
@@ -237,7 +238,7 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             release_command(hub, o, &id, &key_id, Action::Approve, cmd, now)?;
         }
         ReleaseCmd::Revoke { package, reason, key } => {
-            let d = registry(hub)?.resolve(&package)?;
+            let d = hub.store()?.packages().resolve(&package)?;
             let list = Director::new(&r).revoke(d, &reason, now)?;
             audit(hub, "operator", Action::Revoke, &d.to_hex(), &reason)?;
             writeln!(
