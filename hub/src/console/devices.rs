@@ -201,7 +201,7 @@ pub fn page(st: &State, s: &Session, key: &str) -> Result<Markup, PageError> {
     let key = key.trim().to_ascii_lowercase();
     let d =
         store.devices().device(&key).map_err(hub_err)?.ok_or_else(|| PageError::NotFound(format!("device {key}")))?;
-    let reg = store.registry();
+    let reg = store.packages();
     let label = |d: &Digest| -> String {
         reg.record(d)
             .ok()

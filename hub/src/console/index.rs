@@ -172,7 +172,7 @@ impl Index {
 
 /// A package's label: `name@version`, or its short digest when not registered.
 fn label(hub: &Hub) -> impl Fn(&Digest) -> String + '_ {
-    move |d: &Digest| match hub.store().ok().and_then(|s| s.registry().record(d).ok().flatten()) {
+    move |d: &Digest| match hub.store().ok().and_then(|s| s.packages().record(d).ok().flatten()) {
         Some(r) => format!("{}@{}", r.name, r.version),
         None => short(&d.to_hex()).to_owned(),
     }
