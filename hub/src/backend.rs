@@ -65,6 +65,9 @@ struct CachedAssignment {
     targets: Vec<String>,
     bytes: Vec<u8>,
     expires: u64,
+    /// The version it carries: served only while no newer one was signed for the device (by another replica on
+    /// the same database), so a device moving between replicas never sees its version go back.
+    version: u64,
 }
 
 impl std::fmt::Debug for HubBackend {
@@ -294,6 +297,13 @@ impl HubBackend {
     }
 }
 
+/// The version a sealed assignment carries (its envelope's body; the signature is the device's to check).
+fn signed_version(sealed: &[u8]) -> Result<u64, BackendError> {
+    let envelope: outpost_shared::director::Envelope = canonical::from_slice(sealed)?;
+    let assignment: outpost_shared::director::Assignment = canonical::from_slice(&envelope.body)?;
+    Ok(assignment.version)
+}
+
 /// A repository-relative path that stays inside its directory: no `..`, no root, no empty parts.
 fn safe_relative(path: &str) -> Option<PathBuf> {
     let p = Path::new(path);
@@ -347,6 +357,8 @@ impl HubBackend {
         let director = Director::new(&self.repo);
         let now = self.clock.wall();
         let revoked = director.revocations()?;
+        // The newest assignment version signed for the device, by any replica.
+        let newest;
         let current: Vec<String> = {
             let published = director.published()?;
             let device_channel = self.with_registry(|reg| {
@@ -356,6 +368,7 @@ impl HubBackend {
                 Ok(Some((d, steer)))
             })?;
             let Some((record, steer)) = device_channel else { return Ok(None) };
+            newest = record.assignment_version;
             let paths = published
                 .iter()
                 .filter(|p| p.channels.contains(&record.channel))
@@ -373,7 +386,10 @@ impl HubBackend {
         let margin = self.repo.expiries().resign_margin_secs;
         let cached = {
             let cache = self.assignments.lock().map_err(|_| "cache lock poisoned")?;
-            cache.get(&key).filter(|c| c.targets == current && c.expires > now + margin).map(|c| c.bytes.clone())
+            cache
+                .get(&key)
+                .filter(|c| c.targets == current && c.expires > now + margin && c.version >= newest)
+                .map(|c| c.bytes.clone())
         };
         let assignment = match cached {
             Some(bytes) => bytes,
@@ -382,8 +398,9 @@ impl HubBackend {
                     return Ok(None);
                 };
                 let expires = now + self.repo.expiries().timestamp_secs;
+                let version = signed_version(&bytes)?;
                 let mut cache = self.assignments.lock().map_err(|_| "cache lock poisoned")?;
-                cache.insert(key, CachedAssignment { targets: current, bytes: bytes.clone(), expires });
+                cache.insert(key, CachedAssignment { targets: current, bytes: bytes.clone(), expires, version });
                 bytes
             }
         };
