@@ -447,6 +447,21 @@ mod tests {
         }
     }
 
+    /// A device's report: it serves `active`, after rolling back from `rolled_back`.
+    fn serving(active: Digest, rolled_back: Vec<Digest>) -> StateReport {
+        StateReport {
+            active: Some(active),
+            last_good: Some(active),
+            rolled_back,
+            phase: "idle".into(),
+            message: String::new(),
+            refusals: vec![],
+            policy: None,
+            site: None,
+            shadow: None,
+        }
+    }
+
     #[test]
     fn reports_from_many_devices_at_once_are_each_counted_none_lost_to_another_write() {
         let dir = tempfile::tempdir().unwrap();
@@ -464,17 +479,7 @@ mod tests {
         let risk = outpost_shared::manifest::RiskTier::Low;
         let release = Release { id: String::new(), package, last_good: None, risk, signers: vec!["k1".into()] };
         let (id, _) = start(&reg, release, "p@1.0.0", plan, "stable", now).unwrap();
-        let report = StateReport {
-            active: Some(package),
-            last_good: Some(package),
-            rolled_back: vec![],
-            phase: "idle".into(),
-            message: String::new(),
-            refusals: vec![],
-            policy: None,
-            site: None,
-            shadow: None,
-        };
+        let report = serving(package, vec![]);
         // Every device reports at once, as a fleet does after a pushed notice.
         std::thread::scope(|scope| {
             for chunk in keys.chunks(6) {
@@ -520,17 +525,7 @@ mod tests {
             Release { id: String::new(), package, last_good: Some(last_good), risk, signers: vec!["k1".into()] };
         let (id, _) = start(&reg, release, "p@1.0.0", plan, "stable", now).unwrap();
         tick(&reg, now).unwrap();
-        let report = |active: Digest, rolled_back: Vec<Digest>| StateReport {
-            active: Some(active),
-            last_good: Some(active),
-            rolled_back,
-            phase: "idle".into(),
-            message: String::new(),
-            refusals: vec![],
-            policy: None,
-            site: None,
-            shadow: None,
-        };
+        let report = serving;
         // Devices enrolled after the start join through their update checks.
         for k in &keys[30..] {
             reg.device_approve(k, "stable").unwrap();
