@@ -3,7 +3,8 @@
 //! tells the director what each device should run.
 //!
 //! A release is one package on one channel under one plan, with an id (`r1`, `r2`...). Its `Rollout` is saved in
-//! the registry's `releases` table after every call, so the hub can stop at any point; the director reads the
+//! the index after every call that changes it (`crate::registry::releases`: a report writes the release's header
+//! and the reporting device's row, a new stage every row), so the hub can stop at any point; the director reads the
 //! rollout's level-triggered `directive` for a device rather than replaying effects. The serving hub judges the
 //! releases when the earliest of their deadlines comes ([`wait_after_tick`]); reports are judged as they arrive.
 
@@ -16,6 +17,7 @@ use outpost_shared::rollout::{Command, Directive, Effect, Plan, Release, Rollout
 use outpost_shared::update::StateReport;
 use serde::{Deserialize, Serialize};
 
+use crate::registry::releases::Changed;
 use crate::registry::{DeviceStatus, Registry, RegistryError};
 
 /// A release as the hub keeps it.
@@ -72,7 +74,7 @@ pub fn start(
     now: UnixSeconds,
 ) -> Result<(String, Vec<Effect>), RolloutError> {
     let _writing = writing();
-    let existing: Vec<(String, ReleaseRecord)> = reg.releases()?;
+    let existing = reg.releases_shared()?;
     let id = format!("r{}", existing.len() + 1);
     let release = Release { id: id.clone(), ..release };
     let devices: Vec<String> = reg
@@ -84,10 +86,9 @@ pub fn start(
         .collect();
     let (rollout, effects) = Rollout::start(release, plan, devices, now)?;
     // The newest release on a channel steers it: an unfinished older one stops where it is.
-    for (old_id, mut old) in existing {
+    for (old_id, old) in existing {
         if old.channel == channel && old.steers() && !matches!(old.rollout.state, State::Aborted { .. }) {
-            old.rollout.supersede(&id, now);
-            reg.release_put(&old_id, &old)?;
+            reg.release_modify(&old_id, |old| (old.rollout.supersede(&id, now), Changed::Whole))?;
         }
     }
     let record = ReleaseRecord { channel: channel.into(), package: package_name.into(), started_at: now, rollout };
@@ -112,24 +113,25 @@ pub fn list(reg: &Registry) -> Result<Vec<(String, ReleaseRecord)>, RolloutError
 
 /// [`list`] without copying the records.
 pub fn list_shared(reg: &Registry) -> Result<Vec<(String, Arc<ReleaseRecord>)>, RolloutError> {
-    let mut all = reg.releases_shared::<ReleaseRecord>()?;
+    let mut all = reg.releases_shared()?;
     all.sort_by_key(|(id, r)| (r.started_at, id[1..].parse::<u64>().unwrap_or(0)));
     Ok(all)
 }
 
 /// One release.
 pub fn get(reg: &Registry, id: &str) -> Result<ReleaseRecord, RolloutError> {
-    let found = reg.releases_shared::<ReleaseRecord>()?.into_iter().find(|(i, _)| i == id);
-    found.map(|(_, r)| ReleaseRecord::clone(&r)).ok_or_else(|| RolloutError::Unknown(id.into()))
+    reg.release(id)?.map(|r| ReleaseRecord::clone(&r)).ok_or_else(|| RolloutError::Unknown(id.into()))
 }
 
 /// An operator command on release `id`.
 pub fn command(reg: &Registry, id: &str, cmd: Command, now: UnixSeconds) -> Result<Vec<Effect>, RolloutError> {
     let _writing = writing();
-    let mut record = get(reg, id)?;
-    let effects = record.rollout.command(cmd, now)?;
+    let done = reg.release_modify(id, |record| match record.rollout.command(cmd, now) {
+        Ok(effects) => (Ok(effects), Changed::Whole),
+        Err(e) => (Err(e), Changed::Nothing),
+    })?;
+    let effects = done.ok_or_else(|| RolloutError::Unknown(id.into()))??;
     apply_retries(reg, &effects)?;
-    reg.release_put(id, &record)?;
     Ok(effects)
 }
 
@@ -137,16 +139,18 @@ pub fn command(reg: &Registry, id: &str, cmd: Command, now: UnixSeconds) -> Resu
 pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<Happened>, RolloutError> {
     let mut out = Vec::new();
     let _writing = writing();
-    for (id, mut record) in reg.releases::<ReleaseRecord>()? {
-        if !record.steers() {
+    for (id, shared) in reg.releases_shared()? {
+        if !shared.steers() {
             continue;
         }
-        let before = record.rollout.clone();
-        let effects = record.rollout.tick(now);
-        if record.rollout != before {
-            reg.release_put(&id, &record)?;
-        }
-        out.extend(Happened::each(&id, &record, effects));
+        drop(shared); // so the record is changed in place
+        let happened = reg.release_modify(&id, |record| {
+            let before = header(&record.rollout);
+            let effects = record.rollout.tick(now);
+            let changed = touched(&before, &record.rollout, None);
+            (Happened::each(&id, record, effects).collect::<Vec<_>>(), changed)
+        })?;
+        out.extend(happened.into_iter().flatten());
     }
     Ok(out)
 }
@@ -159,7 +163,7 @@ pub const MAX_TICK_WAIT: Duration = Duration::from_secs(10);
 /// end), if any.
 pub fn next_deadline(reg: &Registry, now: UnixSeconds) -> Result<Option<UnixSeconds>, RolloutError> {
     Ok(reg
-        .releases_shared::<ReleaseRecord>()?
+        .releases_shared()?
         .into_iter()
         .filter(|(_, r)| r.steers())
         .filter_map(|(_, r)| r.rollout.next_deadline(now))
@@ -184,46 +188,66 @@ pub fn on_report(
     let Some(d) = reg.device(device)? else { return Ok(vec![]) };
     let mut out = Vec::new();
     let _writing = writing();
-    for (id, shared) in reg.releases_shared::<ReleaseRecord>()? {
+    for (id, shared) in reg.releases_shared()? {
         if shared.channel != d.channel || !shared.steers() {
             continue;
         }
         if shared.rollout.plan.exclude_software_tier && d.tpm.is_none() {
             continue; // a software-tier device takes no part in this release
         }
-        let mut record = ReleaseRecord::clone(&shared);
-        let package = record.rollout.release.package;
-        // Most reports repeat what the release already knows: the record (every device's part) is written back
-        // only when the report changed the release or this device's part of it beyond the newest time seen,
-        // which every change also carries (so a restart resumes no earlier than the release's last change).
-        let before = (header(&shared.rollout), shared.rollout.devices.get(device));
-        let mut effects = record.rollout.enroll(device, now);
-        if let Some(outcome) = outpost_shared::rollout::outcome_of(report, &package) {
-            effects.extend(record.rollout.report(device, outcome, now));
-        }
-        // Judged first, so a report that makes the release abort also counts towards its recovery: a device
-        // that already rolled back by itself is back on the last good package at the abort decision.
-        effects.extend(record.rollout.tick(now));
-        effects.extend(record.rollout.report_package(device, report.active, now));
-        if let Some(sh) = report.shadow.filter(|sh| sh.package == package) {
-            effects.extend(record.rollout.report_shadow(device, sh.agreed, sh.compared, now));
+        drop(shared); // so the record is changed in place
+        let happened = reg.release_modify(&id, |record| {
+            let package = record.rollout.release.package;
+            // Most reports repeat what the release already knows: only what the report changed is written back
+            // (`touched`), and every change carries the newest time seen, so a restart resumes no earlier than
+            // the release's last change.
+            let before = (header(&record.rollout), record.rollout.devices.get(device).cloned());
+            let mut effects = record.rollout.enroll(device, now);
+            if let Some(outcome) = outpost_shared::rollout::outcome_of(report, &package) {
+                effects.extend(record.rollout.report(device, outcome, now));
+            }
+            // Judged first, so a report that makes the release abort also counts towards its recovery: a device
+            // that already rolled back by itself is back on the last good package at the abort decision.
             effects.extend(record.rollout.tick(now));
-        }
-        let (mut header_before, entry_before) = before;
-        header_before.last_known_time = record.rollout.last_known_time;
-        let changed = header(&record.rollout) != header_before || record.rollout.devices.get(device) != entry_before;
-        if changed || !effects.is_empty() {
-            reg.release_put(&id, &record)?;
-        }
-        out.extend(Happened::each(&id, &record, effects));
+            effects.extend(record.rollout.report_package(device, report.active, now));
+            if let Some(sh) = report.shadow.filter(|sh| sh.package == package) {
+                effects.extend(record.rollout.report_shadow(device, sh.agreed, sh.compared, now));
+                effects.extend(record.rollout.tick(now));
+            }
+            let mut changed = touched(&before.0, &record.rollout, Some(device));
+            if changed == Changed::Device(device.into()) && record.rollout.devices.get(device) == before.1.as_ref() {
+                changed = if header(&record.rollout) == before.0 { Changed::Nothing } else { Changed::Header };
+            }
+            (Happened::each(&id, record, effects).collect::<Vec<_>>(), changed)
+        })?;
+        out.extend(happened.into_iter().flatten());
     }
     Ok(out)
 }
 
+/// What a change of a rollout from the header `before` touched, given that only `device`'s part (if any) may
+/// have changed without a change of the header's state or position: the rollout changes other devices' parts
+/// only when it enters a stage or the shadow (`position`, `since`) or aborts (`state`), and an operator command
+/// is written whole by its caller.
+fn touched(before: &Rollout, after: &Rollout, device: Option<&str>) -> Changed {
+    let moved = before.state != after.state
+        || before.position != after.position
+        || before.since != after.since
+        || before.paused != after.paused
+        || before.plan != after.plan
+        || before.release != after.release;
+    match device {
+        _ if moved => Changed::Whole,
+        Some(d) => Changed::Device(d.to_owned()),
+        None if before.recovery != after.recovery || before.last_known_time != after.last_known_time => Changed::Header,
+        None => Changed::Nothing,
+    }
+}
+
 /// A rollout without its devices: what a report may change besides the reporting device's part (a change to
 /// other devices' parts comes with a change here, a new position or state, and with effects).
-fn header(r: &outpost_shared::rollout::Rollout) -> outpost_shared::rollout::Rollout {
-    outpost_shared::rollout::Rollout {
+pub(crate) fn header(r: &Rollout) -> Rollout {
+    Rollout {
         release: r.release.clone(),
         plan: r.plan.clone(),
         state: r.state.clone(),
@@ -269,22 +293,24 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
             s.withhold.push(shared.rollout.release.package);
             continue;
         }
-        let enrolled;
-        let record: &ReleaseRecord = if shared.rollout.devices.contains_key(device) {
-            &shared
+        let (package, directive) = if shared.rollout.devices.contains_key(device) {
+            (shared.rollout.release.package, shared.rollout.directive(device))
         } else {
-            // Read again under the writers' lock: the copy read above may already be behind another's write.
+            // Enrolled under the writers' lock, in the record as it is then (the one read above may be behind).
+            drop(shared);
             let _writing = writing();
-            let mut copy = get(reg, &id)?;
-            if !copy.rollout.devices.contains_key(device) {
-                copy.rollout.enroll(device, now);
-                reg.release_put(&id, &copy)?;
-            }
-            enrolled = copy;
-            &enrolled
+            reg.release_modify(&id, |record| {
+                let mut changed = Changed::Nothing;
+                if !record.rollout.devices.contains_key(device) {
+                    let before = header(&record.rollout);
+                    record.rollout.enroll(device, now);
+                    changed = touched(&before, &record.rollout, Some(device));
+                }
+                ((record.rollout.release.package, record.rollout.directive(device)), changed)
+            })?
+            .ok_or_else(|| RolloutError::Unknown(id.clone()))?
         };
-        let package = record.rollout.release.package;
-        match record.rollout.directive(device) {
+        match directive {
             Some(Directive::Serve { package, retry }) => {
                 s.assign = Some(package);
                 s.release = Some(id.clone());
@@ -421,6 +447,21 @@ mod tests {
         }
     }
 
+    /// A device's report: it serves `active`, after rolling back from `rolled_back`.
+    fn serving(active: Digest, rolled_back: Vec<Digest>) -> StateReport {
+        StateReport {
+            active: Some(active),
+            last_good: Some(active),
+            rolled_back,
+            phase: "idle".into(),
+            message: String::new(),
+            refusals: vec![],
+            policy: None,
+            site: None,
+            shadow: None,
+        }
+    }
+
     #[test]
     fn reports_from_many_devices_at_once_are_each_counted_none_lost_to_another_write() {
         let dir = tempfile::tempdir().unwrap();
@@ -438,17 +479,7 @@ mod tests {
         let risk = outpost_shared::manifest::RiskTier::Low;
         let release = Release { id: String::new(), package, last_good: None, risk, signers: vec!["k1".into()] };
         let (id, _) = start(&reg, release, "p@1.0.0", plan, "stable", now).unwrap();
-        let report = StateReport {
-            active: Some(package),
-            last_good: Some(package),
-            rolled_back: vec![],
-            phase: "idle".into(),
-            message: String::new(),
-            refusals: vec![],
-            policy: None,
-            site: None,
-            shadow: None,
-        };
+        let report = serving(package, vec![]);
         // Every device reports at once, as a fleet does after a pushed notice.
         std::thread::scope(|scope| {
             for chunk in keys.chunks(6) {
@@ -470,6 +501,67 @@ mod tests {
             })
             .count();
         assert_eq!(counted, keys.len(), "every report counted");
+    }
+
+    #[test]
+    fn a_release_driven_by_reports_through_stages_and_an_abort_reads_back_the_same_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::init(dir.path()).unwrap();
+        let now = 1_800_000_000;
+        let open = || Registry::open(dir.path(), Arc::new(outpost_shared::clock::ManualClock::new(now))).unwrap();
+        let reg = open();
+        let keys: Vec<String> = (1..=40u8).map(|i| hex::encode([i; 32])).collect();
+        for k in &keys[..30] {
+            reg.device_approve(k, "stable").unwrap();
+        }
+        let plan = "name = \"two\"\n[[stage]]\nname = \"canary\"\ncohort_percent = 30\nmin_devices = 1\n\
+                    soak_secs = 0\nsuccess_percent = 90\nerror_percent = 50\n[[stage]]\nname = \"all\"\n\
+                    cohort_percent = 100\nmin_devices = 1\nsoak_secs = 0\nsuccess_percent = 100\n\
+                    error_percent = 10\n";
+        let plan = Plan::from_toml(plan, std::path::Path::new("plan.toml")).unwrap();
+        let (package, last_good) = (Digest::of(b"new"), Digest::of(b"old"));
+        let risk = outpost_shared::manifest::RiskTier::Low;
+        let release =
+            Release { id: String::new(), package, last_good: Some(last_good), risk, signers: vec!["k1".into()] };
+        let (id, _) = start(&reg, release, "p@1.0.0", plan, "stable", now).unwrap();
+        tick(&reg, now).unwrap();
+        let report = serving;
+        // Devices enrolled after the start join through their update checks.
+        for k in &keys[30..] {
+            reg.device_approve(k, "stable").unwrap();
+            steering(&reg, k, "stable", now + 1).unwrap();
+        }
+        // The canary installs and the release moves to its second stage (every other device assigned, none of
+        // which has reported yet): a restart reads that back.
+        let mut t = now + 2;
+        let canary: Vec<String> =
+            get(&reg, &id).unwrap().rollout.devices.iter().filter(|(_, e)| e.serving).map(|(k, _)| k.clone()).collect();
+        assert!(!canary.is_empty() && canary.len() < keys.len());
+        for k in &canary {
+            on_report(&reg, k, &report(package, vec![]), t).unwrap();
+            t += 1;
+        }
+        let held = get(&reg, &id).unwrap();
+        assert_eq!(held.rollout.position, outpost_shared::rollout::Position::Stage(1));
+        drop(reg);
+        let reg = open();
+        assert_eq!(get(&reg, &id).unwrap(), held, "what a restart reads is what the hub held");
+        // Then a third of the rest fail: aborted; the devices report the last good package one by one (recovery).
+        for (i, k) in keys.iter().filter(|k| !canary.contains(k)).enumerate() {
+            let r = if i % 3 == 0 { report(last_good, vec![package]) } else { report(package, vec![]) };
+            on_report(&reg, k, &r, t).unwrap();
+            t += 1;
+        }
+        tick(&reg, t).unwrap();
+        for k in &keys {
+            on_report(&reg, k, &report(last_good, vec![package]), t).unwrap();
+            t += 1;
+        }
+        let held = get(&reg, &id).unwrap();
+        assert!(matches!(held.rollout.state, State::Aborted { .. }), "{:?}", held.rollout.state);
+        assert!(held.rollout.recovery.is_some_and(|r| r.recovered > 0), "{:?}", held.rollout.recovery);
+        drop(reg);
+        assert_eq!(get(&open(), &id).unwrap(), held, "what a restart reads is what the hub held");
     }
 
     #[test]

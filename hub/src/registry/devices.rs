@@ -390,24 +390,6 @@ impl Registry {
         t.get(key).map_err(db_err)?.map(|v| decode(key, v.value())).transpose()
     }
 
-    /// Stores a release's record (its rollout) under `id`, replacing what was there; the next read takes it as
-    /// written instead of decoding it.
-    pub fn release_put<T: Serialize + Clone + Send + Sync + 'static>(
-        &self,
-        id: &str,
-        record: &T,
-    ) -> Result<(), RegistryError> {
-        let bytes = encode_state(record)?;
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut t = tx.open_table(RELEASES).map_err(db_err)?;
-            t.insert(id, bytes.as_slice()).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        self.db.releases_decoded().put(id, &bytes, std::sync::Arc::new(record.clone()));
-        Ok(())
-    }
-
     /// Records the audit log's newest anchor (after each append). The anchor only moves forward: one at or below
     /// the stored sequence number is refused unless it is the same anchor (a retried put), so two logs that forked,
     /// or a writer behind another, cannot pass each other's entries off as the head.
@@ -434,32 +416,6 @@ impl Registry {
             Err(e) => return Err(db_err(e)),
         };
         t.get("head").map_err(db_err)?.map(|v| decode("audit head", v.value())).transpose()
-    }
-
-    /// Every release record, by id (each decoded once per write: a 90,000-device rollout takes a second or more
-    /// to decode, a fraction of that to copy).
-    pub fn releases<T>(&self) -> Result<Vec<(String, T)>, RegistryError>
-    where
-        T: for<'de> Deserialize<'de> + Clone + Send + Sync + 'static,
-    {
-        Ok(self.releases_shared::<T>()?.into_iter().map(|(id, r)| (id, T::clone(&r))).collect())
-    }
-
-    /// [`Registry::releases`] without copying them: for readers that only look (the director's steering of every
-    /// update check).
-    pub fn releases_shared<T>(&self) -> Result<Vec<(String, std::sync::Arc<T>)>, RegistryError>
-    where
-        T: for<'de> Deserialize<'de> + Send + Sync + 'static,
-    {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let Some(t) = read_table(&tx, RELEASES)? else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        for row in t.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let id = k.value();
-            out.push((id.to_owned(), self.db.releases_decoded().get_shared(id, v.value(), |b| decode_state(id, b))?));
-        }
-        Ok(out)
     }
 
     /// The sequence number of the next device write in this process: take it before reading the devices, then ask

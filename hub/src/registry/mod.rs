@@ -27,6 +27,7 @@ mod controller;
 pub(crate) mod cycles;
 pub(crate) mod devices;
 pub(crate) mod packages;
+pub mod releases;
 pub(crate) mod suites;
 
 pub use capabilities::{CapabilityAdded, CapabilityCheck, CapabilityRecord};
@@ -59,8 +60,6 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 /// `"head"` → the audit log's newest anchor (`shared::audit::Anchor`, canonical CBOR), kept apart from the log so
 /// an edit of its newest entries, or their removal, is detected.
 const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
-/// Release id → its rollout (`rollouts::ReleaseRecord`, canonical CBOR).
-const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// Capability name → its current definition ([`CapabilityRecord`], canonical CBOR).
 const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
 /// (capability name, revision) → [`CapabilityRecord`] (canonical CBOR): every definition it ever had.

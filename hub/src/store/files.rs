@@ -38,8 +38,8 @@ pub struct SharedDb {
     db: RwLock<Option<Arc<Database>>>,
     /// The keys written to the index's devices table by this process (see [`super::changes`]).
     device_changes: super::changes::ChangeLog,
-    /// The index's release records as decoded (see [`super::decoded`]).
-    releases_decoded: super::decoded::Decoded,
+    /// The index's release records as decoded (see `crate::registry::releases`).
+    releases: crate::registry::releases::Cache,
 }
 
 impl std::fmt::Debug for SharedDb {
@@ -54,9 +54,9 @@ impl SharedDb {
         &self.device_changes
     }
 
-    /// The release records (of the index file) as last decoded or written in this process.
-    pub fn releases_decoded(&self) -> &super::decoded::Decoded {
-        &self.releases_decoded
+    /// The release records (of the index file) as held decoded in this process.
+    pub fn releases(&self) -> &crate::registry::releases::Cache {
+        &self.releases
     }
 
     /// Begins a write transaction, reopening the file first if an I/O error closed the handle.
@@ -135,7 +135,7 @@ pub fn open_shared(path: &Path, create: bool) -> Result<Arc<SharedDb>, DatabaseE
         suspect: std::sync::atomic::AtomicBool::new(false),
         db: RwLock::new(Some(db)),
         device_changes: super::changes::ChangeLog::new(DEVICE_CHANGES_KEPT),
-        releases_decoded: super::decoded::Decoded::new(super::decoded::DECODED_BYTES_KEPT),
+        releases: crate::registry::releases::Cache::default(),
     });
     *entry = (Arc::downgrade(&db), entry.1 + 1);
     Ok(db)

@@ -8,11 +8,12 @@
 //! Both servers get one worker (nginx `worker_processes 1`; the hub a one-thread tokio runtime); both load
 //! generators get one thread and 64 connections.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -181,14 +182,17 @@ fn device_identity(i: usize) -> Identity {
 
 /// Full update checks per second: [`CONNECTIONS`] devices, each in a loop of a new connection (full QUIC
 /// handshake), attestation (challenge, evidence signed, appraised), `GetMetadata(timestamp.json)`, close. Also
-/// returns how many checks failed.
-fn quic_full_checks_per_sec(addr: SocketAddr, hub_key: outpost_attestation::identity::PublicKey) -> Result<(f64, u64)> {
+/// returns the checks that failed, by error (its message with its causes).
+fn quic_full_checks_per_sec(
+    addr: SocketAddr,
+    hub_key: outpost_attestation::identity::PublicKey,
+) -> Result<(f64, BTreeMap<String, u64>)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let config = Arc::new(ClientConfig::new(addr, hub_key));
         // One full check per device first: a setup error shows here, not as a rate of zero.
         full_check(Arc::new(device_identity(0)), config.clone()).await?;
-        let (count, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (count, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(BTreeMap::<String, u64>::new())));
         let start = now();
         let mut tasks = Vec::new();
         for i in 0..CONNECTIONS {
@@ -198,7 +202,14 @@ fn quic_full_checks_per_sec(addr: SocketAddr, hub_key: outpost_attestation::iden
                 while now().duration_since(start) < DURATION {
                     match full_check(device.clone(), config.clone()).await {
                         Ok(()) => count.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            *failed
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .entry(format!("{e:#}"))
+                                .or_default() += 1;
+                            0
+                        }
                     };
                 }
             }));
@@ -207,7 +218,8 @@ fn quic_full_checks_per_sec(addr: SocketAddr, hub_key: outpost_attestation::iden
             t.await?;
         }
         let rate = count.load(Ordering::Relaxed) as f64 / now().duration_since(start).as_secs_f64();
-        Ok((rate, failed.load(Ordering::Relaxed)))
+        let failed = std::mem::take(&mut *failed.lock().unwrap_or_else(PoisonError::into_inner));
+        Ok((rate, failed))
     })
 }
 
@@ -369,7 +381,11 @@ fn main() -> Result<()> {
     println!("  update checks/s, QUIC GetMetadata(timestamp.json) : {quic_rps:>10.0}");
     println!("  update checks/s, nginx TLS 1.3 keep-alive (wrk)    : {nginx_rps:>10.0}  (baseline)");
     println!("  ratio                                              : {:>10.2}  (goal >= 1.0)", quic_rps / nginx_rps);
-    println!("  full checks/s, new QUIC conn + attestation + check : {quic_full:>10.0}  ({quic_full_failed} failed)");
+    let failed: u64 = quic_full_failed.values().sum();
+    println!("  full checks/s, new QUIC conn + attestation + check : {quic_full:>10.0}  ({failed} failed)");
+    for (error, n) in &quic_full_failed {
+        println!("    failed {n:>6}: {error}");
+    }
     println!("  requests/s, nginx new TLS 1.3 conn each (wrk)      : {nginx_full:>10.0}  (baseline)");
     println!("  ratio                                              : {:>10.2}", quic_full / nginx_full);
     println!("  download GB/s, QUIC GetTarget                      : {quic_dl:>10.2}");
