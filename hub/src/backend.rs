@@ -19,7 +19,7 @@ use outpost_shared::director::Bundle;
 
 use crate::attest::{self, FileStamp, Gate};
 use crate::director::Director;
-use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, Registry, TpmRecord};
+use crate::registry::{AttestationRecord, DEVICE_STATUS_STAMP, DeviceStatus, TpmRecord};
 use crate::store::Store;
 use crate::tuf::TufRepo;
 use outpost_net::logging::short;
@@ -128,7 +128,7 @@ impl HubBackend {
     /// [`HubBackend::metrics`] in `format`.
     pub fn metrics_as(&self, format: outpost_shared::metrics::Format) -> Result<String, BackendError> {
         let store = self.store()?;
-        let (devices, releases) = (store.devices().devices()?, crate::rollouts::list(store.registry())?);
+        let (devices, releases) = (store.devices().devices()?, crate::rollouts::list(store.rollouts())?);
         let telemetry =
             store.telemetry().aggregate(crate::telemetry::GroupBy::Site, &crate::telemetry::Filter::default())?;
         let fleet = crate::metrics::Fleet { devices: &devices, releases: &releases, telemetry: &telemetry };
@@ -292,8 +292,12 @@ impl HubBackend {
         Ok(self.store.get_or_init(|| store))
     }
 
-    fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> Result<T, BackendError>) -> Result<T, BackendError> {
-        f(self.store()?.registry())
+    /// Runs `f` on the devices and release records (the database's on PostgreSQL).
+    fn with_registry<T>(
+        &self,
+        f: impl FnOnce(&dyn crate::storage::RolloutStore) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        f(self.store()?.rollouts())
     }
 }
 
@@ -495,7 +499,7 @@ impl HubBackend {
         if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
             let (now, key, store) = (self.clock.wall(), hex::encode(device), self.store()?);
             store.devices().device_reported(&key, &report)?;
-            for happened in crate::rollouts::on_report(store.registry(), &key, &report, now)? {
+            for happened in crate::rollouts::on_report(store.rollouts(), &key, &report, now)? {
                 happened.log();
             }
         }

@@ -94,7 +94,7 @@ pub fn boundary(store: &Store, repo: &TufRepo, name: &str) -> Result<Boundary, B
     let channels = if repository {
         let director = Director::new(repo);
         let mut excluded: BTreeSet<Digest> = director.revocations()?.revoked.iter().map(|x| x.digest).collect();
-        for (_, rec) in crate::rollouts::list(store.registry())? {
+        for (_, rec) in crate::rollouts::list(store.rollouts())? {
             if matches!(rec.rollout.state, outpost_shared::rollout::State::Aborted { .. }) {
                 excluded.insert(rec.rollout.release.package);
             }

@@ -98,12 +98,16 @@ fn gather(
 ) -> Result<Vec<(Facts, Option<Digest>)>, ControllerError> {
     let b = boundary::boundary(store, repo, capability)?;
     let budget = &b.record.capability.budget;
-    let reg = store.registry();
-    let releases = crate::rollouts::list(reg)?;
-    let devices = reg.devices()?;
-    let cycles = reg.cycles()?;
+    let releases = crate::rollouts::list(store.rollouts())?;
+    let devices = store.devices().devices()?;
+    let cycles = store.cycles().cycles()?;
     let evaluations = |d: &Digest| -> Result<Vec<(Digest, EvaluationRecord)>, RegistryError> {
-        Ok(reg.evaluations(d)?.into_iter().filter(|(_, r)| b.suites.iter().any(|(s, _)| *s == r.suite)).collect())
+        Ok(store
+            .evaluations()
+            .evaluations(d)?
+            .into_iter()
+            .filter(|(_, r)| b.suites.iter().any(|(s, _)| *s == r.suite))
+            .collect())
     };
     // A revoked package is archived for good: the controller has nothing to propose for it.
     let revoked: std::collections::BTreeSet<Digest> = if repo.exists() {

@@ -24,7 +24,8 @@ use outpost_shared::director::{
 use outpost_firmware::manifest as fwm;
 
 use crate::blobs;
-use crate::registry::{DeviceRecord, DeviceStatus, Registry, RegistryError, SecondaryRecord};
+use crate::registry::{DeviceRecord, DeviceStatus, RegistryError, SecondaryRecord};
+use crate::storage::RolloutStore;
 use crate::tuf::metadata::{FirmwareFacts, Targets};
 use crate::tuf::{HIGH_RISK_ROLE, STANDARD_ROLE, Signed, TufError, TufRepo};
 
@@ -222,7 +223,7 @@ impl<'a> Director<'a> {
     /// Returns `None` for unknown or revoked devices and for channels with nothing published.
     pub fn assignment(
         &self,
-        reg: &Registry,
+        reg: &dyn RolloutStore,
         device: &str,
         now: UnixSeconds,
     ) -> Result<Option<Vec<u8>>, DirectorOpError> {
@@ -267,7 +268,12 @@ impl<'a> Director<'a> {
     /// The model package `record` should run now, and the packages eligible for it (its channel's, neither
     /// revoked nor rolled back from). Staged rollouts decide who runs their release; everyone else keeps to what
     /// the channel ran before. A device a rollout has not seen yet joins it here.
-    fn choose(&self, reg: &Registry, record: &DeviceRecord, now: UnixSeconds) -> Result<Choice, DirectorOpError> {
+    fn choose(
+        &self,
+        reg: &dyn RolloutStore,
+        record: &DeviceRecord,
+        now: UnixSeconds,
+    ) -> Result<Choice, DirectorOpError> {
         let revoked = self.revocations()?;
         let steer = crate::rollouts::steering(reg, &record.key, &record.channel, now)
             .map_err(|e| DirectorOpError::Encode(e.to_string()))?;
@@ -292,7 +298,7 @@ impl<'a> Director<'a> {
     /// it may run (its channel's, neither revoked nor rolled back from nor withheld by a rollout), oldest first.
     pub fn expected_models(
         &self,
-        reg: &Registry,
+        reg: &dyn RolloutStore,
         record: &DeviceRecord,
         now: UnixSeconds,
     ) -> Result<(Option<Digest>, Vec<Digest>), DirectorOpError> {

@@ -18,7 +18,8 @@ use outpost_shared::update::StateReport;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::releases::Changed;
-use crate::registry::{DeviceStatus, Registry, RegistryError};
+use crate::registry::{DeviceStatus, RegistryError};
+use crate::storage::RolloutStore;
 
 /// A release as the hub keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +67,7 @@ pub enum RolloutError {
 /// Starts a release of `package` on `channel`: `last_good` is what the channel ran before. Every approved device
 /// on the channel is counted; newer starts supersede an unfinished release on the same channel.
 pub fn start(
-    reg: &Registry,
+    reg: &dyn RolloutStore,
     release: Release,
     package_name: &str,
     plan: Plan,
@@ -88,7 +89,7 @@ pub fn start(
     // The newest release on a channel steers it: an unfinished older one stops where it is.
     for (old_id, old) in existing {
         if old.channel == channel && old.steers() && !matches!(old.rollout.state, State::Aborted { .. }) {
-            reg.release_modify(&old_id, |old| (old.rollout.supersede(&id, now), Changed::Whole))?;
+            modify(reg, &old_id, |old| (old.rollout.supersede(&id, now), Changed::Whole))?;
         }
     }
     let record = ReleaseRecord { channel: channel.into(), package: package_name.into(), started_at: now, rollout };
@@ -106,27 +107,44 @@ fn writing() -> std::sync::MutexGuard<'static, ()> {
     WRITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Changes release `id` with `change` under the store's hold on it (`ReleaseStore::release_change`); `None`: no
+/// such release.
+fn modify<R>(
+    reg: &dyn RolloutStore,
+    id: &str,
+    change: impl FnOnce(&mut ReleaseRecord) -> (R, Changed),
+) -> Result<Option<R>, RegistryError> {
+    let (mut change, mut out) = (Some(change), None);
+    let found = reg.release_change(id, &mut |record| {
+        let Some(f) = change.take() else { return Changed::Nothing };
+        let (r, changed) = f(record);
+        out = Some(r);
+        changed
+    })?;
+    Ok(if found { out } else { None })
+}
+
 /// Every release, oldest first.
-pub fn list(reg: &Registry) -> Result<Vec<(String, ReleaseRecord)>, RolloutError> {
+pub fn list(reg: &dyn RolloutStore) -> Result<Vec<(String, ReleaseRecord)>, RolloutError> {
     Ok(list_shared(reg)?.into_iter().map(|(id, r)| (id, ReleaseRecord::clone(&r))).collect())
 }
 
 /// [`list`] without copying the records.
-pub fn list_shared(reg: &Registry) -> Result<Vec<(String, Arc<ReleaseRecord>)>, RolloutError> {
+pub fn list_shared(reg: &dyn RolloutStore) -> Result<Vec<(String, Arc<ReleaseRecord>)>, RolloutError> {
     let mut all = reg.releases_shared()?;
     all.sort_by_key(|(id, r)| (r.started_at, id[1..].parse::<u64>().unwrap_or(0)));
     Ok(all)
 }
 
 /// One release.
-pub fn get(reg: &Registry, id: &str) -> Result<ReleaseRecord, RolloutError> {
+pub fn get(reg: &dyn RolloutStore, id: &str) -> Result<ReleaseRecord, RolloutError> {
     reg.release(id)?.map(|r| ReleaseRecord::clone(&r)).ok_or_else(|| RolloutError::Unknown(id.into()))
 }
 
 /// An operator command on release `id`.
-pub fn command(reg: &Registry, id: &str, cmd: Command, now: UnixSeconds) -> Result<Vec<Effect>, RolloutError> {
+pub fn command(reg: &dyn RolloutStore, id: &str, cmd: Command, now: UnixSeconds) -> Result<Vec<Effect>, RolloutError> {
     let _writing = writing();
-    let done = reg.release_modify(id, |record| match record.rollout.command(cmd, now) {
+    let done = modify(reg, id, |record| match record.rollout.command(cmd, now) {
         Ok(effects) => (Ok(effects), Changed::Whole),
         Err(e) => (Err(e), Changed::Nothing),
     })?;
@@ -136,7 +154,7 @@ pub fn command(reg: &Registry, id: &str, cmd: Command, now: UnixSeconds) -> Resu
 }
 
 /// Judges every release that still steers its channel at `now`; returns what happened, per release.
-pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<Happened>, RolloutError> {
+pub fn tick(reg: &dyn RolloutStore, now: UnixSeconds) -> Result<Vec<Happened>, RolloutError> {
     let mut out = Vec::new();
     let _writing = writing();
     for (id, shared) in reg.releases_shared()? {
@@ -144,7 +162,7 @@ pub fn tick(reg: &Registry, now: UnixSeconds) -> Result<Vec<Happened>, RolloutEr
             continue;
         }
         drop(shared); // so the record is changed in place
-        let happened = reg.release_modify(&id, |record| {
+        let happened = modify(reg, &id, |record| {
             let before = header(&record.rollout);
             let effects = record.rollout.tick(now);
             let changed = touched(&before, &record.rollout, None);
@@ -161,7 +179,7 @@ pub const MAX_TICK_WAIT: Duration = Duration::from_secs(10);
 
 /// The earliest time a release steering its channel needs judging again (`Rollout::next_deadline`: a soak
 /// end), if any.
-pub fn next_deadline(reg: &Registry, now: UnixSeconds) -> Result<Option<UnixSeconds>, RolloutError> {
+pub fn next_deadline(reg: &dyn RolloutStore, now: UnixSeconds) -> Result<Option<UnixSeconds>, RolloutError> {
     Ok(reg
         .releases_shared()?
         .into_iter()
@@ -172,7 +190,7 @@ pub fn next_deadline(reg: &Registry, now: UnixSeconds) -> Result<Option<UnixSeco
 
 /// How long the serving hub may sleep after judging the releases at `now`: until the earliest deadline, at most
 /// [`MAX_TICK_WAIT`].
-pub fn wait_after_tick(reg: &Registry, now: UnixSeconds) -> Result<Duration, RolloutError> {
+pub fn wait_after_tick(reg: &dyn RolloutStore, now: UnixSeconds) -> Result<Duration, RolloutError> {
     let wait = next_deadline(reg, now)?.map_or(MAX_TICK_WAIT, |t| Duration::from_secs(t.saturating_sub(now)));
     Ok(wait.min(MAX_TICK_WAIT))
 }
@@ -180,7 +198,7 @@ pub fn wait_after_tick(reg: &Registry, now: UnixSeconds) -> Result<Duration, Rol
 /// Feeds a device's state report to every release steering its channel: its outcome for the release's package
 /// (a site-policy rejection counts apart) and the package it runs now (rollback recovery).
 pub fn on_report(
-    reg: &Registry,
+    reg: &dyn RolloutStore,
     device: &str,
     report: &StateReport,
     now: UnixSeconds,
@@ -196,7 +214,7 @@ pub fn on_report(
             continue; // a software-tier device takes no part in this release
         }
         drop(shared); // so the record is changed in place
-        let happened = reg.release_modify(&id, |record| {
+        let happened = modify(reg, &id, |record| {
             let package = record.rollout.release.package;
             // Most reports repeat what the release already knows: only what the report changed is written back
             // (`touched`), and every change carries the newest time seen, so a restart resumes no earlier than
@@ -280,7 +298,12 @@ pub struct Steering {
 
 /// The steering for `device` on `channel` from every release that steers it (newest last, so it wins). A device
 /// a release has not seen yet (enrolled after its start) joins it here, in the stage it hashes into.
-pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -> Result<Steering, RolloutError> {
+pub fn steering(
+    reg: &dyn RolloutStore,
+    device: &str,
+    channel: &str,
+    now: UnixSeconds,
+) -> Result<Steering, RolloutError> {
     let mut s = Steering::default();
     let hardware = reg.device(device)?.is_some_and(|d| d.tpm.is_some());
     for (id, shared) in list_shared(reg)? {
@@ -299,7 +322,7 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
             // Enrolled under the writers' lock, in the record as it is then (the one read above may be behind).
             drop(shared);
             let _writing = writing();
-            reg.release_modify(&id, |record| {
+            modify(reg, &id, |record| {
                 let mut changed = Changed::Nothing;
                 if !record.rollout.devices.contains_key(device) {
                     let before = header(&record.rollout);
@@ -340,7 +363,11 @@ pub fn steering(reg: &Registry, device: &str, channel: &str, now: UnixSeconds) -
 
 /// Where `device` stands in the newest release it is part of on `channel`: the release id and the stage it hashes
 /// into (`None` beyond the last stage or in the shadow only). Telemetry is attributed to these.
-pub fn placement(reg: &Registry, device: &str, channel: &str) -> Result<Option<(String, Option<u32>)>, RolloutError> {
+pub fn placement(
+    reg: &dyn RolloutStore,
+    device: &str,
+    channel: &str,
+) -> Result<Option<(String, Option<u32>)>, RolloutError> {
     Ok(list_shared(reg)?.into_iter().rev().filter(|(_, r)| r.channel == channel).find_map(|(id, r)| {
         let e = r.rollout.devices.get(device).filter(|e| e.serving || e.shadowing)?;
         Some((id, e.stage.and_then(|s| u32::try_from(s).ok())))
@@ -348,7 +375,7 @@ pub fn placement(reg: &Registry, device: &str, channel: &str) -> Result<Option<(
 }
 
 /// Lets the director offer a package again to the devices an operator retried.
-fn apply_retries(reg: &Registry, effects: &[Effect]) -> Result<(), RegistryError> {
+fn apply_retries(reg: &dyn RolloutStore, effects: &[Effect]) -> Result<(), RegistryError> {
     for e in effects {
         if let Effect::Retry { devices, package } = e {
             for d in devices {
@@ -431,6 +458,7 @@ pub fn state_word(st: &outpost_shared::rollout::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Registry;
     use std::sync::{Arc, Mutex};
 
     /// A log writer into memory.

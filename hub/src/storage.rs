@@ -2,8 +2,9 @@
 //! implemented by the redb store (`Registry`, `TelemetryStore`, the audit log file's `SharedAuditLog`) and by
 //! PostgreSQL (`crate::store::postgres::PgStore`).
 //!
-//! Rollout steering (`crate::rollouts`, and the director's use of it) still takes the `Registry` itself: on
-//! PostgreSQL release records stay in the data directory's index until it moves onto these traits.
+//! Rollouts and the director take [`RolloutStore`] (devices and release records together).
+
+use std::sync::Arc;
 
 use outpost_shared::Digest;
 use outpost_shared::Manifest;
@@ -18,6 +19,7 @@ use outpost_shared::challenger::CycleRecord;
 use outpost_shared::evaluation::{EvaluationRecord, SuiteManifest};
 
 use crate::audit::AuditError;
+use crate::registry::releases::Changed;
 use crate::registry::{
     AliasEvent, AttestationRecord, CapabilityAdded, CapabilityCheck, CapabilityRecord, DeviceRecord, EnrolError,
     PackageRecord, Registry, RegistryError, SuiteAdded, TpmRecord,
@@ -145,7 +147,24 @@ pub trait ReleaseStore: Send + Sync {
     fn release_put(&self, id: &str, record: &ReleaseRecord) -> Result<(), RegistryError>;
     /// Every release record, by id.
     fn releases(&self) -> Result<Vec<(String, ReleaseRecord)>, RegistryError>;
+    /// Every release record, by id, as held (no copy of a rollout over every device).
+    fn releases_shared(&self) -> Result<Vec<(String, Arc<ReleaseRecord>)>, RegistryError>;
+    /// One release record, as held.
+    fn release(&self, id: &str) -> Result<Option<Arc<ReleaseRecord>>, RegistryError>;
+    /// Changes the record `id` with `change` (called once), holding it against every other writer (every replica's)
+    /// until what `change` says it touched is written; `false`: no such release.
+    fn release_change(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut ReleaseRecord) -> Changed,
+    ) -> Result<bool, RegistryError>;
 }
+
+/// What staged rollouts and the director read and write: devices and release records (`crate::rollouts`,
+/// `crate::director`), on whichever backend holds both.
+pub trait RolloutStore: DeviceStore + ReleaseStore {}
+
+impl<T: DeviceStore + ReleaseStore> RolloutStore for T {}
 
 /// The anchor that ties the audit log's newest entry to the store.
 pub trait AuditStore: Send + Sync {
@@ -341,6 +360,19 @@ impl ReleaseStore for Registry {
     }
     fn releases(&self) -> Result<Vec<(String, ReleaseRecord)>, RegistryError> {
         Registry::releases(self)
+    }
+    fn releases_shared(&self) -> Result<Vec<(String, Arc<ReleaseRecord>)>, RegistryError> {
+        Registry::releases_shared(self)
+    }
+    fn release(&self, id: &str) -> Result<Option<Arc<ReleaseRecord>>, RegistryError> {
+        Registry::release(self, id)
+    }
+    fn release_change(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut ReleaseRecord) -> Changed,
+    ) -> Result<bool, RegistryError> {
+        Ok(Registry::release_modify(self, id, |r| ((), change(r)))?.is_some())
     }
 }
 

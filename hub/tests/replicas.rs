@@ -428,3 +428,36 @@ fn package_added_through_one_replica_is_published_and_revoked_through_the_other(
     );
     b.ok(&["release", "revoke", "affine@1.0.0", "--reason", "field regression"]);
 }
+
+/// The assignment version a bundle's assignment carries.
+fn assignment_version(bundle: &[u8]) -> u64 {
+    let bundle: outpost_shared::director::Bundle = outpost_shared::canonical::from_slice(bundle).unwrap();
+    let envelope: outpost_shared::director::Envelope =
+        outpost_shared::canonical::from_slice(&bundle.assignment).unwrap();
+    let assignment: outpost_shared::director::Assignment =
+        outpost_shared::canonical::from_slice(&envelope.body).unwrap();
+    assignment.version
+}
+
+#[test]
+fn a_device_moving_between_replicas_never_sees_its_assignment_version_go_back() {
+    let r = TwoReplicas::new();
+    let key = r.hubs[0].tmp.path().join("offline/targets-1.key");
+    r.hubs[0].ok(&["release", "publish", "affine@1.0.0", "--channel", "stable", "--key", key.to_str().unwrap()]);
+    let device = outpost_attestation::identity::Identity::from_seed([8; 32]);
+    r.hubs[1].ok(&["device", "approve", &device.public_key().to_hex(), "--channel", "stable"]);
+    let (_a, a_addr, hub_key) = r.serve(0);
+    let (_b, b_addr, _) = r.serve(1);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut seen = Vec::new();
+    // A, B, A, B, A: each replica caches what it signed, and must not serve it once the other signed a newer one.
+    for addr in [a_addr, b_addr, a_addr, b_addr, a_addr] {
+        let config = outpost_net::client::ClientConfig::new(addr, hub_key);
+        let bundle = runtime.block_on(async {
+            let client = outpost_net::client::HubClient::connect(&device, &config).await.unwrap();
+            client.assignment().await.unwrap().expect("an assignment from each replica")
+        });
+        seen.push(assignment_version(&bundle));
+    }
+    assert!(seen.windows(2).all(|w| w[1] > w[0]), "versions as the device saw them: {seen:?}");
+}

@@ -8,6 +8,7 @@ use std::sync::{Arc, Barrier};
 
 use outpost_hub::audit::{SharedAuditLog, default_path};
 use outpost_hub::blobs::BlobStore;
+use outpost_hub::registry::releases::Changed;
 use outpost_hub::registry::{AttestationRecord, DeviceStatus, EnrolError, Registry, RegistryError, TpmRecord};
 use outpost_hub::rollouts::ReleaseRecord;
 use outpost_hub::storage::{
@@ -185,6 +186,7 @@ both!(
     enrolment_token_raced_by_two_replicas_is_spent_once,
     assignment_versions_bumped_by_two_replicas_at_once_are_each_new,
     release_record_roundtrips_and_is_replaced_whole,
+    release_changed_by_two_replicas_at_once_keeps_every_change,
     audit_anchor_only_moves_forward_and_a_fork_is_refused,
     audit_anchor_raced_by_two_replicas_at_one_place_keeps_one,
 );
@@ -481,6 +483,37 @@ fn release_record_roundtrips_and_is_replaced_whole(b: &Backend) {
         vec![("r1".to_owned(), r1), ("r2".to_owned(), paused)],
         "a write by another writer is read, not a stale copy"
     );
+}
+
+fn release_changed_by_two_replicas_at_once_keeps_every_change(b: &Backend) {
+    const EACH: u64 = 20;
+    b.one().release_store().release_put("r1", &release("r1", &[key(1)])).unwrap();
+    let stores = [b.one().release_store(), b.other().release_store()];
+    let barrier = Barrier::new(2);
+    std::thread::scope(|scope| {
+        for s in stores {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                barrier.wait();
+                for _ in 0..EACH {
+                    let found = s
+                        .release_change("r1", &mut |r| {
+                            r.started_at += 1;
+                            Changed::Whole
+                        })
+                        .unwrap();
+                    assert!(found);
+                }
+            });
+        }
+    });
+    let held = b.other().release_store().release("r1").unwrap().unwrap();
+    assert_eq!(held.started_at, START + 2 * EACH, "no change lost between the two writers");
+    let read = b.one().release_store().releases_shared().unwrap();
+    assert_eq!(read[0].1.started_at, START + 2 * EACH);
+    // Nothing changed: nothing written; an unknown release: said so.
+    assert!(b.one().release_store().release_change("r1", &mut |_| Changed::Nothing).unwrap());
+    assert!(!b.one().release_store().release_change("nope", &mut |_| Changed::Whole).unwrap());
 }
 
 fn anchor(seq: u64, what: &[u8]) -> Anchor {

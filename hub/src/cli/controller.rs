@@ -308,7 +308,7 @@ fn approve(hub: &Hub, o: &mut Out<'_>, id: &str, key: &Path, plan: Option<&Path>
             ("revoked".to_owned(), None)
         }
         Action::Archive if p.role == Role::Shadow => {
-            let running = outpost_hub::rollouts::list(reg)?
+            let running = outpost_hub::rollouts::list(store.rollouts())?
                 .into_iter()
                 .rev()
                 .find(|(_, r)| r.rollout.release.package == p.package && r.shadowing());

@@ -148,7 +148,7 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         ReleaseCmd::Start { package, plan, channel } => {
             let text = std::fs::read_to_string(&plan).with_context(|| format!("reading {}", plan.display()))?;
             let plan = outpost_shared::rollout::Plan::from_toml(&text, &plan)?;
-            let (reg, packages) = (registry(hub)?, hub.store()?.packages());
+            let packages = hub.store()?.packages();
             let d = packages.resolve(&package)?;
             let (_, manifest) = packages.manifest(&d)?;
             let director = Director::new(&r);
@@ -159,7 +159,7 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
                     "{package} is not published to channel {channel}: `outpost-hub release publish` it first"
                 );
             }
-            let aborted: Vec<outpost_shared::Digest> = outpost_hub::rollouts::list(reg)?
+            let aborted: Vec<outpost_shared::Digest> = outpost_hub::rollouts::list(hub.store()?.rollouts())?
                 .into_iter()
                 .filter(|(_, rec)| matches!(rec.rollout.state, outpost_shared::rollout::State::Aborted { .. }))
                 .map(|(_, rec)| rec.rollout.release.package)
@@ -179,7 +179,8 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
                 signers: r.signers_of(&d)?,
             };
             let label = format!("{}@{}", manifest.name, manifest.version);
-            let (id, effects) = outpost_hub::rollouts::start(reg, release, &label, plan, &channel, now)?;
+            let (id, effects) =
+                outpost_hub::rollouts::start(hub.store()?.rollouts(), release, &label, plan, &channel, now)?;
             audit(hub, "operator", Action::Start, &id, &format!("{label} on {channel}"))?;
             for e in &effects {
                 writeln!(o.err, "{id}: {}", outpost_hub::rollouts::describe(e))?;
@@ -192,7 +193,7 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
                 "{:<5} {:<28} {:<10} {:<22} {:>9} {:>7} {:>8}",
                 "ID", "PACKAGE", "CHANNEL", "STATE", "INSTALLED", "ERRORS", "REJECTED"
             )?;
-            for (id, rec) in outpost_hub::rollouts::list(registry(hub)?)? {
+            for (id, rec) in outpost_hub::rollouts::list(hub.store()?.rollouts())? {
                 let st = rec.rollout.status();
                 writeln!(
                     o.out,
@@ -231,7 +232,7 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         ReleaseCmd::Approve { id, key } => {
             // Only a key holder of the package's role may approve (and, for high risk, not its publisher).
             let k = Key::load(&key)?;
-            let risk = outpost_hub::rollouts::get(registry(hub)?, &id)?.rollout.release.risk;
+            let risk = outpost_hub::rollouts::get(hub.store()?.rollouts(), &id)?.rollout.release.risk;
             r.authorise(outpost_hub::tuf::role_for(risk), &k, &key)?;
             let key_id = key_id(&k.public_bytes());
             let cmd = outpost_shared::rollout::Command::Approve { key_id: key_id.clone() };
@@ -284,7 +285,7 @@ pub(super) fn release_command(
         outpost_shared::rollout::Command::Abort { reason } => reason.clone(),
         _ => String::new(),
     };
-    let effects = outpost_hub::rollouts::command(registry(hub)?, id, cmd, now)?;
+    let effects = outpost_hub::rollouts::command(hub.store()?.rollouts(), id, cmd, now)?;
     audit(hub, actor, action, id, &detail)?;
     for e in &effects {
         writeln!(o.err, "{id}: {}", outpost_hub::rollouts::describe(e))?;
@@ -293,7 +294,7 @@ pub(super) fn release_command(
 }
 
 fn release_status(hub: &Hub, id: &str, json: bool, o: &mut Out<'_>) -> Result<()> {
-    let rec = outpost_hub::rollouts::get(registry(hub)?, id)?;
+    let rec = outpost_hub::rollouts::get(hub.store()?.rollouts(), id)?;
     let st = rec.rollout.status();
     if json {
         writeln!(

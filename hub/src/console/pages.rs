@@ -28,7 +28,7 @@ pub struct ReleaseView {
 /// Every release, oldest first, with its status.
 pub fn build_releases(hub: &crate::service::Hub) -> Result<Vec<ReleaseView>, PageError> {
     let store = hub.store().map_err(hub_err)?;
-    Ok(crate::rollouts::list(store.registry())
+    Ok(crate::rollouts::list(store.rollouts())
         .map_err(hub_err)?
         .into_iter()
         .map(|(id, record)| ReleaseView { status: record.rollout.status(), id, record })

@@ -17,15 +17,15 @@ pub use files::{open_shared, opens};
 
 use crate::storage::{
     AuditEntries, AuditStore, CapabilityStore, CycleStore, DeviceStore, EvaluationStore, PackageStore, ReleaseStore,
-    TelemetryEvents,
+    RolloutStore, TelemetryEvents,
 };
 
 /// The hub's durable state, open: the registry index (packages, aliases, devices, releases, audit anchor) and the
 /// telemetry store. The serving hub opens it once and hands `Arc<Store>` to everything that reads or writes it.
 ///
-/// On PostgreSQL every trait but [`ReleaseStore`] is the database's; the data directory's index still holds what
-/// has not moved there (release records with the rollouts that steer by them, console users, controller records,
-/// and the package index `package add` checks lineage in, which also registers the package in the database).
+/// On PostgreSQL every trait is the database's; the data directory's index still holds what has not moved there
+/// (console users and charts, controller records, and the package index `package add` checks lineage in, which
+/// also registers the package in the database).
 #[derive(Debug)]
 pub struct Store {
     registry: crate::Registry,
@@ -84,8 +84,8 @@ impl Store {
         Ok(Store { registry, backend })
     }
 
-    /// The registry index itself, for what has not moved onto the storage traits yet (rollouts, console users,
-    /// controller records, `package add`'s checks).
+    /// The registry index itself, for what has not moved onto the storage traits yet (console users, controller
+    /// records, `package add`'s checks).
     pub fn registry(&self) -> &crate::Registry {
         &self.registry
     }
@@ -138,9 +138,20 @@ impl Store {
         }
     }
 
-    /// Staged releases (the data directory's index on PostgreSQL too, until the rollouts move onto the traits).
+    /// Staged releases.
     pub fn releases(&self) -> &dyn ReleaseStore {
-        &self.registry
+        match &self.backend {
+            Backend::Postgres(pg) => &**pg,
+            Backend::Embedded(_) => &self.registry,
+        }
+    }
+
+    /// Devices and release records together, for staged rollouts and the director.
+    pub fn rollouts(&self) -> &dyn RolloutStore {
+        match &self.backend {
+            Backend::Postgres(pg) => &**pg,
+            Backend::Embedded(_) => &self.registry,
+        }
     }
 
     /// The audit anchor.

@@ -182,6 +182,21 @@ impl Worker {
         T: Send + 'static,
         E: From<PgError> + Send + 'static,
     {
+        let answer = self.start(op, fut)?;
+        answer.recv().map_err(|_| PgError::Worker(format!("{op}: the query's task ended without an answer")))?
+    }
+
+    /// Starts `fut` on the store's runtime (bounded by the query timeout) without waiting: its answer comes on the
+    /// channel returned, for a caller that talks to the task meanwhile.
+    pub(crate) fn start<T, E>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, E>> + Send + 'static,
+    ) -> Result<std::sync::mpsc::Receiver<Result<T, E>>, E>
+    where
+        T: Send + 'static,
+        E: From<PgError> + Send + 'static,
+    {
         let Some(rt) = &self.rt else { return Err(PgError::Worker("stopped".into()).into()) };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let limit = self.query_timeout;
@@ -192,7 +207,7 @@ impl Worker {
             };
             let _ = tx.send(answer);
         });
-        rx.recv().map_err(|_| PgError::Worker(format!("{op}: the query's task ended without an answer")))?
+        Ok(rx)
     }
 }
 

@@ -1,5 +1,5 @@
-//! [`ReleaseStore`] and [`AuditStore`] on PostgreSQL: release records replaced whole under their id, and the audit
-//! log's newest anchor, which only moves forward.
+//! [`ReleaseStore`] and [`AuditStore`] on PostgreSQL: release records replaced whole under their id (changed under
+//! the row's lock), and the audit log's newest anchor, which only moves forward.
 //!
 //! The anchor's rule is one statement (an upsert that changes the row only for a higher sequence number), so two
 //! replicas that appended different entries at the same place cannot both record theirs: the second is refused.
@@ -10,6 +10,7 @@ use outpost_shared::audit::Anchor;
 
 use super::{PgStore, big, keyed, query, record};
 use crate::RegistryError;
+use crate::registry::releases::Changed;
 use crate::registry::{decode_state, encode, encode_state};
 use crate::rollouts::ReleaseRecord;
 use crate::storage::{AuditStore, ReleaseStore};
@@ -48,6 +49,87 @@ impl ReleaseStore for PgStore {
                 Ok((id, record))
             })
             .collect()
+    }
+
+    fn releases_shared(&self) -> Result<Vec<(String, Arc<ReleaseRecord>)>, RegistryError> {
+        const OP: &str = "reading the releases";
+        let rows = self.run(OP, move |pool| async move {
+            Ok(keyed(&*pool.get().await?, OP, "SELECT id, record FROM releases ORDER BY id").await?)
+        })?;
+        rows.into_iter()
+            .map(|(id, bytes)| {
+                let record = self.releases_decoded.get_shared(&id, &bytes, |b| decode_state(&id, b))?;
+                Ok((id, record))
+            })
+            .collect()
+    }
+
+    fn release(&self, id: &str) -> Result<Option<Arc<ReleaseRecord>>, RegistryError> {
+        const OP: &str = "reading a release";
+        let i = id.to_owned();
+        let bytes: Option<Vec<u8>> = self.run(OP, move |pool| async move {
+            let row = pool
+                .get()
+                .await?
+                .query_opt("SELECT record FROM releases WHERE id = $1", &[&i])
+                .await
+                .map_err(query(OP))?;
+            Ok(row.map(|r| r.get(0)))
+        })?;
+        bytes.map(|b| self.releases_decoded.get_shared(id, &b, |b| decode_state(id, b))).transpose()
+    }
+
+    /// One transaction holding the release's row (`FOR UPDATE`) from the read until the changed record is written:
+    /// the record goes to the calling thread, `change` runs there, and the record comes back to be written (or the
+    /// transaction is rolled back when nothing changed). Written whole: the database has no per-device rows.
+    fn release_change(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut ReleaseRecord) -> Changed,
+    ) -> Result<bool, RegistryError> {
+        const OP: &str = "changing a release";
+        let (to_caller, from_task) = std::sync::mpsc::sync_channel::<Option<ReleaseRecord>>(1);
+        let (to_task, from_caller) = tokio::sync::oneshot::channel::<Option<ReleaseRecord>>();
+        let (pool, i) = (self.pool.clone(), id.to_owned());
+        let answer = self.worker.start(OP, async move {
+            let mut c = pool.get().await?;
+            let tx = c.transaction().await.map_err(query("starting a transaction"))?;
+            let row = tx
+                .query_opt("SELECT record FROM releases WHERE id = $1 FOR UPDATE", &[&i])
+                .await
+                .map_err(query("locking a release"))?;
+            let found = row.map(|r| decode_state::<ReleaseRecord>(&i, r.get::<_, &[u8]>(0))).transpose()?;
+            let known = found.is_some();
+            let _ = to_caller.send(found);
+            if !known {
+                return Ok::<_, RegistryError>(None);
+            }
+            // Nothing changed, or the caller gave up: rolled back.
+            let Ok(Some(changed)) = from_caller.await else { return Ok(None) };
+            let bytes = encode_state(&changed)?;
+            tx.execute("UPDATE releases SET record = $2 WHERE id = $1", &[&i, &bytes])
+                .await
+                .map_err(query("writing a release"))?;
+            tx.commit().await.map_err(query("committing a release"))?;
+            Ok(Some((bytes, changed)))
+        })?;
+        let known = match from_task.recv() {
+            Ok(Some(mut record)) => {
+                let changed = change(&mut record);
+                let _ = to_task.send((changed != Changed::Nothing).then_some(record));
+                true
+            }
+            Ok(None) => false,
+            // The task failed before reading the row: its error is the answer.
+            Err(_) => false,
+        };
+        let written = answer
+            .recv()
+            .map_err(|_| super::PgError::Worker(format!("{OP}: the query's task ended without an answer")))??;
+        if let Some((bytes, record)) = written {
+            self.releases_decoded.put(id, &bytes, Arc::new(record));
+        }
+        Ok(known)
     }
 }
 
