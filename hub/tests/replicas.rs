@@ -1,5 +1,6 @@
 //! Hub replicas on one PostgreSQL database (a real server the test support starts): the leader lease held by one
-//! replica at a time and passed on when its holder dies, and notices raised on one replica reaching the others.
+//! replica at a time and passed on when its holder dies, notices raised on one replica reaching the others, and two
+//! `outpost-hub serve` processes sharing a fleet (a staged release completed across a kill -9 of the leader).
 
 // Deadlines for a real database server and real processes: wall time, not an injected clock.
 #![allow(clippy::disallowed_methods)]
@@ -460,4 +461,124 @@ fn a_device_moving_between_replicas_never_sees_its_assignment_version_go_back() 
         seen.push(assignment_version(&bundle));
     }
     assert!(seen.windows(2).all(|w| w[1] > w[0]), "versions as the device saw them: {seen:?}");
+}
+
+/// A two-stage plan (half the channel, then everyone) that moves on as soon as one device installed.
+const QUICK_PLAN: &str = r#"
+name = "quick"
+recovered_percent = 95
+
+[[stage]]
+name = "half"
+cohort_percent = 50
+min_devices = 1
+soak_secs = 1
+success_percent = 90
+error_percent = 50
+
+[[stage]]
+name = "all"
+cohort_percent = 100
+min_devices = 1
+soak_secs = 1
+success_percent = 90
+error_percent = 50
+"#;
+
+/// The state word `release list` prints for release `id`.
+fn release_state(hub: &support::TestHub, id: &str) -> String {
+    let list = hub.ok(&["release", "list"]);
+    list.lines().find(|l| l.starts_with(id)).map(str::to_owned).unwrap_or_default()
+}
+
+#[test]
+fn lease_holder_killed_mid_rollout_the_other_replica_completes_it_and_no_assignment_version_goes_back() {
+    let r = TwoReplicas::new();
+    let (a_hub, b_hub) = (&r.hubs[0], &r.hubs[1]);
+    let key = a_hub.tmp.path().join("offline/targets-1.key");
+    let (model, manifest) =
+        a_hub.write_affine(&outpost_shared::testkit::AffineManifest::new("affine", "1.1.0", 3.0, 1.0));
+    a_hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    for p in ["affine@1.0.0", "affine@1.1.0"] {
+        a_hub.ok(&["release", "publish", p, "--channel", "stable", "--key", key.to_str().unwrap()]);
+    }
+    let devices: Vec<_> = (20..24).map(|n| outpost_attestation::identity::Identity::from_seed([n; 32])).collect();
+    for d in &devices {
+        a_hub.ok(&["device", "approve", &d.public_key().to_hex(), "--channel", "stable"]);
+    }
+    let (mut a, a_addr, hub_key) = r.serve(0);
+    a.until("replica A leading", BOUND, |l| says(l, "holds the leader lease"));
+    let (b, b_addr, _) = r.serve(1);
+    let plan = a_hub.tmp.path().join("quick.toml");
+    std::fs::write(&plan, QUICK_PLAN).unwrap();
+    let id = a_hub.ok(&["release", "start", "affine@1.1.0", "--plan", plan.to_str().unwrap(), "--channel", "stable"]);
+    let id = id.trim().to_owned();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Per device, each assignment seen: its version and what it assigned.
+    let mut versions: Vec<Vec<(u64, outpost_shared::Digest)>> = vec![Vec::new(); devices.len()];
+    let mut a_alive = true;
+    let start = Instant::now();
+    loop {
+        for (i, d) in devices.iter().enumerate() {
+            // Spread over both replicas while both live; everyone on B once A is gone.
+            let addr = if a_alive && i % 2 == 0 { a_addr } else { b_addr };
+            let config = outpost_net::client::ClientConfig::new(addr, hub_key);
+            let bundle = runtime.block_on(async {
+                let client = outpost_net::client::HubClient::connect(d, &config).await.unwrap();
+                let bundle = client.assignment().await.unwrap().expect("an assignment");
+                let version = assignment_version(&bundle);
+                let target = assigned_target(&bundle);
+                let report = outpost_shared::update::StateReport {
+                    active: Some(target),
+                    last_good: Some(target),
+                    rolled_back: Vec::new(),
+                    phase: "idle".into(),
+                    message: String::new(),
+                    refusals: Vec::new(),
+                    policy: None,
+                    site: None,
+                    shadow: None,
+                };
+                client.report(&outpost_shared::canonical::to_vec(&report).unwrap()).await.unwrap();
+                (version, target)
+            });
+            versions[i].push(bundle);
+        }
+        let state = release_state(if a_alive { a_hub } else { b_hub }, &id);
+        if a_alive && state.contains("running stage 2") {
+            // Mid-rollout: the leader dies without releasing anything.
+            a.child.kill().unwrap();
+            a.child.wait().unwrap();
+            a_alive = false;
+            b.until("replica B taking over", BOUND, |l| says(l, "holds the leader lease"));
+        }
+        if state.contains("completed") {
+            assert!(!a_alive, "the rollout completed before the leader was killed mid-way: {state}");
+            break;
+        }
+        assert!(start.elapsed() < BOUND * 6, "the rollout did not complete: {state}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A version never goes back; the same version again is the same assignment served again (from a cache).
+    for (i, seen) in versions.iter().enumerate() {
+        assert!(
+            seen.windows(2).all(|w| w[1].0 > w[0].0 || w[1] == w[0]),
+            "device {i}'s assignments went back: {seen:?}"
+        );
+    }
+    // Everyone ends on the release's package, and some device got it only in the second stage (after the kill).
+    let last = versions[0].last().unwrap().1;
+    assert!(versions.iter().all(|seen| seen.last().unwrap().1 == last), "{versions:?}");
+    assert!(versions.iter().any(|seen| seen[0].1 != last), "the second stage moved nobody: {versions:?}");
+}
+
+/// The package an assignment names first.
+fn assigned_target(bundle: &[u8]) -> outpost_shared::Digest {
+    let bundle: outpost_shared::director::Bundle = outpost_shared::canonical::from_slice(bundle).unwrap();
+    let envelope: outpost_shared::director::Envelope =
+        outpost_shared::canonical::from_slice(&bundle.assignment).unwrap();
+    let assignment: outpost_shared::director::Assignment =
+        outpost_shared::canonical::from_slice(&envelope.body).unwrap();
+    assignment.targets[0].sha256
 }
