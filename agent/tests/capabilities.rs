@@ -241,3 +241,76 @@ async fn an_upgraded_agent_keeps_its_single_model_as_a_lane_without_downloading_
     assert_eq!(std::fs::read_to_string(slots.join("b/digest")).unwrap().trim(), ocr_2.to_hex());
     assert_eq!(std::fs::read_to_string(slots.join(VAD).join("a/digest")).unwrap().trim(), vad_1.to_hex());
 }
+
+/// Router 1.0.0 with one route, `scale`, over both capabilities (affine: x[N, 4] → y[N, 4]): OCR for requests
+/// asking the `fast` tier, VAD the fallback.
+fn publish_router(w: &World) {
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/routers/ocr-router.toml"),
+    )
+    .unwrap();
+    let rules = format!(
+        r#"name = "ocr-router"
+version = "1.0.0"
+[[route]]
+name = "scale"
+[[route.contract.inputs]]
+name = "x"
+dtype = "f32"
+shape = ["N", 4]
+[[route.contract.outputs]]
+name = "y"
+dtype = "f32"
+shape = ["N", 4]
+[[route.candidate]]
+capability = "{OCR}"
+niche = {{ cost_tier = "fast" }}
+[[route.candidate]]
+capability = "{VAD}"
+"#
+    );
+    let (r, m) = (w.tmp.path().join("rules.toml"), w.tmp.path().join("router.toml"));
+    std::fs::write(&r, rules).unwrap();
+    std::fs::write(&m, manifest).unwrap();
+    let reg = w.registry();
+    let d = reg.add(&r, &m).unwrap().digest;
+    let (record, manifest) = (reg.record(&d).unwrap().unwrap(), reg.manifest(&d).unwrap().1);
+    drop(reg);
+    w.publish_as(&record, &manifest, "stable");
+}
+
+/// One request through route `scale`, asking the `fast` tier.
+async fn route_fast(d: &Device) -> (u16, serde_json::Value) {
+    let body = json!({
+        "inputs": [{ "name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 1.0, 1.0, 1.0] }],
+        "parameters": { "cost_tier": "fast" },
+    });
+    http(d.api, "POST", "/v2/models/scale/infer", body.to_string().as_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_over_two_capabilities_falls_back_to_the_other_lane_when_one_is_revoked() {
+    let w = World::new();
+    let (hub, _) = w.serve().await;
+    publish(&w, "vad", "1.0.0", 3.0, VAD, MIB);
+    let ocr_1 = publish(&w, "ocr", "1.0.0", 2.0, OCR, MIB);
+    publish_router(&w);
+    let mut d = device(&w, hub, "").await;
+    d.agent.check().await.unwrap();
+    assert_eq!(d.infer("ocr", 1.0).await.0, 200);
+    assert_eq!(d.infer("vad", 1.0).await.0, 200);
+
+    // The route sees both lanes' handles: the specialist (OCR, the agent's own handle) answers the fast tier.
+    let (status, body) = route_fast(&d).await;
+    assert_eq!((status, body["model_name"].as_str()), (200, Some("ocr")), "{body}");
+    assert_eq!(body["parameters"].get("fallback_reason"), None, "{body}");
+
+    // OCR revoked with nothing to go back to: its lane stops serving and marks it revoked for routing; the
+    // fallback, VAD's own handle, answers and says why.
+    Director::new(&w.repo).revoke(ocr_1, "bad weights", w.clock.wall()).unwrap();
+    d.agent.check().await.unwrap();
+    assert_eq!(d.serving(OCR), None);
+    let (status, body) = route_fast(&d).await;
+    assert_eq!((status, body["model_name"].as_str()), (200, Some("vad")), "{body}");
+    assert_eq!(body["parameters"]["fallback_reason"].as_str(), Some("revoked"), "{body}");
+}
