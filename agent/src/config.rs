@@ -164,6 +164,11 @@ pub struct Updates {
     /// past it the check fails with `CheckError::Deadline` and the loop goes on, so a hub, site node or mirror
     /// that sends a byte now and then cannot freeze it. A download cut short resumes at the next check.
     pub check_deadline_secs: u64,
+    /// Memory the device gives its models, in bytes (`None`: unbounded). Before a package is downloaded, the memory
+    /// budgets (`runtime.memory_budget_bytes`) of every model the device would then hold are summed — each other
+    /// capability's, this capability's active model (it stays loaded through the new package's health window) and
+    /// the new package — and a package past this limit is refused (rule `memory_budget`, reported to the hub).
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// Default of [`Updates::check_deadline_secs`]: ten minutes, room for a large model on a slow link (and a
@@ -178,6 +183,7 @@ impl Default for Updates {
             health_inferences: 20,
             health_secs: 300,
             check_deadline_secs: DEFAULT_CHECK_DEADLINE_SECS,
+            memory_limit_bytes: None,
         }
     }
 }
@@ -261,6 +267,10 @@ health_secs = 300
 # fails and is retried at the next poll, so a hub, site node or mirror sending a byte now and then cannot hold the
 # agent; a download cut short resumes where it stopped.
 check_deadline_secs = 600
+# Optional: memory the device gives its models, in bytes. Before a package is downloaded the memory budgets
+# (runtime.memory_budget_bytes) of every model the device would then hold are summed, each capability's; a package
+# past the limit is refused (rule `memory_budget`) and the others keep serving. Default: no limit.
+# memory_limit_bytes = 268435456
 
 [inference]
 # The local Open Inference Protocol v2 API (KServe / Triton compatible). Keep it on localhost.
@@ -348,6 +358,9 @@ impl AgentConfig {
         }
         if raw.updates.check_deadline_secs == 0 {
             return Err(invalid("updates.check_deadline_secs", "must be at least 1".into()));
+        }
+        if raw.updates.memory_limit_bytes == Some(0) {
+            return Err(invalid("updates.memory_limit_bytes", "must be at least 1 (leave it out for no limit)".into()));
         }
         if raw.updates.health_inferences == 0 && raw.updates.health_secs == 0 {
             return Err(invalid("updates.health_secs", "a health window of zero confirms nothing".into()));

@@ -2,13 +2,16 @@
 //! two model slots — and the atomic writes that keep each of them whole across power cuts and `kill -9`.
 //!
 //! Layout: `identity.key`, `tuf/` (sigstore-tuf's file store; `tuf/root.json` is the trusted root),
-//! `state.json`, `staging/<digest>.opkg.part`, `slots/a/`, `slots/b/` (`model.onnx`, `manifest.cbor`, `digest`).
+//! `state.json` (one update lane per capability, `shared::update::lanes::DeviceState`),
+//! `staging/<digest>.opkg.part`, and each capability's two slots `slots/<capability>/a/` and `/b/` (`model.onnx`,
+//! `manifest.cbor`, `digest`) — `slots/a/` and `slots/b/` for the lane migrated from a single-model agent.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use outpost_shared::Digest;
+use outpost_shared::update::lanes::DeviceState;
 use outpost_shared::update::{AgentState, Slot};
 
 /// Paths inside a device directory.
@@ -68,13 +71,36 @@ impl Layout {
         self.root.join("cache")
     }
 
-    /// A model slot's directory.
+    /// A model slot's directory, as a single-model agent laid it out (the migrated lane's).
     pub fn slot(&self, s: Slot) -> PathBuf {
-        self.root.join("slots").join(match s {
-            Slot::A => "a",
-            Slot::B => "b",
-        })
+        self.root.join("slots").join(slot_name(s))
     }
+
+    /// One capability's model slot: `slots/<capability>/a` or `/b`, or [`slot`](Layout::slot) for the lane
+    /// migrated from a single-model agent (`legacy`). The capability must be [`lane_name_ok`].
+    pub fn lane_slot(&self, capability: &str, legacy: bool, s: Slot) -> PathBuf {
+        if legacy { self.slot(s) } else { self.root.join("slots").join(capability).join(slot_name(s)) }
+    }
+}
+
+fn slot_name(s: Slot) -> &'static str {
+    match s {
+        Slot::A => "a",
+        Slot::B => "b",
+    }
+}
+
+/// Longest capability name that gets a slots directory of its own.
+pub const MAX_LANE_NAME: usize = 128;
+
+/// Whether `capability` can name a slots directory: ASCII letters, digits, `.`, `_` and `-`, not starting with
+/// `.`, at most [`MAX_LANE_NAME`] bytes, and neither `a` nor `b` (the migrated lane's own slots).
+pub fn lane_name_ok(capability: &str) -> bool {
+    !capability.is_empty()
+        && capability.len() <= MAX_LANE_NAME
+        && !capability.starts_with('.')
+        && !matches!(capability, "a" | "b")
+        && capability.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Length and SHA-256 of a file, streamed (a package is never held whole in memory to hash it).
@@ -95,15 +121,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Loads the persisted state, or `None` on a fresh device.
+/// Loads the persisted state of the primary lane (an agent's whole state before it ran several capabilities; a
+/// site node's own), or `None` on a fresh device.
 pub fn load_state(layout: &Layout) -> std::io::Result<Option<AgentState>> {
-    match fs::read(layout.state()) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("state.json: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    let Some(bytes) = read_state(layout)? else { return Ok(None) };
+    let device = DeviceState::from_json(&bytes, "").map_err(invalid_state)?;
+    Ok(device.primary_state().cloned())
+}
+
+/// Loads the persisted lanes, or `None` on a fresh device. A single-model agent's `state.json` becomes the lane
+/// of the capability `legacy_capability` names for it (read from its slots), its slots staying where they are.
+pub fn load_device_state(
+    layout: &Layout,
+    legacy_capability: impl FnOnce(&AgentState) -> String,
+) -> std::io::Result<Option<DeviceState>> {
+    let Some(bytes) = read_state(layout)? else { return Ok(None) };
+    let mut device = DeviceState::from_json(&bytes, "").map_err(invalid_state)?;
+    if let Some(lane) = device.lanes.remove("").filter(|l| l.legacy_slots) {
+        let capability = legacy_capability(&lane.state);
+        device.primary = Some(capability.clone());
+        device.lanes.insert(capability, lane);
     }
+    Ok(Some(device))
+}
+
+/// The directory of the primary lane's `slot` (what [`load_state`] speaks of), as persisted; a fresh device's
+/// [`Layout::slot`].
+pub fn primary_slot(layout: &Layout, slot: Slot) -> std::io::Result<PathBuf> {
+    let device = load_device_state(layout, |_| String::new())?.unwrap_or_default();
+    let primary = device.primary.clone().or_else(|| device.lanes.keys().next().cloned());
+    Ok(match primary.and_then(|p| device.lanes.get(&p).map(|l| (p.clone(), l.legacy_slots))) {
+        Some((capability, legacy)) => layout.lane_slot(&capability, legacy, slot),
+        None => layout.slot(slot),
+    })
+}
+
+/// Persists the lanes atomically.
+pub fn save_device_state(layout: &Layout, state: &DeviceState) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    write_atomic(&layout.state(), &bytes)
+}
+
+fn read_state(layout: &Layout) -> std::io::Result<Option<Vec<u8>>> {
+    match fs::read(layout.state()) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(named_io(&layout.state(), e)),
+    }
+}
+
+fn invalid_state(e: serde_json::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("state.json: {e}"))
+}
+
+fn named_io(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Persists the state atomically.

@@ -244,9 +244,13 @@ fn run(command: Command) -> Result<()> {
         Command::Infer { config, input } => {
             let config = AgentConfig::load(&config)?;
             let layout = Layout::new(&config.data_dir);
-            let state = device::load_state(&layout)?.context("the agent has not run yet: no model installed")?;
-            let active = state.active.context("no active model")?;
-            let served = load_slot(&layout.slot(active.slot), &active.target.digest)?;
+            let lanes = device::load_device_state(&layout, |_| String::new())?
+                .context("the agent has not run yet: no model installed")?;
+            let primary = lanes.primary.clone().or_else(|| lanes.lanes.keys().next().cloned()).unwrap_or_default();
+            let lane = lanes.lanes.get(&primary).context("no active model")?;
+            let active = lane.state.active.clone().context("no active model")?;
+            let dir = layout.lane_slot(&primary, lane.legacy_slots, active.slot);
+            let served = load_slot(&dir, &active.target.digest)?;
             let body = if input.as_os_str() == "-" {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -569,6 +573,25 @@ fn status(config: &AgentConfig) -> Result<()> {
             r.rule,
             r.reason
         )?;
+    }
+    // The other capabilities' lanes, one line each.
+    let lanes = device::load_device_state(&layout, |_| String::new())?.unwrap_or_default();
+    let primary = lanes.primary.clone().or_else(|| lanes.lanes.keys().next().cloned());
+    for (capability, lane) in lanes.lanes.iter().filter(|(c, _)| Some(*c) != primary.as_ref()) {
+        let report = lane.state.lane_report();
+        let active = report.active.map_or("-".to_owned(), |d| d.short());
+        writeln!(out, "lane        {capability}: active {active}, {}", report.phase)?;
+        for r in &lane.state.refused {
+            writeln!(
+                out,
+                "              {} {} ({}): rule `{}`: {}",
+                r.verb(),
+                r.package,
+                r.digest.short(),
+                r.rule,
+                r.reason
+            )?;
+        }
     }
     print_out(&out)
 }

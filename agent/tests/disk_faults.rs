@@ -107,7 +107,7 @@ fn a_full_disk_fails_the_update_and_telemetry_clearly_and_the_agent_recovers_whe
         let state = device::load_state(&layout).unwrap().unwrap();
         let active = state.active.as_ref().expect("still a model");
         assert_eq!(active.target.digest, current, "{what}: it keeps the model it had");
-        let slot = layout.slot(active.slot);
+        let slot = device::primary_slot(&layout, active.slot).unwrap();
         let manifest_cbor = std::fs::read(slot.join("manifest.cbor")).unwrap();
         Manifest::from_cbor(&manifest_cbor).unwrap();
         let whole = package::digest_of_parts(&manifest_cbor, &std::fs::read(slot.join("model.onnx")).unwrap());

@@ -25,7 +25,7 @@ fn instant_now() -> std::time::Instant {
 
 /// The package a slot holds, rebuilt from its files.
 fn slot_digest(layout: &Layout, slot: outpost_shared::update::Slot) -> Digest {
-    let dir = layout.slot(slot);
+    let dir = device::primary_slot(layout, slot).unwrap();
     let manifest_cbor = std::fs::read(dir.join("manifest.cbor")).unwrap();
     Manifest::from_cbor(&manifest_cbor).unwrap();
     package::digest_of_parts(&manifest_cbor, &std::fs::read(dir.join("model.onnx")).unwrap())
@@ -52,7 +52,8 @@ fn stage_of(layout: &Layout, target: &Digest, full_len: u64) -> Option<Stage> {
             (have > 0 && have < full_len).then_some(Stage::Download)
         }
         Phase::Staging { target: t, slot } if t.digest == *target => {
-            let written = std::fs::read_to_string(layout.slot(*slot).join("digest")).unwrap_or_default();
+            let written =
+                std::fs::read_to_string(device::primary_slot(layout, *slot).ok()?.join("digest")).unwrap_or_default();
             Some(if written == target.to_hex() { Stage::Switch } else { Stage::Unpack })
         }
         Phase::Health { target: t, .. } if t.digest == *target => Some(Stage::Health),

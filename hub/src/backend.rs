@@ -496,9 +496,14 @@ impl HubBackend {
             Err(e) => return Err(Box::new(e)),
         }
         // A state report updates the device record: the director stops offering what it rolled back from.
-        if let Ok(report) = canonical::from_slice::<outpost_shared::update::StateReport>(body) {
+        // A device with several capabilities reports each lane too (`lanes`, which an earlier hub ignores): the
+        // director stops offering what any of them rolled back from; releases are judged on the primary lane.
+        if let Ok(report) = canonical::from_slice::<outpost_shared::update::lanes::DeviceReport>(body) {
             let (now, key, store) = (self.clock.wall(), hex::encode(device), self.store()?);
-            store.devices().device_reported(&key, &report)?;
+            let rolled_back = report.rolled_back();
+            let report = report.state;
+            let record = outpost_shared::update::StateReport { rolled_back, ..report.clone() };
+            store.devices().device_reported(&key, &record)?;
             for happened in crate::rollouts::on_report(store.rollouts(), &key, &report, now)? {
                 happened.log();
             }

@@ -165,3 +165,36 @@ fn an_upgraded_agent_keeps_its_active_model_in_its_old_slots() {
     let stale = l.assigned(T0 + 2, 6, vec![lane(OCR, "ocr-0", MIB)], vec![]);
     assert!(stale.iter().all(|a| !matches!(a.action, Action::Download(_))), "{stale:?}");
 }
+
+#[test]
+fn a_report_of_several_lanes_reads_as_the_primary_lanes_report_on_an_earlier_hub() {
+    use outpost_shared::canonical;
+    use outpost_shared::update::StateReport;
+    use outpost_shared::update::lanes::DeviceReport;
+
+    let mut l = lanes(None);
+    let actions = l.assigned(T0, 1, vec![lane(OCR, "ocr-1", MIB), lane(VAD, "vad-1", MIB)], vec![]);
+    perform(&mut l, T0, actions);
+    confirm(&mut l, "ocr-1");
+    let failing = l.inference(T0, target("vad-1").digest, false);
+    assert!(failing.iter().any(|a| a.capability == VAD && a.action == Action::Deactivate), "{failing:?}");
+    l.set_primary(OCR);
+
+    let report = l.report("hello", None);
+    let bytes = canonical::to_vec(&report).expect("encodes");
+    // An earlier hub decodes a StateReport: the primary lane's, as a single-model agent sent it.
+    let old: StateReport = canonical::from_slice(&bytes).expect("an earlier hub reads it");
+    assert_eq!(old, report.state);
+    assert_eq!(old.active, Some(target("ocr-1").digest));
+    assert_eq!(old.rolled_back, Vec::<Digest>::new(), "the VAD lane's rollback is not the OCR lane's");
+    // This hub sees every lane.
+    let new: DeviceReport = canonical::from_slice(&bytes).expect("reads back");
+    assert_eq!(new, report);
+    assert_eq!(new.lanes[VAD].rolled_back, vec![target("vad-1").digest]);
+    assert_eq!(new.rolled_back(), vec![target("vad-1").digest]);
+    // A report without lanes keeps its bytes, and reads as a DeviceReport without lanes.
+    let single = canonical::to_vec(&report.state).expect("encodes");
+    let read: DeviceReport = canonical::from_slice(&single).expect("an earlier agent's report reads");
+    assert!(read.lanes.is_empty());
+    assert_eq!(canonical::to_vec(&read).expect("encodes"), single);
+}

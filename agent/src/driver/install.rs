@@ -56,11 +56,11 @@ impl Agent {
         Ok(())
     }
 
-    /// Unpacks the verified package into `slot` (never the active one), loads it from there as it will serve
-    /// and runs its smoke test on that plan.
-    pub(super) fn stage(&mut self, t: &Target, slot: Slot) -> Event {
+    /// Unpacks the verified package into `capability`'s `slot` (never the active one), loads it from there as it
+    /// will serve and runs its smoke test on that plan.
+    pub(super) fn stage(&mut self, capability: &str, t: &Target, slot: Slot) -> Event {
         let package = t.digest.short();
-        match self.try_stage(t, slot) {
+        match self.try_stage(capability, t, slot) {
             Ok(()) => {
                 tracing::info!(package, path = %t.path, slot = ?slot, "staged {} into slot {slot:?} (smoke test passed)", t.path);
                 Event::Staged
@@ -81,10 +81,12 @@ impl Agent {
         }
     }
 
-    fn try_stage(&mut self, t: &Target, slot: Slot) -> Result<(), StageError> {
-        if self.updates.state.active.as_ref().is_some_and(|a| a.slot == slot) {
+    fn try_stage(&mut self, capability: &str, t: &Target, slot: Slot) -> Result<(), StageError> {
+        let state = self.lanes.lane(capability).map(|l| &l.state);
+        if state.and_then(|s| s.active.as_ref()).is_some_and(|a| a.slot == slot) {
             return Err("refusing to write into the active slot".to_owned().into());
         }
+        let last_known = state.map_or(0, |s| s.last_known_time);
         let staging = self.layout.staging(&t.digest);
         let bytes = std::fs::read(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
         if Digest::of(&bytes) != t.digest {
@@ -92,15 +94,25 @@ impl Agent {
         }
         let package = Package::decode(&bytes, &PackageLimits::default()).map_err(|e| e.to_string())?;
         refuse_non_model(&package.manifest)?;
+        let named =
+            capability != super::lanes::UNNAMED_LANE && self.lanes.lane(capability).is_some_and(|l| !l.legacy_slots);
+        if named && package.manifest.capability != capability {
+            // TUF stated another capability than the verified manifest: the lane (its slots, its memory) would lie.
+            return Err(format!(
+                "the package serves `{}`, not `{capability}` as its TUF metadata states",
+                package.manifest.capability
+            )
+            .into());
+        }
         if let Some(policy) = &self.policy {
-            let advertised = self.advertised.as_ref().filter(|(d, _)| *d == t.digest).map(|(_, f)| f);
-            let now = self.clock.wall().max(self.updates.state.last_known_time);
+            let advertised = self.advertised.get(&t.digest);
+            let now = self.clock.wall().max(last_known);
             let model_len = package.model.len() as u64;
             if let Some(r) = policy.after_download(t.digest, &package.manifest, model_len, advertised, now, false) {
                 return Err(StageError::Refused(Box::new(r)));
             }
         }
-        let dir = self.layout.slot(slot);
+        let dir = self.slot_dir(capability, slot);
         // The slot's own disk failing is not the package's fault: it is staged again at the next check.
         let io = |e: std::io::Error| StageError::Storage(format!("{}: {e}", dir.display()));
         if dir.exists() {
@@ -117,28 +129,31 @@ impl Agent {
         drop(bytes);
         // Load what the slot now holds, exactly as it will serve, and smoke-test that plan.
         let served = load_slot(&dir, &t.digest).map_err(|e| e.to_string())?;
-        self.staged = Some(Arc::new(served));
+        self.staged.insert(capability.to_owned(), Arc::new(served));
         let _ = std::fs::remove_file(&staging);
         Ok(())
     }
 
-    /// Loads a slot (read-only) for serving and swaps it in; requests in flight finish on the old model.
-    pub(super) fn activate(&mut self, installed: &Installed) -> Result<(), CheckError> {
-        if self.models.current().is_some_and(|a| *a.digest() == installed.target.digest) {
+    /// Loads one of `capability`'s slots (read-only) for serving and swaps it into the capability's handle;
+    /// requests in flight finish on the old model.
+    pub(super) fn activate(&mut self, capability: &str, installed: &Installed) -> Result<(), CheckError> {
+        let handle = self.handle_of(capability);
+        if handle.current().is_some_and(|a| *a.digest() == installed.target.digest) {
             return Ok(());
         }
-        let served = match (self.staged.take(), self.previous.take()) {
+        let served = match (self.staged.remove(capability), self.previous.remove(capability)) {
             (Some(s), _) if *s.digest() == installed.target.digest => s,
             (_, Some(p)) if *p.digest() == installed.target.digest => p,
-            _ => Arc::new(load_slot(&self.layout.slot(installed.slot), &installed.target.digest)?),
+            _ => Arc::new(load_slot(&self.slot_dir(capability, installed.slot), &installed.target.digest)?),
         };
         tracing::info!(package = installed.target.digest.short(), path = %installed.target.path, slot = ?installed.slot, "serving {}", installed.target.path);
         if let Some(routes) = &self.routes {
             routes.mark(&served.manifest().capability, None);
         }
-        let replaced = self.models.swap(served);
-        if matches!(self.updates.state.phase, outpost_shared::update::Phase::Health { .. }) {
-            self.previous = replaced;
+        let replaced = handle.swap(served);
+        let on_trial = self.lanes.lane(capability).map(|l| &l.state.phase);
+        if let (Some(outpost_shared::update::Phase::Health { .. }), Some(replaced)) = (on_trial, replaced) {
+            self.previous.insert(capability.to_owned(), replaced);
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
-//! The agent's update driver: performs what `shared::update::UpdateLoop` decides — TUF refresh (from the hub over
-//! QUIC, or from a static mirror), director bundle checks, resumable downloads, staging into the inactive slot,
-//! activation — and persists the loop's state atomically after every step, so a `kill -9` anywhere resumes or
-//! falls back safely.
+//! The agent's update driver: performs what `shared::update::lanes` decides for each capability the device runs —
+//! TUF refresh (from the hub over QUIC, or from a static mirror), director bundle checks, resumable downloads,
+//! staging into the capability's inactive slot, activation — and persists the lanes' state atomically after every
+//! step, so a `kill -9` anywhere resumes or falls back safely.
 //!
 //! Only this module touches the network and the slots; every decision is the sans-IO loop's.
 
@@ -19,9 +19,8 @@ use outpost_shared::rng::SeededRng;
 use outpost_shared::route::select::Skip;
 use outpost_shared::telemetry::{self, EventKind, Histogram};
 use outpost_shared::update::failover::Replicas;
-use outpost_shared::update::{
-    Action, AgentState, Event, HealthPolicy, Installed, Refusal, Slot, Target, Timing, UpdateLoop,
-};
+use outpost_shared::update::lanes::Lanes;
+use outpost_shared::update::{Action, AgentState, Event, HealthPolicy, Installed, Refusal, Slot, Target, Timing};
 use outpost_shared::{Digest, Manifest, Package, PackageLimits, canonical};
 
 use crate::config::AgentConfig;
@@ -36,7 +35,9 @@ use crate::transport::{self, Transport, TransportError};
 use outpost_net::client::{ClientConfig, HubClient};
 
 mod install;
+pub mod lanes;
 mod router;
+mod shadow;
 pub use install::load_slot;
 use install::refuse_non_model;
 
@@ -130,9 +131,17 @@ pub struct Agent {
     layout: Layout,
     identity: Identity,
     clock: Arc<dyn Clock>,
-    updates: UpdateLoop,
-    /// What the inference API serves; swapped atomically, so in-flight requests finish on the old model.
+    /// One update lane per capability.
+    lanes: Lanes,
+    /// What the inference API serves first: the primary lane's model, swapped atomically, so in-flight requests
+    /// finish on the old model.
     models: Arc<ModelHandle>,
+    /// The other lanes' model handles, by capability ([`Agent::handle_of`]).
+    handles: std::collections::BTreeMap<String, Arc<ModelHandle>>,
+    /// What [`Agent::state`] shows while the device has no lane.
+    no_lane: AgentState,
+    /// The last site-policy problem reported (said once).
+    policy_note: Option<String>,
     client: Option<Arc<HubClient>>,
     /// A client endpoint shared with other agents in this process ([`Agent::share_endpoint`]); `None`: each
     /// connection opens its own UDP socket, as a device does.
@@ -152,17 +161,18 @@ pub struct Agent {
     bootcount: u64,
     /// Reports waiting for a connection (telemetry proper arrives with the fleet issue).
     outbox: Vec<String>,
-    /// The model loaded and smoke-tested by the last successful stage, ready to swap in at once.
-    staged: Option<Arc<Served>>,
-    /// While a package is on trial, the model it replaced, still loaded: a rollback is a pointer swap.
-    previous: Option<Arc<Served>>,
+    /// Per capability, the model loaded and smoke-tested by the last successful stage, ready to swap in at once.
+    staged: std::collections::BTreeMap<String, Arc<Served>>,
+    /// Per capability, while a package is on trial, the model it replaced, still loaded: a rollback is a pointer
+    /// swap.
+    previous: std::collections::BTreeMap<String, Arc<Served>>,
     /// Firmware checked for this gateway's secondaries at the last check, per secondary device id.
     #[cfg(feature = "gateway")]
     firmware: Vec<(String, Result<FirmwareUpdate, CheckError>)>,
     /// The site policy in force (the last one that loaded).
     policy: Option<SitePolicy>,
-    /// What the assigned package's signed metadata stated when the policy judged it before download.
-    advertised: Option<(Digest, PackageFacts)>,
+    /// What the assigned packages' signed metadata stated when the policy judged them before download.
+    advertised: std::collections::BTreeMap<Digest, PackageFacts>,
     /// Telemetry waiting for the hub (durable); `None` if the queue file could not be opened.
     telemetry: Option<crate::telemetry::Queue>,
     /// Inferences since the last check, per model: count, errors, latency.
@@ -186,7 +196,7 @@ pub const TELEMETRY_BATCH: usize = 256;
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("dir", &self.layout.root()).field("state", &self.updates.state).finish()
+        f.debug_struct("Agent").field("dir", &self.layout.root()).field("lanes", &self.lanes.state()).finish()
     }
 }
 
@@ -204,7 +214,7 @@ impl Agent {
     ) -> Result<Agent, CheckError> {
         let layout = Layout::new(&config.data_dir);
         let identity = Identity::load(&layout.identity()).map_err(|e| CheckError::Invalid(e.to_string()))?;
-        let state = device::load_state(&layout)?.unwrap_or_else(|| AgentState::new(clock.wall()));
+        let state = Self::load_lanes(&layout)?;
         let bootcount = crate::attest::next_bootcount(&layout)?;
         let tpm = match config.tpm.clone() {
             None => None,
@@ -221,14 +231,18 @@ impl Agent {
             ..Timing::default()
         };
         let rng = SeededRng::new(local_seed(&identity, clock.as_ref(), b"poll jitter"));
+        let memory_limit = config.updates.memory_limit_bytes;
         let replicas = crate::upstream::replicas(&config);
         let mut agent = Agent {
             config,
             layout,
             identity,
             clock,
-            updates: UpdateLoop::new(state, health).with_timing(timing),
+            lanes: Lanes::new(state, health, timing, memory_limit),
             models,
+            handles: std::collections::BTreeMap::new(),
+            no_lane: AgentState::new(0),
+            policy_note: None,
             client: None,
             endpoint: None,
             #[cfg(feature = "mirror")]
@@ -238,12 +252,12 @@ impl Agent {
             tpm,
             bootcount,
             outbox: Vec::new(),
-            staged: None,
-            previous: None,
+            staged: std::collections::BTreeMap::new(),
+            previous: std::collections::BTreeMap::new(),
             #[cfg(feature = "gateway")]
             firmware: Vec::new(),
             policy: None,
-            advertised: None,
+            advertised: std::collections::BTreeMap::new(),
             telemetry: None,
             inferences: std::collections::BTreeMap::new(),
             routes: None,
@@ -254,8 +268,12 @@ impl Agent {
         };
         agent.telemetry = agent.open_telemetry();
         agent.reload_policy();
-        let clean = std::mem::take(&mut agent.updates.state.clean_shutdown);
-        let actions = agent.updates.handle(agent.clock.wall(), Event::Started { clean });
+        let mut clean = false;
+        for state in agent.lanes.states_mut() {
+            clean |= std::mem::take(&mut state.clean_shutdown);
+        }
+        let actions = agent.lanes.started(agent.clock.wall(), clean);
+        agent.apply_policy();
         agent.save()?;
         agent.perform_local(actions)?;
         Ok(agent)
@@ -266,7 +284,7 @@ impl Agent {
     pub fn reload_policy(&mut self) {
         let Some(source) = self.config.policy.clone() else {
             self.policy = None;
-            self.updates.state.policy = None;
+            self.apply_policy();
             return;
         };
         let (loaded, error) = SitePolicy::load_or_last_good(&source, &self.layout.policy());
@@ -276,62 +294,55 @@ impl Agent {
                 None => "no good policy on record: packages are refused until one loads".into(),
             };
             let message = format!("site policy not loaded: {e}; {kept}");
-            if self.updates.state.last_error.as_deref() != Some(message.as_str()) {
+            let said = [self.policy_note.as_deref(), self.state().last_error.as_deref()];
+            if !said.contains(&Some(message.as_str())) {
                 tracing::warn!("{message}");
                 self.outbox.push(message.clone());
-                self.updates.state.last_error = Some(message);
+                // Said once, and kept as the primary lane's last error (for `status` and the hub).
+                let primary = self.lanes.primary().map(str::to_owned);
+                if let Some(state) = primary.and_then(|p| self.lanes.lane_state_mut(&p)) {
+                    state.last_error = Some(message.clone());
+                }
+                self.policy_note = Some(message);
             }
+        } else {
+            self.policy_note = None;
         }
         if loaded.as_ref().map(SitePolicy::digest) != self.policy.as_ref().map(SitePolicy::digest) || loaded.is_none() {
-            self.updates.state.policy = loaded.as_ref().map(SitePolicy::digest);
-            self.updates.state.site = loaded.as_ref().and_then(|p| p.site().map(str::to_owned));
             self.policy = loaded;
         }
+        self.apply_policy();
     }
 
     /// Records a graceful stop, so the next start continues a health window instead of rolling back.
     pub fn shutdown(mut self) -> Result<(), CheckError> {
-        self.updates.state.clean_shutdown = true;
+        for state in self.lanes.states_mut() {
+            state.clean_shutdown = true;
+        }
         Ok(self.save()?)
     }
 
-    /// The persisted update state.
+    /// The primary lane's persisted update state (a single-model agent's whole state; see [`Agent::lanes`] for
+    /// every capability's).
     pub fn state(&self) -> &AgentState {
-        &self.updates.state
+        self.lanes.primary_state().unwrap_or(&self.no_lane)
     }
 
-    /// The model serving now, if any.
+    /// The primary lane's model serving now, if any (see [`Agent::active_of`]).
     pub fn active(&self) -> Option<Arc<Served>> {
         self.models.current()
     }
 
-    /// The package on trial in a health window, if any.
+    /// The primary lane's package on trial in a health window, if any.
     pub fn on_trial(&self) -> Option<Digest> {
-        match &self.updates.state.phase {
+        match &self.state().phase {
             outpost_shared::update::Phase::Health { target, .. } => Some(target.digest),
             _ => None,
         }
     }
 
     fn save(&self) -> std::io::Result<()> {
-        device::save_state(&self.layout, &self.updates.state)
-    }
-
-    /// Feeds an event to the loop, persists, queues the telemetry it makes, and returns the actions to perform.
-    /// A state that cannot be saved (a full disk) leaves the loop as it was: nothing is done on a step the device
-    /// would not remember, and the same event comes again (the next check, tick or outcome).
-    fn feed(&mut self, event: Event) -> Result<Vec<Action>, CheckError> {
-        let saved = self.updates.clone();
-        let before = self.updates.state.clone();
-        let actions = self.updates.handle(self.clock.wall(), event.clone());
-        if let Err(e) = self.save() {
-            self.updates = saved;
-            return Err(e.into());
-        }
-        for kind in telemetry::events_of(&before, &event, &actions, &self.updates.state) {
-            self.queue(kind);
-        }
-        Ok(actions)
+        device::save_device_state(&self.layout, &self.lanes.state())
     }
 
     fn open_telemetry(&self) -> Option<crate::telemetry::Queue> {
@@ -367,8 +378,13 @@ impl Agent {
     /// Routes requests by the router package the assignment names (installing the one kept from the last run at
     /// once), and reports what `routes` serve (requests, errors, fallbacks, latency per route and candidate) in
     /// telemetry at each check.
+    /// The caller routes to the agent's own handle (`Routes::serve_handle`); the other capabilities' handles are
+    /// added here, and as they come.
     pub fn set_routes(&mut self, routes: Arc<crate::inference::Routes>) {
         self.restore_router(&routes);
+        for handle in self.handles.values() {
+            routes.serve_handle(handle.clone());
+        }
         self.routes = Some(routes);
     }
 
@@ -409,8 +425,9 @@ impl Agent {
                 entry.1 += u64::from(!ok);
             }
         }
-        if self.on_trial() == Some(model) {
-            self.record_inference(ok)?;
+        if self.lanes.on_trial(&model).is_some() {
+            let actions = self.step(&Event::Inference { ok }, |lanes, now| lanes.inference(now, model, ok))?;
+            self.perform_local(actions)?;
             if !ok {
                 tracing::warn!(package = model.short(), "inference failed during the health window: rolled back");
             }
@@ -418,25 +435,26 @@ impl Agent {
         Ok(())
     }
 
-    /// Records one inference's outcome for the health window.
+    /// Records one inference's outcome for the health window of the primary lane's package on trial.
     pub fn record_inference(&mut self, ok: bool) -> Result<(), CheckError> {
-        let actions = self.feed(Event::Inference { ok })?;
+        let Some(model) = self.on_trial() else { return Ok(()) };
+        let actions = self.step(&Event::Inference { ok }, |lanes, now| lanes.inference(now, model, ok))?;
         self.perform_local(actions)
     }
 
     /// Lets time-based decisions (the end of a health window) happen once the update loop's deadline for them
     /// has come; before that it does nothing (and writes nothing).
     pub fn tick(&mut self) -> Result<(), CheckError> {
-        if self.updates.health_deadline().is_none_or(|t| t > self.clock.wall()) {
+        if self.lanes.health_deadline().is_none_or(|t| t > self.clock.wall()) {
             return Ok(());
         }
-        let actions = self.feed(Event::Tick)?;
+        let actions = self.step(&Event::Tick, |lanes, now| lanes.tick(now))?;
         self.perform_local(actions)
     }
 
     /// When the update loop next needs this driver (the next check, the end of a health window), as wall time.
     pub fn next_deadline(&self) -> u64 {
-        self.updates.next_deadline(self.clock.wall())
+        self.lanes.next_deadline(self.clock.wall())
     }
 
     /// How long to sleep until [`next_deadline`](Agent::next_deadline) (zero: it has come).
@@ -447,45 +465,18 @@ impl Agent {
     /// Whether an update check is due now (poll interval with jitter over, a deferral's window open, the
     /// attestation to renew, or [`check_now`](Agent::check_now)).
     pub fn check_due(&self) -> bool {
-        self.updates.check_due(self.clock.wall())
+        self.lanes.check_due(self.clock.wall())
     }
 
     /// Makes an update check due at once (the hub pushed a notice).
     pub fn check_now(&mut self) {
-        self.updates.check_now();
-    }
-
-    /// Performs actions that need no network (activation, reports into the outbox); network actions are
-    /// left for the next check.
-    fn perform_local(&mut self, actions: Vec<Action>) -> Result<(), CheckError> {
-        for action in actions {
-            match action {
-                Action::Activate(installed) => self.activate(&installed)?,
-                Action::Deactivate => {
-                    // Routes say why the capability stopped answering: revoked, or its release failed on the device.
-                    if let (Some(gone), Some(routes)) = (self.models.clear(), &self.routes) {
-                        let revoked = self.updates.state.revoked.contains(gone.digest());
-                        let why = if revoked { Skip::Revoked } else { Skip::HealthFailed };
-                        routes.mark(&gone.manifest().capability, Some(why));
-                    }
-                }
-                Action::Report(message) => {
-                    tracing::info!("{message}");
-                    self.outbox.push(message)
-                }
-                Action::Download(_) | Action::Stage { .. } => {}
-            }
-        }
-        if !matches!(self.updates.state.phase, outpost_shared::update::Phase::Health { .. }) {
-            self.previous = None; // confirmed or rolled back: one model in memory again
-        }
-        Ok(())
+        self.lanes.checks.check_now();
     }
 
     /// The connection to the hub, attested: a new one enrols first if `init --token` left a token, then presents
     /// evidence. An attestation about to expire is renewed on a new connection.
     async fn connect(&mut self) -> Result<Arc<HubClient>, CheckError> {
-        let due = self.updates.renewal_due(self.clock.wall());
+        let due = self.lanes.checks.renewal_due(self.clock.wall());
         if let Some(c) = &self.client
             && c.connection().close_reason().is_none()
             && !due
@@ -501,8 +492,8 @@ impl Agent {
         }
         let facts = crate::attest::Facts {
             bootcount: self.bootcount,
-            model: self.updates.state.active.as_ref().map(|i| i.target.digest),
-            policy: self.updates.state.policy,
+            model: self.state().active.as_ref().map(|i| i.target.digest),
+            policy: self.policy.as_ref().map(SitePolicy::digest),
         };
         match crate::attest::attest(&client, &self.identity, &facts, self.tpm.as_ref()).await? {
             crate::attest::Outcome::Attested(a) => self.attested = Some(a),
@@ -624,8 +615,8 @@ impl Agent {
             self.disconnect();
         }
         // The loop schedules the next check, and the renewal of the attestation this check left.
-        self.updates.attested(self.attested.map(|a| a.expires));
-        self.updates.check_ended(self.clock.wall(), &mut self.rng);
+        self.lanes.checks.attested(self.attested.map(|a| a.expires));
+        self.lanes.check_ended(self.clock.wall(), &mut self.rng);
         result
     }
 
@@ -673,7 +664,8 @@ impl Agent {
         };
         #[cfg(not(feature = "mirror"))]
         let source: Arc<dyn Transport> = client.clone();
-        let now = self.clock.wall().max(self.updates.state.last_known_time);
+        let last_known = self.lanes.lanes().values().map(|l| l.state.last_known_time).max().unwrap_or(0);
+        let now = self.clock.wall().max(last_known);
         let ts = jiff::Timestamp::from_second(i64::try_from(now).unwrap_or(i64::MAX))
             .map_err(|e| CheckError::Invalid(e.to_string()))?;
         let mut tuf = crate::tuf::updater(source.clone(), &self.layout.tuf())?;
@@ -687,12 +679,16 @@ impl Agent {
         let assignment: Assignment = director::open(&bundle.assignment, director::ASSIGNMENT_DOMAIN, &director_key)?;
         let revocations: RevocationList =
             director::open(&bundle.revocations, director::REVOCATIONS_DOMAIN, &director_key)?;
-        director::check_revocations(&revocations, self.updates.state.revocations_version, now)?;
-        // Persisted with the state when the assignment is fed to the loop.
-        self.updates.state.revocations_version = revocations.version;
-        let revoked = revocations.revoked.into_iter().map(|r| r.digest).collect();
+        let states = || self.lanes.lanes().values().map(|l| &l.state);
+        let (revocations_seen, assignment_seen) = (
+            states().map(|s| s.revocations_version).max().unwrap_or(0),
+            states().map(|s| s.assignment_version).max().unwrap_or(0),
+        );
+        director::check_revocations(&revocations, revocations_seen, now)?;
+        let revocations_version = revocations.version;
+        let revoked: Vec<Digest> = revocations.revoked.into_iter().map(|r| r.digest).collect();
         let mut listed = Vec::new();
-        let mut custom = None;
+        let mut custom = std::collections::BTreeMap::new();
         // A release published between the refresh above and the assignment fetch: the assignment names a target
         // the metadata just verified does not list yet. One more refresh settles it (the hub lists a package in
         // TUF before its director assigns it); a target still missing after it is refused below.
@@ -707,8 +703,8 @@ impl Agent {
             }
             for t in assignment.all_targets() {
                 if let Some(info) = tuf.get_target_info(&t.path, ts).await? {
-                    if assignment.targets.first().is_some_and(|m| m.path == t.path) {
-                        custom = info.custom.clone();
+                    if let Some(fields) = &info.custom {
+                        custom.insert(t.path.clone(), fields.clone());
                     }
                     let sha256 = info.hashes.get("sha256").and_then(|h| h.parse::<Digest>().ok());
                     if let Some(sha256) = sha256 {
@@ -718,13 +714,7 @@ impl Agent {
             }
         }
         let lookup = |p: &str| listed.iter().find(|(path, _)| path == p).map(|(_, l)| l.clone());
-        director::check_assignment(
-            &assignment,
-            &self.identity.public_key().0,
-            self.updates.state.assignment_version,
-            now,
-            lookup,
-        )?;
+        director::check_assignment(&assignment, &self.identity.public_key().0, assignment_seen, now, lookup)?;
         if let Some(t) = assignment.targets.first() {
             let span = tracing::Span::current();
             span.record("package", t.sha256.short());
@@ -732,19 +722,27 @@ impl Agent {
                 span.record("release", t.rollout.as_str());
             }
         }
-        let target =
-            assignment.targets.first().map(|t| Target { path: t.path.clone(), digest: t.sha256, length: t.length });
-        let retry = assignment.targets.first().map_or(0, |t| t.retry);
         self.reload_policy();
-        let refusal = target.as_ref().and_then(|t| self.judge_before_download(t, custom.as_ref(), now));
-
-        let mut queue: VecDeque<Action> =
-            self.feed(Event::Assigned { version: assignment.version, target, revoked, refusal, retry })?.into();
-        while let Some(action) = queue.pop_front() {
-            let event = match action {
+        self.advertised.clear();
+        let assigned = self.lane_assignments(&assignment.targets, &custom, now);
+        let version = assignment.version;
+        let assign = Event::Assigned { version, target: None, revoked: revoked.clone(), refusal: None, retry: 0 };
+        let mut queue: VecDeque<_> = self
+            .step(&assign, |lanes, now| {
+                let actions = lanes.assigned(now, version, assigned, revoked);
+                // Persisted with the lanes: an older list is a replay.
+                for state in lanes.states_mut() {
+                    state.revocations_version = state.revocations_version.max(revocations_version);
+                }
+                actions
+            })?
+            .into();
+        while let Some(lane_action) = queue.pop_front() {
+            let capability = lane_action.capability.clone();
+            let event = match lane_action.action {
                 Action::Download(t) => {
                     let (event, unreachable) = self.download(&*source, &t).await;
-                    let actions = self.feed(event)?;
+                    let actions = self.feed(&capability, event)?;
                     if let Some(e) = unreachable {
                         // The replica is gone: the rest of this check (its reports too) goes to the next one,
                         // where the download resumes from what is on disk.
@@ -754,14 +752,15 @@ impl Agent {
                     queue.extend(actions);
                     None
                 }
-                Action::Stage { target, slot } => Some(self.stage(&target, slot)),
+                Action::Stage { target, slot } => Some(self.stage(&capability, &target, slot)),
                 other => {
-                    self.perform_local(vec![other])?;
+                    let capability = capability.clone();
+                    self.perform_local(vec![outpost_shared::update::lanes::LaneAction { capability, action: other }])?;
                     None
                 }
             };
             if let Some(event) = event {
-                queue.extend(self.feed(event)?);
+                queue.extend(self.feed(&capability, event)?);
             }
         }
         #[cfg(feature = "gateway")]
@@ -793,85 +792,10 @@ impl Agent {
         };
         let signers = crate::tuf::signers(&self.layout.tuf(), &t.path);
         let (facts, refusal) = policy.before_download(t.digest, custom, signers, now, false);
-        self.advertised = facts.map(|f| (t.digest, f));
+        if let Some(f) = facts {
+            self.advertised.insert(t.digest, f);
+        }
         refusal
-    }
-
-    /// Loads the shadow package the assignment names beside the active model (downloaded and checked like any
-    /// package, smoke-tested, never written to a slot and never serving), or drops the one running.
-    async fn update_shadow(&mut self, source: &dyn Transport, shadow: Option<&director::AssignedTarget>) {
-        let Some(t) = shadow else {
-            if let Some(d) = self.models.shadow() {
-                self.collect_shadow();
-                self.models.set_shadow(None, 0);
-                self.outbox.push(format!("stopped running {} in shadow", d.short()));
-            }
-            return;
-        };
-        if self.models.shadow() == Some(t.sha256) {
-            return;
-        }
-        let target = Target { path: t.path.clone(), digest: t.sha256, length: t.length };
-        let loaded = match self.try_download(source, &target).await {
-            Ok(()) => self.load_shadow(&target),
-            Err(e) => Err(e.to_string()),
-        };
-        match loaded {
-            Ok(served) => {
-                self.models.set_shadow(Some(Arc::new(served)), self.config.shadow_percent);
-                self.outbox.push(format!(
-                    "running {} in shadow on {}% of requests",
-                    t.sha256.short(),
-                    self.config.shadow_percent
-                ));
-            }
-            Err(e) => self.outbox.push(format!("shadow package {} not loaded: {e}", t.sha256.short())),
-        }
-    }
-
-    fn load_shadow(&self, t: &Target) -> Result<Served, String> {
-        let bytes = std::fs::read(self.layout.staging(&t.digest)).map_err(|e| e.to_string())?;
-        if Digest::of(&bytes) != t.digest {
-            return Err("does not match its digest".into());
-        }
-        let package = Package::decode(&bytes, &PackageLimits::default()).map_err(|e| e.to_string())?;
-        refuse_non_model(&package.manifest)?;
-        if let Some(policy) = &self.policy {
-            let now = self.clock.wall().max(self.updates.state.last_known_time);
-            let len = package.model.len() as u64;
-            if let Some(r) = policy.after_download(t.digest, &package.manifest, len, None, now, false) {
-                return Err(format!("refused by site policy: rule `{}`: {}", r.rule, r.reason));
-            }
-        }
-        Served::load(package.manifest, package.model, t.digest).map_err(|e| e.to_string())
-    }
-
-    /// Takes the shadow's comparisons since the last call into telemetry and the next report.
-    fn collect_shadow(&mut self) {
-        let Some((package, stats)) = self.models.take_shadow_stats() else { return };
-        if stats.samples == 0 {
-            return;
-        }
-        self.queue(EventKind::ShadowDivergence {
-            package,
-            max_abs_diff: if stats.max_abs_diff.is_finite() { stats.max_abs_diff } else { f64::MAX },
-            top1_agreement: stats.agreed as f64 / stats.samples as f64,
-            latency_ratio: stats.latency_ratio_sum / stats.samples as f64,
-            samples: stats.samples,
-        });
-        let pending =
-            self.pending_shadow.get_or_insert(outpost_shared::update::ShadowReport { package, agreed: 0, compared: 0 });
-        if pending.package != package {
-            *pending = outpost_shared::update::ShadowReport { package, agreed: 0, compared: 0 };
-        }
-        pending.agreed += stats.agreed;
-        pending.compared += stats.samples;
-        self.outbox.push(format!(
-            "shadow {}: {} of {} answers agree on top-1",
-            package.short(),
-            stats.agreed,
-            stats.samples
-        ));
     }
 
     /// Downloads the firmware the verified assignment names for each secondary — the same resumable, bounded,
@@ -919,8 +843,7 @@ impl Agent {
 
     async fn flush_reports(&mut self, client: &HubClient) -> Result<(), CheckError> {
         for message in std::mem::take(&mut self.outbox) {
-            let mut report = self.updates.state.report(&message);
-            report.shadow = self.pending_shadow;
+            let report = self.lanes.report(&message, self.pending_shadow);
             let report = canonical::to_vec(&report).map_err(|e| CheckError::Invalid(e.to_string()))?;
             client.report(&report).await?;
             self.pending_shadow = None;

@@ -201,7 +201,7 @@ pub(crate) struct Counts {
 #[derive(Default)]
 pub struct ModelHandle {
     current: RwLock<Option<Arc<Served>>>,
-    observer: Option<Box<InferenceObserver>>,
+    observer: Option<Arc<InferenceObserver>>,
     clock: Option<Arc<dyn outpost_shared::clock::Clock>>,
     /// Per model (by digest): inferences, failures, latency; for `GET /metrics`.
     counters: std::sync::Mutex<BTreeMap<Digest, Counts>>,
@@ -257,7 +257,7 @@ impl ModelHandle {
     ) -> ModelHandle {
         ModelHandle {
             current: RwLock::new(None),
-            observer: Some(Box::new(observer)),
+            observer: Some(Arc::new(observer)),
             clock: Some(clock),
             counters: Default::default(),
             shadow: RwLock::new(None),
@@ -280,6 +280,19 @@ impl ModelHandle {
         });
         handle.metrics = metrics;
         (handle, rx)
+    }
+
+    /// A handle for another capability's model that reports its inferences as this one does (the same observer,
+    /// clock and update-loop metrics), with its own active model, shadow and counters.
+    pub fn sibling(&self) -> ModelHandle {
+        ModelHandle {
+            current: RwLock::new(None),
+            observer: self.observer.clone(),
+            clock: self.clock.clone(),
+            counters: Default::default(),
+            shadow: RwLock::new(None),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// Runs `served` in shadow on `percent` % of answered requests (`None`: no shadow). Its stats start afresh.

@@ -167,6 +167,22 @@ impl World {
         self.add_file_and_publish(&format!("{}-{}.onnx", m.name, m.version), &model, &m.toml(), channel)
     }
 
+    /// Like `add_and_publish`, for `capability` with a memory budget of `memory_bytes`.
+    pub fn add_and_publish_capability(
+        &self,
+        m: &AffineManifest,
+        capability: &str,
+        memory_bytes: u64,
+        channel: &str,
+    ) -> (Digest, String) {
+        let model = outpost_shared::testkit::affine_model(m.scale, m.bias);
+        let toml = m
+            .toml()
+            .replace("capability = \"test.affine\"", &format!("capability = \"{capability}\""))
+            .replace("memory_budget_bytes = 1048576", &format!("memory_budget_bytes = {memory_bytes}"));
+        self.add_file_and_publish(&format!("{}-{}.onnx", m.name, m.version), &model, &toml, channel)
+    }
+
     /// Adds a firmware package (image + manifest) through the registry and publishes it to `channel`.
     pub fn add_and_publish_firmware(&self, m: &FirmwareManifest, image: &[u8], channel: &str) -> (Digest, String) {
         self.add_file_and_publish(&format!("{}-{}.bin", m.name, m.version), image, &m.toml(), channel)

@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, AgentState, Checks, Event, HealthPolicy, Installed, Phase, Refusal, Target, Timing, UpdateLoop};
+use super::{
+    Action, AgentState, Checks, Event, HealthPolicy, Installed, Phase, Refusal, ShadowReport, StateReport, Target,
+    Timing, UpdateLoop,
+};
 use crate::clock::UnixSeconds;
 use crate::digest::Digest;
 use crate::rng::Rng;
@@ -95,6 +98,11 @@ impl Lane {
 pub struct DeviceState {
     /// Lanes by capability name.
     pub lanes: BTreeMap<String, Lane>,
+    /// The lane a single-model reader sees (the old report fields, attestation's model, `status`): the capability
+    /// of the package the director names first, or the lane migrated from a single-capability agent. Absent until
+    /// known (and then not written, so earlier lanes files keep their bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
 }
 
 impl DeviceState {
@@ -107,7 +115,75 @@ impl DeviceState {
         }
         let state: AgentState = serde_json::from_value(value)?;
         let lane = Lane { state, legacy_slots: true, memory: BTreeMap::new() };
-        Ok(DeviceState { lanes: BTreeMap::from([(legacy_capability.to_owned(), lane)]) })
+        let lanes = BTreeMap::from([(legacy_capability.to_owned(), lane)]);
+        Ok(DeviceState { lanes, primary: Some(legacy_capability.to_owned()) })
+    }
+
+    /// The primary lane's state ([`DeviceState::primary`], else the first lane by name).
+    pub fn primary_state(&self) -> Option<&AgentState> {
+        let named = self.primary.as_ref().and_then(|p| self.lanes.get(p));
+        named.or_else(|| self.lanes.values().next()).map(|l| &l.state)
+    }
+}
+
+/// One lane in a device's report ([`DeviceReport::lanes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneReport {
+    /// The package this capability serves now.
+    pub active: Option<Digest>,
+    /// Its last confirmed package.
+    pub last_good: Option<Digest>,
+    /// Packages this lane rolled back from or refused before activation.
+    pub rolled_back: Vec<Digest>,
+    /// The lane's step in flight, in words.
+    pub phase: String,
+    /// The lane's last failure or rollback, if any.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Packages refused for this lane (site policy, the device's memory limit), newest last.
+    #[serde(default)]
+    pub refusals: Vec<Refusal>,
+}
+
+/// What a device with several capabilities posts (deterministic CBOR): a [`StateReport`] whose fields speak of the
+/// primary lane, so a hub that reads a `StateReport` sees what it always saw, plus every lane under `lanes`
+/// (additive: left out when empty, so a report without lanes keeps its bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// The primary lane, as earlier agents reported their single model.
+    #[serde(flatten)]
+    pub state: StateReport,
+    /// Every lane, by capability.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lanes: BTreeMap<String, LaneReport>,
+}
+
+impl DeviceReport {
+    /// Every package any lane rolled back from or refused before activation (what the director should stop
+    /// offering this device), the primary lane's first.
+    pub fn rolled_back(&self) -> Vec<Digest> {
+        let mut all = self.state.rolled_back.clone();
+        for d in self.lanes.values().flat_map(|l| &l.rolled_back) {
+            if !all.contains(d) {
+                all.push(*d);
+            }
+        }
+        all
+    }
+}
+
+impl AgentState {
+    /// This state as one lane of a [`DeviceReport`].
+    pub fn lane_report(&self) -> LaneReport {
+        let report = self.report("");
+        LaneReport {
+            active: report.active,
+            last_good: report.last_good,
+            rolled_back: report.rolled_back,
+            phase: report.phase,
+            last_error: self.last_error.clone(),
+            refusals: report.refusals,
+        }
     }
 }
 
@@ -146,18 +222,77 @@ pub struct Lanes {
     /// The device's memory for models (`None`: unbounded).
     pub memory_limit: Option<u64>,
     last_known_time: UnixSeconds,
+    primary: Option<String>,
 }
 
 impl Lanes {
     /// Lanes over `state`.
     pub fn new(state: DeviceState, health: HealthPolicy, timing: Timing, memory_limit: Option<u64>) -> Self {
         let last_known_time = state.lanes.values().map(|l| l.state.last_known_time).max().unwrap_or(0);
-        Lanes { lanes: state.lanes, health, checks: Checks::new(timing), memory_limit, last_known_time }
+        let primary = state.primary;
+        Lanes { lanes: state.lanes, health, checks: Checks::new(timing), memory_limit, last_known_time, primary }
     }
 
     /// The persisted form.
     pub fn state(&self) -> DeviceState {
-        DeviceState { lanes: self.lanes.clone() }
+        DeviceState { lanes: self.lanes.clone(), primary: self.primary.clone() }
+    }
+
+    /// Every lane, by capability.
+    pub fn lanes(&self) -> &BTreeMap<String, Lane> {
+        &self.lanes
+    }
+
+    /// One lane's update state, to change what the lanes do not decide (the site policy in force, the
+    /// revocation list's version, a graceful stop). Save [`state`](Lanes::state) after.
+    pub fn lane_state_mut(&mut self, capability: &str) -> Option<&mut AgentState> {
+        self.lanes.get_mut(capability).map(|l| &mut l.state)
+    }
+
+    /// Every lane's update state, mutable (see [`lane_state_mut`](Lanes::lane_state_mut)).
+    pub fn states_mut(&mut self) -> impl Iterator<Item = &mut AgentState> {
+        self.lanes.values_mut().map(|l| &mut l.state)
+    }
+
+    /// The primary lane's capability (see [`DeviceState::primary`]).
+    pub fn primary(&self) -> Option<&str> {
+        self.primary.as_deref()
+    }
+
+    /// Makes `capability` the primary lane (the director's first package is of it).
+    pub fn set_primary(&mut self, capability: &str) {
+        self.primary = Some(capability.to_owned());
+    }
+
+    /// The primary lane's update state: its own, else the first lane's by name.
+    pub fn primary_state(&self) -> Option<&AgentState> {
+        let named = self.primary.as_ref().and_then(|p| self.lanes.get(p));
+        named.or_else(|| self.lanes.values().next()).map(|l| &l.state)
+    }
+
+    /// The report of every lane, with `message`: the [`StateReport`] fields speak of the primary lane.
+    pub fn report(&self, message: &str, shadow: Option<ShadowReport>) -> DeviceReport {
+        let mut state = self.primary_state().cloned().unwrap_or_else(|| AgentState::new(self.last_known_time));
+        if let Some(policy) = self.lanes.values().find_map(|l| l.state.policy) {
+            state.policy = Some(policy);
+        }
+        let mut report = state.report(message);
+        report.shadow = shadow;
+        let lanes = self.lanes.iter().map(|(c, l)| (c.clone(), l.state.lane_report())).collect();
+        DeviceReport { state: report, lanes }
+    }
+
+    /// The earliest end of a health window among the lanes.
+    pub fn health_deadline(&self) -> Option<UnixSeconds> {
+        self.lanes.values().filter_map(|l| self.health_end(l)).min()
+    }
+
+    /// The lane that has `model` on trial in a health window, if any.
+    pub fn on_trial(&self, model: &Digest) -> Option<&str> {
+        self.lanes
+            .iter()
+            .find(|(_, l)| matches!(&l.state.phase, Phase::Health { target, .. } if target.digest == *model))
+            .map(|(c, _)| c.as_str())
     }
 
     /// One lane's state, if the device has that capability.
