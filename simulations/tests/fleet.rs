@@ -33,6 +33,7 @@ fn run(s: &Scenario, port: u16, fault: Option<&str>) -> Vec<report::Verdict> {
     let tmp = tempfile::tempdir().unwrap();
     let opts = fleet::Options {
         dir: tmp.path().join("fleet"),
+        devices_dir: None,
         port,
         chart: None,
         sim_fault: fault.map(str::to_owned),

@@ -41,6 +41,11 @@ enum Cmd {
         /// Working directory for the hub and the devices (emptied first).
         #[arg(long, value_name = "DIR", default_value = "fleet-data")]
         dir: PathBuf,
+        /// Where the devices keep their files, instead of DIR/devices (emptied first). A tmpfs (/dev/shm/…) takes
+        /// the devices' fsyncs (state, TUF metadata, telemetry) off the disk the hub writes to: one process stands
+        /// for thousands of devices, each with a disk of its own.
+        #[arg(long, value_name = "DIR")]
+        devices_dir: Option<PathBuf>,
         /// UDP port of the hub on 127.0.0.1 (a site node, if any, takes the next two).
         #[arg(long, default_value_t = 17743)]
         port: u16,
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         duration,
         poll,
         dir,
+        devices_dir,
         port,
         chart,
         progress,
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
         let chart = chart.unwrap_or_else(|| dir.join("chart.svg"));
         let opts = fleet::Options {
             dir,
+            devices_dir,
             port,
             chart: Some(chart.clone()),
             sim_fault,

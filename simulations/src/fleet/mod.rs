@@ -36,6 +36,9 @@ pub fn now() -> Instant {
 pub struct Options {
     /// Working directory (emptied first): the hub, the devices, the logs.
     pub dir: PathBuf,
+    /// Where the devices keep their files instead of `dir/devices` (emptied first): a tmpfs takes the devices'
+    /// fsyncs off the disk the hub writes to, as each real device has a disk of its own.
+    pub devices_dir: Option<PathBuf>,
     /// UDP port of the hub on 127.0.0.1 (the site node takes the next two).
     pub port: u16,
     /// Where to draw the chart (SVG), if anywhere.
@@ -71,6 +74,16 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Record> {
     }
     std::fs::create_dir_all(&opts.dir)?;
     let dir = std::fs::canonicalize(&opts.dir)?;
+    let devices_dir = match &opts.devices_dir {
+        Some(d) => {
+            if d.exists() {
+                std::fs::remove_dir_all(d).with_context(|| format!("emptying {}", d.display()))?;
+            }
+            std::fs::create_dir_all(d)?;
+            std::fs::canonicalize(d)?
+        }
+        None => dir.join("devices"),
+    };
     let n = scenario.devices;
     let versions = scenario.versions();
     let addr: std::net::SocketAddr = (std::net::Ipv4Addr::LOCALHOST, opts.port).into();
@@ -92,7 +105,7 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Record> {
     let mut specs = Vec::with_capacity(n);
     let mut approvals = Vec::with_capacity(n + 1);
     for i in 0..n {
-        let dir = dir.join("devices").join(format!("d{i:06}"));
+        let dir = devices_dir.join(format!("d{i:06}"));
         let key = init_device(&dir, &root, seed(i as u64))?;
         // Every k-th device is behind the site or skewed, so both spread over the fleet.
         let behind_site =
