@@ -668,6 +668,66 @@ mod tests {
     }
 
     #[test]
+    fn a_router_release_steers_only_the_router_of_the_devices_in_its_cohorts_beside_a_model_release() {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::init(dir.path()).unwrap();
+        let now = 1_800_000_000;
+        let reg = Registry::open(dir.path(), Arc::new(outpost_shared::clock::ManualClock::new(now))).unwrap();
+        let keys: Vec<String> = (1..=20u8).map(|i| hex::encode([i; 32])).collect();
+        for k in &keys {
+            reg.device_approve(k, "stable").unwrap();
+        }
+        let plan = |percent: u32| {
+            let text = format!(
+                "name = \"p\"\n[[stage]]\nname = \"canary\"\ncohort_percent = {percent}\nmin_devices = 1\n\
+                 soak_secs = 3600\nsuccess_percent = 100\nerror_percent = 50\n"
+            );
+            Plan::from_toml(&text, std::path::Path::new("plan.toml")).unwrap()
+        };
+        let risk = outpost_shared::manifest::RiskTier::Low;
+        let (model, old_model) = (Digest::of(b"model 2"), Digest::of(b"model 1"));
+        let (router, old_router) = (Digest::of(b"router 2"), Digest::of(b"router 1"));
+        let release = |package, last_good| Release {
+            id: String::new(),
+            package,
+            last_good: Some(last_good),
+            risk,
+            signers: vec!["k1".into()],
+        };
+        let model_line = Line { capability: Some("test.affine".into()), router: false };
+        let (m, _) = start_line(&reg, release(model, old_model), "m@2", model_line, plan(100), "stable", now).unwrap();
+        let router_line = Line { capability: Some("router.test".into()), router: true };
+        let (r, _) =
+            start_line(&reg, release(router, old_router), "r@2", router_line, plan(50), "stable", now).unwrap();
+        tick(&reg, now).unwrap();
+        assert_eq!(get(&reg, &m).unwrap().rollout.state, State::Running, "a router release leaves a model release");
+
+        let in_cohort = |k: &String| get(&reg, &r).unwrap().rollout.devices[k].serving;
+        let (inside, outside): (Vec<&String>, Vec<&String>) = keys.iter().partition(|k| in_cohort(k));
+        assert!(!inside.is_empty() && !outside.is_empty(), "{} of {} in the canary", inside.len(), keys.len());
+        for k in &inside {
+            let s = steering(&reg, k, "stable", now + 1).unwrap();
+            assert_eq!((s.router, s.router_release.as_deref()), (Some(router), Some(r.as_str())));
+            assert_eq!(s.assign, Some(model), "the model release's steering is its own");
+        }
+        for k in &outside {
+            let s = steering(&reg, k, "stable", now + 1).unwrap();
+            assert_eq!(s.router, None, "outside the cohorts: the channel's router before");
+            assert!(s.withhold.contains(&router) && !s.withhold.contains(&model), "{s:?}");
+            assert_eq!(s.assign, Some(model));
+        }
+        // Aborted: every device of the release is steered to the router before it; the model release goes on.
+        command(&reg, &r, Command::Abort { reason: "bad route".into() }, now + 2).unwrap();
+        for k in &inside {
+            let s = steering(&reg, k, "stable", now + 3).unwrap();
+            assert_eq!(s.router, Some(old_router));
+            assert!(s.withhold.contains(&router));
+            assert_eq!(s.assign, Some(model));
+        }
+        assert_eq!(get(&reg, &m).unwrap().rollout.state, State::Running);
+    }
+
+    #[test]
     fn a_release_driven_by_reports_through_stages_and_an_abort_reads_back_the_same_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         Registry::init(dir.path()).unwrap();
