@@ -13,7 +13,11 @@ use outpost_agent::config::{self, AgentConfig};
 use outpost_agent::driver::{Agent, init_device};
 use outpost_agent::inference::Routes;
 use outpost_hub::director::Director;
+use outpost_hub::rollouts;
+use outpost_shared::Digest;
 use outpost_shared::clock::Clock;
+use outpost_shared::manifest::RiskTier;
+use outpost_shared::rollout::{Command, DeviceState, Outcome, Plan, Release, State};
 use outpost_shared::testkit::AffineManifest;
 use support::World;
 
@@ -166,4 +170,67 @@ async fn a_router_release_rolls_back_alone() {
     let routes = Arc::new(Routes::new(w.clock.clone(), Default::default()));
     agent.set_routes(routes.clone());
     assert_eq!(routes.router().map(|r| r.version.clone()), Some("1.0.0".to_owned()));
+}
+
+/// One stage over every device that soaks for an hour: the releases stay running while the test looks at them.
+const PLAN: &str = "name = \"all\"\n[[stage]]\nname = \"all\"\ncohort_percent = 100\nmin_devices = 1\n\
+                    soak_secs = 3600\nsuccess_percent = 100\nerror_percent = 99\n";
+
+/// Starts a release of `package` (rollback path `last_good`) on stable under [`PLAN`], as `release start` does.
+fn start(w: &World, package: Digest, last_good: Digest, label: &str, line: rollouts::Line) -> String {
+    let release =
+        Release { id: String::new(), package, last_good: Some(last_good), risk: RiskTier::Low, signers: vec![] };
+    let plan = Plan::from_toml(PLAN, std::path::Path::new("plan.toml")).unwrap();
+    rollouts::start_line(&w.registry(), release, label, line, plan, "stable", w.clock.wall()).unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_release_under_a_plan_rolls_back_alone() {
+    let w = World::new();
+    let (mut agent, routes, api, _) = routed_device(&w).await;
+    let (v1, _) = w.add_and_publish(&AffineManifest::new("affine", "1.0.0", 2.0, 1.0), "stable");
+    let r1 = publish_router(&w, "1.0.0", "scale");
+    agent.check().await.unwrap();
+    agent.record_inference(true).unwrap();
+    assert_eq!(routes.router().map(|r| r.version.clone()), Some("1.0.0".to_owned()));
+
+    // Router 1.1.0 and model 1.1.0, each under its own release on the same channel: neither supersedes the other.
+    w.clock.advance(Duration::from_secs(2));
+    let r2 = publish_router(&w, "1.1.0", "scale-v2");
+    let (v2, _) = w.add_and_publish(&AffineManifest::new("affine", "1.1.0", 3.0, 1.0), "stable");
+    let router_line = rollouts::Line { capability: Some("router.ocr".into()), router: true };
+    let router_release = start(&w, r2, r1, "affine-router@1.1.0", router_line);
+    let model_line = rollouts::Line { capability: Some("test.affine".into()), router: false };
+    let model_release = start(&w, v2, v1, "affine@1.1.0", model_line);
+    let state = |id: &str| rollouts::get(&w.registry(), id).unwrap().rollout.state;
+    assert_eq!(state(&router_release), State::Running, "a model release does not supersede a router release");
+    assert_eq!(state(&model_release), State::Running);
+    w.clock.advance(Duration::from_secs(2));
+
+    // The device takes both: the router release is judged on the router it reports, the model's on its model.
+    agent.check().await.unwrap();
+    agent.record_inference(true).unwrap();
+    agent.check().await.unwrap();
+    assert_eq!(routes.router().map(|r| r.version.clone()), Some("1.1.0".to_owned()));
+    assert_eq!(agent.active().map(|m| *m.digest()), Some(v2));
+    let key = w.registry().devices().unwrap().remove(0).key; // the only device
+    let outcome = |id: &str| rollouts::get(&w.registry(), id).unwrap().rollout.devices[&key].state.clone();
+    assert_eq!(outcome(&router_release), DeviceState::Reported(Outcome::Installed));
+    assert_eq!(outcome(&model_release), DeviceState::Reported(Outcome::Installed));
+
+    // The router release is aborted: the device goes back to router 1.0.0 (counted as recovered), and the model
+    // release on the same channel is untouched, its model still serving.
+    let abort = Command::Abort { reason: "route renamed by mistake".into() };
+    rollouts::command(&w.registry(), &router_release, abort, w.clock.wall()).unwrap();
+    w.clock.advance(Duration::from_secs(2));
+    agent.check().await.unwrap();
+    assert_eq!(routes.router().map(|r| r.version.clone()), Some("1.0.0".to_owned()));
+    assert_eq!(infer(api, "scale", None).await.0, 200);
+    assert_eq!(agent.active().map(|m| *m.digest()), Some(v2), "the model is not rolled back");
+    assert!(agent.state().rolled_back.is_empty(), "{:?}", agent.state().rolled_back);
+    let aborted = rollouts::get(&w.registry(), &router_release).unwrap().rollout;
+    assert!(matches!(aborted.state, State::Aborted { .. }), "{:?}", aborted.state);
+    assert_eq!(aborted.recovery.map(|r| r.recovered), Some(1), "the device is back on the router before");
+    assert_eq!(state(&model_release), State::Running, "the model release goes on");
+    assert_eq!(outcome(&model_release), DeviceState::Reported(Outcome::Installed));
 }

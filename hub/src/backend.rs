@@ -497,12 +497,13 @@ impl HubBackend {
         }
         // A state report updates the device record: the director stops offering what it rolled back from.
         // A device with several capabilities reports each lane too (`lanes`, which an earlier hub ignores): the
-        // director stops offering what any of them rolled back from; releases are judged on the primary lane.
+        // director stops offering what any of them rolled back from (and any router the device could not
+        // install); a release is judged on the lane of its package's capability, a router release on the router
+        // the device reports (`rollouts::on_report`).
         if let Ok(report) = canonical::from_slice::<outpost_shared::update::lanes::DeviceReport>(body) {
             let (now, key, store) = (self.clock.wall(), hex::encode(device), self.store()?);
-            let rolled_back = report.rolled_back();
-            let report = report.state;
-            let record = outpost_shared::update::StateReport { rolled_back, ..report.clone() };
+            let record =
+                outpost_shared::update::StateReport { rolled_back: report.rolled_back(), ..report.state.clone() };
             store.devices().device_reported(&key, &record)?;
             for happened in crate::rollouts::on_report(store.rollouts(), &key, &report, now)? {
                 happened.log();

@@ -231,10 +231,17 @@ impl<'a> Director<'a> {
         if record.status != DeviceStatus::Approved {
             return Ok(None);
         }
-        let Choice { current, eligible, shadow, steer } = self.choose(reg, &record, now)?;
+        let Choice { current, eligible, shadow, router, steer } = self.choose(reg, &record, now)?;
         let others = other_capabilities(current.as_ref(), &eligible);
-        // The channel's newest eligible router: a revoked one gives way to the one before, models untouched.
-        let router = eligible.iter().rfind(|p| p.router).cloned().map(|p| assigned(p, &record.channel));
+        // The router a router release steers the device to, else the channel's newest eligible router: a revoked
+        // one gives way to the one before, models untouched.
+        let router = match router {
+            Some(p) => Some(AssignedTarget {
+                rollout: steer.router_release.clone().unwrap_or_default(),
+                ..assigned(p, &record.channel)
+            }),
+            None => eligible.iter().rfind(|p| p.router).cloned().map(|p| assigned(p, &record.channel)),
+        };
         let record = reg.device_next_assignment(device)?;
         let expires = now + self.repo.expiries().timestamp_secs;
         let secondaries = self.secondary_assignments(&record, &eligible, expires, now)?;
@@ -286,12 +293,16 @@ impl<'a> Director<'a> {
             .filter(|a| steer.retry > 0 || !record.rolled_back.contains(a))
             .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p) && p.is_model()).cloned());
         let shadow = steer.shadow.and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p)).cloned());
+        let router = steer
+            .router
+            .filter(|a| !record.rolled_back.contains(a))
+            .and_then(|a| published.iter().rfind(|p| p.digest == a && usable(p) && p.router).cloned());
         let eligible: Vec<Published> = published
             .into_iter()
             .filter(|p| usable(p) && !record.rolled_back.contains(&p.digest) && !steer.withhold.contains(&p.digest))
             .collect();
         let current = forced.or_else(|| eligible.iter().rfind(|p| p.is_model()).cloned());
-        Ok(Choice { current, eligible, shadow, steer })
+        Ok(Choice { current, eligible, shadow, router, steer })
     }
 
     /// What attestation expects of `record`: the model package an assignment names now, and every model package
@@ -358,6 +369,8 @@ struct Choice {
     current: Option<Published>,
     eligible: Vec<Published>,
     shadow: Option<Published>,
+    /// The router a router release steers the device to, if any.
+    router: Option<Published>,
     /// What the staged releases want of this device (the package one assigns, which release, the retries).
     steer: crate::rollouts::Steering,
 }

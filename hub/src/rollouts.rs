@@ -14,7 +14,7 @@ use std::time::Duration;
 use outpost_shared::Digest;
 use outpost_shared::clock::UnixSeconds;
 use outpost_shared::rollout::{Command, Directive, Effect, Plan, Release, Rollout, State};
-use outpost_shared::update::StateReport;
+use outpost_shared::update::lanes::DeviceReport;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::releases::Changed;
@@ -32,6 +32,24 @@ pub struct ReleaseRecord {
     pub started_at: UnixSeconds,
     /// The controller.
     pub rollout: Rollout,
+    /// The capability its package serves (its manifest's): a device is judged by its lane of it. `None` in a
+    /// record of an earlier hub: judged by the device's primary lane, as then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// Its package is a router: a line of its own on the channel (see [`Line`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub router: bool,
+}
+
+/// What a release's package is, beyond its digest: the line of releases it belongs to on its channel. A model
+/// release and a router release on one channel never supersede each other; a model release judges a device by
+/// the lane of its capability, a router release by the router the device reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Line {
+    /// The package's capability (`None`: judged by the device's primary lane).
+    pub capability: Option<String>,
+    /// The package is a router.
+    pub router: bool,
 }
 
 impl ReleaseRecord {
@@ -64,12 +82,27 @@ pub enum RolloutError {
     Unknown(String),
 }
 
-/// Starts a release of `package` on `channel`: `last_good` is what the channel ran before. Every approved device
-/// on the channel is counted; newer starts supersede an unfinished release on the same channel.
+/// Starts a release of `package` on `channel` judged by the devices' primary lanes: [`start_line`] without a
+/// line (a single-capability channel).
 pub fn start(
     reg: &dyn RolloutStore,
     release: Release,
     package_name: &str,
+    plan: Plan,
+    channel: &str,
+    now: UnixSeconds,
+) -> Result<(String, Vec<Effect>), RolloutError> {
+    start_line(reg, release, package_name, Line::default(), plan, channel, now)
+}
+
+/// Starts a release of `package` on `channel`: `last_good` is what the channel ran before on the same line (the
+/// model of the capability, or the router, before it). Every approved device on the channel is counted; newer
+/// starts supersede an unfinished release of the same line (models or routers) on the same channel.
+pub fn start_line(
+    reg: &dyn RolloutStore,
+    release: Release,
+    package_name: &str,
+    line: Line,
     plan: Plan,
     channel: &str,
     now: UnixSeconds,
@@ -86,13 +119,25 @@ pub fn start(
         .map(|d| d.key)
         .collect();
     let (rollout, effects) = Rollout::start(release, plan, devices, now)?;
-    // The newest release on a channel steers it: an unfinished older one stops where it is.
+    // The newest release of a line on a channel steers it: an unfinished older one stops where it is. Routers and
+    // models are separate lines: a router release leaves a model release running, and the other way round.
     for (old_id, old) in existing {
-        if old.channel == channel && old.steers() && !matches!(old.rollout.state, State::Aborted { .. }) {
+        if old.channel == channel
+            && old.router == line.router
+            && old.steers()
+            && !matches!(old.rollout.state, State::Aborted { .. })
+        {
             modify(reg, &old_id, |old| (old.rollout.supersede(&id, now), Changed::Whole))?;
         }
     }
-    let record = ReleaseRecord { channel: channel.into(), package: package_name.into(), started_at: now, rollout };
+    let record = ReleaseRecord {
+        channel: channel.into(),
+        package: package_name.into(),
+        started_at: now,
+        rollout,
+        capability: line.capability,
+        router: line.router,
+    };
     reg.release_put(&id, &record)?;
     Ok((id, effects))
 }
@@ -195,12 +240,15 @@ pub fn wait_after_tick(reg: &dyn RolloutStore, now: UnixSeconds) -> Result<Durat
     Ok(wait.min(MAX_TICK_WAIT))
 }
 
-/// Feeds a device's state report to every release steering its channel: its outcome for the release's package
-/// (a site-policy rejection counts apart) and the package it runs now (rollback recovery).
+/// Feeds a device's report to every release steering its channel: its outcome for the release's package (a
+/// site-policy rejection counts apart) and the package it runs now (rollback recovery), both read from the lane of
+/// the release's capability ([`DeviceReport::lane`]; an earlier agent's report is its single lane) or, for a
+/// router release, from the router it reports. A device with no lane of the capability (or reporting no router)
+/// has nothing to say about the release yet.
 pub fn on_report(
     reg: &dyn RolloutStore,
     device: &str,
-    report: &StateReport,
+    report: &DeviceReport,
     now: UnixSeconds,
 ) -> Result<Vec<Happened>, RolloutError> {
     let Some(d) = reg.device(device)? else { return Ok(vec![]) };
@@ -213,22 +261,36 @@ pub fn on_report(
         if shared.rollout.plan.exclude_software_tier && d.tpm.is_none() {
             continue; // a software-tier device takes no part in this release
         }
+        // What the device says of this release's line: the outcome for its package, the package it runs now, and
+        // shadow results (a model's only).
+        let package = shared.rollout.release.package;
+        let said = if shared.router {
+            report.router.as_ref().map(|r| (outpost_shared::rollout::router_outcome_of(r, &package), r.active, None))
+        } else {
+            let lane = match &shared.capability {
+                Some(c) => report.lane(c),
+                None => Some(report.state.clone()),
+            };
+            lane.map(|l| (outpost_shared::rollout::outcome_of(&l, &package), l.active, l.shadow))
+        };
         drop(shared); // so the record is changed in place
         let happened = modify(reg, &id, |record| {
-            let package = record.rollout.release.package;
             // Most reports repeat what the release already knows: only what the report changed is written back
             // (`touched`), and every change carries the newest time seen, so a restart resumes no earlier than
             // the release's last change.
             let before = (header(&record.rollout), record.rollout.devices.get(device).cloned());
             let mut effects = record.rollout.enroll(device, now);
-            if let Some(outcome) = outpost_shared::rollout::outcome_of(report, &package) {
+            let (outcome, active, shadow) = said.clone().unwrap_or((None, None, None));
+            if let Some(outcome) = outcome {
                 effects.extend(record.rollout.report(device, outcome, now));
             }
             // Judged first, so a report that makes the release abort also counts towards its recovery: a device
             // that already rolled back by itself is back on the last good package at the abort decision.
             effects.extend(record.rollout.tick(now));
-            effects.extend(record.rollout.report_package(device, report.active, now));
-            if let Some(sh) = report.shadow.filter(|sh| sh.package == package) {
+            if said.is_some() {
+                effects.extend(record.rollout.report_package(device, active, now));
+            }
+            if let Some(sh) = shadow.filter(|sh| sh.package == package) {
                 effects.extend(record.rollout.report_shadow(device, sh.agreed, sh.compared, now));
                 effects.extend(record.rollout.tick(now));
             }
@@ -294,6 +356,10 @@ pub struct Steering {
     pub shadow: Option<Digest>,
     /// The release whose shadow stage that is.
     pub shadow_release: Option<String>,
+    /// The router it must be assigned, if a router release says so (its own line: `assign` is a model's).
+    pub router: Option<Digest>,
+    /// The router release that says so (its id).
+    pub router_release: Option<String>,
 }
 
 /// The steering for `device` on `channel` from every release that steers it (newest last, so it wins). A device
@@ -316,6 +382,7 @@ pub fn steering(
             s.withhold.push(shared.rollout.release.package);
             continue;
         }
+        let router = shared.router;
         let (package, directive) = if shared.rollout.devices.contains_key(device) {
             (shared.rollout.release.package, shared.rollout.directive(device))
         } else {
@@ -333,6 +400,23 @@ pub fn steering(
             })?
             .ok_or_else(|| RolloutError::Unknown(id.clone()))?
         };
+        if router {
+            // A router release steers the assignment's router alone; a shadow stage has nothing to compare a
+            // router with, so its package is withheld there like outside the cohorts.
+            match directive {
+                Some(Directive::Serve { package, .. }) => {
+                    s.router = Some(package);
+                    s.router_release = Some(id.clone());
+                }
+                Some(Directive::Revert { package: last_good }) => {
+                    s.withhold.push(package);
+                    s.router = last_good;
+                    s.router_release = last_good.map(|_| id.clone());
+                }
+                Some(Directive::Shadow { .. }) | None => s.withhold.push(package),
+            }
+            continue;
+        }
         match directive {
             Some(Directive::Serve { package, retry }) => {
                 s.assign = Some(package);
@@ -355,7 +439,7 @@ pub fn steering(
             None => s.withhold.push(package),
         }
     }
-    if let Some(a) = s.assign {
+    for a in s.assign.into_iter().chain(s.router) {
         s.withhold.retain(|w| *w != a);
     }
     Ok(s)
@@ -475,8 +559,15 @@ mod tests {
         }
     }
 
-    /// A device's report: it serves `active`, after rolling back from `rolled_back`.
-    fn serving(active: Digest, rolled_back: Vec<Digest>) -> StateReport {
+    use outpost_shared::update::StateReport;
+
+    /// A single-model device's report (an earlier agent's, without lanes): it serves `active`, after rolling back
+    /// from `rolled_back`.
+    fn serving(active: Digest, rolled_back: Vec<Digest>) -> DeviceReport {
+        DeviceReport { state: state(active, rolled_back), lanes: Default::default(), router: None }
+    }
+
+    fn state(active: Digest, rolled_back: Vec<Digest>) -> StateReport {
         StateReport {
             active: Some(active),
             last_good: Some(active),
@@ -529,6 +620,139 @@ mod tests {
             })
             .count();
         assert_eq!(counted, keys.len(), "every report counted");
+    }
+
+    /// One lane of a device's report: it serves `active`, after rolling back from `rolled_back`.
+    fn lane(active: Digest, rolled_back: Vec<Digest>) -> outpost_shared::update::lanes::LaneReport {
+        let failed = (!rolled_back.is_empty()).then(|| "health window failed".to_owned());
+        outpost_shared::update::lanes::LaneReport {
+            active: Some(active),
+            last_good: Some(active),
+            rolled_back,
+            phase: "idle".into(),
+            last_error: failed,
+            refusals: vec![],
+        }
+    }
+
+    #[test]
+    fn a_release_of_a_second_capability_is_judged_by_that_capabilitys_lane() {
+        use outpost_shared::rollout::{DeviceState, Outcome};
+        let dir = tempfile::tempdir().unwrap();
+        Registry::init(dir.path()).unwrap();
+        let now = 1_800_000_000;
+        let reg = Registry::open(dir.path(), Arc::new(outpost_shared::clock::ManualClock::new(now))).unwrap();
+        let keys: Vec<String> = (1..=4u8).map(|i| hex::encode([i; 32])).collect();
+        for k in &keys {
+            reg.device_approve(k, "stable").unwrap();
+        }
+        let plan = "name = \"all\"\n[[stage]]\nname = \"all\"\ncohort_percent = 100\nmin_devices = 1\n\
+                    soak_secs = 3600\nsuccess_percent = 100\nerror_percent = 99\n";
+        let plan = Plan::from_toml(plan, std::path::Path::new("plan.toml")).unwrap();
+        let (ocr, vad, old_vad) = (Digest::of(b"ocr 1"), Digest::of(b"vad 2"), Digest::of(b"vad 1"));
+        let risk = outpost_shared::manifest::RiskTier::Low;
+        let release =
+            Release { id: String::new(), package: vad, last_good: Some(old_vad), risk, signers: vec!["k1".into()] };
+        let line = Line { capability: Some("audio.vad".into()), router: false };
+        let (id, _) = start_line(&reg, release, "vad@2.0.0", line, plan, "stable", now).unwrap();
+        tick(&reg, now).unwrap();
+
+        // Every device's primary lane serves the OCR model; their VAD lanes tell the release's story.
+        let with_lanes = |lanes: Vec<(&str, outpost_shared::update::lanes::LaneReport)>| DeviceReport {
+            state: state(ocr, vec![]),
+            lanes: lanes.into_iter().map(|(c, l)| (c.to_owned(), l)).collect(),
+            router: None,
+        };
+        let reports = [
+            with_lanes(vec![("ocr.text-direction", lane(ocr, vec![])), ("audio.vad", lane(vad, vec![]))]),
+            with_lanes(vec![("ocr.text-direction", lane(ocr, vec![])), ("audio.vad", lane(old_vad, vec![vad]))]),
+            // No VAD lane yet: nothing to say about the release (not "installed" because OCR runs fine).
+            with_lanes(vec![("ocr.text-direction", lane(ocr, vec![]))]),
+            // An earlier agent's report, without lanes, speaks of its single model.
+            serving(vad, vec![]),
+        ];
+        for (k, r) in keys.iter().zip(&reports) {
+            on_report(&reg, k, r, now + 1).unwrap();
+        }
+        let record = get(&reg, &id).unwrap();
+        let states: Vec<DeviceState> = keys.iter().map(|k| record.rollout.devices[k].state.clone()).collect();
+        assert_eq!(states[0], DeviceState::Reported(Outcome::Installed));
+        assert_eq!(
+            states[1],
+            DeviceState::Reported(Outcome::RolledBack { reason: "health window failed".into() }),
+            "the VAD lane's rollback, not the primary lane's health"
+        );
+        assert_eq!(states[2], DeviceState::Assigned);
+        assert_eq!(states[3], DeviceState::Reported(Outcome::Installed));
+
+        // Aborted by an operator: a device counts as recovered when its VAD lane is back on the VAD model before,
+        // not when another lane happens to run that digest.
+        command(&reg, &id, Command::Abort { reason: "vad misfires".into() }, now + 2).unwrap();
+        on_report(&reg, &keys[0], &with_lanes(vec![("audio.vad", lane(old_vad, vec![vad]))]), now + 3).unwrap();
+        on_report(&reg, &keys[2], &with_lanes(vec![("ocr.text-direction", lane(old_vad, vec![]))]), now + 3).unwrap();
+        let record = get(&reg, &id).unwrap();
+        let recovered: Vec<bool> = keys.iter().map(|k| record.rollout.devices[k].recovered).collect();
+        assert_eq!(recovered, [true, false, false, false], "only the VAD lane's package counts: {recovered:?}");
+    }
+
+    #[test]
+    fn a_router_release_steers_only_the_router_of_the_devices_in_its_cohorts_beside_a_model_release() {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::init(dir.path()).unwrap();
+        let now = 1_800_000_000;
+        let reg = Registry::open(dir.path(), Arc::new(outpost_shared::clock::ManualClock::new(now))).unwrap();
+        let keys: Vec<String> = (1..=20u8).map(|i| hex::encode([i; 32])).collect();
+        for k in &keys {
+            reg.device_approve(k, "stable").unwrap();
+        }
+        let plan = |percent: u32| {
+            let text = format!(
+                "name = \"p\"\n[[stage]]\nname = \"canary\"\ncohort_percent = {percent}\nmin_devices = 1\n\
+                 soak_secs = 3600\nsuccess_percent = 100\nerror_percent = 50\n"
+            );
+            Plan::from_toml(&text, std::path::Path::new("plan.toml")).unwrap()
+        };
+        let risk = outpost_shared::manifest::RiskTier::Low;
+        let (model, old_model) = (Digest::of(b"model 2"), Digest::of(b"model 1"));
+        let (router, old_router) = (Digest::of(b"router 2"), Digest::of(b"router 1"));
+        let release = |package, last_good| Release {
+            id: String::new(),
+            package,
+            last_good: Some(last_good),
+            risk,
+            signers: vec!["k1".into()],
+        };
+        let model_line = Line { capability: Some("test.affine".into()), router: false };
+        let (m, _) = start_line(&reg, release(model, old_model), "m@2", model_line, plan(100), "stable", now).unwrap();
+        let router_line = Line { capability: Some("router.test".into()), router: true };
+        let (r, _) =
+            start_line(&reg, release(router, old_router), "r@2", router_line, plan(50), "stable", now).unwrap();
+        tick(&reg, now).unwrap();
+        assert_eq!(get(&reg, &m).unwrap().rollout.state, State::Running, "a router release leaves a model release");
+
+        let in_cohort = |k: &String| get(&reg, &r).unwrap().rollout.devices[k].serving;
+        let (inside, outside): (Vec<&String>, Vec<&String>) = keys.iter().partition(|k| in_cohort(k));
+        assert!(!inside.is_empty() && !outside.is_empty(), "{} of {} in the canary", inside.len(), keys.len());
+        for k in &inside {
+            let s = steering(&reg, k, "stable", now + 1).unwrap();
+            assert_eq!((s.router, s.router_release.as_deref()), (Some(router), Some(r.as_str())));
+            assert_eq!(s.assign, Some(model), "the model release's steering is its own");
+        }
+        for k in &outside {
+            let s = steering(&reg, k, "stable", now + 1).unwrap();
+            assert_eq!(s.router, None, "outside the cohorts: the channel's router before");
+            assert!(s.withhold.contains(&router) && !s.withhold.contains(&model), "{s:?}");
+            assert_eq!(s.assign, Some(model));
+        }
+        // Aborted: every device of the release is steered to the router before it; the model release goes on.
+        command(&reg, &r, Command::Abort { reason: "bad route".into() }, now + 2).unwrap();
+        for k in &inside {
+            let s = steering(&reg, k, "stable", now + 3).unwrap();
+            assert_eq!(s.router, Some(old_router));
+            assert!(s.withhold.contains(&router));
+            assert_eq!(s.assign, Some(model));
+        }
+        assert_eq!(get(&reg, &m).unwrap().rollout.state, State::Running);
     }
 
     #[test]

@@ -463,7 +463,14 @@ fn release(id: &str, devices: &[String]) -> ReleaseRecord {
         signers: vec!["publisher".into()],
     };
     let (rollout, _) = outpost_shared::rollout::Rollout::start(release, plan, devices.iter().cloned(), START).unwrap();
-    ReleaseRecord { channel: "stable".into(), package: format!("{id}@1.0.0"), started_at: START, rollout }
+    ReleaseRecord {
+        channel: "stable".into(),
+        package: format!("{id}@1.0.0"),
+        started_at: START,
+        rollout,
+        capability: None,
+        router: false,
+    }
 }
 
 fn release_record_roundtrips_and_is_replaced_whole(b: &Backend) {

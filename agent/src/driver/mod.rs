@@ -181,6 +181,8 @@ pub struct Agent {
     routes: Option<Arc<crate::inference::Routes>>,
     /// The router package installed into `routes`, if any.
     router: Option<Digest>,
+    /// Router packages that did not install (their digests, the last reason), reported beside `router`.
+    router_failed: outpost_shared::update::lanes::RouterReport,
     /// Shadow comparisons not yet in a report that reached the hub.
     pending_shadow: Option<outpost_shared::update::ShadowReport>,
     /// Draws the update loop's poll jitter.
@@ -262,6 +264,7 @@ impl Agent {
             inferences: std::collections::BTreeMap::new(),
             routes: None,
             router: None,
+            router_failed: Default::default(),
             pending_shadow: None,
             rng,
             replicas,
@@ -843,7 +846,12 @@ impl Agent {
 
     async fn flush_reports(&mut self, client: &HubClient) -> Result<(), CheckError> {
         for message in std::mem::take(&mut self.outbox) {
-            let report = self.lanes.report(&message, self.pending_shadow);
+            let mut report = self.lanes.report(&message, self.pending_shadow);
+            // A device that routes says by which router (a router release is judged on it).
+            report.router = self.routes.is_some().then(|| outpost_shared::update::lanes::RouterReport {
+                active: self.router,
+                ..self.router_failed.clone()
+            });
             let report = canonical::to_vec(&report).map_err(|e| CheckError::Invalid(e.to_string()))?;
             client.report(&report).await?;
             self.pending_shadow = None;

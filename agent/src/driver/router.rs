@@ -1,7 +1,9 @@
 //! The router package a device's assignment names: fetched and verified like any package (TUF-listed, length and
 //! hash), refused unless it is a router, and installed into the inference API's routes; kept as `router.opkg` so a
 //! restart routes at once. When the assignment names another router (a newer one, or the one before a revoked
-//! one) it replaces the rules alone, models untouched; when it names none, routing stops.
+//! one) it replaces the rules alone, models untouched; when it names none, routing stops. A verified package that
+//! does not load as a router is reported as failed (`RouterReport::failed`), so its release counts it and the
+//! director stops offering it; a download that fails is retried at the next check.
 
 use outpost_shared::manifest::PackageKind;
 use outpost_shared::route::Router;
@@ -44,9 +46,16 @@ impl Agent {
         }
     }
 
-    /// Checks a verified package is a router and keeps it for the next start.
-    fn keep_router(&self, digest: &Digest, bytes: &[u8]) -> Result<Router, String> {
-        let router = router_of(digest, bytes)?;
+    /// Checks a verified package is a router (else records it as failed) and keeps it for the next start.
+    fn keep_router(&mut self, digest: &Digest, bytes: &[u8]) -> Result<Router, String> {
+        let router = router_of(digest, bytes).inspect_err(|e| {
+            let failed = &mut self.router_failed;
+            failed.failed.retain(|d| d != digest);
+            failed.failed.push(*digest);
+            let excess = failed.failed.len().saturating_sub(MAX_FAILED_ROUTERS);
+            failed.failed.drain(..excess);
+            failed.last_error = Some(e.clone());
+        })?;
         device::write_atomic(&self.layout.root().join(ROUTER_FILE), bytes).map_err(|e| e.to_string())?;
         Ok(router)
     }
@@ -68,6 +77,9 @@ impl Agent {
 
 /// Where the installed router package is kept, in the device directory.
 const ROUTER_FILE: &str = "router.opkg";
+
+/// Most router packages a report names as failed (the newest kept).
+const MAX_FAILED_ROUTERS: usize = 16;
 
 fn router_of(digest: &Digest, bytes: &[u8]) -> Result<Router, String> {
     if Digest::of(bytes) != *digest {

@@ -167,8 +167,9 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
             let last_good = published
                 .iter()
                 .filter(|p| p.digest != d && p.firmware.is_none() && p.channels.contains(&channel))
-                // A router's rollback path is the router before it; a model's, the model before it.
+                // A router's rollback path is the router before it; a model's, the model of its capability before it.
                 .filter(|p| p.router == (manifest.kind == outpost_shared::manifest::PackageKind::Router))
+                .filter(|p| p.router || p.capability == manifest.capability)
                 .rfind(|p| !revoked.revoked.iter().any(|x| x.digest == p.digest) && !aborted.contains(&p.digest))
                 .map(|p| p.digest);
             let release = outpost_shared::rollout::Release {
@@ -179,8 +180,13 @@ pub fn run(cmd: ReleaseCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
                 signers: r.signers_of(&d)?,
             };
             let label = format!("{}@{}", manifest.name, manifest.version);
+            // A router is a line of its own; a model is judged by each device's lane of its capability.
+            let line = outpost_hub::rollouts::Line {
+                capability: Some(manifest.capability.clone()),
+                router: manifest.kind == outpost_shared::manifest::PackageKind::Router,
+            };
             let (id, effects) =
-                outpost_hub::rollouts::start(hub.store()?.rollouts(), release, &label, plan, &channel, now)?;
+                outpost_hub::rollouts::start_line(hub.store()?.rollouts(), release, &label, line, plan, &channel, now)?;
             audit(hub, "operator", Action::Start, &id, &format!("{label} on {channel}"))?;
             for e in &effects {
                 writeln!(o.err, "{id}: {}", outpost_hub::rollouts::describe(e))?;

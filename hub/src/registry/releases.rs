@@ -84,6 +84,8 @@ fn header(r: &ReleaseRecord) -> ReleaseRecord {
         package: r.package.clone(),
         started_at: r.started_at,
         rollout: crate::rollouts::header(&r.rollout),
+        capability: r.capability.clone(),
+        router: r.router,
     }
 }
 
@@ -231,7 +233,14 @@ mod tests {
         let release = Release { id: "r1".into(), package, last_good: None, risk, signers: vec!["k".into()] };
         let keys = (0..devices).map(|i| hex::encode([i as u8; 32]));
         let (rollout, _) = outpost_shared::rollout::Rollout::start(release, plan, keys, NOW).unwrap();
-        ReleaseRecord { channel: "stable".into(), package: "p@1.0.0".into(), started_at: NOW, rollout }
+        ReleaseRecord {
+            channel: "stable".into(),
+            package: "p@1.0.0".into(),
+            started_at: NOW,
+            rollout,
+            capability: None,
+            router: false,
+        }
     }
 
     #[test]

@@ -964,3 +964,12 @@ pub fn outcome_of(report: &crate::update::StateReport, package: &Digest) -> Opti
         _ => None,
     }
 }
+
+/// The outcome for a router `package` that a device's router report shows: installed into its routes, or failed
+/// to install (the router before keeps routing). A router has no health window on the device.
+pub fn router_outcome_of(report: &crate::update::lanes::RouterReport, package: &Digest) -> Option<Outcome> {
+    if report.active.as_ref() == Some(package) {
+        return Some(Outcome::Installed);
+    }
+    report.failed.contains(package).then(|| Outcome::Failed { reason: report.last_error.clone().unwrap_or_default() })
+}

@@ -156,14 +156,56 @@ pub struct DeviceReport {
     /// Every lane, by capability.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub lanes: BTreeMap<String, LaneReport>,
+    /// The router package the device routes by (additive: left out by a device without routes or an earlier
+    /// agent, so such a report keeps its bytes). A router release is judged on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterReport>,
+}
+
+/// The router package a device routes by, in its [`DeviceReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterReport {
+    /// The router installed into its routes now.
+    pub active: Option<Digest>,
+    /// Router packages the device could not install (download, verification, not a router, rules not its
+    /// manifest's), newest last: the router before keeps routing.
+    #[serde(default)]
+    pub failed: Vec<Digest>,
+    /// Why the last of them failed, if any.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 impl DeviceReport {
-    /// Every package any lane rolled back from or refused before activation (what the director should stop
-    /// offering this device), the primary lane's first.
+    /// What the lane of `capability` reports, in the [`StateReport`] form a release is judged on: that lane's
+    /// packages, rollbacks, refusals and last failure (as `message`), the device's site, policy and shadow
+    /// results (which name their package: a release takes only its own). A report without
+    /// lanes (an earlier agent's) speaks of its single model: that is the lane of any capability. `None`: the
+    /// device has lanes but none of `capability` (no package of it was ever assigned to it).
+    pub fn lane(&self, capability: &str) -> Option<StateReport> {
+        if self.lanes.is_empty() {
+            return Some(self.state.clone());
+        }
+        let lane = self.lanes.get(capability)?;
+        Some(StateReport {
+            active: lane.active,
+            last_good: lane.last_good,
+            rolled_back: lane.rolled_back.clone(),
+            phase: lane.phase.clone(),
+            message: lane.last_error.clone().unwrap_or_default(),
+            refusals: lane.refusals.clone(),
+            policy: self.state.policy,
+            site: self.state.site.clone(),
+            shadow: self.state.shadow,
+        })
+    }
+
+    /// Every package any lane rolled back from or refused before activation, and every router package the
+    /// device could not install (what the director should stop offering this device), the primary lane's first.
     pub fn rolled_back(&self) -> Vec<Digest> {
         let mut all = self.state.rolled_back.clone();
-        for d in self.lanes.values().flat_map(|l| &l.rolled_back) {
+        let routers = self.router.iter().flat_map(|r| &r.failed);
+        for d in self.lanes.values().flat_map(|l| &l.rolled_back).chain(routers) {
             if !all.contains(d) {
                 all.push(*d);
             }
@@ -279,7 +321,7 @@ impl Lanes {
         let mut report = state.report(message);
         report.shadow = shadow;
         let lanes = self.lanes.iter().map(|(c, l)| (c.clone(), l.state.lane_report())).collect();
-        DeviceReport { state: report, lanes }
+        DeviceReport { state: report, lanes, router: None }
     }
 
     /// The earliest end of a health window among the lanes.
