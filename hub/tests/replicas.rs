@@ -582,3 +582,211 @@ fn assigned_target(bundle: &[u8]) -> outpost_shared::Digest {
         outpost_shared::canonical::from_slice(&envelope.body).unwrap();
     assignment.targets[0].sha256
 }
+
+/// A device's view of a replica's TUF repository: metadata fetched over QUIC, as the agent fetches it.
+struct QuicMirror(outpost_net::client::HubClient);
+
+impl sigstore_tuf::Repository for QuicMirror {
+    fn fetch_metadata<'a>(&'a self, name: &'a str, max_length: u64) -> sigstore_tuf::transport::FetchFuture<'a> {
+        Box::pin(async move {
+            self.0.metadata(name, max_length).await.map_err(|e| sigstore_tuf::Error::transport(e.to_string()))
+        })
+    }
+    fn fetch_target<'a>(&'a self, _: &'a str, _: u64) -> sigstore_tuf::transport::FetchFuture<'a> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// The shared directory's metadata as it is on disk this instant: what any replica serves next.
+struct DiskMirror(std::path::PathBuf);
+
+impl sigstore_tuf::Repository for DiskMirror {
+    fn fetch_metadata<'a>(&'a self, name: &'a str, _: u64) -> sigstore_tuf::transport::FetchFuture<'a> {
+        let bytes = std::fs::read(self.0.join(name)).ok();
+        Box::pin(async move { Ok(bytes) })
+    }
+    fn fetch_target<'a>(&'a self, _: &'a str, _: u64) -> sigstore_tuf::transport::FetchFuture<'a> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+fn tuf_now() -> jiff::Timestamp {
+    use outpost_shared::clock::Clock;
+    jiff::Timestamp::from_second(outpost_hub::clock::SystemClock.wall() as i64).unwrap()
+}
+
+/// A TUF client trusting root v1 refreshes from `mirror` (every role verified, pins and hashes checked); returns
+/// whether `target` is listed.
+async fn refresh_whole<R: sigstore_tuf::Repository + 'static>(
+    mirror: R,
+    root: &[u8],
+    target: Option<&str>,
+) -> Result<bool, sigstore_tuf::Error> {
+    let mut u = sigstore_tuf::Updater::new(mirror, root)?;
+    let now = tuf_now();
+    u.refresh(now).await?;
+    match target {
+        Some(t) => Ok(u.get_target_info(t, now).await?.is_some()),
+        None => Ok(true),
+    }
+}
+
+/// Every file under `dir`, recursively (the repository's metadata, targets and temporary files).
+fn files_under(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                out.insert(p);
+            }
+        }
+    }
+    out
+}
+
+/// When to kill the publishing replica: once `n` new files have appeared in the shared repository (the target's
+/// link, a role file, the snapshot, the timestamp's temporary file…), or a fixed time after the command started.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    NewFiles(usize),
+    After(Duration),
+}
+
+#[test]
+fn publisher_killed_mid_publish_leaves_no_half_published_metadata_served() {
+    let points = [
+        KillPoint::NewFiles(1),
+        KillPoint::NewFiles(2),
+        KillPoint::NewFiles(3),
+        KillPoint::NewFiles(4),
+        KillPoint::After(Duration::ZERO),
+        KillPoint::After(Duration::from_millis(40)),
+    ];
+    let r = TwoReplicas::new();
+    let (a_hub, b_hub) = (&r.hubs[0], &r.hubs[1]);
+    let key = a_hub.tmp.path().join("offline/targets-1.key");
+    let versions: Vec<String> = (0..points.len()).map(|i| format!("1.{}.0", i + 1)).collect();
+    for v in &versions {
+        let (model, manifest) =
+            a_hub.write_affine(&outpost_shared::testkit::AffineManifest::new("affine", v, 3.0, i_bias(v)));
+        a_hub.ok(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    }
+    let device = outpost_attestation::identity::Identity::from_seed([31; 32]);
+    a_hub.ok(&["device", "approve", &device.public_key().to_hex(), "--channel", "stable"]);
+    let repository = r.shared.path().join("repository");
+    let metadata = repository.join("metadata");
+    let root = std::fs::read(metadata.join("1.root.json")).unwrap();
+
+    let (mut a, _, hub_key) = r.serve(0);
+    a.until("replica A leading", BOUND, |l| says(l, "holds the leader lease"));
+    let (_b, b_addr, _) = r.serve(1);
+
+    // A device on replica B refreshes TUF without pause for the whole test, and the shared directory is verified
+    // as it is on disk between refreshes: every view must be a whole repository.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, root, metadata) = (stop.clone(), root.clone(), metadata.clone());
+        std::thread::spawn(move || -> Result<u64, String> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let config = outpost_net::client::ClientConfig::new(b_addr, hub_key);
+            let device = outpost_attestation::identity::Identity::from_seed([31; 32]);
+            let mut views = 0;
+            while !stop.load(Ordering::SeqCst) {
+                rt.block_on(async {
+                    let client = outpost_net::client::HubClient::connect(&device, &config)
+                        .await
+                        .map_err(|e| format!("connecting to replica B: {e}"))?;
+                    refresh_whole(QuicMirror(client), &root, None)
+                        .await
+                        .map_err(|e| format!("replica B served metadata that does not verify: {e}"))?;
+                    refresh_whole(DiskMirror(metadata.clone()), &root, None)
+                        .await
+                        .map_err(|e| format!("the shared directory does not verify: {e}"))
+                })?;
+                views += 2;
+            }
+            Ok(views)
+        })
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut mid_way = Vec::new();
+    for (point, version) in points.iter().zip(&versions) {
+        let package = format!("affine@{version}");
+        let before = files_under(&repository);
+        let start = Instant::now();
+        let mut publish = Command::new(env!("CARGO_BIN_EXE_outpost-hub"))
+            .arg("--data-dir")
+            .arg(a_hub.dir())
+            .args(["release", "publish", &package, "--channel", "stable", "--key", key.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        loop {
+            let due = match *point {
+                KillPoint::NewFiles(n) => files_under(&repository).difference(&before).count() >= n,
+                KillPoint::After(d) => start.elapsed() >= d,
+            };
+            if due || publish.try_wait().unwrap().is_some() || start.elapsed() > BOUND {
+                break;
+            }
+        }
+        a.child.kill().unwrap(); // SIGKILL, wherever the publish is
+        a.child.wait().unwrap();
+        let finished = publish.try_wait().unwrap().is_some_and(|s| s.success());
+        let _ = publish.wait();
+        let target = format!("packages/low/affine-{version}.opkg");
+        let listed = runtime.block_on(refresh_whole(DiskMirror(metadata.clone()), &root, Some(&target)));
+        let listed = listed.unwrap_or_else(|e| panic!("after a kill at {point:?}, the repository: {e}"));
+        if !finished && !listed {
+            mid_way.push(*point);
+        }
+        // Completed through the other replica (B serves; the command goes to it).
+        b_hub.ok(&["release", "publish", &package, "--channel", "stable", "--key", key.to_str().unwrap()]);
+        let config = outpost_net::client::ClientConfig::new(b_addr, hub_key);
+        let listed = runtime.block_on(async {
+            let client = outpost_net::client::HubClient::connect(&device, &config).await.unwrap();
+            refresh_whole(QuicMirror(client), &root, Some(&target)).await
+        });
+        assert!(listed.unwrap(), "{package} published through replica B after A was killed at {point:?}");
+        // A back, for the next round (B holds the lease now or soon; A contends again).
+        let (next, _, _) = r.serve(0);
+        a = next;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let views = watcher.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert!(views > 0);
+    eprintln!("kills that interrupted a publish: {mid_way:?}; views verified: {views}");
+}
+
+/// A distinct bias per version, so each package is a different model.
+fn i_bias(version: &str) -> f32 {
+    version.split('.').nth(1).and_then(|m| m.parse::<f32>().ok()).unwrap_or(0.0)
+}
+
+#[test]
+fn capability_added_through_one_replica_is_enforced_on_a_package_added_through_the_other() {
+    let r = TwoReplicas::new();
+    let (a_hub, b_hub) = (&r.hubs[0], &r.hubs[1]);
+    // Registered through A, in the database: eight wide, where the affine packages are four.
+    let wide = a_hub.write_capability("wide", &support::affine_capability(8, &support::ALL_OWNERS));
+    a_hub.ok(&["capability", "add", wide.to_str().unwrap()]);
+    let (model, manifest) =
+        b_hub.write_affine(&outpost_shared::testkit::AffineManifest::new("affine", "1.1.0", 3.0, 1.0));
+    let refused = b_hub.cli(&["package", "add", model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()]);
+    assert!(!refused.status.success(), "added through B outside the capability registered through A");
+    assert!(
+        support::stderr(&refused).contains("refused by capability `test.affine` (revision 1)"),
+        "{}",
+        support::stderr(&refused)
+    );
+    assert!(!b_hub.ok(&["package", "list"]).contains("1.1.0"), "nothing registered");
+    // What a replica shows of a package judges it by the database's capability too.
+    let shown = a_hub.ok(&["package", "show", "affine@1.0.0"]);
+    assert!(!shown.contains("not registered"), "{shown}");
+}

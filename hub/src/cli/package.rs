@@ -12,6 +12,7 @@ use outpost_hub::Registry;
 use outpost_hub::blobs::BlobStatus;
 use outpost_hub::registry::CapabilityCheck;
 use outpost_hub::rollouts::ReleaseRecord;
+use outpost_hub::storage::CapabilityStore;
 use outpost_shared::Digest;
 use outpost_shared::challenger::{CycleRecord, Outcome};
 use outpost_shared::clock::format_rfc3339;
@@ -55,7 +56,8 @@ pub fn run(cmd: PackageCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         PackageCmd::Add { model, manifest } => {
             let manifest = manifest.unwrap_or_else(|| model.with_extension("toml"));
             let reg = registry(hub)?;
-            let out = reg.add(&model, &manifest)?;
+            // The capability as the store has it: on PostgreSQL the database's, whichever replica registered it.
+            let out = reg.add_against(&model, &manifest, hub.store()?.capabilities())?;
             if let Some(pg) = hub.store()?.postgres() {
                 // The blobs are on the shared storage now: the database's index may name them.
                 let record = reg.record(&out.digest)?.with_context(|| format!("package {} vanished", out.digest))?;
@@ -123,7 +125,7 @@ pub fn run(cmd: PackageCmd, hub: &Hub, o: &mut Out<'_>) -> Result<u8> {
         PackageCmd::Show { package } => {
             let reg = registry(hub)?;
             let d = reg.resolve(&package)?;
-            print_details(reg, &d, o)?;
+            print_details(reg, hub.store()?.capabilities(), &d, o)?;
         }
         PackageCmd::Verify { package } => {
             let reg = registry(hub)?;
@@ -181,7 +183,12 @@ pub fn reconstruct(alias: String, out: std::path::PathBuf, hub: &Hub, o: &mut Ou
     Ok(0)
 }
 
-fn print_details(reg: &Registry, d: &outpost_shared::Digest, o: &mut Out<'_>) -> Result<()> {
+fn print_details(
+    reg: &Registry,
+    capabilities: &dyn CapabilityStore,
+    d: &outpost_shared::Digest,
+    o: &mut Out<'_>,
+) -> Result<()> {
     let det = reg.show(d)?;
     let (r, m) = (&det.record, &det.manifest);
     writeln!(o.out, "package     {}", r.digest)?;
@@ -194,7 +201,7 @@ fn print_details(reg: &Registry, d: &outpost_shared::Digest, o: &mut Out<'_>) ->
         "capability  {}   risk: {}   data: {}   license: {}",
         m.capability, m.risk_tier, m.data_classification, m.license
     )?;
-    let standing = match reg.capability(&m.capability)? {
+    let standing = match capabilities.capability(&m.capability)? {
         None => "not registered: unchecked".to_owned(),
         Some(c) => match c.capability.admits(m) {
             Ok(()) => format!("registered (revision {}), fits", c.revision),

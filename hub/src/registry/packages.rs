@@ -21,6 +21,7 @@ use super::{
     ALIAS_HISTORY, ALIASES, MANIFESTS, NAMES, PACKAGES, Registry, RegistryError, db_err, decode, encode, parse_digest,
 };
 use crate::blobs::{self, BlobStatus, PutOutcome};
+use crate::storage::CapabilityStore;
 
 /// Shortest digest prefix accepted where a package is named.
 pub const MIN_PREFIX_LEN: usize = 8;
@@ -135,6 +136,17 @@ impl Registry {
     /// capability is registered, the package must fit it first ([`Registry::capability_check`]); a package of an
     /// unregistered capability is added unchecked. Adding a package that is already registered changes nothing.
     pub fn add(&self, model_path: &Path, manifest_path: &Path) -> Result<AddOutcome, RegistryError> {
+        self.add_against(model_path, manifest_path, self)
+    }
+
+    /// [`Registry::add`] with the capability looked up in `capabilities` (the store's: on PostgreSQL the
+    /// database's, shared by the replicas, not this index's).
+    pub fn add_against(
+        &self,
+        model_path: &Path,
+        manifest_path: &Path,
+        capabilities: &dyn CapabilityStore,
+    ) -> Result<AddOutcome, RegistryError> {
         let limits = &self.config.limits;
         let manifest_text = read_limited(manifest_path, limits.max_manifest_bytes, "max_manifest_bytes")?;
         let manifest_text = String::from_utf8(manifest_text).map_err(|_| ManifestError {
@@ -150,7 +162,7 @@ impl Registry {
             // Authors write TOML; the package carries the canonical CBOR the agent reads.
             model_bytes = router_cbor(&model_bytes, model_path)?;
         }
-        self.add_parsed(manifest, &model_bytes, &file, model_path)
+        self.add_parsed_against(manifest, &model_bytes, &file, model_path, capabilities)
     }
 
     /// [`Registry::add`] for a manifest and model already in memory (the challenger's descendants): the same
@@ -161,6 +173,18 @@ impl Registry {
         model_bytes: &[u8],
         file: &str,
         model_path: &Path,
+    ) -> Result<AddOutcome, RegistryError> {
+        self.add_parsed_against(manifest, model_bytes, file, model_path, self)
+    }
+
+    /// [`Registry::add_parsed`] with the capability looked up in `capabilities`.
+    pub fn add_parsed_against(
+        &self,
+        manifest: Manifest,
+        model_bytes: &[u8],
+        file: &str,
+        model_path: &Path,
+        capabilities: &dyn CapabilityStore,
     ) -> Result<AddOutcome, RegistryError> {
         let (file, model_bytes) = (file.to_owned(), model_bytes);
         if let Err((field, problem)) = manifest.validate() {
@@ -174,7 +198,8 @@ impl Registry {
             return Ok(AddOutcome { digest, name_version, added: false, smoke: None, capability: None });
         }
         // A registered capability's contract, data class and risk tier before anything heavier (tract).
-        let capability = Some(self.capability_check(&manifest, &file)?);
+        let capability =
+            Some(super::capabilities::checked(capabilities.capability(&manifest.capability)?, &manifest, &file)?);
         self.risk_check(&manifest, model_bytes, &file)?;
         let smoke = match manifest.kind {
             PackageKind::Model => Some(

@@ -2,7 +2,8 @@
 //! the serving hub holds its index and telemetry store for its whole life and nothing reopens them per request.
 //!
 //! In-process callers that open the same data directory again (tests, simulations) get the handle already open;
-//! another process meets redb's file lock and gets a typed "busy" error at once (no sleep-and-retry): while a hub
+//! another process meets redb's file lock and gets a typed "busy" error at once (no sleep-and-retry; only a file this
+//! process is still closing is waited for, briefly): while a hub
 //! serves, admin commands reach it over its socket (`crate::admin`) instead of opening the store themselves.
 //!
 //! redb refuses every transaction on a handle that met an I/O error (a full or failing disk) until it is reopened.
@@ -129,7 +130,8 @@ pub fn open_shared(path: &Path, create: bool) -> Result<Arc<SharedDb>, DatabaseE
     if let Some(db) = entry.0.upgrade() {
         return Ok(db);
     }
-    let db = Arc::new(if create { Database::create(path)? } else { Database::open(path)? });
+    let closing_here = entry.1 > 0;
+    let db = Arc::new(open_file(path, create, closing_here)?);
     let db = Arc::new(SharedDb {
         path: path.to_owned(),
         suspect: std::sync::atomic::AtomicBool::new(false),
@@ -139,6 +141,27 @@ pub fn open_shared(path: &Path, create: bool) -> Result<Arc<SharedDb>, DatabaseE
     });
     *entry = (Arc::downgrade(&db), entry.1 + 1);
     Ok(db)
+}
+
+/// How long, at most, an open waits for this process's previous handle on the same file to finish closing.
+const CLOSING_POLLS: u32 = 500;
+const CLOSING_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Opens (or creates) the file. When this process had it open before (`closing_here`) and redb says it is open
+/// still, the last handle is closing — its last transactions ending, its drop running on another thread (a service
+/// winding down while the same process starts another on the directory) — and the open waits for that, at most
+/// [`CLOSING_POLLS`] × [`CLOSING_POLL`]; a file this process never opened is busy at once (another process's).
+fn open_file(path: &Path, create: bool, closing_here: bool) -> Result<Database, DatabaseError> {
+    let mut polls = 0;
+    loop {
+        match if create { Database::create(path) } else { Database::open(path) } {
+            Err(DatabaseError::DatabaseAlreadyOpen) if closing_here && polls < CLOSING_POLLS => {
+                polls += 1;
+                std::thread::sleep(CLOSING_POLL);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The path with its directory canonicalised (the file itself may not exist yet).
@@ -176,4 +199,28 @@ pub fn note(e: redb::Error) -> redb::Error {
         }
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_a_file_this_process_is_still_closing_waits_for_it_instead_of_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        let first = open_shared(&path, true).unwrap();
+        // The database outliving the shared handle, as while a winding-down service's last task runs a transaction
+        // on it, or its drop closes the file on another thread: no handle to share, the file still open.
+        let last = first.db.read().unwrap().clone().unwrap();
+        drop(first);
+        let closing = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(last);
+        });
+        let again = open_shared(&path, false);
+        closing.join().unwrap();
+        let again = again.expect("opened once the previous handle closed, not busy");
+        assert!(again.begin_read().is_ok());
+    }
 }
