@@ -571,6 +571,12 @@ fn lease_holder_killed_mid_rollout_the_other_replica_completes_it_and_no_assignm
     let last = versions[0].last().unwrap().1;
     assert!(versions.iter().all(|seen| seen.last().unwrap().1 == last), "{versions:?}");
     assert!(versions.iter().any(|seen| seen[0].1 != last), "the second stage moved nobody: {versions:?}");
+    // No report lost or counted twice across the kill: every device installed, once.
+    let state = release_state(b_hub, &id);
+    let installed: Vec<&str> = state.split_whitespace().rev().take(3).collect();
+    assert_eq!(installed, ["0", "0", &devices.len().to_string()], "INSTALLED ERRORS REJECTED: {state}");
+    // And the audit log both replicas appended to is one unbroken chain.
+    b_hub.ok(&["audit", "verify"]);
 }
 
 /// The package an assignment names first.
